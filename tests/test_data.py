@@ -1,0 +1,341 @@
+"""Tests for the corpus registry: real embedded corpora, hub renderers on schema records."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+from collections import Counter
+
+import pytest
+
+from sae_med import corpora_embedded, corpora_hub, data
+from sae_med.data import Document
+
+EMBEDDED = ["hpo", "icd10cm", "wordnet", "austen", "gcide", "fortunes"]
+
+
+@pytest.fixture(scope="module")
+def corpora() -> dict[str, list[Document]]:
+    """Every embedded leaf corpus in full (parsed once into the user cache, then read)."""
+    data.prepare_embedded(EMBEDDED)
+    return {name: list(data.iter_documents(name)) for name in EMBEDDED}
+
+
+def _by_id(docs: list[Document]) -> dict[str, Document]:
+    return {d.doc_id: d for d in docs}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_unknown_corpus_error_lists_every_name():
+    with pytest.raises(data.UnknownCorpusError) as exc:
+        data.corpus_info("pubmed-abstracts")
+    for name in data.list_corpora():
+        assert name in str(exc.value)
+    with pytest.raises(data.UnknownCorpusError):
+        next(data.iter_documents("nope"))
+    assert isinstance(exc.value, ValueError)
+
+
+def test_registry_describes_every_corpus():
+    names = data.list_corpora()
+    assert {"medical", "broad", "clinical_qa", "web", *EMBEDDED} <= set(names)
+    for name in names:
+        info = data.corpus_info(name)
+        assert info.kind in ("embedded", "hub") and info.domain in ("medical", "broad")
+        if info.is_mix:
+            assert len(info.weights) == len(info.sources)
+            assert all(data.corpus_info(s).domain == info.domain for s in info.sources)
+    assert data.corpus_info("medical").sources == ("hpo", "icd10cm")
+    with pytest.raises(ValueError, match="split"):
+        next(data.iter_documents("hpo", "test"))
+
+
+# --------------------------------------------------------------------------- split & order
+
+
+def test_split_is_deterministic_disjoint_and_about_ten_percent(corpora):
+    docs = corpora["icd10cm"]
+    assert [data.split_of(d.doc_id) for d in docs[:500]] == \
+           [data.split_of(d.doc_id) for d in docs[:500]]
+    train = {d.doc_id for d in data.iter_documents("hpo", "train")}
+    evl = {d.doc_id for d in data.iter_documents("hpo", "eval")}
+    assert train.isdisjoint(evl)
+    assert train | evl == {d.doc_id for d in corpora["hpo"]}
+    for name, docs in corpora.items():
+        frac = sum(data.split_of(d.doc_id) == "eval" for d in docs) / len(docs)
+        assert 0.085 < frac < 0.115, (name, frac)
+    assert data.split_of("x", eval_frac=0.0) == "train"
+    assert data.split_of("x", eval_frac=1.0) == "eval"
+
+
+def test_doc_ids_unique_and_documents_non_empty(corpora):
+    for name, docs in corpora.items():
+        assert len(docs) > 4000, name
+        ids = [d.doc_id for d in docs]
+        assert len(set(ids)) == len(ids), name
+        assert all(i.startswith(name + ":") for i in ids), name
+        assert all(d.source == name for d in docs), name
+        assert all(d.text.strip() for d in docs), name
+
+
+def test_order_is_a_deterministic_shuffle_independent_of_the_split(corpora):
+    docs = corpora["icd10cm"]
+    again = [d.doc_id for d in itertools.islice(data.iter_documents("icd10cm"), 1000)]
+    assert again == [d.doc_id for d in docs[:1000]]
+    keys = [data.order_key(d.doc_id) for d in docs]
+    assert keys == sorted(keys)
+    # a prefix is not one chapter (file order would start with cholera) and holds ~10% eval
+    assert len({d.labels.get("chapter") for d in docs[:300]}) > 15
+    frac = sum(data.split_of(d.doc_id) == "eval" for d in docs[:3000]) / 3000
+    assert 0.07 < frac < 0.13
+
+
+# --------------------------------------------------------------------------- contents
+
+
+def test_hpo_labels_and_text(corpora):
+    docs = corpora["hpo"]
+    ageusia = [d for d in docs if d.labels["term"] == ("Ageusia",)]
+    assert {d.doc_id.rsplit(":", 1)[1] for d in ageusia} >= {"def"}
+    d = next(d for d in ageusia if d.doc_id.endswith(":def"))
+    assert d.text.startswith("Ageusia: ") and "taste" in d.text
+    assert "Abnormality of taste sensation" in d.labels["ancestors"]
+    assert "Phenotypic abnormality" in d.labels["ancestors"]
+    assert all("All" not in x.labels["ancestors"] for x in docs)
+    assert not any('\\"' in x.text for x in docs)
+    kinds = Counter(x.doc_id.rsplit(":", 1)[1] for x in docs)
+    assert kinds["def"] > 15_000 and kinds["comment"] > 4_000
+
+
+def test_icd10cm_labels_and_notes(corpora):
+    docs = _by_id(corpora["icd10cm"])
+    d = docs["icd10cm:A00.0:desc"]
+    assert d.text == "Cholera due to Vibrio cholerae 01, biovar cholerae"
+    assert d.labels["chapter"] == ("Certain infectious and parasitic diseases",)
+    assert d.labels["block"] == ("Intestinal infectious diseases",)
+    assert d.labels["code"] == ("A00.0",) and d.labels["parents"] == ("Cholera",)
+    assert docs["icd10cm:A00.0:note:0"].text == "Inclusion term: Classical cholera"
+    kinds = Counter(x.labels["kind"][0] for x in docs.values())
+    assert kinds["desc"] > 45_000 and kinds["excludes1"] > 1_000
+    assert any(x.text.startswith("Excludes2: ") for x in docs.values())
+
+
+def test_wordnet_glosses(corpora):
+    docs = _by_id(corpora["wordnet"])
+    d = docs["wordnet:noun:00001740"]
+    assert d.text.startswith("entity: that which is perceived or known")
+    assert d.labels == {"lemmas": ("entity",), "pos": ("noun",), "lexname": ("noun.Tops",)}
+    assert Counter(x.labels["pos"][0] for x in docs.values())["noun"] > 80_000
+    assert not any("_" in x.labels["lemmas"][0] for x in docs.values())
+
+
+def test_austen_chunks(corpora):
+    docs = corpora["austen"]
+    assert {d.labels["book"][0] for d in docs} == set(corpora_embedded.AUSTEN_TITLES.values())
+    words = [len(d.text.split()) for d in docs]
+    assert sum(100 <= w <= 400 for w in words) / len(words) > 0.9
+    assert not any("_" in d.text for d in docs)
+    first = next(d for d in docs if d.doc_id == "austen:prideprejudice:00000")
+    assert first.text.startswith("It is a truth universally acknowledged")
+
+
+def test_gcide_has_no_markup_left(corpora):
+    docs = corpora["gcide"]
+    markup = re.compile(r"[\\{}\[\]<>]|1913 Webster|\w[\"*`]\w")
+    bad = [d.text for d in docs if markup.search(d.text)]
+    assert len(bad) < 0.001 * len(docs), bad[:3]
+    acro = [d for d in docs if "Acropolis" in d.labels["headword"]]
+    assert any("citadel" in d.text for d in acro)
+    raw = ('Acrospire \\Ac"ro*spire\\ ([a^]k"r[-o]*sp[imac]r), n. [Gr. ? + ? twisted.] '
+           "(Bot.)\n   The sprout of a seed; -- called from its {spiral} form.\n   "
+           "[1913 Webster]")
+    assert corpora_embedded.clean_gcide(raw) == (
+        "Acrospire, n. (Bot.) The sprout of a seed; -- called from its spiral form.")
+
+
+def test_fortunes(corpora):
+    docs = corpora["fortunes"]
+    assert not any(re.search(r"^%$", d.text, re.M) for d in docs)
+    files = {d.labels["file"][0] for d in docs}
+    assert "computers" in files and "ascii-art" not in files
+
+
+# --------------------------------------------------------------------------- mixes
+
+
+def test_mixes_interleave_by_character_share(corpora):
+    prefix = list(itertools.islice(data.iter_documents("medical"), 4000))
+    chars = Counter()
+    for d in prefix:
+        chars[d.source] += len(d.text)
+    assert 0.45 < chars["hpo"] / sum(chars.values()) < 0.55
+    assert [d.doc_id for d in itertools.islice(data.iter_documents("medical"), 4000)] == \
+           [d.doc_id for d in prefix]
+    # each source keeps its own shuffled order inside the mix
+    hpo_ids = [d.doc_id for d in prefix if d.source == "hpo"]
+    assert hpo_ids == [d.doc_id for d in corpora["hpo"][:len(hpo_ids)]]
+    # a mix's eval split is exactly its members' eval splits
+    n_eval = sum(1 for _ in data.iter_documents("medical", "eval"))
+    assert n_eval == sum(data.split_of(d.doc_id) == "eval"
+                         for s in ("hpo", "icd10cm") for d in corpora[s])
+    broad = list(itertools.islice(data.iter_documents("broad", "train"), 400))
+    assert {d.source for d in broad} == {"wordnet", "austen", "gcide", "fortunes"}
+    assert all(data.split_of(d.doc_id) == "train" for d in broad)
+
+
+def test_interleave_balances_uneven_documents():
+    long = iter([Document("x" * 100, f"a:{i}", "a") for i in range(50)])
+    short = iter([Document("y" * 10, f"b:{i}", "b") for i in range(500)])
+    out = list(itertools.islice(data.interleave([long, short], [0.5, 0.5]), 220))
+    n_a = sum(d.source == "a" for d in out)
+    assert abs(100 * n_a - 10 * (len(out) - n_a)) <= 100
+    rest = list(data.interleave([iter(out[:3]), iter([])], [0.5, 0.5]))
+    assert rest == out[:3]
+
+
+# --------------------------------------------------------------------------- caching
+
+
+def test_fingerprints_are_stable_and_distinct(corpora):
+    fps = {n: data.corpus_fingerprint(n) for n in [*EMBEDDED, "medical", "broad"]}
+    assert fps == {n: data.corpus_fingerprint(n) for n in fps}
+    assert len(set(fps.values())) == len(fps)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", f) for f in fps.values())
+
+
+class _WordTokenizer:
+    name_or_path = "test-whitespace"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __len__(self) -> int:
+        return 1000
+
+    def __call__(self, texts, add_special_tokens=True):
+        assert add_special_tokens is False
+        self.calls += 1
+        return {"input_ids": [t.split() for t in texts]}
+
+
+def test_corpus_stats_counts_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path))
+    tok = _WordTokenizer()
+    stats = data.corpus_stats("hpo", tok, split="eval")
+    docs = list(data.iter_documents("hpo", "eval"))
+    assert stats == {"documents": len(docs), "tokens": sum(len(d.text.split()) for d in docs)}
+    calls = tok.calls
+    assert data.corpus_stats("hpo", tok, split="eval") == stats
+    assert tok.calls == calls  # served from the on-disk cache
+    assert list((tmp_path / "stats").glob("hpo-eval-*.json"))
+
+
+def test_debian_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path))
+    monkeypatch.setattr(corpora_embedded.shutil, "which", lambda tool: None)
+    with pytest.raises(corpora_embedded.CorpusFetchError,
+                       match=r"wordnet-base.*apt-get download wordnet-base"):
+        next(data.iter_documents("wordnet"))
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def test_render_medqa():
+    record = {"question": "A 23-year-old woman has dysuria. Which drug is best?",
+              "answer": "Nitrofurantoin", "answer_idx": "D",
+              "options": {"A": "Ampicillin", "B": "Ceftriaxone", "C": "Doxycycline",
+                          "D": "Nitrofurantoin"},
+              "meta_info": "step2&3", "metamap_phrases": ["dysuria"]}
+    assert corpora_hub.render_medqa(record) == (
+        "A 23-year-old woman has dysuria. Which drug is best?\n"
+        "The options are:\nA. Ampicillin\nB. Ceftriaxone\nC. Doxycycline\nD. Nitrofurantoin\n"
+        "Correct option: D. Nitrofurantoin")
+
+
+def test_render_medmcqa():
+    record = {"id": "e9ad821a", "question": "Chronic urethral obstruction leads to:",
+              "opa": "Hyperplasia", "opb": "Hypertrophy", "opc": "Atrophy",
+              "opd": "Dyplasia", "cop": 2, "choice_type": "single",
+              "exp": "Back pressure causes atrophy.", "subject_name": "Anatomy",
+              "topic_name": "Urinary tract"}
+    expected = ("Chronic urethral obstruction leads to:\nThe options are:\nA. Hyperplasia\n"
+                "B. Hypertrophy\nC. Atrophy\nD. Dyplasia\nCorrect option: C. Atrophy\n"
+                "Explanation: Back pressure causes atrophy.")
+    assert corpora_hub.render_medmcqa(record) == expected
+    assert corpora_hub.render_medmcqa({**record, "exp": None}) == \
+        expected.rsplit("\nExplanation", 1)[0]
+
+
+def test_render_pubmedqa():
+    record = {"pubid": 21645374, "question": "Do mitochondria play a role in remodelling?",
+              "context": {"contexts": ["Programmed cell death is ...", "Leaves were ..."],
+                          "labels": ["BACKGROUND", "RESULTS"], "meshes": ["Apoptosis"]},
+              "long_answer": "Results show that mitochondria play a role.",
+              "final_decision": "yes"}
+    assert corpora_hub.render_pubmedqa(record) == (
+        "Context: Programmed cell death is ... Leaves were ...\n"
+        "Do mitochondria play a role in remodelling?\n"
+        "The options are:\nA. yes\nB. no\nC. maybe\nCorrect option: A. yes\n"
+        "Long answer: Results show that mitochondria play a role.")
+
+
+def test_render_mmlu():
+    record = {"question": "Which organ produces insulin?", "subject": "college_medicine",
+              "choices": ["Liver", "Pancreas", "Kidney", "Spleen"], "answer": 1}
+    assert corpora_hub.render_mmlu(record) == (
+        "Which organ produces insulin?\nThe options are:\nA. Liver\nB. Pancreas\n"
+        "C. Kidney\nD. Spleen\nCorrect option: B. Pancreas")
+
+
+def test_clinical_qa_loader_on_schema_records():
+    def loader(corpus, path, config, split, streaming=False):
+        assert corpus == "clinical_qa" and not streaming
+        if path == "GBaker/MedQA-USMLE-4-options":
+            return [{"question": f"q{i}", "answer": "x", "answer_idx": "A",
+                     "options": {"A": "x", "B": "y"}} for i in range(30)]
+        if "medmcqa" in path:
+            return [{"id": f"m{i}", "question": "q", "opa": "a", "opb": "b", "opc": "c",
+                     "opd": "d", "cop": 0, "exp": "", "subject_name": "Anatomy"}
+                    for i in range(60)]
+        if "PubMedQA" in path:
+            return [{"pubid": i, "question": "q", "context": {"contexts": ["c"]},
+                     "long_answer": "l", "final_decision": "no"} for i in range(10)]
+        return [{"question": "q", "choices": ["a", "b"], "answer": 0, "subject": config}
+                for _ in range(5)]
+
+    docs = list(corpora_hub.iter_clinical_qa(loader))
+    assert len(docs) == 30 + 60 + 10 + 3 * 5
+    assert len({d.doc_id for d in docs}) == len(docs)
+    assert [data.order_key(d.doc_id) for d in docs] == \
+           sorted(data.order_key(d.doc_id) for d in docs)
+    assert Counter(d.source for d in docs) == {"medqa": 30, "medmcqa": 60, "pubmedqa": 10,
+                                               "mmlu": 15}
+    assert all("Correct option: " in d.text for d in docs)
+
+
+def test_web_loader_shuffles_within_windows():
+    def loader(corpus, path, config, split, streaming=False):
+        assert streaming and corpus == "web"
+        return iter({"id": f"u{i}", "text": f"page {i}"} for i in range(25))
+
+    docs = list(corpora_hub.iter_web(loader, window=10))
+    assert sorted(d.doc_id for d in docs) == sorted(f"web:u{i}" for i in range(25))
+    assert {d.doc_id for d in docs[:10]} == {f"web:u{i}" for i in range(10)}
+    assert [d.doc_id for d in docs] == [d.doc_id for d in corpora_hub.iter_web(loader, 10)]
+
+
+@pytest.mark.parametrize("name", ["clinical_qa", "web"])
+def test_hub_corpus_offline_gives_one_clear_error(name, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if "datasets" in sys.modules:  # the flags are read at import time
+        monkeypatch.setattr(sys.modules["datasets"].config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(data.CorpusUnavailableError) as exc:
+        next(data.iter_documents(name, "train"))
+    msg = str(exc.value)
+    assert "internet" in msg and "'medical'" in msg and "'broad'" in msg
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__
