@@ -282,6 +282,11 @@ class ActivationCache(ChunkedBatches):
         return _from_storage(self.chunks[i], self.dtype)
 
     @property
+    def key(self) -> str:
+        """Content hash of everything that determined this cache."""
+        return self.root.name
+
+    @property
     def hook(self) -> str:
         return self.spec["hook"]
 

@@ -5,7 +5,10 @@ config plus ``section.field=value`` overrides.
     sae-med corpora [CONFIG]            list corpora with document and token counts
     sae-med cache CONFIG [k=v ...]      cache activations for the configured corpora
     sae-med train CONFIG [k=v ...]      train the SAE sweep on each training corpus
-    sae-med run CONFIG [k=v ...]        every stage that exists, end to end
+    sae-med evaluate CONFIG [k=v ...]   score every trained SAE on every eval corpus
+    sae-med experiment CONFIG [k=v ...] cache -> train -> evaluate (last line results=PATH)
+    sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
+    sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
 """
 
 from __future__ import annotations
@@ -77,31 +80,61 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _splits(cfg: Config) -> list[tuple[str, str, int]]:
-    """(corpus, split, tokens) triples the config asks to cache."""
-    out = [(c, "train", cfg.cache.n_tokens) for c in cfg.train_corpora]
-    out += [(c, "eval", cfg.eval.n_tokens) for c in cfg.eval_corpora]
-    return out
-
-
 def cmd_cache(args: argparse.Namespace) -> int:
-    from sae_med.activations import build_cache
-    from sae_med.models import load_model
+    from sae_med.experiment import stage_cache
 
     cfg = _load(args)
-    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path)
-    for corpus, split, n in _splits(cfg):
-        t0 = time.time()
-        cache = build_cache(model, cfg, corpus, split, n_tokens=n)
+    t0 = time.time()
+    for (corpus, split), cache in stage_cache(cfg).items():
         print(f"cache {corpus}/{split}: {cache.n_tokens:,} tokens x d_model {cache.d_model} "
-              f"at {cache.hook} in {time.time() - t0:.1f} s -> {cache.root}")
+              f"at {cache.hook} -> {cache.root}")
+    print(f"cache: done in {time.time() - t0:.0f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sae_med.experiment import stage_train
+
+    cfg = _load(args)
+    for corpus, results in stage_train(cfg).items():
+        for r in results:
+            f = r.final
+            print(f"sae {corpus}/l0_{r.l0_target:g}: L0 {f.get('l0', float('nan')):.1f} "
+                  f"FVE {f.get('fve', float('nan')):.3f} dead {f.get('dead_frac', 0):.3f} "
+                  f"-> {r.path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sae_med.experiment import stage_evaluate
+
+    print(f"results={stage_evaluate(_load(args))}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from sae_med.experiment import run_experiment
+
+    print(f"results={run_experiment(_load(args))}")
+    return 0
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    from sae_med.book import build_book
+
+    print(f"book={build_book(args.config, list(args.overrides))}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    rc = cmd_cache(args)
-    print("train/evaluate/book: nothing to do yet (stages land with later issues)")
-    return rc
+    """The main job: the experiment, then the book built from it (when present)."""
+    cmd_experiment(args)
+    try:
+        import sae_med.book  # noqa: F401
+    except ImportError:
+        print("book: nothing to do yet (the book lands with its issue)")
+        return 0
+    return cmd_book(args)
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -119,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare": (cmd_prepare, "fetch embedded corpora and cache the embedded model"),
         "corpora": (cmd_corpora, "list corpora with document and token counts"),
         "cache": (cmd_cache, "cache activations for the configured corpora"),
-        "run": (cmd_run, "run every stage end to end"),
+        "train": (cmd_train, "train the SAE sweep on each training corpus"),
+        "evaluate": (cmd_evaluate, "score every trained SAE on every eval corpus"),
+        "experiment": (cmd_experiment, "cache -> train -> evaluate; last line results=PATH"),
+        "book": (cmd_book, "execute the notebooks and build the book; last line book=PATH"),
+        "run": (cmd_run, "the main job: experiment, then the book"),
     }
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text)

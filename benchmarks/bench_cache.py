@@ -1,0 +1,132 @@
+"""Caching throughput: sae_med's activation cache vs TransformerLens ``run_with_cache``.
+
+Both sides see the same documents in the same batches. sae_med's forward stops at the
+hook block (no later blocks, no unembedding) and writes hashed shards to disk;
+TransformerLens runs the full model with ``names_filter=hook`` and the kept positions are
+gathered in memory (no disk writes: the comparison is generous to it). Each side runs in
+its own subprocess; peak memory is the resident-set growth during the timed pass,
+sampled every 5 ms. Last line: ``speedup_vs_transformer_lens=<ratio>``.
+
+    .venv/bin/python benchmarks/bench_cache.py [--docs 256] [--ctx 128] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    def __enter__(self):
+        self.base = self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
+    import torch
+
+    from sae_med.activations import _special_ids, _tokenize, build_cache
+    from sae_med.config import load_config
+    from sae_med.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model(device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        from sae_med.data import iter_documents
+
+        texts = [d.text for _, d in zip(range(docs), iter_documents("medical", "train"),
+                                        strict=False)]
+        special = torch.tensor(_special_ids(model.tokenizer))
+        # one untimed warm-up batch for both sides
+        tok, mask = _tokenize(model.tokenizer, texts[:batch], ctx)
+        with torch.no_grad():
+            model.tl(tok, attention_mask=mask, stop_at_layer=1)
+        # the sae_med side caches exactly these documents: count their kept tokens
+        n = 0
+        for i in range(0, len(texts), batch):
+            tok, mask = _tokenize(model.tokenizer, texts[i:i + batch], ctx)
+            n += int((mask.bool() & ~torch.isin(tok, special)).sum())
+        cfg = load_config(None, [f"cache_dir={tmp}", f"cache.ctx_len={ctx}",
+                                 f"cache.batch_size={batch}", f"cache.n_tokens={n}",
+                                 "cache.shard_tokens=16384"])
+        t0 = time.perf_counter()
+        with PeakRSS() as mem:
+            if side == "sae_med":
+                tokens = build_cache(model, cfg, "medical", "train", progress=False).n_tokens
+            else:
+                hook = cfg.model.hook_name
+                tokens = 0
+                for i in range(0, len(texts), batch):
+                    tok, mask = _tokenize(model.tokenizer, texts[i:i + batch], ctx)
+                    with torch.no_grad():
+                        _, c = model.tl.run_with_cache(tok, attention_mask=mask,
+                                                       names_filter=hook)
+                    keep = mask.bool() & ~torch.isin(tok, special)
+                    acts = c[hook][keep].clone()
+                    tokens += acts.shape[0]
+            dt = time.perf_counter() - t0
+    return {"side": side, "tokens": tokens, "seconds": dt, "tok_per_s": tokens / dt,
+            "peak_rss_growth_mb": mem.peak - mem.base}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--docs", type=int, default=256)
+    ap.add_argument("--ctx", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--side", choices=["sae_med", "tl"])
+    a = ap.parse_args()
+    if a.side:
+        print(json.dumps(run_side(a.side, a.docs, a.ctx, a.batch)))
+        return
+    rows = []
+    for side in ("sae_med", "tl"):
+        out = subprocess.run([sys.executable, __file__, "--side", side, "--docs", str(a.docs),
+                              "--ctx", str(a.ctx), "--batch", str(a.batch)],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "TQDM_DISABLE": "1"})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    import torch
+
+    print(f"# bench_cache {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{a.docs} medical docs, ctx {a.ctx}, batch {a.batch}")
+    print(f"| {'side':<36} | {'tokens':>7} | {'seconds':>7} | {'tok/s':>7} | "
+          f"{'peak RSS growth MB':>18} |")
+    print(f"|{'-' * 38}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 20}|")
+    names = {"sae_med": "sae_med build_cache (stops at hook)",
+             "tl": "TransformerLens run_with_cache"}
+    for r in rows:
+        print(f"| {names[r['side']]:<36} | {r['tokens']:>7} | {r['seconds']:>7.2f} | "
+              f"{r['tok_per_s']:>7.0f} | {r['peak_rss_growth_mb']:>18.0f} |")
+    assert rows[0]["tokens"] == rows[1]["tokens"], "the two sides saw different tokens"
+    print(f"speedup_vs_transformer_lens={rows[0]['tok_per_s'] / rows[1]['tok_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

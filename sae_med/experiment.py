@@ -1,0 +1,105 @@
+"""The domain-vs-broad experiment as idempotent stages: cache → train → evaluate.
+
+Each stage reuses what an earlier call produced when its hash matches and recomputes it
+otherwise, so notebooks can call the stage they narrate without re-running the rest.
+
+Layout under ``cfg.run_path`` (``{output_dir}/{name}``)::
+
+    config.json                 the resolved config
+    saes/{train_corpus}/        one training sweep per corpus (see sae_med.train)
+        l0_{target}/            cfg.json + sae.safetensors (raw-activation space), metrics.jsonl
+    results.json, results.csv   every SAE scored on every eval corpus (see sae_med.evaluate)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+from sae_med.activations import ActivationCache, build_cache
+from sae_med.artifacts import write_json_atomic
+from sae_med.config import Config
+from sae_med.models import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=2)
+def _load(name: str, device: str, cache_dir: str) -> LoadedModel:
+    return load_model(name, device, Path(cache_dir))
+
+
+def load_model_for(cfg: Config) -> LoadedModel:
+    """The config's model, loaded once per process."""
+    return _load(cfg.model.name, cfg.model.device, str(cfg.cache_path))
+
+
+def stage_cache(cfg: Config, progress: bool = True) -> dict[tuple[str, str], ActivationCache]:
+    """Activation caches for every train corpus (train split, ``cache.n_tokens``) and every
+    eval corpus (eval split, ``eval.n_tokens``), keyed ``(corpus, split)``."""
+    model = load_model_for(cfg)
+    wanted = [(c, "train", cfg.cache.n_tokens) for c in cfg.train_corpora]
+    wanted += [(c, "eval", cfg.eval.n_tokens) for c in cfg.eval_corpora]
+    return {(c, s): build_cache(model, cfg, c, s, n_tokens=n, progress=progress)
+            for c, s, n in wanted}
+
+
+def train_cache(cfg: Config, corpus: str, progress: bool = True) -> ActivationCache:
+    return build_cache(load_model_for(cfg), cfg, corpus, "train", n_tokens=cfg.cache.n_tokens,
+                       progress=progress)
+
+
+def stage_train(cfg: Config, progress: bool = True) -> dict:
+    """Train (or resume, or reuse) the SAE sweep for each train corpus.
+
+    Returns ``{train_corpus: [TrainResult, ...]}`` in ``cfg.sae.l0_targets`` order. A
+    finished run whose checkpoint key matches is reused; one for another config or cache
+    is retrained from scratch (with a warning), never reused.
+    """
+    import torch
+
+    from sae_med.train import CHECKPOINT_NAME, _run_key, train_saes
+
+    out: dict = {}
+    for corpus in cfg.train_corpora:
+        cache = train_cache(cfg, corpus, progress)
+        out_dir = cfg.run_path / "saes" / corpus
+        ckpt = out_dir / CHECKPOINT_NAME
+        resume = True
+        if ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            if state.get("run_key") != _run_key(cfg, cache):
+                log.warning("%s was trained with another config or cache; retraining", out_dir)
+                resume = False
+        out[corpus] = train_saes(cfg, cache, out_dir, resume=resume, progress=progress,
+                                 d_model=cache.d_model)
+    return out
+
+
+def sae_dirs(cfg: Config) -> dict[str, Path]:
+    """``{sae_id: directory}`` of the trained SAEs, e.g. ``medical/l0_20``."""
+    from sae_med.train import sae_dirname
+
+    return {f"{corpus}/{sae_dirname(t)}": cfg.run_path / "saes" / corpus / sae_dirname(t)
+            for corpus in cfg.train_corpora for t in cfg.sae.l0_targets}
+
+
+def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
+    """Score every trained SAE on every eval corpus; returns ``results.json``'s path."""
+    from sae_med.evaluate import evaluate_paths
+
+    stage_train(cfg, progress)
+    return evaluate_paths(cfg, list(sae_dirs(cfg).values()), list(cfg.eval_corpora),
+                          progress=progress)
+
+
+def run_experiment(cfg: Config, progress: bool = True) -> Path:
+    """cache → train → evaluate; returns the results JSON."""
+    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cfg.run_path / "config.json", cfg.to_dict())
+    stage_cache(cfg, progress)
+    results = stage_evaluate(cfg, progress)
+    log.info("results: %s", json.dumps(str(results)))
+    return results

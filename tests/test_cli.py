@@ -1,0 +1,20 @@
+"""The sae-med command line: config errors name the field, corpora lists every corpus."""
+
+from __future__ import annotations
+
+from sae_med.cli import main
+
+
+def test_config_error_names_the_field(capsys):
+    rc = main(["cache", "configs/smoke.yaml", "cache.n_tokenz=5"])
+    assert rc == 2
+    assert "cache.n_tokenz" in capsys.readouterr().err
+
+
+def test_corpora_lists_every_corpus(capsys):
+    from sae_med.data import list_corpora
+
+    assert main(["corpora", "--no-tokens"]) == 0
+    out = capsys.readouterr().out
+    for name in list_corpora():
+        assert any(line.startswith(name + " ") for line in out.splitlines())
