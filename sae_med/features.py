@@ -1,0 +1,340 @@
+"""Feature studies: what each latent fires on, and which clinical concept it tracks.
+
+All of it reads the activation cache's stored tokens (token id, document, position), so
+no model forward is needed beyond the SAE encoder:
+
+- :func:`encode_cache` — the SAE's latents over a cache, kept sparse (L0 per token).
+- :func:`top_windows` / :func:`quantile_windows` — context windows (≈30 tokens left, 5
+  right) around a latent's strongest (or quantile-sampled) activations, peak marked.
+- :func:`logit_lens` — top and bottom tokens of decoder row · unembedding.
+- :func:`search_latents` — latents most active on a phrase, or on one token.
+- :func:`concept_alignment` — for every latent, the labelled concept (HPO term or
+  category, ICD-10-CM chapter or block) whose documents it best separates: document-level
+  max activation, AUROC and F1 at the best threshold, the concept and threshold chosen on
+  one half of the documents and scored on the other (held-out) half.
+- :func:`match_dictionaries` — each latent of one SAE against its best match in another by
+  decoder cosine similarity, classified as shared / split / new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_med.activations import ActivationCache
+from sae_med.sae import JumpReLUSAE
+
+
+class LatentActs(NamedTuple):
+    """Sparse latent activations over a cache: one entry per (row, latent) with f > 0."""
+
+    rows: Int[Tensor, " nnz"]
+    latents: Int[Tensor, " nnz"]
+    values: Float[Tensor, " nnz"]
+    n_rows: int
+    d_sae: int
+
+    def of_latent(self, latent: int) -> tuple[Tensor, Tensor]:
+        """(rows, values) where ``latent`` fires."""
+        sel = self.latents == latent
+        return self.rows[sel], self.values[sel]
+
+    def firing_rate(self) -> Float[Tensor, " d_sae"]:
+        """Fraction of tokens on which each latent fires."""
+        return torch.bincount(self.latents, minlength=self.d_sae).float() / self.n_rows
+
+
+@torch.no_grad()
+def encode_cache(sae: JumpReLUSAE, cache: ActivationCache, batch_size: int = 4096,
+                 progress: bool = True) -> LatentActs:
+    """Encode every row of ``cache`` (in cache order) and keep the non-zero latents."""
+    rows, lats, vals = [], [], []
+    offset = 0
+    for x in tqdm(cache.iter_ordered(batch_size), total=-(-cache.n_tokens // batch_size),
+                  desc="encode", disable=not progress):
+        f = sae.encode(x)
+        r, c = f.nonzero(as_tuple=True)
+        rows.append(r + offset)
+        lats.append(c)
+        vals.append(f[r, c])
+        offset += x.shape[0]
+    return LatentActs(torch.cat(rows), torch.cat(lats), torch.cat(vals), offset, sae.d_sae)
+
+
+class Window(NamedTuple):
+    """Tokens around one activation; ``peak`` indexes the marked token in ``tokens``."""
+
+    doc_index: int
+    position: int
+    activation: float
+    tokens: list[int]
+    peak: int
+    values: list[float]
+    """The latent's activation on each token of the window (0 where it is silent)."""
+
+    def render(self, tokenizer, mark: str = "<<{}>>") -> str:
+        pieces = [tokenizer.decode([t]) for t in self.tokens]
+        pieces[self.peak] = mark.format(pieces[self.peak])
+        return "".join(pieces)
+
+
+def _window(acts: LatentActs, info: Tensor, row: int, latent: int, left: int, right: int,
+            dense_cache: dict[int, Tensor]) -> Window:
+    doc = int(info[row, 1])
+    lo = row
+    while lo > 0 and int(info[lo - 1, 1]) == doc and row - lo < left:
+        lo -= 1
+    hi = row
+    while hi + 1 < info.shape[0] and int(info[hi + 1, 1]) == doc and hi - row < right:
+        hi += 1
+    if latent not in dense_cache:
+        r, v = acts.of_latent(latent)
+        dense = torch.zeros(acts.n_rows)
+        dense[r] = v
+        dense_cache[latent] = dense
+    vals = dense_cache[latent][lo:hi + 1]
+    return Window(doc, int(info[row, 2]), float(dense_cache[latent][row]),
+                  info[lo:hi + 1, 0].tolist(), row - lo, vals.tolist())
+
+
+def top_windows(acts: LatentActs, cache: ActivationCache, latent: int, k: int = 10,
+                left: int = 30, right: int = 5, one_per_doc: bool = True) -> list[Window]:
+    """The ``k`` strongest activations of ``latent`` with their context windows."""
+    info = cache.token_info()
+    r, v = acts.of_latent(latent)
+    order = torch.argsort(v, descending=True, stable=True)
+    out: list[Window] = []
+    seen: set[int] = set()
+    dense: dict[int, Tensor] = {}
+    for i in order.tolist():
+        row = int(r[i])
+        doc = int(info[row, 1])
+        if one_per_doc and doc in seen:
+            continue
+        seen.add(doc)
+        out.append(_window(acts, info, row, latent, left, right, dense))
+        if len(out) == k:
+            break
+    return out
+
+
+def quantile_windows(acts: LatentActs, cache: ActivationCache, latent: int,
+                     quantiles: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9), per: int = 2,
+                     left: int = 30, right: int = 5, seed: int = 0
+                     ) -> dict[float, list[Window]]:
+    """Windows sampled around activation quantiles (how the latent behaves when weak)."""
+    info = cache.token_info()
+    r, v = acts.of_latent(latent)
+    if len(v) == 0:
+        return {q: [] for q in quantiles}
+    order = torch.argsort(v, stable=True)
+    gen = np.random.default_rng(seed)
+    dense: dict[int, Tensor] = {}
+    out = {}
+    for q in quantiles:
+        centre = int(q * (len(order) - 1))
+        span = max(1, len(order) // 20)
+        lo, hi = max(0, centre - span), min(len(order), centre + span + 1)
+        picks = gen.choice(np.arange(lo, hi), size=min(per, hi - lo), replace=False)
+        out[q] = [_window(acts, info, int(r[order[p]]), latent, left, right, dense)
+                  for p in sorted(picks)]
+    return out
+
+
+class LogitLens(NamedTuple):
+    top_tokens: list[str]
+    top_values: list[float]
+    bottom_tokens: list[str]
+    bottom_values: list[float]
+
+
+@torch.no_grad()
+def logit_lens(sae: JumpReLUSAE, unembed: Float[Tensor, "d_model d_vocab"], tokenizer,
+               latent: int, k: int = 10) -> LogitLens:
+    """Tokens the latent's decoder direction promotes / suppresses: ``W_dec[l] @ W_U``."""
+    logits = sae.W_dec[latent].float() @ unembed.float()
+    top = torch.topk(logits, k)
+    bot = torch.topk(-logits, k)
+    dec = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
+    return LogitLens(dec(top.indices), top.values.tolist(), dec(bot.indices),
+                     (-bot.values).tolist())
+
+
+@torch.no_grad()
+def search_latents(sae: JumpReLUSAE, acts_of_text: Float[Tensor, "pos d_model"],
+                   k: int = 10) -> list[tuple[int, float]]:
+    """Latents most active (max over positions) on a phrase's activations."""
+    f = sae.encode(acts_of_text).amax(0)
+    top = torch.topk(f, k)
+    return [(int(i), float(v)) for i, v in zip(top.indices, top.values, strict=True) if v > 0]
+
+
+def latents_on_token(acts: LatentActs, cache: ActivationCache, token_id: int, k: int = 10
+                     ) -> list[tuple[int, float]]:
+    """Latents that fire most often on ``token_id`` (fraction of its occurrences)."""
+    info = cache.token_info()
+    rows = torch.nonzero(info[:, 0] == token_id).flatten()
+    if len(rows) == 0:
+        return []
+    sel = torch.isin(acts.rows, rows)
+    counts = torch.bincount(acts.latents[sel], minlength=acts.d_sae).float() / len(rows)
+    top = torch.topk(counts, k)
+    return [(int(i), float(v)) for i, v in zip(top.indices, top.values, strict=True) if v > 0]
+
+
+# ------------------------------------------------------------------ concept alignment
+
+def doc_max_activations(acts: LatentActs, cache: ActivationCache
+                        ) -> Float[Tensor, "n_docs d_sae"]:
+    """Per document, each latent's maximum activation over the document's tokens."""
+    doc_of_row = cache.token_info()[:, 1].long()
+    n_docs = int(doc_of_row.max()) + 1
+    out = torch.zeros(n_docs * acts.d_sae)
+    flat = doc_of_row[acts.rows] * acts.d_sae + acts.latents
+    out.scatter_reduce_(0, flat, acts.values, reduce="amax")
+    return out.view(n_docs, acts.d_sae)
+
+
+def document_concepts(labels: dict[str, Sequence[str]], keys: Iterable[str]) -> set[str]:
+    """Concept names of one document: ``key:value`` for each listed label key."""
+    return {f"{k}:{v}" for k in keys for v in labels.get(k, ())}
+
+
+DEFAULT_CONCEPT_KEYS = ("term", "ancestors", "chapter", "block")
+
+
+def _half_of(doc_id: str) -> int:
+    return hashlib.sha256(f"align:{doc_id}".encode()).digest()[0] & 1
+
+
+class Alignment(NamedTuple):
+    """Per latent: its best concept (chosen on the selection half) and held-out scores."""
+
+    concept: list[str]
+    auroc: Float[Tensor, " d_sae"]
+    """Held-out AUROC of the document max activation for the chosen concept."""
+    f1: Float[Tensor, " d_sae"]
+    """Held-out F1 at the threshold that maximised F1 on the selection half."""
+    concepts: list[str]
+    n_positive: list[int]
+
+
+def _auroc_matrix(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """AUROC of every score column for every positive-indicator column (ties: midranks).
+
+    scores: (docs, latents); positives: (docs, concepts) bool → (latents, concepts)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=0)  # (docs, latents), midranks for the many zeros
+    n_pos = positives.sum(0).astype(np.float64)
+    n_neg = positives.shape[0] - n_pos
+    rank_sum = ranks.T @ positives.astype(np.float64)  # (latents, concepts)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1)
+
+
+def _best_f1_threshold(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    k = np.arange(1, len(s) + 1)
+    f1 = 2 * tp / (k + y.sum())
+    last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # thresholds between values
+    f1 = np.where(last_of_tie & (s_sorted > 0), f1, -1)
+    i = int(np.argmax(f1))
+    # cut halfway to the next lower score, so held-out scores just below the lowest
+    # selected one still count
+    below = s_sorted[i + 1] if i + 1 < len(s_sorted) else 0.0
+    return float((s_sorted[i] + below) / 2), float(max(f1[i], 0.0))
+
+
+def _f1_at(s: np.ndarray, y: np.ndarray, thr: float) -> float:
+    pred = s >= thr
+    tp = float((pred & y).sum())
+    denom = float(pred.sum() + y.sum())
+    return 2 * tp / denom if denom else 0.0
+
+
+def concept_alignment(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict],
+                      doc_ids: Sequence[str], keys: Sequence[str] = DEFAULT_CONCEPT_KEYS,
+                      min_docs: int = 5) -> Alignment:
+    """Align each latent with the concept whose documents it best separates.
+
+    The documents are split in two halves by a hash of their id. On the *selection* half,
+    each latent's concept is the one with the highest AUROC of the document max
+    activation (concepts need ``min_docs`` positive documents in each half), and its F1
+    threshold is the one maximising F1. Both are then scored on the *held-out* half, so a
+    latent cannot look aligned by chance selection among thousands of concepts.
+    """
+    sets = [document_concepts(lab, keys) for lab in doc_labels]
+    half = np.array([_half_of(d) for d in doc_ids])
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s, h in zip(sets, half, strict=True):
+        for c in s:
+            counts[c][h] += 1
+    concepts = sorted(c for c, (a, b) in counts.items() if a >= min_docs and b >= min_docs)
+    if not concepts:
+        raise ValueError(f"no concept has {min_docs} documents in both halves; use more "
+                         "evaluation documents or a smaller min_docs")
+    index = {c: i for i, c in enumerate(concepts)}
+    pos = np.zeros((len(sets), len(concepts)), dtype=bool)
+    for d, s in enumerate(sets):
+        for c in s:
+            if c in index:
+                pos[d, index[c]] = True
+    scores = doc_max.numpy().astype(np.float64)
+    sel, held = half == 0, half == 1
+    au_sel = _auroc_matrix(scores[sel], pos[sel])
+    best = au_sel.argmax(1)
+    au_held_all = _auroc_matrix(scores[held], pos[held])
+    d_sae = scores.shape[1]
+    auroc = au_held_all[np.arange(d_sae), best]
+    f1 = np.zeros(d_sae)
+    for lat in range(d_sae):
+        y_sel = pos[sel, best[lat]]
+        thr, _ = _best_f1_threshold(scores[sel, lat], y_sel)
+        f1[lat] = _f1_at(scores[held, lat], pos[held, best[lat]], thr) if thr > 0 else 0.0
+    return Alignment([concepts[i] for i in best], torch.from_numpy(auroc).float(),
+                     torch.from_numpy(f1).float(), concepts,
+                     [int(pos[:, i].sum()) for i in range(len(concepts))])
+
+
+# ------------------------------------------------------------ cross-dictionary matching
+
+class DictionaryMatch(NamedTuple):
+    best: Int[Tensor, " d_sae_a"]
+    """Index of each A latent's best-matching B latent."""
+    cosine: Float[Tensor, " d_sae_a"]
+    kind: list[str]
+    """``shared`` (cos ≥ shared_at, sole A latent on that B latent), ``split`` (cos ≥
+    related_at and several A latents share the same best B latent), ``new`` (cos below
+    related_at: no counterpart in B), else ``related``."""
+
+
+@torch.no_grad()
+def match_dictionaries(a: JumpReLUSAE, b: JumpReLUSAE, shared_at: float = 0.7,
+                       related_at: float = 0.4) -> DictionaryMatch:
+    """Best decoder-cosine match in ``b`` for every latent of ``a``."""
+    da = torch.nn.functional.normalize(a.W_dec.float(), dim=1)
+    db = torch.nn.functional.normalize(b.W_dec.float(), dim=1)
+    cos = da @ db.T
+    val, idx = cos.max(1)
+    fan_in = torch.bincount(idx[val >= related_at], minlength=b.d_sae)
+    kind = []
+    for v, i in zip(val.tolist(), idx.tolist(), strict=True):
+        if v < related_at:
+            kind.append("new")
+        elif fan_in[i] > 1:
+            kind.append("split")
+        elif v >= shared_at:
+            kind.append("shared")
+        else:
+            kind.append("related")
+    return DictionaryMatch(idx, val, kind)

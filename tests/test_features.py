@@ -1,0 +1,123 @@
+"""Feature studies on a real (small) cache, and known answers for alignment and matching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sae_med.activations import build_cache
+from sae_med.config import load_config
+from sae_med.features import (
+    _auroc_matrix,
+    concept_alignment,
+    doc_max_activations,
+    encode_cache,
+    logit_lens,
+    match_dictionaries,
+    top_windows,
+)
+from sae_med.sae import JumpReLUSAE
+
+
+@pytest.fixture(scope="module")
+def cache(model, cache_root):
+    cfg = load_config(None, [f"cache_dir={cache_root}", "cache.n_tokens=800",
+                             "cache.shard_tokens=300", "cache.batch_size=8",
+                             "cache.ctx_len=48"])
+    return build_cache(model, cfg, "medical", "eval", progress=False)
+
+
+@pytest.fixture(scope="module")
+def sae(cache):
+    gen = torch.Generator().manual_seed(0)
+    s = JumpReLUSAE(cache.d_model, 256, generator=gen)
+    x = cache.activations()
+    with torch.no_grad():  # thresholds at the 95th percentile of each pre-activation
+        z = x @ s.W_enc + s.b_enc
+        s.log_threshold.copy_(torch.quantile(z, 0.95, dim=0).clamp_min(1e-3).log())
+    return s
+
+
+def test_encode_cache_and_doc_max_match_dense(cache, sae):
+    acts = encode_cache(sae, cache, batch_size=300, progress=False)
+    dense = sae.encode(cache.activations())
+    assert acts.n_rows == cache.n_tokens
+    rebuilt = torch.zeros_like(dense)
+    rebuilt[acts.rows, acts.latents] = acts.values
+    torch.testing.assert_close(rebuilt, dense)
+    doc = cache.token_info()[:, 1].long()
+    dm = doc_max_activations(acts, cache)
+    for d in [0, int(doc.max())]:
+        torch.testing.assert_close(dm[d], dense[doc == d].amax(0).clamp_min(0))
+
+
+def test_top_windows_mark_the_peak(cache, sae):
+    acts = encode_cache(sae, cache, progress=False)
+    latent = int(torch.bincount(acts.latents).argmax())
+    wins = top_windows(acts, cache, latent, k=3)
+    assert 1 <= len(wins) <= 3
+    r, v = acts.of_latent(latent)
+    assert wins[0].activation == pytest.approx(float(v.max()))
+    info = cache.token_info()
+    for w in wins:
+        assert w.values[w.peak] == pytest.approx(w.activation)
+        assert len(w.tokens) <= 36 and w.peak <= 30
+        row = int(torch.nonzero((info[:, 1] == w.doc_index) & (info[:, 2] == w.position)))
+        assert w.tokens[w.peak] == int(info[row, 0])
+    assert [w.activation for w in wins] == sorted([w.activation for w in wins], reverse=True)
+
+
+def test_logit_lens_of_an_unembedding_direction(model):
+    W_U = model.tl.W_U.detach()
+    token = model.tokenizer(" fever", add_special_tokens=False).input_ids[0]
+    sae = JumpReLUSAE(model.d_model, 4)
+    with torch.no_grad():
+        sae.W_dec[0] = W_U[:, token] / W_U[:, token].norm()
+    lens = logit_lens(sae, W_U, model.tokenizer, 0, k=5)
+    assert lens.top_tokens[0] == " fever"
+    assert lens.top_values[0] >= lens.top_values[-1] > lens.bottom_values[0]
+
+
+def test_auroc_matrix_equals_pairwise_definition():
+    rng = np.random.default_rng(0)
+    scores = np.where(rng.random((60, 3)) < 0.5, 0.0, rng.random((60, 3)))  # many ties
+    pos = rng.random((60, 2)) < 0.3
+    got = _auroc_matrix(scores, pos)
+    for lat in range(3):
+        for c in range(2):
+            p, n = scores[pos[:, c], lat], scores[~pos[:, c], lat]
+            want = ((p[:, None] > n[None]).sum() + 0.5 * (p[:, None] == n[None]).sum()) / (
+                len(p) * len(n))
+            assert got[lat, c] == pytest.approx(want)
+
+
+def test_alignment_finds_a_planted_concept_and_not_noise():
+    rng = np.random.default_rng(1)
+    n = 400
+    labels = [{"chapter": ("Infectious",) if i % 4 == 0 else ("Neoplasms",)} for i in range(n)]
+    ids = [f"doc{i}" for i in range(n)]
+    is_inf = np.array([i % 4 == 0 for i in range(n)])
+    doc_max = np.zeros((n, 2), dtype=np.float32)
+    doc_max[:, 0] = np.where(is_inf, 1.0 + rng.random(n), 0.0)  # fires only on infectious
+    doc_max[:, 1] = rng.random(n)  # noise
+    al = concept_alignment(torch.from_numpy(doc_max), labels, ids, min_docs=5)
+    assert al.concept[0] == "chapter:Infectious"
+    assert float(al.auroc[0]) == pytest.approx(1.0) and float(al.f1[0]) == pytest.approx(1.0)
+    assert abs(float(al.auroc[1]) - 0.5) < 0.15 and float(al.f1[1]) < 0.7
+
+
+def test_match_dictionaries_shared_split_new():
+    a = JumpReLUSAE(16, 6, generator=torch.Generator().manual_seed(0))
+    b = JumpReLUSAE(16, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.cat([a.W_dec[:3].T, torch.ones(16, 1)], 1))
+        a.W_dec[5] = q[:, 3]  # orthogonal to a0..a2
+        b.W_dec[:] -= (b.W_dec @ a.W_dec[5])[:, None] * a.W_dec[5]  # nothing like a5 in b
+        b.W_dec[3] = a.W_dec[0]  # a0 has an exact twin in b
+        b.W_dec[4] = torch.nn.functional.normalize(a.W_dec[1] + a.W_dec[2], dim=0)
+    m = match_dictionaries(a, b)
+    assert m.kind[0] == "shared" and int(m.best[0]) == 3
+    assert float(m.cosine[0]) == pytest.approx(1.0)
+    assert m.kind[1] == m.kind[2] == "split" and int(m.best[1]) == int(m.best[2]) == 4
+    assert m.kind[5] == "new"
