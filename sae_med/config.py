@@ -127,6 +127,11 @@ class TrainConfig:
     """SAE step implementation: ``sparse`` (CSR latents, fp32; fastest on CPU), ``dense``
     (plain matmuls; autocast-friendly, for GPUs) or ``auto`` (sparse on CPU without
     autocast, dense otherwise)."""
+    threshold_lr_mult: float = 1.0
+    """Learning-rate multiplier for log(theta). 1 is the paper's recipe; Adam moves log(theta)
+    by ~lr per step, so from the 0.001 init theta needs ~ln(100)/lr ~ 15k steps at lr 3e-4 to
+    reach typical pre-activation scales. Runs much shorter than that need a larger value
+    (e.g. 20-50) or they never reach their target L0."""
     dead_window_tokens: int = 10_000_000
     """A latent counts as dead if it has not fired in the last this-many training tokens
     (or in all tokens so far, early in a run)."""
@@ -144,6 +149,7 @@ class TrainConfig:
         _check(self.kernel in ("auto", "sparse", "dense"), "train.kernel",
                "must be 'auto', 'sparse' or 'dense'")
         _check(self.dead_window_tokens > 0, "train.dead_window_tokens", "must be > 0")
+        _check(self.threshold_lr_mult > 0, "train.threshold_lr_mult", "must be > 0")
         _check(self.lr_warmup_steps >= 0 and self.sparsity_warmup_steps >= 0,
                "train.lr_warmup_steps/sparsity_warmup_steps", "must be >= 0")
         _check(self.sparsity_coeff >= 0, "train.sparsity_coeff", "must be >= 0")

@@ -1,0 +1,408 @@
+"""Train a sweep of JumpReLU SAEs (one per target L0) from one pass over activation batches.
+
+Every batch is read once and fed to every SAE of the sweep. The recipe is the paper's
+(PAPER.md): loss = sum_dims (x - x_hat)^2 (mean over batch) + a sparsity term, either
+``target_l0``: c (L0/L0_target - 1)^2 or ``l0_penalty``: lambda L0, with L0 through the
+Heaviside straight-through estimator and the coefficient warmed up linearly; Adam
+(beta1 = 0), linear lr warmup and a linear decay to 0 over the last ``lr_decay_frac`` of the
+steps, grad-norm clipping, decoder-parallel gradient removed before and decoder rows
+renormalised after each step, and one input scale (E||x scale||^2 = 1) estimated on a
+separate stream and folded into the saved weights.
+
+Layout of ``out_dir``::
+
+    config.json            resolved config of the run
+    checkpoint.pt          latest atomic checkpoint (weights, Adam, step, RNG, scale)
+    l0_<target>/           one per SAE: cfg.json + sae.safetensors (folded), metrics.jsonl,
+                           config.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
+from sae_med.batches import BatchSource
+from sae_med.config import Config, TrainConfig
+from sae_med.sae import JumpReLUSAE
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_FORMAT = 1
+SPARSE_MAX_DENSITY = 0.05
+"""With ``kernel: auto`` the CSR path is used only while the previous step's L0 was at most
+this fraction of the width; denser latents (e.g. right after init, when about half fire) are
+faster through plain matmuls."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on bad input (wrong width, NaN/inf) or an unusable checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """One trained SAE of a sweep."""
+
+    l0_target: float
+    path: Path
+    """Directory with the folded ``cfg.json`` + ``sae.safetensors``, ``metrics.jsonl`` and
+    the run's ``config.json``."""
+    steps: int
+    tokens: int
+    input_scale: float
+    """Scale the SAE was trained with (already folded into the saved weights)."""
+    final: dict[str, float] = field(default_factory=dict)
+    """Last logged metrics row."""
+
+
+# --------------------------------------------------------------------------------------
+# Schedules, metrics, helpers
+# --------------------------------------------------------------------------------------
+
+def total_steps(tc: TrainConfig) -> int:
+    return math.ceil(tc.n_tokens / tc.batch_size)
+
+
+def lr_at(step: int, tc: TrainConfig, n_steps: int) -> float:
+    """Linear warmup over ``lr_warmup_steps``, then constant, then a linear decay to 0 over
+    the last ``lr_decay_frac`` of the steps (``step`` counts from 0)."""
+    warm = min(1.0, (step + 1) / tc.lr_warmup_steps) if tc.lr_warmup_steps else 1.0
+    decay_steps = int(round(n_steps * tc.lr_decay_frac))
+    decay_start = n_steps - decay_steps
+    decay = (n_steps - step) / decay_steps if decay_steps and step >= decay_start else 1.0
+    return tc.lr * warm * decay
+
+
+def sparsity_coeff_at(step: int, tc: TrainConfig) -> float:
+    """``sparsity_coeff`` warmed up linearly over ``sparsity_warmup_steps``."""
+    if not tc.sparsity_warmup_steps:
+        return tc.sparsity_coeff
+    return tc.sparsity_coeff * min(1.0, (step + 1) / tc.sparsity_warmup_steps)
+
+
+def batch_fve(x: Float[Tensor, "batch d_model"], x_hat: Float[Tensor, "batch d_model"]
+              ) -> float:
+    """Paper's FVE on one batch: 1 - sum_j Var_t(x_j - x_hat_j) / sum_j Var_t(x_j)."""
+    x, x_hat = x.float(), x_hat.float()
+    return float(1.0 - (x - x_hat).var(0).sum() / x.var(0).sum().clamp_min(1e-30))
+
+
+def sub_seed(seed: int, *names: Any) -> int:
+    """A derived seed (63 bits) for a named purpose, stable across runs and platforms."""
+    return int(stable_hash([seed, *names]), 16) % (2**63)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sae_dirname(l0_target: float) -> str:
+    return f"l0_{l0_target:g}"
+
+
+@torch.no_grad()
+def estimate_input_scale(source: BatchSource, batch_size: int, n_batches: int, seed: int
+                         ) -> float:
+    """Scalar s with E||x s||^2 = 1, i.e. s = 1/sqrt(mean ||x||^2) over ``n_batches``."""
+    total, count = 0.0, 0
+    it = source.iter_batches(batch_size, seed)
+    for i in range(n_batches):
+        x = next(it)
+        sq = x.double().pow(2).sum(-1)
+        if not torch.isfinite(sq).all():
+            raise TrainingError(f"NaN/inf in normalisation batch {i} "
+                                f"({source.describe_batch(i, batch_size, seed)})")
+        total += float(sq.sum())
+        count += x.shape[0]
+    mean_sq = total / count
+    if mean_sq <= 0:
+        raise TrainingError("activations are all zero: cannot normalise")
+    return 1.0 / math.sqrt(mean_sq)
+
+
+def _run_key(cfg: Config, source: BatchSource) -> str:
+    """Hash of everything that determines the trained weights (not logging/checkpointing)."""
+    train = {k: v for k, v in cfg.to_dict()["train"].items()
+             if k not in ("log_every", "checkpoint_every", "device", "kernel")}
+    # a cache's key names the activations it holds; in-memory sources have none
+    return stable_hash({"seed": cfg.seed, "sae": cfg.to_dict()["sae"], "train": train,
+                        "d_model": source.d_model, "source": getattr(source, "key", None)})
+
+
+# --------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------
+
+class SweepMember:
+    """One SAE of the sweep with its optimiser, dead-latent clock and metrics file."""
+
+    def __init__(self, sae: JumpReLUSAE, target: float, tc: TrainConfig, path: Path):
+        self.sae, self.target, self.path = sae, target, path
+        others = [p for n, p in sae.named_parameters() if n != "log_threshold"]
+        self.opt = torch.optim.Adam(
+            [{"params": others, "lr_mult": 1.0},
+             {"params": [sae.log_threshold], "lr_mult": tc.threshold_lr_mult}],
+            lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2))
+        # Tokens seen when each latent last fired (0: never).
+        self.last_fired = torch.zeros(sae.d_sae, dtype=torch.int64,
+                                      device=sae.W_enc.device)
+        self.last: dict[str, float] = {}
+        self.prev_l0 = math.inf  # L0 of the previous step, for the kernel choice
+
+    def state(self) -> dict[str, Any]:
+        return {"target": self.target, "sae": self.sae.state_dict(),
+                "opt": self.opt.state_dict(), "last_fired": self.last_fired,
+                "prev_l0": self.prev_l0}
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.sae.load_state_dict(st["sae"])
+        self.opt.load_state_dict(st["opt"])
+        self.last_fired.copy_(st["last_fired"])
+        self.prev_l0 = float(st["prev_l0"])
+
+
+def train_step(m: SweepMember, x: Float[Tensor, "batch d_model"], lr: float, coeff: float,
+               tc: TrainConfig, fast: bool,
+               autocast: contextlib.AbstractContextManager | None = None
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One optimiser step of one SAE on the (already scaled) batch ``x``.
+
+    Returns (loss, mse, sparsity loss, l0, x_hat, fired), detached; ``fired`` is a
+    (d_sae,) bool mask of the latents that fired on this batch.
+    """
+    sae = m.sae
+    with autocast or contextlib.nullcontext():
+        out = sae(x, fast=fast)
+    x_hat = out.x_hat.float()
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    l0 = out.l0.float()
+    sp = (l0 / m.target - 1) ** 2 if tc.sparsity == "target_l0" else l0
+    sp = coeff * sp
+    loss = mse + sp
+    for g in m.opt.param_groups:
+        g["lr"] = lr * g["lr_mult"]
+    m.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.remove_parallel_grad_()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), tc.grad_clip)
+    m.opt.step()
+    sae.unit_norm_decoder_()
+    if fast:
+        fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
+        fired[out.acts.col_indices()] = True
+    else:
+        fired = (out.acts > 0).any(0)
+    return loss.detach(), mse.detach(), sp.detach(), l0.detach(), x_hat.detach(), fired
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric rows logged after ``last_step`` (they are recomputed on resume)."""
+    if not path.exists():
+        return
+    rows = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln)["step"] <= last_step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(r + "\n" for r in rows))
+
+
+def _save_checkpoint(path: Path, key: str, step: int, scale: float,
+                     members: list[SweepMember]) -> None:
+    state = {"format": CHECKPOINT_FORMAT, "run_key": key, "step": step, "scale": scale,
+             "members": [m.state() for m in members],
+             "rng": {"torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                     else []}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same failure
+        raise TrainingError(f"checkpoint {path} is unreadable ({e}); delete it to start "
+                            f"over") from e
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("run_key") != key:
+        raise TrainingError(f"checkpoint {path} belongs to a different run (config, seed or "
+                            f"d_model changed); delete it or use a new output directory")
+    return state
+
+
+def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
+               progress: bool = True, d_model: int | None = None,
+               init_saes: Sequence[JumpReLUSAE] | None = None) -> list[TrainResult]:
+    """Train one JumpReLU SAE per ``cfg.sae.l0_targets`` from one pass over ``source``.
+
+    Args:
+        cfg: resolved config (``cfg.sae``, ``cfg.train``, ``cfg.seed``).
+        source: activation batches; batch ``k`` of ``iter_batches(batch_size, cfg.seed)``
+            is step ``k``.
+        out_dir: run directory (see the module docstring for its layout).
+        resume: continue from ``out_dir/checkpoint.pt`` if present (same config required).
+        progress: show a tqdm bar.
+        d_model: expected activation width; a mismatch with ``source.d_model`` is an error.
+        init_saes: optional starting SAEs (raw-activation space, e.g. loaded with
+            :meth:`JumpReLUSAE.load`), one per target, instead of the paper's init.
+    Returns:
+        one :class:`TrainResult` per target, in ``cfg.sae.l0_targets`` order.
+    """
+    tc, sc = cfg.train, cfg.sae
+    out_dir = Path(out_dir)
+    expected = {"d_model argument": d_model} if d_model is not None else {}
+    for i, s in enumerate(init_saes or []):
+        expected[f"init_saes[{i}]"] = s.d_model
+        if s.d_sae != sc.width:
+            raise TrainingError(f"init_saes[{i}] has width {s.d_sae}, config sae.width is "
+                                f"{sc.width}")
+    for what, dm in expected.items():
+        if dm != source.d_model:
+            raise TrainingError(f"activation source has d_model={source.d_model} but the "
+                                f"{what} expects d_model={dm}")
+    if init_saes is not None and len(init_saes) != len(sc.l0_targets):
+        raise TrainingError(f"{len(init_saes)} init_saes for {len(sc.l0_targets)} targets")
+
+    device = resolve_device(tc.device)
+    use_bf16 = tc.autocast_bf16 or device.type == "cuda"
+    # sparse: always CSR; auto: CSR on CPU without autocast once latents are sparse enough
+    sparse_ok = tc.kernel == "sparse" or (tc.kernel == "auto" and device.type == "cpu"
+                                          and not use_bf16)
+    n_steps, bs = total_steps(tc), tc.batch_size
+    key = _run_key(cfg, source)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "config.json", cfg.to_dict())
+
+    state = None
+    if resume and ckpt_path.exists():
+        state = _load_checkpoint(ckpt_path, key, device)
+        log.info("resuming %s from step %d", out_dir, state["step"])
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", out_dir)
+    elif ckpt_path.exists():
+        log.warning("overwriting the existing run in %s (pass resume=True to continue it)",
+                    out_dir)
+
+    scale = (state["scale"] if state is not None else
+             estimate_input_scale(source, bs, tc.norm_batches, sub_seed(cfg.seed, "norm")))
+
+    members = []
+    for i, target in enumerate(sc.l0_targets):
+        if init_saes is not None:
+            sae = init_saes[i].folded().fold_input_scale_(1.0 / scale)  # raw -> scaled space
+        else:
+            gen = torch.Generator().manual_seed(sub_seed(cfg.seed, "init", i))
+            sae = JumpReLUSAE(source.d_model, sc.width, bandwidth=sc.bandwidth,
+                              init_threshold=sc.init_threshold, generator=gen)
+            sae.input_scale.fill_(scale)
+        sae_dir = out_dir / sae_dirname(target)
+        sae_dir.mkdir(parents=True, exist_ok=True)
+        members.append(SweepMember(sae.to(device), target, tc, sae_dir / METRICS_NAME))
+
+    start = 0
+    if state is not None:
+        start = int(state["step"])
+        for m, st in zip(members, state["members"], strict=True):
+            m.load_state(st)
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        for m in members:
+            _truncate_metrics(m.path, start)
+    else:
+        for m in members:
+            m.path.write_text("")
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
+                else contextlib.nullcontext())
+    log.info("training %d SAEs (width %d, targets %s) for %d steps of %d on %s, %s kernel%s",
+             len(members), sc.width, list(sc.l0_targets), n_steps, bs, device,
+             tc.kernel if tc.kernel != "auto" else ("auto (sparse when L0 is low)" if sparse_ok
+                                                    else "dense"),
+             ", bf16 autocast" if use_bf16 else "")
+
+    window = tc.dead_window_tokens
+    batches = source.iter_batches(bs, cfg.seed, start_batch=start)
+    bar = tqdm(total=n_steps, initial=start, disable=not progress, unit="step",
+               desc=f"train {out_dir.name}")
+    metric_files = [open(m.path, "a") for m in members]  # noqa: SIM115
+    try:
+        for step in range(start, n_steps):
+            x = next(batches)
+            if x.shape != (bs, source.d_model):
+                raise TrainingError(f"step {step}: batch has shape {tuple(x.shape)}, expected "
+                                    f"{(bs, source.d_model)}")
+            if not torch.isfinite(x).all():
+                raise TrainingError(
+                    f"step {step}: NaN/inf in activation batch {step} "
+                    f"({source.describe_batch(step, bs, cfg.seed)}); training stopped, the "
+                    f"last good checkpoint is kept at {ckpt_path}")
+            x = x.to(device, non_blocking=True) * scale
+            lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
+            tokens = (step + 1) * bs
+            is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
+            for m, f in zip(members, metric_files, strict=True):
+                fast = sparse_ok and (tc.kernel == "sparse"
+                                      or m.prev_l0 <= SPARSE_MAX_DENSITY * sc.width)
+                loss, mse, sp, l0, x_hat, fired = train_step(m, x, lr, coeff, tc, fast,
+                                                              autocast)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"step {step}: loss became {float(loss)} for target L0 {m.target} "
+                        f"on batch {step} ({source.describe_batch(step, bs, cfg.seed)}); "
+                        f"the last good checkpoint is kept at {ckpt_path}")
+                m.last_fired.masked_fill_(fired, tokens)  # no host sync on GPU
+                if sparse_ok:
+                    m.prev_l0 = float(l0)
+                if is_log:
+                    dead = (tokens - m.last_fired) >= min(window, tokens)
+                    m.last = {"step": step + 1, "tokens": tokens, "lr": lr,
+                              "sparsity_coeff": coeff, "loss": float(loss),
+                              "mse": float(mse), "sparsity_loss": float(sp), "l0": float(l0),
+                              "fve": batch_fve(x, x_hat),
+                              "dead_frac": float(dead.float().mean())}
+                    f.write(json.dumps(m.last) + "\n")
+                    f.flush()
+            if is_log:
+                bar.set_postfix_str(" | ".join(
+                    f"L0 {m.last['l0']:.0f}/{m.target:g} loss {m.last['loss']:.3g} "
+                    f"FVE {m.last['fve']:.3f} dead {m.last['dead_frac']:.2f}"
+                    for m in members))
+            bar.update(1)
+            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+                _save_checkpoint(ckpt_path, key, step + 1, scale, members)
+    finally:
+        bar.close()
+        for f in metric_files:
+            f.close()
+
+    _save_checkpoint(ckpt_path, key, n_steps, scale, members)
+    results = []
+    for m in members:
+        sae_dir = m.path.parent
+        m.sae.save(sae_dir, metadata={"l0_target": m.target, "steps": n_steps,
+                                      "tokens": n_steps * bs, "run_key": key,
+                                      "input_scale": scale})
+        write_json_atomic(sae_dir / "config.json", cfg.to_dict())
+        if not m.last and m.path.exists():
+            lines = m.path.read_text().splitlines()
+            m.last = json.loads(lines[-1]) if lines else {}
+        results.append(TrainResult(m.target, sae_dir, n_steps, n_steps * bs, scale,
+                                   dict(m.last)))
+    return results

@@ -1,0 +1,241 @@
+"""Tests for sae_med.train: schedules, a tiny sweep, kernels, bad input, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sae_med.batches import TensorBatchSource
+from sae_med.config import Config, SAEConfig, TrainConfig
+from sae_med.sae import JumpReLUSAE
+from sae_med.train import (
+    TrainingError,
+    batch_fve,
+    lr_at,
+    sparsity_coeff_at,
+    train_saes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    # One thread: these tensors are tiny, and spare OpenMP threads only wait on a busy CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_acts(n: int = 2048, d: int = 16, n_atoms: int = 64, k: int = 3,
+                   seed: int = 0) -> torch.Tensor:
+    """Sparse non-negative combinations of random unit directions, at a large raw norm."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(n_atoms, d, generator=g)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    idx = torch.stack([torch.randperm(n_atoms, generator=g)[:k] for _ in range(n)])
+    mags = torch.rand(n, k, generator=g) + 0.5
+    codes = torch.zeros(n, n_atoms).scatter_(1, idx, mags)
+    return 300.0 * (codes @ atoms + 0.01 * torch.randn(n, d, generator=g))
+
+
+def tiny_config(**train: object) -> Config:
+    tc = dict(n_tokens=32 * 40, batch_size=32, lr=3e-3, lr_warmup_steps=5,
+              sparsity_warmup_steps=10, norm_batches=2, checkpoint_every=10, log_every=5,
+              device="cpu")
+    tc.update(train)
+    return Config(seed=3, sae=SAEConfig(width=64, l0_targets=(4.0, 8.0), bandwidth=0.01),
+                  train=TrainConfig(**tc))
+
+
+def test_schedules():
+    tc = TrainConfig(lr=1.0, lr_warmup_steps=10, lr_decay_frac=0.2, sparsity_coeff=2.0,
+                     sparsity_warmup_steps=4)
+    n = 100
+    assert lr_at(0, tc, n) == pytest.approx(0.1)
+    assert lr_at(9, tc, n) == pytest.approx(1.0)
+    assert lr_at(50, tc, n) == pytest.approx(1.0)
+    assert lr_at(80, tc, n) == pytest.approx(1.0)
+    assert lr_at(90, tc, n) == pytest.approx(0.5)
+    assert lr_at(99, tc, n) == pytest.approx(0.05)
+    assert [sparsity_coeff_at(s, tc) for s in (0, 1, 3, 10)] == pytest.approx([0.5, 1, 2, 2])
+
+
+def test_batch_fve_known_cases():
+    x = torch.randn(100, 8)
+    assert batch_fve(x, x) == pytest.approx(1.0)
+    assert batch_fve(x, x.mean(0, keepdim=True).expand_as(x)) == pytest.approx(0.0, abs=1e-6)
+
+
+class CountingSource(TensorBatchSource):
+    def __init__(self, acts: torch.Tensor):
+        super().__init__(acts)
+        self.pulled: dict[int, int] = {}
+
+    def iter_batches(self, batch_size, seed, start_batch=0):
+        for b in super().iter_batches(batch_size, seed, start_batch):
+            self.pulled[seed] = self.pulled.get(seed, 0) + 1
+            yield b
+
+
+def test_tiny_sweep_outputs_and_one_pass(tmp_path):
+    cfg = tiny_config()
+    src = CountingSource(synthetic_acts())
+    results = train_saes(cfg, src, tmp_path / "run", progress=False)
+    assert [r.l0_target for r in results] == [4.0, 8.0]
+    assert src.pulled[cfg.seed] == 40  # each training batch read once for both SAEs
+    for r in results:
+        assert {p.name for p in r.path.iterdir()} >= {"cfg.json", "sae.safetensors",
+                                                      "metrics.jsonl", "config.json"}
+        rows = [json.loads(ln) for ln in (r.path / "metrics.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in rows] == list(range(5, 41, 5))
+        assert set(rows[0]) >= {"step", "tokens", "lr", "loss", "mse", "sparsity_loss", "l0",
+                                "fve", "dead_frac"}
+        assert rows[-1]["loss"] < rows[0]["loss"]
+        sae = JumpReLUSAE.load(r.path)
+        assert float(sae.input_scale) == 1.0
+        # folded SAE works on raw activations
+        x = src.chunks[0][:256]
+        assert batch_fve(x, sae(x).x_hat.detach()) > 0.3
+        assert r.input_scale == pytest.approx(1 / x.pow(2).sum(-1).mean().sqrt().item(),
+                                              rel=0.2)
+
+
+def test_sparse_and_dense_kernels_train_the_same(tmp_path):
+    acts = synthetic_acts(n=512)
+    outs = {}
+    for kernel in ("sparse", "dense"):
+        cfg = tiny_config(kernel=kernel, n_tokens=32 * 8, checkpoint_every=0)
+        [r, _] = train_saes(cfg, TensorBatchSource(acts), tmp_path / kernel, progress=False)
+        outs[kernel] = JumpReLUSAE.load(r.path)
+    for name, p in outs["sparse"].named_parameters():
+        assert torch.allclose(p, dict(outs["dense"].named_parameters())[name], atol=1e-5), name
+
+
+def test_bad_inputs(tmp_path):
+    acts = synthetic_acts(n=512)
+    cfg = tiny_config(n_tokens=32 * 12, checkpoint_every=5)
+    with pytest.raises(TrainingError, match="d_model=16 but the d_model argument expects"):
+        train_saes(cfg, TensorBatchSource(acts), tmp_path / "a", d_model=17, progress=False)
+    with pytest.raises(TrainingError, match="init_saes\\[0\\] has width"):
+        train_saes(cfg, TensorBatchSource(acts), tmp_path / "a", progress=False,
+                   init_saes=[JumpReLUSAE(16, 32), JumpReLUSAE(16, 32)])
+
+    class PoisonedSource(TensorBatchSource):
+        def iter_batches(self, batch_size, seed, start_batch=0):
+            for i, b in enumerate(super().iter_batches(batch_size, seed, start_batch),
+                                  start_batch):
+                if i == 7 and seed == cfg.seed:
+                    b = b.clone()
+                    b[3, 2] = float("nan")
+                yield b
+
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingError, match=r"step 7: NaN/inf.*epoch 0, from rows 0\+"):
+        train_saes(cfg, PoisonedSource(acts), run, progress=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 5
+
+
+def test_init_saes_start_from_given_weights(tmp_path):
+    acts = synthetic_acts(n=512)
+    cfg = tiny_config(n_tokens=32, lr=1e-12, checkpoint_every=0, lr_warmup_steps=1)
+    inits = [JumpReLUSAE(16, 64, bandwidth=0.01, init_threshold=0.5) for _ in range(2)]
+    results = train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", progress=False,
+                         init_saes=inits)
+    loaded = JumpReLUSAE.load(results[0].path)
+    x = acts[:64]
+    assert torch.allclose(loaded(x).x_hat, inits[0](x).x_hat, rtol=1e-4, atol=1e-3)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from sae_med.batches import TensorBatchSource
+    from sae_med.config import config_from_dict
+    from sae_med.train import train_saes
+    torch.set_num_threads(1)
+    acts_path, out, resume, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+    import json
+    cfg = config_from_dict(json.loads(cfg_json))
+
+    class Slow(TensorBatchSource):
+        def iter_batches(self, batch_size, seed, start_batch=0):
+            for b in super().iter_batches(batch_size, seed, start_batch):
+                time.sleep(0.02)
+                yield b
+
+    train_saes(cfg, Slow(torch.load(acts_path)), out, resume=resume, progress=False)
+""")
+
+
+def _launch(script: Path, acts: Path, out: Path, resume: bool, cfg: Config
+            ) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(script), str(acts), str(out),
+                             "1" if resume else "0", cfg.to_json()], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    cfg = tiny_config(n_tokens=32 * 40, checkpoint_every=10, kernel="sparse")
+    acts_path = tmp_path / "acts.pt"
+    torch.save(synthetic_acts(n=1024), acts_path)
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+
+    killed = tmp_path / "killed"
+    proc = _launch(script, acts_path, killed, False, cfg)
+    deadline = time.time() + 60
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    assert 0 < step < 40, step
+    assert not (killed / "l0_4" / "cfg.json").exists()
+
+    procs = [_launch(script, acts_path, killed, True, cfg),
+             _launch(script, acts_path, tmp_path / "clean", False, cfg)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+
+    for target in ("l0_4", "l0_8"):
+        a = JumpReLUSAE.load(killed / target)
+        b = JumpReLUSAE.load(tmp_path / "clean" / target)
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+            assert torch.allclose(pa, pb, rtol=1e-6, atol=1e-6), (target, name)
+        ma = (killed / target / "metrics.jsonl").read_text()
+        mb = (tmp_path / "clean" / target / "metrics.jsonl").read_text()
+        assert len(ma.splitlines()) == len(mb.splitlines()) == 8
+
+
+def test_bf16_autocast_dense_path_and_threshold_lr_mult(tmp_path):
+    cfg = tiny_config(n_tokens=32 * 6, autocast_bf16=True, threshold_lr_mult=7.0,
+                      checkpoint_every=0)
+    [r, _] = train_saes(cfg, TensorBatchSource(synthetic_acts(n=512)), tmp_path / "bf16",
+                        progress=False)
+    state = torch.load(tmp_path / "bf16" / "checkpoint.pt", weights_only=True)
+    groups = state["members"][0]["opt"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 7.0]
+    assert groups[1]["lr"] == pytest.approx(7.0 * groups[0]["lr"])
+    sae = JumpReLUSAE.load(r.path)
+    assert sae.log_threshold.dtype == torch.float32
+    assert all(torch.isfinite(p).all() for p in sae.parameters())
