@@ -324,7 +324,9 @@ class ReconstructionAccumulator:
             fve_uncentered=1 - self.sq_err / self.x_m2,
             fve_batch_mean=self.fve_batch_sum / self.n_batches,
             mse=self.sq_err / (self.n * self.x_mean.shape[0]),
-            rel_bias=self.xhat_sq / self.x_dot_xhat,
+            # x̂ ≡ 0 gives 0/0: nan, as relative_reconstruction_bias documents
+            rel_bias=(self.xhat_sq / self.x_dot_xhat if self.x_dot_xhat != 0
+                      else float("nan")),
             dead_frac=float((rate == 0).double().mean()),
             dense_frac=float((rate > self.dense_threshold).double().mean()),
         )

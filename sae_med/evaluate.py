@@ -1,0 +1,599 @@
+"""Score SAEs with one pipeline on the same tokens, and write the results table.
+
+:func:`evaluate_saes` scores every SAE of a comparison (domain vs broad, all L0s) on one
+evaluation corpus with *identical* code and tokens, which is what the paper's comparison
+lacked (their two sides kept/dropped BOS differently):
+
+a. **Reconstruction** over every token of the eval activation cache, in cache order
+   (:class:`~sae_med.metrics.ReconstructionAccumulator`): l0, fve (centred, all tokens),
+   fve_uncentered, mse, rel_bias with 95% bootstrap intervals over documents;
+   fve_batch_mean, dead_frac, dense_frac as point values (they are not functions of
+   per-document sums: see :data:`POINT_METRICS`).
+b. **Spliced loss** on the first ``cfg.eval.ce_docs`` documents of the corpus's eval split,
+   tokenized like the cache (BOS, truncation to ``cache.ctx_len``, right padding) and
+   spliced at the positions the cache keeps (non-special tokens when
+   ``cache.exclude_special``): ce_clean, ce_spliced, ce_zero, delta_ce, loss_recovered,
+   kl_spliced, kl_zero, kl_score with intervals over documents. The clean and
+   zero-ablated passes (and their unembeddings) run once per batch and are shared by all
+   SAEs (:func:`ce_losses_shared`; HF forward hooks by default, TransformerLens optional).
+c. **Dark matter** (:mod:`sae_med.dark_matter`): the cache's tokens are split by document
+   (:func:`~sae_med.dark_matter.is_train_doc`, half/half), the linear predictor of the
+   error is fitted on one half and scored on the other. Point values only: an interval
+   would need a refit (a d_model² normal-equation matrix) per bootstrap replicate.
+d. The **density histogram** of log10 firing rates over the cache's tokens.
+
+Bootstrap replicates use one seed per eval corpus (derived from ``cfg.seed``), so every
+SAE is resampled on the *same* documents, and the resamples are exactly those of
+:func:`~sae_med.metrics.bootstrap_ci` (see :func:`bootstrap_many`).
+
+Results file (``results.json``, :func:`write_results`), schema version 1::
+
+    schema_version   int, 1
+    created          ISO 8601 UTC time the file was written
+    config           the resolved Config (Config.to_dict())
+    software         {"python", "torch", "transformers", "transformer_lens", "sae_lens",
+                      "sae_med", "pandas"}: installed versions
+    seed             cfg.seed (bootstrap and dark-matter seeds derive from it)
+    rows             one dict per (SAE, eval corpus):
+      sae_id         name of the SAE (the key of ``saes``)
+      eval_corpus    corpus the SAE was scored on
+      split          always "eval" (held-out documents)
+      n_tokens       activation vectors scored for reconstruction (the whole eval cache)
+      n_documents    distinct documents those tokens come from
+      ce_documents   documents used for the spliced-loss metrics
+      ce_tokens      next-token predictions scored (positions t spliced, t + 1 real)
+      metrics        {name: {"value", "low", "high"}}; low/high: 95% percentile bootstrap
+                     over documents (``cfg.eval.bootstrap`` resamples), null for the
+                     point-only metrics (fve_batch_mean, dead_frac, dense_frac)
+      bootstrap      {"n_boot", "level", "seed", "unit": "document"}
+      dark_matter    {r2_error_mean, r2_error_pooled, r2_norm, fvu_nonlinear, fvu_sae,
+                      n_train, n_eval, train_frac, seed, "intervals": null}, or
+                     {"error": reason} when the document split leaves a side empty
+      density_histogram  {"edges": log10 rate bin edges, "counts": alive latents per bin,
+                          "n_dead": latents that never fire, "n_tokens"}
+      ...            every key of ``meta[sae_id]`` (train_corpus, l0_target, d_sae, ...)
+
+Metric definitions are those of :mod:`sae_med.metrics` (formulas in their docstrings).
+Beside the JSON, ``results.csv`` is the tidy table of :func:`tidy_results`: one row per
+sae_id × eval_corpus × metric (dark-matter scores as ``dark_matter.<name>`` with empty
+intervals) with columns value, low, high, the row counts and the scalar meta columns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import platform
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_med.activations import ActivationCache, _special_ids, _tokenize
+from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
+from sae_med.config import Config
+from sae_med.dark_matter import DarkMatterFit, is_train_doc
+from sae_med.metrics import (
+    CELosses,
+    DocCE,
+    ReconstructionAccumulator,
+    SaeFn,
+    concat_doc_stats,
+    layer_from_hook_name,
+    metrics_from_doc_sums,
+    summarize_ce,
+)
+from sae_med.sae import JumpReLUSAE
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
+"""Bootstrapped from per-document sums (:class:`~sae_med.metrics.DocMetrics` fields)."""
+POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac")
+"""No interval: a per-batch average and set-level counts, not ratios of document sums."""
+CE_METRICS = ("ce_clean", "ce_spliced", "ce_zero", "delta_ce", "loss_recovered",
+              "kl_spliced", "kl_zero", "kl_score")
+"""Bootstrapped from per-document CE sums (:class:`~sae_med.metrics.CESummary` fields)."""
+DARK_MATTER_METRICS = ("r2_error_mean", "r2_error_pooled", "r2_norm", "fvu_nonlinear",
+                       "fvu_sae")
+DM_TRAIN_FRAC = 0.5
+LEVEL = 0.95
+RECON_BATCH_TOKENS = 2048
+"""Cache rows per SAE forward (dense latents: batch × d_sae floats)."""
+Backend = str  # "tl" (TransformerLens hooks) or "hf" (HF forward hooks)
+
+
+def derived_seed(seed: int, *names: Any) -> int:
+    """A seed for one purpose (e.g. ``"bootstrap", corpus``), stable across runs."""
+    return int(stable_hash([seed, *names]), 16) % (2**63)
+
+
+# --------------------------------------------------------------------------------------
+# Bootstrap, many statistics per replicate
+# --------------------------------------------------------------------------------------
+
+class Interval(NamedTuple):
+    value: float
+    low: float | None
+    high: float | None
+
+
+def bootstrap_many(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, float]],
+                   n_boot: int, seed: int, level: float = LEVEL) -> dict[str, Interval]:
+    """:func:`~sae_med.metrics.bootstrap_ci` for a statistic returning several numbers.
+
+    ``per_doc`` is a NamedTuple of per-document *sums* (leading dim ``docs``, e.g.
+    :class:`DocSums`, :class:`DocCE`) and ``statistic_fn`` must pool documents by summing
+    over that dim, as :func:`metrics_from_doc_sums` and :func:`summarize_ce` do. Replicate
+    b draws the same indices as bootstrap_ci (``torch.randint`` from one generator seeded
+    ``seed``); its pooled sums are Σ_d c_bd · s_d with c_b the draw counts, so each
+    replicate is one weighted row instead of a gathered copy of every document and all
+    statistics share it. Returns percentile intervals at ``level``; low/high are None when
+    ``n_boot`` is 0 or there are fewer than 2 documents.
+    """
+    fields = [f.double() for f in per_doc]
+    n = int(fields[0].shape[0])
+    point = statistic_fn(type(per_doc)(*fields))
+    if n_boot <= 0 or n < 2:
+        return {k: Interval(float(v), None, None) for k, v in point.items()}
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.stack([torch.bincount(torch.randint(n, (n,), generator=gen), minlength=n)
+                          for _ in range(n_boot)]).double()  # (n_boot, docs)
+    pooled = [(counts @ f.reshape(n, -1)).reshape(n_boot, 1, *f.shape[1:]) for f in fields]
+    reps: dict[str, list[float]] = {k: [] for k in point}
+    for b in range(n_boot):
+        stat = statistic_fn(type(per_doc)(*(p[b] for p in pooled)))
+        for k in reps:
+            reps[k].append(float(stat[k]))
+    alpha = (1 - level) / 2
+    out = {}
+    for k, v in point.items():
+        with warnings.catch_warnings():  # all-nan replicates (e.g. 0/0) give nan quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, hi = np.nanquantile(np.asarray(reps[k]), [alpha, 1 - alpha])
+        out[k] = Interval(float(v), float(lo), float(hi))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Spliced loss, clean and zero passes shared across SAEs
+# --------------------------------------------------------------------------------------
+
+class CEBatch(NamedTuple):
+    """One batch of documents for the spliced-loss evaluation (all ``(batch, pos)``)."""
+
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    loss_mask: Bool[Tensor, "batch pos"]
+    """Positions spliced: exactly the positions an activation cache keeps."""
+
+
+def ce_batches(model: Any, cfg: Config, corpus: str, n_docs: int | None = None
+               ) -> list[CEBatch]:
+    """The first ``n_docs`` (default ``cfg.eval.ce_docs``) eval documents of ``corpus``,
+    tokenized and masked as :func:`~sae_med.activations.build_cache` does, in batches of
+    ``cfg.cache.batch_size`` documents."""
+    from sae_med.data import iter_documents
+
+    n_docs = cfg.eval.ce_docs if n_docs is None else n_docs
+    docs = [d for _, d in zip(range(n_docs), iter_documents(corpus, "eval"), strict=False)]
+    if len(docs) < n_docs:
+        log.warning("corpus %s/eval has only %d documents (ce_docs=%d)", corpus, len(docs),
+                    n_docs)
+    special = torch.tensor(_special_ids(model.tokenizer))
+    out = []
+    bs = cfg.cache.batch_size
+    for i in range(0, len(docs), bs):
+        tokens, mask = _tokenize(model.tokenizer, [d.text for d in docs[i:i + bs]],
+                                 cfg.cache.ctx_len)
+        keep = mask.bool()
+        if cfg.cache.exclude_special:
+            keep &= ~torch.isin(tokens, special)
+        out.append(CEBatch(tokens, mask, keep))
+    return out
+
+
+def _final_states(model: Any, backend: Backend, tokens: Tensor, attention_mask: Tensor,
+                  hook_name: str, edit: Callable[[Tensor], Tensor]
+                  ) -> Float[Tensor, "batch pos d_model"]:
+    """Final-norm residual stream with ``edit`` applied at ``hook_name`` (no unembedding)."""
+    if backend == "tl":
+        tl = model.tl
+        resid = tl.run_with_hooks(tokens, attention_mask=attention_mask,
+                                  stop_at_layer=tl.cfg.n_layers,
+                                  fwd_hooks=[(hook_name, lambda act, hook: edit(act))])
+        return tl.ln_final(resid) if tl.cfg.normalization_type is not None else resid
+    if backend == "hf":
+        from sae_med.models import decoder_layers
+
+        hf = model.hf
+
+        def hook(module: Any, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (edit(output[0]), *output[1:])
+            return edit(output)
+
+        base = hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
+        handle = decoder_layers(hf)[layer_from_hook_name(hook_name)].register_forward_hook(hook)
+        try:
+            return base(input_ids=tokens, attention_mask=attention_mask,
+                        use_cache=False).last_hidden_state
+        finally:
+            handle.remove()
+    raise ValueError(f"backend must be 'tl' or 'hf', got {backend!r}")
+
+
+def _unembed_fn(model: Any, backend: Backend) -> Callable[[Tensor], Tensor]:
+    if backend == "tl":
+        from transformer_lens.utilities.activation_functions import apply_softcap
+
+        tl = model.tl
+        return lambda h: apply_softcap(tl.unembed(h[None])[0], tl.cfg.output_logits_soft_cap)
+    hf = model.hf
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+
+    def unembed(h: Tensor) -> Tensor:
+        logits = hf.lm_head(h)
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    return unembed
+
+
+@torch.no_grad()
+def ce_losses_shared(model: Any, batch: CEBatch, hook_name: str, sae_fns: Mapping[str, SaeFn],
+                     backend: Backend = "tl", chunk_tokens: int = 128) -> dict[str, CELosses]:
+    """:func:`~sae_med.metrics.ce_losses` for several SAEs, sharing clean and zero passes.
+
+    One forward of the batch stacked twice (clean; x → 0 at ``loss_mask``), then one
+    forward per SAE (x → sae_fn(x) at ``loss_mask``); the unembedding of the clean and
+    zero-ablated states runs once per chunk of ``chunk_tokens`` scored positions and is
+    reused for every SAE (for Gemma's 262k vocabulary the unembedding dominates the cost).
+    Scored positions, CE and KL are defined exactly as in ``ce_losses`` (position t is
+    scored when spliced at t and token t + 1 is attended); the tests check the two agree.
+    ``backend`` picks TransformerLens hooks (``"tl"``) or HF forward hooks (``"hf"``).
+    """
+    tokens, attn, loss_mask = batch
+    loss_mask = loss_mask.bool() & attn.bool()
+    b = tokens.shape[0]
+    scored = loss_mask[:, :-1] & attn[:, 1:].bool()
+    where = scored.nonzero(as_tuple=True)
+
+    def zero_second_copy(act: Tensor) -> Tensor:
+        out = act.clone()
+        out[b:][loss_mask] = 0.0
+        return out
+
+    def gather(final: Tensor) -> Tensor:
+        return final[:, :-1][where]  # (scored, d_model)
+
+    final = _final_states(model, backend, tokens.repeat(2, 1), attn.repeat(2, 1), hook_name,
+                          zero_second_copy)
+    h_clean, h_zero = gather(final[:b]), gather(final[b:])
+    del final
+    h_sae = {}
+    for name, fn in sae_fns.items():
+        def splice(act: Tensor, fn: SaeFn = fn) -> Tensor:
+            out = act.clone()
+            out[loss_mask] = fn(act[loss_mask]).to(act.dtype)
+            return out
+
+        h_sae[name] = gather(_final_states(model, backend, tokens, attn, hook_name, splice))
+
+    unembed = _unembed_fn(model, backend)
+    targets = tokens[:, 1:][where]
+    n = targets.shape[0]
+    zeros = {k: torch.zeros(n, dtype=torch.float32, device=tokens.device)
+             for k in ("ce_clean", "ce_zero", "kl_zero")}
+    per_sae = {name: {k: torch.zeros(n, dtype=torch.float32, device=tokens.device)
+                      for k in ("ce_spliced", "kl_spliced")} for name in sae_fns}
+    for s in range(0, n, chunk_tokens):
+        sl = slice(s, s + chunk_tokens)
+        tgt = targets[sl, None]
+        logp_clean = F.log_softmax(unembed(h_clean[sl]).float(), dim=-1)
+        p_clean = logp_clean.exp()
+        zeros["ce_clean"][sl] = -logp_clean.gather(-1, tgt)[:, 0]
+        for h, ce_key, kl_key, dest in (
+                [(h_zero, "ce_zero", "kl_zero", zeros)]
+                + [(h_sae[k], "ce_spliced", "kl_spliced", per_sae[k]) for k in sae_fns]):
+            logp = F.log_softmax(unembed(h[sl]).float(), dim=-1)
+            dest[ce_key][sl] = -logp.gather(-1, tgt)[:, 0]
+            dest[kl_key][sl] = (p_clean * (logp_clean - logp)).sum(-1)
+            del logp
+        del logp_clean, p_clean
+
+    def full(v: Tensor) -> Tensor:
+        t = torch.zeros(scored.shape, dtype=torch.float32, device=tokens.device)
+        t[where] = v
+        return t
+
+    shared = {k: full(v) for k, v in zeros.items()}
+    return {name: CELosses(ce_spliced=full(per_sae[name]["ce_spliced"]),
+                           kl_spliced=full(per_sae[name]["kl_spliced"]), mask=scored, **shared)
+            for name in sae_fns}
+
+
+# --------------------------------------------------------------------------------------
+# Reconstruction and dark matter over a cache
+# --------------------------------------------------------------------------------------
+
+class ReconstructionPass(NamedTuple):
+    accumulator: ReconstructionAccumulator
+    dark_matter: dict[str, Any]
+
+
+def _sae_fn(sae: JumpReLUSAE) -> SaeFn:
+    dev = sae.W_enc.device
+
+    def fn(x: Tensor) -> Tensor:
+        return sae.decode(sae.encode(x.to(dev, sae.W_enc.dtype))).to(x.device, x.dtype)
+
+    return fn
+
+
+@torch.no_grad()
+def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
+                        batch_tokens: int = RECON_BATCH_TOKENS,
+                        dm_train_frac: float = DM_TRAIN_FRAC) -> ReconstructionPass:
+    """Stream the cache in order through ``sae``: reconstruction sums (per document) and
+    the dark-matter fit on the fit-split documents, then a second pass over the held-out
+    documents to score it (the SAE is rerun there rather than the errors kept)."""
+    doc = cache.token_info()[:, 1].long()
+    train = is_train_doc(doc, dm_train_frac, dm_seed)
+    dev = sae.W_enc.device
+    acc = ReconstructionAccumulator()
+    dm = DarkMatterFit()
+    spans = [(s, min(s + batch_tokens, cache.n_tokens))
+             for s in range(0, cache.n_tokens, batch_tokens)]
+    for lo, hi in spans:
+        x = cache.activations(lo, hi)
+        acts = sae.encode(x.to(dev))  # encode/decode: no pre-activation or step copies
+        x_hat = sae.decode(acts).to("cpu", torch.float32)
+        acc.update(x, x_hat, acts, doc[lo:hi])
+        t = train[lo:hi]
+        if t.any():
+            dm.add_train(x[t], (x - x_hat)[t])
+    dm_info: dict[str, Any] = {"train_frac": dm_train_frac, "seed": dm_seed, "intervals": None}
+    if dm.n_train == 0 or bool(train.all()):
+        dm_info["error"] = "the document split left one side empty: need more documents"
+        return ReconstructionPass(acc, dm_info)
+    dm.fit()
+    for lo, hi in spans:
+        held = ~train[lo:hi]
+        if held.any():
+            x = cache.activations(lo, hi)[held]
+            x_hat = sae.decode(sae.encode(x.to(dev))).to("cpu", torch.float32)
+            dm.add_eval(x, x - x_hat)
+    return ReconstructionPass(acc, {**dm.result()._asdict(), **dm_info})
+
+
+# --------------------------------------------------------------------------------------
+# The evaluation
+# --------------------------------------------------------------------------------------
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _interval_dict(iv: Interval) -> dict[str, float | None]:
+    return {"value": _jsonable(iv.value), "low": _jsonable(iv.low), "high": _jsonable(iv.high)}
+
+
+def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: Any, cfg: Config, eval_corpus: str,
+                  cache: ActivationCache, meta: Mapping[str, Mapping[str, Any]] | None = None,
+                  progress: bool = True, backend: Backend = "hf") -> list[dict[str, Any]]:
+    """Score every SAE in ``saes`` on ``eval_corpus`` with one pipeline (module docstring).
+
+    Args:
+        saes: SAEs on raw activations (folded), keyed by the id their rows carry.
+        model: :class:`~sae_med.models.LoadedModel` the cache was built from.
+        cfg: resolved config (``eval``, ``cache``, ``model.hook_name``, ``seed``).
+        eval_corpus: corpus whose eval split ``cache`` holds (and CE documents come from).
+        cache: the eval activation cache (``build_cache(..., eval_corpus, "eval", ...)``).
+        meta: extra columns per SAE id (train_corpus, l0_target, ...), copied into its row.
+        progress: tqdm bars.
+        backend: model hooks for the spliced loss, ``"hf"`` (default: the forward the
+            activation cache uses, faster on CPU) or ``"tl"``; the two agree to float
+            round-off (tested).
+    Returns:
+        one row per SAE, in ``saes`` order (schema in the module docstring).
+    """
+    if cache.hook != cfg.model.hook_name:
+        raise ValueError(f"cache was built at {cache.hook}, config hook is "
+                         f"{cfg.model.hook_name}")
+    meta = meta or {}
+    reserved = {*_ROW_COLUMNS, *_STRUCTURED, "metric", "value", "low", "high"}
+    for sae_id, m in meta.items():
+        if clash := sorted(reserved & set(m)):
+            raise ValueError(f"meta[{sae_id!r}] uses reserved row keys {clash}")
+    boot_seed = derived_seed(cfg.seed, "bootstrap", eval_corpus)
+    dm_seed = derived_seed(cfg.seed, "dark_matter", eval_corpus)
+    n_boot = cfg.eval.bootstrap
+    boot_info = {"n_boot": n_boot, "level": LEVEL, "seed": boot_seed, "unit": "document"}
+
+    # (b) spliced loss, batch-outer so the clean/zero passes are shared by all SAEs
+    batches = ce_batches(model, cfg, eval_corpus)
+    fns = {k: _sae_fn(s) for k, s in saes.items()}
+    doc_ce: dict[str, list[DocCE]] = {k: [] for k in saes}
+    dev = next(model.tl.parameters()).device
+    for batch in tqdm(batches, desc=f"spliced CE {eval_corpus}", disable=not progress):
+        batch = CEBatch(*(t.to(dev) for t in batch))
+        for k, losses in ce_losses_shared(model, batch, cfg.model.hook_name, fns,
+                                          backend).items():
+            doc_ce[k].append(DocCE(*(f.cpu() for f in losses.doc_sums())))
+
+    n_docs_cache = int(torch.unique(cache.token_info()[:, 1]).numel())
+    rows = []
+    for sae_id, sae in tqdm(saes.items(), desc=f"evaluate {eval_corpus}",
+                            disable=not progress):
+        # (a), (c), (d) over the cache
+        rp = reconstruction_pass(sae, cache, dm_seed)
+        res = rp.accumulator.result()
+        metrics = {k: _interval_dict(v) for k, v in bootstrap_many(
+            rp.accumulator.per_doc(),
+            lambda s: {k: getattr(metrics_from_doc_sums(s), k) for k in RECON_METRICS},
+            n_boot, boot_seed).items()}
+        metrics.update({k: _interval_dict(Interval(getattr(res, k), None, None))
+                        for k in POINT_METRICS})
+        ce_docs = concat_doc_stats(doc_ce[sae_id]) if doc_ce[sae_id] else None
+        if ce_docs is not None:
+            metrics.update({k: _interval_dict(v) for k, v in bootstrap_many(
+                ce_docs, lambda d: {k: getattr(summarize_ce(d), k) for k in CE_METRICS},
+                n_boot, boot_seed).items()})
+        hist = rp.accumulator.density_histogram()
+        rows.append({
+            "sae_id": sae_id, "eval_corpus": eval_corpus, "split": "eval",
+            "n_tokens": res.n_tokens, "n_documents": n_docs_cache,
+            "ce_documents": 0 if ce_docs is None else int(ce_docs.n_tokens.shape[0]),
+            "ce_tokens": 0 if ce_docs is None else int(ce_docs.n_tokens.sum()),
+            "metrics": metrics, "bootstrap": boot_info,
+            "dark_matter": {k: _jsonable(v) for k, v in rp.dark_matter.items()},
+            "density_histogram": {"edges": hist.edges.tolist(),
+                                  "counts": hist.counts.tolist(), "n_dead": hist.n_dead,
+                                  "n_tokens": res.n_tokens},
+            **dict(meta.get(sae_id, {})),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Results file and tidy table
+# --------------------------------------------------------------------------------------
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for key, dist in (("torch", "torch"), ("transformers", "transformers"),
+                      ("transformer_lens", "transformer-lens"), ("sae_lens", "sae-lens"),
+                      ("sae_med", "sae-med"), ("pandas", "pandas")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = "not installed"
+    return out
+
+
+_ROW_COLUMNS = ("sae_id", "eval_corpus", "split", "n_tokens", "n_documents", "ce_documents",
+                "ce_tokens")
+_STRUCTURED = ("metrics", "dark_matter", "density_histogram", "bootstrap")
+
+
+def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Long table: one row per sae_id × eval_corpus × metric with value, low, high, the
+    counts of :data:`_ROW_COLUMNS` and every meta key, sorted (lists/dicts as JSON text)."""
+    import pandas as pd
+
+    records = []
+    for row in rows:
+        base = {k: row.get(k) for k in _ROW_COLUMNS}
+        for k, v in row.items():
+            if k in _ROW_COLUMNS or k in _STRUCTURED:
+                continue
+            base[k] = v if v is None or isinstance(v, str | int | float | bool) \
+                else json.dumps(v, sort_keys=True, default=str)
+        metrics = row.get("metrics", {})
+        order = [*RECON_METRICS, *POINT_METRICS, *CE_METRICS]
+        for name in [*(k for k in order if k in metrics),
+                     *sorted(k for k in metrics if k not in order)]:
+            m = metrics[name]
+            records.append({**base, "metric": name, "value": m["value"], "low": m["low"],
+                            "high": m["high"]})
+        for name in DARK_MATTER_METRICS:
+            if name in (row.get("dark_matter") or {}):
+                records.append({**base, "metric": f"dark_matter.{name}",
+                                "value": row["dark_matter"][name], "low": None,
+                                "high": None})
+    df = pd.DataFrame.from_records(records)
+    lead = [*_ROW_COLUMNS, "metric", "value", "low", "high"]
+    if df.empty:
+        return pd.DataFrame(columns=lead)
+    for c in ("value", "low", "high"):
+        df[c] = df[c].astype(float)
+    return df[lead + sorted(c for c in df.columns if c not in lead)]
+
+
+def write_results(rows: Sequence[Mapping[str, Any]], cfg: Config, path: str | Path) -> Path:
+    """Write ``rows`` as the results JSON (schema in the module docstring) and the tidy CSV
+    beside it (same stem, ``.csv``), both atomically. Returns the JSON path."""
+    path = Path(path)
+    doc = {"schema_version": SCHEMA_VERSION,
+           "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "config": cfg.to_dict(), "software": software_versions(), "seed": cfg.seed,
+           "rows": list(rows)}
+    write_json_atomic(path, doc)
+    with atomic_path(path.with_suffix(".csv")) as tmp:
+        tidy_results(rows).to_csv(tmp, index=False)
+    return path
+
+
+def load_results(path: str | Path) -> Any:
+    """The tidy :func:`tidy_results` DataFrame of a results JSON (for notebooks)."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: results schema {doc.get('schema_version')!r}, this "
+                         f"sae-med reads {SCHEMA_VERSION}")
+    return tidy_results(doc["rows"])
+
+
+# --------------------------------------------------------------------------------------
+# `sae-med evaluate`
+# --------------------------------------------------------------------------------------
+
+def sae_meta(directory: Path) -> dict[str, Any]:
+    """Row columns for a saved SAE: its folder, shape, ``cfg.json`` metadata (l0_target,
+    steps, ...) and train_corpus (metadata, else the parent folder's name, the train
+    stage's ``{corpus}/l0_{target}`` layout)."""
+    cfg = json.loads((directory / "cfg.json").read_text())
+    md = cfg.get("metadata", {}) or {}
+    return {"sae_dir": str(directory), "d_model": cfg.get("d_model"), "d_sae": cfg.get("d_sae"),
+            "train_corpus": md.get("train_corpus", directory.parent.name),
+            "l0_target": md.get("l0_target"), "sae_metadata": md}
+
+
+def _sae_ids(dirs: Sequence[Path]) -> list[str]:
+    ids = [f"{d.parent.name}/{d.name}" for d in dirs]
+    if len(set(ids)) < len(ids):
+        ids = [str(d) for d in dirs]
+    return ids
+
+
+def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
+                   eval_corpora: Iterable[str] | None = None, model: Any = None,
+                   out_path: str | Path | None = None, progress: bool = True,
+                   backend: Backend = "hf") -> Path:
+    """Load SAEs from folders, score each on every eval corpus, write results.
+
+    SAE ids are ``{parent}/{folder}`` (e.g. ``medical/l0_20``), or full paths if those
+    collide. Eval caches come from ``build_cache(model, cfg, corpus, "eval",
+    n_tokens=cfg.eval.n_tokens)``. Writes ``cfg.run_path / "results.json"`` (or
+    ``out_path``) and the CSV beside it; returns the JSON path.
+    """
+    from sae_med.activations import build_cache
+    from sae_med.models import load_model, pick_device
+
+    dirs = [Path(d) for d in sae_dirs]
+    if not dirs:
+        raise ValueError("no SAE folders to evaluate")
+    corpora = list(cfg.eval_corpora if eval_corpora is None else eval_corpora)
+    if model is None:
+        model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path)
+    dev = pick_device(cfg.model.device)
+    ids = _sae_ids(dirs)
+    saes = {i: JumpReLUSAE.load(d, device=dev) for i, d in zip(ids, dirs, strict=True)}
+    meta = {i: sae_meta(d) for i, d in zip(ids, dirs, strict=True)}
+    rows: list[dict[str, Any]] = []
+    for corpus in corpora:
+        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
+                            progress=progress)
+        rows += evaluate_saes(saes, model, cfg, corpus, cache, meta, progress, backend)
+    return write_results(rows, cfg, out_path or cfg.run_path / "results.json")

@@ -1,0 +1,355 @@
+"""The evaluation pipeline on the real model: known answers, naive twins, sae-lens as a peer.
+
+One small eval cache (500 tokens, ctx 48) and one :func:`evaluate_saes` run over three SAEs
+(exact identity, zero reconstruction, a least-squares-fitted random one) are shared by the
+tests, so the model runs only a handful of short batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from sae_med.activations import build_cache
+from sae_med.config import load_config
+from sae_med.evaluate import (
+    CE_METRICS,
+    POINT_METRICS,
+    RECON_METRICS,
+    CEBatch,
+    bootstrap_many,
+    ce_batches,
+    ce_losses_shared,
+    evaluate_paths,
+    evaluate_saes,
+    load_results,
+    write_results,
+)
+from sae_med.metrics import DocCE, bootstrap_ci, ce_losses, ce_losses_hf, summarize_ce
+from sae_med.sae import JumpReLUSAE, to_sae_lens
+
+CORPUS = "medical"
+
+
+def small_cfg(cache_root, *extra):
+    return load_config(None, [f"cache_dir={cache_root}", "cache.n_tokens=600",
+                              "cache.shard_tokens=200", "cache.batch_size=4",
+                              "cache.ctx_len=48", "eval.n_tokens=500", "eval.ce_docs=5",
+                              "eval.bootstrap=20", *extra])
+
+
+def identity_sae(d_model: int) -> JumpReLUSAE:
+    """Exact identity: JumpReLU zeroes negative pre-activations, so encode [x, −x] and
+    decode [I; −I]: x̂ = relu(x) − relu(−x) = x (thresholds tiny, biases 0)."""
+    sae = JumpReLUSAE(d_model, 2 * d_model)
+    eye = torch.eye(d_model)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.log_threshold.fill_(-60.0)
+    return sae
+
+
+def zero_sae(d_model: int) -> JumpReLUSAE:
+    sae = JumpReLUSAE(d_model, 64)
+    with torch.no_grad():
+        sae.log_threshold.fill_(30.0)  # nothing ever fires; b_dec = 0 so x̂ = 0
+    return sae
+
+
+def fitted_sae(x: torch.Tensor, d_sae: int = 128, fire_rate: float = 0.1) -> JumpReLUSAE:
+    """A random encoder with per-latent thresholds at the (1 − fire_rate) quantile (L0 ≈
+    fire_rate · d_sae) and a least-squares decoder: a moderately good SAE without training."""
+    sae = JumpReLUSAE(x.shape[1], d_sae, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = x @ sae.W_enc
+        theta = torch.quantile(z, 1 - fire_rate, dim=0).clamp_min(1e-3)
+        sae.log_threshold.copy_(theta.log())
+        sae.b_dec.copy_(x.mean(0))
+        f = sae.encode(x)
+        sae.W_dec.copy_(torch.linalg.lstsq(f, x - x.mean(0)).solution)
+    return sae
+
+
+@pytest.fixture(scope="module")
+def cfg(cache_root):
+    return small_cfg(cache_root)
+
+
+@pytest.fixture(scope="module")
+def cache(model, cfg):
+    return build_cache(model, cfg, CORPUS, "eval", n_tokens=cfg.eval.n_tokens, progress=False)
+
+
+@pytest.fixture(scope="module")
+def saes(model, cache):
+    return {"identity": identity_sae(model.d_model), "zero": zero_sae(model.d_model),
+            "fit": fitted_sae(cache.activations())}
+
+
+@pytest.fixture(scope="module")
+def rows(model, cfg, cache, saes):
+    meta = {k: {"train_corpus": "none", "l0_target": i, "kind": k}
+            for i, k in enumerate(saes)}
+    out = evaluate_saes(saes, model, cfg, CORPUS, cache, meta=meta, progress=False)
+    return {r["sae_id"]: r for r in out}
+
+
+def val(row, name):
+    return row["metrics"][name]["value"]
+
+
+# --------------------------------------------------------------------------------------
+# Known answers through the whole pipeline
+# --------------------------------------------------------------------------------------
+
+def test_identity_sae_known_answers(rows):
+    r = rows["identity"]
+    assert val(r, "fve") == pytest.approx(1.0, abs=1e-9)
+    assert val(r, "fve_uncentered") == pytest.approx(1.0, abs=1e-9)
+    assert val(r, "mse") == pytest.approx(0.0, abs=1e-12)
+    assert val(r, "loss_recovered") == pytest.approx(1.0, abs=1e-5)
+    assert val(r, "delta_ce") == pytest.approx(0.0, abs=1e-5)
+    assert val(r, "kl_spliced") == pytest.approx(0.0, abs=1e-5)
+    assert val(r, "kl_score") == pytest.approx(1.0, abs=1e-5)
+    assert val(r, "ce_zero") > val(r, "ce_clean") + 1.0
+
+
+def test_zero_sae_known_answers(rows):
+    r = rows["zero"]
+    assert val(r, "loss_recovered") == pytest.approx(0.0, abs=1e-5)
+    assert val(r, "kl_score") == pytest.approx(0.0, abs=1e-5)
+    assert val(r, "fve") <= 1e-9 and val(r, "fve_uncentered") < 0
+    assert val(r, "l0") == 0 and val(r, "dead_frac") == 1.0
+    assert r["metrics"]["rel_bias"]["value"] is None  # 0/0, stored as JSON null
+    assert r["density_histogram"]["n_dead"] == 64 and sum(r["density_histogram"]["counts"]) == 0
+
+
+def test_fitted_sae_is_in_between(rows):
+    r = rows["fit"]
+    assert 5 < val(r, "l0") < 30
+    assert 0.0 < val(r, "fve") < 1.0
+    assert val(r, "ce_clean") < val(r, "ce_spliced") < val(r, "ce_zero")
+    dm = r["dark_matter"]
+    assert dm["n_train"] > 0 and dm["n_eval"] > 0 and dm["n_train"] + dm["n_eval"] == 500
+    assert 0 < dm["fvu_nonlinear"] <= dm["fvu_sae"] + 1e-9
+
+
+# --------------------------------------------------------------------------------------
+# Rows, intervals, results files
+# --------------------------------------------------------------------------------------
+
+def test_rows_share_tokens_and_carry_meta(rows, cache, saes):
+    n_docs = int(torch.unique(cache.token_info()[:, 1]).numel())
+    for i, (k, r) in enumerate(rows.items()):
+        assert r["eval_corpus"] == CORPUS and r["split"] == "eval"
+        assert (r["n_tokens"], r["n_documents"], r["ce_documents"]) == (500, n_docs, 5)
+        assert r["ce_tokens"] == rows["identity"]["ce_tokens"] > 0
+        assert (r["train_corpus"], r["l0_target"], r["kind"]) == ("none", i, k)
+        assert set(r["metrics"]) == {*RECON_METRICS, *POINT_METRICS, *CE_METRICS}
+        hist = r["density_histogram"]
+        assert sum(hist["counts"]) + hist["n_dead"] == saes[k].d_sae
+    # same documents, same clean/zero passes: these agree exactly across SAEs
+    for name in ("ce_clean", "ce_zero", "kl_zero"):
+        assert len({json.dumps(r["metrics"][name]) for r in rows.values()}) == 1
+
+
+def test_intervals_contain_estimates(rows):
+    for r in rows.values():
+        for name, m in r["metrics"].items():
+            if name in POINT_METRICS:
+                assert m["low"] is None and m["high"] is None
+            elif m["value"] is not None:
+                tol = 1e-9 * max(1.0, abs(m["value"]))
+                assert m["low"] - tol <= m["value"] <= m["high"] + tol, (r["sae_id"], name)
+    fit = rows["fit"]["metrics"]
+    assert fit["fve"]["low"] < fit["fve"]["high"]
+    assert fit["ce_spliced"]["low"] < fit["ce_spliced"]["high"]
+
+
+def test_bootstrap_many_equals_bootstrap_ci():
+    g = torch.Generator().manual_seed(1)
+    n = torch.randint(5, 40, (30,), generator=g).double()
+    doc = DocCE(n, *(n * (1 + torch.rand(30, generator=g) * k) for k in range(1, 6)))
+    many = bootstrap_many(doc, lambda d: summarize_ce(d)._asdict(), 50, seed=7)
+    for name in ("loss_recovered", "ce_spliced", "kl_score"):
+        ref = bootstrap_ci(doc, lambda d, name=name: getattr(summarize_ce(d), name), 50, seed=7)
+        assert many[name].value == pytest.approx(ref.estimate, rel=1e-12)
+        assert many[name].low == pytest.approx(ref.low, rel=1e-9)
+        assert many[name].high == pytest.approx(ref.high, rel=1e-9)
+
+
+def test_results_roundtrip(rows, cfg, tmp_path):
+    path = write_results(list(rows.values()), cfg, tmp_path / "results.json")
+    doc = json.loads(path.read_text())
+    assert doc["schema_version"] == 1 and doc["seed"] == cfg.seed
+    assert doc["config"] == json.loads(cfg.to_json())
+    assert {"python", "torch", "transformers", "transformer_lens", "sae_lens",
+            "sae_med"} <= set(doc["software"])
+    df = load_results(path)
+    csv = pd.read_csv(path.with_suffix(".csv"))
+    lead = ["sae_id", "eval_corpus", "split", "n_tokens", "n_documents", "ce_documents",
+            "ce_tokens", "metric", "value", "low", "high"]
+    assert list(csv.columns[:len(lead)]) == lead and list(df.columns[:len(lead)]) == lead
+    assert {"train_corpus", "l0_target", "kind"} <= set(csv.columns)
+    n_metrics = len(RECON_METRICS) + len(POINT_METRICS) + len(CE_METRICS)
+    assert len(df) == len(csv) >= 3 * n_metrics
+    for _, row in df.iterrows():
+        want = rows[row.sae_id]
+        if row.metric.startswith("dark_matter."):
+            got = want["dark_matter"][row.metric.split(".", 1)[1]]
+        else:
+            got = want["metrics"][row.metric]["value"]
+        assert (got is None and math.isnan(row.value)) or row.value == pytest.approx(got)
+    pd.testing.assert_frame_equal(df.reset_index(drop=True), csv, check_dtype=False)
+
+
+@pytest.mark.slow
+def test_evaluate_paths_writes_results(model, cfg, saes, tmp_path):
+    dirs = [saes["fit"].save(tmp_path / "saes" / "medical" / "l0_13",
+                             metadata={"l0_target": 13.0}),
+            saes["zero"].save(tmp_path / "saes" / "broad" / "l0_13")]
+    run_cfg = small_cfg(cfg.cache_dir, f"output_dir={tmp_path / 'runs'}", "eval.ce_docs=2",
+                        "eval.bootstrap=5")
+    path = evaluate_paths(run_cfg, dirs, [CORPUS], model=model, progress=False)
+    assert path == run_cfg.run_path / "results.json" and path.with_suffix(".csv").exists()
+    df = load_results(path)
+    assert set(df.sae_id) == {"medical/l0_13", "broad/l0_13"}
+    lr = df[df.metric == "loss_recovered"].set_index("sae_id")
+    assert lr.loc["broad/l0_13", "value"] == pytest.approx(0.0, abs=1e-5)
+    assert set(df.train_corpus) == {"medical", "broad"}
+    assert df[df.sae_id == "medical/l0_13"].l0_target.iloc[0] == 13.0
+
+
+# --------------------------------------------------------------------------------------
+# Naive twins: shared-pass CE against metrics.ce_losses (TL) and ce_losses_hf (HF)
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pipeline_ce_matches_naive_tl_and_hf(model, cfg, saes, rows):
+    batches = ce_batches(model, cfg, CORPUS)
+    assert [b.tokens.shape[0] for b in batches] == [4, 1]
+    sae = saes["fit"]
+
+    def sae_fn(x):
+        return sae(x).x_hat
+
+    hook = cfg.model.hook_name
+    tl_parts, hf_parts = [], []
+    for b in batches:
+        tl = ce_losses(model.tl, b.tokens, b.attention_mask, hook, sae_fn, loss_mask=b.loss_mask)
+        hf = ce_losses_hf(model.hf, b.tokens, b.attention_mask, hook, sae_fn,
+                          loss_mask=b.loss_mask)
+        # Spliced CE through a TransformerLens hook equals the one through an HF hook.
+        assert torch.equal(tl.mask, hf.mask) and not tl.mask[:, 0].any()
+        for name in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero"):
+            torch.testing.assert_close(getattr(tl, name), getattr(hf, name),
+                                       atol=2e-4, rtol=1e-4)
+        tl_parts.append(tl.doc_sums())
+        hf_parts.append(hf.doc_sums())
+    naive = summarize_ce(DocCE(*(torch.cat(f) for f in zip(*tl_parts, strict=True))))
+    assert naive.n_tokens == rows["fit"]["ce_tokens"]
+    assert naive.kl_spliced > 1e-3  # the splice really changes the output
+    for name in CE_METRICS:
+        assert val(rows["fit"], name) == pytest.approx(getattr(naive, name), abs=2e-4), name
+
+
+# --------------------------------------------------------------------------------------
+# Peer agreement with sae-lens's evaluation code
+# --------------------------------------------------------------------------------------
+
+class _FixedTokens:
+    """The one method of an ActivationsStore that sae-lens's eval functions call."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def get_batch_tokens(self, n):
+        assert n == self.tokens.shape[0]
+        return self.tokens
+
+
+def _lens_sae(sae, hook):
+    lens = to_sae_lens(sae)
+    lens.cfg.metadata.hook_name = hook
+    return lens
+
+
+@pytest.mark.slow
+def test_l0_and_variance_agree_with_sae_lens(model, cfg, cache, saes, rows):
+    """Matched tokens: sae-lens keeps every position it is given, ours drops BOS/EOS/pad.
+    We rebuild the cache's exact token set (each document as BOS + its cached tokens,
+    which are contiguous from position 1; the last one cut where the cache stopped, which
+    by causality leaves earlier activations unchanged), right-pad, and pass BOS/EOS/pad as
+    sae-lens's ``ignore_tokens``. Matched definitions: their ``explained_variance`` is
+    1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², our ``fve_uncentered``; their l0 counts acts ≠ 0 (> 0 for
+    JumpReLU). The tolerances cover TL (theirs) vs HF (the cache) activation round-off,
+    which flips a few near-threshold latents (observed: |ΔFVE| ≈ 2e-4); they stay well
+    below the centred/uncentred FVE gap of this SAE (≈ 5e-3), so a definition mismatch
+    would still fail."""
+    from sae_lens.evals import get_sparsity_and_variance_metrics
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    tok = model.tokenizer
+    info = cache.token_info()
+    seqs = []
+    for d in torch.unique_consecutive(info[:, 1]).tolist():
+        r = info[info[:, 1] == d]
+        assert torch.equal(r[:, 2], torch.arange(1, r.shape[0] + 1, dtype=r.dtype))
+        seqs.append([tok.bos_token_id, *r[:, 0].tolist()])
+    width = max(map(len, seqs))
+    tokens = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    metrics, _ = get_sparsity_and_variance_metrics(
+        _lens_sae(saes["fit"], cfg.model.hook_name), model.tl, _FixedTokens(tokens),
+        ActivationScaler(), n_batches=1, compute_l2_norms=False, compute_sparsity_metrics=True,
+        compute_variance_metrics=True, compute_featurewise_density_statistics=False,
+        eval_batch_size_prompts=tokens.shape[0], model_kwargs={},
+        ignore_tokens=[tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])
+    ours = rows["fit"]["metrics"]
+    assert ours["l0"]["value"] == pytest.approx(metrics["l0"], abs=0.05)
+    assert ours["fve_uncentered"]["value"] == pytest.approx(metrics["explained_variance"],
+                                                            abs=1e-3)
+    assert abs(ours["fve"]["value"] - ours["fve_uncentered"]["value"]) > 3e-3
+
+
+@pytest.mark.slow
+def test_loss_recovered_agrees_with_sae_lens(model, cfg, saes):
+    """Matched tokens and definitions: sae-lens's ``get_recons_loss`` splices the SAE and
+    zero-ablates at *every* position (BOS included) and scores every next-token
+    prediction, so we give both the same unpadded rows (CE documents cut to the shortest)
+    and pass our path a loss mask of all positions. Their ``ce_loss_score`` is the
+    token-mean (CE_zero − CE_sae) / (CE_zero − CE_clean) = our loss_recovered; their KL
+    also scores the last position, which we drop to match ours."""
+    from sae_lens.evals import get_recons_loss
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    b = ce_batches(model, cfg, CORPUS)[0]
+    t = int(b.attention_mask.sum(1).min())
+    tokens = b.tokens[:, :t]
+    ones = torch.ones_like(tokens)
+    sae = saes["fit"]
+    ours = ce_losses_shared(model, CEBatch(tokens, ones, ones.bool()), cfg.model.hook_name,
+                            {"fit": lambda x: sae(x).x_hat}, backend="tl")["fit"]
+    assert ours.mask.all()
+    s = ours.summary()
+    theirs = get_recons_loss(_lens_sae(sae, cfg.model.hook_name), model.tl, ActivationScaler(),
+                             tokens, compute_kl=True, compute_ce_loss=True)
+    ce = {k: float(theirs[k].mean()) for k in
+          ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation")}
+    score = (ce["ce_loss_with_ablation"] - ce["ce_loss_with_sae"]) / \
+        (ce["ce_loss_with_ablation"] - ce["ce_loss_without_sae"])
+    kl_sae = float(theirs["kl_div_with_sae"][:, :-1].mean())
+    kl_abl = float(theirs["kl_div_with_ablation"][:, :-1].mean())
+    assert s.ce_clean == pytest.approx(ce["ce_loss_without_sae"], abs=1e-4)
+    assert s.ce_spliced == pytest.approx(ce["ce_loss_with_sae"], abs=1e-4)
+    assert s.ce_zero == pytest.approx(ce["ce_loss_with_ablation"], abs=1e-4)
+    assert s.loss_recovered == pytest.approx(score, abs=1e-5)
+    assert s.kl_spliced == pytest.approx(kl_sae, abs=1e-4)
+    assert s.kl_score == pytest.approx((kl_abl - kl_sae) / kl_abl, abs=1e-5)
+
