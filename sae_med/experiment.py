@@ -87,12 +87,33 @@ def sae_dirs(cfg: Config) -> dict[str, Path]:
 
 
 def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
-    """Score every trained SAE on every eval corpus; returns ``results.json``'s path."""
+    """Score every trained SAE on every eval corpus; returns ``results.json``'s path.
+
+    Reused when its ``inputs_key`` (config, every SAE's weights hash, every eval cache's
+    key) matches; recomputed otherwise."""
+    from sae_med.artifacts import stable_hash
     from sae_med.evaluate import evaluate_paths
 
     stage_train(cfg, progress)
-    return evaluate_paths(cfg, list(sae_dirs(cfg).values()), list(cfg.eval_corpora),
-                          progress=progress)
+    model = load_model_for(cfg)
+    dirs = sae_dirs(cfg)
+    caches = {c: build_cache(model, cfg, c, "eval", n_tokens=cfg.eval.n_tokens,
+                             progress=progress) for c in cfg.eval_corpora}
+    key = stable_hash({
+        "config": cfg.to_dict(),
+        "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
+                 for i, d in dirs.items()},
+        "caches": {c: cache.key for c, cache in caches.items()}})
+    path = cfg.run_path / "results.json"
+    if path.exists() and json.loads(path.read_text()).get("inputs_key") == key:
+        log.info("reusing %s (inputs unchanged)", path)
+        return path
+    path = evaluate_paths(cfg, list(dirs.values()), list(cfg.eval_corpora), model=model,
+                          out_path=path, progress=progress)
+    results = json.loads(path.read_text())
+    results["inputs_key"] = key
+    write_json_atomic(path, results)
+    return path
 
 
 def run_experiment(cfg: Config, progress: bool = True) -> Path:
@@ -100,6 +121,4 @@ def run_experiment(cfg: Config, progress: bool = True) -> Path:
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.run_path / "config.json", cfg.to_dict())
     stage_cache(cfg, progress)
-    results = stage_evaluate(cfg, progress)
-    log.info("results: %s", json.dumps(str(results)))
-    return results
+    return stage_evaluate(cfg, progress)
