@@ -86,7 +86,12 @@ class SAEConfig:
     bandwidth: float = 0.001
     """Rectangle-kernel bandwidth epsilon of the straight-through estimators."""
     init_threshold: float = 0.001
-    """Initial JumpReLU threshold theta."""
+    """Initial JumpReLU threshold theta (and the floor of ``target_quantile``)."""
+    threshold_init: Literal["constant", "target_quantile"] = "constant"
+    """``constant``: theta = init_threshold everywhere (the paper). ``target_quantile``:
+    each theta starts at the quantile of its pre-activation on one batch that makes L0
+    start at the target — for short (CPU-sized) runs, where log(theta) cannot travel
+    from 0.001 to the pre-activation scale in a few hundred Adam steps."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "sae.width", "must be > 0")
@@ -96,6 +101,8 @@ class SAEConfig:
                    f"target L0 {t} must be > 0 and smaller than sae.width={self.width}")
         _check(self.bandwidth > 0, "sae.bandwidth", "must be > 0")
         _check(self.init_threshold > 0, "sae.init_threshold", "must be > 0")
+        _check(self.threshold_init in ("constant", "target_quantile"), "sae.threshold_init",
+               "must be 'constant' or 'target_quantile'")
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,20 @@ def sae_dirname(l0_target: float) -> str:
 
 
 @torch.no_grad()
+def init_threshold_at_target_(sae: JumpReLUSAE, x: Float[Tensor, "batch d_model"],
+                              target: float, floor: float) -> None:
+    """Set every latent's threshold to the (1 - target/width) quantile of its
+    pre-activation on ``x`` (scaled inputs), so L0 starts near ``target``.
+
+    Not the paper's recipe (theta = 0.001 everywhere); it exists because Adam moves
+    log(theta) by ~lr per step, so runs of a few hundred steps never get from 0.001 to the
+    scale of the pre-activations. ``floor`` keeps every threshold at least the paper's."""
+    z = x.to(sae.W_enc.device) @ sae.W_enc + sae.b_enc
+    q = torch.quantile(z.float(), 1.0 - target / sae.d_sae, dim=0)
+    sae.log_threshold.copy_(q.clamp_min(floor).log())
+
+
+@torch.no_grad()
 def estimate_input_scale(source: BatchSource, batch_size: int, n_batches: int, seed: int
                          ) -> float:
     """Scalar s with E||x s||^2 = 1, i.e. s = 1/sqrt(mean ||x||^2) over ``n_batches``."""
@@ -311,6 +325,9 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
             sae = JumpReLUSAE(source.d_model, sc.width, bandwidth=sc.bandwidth,
                               init_threshold=sc.init_threshold, generator=gen)
             sae.input_scale.fill_(scale)
+            if sc.threshold_init == "target_quantile" and state is None:
+                init_threshold_at_target_(sae, next(source.iter_batches(
+                    bs, sub_seed(cfg.seed, "threshold"))) * scale, target, sc.init_threshold)
         sae_dir = out_dir / sae_dirname(target)
         sae_dir.mkdir(parents=True, exist_ok=True)
         members.append(SweepMember(sae.to(device), target, tc, sae_dir / METRICS_NAME))

@@ -22,3 +22,6 @@ if ! .venv/bin/python -m sae_med.cli prepare --check >/dev/null 2>&1; then
   fi
   .venv/bin/python -m sae_med.cli prepare
 fi
+
+# Headless Chromium for the book's browser test.
+bash scripts/setup_browser.sh

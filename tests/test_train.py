@@ -239,3 +239,15 @@ def test_bf16_autocast_dense_path_and_threshold_lr_mult(tmp_path):
     sae = JumpReLUSAE.load(r.path)
     assert sae.log_threshold.dtype == torch.float32
     assert all(torch.isfinite(p).all() for p in sae.parameters())
+
+
+def test_target_quantile_threshold_init_starts_at_the_target():
+    from sae_med.train import init_threshold_at_target_
+
+    x = synthetic_acts(n=4096, d=16)
+    x = x / x.pow(2).sum(-1).mean().sqrt()
+    sae = JumpReLUSAE(16, 64, generator=torch.Generator().manual_seed(0))
+    assert float(sae(x).l0) > 20  # the paper's 0.001 start fires on about half the latents
+    init_threshold_at_target_(sae, x, target=6.0, floor=0.001)
+    assert float(sae(x).l0) == pytest.approx(6.0, rel=0.05)
+    assert (sae.threshold >= 0.001 - 1e-9).all()
