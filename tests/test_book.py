@@ -1,0 +1,223 @@
+"""The Jupyter Book: notebooks are well-formed, a failing cell fails the build naming it, and
+(slow) the smoke book builds and every page renders in headless Chromium with no network,
+no console errors and every plotly figure drawn."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sae_med.book import PROJECT_ROOT, NotebookError, build_book, list_notebooks
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+SMOKE = PROJECT_ROOT / "configs" / "smoke.yaml"
+
+
+def _toc_files() -> list[str]:
+    toc = yaml.safe_load((PROJECT_ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        files += [c["file"] for c in part["chapters"]]
+    return files
+
+
+# ------------------------------------------------------------------------------- fast
+
+def test_every_notebook_has_one_parameters_cell_of_plain_literals():
+    import jupytext
+
+    for path in list_notebooks(PROJECT_ROOT / "notebooks"):
+        nb = jupytext.read(path)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: {len(tagged)} parameters cells"
+        tree = ast.parse(tagged[0].source)
+        names = set()
+        for node in tree.body:
+            assert isinstance(node, ast.Assign), f"{path.name}: parameters cell has {node}"
+            ast.literal_eval(node.value)  # raises unless a plain literal
+            names |= {t.id for t in node.targets}
+        assert {"config", "overrides", "run_name"} <= names, path.name
+
+
+def test_toc_lists_every_notebook_and_page():
+    toc = set(_toc_files())
+    notebooks = {f"notebooks/{p.stem}" for p in list_notebooks(PROJECT_ROOT / "notebooks")}
+    pages = {f"book/{p.stem}" for p in (PROJECT_ROOT / "book").glob("*.md")}
+    assert notebooks | pages == toc
+
+
+def test_offline_renderer_fetches_nothing():
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from sae_med.book import use_offline_plotly
+
+    use_offline_plotly()
+    html = pio.renderers["sae_med_offline"].to_mimebundle(
+        go.Figure(go.Scatter(x=[1, 2], y=[3, 4])).to_dict())["text/html"]
+    assert "plotly-graph-div" in html
+    assert "src=" not in html and "cdn" not in html.lower()
+
+
+class _ArrayCache:
+    """The slice of the ActivationCache interface latent_stats reads."""
+
+    def __init__(self, x):
+        self.x, self.n_tokens = x, x.shape[0]
+
+    def activations(self, start, stop):
+        return self.x[start:stop]
+
+
+def test_latent_stats_matches_dense_computation():
+    import torch
+
+    from sae_med.book import latent_stats
+    from sae_med.sae import JumpReLUSAE
+
+    sae = JumpReLUSAE(8, 16, init_threshold=0.3)
+    x = torch.randn(103, 8)
+    st = latent_stats(sae, _ArrayCache(x), k=4, batch_size=10)  # streamed, 11 batches
+    with torch.no_grad():
+        f = sae.encode(x)  # (tokens, d_sae), all at once
+    torch.testing.assert_close(st.density, (f > 0).float().mean(0))
+    want = f.t().topk(4, dim=1)
+    torch.testing.assert_close(st.top_values, want.values)
+    fired = want.values > 0
+    assert torch.equal(st.top_rows[fired], want.indices[fired])
+    assert (st.top_rows[~fired] == -1).all()
+
+
+def test_token_window_stays_in_the_document():
+    import torch
+
+    from sae_med.book import token_window
+
+    class Tok:
+        def decode(self, ids):
+            return "".join(f"<{i}>" for i in ids)
+
+    # rows: (token id, document index, position)
+    info = torch.tensor([[10, 0, 1], [11, 0, 2], [20, 1, 1], [21, 1, 2], [22, 1, 3],
+                         [30, 2, 1]], dtype=torch.int32)
+    assert token_window(Tok(), info, 3, left=5, right=5) == ("<20>", "<21>", "<22>")
+    assert token_window(Tok(), info, 0, left=5, right=1) == ("", "<10>", "<11>")
+
+
+def test_failing_cell_fails_the_build_naming_notebook_and_cell(tmp_path):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    (nbdir / "01_boom.py").write_text(
+        '# %% tags=["parameters"]\nconfig = ""\noverrides = []\nrun_name = ""\n\n'
+        '# %%\nx = 1\n\n# %%\nraise ValueError("deliberate failure " + str(x))\n')
+    with pytest.raises(NotebookError) as info:
+        build_book(str(SMOKE), build_dir=tmp_path / "build", notebooks_dir=nbdir)
+    err = info.value
+    assert err.notebook == "01_boom.py"
+    assert err.cell == 3  # parameters, x = 1, raise
+    assert "raise ValueError" in err.source
+    message = str(err)
+    assert "01_boom.py" in message and f"cell {err.cell}" in message
+    assert "deliberate failure 1" in message
+    assert err.output.exists()  # the partially executed notebook is kept for inspection
+
+
+# ------------------------------------------------------------------------------- slow
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    """The smoke book, built once (runs every notebook: minutes on a CPU)."""
+    cwd = os.getcwd()
+    os.chdir(PROJECT_ROOT)  # the notebooks resolve configs/ and runs/ from here
+    try:
+        index = build_book("configs/smoke.yaml",
+                           build_dir=tmp_path_factory.mktemp("book_build"))
+    finally:
+        os.chdir(cwd)
+    return index
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: run scripts/setup_browser.sh")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, path: Path, screenshot: Path | None = None) -> dict:
+    """Load ``path`` from disk; return console errors, page errors, failed and remote
+    requests, and the state of its plotly figures."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    seen: dict[str, list[str]] = {"console": [], "pageerror": [], "failed": [], "remote": []}
+    page.on("console", lambda m: seen["console"].append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: seen["pageerror"].append(str(e)))
+    page.on("requestfailed", lambda r: seen["failed"].append(r.url))
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:"))
+            else seen["remote"].append(r.url))
+    page.goto(path.as_uri(), wait_until="load")
+    page.wait_for_timeout(300)  # plotly draws synchronously; let late scripts settle
+    state = page.evaluate("""() => {
+        const divs = Array.from(document.querySelectorAll('.plotly-graph-div'));
+        return {
+            title: document.title,
+            text: (document.querySelector('main') || document.body).innerText.length,
+            plotly: typeof window.Plotly,
+            figures: divs.length,
+            drawn: divs.filter(d => d._fullLayout && d.querySelector('.main-svg')).length,
+        };
+    }""")
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+    ctx.close()
+    return {**seen, **state}
+
+
+@pytest.mark.slow
+def test_book_builds_with_every_chapter(built_book):
+    html = built_book.parent
+    assert built_book.name == "index.html"
+    for doc in _toc_files():
+        assert (html / f"{doc}.html").exists(), f"chapter {doc} missing from the build"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", _toc_files())
+def test_page_renders_offline_without_errors(built_book, browser, doc):
+    html = built_book.parent
+    shot = ARTIFACTS / f"{doc.replace('/', '_')}.png" if doc == "book/results" else None
+    r = _open(browser, html / f"{doc}.html", shot)
+    assert r["title"] and r["text"] > 200, f"{doc}: empty page"
+    assert not r["remote"], f"{doc}: requests leave the machine: {r['remote'][:5]}"
+    assert not r["failed"], f"{doc}: failed requests: {r['failed'][:5]}"
+    assert not r["pageerror"], f"{doc}: JavaScript errors: {r['pageerror'][:5]}"
+    assert not r["console"], f"{doc}: console errors: {r['console'][:5]}"
+    if doc.startswith("notebooks/0") and doc not in ("notebooks/06_autointerp",):
+        assert r["figures"] > 0, f"{doc}: no plotly figure"
+    if r["figures"]:
+        assert r["plotly"] == "object", f"{doc}: plotly.js not loaded"
+        assert r["drawn"] == r["figures"], f"{doc}: {r['drawn']}/{r['figures']} figures drawn"
+
+
+@pytest.mark.slow
+def test_results_page_quotes_run_numbers(built_book, browser):
+    """Every glued number arrived (an unresolved glue would have failed the -W build; this
+    checks the text is there) and the fidelity page is screenshotted for review."""
+    html = built_book.parent
+    text = (html / "book" / "results.html").read_text()
+    assert text.count('class="pasted-text"') >= 10
+    _open(browser, html / "notebooks" / "03_fidelity.html",
+          ARTIFACTS / "notebooks_03_fidelity.png")
