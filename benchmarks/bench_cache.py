@@ -3,7 +3,8 @@
 Both sides see the same documents in the same batches. sae_med's forward stops at the
 hook block (no later blocks, no unembedding) and writes hashed shards to disk;
 TransformerLens runs the full model with ``names_filter=hook`` and the kept positions are
-gathered in memory (no disk writes: the comparison is generous to it). Each side runs in
+gathered in memory (no disk writes: the comparison is generous to it). Both sides run
+the same length-sorted batches, so the ratio is the forward itself, not padding. Each side runs in
 its own subprocess; peak memory is the resident-set growth during the timed pass,
 sampled every 5 ms. Last line: ``speedup_vs_transformer_lens=<ratio>``.
 
@@ -50,7 +51,7 @@ class PeakRSS:
 def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
     import torch
 
-    from sae_med.activations import _special_ids, _tokenize, build_cache
+    from sae_med.activations import SORT_CHUNK, _special_ids, _tokenize, build_cache
     from sae_med.config import load_config
     from sae_med.models import load_model
 
@@ -81,8 +82,12 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
             else:
                 hook = cfg.model.hook_name
                 tokens = 0
-                for i in range(0, len(texts), batch):
-                    tok, mask = _tokenize(model.tokenizer, texts[i:i + batch], ctx)
+                # the same length-sorted batches as build_cache makes (see SORT_CHUNK)
+                step = batch * SORT_CHUNK
+                ordered = [t for i in range(0, len(texts), step)
+                           for t in sorted(texts[i:i + step], key=len)]
+                for i in range(0, len(ordered), batch):
+                    tok, mask = _tokenize(model.tokenizer, ordered[i:i + batch], ctx)
                     with torch.no_grad():
                         _, c = model.tl.run_with_cache(tok, attention_mask=mask,
                                                        names_filter=hook)

@@ -31,9 +31,9 @@ import torch
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.book import domain_pair, latent_stats, notebook_config, token_window
+from sae_med.book import domain_pair, notebook_config
 from sae_med.experiment import load_model_for, stage_cache, stage_train
-from sae_med.models import pick_device
+from sae_med.features import encode_cache, logit_lens, top_windows
 from sae_med.sae import JumpReLUSAE
 
 # %% [markdown]
@@ -64,30 +64,24 @@ model = load_model_for(cfg)
 caches = stage_cache(cfg, progress=False)
 trained = stage_train(cfg, progress=False)
 cache = caches[(medical, "eval")]
-info = cache.token_info()
-device = pick_device(cfg.model.device)
-W_U = model.tl.W_U.detach()  # (d_model, vocab), on the model's device
+W_U = model.tl.W_U.detach().cpu()  # (d_model, vocab)
 
 
 def explainer_inputs(sae_corpus: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     path = next(r.path for r in trained[sae_corpus] if r.l0_target == target)
-    sae = JumpReLUSAE.load(path, device=device)
-    st = latent_stats(sae, cache, k=n_windows)
-    live = (st.density > 0).nonzero().flatten()
-    chosen = live[st.density[live].argsort(descending=True)[:n_latents]].tolist()
+    sae = JumpReLUSAE.load(path)
+    acts = encode_cache(sae, cache, progress=False)
+    density = acts.firing_rate()
+    chosen = density.argsort(descending=True)[:n_latents].tolist()
     windows, lens = [], []
     for j in chosen:
-        for v, r in zip(st.top_values[j].tolist(), st.top_rows[j].tolist(), strict=True):
-            if r >= 0:
-                left, tok, right = token_window(model.tokenizer, info, r, left=30, right=5)
-                windows.append({"SAE": sae_corpus, "latent": j, "activation": round(v, 3),
-                                "window": f"{left}«{tok}»{right}"})
-        logits = (sae.W_dec[j].detach().to(W_U) @ W_U).float().cpu()  # (vocab,)
-        top = [model.tokenizer.decode([i]) for i in logits.topk(8).indices.tolist()]
-        bottom = [model.tokenizer.decode([i]) for i in (-logits).topk(8).indices.tolist()]
-        lens.append({"SAE": sae_corpus, "latent": j, "density": float(st.density[j]),
-                     "logit lens: top": " | ".join(top),
-                     "logit lens: bottom": " | ".join(bottom)})
+        for w in top_windows(acts, cache, j, k=n_windows):
+            windows.append({"SAE": sae_corpus, "latent": j, "activation": round(w.activation, 3),
+                            "window": w.render(model.tokenizer, "«{}»")})
+        ll = logit_lens(sae, W_U, model.tokenizer, j, k=8)
+        lens.append({"SAE": sae_corpus, "latent": j, "density": float(density[j]),
+                     "logit lens: top": " | ".join(ll.top_tokens),
+                     "logit lens: bottom": " | ".join(ll.bottom_tokens)})
     return pd.DataFrame(windows), pd.DataFrame(lens)
 
 

@@ -41,7 +41,9 @@ from sae_med.models import LoadedModel, resid_post
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SORT_CHUNK = 8
+"""Batches read together and sorted by length (flushes happen between such chunks)."""
 
 
 class CorruptCacheError(RuntimeError):
@@ -206,24 +208,31 @@ def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "trai
     doc_index = next_doc
     exhausted = False
     while done_rows + buffered < target:
-        batch = [d for _, d in zip(range(c.batch_size), docs, strict=False)]
-        if not batch:
+        chunk = [d for _, d in zip(range(c.batch_size * SORT_CHUNK), docs, strict=False)]
+        if not chunk:
             exhausted = True
             break
-        tokens, mask = _tokenize(model.tokenizer, [d.text for d in batch], c.ctx_len)
-        acts = hook_activations(model, tokens.to(dev), mask.to(dev), cfg.model.hook_layer).cpu()
-        keep = mask.bool()
-        if c.exclude_special:
-            keep &= ~torch.isin(tokens, special)
-        pos = torch.arange(tokens.shape[1]).expand_as(tokens)
-        docidx = (torch.arange(len(batch)) + doc_index)[:, None].expand_as(tokens)
-        buf_x.append(acts[keep])
-        buf_t.append(torch.stack([tokens[keep], docidx[keep], pos[keep]], 1).to(torch.int32))
-        buf_ids.extend(d.doc_id for d in batch)
-        n = int(keep.sum())
-        buffered += n
-        doc_index += len(batch)
-        bar.update(min(n, target - bar.n))
+        # batches of similar length waste little on padding; documents keep the index of
+        # their place in the corpus order, rows follow the processing order
+        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].text))
+        for b in range(0, len(order), c.batch_size):
+            idx = order[b:b + c.batch_size]
+            tokens, mask = _tokenize(model.tokenizer, [chunk[i].text for i in idx], c.ctx_len)
+            acts = hook_activations(model, tokens.to(dev), mask.to(dev),
+                                    cfg.model.hook_layer).cpu()
+            keep = mask.bool()
+            if c.exclude_special:
+                keep &= ~torch.isin(tokens, special)
+            pos = torch.arange(tokens.shape[1]).expand_as(tokens)
+            docidx = (torch.tensor(idx) + doc_index)[:, None].expand_as(tokens)
+            buf_x.append(acts[keep])
+            buf_t.append(torch.stack([tokens[keep], docidx[keep], pos[keep]], 1)
+                         .to(torch.int32))
+            n = int(keep.sum())
+            buffered += n
+            bar.update(min(n, target - bar.n))
+        buf_ids.extend(d.doc_id for d in chunk)
+        doc_index += len(chunk)
         if buffered >= c.shard_tokens and done_rows + buffered < target:
             flush(final=False)
     if buffered:

@@ -27,13 +27,9 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from sae_med.config import Config, load_config
-
-if TYPE_CHECKING:  # torch stays unimported when Sphinx loads this module as an extension
-    from jaxtyping import Float, Int
-    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -364,66 +360,6 @@ def cross_eval_figure(results: Any, metric: str, y_title: str,
                       title=f"{metric}: SAE trained on (colour) x evaluated on (axis)",
                       legend={"orientation": "h", "y": -0.25})
     return fig
-
-
-class LatentStats(NamedTuple):
-    """Firing statistics of every latent of one SAE over one activation cache."""
-
-    density: Float[Tensor, " d_sae"]
-    """Fraction of tokens on which the latent fires (f > 0)."""
-    top_values: Float[Tensor, "d_sae k"]
-    """The latent's ``k`` largest activations, descending (0 where it fired less often)."""
-    top_rows: Int[Tensor, "d_sae k"]
-    """Cache rows of those activations (-1 where fewer than ``k`` fired)."""
-    n_tokens: int
-
-
-def latent_stats(sae: Any, cache: Any, k: int = 16, batch_size: int = 2048) -> LatentStats:
-    """Stream ``cache`` through ``sae.encode`` once: firing density and top-``k`` rows per
-    latent. ``sae`` must take raw activations (a loaded, folded SAE does); it runs on its
-    own device, the statistics are kept on the CPU."""
-    import torch
-
-    with torch.no_grad():
-        return _latent_stats(sae, cache, k, batch_size)
-
-
-def _latent_stats(sae: Any, cache: Any, k: int, batch_size: int) -> LatentStats:
-    import torch
-
-    d_sae = sae.d_sae
-    fires = torch.zeros(d_sae, dtype=torch.float64)
-    top_v = torch.zeros(d_sae, 0)
-    top_r = torch.zeros(d_sae, 0, dtype=torch.long)
-    n = cache.n_tokens
-    for start in range(0, n, batch_size):
-        x = cache.activations(start, min(start + batch_size, n))  # (batch, d_model)
-        f = sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype)).float().cpu()  # (batch, d_sae)
-        fires += (f > 0).sum(0).double()
-        rows = torch.arange(start, start + f.shape[0]).expand(d_sae, -1)
-        vals = torch.cat([top_v, f.t()], 1)
-        idx = torch.cat([top_r, rows], 1)
-        keep = vals.topk(min(k, vals.shape[1]), dim=1)
-        top_v, top_r = keep.values, idx.gather(1, keep.indices)
-    top_r = torch.where(top_v > 0, top_r, torch.full_like(top_r, -1))
-    return LatentStats((fires / n).float(), top_v, top_r, n)
-
-
-def token_window(tokenizer: Any, token_info: Int[Tensor, "n 3"], row: int, left: int = 30,
-                 right: int = 5) -> tuple[str, str, str]:
-    """(left context, peak token, right context) of cache row ``row``, within its document.
-
-    Only tokens stored in the cache are available (special tokens were dropped), so the
-    window is the stored neighbours of the same document, not the full text."""
-    doc = int(token_info[row, 1])
-    lo, hi = max(0, row - left), min(len(token_info), row + right + 1)
-    ids = token_info[lo:hi]
-    same = ids[:, 1] == doc
-    before = [int(t) for t, s in zip(ids[: row - lo, 0], same[: row - lo], strict=True) if s]
-    after = [int(t) for t, s in zip(ids[row - lo + 1:, 0], same[row - lo + 1:], strict=True)
-             if s]
-    return (tokenizer.decode(before), tokenizer.decode([int(token_info[row, 0])]),
-            tokenizer.decode(after))
 
 
 # --------------------------------------------------------------------------------------

@@ -306,6 +306,32 @@ def concept_alignment(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequen
                      [int(pos[:, i].sum()) for i in range(len(concepts))])
 
 
+def concept_aurocs(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict],
+                   concept: str, keys: Sequence[str] = DEFAULT_CONCEPT_KEYS
+                   ) -> tuple[Float[Tensor, " d_sae"], int]:
+    """AUROC of every latent's document max activation for one named concept (e.g.
+    ``"ancestors:Abnormality of taste sensation"``), over all documents; and the number of
+    positive documents (0: the concept is absent and the AUROCs are meaningless)."""
+    pos = np.array([concept in document_concepts(lab, keys) for lab in doc_labels])
+    if pos.all() or not pos.any():
+        return torch.full((doc_max.shape[1],), float("nan")), int(pos.sum())
+    au = _auroc_matrix(doc_max.numpy().astype(np.float64), pos[:, None])[:, 0]
+    return torch.from_numpy(au).float(), int(pos.sum())
+
+
+def documents_by_id(corpus: str, split: str, ids: Sequence[str]) -> list:
+    """The :class:`sae_med.data.Document` of each id (in the order given)."""
+    from sae_med.data import iter_documents
+
+    want = set(ids)
+    found = {d.doc_id: d for d in iter_documents(corpus, split) if d.doc_id in want}
+    missing = want - set(found)
+    if missing:
+        raise KeyError(f"{len(missing)} document ids not in {corpus}/{split}, e.g. "
+                       f"{sorted(missing)[:3]}")
+    return [found[i] for i in ids]
+
+
 # ------------------------------------------------------------ cross-dictionary matching
 
 class DictionaryMatch(NamedTuple):

@@ -114,7 +114,7 @@ build_cache(load_model(device="cpu"), cfg, "medical", "train", progress=False)
 
 
 def test_interrupted_cache_resumes_to_the_same_result(model, tmp_path):
-    args = ["cache.n_tokens=1500", "cache.shard_tokens=150", "cache.batch_size=4",
+    args = ["cache.n_tokens=3000", "cache.shard_tokens=150", "cache.batch_size=2",
             "cache.ctx_len=48"]
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, f"cache_dir={killed_dir}",
@@ -135,7 +135,7 @@ def test_interrupted_cache_resumes_to_the_same_result(model, tmp_path):
     written = len(list(root.glob("shard_*.json")))
     resumed = build_cache(model, load_config(None, [f"cache_dir={killed_dir}", *args]),
                           "medical", "train", progress=False)
-    assert written >= 3 and json.loads((root / "manifest.json").read_text())["n_tokens"] == 1500
+    assert written >= 3 and json.loads((root / "manifest.json").read_text())["n_tokens"] == 3000
     clean = build_cache(model, load_config(None, [f"cache_dir={clean_dir}", *args]),
                         "medical", "train", progress=False)
     assert resumed.root.name == clean.root.name

@@ -67,51 +67,6 @@ def test_offline_renderer_fetches_nothing():
     assert "src=" not in html and "cdn" not in html.lower()
 
 
-class _ArrayCache:
-    """The slice of the ActivationCache interface latent_stats reads."""
-
-    def __init__(self, x):
-        self.x, self.n_tokens = x, x.shape[0]
-
-    def activations(self, start, stop):
-        return self.x[start:stop]
-
-
-def test_latent_stats_matches_dense_computation():
-    import torch
-
-    from sae_med.book import latent_stats
-    from sae_med.sae import JumpReLUSAE
-
-    sae = JumpReLUSAE(8, 16, init_threshold=0.3)
-    x = torch.randn(103, 8)
-    st = latent_stats(sae, _ArrayCache(x), k=4, batch_size=10)  # streamed, 11 batches
-    with torch.no_grad():
-        f = sae.encode(x)  # (tokens, d_sae), all at once
-    torch.testing.assert_close(st.density, (f > 0).float().mean(0))
-    want = f.t().topk(4, dim=1)
-    torch.testing.assert_close(st.top_values, want.values)
-    fired = want.values > 0
-    assert torch.equal(st.top_rows[fired], want.indices[fired])
-    assert (st.top_rows[~fired] == -1).all()
-
-
-def test_token_window_stays_in_the_document():
-    import torch
-
-    from sae_med.book import token_window
-
-    class Tok:
-        def decode(self, ids):
-            return "".join(f"<{i}>" for i in ids)
-
-    # rows: (token id, document index, position)
-    info = torch.tensor([[10, 0, 1], [11, 0, 2], [20, 1, 1], [21, 1, 2], [22, 1, 3],
-                         [30, 2, 1]], dtype=torch.int32)
-    assert token_window(Tok(), info, 3, left=5, right=5) == ("<20>", "<21>", "<22>")
-    assert token_window(Tok(), info, 0, left=5, right=1) == ("", "<10>", "<11>")
-
-
 def test_failing_cell_fails_the_build_naming_notebook_and_cell(tmp_path):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()

@@ -65,6 +65,7 @@ def test_top_windows_mark_the_peak(cache, sae):
         assert len(w.tokens) <= 36 and w.peak <= 30
         row = int(torch.nonzero((info[:, 1] == w.doc_index) & (info[:, 2] == w.position)))
         assert w.tokens[w.peak] == int(info[row, 0])
+        assert len(w.tokens) <= int((info[:, 1] == w.doc_index).sum())  # one document only
     assert [w.activation for w in wins] == sorted([w.activation for w in wins], reverse=True)
 
 
@@ -121,3 +122,21 @@ def test_match_dictionaries_shared_split_new():
     assert float(m.cosine[0]) == pytest.approx(1.0)
     assert m.kind[1] == m.kind[2] == "split" and int(m.best[1]) == int(m.best[2]) == 4
     assert m.kind[5] == "new"
+
+
+def test_concept_aurocs_and_documents_by_id(cache, sae):
+    from sae_med.features import concept_aurocs, documents_by_id
+
+    ids = cache.doc_ids()
+    docs = documents_by_id("medical", "eval", ids)
+    assert [d.doc_id for d in docs] == ids
+    acts = encode_cache(sae, cache, progress=False)
+    dm = doc_max_activations(acts, cache)
+    labels = [d.labels for d in docs[: dm.shape[0]]]
+    chapters = [lab["chapter"][0] for lab in labels if lab.get("chapter")]
+    concept = "chapter:" + max(set(chapters), key=chapters.count)
+    au, n_pos = concept_aurocs(dm, labels, concept)
+    assert n_pos == chapters.count(concept[len("chapter:"):])
+    assert au.shape == (sae.d_sae,) and ((au >= 0) & (au <= 1)).all()
+    au_none, n_none = concept_aurocs(dm, labels, "chapter:No such chapter")
+    assert n_none == 0 and torch.isnan(au_none).all()
