@@ -18,16 +18,8 @@ from sae_med.sae import (
     to_sae_lens,
 )
 
-
-@pytest.fixture(autouse=True)
-def _seed():
-    # One thread: these tensors are tiny, and spare OpenMP threads only wait on a busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    yield
-    torch.set_num_threads(threads)
+# seeding comes from conftest's autouse fixture
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_like_sae(d_model: int = 16, d_sae: int = 48, bandwidth: float = 0.05) -> JumpReLUSAE:

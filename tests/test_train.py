@@ -11,7 +11,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,15 +28,8 @@ from sae_med.train import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    # One thread: these tensors are tiny, and spare OpenMP threads only wait on a busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    yield
-    torch.set_num_threads(threads)
+# seeding comes from conftest's autouse fixture
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_acts(n: int = 2048, d: int = 16, n_atoms: int = 64, k: int = 3,
