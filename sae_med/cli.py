@@ -6,6 +6,7 @@ config plus ``section.field=value`` overrides.
     sae-med cache CONFIG [k=v ...]      cache activations for the configured corpora
     sae-med train CONFIG [k=v ...]      train the SAE sweep on each training corpus
     sae-med evaluate CONFIG [k=v ...]   score every trained SAE on every eval corpus
+        [--sae SPEC [--sae-id ID]] ...  ... or the given SAEs (Gemma Scope npz, sae-lens)
     sae-med experiment CONFIG [k=v ...] cache -> train -> evaluate (last line results=PATH)
     sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
     sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
@@ -106,9 +107,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The run's own SAEs (stage_evaluate), or the SAEs given with --sae (any format)."""
     from sae_med.experiment import stage_evaluate
 
-    print(f"results={stage_evaluate(_load(args))}")
+    cfg = _load(args)
+    if not args.sae:
+        print(f"results={stage_evaluate(cfg)}")
+        return 0
+    from sae_med.evaluate import evaluate_paths
+    from sae_med.sae import SAECheckpointError
+
+    if args.sae_id and len(args.sae_id) != len(args.sae):
+        raise ConfigError(f"--sae-id: give one id per --sae ({len(args.sae)}), "
+                          f"got {len(args.sae_id)}")
+    out = args.out or cfg.run_path / "results_external.json"
+    try:
+        path = evaluate_paths(cfg, args.sae, out_path=out, sae_ids=args.sae_id or None)
+    except (FileNotFoundError, SAECheckpointError) as err:
+        print(f"sae-med: {err}", file=sys.stderr)
+        return 2
+    print(f"results={path}")
     return 0
 
 
@@ -164,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "corpora":
             p.add_argument("--no-tokens", action="store_true",
                            help="skip token counts (no tokenizer needed)")
+        if name == "evaluate":
+            p.add_argument("--sae", action="append", default=[], metavar="SPEC",
+                           help="score this SAE instead of the run's own (repeatable): a "
+                                "sae-med folder, a Gemma Scope params.npz, a sae-lens "
+                                "folder, or sae_lens:RELEASE/SAE_ID")
+            p.add_argument("--sae-id", action="append", default=[], metavar="ID",
+                           help="row id for each --sae, in order (default: from the path)")
+            p.add_argument("--out", default=None,
+                           help="results JSON for --sae (default: RUN/results_external.json)")
         if name == "prepare":
             p.add_argument("--check", action="store_true",
                            help="only report whether everything is prepared (exit 1 if not)")

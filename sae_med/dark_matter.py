@@ -28,22 +28,23 @@ from torch import Tensor
 DEFAULT_RIDGE = 1e-8
 
 
-def is_train_doc(doc_ids: Int[Tensor, " tokens"], train_frac: float = 0.5, seed: int = 0
-                 ) -> Bool[Tensor, " tokens"]:
-    """Deterministic document split: True where the token's document is in the fit split.
-
-    A document is in the fit split when u(seed, doc_id) < train_frac, u uniform in [0, 1)
-    from the splitmix64 hash, so the split depends only on (doc id, seed), never on the
-    order or batching of tokens.
-    """
+def doc_uniform(doc_ids: Int[Tensor, " tokens"], seed: int = 0) -> np.ndarray:
+    """u(seed, doc_id) uniform in [0, 1) from the splitmix64 hash of the document id:
+    depends only on (doc id, seed), never on the order or batching of tokens."""
     z = doc_ids.detach().cpu().numpy().astype(np.uint64)
     with np.errstate(over="ignore"):
         z = z + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return torch.from_numpy(u < train_frac).to(doc_ids.device)
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def is_train_doc(doc_ids: Int[Tensor, " tokens"], train_frac: float = 0.5, seed: int = 0
+                 ) -> Bool[Tensor, " tokens"]:
+    """Deterministic document split: True where the token's document is in the fit split,
+    i.e. where :func:`doc_uniform` (seed, doc_id) < train_frac."""
+    return torch.from_numpy(doc_uniform(doc_ids, seed) < train_frac).to(doc_ids.device)
 
 
 class DarkMatterResult(NamedTuple):
@@ -91,7 +92,7 @@ class DarkMatterFit:
         """(d_model + 1, d_model): last row is the bias."""
         self.w_norm: Tensor | None = None
         """(d_model + 1,): predictor of ‖e‖²."""
-        self._eval: dict[str, Tensor] = {}
+        self._eval: list[tuple[Tensor, HeldOutSums]] = []
         self.n_eval = 0
 
     def add_train(self, x: Float[Tensor, "tokens d_model"], e: Float[Tensor, "tokens d_model"]
@@ -132,44 +133,84 @@ class DarkMatterFit:
         X = _with_bias(x)
         return X @ self.W, X @ self.w_norm
 
-    def _acc(self, name: str, value: Tensor) -> None:
-        self._eval[name] = self._eval[name] + value if name in self._eval else value
-
-    def add_eval(self, x: Float[Tensor, "tokens d_model"], e: Float[Tensor, "tokens d_model"]
-                 ) -> None:
-        """Accumulate held-out sums of squares for one batch (raw sums in float64: the
-        centred totals are formed once in :meth:`result`)."""
+    def add_eval(self, x: Float[Tensor, "tokens d_model"], e: Float[Tensor, "tokens d_model"],
+                 doc_ids: Int[Tensor, " tokens"] | None = None) -> None:
+        """Accumulate held-out sums of squares for one batch, per document when
+        ``doc_ids`` is given (for :meth:`per_doc` and bootstrap intervals), else as one
+        unit. Raw sums in float64: the centred totals are formed in :func:`scores`."""
         e_hat, n_hat = self.predict(x)
         x, e = x.detach().double(), e.detach().double()
         norm2 = e.pow(2).sum(-1)
-        self._acc("res_dim", (e - e_hat).pow(2).sum(0))
-        self._acc("e_sum", e.sum(0))
-        self._acc("e_sq_dim", e.pow(2).sum(0))
-        self._acc("x_sum", x.sum(0))
-        self._acc("x_sq", x.pow(2).sum())
-        self._acc("n_res", (norm2 - n_hat).pow(2).sum())
-        self._acc("n_sum", norm2.sum())
-        self._acc("n_sq", norm2.pow(2).sum())
+        if doc_ids is None:
+            doc_ids = torch.zeros(x.shape[0], dtype=torch.long)
+        docs, inv = torch.unique(doc_ids.cpu(), return_inverse=True)
+        inv = inv.to(x.device)
+
+        def by_doc(v: Tensor) -> Tensor:
+            out = v.new_zeros((len(docs), *v.shape[1:]))
+            return out.index_add_(0, inv, v).cpu()
+
+        self._eval.append((docs, HeldOutSums(
+            res_dim=by_doc((e - e_hat).pow(2)), e_sum=by_doc(e), e_sq_dim=by_doc(e.pow(2)),
+            x_sum=by_doc(x), x_sq=by_doc(x.pow(2).sum(-1)),
+            n_res=by_doc((norm2 - n_hat).pow(2)), n_sum=by_doc(norm2),
+            n_sq=by_doc(norm2.pow(2)), n_tokens=by_doc(torch.ones_like(norm2)))))
         self.n_eval += x.shape[0]
+
+    def per_doc(self) -> HeldOutSums:
+        """Held-out sums per document (rows in increasing document id; documents split
+        across batches are merged). Resampling these rows bootstraps the held-out scores
+        over documents *given the fitted map*: the interval does not include the
+        variability of the fit itself (see :mod:`sae_med.evaluate`). Memory: about
+        4 · d_model float64 per held-out document."""
+        if not self._eval:
+            raise ValueError("no held-out tokens: call add_eval first")
+        docs, inv = torch.unique(torch.cat([d for d, _ in self._eval]), return_inverse=True)
+        fields = []
+        for i in range(len(HeldOutSums._fields)):
+            parts = torch.cat([s[i] for _, s in self._eval])
+            fields.append(parts.new_zeros((len(docs), *parts.shape[1:]))
+                          .index_add_(0, inv, parts))
+        return HeldOutSums(*fields)
 
     def result(self) -> DarkMatterResult:
         """Held-out scores over every token passed to :meth:`add_eval`."""
         if self.n_eval == 0:
             raise ValueError("no held-out tokens: call add_eval first")
-        s, n = self._eval, self.n_eval
-        sst_dim = s["e_sq_dim"] - s["e_sum"].pow(2) / n
-        sse_dim = s["res_dim"]
-        sst_x = s["x_sq"] - s["x_sum"].pow(2).sum() / n
-        sst_norm = s["n_sq"] - s["n_sum"].pow(2) / n
-        return DarkMatterResult(
-            r2_error_mean=float((1 - sse_dim / sst_dim).mean()),
-            r2_error_pooled=float(1 - sse_dim.sum() / sst_dim.sum()),
-            r2_norm=float(1 - s["n_res"] / sst_norm),
-            fvu_nonlinear=float(sse_dim.sum() / sst_x),
-            fvu_sae=float(s["e_sq_dim"].sum() / sst_x),
-            n_train=self.n_train,
-            n_eval=n,
-        )
+        return DarkMatterResult(**scores(self.per_doc()), n_train=self.n_train,
+                                n_eval=self.n_eval)
+
+
+class HeldOutSums(NamedTuple):
+    """Held-out sums per document (leading dim ``docs``); float64."""
+
+    res_dim: Tensor
+    """Σ_t (e_tj − ê_tj)², per dim."""
+    e_sum: Tensor
+    e_sq_dim: Tensor
+    x_sum: Tensor
+    x_sq: Tensor
+    """Σ_t ‖x_t‖²."""
+    n_res: Tensor
+    """Σ_t (‖e_t‖² − n̂_t)²."""
+    n_sum: Tensor
+    n_sq: Tensor
+    n_tokens: Tensor
+
+
+def scores(per_doc: HeldOutSums) -> dict[str, float]:
+    """The held-out scores of :class:`DarkMatterResult` from document sums, pooled over
+    documents (the statistic :func:`sae_med.evaluate.bootstrap_many` resamples)."""
+    s = HeldOutSums(*(f.sum(0) for f in per_doc))
+    n = s.n_tokens
+    sst_dim = s.e_sq_dim - s.e_sum.pow(2) / n
+    sst_x = s.x_sq - s.x_sum.pow(2).sum() / n
+    sst_norm = s.n_sq - s.n_sum.pow(2) / n
+    return {"r2_error_mean": float((1 - s.res_dim / sst_dim).mean()),
+            "r2_error_pooled": float(1 - s.res_dim.sum() / sst_dim.sum()),
+            "r2_norm": float(1 - s.n_res / sst_norm),
+            "fvu_nonlinear": float(s.res_dim.sum() / sst_x),
+            "fvu_sae": float(s.e_sq_dim.sum() / sst_x)}
 
 
 def dark_matter(x: Float[Tensor, "tokens d_model"], e: Float[Tensor, "tokens d_model"],
@@ -186,6 +227,8 @@ def dark_matter(x: Float[Tensor, "tokens d_model"], e: Float[Tensor, "tokens d_m
         dm.add_train(xt[i:i + batch_size], et[i:i + batch_size])
     dm.fit()
     xe, ee = x[~train], e[~train]
+    de = doc_ids[~train]
     for i in range(0, xe.shape[0], batch_size):
-        dm.add_eval(xe[i:i + batch_size], ee[i:i + batch_size])
+        dm.add_eval(xe[i:i + batch_size], ee[i:i + batch_size], de[i:i + batch_size])
     return dm.result()
+

@@ -18,17 +18,22 @@ b. **Spliced loss** on the first ``cfg.eval.ce_docs`` documents of the corpus's 
    SAEs (:func:`ce_losses_shared`; HF forward hooks by default, TransformerLens optional).
 c. **Dark matter** (:mod:`sae_med.dark_matter`): the cache's tokens are split by document
    (:func:`~sae_med.dark_matter.is_train_doc`, half/half), the linear predictor of the
-   error is fitted on one half and scored on the other. Point values only: an interval
-   would need a refit (a d_model² normal-equation matrix) per bootstrap replicate.
+   error is fitted on one half and scored on the other. Intervals resample the held-out
+   documents *given the fitted map*: they show how much the scores depend on which
+   documents are scored, not how much the map would change with other fit documents.
+   (A refit per replicate was tried: resampling fit documents with replacement repeats
+   tokens, which overfits the d_model² map and shifts every replicate's held-out R²
+   below the point estimate, so its percentile interval did not contain the estimate.)
 d. The **density histogram** of log10 firing rates over the cache's tokens.
 
 Bootstrap replicates use one seed per eval corpus (derived from ``cfg.seed``), so every
 SAE is resampled on the *same* documents, and the resamples are exactly those of
 :func:`~sae_med.metrics.bootstrap_ci` (see :func:`bootstrap_many`).
 
-Results file (``results.json``, :func:`write_results`), schema version 1::
+Results file (``results.json``, :func:`write_results`), schema version 2 (1 had no
+dark-matter intervals)::
 
-    schema_version   int, 1
+    schema_version   int, 2
     created          ISO 8601 UTC time the file was written
     config           the resolved Config (Config.to_dict())
     software         {"python", "torch", "transformers", "transformer_lens", "sae_lens",
@@ -47,7 +52,9 @@ Results file (``results.json``, :func:`write_results`), schema version 1::
                      point-only metrics (fve_batch_mean, dead_frac, dense_frac)
       bootstrap      {"n_boot", "level", "seed", "unit": "document"}
       dark_matter    {r2_error_mean, r2_error_pooled, r2_norm, fvu_nonlinear, fvu_sae,
-                      n_train, n_eval, train_frac, seed, "intervals": null}, or
+                      n_train, n_eval, n_eval_documents, train_frac, seed,
+                      "intervals": {name: {"low", "high"}} (95% bootstrap over held-out
+                      documents given the fit; null when n_boot is 0)}, or
                      {"error": reason} when the document split leaves a side empty
       density_histogram  {"edges": log10 rate bin edges, "counts": alive latents per bin,
                           "n_dead": latents that never fire, "n_tokens"}
@@ -55,8 +62,8 @@ Results file (``results.json``, :func:`write_results`), schema version 1::
 
 Metric definitions are those of :mod:`sae_med.metrics` (formulas in their docstrings).
 Beside the JSON, ``results.csv`` is the tidy table of :func:`tidy_results`: one row per
-sae_id × eval_corpus × metric (dark-matter scores as ``dark_matter.<name>`` with empty
-intervals) with columns value, low, high, the row counts and the scalar meta columns.
+sae_id × eval_corpus × metric (dark-matter scores as ``dark_matter.<name>``)
+with columns value, low, high, the row counts and the scalar meta columns.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ from sae_med.activations import ActivationCache, _special_ids, _tokenize
 from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
 from sae_med.config import Config
 from sae_med.dark_matter import DarkMatterFit, is_train_doc
+from sae_med.dark_matter import scores as dm_scores
 from sae_med.metrics import (
     CELosses,
     DocCE,
@@ -96,7 +104,7 @@ from sae_med.sae import JumpReLUSAE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
 """Bootstrapped from per-document sums (:class:`~sae_med.metrics.DocMetrics` fields)."""
 POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac")
@@ -329,6 +337,8 @@ def ce_losses_shared(model: Any, batch: CEBatch, hook_name: str, sae_fns: Mappin
 class ReconstructionPass(NamedTuple):
     accumulator: ReconstructionAccumulator
     dark_matter: dict[str, Any]
+    dark_matter_fit: DarkMatterFit | None
+    """The fitted and scored :class:`DarkMatterFit` (None when the split failed)."""
 
 
 def _sae_fn(sae: JumpReLUSAE) -> SaeFn:
@@ -362,18 +372,30 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
         t = train[lo:hi]
         if t.any():
             dm.add_train(x[t], (x - x_hat)[t])
-    dm_info: dict[str, Any] = {"train_frac": dm_train_frac, "seed": dm_seed, "intervals": None}
+    dm_info: dict[str, Any] = {"train_frac": dm_train_frac, "seed": dm_seed}
     if dm.n_train == 0 or bool(train.all()):
         dm_info["error"] = "the document split left one side empty: need more documents"
-        return ReconstructionPass(acc, dm_info)
+        return ReconstructionPass(acc, dm_info, None)
     dm.fit()
     for lo, hi in spans:
         held = ~train[lo:hi]
         if held.any():
             x = cache.activations(lo, hi)[held]
             x_hat = sae.decode(sae.encode(x.to(dev))).to("cpu", torch.float32)
-            dm.add_eval(x, x - x_hat)
-    return ReconstructionPass(acc, {**dm.result()._asdict(), **dm_info})
+            dm.add_eval(x, x - x_hat, doc[lo:hi][held])
+    dm_info["n_eval_documents"] = int(torch.unique(doc[~train]).numel())
+    return ReconstructionPass(acc, {**dm.result()._asdict(), **dm_info}, dm)
+
+
+def dark_matter_intervals(dm: DarkMatterFit, n_boot: int, seed: int
+                          ) -> dict[str, dict[str, float | None]] | None:
+    """95% intervals of the held-out dark-matter scores, resampling held-out documents
+    given the fit (:meth:`~sae_med.dark_matter.DarkMatterFit.per_doc`); None if n_boot
+    is 0."""
+    if n_boot <= 0:
+        return None
+    ivs = bootstrap_many(dm.per_doc(), dm_scores, n_boot, seed)
+    return {k: {"low": _jsonable(v.low), "high": _jsonable(v.high)} for k, v in ivs.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -451,6 +473,9 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: Any, cfg: Config, eval
             metrics.update({k: _interval_dict(v) for k, v in bootstrap_many(
                 ce_docs, lambda d: {k: getattr(summarize_ce(d), k) for k in CE_METRICS},
                 n_boot, boot_seed).items()})
+        if rp.dark_matter_fit is not None:
+            rp.dark_matter["intervals"] = dark_matter_intervals(
+                rp.dark_matter_fit, n_boot, derived_seed(boot_seed, "dark_matter"))
         hist = rp.accumulator.density_histogram()
         rows.append({
             "sae_id": sae_id, "eval_corpus": eval_corpus, "split": "eval",
@@ -508,11 +533,13 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
             m = metrics[name]
             records.append({**base, "metric": name, "value": m["value"], "low": m["low"],
                             "high": m["high"]})
+        dm = row.get("dark_matter") or {}
         for name in DARK_MATTER_METRICS:
-            if name in (row.get("dark_matter") or {}):
+            if name in dm:
+                iv = (dm.get("intervals") or {}).get(name) or {}
                 records.append({**base, "metric": f"dark_matter.{name}",
-                                "value": row["dark_matter"][name], "low": None,
-                                "high": None})
+                                "value": dm[name], "low": iv.get("low"),
+                                "high": iv.get("high")})
     df = pd.DataFrame.from_records(records)
     lead = [*_ROW_COLUMNS, "metric", "value", "low", "high"]
     if df.empty:
@@ -549,48 +576,70 @@ def load_results(path: str | Path) -> Any:
 # `sae-med evaluate`
 # --------------------------------------------------------------------------------------
 
-def sae_meta(directory: Path) -> dict[str, Any]:
-    """Row columns for a saved SAE: its folder, shape, ``cfg.json`` metadata (l0_target,
-    steps, ...) and train_corpus (metadata, else the parent folder's name, the train
-    stage's ``{corpus}/l0_{target}`` layout)."""
+def sae_meta(spec: str | Path) -> dict[str, Any]:
+    """Row columns for a saved SAE: where it came from (``sae_dir``, ``sae_format``), its
+    shape, and for sae-med folders the ``cfg.json`` metadata (l0_target, steps, ...) and
+    train_corpus (metadata, else the parent folder's name, the train stage's
+    ``{corpus}/l0_{target}`` layout). Other formats get train_corpus "external"."""
+    from sae_med.sae import sae_format
+
+    kind = sae_format(spec)
+    if kind != "sae_med":
+        return {"sae_dir": str(spec), "sae_format": kind, "train_corpus": "external",
+                "l0_target": None}
+    directory = Path(spec)
     cfg = json.loads((directory / "cfg.json").read_text())
     md = cfg.get("metadata", {}) or {}
-    return {"sae_dir": str(directory), "d_model": cfg.get("d_model"), "d_sae": cfg.get("d_sae"),
+    return {"sae_dir": str(directory), "sae_format": kind, "d_model": cfg.get("d_model"),
+            "d_sae": cfg.get("d_sae"),
             "train_corpus": md.get("train_corpus", directory.parent.name),
             "l0_target": md.get("l0_target"), "sae_metadata": md}
 
 
-def _sae_ids(dirs: Sequence[Path]) -> list[str]:
-    ids = [f"{d.parent.name}/{d.name}" for d in dirs]
+def _sae_ids(specs: Sequence[str | Path]) -> list[str]:
+    ids = [str(s) if str(s).startswith("sae_lens:") else f"{Path(s).parent.name}/{Path(s).name}"
+           for s in specs]
     if len(set(ids)) < len(ids):
-        ids = [str(d) for d in dirs]
+        ids = [str(s) for s in specs]
     return ids
 
 
 def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
                    eval_corpora: Iterable[str] | None = None, model: Any = None,
                    out_path: str | Path | None = None, progress: bool = True,
-                   backend: Backend = "hf") -> Path:
-    """Load SAEs from folders, score each on every eval corpus, write results.
+                   backend: Backend = "hf", sae_ids: Sequence[str] | None = None) -> Path:
+    """Load SAEs (any format of :func:`~sae_med.sae.load_any_sae`: sae-med folders, Gemma
+    Scope params.npz, sae-lens folders or releases), score each on every eval corpus with
+    the same pipeline and tokens, write results.
 
-    SAE ids are ``{parent}/{folder}`` (e.g. ``medical/l0_20``), or full paths if those
-    collide. Eval caches come from ``build_cache(model, cfg, corpus, "eval",
-    n_tokens=cfg.eval.n_tokens)``. Writes ``cfg.run_path / "results.json"`` (or
-    ``out_path``) and the CSV beside it; returns the JSON path.
+    SAE ids are ``sae_ids`` if given, else ``{parent}/{folder}`` (e.g.
+    ``medical/l0_20``), or full paths if those collide. Eval caches come from
+    ``build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens)``. Writes
+    ``cfg.run_path / "results.json"`` (or ``out_path``) and the CSV beside it; returns
+    the JSON path.
     """
     from sae_med.activations import build_cache
     from sae_med.models import load_model, pick_device
+    from sae_med.sae import load_any_sae
 
-    dirs = [Path(d) for d in sae_dirs]
-    if not dirs:
+    specs = list(sae_dirs)
+    if not specs:
         raise ValueError("no SAE folders to evaluate")
+    ids = list(sae_ids) if sae_ids is not None else _sae_ids(specs)
+    if len(ids) != len(specs) or len(set(ids)) != len(ids):
+        raise ValueError(f"need one distinct id per SAE: {len(specs)} SAEs, ids {ids}")
+    meta = {i: sae_meta(s) for i, s in zip(ids, specs, strict=True)}  # fails fast on bad specs
     corpora = list(cfg.eval_corpora if eval_corpora is None else eval_corpora)
     if model is None:
         model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path)
     dev = pick_device(cfg.model.device)
-    ids = _sae_ids(dirs)
-    saes = {i: JumpReLUSAE.load(d, device=dev) for i, d in zip(ids, dirs, strict=True)}
-    meta = {i: sae_meta(d) for i, d in zip(ids, dirs, strict=True)}
+    saes = {i: load_any_sae(s, device=dev) for i, s in zip(ids, specs, strict=True)}
+    for i, sae in saes.items():
+        meta[i].update(d_model=sae.d_model, d_sae=sae.d_sae)
+        if sae.d_model != model.d_model:
+            raise ValueError(f"SAE {i} ({specs[ids.index(i)]}) has d_model {sae.d_model}, "
+                             f"but {cfg.model.name} has d_model {model.d_model}: it was "
+                             "trained on another model")
     rows: list[dict[str, Any]] = []
     for corpus in corpora:
         cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,

@@ -92,7 +92,7 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     Reused when its ``inputs_key`` (config, every SAE's weights hash, every eval cache's
     key) matches; recomputed otherwise."""
     from sae_med.artifacts import stable_hash
-    from sae_med.evaluate import evaluate_paths
+    from sae_med.evaluate import SCHEMA_VERSION, evaluate_paths
 
     stage_train(cfg, progress)
     model = load_model_for(cfg)
@@ -100,6 +100,7 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     caches = {c: build_cache(model, cfg, c, "eval", n_tokens=cfg.eval.n_tokens,
                              progress=progress) for c in cfg.eval_corpora}
     key = stable_hash({
+        "schema_version": SCHEMA_VERSION,
         "config": cfg.to_dict(),
         "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
                  for i, d in dirs.items()},

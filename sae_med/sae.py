@@ -468,3 +468,65 @@ def from_sae_lens(lens_sae: Any, bandwidth: float | None = None) -> JumpReLUSAE:
         t = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": lens_sae.W_dec.detach().float().cpu(),
              "b_dec": b_dec, "threshold": lens_sae.threshold.detach().float().cpu()}
     return JumpReLUSAE._from_tensors(t, bandwidth, source="sae-lens SAE")
+
+
+SAE_SPEC_HELP = (
+    "an SAE is given as: a folder saved by sae-med (cfg.json + sae.safetensors); a Gemma "
+    "Scope params.npz (or a folder holding one); a folder saved by sae-lens "
+    "(cfg.json + sae_weights.safetensors); or sae_lens:RELEASE/SAE_ID for a sae-lens "
+    "pretrained release (hub path, needs internet), e.g. "
+    "sae_lens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical")
+
+
+def sae_format(spec: str | Path) -> str:
+    """Which loader :func:`load_any_sae` uses for ``spec``: "sae_med", "gemma_scope",
+    "sae_lens_disk" or "sae_lens_pretrained"; raises with :data:`SAE_SPEC_HELP` if none."""
+    text = str(spec)
+    if text.startswith("sae_lens:"):
+        return "sae_lens_pretrained"
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".npz":
+        return "gemma_scope"
+    if path.is_dir():
+        if (path / "params.npz").exists():
+            return "gemma_scope"
+        cfg = path / CFG_FILENAME
+        if cfg.exists():
+            try:
+                arch = json.loads(cfg.read_text()).get("architecture")
+            except json.JSONDecodeError as e:
+                raise SAECheckpointError(f"{cfg} is not valid JSON: {e}") from e
+            if arch == "jumprelu" and (path / WEIGHTS_FILENAME).exists():
+                return "sae_med"
+            if (path / "sae_weights.safetensors").exists():
+                return "sae_lens_disk"
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: no such file or folder; {SAE_SPEC_HELP}")
+    raise SAECheckpointError(f"{spec}: not a recognised SAE; {SAE_SPEC_HELP}")
+
+
+def load_any_sae(spec: str | Path, device: torch.device | str = "cpu") -> JumpReLUSAE:
+    """Load an SAE from any format of :func:`sae_format` as a :class:`JumpReLUSAE` on raw
+    activations (sae-lens SAEs must be JumpReLU; see :func:`from_sae_lens`)."""
+    kind = sae_format(spec)
+    if kind == "sae_med":
+        return JumpReLUSAE.load(spec, device=device)
+    if kind == "gemma_scope":
+        path = Path(spec)
+        return from_gemma_scope_npz(path / "params.npz" if path.is_dir() else path,
+                                    device=device)
+    from sae_lens import SAE
+
+    if kind == "sae_lens_disk":
+        return from_sae_lens(SAE.load_from_disk(str(spec))).to(device)
+    release, _, sae_id = str(spec).removeprefix("sae_lens:").partition("/")
+    if not release or not sae_id:
+        raise ValueError(f"{spec}: expected sae_lens:RELEASE/SAE_ID")
+    try:
+        lens = SAE.from_pretrained(release, sae_id)
+    except Exception as e:  # offline, unknown release/id: say what to do
+        raise SAECheckpointError(
+            f"could not load sae-lens release {release!r} id {sae_id!r} ({e}); this needs "
+            "internet access to the Hugging Face hub, or download the SAE and pass its "
+            "folder or params.npz") from e
+    return from_sae_lens(lens).to(device)

@@ -18,3 +18,12 @@ def test_corpora_lists_every_corpus(capsys):
     out = capsys.readouterr().out
     for name in list_corpora():
         assert any(line.startswith(name + " ") for line in out.splitlines())
+
+
+def test_evaluate_external_sae_errors_say_what_to_pass(capsys, tmp_path):
+    rc = main(["evaluate", "configs/smoke.yaml", "--sae", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no such file" in err and "sae_lens:RELEASE/SAE_ID" in err
+    rc = main(["evaluate", "configs/smoke.yaml", "--sae", str(tmp_path), "--sae-id", "a",
+               "--sae-id", "b"])
+    assert rc == 2 and "--sae-id" in capsys.readouterr().err

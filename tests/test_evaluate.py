@@ -18,6 +18,7 @@ from sae_med.activations import build_cache
 from sae_med.config import load_config
 from sae_med.evaluate import (
     CE_METRICS,
+    DARK_MATTER_METRICS,
     POINT_METRICS,
     RECON_METRICS,
     CEBatch,
@@ -171,6 +172,14 @@ def test_intervals_contain_estimates(rows):
     fit = rows["fit"]["metrics"]
     assert fit["fve"]["low"] < fit["fve"]["high"]
     assert fit["ce_spliced"]["low"] < fit["ce_spliced"]["high"]
+    dm = rows["fit"]["dark_matter"]
+    assert set(dm["intervals"]) == set(DARK_MATTER_METRICS)
+    assert dm["n_eval_documents"] >= 2
+    for name in DARK_MATTER_METRICS:
+        iv = dm["intervals"][name]
+        tol = 1e-9 * max(1.0, abs(dm[name]))
+        assert iv["low"] - tol <= dm[name] <= iv["high"] + tol, name
+    assert dm["intervals"]["fvu_sae"]["low"] < dm["intervals"]["fvu_sae"]["high"]
 
 
 def test_bootstrap_many_equals_bootstrap_ci():
@@ -188,7 +197,7 @@ def test_bootstrap_many_equals_bootstrap_ci():
 def test_results_roundtrip(rows, cfg, tmp_path):
     path = write_results(list(rows.values()), cfg, tmp_path / "results.json")
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == 1 and doc["seed"] == cfg.seed
+    assert doc["schema_version"] == 2 and doc["seed"] == cfg.seed
     assert doc["config"] == json.loads(cfg.to_json())
     assert {"python", "torch", "transformers", "transformer_lens", "sae_lens",
             "sae_med"} <= set(doc["software"])
@@ -203,7 +212,11 @@ def test_results_roundtrip(rows, cfg, tmp_path):
     for _, row in df.iterrows():
         want = rows[row.sae_id]
         if row.metric.startswith("dark_matter."):
-            got = want["dark_matter"][row.metric.split(".", 1)[1]]
+            name = row.metric.split(".", 1)[1]
+            got = want["dark_matter"][name]
+            iv = want["dark_matter"]["intervals"][name]
+            want_iv = tuple(math.nan if v is None else v for v in (iv["low"], iv["high"]))
+            assert (row.low, row.high) == pytest.approx(want_iv, nan_ok=True)
         else:
             got = want["metrics"][row.metric]["value"]
         assert (got is None and math.isnan(row.value)) or row.value == pytest.approx(got)
@@ -225,6 +238,44 @@ def test_evaluate_paths_writes_results(model, cfg, saes, tmp_path):
     assert lr.loc["broad/l0_13", "value"] == pytest.approx(0.0, abs=1e-5)
     assert set(df.train_corpus) == {"medical", "broad"}
     assert df[df.sae_id == "medical/l0_13"].l0_target.iloc[0] == 13.0
+
+
+@pytest.mark.slow
+def test_evaluate_paths_reads_gemma_scope_and_sae_lens_formats(model, cfg, saes, tmp_path):
+    """The same SAE saved as a sae-med folder, a Gemma Scope params.npz and a sae-lens
+    folder gets the same scores; a bad spec or a d_model mismatch fails before any work."""
+    import numpy as np
+
+    from sae_med.sae import SAECheckpointError, sae_format
+
+    sae = saes["fit"]
+    ours = sae.save(tmp_path / "ours" / "fit")
+    gs = tmp_path / "gemma_scope" / "params.npz"
+    gs.parent.mkdir()
+    np.savez(gs, **{k: getattr(sae, k).detach().numpy() for k in
+                    ("W_enc", "W_dec", "b_enc", "b_dec")},
+             threshold=sae.threshold.detach().numpy())
+    lens_dir = tmp_path / "lens"
+    to_sae_lens(sae).save_model(lens_dir)
+    assert [sae_format(p) for p in (ours, gs, gs.parent, lens_dir)] == [
+        "sae_med", "gemma_scope", "gemma_scope", "sae_lens_disk"]
+    run_cfg = small_cfg(cfg.cache_dir, f"output_dir={tmp_path / 'runs'}", "eval.ce_docs=2",
+                        "eval.bootstrap=5")
+    path = evaluate_paths(run_cfg, [ours, gs, lens_dir], [CORPUS], model=model,
+                          progress=False, sae_ids=["ours", "gemma_scope", "sae_lens"])
+    df = load_results(path)
+    wide = df.pivot(index="metric", columns="sae_id", values="value")
+    for m in ("l0", "fve", "mse", "loss_recovered", "dark_matter.r2_error_mean"):
+        assert wide.loc[m, "gemma_scope"] == pytest.approx(wide.loc[m, "ours"], rel=1e-5)
+        assert wide.loc[m, "sae_lens"] == pytest.approx(wide.loc[m, "ours"], rel=1e-5)
+    assert set(df.sae_format) == {"sae_med", "gemma_scope", "sae_lens_disk"}
+    with pytest.raises(FileNotFoundError, match="Gemma Scope params.npz"):
+        evaluate_paths(run_cfg, [tmp_path / "nowhere"], [CORPUS], model=model)
+    with pytest.raises(SAECheckpointError, match="not a recognised SAE"):
+        evaluate_paths(run_cfg, [tmp_path], [CORPUS], model=model)
+    small = JumpReLUSAE(model.d_model // 2, 16).save(tmp_path / "other" / "half")
+    with pytest.raises(ValueError, match="trained on another model"):
+        evaluate_paths(run_cfg, [small], [CORPUS], model=model)
 
 
 # --------------------------------------------------------------------------------------
