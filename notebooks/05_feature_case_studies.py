@@ -27,7 +27,12 @@
 # 2. **Case studies** for the concepts the paper highlights (taste, infectious disease):
 #    the best latent of each SAE, its top-activating windows and its logit-lens tokens.
 # 3. **How the two dictionaries relate**: each medical-SAE latent's best broad-SAE match
-#    by decoder cosine, classified as shared, split or new.
+#    by decoder cosine (classified as shared, split or new) and by activation correlation
+#    on the same tokens.
+# 4. **Absorption on the HPO hierarchy**: how often a parent concept's latent (e.g. for
+#    *Abnormality of taste sensation*) stays silent on a child concept's document (e.g.
+#    *Ageusia*) while a more specific latent fires instead — the paper's fragmentation
+#    argument, measured as a domain version of SAEBench's first-letter absorption test.
 
 # %%
 import pandas as pd
@@ -39,6 +44,7 @@ from myst_nb import glue
 from sae_med.book import CORPUS_COLORS, domain_pair, notebook_config, use_offline_plotly
 from sae_med.experiment import load_model_for, stage_cache, stage_train
 from sae_med.features import (
+    absorption,
     concept_alignment,
     concept_aurocs,
     doc_max_activations,
@@ -48,6 +54,7 @@ from sae_med.features import (
     match_dictionaries,
     top_windows,
 )
+from sae_med.metrics import bootstrap_mean
 from sae_med.sae import JumpReLUSAE
 
 # %% [markdown]
@@ -62,6 +69,7 @@ run_name = ""
 l0_target = 0.0
 aligned_auroc = 0.9
 min_docs = 5
+n_boot = 1000
 case_concepts = ["ancestors:Abnormality of taste sensation",
                  "chapter:Certain infectious and parasitic diseases"]
 
@@ -169,34 +177,125 @@ for concept in case_concepts:
 # ### How the two dictionaries relate
 # Each medical-SAE latent's best broad-SAE match by decoder cosine similarity: *shared*
 # (cos ≥ 0.7, one-to-one), *split* (several medical latents share one broad latent),
-# *related* (0.4 ≤ cos < 0.7) or *new* (cos < 0.4: no counterpart in the broad SAE).
+# *related* (0.4 ≤ cos < 0.7) or *new* (cos < 0.4: no counterpart in the broad SAE). The
+# second view matches by what the latents *do*: the Pearson correlation of their
+# activations over the same held-out tokens. Both SAEs start from the same initial
+# weights (same seed), so a latent whose decoder barely moved in training matches its
+# own index in the other SAE by cosine whatever it learned; the table reports how often
+# that happens, and the correlation view does not share this bias.
 
 # %%
 if len(saes) == 2:
-    m = match_dictionaries(saes[medical], saes[broad])
+    m = match_dictionaries(saes[medical], saes[broad], acts_a=acts[medical],
+                           acts_b=acts[broad])
     kinds = pd.Series(m.kind).value_counts().reindex(["shared", "split", "related", "new"],
                                                      fill_value=0)
     fig = go.Figure(go.Bar(x=kinds.index, y=kinds.values))
     fig.update_layout(xaxis_title="medical-SAE latent class", yaxis_title="latents",
                       title=f"Medical-SAE latents vs the broad SAE (target L0 {target:g})")
     fig.show()
-    fig = go.Figure(go.Histogram(x=m.cosine.numpy(), nbinsx=50))
-    fig.update_layout(xaxis_title="best decoder cosine with a broad-SAE latent",
-                      yaxis_title="medical-SAE latents")
+    alive = acts[medical].firing_rate() > 0
+    fig = go.Figure([go.Histogram(x=m.cosine[alive].numpy(), nbinsx=50, opacity=0.6,
+                                  name="decoder cosine"),
+                     go.Histogram(x=m.corr[alive].numpy(), nbinsx=50, opacity=0.6,
+                                  name="activation correlation")])
+    fig.update_layout(barmode="overlay", xaxis_title="best match with a broad-SAE latent",
+                      yaxis_title="live medical-SAE latents")
     fig.show()
+    agree = float((m.best == m.corr_best)[alive].float().mean())
+    display(pd.DataFrame([{
+        "live medical latents": int(alive.sum()),
+        "median best cosine": float(m.cosine[alive].median()),
+        "median best correlation": float(m.corr[alive].median()),
+        "share correlation ≥ 0.7": float((m.corr[alive] >= 0.7).float().mean()),
+        "share correlation < 0.4": float((m.corr[alive] < 0.4).float().mean()),
+        "same best match both ways": agree,
+        "best match has the same index": float(
+            (m.best == torch.arange(len(m.best)))[alive].float().mean())}]).round(3))
     glue("share_new_latents", float(kinds["new"] / kinds.sum()), display=False)
+    glue("match_agreement", agree, display=False)
     if medical in alignment:
         al = alignment[medical]
         new = [j for j in al.auroc.argsort(descending=True).tolist() if m.kind[j] == "new"][:5]
+        print("Best-aligned medical latents with no broad counterpart (new):")
         display(pd.DataFrame([{"latent": j, "concept": al.concept[j],
-                               "AUROC": float(al.auroc[j]), "best cosine": float(m.cosine[j])}
+                               "AUROC": float(al.auroc[j]), "best cosine": float(m.cosine[j]),
+                               "best correlation": float(m.corr[j])}
                               for j in new]).round(3))
+    split = pd.DataFrame({"medical latent": range(len(m.kind)), "kind": m.kind,
+                          "broad latent": m.best.tolist(), "cosine": m.cosine.tolist()})
+    split = split[split.kind == "split"]
+    if len(split):
+        top = split.groupby("broad latent").size().sort_values(ascending=False).index[0]
+        group = split[split["broad latent"] == top]
+        print(f"A split: broad latent {top} and the {len(group)} medical latents whose best "
+              "match it is, with their strongest windows")
+        rows = [{"SAE": broad, "latent": top, "cosine": 1.0,
+                 "top windows": " ⏎ ".join(w.render(model.tokenizer, "«{}»")
+                                           for w in top_windows(acts[broad], cache, top, k=2))}]
+        rows += [{"SAE": medical, "latent": int(r["medical latent"]), "cosine": r.cosine,
+                  "top windows": " ⏎ ".join(
+                      w.render(model.tokenizer, "«{}»")
+                      for w in top_windows(acts[medical], cache, int(r["medical latent"]), k=2))}
+                 for _, r in group.head(4).iterrows()]
+        with pd.option_context("display.max_colwidth", 400):
+            display(pd.DataFrame(rows).round(3))
 else:
     glue("share_new_latents", float("nan"), display=False)
+    glue("match_agreement", float("nan"), display=False)
+
+# %% [markdown]
+# ### Absorption on the HPO hierarchy
+# For every HPO ancestor P with at least `min_docs` descendant documents in each half:
+# the latent that best separates P's documents (chosen on one half, with its F1
+# threshold) is P's *parent latent*; a latent is *specific to P* when ≥ 90% of the
+# selection-half documents it fires on are P's. On the held-out half, the *absorption
+# rate* is the share of P's documents where the parent latent stays below its threshold
+# while a P-specific latent fires. Both SAEs are scored on the same parents and
+# documents; intervals are bootstrap 95% over parents.
+
+# %%
+absorb = {c: absorption(doc_max[c], labels, ids, min_docs=min_docs) for c in saes}
+n_parents = len(next(iter(absorb.values())))
+summary = []
+for c, df in absorb.items():
+    if len(df):
+        for col in ("absorption_rate", "miss_rate", "parent_auroc"):
+            est, lo, hi = bootstrap_mean(df[col].to_numpy(), n_boot, seed=cfg.seed)
+            summary.append({"SAE": c, "measure": col, "mean over parents": est,
+                            "95% low": lo, "95% high": hi})
+if len(saes) == 2 and n_parents:
+    diff = (absorb[medical].absorption_rate.to_numpy()
+            - absorb[broad].absorption_rate.to_numpy())
+    est, lo, hi = bootstrap_mean(diff, n_boot, seed=cfg.seed)
+    summary.append({"SAE": f"{medical} − {broad}", "measure": "absorption_rate",
+                    "mean over parents": est, "95% low": lo, "95% high": hi})
+print(f"{n_parents} HPO parent concepts with ≥ {min_docs} documents in each half")
+summary = pd.DataFrame(summary)
+display(summary.round(3))
+rate = {c: float(df.absorption_rate.mean()) if len(df) else float("nan")
+        for c, df in absorb.items()}
+glue("absorption_medical", rate.get(medical, float("nan")), display=False)
+glue("absorption_broad", rate.get(broad, float("nan")), display=False)
+glue("absorption_parents", n_parents, display=False)
+if n_parents:
+    fig = go.Figure()
+    for c, df in absorb.items():
+        fig.add_trace(go.Scatter(x=df.parent_auroc, y=df.absorption_rate, mode="markers",
+                                 name=f"SAE trained on {c}", text=df.parent,
+                                 marker_color=CORPUS_COLORS.get(c)))
+    fig.update_layout(xaxis_title="held-out AUROC of the parent latent",
+                      yaxis_title="absorption rate", title="Absorption per HPO parent concept")
+    fig.show()
+    worst = absorb[medical].sort_values("absorption_rate", ascending=False).head(8) \
+        if medical in absorb else pd.DataFrame()
+    display(worst.round(3))
 
 # %% [markdown]
 # ## Summary
 # The alignment share compares how many latents of each SAE track a labelled clinical
-# concept on held-out documents, at the same width and target L0. Not yet here: the
-# absorption test on the HPO hierarchy (parent latent silent while a child latent fires)
-# and activation-correlation matching on shared tokens.
+# concept on held-out documents, at the same width and target L0. The matching section
+# shows how much of the medical dictionary has a counterpart in the broad one (by
+# direction and by behaviour), and the absorption table whether the medical SAE's
+# concept latents are more or less often pre-empted by more specific latents than the
+# broad SAE's. The headline numbers are quoted on the [results summary](../book/results.md).

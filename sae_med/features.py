@@ -13,7 +13,12 @@ no model forward is needed beyond the SAE encoder:
   max activation, AUROC and F1 at the best threshold, the concept and threshold chosen on
   one half of the documents and scored on the other (held-out) half.
 - :func:`match_dictionaries` — each latent of one SAE against its best match in another by
-  decoder cosine similarity, classified as shared / split / new.
+  decoder cosine similarity (and, given both SAEs' latents on the same tokens, by
+  activation correlation: :func:`activation_correlation`), classified as shared / split /
+  new.
+- :func:`absorption` — on the HPO is_a hierarchy, how often a parent concept's latent is
+  silent on a child concept's document while a latent specific to the parent's subtree
+  fires instead (a domain version of SAEBench's first-letter absorption test).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -342,17 +347,15 @@ class DictionaryMatch(NamedTuple):
     """``shared`` (cos ≥ shared_at, sole A latent on that B latent), ``split`` (cos ≥
     related_at and several A latents share the same best B latent), ``new`` (cos below
     related_at: no counterpart in B), else ``related``."""
+    corr_best: Int[Tensor, " d_sae_a"] | None = None
+    """Best B latent by activation correlation on shared tokens (None without acts)."""
+    corr: Float[Tensor, " d_sae_a"] | None = None
+    """That Pearson correlation (0 for latents that never fire)."""
 
 
-@torch.no_grad()
-def match_dictionaries(a: JumpReLUSAE, b: JumpReLUSAE, shared_at: float = 0.7,
-                       related_at: float = 0.4) -> DictionaryMatch:
-    """Best decoder-cosine match in ``b`` for every latent of ``a``."""
-    da = torch.nn.functional.normalize(a.W_dec.float(), dim=1)
-    db = torch.nn.functional.normalize(b.W_dec.float(), dim=1)
-    cos = da @ db.T
-    val, idx = cos.max(1)
-    fan_in = torch.bincount(idx[val >= related_at], minlength=b.d_sae)
+def _classify(val: Tensor, idx: Tensor, d_b: int, shared_at: float, related_at: float
+              ) -> list[str]:
+    fan_in = torch.bincount(idx[val >= related_at], minlength=d_b)
     kind = []
     for v, i in zip(val.tolist(), idx.tolist(), strict=True):
         if v < related_at:
@@ -363,4 +366,145 @@ def match_dictionaries(a: JumpReLUSAE, b: JumpReLUSAE, shared_at: float = 0.7,
             kind.append("shared")
         else:
             kind.append("related")
-    return DictionaryMatch(idx, val, kind)
+    return kind
+
+
+@torch.no_grad()
+def activation_correlation(a: LatentActs, b: LatentActs
+                           ) -> tuple[Int[Tensor, " d_sae_a"], Float[Tensor, " d_sae_a"]]:
+    """For each latent of ``a``, the ``b`` latent whose activations correlate best
+    (Pearson, over every token of the shared cache) and that correlation.
+
+    Both must encode the same cache rows. The cross moments Σ_t a_ti b_tj come from one
+    sparse product (cost ∝ tokens · L0_a · L0_b, not tokens · d_a · d_b); the result is
+    a dense d_a × d_b matrix, computed in blocks of ``a`` latents. Latents that never
+    fire get correlation 0 (and index 0).
+    """
+    if a.n_rows != b.n_rows:
+        raise ValueError(f"the two encodings cover {a.n_rows} and {b.n_rows} rows: encode "
+                         "the same cache with both SAEs")
+    n = float(a.n_rows)
+
+    def moments(x: LatentActs) -> tuple[Tensor, Tensor]:
+        s1 = torch.zeros(x.d_sae, dtype=torch.float64).index_add_(0, x.latents,
+                                                                  x.values.double())
+        s2 = torch.zeros(x.d_sae, dtype=torch.float64).index_add_(0, x.latents,
+                                                                  x.values.double() ** 2)
+        mean = s1 / n
+        return mean, (s2 / n - mean**2).clamp_min(0).sqrt()
+
+    mean_a, sd_a = moments(a)
+    mean_b, sd_b = moments(b)
+    B = torch.sparse_coo_tensor(torch.stack([b.rows, b.latents]), b.values.double(),
+                                (b.n_rows, b.d_sae), check_invariants=True
+                                ).coalesce().to_sparse_csr()
+    best = torch.zeros(a.d_sae, dtype=torch.long)
+    corr = torch.zeros(a.d_sae, dtype=torch.float64)
+    block = 512
+    for lo in range(0, a.d_sae, block):
+        sel = (a.latents >= lo) & (a.latents < lo + block)
+        At = torch.sparse_coo_tensor(torch.stack([a.latents[sel] - lo, a.rows[sel]]),
+                                     a.values[sel].double(),
+                                     (min(block, a.d_sae - lo), a.n_rows),
+                                     check_invariants=True).coalesce()
+        cross = (At.to_sparse_csr() @ B).to_dense() / n  # (block, d_b)
+        sl = slice(lo, lo + cross.shape[0])
+        cov = cross - mean_a[sl, None] * mean_b[None, :]
+        denom = sd_a[sl, None] * sd_b[None, :]
+        r = torch.where(denom > 0, cov / denom.clamp_min(1e-300), torch.zeros_like(cov))
+        corr[sl], best[sl] = r.max(1)
+    return best, corr.float()
+
+
+@torch.no_grad()
+def match_dictionaries(a: JumpReLUSAE, b: JumpReLUSAE, shared_at: float = 0.7,
+                       related_at: float = 0.4, acts_a: LatentActs | None = None,
+                       acts_b: LatentActs | None = None) -> DictionaryMatch:
+    """Best decoder-cosine match in ``b`` for every latent of ``a`` (classified by
+    :data:`DictionaryMatch.kind`), and, given both SAEs' latents over the same cache
+    (``acts_a``, ``acts_b`` from :func:`encode_cache`), the best match by activation
+    correlation (:func:`activation_correlation`)."""
+    da = torch.nn.functional.normalize(a.W_dec.float(), dim=1)
+    db = torch.nn.functional.normalize(b.W_dec.float(), dim=1)
+    val, idx = (da @ db.T).max(1)
+    kind = _classify(val, idx, b.d_sae, shared_at, related_at)
+    if (acts_a is None) != (acts_b is None):
+        raise ValueError("give both acts_a and acts_b (or neither)")
+    if acts_a is None or acts_b is None:
+        return DictionaryMatch(idx, val, kind)
+    cb, cr = activation_correlation(acts_a, acts_b)
+    return DictionaryMatch(idx, val, kind, cb, cr)
+
+
+# ------------------------------------------------------------ absorption on a hierarchy
+
+def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict],
+               doc_ids: Sequence[str], key: str = "ancestors", min_docs: int = 5,
+               specific_precision: float = 0.9, min_fires: int = 3) -> Any:
+    """Feature absorption on an is_a hierarchy (e.g. HPO), one row per parent concept.
+
+    A *parent* P is a value of ``key`` (an HPO ancestor, e.g. "Abnormality of taste
+    sensation"); its positive documents are those of terms below it (e.g. "Ageusia"),
+    never P's own. Documents are split in halves by id (as :func:`concept_alignment`).
+    On the *selection* half:
+
+    - the **parent latent** is the latent whose document max activation best separates
+      P's documents (highest AUROC), with the F1-best threshold θ;
+    - a latent is **specific to P** when it fires (document max > 0) on at least
+      ``min_fires`` documents and at least ``specific_precision`` of them are P's.
+
+    On the *held-out* half, over P's documents: ``miss_rate`` is the share where the
+    parent latent stays below θ, and ``absorption_rate`` the share where it stays below θ
+    *while* a P-specific latent fires, i.e. a more specific latent carries the concept
+    in its place. Parents need ``min_docs`` positive documents in each half. Columns:
+    parent, parent_latent, parent_auroc (held out), threshold, n_heldout, miss_rate,
+    absorption_rate, n_specific, absorbers (the P-specific latents that fired on missed
+    documents, most frequent first).
+    """
+    import pandas as pd
+
+    half = np.array([_half_of(d) for d in doc_ids])
+    parents: dict[str, list[int]] = defaultdict(list)
+    for d, lab in enumerate(doc_labels):
+        for v in lab.get(key, ()):
+            parents[v].append(d)
+    n_docs = len(doc_labels)
+    names, cols = [], []
+    for name, docs in sorted(parents.items()):
+        y = np.zeros(n_docs, dtype=bool)
+        y[docs] = True
+        if (y & (half == 0)).sum() >= min_docs and (y & (half == 1)).sum() >= min_docs:
+            names.append(name)
+            cols.append(y)
+    columns = ["parent", "parent_latent", "parent_auroc", "threshold", "n_heldout",
+               "miss_rate", "absorption_rate", "n_specific", "absorbers"]
+    if not names:
+        return pd.DataFrame(columns=columns)
+    pos = np.stack(cols, 1)  # (docs, parents)
+    scores = doc_max.numpy().astype(np.float64)
+    sel, held = half == 0, half == 1
+    parent_lat = _auroc_matrix(scores[sel], pos[sel]).argmax(0)  # (parents,)
+    au_held = _auroc_matrix(scores[held][:, parent_lat], pos[held])
+    fires = scores[sel] > 0
+    n_fires = fires.sum(0)
+    precision = (fires.T.astype(np.float64) @ pos[sel]) / np.maximum(n_fires, 1)[:, None]
+    rows = []
+    for p, name in enumerate(names):
+        j = int(parent_lat[p])
+        thr, _ = _best_f1_threshold(scores[sel, j], pos[sel, p])
+        specific = np.flatnonzero((precision[:, p] >= specific_precision)
+                                  & (n_fires >= min_fires))
+        specific = specific[specific != j]
+        held_pos = np.flatnonzero(held & pos[:, p])
+        missed = held_pos[scores[held_pos, j] < thr] if thr > 0 else held_pos
+        fired = scores[np.ix_(missed, specific)] > 0
+        absorbed = fired.any(1)
+        counts = fired.sum(0)
+        order = np.argsort(-counts, kind="stable")
+        rows.append({"parent": name, "parent_latent": j, "parent_auroc": float(au_held[p, p]),
+                     "threshold": thr, "n_heldout": len(held_pos),
+                     "miss_rate": len(missed) / len(held_pos),
+                     "absorption_rate": float(absorbed.sum()) / len(held_pos),
+                     "n_specific": len(specific),
+                     "absorbers": [int(specific[i]) for i in order if counts[i] > 0][:5]})
+    return pd.DataFrame(rows, columns=columns)

@@ -383,6 +383,21 @@ def bootstrap_ci(per_doc_stats: Any, statistic_fn: Callable[[Any], float], n_boo
                               n_boot)
 
 
+def bootstrap_mean(values: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+                   ) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of ``values`` and its percentile-bootstrap interval,
+    resampling the values themselves (e.g. latents or parent concepts; NaNs dropped).
+    All NaN when no value is left."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    boots = np.random.default_rng(seed).choice(x, size=(n_boot, len(x))).mean(1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return float(x.mean()), float(low), float(high)
+
+
 # --------------------------------------------------------------------------------------
 # Spliced cross-entropy
 # --------------------------------------------------------------------------------------

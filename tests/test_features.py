@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -122,6 +124,61 @@ def test_match_dictionaries_shared_split_new():
     assert float(m.cosine[0]) == pytest.approx(1.0)
     assert m.kind[1] == m.kind[2] == "split" and int(m.best[1]) == int(m.best[2]) == 4
     assert m.kind[5] == "new"
+
+
+def test_activation_correlation_matches_dense_pearson():
+    from sae_med.features import LatentActs, activation_correlation
+
+    g = torch.Generator().manual_seed(0)
+    n, da, db = 400, 700, 9  # da > one block of 512 latents
+    dense_b = torch.rand(n, db, generator=g) * (torch.rand(n, db, generator=g) < 0.2)
+    dense_a = torch.rand(n, da, generator=g) * (torch.rand(n, da, generator=g) < 0.1)
+    dense_a[:, 600] = 2 * dense_b[:, 4] + 0.5 * (dense_b[:, 4] > 0)  # tracks b4, r < 1
+    dense_a[:, 601] = 0.0  # never fires
+
+    def sparse(d):
+        r, c = d.nonzero(as_tuple=True)
+        return LatentActs(r, c, d[r, c], d.shape[0], d.shape[1])
+
+    best, corr = activation_correlation(sparse(dense_a), sparse(dense_b))
+    alive = dense_a.std(0) > 0
+    full = np.corrcoef(dense_a[:, alive].T.double().numpy(),
+                       dense_b.T.double().numpy())[:int(alive.sum()), int(alive.sum()):]
+    np.testing.assert_allclose(corr[alive].numpy(), full.max(1), rtol=1e-5, atol=1e-6)
+    assert int(best[600]) == 4 and 0.9 < float(corr[600]) < 1.0
+    assert float(corr[601]) == 0.0
+    with pytest.raises(ValueError, match="same cache"):
+        activation_correlation(sparse(dense_a), sparse(dense_b[:10]))
+
+
+def test_absorption_known_answer():
+    """Parent P has children c1 (its latent 0 fires) and c2 (latent 0 silent, latent 1,
+    specific to P, fires instead): P's miss and absorption rates equal c2's share of P's
+    held-out documents. Parent Q's latent 2 covers all its children: no absorption."""
+    from sae_med.features import absorption
+
+    rng = np.random.default_rng(0)
+    n = 600
+    kind = np.array(["c1", "c2", "q", "other"])[np.arange(n) % 4]
+    labels = [{"ancestors": ("P",)} if k in ("c1", "c2") else
+              {"ancestors": ("Q",)} if k == "q" else {"ancestors": ()} for k in kind]
+    ids = [f"doc{i}" for i in range(n)]
+    doc_max = np.zeros((n, 4), dtype=np.float32)
+    doc_max[:, 0] = np.where(kind == "c1", 2 + rng.random(n), 0.0)
+    doc_max[:, 1] = np.where(kind == "c2", 1 + rng.random(n), 0.0)
+    doc_max[:, 2] = np.where(kind == "q", 1 + rng.random(n), 0.0)
+    doc_max[:, 3] = rng.random(n)  # fires everywhere: never P-specific
+    df = absorption(torch.from_numpy(doc_max), labels, ids, min_docs=5).set_index("parent")
+    assert set(df.index) == {"P", "Q"}
+    half = np.array([hashlib.sha256(f"align:{d}".encode()).digest()[0] & 1 for d in ids])
+    c2_share = ((kind == "c2") & (half == 1)).sum() / (np.isin(kind, ["c1", "c2"])
+                                                       & (half == 1)).sum()
+    p = df.loc["P"]
+    assert p.parent_latent == 0 and p.absorbers == [1] and p.n_specific == 1
+    assert p.miss_rate == pytest.approx(c2_share) and p.absorption_rate == pytest.approx(c2_share)
+    q = df.loc["Q"]
+    assert q.parent_latent == 2 and q.miss_rate == 0 and q.absorption_rate == 0
+    assert q.parent_auroc == pytest.approx(1.0)
 
 
 def test_concept_aurocs_and_documents_by_id(cache, sae):

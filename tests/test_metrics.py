@@ -18,6 +18,7 @@ from sae_med.metrics import (
     DocCE,
     ReconstructionAccumulator,
     bootstrap_ci,
+    bootstrap_mean,
     ce_losses,
     ce_losses_hf,
     concat_doc_stats,
@@ -209,6 +210,18 @@ def test_bootstrap_ci_contains_estimate_and_narrows():
     assert (big.high - big.low) < 0.5 * (small.high - small.low)
     again = bootstrap_ci(_doc_stats(20), stat, n_boot=200, seed=1)
     assert again == small  # seeded
+
+
+def test_bootstrap_mean_known_answer():
+    """Mean of 0..99 is 49.5; its standard error is sd/√n ≈ 2.89, so the 95% interval is
+    about ±5.7; NaNs are dropped; an empty input gives NaNs."""
+    vals = np.r_[np.arange(100.0), np.nan]
+    est, lo, hi = bootstrap_mean(vals, n_boot=4000, seed=0)
+    se = np.arange(100.0).std() / 10
+    assert est == 49.5
+    assert lo == pytest.approx(49.5 - 1.96 * se, abs=0.8)
+    assert hi == pytest.approx(49.5 + 1.96 * se, abs=0.8)
+    assert all(math.isnan(v) for v in bootstrap_mean([np.nan]))
 
 
 def test_bootstrap_plain_tensor_mean():
