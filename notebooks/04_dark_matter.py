@@ -24,6 +24,10 @@
 # - **nonlinear FVU** = Σ‖e − ê‖² / Σ‖x − x̄‖²: the variance of x that neither the SAE nor
 #   the linear map explains.
 #
+# Every score carries a 95% bootstrap interval over the held-out documents, *given the
+# fitted map*: it says how much the score depends on which documents are scored, not how
+# much the map would change if fitted on other documents (see `sae_med.evaluate`).
+#
 # The paper reports that the medical SAE leaves *less linearly predictable* error than
 # Gemma Scope (R²(e) about .47→.42 against .64→.49 for 65k-wide 2B SAEs; R²(‖e‖²) .78–.83
 # against .87–.92), with similar nonlinear FVU (about .10→.06 against .10→.07): the domain
@@ -42,6 +46,7 @@ from sae_med.book import (
     metric_vs_l0,
     notebook_config,
     use_offline_plotly,
+    with_interval,
 )
 from sae_med.evaluate import load_results
 from sae_med.experiment import stage_evaluate
@@ -127,6 +132,8 @@ glue("fvu_nl_medical_sae",
      ", ".join(f"{v:.3f}" for v in on_med[f"fvu_nonlinear ({medical})"]), display=False)
 glue("fvu_nl_broad_sae", ", ".join(f"{v:.3f}" for v in on_med[f"fvu_nonlinear ({broad})"]),
      display=False)
+print("With 95% intervals (bootstrap over held-out documents, given the fit):")
+display(with_interval(dm, ["r2_error_mean", "r2_error_pooled", "r2_norm", "fvu_nonlinear"]))
 summary_cols = [c for c in dark.columns if c.startswith(("r2_error_mean", "r2_norm",
                                                          "fvu_nonlinear"))]
 glue("dark_matter_table", dark[summary_cols].round(3), display=False)
