@@ -25,7 +25,8 @@
 #    separates (document-level max activation; AUROC and F1, with the concept and the F1
 #    threshold chosen on one half of the documents and scored on the other half).
 # 2. **Case studies** for the concepts the paper highlights (taste, infectious disease):
-#    the best latent of each SAE, its top-activating windows and its logit-lens tokens.
+#    the best latent of each SAE, its top-activating windows and its logit-lens tokens,
+#    with interactive latent dashboards and a search for the latents active on a phrase.
 # 3. **How the two dictionaries relate**: each medical-SAE latent's best broad-SAE match
 #    by decoder cosine (classified as shared, split or new) and by activation correlation
 #    on the same tokens.
@@ -38,10 +39,11 @@
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from IPython.display import display
+from IPython.display import HTML, display
 from myst_nb import glue
 
 from sae_med.book import CORPUS_COLORS, domain_pair, notebook_config, use_offline_plotly
+from sae_med.dashboard import cards_html, dashboard_figure, latent_summary, phrase_activations
 from sae_med.experiment import load_model_for, stage_cache, stage_train
 from sae_med.features import (
     absorption,
@@ -52,6 +54,7 @@ from sae_med.features import (
     encode_cache,
     logit_lens,
     match_dictionaries,
+    search_latents,
     top_windows,
 )
 from sae_med.metrics import bootstrap_mean
@@ -72,6 +75,7 @@ min_docs = 5
 n_boot = 1000
 case_concepts = ["ancestors:Abnormality of taste sensation",
                  "chapter:Certain infectious and parasitic diseases"]
+search_phrase = "loss of the sense of taste"
 
 # %%
 use_offline_plotly()
@@ -153,6 +157,7 @@ if medical in alignment:
 
 # %%
 W_U = model.tl.W_U.detach().cpu()
+case_latents = []
 for concept in case_concepts:
     rows = []
     for c in saes:
@@ -162,6 +167,7 @@ for concept in case_concepts:
         j = int(torch.nan_to_num(au, nan=0.0).argmax())
         wins = top_windows(acts[c], cache, j, k=3)
         lens = logit_lens(saes[c], W_U, model.tokenizer, j, k=6)
+        case_latents.append((c, j, concept.split(":", 1)[1]))
         rows.append({"SAE": c, "latent": j, "AUROC": float(au[j]),
                      "top windows": " ⏎ ".join(w.render(model.tokenizer, "«{}»")
                                                for w in wins),
@@ -172,6 +178,26 @@ for concept in case_concepts:
             display(pd.DataFrame(rows).round(3))
     else:
         print("  absent from this evaluation set (use a larger eval.n_tokens)")
+
+# %% [markdown]
+# ### Latent dashboards
+# The case-study latents, then the latents most active on a phrase (`search_phrase`), as
+# an interactive figure (pick a latent in the dropdown: its activation histogram and
+# logit-lens tokens) and as cards: each window's tokens shaded by the latent's
+# activation (hover a token for its value), the peak outlined.
+
+# %%
+found = {c: search_latents(s, phrase_activations(model, cfg.model.hook_layer, search_phrase),
+                           k=2) for c, s in saes.items()}
+print(f"latents most active on {search_phrase!r}:",
+      {c: [j for j, _ in f] for c, f in found.items()})
+picked = case_latents + [(c, j, f"on {search_phrase!r}") for c, f in found.items()
+                         for j, _ in f]
+summaries = [latent_summary(saes[c], acts[c], cache, model.tokenizer, W_U, j,
+                            label=f"{c} SAE, {why}") for c, j, why in picked]
+if summaries:
+    dashboard_figure(summaries, "Case-study latents").show()
+    display(HTML(cards_html(summaries, model.tokenizer)))
 
 # %% [markdown]
 # ### How the two dictionaries relate

@@ -197,3 +197,64 @@ def test_concept_aurocs_and_documents_by_id(cache, sae):
     assert au.shape == (sae.d_sae,) and ((au >= 0) & (au <= 1)).all()
     au_none, n_none = concept_aurocs(dm, labels, "chapter:No such chapter")
     assert n_none == 0 and torch.isnan(au_none).all()
+
+
+# ------------------------------------------------------------------------ dashboards
+
+def test_latent_dashboard_cards_figure_and_file(model, cache, sae, tmp_path):
+    from sae_med.dashboard import (
+        cards_html,
+        dashboard_figure,
+        latent_summary,
+        window_html,
+        write_dashboard,
+    )
+
+    acts = encode_cache(sae, cache, progress=False)
+    rate = acts.firing_rate()
+    latents = rate.argsort(descending=True)[:3].tolist()
+    W_U = model.tl.W_U.detach()
+    sums = [latent_summary(sae, acts, cache, model.tokenizer, W_U, j, label=f"L{j}")
+            for j in latents]
+    for s, j in zip(sums, latents, strict=True):
+        assert s.density == pytest.approx(float(rate[j]))
+        assert sum(s.hist_counts) == int((acts.latents == j).sum())
+        assert s.max_activation == pytest.approx(float(acts.of_latent(j)[1].max()))
+        assert s.top[0].activation == pytest.approx(s.max_activation)
+    w = sums[0].top[0]
+    html = window_html(w, model.tokenizer)
+    assert html.count("<span") == len(w.tokens) and html.count("outline") == 1
+    assert "rgba(255,140,0,1.00)" in html  # the peak is drawn fully opaque
+    cards = cards_html(sums, model.tokenizer)
+    assert cards.count("<details") == 3 and cards.count(" open>") == 1
+    assert all(f"latent {j} — L{j}" in cards for j in latents)
+    fig = dashboard_figure(sums)
+    assert len(fig.data) == 9 and sum(bool(t.visible) for t in fig.data) == 3
+    menu = fig.layout.updatemenus[0].buttons
+    assert [sum(b.args[0]["visible"]) for b in menu] == [3, 3, 3]
+    path = write_dashboard(tmp_path / "dash.html", sums, model.tokenizer)
+    page = path.read_text()
+    assert "plotly" in page and page.count("<details") == 3
+    with pytest.raises(IndexError, match="256 latents"):
+        latent_summary(sae, acts, cache, model.tokenizer, W_U, 256)
+
+
+def test_phrase_search_finds_the_cache_activations(model, cache, sae):
+    """The activations of a document's text, computed alone, are the cache's rows of that
+    document (same hook, specials dropped), so phrase search sees what the cache saw."""
+    from sae_med.dashboard import phrase_activations
+    from sae_med.features import documents_by_id, search_latents
+
+    doc = documents_by_id("medical", "eval", cache.doc_ids()[:1])[0]
+    rows = cache.token_info()[:, 1] == 0
+    x = phrase_activations(model, 13, doc.text)
+    cached = cache.activations()[rows]
+    if x.shape[0] == cached.shape[0]:  # the document fits the cache's context
+        torch.testing.assert_close(x, cached, rtol=2e-3, atol=2e-2)
+    else:
+        torch.testing.assert_close(x[:cached.shape[0]], cached, rtol=2e-3, atol=2e-2)
+    found = search_latents(sae, x, k=5)
+    want = sae.encode(cached).amax(0)
+    assert found and found[0][0] == int(want.argmax())
+    with pytest.raises(ValueError, match="no ordinary tokens"):
+        phrase_activations(model, 13, "")
