@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from sae_med.artifacts import atomic_path, file_sha256, stable_hash, write_json_atomic
 from sae_med.batches import ChunkedBatches
-from sae_med.config import Config
+from sae_med.config import CacheConfig, Config
 from sae_med.models import LoadedModel, resid_post
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _to_storage(x: Float[Tensor, "n d_model"], dtype: str) -> np.ndarray:
 
 
 def _from_storage(a: np.ndarray, dtype: str) -> Float[Tensor, "n d_model"]:
-    t = torch.from_numpy(np.array(a))  # copy: memmaps are read-only
+    t = torch.from_numpy(a if a.flags.writeable else np.array(a))  # memmaps are read-only
     if dtype == "bfloat16":
         return t.view(torch.int16).view(torch.bfloat16).float()
     return t.float()
@@ -119,6 +119,63 @@ def _save_npy(path: Path, arr: np.ndarray) -> str:
         with open(tmp, "wb") as f:
             np.save(f, arr)
     return file_sha256(path)
+
+
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file read on demand with explicit reads (no memory map).
+
+    Why not ``np.load(mmap_mode="r")``: every page a memory map touches stays mapped, and
+    counted in the process's resident memory, until the map is dropped, so one pass over
+    a memory-mapped cache ends with the whole cache resident. Buffers from explicit reads
+    are freed as soon as the rows are dropped, so a reader holding ``window`` shards stays
+    within a few ``window x shard`` bytes however large the cache (tests/test_activations).
+    Supports ``shape``, ``dtype``, ``len``, row slicing and ``np.asarray`` (the whole file).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            major, _minor = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, self.dtype = read_header(f)
+            self.offset = f.tell()
+        if len(shape) != 2 or fortran:
+            raise CorruptCacheError(f"{self.path} is not a C-ordered 2-D array")
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError("NpyRows supports row slices only")
+        lo, hi, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("NpyRows supports contiguous row slices only")
+        n = max(0, hi - lo)
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        out = np.fromfile(self.path, dtype=self.dtype, count=n * self.shape[1],
+                          offset=self.offset + lo * row_bytes)
+        return out.reshape(n, self.shape[1])
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Read rows ``start:start + len(out)`` into the C-contiguous ``out`` (no allocation)."""
+        if out.dtype.itemsize != self.dtype.itemsize or not out.flags.c_contiguous \
+                or out.shape[1:] != self.shape[1:] or start + len(out) > self.shape[0]:
+            raise ValueError(f"cannot read rows {start}+{len(out)} of {self.path} into an "
+                             f"array of shape {out.shape} and dtype {out.dtype}")
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * row_bytes)
+            view = memoryview(out).cast("B")
+            got = f.readinto(view)
+        if got != len(out) * row_bytes:
+            raise CorruptCacheError(f"{self.path} ended early (read {got} bytes)")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
 
 
 @dataclass
@@ -155,19 +212,85 @@ def _valid_shards(root: Path) -> list[_Shard]:
     return shards
 
 
+def _chunk_batches(tokenizer, texts: list[str], c: CacheConfig, special: Tensor
+                   ) -> Iterator[tuple[list[int], Tensor, Tensor, Tensor]]:
+    """The forward batches of one chunk of documents: (indices into ``texts``, tokens,
+    attention mask, rows kept). Batches hold documents of similar length (little padding)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for b in range(0, len(order), c.batch_size):
+        idx = order[b:b + c.batch_size]
+        tokens, mask = _tokenize(tokenizer, [texts[i] for i in idx], c.ctx_len)
+        keep = mask.bool()
+        if c.exclude_special:
+            keep &= ~torch.isin(tokens, special)
+        yield idx, tokens, mask, keep
+
+
+def _chunk_rows(model: LoadedModel, cfg: Config, texts: list[str], doc_index: int,
+                special: Tensor) -> tuple[Float[Tensor, "n d_model"], Int[Tensor, "n 3"]]:
+    """Activations and (token, document index, position) rows of one chunk of documents.
+
+    Documents keep the index of their place in the corpus order (``doc_index`` is the
+    first one's); rows follow the processing order (length-sorted batches)."""
+    dev = next(model.hf.parameters()).device  # hook_activations runs the HF twin
+    xs, ts = [], []
+    for idx, tokens, mask, keep in _chunk_batches(model.tokenizer, texts, cfg.cache, special):
+        acts = hook_activations(model, tokens.to(dev), mask.to(dev), cfg.model.hook_layer).cpu()
+        pos = torch.arange(tokens.shape[1]).expand_as(tokens)
+        docidx = (torch.tensor(idx) + doc_index)[:, None].expand_as(tokens)
+        xs.append(acts[keep])
+        ts.append(torch.stack([tokens[keep], docidx[keep], pos[keep]], 1).to(torch.int32))
+    return torch.cat(xs), torch.cat(ts)
+
+
+def _write_shard(root: Path, index: int, x: Tensor, t: Tensor, doc_start: int,
+                 doc_ids: list[str], dtype: str) -> _Shard:
+    s = _Shard(index=index, rows=int(x.shape[0]), sha256="", tokens_sha256="",
+               doc_start=doc_start, doc_ids=doc_ids)
+    s.sha256 = _save_npy(root / f"{s.stem}.npy", _to_storage(x, dtype))
+    s.tokens_sha256 = _save_npy(root / f"{s.stem}.tokens.npy", t.numpy())
+    write_json_atomic(root / f"{s.stem}.json", s.__dict__)
+    return s
+
+
+def _finish(root: Path, spec: dict[str, Any], shards: list[_Shard], n_documents: int,
+            exhausted: bool, corpus: str, split: str) -> None:
+    done_rows = sum(s.rows for s in shards)
+    if exhausted:
+        log.warning("corpus %s/%s ran out after %d tokens (asked for %d)", corpus, split,
+                    done_rows, spec["n_tokens"])
+    if done_rows == 0:
+        raise ValueError(f"corpus {corpus}/{split} produced no tokens to cache")
+    manifest = {"spec": spec, "key": root.name, "n_tokens": done_rows,
+                "n_documents": n_documents, "exhausted": exhausted,
+                "shards": [s.__dict__ for s in shards]}
+    write_json_atomic(root / "manifest.json", manifest)
+
+
 def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "train",
                 n_tokens: int | None = None, progress: bool = True) -> ActivationCache:
     """Return the cache for (model, hook, corpus, split, ...), computing what is missing.
 
     A complete cache with a matching key is verified and reused; a partial one resumes at
     its last complete shard; a cache for any other configuration lives under another key.
+    Under torchrun (an initialised process group) the ranks share the work, see
+    :func:`_build_distributed`; the result is the same cache, file for file.
     """
-    from sae_med.data import iter_documents
+    from sae_med import distributed
 
     spec = cache_spec(model, cfg, corpus, split, n_tokens)
     root = cfg.cache_path / "activations" / stable_hash(spec)
     if (root / "manifest.json").exists():
         return ActivationCache(root)
+    if distributed.is_distributed():
+        return _build_distributed(model, cfg, corpus, split, spec, root, progress)
+    return _build_single(model, cfg, corpus, split, spec, root, progress)
+
+
+def _build_single(model: LoadedModel, cfg: Config, corpus: str, split: str,
+                  spec: dict[str, Any], root: Path, progress: bool) -> ActivationCache:
+    from sae_med.data import iter_documents
+
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / "spec.json", spec)
     shards = _valid_shards(root)
@@ -176,7 +299,6 @@ def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "trai
     target = spec["n_tokens"]
     special = torch.tensor(_special_ids(model.tokenizer))
     c = cfg.cache
-    dev = next(model.tl.parameters()).device
 
     docs = iter_documents(corpus, split)
     for _ in range(next_doc):  # documents already in complete shards
@@ -195,11 +317,7 @@ def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "trai
         if final:
             keep = target - done_rows
             x, t = x[:keep], t[:keep]
-        s = _Shard(index=len(shards), rows=int(x.shape[0]), sha256="", tokens_sha256="",
-                   doc_start=buf_start, doc_ids=buf_ids)
-        s.sha256 = _save_npy(root / f"{s.stem}.npy", _to_storage(x, c.dtype))
-        s.tokens_sha256 = _save_npy(root / f"{s.stem}.tokens.npy", t.numpy())
-        write_json_atomic(root / f"{s.stem}.json", s.__dict__)
+        s = _write_shard(root, len(shards), x, t, buf_start, buf_ids, c.dtype)
         shards.append(s)
         done_rows += s.rows
         buf_start += len(buf_ids)
@@ -212,49 +330,144 @@ def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "trai
         if not chunk:
             exhausted = True
             break
-        # batches of similar length waste little on padding; documents keep the index of
-        # their place in the corpus order, rows follow the processing order
-        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].text))
-        for b in range(0, len(order), c.batch_size):
-            idx = order[b:b + c.batch_size]
-            tokens, mask = _tokenize(model.tokenizer, [chunk[i].text for i in idx], c.ctx_len)
-            acts = hook_activations(model, tokens.to(dev), mask.to(dev),
-                                    cfg.model.hook_layer).cpu()
-            keep = mask.bool()
-            if c.exclude_special:
-                keep &= ~torch.isin(tokens, special)
-            pos = torch.arange(tokens.shape[1]).expand_as(tokens)
-            docidx = (torch.tensor(idx) + doc_index)[:, None].expand_as(tokens)
-            buf_x.append(acts[keep])
-            buf_t.append(torch.stack([tokens[keep], docidx[keep], pos[keep]], 1)
-                         .to(torch.int32))
-            n = int(keep.sum())
-            buffered += n
-            bar.update(min(n, target - bar.n))
+        x, t = _chunk_rows(model, cfg, [d.text for d in chunk], doc_index, special)
+        buf_x.append(x)
+        buf_t.append(t)
+        buffered += x.shape[0]
+        bar.update(min(x.shape[0], target - bar.n))
         buf_ids.extend(d.doc_id for d in chunk)
         doc_index += len(chunk)
+        # shards end between chunks once they hold shard_tokens rows; the last one is cut
+        # at the target
         if buffered >= c.shard_tokens and done_rows + buffered < target:
             flush(final=False)
     if buffered:
         flush(final=True)
     bar.close()
-    if exhausted:
-        log.warning("corpus %s/%s ran out after %d tokens (asked for %d)", corpus, split,
-                    done_rows, target)
-    if done_rows == 0:
-        raise ValueError(f"corpus {corpus}/{split} produced no tokens to cache")
-    manifest = {"spec": spec, "key": root.name, "n_tokens": done_rows,
-                "n_documents": doc_index, "exhausted": exhausted,
-                "shards": [s.__dict__ for s in shards]}
-    write_json_atomic(root / "manifest.json", manifest)
+    _finish(root, spec, shards, doc_index, exhausted, corpus, split)
+    return ActivationCache(root)
+
+
+@dataclass
+class _PlannedShard:
+    """A shard of the (single-process) layout, known from tokenisation alone."""
+
+    index: int
+    doc_start: int
+    chunks: list[list[str]]
+    """Texts of each chunk (forward batches are sorted by length within a chunk)."""
+    doc_ids: list[str]
+    keep_rows: int | None
+    """Rows kept (the last shard is cut at the target); None keeps all."""
+
+
+def _plan_shards(tokenizer, cfg: Config, corpus: str, split: str, target: int
+                 ) -> Iterator[_PlannedShard | tuple[int, bool]]:
+    """The shards :func:`_build_single` would write, in order, from tokenisation only (no
+    model): the same chunks, the same row counts, the same flush rule. Ends with
+    ``(n_documents, exhausted)``."""
+    from sae_med.data import iter_documents
+
+    c = cfg.cache
+    special = torch.tensor(_special_ids(tokenizer))
+    docs = iter_documents(corpus, split)
+    done = buffered = doc_index = index = 0
+    chunks: list[list[str]] = []
+    ids: list[str] = []
+    start = 0
+    exhausted = False
+    while done + buffered < target:
+        chunk = [d for _, d in zip(range(c.batch_size * SORT_CHUNK), docs, strict=False)]
+        if not chunk:
+            exhausted = True
+            break
+        chunk_texts = [d.text for d in chunk]
+        buffered += sum(int(keep.sum()) for *_, keep in
+                        _chunk_batches(tokenizer, chunk_texts, c, special))
+        chunks.append(chunk_texts)
+        ids.extend(d.doc_id for d in chunk)
+        doc_index += len(chunk)
+        if buffered >= c.shard_tokens and done + buffered < target:
+            yield _PlannedShard(index, start, chunks, ids, None)
+            index, done, start = index + 1, done + buffered, doc_index
+            chunks, ids, buffered = [], [], 0
+    if buffered:
+        yield _PlannedShard(index, start, chunks, ids, target - done)
+    yield doc_index, exhausted
+
+
+def _record_matches(root: Path, p: _PlannedShard) -> _Shard | None:
+    """The shard already written for ``p`` (record present, plan and checksums match)."""
+    rec = root / f"shard_{p.index:05d}.json"
+    if not rec.exists():
+        return None
+    s = _Shard(**json.loads(rec.read_text()))
+    ok = (s.doc_start == p.doc_start and s.doc_ids == p.doc_ids
+          and all((root / f"{s.stem}{suf}").exists() for suf in (".npy", ".tokens.npy")))
+    if ok and file_sha256(root / f"{s.stem}.npy") == s.sha256 \
+            and file_sha256(root / f"{s.stem}.tokens.npy") == s.tokens_sha256:
+        return s
+    return None
+
+
+def _build_distributed(model: LoadedModel, cfg: Config, corpus: str, split: str,
+                       spec: dict[str, Any], root: Path, progress: bool) -> ActivationCache:
+    """Build the cache with every torchrun rank computing a share of its shards.
+
+    Every rank tokenises the document stream (cheap next to the forward pass) to plan the
+    exact shard layout of the single-process build; rank r computes the shards whose
+    index is r modulo the world size and writes them under their final names; rank 0
+    writes the manifest once all ranks are done. Shards, rows and their order are those of
+    the single-process cache (same key), so training on either gives the same SAEs. A rank
+    that restarts keeps each of its shards whose record and checksums match the plan.
+    """
+    from sae_med import distributed
+
+    rank, ws = distributed.rank(), distributed.world_size()
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(root / "spec.json", spec)
+    distributed.barrier()
+    special = torch.tensor(_special_ids(model.tokenizer))
+    bar = tqdm(total=spec["n_tokens"], unit="tok", unit_scale=True,
+               desc=f"cache {corpus}/{split} rank {rank}/{ws}", position=rank,
+               disable=not progress)
+    n_shards, n_documents, exhausted = 0, 0, False
+    for p in _plan_shards(model.tokenizer, cfg, corpus, split, spec["n_tokens"]):
+        if isinstance(p, tuple):
+            n_documents, exhausted = p
+            break
+        n_shards += 1
+        if p.index % ws != rank:
+            continue
+        s = _record_matches(root, p)
+        if s is None:
+            parts, first = [], p.doc_start
+            for texts in p.chunks:
+                parts.append(_chunk_rows(model, cfg, texts, first, special))
+                first += len(texts)
+            x, t = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+            if p.keep_rows is not None:
+                x, t = x[:p.keep_rows], t[:p.keep_rows]
+            s = _write_shard(root, p.index, x, t, p.doc_start, p.doc_ids, cfg.cache.dtype)
+        bar.update(s.rows)
+    bar.close()
+    distributed.barrier()
+    if rank == 0:
+        shards = [_Shard(**json.loads((root / f"shard_{i:05d}.json").read_text()))
+                  for i in range(n_shards)]
+        _finish(root, spec, shards, n_documents, exhausted, corpus, split)
+    distributed.barrier()
     return ActivationCache(root)
 
 
 class ActivationCache(ChunkedBatches):
-    """A complete, verified activation cache, readable by memory map.
+    """A complete, verified activation cache, streamed from disk with bounded memory.
 
     Implements :class:`sae_med.batches.BatchSource`: ``iter_batches`` streams shuffled
-    float32 batches with at most ``window`` shards resident.
+    float32 batches with at most ``window`` shards resident; ``iter_ordered`` and
+    ``activations`` read only the rows asked for. Shards are read with explicit reads
+    (:class:`NpyRows`), never memory-mapped, so caches larger than RAM stream through.
 
     Args:
         root: the cache folder (holding ``manifest.json``).
@@ -280,15 +493,23 @@ class ActivationCache(ChunkedBatches):
                         raise CorruptCacheError(
                             f"activation cache shard {p} is missing or fails its sha256 "
                             f"check; delete {self.root} and rerun `sae-med cache` to rebuild")
-        arrays = [np.load(self.root / f"{s.stem}.npy", mmap_mode="r") for s in self.shards]
+        arrays = [NpyRows(self.root / f"{s.stem}.npy") for s in self.shards]
         for s, a in zip(self.shards, arrays, strict=True):
             if a.shape[0] != s.rows:
                 raise CorruptCacheError(f"shard {s.stem} in {self.root} has {a.shape[0]} "
                                         f"rows, its record says {s.rows}")
         super().__init__(arrays, [s.stem for s in self.shards], window)
+        self.window_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
 
     def _load(self, i: int) -> Tensor:
-        return _from_storage(self.chunks[i], self.dtype)
+        t = torch.from_numpy(self.chunks[i][:])
+        return t.view(torch.int16).view(torch.bfloat16) if self.dtype == "bfloat16" else t
+
+    def _load_into(self, i: int, out: Tensor) -> None:
+        # bf16 shards stay bf16 inside the shuffle window (half the memory); batches are
+        # converted to float32 as they are cut (exact: bf16 -> fp32 loses nothing)
+        raw = out.view(torch.int16) if self.dtype == "bfloat16" else out
+        self.chunks[i].read_into(0, raw.numpy())
 
     @property
     def key(self) -> str:

@@ -6,11 +6,15 @@ at step ``k`` asks for ``start_batch=k`` and continues exactly where it stopped.
 
 Shuffling is two-level, so memory stays bounded whatever the cache size: each epoch
 permutes the order of the chunks (shards), then loads ``window`` chunks at a time and
-permutes the rows inside that window. Only ``window`` chunks are resident at once.
+permutes the rows inside that window. Two window-sized buffers (the window as read and
+shuffled), allocated once and reused, are all the stream holds. :func:`prefetch` runs any
+stream a few batches ahead in a background thread, into pinned memory for GPU training.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -58,10 +62,18 @@ class ChunkedBatches:
         self.n_tokens = sum(self.rows)
         self.d_model = int(chunks[0].shape[1])
 
+    window_dtype = torch.float32
+    """dtype of the shuffle buffers (a bf16 cache keeps bf16 there: half the memory)."""
+
     def _load(self, i: int) -> Tensor:
-        """Chunk ``i`` as a float32 tensor (subclasses decode their storage format)."""
+        """Chunk ``i`` as a ``window_dtype`` tensor (subclasses decode their storage)."""
         c = self.chunks[i]
         return c.float() if isinstance(c, Tensor) else torch.from_numpy(np.asarray(c)).float()
+
+    def _load_into(self, i: int, out: Tensor) -> None:
+        """Write chunk ``i`` into ``out`` (``(rows_i, d_model)``, ``window_dtype``);
+        subclasses read straight into it instead of allocating."""
+        out.copy_(self._load(i))
 
     def _epoch_plan(self, seed: int, epoch: int) -> list[tuple[list[int], np.ndarray]]:
         """For one epoch: list of (chunk ids in window, row permutation of the window)."""
@@ -75,31 +87,50 @@ class ChunkedBatches:
         return plan
 
     def _rows_stream(self, seed: int, start_row: int) -> Iterator[tuple[Tensor, list[int]]]:
-        """Yield (row block, chunk ids) pieces of the shuffled stream from ``start_row``."""
+        """Yield (row block, chunk ids) pieces of the shuffled stream from ``start_row``.
+
+        The blocks are views of one buffer that the next block overwrites: copy what must
+        outlive the next step. Two buffers of the largest window's size are all the memory
+        the stream holds, allocated once, so resident memory stays flat whatever the
+        allocator does with freed blocks."""
         epoch, skip = divmod(start_row, self.n_tokens)
+        cap = sum(sorted(self.rows, reverse=True)[:self.window])
+        data = torch.empty(cap, self.d_model, dtype=self.window_dtype)
+        shuffled = torch.empty_like(data)
         while True:
             for ids, perm in self._epoch_plan(seed, epoch):
                 n = len(perm)
                 if skip >= n:
                     skip -= n
                     continue
-                data = torch.cat([self._load(i) for i in ids])
-                yield data[torch.from_numpy(perm[skip:])], ids
+                offset = 0
+                for i in ids:
+                    self._load_into(i, data[offset:offset + self.rows[i]])
+                    offset += self.rows[i]
+                block = shuffled[:n - skip]
+                torch.index_select(data[:n], 0, torch.from_numpy(perm[skip:]), out=block)
+                yield block, ids
                 skip = 0
             epoch += 1
 
     def iter_batches(self, batch_size: int, seed: int, start_batch: int = 0
                      ) -> Iterator[Tensor]:
-        pending: list[Tensor] = []
-        have = 0
+        # Every batch is a fresh float32 copy (the window buffers are reused); the rows
+        # left at a window's end are copied before the next window is read.
+        rest: Tensor | None = None
         for block, _ids in self._rows_stream(seed, start_batch * batch_size):
-            pending.append(block)
-            have += block.shape[0]
-            while have >= batch_size:
-                cat = torch.cat(pending) if len(pending) > 1 else pending[0]
-                yield cat[:batch_size].contiguous()
-                rest = cat[batch_size:]
-                pending, have = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+            pos = 0
+            if rest is not None:
+                need = batch_size - rest.shape[0]
+                if block.shape[0] < need:
+                    rest = torch.cat([rest, block])
+                    continue
+                yield torch.cat([rest, block[:need]]).float()
+                rest, pos = None, need
+            while block.shape[0] - pos >= batch_size:
+                yield block[pos:pos + batch_size].to(torch.float32, copy=True)
+                pos += batch_size
+            rest = block[pos:].clone() if pos < block.shape[0] else None
 
     def describe_batch(self, batch_index: int, batch_size: int, seed: int) -> str:
         start = batch_index * batch_size
@@ -122,3 +153,47 @@ class TensorBatchSource(ChunkedBatches):
         chunks = list(torch.split(acts, chunk_rows))
         super().__init__(chunks, [f"rows {i * chunk_rows}+" for i in range(len(chunks))],
                          window)
+
+
+def prefetch(batches: Iterator[Tensor], depth: int = 2, pin_memory: bool = False
+             ) -> Iterator[Tensor]:
+    """The same stream as ``batches``, produced ``depth`` batches ahead by a background
+    thread (shard reads, bf16 decoding and the shuffle overlap the training step).
+
+    With ``pin_memory`` each batch is copied into page-locked memory, so the consumer's
+    ``.to("cuda", non_blocking=True)`` is an asynchronous DMA. Order and content are
+    unchanged; an exception in the producer is re-raised by the consumer. The producer
+    stops when the consumer stops asking (the generator is closed or collected).
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                item = b.pin_memory() if pin_memory else b
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True, name="sae-med-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -8,6 +8,7 @@ config plus ``section.field=value`` overrides.
     sae-med evaluate CONFIG [k=v ...]   score every trained SAE on every eval corpus
         [--sae SPEC [--sae-id ID]] ...  ... or the given SAEs (Gemma Scope npz, sae-lens)
     sae-med experiment CONFIG [k=v ...] cache -> train -> evaluate (last line results=PATH)
+    sae-med autointerp CONFIG [k=v ...] LLM explanations + detection scores (autointerp=DIR)
     sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
     sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -137,6 +139,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_autointerp(args: argparse.Namespace) -> int:
+    """Explain and score each SAE at the middle target L0 with the configured LLM
+    (detection AUROC of p(yes), accuracy and F1 per latent; see :mod:`sae_med.autointerp`)."""
+    from sae_med.autointerp import write_run_scores
+
+    print(f"autointerp={write_run_scores(_load(args))}")
+    return 0
+
+
 def cmd_book(args: argparse.Namespace) -> int:
     from sae_med.book import build_book
 
@@ -173,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train": (cmd_train, "train the SAE sweep on each training corpus"),
         "evaluate": (cmd_evaluate, "score every trained SAE on every eval corpus"),
         "experiment": (cmd_experiment, "cache -> train -> evaluate; last line results=PATH"),
+        "autointerp": (cmd_autointerp, "explain and score latents with an LLM; last line "
+                       "autointerp=PATH"),
         "book": (cmd_book, "execute the notebooks and build the book; last line book=PATH"),
         "run": (cmd_run, "the main job: experiment, then the book"),
     }
@@ -200,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per rank
+        from sae_med.distributed import init_from_env
+
+        init_from_env()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("transformers", "urllib3", "filelock", "httpx"):

