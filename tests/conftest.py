@@ -37,3 +37,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_medical_cache(model, cache_root):
+    """800 held-out medical tokens (contexts of 48): the feature and autointerp tests'
+    cache, built once per session."""
+    from sae_med.activations import build_cache
+    from sae_med.config import load_config
+
+    cfg = load_config(None, [f"cache_dir={cache_root}", "cache.n_tokens=800",
+                             "cache.shard_tokens=300", "cache.batch_size=8",
+                             "cache.ctx_len=48"])
+    return build_cache(model, cfg, "medical", "eval", progress=False)

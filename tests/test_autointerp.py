@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.activations import build_cache
 from sae_med.autointerp import (
     DETECT_REMINDER,
     ask,
@@ -42,17 +41,17 @@ frame it ranks "Is a cat an animal?" clearly above "Is a rock an animal?" (measu
 
 @pytest.fixture(scope="module")
 def local():
-    """The real SmolLM2 (fp32 copy cached under the user cache dir on first use)."""
+    """The real SmolLM2 (fp32 copy cached under the user cache dir on first use), run on
+    one thread (tiny matmuls); the thread count is restored for later test modules."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return LocalChat(max_new_tokens=24)
+    yield LocalChat(max_new_tokens=24)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def cache(model, cache_root):
-    cfg = load_config(None, [f"cache_dir={cache_root}", "cache.n_tokens=800",
-                             "cache.shard_tokens=300", "cache.batch_size=8",
-                             "cache.ctx_len=48"])
-    return build_cache(model, cfg, "medical", "eval", progress=False)
+def cache(small_medical_cache):
+    return small_medical_cache
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.activations import build_cache
-from sae_med.config import load_config
 from sae_med.features import (
     _auroc_matrix,
     concept_alignment,
@@ -23,11 +21,8 @@ from sae_med.sae import JumpReLUSAE
 
 
 @pytest.fixture(scope="module")
-def cache(model, cache_root):
-    cfg = load_config(None, [f"cache_dir={cache_root}", "cache.n_tokens=800",
-                             "cache.shard_tokens=300", "cache.batch_size=8",
-                             "cache.ctx_len=48"])
-    return build_cache(model, cfg, "medical", "eval", progress=False)
+def cache(small_medical_cache):
+    return small_medical_cache
 
 
 @pytest.fixture(scope="module")
