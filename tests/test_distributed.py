@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import synthetic_acts
+from test_train import tiny_config as train_tiny_config
 
 from sae_med import distributed as dist
-from sae_med.config import Config, SAEConfig, TrainConfig
+from sae_med.config import Config
 from sae_med.sae import JumpReLUSAE
 from sae_med.train import batch_fve
 
@@ -44,22 +46,10 @@ TRAIN_SCRIPT = textwrap.dedent("""
 """)
 
 
-def synthetic_acts(n: int = 1024, d: int = 16, n_atoms: int = 64, seed: int = 0
-                   ) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    atoms = torch.nn.functional.normalize(torch.randn(n_atoms, d, generator=g), dim=1)
-    idx = torch.stack([torch.randperm(n_atoms, generator=g)[:3] for _ in range(n)])
-    codes = torch.zeros(n, n_atoms).scatter_(1, idx, torch.rand(n, 3, generator=g) + 0.5)
-    return 300.0 * (codes @ atoms + 0.01 * torch.randn(n, d, generator=g))
-
-
 def tiny_config(**train: object) -> Config:
-    tc = dict(n_tokens=32 * 24, batch_size=32, lr=3e-3, lr_warmup_steps=5,
-              sparsity_warmup_steps=10, norm_batches=2, checkpoint_every=8, log_every=4,
-              device="cpu")
-    tc.update(train)
-    return Config(seed=3, sae=SAEConfig(width=64, l0_targets=(4.0, 8.0), bandwidth=0.01),
-                  train=TrainConfig(**tc))
+    """test_train's tiny sweep, 24 steps, checkpoints every 8."""
+    return train_tiny_config(**{"n_tokens": 32 * 24, "checkpoint_every": 8, "log_every": 4,
+                                **train})
 
 
 def run_train(tmp: Path, out: Path, cfg: Config, nproc: int, fail_at: int = -1,
@@ -67,7 +57,7 @@ def run_train(tmp: Path, out: Path, cfg: Config, nproc: int, fail_at: int = -1,
     script, acts = tmp / "train_script.py", tmp / "acts.pt"
     if not script.exists():
         script.write_text(TRAIN_SCRIPT)
-        torch.save(synthetic_acts(), acts)
+        torch.save(synthetic_acts(n=1024), acts)
     args = [str(script), str(acts), str(out), cfg.to_json(), str(fail_at),
             "1" if resume else "0"]
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
