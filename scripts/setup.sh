@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-stamp=".venv/.stamp-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+stamp=".venv/.stamp-$(cat requirements.txt requirements-data.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: creating .venv from requirements.txt (a few minutes the first time)"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   rm -f .venv/.stamp-*
   touch "$stamp"
