@@ -11,6 +11,8 @@ config plus ``section.field=value`` overrides.
     sae-med autointerp CONFIG [k=v ...] LLM explanations + detection scores (autointerp=DIR)
     sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
     sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
+    sae-med export RUN_OR_SAE OUT       sae-lens folders or Gemma Scope params.npz + a card
+        [--format F] [--push-to-hub REPO [--dry-run]]
 """
 
 from __future__ import annotations
@@ -166,6 +168,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     return cmd_book(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's SAEs (or one SAE) with a model card; optionally push them to the hub."""
+    from sae_med.export import ExportError, export_saes, push_to_hub, stage_for_hub
+
+    try:
+        if not args.push_to_hub:
+            for e in export_saes(args.source, args.format, args.out):
+                print(f"export {e.provenance.sae_id} -> {e.path}")
+            print(f"export={args.out}")
+            return 0
+        files = stage_for_hub(args.source, args.format, args.out, args.push_to_hub)
+        if args.dry_run:
+            print(f"dry run: would upload {len(files)} files from {args.out} to "
+                  f"{args.push_to_hub}:")
+            print("\n".join(f"  {f}" for f in files))
+            return 0
+        print(f"hub={push_to_hub(args.out, args.push_to_hub, private=args.private)}")
+    except ExportError as err:
+        print(f"sae-med: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write SAEs as sae-lens folders or Gemma Scope "
+                       "params.npz with a model card; optionally push them to the hub")
+    p.add_argument("source", metavar="RUN_OR_SAE",
+                   help="a run folder (runs/NAME: every SAE goes to OUT/CORPUS/l0_TARGET) or "
+                        "one SAE folder (goes to OUT)")
+    p.add_argument("out", metavar="OUT", help="output folder (README.md model card inside)")
+    p.add_argument("--format", default="sae_lens",
+                   help="sae_lens (cfg.json + sae_weights.safetensors; the default) or "
+                        "gemma_scope (params.npz + metadata.json)")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None,
+                   help="then upload OUT to this Hugging Face model repo (needs HF_TOKEN)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --push-to-hub: build OUT and its card, list what would be "
+                        "uploaded, upload nothing")
+    p.add_argument("--private", action="store_true", help="create the hub repo as private")
+    p.set_defaults(func=cmd_export)
+
+
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs=None if required else "?", default=None,
                    help="YAML config (see configs/)")
@@ -208,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--check", action="store_true",
                            help="only report whether everything is prepared (exit 1 if not)")
         p.set_defaults(func=fn)
+    _add_export_parser(sub)
     return parser
 
 

@@ -1,0 +1,165 @@
+"""Export: sae-lens folders load in sae-lens and compute the same function, Gemma Scope
+params.npz round-trips, the model card says what the SAE was trained on and how it scored,
+and pushing offline fails with one clear line."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sae_med.cli import main
+from sae_med.config import load_config
+from sae_med.export import ExportError, export_saes, model_card, push_to_hub, stage_for_hub
+from sae_med.sae import JumpReLUSAE, load_any_sae
+
+D_MODEL, D_SAE, SCALE = 16, 32, 0.05
+TARGETS = (4.0, 8.0)
+
+
+def _trained_like_sae(seed: int) -> JumpReLUSAE:
+    """An SAE with non-trivial biases and thresholds, trained on inputs scaled by SCALE."""
+    gen = torch.Generator().manual_seed(seed)
+    sae = JumpReLUSAE(D_MODEL, D_SAE, input_scale=SCALE, generator=gen)
+    with torch.no_grad():
+        sae.b_enc.copy_(0.1 * torch.randn(D_SAE, generator=gen))
+        sae.b_dec.copy_(0.1 * torch.randn(D_MODEL, generator=gen))
+        sae.log_threshold.copy_((0.2 + 0.3 * torch.rand(D_SAE, generator=gen)).log())
+    return sae
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder laid out like `sae-med experiment`'s: two SAEs and a results.json."""
+    run = tmp_path / "runs" / "demo"
+    cfg = load_config(None, ["name=demo", "seed=7", "cache.ctx_len=64"])
+    rows = []
+    for i, target in enumerate(TARGETS):
+        sae_dir = run / "saes" / "medical" / f"l0_{target:g}"
+        _trained_like_sae(i).save(sae_dir, metadata={"l0_target": target, "steps": 10,
+                                                     "tokens": 640, "input_scale": SCALE})
+        (sae_dir / "config.json").write_text(cfg.to_json())
+        rows.append({"sae_id": f"medical/l0_{target:g}", "eval_corpus": "broad",
+                     "metrics": {"l0": {"value": target + 0.25, "low": None, "high": None},
+                                 "fve": {"value": 0.8125, "low": 0.75, "high": 0.875}}})
+    (run / "results.json").write_text(json.dumps({"rows": rows}))
+    return run
+
+
+def _raw_activations(n: int = 64) -> torch.Tensor:
+    return torch.randn(n, D_MODEL, generator=torch.Generator().manual_seed(1)) / SCALE
+
+
+def test_sae_lens_export_loads_in_sae_lens_with_the_same_outputs(run_dir, tmp_path):
+    from sae_lens import SAE
+
+    out = tmp_path / "out"
+    exported = export_saes(run_dir, "sae_lens", out)
+    assert [e.provenance.sae_id for e in exported] == ["medical/l0_4", "medical/l0_8"]
+    x = _raw_activations()
+    for i, e in enumerate(exported):
+        lens = SAE.load_from_disk(str(e.path))
+        md = lens.cfg.metadata
+        assert (md.model_name, md.hook_name) == ("google/gemma-3-270m",
+                                                 "blocks.13.hook_resid_post")
+        assert lens.cfg.d_in == D_MODEL and lens.cfg.d_sae == D_SAE
+        assert lens.cfg.normalize_activations == "none" and md.context_size == 64
+        assert md.sae_med["train_corpus"] == "medical"
+        assert md.sae_med["l0_target"] == TARGETS[i] and md.sae_med["seed"] == 7
+        assert md.sae_med["input_scale"] == SCALE and md.sae_med["training_tokens"] == 640
+        # The original SAE works on x * SCALE; the export on raw x, latents in raw units.
+        ref = _trained_like_sae(i)(x * SCALE)
+        with torch.no_grad():
+            acts = lens.encode(x)
+            assert (acts > 0).sum() > 0 and (acts == 0).sum() > 0  # some fire, some don't
+            torch.testing.assert_close(acts, ref.acts / SCALE, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(lens(x), ref.x_hat / SCALE, rtol=1e-5, atol=1e-4)
+
+
+def test_gemma_scope_params_round_trip(run_dir, tmp_path):
+    out = tmp_path / "gs"
+    export_saes(run_dir, "gemma_scope", out)
+    original = JumpReLUSAE.load(run_dir / "saes" / "medical" / "l0_4")
+    with np.load(out / "medical" / "l0_4" / "params.npz") as npz:
+        shapes = {k: npz[k].shape for k in npz.files}
+        assert {npz[k].dtype for k in npz.files} == {np.dtype("float32")}
+    assert shapes == {"W_enc": (D_MODEL, D_SAE), "W_dec": (D_SAE, D_MODEL),
+                      "b_enc": (D_SAE,), "b_dec": (D_MODEL,), "threshold": (D_SAE,)}
+    back = load_any_sae(out / "medical" / "l0_4")
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+        torch.testing.assert_close(getattr(back, name), getattr(original, name),
+                                   rtol=1e-6, atol=0)
+    md = json.loads((out / "medical" / "l0_4" / "metadata.json").read_text())
+    assert md["hook_name"] == "blocks.13.hook_resid_post" and md["d_in"] == D_MODEL
+
+
+def test_reexport_in_another_format_replaces_the_files(run_dir, tmp_path):
+    sae_dir = run_dir / "saes" / "medical" / "l0_8"
+    export_saes(sae_dir, "gemma_scope", tmp_path / "one")
+    export_saes(sae_dir, "sae_lens", tmp_path / "one")
+    names = {p.name for p in (tmp_path / "one").iterdir()}
+    assert names == {"cfg.json", "sae_weights.safetensors", "README.md"}
+
+
+def test_staged_folder_and_card_say_what_was_trained_and_how_it_scored(run_dir, tmp_path):
+    out = tmp_path / "stage"
+    files = stage_for_hub(run_dir, "sae_lens", out, "someone/sae-med-demo")
+    assert [str(f) for f in files] == [
+        "README.md", "medical/l0_4/cfg.json", "medical/l0_4/sae_weights.safetensors",
+        "medical/l0_8/cfg.json", "medical/l0_8/sae_weights.safetensors"]
+    card = (out / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "saelens" and meta["base_model"] == "google/gemma-3-270m"
+    assert "sae_lens" in meta["tags"]
+    assert 'SAE.from_pretrained("someone/sae-med-demo", "medical/l0_4")' in body
+    training = "| medical/l0_8 | `medical/l0_8` | google/gemma-3-270m | " \
+               "blocks.13.hook_resid_post | medical | 8 | 32 | 640 | 7 | 0.05 |"
+    assert training in body
+    assert "| medical/l0_4 | broad | 4.25 | 0.812 [0.75, 0.875] | – | – | – |" in body
+
+
+def test_card_of_an_unevaluated_sae_says_so(run_dir, tmp_path):
+    (run_dir / "results.json").unlink()
+    exported = export_saes(run_dir / "saes" / "medical" / "l0_4", "gemma_scope", tmp_path)
+    card = model_card(exported, "gemma_scope", tmp_path)
+    assert "Not evaluated yet" in card and "library_name" not in card
+    assert 'np.load("./params.npz")' in card
+    export_saes(run_dir / "saes" / "medical" / "l0_4", "sae_lens", tmp_path / "one")
+    card = model_card(exported, "sae_lens", tmp_path, repo_id="someone/one")
+    assert 'SAE.load_from_disk(snapshot_download("someone/one"))' in card
+
+
+def test_push_without_network_or_token_is_one_clear_error(run_dir, tmp_path, monkeypatch):
+    stage_for_hub(run_dir, "sae_lens", tmp_path / "stage", "someone/demo")
+    with socket.socket() as s:  # a loopback port nobody listens on: the "offline" hub
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ExportError) as err:
+        push_to_hub(tmp_path / "stage", "someone/demo", token="hf_dummy", endpoint=closed)
+    msg = str(err.value)
+    assert "\n" not in msg and "someone/demo" in msg and "network" in msg
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    with pytest.raises(ExportError, match="no Hugging Face token"):
+        push_to_hub(tmp_path / "stage", "someone/demo")
+
+
+def test_cli_export_dry_run_and_errors(run_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["export", str(run_dir), str(out), "--format", "gemma_scope"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"export={out}"
+    assert (out / "medical" / "l0_4" / "params.npz").exists()
+    assert main(["export", str(run_dir), str(out), "--push-to-hub", "someone/demo",
+                 "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("dry run: would upload 5 files") and "  README.md" in lines
+    assert main(["export", str(tmp_path / "nope"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such folder" in err
+    assert main(["export", str(run_dir), str(out), "--format", "onnx"]) == 2
+    assert "sae_lens, gemma_scope" in capsys.readouterr().err
