@@ -11,6 +11,7 @@ config plus ``section.field=value`` overrides.
     sae-med autointerp CONFIG [k=v ...] LLM explanations + detection scores (autointerp=DIR)
     sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
     sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
+    sae-med config CONFIG [k=v ...]     print the resolved config (base: and overrides applied)
     sae-med export RUN_OR_SAE OUT       sae-lens folders or Gemma Scope params.npz + a card
         [--format F] [--push-to-hub REPO [--dry-run]]
 """
@@ -18,12 +19,14 @@ config plus ``section.field=value`` overrides.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
 
+from sae_med import __version__
 from sae_med.config import Config, ConfigError, load_config
 
 log = logging.getLogger("sae_med")
@@ -168,6 +171,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return cmd_book(args)
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config (YAML, or JSON with --json): what a stage would run with."""
+    cfg = _load(args)
+    if args.json:
+        print(cfg.to_json())
+    else:
+        import yaml
+
+        print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's SAEs (or one SAE) with a model card; optionally push them to the hub."""
     from sae_med.export import ExportError, export_saes, push_to_hub, stage_for_hub
@@ -220,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae-med", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
         "prepare": (cmd_prepare, "fetch embedded corpora and cache the embedded model"),
@@ -232,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "autointerp=PATH"),
         "book": (cmd_book, "execute the notebooks and build the book; last line book=PATH"),
         "run": (cmd_run, "the main job: experiment, then the book"),
+        "config": (cmd_config, "print the resolved config (base: and overrides applied)"),
     }
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text)
@@ -251,13 +268,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "prepare":
             p.add_argument("--check", action="store_true",
                            help="only report whether everything is prepared (exit 1 if not)")
+        if name == "config":
+            p.add_argument("--json", action="store_true", help="JSON instead of YAML")
         p.set_defaults(func=fn)
     _add_export_parser(sub)
+    for p in sub.choices.values():  # -v after the subcommand too; SUPPRESS keeps one before it
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logging")
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; overrides may also follow options (``train CONFIG -v a=1 b=2``),
+    which argparse alone would refuse."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per rank
         from sae_med.distributed import init_from_env
 

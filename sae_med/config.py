@@ -3,7 +3,8 @@
 A config file has the sections below (each optional, defaults filled in). Unknown keys,
 wrong types and out-of-range values raise :class:`ConfigError` naming the dotted field
 (``train.lr``), so a typo never silently falls back to a default. Overrides use the same
-dotted names: ``load_config("configs/smoke.yaml", ["cache.n_tokens=2048"])``.
+dotted names: ``load_config("configs/smoke.yaml", ["cache.n_tokens=2048"])``. A file can
+extend another with ``base: other.yaml`` (relative to it); its sections merge field by field.
 """
 
 from __future__ import annotations
@@ -338,16 +339,40 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...
     return _build(Config, data)
 
 
+def merge_sections(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``child``, field by field inside sections (mappings merge,
+    everything else, lists included, is replaced)."""
+    out = dict(base)
+    for key, value in child.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_sections(out[key], value) if both else value
+    return out
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a mapping, with its ``base:`` (a config it extends, path relative
+    to this file; recursive) merged underneath by :func:`merge_sections`."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist (see configs/ for examples)")
+    if p.resolve() in _chain:
+        loop = " -> ".join(str(c) for c in (*_chain, p.resolve()))
+        raise ConfigError(f"config file {p}: its 'base' chain loops ({loop}); remove one base")
+    loaded = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {p}: 'base' must be the path of another config, "
+                          f"got {base!r}")
+    return merge_sections(read_config_file(p.parent / base, (*_chain, p.resolve())), loaded)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
                 ) -> Config:
-    """Load a YAML config (``None`` = all defaults), apply ``a.b=value`` overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist (see configs/ for examples)")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        data = loaded
+    """Load a YAML config (``None`` = all defaults; ``base:`` followed, see
+    :func:`read_config_file`), apply ``a.b=value`` overrides, validate."""
+    data = read_config_file(path) if path is not None else {}
     return config_from_dict(data, overrides)

@@ -1,8 +1,15 @@
-"""The sae-med command line: config errors name the field, corpora lists every corpus."""
+"""The sae-med command line: config errors name the field, corpora lists every corpus,
+--version, -v anywhere, config prints what it resolved."""
 
 from __future__ import annotations
 
-from sae_med.cli import main
+import json
+
+import pytest
+
+from sae_med import __version__
+from sae_med.cli import main, parse_args
+from sae_med.config import load_config
 
 
 def test_config_error_names_the_field(capsys):
@@ -27,3 +34,26 @@ def test_evaluate_external_sae_errors_say_what_to_pass(capsys, tmp_path):
     rc = main(["evaluate", "configs/smoke.yaml", "--sae", str(tmp_path), "--sae-id", "a",
                "--sae-id", "b"])
     assert rc == 2 and "--sae-id" in capsys.readouterr().err
+
+
+def test_version_and_verbose_after_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"sae-med {__version__}"
+    assert parse_args(["-v", "train", "c.yaml"]).verbose
+    args = parse_args(["train", "c.yaml", "a=1", "-v", "b=2"])
+    assert args.verbose and args.overrides == ["a=1", "b=2"]
+    assert not parse_args(["train", "c.yaml"]).verbose
+    with pytest.raises(SystemExit):
+        parse_args(["train", "c.yaml", "-v", "--nope"])
+
+
+def test_config_prints_the_resolved_config_that_loads_back(capsys, tmp_path):
+    args = ["configs/wordnet_control.yaml", "train.lr=0.002"]
+    assert main(["config", *args]) == 0
+    printed = tmp_path / "resolved.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_config(printed) == load_config(*args[:1], args[1:])
+    assert main(["config", *args, "--json"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["train"]["lr"] == 0.002 and resolved["train_corpora"][1] == "wordnet"

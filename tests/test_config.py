@@ -43,3 +43,44 @@ def test_overrides_apply_and_change_the_hash():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_merges_sections_field_by_field_recursively(tmp_path):
+    _write(tmp_path / "root.yaml", "name: root\nseed: 3\ntrain: {lr: 0.002, batch_size: 256}\n"
+           "sae: {width: 64, l0_targets: [4, 8, 16]}\n")
+    _write(tmp_path / "mid" / "mid.yaml", "base: ../root.yaml\nname: mid\n"
+           "train: {batch_size: 128}\n")  # relative to mid/, not to the working directory
+    leaf = _write(tmp_path / "leaf.yaml", "base: mid/mid.yaml\ntrain: {log_every: 7}\n"
+                  "sae: {l0_targets: [2]}\n")
+    cfg = load_config(leaf, ["train.lr=0.003"])
+    assert (cfg.name, cfg.seed) == ("mid", 3)
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.log_every) == (0.003, 128, 7)
+    assert cfg.sae.width == 64 and cfg.sae.l0_targets == (2.0,)  # lists are replaced
+    assert cfg.train.n_tokens == load_config(None).train.n_tokens  # untouched: the default
+
+
+def test_base_cycles_and_bad_bases_are_clear(tmp_path):
+    a = _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: its 'base' chain loops .*b\.yaml"):
+        load_config(a)
+    with pytest.raises(ConfigError, match=r"nope\.yaml does not exist"):
+        load_config(_write(tmp_path / "c.yaml", "base: nope.yaml\n"))
+    with pytest.raises(ConfigError, match="'base' must be the path of another config"):
+        load_config(_write(tmp_path / "d.yaml", "base: [a.yaml]\n"))
+
+
+def test_wordnet_control_is_default_with_wordnet_as_the_broad_side():
+    root = CONFIGS[0].parent
+    control, default = load_config(root / "wordnet_control.yaml"), load_config(
+        root / "default.yaml")
+    assert control.train_corpora == control.eval_corpora == ("medical", "wordnet")
+    same = ["name=wordnet_control", "train_corpora=[medical, wordnet]",
+            "eval_corpora=[medical, wordnet]"]
+    assert load_config(root / "default.yaml", same) == control != default
