@@ -57,7 +57,7 @@ from sae_med.features import (
     quantile_windows,
     top_windows,
 )
-from sae_med.llm import ChatBackend, Message
+from sae_med.llm import ChatBackend, Message, concurrency, concurrent_map
 from sae_med.metrics import bootstrap_mean
 from sae_med.sae import JumpReLUSAE
 
@@ -190,8 +190,9 @@ def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
 def p_yes_auroc(chat: ChatBackend, questions: Sequence[list[Message]], labels: Sequence[bool]
                 ) -> tuple[float, int]:
     """(AUROC of ``chat.p_yes`` over ``questions``, positives vs negatives; the number of
-    questions without a p_yes, each scored as the wrong extreme: 0 if positive, 1 if not)."""
-    ps = [chat.p_yes(q) for q in questions]
+    questions without a p_yes, each scored as the wrong extreme: 0 if positive, 1 if not).
+    Questions are asked concurrently when the backend allows it."""
+    ps = concurrent_map(chat.p_yes, questions, concurrency(chat))
     fails = sum(p is None for p in ps)
     filled = [float(not y) if p is None else p for p, y in zip(ps, labels, strict=True)]
     return (auroc([p for p, y in zip(filled, labels, strict=True) if y],
@@ -297,16 +298,22 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
     examples = [w.render(tokenizer, MARK) for w in tops]
     calls, failed = 0, []
 
-    def run(messages: list[Message], parse: Callable[[str], Any], reminder: str,
-            budget: int | None) -> Any:
+    def record(got: Asked) -> Any:
         nonlocal calls
-        got = ask(chat, messages, parse, cfg.max_retries, reminder, budget)
         calls += got.attempts
         failed.extend(got.failed)
         return got.value
 
-    explanation = run(explainer_messages(examples, lens.top_tokens), parse_explanation,
-                      EXPLAIN_REMINDER, cfg.max_new_tokens)
+    def answers(questions: list[list[Message]]) -> list[bool | None]:
+        """Yes/no answers, asked concurrently when the backend allows it, kept in order."""
+        got = concurrent_map(lambda q: ask(chat, q, parse_yes_no, cfg.max_retries,
+                                           DETECT_REMINDER, ANSWER_TOKENS),
+                             questions, concurrency(chat))
+        return [record(g) for g in got]
+
+    explanation = record(ask(chat, explainer_messages(examples, lens.top_tokens),
+                             parse_explanation, cfg.max_retries, EXPLAIN_REMINDER,
+                             cfg.max_new_tokens))
     rate = float((acts.latents == latent).sum()) / acts.n_rows
     n_fail_expl = int(explanation is None)
     pos = held_out_positives(acts, cache, latent, cfg.n_score,
@@ -320,8 +327,7 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
     questions = [detection_messages(explanation, render_marked(w.tokens, set(), tokenizer))
                  for w in pos + neg]
     labels = [True] * len(pos) + [False] * len(neg)
-    det = detection_metrics(labels, [run(q, parse_yes_no, DETECT_REMINDER, ANSWER_TOKENS)
-                                     for q in questions])
+    det = detection_metrics(labels, answers(questions))
     det_auroc, p_fails = p_yes_auroc(chat, questions, labels)
     calls += len(questions)
     fuzz, fuzz_auroc = Detection(nan, nan, 0), nan
@@ -333,8 +339,7 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
             questions += [fuzzing_messages(explanation, render_marked(w.tokens, marks, tokenizer))
                           for marks in (right, wrong)]
             labels += [True, False]
-        fuzz = detection_metrics(labels, [run(q, parse_yes_no, DETECT_REMINDER, ANSWER_TOKENS)
-                                          for q in questions])
+        fuzz = detection_metrics(labels, answers(questions))
         fuzz_auroc, fuzz_p_fails = p_yes_auroc(chat, questions, labels)
         calls += len(questions)
         p_fails += fuzz_p_fails
@@ -348,12 +353,17 @@ def interpret_sae(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, to
                   cfg: AutointerpConfig, latents: Sequence[int] | None = None,
                   progress: bool = True) -> pd.DataFrame:
     """Explain and score ``latents`` (default: ``cfg.n_latents`` sampled by
-    :func:`pick_latents`); one row per latent, the columns of :class:`LatentScore`."""
+    :func:`pick_latents`); one row per latent, the columns of :class:`LatentScore`.
+    Latents are scored concurrently when the backend takes concurrent requests (the rows
+    do not depend on it: every request is at temperature 0 and kept in order)."""
     if latents is None:
         latents = pick_latents(acts, cache, cfg.n_latents, cfg.n_windows + cfg.n_score,
                                cfg.seed)
-    rows = [dataclasses.asdict(score_latent(sae, acts, cache, tokenizer, unembed, chat, j, cfg))
-            for j in tqdm(latents, desc="autointerp", disable=not progress)]
+    bar = lambda it: tqdm(it, total=len(latents), desc="autointerp", disable=not progress)
+    scored = concurrent_map(
+        lambda j: score_latent(sae, acts, cache, tokenizer, unembed, chat, j, cfg),
+        latents, concurrency(chat), bar)
+    rows = [dataclasses.asdict(score) for score in scored]
     frame = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(LatentScore)])
     n_fail = int(frame["n_failures"].sum())
     if n_fail:

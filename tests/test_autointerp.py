@@ -3,9 +3,14 @@ behind a loopback OpenAI-compatible server, and known answers for the scorer ari
 
 from __future__ import annotations
 
+import json
 import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import openai
 import pytest
 import torch
 
@@ -25,7 +30,15 @@ from sae_med.autointerp import (
 )
 from sae_med.config import AutointerpConfig, ConfigError, config_from_dict, load_config
 from sae_med.features import encode_cache, top_windows
-from sae_med.llm import CachedChat, LocalChat, OpenAIChat, make_chat, p_yes_from_logprobs
+from sae_med.llm import (
+    CachedChat,
+    LocalChat,
+    OpenAIChat,
+    concurrent_map,
+    make_chat,
+    p_yes_from_logprobs,
+    retry_delay,
+)
 from sae_med.llm_server import serve
 from sae_med.metrics import bootstrap_mean
 from sae_med.sae import JumpReLUSAE
@@ -256,3 +269,148 @@ def test_config_section_and_errors(tmp_path):
     chat = make_chat(remote.autointerp, tmp_path)  # no request is made until chat()
     assert chat.ident == "openai:m@http://127.0.0.1:9/v1/"
     assert chat.path.parent == tmp_path / "autointerp"
+
+
+# ------------------------------------------------- concurrency and backoff over loopback
+
+class SlowJudge:
+    """A deterministic backend that takes ``delay`` seconds per answer and records the
+    most requests it ever had in flight (served through the loopback OpenAI server)."""
+
+    ident, params = "slow-judge", {}
+
+    def __init__(self, delay: float):
+        self.delay, self.in_flight, self.peak, self.n = delay, 0, 0, 0
+        self._lock = threading.Lock()
+
+    def chat(self, messages, max_new_tokens=None) -> str:
+        with self._lock:
+            self.in_flight += 1
+            self.n += 1
+            self.peak = max(self.peak, self.in_flight)
+        time.sleep(self.delay)
+        with self._lock:
+            self.in_flight -= 1
+        text = messages[-1]["content"]
+        if "what does the neuron detect" in text:
+            return "words about medicine"
+        return "yes" if len(text) % 3 == 0 else "no"  # a fixed answer per question
+
+    def p_yes(self, messages):  # never reached: the server refuses logprobs for it
+        raise AssertionError
+
+
+@pytest.fixture
+def slow_server():
+    judge = SlowJudge(delay=0.25)
+    server = serve(judge, port=0)
+    yield judge, f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_http_requests_run_concurrently_up_to_the_limit(slow_server):
+    judge, url = slow_server
+    remote = OpenAIChat("m", url, timeout_s=30, max_retries=0, concurrency=3)
+    questions = [[{"role": "user", "content": "x" * n}] for n in range(9)]
+    t0 = time.monotonic()
+    answers = concurrent_map(remote.chat, questions, workers=9)  # 9 threads, 3 slots
+    elapsed = time.monotonic() - t0
+    assert answers == ["yes" if n % 3 == 0 else "no" for n in range(9)]  # in order
+    assert judge.peak == 3 and remote.n_calls == judge.n == 9
+    assert 3 * 0.25 <= elapsed < 9 * 0.25 * 0.7  # three rounds, not nine
+
+
+def test_interpret_sae_concurrent_equals_sequential(slow_server, model, cache, sae_acts,
+                                                    tmp_path):
+    judge, url = slow_server
+    judge.delay = 0.01
+    sae, acts = sae_acts
+    W_U = model.tl.W_U.detach()
+    frames = {}
+    for n in (1, 4):
+        remote = OpenAIChat("m", url, timeout_s=30, max_retries=0, concurrency=n)
+        judge.peak = 0
+        frames[n] = interpret_sae(sae, acts, cache, model.tokenizer, W_U, remote, SMALL,
+                                  progress=False)
+        # latents and questions in flight together, never more than allowed
+        assert judge.peak == 1 if n == 1 else 1 < judge.peak <= n
+    assert frames[4].equals(frames[1])
+    assert frames[1]["explanation"].eq("words about medicine").all()
+    assert frames[1]["n_positive"].gt(0).all() and frames[1]["detection_auroc"].notna().all()
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Answers POSTs with the statuses in ``plan`` (then 200 "yes"), noting each arrival."""
+
+    protocol_version = "HTTP/1.1"
+    plan: list[tuple[int, dict[str, str]]] = []
+    arrivals: list[float] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.arrivals.append(time.monotonic())
+        status, headers = self.plan.pop(0) if self.plan else (200, {})
+        body = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "yes"}}]}
+        if status != 200:
+            body = {"error": {"message": f"status {status}", "type": "test", "code": status}}
+        blob = json.dumps(body).encode()
+        self.send_response(status)
+        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(blob)),
+                     **headers}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(blob)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky():
+    """(plan, arrivals, base_url) of a loopback server that fails as planned."""
+    plan, arrivals = [], []
+    handler = type("Flaky", (_Flaky,), {"plan": plan, "arrivals": arrivals})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield plan, arrivals, f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_http_retries_back_off_exponentially_then_succeed(flaky):
+    plan, arrivals, url = flaky
+    plan += [(503, {}), (429, {}), (500, {})]
+    remote = OpenAIChat("m", url, timeout_s=30, max_retries=3, backoff_s=0.1)
+    assert remote.chat([{"role": "user", "content": "hi"}]) == "yes"
+    gaps = np.diff(arrivals)
+    assert len(arrivals) == remote.n_calls == 4
+    assert 0.1 <= gaps[0] < 0.2 <= gaps[1] < 0.4 <= gaps[2] < 0.8  # doubling each time
+
+
+def test_http_retries_give_up_and_do_not_retry_client_errors(flaky):
+    plan, arrivals, url = flaky
+    plan += [(503, {})] * 5
+    remote = OpenAIChat("m", url, timeout_s=30, max_retries=2, backoff_s=0.01)
+    with pytest.raises(openai.InternalServerError):
+        remote.chat([{"role": "user", "content": "hi"}])
+    assert len(arrivals) == 3
+    plan[:] = [(400, {})]
+    with pytest.raises(openai.BadRequestError):
+        remote.chat([{"role": "user", "content": "hi"}])
+    assert len(arrivals) == 4  # a bad request is not worth repeating
+    plan[:] = [(429, {"Retry-After": "0.3"})]  # the server's wait wins over ours
+    assert remote.chat([{"role": "user", "content": "hi"}]) == "yes"
+    assert 0.3 <= arrivals[-1] - arrivals[-2] < 0.45
+
+
+def test_retry_delay_known_answers():
+    class Err(Exception):
+        def __init__(self, headers):
+            self.response = type("R", (), {"headers": headers})()
+
+    assert [retry_delay(Err({}), a, 1.0) for a in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert retry_delay(Err({"retry-after": "2.5"}), 5, 1.0) == 2.5
+    assert retry_delay(Err({"retry-after": "9999"}), 0, 1.0) == 60.0
+    assert retry_delay(Err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}), 1, 0.5) == 1.0
+    assert retry_delay(RuntimeError(), 2, 0.5) == 2.0
