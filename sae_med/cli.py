@@ -14,6 +14,7 @@ config plus ``section.field=value`` overrides.
     sae-med config CONFIG [k=v ...]     print the resolved config (base: and overrides applied)
     sae-med export RUN_OR_SAE OUT       sae-lens folders or Gemma Scope params.npz + a card
         [--format F] [--push-to-hub REPO [--dry-run]]
+    sae-med publish BUILD --remote URL  the built book's HTML onto the remote's gh-pages
 """
 
 from __future__ import annotations
@@ -225,6 +226,34 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Commit the built book's HTML to a branch of a git remote (GitHub Pages)."""
+    from sae_med.publish import PublishError, publish_html
+
+    try:
+        done = publish_html(args.build, args.remote, args.branch, args.message)
+    except PublishError as err:
+        print(f"sae-med: {err}", file=sys.stderr)
+        return 2
+    if not done.changed:
+        print(f"publish: {args.remote} {done.branch} already holds this book")
+    print(f"published={done.branch}@{done.commit}")
+    return 0
+
+
+def _add_publish_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish", help="put the built book's HTML on a git remote's gh-pages "
+                       "branch (GitHub Pages)")
+    p.add_argument("build", metavar="BUILD",
+                   help="the built book: its html folder, or the folder `sae-med book` "
+                        "built into (e.g. _build)")
+    p.add_argument("--remote", required=True,
+                   help="git remote URL or path (e.g. git@github.com:you/sae-med.git)")
+    p.add_argument("--branch", default="gh-pages", help="branch to publish to (gh-pages)")
+    p.add_argument("--message", default="", help="commit message")
+    p.set_defaults(func=cmd_publish)
+
+
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs=None if required else "?", default=None,
                    help="YAML config (see configs/)")
@@ -272,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="JSON instead of YAML")
         p.set_defaults(func=fn)
     _add_export_parser(sub)
+    _add_publish_parser(sub)
     for p in sub.choices.values():  # -v after the subcommand too; SUPPRESS keeps one before it
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="debug logging")
