@@ -45,12 +45,22 @@
 # (accuracy, in particular, is exactly 0.5 when it answers "no" throughout). Point
 # `autointerp.backend=openai` (with `autointerp.base_url`, `autointerp.model` and the key in
 # `$SAE_MED_LLM_API_KEY`) at any OpenAI-compatible server (vLLM, Ollama, a hosted model)
-# for meaningful scores; the code path is the same.
+# for meaningful scores; the code path is the same, and requests go out
+# `autointerp.concurrency` at a time, retried with backoff when the server is busy.
+#
+# **Demo by default.** Since that judge cannot decide the comparison, the default
+# (`autointerp.demo=true`) is a small demo that shows the pipeline end to end in under a
+# minute: 2 latents per SAE, each explained from 4 windows and scored on 2 + 2 held-out
+# windows, no fuzzing. Its numbers are not a result. **The real comparison is one override
+# away:** `autointerp.demo=false` uses the config's budget (`autointerp.n_latents`,
+# `n_windows`, `n_score`, `fuzzing`); pair it with a strong model, e.g.
+# `sae-med book configs/default.yaml autointerp.demo=false autointerp.backend=openai
+# autointerp.base_url=http://localhost:8000/v1 autointerp.model=NAME`.
 
 # %%
 import pandas as pd
 import plotly.graph_objects as go
-from IPython.display import display
+from IPython.display import Markdown, display
 from myst_nb import glue
 
 from sae_med.autointerp import compare_scores, score_run
@@ -60,26 +70,18 @@ use_offline_plotly()
 
 # %% [markdown]
 # ## Parameters
-# `l0_target` picks the SAEs (0: the middle target). The notebook's budget (`n_latents`
-# latents per SAE, `n_windows` explainer examples, `n_score` held-out positives and as many
-# negatives, `fuzzing`) is passed as `autointerp.*` overrides ahead of `overrides`, so an
-# override such as `autointerp.n_latents=50` wins; `sae-med autointerp CONFIG` uses the
-# config's own `autointerp` section.
+# `l0_target` picks the SAEs (0: the middle target). The budget comes from the config's
+# `autointerp` section, as for `sae-med autointerp CONFIG`: the demo unless
+# `autointerp.demo=false` is among the `overrides`.
 
 # %% tags=["parameters"]
 config = "configs/smoke.yaml"
 overrides = []
 run_name = ""
 l0_target = 0.0
-n_latents = 4
-n_windows = 5
-n_score = 3
-fuzzing = True
 
 # %%
-budget = [f"autointerp.n_latents={n_latents}", f"autointerp.n_windows={n_windows}",
-          f"autointerp.n_score={n_score}", f"autointerp.fuzzing={str(fuzzing).lower()}"]
-cfg = notebook_config(config, [*budget, *overrides], run_name)
+cfg = notebook_config(config, overrides, run_name)
 medical, broad = domain_pair(cfg)
 
 # %% [markdown]
@@ -87,10 +89,17 @@ medical, broad = domain_pair(cfg)
 
 # %%
 run = score_run(cfg, l0_target, eval_corpus=medical, progress=False)
+budget = run.budget
+label = (f"**Demo, not a result:** {budget.n_latents} latents per SAE, {budget.n_windows} "
+         f"explainer windows, {budget.n_score} + {budget.n_score} held-out windows, judged "
+         f"by `{budget.model}`. Rerun with `autointerp.demo=false` (and a strong model) for "
+         "the comparison." if budget.demo else
+         f"Full budget: {budget.n_latents} latents per SAE, judged by `{budget.model}`.")
+display(Markdown(label))
 scores = {c: run.scores[c] for c in (medical, broad) if c in run.scores}
 metrics = {"detection_auroc": "detection AUROC", "accuracy": "detection accuracy",
            "f1": "detection F1"}
-if cfg.autointerp.fuzzing:
+if budget.fuzzing:
     metrics |= {"fuzz_auroc": "fuzzing AUROC", "fuzz_accuracy": "fuzzing accuracy"}
 tables = {m: compare_scores(scores, m, seed=cfg.seed) for m in metrics}
 summary = pd.concat([t.assign(metric=label) for m, t in tables.items()
@@ -98,7 +107,9 @@ summary = pd.concat([t.assign(metric=label) for m, t in tables.items()
 
 diff_row = f"{medical} − {broad}"
 glue("autointerp_l0_target", f"{run.target:g}", display=False)
-glue("autointerp_backend", f"{cfg.autointerp.backend}:{cfg.autointerp.model}", display=False)
+glue("autointerp_backend", f"{budget.backend}:{budget.model}", display=False)
+glue("autointerp_budget", f"a demo of {budget.n_latents} latents per SAE, not a result"
+     if budget.demo else f"{budget.n_latents} latents per SAE", display=False)
 for metric, short in (("detection_auroc", "auroc"), ("accuracy", "accuracy")):
     table = tables[metric].set_index("SAE")
     for name, key in ((medical, "medical"), (broad, "broad"), (diff_row, "diff")):
@@ -176,11 +187,12 @@ with pd.option_context("display.max_colwidth", 200):
 # {glue:text}`autointerp_accuracy_broad_ci_high:.3f`]
 # ({glue:text}`autointerp_n_latents` latents in all, {glue:text}`autointerp_n_failures`
 # unanswered questions, {glue:text}`autointerp_n_p_failures` missing p(yes)), with
-# {glue:text}`autointerp_backend:s` as explainer and scorer.
+# {glue:text}`autointerp_backend:s` as explainer and scorer: {glue:text}`autointerp_budget:s`.
 #
 # With the embedded 135M-parameter model these numbers measure the pipeline more than the
 # latents: it answers "no" to nearly everything, which pins accuracy at 0.5 and F1 at 0,
 # and its p(yes) ranks even obvious true/false pairs only weakly, so AUROCs near 0.5 and
 # wide intervals are expected with a handful of latents. The AUROC is the score that can
 # move with a weak model; the comparison becomes informative with a stronger model behind
-# the OpenAI backend and more latents (`autointerp.n_latents`), as in the paper.
+# the OpenAI backend and the full budget (`autointerp.demo=false`, more latents with
+# `autointerp.n_latents`), as in the paper.

@@ -24,7 +24,9 @@ backend cannot give (an endpoint whose top tokens hold neither yes nor no) is co
 ``n_p_failures`` and scored as the wrong extreme (0 for a positive, 1 for a negative).
 
 :func:`compare_scores` then gives each SAE's mean score over latents with a bootstrap 95%
-interval, and the difference between two SAEs (medical vs broad at matched L0).
+interval, and the difference between two SAEs (medical vs broad at matched L0). On a whole
+run (:func:`score_run`) ``autointerp.demo`` (the default) swaps the configured budget for
+the small :data:`DEMO_BUDGET`; ``autointerp.demo=false`` runs the real comparison.
 """
 
 from __future__ import annotations
@@ -419,6 +421,17 @@ def compare_scores(scores: dict[str, pd.DataFrame], metric: str = "accuracy",
 
 # --------------------------------------------------------------------- on a whole run
 
+DEMO_BUDGET: dict[str, Any] = {"n_latents": 2, "n_windows": 4, "n_score": 2,
+                               "fuzzing": False, "max_new_tokens": 24}
+"""What ``autointerp.demo`` runs: 2 latents per SAE, each explained from 4 windows and
+scored on 2 + 2 held-out windows (~10 model calls per latent)."""
+
+
+def run_budget(cfg: AutointerpConfig) -> AutointerpConfig:
+    """``cfg`` with :data:`DEMO_BUDGET` applied when ``cfg.demo``, else ``cfg`` itself."""
+    return dataclasses.replace(cfg, **DEMO_BUDGET) if cfg.demo else cfg
+
+
 class RunScores(NamedTuple):
     scores: dict[str, pd.DataFrame]
     """Per training corpus, :func:`interpret_sae`'s table for its SAE at the chosen L0."""
@@ -426,14 +439,17 @@ class RunScores(NamedTuple):
     """Each SAE's L0 at the end of training (the matched-L0 check)."""
     target: float
     eval_corpus: str
+    budget: AutointerpConfig
+    """The settings the scores were made with (:func:`run_budget` of the config's)."""
 
 
 def score_run(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
               progress: bool = True) -> RunScores:
     """Explain and score every training corpus's SAE at target L0 ``l0_target`` (0: the
     middle of the sweep) on the ``eval_corpus`` evaluation cache (empty: the first
-    evaluation corpus), with the configured chat backend (cached under the cache dir).
-    Caches and SAEs come from the pipeline's stages (reused when they exist)."""
+    evaluation corpus), with the configured chat backend (cached under the cache dir) and
+    budget (:func:`run_budget`: the demo unless ``autointerp.demo=false``). Caches and SAEs
+    come from the pipeline's stages (reused when they exist)."""
     from sae_med.experiment import load_model_for, stage_cache, stage_train
     from sae_med.llm import make_chat
 
@@ -445,7 +461,11 @@ def score_run(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
     model = load_model_for(cfg)
     cache = stage_cache(cfg, progress=progress)[(eval_corpus, "eval")]
     trained = stage_train(cfg, progress=progress)
-    chat = make_chat(cfg.autointerp, cfg.cache_path)
+    budget = run_budget(cfg.autointerp)
+    if budget.demo:
+        log.warning("autointerp: demo budget (%s); autointerp.demo=false runs the real "
+                    "comparison", ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()))
+    chat = make_chat(budget, cfg.cache_path)
     unembed = model.tl.W_U.detach().cpu()  # (d_model, d_vocab)
     scores, l0 = {}, {}
     for corpus, results in trained.items():
@@ -454,22 +474,23 @@ def score_run(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
         acts = encode_cache(sae, cache, progress=False)
         log.info("autointerp: %s SAE at L0 target %g on %s", corpus, target, eval_corpus)
         scores[corpus] = interpret_sae(sae, acts, cache, model.tokenizer, unembed, chat,
-                                       cfg.autointerp, progress=progress)
+                                       budget, progress=progress)
         l0[corpus] = float(run.final.get("l0", math.nan))
     log.info("autointerp: %d model calls, %d answered from %s", chat.misses, chat.hits,
              chat.path)
-    return RunScores(scores, l0, target, eval_corpus)
+    return RunScores(scores, l0, target, eval_corpus, budget)
 
 
 def write_run_scores(cfg: Config, l0_target: float = 0.0, progress: bool = True) -> Path:
-    """:func:`score_run`, then write ``{run}/autointerp/l0_{target}/``: ``latents.csv`` (one
-    row per SAE and latent), ``comparison.csv`` (:func:`compare_scores` for each metric)
-    and the resolved ``config.json``. Returns that folder."""
+    """:func:`score_run`, then write ``{run}/autointerp/l0_{target}/`` (``.../demo_l0_{target}``
+    for the demo): ``latents.csv`` (one row per SAE and latent), ``comparison.csv``
+    (:func:`compare_scores` for each metric) and the resolved ``config.json``. Returns that
+    folder."""
     run = score_run(cfg, l0_target, progress=progress)
-    out = cfg.run_path / "autointerp" / f"l0_{run.target:g}"
+    out = cfg.run_path / "autointerp" / f"{'demo_' if run.budget.demo else ''}l0_{run.target:g}"
     latents = pd.concat([f.assign(sae=name, l0=run.l0[name]) for name, f in run.scores.items()],
                         ignore_index=True)
-    metrics = [*METRICS, *(FUZZ_METRICS if cfg.autointerp.fuzzing else ())]
+    metrics = [*METRICS, *(FUZZ_METRICS if run.budget.fuzzing else ())]
     comparison = pd.concat([compare_scores(run.scores, m, seed=cfg.seed).assign(metric=m)
                             for m in metrics], ignore_index=True)
     for name, frame in (("latents.csv", latents), ("comparison.csv", comparison)):

@@ -197,6 +197,11 @@ class AutointerpConfig:
     api_key_env: str = "SAE_MED_LLM_API_KEY"
     """Environment variable holding the API key (then ``$OPENAI_API_KEY``); the key itself
     never goes in a config, since configs are saved beside every artefact."""
+    demo: bool = True
+    """Run a small, labelled demo budget instead of n_latents / n_windows / n_score /
+    fuzzing below (see ``sae_med.autointerp.DEMO_BUDGET``: under a minute on a CPU). The
+    default, because the embedded judge is too weak for a comparison; ``false`` runs the
+    real comparison with the budget below (meant for a strong model via ``backend=openai``)."""
     n_latents: int = 8
     """Latents explained and scored per SAE (sampled among those that fire often enough)."""
     n_windows: int = 8

@@ -414,3 +414,13 @@ def test_retry_delay_known_answers():
     assert retry_delay(Err({"retry-after": "9999"}), 0, 1.0) == 60.0
     assert retry_delay(Err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}), 1, 0.5) == 1.0
     assert retry_delay(RuntimeError(), 2, 0.5) == 2.0
+
+
+def test_demo_budget_is_the_default_and_one_override_turns_it_off():
+    from sae_med.autointerp import DEMO_BUDGET, run_budget
+
+    demo = run_budget(load_config(None).autointerp)
+    assert demo.demo and (demo.n_latents, demo.n_windows, demo.n_score, demo.fuzzing) == (
+        DEMO_BUDGET["n_latents"], DEMO_BUDGET["n_windows"], DEMO_BUDGET["n_score"], False)
+    full = load_config(None, ["autointerp.demo=false", "autointerp.n_latents=50"]).autointerp
+    assert run_budget(full) is full and full.n_latents == 50
