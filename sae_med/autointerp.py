@@ -466,7 +466,7 @@ def score_run(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
         log.warning("autointerp: demo budget (%s); autointerp.demo=false runs the real "
                     "comparison", ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()))
     chat = make_chat(budget, cfg.cache_path)
-    unembed = model.tl.W_U.detach().cpu()  # (d_model, d_vocab)
+    unembed = model.W_U.cpu()  # (d_model, d_vocab)
     scores, l0 = {}, {}
     for corpus, results in trained.items():
         run = next(r for r in results if r.l0_target == target)

@@ -125,7 +125,7 @@ def find_saes(source: str | Path) -> dict[str, Path]:
 def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
     """Provenance from the SAE's ``cfg.json`` metadata and the run ``config.json`` that
     ``sae-med train`` writes beside it."""
-    from sae_med.models import EMBEDDED_MODELS
+    from sae_med.models import tl_model_name
 
     run_cfg = sae_dir / "config.json"
     if not run_cfg.exists():
@@ -138,7 +138,7 @@ def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
     sae_cfg = json.loads((sae_dir / CFG_FILENAME).read_text())
     md = sae_cfg.get("metadata") or {}
     return Provenance(
-        sae_id=sae_id, model_name=EMBEDDED_MODELS.get(cfg.model.name, cfg.model.name),
+        sae_id=sae_id, model_name=tl_model_name(cfg.model.name),
         sae_med_model=cfg.model.name, hook_name=cfg.model.hook_name,
         d_in=sae_cfg["d_model"], d_sae=sae_cfg["d_sae"],
         train_corpus=md.get("train_corpus", sae_dir.parent.name),

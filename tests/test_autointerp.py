@@ -80,7 +80,7 @@ def test_local_backend_explains_and_scores_real_latents(local, model, cache, sae
                                                         tmp_path):
     sae, acts = sae_acts
     chat = CachedChat(local, tmp_path / "llm.jsonl")
-    W_U = model.tl.W_U.detach()
+    W_U = model.W_U
     calls0 = local.n_calls
     frame = interpret_sae(sae, acts, cache, model.tokenizer, W_U, chat, SMALL, progress=False)
     assert len(frame) == 2 and frame["latent"].is_unique
@@ -325,7 +325,7 @@ def test_interpret_sae_concurrent_equals_sequential(slow_server, model, cache, s
     judge, url = slow_server
     judge.delay = 0.01
     sae, acts = sae_acts
-    W_U = model.tl.W_U.detach()
+    W_U = model.W_U
     frames = {}
     for n in (1, 4):
         remote = OpenAIChat("m", url, timeout_s=30, max_retries=0, concurrency=n)
