@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,7 @@ def build_book(config: str, overrides: Sequence[str] = (), build_dir: Path = Pat
         log.info("executed %s in %.1f s", nb.name, time.time() - t0)
     for name in BOOK_FILES:
         shutil.copy2(source_root / name, src / name)
+    write_build_info(src / "_config.yml", build_info(config, overrides, cfg, source_root))
     shutil.rmtree(src / "book", ignore_errors=True)
     shutil.copytree(source_root / "book", src / "book")
     t0 = time.time()
@@ -182,6 +184,38 @@ def build_book(config: str, overrides: Sequence[str] = (), build_dir: Path = Pat
              time.time() - t_all)
     print(f"book={index}", flush=True)
     return index
+
+
+def source_commit(root: Path) -> str:
+    """The checkout's commit (12 hex digits, marked when tracked files differ from it), else
+    ``$GITHUB_SHA``, else "unknown"."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")[:12]
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("GITHUB_SHA", "")[:12] or "unknown (not a git checkout)"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
+def build_info(config: str, overrides: Sequence[str], cfg: Config, root: Path
+               ) -> dict[str, str]:
+    """What built this copy of the book, for its landing page (MyST substitutions
+    ``book_config``, ``book_config_hash``, ``book_commit``, ``book_built``)."""
+    return {"book_config": " ".join([str(config), *overrides]),
+            "book_config_hash": cfg.hash(), "book_commit": source_commit(root),
+            "book_built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def write_build_info(config_yml: Path, info: Mapping[str, str]) -> None:
+    """Set ``info`` as the MyST substitutions of a book's ``_config.yml`` (in place)."""
+    import yaml
+
+    book = yaml.safe_load(config_yml.read_text())
+    book.setdefault("parse", {}).setdefault("myst_substitutions", {}).update(info)
+    config_yml.write_text(yaml.safe_dump(book, sort_keys=False, allow_unicode=True))
 
 
 def main(argv: list[str] | None = None) -> int:

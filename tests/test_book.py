@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sae_med.book import PROJECT_ROOT, NotebookError, build_book, list_notebooks
+from sae_med.book import (
+    PROJECT_ROOT,
+    NotebookError,
+    build_book,
+    build_info,
+    list_notebooks,
+    write_build_info,
+)
+from sae_med.config import load_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -141,10 +149,43 @@ def _open(browser, path: Path, screenshot: Path | None = None) -> dict:
     return {**seen, **state}
 
 
+def test_landing_page_says_which_config_and_commit_built_it(tmp_path):
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                                     "user.email=t@t", *a], check=True, capture_output=True,
+                                    text=True).stdout.strip()
+    git("init", "-q")
+    (repo / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "HEAD")
+    cfg = load_config(SMOKE, ["train.lr=0.002"])
+    info = build_info("configs/smoke.yaml", ["train.lr=0.002"], cfg, repo)
+    assert info["book_config"] == "configs/smoke.yaml train.lr=0.002"
+    assert info["book_config_hash"] == cfg.hash() and info["book_commit"] == head[:12]
+    (repo / "f.txt").write_text("b")
+    assert build_info("c", [], cfg, repo)["book_commit"] == f"{head[:12]} (with uncommitted " \
+                                                             "changes)"
+    assert build_info("c", [], cfg, tmp_path)["book_commit"].startswith("unknown")
+    book_cfg = tmp_path / "_config.yml"
+    shutil.copy(PROJECT_ROOT / "_config.yml", book_cfg)
+    write_build_info(book_cfg, info)
+    parse = yaml.safe_load(book_cfg.read_text())["parse"]
+    assert parse["myst_substitutions"] == info and "substitution" in parse[
+        "myst_enable_extensions"]
+    intro = (PROJECT_ROOT / "book" / "intro.md").read_text()
+    assert all(f"{{{{ {key} }}}}" in intro for key in info)
+
+
 @pytest.mark.slow
 def test_book_builds_with_every_chapter(built_book):
     html = built_book.parent
     assert built_book.name == "index.html"
+    assert "configs/smoke.yaml" in (html / "book" / "intro.html").read_text()
     for doc in _toc_files():
         assert (html / f"{doc}.html").exists(), f"chapter {doc} missing from the build"
 
