@@ -63,6 +63,10 @@ class Provenance:
     training_tokens: int | None
     seed: int
     """The run's seed (initialisation and batch order derive from it)."""
+    replicate: int | None
+    """Seed replicate of the run (``saes/{corpus}/seed_{r}/``), when the run has them."""
+    init_seed: int | None
+    """The SAE's own initialisation seed, when recorded."""
     input_scale: float | None
     """The scalar s the SAE trained on (E||s x||^2 = 1); folded in, so inputs are raw."""
     context_size: int
@@ -114,12 +118,19 @@ def find_saes(source: str | Path) -> dict[str, Path]:
             raise ExportError(f"{root} holds no trained SAE: run `sae-med train` first")
         return found
     if (source / CFG_FILENAME).exists() and (source / WEIGHTS_FILENAME).exists():
-        return {f"{source.parent.name}/{source.name}": source}
+        saes = _saes_dir(source)
+        return {source.resolve().relative_to(saes).as_posix() if saes else
+                f"{source.parent.name}/{source.name}": source}
     if not source.exists():
         raise ExportError(f"{source}: no such folder; pass a run folder (runs/NAME) or one "
                           "SAE folder (runs/NAME/saes/CORPUS/l0_TARGET)")
     raise ExportError(f"{source}: neither a run folder (with saes/) nor a sae-med SAE folder "
                       f"({CFG_FILENAME} + {WEIGHTS_FILENAME})")
+
+
+def _saes_dir(sae_dir: Path) -> Path | None:
+    """The run's ``saes/`` folder above an SAE folder, if it lies in a run."""
+    return next((p for p in sae_dir.resolve().parents if p.name == "saes"), None)
 
 
 def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
@@ -143,15 +154,15 @@ def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
         d_in=sae_cfg["d_model"], d_sae=sae_cfg["d_sae"],
         train_corpus=md.get("train_corpus", sae_dir.parent.name),
         l0_target=md.get("l0_target"), training_tokens=md.get("tokens"),
-        seed=md.get("seed", cfg.seed), input_scale=md.get("input_scale"),
+        seed=cfg.seed, replicate=md.get("replicate"), init_seed=md.get("init_seed"),
+        input_scale=md.get("input_scale"),
         context_size=cfg.cache.ctx_len, exclude_special_tokens=cfg.cache.exclude_special)
 
 
 def results_path(source: Path) -> Path | None:
     """The run's ``results.json`` for a run folder or one of its SAE folders, if any."""
-    candidates = [source / "results.json"]
-    if len(source.parents) > 2 and source.parents[1].name == "saes":
-        candidates.append(source.parents[2] / "results.json")
+    saes = _saes_dir(source)
+    candidates = [source / "results.json", *([saes.parent / "results.json"] if saes else [])]
     return next((p for p in candidates if p.exists()), None)
 
 

@@ -163,3 +163,22 @@ def test_cli_export_dry_run_and_errors(run_dir, tmp_path, capsys):
     assert err.count("\n") == 1 and "no such folder" in err
     assert main(["export", str(run_dir), str(out), "--format", "onnx"]) == 2
     assert "sae_lens, gemma_scope" in capsys.readouterr().err
+
+
+def test_seed_replicate_layout_keeps_ids_and_finds_scores(tmp_path):
+    run = tmp_path / "runs" / "seeds"
+    sae_dir = run / "saes" / "medical" / "seed_1" / "l0_4"
+    _trained_like_sae(0).save(sae_dir, metadata={"l0_target": 4.0, "tokens": 640,
+                                                 "train_corpus": "medical", "replicate": 1,
+                                                 "init_seed": 123})
+    (sae_dir / "config.json").write_text(load_config(None).to_json())
+    rows = [{"sae_id": "medical/seed_1/l0_4", "eval_corpus": "medical",
+             "metrics": {"fve": {"value": 0.5, "low": 0.25, "high": 0.75}}}]
+    (run / "results.json").write_text(json.dumps({"rows": rows}))
+    [from_run] = export_saes(run, "sae_lens", tmp_path / "a")
+    [single] = export_saes(sae_dir, "sae_lens", tmp_path / "b")
+    for e in (from_run, single):
+        assert e.provenance.sae_id == "medical/seed_1/l0_4"
+        assert (e.provenance.replicate, e.provenance.init_seed) == (1, 123)
+        assert [s.value for s in e.scores] == [0.5]
+    assert from_run.path == tmp_path / "a" / "medical" / "seed_1" / "l0_4"
