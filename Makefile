@@ -2,7 +2,7 @@
 # `make test` (set up + lint + tests). Both are idempotent.
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run test smoke bench
+.PHONY: setup run test smoke bench publish
 
 setup:
 	@bash scripts/setup.sh
@@ -19,3 +19,9 @@ test: setup
 
 bench: setup
 	.venv/bin/python benchmarks/bench_cache.py
+
+# Put a built book on GitHub Pages: make publish REMOTE=git@github.com:you/sae-med.git
+# (BOOK: the folder `sae-med book` built into, or one book's html folder)
+BOOK ?= _build
+publish:
+	.venv/bin/sae-med publish $(BOOK) --remote $(REMOTE)
