@@ -66,8 +66,9 @@ from sae_med.sae import JumpReLUSAE
 log = logging.getLogger(__name__)
 
 MARK = "«{}»"
-ANSWER_TOKENS = 8
-"""Generation budget of a scorer answer (``yes`` / ``no`` needs one or two tokens)."""
+ANSWER_TOKENS = 3
+"""Generation budget of a scorer answer: only its first word is read (:func:`parse_yes_no`),
+and SmolLM2 otherwise goes on ("No, the text does not contain ...") at ~4x the cost."""
 
 
 # ---------------------------------------------------------------------------- asking
