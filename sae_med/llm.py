@@ -25,6 +25,7 @@ still rank texts.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -32,7 +33,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -152,7 +153,7 @@ class LocalChat:
     :func:`p_yes_from_logprobs` applies to an endpoint's ``top_logprobs``."""
 
     def __init__(self, model: str = SMOLLM2, max_new_tokens: int = 48,
-                 cache_dir: Path | None = None, device: str = "cpu"):
+                 cache_dir: Path | None = None, device: str = "cpu", threads: int = 1):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if model == SMOLLM2:
@@ -169,6 +170,10 @@ class LocalChat:
         self.n_calls = 0
         self.concurrency = 1
         """One request at a time: the model runs in this process."""
+        self.threads = threads
+        """torch threads while it runs (then restored): batch-1 forwards of a small model
+        gain little from more, and on a busy 2-core CPU 2 threads were 6-10x slower than 1
+        (p_yes 20-32 s vs 2-3 s, measured at load average ~10)."""
         self._lock = threading.Lock()  # one generation at a time (the server is threaded)
         words = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         kinds = [is_yes_no(w) for w in words]
@@ -176,6 +181,15 @@ class LocalChat:
         self.no_ids = torch.tensor([i for i, k in enumerate(kinds) if k is False])
         if not len(self.yes_ids) or not len(self.no_ids):
             raise ValueError(f"{model}: no single 'yes' or 'no' token in the vocabulary")
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _encode(self, messages: Sequence[Message]) -> dict[str, Tensor]:
         return self.tokenizer.apply_chat_template(
@@ -192,7 +206,7 @@ class LocalChat:
         generated position (the model's raw logits)."""
         enc = self._encode(messages)
         budget = max_new_tokens or self.max_new_tokens
-        with self._lock:
+        with self._lock, self._threads():
             self.n_calls += 1
             out = self.hf.generate(**enc, max_new_tokens=budget, do_sample=False,
                                    pad_token_id=self.tokenizer.eos_token_id,
@@ -208,7 +222,7 @@ class LocalChat:
         """Log-softmax of the next-token logits right after the generation prompt (one
         forward pass, no generation)."""
         enc = self._encode(messages)
-        with self._lock:
+        with self._lock, self._threads():
             self.n_calls += 1
             logits = self.hf(**enc).logits[0, -1]
         return logits.float().log_softmax(-1).cpu()

@@ -424,3 +424,16 @@ def test_demo_budget_is_the_default_and_one_override_turns_it_off():
         DEMO_BUDGET["n_latents"], DEMO_BUDGET["n_windows"], DEMO_BUDGET["n_score"], False)
     full = load_config(None, ["autointerp.demo=false", "autointerp.n_latents=50"]).autointerp
     assert run_budget(full) is full and full.n_latents == 50
+
+
+def test_local_chat_runs_on_its_own_thread_count_and_restores_it(local):
+    seen = []
+    hook = local.hf.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        local.p_yes([{"role": "user", "content": "Is a cat an animal?"}])
+        assert seen == [local.threads] == [1] and torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
