@@ -168,6 +168,8 @@ def error_subspace(errors: Float[Tensor, "tokens d_model"], energy: float = 0.9
     """Orthonormal basis of the top principal directions of the SAE's errors (uncentred)
     holding ``energy`` of their squared norm."""
     _, s, vh = torch.linalg.svd(errors.double(), full_matrices=False)
+    if not float(s.sum()):  # no error at all: any direction will do (ε is 0 anyway)
+        return torch.eye(errors.shape[1])[:, :1]
     cum = torch.cumsum(s ** 2, 0) / (s ** 2).sum()
     k = int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype))) + 1
     return vh[:k].T.float()
@@ -209,3 +211,54 @@ def mean_ablation_ce(lm: LanguageModel, batches: Sequence[TokenBatch], layer: in
 
 def _mean(t: Tensor) -> float:
     return float(t.double().mean()) if len(t) else float("nan")
+
+
+class DamageReport(NamedTuple):
+    """:func:`diagnose_sae`'s findings for one SAE on one eval corpus (ΔCE in nats)."""
+
+    ce_clean: float
+    ce_spliced: float
+    ce_zero: float
+    ce_mean_ablation: float
+    loss_recovered_vs_zero: float
+    loss_recovered_vs_mean: float
+    """1 − ΔCE_sae / ΔCE_mean-ablation: not compressed by an extreme zero baseline."""
+    by_position: list[Bin]
+    by_norm_decile: list[Bin]
+    by_frequency: list[Bin]
+    """Quintiles of the spliced token's frequency in the training cache (rarest first)."""
+    massive: DimensionDamage
+    random: RandomErrorDamage
+    n_tokens: int
+
+
+def diagnose_sae(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
+                 reconstruct: Reconstruct, train_x: Float[Tensor, "tokens d_model"],
+                 train_tokens: Int[Tensor, " tokens"], seed: int = 0) -> DamageReport:
+    """Every diagnostic of this module for one SAE. ``train_x`` / ``train_tokens``: a
+    sample of training activations and the token ids of the training cache (mean
+    activation, massive dimensions, error subspace, token frequencies)."""
+    from sae_med.metrics import loss_recovered
+
+    d = token_damage(lm, batches, layer, reconstruct)
+    zero = _mean(token_damage(lm, batches, layer, torch.zeros_like).delta_ce)
+    mean_ab = mean_ablation_ce(lm, batches, layer, train_x.mean(0))
+    ce_clean = _mean(d.ce_clean)
+    ce_sae = ce_clean + _mean(d.delta_ce)
+    freq = token_frequency(train_tokens, int(max(train_tokens.max(), d.token.max())) + 1)
+    log_f = torch.log10(freq[d.token].clamp_min(1e-12))
+    positions = [1, 2, 4, 8, 16, 32, 64, int(d.position.max()) + 1]
+    return DamageReport(
+        ce_clean=ce_clean, ce_spliced=ce_sae, ce_zero=ce_clean + zero,
+        ce_mean_ablation=ce_clean + mean_ab,
+        loss_recovered_vs_zero=loss_recovered(ce_clean, ce_sae, ce_clean + zero),
+        loss_recovered_vs_mean=loss_recovered(ce_clean, ce_sae, ce_clean + mean_ab),
+        by_position=breakdown(d, d.position, sorted(set(positions))),
+        by_norm_decile=breakdown(d, d.norm, decile_edges(d.norm),
+                                 [f"decile {i + 1}" for i in range(10)]),
+        by_frequency=breakdown(d, log_f, np.quantile(log_f.numpy(), np.linspace(0, 1, 6)),
+                               [f"quintile {i + 1}" for i in range(5)]),
+        massive=dimension_damage(lm, batches, layer, reconstruct, massive_dimensions(train_x)),
+        random=random_error_damage(lm, batches, layer, reconstruct,
+                                   train_x - reconstruct(train_x), seed),
+        n_tokens=len(d.delta_ce))

@@ -112,3 +112,21 @@ def test_random_error_and_mean_ablation_baselines_run(tiny):
     mean = xs.mean(0)
     expected = token_damage(lm, batches, LAYER, lambda x: mean.expand_as(x)).delta_ce.mean()
     assert mean_ablation_ce(lm, batches, LAYER, mean) == pytest.approx(float(expected))
+
+
+def test_diagnose_sae_known_answers(tiny):
+    from sae_med.diagnose import diagnose_sae
+
+    lm, batches = tiny
+    xs = torch.cat([lm.resid(b.tokens, b.attention_mask, LAYER)[b.keep] for b in batches])
+    toks = torch.cat([b.tokens[b.keep] for b in batches])
+    perfect = diagnose_sae(lm, batches, LAYER, lambda x: x, xs, toks)
+    assert perfect.loss_recovered_vs_zero == pytest.approx(1.0, abs=1e-5)
+    assert perfect.loss_recovered_vs_mean == pytest.approx(1.0, abs=1e-4)
+    assert perfect.random.isotropic == pytest.approx(0.0, abs=1e-5)
+    for bins in (perfect.by_position, perfect.by_norm_decile, perfect.by_frequency):
+        assert sum(b.n_tokens for b in bins) == perfect.n_tokens
+        assert all(abs(b.delta_ce) < 1e-5 for b in bins if b.n_tokens)
+    shrunk = diagnose_sae(lm, batches, LAYER, _shrink, xs, toks)
+    assert shrunk.ce_spliced != pytest.approx(shrunk.ce_clean, abs=1e-4)
+    assert len(shrunk.massive.dims) == 4 and 0 < shrunk.massive.error_share < 1
