@@ -57,8 +57,8 @@ from sae_med.config import default_cache_dir
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-"""Bump when any parser, renderer or the de-duplication / grouping rule changes what
-documents (or groups) it yields. 2: grouped, de-duplicated splits."""
+"""Bump when any parser, renderer, grouping or de-duplication rule changes what documents
+(or groups) a corpus yields."""
 EVAL_FRAC = 0.1
 Split = Literal["train", "eval", "all"]
 
@@ -78,6 +78,7 @@ class Document:
 
     @property
     def split(self) -> Literal["train", "eval"]:
+        """The side of the split its group falls on."""
         return split_of(self.group or self.doc_id)
 
 
@@ -200,7 +201,7 @@ def text_digest(text: str) -> bytes:
 
 
 def near_group(text: str) -> str:
-    """A group shared by every text with ``text`` 's :func:`near_duplicate_key` (for
+    """The group of every text with the same :func:`near_duplicate_key` as ``text`` (for
     streams, which cannot be de-duplicated against documents yet to come)."""
     return "near:" + text_digest(near_duplicate_key(text)).hex()[:16]
 
