@@ -3,6 +3,7 @@ config plus ``section.field=value`` overrides.
 
     sae-med prepare [CONFIG]            fetch embedded corpora, cache the embedded model
     sae-med corpora [CONFIG]            list corpora with document and token counts
+        [--leakage]                     ... or eval documents duplicated in train, per corpus
     sae-med cache CONFIG [k=v ...]      cache activations for the configured corpora
     sae-med train CONFIG [k=v ...]      train the SAE sweep on each training corpus
     sae-med evaluate CONFIG [k=v ...]   score every trained SAE on every eval corpus
@@ -34,6 +35,8 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_corpora(args: argparse.Namespace) -> int:
     from sae_med.data import corpus_info, corpus_stats, list_corpora
 
+    if args.leakage:
+        return _print_leakage()
     tokenizer = None
     if not args.no_tokens:
         from sae_med.models import EMBEDDED, embedded_model_dir
@@ -58,6 +61,18 @@ def cmd_corpora(args: argparse.Namespace) -> int:
                 docs, toks = f"{stats['documents']:,}", f"{stats['tokens']:,}"
         print(f"{name:<14} {info.kind:<9} {info.domain:<8} {docs:>10} {toks:>12}  "
               f"{info.description}")
+    return 0
+
+
+def _print_leakage() -> int:
+    from sae_med.leakage import embedded_leakage
+
+    print(f"{'corpus':<10} {'train docs':>10} {'eval docs':>9} {'exact in train':>14} "
+          f"{'near in train':>13} {'removed: exact':>14} {'near-dup eval':>13}")
+    for r in embedded_leakage():
+        exact, near = (f"{n:,}" for n in r.removed) if r.removed else ("-", "-")
+        print(f"{r.corpus:<10} {r.train_documents:>10,} {r.eval_documents:>9,} "
+              f"{r.exact:>14.2%} {r.near:>13.2%} {exact:>14} {near:>13}")
     return 0
 
 
@@ -195,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "corpora":
             p.add_argument("--no-tokens", action="store_true",
                            help="skip token counts (no tokenizer needed)")
+            p.add_argument("--leakage", action="store_true",
+                           help="instead, per embedded corpus: the share of eval documents "
+                                "with an exact / near-duplicate in train, and what "
+                                "de-duplication removed")
         if name == "evaluate":
             p.add_argument("--sae", action="append", default=[], metavar="SPEC",
                            help="score this SAE instead of the run's own (repeatable): a "
