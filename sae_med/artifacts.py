@@ -80,7 +80,9 @@ def fsync_dir(path: str | Path) -> None:
 def storage_error(err: OSError, path: str | Path) -> OSError:
     """A one-line :class:`StorageError` for a full or read-only folder; ``err`` otherwise."""
     where = Path(path)
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    # numpy reports a short write on a full disk without an errno
+    short_write = err.errno is None and " requested and " in str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) or short_write:
         return StorageError(err.errno, f"no space left on {where}; free some space or point "
                                        f"SAE_MED_CACHE / cache_dir / output_dir elsewhere")
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

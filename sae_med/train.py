@@ -342,10 +342,16 @@ class _HashingWriter:
 
     def __init__(self, f: Any):
         self.f, self.sha = f, hashlib.sha256()
+        self.error: OSError | None = None
+        """What the file raised (torch reports a failed write as a bare RuntimeError)."""
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -379,7 +385,12 @@ def _save_checkpoint(path: Path, key: str, step: int, scale: float,
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             w = _HashingWriter(f)
-            torch.save(state, w)
+            try:
+                torch.save(state, w)
+            except RuntimeError:
+                if w.error is not None:  # e.g. no space left: say so, not torch's enforce
+                    raise w.error from None
+                raise
         sha = w.sha.hexdigest()
         if file_sha256(tmp) != sha:
             raise TrainingError(f"checkpoint {tmp} reads back differently from what was "
