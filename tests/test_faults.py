@@ -475,18 +475,29 @@ def test_full_and_read_only_file_systems_give_one_line(tmp_path):
     ("", ["train.lr=inf"], "'train.lr': inf is not a finite number"),
     ("", ["model.device=gpu0"], "'model.device': 'gpu0' is not a device"),
 ])
-def test_config_mistakes_exit_with_one_line(tmp_path, content, overrides, needle):
+def test_config_mistakes_exit_with_one_line(tmp_path, capsys, content, overrides, needle):
     path = tmp_path / "cfg.yaml"
     if content is None:
         path.mkdir()
     else:
         path.write_text(content)
-    out = subprocess.run([sys.executable, "-m", "sae_med.cli", "train", str(path),
-                          *overrides], env=ENV, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in out.stderr, out.stderr
+    assert cli.main(["train", str(path), *overrides]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
     record("config mistakes (YAML, directory, corpus, inf, device)", 1, 1)
+
+
+def test_the_command_line_prints_one_line_and_debug_the_traceback(tmp_path):
+    """For real, in a process of its own: exit status 2, one line on stderr, no traceback;
+    ``--debug`` shows the traceback."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train_corpora: [nope]\n")
+    out = subprocess.run([sys.executable, "-m", "sae_med.cli", "train", str(path)], env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "unknown corpus 'nope'" in out.stderr and "Traceback" not in out.stderr
+    with pytest.raises(ConfigError, match="unknown corpus 'nope'"):
+        cli.main(["train", str(path), "--debug"])
 
 
 def test_known_failures_are_one_clear_line(tmp_path, tiny, reference):
