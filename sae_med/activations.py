@@ -20,6 +20,7 @@ The forward pass stops at the hook block: later blocks and the 262k-way unembedd
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -309,10 +310,13 @@ def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "trai
     root = cfg.cache_path / "activations" / stable_hash(spec)
     if (root / "manifest.json").exists():
         return ActivationCache(root)
+    # one builder per key (under torchrun, rank 0 holds the lock for its job): a second
+    # process waits, then reuses what the first built
+    lock = artifact_lock(root.with_name(root.name + ".lock"), f"the cache {root}")
     if distributed.is_distributed():
-        return _build_distributed(model, cfg, corpus, split, spec, root, progress)
-    # one builder per key: a second process waits, then reuses what the first built
-    with artifact_lock(root.with_name(root.name + ".lock"), f"the cache {root}"):
+        with lock if distributed.rank() == 0 else contextlib.nullcontext():
+            return _build_distributed(model, cfg, corpus, split, spec, root, progress)
+    with lock:
         if (root / "manifest.json").exists():
             return ActivationCache(root)
         return _build_single(model, cfg, corpus, split, spec, root, progress)
