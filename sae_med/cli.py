@@ -166,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or cfg.run_path / "results_external.json"
     try:
         path = evaluate_paths(cfg, args.sae, out_path=out, sae_ids=args.sae_id or None)
-    except (FileNotFoundError, SAECheckpointError) as err:
+    except (FileNotFoundError, SAECheckpointError, ValueError) as err:  # e.g. wrong d_model
         print(f"sae-med: {err}", file=sys.stderr)
         return 2
     print(f"results={path}")
