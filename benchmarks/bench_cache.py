@@ -51,7 +51,7 @@ class PeakRSS:
 def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
     import torch
 
-    from sae_med.activations import SORT_CHUNK, _special_ids, _tokenize, build_cache
+    from sae_med.activations import SORT_CHUNK, build_cache
     from sae_med.config import load_config
     from sae_med.models import load_model
 
@@ -62,16 +62,13 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
 
         texts = [d.text for _, d in zip(range(docs), iter_documents("medical", "train"),
                                         strict=False)]
-        special = torch.tensor(_special_ids(model.tokenizer))
+        tl = model.transformer_lens() if side == "tl" else None
         # one untimed warm-up batch for both sides
-        tok, mask = _tokenize(model.tokenizer, texts[:batch], ctx)
-        with torch.no_grad():
-            model.tl(tok, attention_mask=mask, stop_at_layer=1)
+        tok, mask, _ = model.tokenize(texts[:batch], ctx)
+        model.resid(tok, mask, 1)
         # the sae_med side caches exactly these documents: count their kept tokens
-        n = 0
-        for i in range(0, len(texts), batch):
-            tok, mask = _tokenize(model.tokenizer, texts[i:i + batch], ctx)
-            n += int((mask.bool() & ~torch.isin(tok, special)).sum())
+        n = sum(int(model.tokenize(texts[i:i + batch], ctx).keep.sum())
+                for i in range(0, len(texts), batch))
         cfg = load_config(None, [f"cache_dir={tmp}", f"cache.ctx_len={ctx}",
                                  f"cache.batch_size={batch}", f"cache.n_tokens={n}",
                                  "cache.shard_tokens=16384"])
@@ -87,11 +84,9 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
                 ordered = [t for i in range(0, len(texts), step)
                            for t in sorted(texts[i:i + step], key=len)]
                 for i in range(0, len(ordered), batch):
-                    tok, mask = _tokenize(model.tokenizer, ordered[i:i + batch], ctx)
+                    tok, mask, keep = model.tokenize(ordered[i:i + batch], ctx)
                     with torch.no_grad():
-                        _, c = model.tl.run_with_cache(tok, attention_mask=mask,
-                                                       names_filter=hook)
-                    keep = mask.bool() & ~torch.isin(tok, special)
+                        _, c = tl.run_with_cache(tok, attention_mask=mask, names_filter=hook)
                     acts = c[hook][keep].clone()
                     tokens += acts.shape[0]
             dt = time.perf_counter() - t0

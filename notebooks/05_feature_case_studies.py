@@ -156,7 +156,7 @@ if medical in alignment:
 # stored tokens left and 5 right) and the tokens its decoder direction promotes.
 
 # %%
-W_U = model.tl.W_U.detach().cpu()
+W_U = model.W_U.cpu()
 case_latents = []
 for concept in case_concepts:
     rows = []

@@ -43,8 +43,8 @@ from sae_med.artifacts import (
     write_json_atomic,
 )
 from sae_med.batches import ChunkedBatches
-from sae_med.config import CacheConfig, Config, ConfigError
-from sae_med.models import LoadedModel, resid_post
+from sae_med.config import CacheConfig, Config
+from sae_med.lm import LanguageModel, TokenBatch
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,13 @@ class CorruptCacheError(RuntimeError):
     """A cache file's checksum or shape does not match its record."""
 
 
-def cache_spec(model: LoadedModel, cfg: Config, corpus: str, split: str,
+def cache_spec(model: LanguageModel, cfg: Config, corpus: str, split: str,
                n_tokens: int | None = None) -> dict[str, Any]:
     """Everything that determines a cache's content (hashed into its key)."""
     from sae_med.data import corpus_fingerprint
 
     c = cfg.cache
-    hook_layer = cfg.model.hook_layer
-    if hook_layer >= model.n_layers:
-        raise ConfigError(f"config field 'model.hook_layer': {hook_layer} is out of range; "
-                         f"{model.name} has blocks 0..{model.n_layers - 1}")
+    model.check_layer(cfg.model.hook_layer)
     return {
         "format_version": FORMAT_VERSION,
         "model": model.name,
@@ -83,29 +80,6 @@ def cache_spec(model: LoadedModel, cfg: Config, corpus: str, split: str,
         "shard_tokens": c.shard_tokens,
         "d_model": model.d_model,
     }
-
-
-def _special_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    return sorted(i for i in ids if i is not None)
-
-
-def hook_activations(model: LoadedModel, tokens: Int[Tensor, "batch pos"],
-                     attention_mask: Int[Tensor, "batch pos"], hook_layer: int
-                     ) -> Float[Tensor, "batch pos d_model"]:
-    """Residual stream after block ``hook_layer``, running no block beyond it.
-
-    Uses the HF twin of the model (same weights as the TransformerLens one; on CPU its
-    fused attention is several times faster than TransformerLens's einsum path)."""
-    return resid_post(model.hf, tokens, attention_mask, hook_layer)
-
-
-def _tokenize(tokenizer, texts: list[str], ctx_len: int
-              ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Each text on its own with BOS, truncated to ``ctx_len``, right-padded."""
-    enc = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=ctx_len,
-                    padding=True, padding_side="right", return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
 
 
 def _to_storage(x: Float[Tensor, "n d_model"], dtype: str) -> np.ndarray:
@@ -234,30 +208,26 @@ def _valid_shards(root: Path) -> list[_Shard]:
     return shards
 
 
-def _chunk_batches(tokenizer, texts: list[str], c: CacheConfig, special: Tensor
-                   ) -> Iterator[tuple[list[int], Tensor, Tensor, Tensor]]:
-    """The forward batches of one chunk of documents: (indices into ``texts``, tokens,
-    attention mask, rows kept). Batches hold documents of similar length (little padding)."""
+def _chunk_batches(model: LanguageModel, texts: list[str], c: CacheConfig
+                   ) -> Iterator[tuple[list[int], TokenBatch]]:
+    """The forward batches of one chunk of documents: (indices into ``texts``, tokens).
+    Batches hold documents of similar length (little padding)."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for b in range(0, len(order), c.batch_size):
         idx = order[b:b + c.batch_size]
-        tokens, mask = _tokenize(tokenizer, [texts[i] for i in idx], c.ctx_len)
-        keep = mask.bool()
-        if c.exclude_special:
-            keep &= ~torch.isin(tokens, special)
-        yield idx, tokens, mask, keep
+        yield idx, model.tokenize([texts[i] for i in idx], c.ctx_len, c.exclude_special)
 
 
-def _chunk_rows(model: LoadedModel, cfg: Config, texts: list[str], doc_index: int,
-                special: Tensor) -> tuple[Float[Tensor, "n d_model"], Int[Tensor, "n 3"]]:
+def _chunk_rows(model: LanguageModel, cfg: Config, texts: list[str], doc_index: int
+                ) -> tuple[Float[Tensor, "n d_model"], Int[Tensor, "n 3"]]:
     """Activations and (token, document index, position) rows of one chunk of documents.
 
     Documents keep the index of their place in the corpus order (``doc_index`` is the
     first one's); rows follow the processing order (length-sorted batches)."""
-    dev = next(model.hf.parameters()).device  # hook_activations runs the HF twin
+    dev = model.device
     xs, ts = [], []
-    for idx, tokens, mask, keep in _chunk_batches(model.tokenizer, texts, cfg.cache, special):
-        acts = hook_activations(model, tokens.to(dev), mask.to(dev), cfg.model.hook_layer).cpu()
+    for idx, (tokens, mask, keep) in _chunk_batches(model, texts, cfg.cache):
+        acts = model.resid(tokens.to(dev), mask.to(dev), cfg.model.hook_layer).cpu()
         pos = torch.arange(tokens.shape[1]).expand_as(tokens)
         docidx = (torch.tensor(idx) + doc_index)[:, None].expand_as(tokens)
         xs.append(acts[keep])
@@ -295,7 +265,7 @@ def _finish(root: Path, spec: dict[str, Any], shards: list[_Shard], n_documents:
     write_json_atomic(root / "manifest.json", manifest)
 
 
-def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "train",
+def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "train",
                 n_tokens: int | None = None, progress: bool = True) -> ActivationCache:
     """Return the cache for (model, hook, corpus, split, ...), computing what is missing.
 
@@ -322,7 +292,7 @@ def build_cache(model: LoadedModel, cfg: Config, corpus: str, split: str = "trai
         return _build_single(model, cfg, corpus, split, spec, root, progress)
 
 
-def _build_single(model: LoadedModel, cfg: Config, corpus: str, split: str,
+def _build_single(model: LanguageModel, cfg: Config, corpus: str, split: str,
                   spec: dict[str, Any], root: Path, progress: bool) -> ActivationCache:
     from sae_med.data import iter_documents
 
@@ -332,7 +302,6 @@ def _build_single(model: LoadedModel, cfg: Config, corpus: str, split: str,
     done_rows = sum(s.rows for s in shards)
     next_doc = shards[-1].doc_start + len(shards[-1].doc_ids) if shards else 0
     target = spec["n_tokens"]
-    special = torch.tensor(_special_ids(model.tokenizer))
     c = cfg.cache
 
     docs = iter_documents(corpus, split)
@@ -365,7 +334,7 @@ def _build_single(model: LoadedModel, cfg: Config, corpus: str, split: str,
         if not chunk:
             exhausted = True
             break
-        x, t = _chunk_rows(model, cfg, [d.text for d in chunk], doc_index, special)
+        x, t = _chunk_rows(model, cfg, [d.text for d in chunk], doc_index)
         buf_x.append(x)
         buf_t.append(t)
         buffered += x.shape[0]
@@ -396,7 +365,7 @@ class _PlannedShard:
     """Rows kept (the last shard is cut at the target); None keeps all."""
 
 
-def _plan_shards(tokenizer, cfg: Config, corpus: str, split: str, target: int
+def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, target: int
                  ) -> Iterator[_PlannedShard | tuple[int, bool]]:
     """The shards :func:`_build_single` would write, in order, from tokenisation only (no
     model): the same chunks, the same row counts, the same flush rule. Ends with
@@ -404,7 +373,6 @@ def _plan_shards(tokenizer, cfg: Config, corpus: str, split: str, target: int
     from sae_med.data import iter_documents
 
     c = cfg.cache
-    special = torch.tensor(_special_ids(tokenizer))
     docs = iter_documents(corpus, split)
     done = buffered = doc_index = index = 0
     chunks: list[list[str]] = []
@@ -417,8 +385,8 @@ def _plan_shards(tokenizer, cfg: Config, corpus: str, split: str, target: int
             exhausted = True
             break
         chunk_texts = [d.text for d in chunk]
-        buffered += sum(int(keep.sum()) for *_, keep in
-                        _chunk_batches(tokenizer, chunk_texts, c, special))
+        buffered += sum(int(batch.keep.sum()) for _, batch in
+                        _chunk_batches(model, chunk_texts, c))
         chunks.append(chunk_texts)
         ids.extend(d.doc_id for d in chunk)
         doc_index += len(chunk)
@@ -445,7 +413,7 @@ def _record_matches(root: Path, p: _PlannedShard) -> _Shard | None:
     return None
 
 
-def _build_distributed(model: LoadedModel, cfg: Config, corpus: str, split: str,
+def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: str,
                        spec: dict[str, Any], root: Path, progress: bool) -> ActivationCache:
     """Build the cache with every torchrun rank computing a share of its shards.
 
@@ -463,12 +431,11 @@ def _build_distributed(model: LoadedModel, cfg: Config, corpus: str, split: str,
         root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(root / "spec.json", spec)
     distributed.barrier()
-    special = torch.tensor(_special_ids(model.tokenizer))
     bar = tqdm(total=spec["n_tokens"], unit="tok", unit_scale=True,
                desc=f"cache {corpus}/{split} rank {rank}/{ws}", position=rank,
                disable=not progress)
     n_shards, n_documents, exhausted = 0, 0, False
-    for p in _plan_shards(model.tokenizer, cfg, corpus, split, spec["n_tokens"]):
+    for p in _plan_shards(model, cfg, corpus, split, spec["n_tokens"]):
         if isinstance(p, tuple):
             n_documents, exhausted = p
             break
@@ -479,7 +446,7 @@ def _build_distributed(model: LoadedModel, cfg: Config, corpus: str, split: str,
         if s is None:
             parts, first = [], p.doc_start
             for texts in p.chunks:
-                parts.append(_chunk_rows(model, cfg, texts, first, special))
+                parts.append(_chunk_rows(model, cfg, texts, first))
                 first += len(texts)
             x, t = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
             if p.keep_rows is not None:

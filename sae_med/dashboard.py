@@ -38,6 +38,7 @@ from sae_med.features import (
     quantile_windows,
     top_windows,
 )
+from sae_med.lm import LanguageModel
 from sae_med.sae import JumpReLUSAE
 
 
@@ -179,19 +180,11 @@ def write_dashboard(path: str | Path, summaries: Sequence[LatentSummary], tokeni
 
 
 @torch.no_grad()
-def phrase_activations(model: Any, layer: int, text: str
+def phrase_activations(model: LanguageModel, layer: int, text: str
                        ) -> Float[Tensor, "pos d_model"]:
     """Residual-stream activations after block ``layer`` for ``text`` (BOS and other
-    special tokens dropped, as in the cache), for :func:`~sae_med.features.search_latents`.
-    ``model`` is a :class:`~sae_med.models.LoadedModel`."""
-    from sae_med.activations import _special_ids
-    from sae_med.models import resid_post
-
-    enc = model.tokenizer(text, return_tensors="pt")
-    ids = enc["input_ids"]
-    dev = next(model.hf.parameters()).device
-    acts = resid_post(model.hf, ids.to(dev), enc["attention_mask"].to(dev), layer)[0]
-    keep = ~torch.isin(ids[0], torch.tensor(_special_ids(model.tokenizer)))
+    special tokens dropped, as in the cache), for :func:`~sae_med.features.search_latents`."""
+    tokens, mask, keep = model.tokenize_text(text).to(model.device)
     if not keep.any():
         raise ValueError(f"{text!r} has no ordinary tokens")
-    return acts[keep.to(dev)].float().cpu()
+    return model.resid(tokens, mask, layer)[0][keep[0]].float().cpu()

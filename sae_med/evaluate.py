@@ -15,7 +15,7 @@ b. **Spliced loss** on the first ``cfg.eval.ce_docs`` documents of the corpus's 
    ``cache.exclude_special``): ce_clean, ce_spliced, ce_zero, delta_ce, loss_recovered,
    kl_spliced, kl_zero, kl_score with intervals over documents. The clean and
    zero-ablated passes (and their unembeddings) run once per batch and are shared by all
-   SAEs (:func:`ce_losses_shared`; HF forward hooks by default, TransformerLens optional).
+   SAEs (:meth:`~sae_med.lm.LanguageModel.spliced_losses`).
 c. **Dark matter** (:mod:`sae_med.dark_matter`): the cache's tokens are split by document
    (:func:`~sae_med.dark_matter.is_train_doc`, half/half), the linear predictor of the
    error is fitted on one half and scored on the other. Intervals resample the held-out
@@ -80,23 +80,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_med.activations import ActivationCache, _special_ids, _tokenize
+from sae_med.activations import ActivationCache
 from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
 from sae_med.config import Config
 from sae_med.dark_matter import DarkMatterFit, is_train_doc
 from sae_med.dark_matter import scores as dm_scores
+from sae_med.lm import LanguageModel, TokenBatch
 from sae_med.metrics import (
-    CELosses,
     DocCE,
     ReconstructionAccumulator,
     SaeFn,
     concat_doc_stats,
-    layer_from_hook_name,
     metrics_from_doc_sums,
     summarize_ce,
 )
@@ -118,7 +115,6 @@ DM_TRAIN_FRAC = 0.5
 LEVEL = 0.95
 RECON_BATCH_TOKENS = 2048
 """Cache rows per SAE forward (dense latents: batch × d_sae floats)."""
-Backend = str  # "tl" (TransformerLens hooks) or "hf" (HF forward hooks)
 
 
 def derived_seed(seed: int, *names: Any) -> int:
@@ -177,17 +173,8 @@ def bootstrap_many(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, floa
 # Spliced loss, clean and zero passes shared across SAEs
 # --------------------------------------------------------------------------------------
 
-class CEBatch(NamedTuple):
-    """One batch of documents for the spliced-loss evaluation (all ``(batch, pos)``)."""
-
-    tokens: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
-    loss_mask: Bool[Tensor, "batch pos"]
-    """Positions spliced: exactly the positions an activation cache keeps."""
-
-
-def ce_batches(model: Any, cfg: Config, corpus: str, n_docs: int | None = None
-               ) -> list[CEBatch]:
+def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None
+               ) -> list[TokenBatch]:
     """The first ``n_docs`` (default ``cfg.eval.ce_docs``) eval documents of ``corpus``,
     tokenized and masked as :func:`~sae_med.activations.build_cache` does, in batches of
     ``cfg.cache.batch_size`` documents."""
@@ -198,136 +185,9 @@ def ce_batches(model: Any, cfg: Config, corpus: str, n_docs: int | None = None
     if len(docs) < n_docs:
         log.warning("corpus %s/eval has only %d documents (ce_docs=%d)", corpus, len(docs),
                     n_docs)
-    special = torch.tensor(_special_ids(model.tokenizer))
-    out = []
     bs = cfg.cache.batch_size
-    for i in range(0, len(docs), bs):
-        tokens, mask = _tokenize(model.tokenizer, [d.text for d in docs[i:i + bs]],
-                                 cfg.cache.ctx_len)
-        keep = mask.bool()
-        if cfg.cache.exclude_special:
-            keep &= ~torch.isin(tokens, special)
-        out.append(CEBatch(tokens, mask, keep))
-    return out
-
-
-def _final_states(model: Any, backend: Backend, tokens: Tensor, attention_mask: Tensor,
-                  hook_name: str, edit: Callable[[Tensor], Tensor]
-                  ) -> Float[Tensor, "batch pos d_model"]:
-    """Final-norm residual stream with ``edit`` applied at ``hook_name`` (no unembedding)."""
-    if backend == "tl":
-        tl = model.tl
-        resid = tl.run_with_hooks(tokens, attention_mask=attention_mask,
-                                  stop_at_layer=tl.cfg.n_layers,
-                                  fwd_hooks=[(hook_name, lambda act, hook: edit(act))])
-        return tl.ln_final(resid) if tl.cfg.normalization_type is not None else resid
-    if backend == "hf":
-        from sae_med.models import decoder_layers
-
-        hf = model.hf
-
-        def hook(module: Any, args: Any, output: Any) -> Any:
-            if isinstance(output, tuple):
-                return (edit(output[0]), *output[1:])
-            return edit(output)
-
-        base = hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
-        handle = decoder_layers(hf)[layer_from_hook_name(hook_name)].register_forward_hook(hook)
-        try:
-            return base(input_ids=tokens, attention_mask=attention_mask,
-                        use_cache=False).last_hidden_state
-        finally:
-            handle.remove()
-    raise ValueError(f"backend must be 'tl' or 'hf', got {backend!r}")
-
-
-def _unembed_fn(model: Any, backend: Backend) -> Callable[[Tensor], Tensor]:
-    if backend == "tl":
-        from transformer_lens.utilities.activation_functions import apply_softcap
-
-        tl = model.tl
-        return lambda h: apply_softcap(tl.unembed(h[None])[0], tl.cfg.output_logits_soft_cap)
-    hf = model.hf
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-
-    def unembed(h: Tensor) -> Tensor:
-        logits = hf.lm_head(h)
-        return cap * torch.tanh(logits / cap) if cap else logits
-
-    return unembed
-
-
-@torch.no_grad()
-def ce_losses_shared(model: Any, batch: CEBatch, hook_name: str, sae_fns: Mapping[str, SaeFn],
-                     backend: Backend = "tl", chunk_tokens: int = 128) -> dict[str, CELosses]:
-    """:func:`~sae_med.metrics.ce_losses` for several SAEs, sharing clean and zero passes.
-
-    One forward of the batch stacked twice (clean; x → 0 at ``loss_mask``), then one
-    forward per SAE (x → sae_fn(x) at ``loss_mask``); the unembedding of the clean and
-    zero-ablated states runs once per chunk of ``chunk_tokens`` scored positions and is
-    reused for every SAE (for Gemma's 262k vocabulary the unembedding dominates the cost).
-    Scored positions, CE and KL are defined exactly as in ``ce_losses`` (position t is
-    scored when spliced at t and token t + 1 is attended); the tests check the two agree.
-    ``backend`` picks TransformerLens hooks (``"tl"``) or HF forward hooks (``"hf"``).
-    """
-    tokens, attn, loss_mask = batch
-    loss_mask = loss_mask.bool() & attn.bool()
-    b = tokens.shape[0]
-    scored = loss_mask[:, :-1] & attn[:, 1:].bool()
-    where = scored.nonzero(as_tuple=True)
-
-    def zero_second_copy(act: Tensor) -> Tensor:
-        out = act.clone()
-        out[b:][loss_mask] = 0.0
-        return out
-
-    def gather(final: Tensor) -> Tensor:
-        return final[:, :-1][where]  # (scored, d_model)
-
-    final = _final_states(model, backend, tokens.repeat(2, 1), attn.repeat(2, 1), hook_name,
-                          zero_second_copy)
-    h_clean, h_zero = gather(final[:b]), gather(final[b:])
-    del final
-    h_sae = {}
-    for name, fn in sae_fns.items():
-        def splice(act: Tensor, fn: SaeFn = fn) -> Tensor:
-            out = act.clone()
-            out[loss_mask] = fn(act[loss_mask]).to(act.dtype)
-            return out
-
-        h_sae[name] = gather(_final_states(model, backend, tokens, attn, hook_name, splice))
-
-    unembed = _unembed_fn(model, backend)
-    targets = tokens[:, 1:][where]
-    n = targets.shape[0]
-    zeros = {k: torch.zeros(n, dtype=torch.float32, device=tokens.device)
-             for k in ("ce_clean", "ce_zero", "kl_zero")}
-    per_sae = {name: {k: torch.zeros(n, dtype=torch.float32, device=tokens.device)
-                      for k in ("ce_spliced", "kl_spliced")} for name in sae_fns}
-    for s in range(0, n, chunk_tokens):
-        sl = slice(s, s + chunk_tokens)
-        tgt = targets[sl, None]
-        logp_clean = F.log_softmax(unembed(h_clean[sl]).float(), dim=-1)
-        p_clean = logp_clean.exp()
-        zeros["ce_clean"][sl] = -logp_clean.gather(-1, tgt)[:, 0]
-        for h, ce_key, kl_key, dest in (
-                [(h_zero, "ce_zero", "kl_zero", zeros)]
-                + [(h_sae[k], "ce_spliced", "kl_spliced", per_sae[k]) for k in sae_fns]):
-            logp = F.log_softmax(unembed(h[sl]).float(), dim=-1)
-            dest[ce_key][sl] = -logp.gather(-1, tgt)[:, 0]
-            dest[kl_key][sl] = (p_clean * (logp_clean - logp)).sum(-1)
-            del logp
-        del logp_clean, p_clean
-
-    def full(v: Tensor) -> Tensor:
-        t = torch.zeros(scored.shape, dtype=torch.float32, device=tokens.device)
-        t[where] = v
-        return t
-
-    shared = {k: full(v) for k, v in zeros.items()}
-    return {name: CELosses(ce_spliced=full(per_sae[name]["ce_spliced"]),
-                           kl_spliced=full(per_sae[name]["kl_spliced"]), mask=scored, **shared)
-            for name in sae_fns}
+    return [model.tokenize([d.text for d in docs[i:i + bs]], cfg.cache.ctx_len,
+                           cfg.cache.exclude_special) for i in range(0, len(docs), bs)]
 
 
 # --------------------------------------------------------------------------------------
@@ -412,22 +272,20 @@ def _interval_dict(iv: Interval) -> dict[str, float | None]:
     return {"value": _jsonable(iv.value), "low": _jsonable(iv.low), "high": _jsonable(iv.high)}
 
 
-def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: Any, cfg: Config, eval_corpus: str,
-                  cache: ActivationCache, meta: Mapping[str, Mapping[str, Any]] | None = None,
-                  progress: bool = True, backend: Backend = "hf") -> list[dict[str, Any]]:
+def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
+                  eval_corpus: str, cache: ActivationCache,
+                  meta: Mapping[str, Mapping[str, Any]] | None = None,
+                  progress: bool = True) -> list[dict[str, Any]]:
     """Score every SAE in ``saes`` on ``eval_corpus`` with one pipeline (module docstring).
 
     Args:
         saes: SAEs on raw activations (folded), keyed by the id their rows carry.
-        model: :class:`~sae_med.models.LoadedModel` the cache was built from.
+        model: the :class:`~sae_med.lm.LanguageModel` the cache was built from.
         cfg: resolved config (``eval``, ``cache``, ``model.hook_name``, ``seed``).
         eval_corpus: corpus whose eval split ``cache`` holds (and CE documents come from).
         cache: the eval activation cache (``build_cache(..., eval_corpus, "eval", ...)``).
         meta: extra columns per SAE id (train_corpus, l0_target, ...), copied into its row.
         progress: tqdm bars.
-        backend: model hooks for the spliced loss, ``"hf"`` (default: the forward the
-            activation cache uses, faster on CPU) or ``"tl"``; the two agree to float
-            round-off (tested).
     Returns:
         one row per SAE, in ``saes`` order (schema in the module docstring).
     """
@@ -448,11 +306,9 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: Any, cfg: Config, eval
     batches = ce_batches(model, cfg, eval_corpus)
     fns = {k: _sae_fn(s) for k, s in saes.items()}
     doc_ce: dict[str, list[DocCE]] = {k: [] for k in saes}
-    dev = next(model.tl.parameters()).device
     for batch in tqdm(batches, desc=f"spliced CE {eval_corpus}", disable=not progress):
-        batch = CEBatch(*(t.to(dev) for t in batch))
-        for k, losses in ce_losses_shared(model, batch, cfg.model.hook_name, fns,
-                                          backend).items():
+        for k, losses in model.spliced_losses(batch.to(model.device), cfg.model.hook_layer,
+                                              fns).items():
             doc_ce[k].append(DocCE(*(f.cpu() for f in losses.doc_sums())))
 
     n_docs_cache = int(torch.unique(cache.token_info()[:, 1]).numel())
@@ -605,9 +461,10 @@ def _sae_ids(specs: Sequence[str | Path]) -> list[str]:
 
 
 def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
-                   eval_corpora: Iterable[str] | None = None, model: Any = None,
+                   eval_corpora: Iterable[str] | None = None,
+                   model: LanguageModel | None = None,
                    out_path: str | Path | None = None, progress: bool = True,
-                   backend: Backend = "hf", sae_ids: Sequence[str] | None = None) -> Path:
+                   sae_ids: Sequence[str] | None = None) -> Path:
     """Load SAEs (any format of :func:`~sae_med.sae.load_any_sae`: sae-med folders, Gemma
     Scope params.npz, sae-lens folders or releases), score each on every eval corpus with
     the same pipeline and tokens, write results.
@@ -644,5 +501,5 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     for corpus in corpora:
         cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
                             progress=progress)
-        rows += evaluate_saes(saes, model, cfg, corpus, cache, meta, progress, backend)
+        rows += evaluate_saes(saes, model, cfg, corpus, cache, meta, progress)
     return write_results(rows, cfg, out_path or cfg.run_path / "results.json")

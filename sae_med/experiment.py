@@ -21,17 +21,18 @@ from pathlib import Path
 from sae_med.activations import ActivationCache, build_cache
 from sae_med.artifacts import write_json_atomic
 from sae_med.config import Config
-from sae_med.models import LoadedModel, load_model
+from sae_med.lm import LanguageModel
+from sae_med.models import load_model
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=2)
-def _load(name: str, device: str, cache_dir: str) -> LoadedModel:
+def _load(name: str, device: str, cache_dir: str) -> LanguageModel:
     return load_model(name, device, Path(cache_dir))
 
 
-def load_model_for(cfg: Config) -> LoadedModel:
+def load_model_for(cfg: Config) -> LanguageModel:
     """The config's model, loaded once per process."""
     return _load(cfg.model.name, cfg.model.device, str(cfg.cache_path))
 

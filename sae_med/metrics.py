@@ -9,8 +9,8 @@ docstring carries its formula (see PAPER.md, "Metrics"):
   quantities over *all* tokens from exact running sums, counts per-latent firing (dead /
   dense fractions, log10 density histogram) and keeps per-document sums so that
   :func:`bootstrap_ci` can resample documents;
-- :func:`ce_losses` (TransformerLens) and :func:`ce_losses_hf` (HF forward hook) run the
-  model once per batch with the SAE spliced in, and :func:`loss_recovered`,
+- :class:`CELosses` holds the per-token losses of a spliced forward
+  (:meth:`sae_med.lm.LanguageModel.spliced_losses`), and :func:`loss_recovered`,
   :func:`delta_ce`, :func:`kl_score` combine their means.
 
 Token-level tensors use the dimension names ``tokens`` (flattened positions), ``batch`` and
@@ -19,13 +19,11 @@ Token-level tensors use the dimension names ``tokens`` (flattened positions), ``
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -484,173 +482,3 @@ class CELosses(NamedTuple):
 
     def summary(self) -> CESummary:
         return summarize_ce(self.doc_sums())
-
-
-def default_loss_mask(tokens: Int[Tensor, "batch pos"], attention_mask: Tensor,
-                      special_ids: Sequence[int]) -> Bool[Tensor, "batch pos"]:
-    """Attended positions whose token is not special (BOS/EOS/pad): the positions an
-    activation cache keeps, hence the ones an SAE is spliced at and scored on."""
-    mask = attention_mask.bool()
-    if len(special_ids):
-        mask = mask & ~torch.isin(tokens, torch.tensor(list(special_ids), device=tokens.device))
-    return mask
-
-
-def _special_ids(*sources: Any) -> list[int]:
-    ids = set()
-    for src in sources:
-        if src is None:
-            continue
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            v = getattr(src, name, None)
-            if isinstance(v, int):
-                ids.add(v)
-            elif isinstance(v, (list, tuple)):
-                ids.update(int(i) for i in v)
-    return sorted(ids)
-
-
-def _splice_hook(sae_fn: SaeFn, mask: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
-    """Rows [0, B) clean, [B, 2B) x → sae_fn(x), [2B, 3B) x → 0, each only at ``mask``."""
-
-    def apply(resid: Tensor) -> Tensor:
-        out = resid.clone()
-        spliced, zeroed = out[batch:2 * batch], out[2 * batch:]
-        spliced[mask] = sae_fn(resid[batch:2 * batch][mask]).to(resid.dtype)
-        zeroed[mask] = 0.0
-        return out
-
-    return apply
-
-
-@torch.no_grad()
-def _score_from_final(final: Float[Tensor, "three_batch pos d_model"],
-                      unembed: Callable[[Tensor], Tensor], tokens: Tensor, mask: Tensor,
-                      chunk_tokens: int) -> CELosses:
-    """CE/KL at masked positions, unembedding ``chunk_tokens`` positions at a time so no
-    (positions × vocab) tensor larger than a chunk ever exists."""
-    b = tokens.shape[0]
-    clean, spliced, zero = final[:b, :-1], final[b:2 * b, :-1], final[2 * b:, :-1]
-    where = mask.nonzero(as_tuple=True)
-    targets = tokens[:, 1:][where]
-    h = [t[where] for t in (clean, spliced, zero)]
-    n = targets.shape[0]
-    outs = {k: torch.zeros(n, dtype=torch.float32, device=tokens.device)
-            for k in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero")}
-    for s in range(0, n, chunk_tokens):
-        sl = slice(s, s + chunk_tokens)
-        tgt = targets[sl, None]
-        logp_clean = F.log_softmax(unembed(h[0][sl]).float(), dim=-1)
-        outs["ce_clean"][sl] = -logp_clean.gather(-1, tgt)[:, 0]
-        p_clean = logp_clean.exp()
-        for name, hh in (("spliced", h[1]), ("zero", h[2])):
-            logp = F.log_softmax(unembed(hh[sl]).float(), dim=-1)
-            outs[f"ce_{name}"][sl] = -logp.gather(-1, tgt)[:, 0]
-            outs[f"kl_{name}"][sl] = (p_clean * (logp_clean - logp)).sum(-1)
-            del logp
-        del logp_clean, p_clean
-    full = {}
-    for k, v in outs.items():
-        t = torch.zeros(mask.shape, dtype=torch.float32, device=tokens.device)
-        t[where] = v
-        full[k] = t
-    return CELosses(**full, mask=mask)
-
-
-def _prepare(tokens: Tensor, attention_mask: Tensor | None, loss_mask: Tensor | None,
-             special_ids: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
-    if attention_mask is None:
-        attention_mask = torch.ones_like(tokens)
-    if loss_mask is None:
-        loss_mask = default_loss_mask(tokens, attention_mask, special_ids)
-    loss_mask = loss_mask.bool() & attention_mask.bool()
-    scored = loss_mask[:, :-1] & attention_mask[:, 1:].bool()
-    return attention_mask, loss_mask, scored
-
-
-@torch.no_grad()
-def ce_losses(model: Any, tokens: Int[Tensor, "batch pos"],
-              attention_mask: Int[Tensor, "batch pos"] | None, hook_name: str, sae_fn: SaeFn,
-              loss_mask: Bool[Tensor, "batch pos"] | None = None,
-              chunk_tokens: int = 128) -> CELosses:
-    """Per-token CE clean / spliced / zero-ablated and KLs with a TransformerLens model.
-
-    One forward per batch: the batch is stacked three times (clean, spliced, zero) and a
-    hook at ``hook_name`` replaces x by ``sae_fn(x)`` in the second copy and by 0 in the
-    third, only at ``loss_mask`` positions (default: attended, non-BOS/EOS/pad tokens, the
-    positions an activation cache keeps); BOS and pad stay untouched. ``sae_fn`` maps
-    ``(tokens, d_model)`` raw activations to their reconstruction. The forward stops
-    before the unembedding, which is then applied ``chunk_tokens`` scored positions at a
-    time (vocab 262,144: full logits would not fit).
-
-    CE_t = −log p(token_{t+1} | ≤ t); KL_t = Σ_v p_clean (log p_clean − log p_new). A
-    position t is scored when ``loss_mask[t]`` and token t + 1 is attended (so the
-    prediction made at BOS, which no splice can change, is not counted). The default mask
-    takes BOS/EOS/pad ids from ``model.tokenizer``; pass ``loss_mask`` when it has none.
-    Peak memory: activations of a 3·batch forward plus 3 × ``chunk_tokens`` × vocab floats.
-    """
-    from transformer_lens.utilities.activation_functions import apply_softcap
-
-    tok = getattr(model, "tokenizer", None)
-    attention_mask, loss_mask, scored = _prepare(tokens, attention_mask, loss_mask,
-                                                 _special_ids(tok))
-    b = tokens.shape[0]
-    splice = _splice_hook(sae_fn, loss_mask, b)
-    resid = model.run_with_hooks(
-        tokens.repeat(3, 1), attention_mask=attention_mask.repeat(3, 1),
-        stop_at_layer=model.cfg.n_layers,
-        fwd_hooks=[(hook_name, lambda act, hook: splice(act))])
-    final = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
-
-    def unembed(h: Tensor) -> Tensor:
-        return apply_softcap(model.unembed(h[None])[0], model.cfg.output_logits_soft_cap)
-
-    return _score_from_final(final, unembed, tokens, scored, chunk_tokens)
-
-
-def layer_from_hook_name(hook_name: str) -> int:
-    """``blocks.{L}.hook_resid_post`` → L (the only hook the HF variant can splice at)."""
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook_name)
-    if m is None:
-        raise ValueError(f"HF splicing supports blocks.{{L}}.hook_resid_post, got {hook_name!r}")
-    return int(m.group(1))
-
-
-@torch.no_grad()
-def ce_losses_hf(hf_model: Any, tokens: Int[Tensor, "batch pos"],
-                 attention_mask: Int[Tensor, "batch pos"] | None, hook_name: str,
-                 sae_fn: SaeFn, loss_mask: Bool[Tensor, "batch pos"] | None = None,
-                 chunk_tokens: int = 128) -> CELosses:
-    """:func:`ce_losses` through a plain HF causal LM (reference for the TL path).
-
-    Splices with ``register_forward_hook`` on decoder layer L of
-    ``blocks.{L}.hook_resid_post``: an HF decoder layer returns the residual stream after
-    its block, i.e. TL's ``hook_resid_post``. The base model's ``last_hidden_state`` (after
-    the final norm) is unembedded by ``lm_head`` in chunks, with Gemma's final logit
-    soft-cap when the config sets one.
-    """
-    layer = layer_from_hook_name(hook_name)
-    attention_mask, loss_mask, scored = _prepare(
-        tokens, attention_mask, loss_mask, _special_ids(hf_model.config))
-    b = tokens.shape[0]
-    splice = _splice_hook(sae_fn, loss_mask, b)
-
-    def hook(module: Any, args: Any, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (splice(output[0]), *output[1:])
-        return splice(output)
-
-    base = hf_model.get_decoder() if hasattr(hf_model, "get_decoder") else hf_model.model
-    handle = base.layers[layer].register_forward_hook(hook)
-    try:
-        final = base(input_ids=tokens.repeat(3, 1),
-                     attention_mask=attention_mask.repeat(3, 1)).last_hidden_state
-    finally:
-        handle.remove()
-    cap = getattr(hf_model.config, "final_logit_softcapping", None)
-
-    def unembed(h: Tensor) -> Tensor:
-        logits = hf_model.lm_head(h)
-        return cap * torch.tanh(logits / cap) if cap else logits
-
-    return _score_from_final(final, unembed, tokens, scored, chunk_tokens)

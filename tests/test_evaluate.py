@@ -21,16 +21,15 @@ from sae_med.evaluate import (
     DARK_MATTER_METRICS,
     POINT_METRICS,
     RECON_METRICS,
-    CEBatch,
     bootstrap_many,
     ce_batches,
-    ce_losses_shared,
     evaluate_paths,
     evaluate_saes,
     load_results,
     write_results,
 )
-from sae_med.metrics import DocCE, bootstrap_ci, ce_losses, ce_losses_hf, summarize_ce
+from sae_med.lm import TokenBatch
+from sae_med.metrics import DocCE, bootstrap_ci, summarize_ce
 from sae_med.sae import JumpReLUSAE, to_sae_lens
 
 CORPUS = "medical"
@@ -289,11 +288,13 @@ def test_evaluate_paths_reads_gemma_scope_and_sae_lens_formats(model, cfg, saes,
 
 
 # --------------------------------------------------------------------------------------
-# Naive twins: shared-pass CE against metrics.ce_losses (TL) and ce_losses_hf (HF)
+# Naive twin: the pipeline's spliced CE against full-logit single-pass TransformerLens
 # --------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_pipeline_ce_matches_naive_tl_and_hf(model, cfg, saes, rows):
+def test_pipeline_ce_matches_naive_tl(model, cfg, saes, rows):
+    from naive_lm import ce_losses_tl
+
     batches = ce_batches(model, cfg, CORPUS)
     assert [b.tokens.shape[0] for b in batches] == [4, 1]
     sae = saes["fit"]
@@ -301,20 +302,12 @@ def test_pipeline_ce_matches_naive_tl_and_hf(model, cfg, saes, rows):
     def sae_fn(x):
         return sae(x).x_hat
 
-    hook = cfg.model.hook_name
-    tl_parts, hf_parts = [], []
+    tl, parts = model.transformer_lens(), []
     for b in batches:
-        tl = ce_losses(model.tl, b.tokens, b.attention_mask, hook, sae_fn, loss_mask=b.loss_mask)
-        hf = ce_losses_hf(model.hf, b.tokens, b.attention_mask, hook, sae_fn,
-                          loss_mask=b.loss_mask)
-        # Spliced CE through a TransformerLens hook equals the one through an HF hook.
-        assert torch.equal(tl.mask, hf.mask) and not tl.mask[:, 0].any()
-        for name in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero"):
-            torch.testing.assert_close(getattr(tl, name), getattr(hf, name),
-                                       atol=2e-4, rtol=1e-4)
-        tl_parts.append(tl.doc_sums())
-        hf_parts.append(hf.doc_sums())
-    naive = summarize_ce(DocCE(*(torch.cat(f) for f in zip(*tl_parts, strict=True))))
+        ref = ce_losses_tl(tl, b.tokens, b.attention_mask, cfg.model.hook_layer, sae_fn, b.keep)
+        assert not ref.mask[:, 0].any()
+        parts.append(ref.doc_sums())
+    naive = summarize_ce(DocCE(*(torch.cat(f) for f in zip(*parts, strict=True))))
     assert naive.n_tokens == rows["fit"]["ce_tokens"]
     assert naive.kl_spliced > 1e-3  # the splice really changes the output
     for name in CE_METRICS:
@@ -367,7 +360,7 @@ def test_l0_and_variance_agree_with_sae_lens(model, cfg, cache, saes, rows):
     width = max(map(len, seqs))
     tokens = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
     metrics, _ = get_sparsity_and_variance_metrics(
-        _lens_sae(saes["fit"], cfg.model.hook_name), model.tl, _FixedTokens(tokens),
+        _lens_sae(saes["fit"], cfg.model.hook_name), model.transformer_lens(), _FixedTokens(tokens),
         ActivationScaler(), n_batches=1, compute_l2_norms=False, compute_sparsity_metrics=True,
         compute_variance_metrics=True, compute_featurewise_density_statistics=False,
         eval_batch_size_prompts=tokens.shape[0], model_kwargs={},
@@ -398,12 +391,13 @@ def test_loss_recovered_agrees_with_sae_lens(model, cfg, saes):
     tokens = b.tokens[:, :t]
     ones = torch.ones_like(tokens)
     sae = saes["fit"]
-    ours = ce_losses_shared(model, CEBatch(tokens, ones, ones.bool()), cfg.model.hook_name,
-                            {"fit": lambda x: sae(x).x_hat}, backend="tl")["fit"]
+    ours = model.spliced_losses(TokenBatch(tokens, ones, ones.bool()), cfg.model.hook_layer,
+                                {"fit": lambda x: sae(x).x_hat})["fit"]
     assert ours.mask.all()
     s = ours.summary()
-    theirs = get_recons_loss(_lens_sae(sae, cfg.model.hook_name), model.tl, ActivationScaler(),
-                             tokens, compute_kl=True, compute_ce_loss=True)
+    theirs = get_recons_loss(_lens_sae(sae, cfg.model.hook_name), model.transformer_lens(),
+                             ActivationScaler(), tokens, compute_kl=True,
+                             compute_ce_loss=True)
     ce = {k: float(theirs[k].mean()) for k in
           ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation")}
     score = (ce["ce_loss_with_ablation"] - ce["ce_loss_with_sae"]) / \

@@ -74,9 +74,8 @@ def assert_one_line(err: BaseException, *needles: str) -> str:
 
 TINY_MODEL = textwrap.dedent('''
     import torch
-    from types import SimpleNamespace
     from sae_med.config import load_config
-    from sae_med.models import LoadedModel
+    from sae_med.lm import LanguageModel
 
     def tiny_model():
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
@@ -96,9 +95,7 @@ TINY_MODEL = textwrap.dedent('''
             vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
             tie_word_embeddings=True)).eval()
-        tl = SimpleNamespace(cfg=SimpleNamespace(n_layers=2, d_model=16))
-        return LoadedModel(tl=tl, hf=hf, tokenizer=tok, name="tiny-llama",
-                           weights_hash="tiny-llama-seed0")
+        return LanguageModel(hf, tok, "tiny-llama", "tiny-llama-seed0")
 
     def cache_cfg(root, *extra):
         return load_config(None, [f"cache_dir={root}", "cache.n_tokens=400",

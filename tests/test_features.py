@@ -67,7 +67,7 @@ def test_top_windows_mark_the_peak(cache, sae):
 
 
 def test_logit_lens_of_an_unembedding_direction(model):
-    W_U = model.tl.W_U.detach()
+    W_U = model.W_U
     token = model.tokenizer(" fever", add_special_tokens=False).input_ids[0]
     sae = JumpReLUSAE(model.d_model, 4)
     with torch.no_grad():
@@ -208,7 +208,7 @@ def test_latent_dashboard_cards_figure_and_file(model, cache, sae, tmp_path):
     acts = encode_cache(sae, cache, progress=False)
     rate = acts.firing_rate()
     latents = rate.argsort(descending=True)[:3].tolist()
-    W_U = model.tl.W_U.detach()
+    W_U = model.W_U
     sums = [latent_summary(sae, acts, cache, model.tokenizer, W_U, j, label=f"L{j}")
             for j in latents]
     for s, j in zip(sums, latents, strict=True):

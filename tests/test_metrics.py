@@ -19,17 +19,13 @@ from sae_med.metrics import (
     ReconstructionAccumulator,
     bootstrap_ci,
     bootstrap_mean,
-    ce_losses,
-    ce_losses_hf,
     concat_doc_stats,
-    default_loss_mask,
     delta_ce,
     density_histogram,
     fve,
     fve_uncentered,
     kl_score,
     l0,
-    layer_from_hook_name,
     loss_recovered,
     metrics_from_doc_sums,
     mse,
@@ -249,24 +245,23 @@ def test_ce_combiners_known_values():
     assert concat_doc_stats([doc, doc]).n_tokens.tolist() == [2.0] * 4
 
 
-def test_layer_from_hook_name():
-    assert layer_from_hook_name("blocks.13.hook_resid_post") == 13
-    with pytest.raises(ValueError):
-        layer_from_hook_name("blocks.13.hook_resid_pre")
-
-
 # ------------------------------------------------------------------ spliced CE, tiny Gemma-3
 
 VOCAB, BOS, EOS, PAD = 97, 2, 1, 0
-HOOK = "blocks.1.hook_resid_post"
+LAYER = 1
 
 
 @pytest.fixture(scope="module")
 def tiny_gemma():
-    """(TL, HF) pair with identical weights: a 3-block Gemma-3 with local+global layers."""
+    """(TL, LanguageModel) pair with identical weights: a 3-block Gemma-3 with local and
+    global layers, random weights from a config (no download)."""
+    from types import SimpleNamespace
+
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from sae_med.lm import LanguageModel
 
     torch.manual_seed(0)
     hcfg = Gemma3TextConfig(
@@ -294,17 +289,22 @@ def tiny_gemma():
         convert_gemma_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
         center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False)
     tl.eval()
-    return tl, hf
+    # only the special ids of a tokenizer are read by the scoring path
+    ids = SimpleNamespace(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    return tl, LanguageModel(hf, ids, "tiny-gemma3", "random")
 
 
 def _tiny_batch():
+    from sae_med.lm import TokenBatch
+
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(3, VOCAB, (3, 20), generator=g)
     tokens[:, 0] = BOS
     attn = torch.ones_like(tokens)
     tokens[1, 14:], attn[1, 14:] = PAD, 0  # right padding
     tokens[2, 9] = EOS
-    return tokens, attn
+    keep = attn.bool() & ~torch.isin(tokens, torch.tensor([BOS, EOS, PAD]))
+    return TokenBatch(tokens, attn, keep)
 
 
 def _wobble(x):
@@ -312,18 +312,16 @@ def _wobble(x):
 
 
 def test_tiny_pair_agrees(tiny_gemma):
-    tl, hf = tiny_gemma
-    tokens, _ = _tiny_batch()
+    tl, lm = tiny_gemma
+    tokens = _tiny_batch().tokens
     with torch.no_grad():
-        torch.testing.assert_close(tl(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(tl(tokens), lm.hf_model(tokens).logits, atol=1e-5,
+                                   rtol=1e-4)
 
 
 def test_identity_sae_recovers_everything(tiny_gemma):
-    tl, _ = tiny_gemma
-    tokens, attn = _tiny_batch()
-    mask = default_loss_mask(tokens, attn, [BOS, EOS, PAD])
-    out = ce_losses(tl, tokens, attn, HOOK, lambda x: x, loss_mask=mask)
-    s = out.summary()
+    _, lm = tiny_gemma
+    s = lm.spliced_losses(_tiny_batch(), LAYER, {"id": lambda x: x})["id"].summary()
     assert s.loss_recovered == pytest.approx(1.0, abs=1e-5)
     assert abs(s.delta_ce) < 1e-5
     assert s.kl_spliced < 1e-6
@@ -331,10 +329,8 @@ def test_identity_sae_recovers_everything(tiny_gemma):
 
 
 def test_zero_sae_recovers_nothing(tiny_gemma):
-    tl, _ = tiny_gemma
-    tokens, attn = _tiny_batch()
-    out = ce_losses(tl, tokens, attn, HOOK, torch.zeros_like,
-                    loss_mask=default_loss_mask(tokens, attn, [BOS, EOS, PAD]))
+    _, lm = tiny_gemma
+    out = lm.spliced_losses(_tiny_batch(), LAYER, {"zero": torch.zeros_like})["zero"]
     s = out.summary()
     assert s.loss_recovered == pytest.approx(0.0, abs=1e-6)
     assert s.kl_score == pytest.approx(0.0, abs=1e-6)
@@ -342,16 +338,16 @@ def test_zero_sae_recovers_nothing(tiny_gemma):
 
 
 def test_ce_clean_matches_model_loss_and_mask(tiny_gemma):
-    tl, _ = tiny_gemma
-    tokens, attn = _tiny_batch()
-    mask = default_loss_mask(tokens, attn, [BOS, EOS, PAD])
+    tl, lm = tiny_gemma
+    batch = _tiny_batch()
+    tokens, attn, mask = batch
     seen = []
 
     def recording(x):
         seen.append(x.shape[0])
         return _wobble(x)
 
-    out = ce_losses(tl, tokens, attn, HOOK, recording, loss_mask=mask, chunk_tokens=5)
+    out = lm.spliced_losses(batch, LAYER, {"w": recording}, chunk_tokens=5)["w"]
     assert seen == [int(mask.sum())]  # spliced only at kept positions, BOS/EOS/pad untouched
     expected_mask = mask[:, :-1] & attn[:, 1:].bool()
     assert torch.equal(out.mask, expected_mask)
@@ -361,7 +357,7 @@ def test_ce_clean_matches_model_loss_and_mask(tiny_gemma):
     torch.testing.assert_close(out.ce_clean[out.mask], ref[out.mask], atol=1e-5, rtol=1e-5)
     assert (out.ce_clean[~out.mask] == 0).all()
     # chunking the unembedding does not change anything
-    big = ce_losses(tl, tokens, attn, HOOK, _wobble, loss_mask=mask, chunk_tokens=10_000)
+    big = lm.spliced_losses(batch, LAYER, {"w": _wobble}, chunk_tokens=10_000)["w"]
     for name in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero"):
         torch.testing.assert_close(getattr(out, name), getattr(big, name))
     assert (out.kl_spliced[out.mask] >= -1e-6).all()
@@ -369,37 +365,40 @@ def test_ce_clean_matches_model_loss_and_mask(tiny_gemma):
     assert docs.n_tokens.tolist() == expected_mask.sum(1).double().tolist()
 
 
-def test_tl_and_hf_splicing_agree(tiny_gemma):
-    tl, hf = tiny_gemma
-    tokens, attn = _tiny_batch()
-    a = ce_losses(tl, tokens, attn, HOOK, _wobble,
-                  loss_mask=default_loss_mask(tokens, attn, [BOS, EOS, PAD]))
-    b = ce_losses_hf(hf, tokens, attn, HOOK, _wobble)  # default mask from hf.config ids
-    assert torch.equal(a.mask, b.mask)
-    for name in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=2e-5, rtol=1e-4)
+def test_shared_pass_matches_naive_tl_and_hf_twins(tiny_gemma):
+    """The package's path (shared clean/zero passes, chunked unembedding, forward stopped
+    nowhere) against full-logit single-pass twins through TransformerLens and HF hooks."""
+    from naive_lm import ce_losses_hf, ce_losses_tl
+
+    tl, lm = tiny_gemma
+    batch = _tiny_batch()
+    ours = lm.spliced_losses(batch, LAYER, {"w": _wobble, "z": torch.zeros_like},
+                             chunk_tokens=7)
+    a = ce_losses_tl(tl, batch.tokens, batch.attention_mask, LAYER, _wobble, batch.keep)
+    b = ce_losses_hf(lm.hf_model, batch.tokens, batch.attention_mask, LAYER, _wobble,
+                     batch.keep)
+    for ref in (a, b):
+        assert torch.equal(ours["w"].mask, ref.mask)
+        for name in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero"):
+            torch.testing.assert_close(getattr(ours["w"], name), getattr(ref, name),
+                                       atol=2e-5, rtol=1e-4)
     assert a.summary().kl_spliced > 1e-3  # the splice really changed something
+    torch.testing.assert_close(ours["z"].ce_spliced, ours["z"].ce_zero)
 
 
 @pytest.mark.slow
-def test_tl_and_hf_splicing_agree_real_model():
-    from sae_med.config import default_cache_dir
+def test_tl_and_hf_splicing_agree_real_model(model):
+    from naive_lm import ce_losses_tl
 
-    if not list((default_cache_dir() / "models").glob("gemma-3-270m-*/sae_med_model.json")):
-        pytest.skip("embedded Gemma-3-270M not cached yet")
-    from sae_med.models import load_model
-
-    m = load_model(device="cpu")
-    enc = m.tokenizer(["The patient presented with fever and a sore throat.",
-                       "Mononucleosis is caused by Epstein-Barr virus."],
-                      return_tensors="pt", padding=True)
-    hook = "blocks.13.hook_resid_post"
+    batch = model.tokenize(["The patient presented with fever and a sore throat.",
+                            "Mononucleosis is caused by Epstein-Barr virus."], ctx_len=32)
 
     def sae_fn(x):
         return 0.9 * x
 
-    a = ce_losses(m.tl, enc["input_ids"], enc["attention_mask"], hook, sae_fn)
-    b = ce_losses_hf(m.hf, enc["input_ids"], enc["attention_mask"], hook, sae_fn)
+    a = ce_losses_tl(model.transformer_lens(), batch.tokens, batch.attention_mask, 13, sae_fn,
+                     batch.keep)
+    b = model.spliced_losses(batch, 13, {"s": sae_fn})["s"]
     assert torch.equal(a.mask, b.mask) and not a.mask[:, 0].any()
     sa, sb = a.summary(), b.summary()
     assert sa.ce_clean == pytest.approx(sb.ce_clean, abs=1e-3)

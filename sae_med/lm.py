@@ -1,0 +1,325 @@
+"""The language model behind every forward pass in sae-med.
+
+:class:`LanguageModel` owns a Hugging Face causal LM and its tokenizer and offers the few
+operations the package needs: tokenise documents as the activation cache does, read the
+residual stream after a block (stopping the forward there), run to the final states with
+an edit at that block, unembed (with the logit soft-cap where the model has one), and
+score next-token CE/KL in chunks. TransformerLens is optional: it is imported only by
+:meth:`LanguageModel.transformer_lens`, for users who want its hooks and for the tests'
+cross-check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from sae_med.config import ConfigError
+from sae_med.metrics import CELosses, SaeFn
+
+Edit = Callable[[Tensor], Tensor]
+"""Maps the residual ``(batch, pos, d_model)`` after a block to its replacement."""
+
+_BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h",
+                "gpt_neox.layers", "model.decoder.layers")
+
+
+class TokenBatch(NamedTuple):
+    """Documents tokenised as the activation cache does (all ``(batch, pos)``)."""
+
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    keep: Bool[Tensor, "batch pos"]
+    """Positions a cache keeps and an SAE is spliced at: attended, and not a special
+    token (BOS/EOS/pad) when the special-token policy excludes them."""
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(*(t.to(device) for t in self))
+
+
+class ChunkScores(NamedTuple):
+    """Per-row next-token scores from :meth:`LanguageModel.score` (each ``(n,)``)."""
+
+    ce_clean: Float[Tensor, " n"]
+    ce: dict[str, Float[Tensor, " n"]]
+    """CE under each variant, by name."""
+    kl: dict[str, Float[Tensor, " n"]]
+    """KL(clean ‖ variant) per row, nats, by name."""
+
+
+def decoder_layers(hf: Any) -> Any:
+    """The list of transformer blocks of an HF causal LM (``model.layers`` and kin)."""
+    for path in _BLOCK_PATHS:
+        obj = hf
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise ValueError(f"cannot find the decoder blocks of {type(hf).__name__}; "
+                     f"looked for {', '.join(_BLOCK_PATHS)}")
+
+
+def special_token_ids(tokenizer: Any) -> list[int]:
+    """BOS, EOS and pad ids of ``tokenizer`` (the tokens a cache never keeps)."""
+    ids: set[int] = set()
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = getattr(tokenizer, name, None)
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, list | tuple):
+            ids.update(int(i) for i in v)
+    return sorted(ids)
+
+
+class _StopForward(Exception):
+    """Raised from a block's hook to end the forward there."""
+
+
+def _replace_output(output: Any, new: Tensor) -> Any:
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+def _first(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+class LanguageModel:
+    """An HF causal LM (fp32, eval mode) with its tokenizer and the operations sae-med
+    needs. Blocks are numbered as TransformerLens numbers them: the residual "after block
+    L" is TransformerLens's ``blocks.{L}.hook_resid_post``, the output of HF decoder
+    layer L."""
+
+    def __init__(self, hf: Any, tokenizer: Any, name: str, weights_hash: str) -> None:
+        self._hf = hf.eval()
+        self.tokenizer = tokenizer
+        """The HF tokenizer (for decoding token ids)."""
+        self.name = name
+        """The name it was loaded by (``embedded:gemma-3-270m`` or a hub id / folder)."""
+        self.weights_hash = weights_hash
+        """Identity of the weights, used in every artefact's cache key."""
+        self.special_ids = special_token_ids(tokenizer)
+        self._blocks = decoder_layers(hf)
+        self._tl: Any = None
+
+    # ---------------------------------------------------------------- shape and place
+    @property
+    def hf_model(self) -> Any:
+        """The underlying ``transformers`` model, for interop with other tools (the package
+        itself goes through this class's methods only)."""
+        return self._hf
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._blocks)
+
+    @property
+    def d_model(self) -> int:
+        return int(self._hf.get_input_embeddings().weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._hf.parameters()).device
+
+    @property
+    def softcap(self) -> float | None:
+        """Gemma-2's final logit soft-cap (None when the model has none)."""
+        return getattr(self._hf.config, "final_logit_softcapping", None) or None
+
+    def check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise ConfigError(f"config field 'model.hook_layer': {layer} is out of range; "
+                             f"{self.name} has blocks 0..{self.n_layers - 1}")
+        return layer
+
+    # ---------------------------------------------------------------- tokenisation
+    def tokenize(self, texts: list[str], ctx_len: int, exclude_special: bool = True
+                 ) -> TokenBatch:
+        """Each text on its own with BOS, truncated to ``ctx_len``, right-padded; ``keep``
+        marks attended positions (minus special tokens when ``exclude_special``)."""
+        extra = int(self._prepend_bos)
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True,
+                             max_length=ctx_len - extra, padding=True, padding_side="right",
+                             return_tensors="pt")
+        return self._batch(enc["input_ids"], enc["attention_mask"], exclude_special)
+
+    def tokenize_text(self, text: str) -> TokenBatch:
+        """One text with BOS, not truncated, special tokens excluded from ``keep``."""
+        enc = self.tokenizer(text, return_tensors="pt")
+        return self._batch(enc["input_ids"], enc["attention_mask"], True)
+
+    @cached_property
+    def _prepend_bos(self) -> bool:
+        """Whether BOS must be added by hand: some tokenizers (SmolLM2's) add none, and
+        without it the first word becomes the attention sink with a huge residual norm."""
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is None:
+            return False
+        return self.tokenizer("a", add_special_tokens=True)["input_ids"][0] != bos
+
+    def _batch(self, tokens: Tensor, attention_mask: Tensor, exclude_special: bool
+               ) -> TokenBatch:
+        if self._prepend_bos:
+            ones = torch.ones_like(tokens[:, :1])
+            tokens = torch.cat([ones * self.tokenizer.bos_token_id, tokens], 1)
+            attention_mask = torch.cat([ones, attention_mask], 1)
+        keep = attention_mask.bool()
+        if exclude_special and self.special_ids:
+            keep &= ~torch.isin(tokens, torch.tensor(self.special_ids))
+        return TokenBatch(tokens, attention_mask, keep)
+
+    # ---------------------------------------------------------------- forward passes
+    @torch.no_grad()
+    def resid(self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
+              layer: int) -> Float[Tensor, "batch pos d_model"]:
+        """Residual stream after block ``layer``; no later block nor the unembedding runs
+        (an exception from the block's hook ends the forward)."""
+        captured: list[Tensor] = []
+
+        def grab(_module: Any, _inputs: Any, output: Any) -> None:
+            captured.append(_first(output))
+            raise _StopForward
+
+        handle = self._blocks[self.check_layer(layer)].register_forward_hook(grab)
+        try:
+            self._hf(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+    @torch.no_grad()
+    def final_states(self, tokens: Int[Tensor, "batch pos"],
+                     attention_mask: Int[Tensor, "batch pos"], layer: int, edit: Edit
+                     ) -> Float[Tensor, "batch pos d_model"]:
+        """Final-norm residual stream (what the unembedding reads) with ``edit`` applied to
+        the residual after block ``layer``."""
+
+        def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+            return _replace_output(output, edit(_first(output)))
+
+        handle = self._blocks[self.check_layer(layer)].register_forward_hook(hook)
+        try:
+            return self._hf.base_model(input_ids=tokens, attention_mask=attention_mask,
+                                       use_cache=False).last_hidden_state
+        finally:
+            handle.remove()
+
+    def unembed(self, h: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
+        """Logits of final-norm states, soft-capped where the model caps them."""
+        logits = self._hf.get_output_embeddings()(h)
+        cap = self.softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """The unembedding matrix (detached, on the model's device)."""
+        return self._hf.get_output_embeddings().weight.detach().T
+
+    # ---------------------------------------------------------------- spliced losses
+    @torch.no_grad()
+    def spliced_losses(self, batch: TokenBatch, layer: int, sae_fns: Mapping[str, SaeFn],
+                       chunk_tokens: int = 128) -> dict[str, CELosses]:
+        """Next-token CE and KL with each ``sae_fn`` spliced in after block ``layer``.
+
+        One forward of the batch stacked twice (clean; x → 0 at ``keep``), then one forward
+        per SAE (x → sae_fn(x) at ``keep``); BOS and pad stay untouched. The unembedding
+        runs ``chunk_tokens`` scored positions at a time (no positions × vocab tensor
+        larger than a chunk) and its clean and zero-ablated parts are shared by every SAE.
+        Position t is scored when spliced at t and token t + 1 is attended, so the
+        prediction made at BOS, which no splice changes, is not counted.
+        CE_t = −log p(token_{t+1} | ≤ t); KL_t = Σ_v p_clean (log p_clean − log p_new).
+        """
+        tokens, attn, keep = batch
+        keep = keep.bool() & attn.bool()
+        b = tokens.shape[0]
+        scored = keep[:, :-1] & attn[:, 1:].bool()
+        where = scored.nonzero(as_tuple=True)
+
+        def zero_second_copy(act: Tensor) -> Tensor:
+            out = act.clone()
+            out[b:][keep] = 0.0
+            return out
+
+        final = self.final_states(tokens.repeat(2, 1), attn.repeat(2, 1), layer,
+                                  zero_second_copy)[:, :-1]
+        h_clean, h_zero = final[:b][where], final[b:][where]
+        del final
+        h_sae = {}
+        for name, fn in sae_fns.items():
+            def splice(act: Tensor, fn: SaeFn = fn) -> Tensor:
+                out = act.clone()
+                out[keep] = fn(act[keep]).to(act.dtype)
+                return out
+
+            h_sae[name] = self.final_states(tokens, attn, layer, splice)[:, :-1][where]
+        targets = tokens[:, 1:][where]
+        ce_clean, ce, kl = self.score(h_clean, {"zero": h_zero, **h_sae}, targets,
+                                      chunk_tokens)
+
+        def full(v: Tensor) -> Tensor:
+            t = torch.zeros(scored.shape, dtype=torch.float32, device=tokens.device)
+            t[where] = v
+            return t
+
+        shared = {"ce_clean": full(ce_clean), "ce_zero": full(ce["zero"]),
+                  "kl_zero": full(kl["zero"])}
+        return {name: CELosses(ce_spliced=full(ce[name]), kl_spliced=full(kl[name]),
+                               mask=scored, **shared) for name in sae_fns}
+
+    @torch.no_grad()
+    def score(self, h_clean: Float[Tensor, "n d_model"],
+              variants: Mapping[str, Float[Tensor, "n d_model"]], targets: Int[Tensor, " n"],
+              chunk_tokens: int = 128) -> ChunkScores:
+        """CE of ``targets`` under the clean states, and CE and KL(clean ‖ variant) under
+        each variant, unembedding ``chunk_tokens`` rows at a time."""
+        n = targets.shape[0]
+
+        def zeros() -> Tensor:
+            return torch.zeros(n, dtype=torch.float32, device=targets.device)
+
+        ce_clean = zeros()
+        ce = {k: zeros() for k in variants}
+        kl = {k: zeros() for k in variants}
+        for s in range(0, n, chunk_tokens):
+            sl = slice(s, s + chunk_tokens)
+            tgt = targets[sl, None]
+            logp_clean = F.log_softmax(self.unembed(h_clean[sl]).float(), dim=-1)
+            p_clean = logp_clean.exp()
+            ce_clean[sl] = -logp_clean.gather(-1, tgt)[:, 0]
+            for k, h in variants.items():
+                logp = F.log_softmax(self.unembed(h[sl]).float(), dim=-1)
+                ce[k][sl] = -logp.gather(-1, tgt)[:, 0]
+                kl[k][sl] = (p_clean * (logp_clean - logp)).sum(-1)
+                del logp
+            del logp_clean, p_clean
+        return ChunkScores(ce_clean, ce, kl)
+
+    # ---------------------------------------------------------------- optional TL
+    def transformer_lens(self) -> Any:
+        """A TransformerLens ``HookedTransformer`` sharing this model's weights (built on
+        first use; TransformerLens is imported only here)."""
+        if self._tl is None:
+            from transformer_lens import HookedTransformer
+
+            self._tl = HookedTransformer.from_pretrained_no_processing(
+                self._tl_name(), hf_model=self._hf, tokenizer=self.tokenizer,
+                device=str(self.device), dtype=torch.float32).eval()
+        return self._tl
+
+    def _tl_name(self) -> str:
+        from sae_med.models import tl_model_name
+
+        return tl_model_name(self.name)
+
+    def to(self, device: torch.device | str) -> LanguageModel:
+        self._hf.to(device)
+        return self
