@@ -17,6 +17,7 @@ config plus ``section.field=value`` overrides.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -26,6 +27,46 @@ from collections.abc import Callable
 from sae_med.config import Config, ConfigError, load_config
 
 log = logging.getLogger("sae_med")
+
+KNOWN_ERRORS = {
+    "sae_med.config": ["ConfigError"],
+    "sae_med.artifacts": ["StorageError", "ArtifactLockedError"],
+    "sae_med.activations": ["CorruptCacheError"],
+    "sae_med.train": ["TrainingError"],
+    "sae_med.models": ["ModelUnavailableError"],
+    "sae_med.sae": ["SAECheckpointError"],
+    "sae_med.data": ["UnknownCorpusError"],
+    "sae_med.corpora_embedded": ["CorpusFetchError"],
+    "sae_med.book": ["NotebookError", "BookBuildError"],
+}
+"""Errors whose message says what is wrong and what to do: the command line prints that
+message as one line instead of a traceback (``--debug`` shows it)."""
+
+
+def _known(err: BaseException) -> bool:
+    """Whether ``err`` is one of :data:`KNOWN_ERRORS` (a module never imported cannot have
+    raised one, so nothing is imported here) or a plain missing-file/storage error."""
+    for module, names in KNOWN_ERRORS.items():
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(err, tuple(getattr(mod, n) for n in names)):
+            return True
+    return isinstance(err, FileNotFoundError | IsADirectoryError | NotADirectoryError) or (
+        isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                   errno.EACCES))
+
+
+def one_line(err: BaseException) -> str:
+    """The error as a single line (a failing notebook: notebook, cell and the error)."""
+    from sae_med.artifacts import storage_error
+
+    if hasattr(err, "notebook") and hasattr(err, "ename"):
+        first = str(err.evalue).strip().splitlines()[:1]
+        return (f"notebook {err.notebook} failed in cell {err.cell}: {err.ename}: "
+                f"{first[0] if first else ''} (partially executed notebook: {err.output})")
+    if isinstance(err, OSError) and err.filename is not None:
+        err = storage_error(err, err.filename)
+    text = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip())
+    return text or type(err).__name__
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -140,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or cfg.run_path / "results_external.json"
     try:
         path = evaluate_paths(cfg, args.sae, out_path=out, sae_ids=args.sae_id or None)
-    except (FileNotFoundError, SAECheckpointError) as err:
+    except (FileNotFoundError, SAECheckpointError, ValueError) as err:  # e.g. wrong d_model
         print(f"sae-med: {err}", file=sys.stderr)
         return 2
     print(f"results={path}")
@@ -191,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae-med", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
         "prepare": (cmd_prepare, "fetch embedded corpora and cache the embedded model"),
@@ -206,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error instead of one line")
         _add_config_args(p, required=name not in ("corpora", "prepare"))
         if name == "corpora":
             p.add_argument("--no-tokens", action="store_true",
@@ -242,9 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"sae-med: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if args.debug or not _known(err):
+            raise
+        print(f"sae-med: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
 
 
 if __name__ == "__main__":

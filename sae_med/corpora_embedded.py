@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from sae_med.artifacts import chmod_like_new
 from sae_med.config import default_cache_dir
 from sae_med.data import Document
 
@@ -89,6 +90,7 @@ def ensure_debian_package(package: str) -> Path:
         if proc.returncode != 0:
             raise CorpusFetchError(f"`dpkg-deb -x {deb}` failed: {proc.stderr.strip()}\n{hint}")
         (tmp / ".complete").write_text(deb.name + "\n")
+        chmod_like_new(tmp)  # mkdtemp makes it 0700; a shared cache must stay readable
         if dest.exists():  # an incomplete earlier attempt
             shutil.rmtree(dest)
         tmp.replace(dest)

@@ -99,6 +99,19 @@ class Generation(NamedTuple):
     """Ended by end-of-sequence rather than the token budget."""
 
 
+def _stopping_criteria(stop: Callable[[], bool] | None) -> Any:
+    """transformers' stopping criteria ending a generation once ``stop()`` is true."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhen(StoppingCriteria):
+        def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+            done = stop is not None and bool(stop())
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
+                              device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhen()] if stop is not None else [])
+
+
 class LocalChat:
     """A causal LM in this process: chat template, greedy decoding, at most
     ``max_new_tokens`` new tokens. ``n_calls`` counts generations and forward passes
@@ -141,17 +154,29 @@ class LocalChat:
     def chat(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> str:
         return self.generate(messages, max_new_tokens).text
 
+    @property
+    def context_length(self) -> int:
+        """Prompt plus generated tokens the model can attend to."""
+        return int(self.hf.config.max_position_embeddings)
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of the chat-templated prompt."""
+        return int(self._encode(messages)["input_ids"].shape[1])
+
     @torch.no_grad()
     def generate(self, messages: Sequence[Message], max_new_tokens: int | None = None,
-                 logprobs: bool = False) -> Generation:
+                 logprobs: bool = False, stop: Callable[[], bool] | None = None
+                 ) -> Generation:
         """Greedy answer; with ``logprobs`` also the log-softmax over the vocabulary at each
-        generated position (the model's raw logits)."""
+        generated position (the model's raw logits). ``stop()`` is asked after every token
+        and ends the generation early when true (a deadline, a client that left)."""
         enc = self._encode(messages)
         budget = max_new_tokens or self.max_new_tokens
         with self._lock:
             self.n_calls += 1
             out = self.hf.generate(**enc, max_new_tokens=budget, do_sample=False,
                                    pad_token_id=self.tokenizer.eos_token_id,
+                                   stopping_criteria=_stopping_criteria(stop),
                                    output_logits=logprobs, return_dict_in_generate=True)
         new = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
         text = self.tokenizer.decode(new, skip_special_tokens=True).strip()

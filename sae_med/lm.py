@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from sae_med.config import ConfigError
 from sae_med.metrics import CELosses, SaeFn
 
 Edit = Callable[[Tensor], Tensor]
@@ -134,7 +135,7 @@ class LanguageModel:
 
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
-            raise ValueError(f"config field 'model.hook_layer': {layer} is out of range; "
+            raise ConfigError(f"config field 'model.hook_layer': {layer} is out of range; "
                              f"{self.name} has blocks 0..{self.n_layers - 1}")
         return layer
 

@@ -27,8 +27,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-from sae_med.artifacts import file_sha256, stable_hash, write_json_atomic
-from sae_med.config import default_cache_dir
+from sae_med.artifacts import (
+    artifact_lock,
+    chmod_like_new,
+    file_sha256,
+    stable_hash,
+    write_json_atomic,
+)
+from sae_med.config import ConfigError, default_cache_dir
 from sae_med.lm import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -51,7 +57,19 @@ def pick_device(device: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+    check_device_available(device)
     return torch.device(device)
+
+
+def check_device_available(device: str) -> None:
+    """A one-line :class:`ConfigError` for a device this machine does not have."""
+    dev = torch.device(device)
+    count = torch.cuda.device_count() if dev.type == "cuda" else 1
+    if dev.type == "mps" and not torch.backends.mps.is_available() or (
+            dev.type == "cuda" and (dev.index or 0) >= count):
+        raise ConfigError(f"device {device!r} is not available on this machine "
+                          f"({count if dev.type == 'cuda' else 0} {dev.type} devices); "
+                          f"use device=auto or cpu")
 
 
 def fp32_from_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
@@ -67,6 +85,16 @@ def fp32_from_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
     if (target / "sae_med_model.json").exists():
         _verify_model_dir(target)
         return target
+    # one converter at a time: a second process waits and then finds the copy made
+    with artifact_lock(target.with_name(target.name + ".lock"), f"the model copy {target}"):
+        if not (target / "sae_med_model.json").exists():
+            _convert_gguf(target, make_gguf, source, gguf_sha256)
+    _verify_model_dir(target)
+    return target
+
+
+def _convert_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
+                  gguf_sha256: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -92,16 +120,14 @@ def fp32_from_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
             "source": source, "gguf_sha256": gguf_sha256, "format_version": FORMAT_VERSION,
             "weights_sha256": {w.name: file_sha256(w) for w in weights},
         })
-        if target.exists():  # a concurrent process won the race; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
+        chmod_like_new(tmp)  # mkdtemp makes it 0700
+        if target.exists():  # an interrupted copy without its record (made under the lock)
+            shutil.rmtree(target)
+        os.replace(tmp, target)
         log.info("%s cached at %s in %.0f s", source, target, time.time() - t0)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _verify_model_dir(target)
-    return target
 
 
 def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
