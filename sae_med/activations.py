@@ -20,6 +20,7 @@ The forward pass stops at the hook block: later blocks and the 262k-way unembedd
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -34,7 +35,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_med.artifacts import atomic_path, file_sha256, stable_hash, write_json_atomic
+from sae_med.artifacts import (
+    artifact_lock,
+    atomic_path,
+    file_sha256,
+    stable_hash,
+    write_json_atomic,
+)
 from sae_med.batches import ChunkedBatches
 from sae_med.config import CacheConfig, Config
 from sae_med.lm import LanguageModel, TokenBatch
@@ -166,12 +173,27 @@ class _Shard:
         return f"shard_{self.index:05d}"
 
 
+def _read_record(path: Path) -> _Shard | None:
+    """A shard record, or None (with a warning naming it) if it is damaged."""
+    try:
+        return _Shard(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        log.warning("shard record %s is damaged (%s); recomputing from there", path, err)
+        return None
+
+
 def _valid_shards(root: Path) -> list[_Shard]:
-    """Shards 0..k whose records exist and whose files match their checksums."""
+    """Shards 0..k whose records exist and whose files match their checksums.
+
+    Deletes everything after them and temp files of killed writers: call it only under
+    the cache's lock."""
+    for stale in root.glob(".*.tmp"):
+        stale.unlink()
     shards: list[_Shard] = []
     i = 0
     while (rec := root / f"shard_{i:05d}.json").exists():
-        s = _Shard(**json.loads(rec.read_text()))
+        if (s := _read_record(rec)) is None:
+            break
         ok = all((root / f"{s.stem}{suf}").exists() for suf in (".npy", ".tokens.npy"))
         if not ok or file_sha256(root / f"{s.stem}.npy") != s.sha256 \
                 or file_sha256(root / f"{s.stem}.tokens.npy") != s.tokens_sha256:
@@ -231,9 +253,15 @@ def _finish(root: Path, spec: dict[str, Any], shards: list[_Shard], n_documents:
                     done_rows, spec["n_tokens"])
     if done_rows == 0:
         raise ValueError(f"corpus {corpus}/{split} produced no tokens to cache")
+    missing = [f"{s.stem}{suf}" for s in shards for suf in (".npy", ".tokens.npy", ".json")
+               if not (root / f"{s.stem}{suf}").exists()]
+    if missing:  # never a manifest for an incomplete cache
+        raise CorruptCacheError(f"cache {root} lost {missing[0]} while being built (another "
+                                f"process?); rerun `sae-med cache` to rebuild it")
     manifest = {"spec": spec, "key": root.name, "n_tokens": done_rows,
                 "n_documents": n_documents, "exhausted": exhausted,
                 "shards": [s.__dict__ for s in shards]}
+    manifest["checksum"] = stable_hash(manifest, 64)
     write_json_atomic(root / "manifest.json", manifest)
 
 
@@ -252,9 +280,16 @@ def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "tr
     root = cfg.cache_path / "activations" / stable_hash(spec)
     if (root / "manifest.json").exists():
         return ActivationCache(root)
+    # one builder per key (under torchrun, rank 0 holds the lock for its job): a second
+    # process waits, then reuses what the first built
+    lock = artifact_lock(root.with_name(root.name + ".lock"), f"the cache {root}")
     if distributed.is_distributed():
-        return _build_distributed(model, cfg, corpus, split, spec, root, progress)
-    return _build_single(model, cfg, corpus, split, spec, root, progress)
+        with lock if distributed.rank() == 0 else contextlib.nullcontext():
+            return _build_distributed(model, cfg, corpus, split, spec, root, progress)
+    with lock:
+        if (root / "manifest.json").exists():
+            return ActivationCache(root)
+        return _build_single(model, cfg, corpus, split, spec, root, progress)
 
 
 def _build_single(model: LanguageModel, cfg: Config, corpus: str, split: str,
@@ -428,6 +463,24 @@ def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: st
     return ActivationCache(root)
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, parsed and checked against its own checksum (naming the file)."""
+    def damaged(why: str) -> CorruptCacheError:
+        return CorruptCacheError(f"activation cache manifest {path} is damaged ({why}); "
+                                 f"delete {path.parent} and rerun `sae-med cache`")
+    try:
+        manifest = json.loads(path.read_text())
+        body = {k: v for k, v in manifest.items() if k != "checksum"}
+        for s in manifest["shards"]:
+            _Shard(**s)
+        manifest["spec"]["dtype"]  # noqa: B018 - present in every manifest
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise damaged(f"{type(err).__name__}: {err}") from None
+    if "checksum" in manifest and manifest["checksum"] != stable_hash(body, 64):
+        raise damaged("checksum mismatch")
+    return manifest
+
+
 class ActivationCache(ChunkedBatches):
     """A complete, verified activation cache, streamed from disk with bounded memory.
 
@@ -448,7 +501,7 @@ class ActivationCache(ChunkedBatches):
         if not mpath.exists():
             raise FileNotFoundError(f"{self.root} is not a complete activation cache "
                                     "(no manifest.json); rebuild it with `sae-med cache`")
-        self.manifest = json.loads(mpath.read_text())
+        self.manifest = _read_manifest(mpath)
         self.spec = self.manifest["spec"]
         self.dtype = self.spec["dtype"]
         self.shards = [_Shard(**s) for s in self.manifest["shards"]]

@@ -3,6 +3,7 @@ config plus ``section.field=value`` overrides.
 
     sae-med prepare [CONFIG]            fetch embedded corpora, cache the embedded model
     sae-med corpora [CONFIG]            list corpora with document and token counts
+        [--leakage]                     ... or eval documents duplicated in train, per corpus
     sae-med cache CONFIG [k=v ...]      cache activations for the configured corpora
     sae-med train CONFIG [k=v ...]      train the SAE sweep on each training corpus
     sae-med evaluate CONFIG [k=v ...]   score every trained SAE on every eval corpus
@@ -20,6 +21,7 @@ config plus ``section.field=value`` overrides.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -32,6 +34,46 @@ from sae_med.config import Config, ConfigError, load_config
 
 log = logging.getLogger("sae_med")
 
+KNOWN_ERRORS = {
+    "sae_med.config": ["ConfigError"],
+    "sae_med.artifacts": ["StorageError", "ArtifactLockedError"],
+    "sae_med.activations": ["CorruptCacheError"],
+    "sae_med.train": ["TrainingError"],
+    "sae_med.models": ["ModelUnavailableError"],
+    "sae_med.sae": ["SAECheckpointError"],
+    "sae_med.data": ["UnknownCorpusError"],
+    "sae_med.corpora_embedded": ["CorpusFetchError"],
+    "sae_med.book": ["NotebookError", "BookBuildError"],
+}
+"""Errors whose message says what is wrong and what to do: the command line prints that
+message as one line instead of a traceback (``--debug`` shows it)."""
+
+
+def _known(err: BaseException) -> bool:
+    """Whether ``err`` is one of :data:`KNOWN_ERRORS` (a module never imported cannot have
+    raised one, so nothing is imported here) or a plain missing-file/storage error."""
+    for module, names in KNOWN_ERRORS.items():
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(err, tuple(getattr(mod, n) for n in names)):
+            return True
+    return isinstance(err, FileNotFoundError | IsADirectoryError | NotADirectoryError) or (
+        isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                   errno.EACCES))
+
+
+def one_line(err: BaseException) -> str:
+    """The error as a single line (a failing notebook: notebook, cell and the error)."""
+    from sae_med.artifacts import storage_error
+
+    if hasattr(err, "notebook") and hasattr(err, "ename"):
+        first = str(err.evalue).strip().splitlines()[:1]
+        return (f"notebook {err.notebook} failed in cell {err.cell}: {err.ename}: "
+                f"{first[0] if first else ''} (partially executed notebook: {err.output})")
+    if isinstance(err, OSError) and err.filename is not None:
+        err = storage_error(err, err.filename)
+    text = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip())
+    return text or type(err).__name__
+
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
@@ -40,6 +82,8 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_corpora(args: argparse.Namespace) -> int:
     from sae_med.data import corpus_info, corpus_stats, list_corpora
 
+    if args.leakage:
+        return _print_leakage()
     tokenizer = None
     if not args.no_tokens:
         from sae_med.models import EMBEDDED, embedded_model_dir
@@ -64,6 +108,18 @@ def cmd_corpora(args: argparse.Namespace) -> int:
                 docs, toks = f"{stats['documents']:,}", f"{stats['tokens']:,}"
         print(f"{name:<14} {info.kind:<9} {info.domain:<8} {docs:>10} {toks:>12}  "
               f"{info.description}")
+    return 0
+
+
+def _print_leakage() -> int:
+    from sae_med.leakage import embedded_leakage
+
+    print(f"{'corpus':<10} {'train docs':>10} {'eval docs':>9} {'exact in train':>14} "
+          f"{'near in train':>13} {'removed: exact':>14} {'near-dup eval':>13}")
+    for r in embedded_leakage():
+        exact, near = (f"{n:,}" for n in r.removed) if r.removed else ("-", "-")
+        print(f"{r.corpus:<10} {r.train_documents:>10,} {r.eval_documents:>9,} "
+              f"{r.exact:>14.2%} {r.near:>13.2%} {exact:>14} {near:>13}")
     return 0
 
 
@@ -131,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or cfg.run_path / "results_external.json"
     try:
         path = evaluate_paths(cfg, args.sae, out_path=out, sae_ids=args.sae_id or None)
-    except (FileNotFoundError, SAECheckpointError) as err:
+    except (FileNotFoundError, SAECheckpointError, ValueError) as err:  # e.g. wrong d_model
         print(f"sae-med: {err}", file=sys.stderr)
         return 2
     print(f"results={path}")
@@ -265,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
         "prepare": (cmd_prepare, "fetch embedded corpora and cache the embedded model"),
@@ -281,10 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error instead of one line")
         _add_config_args(p, required=name not in ("corpora", "prepare"))
         if name == "corpora":
             p.add_argument("--no-tokens", action="store_true",
                            help="skip token counts (no tokenizer needed)")
+            p.add_argument("--leakage", action="store_true",
+                           help="instead, per embedded corpus: the share of eval documents "
+                                "with an exact / near-duplicate in train, and what "
+                                "de-duplication removed")
         if name == "evaluate":
             p.add_argument("--sae", action="append", default=[], metavar="SPEC",
                            help="score this SAE instead of the run's own (repeatable): a "
@@ -333,9 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"sae-med: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if args.debug or not _known(err):
+            raise
+        print(f"sae-med: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
 
 
 if __name__ == "__main__":

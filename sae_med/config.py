@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.hook_layer >= 0, "model.hook_layer", "must be >= 0")
+        _check_device(self.device, "model.device")
 
     @property
     def hook_name(self) -> str:
@@ -169,6 +172,7 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: no clipping)")
         _check(not (self.compile and self.kernel == "sparse"), "train.compile",
                "compiles the dense step; it cannot be combined with kernel 'sparse'")
+        _check_device(self.device, "train.device")
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,13 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
+        from sae_med.data import list_corpora  # data imports this module
+
+        known = list_corpora()
+        for where in ("train_corpora", "eval_corpora"):
+            for c in getattr(self, where):
+                _check(c in known, where, f"unknown corpus {c!r}; valid corpora: "
+                       f"{', '.join(known)}")
 
     @property
     def cache_path(self) -> Path:
@@ -285,6 +296,11 @@ class Config:
 def _check(ok: bool, fieldname: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config field '{fieldname}': {message}")
+
+
+def _check_device(device: str, fieldname: str) -> None:
+    _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None, fieldname,
+           f"{device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -312,9 +328,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         return float(value)
     if typ is float and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config field '{where}': {value!r} is not a finite number")
     if typ in (int, float, str, bool) and not (
         isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     ):
@@ -370,12 +388,19 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     """A YAML config as a mapping, with its ``base:`` (a config it extends, path relative
     to this file; recursive) merged underneath by :func:`merge_sections`."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file {p} does not exist (see configs/ for examples)")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} " + ("is a directory" if p.is_dir() else
+                          "does not exist") + "; give a YAML file (see configs/)")
     if p.resolve() in _chain:
         loop = " -> ".join(str(c) for c in (*_chain, p.resolve()))
         raise ConfigError(f"config file {p}: its 'base' chain loops ({loop}); remove one base")
-    loaded = yaml.safe_load(p.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"config file {p} is not valid YAML{at}: "
+                          f"{getattr(err, 'problem', None) or err}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     base = loaded.pop("base", None)

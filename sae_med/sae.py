@@ -25,6 +25,7 @@ import copy
 import json
 import math
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -378,6 +379,9 @@ class JumpReLUSAE(nn.Module):
         weights = directory / cfg.get("weights_file", WEIGHTS_FILENAME)
         if not weights.exists():
             raise SAECheckpointError(f"{weights} is missing (named by {cfg_path})")
+        if not isinstance(cfg.get("weights_sha256"), str) or "bandwidth" not in cfg:
+            raise SAECheckpointError(f"{cfg_path} lacks weights_sha256 or bandwidth: not "
+                                     f"written by JumpReLUSAE.save (or edited); save it again")
         digest = file_sha256(weights)
         if digest != cfg["weights_sha256"]:
             raise SAECheckpointError(
@@ -421,8 +425,12 @@ def from_gemma_scope_npz(path: str | Path, bandwidth: float = 0.001,
                          device: torch.device | str = "cpu") -> JumpReLUSAE:
     """Load Gemma Scope's ``params.npz`` (W_enc (d_model, d_sae), W_dec (d_sae, d_model),
     b_enc, b_dec, threshold); Gemma Scope SAEs work on raw activations."""
-    with np.load(path) as npz:
-        t = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float32)) for k in npz.files}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            t = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float32)) for k in npz.files}
+    except (ValueError, OSError, TypeError, zipfile.BadZipFile) as err:
+        raise SAECheckpointError(f"{path} is not a readable params.npz of float arrays "
+                                 f"({type(err).__name__}); download it again") from None
     return JumpReLUSAE._from_tensors(t, bandwidth, device, source=str(path))
 
 

@@ -19,6 +19,9 @@ Layout of ``out_dir``::
 
     config.json            resolved config of the run
     checkpoint.pt          latest atomic checkpoint (weights, Adam, step, RNG, scale)
+    checkpoint.prev.pt     the one before it, kept until the new one is written and verified
+    checkpoint.json        sha256 and step of both (a checkpoint is loaded only if it matches)
+    .train.lock            held while a process trains into this folder
     l0_<target>/           one per SAE: cfg.json + sae.safetensors (folded), metrics.jsonl,
                            config.json
 """
@@ -27,9 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +47,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_med import distributed as dist
-from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
+from sae_med.artifacts import (
+    artifact_lock,
+    atomic_path,
+    file_sha256,
+    stable_hash,
+    write_json_atomic,
+)
 from sae_med.batches import BatchSource, prefetch
 from sae_med.config import Config, TrainConfig
 from sae_med.sae import JumpReLUSAE
@@ -49,6 +61,9 @@ from sae_med.sae import JumpReLUSAE
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
+CHECKPOINT_RECORD_NAME = "checkpoint.json"
+RUN_LOCK_NAME = ".train.lock"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_FORMAT = 1
 SPARSE_MAX_DENSITY = 0.05
@@ -120,6 +135,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
                 else torch.device("cpu"))
+    from sae_med.models import check_device_available
+
+    check_device_available(name)
     return torch.device(name)
 
 
@@ -300,39 +318,151 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     return (mse_g + sp_g, mse_g, sp_g, l0.detach(), t.x_hat.detach(), fired)
 
 
+def _metric_step(line: str) -> int | None:
+    """The step of a metrics row; None for a row cut short by a kill."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric rows logged after ``last_step`` (they are recomputed on resume)."""
+    """Drop metric rows logged after ``last_step`` (they are recomputed on resume) and
+    any row a kill left half-written."""
     if not path.exists():
         return
-    rows = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and json.loads(ln)["step"] <= last_step]
+    rows = [ln for ln in path.read_text(errors="replace").splitlines()
+            if (step := _metric_step(ln)) is not None and step <= last_step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(r + "\n" for r in rows))
 
 
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through it."""
+
+    def __init__(self, f: Any):
+        self.f, self.sha = f, hashlib.sha256()
+        self.error: OSError | None = None
+        """What the file raised (torch reports a failed write as a bare RuntimeError)."""
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _checkpoint_record(path: Path) -> dict[str, int]:
+    """``{sha256: step}`` of the checkpoints written into ``path``'s folder ({} if none)."""
+    rec = path.with_name(CHECKPOINT_RECORD_NAME)
+    if not rec.exists():
+        return {}
+    try:
+        return {str(k): int(v) for k, v in json.loads(rec.read_text())["sha256"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("checkpoint record %s is damaged; no checkpoint can be verified", rec)
+        return {}
+
+
 def _save_checkpoint(path: Path, key: str, step: int, scale: float,
                      members: list[SweepMember]) -> None:
+    """Write, read back and verify the new checkpoint before it replaces the current one,
+    which is kept as ``checkpoint.prev.pt``. At every instant ``checkpoint.pt`` is complete
+    and its sha256 is in ``checkpoint.json``, so a kill never costs more than the steps
+    since the last checkpoint."""
     state = {"format": CHECKPOINT_FORMAT, "run_key": key, "step": step, "scale": scale,
              "members": [m.state() for m in members],
              "rng": {"torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                      else []}}
+    record = _checkpoint_record(path)
+    prev = path.with_name(PREVIOUS_CHECKPOINT_NAME)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            w = _HashingWriter(f)
+            try:
+                torch.save(state, w)
+            except RuntimeError:
+                if w.error is not None:  # e.g. no space left: say so, not torch's enforce
+                    raise w.error from None
+                raise
+        sha = w.sha.hexdigest()
+        if file_sha256(tmp) != sha:
+            raise TrainingError(f"checkpoint {tmp} reads back differently from what was "
+                                f"written (failing disk?); {path} is kept")
+        kept = {}
+        if path.exists() and (old := file_sha256(path)) in record:
+            with atomic_path(prev) as ptmp:  # the current one becomes the previous one
+                ptmp.unlink()
+                try:
+                    os.link(path, ptmp)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(path, ptmp)
+            kept = {old: record[old]}
+        write_json_atomic(path.with_name(CHECKPOINT_RECORD_NAME),
+                          {"sha256": {sha: step, **kept}})
 
 
-def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any]:
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path``, refused unless its sha256 is one recorded when it was
+    written (a mismatch names the previous good checkpoint, if there is one)."""
+    record = _checkpoint_record(path)
+    if not record:
+        log.warning("checkpoint %s has no checksum record (written before checksums); "
+                    "loading it unverified", path)
+    elif file_sha256(path) not in record:
+        prev = path.with_name(PREVIOUS_CHECKPOINT_NAME)
+        good = (f"the previous good checkpoint {prev} (step {record[file_sha256(prev)]}) is "
+                f"intact: move it onto {path} to resume from there, or delete {path} to "
+                f"start over") if prev.exists() and file_sha256(prev) in record else (
+                f"no previous good checkpoint is left: delete {path} to start over")
+        raise TrainingError(f"checkpoint {path} fails its sha256 check (damaged on disk); "
+                            f"{good}")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same failure
-        raise TrainingError(f"checkpoint {path} is unreadable ({e}); delete it to start "
-                            f"over") from e
+        raise TrainingError(f"checkpoint {path} is unreadable "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                            f"delete it to start over") from e
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {path} holds no training state; delete it to start "
+                            f"over")
+    return state
+
+
+def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any]:
+    state = read_checkpoint(path, device)
     if state.get("format") != CHECKPOINT_FORMAT or state.get("run_key") != key:
         raise TrainingError(f"checkpoint {path} belongs to a different run (config, seed or "
                             f"d_model changed); delete it or use a new output directory")
     return state
 
 
+def _holding_run_lock(fn: Any) -> Any:
+    """Run ``fn(cfg, source, out_dir, ...)`` holding ``out_dir``'s lock (the main rank):
+    a second process training into the same folder is refused at once."""
+    @functools.wraps(fn)
+    def wrapper(cfg: Config, source: BatchSource, out_dir: str | Path, *args: Any,
+                **kwargs: Any) -> Any:
+        if not dist.is_main():
+            return fn(cfg, source, out_dir, *args, **kwargs)
+        with artifact_lock(Path(out_dir) / RUN_LOCK_NAME, f"the training run in {out_dir}",
+                           wait=False):
+            return fn(cfg, source, out_dir, *args, **kwargs)
+    return wrapper
+
+
+def _kept(ckpt_path: Path, step: int | None) -> str:
+    return (f"the last good checkpoint (step {step}) is kept at {ckpt_path}" if step is not None
+            else "no checkpoint was written yet")
+
+
+@_holding_run_lock
 def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
                progress: bool = True, d_model: int | None = None,
                init_saes: Sequence[JumpReLUSAE] | None = None) -> list[TrainResult]:
@@ -415,9 +545,9 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         dist.broadcast_module_(sae)  # identical already (same seeds, same batches); made sure
         members.append(SweepMember(sae, target, tc, sae_dir / METRICS_NAME))
 
-    start = 0
+    start, saved_step = 0, None
     if state is not None:
-        start = int(state["step"])
+        start = saved_step = int(state["step"])
         for m, st in zip(members, state["members"], strict=True):
             m.load_state(st)
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -458,8 +588,8 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
             if not torch.isfinite(x).all():
                 raise TrainingError(
                     f"step {step}: NaN/inf in activation batch {step} "
-                    f"({source.describe_batch(step, bs, cfg.seed)}); training stopped, the "
-                    f"last good checkpoint is kept at {ckpt_path}")
+                    f"({source.describe_batch(step, bs, cfg.seed)}); training stopped, "
+                    f"{_kept(ckpt_path, saved_step)}")
             # every rank reads the same global batch and keeps its slice of the rows
             x = dist.local_rows(x).to(device, non_blocking=True) * scale
             lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
@@ -474,7 +604,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     raise TrainingError(
                         f"step {step}: loss became {float(loss)} for target L0 {m.target} "
                         f"on batch {step} ({source.describe_batch(step, bs, cfg.seed)}); "
-                        f"the last good checkpoint is kept at {ckpt_path}")
+                        f"{_kept(ckpt_path, saved_step)}")
                 m.last_fired.masked_fill_(fired, tokens)  # no host sync on GPU
                 if sparse_ok:
                     m.prev_l0 = float(l0)
@@ -496,6 +626,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
             bar.update(1)
             if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and main:
                 _save_checkpoint(ckpt_path, key, step + 1, scale, members)
+                saved_step = step + 1
     finally:
         bar.close()
         for f in metric_files:

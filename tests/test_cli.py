@@ -27,6 +27,19 @@ def test_corpora_lists_every_corpus(capsys):
         assert any(line.startswith(name + " ") for line in out.splitlines())
 
 
+def test_corpora_leakage_prints_one_row_per_report(capsys, monkeypatch):
+    from sae_med import leakage
+    from sae_med.data import Removed
+
+    rows = [leakage.Leakage("hpo", 900, 100, 0.0, 0.005, Removed(7, 3)),
+            leakage.Leakage("web", 90, 10, 0.1, 0.2)]
+    monkeypatch.setattr(leakage, "embedded_leakage", lambda: rows)
+    assert main(["corpora", "--leakage"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["hpo", "900", "100", "0.00%", "0.50%", "7", "3"]
+    assert lines[2].split() == ["web", "90", "10", "10.00%", "20.00%", "-", "-"]
+
+
 def test_evaluate_external_sae_errors_say_what_to_pass(capsys, tmp_path):
     rc = main(["evaluate", "configs/smoke.yaml", "--sae", str(tmp_path / "missing")])
     err = capsys.readouterr().err

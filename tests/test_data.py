@@ -10,7 +10,9 @@ from collections import Counter
 import pytest
 
 from sae_med import corpora_embedded, corpora_hub, data
+from sae_med.config import default_cache_dir
 from sae_med.data import Document
+from sae_med.leakage import corpus_leakage, leakage_by
 
 EMBEDDED = ["hpo", "icd10cm", "wordnet", "austen", "gcide", "fortunes"]
 
@@ -58,17 +60,45 @@ def test_registry_describes_every_corpus():
 
 def test_split_is_deterministic_disjoint_and_about_ten_percent(corpora):
     docs = corpora["icd10cm"]
-    assert [data.split_of(d.doc_id) for d in docs[:500]] == \
-           [data.split_of(d.doc_id) for d in docs[:500]]
+    assert [d.split for d in docs[:500]] == [data.split_of(d.group) for d in docs[:500]]
     train = {d.doc_id for d in data.iter_documents("hpo", "train")}
     evl = {d.doc_id for d in data.iter_documents("hpo", "eval")}
     assert train.isdisjoint(evl)
     assert train | evl == {d.doc_id for d in corpora["hpo"]}
     for name, docs in corpora.items():
-        frac = sum(data.split_of(d.doc_id) == "eval" for d in docs) / len(docs)
+        frac = sum(d.split == "eval" for d in docs) / len(docs)
         assert 0.085 < frac < 0.115, (name, frac)
     assert data.split_of("x", eval_frac=0.0) == "train"
     assert data.split_of("x", eval_frac=1.0) == "eval"
+    # a document without a group is a group of its own
+    assert Document("t", "a:1", "a").split == data.split_of("a:1")
+
+
+def test_related_documents_share_a_group_and_a_side(corpora):
+    by_id = {n: _by_id(docs) for n, docs in corpora.items()}
+    hpo = by_id["hpo"]
+    assert hpo["hpo:HP:0000028:def"].group == hpo["hpo:HP:0000028:comment"].group \
+        == "hpo:HP:0000028"
+    icd = by_id["icd10cm"]
+    assert {icd[i].group for i in ("icd10cm:A00:desc", "icd10cm:A00.0:desc",
+                                   "icd10cm:A00.0:note:0", "icd10cm:A00.9:desc")} \
+        == {"icd10cm:A00"}
+    assert icd["icd10cm:chapter:1:desc"].group == "icd10cm:chapter:1"
+    wn = by_id["wordnet"]
+    assert wn["wordnet:noun:00001740"].group == "wordnet:entity"
+    bank = [d for d in corpora["wordnet"] if d.text.startswith("bank: ")]
+    assert len(bank) > 10 and {d.group for d in bank} == {"wordnet:bank"}
+    gcide = [d for d in corpora["gcide"] if d.labels["headword"][0] == "Sound"]
+    assert len(gcide) > 1 and {d.group for d in gcide} == {"gcide:sound"}
+    chunks = [d for d in corpora["austen"] if d.doc_id.startswith("austen:prideprejudice:")]
+    assert chunks[0].group.startswith("austen:prideprejudice:")
+    assert 40 < len({d.group for d in chunks}) < 80  # 61 chapters
+    for name, docs in corpora.items():  # no group straddles the split
+        sides: dict[str, set[str]] = {}
+        for d in docs:
+            assert d.group.startswith(name + ":"), (name, d.doc_id)
+            sides.setdefault(d.group, set()).add(d.split)
+        assert all(len(s) == 1 for s in sides.values()), name
 
 
 def test_doc_ids_unique_and_documents_non_empty(corpora):
@@ -89,7 +119,7 @@ def test_order_is_a_deterministic_shuffle_independent_of_the_split(corpora):
     assert keys == sorted(keys)
     # a prefix is not one chapter (file order would start with cholera) and holds ~10% eval
     assert len({d.labels.get("chapter") for d in docs[:300]}) > 15
-    frac = sum(data.split_of(d.doc_id) == "eval" for d in docs[:3000]) / 3000
+    frac = sum(d.split == "eval" for d in docs[:3000]) / 3000
     assert 0.07 < frac < 0.13
 
 
@@ -179,11 +209,10 @@ def test_mixes_interleave_by_character_share(corpora):
     assert hpo_ids == [d.doc_id for d in corpora["hpo"][:len(hpo_ids)]]
     # a mix's eval split is exactly its members' eval splits
     n_eval = sum(1 for _ in data.iter_documents("medical", "eval"))
-    assert n_eval == sum(data.split_of(d.doc_id) == "eval"
-                         for s in ("hpo", "icd10cm") for d in corpora[s])
+    assert n_eval == sum(d.split == "eval" for s in ("hpo", "icd10cm") for d in corpora[s])
     broad = list(itertools.islice(data.iter_documents("broad", "train"), 400))
     assert {d.source for d in broad} == {"wordnet", "austen", "gcide", "fortunes"}
-    assert all(data.split_of(d.doc_id) == "train" for d in broad)
+    assert all(d.split == "train" for d in broad)
 
 
 def test_interleave_balances_uneven_documents():
@@ -221,7 +250,9 @@ class _WordTokenizer:
         return {"input_ids": [t.split() for t in texts]}
 
 
-def test_corpus_stats_counts_and_caches(tmp_path, monkeypatch):
+def test_corpus_stats_counts_and_caches(corpora, tmp_path, monkeypatch):
+    for sub in ("corpora", "debian"):  # the parsed corpora, but fresh stats
+        (tmp_path / sub).symlink_to(default_cache_dir() / sub)
     monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path))
     tok = _WordTokenizer()
     stats = data.corpus_stats("hpo", tok, split="eval")
@@ -239,6 +270,33 @@ def test_debian_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(corpora_embedded.CorpusFetchError,
                        match=r"wordnet-base.*apt-get download wordnet-base"):
         next(data.iter_documents("wordnet"))
+
+
+# --------------------------------------------------------------------------- leakage
+
+
+def test_embedded_corpora_do_not_leak(corpora):
+    """Per corpus, against the training text of every embedded corpus (so within each
+    corpus, each mix and across them): no exact and <= 1% near-duplicate leakage."""
+    report = leakage_by(itertools.chain(*corpora.values()))
+    assert set(report) == set(EMBEDDED)
+    for name, r in report.items():
+        assert r.exact == 0 and r.near <= 0.01, r
+        assert r.eval_documents > 0.08 * len(corpora[name]), r
+    texts = [{data.text_digest(d.text) for d in docs} for docs in corpora.values()]
+    assert sum(map(len, texts)) == len(set().union(*texts))  # no text in two corpora
+
+
+def test_corpus_leakage_reports_what_dedup_removed(corpora):
+    r = corpus_leakage("fortunes")
+    assert (r.corpus, r.exact, r.near) == ("fortunes", 0.0, 0.0)
+    assert r.train_documents + r.eval_documents == len(corpora["fortunes"])
+    assert r.removed is not None and r.removed.exact > 10  # fortunes repeat across files
+    hpo, icd = data.duplicates_removed("hpo"), data.duplicates_removed("icd10cm")
+    assert data.duplicates_removed("medical") == (hpo.exact + icd.exact,
+                                                  hpo.near_eval + icd.near_eval)
+    assert icd.exact > 1000  # ICD-10-CM repeats notes and descriptions verbatim
+    assert data.duplicates_removed("clinical_qa") is None
 
 
 # --------------------------------------------------------------------------- hub
@@ -291,41 +349,55 @@ def test_render_mmlu():
         "C. Kidney\nD. Spleen\nCorrect option: B. Pancreas")
 
 
+def _word(i: int) -> str:
+    return chr(97 + i // 26) + chr(97 + i % 26)
+
+
 def test_clinical_qa_loader_on_schema_records():
     def loader(corpus, path, config, split, streaming=False):
         assert corpus == "clinical_qa" and not streaming
         if path == "GBaker/MedQA-USMLE-4-options":
-            return [{"question": f"q{i}", "answer": "x", "answer_idx": "A",
+            return [{"question": f"q {_word(i)}", "answer": "x", "answer_idx": "A",
                      "options": {"A": "x", "B": "y"}} for i in range(30)]
-        if "medmcqa" in path:
-            return [{"id": f"m{i}", "question": "q", "opa": "a", "opb": "b", "opc": "c",
-                     "opd": "d", "cop": 0, "exp": "", "subject_name": "Anatomy"}
-                    for i in range(60)]
+        if "medmcqa" in path:  # items i and i + 30 ask the same question; 5 exact copies
+            items = [{"id": f"m{i}", "question": f"Which nerve supplies {_word(i % 30)}?",
+                      "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": i // 30, "exp": "",
+                      "subject_name": "Anatomy"} for i in range(60)]
+            return items + [{**items[0], "id": f"m{60 + i}"} for i in range(5)]
         if "PubMedQA" in path:
-            return [{"pubid": i, "question": "q", "context": {"contexts": ["c"]},
+            return [{"pubid": i, "question": f"p {_word(i)}", "context": {"contexts": ["c"]},
                      "long_answer": "l", "final_decision": "no"} for i in range(10)]
-        return [{"question": "q", "choices": ["a", "b"], "answer": 0, "subject": config}
-                for _ in range(5)]
+        return [{"question": f"{config} {_word(i)}", "choices": ["a", "b"], "answer": 0,
+                 "subject": config} for i in range(5)]
 
     docs = list(corpora_hub.iter_clinical_qa(loader))
     assert len(docs) == 30 + 60 + 10 + 3 * 5
     assert len({d.doc_id for d in docs}) == len(docs)
+    assert len({d.text for d in docs}) == len(docs)
     assert [data.order_key(d.doc_id) for d in docs] == \
            sorted(data.order_key(d.doc_id) for d in docs)
     assert Counter(d.source for d in docs) == {"medqa": 30, "medmcqa": 60, "pubmedqa": 10,
                                                "mmlu": 15}
     assert all("Correct option: " in d.text for d in docs)
+    by_id = _by_id(docs)
+    for i in range(30):  # one question, one group, one side
+        a, b = by_id[f"medmcqa:m{i}"], by_id[f"medmcqa:m{i + 30}"]
+        assert a.group == b.group and a.group.startswith("clinical_qa:")
+    assert len({d.group for d in docs}) == 30 + 30 + 10 + 15
 
 
-def test_web_loader_shuffles_within_windows():
+def test_web_loader_shuffles_within_windows_and_skips_repeats():
     def loader(corpus, path, config, split, streaming=False):
         assert streaming and corpus == "web"
-        return iter({"id": f"u{i}", "text": f"page {i}"} for i in range(25))
+        pages = [{"id": f"u{i}", "text": f"page {i}"} for i in range(25)]
+        return iter([*pages, {"id": "u25", "text": "page 3"}])  # a repeat in a later window
 
     docs = list(corpora_hub.iter_web(loader, window=10))
     assert sorted(d.doc_id for d in docs) == sorted(f"web:u{i}" for i in range(25))
     assert {d.doc_id for d in docs[:10]} == {f"web:u{i}" for i in range(10)}
     assert [d.doc_id for d in docs] == [d.doc_id for d in corpora_hub.iter_web(loader, 10)]
+    # pages differing only in a number are near-duplicates: one group, one side
+    assert {d.group for d in docs} == {data.near_group("page 0")}
 
 
 @pytest.mark.parametrize("name", ["clinical_qa", "web"])

@@ -45,7 +45,8 @@ def test_encode_cache_and_doc_max_match_dense(cache, sae):
     torch.testing.assert_close(rebuilt, dense)
     doc = cache.token_info()[:, 1].long()
     dm = doc_max_activations(acts, cache)
-    for d in [0, int(doc.max())]:
+    present = doc.unique()  # the cut at n_tokens can leave a long document without rows
+    for d in [int(present[0]), int(present[-1])]:
         torch.testing.assert_close(dm[d], dense[doc == d].amax(0).clamp_min(0))
 
 
@@ -240,8 +241,10 @@ def test_phrase_search_finds_the_cache_activations(model, cache, sae):
     from sae_med.dashboard import phrase_activations
     from sae_med.features import documents_by_id, search_latents
 
-    doc = documents_by_id("medical", "eval", cache.doc_ids()[:1])[0]
-    rows = cache.token_info()[:, 1] == 0
+    index = cache.token_info()[:, 1]
+    first = int(index.min())  # the first document with rows (the cut can skip long ones)
+    doc = documents_by_id("medical", "eval", cache.doc_ids()[first:first + 1])[0]
+    rows = index == first
     x = phrase_activations(model, 13, doc.text)
     cached = cache.activations()[rows]
     if x.shape[0] == cached.shape[0]:  # the document fits the cache's context

