@@ -86,3 +86,18 @@ def test_smoke_pipeline_runs_on_any_architecture(checkpoints, arch, tmp_path):
     for name in ("fve", "l0", "ce_clean", "ce_spliced", "ce_zero", "kl_spliced"):
         assert m[name]["value"] is not None and abs(m[name]["value"]) < 1e3, name
     assert m["ce_clean"]["value"] > 0
+
+
+def test_smoke_config_runs_on_the_second_family(tmp_path):
+    """configs/smollm2_smoke.yaml (SmolLM2-135M-Instruct, block 22): cache → train →
+    evaluate for both training corpora, as the Gemma smoke run does."""
+    cfg = load_config("configs/smollm2_smoke.yaml", [f"output_dir={tmp_path}"])
+    assert cfg.model.hook_layer == 22
+    doc = json.loads(run_experiment(cfg, progress=False).read_text())
+    rows = doc["rows"]
+    assert {r["train_corpus"] for r in rows} == {"medical", "broad"}
+    assert {r["eval_corpus"] for r in rows} == {"medical", "broad"}
+    for r in rows:
+        assert r["d_model"] == 576
+        assert 0 < r["metrics"]["l0"]["value"] < r["d_sae"]
+        assert r["metrics"]["ce_spliced"]["value"] > r["metrics"]["ce_clean"]["value"]
