@@ -279,7 +279,7 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
     """Tidy DataFrame of every SAE's training log: one row per logged step, with columns
-    ``train_corpus``, ``l0_target`` and the ``metrics.jsonl`` fields."""
+    ``train_corpus``, ``replicate``, ``l0_target`` and the ``metrics.jsonl`` fields."""
     import pandas as pd
 
     from sae_med.train import METRICS_NAME
@@ -289,6 +289,7 @@ def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
         for r in runs:
             df = pd.DataFrame(read_metrics(Path(r.path) / METRICS_NAME))
             df.insert(0, "l0_target", r.l0_target)
+            df.insert(0, "replicate", r.replicate)
             df.insert(0, "train_corpus", corpus)
             frames.append(df)
     return pd.concat(frames, ignore_index=True)
