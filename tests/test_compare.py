@@ -147,3 +147,23 @@ def test_verdicts():
     assert verdict([Interval(-0.1, -0.2, -0.05)], sign=-1) == "supported"
     assert verdict([Interval(-0.1, -0.2, -0.05)]) == "not supported"
     assert verdict([]) == "not supported"
+
+
+def test_gap_rows_round_trip_through_the_book_helpers(resample):
+    """Gap.to_dict rows as a DataFrame: oriented either way, read back as Intervals."""
+    import pandas as pd
+
+    from sae_med.book import gap_intervals, gap_table, oriented_gaps
+
+    out = compare(family("medical", (0.20, 0.21), resample)
+                  + family("broad", (0.30, 0.31), resample), "medical",
+                  ("medical", "broad"), seed=1)
+    gaps = pd.DataFrame([g.to_dict() for g in out.gaps])
+    assert {"row_type", "basis", "l0_target", "fve", "value", "low", "high",
+            "excludes_zero", "versus"} <= set(gaps.columns)
+    [iv] = gap_intervals(oriented_gaps(gaps, "medical", "broad"), "fve", "medical")
+    [flipped] = gap_intervals(oriented_gaps(gaps, "broad", "medical"), "fve", "medical")
+    assert (flipped.value, flipped.low, flipped.high) == pytest.approx((-iv.value, -iv.high,
+                                                                        -iv.low))
+    assert iv.excludes_zero and verdict([iv]) == "supported"
+    assert gap_table(gaps, ["fve"]).iloc[0, 0].endswith("*")
