@@ -164,7 +164,7 @@ lr_fve = gap_intervals(med_gaps, "loss_recovered", medical, basis="fve")
 lr_sentence = " ".join([
     gap_sentence(lr_l0, f"Loss-recovered gap ({medical} minus {broad} SAE)",
                  f"on {medical} text at the same target L0"),
-    gap_sentence(lr_fve, "At matched FVE it is", "")])
+    gap_sentence(lr_fve, "At matched FVE the gap is", "")])
 print(lr_sentence)
 
 on_med = med_gaps[(med_gaps.metric == "fve") & (med_gaps.eval_corpus == medical)

@@ -312,12 +312,13 @@ def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_tar
 
 def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3) -> str:
     """One sentence stating the gaps and how many of their intervals exclude 0."""
+    subject = f"{what} {where}".strip()
     if not ivs:
-        return f"There is no {what} comparison {where} in this run."
+        return f"{subject}: no comparison in this run (e.g. no common FVE range)."
     cells = "; ".join(_cell(iv.value, *(float("nan") if v is None else v
                                          for v in (iv.low, iv.high)), digits) for iv in ivs)
     n = sum(iv.excludes_zero for iv in ivs)
-    return (f"{what} {where}: {cells} (95% intervals); the interval excludes 0 in {n} of "
+    return (f"{subject}: {cells} (95% intervals); the interval excludes 0 in {n} of "
             f"{len(ivs)} comparisons.")
 
 
