@@ -161,9 +161,10 @@ lin_fve = gap_intervals(med_gaps, "dark_matter.fvu_linear", medical, basis="fve"
 dm_verdict = verdict(r2_l0, r2_fve, sign=-1)
 words = {"supported": "is less linearly predictable, also beyond what its higher FVE "
                       "explains",
-         "not separable from FVE": "is less linearly predictable at the same L0, but not "
-                                   "at matched FVE: the difference is not separable from "
-                                   "its higher FVE",
+         "not separable from FVE": "is less linearly predictable at the same L0, but "
+                                   "that is not shown at matched FVE (a gap interval "
+                                   "there includes 0, or the FVE ranges do not overlap): "
+                                   "it is not separable from its higher FVE",
          "not supported": "is not less linearly predictable at every target L0"}
 dm_sentence = (
     f"On held-out {medical} text, the {medical} SAE's error {words[dm_verdict]} "
