@@ -1,4 +1,7 @@
-"""Print the headline table of an experiment's results JSON (value [95% interval]).
+"""Print the headline tables of an experiment's results JSON (value [95% interval]): every
+SAE (one row per seed replicate), the across-seed family means with each replicate's value,
+and the paired gaps (first training corpus minus the others) at each target L0 and at
+matched FVE (`*`: the interval excludes 0).
 
     .venv/bin/python benchmarks/results_table.py runs/default/results.json
 """
@@ -9,10 +12,14 @@ import sys
 
 import pandas as pd
 
-from sae_med.evaluate import load_results
+from sae_med.book import family_table, gap_table
+from sae_med.evaluate import load_comparisons, load_results
 
 METRICS = ["l0", "fve", "fve_uncentered", "loss_recovered", "delta_ce", "kl_score",
-           "dark_matter.r2_error_mean", "dark_matter.r2_norm", "dark_matter.fvu_nonlinear"]
+           "dark_matter.r2_error_mean", "dark_matter.r2_norm", "dark_matter.fvu_linear",
+           "dark_matter.fvu_nonlinear"]
+MATCHED = ["l0", "delta_ce", "loss_recovered", "dark_matter.r2_error_mean",
+           "dark_matter.fvu_linear", "dark_matter.fvu_nonlinear"]
 
 
 def main(path: str) -> None:
@@ -21,9 +28,15 @@ def main(path: str) -> None:
     cell = df.apply(lambda r: f"{r.value:.3f}" + (f" [{r.low:.3f}, {r.high:.3f}]"
                                                    if pd.notna(r.low) else ""), axis=1)
     table = df.assign(cell=cell).pivot_table(
-        index=["eval_corpus", "train_corpus", "l0_target"], columns="metric", values="cell",
-        aggfunc="first")
+        index=["eval_corpus", "train_corpus", "l0_target", "replicate"], columns="metric",
+        values="cell", aggfunc="first")
     print(table[[m for m in METRICS if m in table.columns]].to_markdown())
+    comp = load_comparisons(path)
+    for title, t in (("Across-seed means", family_table(comp.families, METRICS)),
+                     ("Gaps at each target L0", gap_table(comp.gaps, METRICS)),
+                     ("Gaps at matched FVE", gap_table(comp.gaps, MATCHED, basis="fve"))):
+        print(f"\n{title}\n")
+        print(t.to_markdown() if len(t) else "(none)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@
 # ## Overview
 # One JumpReLU SAE is trained per training corpus (medical, broad) and per target L0, with
 # the same recipe, width and token budget on both sides: the only difference between a
-# medical and a broad SAE is the text its activations came from. Each SAE logs its loss,
+# medical and a broad SAE is the text its activations came from. `sae.seeds` replicates of
+# each are trained from independent initialisations and batch orders (seed derived from
+# corpus, target and replicate), so later notebooks can tell a corpus effect from seed
+# noise. Each SAE logs its loss,
 # L0, fraction of variance explained (FVE, per training batch) and dead-latent fraction
 # to `metrics.jsonl`; this notebook plots those curves.
 
@@ -70,11 +73,13 @@ fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels],
                     horizontal_spacing=0.1, vertical_spacing=0.15)
 dashes = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 for (key, label), (r, c) in zip(panels, [(1, 1), (1, 2), (2, 1), (2, 2)], strict=True):
-    for (corpus, target), g in curves.groupby(["train_corpus", "l0_target"], sort=True):
+    for (corpus, target, rep), g in curves.groupby(["train_corpus", "l0_target", "replicate"],
+                                                   sort=True):
         i = list(cfg.sae.l0_targets).index(target)
         fig.add_trace(go.Scatter(
-            x=g.tokens, y=g[key], mode="lines", name=f"{corpus}, target L0 {target:g}",
-            legendgroup=f"{corpus}{target}", showlegend=(r, c) == (1, 1),
+            x=g.tokens, y=g[key], mode="lines",
+            name=f"{corpus}, target L0 {target:g}, seed {rep}",
+            legendgroup=f"{corpus}{target}", showlegend=(r, c) == (1, 1) and rep == 0,
             line={"color": CORPUS_COLORS.get(corpus), "dash": dashes[i % len(dashes)]}),
             row=r, col=c)
     fig.update_xaxes(title_text="training tokens", row=r, col=c)
@@ -89,9 +94,11 @@ fig.show()
 # notebook).
 
 # %%
-final = pd.DataFrame([{"train corpus": corpus, "target L0": r.l0_target, **r.final}
+final = pd.DataFrame([{"train corpus": corpus, "target L0": r.l0_target,
+                       "seed replicate": r.replicate, **r.final}
                       for corpus, runs in results.items() for r in runs])
-cols = ["train corpus", "target L0", "tokens", "loss", "mse", "l0", "fve", "dead_frac"]
+cols = ["train corpus", "target L0", "seed replicate", "tokens", "loss", "mse", "l0", "fve",
+        "dead_frac"]
 final = final[[c for c in cols if c in final.columns]]
 glue("train_tokens_per_sae", int(final.tokens.max()), display=False)
 display(final.round(4))

@@ -25,7 +25,9 @@
 #   activation is replaced by the SAE's reconstruction at the hook.
 # - **Loss recovered** = (CE_zero − CE_spliced) / (CE_zero − CE_clean).
 #
-# Error bars are 95% bootstrap intervals over documents.
+# Error bars on per-SAE values are 95% bootstrap intervals over documents. Gaps between the
+# families are across-seed means with a hierarchical bootstrap interval (seed replicates,
+# then documents shared by both families), computed by `sae_med.compare`.
 
 # %%
 import pandas as pd
@@ -35,13 +37,19 @@ from myst_nb import glue
 from sae_med.book import (
     cross_eval_figure,
     domain_pair,
+    family_table,
+    gap_intervals,
+    gap_sentence,
+    gap_table,
     metric_value,
     metric_vs_l0,
     notebook_config,
+    oriented_gaps,
     use_offline_plotly,
     with_interval,
 )
-from sae_med.evaluate import load_results
+from sae_med.compare import verdict
+from sae_med.evaluate import load_comparisons, load_results
 from sae_med.experiment import stage_evaluate
 
 # %% [markdown]
@@ -69,26 +77,31 @@ print(f"run {cfg.name!r}: {medical} vs {broad} SAEs, width {cfg.sae.width}, "
 # %%
 results_path = stage_evaluate(cfg, progress=False)
 results = load_results(results_path)
+comparisons = load_comparisons(results_path)
+families = comparisons.families
+# the across-seed means in the per-SAE table's shape (for metric_value and the figures)
+results_mean = families[families.basis == "l0_target"]
 print(f"{results_path}: {results.sae_id.nunique()} SAEs x {results.eval_corpus.nunique()} "
       f"corpora x {results.metric.nunique()} metrics")
 
 # %% [markdown]
 # ## Results
 # ### FVE vs L0
-# x is the L0 each SAE actually reaches on the evaluation corpus (log scale); colour is the
-# training corpus, line style the evaluation corpus.
+# x is the L0 each family actually reaches on the evaluation corpus (log scale); colour is
+# the training corpus, line style the evaluation corpus. Points are across-seed means,
+# error bars their hierarchical 95% intervals (seed replicates, then documents).
 
 # %%
-metric_vs_l0(results, "fve", "FVE (fraction of variance explained)",
+metric_vs_l0(results_mean, "fve", "FVE (fraction of variance explained)",
              "FVE vs L0 on held-out text").show()
 
 # %% [markdown]
 # ### Spliced loss vs L0
 
 # %%
-metric_vs_l0(results, "delta_ce", "ΔCE (nats per token, lower is better)",
+metric_vs_l0(results_mean, "delta_ce", "ΔCE (nats per token, lower is better)",
              "CE increase when the reconstruction is spliced in").show()
-metric_vs_l0(results, "loss_recovered", "loss recovered (fraction)",
+metric_vs_l0(results_mean, "loss_recovered", "loss recovered (fraction)",
              "Loss recovered vs L0").show()
 
 # %% [markdown]
@@ -98,13 +111,14 @@ metric_vs_l0(results, "loss_recovered", "loss recovered (fraction)",
 # point at a training problem rather than a domain effect.
 
 # %%
-cross_eval_figure(results, "fve", "FVE (fraction of variance explained)", targets).show()
-cross_eval_figure(results, "delta_ce", "ΔCE (nats per token)", targets).show()
+cross_eval_figure(results_mean, "fve", "FVE (fraction of variance explained)", targets).show()
+cross_eval_figure(results_mean, "delta_ce", "ΔCE (nats per token)", targets).show()
 
 # %% [markdown]
 # ### Every SAE on every corpus
-# Value and [95% interval]; `dead_frac` and `dense_frac` are point values (latents that
-# never fire, or fire on more than 10% of tokens, over the evaluation tokens).
+# One row per seed replicate: value and [95% interval over documents]; `dead_frac` and
+# `dense_frac` are point values (latents that never fire, or fire on more than 10% of
+# tokens, over the evaluation tokens).
 
 # %%
 display(with_interval(results, ["l0", "fve", "fve_uncentered", "rel_bias", "ce_clean",
@@ -112,45 +126,73 @@ display(with_interval(results, ["l0", "fve", "fve_uncentered", "rel_bias", "ce_c
                                  "dead_frac", "dense_frac"]))
 
 # %% [markdown]
-# ### Medical minus broad, per target L0
-# The gaps published to the results page. Each SAE's interval is shown above; the gap
-# itself is a difference of point estimates on the same tokens.
+# ### Seed replicates
+# Each SAE family (training corpus × target L0) has `sae.seeds` replicates from
+# independent initialisations and batch orders. Below: the across-seed mean with its 95%
+# interval (hierarchical bootstrap: seed replicates, then documents) and each replicate's
+# own value.
 
 # %%
-rows = []
-for t in targets:
-    row = {"target L0": t}
-    for ev in cfg.eval_corpora:
-        m = metric_value(results, "fve", medical, ev, t)
-        b = metric_value(results, "fve", broad, ev, t)
-        row |= {f"FVE {medical} SAE on {ev}": m, f"FVE {broad} SAE on {ev}": b,
-                f"FVE gap on {ev}": m - b}
-    for ev in cfg.eval_corpora:
-        row[f"ΔCE {medical} SAE on {ev}"] = metric_value(results, "delta_ce", medical, ev, t)
-        row[f"ΔCE {broad} SAE on {ev}"] = metric_value(results, "delta_ce", broad, ev, t)
-    rows.append(row)
-gaps = pd.DataFrame(rows).set_index("target L0")
-display(gaps.round(4))
+display(family_table(families, ["fve", "delta_ce", "loss_recovered"]))
 
-on_med = gaps[f"FVE gap on {medical}"]
+# %% [markdown]
+# ### Medical minus broad: paired gaps
+# The claim itself. Each gap is the medical family's across-seed mean minus the broad
+# family's, on the *same* documents; its 95% interval resamples seed replicates (per
+# family) and then documents (one draw shared by both families: paired). `*` marks an
+# interval that excludes 0. For ΔCE a negative gap favours the medical SAE.
+
+# %%
+med_gaps = oriented_gaps(comparisons.gaps, medical, broad)
+display(gap_table(med_gaps, ["fve", "delta_ce", "loss_recovered", "kl_score"]))
+fve_ivs = gap_intervals(med_gaps, "fve", medical)
+fve_sentence = gap_sentence(fve_ivs, f"FVE gap ({medical} minus {broad} SAE)",
+                            f"on held-out {medical} text, by target L0")
+print(fve_sentence)
+
+# %% [markdown]
+# ### Spliced loss at matched FVE
+# A better reconstruction usually costs less loss, so a loss gap at the same L0 may only
+# restate the FVE gap. Here each family's ΔCE and loss recovered are interpolated along
+# its L0 sweep (per seed replicate, inside every bootstrap replicate) to the same FVE
+# values, inside the FVE range both families cover.
+
+# %%
+display(gap_table(med_gaps, ["l0", "delta_ce", "loss_recovered", "kl_score"], basis="fve"))
+lr_l0 = gap_intervals(med_gaps, "loss_recovered", medical)
+lr_fve = gap_intervals(med_gaps, "loss_recovered", medical, basis="fve")
+lr_sentence = " ".join([
+    gap_sentence(lr_l0, f"Loss-recovered gap ({medical} minus {broad} SAE)",
+                 f"on {medical} text at the same target L0"),
+    gap_sentence(lr_fve, "At matched FVE the gap is", "")])
+print(lr_sentence)
+
+on_med = med_gaps[(med_gaps.metric == "fve") & (med_gaps.eval_corpus == medical)
+                  & (med_gaps.basis == "l0_target")]
+on_broad = med_gaps[(med_gaps.metric == "fve") & (med_gaps.eval_corpus == broad)
+                    & (med_gaps.basis == "l0_target")]
 glue("l0_targets", ", ".join(f"{t:g}" for t in targets), display=False)
 glue("medical_corpus", medical, display=False)
 glue("broad_corpus", broad, display=False)
-glue("fve_gap_medical_min", float(on_med.min()), display=False)
-glue("fve_gap_medical_max", float(on_med.max()), display=False)
-if broad in cfg.eval_corpora:
-    on_broad = gaps[f"FVE gap on {broad}"]
-    glue("fve_gap_broad_min", float(on_broad.min()), display=False)
-    glue("fve_gap_broad_max", float(on_broad.max()), display=False)
-else:
-    glue("fve_gap_broad_min", float("nan"), display=False)
-    glue("fve_gap_broad_max", float("nan"), display=False)
-dce_m = gaps[f"ΔCE {medical} SAE on {medical}"]
-dce_b = gaps[f"ΔCE {broad} SAE on {medical}"]
-glue("dce_medical_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce_m), display=False)
-glue("dce_broad_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce_b), display=False)
-fve_cols = [c for c in gaps.columns if c.startswith("FVE")]
-glue("fve_gap_table", gaps[fve_cols].round(3), display=False)
+glue("n_seeds", cfg.sae.seeds, display=False)
+glue("fve_gap_medical_min", float(on_med.value.min()), display=False)
+glue("fve_gap_medical_max", float(on_med.value.max()), display=False)
+glue("fve_gap_broad_min", float(on_broad.value.min()) if len(on_broad) else float("nan"),
+     display=False)
+glue("fve_gap_broad_max", float(on_broad.value.max()) if len(on_broad) else float("nan"),
+     display=False)
+glue("fve_gap_sentence", fve_sentence, display=False)
+glue("loss_gap_sentence", lr_sentence, display=False)
+glue("verdict_fve", verdict(fve_ivs), display=False)
+glue("verdict_loss", verdict(lr_l0, lr_fve), display=False)
+dce = {c: [metric_value(results_mean, "delta_ce", c, medical, t) for t in targets]
+       for c in (medical, broad)}
+glue("dce_medical_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[medical]), display=False)
+glue("dce_broad_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[broad]), display=False)
+glue("fve_gap_table", gap_table(med_gaps, ["fve", "delta_ce", "loss_recovered"]),
+     display=False)
+glue("loss_matched_table", gap_table(med_gaps, ["l0", "delta_ce", "loss_recovered"],
+                                     basis="fve"), display=False)
 
 # %% [markdown]
 # ### The paper's numbers (reference, not ours)
@@ -177,7 +219,7 @@ glue("paper_fve_gap_max", float(paper_gap.max()), display=False)
 display(paper)
 
 # %%
-fig = metric_vs_l0(results, "fve", "FVE (fraction of variance explained)",
+fig = metric_vs_l0(results_mean, "fve", "FVE (fraction of variance explained)",
                    "Ours (on medical text) beside the paper's Gemma-2-2B numbers",
                    eval_corpora=[medical])
 for trace in fig.data:
@@ -191,7 +233,9 @@ fig.show()
 
 # %% [markdown]
 # ## Summary
-# The table "Medical minus broad" is the answer of this run to the paper's question: a
-# positive FVE gap on medical text means the medical SAE reconstructs medical activations
-# better at the same sparsity; the gap on broad text shows what the specialisation costs.
-# The numbers are published to the [results summary](../book/results.md).
+# The paired gaps are this run's answer to the paper's question: an FVE gap whose interval
+# lies above 0 on medical text means the medical SAE reconstructs medical activations
+# better at the same sparsity, beyond seed and document noise; the gap on broad text shows
+# what the specialisation costs; the loss gap at matched FVE says whether the loss
+# advantage goes beyond the better reconstruction. The verdicts are published to the
+# [results summary](../book/results.md).

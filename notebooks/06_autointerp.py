@@ -65,6 +65,7 @@ from myst_nb import glue
 
 from sae_med.autointerp import compare_scores, score_run
 from sae_med.book import CORPUS_COLORS, domain_pair, notebook_config, use_offline_plotly
+from sae_med.compare import Interval, verdict
 
 use_offline_plotly()
 
@@ -117,6 +118,13 @@ for metric, short in (("detection_auroc", "auroc"), ("accuracy", "accuracy")):
         for col in ("mean", "ci_low", "ci_high"):
             glue(f"autointerp_{short}_{key}_{col}",
                  float(table.loc[name, col]) if have else float("nan"), display=False)
+# the book's verdict on "latents read as clinical concepts": the detection-AUROC
+# difference (medical - broad) and its interval over latents
+auroc = tables["detection_auroc"].set_index("SAE")
+concept_gap = ([Interval(*(float(auroc.loc[diff_row, c]) for c in ("mean", "ci_low",
+                                                                    "ci_high")))]
+               if diff_row in auroc.index else [])
+glue("verdict_concepts", verdict(concept_gap), display=False)
 glue("autointerp_n_latents", int(sum(len(f) for f in scores.values())), display=False)
 glue("autointerp_n_failures", int(sum(f["n_failures"].sum() for f in scores.values())),
      display=False)

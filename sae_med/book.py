@@ -267,7 +267,8 @@ def metric_value(results: Any, metric: str, train_corpus: str, eval_corpus: str,
 
 
 def with_interval(results: Any, metrics: Sequence[str], digits: int = 3) -> Any:
-    """Wide table (SAE x eval corpus rows, one column per metric) of "value [low, high]"."""
+    """Wide table (SAE x eval corpus rows, one column per metric) of "value [low, high]";
+    seed replicates get their own rows when the table has a ``replicate`` column."""
     df = results[results.metric.isin(metrics)].copy()
 
     def fmt(r: Any) -> str:
@@ -276,9 +277,83 @@ def with_interval(results: Any, metrics: Sequence[str], digits: int = 3) -> Any:
         return f"{r.value:.{digits}f} [{r.low:.{digits}f}, {r.high:.{digits}f}]"
 
     df["text"] = df.apply(fmt, axis=1)
-    wide = df.pivot_table(index=["train_corpus", "l0_target", "eval_corpus"],
+    index = ["train_corpus", "l0_target", *(["replicate"] if "replicate" in df else []),
+             "eval_corpus"]
+    wide = df.pivot_table(index=index, columns="metric", values="text", aggfunc="first")
+    return wide[[m for m in metrics if m in wide.columns]]
+
+
+def _cell(value: float, low: float, high: float, digits: int) -> str:
+    if value != value:
+        return "n/a"
+    if low != low or high != high:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
+    """The gap rows of :func:`sae_med.evaluate.load_comparisons` as ``first`` minus
+    ``second`` (rows stored the other way round are negated, their interval flipped)."""
+    import pandas as pd
+
+    same = gaps[(gaps.train_corpus == first) & (gaps.versus == second)].copy()
+    flip = gaps[(gaps.train_corpus == second) & (gaps.versus == first)].copy()
+    flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
+    flip["train_corpus"], flip["versus"] = first, second
+    return pd.concat([same, flip], ignore_index=True)
+
+
+def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digits: int = 3
+              ) -> Any:
+    """Wide table of gaps, "value [low, high]" with a ``*`` where the 95% interval
+    excludes 0: rows (eval corpus, target L0 or FVE), one column per metric."""
+    at = basis
+    df = gaps[(gaps.basis == basis) & gaps.metric.isin(metrics)].copy()
+    if df.empty:
+        return df
+    df["text"] = [_cell(r.value, r.low, r.high, digits) + (" *" if r.excludes_zero else "")
+                  for r in df.itertuples()]
+    wide = df.pivot_table(index=["eval_corpus", at], columns="metric", values="text",
+                          aggfunc="first")
+    return wide[[m for m in metrics if m in wide.columns]]
+
+
+def family_table(families: Any, metrics: Sequence[str], digits: int = 3) -> Any:
+    """Across-seed means at each target L0: "mean [low, high]" (hierarchical interval) and
+    the replicates' own values, one row per (eval corpus, train corpus, target L0)."""
+    df = families[(families.basis == "l0_target") & families.metric.isin(metrics)].copy()
+    if df.empty:
+        return df
+    df["text"] = [_cell(r.value, r.low, r.high, digits) + "; seeds " + ", ".join(
+        "n/a" if v is None else f"{v:.{digits}f}" for v in r.seed_values)
+        for r in df.itertuples()]
+    wide = df.pivot_table(index=["eval_corpus", "train_corpus", "l0_target"],
                           columns="metric", values="text", aggfunc="first")
     return wide[[m for m in metrics if m in wide.columns]]
+
+
+def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_target"
+                  ) -> list[Any]:
+    """The :class:`~sae_med.compare.Interval` of every gap of ``metric`` on
+    ``eval_corpus`` at ``basis`` (in target-L0 or FVE order)."""
+    from sae_med.compare import Interval
+
+    sel = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
+               & (gaps.basis == basis)].sort_values(basis)
+    return [Interval(float(r.value), None if r.low != r.low else float(r.low),
+                     None if r.high != r.high else float(r.high)) for r in sel.itertuples()]
+
+
+def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3) -> str:
+    """One sentence stating the gaps and how many of their intervals exclude 0."""
+    subject = f"{what} {where}".strip()
+    if not ivs:
+        return f"{subject}: no comparison in this run (e.g. no common FVE range)."
+    cells = "; ".join(_cell(iv.value, *(float("nan") if v is None else v
+                                         for v in (iv.low, iv.high)), digits) for iv in ivs)
+    n = sum(iv.excludes_zero for iv in ivs)
+    return (f"{subject}: {cells} (95% intervals); the interval excludes 0 in {n} of "
+            f"{len(ivs)} comparisons.")
 
 
 def use_offline_plotly() -> None:
@@ -313,7 +388,7 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
     """Tidy DataFrame of every SAE's training log: one row per logged step, with columns
-    ``train_corpus``, ``l0_target`` and the ``metrics.jsonl`` fields."""
+    ``train_corpus``, ``replicate``, ``l0_target`` and the ``metrics.jsonl`` fields."""
     import pandas as pd
 
     from sae_med.train import METRICS_NAME
@@ -323,6 +398,7 @@ def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
         for r in runs:
             df = pd.DataFrame(read_metrics(Path(r.path) / METRICS_NAME))
             df.insert(0, "l0_target", r.l0_target)
+            df.insert(0, "replicate", r.replicate)
             df.insert(0, "train_corpus", corpus)
             frames.append(df)
     return pd.concat(frames, ignore_index=True)

@@ -159,12 +159,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sae_med.experiment import stage_train
+    from sae_med.train import sae_id
 
     cfg = _load(args)
     for corpus, results in stage_train(cfg).items():
         for r in results:
             f = r.final
-            print(f"sae {corpus}/l0_{r.l0_target:g}: L0 {f.get('l0', float('nan')):.1f} "
+            print(f"sae {sae_id(corpus, r.replicate, r.l0_target)}: "
+                  f"L0 {f.get('l0', float('nan')):.1f} "
                   f"FVE {f.get('fve', float('nan')):.3f} dead {f.get('dead_frac', 0):.3f} "
                   f"-> {r.path}")
     return 0

@@ -97,9 +97,15 @@ class SAEConfig:
     each theta starts at the quantile of its pre-activation on one batch that makes L0
     start at the target — for short (CPU-sized) runs, where log(theta) cannot travel
     from 0.001 to the pre-activation scale in a few hundred Adam steps."""
+    seeds: int = 1
+    """Replicate SAEs per (training corpus, target L0), each from its own initialisation
+    and batch order (:func:`sae_med.train.init_seed`, :func:`~sae_med.train.batch_seed`);
+    intervals over replicates include training-seed variance (:mod:`sae_med.compare`)."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "sae.width", "must be > 0")
+        _check(self.seeds >= 1, "sae.seeds", "must be >= 1 (replicate SAEs per corpus and "
+               "target)")
         _check(len(self.l0_targets) > 0, "sae.l0_targets", "must list at least one target")
         for t in self.l0_targets:
             _check(0 < t < self.width, "sae.l0_targets",

@@ -56,6 +56,9 @@ class DarkMatterResult(NamedTuple):
     """1 − Σ‖e − ê‖² / Σ‖e − ē‖² (dims weighted by their error variance)."""
     r2_norm: float
     """R² of ‖e‖² predicted linearly from x: 1 − Σ(‖e‖² − n̂)² / Σ(‖e‖² − mean)²."""
+    fvu_linear: float
+    """(Σ‖e‖² − Σ‖e − ê‖²) / Σ‖x − x̄‖² = fvu_sae − fvu_nonlinear: the linearly predictable
+    part of the error as a share of Var(x)."""
     fvu_nonlinear: float
     """Σ‖e − ê‖² / Σ‖x − x̄‖²: variance left after the SAE *and* the linear map."""
     fvu_sae: float
@@ -209,6 +212,7 @@ def scores(per_doc: HeldOutSums) -> dict[str, float]:
     return {"r2_error_mean": float((1 - s.res_dim / sst_dim).mean()),
             "r2_error_pooled": float(1 - s.res_dim.sum() / sst_dim.sum()),
             "r2_norm": float(1 - s.n_res / sst_norm),
+            "fvu_linear": float((s.e_sq_dim.sum() - s.res_dim.sum()) / sst_x),
             "fvu_nonlinear": float(s.res_dim.sum() / sst_x),
             "fvu_sae": float(s.e_sq_dim.sum() / sst_x)}
 

@@ -26,14 +26,16 @@ c. **Dark matter** (:mod:`sae_med.dark_matter`): the cache's tokens are split by
    below the point estimate, so its percentile interval did not contain the estimate.)
 d. The **density histogram** of log10 firing rates over the cache's tokens.
 
-Bootstrap replicates use one seed per eval corpus (derived from ``cfg.seed``), so every
-SAE is resampled on the *same* documents, and the resamples are exactly those of
-:func:`~sae_med.metrics.bootstrap_ci` (see :func:`bootstrap_many`).
+Bootstrap replicates use one document resample per eval corpus (seed derived from
+``cfg.seed``), shared by every SAE and metric (:class:`~sae_med.compare.DocResample`), so
+every comparison is paired on documents. The across-seed family means and the gaps
+between training corpora (:mod:`sae_med.compare`: hierarchical bootstrap, seeds then
+documents) are computed from those draws by :func:`compare_families`.
 
-Results file (``results.json``, :func:`write_results`), schema version 2 (1 had no
-dark-matter intervals)::
+Results file (``results.json``, :func:`write_results`), schema version 3 (2 had no
+seed replicates, family means or gaps; 1 had no dark-matter intervals)::
 
-    schema_version   int, 2
+    schema_version   int, 3
     created          ISO 8601 UTC time the file was written
     config           the resolved Config (Config.to_dict())
     software         {"python", "torch", "transformers", "transformer_lens", "sae_lens",
@@ -51,19 +53,27 @@ dark-matter intervals)::
                      over documents (``cfg.eval.bootstrap`` resamples), null for the
                      point-only metrics (fve_batch_mean, dead_frac, dense_frac)
       bootstrap      {"n_boot", "level", "seed", "unit": "document"}
-      dark_matter    {r2_error_mean, r2_error_pooled, r2_norm, fvu_nonlinear, fvu_sae,
+      dark_matter    {r2_error_mean, r2_error_pooled, r2_norm, fvu_linear, fvu_nonlinear,
+                      fvu_sae,
                       n_train, n_eval, n_eval_documents, train_frac, seed,
                       "intervals": {name: {"low", "high"}} (95% bootstrap over held-out
                       documents given the fit; null when n_boot is 0)}, or
                      {"error": reason} when the document split leaves a side empty
       density_histogram  {"edges": log10 rate bin edges, "counts": alive latents per bin,
                           "n_dead": latents that never fire, "n_tokens"}
-      ...            every key of ``meta[sae_id]`` (train_corpus, l0_target, d_sae, ...)
+      ...            every key of ``meta[sae_id]`` (train_corpus, l0_target, replicate,
+                     d_sae, ...)
+    families         across-seed means (:meth:`sae_med.compare.FamilyScore.to_dict`): per
+                     eval corpus, training corpus, metric and target L0 (basis
+                     "l0_target") or matched FVE (basis "fve", value in "at")
+    gaps             first training corpus minus each other one, same keys
+                     (:meth:`sae_med.compare.Gap.to_dict`), with "excludes_zero"
 
 Metric definitions are those of :mod:`sae_med.metrics` (formulas in their docstrings).
 Beside the JSON, ``results.csv`` is the tidy table of :func:`tidy_results`: one row per
 sae_id × eval_corpus × metric (dark-matter scores as ``dark_matter.<name>``)
-with columns value, low, high, the row counts and the scalar meta columns.
+with columns value, low, high, the row counts and the scalar meta columns (``row_type``
+"sae"), followed by the family and gap rows (``row_type`` "family" / "gap").
 """
 
 from __future__ import annotations
@@ -72,8 +82,7 @@ import datetime as dt
 import json
 import logging
 import platform
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -85,6 +94,18 @@ from tqdm.auto import tqdm
 
 from sae_med.activations import ActivationCache
 from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
+from sae_med.compare import (
+    LEVEL,
+    Comparison,
+    Draws,
+    Interval,
+    SaeDraws,
+    bootstrap_many,  # noqa: F401 - re-exported: the per-SAE interval helper
+    compare,
+    doc_resample,
+    percentile_interval,
+    statistic_draws,
+)
 from sae_med.config import Config
 from sae_med.dark_matter import DarkMatterFit, is_train_doc
 from sae_med.dark_matter import scores as dm_scores
@@ -101,7 +122,7 @@ from sae_med.sae import JumpReLUSAE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
 """Bootstrapped from per-document sums (:class:`~sae_med.metrics.DocMetrics` fields)."""
 POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac")
@@ -109,10 +130,9 @@ POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac")
 CE_METRICS = ("ce_clean", "ce_spliced", "ce_zero", "delta_ce", "loss_recovered",
               "kl_spliced", "kl_zero", "kl_score")
 """Bootstrapped from per-document CE sums (:class:`~sae_med.metrics.CESummary` fields)."""
-DARK_MATTER_METRICS = ("r2_error_mean", "r2_error_pooled", "r2_norm", "fvu_nonlinear",
-                       "fvu_sae")
+DARK_MATTER_METRICS = ("r2_error_mean", "r2_error_pooled", "r2_norm", "fvu_linear",
+                       "fvu_nonlinear", "fvu_sae")
 DM_TRAIN_FRAC = 0.5
-LEVEL = 0.95
 RECON_BATCH_TOKENS = 2048
 """Cache rows per SAE forward (dense latents: batch × d_sae floats)."""
 
@@ -120,53 +140,6 @@ RECON_BATCH_TOKENS = 2048
 def derived_seed(seed: int, *names: Any) -> int:
     """A seed for one purpose (e.g. ``"bootstrap", corpus``), stable across runs."""
     return int(stable_hash([seed, *names]), 16) % (2**63)
-
-
-# --------------------------------------------------------------------------------------
-# Bootstrap, many statistics per replicate
-# --------------------------------------------------------------------------------------
-
-class Interval(NamedTuple):
-    value: float
-    low: float | None
-    high: float | None
-
-
-def bootstrap_many(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, float]],
-                   n_boot: int, seed: int, level: float = LEVEL) -> dict[str, Interval]:
-    """:func:`~sae_med.metrics.bootstrap_ci` for a statistic returning several numbers.
-
-    ``per_doc`` is a NamedTuple of per-document *sums* (leading dim ``docs``, e.g.
-    :class:`DocSums`, :class:`DocCE`) and ``statistic_fn`` must pool documents by summing
-    over that dim, as :func:`metrics_from_doc_sums` and :func:`summarize_ce` do. Replicate
-    b draws the same indices as bootstrap_ci (``torch.randint`` from one generator seeded
-    ``seed``); its pooled sums are Σ_d c_bd · s_d with c_b the draw counts, so each
-    replicate is one weighted row instead of a gathered copy of every document and all
-    statistics share it. Returns percentile intervals at ``level``; low/high are None when
-    ``n_boot`` is 0 or there are fewer than 2 documents.
-    """
-    fields = [f.double() for f in per_doc]
-    n = int(fields[0].shape[0])
-    point = statistic_fn(type(per_doc)(*fields))
-    if n_boot <= 0 or n < 2:
-        return {k: Interval(float(v), None, None) for k, v in point.items()}
-    gen = torch.Generator().manual_seed(seed)
-    counts = torch.stack([torch.bincount(torch.randint(n, (n,), generator=gen), minlength=n)
-                          for _ in range(n_boot)]).double()  # (n_boot, docs)
-    pooled = [(counts @ f.reshape(n, -1)).reshape(n_boot, 1, *f.shape[1:]) for f in fields]
-    reps: dict[str, list[float]] = {k: [] for k in point}
-    for b in range(n_boot):
-        stat = statistic_fn(type(per_doc)(*(p[b] for p in pooled)))
-        for k in reps:
-            reps[k].append(float(stat[k]))
-    alpha = (1 - level) / 2
-    out = {}
-    for k, v in point.items():
-        with warnings.catch_warnings():  # all-nan replicates (e.g. 0/0) give nan quietly
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, hi = np.nanquantile(np.asarray(reps[k]), [alpha, 1 - alpha])
-        out[k] = Interval(float(v), float(lo), float(hi))
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -199,6 +172,8 @@ class ReconstructionPass(NamedTuple):
     dark_matter: dict[str, Any]
     dark_matter_fit: DarkMatterFit | None
     """The fitted and scored :class:`DarkMatterFit` (None when the split failed)."""
+    held_out_docs: Tensor | None
+    """Sorted ids of the held-out documents (the rows of ``dark_matter_fit.per_doc()``)."""
 
 
 def _sae_fn(sae: JumpReLUSAE) -> SaeFn:
@@ -235,7 +210,7 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
     dm_info: dict[str, Any] = {"train_frac": dm_train_frac, "seed": dm_seed}
     if dm.n_train == 0 or bool(train.all()):
         dm_info["error"] = "the document split left one side empty: need more documents"
-        return ReconstructionPass(acc, dm_info, None)
+        return ReconstructionPass(acc, dm_info, None, None)
     dm.fit()
     for lo, hi in spans:
         held = ~train[lo:hi]
@@ -243,19 +218,9 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
             x = cache.activations(lo, hi)[held]
             x_hat = sae.decode(sae.encode(x.to(dev))).to("cpu", torch.float32)
             dm.add_eval(x, x - x_hat, doc[lo:hi][held])
-    dm_info["n_eval_documents"] = int(torch.unique(doc[~train]).numel())
-    return ReconstructionPass(acc, {**dm.result()._asdict(), **dm_info}, dm)
-
-
-def dark_matter_intervals(dm: DarkMatterFit, n_boot: int, seed: int
-                          ) -> dict[str, dict[str, float | None]] | None:
-    """95% intervals of the held-out dark-matter scores, resampling held-out documents
-    given the fit (:meth:`~sae_med.dark_matter.DarkMatterFit.per_doc`); None if n_boot
-    is 0."""
-    if n_boot <= 0:
-        return None
-    ivs = bootstrap_many(dm.per_doc(), dm_scores, n_boot, seed)
-    return {k: {"low": _jsonable(v.low), "high": _jsonable(v.high)} for k, v in ivs.items()}
+    held = torch.unique(doc[~train])
+    dm_info["n_eval_documents"] = int(held.numel())
+    return ReconstructionPass(acc, {**dm.result()._asdict(), **dm_info}, dm, held)
 
 
 # --------------------------------------------------------------------------------------
@@ -272,10 +237,27 @@ def _interval_dict(iv: Interval) -> dict[str, float | None]:
     return {"value": _jsonable(iv.value), "low": _jsonable(iv.low), "high": _jsonable(iv.high)}
 
 
+class ScoredCorpus(NamedTuple):
+    """:func:`score_saes`'s output for one eval corpus."""
+
+    rows: list[dict[str, Any]]
+    """One row per SAE (schema in the module docstring)."""
+    draws: dict[str, dict[str, Draws]]
+    """``{sae_id: {metric: Draws}}``: every bootstrapped metric (tidy names, dark-matter
+    scores as ``dark_matter.<name>``) on all documents and on each shared resample."""
+
+
 def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
                   eval_corpus: str, cache: ActivationCache,
                   meta: Mapping[str, Mapping[str, Any]] | None = None,
                   progress: bool = True) -> list[dict[str, Any]]:
+    """The rows of :func:`score_saes`."""
+    return score_saes(saes, model, cfg, eval_corpus, cache, meta, progress).rows
+
+
+def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config, eval_corpus: str,
+               cache: ActivationCache, meta: Mapping[str, Mapping[str, Any]] | None = None,
+               progress: bool = True) -> ScoredCorpus:
     """Score every SAE in ``saes`` on ``eval_corpus`` with one pipeline (module docstring).
 
     Args:
@@ -287,13 +269,17 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Co
         meta: extra columns per SAE id (train_corpus, l0_target, ...), copied into its row.
         progress: tqdm bars.
     Returns:
-        one row per SAE, in ``saes`` order (schema in the module docstring).
+        the rows (one per SAE, in ``saes`` order) and every SAE's bootstrap draws. Every
+        metric of every SAE is resampled with one :class:`~sae_med.compare.DocResample`
+        (the CE documents are the corpus's first eval documents, ids 0, 1, ...; the
+        dark-matter scores use the columns of their held-out documents), so comparisons
+        across SAEs and metrics are paired.
     """
     if cache.hook != cfg.model.hook_name:
         raise ValueError(f"cache was built at {cache.hook}, config hook is "
                          f"{cfg.model.hook_name}")
     meta = meta or {}
-    reserved = {*_ROW_COLUMNS, *_STRUCTURED, "metric", "value", "low", "high"}
+    reserved = {*_ROW_COLUMNS, *_STRUCTURED, "metric", "value", "low", "high", "row_type"}
     for sae_id, m in meta.items():
         if clash := sorted(reserved & set(m)):
             raise ValueError(f"meta[{sae_id!r}] uses reserved row keys {clash}")
@@ -311,31 +297,39 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Co
                                               fns).items():
             doc_ce[k].append(DocCE(*(f.cpu() for f in losses.doc_sums())))
 
-    n_docs_cache = int(torch.unique(cache.token_info()[:, 1]).numel())
-    rows = []
+    cache_docs = torch.unique(cache.token_info()[:, 1].long())
+    ce_ids = torch.arange(sum(int(b.tokens.shape[0]) for b in batches))
+    resample = doc_resample([cache_docs, ce_ids], n_boot, boot_seed)
+    rows, draws = [], {}
     for sae_id, sae in tqdm(saes.items(), desc=f"evaluate {eval_corpus}",
                             disable=not progress):
         # (a), (c), (d) over the cache
         rp = reconstruction_pass(sae, cache, dm_seed)
         res = rp.accumulator.result()
-        metrics = {k: _interval_dict(v) for k, v in bootstrap_many(
-            rp.accumulator.per_doc(),
-            lambda s: {k: getattr(metrics_from_doc_sums(s), k) for k in RECON_METRICS},
-            n_boot, boot_seed).items()}
-        metrics.update({k: _interval_dict(Interval(getattr(res, k), None, None))
-                        for k in POINT_METRICS})
+        per_doc = rp.accumulator.per_doc()
+        d = statistic_draws(
+            per_doc, lambda s: {k: getattr(metrics_from_doc_sums(s), k) for k in RECON_METRICS},
+            resample.columns(per_doc.doc_ids))
         ce_docs = concat_doc_stats(doc_ce[sae_id]) if doc_ce[sae_id] else None
         if ce_docs is not None:
-            metrics.update({k: _interval_dict(v) for k, v in bootstrap_many(
-                ce_docs, lambda d: {k: getattr(summarize_ce(d), k) for k in CE_METRICS},
-                n_boot, boot_seed).items()})
+            d |= statistic_draws(ce_docs, lambda c: {k: getattr(summarize_ce(c), k)
+                                                     for k in CE_METRICS},
+                                 resample.columns(ce_ids))
+        metrics = {k: _interval_dict(percentile_interval(v)) for k, v in d.items()}
+        metrics.update({k: _interval_dict(Interval(getattr(res, k), None, None))
+                        for k in POINT_METRICS})
         if rp.dark_matter_fit is not None:
-            rp.dark_matter["intervals"] = dark_matter_intervals(
-                rp.dark_matter_fit, n_boot, derived_seed(boot_seed, "dark_matter"))
+            dm = statistic_draws(rp.dark_matter_fit.per_doc(), dm_scores,
+                                 resample.columns(rp.held_out_docs))
+            rp.dark_matter["intervals"] = None if n_boot <= 0 else {
+                k: {"low": _jsonable(iv.low), "high": _jsonable(iv.high)}
+                for k, iv in ((k, percentile_interval(v)) for k, v in dm.items())}
+            d |= {f"dark_matter.{k}": v for k, v in dm.items()}
+        draws[sae_id] = d
         hist = rp.accumulator.density_histogram()
         rows.append({
             "sae_id": sae_id, "eval_corpus": eval_corpus, "split": "eval",
-            "n_tokens": res.n_tokens, "n_documents": n_docs_cache,
+            "n_tokens": res.n_tokens, "n_documents": int(cache_docs.numel()),
             "ce_documents": 0 if ce_docs is None else int(ce_docs.n_tokens.shape[0]),
             "ce_tokens": 0 if ce_docs is None else int(ce_docs.n_tokens.sum()),
             "metrics": metrics, "bootstrap": boot_info,
@@ -345,7 +339,17 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Co
                                   "n_tokens": res.n_tokens},
             **dict(meta.get(sae_id, {})),
         })
-    return rows
+    return ScoredCorpus(rows, draws)
+
+
+def compare_families(scored: ScoredCorpus, cfg: Config, eval_corpus: str) -> Comparison:
+    """:func:`sae_med.compare.compare` over the rows whose SAE was trained on one of
+    ``cfg.train_corpora`` at a target L0 (external SAEs are left out)."""
+    saes = [SaeDraws(r["train_corpus"], float(r["l0_target"]), int(r.get("replicate") or 0),
+                     scored.draws[r["sae_id"]]) for r in scored.rows
+            if r.get("train_corpus") in cfg.train_corpora and r.get("l0_target") is not None]
+    return compare(saes, eval_corpus, cfg.train_corpora,
+                   derived_seed(cfg.seed, "seeds", eval_corpus), LEVEL)
 
 
 # --------------------------------------------------------------------------------------
@@ -371,12 +375,14 @@ _STRUCTURED = ("metrics", "dark_matter", "density_histogram", "bootstrap")
 
 def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
     """Long table: one row per sae_id × eval_corpus × metric with value, low, high, the
-    counts of :data:`_ROW_COLUMNS` and every meta key, sorted (lists/dicts as JSON text)."""
+    counts of :data:`_ROW_COLUMNS`, ``row_type`` "sae" and every meta key, sorted
+    (lists/dicts as JSON text)."""
     import pandas as pd
 
     records = []
     for row in rows:
-        base = {k: row.get(k) for k in _ROW_COLUMNS}
+        base: dict[str, Any] = {k: row.get(k) for k in _ROW_COLUMNS}
+        base["row_type"] = "sae"
         for k, v in row.items():
             if k in _ROW_COLUMNS or k in _STRUCTURED:
                 continue
@@ -405,27 +411,65 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
     return df[lead + sorted(c for c in df.columns if c not in lead)]
 
 
-def write_results(rows: Sequence[Mapping[str, Any]], cfg: Config, path: str | Path) -> Path:
-    """Write ``rows`` as the results JSON (schema in the module docstring) and the tidy CSV
-    beside it (same stem, ``.csv``), both atomically. Returns the JSON path."""
+def write_results(rows: Sequence[Mapping[str, Any]], cfg: Config, path: str | Path,
+                  comparisons: Sequence[Comparison] = ()) -> Path:
+    """Write ``rows`` and the ``comparisons`` (family means and gaps) as the results JSON
+    (schema in the module docstring) and the tidy CSV beside it (same stem, ``.csv``: the
+    :func:`tidy_results` rows, then the family and gap rows, told apart by ``row_type``),
+    both atomically. Returns the JSON path."""
+    import pandas as pd
+
     path = Path(path)
+    families = [f.to_dict() for c in comparisons for f in c.families]
+    gaps = [g.to_dict() for c in comparisons for g in c.gaps]
     doc = {"schema_version": SCHEMA_VERSION,
            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "config": cfg.to_dict(), "software": software_versions(), "seed": cfg.seed,
-           "rows": list(rows)}
+           "rows": list(rows), "families": families, "gaps": gaps}
     write_json_atomic(path, doc)
+    extra = [{**r, "seed_values": json.dumps(r["seed_values"])} if "seed_values" in r else r
+             for r in families + gaps]
+    table = pd.concat([tidy_results(rows), pd.DataFrame.from_records(extra)],
+                      ignore_index=True) if extra else tidy_results(rows)
     with atomic_path(path.with_suffix(".csv")) as tmp:
-        tidy_results(rows).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     return path
+
+
+def _read_results(path: str | Path) -> dict[str, Any]:
+    doc = json.loads(Path(path).read_text())
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: results schema {doc.get('schema_version')!r}, this "
+                         f"sae-med reads {SCHEMA_VERSION}; rerun the evaluate stage")
+    return doc
 
 
 def load_results(path: str | Path) -> Any:
     """The tidy :func:`tidy_results` DataFrame of a results JSON (for notebooks)."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: results schema {doc.get('schema_version')!r}, this "
-                         f"sae-med reads {SCHEMA_VERSION}")
-    return tidy_results(doc["rows"])
+    return tidy_results(_read_results(path)["rows"])
+
+
+class ComparisonTables(NamedTuple):
+    """The family and gap rows of a results JSON as DataFrames (columns: the keys of
+    :meth:`~sae_med.compare.FamilyScore.to_dict` / :meth:`~sae_med.compare.Gap.to_dict`)."""
+
+    families: Any
+    gaps: Any
+
+
+def load_comparisons(path: str | Path) -> ComparisonTables:
+    """Across-seed family means and paired gaps of a results JSON (for notebooks)."""
+    import pandas as pd
+
+    doc = _read_results(path)
+    frames = []
+    for key in ("families", "gaps"):
+        df = pd.DataFrame.from_records(doc[key])
+        for c in ("value", "low", "high"):
+            if c in df:
+                df[c] = df[c].astype(float)
+        frames.append(df)
+    return ComparisonTables(*frames)
 
 
 # --------------------------------------------------------------------------------------
@@ -434,27 +478,32 @@ def load_results(path: str | Path) -> Any:
 
 def sae_meta(spec: str | Path) -> dict[str, Any]:
     """Row columns for a saved SAE: where it came from (``sae_dir``, ``sae_format``), its
-    shape, and for sae-med folders the ``cfg.json`` metadata (l0_target, steps, ...) and
-    train_corpus (metadata, else the parent folder's name, the train stage's
-    ``{corpus}/l0_{target}`` layout). Other formats get train_corpus "external"."""
+    shape, and for sae-med folders the ``cfg.json`` metadata (l0_target, replicate,
+    steps, ...) and train_corpus (metadata, else the parent folder's name). Other formats
+    get train_corpus "external" and replicate 0."""
     from sae_med.sae import sae_format
 
     kind = sae_format(spec)
     if kind != "sae_med":
         return {"sae_dir": str(spec), "sae_format": kind, "train_corpus": "external",
-                "l0_target": None}
+                "l0_target": None, "replicate": 0}
     directory = Path(spec)
     cfg = json.loads((directory / "cfg.json").read_text())
     md = cfg.get("metadata", {}) or {}
     return {"sae_dir": str(directory), "sae_format": kind, "d_model": cfg.get("d_model"),
             "d_sae": cfg.get("d_sae"),
-            "train_corpus": md.get("train_corpus", directory.parent.name),
-            "l0_target": md.get("l0_target"), "sae_metadata": md}
+            "train_corpus": md.get("train_corpus") or directory.parent.name,
+            "l0_target": md.get("l0_target"), "replicate": int(md.get("replicate") or 0),
+            "sae_metadata": md}
 
 
-def _sae_ids(specs: Sequence[str | Path]) -> list[str]:
-    ids = [str(s) if str(s).startswith("sae_lens:") else f"{Path(s).parent.name}/{Path(s).name}"
-           for s in specs]
+def _sae_ids(specs: Sequence[str | Path], meta: Sequence[Mapping[str, Any]]) -> list[str]:
+    from sae_med.train import sae_id
+
+    ids = [str(s) if str(s).startswith("sae_lens:") else
+           sae_id(m["train_corpus"], m["replicate"], m["l0_target"])
+           if (m.get("sae_metadata") or {}).get("train_corpus") else
+           f"{Path(s).parent.name}/{Path(s).name}" for s, m in zip(specs, meta, strict=True)]
     if len(set(ids)) < len(ids):
         ids = [str(s) for s in specs]
     return ids
@@ -469,8 +518,9 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     Scope params.npz, sae-lens folders or releases), score each on every eval corpus with
     the same pipeline and tokens, write results.
 
-    SAE ids are ``sae_ids`` if given, else ``{parent}/{folder}`` (e.g.
-    ``medical/l0_20``), or full paths if those collide. Eval caches come from
+    SAE ids are ``sae_ids`` if given, else those of :func:`sae_med.train.sae_id` for
+    folders whose metadata names their training corpus (``medical/seed_0/l0_20``), else
+    ``{parent}/{folder}``, or full paths if those collide. Eval caches come from
     ``build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens)``. Writes
     ``cfg.run_path / "results.json"`` (or ``out_path``) and the CSV beside it; returns
     the JSON path.
@@ -482,10 +532,11 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     specs = list(sae_dirs)
     if not specs:
         raise ValueError("no SAE folders to evaluate")
-    ids = list(sae_ids) if sae_ids is not None else _sae_ids(specs)
+    metas = [sae_meta(s) for s in specs]  # fails fast on bad specs
+    ids = list(sae_ids) if sae_ids is not None else _sae_ids(specs, metas)
     if len(ids) != len(specs) or len(set(ids)) != len(ids):
         raise ValueError(f"need one distinct id per SAE: {len(specs)} SAEs, ids {ids}")
-    meta = {i: sae_meta(s) for i, s in zip(ids, specs, strict=True)}  # fails fast on bad specs
+    meta = dict(zip(ids, metas, strict=True))
     corpora = list(cfg.eval_corpora if eval_corpora is None else eval_corpora)
     if model is None:
         model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path)
@@ -498,8 +549,11 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
                              f"but {cfg.model.name} has d_model {model.d_model}: it was "
                              "trained on another model")
     rows: list[dict[str, Any]] = []
+    comparisons = []
     for corpus in corpora:
         cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
                             progress=progress)
-        rows += evaluate_saes(saes, model, cfg, corpus, cache, meta, progress)
-    return write_results(rows, cfg, out_path or cfg.run_path / "results.json")
+        scored = score_saes(saes, model, cfg, corpus, cache, meta, progress)
+        rows += scored.rows
+        comparisons.append(compare_families(scored, cfg, corpus))
+    return write_results(rows, cfg, out_path or cfg.run_path / "results.json", comparisons)

@@ -6,9 +6,12 @@ otherwise, so notebooks can call the stage they narrate without re-running the r
 Layout under ``cfg.run_path`` (``{output_dir}/{name}``)::
 
     config.json                 the resolved config
-    saes/{train_corpus}/        one training sweep per corpus (see sae_med.train)
+    saes/{train_corpus}/seed_{r}/   one training sweep per corpus and replicate r < sae.seeds
         l0_{target}/            cfg.json + sae.safetensors (raw-activation space), metrics.jsonl
-    results.json, results.csv   every SAE scored on every eval corpus (see sae_med.evaluate)
+    results.json, results.csv   every SAE scored on every eval corpus, with the across-seed
+                                means and paired gaps (see sae_med.evaluate, sae_med.compare)
+
+An SAE's id is its path under ``saes/`` (:func:`sae_med.train.sae_id`).
 """
 
 from __future__ import annotations
@@ -53,36 +56,48 @@ def train_cache(cfg: Config, corpus: str, progress: bool = True) -> ActivationCa
 
 
 def stage_train(cfg: Config, progress: bool = True) -> dict:
-    """Train (or resume, or reuse) the SAE sweep for each train corpus.
+    """Train (or resume, or reuse) the SAE sweep of each train corpus and seed replicate.
 
-    Returns ``{train_corpus: [TrainResult, ...]}`` in ``cfg.sae.l0_targets`` order. A
-    finished run whose checkpoint key matches is reused; one for another config or cache
-    is retrained from scratch (with a warning), never reused.
+    Returns ``{train_corpus: [TrainResult, ...]}`` ordered by replicate, then
+    ``cfg.sae.l0_targets`` (replicate 0 first, so ``next(r for r in runs if r.l0_target
+    == t)`` is replicate 0). A finished run whose checkpoint key matches is reused; one for
+    another config or cache is retrained from scratch (with a warning), never reused.
     """
-    from sae_med.train import CHECKPOINT_NAME, _run_key, read_checkpoint, train_saes
+    from sae_med.train import (
+        CHECKPOINT_NAME,
+        _run_key,
+        read_checkpoint,
+        replicate_dirname,
+        train_saes,
+    )
 
     out: dict = {}
     for corpus in cfg.train_corpora:
         cache = train_cache(cfg, corpus, progress)
-        out_dir = cfg.run_path / "saes" / corpus
-        ckpt = out_dir / CHECKPOINT_NAME
-        resume = True
-        if ckpt.exists():
-            state = read_checkpoint(ckpt)
-            if state.get("run_key") != _run_key(cfg, cache):
-                log.warning("%s was trained with another config or cache; retraining", out_dir)
-                resume = False
-        out[corpus] = train_saes(cfg, cache, out_dir, resume=resume, progress=progress,
-                                 d_model=cache.d_model)
+        out[corpus] = []
+        for rep in range(cfg.sae.seeds):
+            out_dir = cfg.run_path / "saes" / corpus / replicate_dirname(rep)
+            ckpt = out_dir / CHECKPOINT_NAME
+            resume = True
+            if ckpt.exists():
+                state = read_checkpoint(ckpt)
+                if state.get("run_key") != _run_key(cfg, cache, corpus, rep):
+                    log.warning("%s was trained with another config or cache; retraining",
+                                out_dir)
+                    resume = False
+            out[corpus] += train_saes(cfg, cache, out_dir, resume=resume, progress=progress,
+                                      d_model=cache.d_model, train_corpus=corpus,
+                                      replicate=rep)
     return out
 
 
 def sae_dirs(cfg: Config) -> dict[str, Path]:
-    """``{sae_id: directory}`` of the trained SAEs, e.g. ``medical/l0_20``."""
-    from sae_med.train import sae_dirname
+    """``{sae_id: directory}`` of the trained SAEs, e.g. ``medical/seed_0/l0_20``."""
+    from sae_med.train import sae_id
 
-    return {f"{corpus}/{sae_dirname(t)}": cfg.run_path / "saes" / corpus / sae_dirname(t)
-            for corpus in cfg.train_corpora for t in cfg.sae.l0_targets}
+    ids = [sae_id(c, r, t) for c in cfg.train_corpora for r in range(cfg.sae.seeds)
+           for t in cfg.sae.l0_targets]
+    return {i: cfg.run_path / "saes" / i for i in ids}
 
 
 def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
@@ -110,7 +125,7 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
         log.info("reusing %s (inputs unchanged)", path)
         return path
     path = evaluate_paths(cfg, list(dirs.values()), list(cfg.eval_corpora), model=model,
-                          out_path=path, progress=progress)
+                          out_path=path, progress=progress, sae_ids=list(dirs))
     results = json.loads(path.read_text())
     results["inputs_key"] = key
     write_json_atomic(path, results)

@@ -15,15 +15,24 @@ across ranks before each identical update, metrics are those of the global batch
 rank 0 alone writes metrics, checkpoints and the final SAEs. ``train.compile`` hands the
 dense forward/backward of each SAE to torch.compile.
 
-Layout of ``out_dir``::
+Seeds are a design factor: a sweep is one (training corpus, replicate), and each SAE's
+initialisation seed derives from (``cfg.seed``, training corpus, target L0, replicate)
+(:func:`init_seed`), so no two SAEs of an experiment share an initial decoder. Replicate
+``r`` also reads the batches in its own order (:func:`batch_seed`; replicate 0 keeps
+``cfg.seed``); the SAEs of one sweep (its targets) share that order, which is what lets
+them train from one pass. Replicate variance thus covers initialisation and data order.
+
+Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r`` of corpus
+``c`` in ``saes/{c}/seed_{r}``)::
 
     config.json            resolved config of the run
     checkpoint.pt          latest atomic checkpoint (weights, Adam, step, RNG, scale)
     checkpoint.prev.pt     the one before it, kept until the new one is written and verified
     checkpoint.json        sha256 and step of both (a checkpoint is loaded only if it matches)
     .train.lock            held while a process trains into this folder
-    l0_<target>/           one per SAE: cfg.json + sae.safetensors (folded), metrics.jsonl,
-                           config.json
+    l0_<target>/           one per SAE: cfg.json (metadata: train_corpus, l0_target,
+                           replicate, init_seed, ...) + sae.safetensors (folded),
+                           metrics.jsonl, config.json
 """
 
 from __future__ import annotations
@@ -90,6 +99,9 @@ class TrainResult:
     """Scale the SAE was trained with (already folded into the saved weights)."""
     final: dict[str, float] = field(default_factory=dict)
     """Last logged metrics row."""
+    train_corpus: str = ""
+    replicate: int = 0
+    """Index of the seed replicate (0 .. ``sae.seeds`` - 1)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -141,8 +153,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def init_seed(seed: int, train_corpus: str, l0_target: float, replicate: int) -> int:
+    """Initialisation seed of one SAE: distinct for every (training corpus, target L0,
+    replicate), so the families compared never start from the same decoder."""
+    return sub_seed(seed, "init", train_corpus, float(l0_target), int(replicate))
+
+
+def batch_seed(seed: int, replicate: int) -> int:
+    """Batch-order seed of a replicate's sweep (replicate 0 reads in ``seed``'s order)."""
+    return seed if replicate == 0 else sub_seed(seed, "batches", int(replicate))
+
+
 def sae_dirname(l0_target: float) -> str:
     return f"l0_{l0_target:g}"
+
+
+def replicate_dirname(replicate: int) -> str:
+    return f"seed_{replicate}"
+
+
+def sae_id(train_corpus: str, replicate: int, l0_target: float) -> str:
+    """An experiment SAE's id and its path under ``saes/``: ``medical/seed_0/l0_20``."""
+    return f"{train_corpus}/{replicate_dirname(replicate)}/{sae_dirname(l0_target)}"
 
 
 @torch.no_grad()
@@ -179,13 +211,23 @@ def estimate_input_scale(source: BatchSource, batch_size: int, n_batches: int, s
     return 1.0 / math.sqrt(mean_sq)
 
 
-def _run_key(cfg: Config, source: BatchSource) -> str:
+INIT_SCHEME = "corpus-target-replicate"
+"""Names the init/batch seed derivation in the run key, so checkpoints of runs seeded by
+an older scheme (shared init across corpora) are never resumed."""
+
+
+def _run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate: int = 0
+             ) -> str:
     """Hash of everything that determines the trained weights (not logging/checkpointing)."""
     train = {k: v for k, v in cfg.to_dict()["train"].items()
              if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile")}
+    # the number of replicates does not change any one replicate's weights
+    sae = {k: v for k, v in cfg.to_dict()["sae"].items() if k != "seeds"}
     # a cache's key names the activations it holds; in-memory sources have none
-    return stable_hash({"seed": cfg.seed, "sae": cfg.to_dict()["sae"], "train": train,
-                        "d_model": source.d_model, "source": getattr(source, "key", None)})
+    return stable_hash({"seed": cfg.seed, "sae": sae, "train": train,
+                        "d_model": source.d_model, "source": getattr(source, "key", None),
+                        "init": INIT_SCHEME, "train_corpus": train_corpus,
+                        "replicate": replicate})
 
 
 # --------------------------------------------------------------------------------------
@@ -465,19 +507,23 @@ def _kept(ckpt_path: Path, step: int | None) -> str:
 @_holding_run_lock
 def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
                progress: bool = True, d_model: int | None = None,
-               init_saes: Sequence[JumpReLUSAE] | None = None) -> list[TrainResult]:
+               init_saes: Sequence[JumpReLUSAE] | None = None, train_corpus: str = "",
+               replicate: int = 0) -> list[TrainResult]:
     """Train one JumpReLU SAE per ``cfg.sae.l0_targets`` from one pass over ``source``.
 
     Args:
         cfg: resolved config (``cfg.sae``, ``cfg.train``, ``cfg.seed``).
-        source: activation batches; batch ``k`` of ``iter_batches(batch_size, cfg.seed)``
-            is step ``k``.
+        source: activation batches; batch ``k`` of ``iter_batches(batch_size,
+            batch_seed(cfg.seed, replicate))`` is step ``k``.
         out_dir: run directory (see the module docstring for its layout).
         resume: continue from ``out_dir/checkpoint.pt`` if present (same config required).
         progress: show a tqdm bar.
         d_model: expected activation width; a mismatch with ``source.d_model`` is an error.
         init_saes: optional starting SAEs (raw-activation space, e.g. loaded with
             :meth:`JumpReLUSAE.load`), one per target, instead of the paper's init.
+        train_corpus: name of the corpus ``source`` holds; with ``replicate`` it seeds each
+            SAE's initialisation (:func:`init_seed`) and goes into its metadata.
+        replicate: seed replicate of this sweep (:func:`batch_seed`, :func:`init_seed`).
     Returns:
         one :class:`TrainResult` per target, in ``cfg.sae.l0_targets`` order.
     """
@@ -507,7 +553,8 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     if bs % ws:
         raise TrainingError(f"train.batch_size={bs} does not split over {ws} ranks; use a "
                             f"multiple of the world size")
-    key = _run_key(cfg, source)
+    key = _run_key(cfg, source, train_corpus, replicate)
+    order_seed = batch_seed(cfg.seed, replicate)
     ckpt_path = out_dir / CHECKPOINT_NAME
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:
@@ -532,13 +579,14 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         if init_saes is not None:
             sae = init_saes[i].folded().fold_input_scale_(1.0 / scale)  # raw -> scaled space
         else:
-            gen = torch.Generator().manual_seed(sub_seed(cfg.seed, "init", i))
+            gen = torch.Generator().manual_seed(
+                init_seed(cfg.seed, train_corpus, target, replicate))
             sae = JumpReLUSAE(source.d_model, sc.width, bandwidth=sc.bandwidth,
                               init_threshold=sc.init_threshold, generator=gen)
             sae.input_scale.fill_(scale)
             if sc.threshold_init == "target_quantile" and state is None:
                 init_threshold_at_target_(sae, next(source.iter_batches(
-                    bs, sub_seed(cfg.seed, "threshold"))) * scale, target, sc.init_threshold)
+                    bs, sub_seed(order_seed, "threshold"))) * scale, target, sc.init_threshold)
         sae_dir = out_dir / sae_dirname(target)
         sae_dir.mkdir(parents=True, exist_ok=True)
         sae = sae.to(device)
@@ -573,11 +621,11 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
              f", data-parallel over {ws} ranks" if ws > 1 else "")
 
     window = tc.dead_window_tokens
-    batches = source.iter_batches(bs, cfg.seed, start_batch=start)
+    batches = source.iter_batches(bs, order_seed, start_batch=start)
     if device.type == "cuda":  # read, decode and pin the next batches while the GPU works
         batches = prefetch(batches, depth=2, pin_memory=True)
     bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
-               desc=f"train {out_dir.name}")
+               desc=f"train {train_corpus or out_dir.name} seed {replicate}")
     metric_files = [open(m.path, "a") if main else None for m in members]  # noqa: SIM115
     try:
         for step in range(start, n_steps):
@@ -588,7 +636,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
             if not torch.isfinite(x).all():
                 raise TrainingError(
                     f"step {step}: NaN/inf in activation batch {step} "
-                    f"({source.describe_batch(step, bs, cfg.seed)}); training stopped, "
+                    f"({source.describe_batch(step, bs, order_seed)}); training stopped, "
                     f"{_kept(ckpt_path, saved_step)}")
             # every rank reads the same global batch and keeps its slice of the rows
             x = dist.local_rows(x).to(device, non_blocking=True) * scale
@@ -603,7 +651,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"step {step}: loss became {float(loss)} for target L0 {m.target} "
-                        f"on batch {step} ({source.describe_batch(step, bs, cfg.seed)}); "
+                        f"on batch {step} ({source.describe_batch(step, bs, order_seed)}); "
                         f"{_kept(ckpt_path, saved_step)}")
                 m.last_fired.masked_fill_(fired, tokens)  # no host sync on GPU
                 if sparse_ok:
@@ -636,9 +684,12 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     if main:
         _save_checkpoint(ckpt_path, key, n_steps, scale, members)
         for m in members:
-            m.sae.save(m.path.parent, metadata={"l0_target": m.target, "steps": n_steps,
-                                                "tokens": n_steps * bs, "run_key": key,
-                                                "input_scale": scale})
+            m.sae.save(m.path.parent, metadata={
+                "train_corpus": train_corpus, "l0_target": m.target, "replicate": replicate,
+                "init_seed": (init_seed(cfg.seed, train_corpus, m.target, replicate)
+                              if init_saes is None else None),
+                "batch_seed": order_seed, "steps": n_steps, "tokens": n_steps * bs,
+                "run_key": key, "input_scale": scale})
             write_json_atomic(m.path.parent / "config.json", cfg.to_dict())
     dist.barrier()  # the other ranks return only once rank 0's files are in place
     results = []
@@ -648,5 +699,5 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
             lines = m.path.read_text().splitlines()
             m.last = json.loads(lines[-1]) if lines else {}
         results.append(TrainResult(m.target, sae_dir, n_steps, n_steps * bs, scale,
-                                   dict(m.last)))
+                                   dict(m.last), train_corpus, replicate))
     return results

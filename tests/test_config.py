@@ -29,6 +29,8 @@ def test_range_errors_name_the_field():
         config_from_dict({"sae": {"width": 64, "l0_targets": [10, 100]}})
     with pytest.raises(ConfigError, match=r"'cache\.dtype'"):
         config_from_dict({"cache": {"dtype": "float16"}})
+    with pytest.raises(ConfigError, match=r"'sae\.seeds'.*>= 1"):
+        config_from_dict({"sae": {"seeds": 0}})
 
 
 def test_overrides_apply_and_change_the_hash():

@@ -25,6 +25,7 @@ from sae_med.evaluate import (
     ce_batches,
     evaluate_paths,
     evaluate_saes,
+    load_comparisons,
     load_results,
     write_results,
 )
@@ -206,12 +207,13 @@ def test_bootstrap_many_equals_bootstrap_ci():
 def test_results_roundtrip(rows, cfg, tmp_path):
     path = write_results(list(rows.values()), cfg, tmp_path / "results.json")
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == 2 and doc["seed"] == cfg.seed
+    assert doc["schema_version"] == 3 and doc["seed"] == cfg.seed
     assert doc["config"] == json.loads(cfg.to_json())
     assert {"python", "torch", "transformers", "transformer_lens", "sae_lens",
             "sae_med"} <= set(doc["software"])
     df = load_results(path)
     csv = pd.read_csv(path.with_suffix(".csv"))
+    assert set(csv.row_type) == {"sae"}  # no comparisons passed
     lead = ["sae_id", "eval_corpus", "split", "n_tokens", "n_documents", "ce_documents",
             "ce_tokens", "metric", "value", "low", "high"]
     assert list(csv.columns[:len(lead)]) == lead and list(df.columns[:len(lead)]) == lead
@@ -236,10 +238,20 @@ def test_results_roundtrip(rows, cfg, tmp_path):
 def test_evaluate_paths_writes_results(model, cfg, saes, tmp_path):
     dirs = [saes["fit"].save(tmp_path / "saes" / "medical" / "l0_13",
                              metadata={"l0_target": 13.0}),
-            saes["zero"].save(tmp_path / "saes" / "broad" / "l0_13")]
+            saes["zero"].save(tmp_path / "saes" / "broad" / "l0_13",
+                              metadata={"l0_target": 13.0})]
     run_cfg = small_cfg(cfg.cache_dir, f"output_dir={tmp_path / 'runs'}", "eval.ce_docs=2",
                         "eval.bootstrap=5")
     path = evaluate_paths(run_cfg, dirs, [CORPUS], model=model, progress=False)
+    comp = load_comparisons(path)
+    gap = comp.gaps.set_index("metric").loc["fve"]
+    assert (gap.train_corpus, gap.versus, gap.basis, gap.l0_target) == (
+        "medical", "broad", "l0_target", 13.0)
+    fve = comp.families[comp.families.metric == "fve"].set_index("train_corpus").value
+    assert gap.value == pytest.approx(fve["medical"] - fve["broad"])
+    assert gap.low > 0 and bool(gap.excludes_zero)  # a fitted SAE against the zero SAE
+    csv = pd.read_csv(path.with_suffix(".csv"))
+    assert {"sae", "family", "gap"} == set(csv.row_type)
     assert path == run_cfg.run_path / "results.json" and path.with_suffix(".csv").exists()
     df = load_results(path)
     assert set(df.sae_id) == {"medical/l0_13", "broad/l0_13"}

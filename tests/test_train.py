@@ -21,8 +21,11 @@ from sae_med.sae import JumpReLUSAE
 from sae_med.train import (
     TrainingError,
     batch_fve,
+    batch_seed,
+    init_seed,
     lr_at,
     sparsity_coeff_at,
+    sub_seed,
     train_saes,
 )
 
@@ -105,6 +108,38 @@ def test_tiny_sweep_outputs_and_one_pass(tmp_path):
         assert batch_fve(x, sae(x).x_hat.detach()) > 0.3
         assert r.input_scale == pytest.approx(1 / x.pow(2).sum(-1).mean().sqrt().item(),
                                               rel=0.2)
+
+
+def test_init_seeds_differ_by_corpus_target_and_replicate(tmp_path):
+    """No two SAEs of the design share an initial decoder; a replicate reads its own batch
+    order; the metadata names corpus, target and replicate."""
+    seeds = {init_seed(3, c, t, r) for c in ("medical", "broad") for t in (4.0, 8.0)
+             for r in range(3)}
+    assert len(seeds) == 12
+    assert batch_seed(3, 0) == 3 and batch_seed(3, 1) != batch_seed(3, 2)
+    cfg = tiny_config(n_tokens=32 * 2, lr=1e-12)  # two near-no-op steps: weights ~ init
+    acts = synthetic_acts(n=256)
+    decoders, pulled = {}, {}
+    for corpus, rep in (("medical", 0), ("broad", 0), ("medical", 1)):
+        src = CountingSource(acts)
+        runs = train_saes(cfg, src, tmp_path / corpus / f"seed_{rep}", progress=False,
+                          train_corpus=corpus, replicate=rep)
+        pulled[(corpus, rep)] = set(src.pulled) - {sub_seed(cfg.seed, "norm")}
+        for r in runs:
+            assert (r.train_corpus, r.replicate) == (corpus, rep)
+            md = json.loads((r.path / "cfg.json").read_text())["metadata"]
+            assert (md["train_corpus"], md["l0_target"], md["replicate"]) == (corpus,
+                                                                             r.l0_target, rep)
+            assert md["init_seed"] == init_seed(cfg.seed, corpus, r.l0_target, rep)
+            decoders[(corpus, rep, r.l0_target)] = JumpReLUSAE.load(r.path).W_dec
+    keys = list(decoders)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            cos = torch.nn.functional.cosine_similarity(decoders[a], decoders[b], dim=1)
+            assert cos.abs().mean() < 0.5, (a, b)  # independent random directions
+    assert cfg.seed in pulled[("medical", 0)] and cfg.seed in pulled[("broad", 0)]
+    assert batch_seed(cfg.seed, 1) in pulled[("medical", 1)]
+    assert cfg.seed not in pulled[("medical", 1)]
 
 
 def test_sparse_and_dense_kernels_train_the_same(tmp_path):

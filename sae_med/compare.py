@@ -1,0 +1,382 @@
+"""Intervals that include training-seed variance: across-seed means, paired gaps, matched FVE.
+
+A *family* is the SAEs trained on one corpus at one target L0, one per seed replicate. All
+SAEs are scored on the same documents of an eval corpus, and their per-document sums let any
+resample of documents be re-scored. Intervals are a **two-stage (hierarchical) percentile
+bootstrap**: replicate b draws seed replicates with replacement, independently per training
+corpus (initialisations are independent, so replicate r of one corpus has no partner in
+another), then documents with replacement, one draw shared by every SAE, family, metric and
+training corpus of the eval corpus (*paired* on documents). A family's value is the mean over
+its drawn seeds of the metric on the drawn documents; a gap is first training corpus minus
+another on the same document draw. With one seed the interval is over documents alone.
+
+Comparisons at **matched FVE** interpolate each seed's sweep (metric against its FVE,
+piecewise linear between target L0s) inside every bootstrap replicate, on a grid of FVE
+values inside all sweeps' common range (NaN where a replicate's sweep does not reach).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+LEVEL = 0.95
+FVE_METRIC = "fve"
+"""The fidelity axis of matched-FVE comparisons (centred FVE over all eval tokens)."""
+MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "kl_score",
+                   "dark_matter.r2_error_mean", "dark_matter.r2_error_pooled",
+                   "dark_matter.r2_norm", "dark_matter.fvu_linear",
+                   "dark_matter.fvu_nonlinear", "dark_matter.fvu_sae")
+"""Metrics also compared at matched FVE (when present)."""
+Basis = Literal["l0_target", "fve"]
+Verdict = Literal["supported", "not supported", "not separable from FVE"]
+
+
+class Interval(NamedTuple):
+    """A point estimate and its percentile interval (None when there is none)."""
+
+    value: float
+    low: float | None
+    high: float | None
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+
+    def to_dict(self) -> dict[str, float | bool | None]:
+        return {"value": _finite(self.value), "low": _finite(self.low),
+                "high": _finite(self.high), "excludes_zero": self.excludes_zero}
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+class Draws(NamedTuple):
+    """One statistic on all documents and on each bootstrap replicate."""
+
+    point: float
+    reps: np.ndarray
+    """(n_boot,): the statistic on document resample b (NaN where undefined)."""
+
+
+def percentile_interval(d: Draws, level: float = LEVEL) -> Interval:
+    """Percentile interval of ``d.reps`` at ``level`` (NaN replicates ignored); low/high are
+    None without replicates or when every replicate is NaN."""
+    reps = np.asarray(d.reps, dtype=np.float64)
+    if reps.size == 0 or np.isnan(reps).all():
+        return Interval(float(d.point), None, None)
+    alpha = (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanquantile(reps, [alpha, 1 - alpha])
+    return Interval(float(d.point), float(lo), float(hi))
+
+
+# --------------------------------------------------------------------------------------
+# Stage 2: documents
+# --------------------------------------------------------------------------------------
+
+class DocResample(NamedTuple):
+    """Bootstrap draws of documents, shared by every statistic of one eval corpus."""
+
+    doc_ids: Tensor
+    """(docs,) sorted ids of every document any statistic uses."""
+    counts: Tensor
+    """(n_boot, docs) float64: how often replicate b drew each document."""
+
+    def columns(self, ids: Tensor) -> Tensor:
+        """(n_boot, len(ids)) counts of the documents ``ids`` (a subset of ``doc_ids``).
+
+        A statistic over a subset (spliced CE on the first ``ce_docs`` documents, dark
+        matter on the held-out half) is resampled by the same draws, so it stays paired
+        with the others; its resample has a random size (like a Poisson bootstrap), and a
+        replicate that draws none of its documents is NaN and left out of the interval."""
+        idx = torch.searchsorted(self.doc_ids, ids.long().cpu())
+        if (idx >= len(self.doc_ids)).any() or (self.doc_ids[idx.clamp_max(
+                len(self.doc_ids) - 1)] != ids.long().cpu()).any():
+            raise ValueError("documents outside the resample's universe")
+        return self.counts[:, idx]
+
+
+def doc_resample(doc_ids: Sequence[Tensor], n_boot: int, seed: int) -> DocResample:
+    """n_boot resamples with replacement of the union of ``doc_ids``; replicate b draws
+    ``torch.randint`` from one generator seeded ``seed`` (for one set of documents these
+    are exactly the draws of :func:`sae_med.metrics.bootstrap_ci`)."""
+    ids = torch.unique(torch.cat([d.long().cpu() for d in doc_ids]))
+    n = len(ids)
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.stack([torch.bincount(torch.randint(n, (n,), generator=gen), minlength=n)
+                          for _ in range(max(n_boot, 0))]).double() if n_boot > 0 and n > 1 \
+        else torch.zeros(0, n, dtype=torch.float64)
+    return DocResample(ids, counts)
+
+
+def statistic_draws(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, float]],
+                    counts: Tensor) -> dict[str, Draws]:
+    """Every number of ``statistic_fn`` on all documents and on each resample.
+
+    ``per_doc`` is a NamedTuple of per-document *sums* (leading dim ``docs``) and
+    ``statistic_fn`` pools documents by summing over that dim; resample b's pooled sums are
+    Σ_d c_bd · s_d with ``counts`` (n_boot, docs), one weighted row per replicate."""
+    fields = [f.double() for f in per_doc]
+    n = int(fields[0].shape[0])
+    point = statistic_fn(type(per_doc)(*fields))
+    n_boot = int(counts.shape[0])
+    pooled = [(counts @ f.reshape(n, -1)).reshape(n_boot, 1, *f.shape[1:]) for f in fields]
+    reps = {k: np.empty(n_boot) for k in point}
+    with warnings.catch_warnings():  # empty resamples of a subset give 0/0 quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for b in range(n_boot):
+            try:
+                stat = statistic_fn(type(per_doc)(*(p[b] for p in pooled)))
+            except ZeroDivisionError:  # python-float statistics on an empty resample
+                stat = dict.fromkeys(reps, math.nan)
+            for k in reps:
+                reps[k][b] = float(stat[k])
+    return {k: Draws(float(v), reps[k]) for k, v in point.items()}
+
+
+def bootstrap_many(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, float]],
+                   n_boot: int, seed: int, level: float = LEVEL) -> dict[str, Interval]:
+    """:func:`~sae_med.metrics.bootstrap_ci` for a statistic returning several numbers (same
+    draws); low/high are None when ``n_boot`` is 0 or there are fewer than 2 documents."""
+    n = int(per_doc[0].shape[0])
+    counts = doc_resample([torch.arange(n)], n_boot, seed).counts
+    return {k: percentile_interval(d, level)
+            for k, d in statistic_draws(per_doc, statistic_fn, counts).items()}
+
+
+# --------------------------------------------------------------------------------------
+# Stage 1: seeds, and matched FVE
+# --------------------------------------------------------------------------------------
+
+def seed_draws(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_seeds) replicate indices drawn with replacement (one row per bootstrap
+    replicate)."""
+    return np.random.default_rng(seed).integers(n_seeds, size=(n_boot, n_seeds))
+
+
+def seed_mean(per_seed: Sequence[Draws], draws: np.ndarray) -> Draws:
+    """The across-seed mean: point = mean of the seeds' points; replicate b = mean over the
+    seeds drawn in row b of their statistic on document resample b."""
+    reps = np.stack([d.reps for d in per_seed], axis=1)  # (n_boot, seeds)
+    rows = np.arange(reps.shape[0])[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Draws(float(np.mean([d.point for d in per_seed])),
+                     reps[rows, draws[:len(rows)]].mean(1))
+
+
+def interpolate(fve: np.ndarray, metric: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``metric`` at each FVE of ``grid``, piecewise linear along one sweep's points
+    (``fve``, ``metric``) sorted by FVE; NaN outside the sweep's FVE range or if any point
+    is NaN."""
+    ok = np.isfinite(fve) & np.isfinite(metric)
+    if ok.sum() < 2 or not ok.all():
+        return np.full(len(grid), np.nan)
+    order = np.argsort(fve)
+    x, y = fve[order], metric[order]
+    out = np.interp(grid, x, y)
+    out[(grid < x[0]) | (grid > x[-1])] = np.nan
+    return out
+
+
+def matched(sweep_fve: Sequence[Draws], sweep_metric: Sequence[Draws], grid: np.ndarray
+            ) -> list[Draws]:
+    """One seed's sweep (one Draws per target) interpolated to each FVE of ``grid``, on the
+    point estimates and inside every bootstrap replicate."""
+    fp = np.array([d.point for d in sweep_fve])
+    mp = np.array([d.point for d in sweep_metric])
+    point = interpolate(fp, mp, grid)
+    fr = np.stack([d.reps for d in sweep_fve], axis=1)  # (n_boot, targets)
+    mr = np.stack([d.reps for d in sweep_metric], axis=1)
+    reps = np.stack([interpolate(f, m, grid) for f, m in zip(fr, mr, strict=True)]) \
+        if len(fr) else np.zeros((0, len(grid)))
+    return [Draws(float(point[g]), reps[:, g]) for g in range(len(grid))]
+
+
+def fve_grid(sweeps: Sequence[Sequence[float]], n: int) -> np.ndarray:
+    """``n`` FVE values evenly inside the range every sweep covers (midpoints of n equal
+    bins of [max of minima, min of maxima]); empty when the ranges do not overlap."""
+    lo = max(min(s) for s in sweeps)
+    hi = min(max(s) for s in sweeps)
+    if not hi > lo or n < 1:
+        return np.zeros(0)
+    return lo + (hi - lo) * (np.arange(n) + 0.5) / n
+
+
+# --------------------------------------------------------------------------------------
+# Families and gaps
+# --------------------------------------------------------------------------------------
+
+class SaeDraws(NamedTuple):
+    """Every statistic of one SAE on one eval corpus (keys: the tidy metric names)."""
+
+    train_corpus: str
+    l0_target: float
+    replicate: int
+    draws: Mapping[str, Draws]
+
+
+@dataclass(frozen=True)
+class FamilyScore:
+    """A family's across-seed mean of one metric, at a target L0 or at a matched FVE."""
+
+    eval_corpus: str
+    train_corpus: str
+    metric: str
+    basis: Basis
+    at: float
+    """The target L0 (basis ``l0_target``) or the FVE (basis ``fve``); in the dicts, the
+    ``l0_target`` or ``fve`` key (the other is None)."""
+    interval: Interval
+    seed_values: tuple[float | None, ...]
+    """Each replicate's point value (in replicate order)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        vals = [v for v in self.seed_values if v is not None]
+        return {"row_type": "family", "eval_corpus": self.eval_corpus,
+                "train_corpus": self.train_corpus, "metric": self.metric,
+                **_position(self.basis, self.at), **self.interval.to_dict(),
+                "n_seeds": len(self.seed_values), "seed_values": list(self.seed_values),
+                "seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """``train_corpus`` family minus ``versus`` family on the same documents (paired)."""
+
+    eval_corpus: str
+    train_corpus: str
+    versus: str
+    metric: str
+    basis: Basis
+    at: float
+    interval: Interval
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row_type": "gap", **{k: v for k, v in asdict(self).items()
+                                      if k not in ("interval", "basis", "at")},
+                **_position(self.basis, self.at), **self.interval.to_dict()}
+
+
+def _position(basis: Basis, at: float) -> dict[str, Any]:
+    return {"basis": basis, "l0_target": at if basis == "l0_target" else None,
+            "fve": at if basis == "fve" else None}
+
+
+class Comparison(NamedTuple):
+    families: list[FamilyScore]
+    gaps: list[Gap]
+
+
+def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[str],
+            seed: int, level: float = LEVEL) -> Comparison:
+    """Across-seed family scores and gaps (``train_corpora[0]`` minus each other corpus) for
+    every metric at every target L0, and for :data:`MATCHED_METRICS` at matched FVE.
+
+    Every :class:`SaeDraws` must come from one :class:`DocResample` of ``eval_corpus`` (same
+    n_boot); seed replicates are drawn per training corpus with a generator derived from
+    ``seed`` and the corpus name, shared by all its targets and metrics."""
+    corpora = [c for c in train_corpora if any(s.train_corpus == c for s in saes)]
+    by: dict[tuple[str, float], list[SaeDraws]] = {}
+    for s in sorted(saes, key=lambda s: s.replicate):
+        by.setdefault((s.train_corpus, float(s.l0_target)), []).append(s)
+    n_boot = next((len(d.reps) for s in saes for d in s.draws.values()), 0)
+    targets = sorted({t for c, t in by if c in corpora})
+    reps = {c: sorted({s.replicate for s in saes if s.train_corpus == c}) for c in corpora}
+    draws = {c: seed_draws(len(reps[c]), n_boot, _corpus_seed(seed, c)) for c in corpora}
+    fam: dict[tuple[str, str, Basis, float], Draws] = {}
+    families = []
+
+    def add(c: str, metric: str, basis: Basis, at: float, per_seed: list[Draws]) -> None:
+        d = seed_mean(per_seed, draws[c])
+        fam[(c, metric, basis, at)] = d
+        families.append(FamilyScore(eval_corpus, c, metric, basis, at,
+                                    percentile_interval(d, level),
+                                    tuple(_finite(p.point) for p in per_seed)))
+
+    metrics = sorted({m for s in saes for m in s.draws})
+    for c in corpora:
+        for t in targets:
+            members = by.get((c, t), [])
+            if len(members) != len(reps[c]):
+                continue  # incomplete family: no mean over seeds
+            for m in metrics:
+                if all(m in s.draws for s in members):
+                    add(c, m, "l0_target", t, [s.draws[m] for s in members])
+    grid = _matched_grid(by, corpora, reps, targets)
+    for c in corpora:
+        for m in (m for m in MATCHED_METRICS if m in metrics):
+            per_seed = [matched([by[(c, t)][i].draws[FVE_METRIC] for t in targets],
+                                [by[(c, t)][i].draws[m] for t in targets], grid)
+                        for i in range(len(reps[c]))]
+            for g, at in enumerate(grid):
+                add(c, m, "fve", round(float(at), 6), [p[g] for p in per_seed])
+    gaps = []
+    for (c, m, basis, at), d in fam.items():
+        if c != corpora[0]:
+            continue
+        for other in corpora[1:]:
+            if (o := fam.get((other, m, basis, at))) is not None:
+                gaps.append(Gap(eval_corpus, c, other, m, basis, at, percentile_interval(
+                    Draws(d.point - o.point, d.reps - o.reps), level)))
+    return Comparison(families, gaps)
+
+
+def _matched_grid(by: Mapping[tuple[str, float], list[SaeDraws]], corpora: Sequence[str],
+                  reps: Mapping[str, list[int]], targets: Sequence[float]) -> np.ndarray:
+    """The common FVE grid (one point per target) of every complete sweep, or empty."""
+    if len(corpora) < 1 or len(targets) < 2:
+        return np.zeros(0)
+    sweeps = []
+    for c in corpora:
+        if any(len(by.get((c, t), [])) != len(reps[c]) for t in targets):
+            return np.zeros(0)
+        for i in range(len(reps[c])):
+            sweeps.append([by[(c, t)][i].draws[FVE_METRIC].point for t in targets])
+    if not all(np.isfinite(v) for s in sweeps for v in s):
+        return np.zeros(0)
+    grid = fve_grid(sweeps, len(targets))
+    if len(grid) == 0:
+        log.warning("the FVE ranges of the sweeps do not overlap: no matched-FVE comparison")
+    return grid
+
+
+def _corpus_seed(seed: int, corpus: str) -> int:
+    from sae_med.artifacts import stable_hash
+
+    return int(stable_hash([seed, "seeds", corpus]), 16) % (2**63)
+
+
+# --------------------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------------------
+
+def verdict(at_l0: Sequence[Interval], at_fve: Sequence[Interval] | None = None,
+            sign: int = 1) -> Verdict:
+    """A claim "the first family is better" (``sign`` +1: larger is better, -1: smaller).
+
+    ``supported``: every gap interval at the target L0s excludes 0 on the claimed side and,
+    when ``at_fve`` is given, so does every gap at matched FVE. ``not separable from FVE``:
+    true at every target L0 but not at every matched FVE (or no FVE overlap to test).
+    ``not supported``: otherwise (including no intervals at all)."""
+    def holds(ivs: Sequence[Interval]) -> bool:
+        return bool(ivs) and all(iv.excludes_zero and sign * iv.value > 0 for iv in ivs)
+
+    if not holds(at_l0):
+        return "not supported"
+    if at_fve is None or holds(at_fve):
+        return "supported"
+    return "not separable from FVE"

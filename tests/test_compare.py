@@ -1,0 +1,169 @@
+"""Known answers for sae_med.compare: paired gaps, seed means, matched-FVE interpolation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sae_med.compare import (
+    Draws,
+    Interval,
+    SaeDraws,
+    compare,
+    doc_resample,
+    interpolate,
+    matched,
+    seed_draws,
+    seed_mean,
+    statistic_draws,
+    verdict,
+)
+from sae_med.metrics import DocSums, bootstrap_ci, metrics_from_doc_sums
+
+N_DOCS, D, N_BOOT = 40, 6, 200
+TARGETS = (10.0, 20.0, 40.0)
+
+
+def doc_sums(quality: float, seed: int) -> DocSums:
+    """Per-document sums of a fake SAE whose error is ``quality`` times the signal noise
+    (smaller: better), document-level variation from ``seed`` shared by every SAE."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.randint(5, 30, (N_DOCS,), generator=g).double()
+    x = torch.randn(N_DOCS, D, generator=g, dtype=torch.float64)
+    x_sq = n * D * (1 + torch.rand(N_DOCS, generator=g, dtype=torch.float64))
+    sq_err = quality * x_sq * (0.5 + torch.rand(N_DOCS, generator=torch.Generator()
+                                                .manual_seed(99), dtype=torch.float64))
+    return DocSums(torch.arange(N_DOCS), n, n * 3, sq_err, x, x_sq, torch.zeros_like(x),
+                   x_sq - sq_err, x_sq - sq_err)
+
+
+def fve_draws(quality: float, resample) -> dict[str, Draws]:
+    return statistic_draws(doc_sums(quality, 0), lambda s: {"fve": metrics_from_doc_sums(s).fve},
+                           resample.counts)
+
+
+def family(corpus: str, qualities, resample, target: float = 20.0) -> list[SaeDraws]:
+    return [SaeDraws(corpus, target, r, fve_draws(q, resample)) for r, q in enumerate(qualities)]
+
+
+@pytest.fixture
+def resample():
+    return doc_resample([torch.arange(N_DOCS)], N_BOOT, seed=5)
+
+
+def test_doc_resample_draws_are_bootstrap_cis_and_subsets_stay_paired(resample):
+    s = doc_sums(0.3, 0)
+    d = statistic_draws(s, lambda x: {"fve": metrics_from_doc_sums(x).fve}, resample.counts)
+    ref = bootstrap_ci(s, lambda x: metrics_from_doc_sums(x).fve, N_BOOT, seed=5)
+    assert np.nanquantile(d["fve"].reps, 0.025) == pytest.approx(ref.low, rel=1e-9)
+    sub = torch.tensor([3, 7, 11])
+    assert torch.equal(resample.columns(sub), resample.counts[:, sub])
+    with pytest.raises(ValueError, match="universe"):
+        resample.columns(torch.tensor([N_DOCS + 1]))
+
+
+def test_identical_families_give_a_gap_interval_containing_zero(resample):
+    q = (0.30, 0.33, 0.36)  # seed-to-seed spread, the same in both families
+    out = compare(family("medical", q, resample) + family("broad", q, resample),
+                  "medical", ("medical", "broad"), seed=1)
+    [gap] = [g for g in out.gaps if g.metric == "fve"]
+    assert gap.interval.value == pytest.approx(0.0, abs=1e-12)
+    assert gap.interval.low < 0 < gap.interval.high and not gap.interval.excludes_zero
+    assert (gap.train_corpus, gap.versus, gap.basis, gap.at) == ("medical", "broad",
+                                                                 "l0_target", 20.0)
+
+
+def test_uniformly_better_family_gives_a_gap_excluding_zero(resample):
+    out = compare(family("medical", (0.20, 0.21, 0.22), resample)
+                  + family("broad", (0.30, 0.31, 0.32), resample),
+                  "medical", ("medical", "broad"), seed=1)
+    [gap] = [g for g in out.gaps if g.metric == "fve"]
+    assert gap.interval.value == pytest.approx(0.1, abs=0.02)
+    assert gap.interval.excludes_zero and gap.interval.low > 0
+    fam = {f.train_corpus: f for f in out.families if f.metric == "fve"}
+    assert len(fam["medical"].seed_values) == 3
+    assert fam["medical"].interval.value == pytest.approx(np.mean(fam["medical"].seed_values))
+
+
+def test_seed_variance_widens_the_family_interval(resample):
+    tight = seed_mean([fve_draws(q, resample)["fve"] for q in (0.3, 0.3, 0.3)],
+                      seed_draws(3, N_BOOT, 0))
+    spread = seed_mean([fve_draws(q, resample)["fve"] for q in (0.1, 0.3, 0.5)],
+                       seed_draws(3, N_BOOT, 0))
+    width = [np.nanquantile(d.reps, 0.975) - np.nanquantile(d.reps, 0.025)
+             for d in (tight, spread)]
+    assert width[1] > 3 * width[0]
+
+
+def test_interpolation_is_exact_for_a_linear_metric():
+    fve = np.array([0.5, 0.8, 0.6])  # unsorted sweep
+    metric = 2.0 - 3.0 * fve
+    grid = np.array([0.55, 0.7, 0.79, 0.9])
+    out = interpolate(fve, metric, grid)
+    assert out[:3] == pytest.approx(2.0 - 3.0 * grid[:3], abs=1e-12)
+    assert np.isnan(out[3])  # outside the sweep: no extrapolation
+
+
+def test_matched_fve_is_exact_inside_every_replicate():
+    rng = np.random.default_rng(0)
+    fve = [Draws(p, p + 0.01 * rng.standard_normal(50)) for p in (0.5, 0.6, 0.8)]
+    metric = [Draws(1 - 2 * d.point, 1 - 2 * d.reps) for d in fve]
+    grid = np.array([0.6, 0.65])
+    for g, d in zip(grid, matched(fve, metric, grid), strict=True):
+        assert d.point == pytest.approx(1 - 2 * g)
+        ok = ~np.isnan(d.reps)
+        assert ok.mean() > 0.8 and d.reps[ok] == pytest.approx(1 - 2 * g)
+
+
+def test_matched_fve_gap_of_families_on_one_line_is_zero():
+    """Two families on the same metric-vs-FVE line, at different FVEs per target: the gap
+    at the same L0 is large, the gap at matched FVE is 0."""
+    def sae(corpus, target, r, fve):
+        return SaeDraws(corpus, target, r, {"fve": Draws(fve, np.full(20, fve)),
+                                            "delta_ce": Draws(1 - fve, np.full(20, 1 - fve))})
+    saes = [sae("medical", t, r, 0.6 + 0.1 * i + 0.01 * r) for i, t in enumerate(TARGETS)
+            for r in range(2)]
+    saes += [sae("broad", t, r, 0.5 + 0.1 * i + 0.01 * r) for i, t in enumerate(TARGETS)
+             for r in range(2)]
+    out = compare(saes, "medical", ("medical", "broad"), seed=0)
+    at_l0 = [g for g in out.gaps if g.metric == "delta_ce" and g.basis == "l0_target"]
+    at_fve = [g for g in out.gaps if g.metric == "delta_ce" and g.basis == "fve"]
+    assert len(at_l0) == 3 and all(g.interval.value == pytest.approx(-0.1) for g in at_l0)
+    assert len(at_fve) == 3
+    for g in at_fve:
+        assert 0.61 < g.at < 0.71  # inside both families' overlap [0.61, 0.71]
+        assert g.interval.value == pytest.approx(0.0, abs=1e-12)
+        assert g.interval.low == pytest.approx(0.0, abs=1e-12)
+
+
+def test_verdicts():
+    yes, no = Interval(0.1, 0.05, 0.15), Interval(0.1, -0.02, 0.2)
+    assert verdict([yes, yes]) == "supported"
+    assert verdict([yes, no]) == "not supported"
+    assert verdict([yes], [yes]) == "supported"
+    assert verdict([yes], [no]) == "not separable from FVE"
+    assert verdict([yes], []) == "not separable from FVE"
+    assert verdict([Interval(-0.1, -0.2, -0.05)], sign=-1) == "supported"
+    assert verdict([Interval(-0.1, -0.2, -0.05)]) == "not supported"
+    assert verdict([]) == "not supported"
+
+
+def test_gap_rows_round_trip_through_the_book_helpers(resample):
+    """Gap.to_dict rows as a DataFrame: oriented either way, read back as Intervals."""
+    import pandas as pd
+
+    from sae_med.book import gap_intervals, gap_table, oriented_gaps
+
+    out = compare(family("medical", (0.20, 0.21), resample)
+                  + family("broad", (0.30, 0.31), resample), "medical",
+                  ("medical", "broad"), seed=1)
+    gaps = pd.DataFrame([g.to_dict() for g in out.gaps])
+    assert {"row_type", "basis", "l0_target", "fve", "value", "low", "high",
+            "excludes_zero", "versus"} <= set(gaps.columns)
+    [iv] = gap_intervals(oriented_gaps(gaps, "medical", "broad"), "fve", "medical")
+    [flipped] = gap_intervals(oriented_gaps(gaps, "broad", "medical"), "fve", "medical")
+    assert (flipped.value, flipped.low, flipped.high) == pytest.approx((-iv.value, -iv.high,
+                                                                        -iv.low))
+    assert iv.excludes_zero and verdict([iv]) == "supported"
+    assert gap_table(gaps, ["fve"]).iloc[0, 0].endswith("*")
