@@ -80,7 +80,7 @@ def test_smoke_pipeline_runs_on_any_architecture(checkpoints, arch, tmp_path):
         "train.n_tokens=4096", "train.batch_size=256", "eval.n_tokens=512",
         "eval.ce_docs=4", "eval.bootstrap=10"])
     rows = json.loads(run_experiment(cfg, progress=False).read_text())["rows"]
-    assert [r["sae_id"] for r in rows] == ["medical/l0_4"]
+    assert [r["sae_id"] for r in rows] == ["medical/seed_0/l0_4"]
     m = rows[0]["metrics"]
     assert rows[0]["d_model"] == 32 and rows[0]["ce_tokens"] > 0
     for name in ("fve", "l0", "ce_clean", "ce_spliced", "ce_zero", "kl_spliced"):
