@@ -402,9 +402,8 @@ def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, tar
 def _record_matches(root: Path, p: _PlannedShard) -> _Shard | None:
     """The shard already written for ``p`` (record present, plan and checksums match)."""
     rec = root / f"shard_{p.index:05d}.json"
-    if not rec.exists():
+    if not rec.exists() or (s := _read_record(rec)) is None:
         return None
-    s = _Shard(**json.loads(rec.read_text()))
     ok = (s.doc_start == p.doc_start and s.doc_ids == p.doc_ids
           and all((root / f"{s.stem}{suf}").exists() for suf in (".npy", ".tokens.npy")))
     if ok and file_sha256(root / f"{s.stem}.npy") == s.sha256 \
@@ -429,6 +428,8 @@ def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: st
     rank, ws = distributed.rank(), distributed.world_size()
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".*.tmp"):  # a killed writer's; no rank writes before the barrier
+            stale.unlink()
         write_json_atomic(root / "spec.json", spec)
     distributed.barrier()
     bar = tqdm(total=spec["n_tokens"], unit="tok", unit_scale=True,

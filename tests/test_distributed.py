@@ -116,12 +116,19 @@ CACHE_ARGS = ["cache.n_tokens=700", "cache.shard_tokens=100", "cache.batch_size=
 def test_torchrun_cache_equals_single_process_cache(model, tmp_path, one_thread):
     """Two ranks split the shards (rank r writes shards r, r+2, ...); the result is the
     single-process cache file for file: same key, shards, rows and row order."""
-    from sae_med.activations import ActivationCache, build_cache
+    from sae_med.activations import ActivationCache, build_cache, cache_spec
+    from sae_med.artifacts import stable_hash
     from sae_med.config import default_cache_dir, load_config
 
     (tmp_path / "two").mkdir()
     (tmp_path / "two" / "models").symlink_to(default_cache_dir() / "models")  # no re-prepare
     (tmp_path / "cfg.yaml").write_text("train_corpora: [medical]\neval_corpora: []\n")
+    # a killed writer's temp file in the cache folder is cleaned up by rank 0
+    two_cfg = load_config(tmp_path / "cfg.yaml", [f"cache_dir={tmp_path / 'two'}", *CACHE_ARGS])
+    stale_root = two_cfg.cache_path / "activations" / stable_hash(
+        cache_spec(model, two_cfg, "medical", "train"))
+    stale_root.mkdir(parents=True)
+    (stale_root / ".shard_00000.npy.tmp").write_bytes(b"half a shard")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "TQDM_DISABLE": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -131,7 +138,8 @@ def test_torchrun_cache_equals_single_process_cache(model, tmp_path, one_thread)
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("cache medical/train: 700 tokens") == 2  # both ranks return it
-    [root] = (tmp_path / "two" / "activations").iterdir()
+    [root] = [p for p in (tmp_path / "two" / "activations").iterdir() if p.is_dir()]
+    assert root == stale_root and not list(root.glob(".*.tmp"))
     two = ActivationCache(root)
     one = build_cache(model, load_config(None, [f"cache_dir={tmp_path / 'one'}", *CACHE_ARGS]),
                       "medical", "train", progress=False)
