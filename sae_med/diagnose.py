@@ -19,8 +19,8 @@ damage ΔCE_t = CE_t(spliced) − CE_t(clean):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -262,3 +262,30 @@ def diagnose_sae(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
         random=random_error_damage(lm, batches, layer, reconstruct,
                                    train_x - reconstruct(train_x), seed),
         n_tokens=len(d.delta_ce))
+
+
+def bins_frame(reports: Mapping[str, DamageReport], field: str) -> Any:
+    """Long table of one breakdown (``by_position``, ``by_norm_decile``, ``by_frequency``)
+    of several reports: columns sae, bin, n_tokens, delta_ce, share."""
+    import pandas as pd
+
+    return pd.DataFrame([{"sae": name, "bin": b.label, "n_tokens": b.n_tokens,
+                          "delta_ce": b.delta_ce, "share": b.share}
+                         for name, r in reports.items() for b in getattr(r, field)])
+
+
+def summary_frame(reports: Mapping[str, DamageReport]) -> Any:
+    """One row per report: the CE baselines, both loss-recovered scores, the
+    massive-dimension and random-error comparisons."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "sae": name, "tokens": r.n_tokens, "CE clean": r.ce_clean, "CE SAE": r.ce_spliced,
+        "ΔCE SAE": r.ce_spliced - r.ce_clean, "CE zero": r.ce_zero,
+        "CE mean-ablation": r.ce_mean_ablation, "recovered vs zero": r.loss_recovered_vs_zero,
+        "recovered vs mean": r.loss_recovered_vs_mean,
+        "ΔCE random (isotropic)": r.random.isotropic,
+        "ΔCE random (error subspace)": r.random.in_subspace,
+        "massive dims": str(r.massive.dims), "their error share": r.massive.error_share,
+        "ΔCE without their error": r.massive.delta_ce_without,
+    } for name, r in reports.items()]).set_index("sae")

@@ -138,3 +138,37 @@ def run_experiment(cfg: Config, progress: bool = True) -> Path:
     write_json_atomic(cfg.run_path / "config.json", cfg.to_dict())
     stage_cache(cfg, progress)
     return stage_evaluate(cfg, progress)
+
+
+def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
+                   progress: bool = True) -> dict:
+    """:func:`~sae_med.diagnose.diagnose_sae` for replicate 0 of each training corpus at
+    ``l0_target`` (0: the middle of the sweep) on the CE documents of ``eval_corpus``
+    (empty: the first eval corpus). Returns ``{train_corpus: DamageReport}``."""
+    import torch
+
+    from sae_med.diagnose import diagnose_sae
+    from sae_med.evaluate import ce_batches
+    from sae_med.sae import JumpReLUSAE
+    from sae_med.train import sae_id
+
+    targets = list(cfg.sae.l0_targets)
+    target = l0_target or targets[len(targets) // 2]
+    eval_corpus = eval_corpus or cfg.eval_corpora[0]
+    stage_train(cfg, progress)
+    model = load_model_for(cfg)
+    batches = ce_batches(model, cfg, eval_corpus)
+    out = {}
+    for corpus in cfg.train_corpora:
+        sae = JumpReLUSAE.load(cfg.run_path / "saes" / sae_id(corpus, 0, target))
+        cache = train_cache(cfg, corpus, progress)
+        n = min(cache.n_tokens, 8192)  # a sample: mean, massive dims, error subspace
+        x = cache.activations(0, n)
+
+        def reconstruct(a, sae=sae):
+            with torch.no_grad():
+                return sae.decode(sae.encode(a.to(sae.W_enc.device))).to(a.device, a.dtype)
+
+        out[corpus] = diagnose_sae(model, batches, cfg.model.hook_layer, reconstruct, x,
+                                   cache.token_info()[:, 0], seed=cfg.seed)
+    return out
