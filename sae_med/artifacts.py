@@ -93,6 +93,19 @@ def storage_error(err: OSError, path: str | Path) -> OSError:
 
 
 @contextlib.contextmanager
+def storage_errors(folder: str | Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` that :func:`storage_error` recognises (full or read-only
+    ``folder``) as its one-line :class:`StorageError`; any other passes unchanged."""
+    try:
+        yield
+    except OSError as err:
+        mapped = storage_error(err, folder)
+        if mapped is err:
+            raise
+        raise mapped from err
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync and rename it onto ``path``.
 
@@ -101,21 +114,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp_path: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        chmod_like_new(tmp_path)
-        os.replace(tmp_path, path)
-        fsync_dir(path.parent)
-    except OSError as err:
-        mapped = storage_error(err, path.parent)
-        if mapped is err:
-            raise
-        raise mapped from err
+        with storage_errors(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                       dir=path.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            chmod_like_new(tmp_path)
+            os.replace(tmp_path, path)
+            fsync_dir(path.parent)
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
@@ -140,14 +150,9 @@ def artifact_lock(path: str | Path, what: str, wait: bool = True) -> Iterator[No
     :class:`ArtifactLockedError` at once. The lock is an ``flock`` on an open file, so a
     holder that crashes or is killed releases it; the file itself is left in place."""
     path = Path(path)
-    try:
+    with storage_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        mapped = storage_error(err, path.parent)
-        if mapped is err:
-            raise
-        raise mapped from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
