@@ -45,6 +45,8 @@ class TokenDamage(NamedTuple):
     delta_ce: Float[Tensor, " n"]
     kl: Float[Tensor, " n"]
     ce_clean: Float[Tensor, " n"]
+    ce_zero: Float[Tensor, " n"]
+    """CE with the activation zero-ablated (the same for every reconstruction)."""
 
 
 class Bin(NamedTuple):
@@ -59,21 +61,32 @@ class Bin(NamedTuple):
 
 
 @torch.no_grad()
+def token_damages(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
+                  reconstructions: Mapping[str, Reconstruct], chunk_tokens: int = 128
+                  ) -> dict[str, TokenDamage]:
+    """Per-token damage of splicing each reconstruction after block ``layer``; the clean
+    and zero-ablated passes and the residual read run once per batch for all of them."""
+    parts: dict[str, list[TokenDamage]] = {k: [] for k in reconstructions}
+    for batch in batches:
+        batch = batch.to(lm.device)
+        losses = lm.spliced_losses(batch, layer, reconstructions, chunk_tokens)
+        x = lm.resid(batch.tokens, batch.attention_mask, layer)[:, :-1]
+        for name, out in losses.items():
+            where = out.mask.nonzero(as_tuple=True)
+            parts[name].append(TokenDamage(
+                position=where[1].cpu(), norm=x[where].norm(dim=-1).float().cpu(),
+                token=batch.tokens[:, :-1][where].cpu(),
+                delta_ce=(out.ce_spliced - out.ce_clean)[where].cpu(),
+                kl=out.kl_spliced[where].cpu(), ce_clean=out.ce_clean[where].cpu(),
+                ce_zero=out.ce_zero[where].cpu()))
+    return {name: TokenDamage(*(torch.cat(f) for f in zip(*p, strict=True)))
+            for name, p in parts.items()}
+
+
 def token_damage(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
                  reconstruct: SaeFn, chunk_tokens: int = 128) -> TokenDamage:
     """Per-token damage of splicing ``reconstruct`` after block ``layer``."""
-    parts: list[TokenDamage] = []
-    for batch in batches:
-        batch = batch.to(lm.device)
-        out = lm.spliced_losses(batch, layer, {"s": reconstruct}, chunk_tokens)["s"]
-        where = out.mask.nonzero(as_tuple=True)
-        x = lm.resid(batch.tokens, batch.attention_mask, layer)[:, :-1]
-        parts.append(TokenDamage(
-            position=where[1].cpu(), norm=x[where].norm(dim=-1).float().cpu(),
-            token=batch.tokens[:, :-1][where].cpu(),
-            delta_ce=(out.ce_spliced - out.ce_clean)[where].cpu(),
-            kl=out.kl_spliced[where].cpu(), ce_clean=out.ce_clean[where].cpu()))
-    return TokenDamage(*(torch.cat(f) for f in zip(*parts, strict=True)))
+    return token_damages(lm, batches, layer, {"sae": reconstruct}, chunk_tokens)["sae"]
 
 
 def breakdown(damage: TokenDamage, key: Tensor, edges: Sequence[float],
@@ -120,20 +133,23 @@ def massive_dimensions(x: Float[Tensor, "tokens d_model"], k: int = 4) -> list[i
     return torch.topk(x.abs().mean(0), k).indices.sort().values.tolist()
 
 
-@torch.no_grad()
-def dimension_damage(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
-                     reconstruct: Reconstruct, dims: Sequence[int],
-                     chunk_tokens: int = 128) -> DimensionDamage:
-    """How much of the damage the error in residual dimensions ``dims`` carries."""
+def _corrected(reconstruct: Reconstruct, dims: Sequence[int]) -> Reconstruct:
+    """``reconstruct`` with its output set to x in ``dims`` (no error there)."""
     idx = torch.tensor(list(dims), dtype=torch.long)
 
-    def corrected(x: Tensor) -> Tensor:
+    def fn(x: Tensor) -> Tensor:
         x_hat = reconstruct(x).clone()
         x_hat[:, idx] = x[:, idx]
         return x_hat
 
-    full = _mean(token_damage(lm, batches, layer, reconstruct, chunk_tokens).delta_ce)
-    without = _mean(token_damage(lm, batches, layer, corrected, chunk_tokens).delta_ce)
+    return fn
+
+
+@torch.no_grad()
+def _error_share(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
+                 reconstruct: Reconstruct, dims: Sequence[int]) -> float:
+    """Share of the error's squared norm (kept positions) that lies in ``dims``."""
+    idx = torch.tensor(list(dims), dtype=torch.long)
     num = den = 0.0
     for batch in batches:
         batch = batch.to(lm.device)
@@ -141,7 +157,24 @@ def dimension_damage(lm: LanguageModel, batches: Sequence[TokenBatch], layer: in
         e = (x - reconstruct(x)).double()
         num += float((e[:, idx] ** 2).sum())
         den += float((e ** 2).sum())
-    return DimensionDamage(list(dims), full, without, num / den if den else float("nan"))
+    return num / den if den else float("nan")
+
+
+def dimension_damage(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
+                     reconstruct: Reconstruct, dims: Sequence[int],
+                     chunk_tokens: int = 128) -> DimensionDamage:
+    """How much of the damage the error in residual dimensions ``dims`` carries."""
+    d = token_damages(lm, batches, layer, {"sae": reconstruct,
+                                           "without": _corrected(reconstruct, dims)},
+                      chunk_tokens)
+    return _dimension_result(lm, batches, layer, reconstruct, dims, d)
+
+
+def _dimension_result(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
+                      reconstruct: Reconstruct, dims: Sequence[int],
+                      d: Mapping[str, TokenDamage]) -> DimensionDamage:
+    return DimensionDamage(list(dims), _mean(d["sae"].delta_ce), _mean(d["without"].delta_ce),
+                           _error_share(lm, batches, layer, reconstruct, dims))
 
 
 def random_error(reconstruct: Reconstruct, seed: int,
@@ -191,22 +224,33 @@ def random_error_damage(lm: LanguageModel, batches: Sequence[TokenBatch], layer:
     """The SAE's ΔCE beside random errors of the same per-token size (``errors``: a
     sample of the SAE's errors, e.g. from the eval cache, defines the subspace)."""
     basis = error_subspace(errors)
+    d = token_damages(lm, batches, layer, {"sae": reconstruct,
+                                           **_random_variants(reconstruct, seed, basis)},
+                      chunk_tokens)
+    return _random_result(d, basis)
 
-    def mean_damage(fn: Reconstruct) -> float:
-        return _mean(token_damage(lm, batches, layer, fn, chunk_tokens).delta_ce)
 
-    return RandomErrorDamage(
-        sae=mean_damage(reconstruct), isotropic=mean_damage(random_error(reconstruct, seed)),
-        in_subspace=mean_damage(random_error(reconstruct, seed, basis)),
-        subspace_dim=int(basis.shape[1]))
+def _random_variants(reconstruct: Reconstruct, seed: int, basis: Tensor
+                     ) -> dict[str, Reconstruct]:
+    return {"isotropic": random_error(reconstruct, seed),
+            "in_subspace": random_error(reconstruct, seed, basis)}
+
+
+def _random_result(d: Mapping[str, TokenDamage], basis: Tensor) -> RandomErrorDamage:
+    return RandomErrorDamage(sae=_mean(d["sae"].delta_ce),
+                             isotropic=_mean(d["isotropic"].delta_ce),
+                             in_subspace=_mean(d["in_subspace"].delta_ce),
+                             subspace_dim=int(basis.shape[1]))
 
 
 def mean_ablation_ce(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
                      mean: Float[Tensor, " d_model"], chunk_tokens: int = 128) -> float:
     """Mean ΔCE of replacing x by the activation mean E[x] at every kept position."""
-    mu = mean.to(lm.device)
-    return _mean(token_damage(lm, batches, layer, lambda x: mu.expand_as(x).to(x.dtype),
-                              chunk_tokens).delta_ce)
+    return _mean(token_damage(lm, batches, layer, _mean_ablation(mean), chunk_tokens).delta_ce)
+
+
+def _mean_ablation(mean: Float[Tensor, " d_model"]) -> Reconstruct:
+    return lambda x: mean.to(x).expand_as(x)
 
 
 def _mean(t: Tensor) -> float:
@@ -232,36 +276,40 @@ class DamageReport(NamedTuple):
     n_tokens: int
 
 
+@torch.no_grad()
 def diagnose_sae(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
                  reconstruct: Reconstruct, train_x: Float[Tensor, "tokens d_model"],
                  train_tokens: Int[Tensor, " tokens"], seed: int = 0) -> DamageReport:
-    """Every diagnostic of this module for one SAE. ``train_x`` / ``train_tokens``: a
-    sample of training activations and the token ids of the training cache (mean
-    activation, massive dimensions, error subspace, token frequencies)."""
+    """Every diagnostic of this module for one SAE, all splices sharing one clean and one
+    zero-ablated pass per batch. ``train_x`` / ``train_tokens``: a sample of training
+    activations and the token ids of the training cache (mean activation, massive
+    dimensions, error subspace, token frequencies)."""
     from sae_med.metrics import loss_recovered
 
-    d = token_damage(lm, batches, layer, reconstruct)
-    zero = _mean(token_damage(lm, batches, layer, torch.zeros_like).delta_ce)
-    mean_ab = mean_ablation_ce(lm, batches, layer, train_x.mean(0))
+    basis = error_subspace(train_x - reconstruct(train_x))
+    massive = massive_dimensions(train_x)
+    damages = token_damages(lm, batches, layer, {
+        "sae": reconstruct, "mean": _mean_ablation(train_x.mean(0)),
+        "without": _corrected(reconstruct, massive),
+        **_random_variants(reconstruct, seed, basis)})
+    d = damages["sae"]
     ce_clean = _mean(d.ce_clean)
-    ce_sae = ce_clean + _mean(d.delta_ce)
+    ce_sae, ce_zero = ce_clean + _mean(d.delta_ce), _mean(d.ce_zero)
+    ce_mean = ce_clean + _mean(damages["mean"].delta_ce)
     freq = token_frequency(train_tokens, int(max(train_tokens.max(), d.token.max())) + 1)
     log_f = torch.log10(freq[d.token].clamp_min(1e-12))
     positions = [1, 2, 4, 8, 16, 32, 64, int(d.position.max()) + 1]
     return DamageReport(
-        ce_clean=ce_clean, ce_spliced=ce_sae, ce_zero=ce_clean + zero,
-        ce_mean_ablation=ce_clean + mean_ab,
-        loss_recovered_vs_zero=loss_recovered(ce_clean, ce_sae, ce_clean + zero),
-        loss_recovered_vs_mean=loss_recovered(ce_clean, ce_sae, ce_clean + mean_ab),
+        ce_clean=ce_clean, ce_spliced=ce_sae, ce_zero=ce_zero, ce_mean_ablation=ce_mean,
+        loss_recovered_vs_zero=loss_recovered(ce_clean, ce_sae, ce_zero),
+        loss_recovered_vs_mean=loss_recovered(ce_clean, ce_sae, ce_mean),
         by_position=breakdown(d, d.position, sorted(set(positions))),
         by_norm_decile=breakdown(d, d.norm, decile_edges(d.norm),
                                  [f"decile {i + 1}" for i in range(10)]),
         by_frequency=breakdown(d, log_f, np.quantile(log_f.numpy(), np.linspace(0, 1, 6)),
                                [f"quintile {i + 1}" for i in range(5)]),
-        massive=dimension_damage(lm, batches, layer, reconstruct, massive_dimensions(train_x)),
-        random=random_error_damage(lm, batches, layer, reconstruct,
-                                   train_x - reconstruct(train_x), seed),
-        n_tokens=len(d.delta_ce))
+        massive=_dimension_result(lm, batches, layer, reconstruct, massive, damages),
+        random=_random_result(damages, basis), n_tokens=len(d.delta_ce))
 
 
 def bins_frame(reports: Mapping[str, DamageReport], field: str) -> Any:

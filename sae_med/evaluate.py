@@ -176,7 +176,8 @@ class ReconstructionPass(NamedTuple):
     """Sorted ids of the held-out documents (the rows of ``dark_matter_fit.per_doc()``)."""
 
 
-def _sae_fn(sae: JumpReLUSAE) -> SaeFn:
+def reconstruction_fn(sae: JumpReLUSAE) -> SaeFn:
+    """Raw activations → the SAE's reconstruction, on the SAE's device and back."""
     dev = sae.W_enc.device
 
     def fn(x: Tensor) -> Tensor:
@@ -290,7 +291,7 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
 
     # (b) spliced loss, batch-outer so the clean/zero passes are shared by all SAEs
     batches = ce_batches(model, cfg, eval_corpus)
-    fns = {k: _sae_fn(s) for k, s in saes.items()}
+    fns = {k: reconstruction_fn(s) for k, s in saes.items()}
     doc_ce: dict[str, list[DocCE]] = {k: [] for k in saes}
     for batch in tqdm(batches, desc=f"spliced CE {eval_corpus}", disable=not progress):
         for k, losses in model.spliced_losses(batch.to(model.device), cfg.model.hook_layer,

@@ -145,10 +145,8 @@ def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
     """:func:`~sae_med.diagnose.diagnose_sae` for replicate 0 of each training corpus at
     ``l0_target`` (0: the middle of the sweep) on the CE documents of ``eval_corpus``
     (empty: the first eval corpus). Returns ``{train_corpus: DamageReport}``."""
-    import torch
-
     from sae_med.diagnose import diagnose_sae
-    from sae_med.evaluate import ce_batches
+    from sae_med.evaluate import ce_batches, reconstruction_fn
     from sae_med.sae import JumpReLUSAE
     from sae_med.train import sae_id
 
@@ -165,10 +163,7 @@ def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
         n = min(cache.n_tokens, 8192)  # a sample: mean, massive dims, error subspace
         x = cache.activations(0, n)
 
-        def reconstruct(a, sae=sae):
-            with torch.no_grad():
-                return sae.decode(sae.encode(a.to(sae.W_enc.device))).to(a.device, a.dtype)
-
-        out[corpus] = diagnose_sae(model, batches, cfg.model.hook_layer, reconstruct, x,
-                                   cache.token_info()[:, 0], seed=cfg.seed)
+        out[corpus] = diagnose_sae(model, batches, cfg.model.hook_layer,
+                                   reconstruction_fn(sae), x, cache.token_info()[:, 0],
+                                   seed=cfg.seed)
     return out
