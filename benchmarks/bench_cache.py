@@ -51,7 +51,7 @@ class PeakRSS:
 def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
     import torch
 
-    from sae_med.activations import SORT_CHUNK, build_cache
+    from sae_med.activations import SORT_CHUNK, _chunk_batches, build_cache
     from sae_med.config import load_config
     from sae_med.models import load_model
 
@@ -79,19 +79,43 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
             else:
                 hook = cfg.model.hook_name
                 tokens = 0
-                # the same length-sorted batches as build_cache makes (see SORT_CHUNK)
+                # the same chunks and packed batches as build_cache makes
                 step = batch * SORT_CHUNK
-                ordered = [t for i in range(0, len(texts), step)
-                           for t in sorted(texts[i:i + step], key=len)]
-                for i in range(0, len(ordered), batch):
-                    tok, mask, keep = model.tokenize(ordered[i:i + batch], ctx)
-                    with torch.no_grad():
-                        _, c = tl.run_with_cache(tok, attention_mask=mask, names_filter=hook)
-                    acts = c[hook][keep].clone()
-                    tokens += acts.shape[0]
+                for i in range(0, len(texts), step):
+                    for _, (tok, mask, keep) in _chunk_batches(model, texts[i:i + step],
+                                                               cfg.cache):
+                        with torch.no_grad():
+                            _, c = tl.run_with_cache(tok, attention_mask=mask,
+                                                     names_filter=hook)
+                        tokens += c[hook][keep].clone().shape[0]
             dt = time.perf_counter() - t0
     return {"side": side, "tokens": tokens, "seconds": dt, "tok_per_s": tokens / dt,
-            "peak_rss_growth_mb": mem.peak - mem.base}
+            "peak_rss_growth_mb": mem.peak - mem.base,
+            "flop_per_token": forward_flop_per_token(model, cfg.model.hook_layer)}
+
+
+def forward_flop_per_token(model, layer: int) -> float:
+    """2 × the weights a token multiplies through blocks 0..``layer`` (the matmul FLOPs of
+    the forward to the hook; attention scores at ctx 128 add < 3% and are left out)."""
+    from sae_med.lm import decoder_layers
+
+    blocks = list(decoder_layers(model.hf_model))[:layer + 1]
+    return 2.0 * sum(p.numel() for b in blocks for n, p in b.named_parameters()
+                     if p.dim() == 2)
+
+
+def matmul_flops() -> float:
+    """This machine's fp32 matmul FLOP/s on forward-sized products (best of 5)."""
+    import torch
+
+    a, b = torch.randn(2048, 640), torch.randn(640, 2048)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 10 * 2 * 2048 * 640 * 2048 / best
 
 
 def main() -> None:
@@ -125,7 +149,12 @@ def main() -> None:
         print(f"| {names[r['side']]:<36} | {r['tokens']:>7} | {r['seconds']:>7.2f} | "
               f"{r['tok_per_s']:>7.0f} | {r['peak_rss_growth_mb']:>18.0f} |")
     assert rows[0]["tokens"] == rows[1]["tokens"], "the two sides saw different tokens"
-    print(f"speedup_vs_transformer_lens={rows[0]['tok_per_s'] / rows[1]['tok_per_s']:.2f}")
+    peak = matmul_flops()
+    frac = rows[0]["tok_per_s"] * rows[0]["flop_per_token"] / peak
+    print(f"fp32 matmul {peak / 1e9:.0f} GFLOP/s; forward to the hook "
+          f"{rows[0]['flop_per_token'] / 1e6:.0f} MFLOP/token")
+    print(f"speedup_vs_transformer_lens={rows[0]['tok_per_s'] / rows[1]['tok_per_s']:.2f} "
+          f"peak_fraction={frac:.2f}")
 
 
 if __name__ == "__main__":

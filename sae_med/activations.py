@@ -48,7 +48,8 @@ from sae_med.lm import LanguageModel, TokenBatch
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""3: forwards packed by token count (rows in token-length order); 2: grouped splits."""
 SORT_CHUNK = 8
 """Batches read together and sorted by length (flushes happen between such chunks)."""
 
@@ -211,11 +212,25 @@ def _valid_shards(root: Path) -> list[_Shard]:
 def _chunk_batches(model: LanguageModel, texts: list[str], c: CacheConfig
                    ) -> Iterator[tuple[list[int], TokenBatch]]:
     """The forward batches of one chunk of documents: (indices into ``texts``, tokens).
-    Batches hold documents of similar length (little padding)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for b in range(0, len(order), c.batch_size):
-        idx = order[b:b + c.batch_size]
-        yield idx, model.tokenize([texts[i] for i in idx], c.ctx_len, c.exclude_special)
+
+    Documents are sorted by token length and packed up to ``batch_size * ctx_len``
+    positions per forward (padding included): ``batch_size`` full-length documents, or
+    many more short ones. Counting documents instead left forwards of ~600 positions on
+    corpora of short texts (ICD-10-CM lines), half the throughput of long-text corpora."""
+    if not texts:
+        return
+    full = model.tokenize(texts, c.ctx_len, c.exclude_special)
+    lengths = full.attention_mask.sum(1)
+    order = torch.argsort(lengths, stable=True).tolist()
+    budget, start = c.batch_size * c.ctx_len, 0
+    while start < len(order):
+        end = start + 1  # lengths ascend, so a batch's width is its last document's length
+        while end < len(order) and (end + 1 - start) * int(lengths[order[end]]) <= budget:
+            end += 1
+        idx = order[start:end]
+        width = int(lengths[idx[-1]])
+        yield idx, TokenBatch(*(t[idx, :width] for t in full))
+        start = end
 
 
 def _chunk_rows(model: LanguageModel, cfg: Config, texts: list[str], doc_index: int

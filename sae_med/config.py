@@ -67,7 +67,8 @@ class CacheConfig:
     ctx_len: int = 128
     """Documents are tokenized on their own and truncated to this many tokens (BOS included)."""
     batch_size: int = 16
-    """Documents per forward pass."""
+    """Full-length documents per forward pass: a forward holds at most
+    ``batch_size * ctx_len`` positions, so shorter documents are packed more per pass."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Storage dtype of the activation shards."""
     shard_tokens: int = 65_536
@@ -134,7 +135,12 @@ class TrainConfig:
     adam_beta2: float = 0.999
     grad_clip: float = 1.0
     norm_batches: int = 100
-    """Batches used to estimate the scalar input normalisation (E||x||^2 = 1)."""
+    """Batches used to estimate the input normalisation (E||x - mean||^2 = 1)."""
+    center_inputs: bool = False
+    """Train on x - E[x] (the mean estimated with the scale, folded into the biases of the
+    saved SAE, which takes raw x). False is the paper's recipe. Models whose residual is
+    mostly a constant vector (Gemma-3-270M's: ||E[x]|| is 94% of ||x||) otherwise spend
+    short runs learning that constant, and their encoder updates are dominated by it."""
     checkpoint_every: int = 500
     """Steps between atomic checkpoints (0: only at the end)."""
     log_every: int = 50
@@ -150,9 +156,10 @@ class TrainConfig:
     by ~lr per step, so from the 0.001 init theta needs ~ln(100)/lr ~ 15k steps at lr 3e-4 to
     reach typical pre-activation scales. Runs much shorter than that need a larger value
     (e.g. 20-50) or they never reach their target L0."""
-    dead_window_tokens: int = 10_000_000
+    dead_window_tokens: int = 1_000_000
     """A latent counts as dead if it has not fired in the last this-many training tokens
-    (or in all tokens so far, early in a run)."""
+    (or in all tokens so far, early in a run). Keep it well below ``n_tokens`` (e.g. the
+    last quarter of the run), or no latent can ever be flagged."""
     compile: bool = False
     """torch.compile the dense forward/backward of each SAE (opt-in; pays off on GPUs for
     long runs). Implies the dense kernel; if the compiler is unusable here (no C++

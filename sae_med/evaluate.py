@@ -112,11 +112,13 @@ from sae_med.dark_matter import scores as dm_scores
 from sae_med.lm import LanguageModel, TokenBatch
 from sae_med.metrics import (
     DocCE,
+    DocCEMean,
     ReconstructionAccumulator,
     SaeFn,
     concat_doc_stats,
     metrics_from_doc_sums,
     summarize_ce,
+    summarize_vs_mean,
 )
 from sae_med.sae import JumpReLUSAE
 
@@ -130,6 +132,10 @@ POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac")
 CE_METRICS = ("ce_clean", "ce_spliced", "ce_zero", "delta_ce", "loss_recovered",
               "kl_spliced", "kl_zero", "kl_score")
 """Bootstrapped from per-document CE sums (:class:`~sae_med.metrics.CESummary` fields)."""
+MEAN_ABLATION_METRICS = ("ce_mean_ablation", "loss_recovered_mean")
+"""Against the mean-ablation baseline (:func:`~sae_med.metrics.summarize_vs_mean`)."""
+MEAN_ABLATION = "__mean_ablation__"
+"""Key of the mean-ablation splice beside the SAEs' in the spliced-CE passes."""
 DARK_MATTER_METRICS = ("r2_error_mean", "r2_error_pooled", "r2_norm", "fvu_linear",
                        "fvu_nonlinear", "fvu_sae")
 DM_TRAIN_FRAC = 0.5
@@ -184,6 +190,14 @@ def reconstruction_fn(sae: JumpReLUSAE) -> SaeFn:
         return sae.decode(sae.encode(x.to(dev, sae.W_enc.dtype))).to(x.device, x.dtype)
 
     return fn
+
+
+@torch.no_grad()
+def _mean_ablation_fn(cache: ActivationCache) -> SaeFn:
+    """x -> the eval cache's mean activation (the mean-ablation baseline)."""
+    total = sum(x.double().sum(0) for x in cache.iter_ordered(RECON_BATCH_TOKENS * 8))
+    mean = (total / cache.n_tokens).float()
+    return lambda x: mean.to(x.device, x.dtype).expand_as(x).clone()
 
 
 @torch.no_grad()
@@ -292,7 +306,8 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
     # (b) spliced loss, batch-outer so the clean/zero passes are shared by all SAEs
     batches = ce_batches(model, cfg, eval_corpus)
     fns = {k: reconstruction_fn(s) for k, s in saes.items()}
-    doc_ce: dict[str, list[DocCE]] = {k: [] for k in saes}
+    fns[MEAN_ABLATION] = _mean_ablation_fn(cache)
+    doc_ce: dict[str, list[DocCE]] = {k: [] for k in fns}
     for batch in tqdm(batches, desc=f"spliced CE {eval_corpus}", disable=not progress):
         for k, losses in model.spliced_losses(batch.to(model.device), cfg.model.hook_layer,
                                               fns).items():
@@ -316,6 +331,10 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
             d |= statistic_draws(ce_docs, lambda c: {k: getattr(summarize_ce(c), k)
                                                      for k in CE_METRICS},
                                  resample.columns(ce_ids))
+            mean_docs = concat_doc_stats(doc_ce[MEAN_ABLATION])
+            d |= statistic_draws(DocCEMean(ce_docs.n_tokens, ce_docs.ce_clean,
+                                           ce_docs.ce_spliced, mean_docs.ce_spliced),
+                                 summarize_vs_mean, resample.columns(ce_ids))
         metrics = {k: _interval_dict(percentile_interval(v)) for k, v in d.items()}
         metrics.update({k: _interval_dict(Interval(getattr(res, k), None, None))
                         for k in POINT_METRICS})
@@ -390,7 +409,7 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
             base[k] = v if v is None or isinstance(v, str | int | float | bool) \
                 else json.dumps(v, sort_keys=True, default=str)
         metrics = row.get("metrics", {})
-        order = [*RECON_METRICS, *POINT_METRICS, *CE_METRICS]
+        order = [*RECON_METRICS, *POINT_METRICS, *CE_METRICS, *MEAN_ABLATION_METRICS]
         for name in [*(k for k in order if k in metrics),
                      *sorted(k for k in metrics if k not in order)]:
             m = metrics[name]

@@ -332,6 +332,18 @@ class JumpReLUSAE(nn.Module):
         self.input_scale.div_(s)
         return self
 
+    @torch.no_grad()
+    def fold_input_mean_(self, mean: Tensor) -> JumpReLUSAE:
+        """Fold an input offset in place, so the SAE computes ``sae(x - mean) + mean``: the
+        encoder bias absorbs ``-mean @ W_enc`` and the decoder bias ``+mean`` (same active
+        set, same latents). Folding ``-mean`` undoes it. Needs ``input_scale == 1``."""
+        if float(self.input_scale) != 1.0:
+            raise ValueError("fold the input scale first (folded()), then the mean")
+        mean = mean.to(self.b_dec.device, torch.float32)
+        self.b_enc.sub_((mean @ self.W_enc.float()).to(self.b_enc.dtype))
+        self.b_dec.add_(mean.to(self.b_dec.dtype))
+        return self
+
     def folded(self) -> JumpReLUSAE:
         """A copy with the input scale folded in (``input_scale == 1``)."""
         return copy.deepcopy(self).fold_input_scale_()

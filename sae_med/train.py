@@ -7,7 +7,8 @@ Heaviside straight-through estimator and the coefficient warmed up linearly; Ada
 (beta1 = 0), linear lr warmup and a linear decay to 0 over the last ``lr_decay_frac`` of the
 steps, grad-norm clipping, decoder-parallel gradient removed before and decoder rows
 renormalised after each step, and one input scale (E||x scale||^2 = 1) estimated on a
-separate stream and folded into the saved weights.
+separate stream and folded into the saved weights (with ``train.center_inputs`` the SAE
+trains on the centred x - E[x], and the mean is folded into its biases too).
 
 Under ``torchrun`` the sweep trains data-parallel (see :mod:`sae_med.distributed`): every
 rank reads the same global batch and keeps its slice of the rows, gradients are summed
@@ -74,7 +75,7 @@ PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 CHECKPOINT_RECORD_NAME = "checkpoint.json"
 RUN_LOCK_NAME = ".train.lock"
 METRICS_NAME = "metrics.jsonl"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 SPARSE_MAX_DENSITY = 0.05
 """With ``kernel: auto`` the CSR path is used only while the previous step's L0 was at most
 this fraction of the width; denser latents (e.g. right after init, when about half fire) are
@@ -191,24 +192,47 @@ def init_threshold_at_target_(sae: JumpReLUSAE, x: Float[Tensor, "batch d_model"
     sae.log_threshold.copy_(q.clamp_min(floor).log())
 
 
+class InputNorm(NamedTuple):
+    """The training-time input transform x -> (x - mean) * scale, folded into saved SAEs."""
+
+    mean: Float[Tensor, " d_model"]
+    """E[x] with ``train.center_inputs``, else zeros."""
+    scale: float
+    """s with E||(x - mean) s||^2 = 1."""
+
+    def apply(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.device, x.dtype)) * self.scale
+
+    def to_raw(self, sae: JumpReLUSAE) -> JumpReLUSAE:
+        """A copy of a training-space SAE that takes raw activations."""
+        return sae.folded().fold_input_mean_(self.mean)
+
+    def from_raw(self, sae: JumpReLUSAE) -> JumpReLUSAE:
+        """A copy of a raw-activation SAE in this training space."""
+        return sae.folded().fold_input_mean_(-self.mean).fold_input_scale_(1.0 / self.scale)
+
+
 @torch.no_grad()
-def estimate_input_scale(source: BatchSource, batch_size: int, n_batches: int, seed: int
-                         ) -> float:
-    """Scalar s with E||x s||^2 = 1, i.e. s = 1/sqrt(mean ||x||^2) over ``n_batches``."""
-    total, count = 0.0, 0
+def estimate_input_norm(source: BatchSource, batch_size: int, n_batches: int, seed: int,
+                        center: bool = False) -> InputNorm:
+    """Mean (if ``center``) and scale s with E||(x - mean) s||^2 = 1 over ``n_batches``."""
+    total_sq, total, count = 0.0, torch.zeros(source.d_model, dtype=torch.float64), 0
     it = source.iter_batches(batch_size, seed)
     for i in range(n_batches):
-        x = next(it)
-        sq = x.double().pow(2).sum(-1)
+        x = next(it).double().cpu()
+        sq = x.pow(2).sum(-1)
         if not torch.isfinite(sq).all():
             raise TrainingError(f"NaN/inf in normalisation batch {i} "
                                 f"({source.describe_batch(i, batch_size, seed)})")
-        total += float(sq.sum())
+        total_sq += float(sq.sum())
+        total += x.sum(0)
         count += x.shape[0]
-    mean_sq = total / count
+    mean = total / count if center else torch.zeros_like(total)
+    # E||x - m||^2 = E||x||^2 - 2 m.E[x] + ||m||^2 (float64: the mean may dominate ||x||)
+    mean_sq = total_sq / count - 2 * float(mean @ (total / count)) + float(mean @ mean)
     if mean_sq <= 0:
-        raise TrainingError("activations are all zero: cannot normalise")
-    return 1.0 / math.sqrt(mean_sq)
+        raise TrainingError("activations are all zero (or constant): cannot normalise")
+    return InputNorm(mean.float(), 1.0 / math.sqrt(mean_sq))
 
 
 INIT_SCHEME = "corpus-target-replicate"
@@ -411,13 +435,14 @@ def _checkpoint_record(path: Path) -> dict[str, int]:
         return {}
 
 
-def _save_checkpoint(path: Path, key: str, step: int, scale: float,
+def _save_checkpoint(path: Path, key: str, step: int, norm: InputNorm,
                      members: list[SweepMember]) -> None:
     """Write, read back and verify the new checkpoint before it replaces the current one,
     which is kept as ``checkpoint.prev.pt``. At every instant ``checkpoint.pt`` is complete
     and its sha256 is in ``checkpoint.json``, so a kill never costs more than the steps
     since the last checkpoint."""
-    state = {"format": CHECKPOINT_FORMAT, "run_key": key, "step": step, "scale": scale,
+    state = {"format": CHECKPOINT_FORMAT, "run_key": key, "step": step,
+             "scale": norm.scale, "mean": norm.mean.cpu(),
              "members": [m.state() for m in members],
              "rng": {"torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
@@ -571,13 +596,15 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     out_dir)
     dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
 
-    scale = (state["scale"] if state is not None else
-             estimate_input_scale(source, bs, tc.norm_batches, sub_seed(cfg.seed, "norm")))
+    norm = (InputNorm(state["mean"].cpu(), state["scale"]) if state is not None else
+            estimate_input_norm(source, bs, tc.norm_batches, sub_seed(cfg.seed, "norm"),
+                                tc.center_inputs))
+    scale = norm.scale
 
     members = []
     for i, target in enumerate(sc.l0_targets):
         if init_saes is not None:
-            sae = init_saes[i].folded().fold_input_scale_(1.0 / scale)  # raw -> scaled space
+            sae = norm.from_raw(init_saes[i])
         else:
             gen = torch.Generator().manual_seed(
                 init_seed(cfg.seed, train_corpus, target, replicate))
@@ -585,8 +612,8 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                               init_threshold=sc.init_threshold, generator=gen)
             sae.input_scale.fill_(scale)
             if sc.threshold_init == "target_quantile" and state is None:
-                init_threshold_at_target_(sae, next(source.iter_batches(
-                    bs, sub_seed(order_seed, "threshold"))) * scale, target, sc.init_threshold)
+                init_threshold_at_target_(sae, norm.apply(next(source.iter_batches(
+                    bs, sub_seed(order_seed, "threshold")))), target, sc.init_threshold)
         sae_dir = out_dir / sae_dirname(target)
         sae_dir.mkdir(parents=True, exist_ok=True)
         sae = sae.to(device)
@@ -639,7 +666,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     f"({source.describe_batch(step, bs, order_seed)}); training stopped, "
                     f"{_kept(ckpt_path, saved_step)}")
             # every rank reads the same global batch and keeps its slice of the rows
-            x = dist.local_rows(x).to(device, non_blocking=True) * scale
+            x = norm.apply(dist.local_rows(x).to(device, non_blocking=True))
             lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
             tokens = (step + 1) * bs
             is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
@@ -673,7 +700,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     for m in members))
             bar.update(1)
             if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and main:
-                _save_checkpoint(ckpt_path, key, step + 1, scale, members)
+                _save_checkpoint(ckpt_path, key, step + 1, norm, members)
                 saved_step = step + 1
     finally:
         bar.close()
@@ -682,9 +709,9 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                 f.close()
 
     if main:
-        _save_checkpoint(ckpt_path, key, n_steps, scale, members)
+        _save_checkpoint(ckpt_path, key, n_steps, norm, members)
         for m in members:
-            m.sae.save(m.path.parent, metadata={
+            norm.to_raw(m.sae).save(m.path.parent, metadata={
                 "train_corpus": train_corpus, "l0_target": m.target, "replicate": replicate,
                 "init_seed": (init_seed(cfg.seed, train_corpus, m.target, replicate)
                               if init_saes is None else None),

@@ -19,6 +19,7 @@ from sae_med.config import load_config
 from sae_med.evaluate import (
     CE_METRICS,
     DARK_MATTER_METRICS,
+    MEAN_ABLATION_METRICS,
     POINT_METRICS,
     RECON_METRICS,
     bootstrap_many,
@@ -64,6 +65,14 @@ def zero_sae(d_model: int) -> JumpReLUSAE:
     return sae
 
 
+def mean_sae(x: torch.Tensor) -> JumpReLUSAE:
+    """Nothing fires and b_dec is the mean: the mean-ablation baseline as an SAE."""
+    sae = zero_sae(x.shape[1])
+    with torch.no_grad():
+        sae.b_dec.copy_(x.double().mean(0).float())
+    return sae
+
+
 def fitted_sae(x: torch.Tensor, d_sae: int = 128, fire_rate: float = 0.1) -> JumpReLUSAE:
     """A random encoder with per-latent thresholds at the (1 − fire_rate) quantile (L0 ≈
     fire_rate · d_sae) and a least-squares decoder: a moderately good SAE without training."""
@@ -98,7 +107,7 @@ def cache(model, cfg):
 @pytest.fixture(scope="module")
 def saes(model, cache):
     return {"identity": identity_sae(model.d_model), "zero": zero_sae(model.d_model),
-            "fit": fitted_sae(cache.activations())}
+            "fit": fitted_sae(cache.activations()), "mean": mean_sae(cache.activations())}
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +172,30 @@ def test_rows_share_tokens_and_carry_meta(rows, cache, saes):
         assert (r["n_tokens"], r["n_documents"], r["ce_documents"]) == (500, n_docs, 5)
         assert r["ce_tokens"] == rows["identity"]["ce_tokens"] > 0
         assert (r["train_corpus"], r["l0_target"], r["kind"]) == ("none", i, k)
-        assert set(r["metrics"]) == {*RECON_METRICS, *POINT_METRICS, *CE_METRICS}
+        assert set(r["metrics"]) == {*RECON_METRICS, *POINT_METRICS, *CE_METRICS,
+                                     *MEAN_ABLATION_METRICS}
         hist = r["density_histogram"]
         assert sum(hist["counts"]) + hist["n_dead"] == saes[k].d_sae
     # same documents, same clean/zero passes: these agree exactly across SAEs
-    for name in ("ce_clean", "ce_zero", "kl_zero"):
+    for name in ("ce_clean", "ce_zero", "kl_zero", "ce_mean_ablation"):
         assert len({json.dumps(r["metrics"][name]) for r in rows.values()}) == 1
 
 
+def test_mean_ablation_baseline_known_answers(rows):
+    """Identity recovers all the loss against the mean baseline, the eval mean none."""
+    assert val(rows["identity"], "loss_recovered_mean") == pytest.approx(1.0, abs=1e-4)
+    mean = rows["mean"]
+    assert val(mean, "ce_mean_ablation") == pytest.approx(val(mean, "ce_spliced"), abs=1e-4)
+    assert val(mean, "loss_recovered_mean") == pytest.approx(0.0, abs=1e-3)
+    # the eval mean is a far milder baseline than zero
+    assert val(mean, "ce_mean_ablation") < val(mean, "ce_zero")
+
+
 def test_intervals_contain_estimates(rows):
-    for r in rows.values():
+    # the constant mean SAE's FVEs sit at the edge of their bootstrap distribution (every
+    # resample's own mean is closer to its documents than the pooled one), so a
+    # percentile interval need not contain them
+    for r in (r for k, r in rows.items() if k != "mean"):
         for name, m in r["metrics"].items():
             if name in POINT_METRICS:
                 assert m["low"] is None and m["high"] is None
@@ -218,7 +241,8 @@ def test_results_roundtrip(rows, cfg, tmp_path):
             "ce_tokens", "metric", "value", "low", "high"]
     assert list(csv.columns[:len(lead)]) == lead and list(df.columns[:len(lead)]) == lead
     assert {"train_corpus", "l0_target", "kind"} <= set(csv.columns)
-    n_metrics = len(RECON_METRICS) + len(POINT_METRICS) + len(CE_METRICS)
+    n_metrics = (len(RECON_METRICS) + len(POINT_METRICS) + len(CE_METRICS)
+                 + len(MEAN_ABLATION_METRICS))
     assert len(df) == len(csv) >= 3 * n_metrics
     for _, row in df.iterrows():
         want = rows[row.sae_id]

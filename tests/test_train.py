@@ -19,9 +19,11 @@ from sae_med.batches import TensorBatchSource
 from sae_med.config import Config, SAEConfig, TrainConfig
 from sae_med.sae import JumpReLUSAE
 from sae_med.train import (
+    InputNorm,
     TrainingError,
     batch_fve,
     batch_seed,
+    estimate_input_norm,
     init_seed,
     lr_at,
     sparsity_coeff_at,
@@ -178,15 +180,58 @@ def test_bad_inputs(tmp_path):
     assert ckpt["step"] == 5
 
 
-def test_init_saes_start_from_given_weights(tmp_path):
-    acts = synthetic_acts(n=512)
-    cfg = tiny_config(n_tokens=32, lr=1e-12, checkpoint_every=0, lr_warmup_steps=1)
+def offset_acts(n: int = 2048) -> torch.Tensor:
+    """synthetic_acts on top of a constant vector 5x their typical norm (a residual stream
+    dominated by its mean, like Gemma's)."""
+    x = synthetic_acts(n=n)
+    direction = torch.ones(16) / 4.0
+    return x + 5.0 * x.norm(dim=1).mean() * direction
+
+
+def test_input_norm_is_exact_and_round_trips():
+    x = offset_acts(n=256)
+    for center in (False, True):
+        norm = estimate_input_norm(TensorBatchSource(x), 64, 4, seed=1, center=center)
+        want_mean = x.mean(0) if center else torch.zeros(16)
+        assert torch.allclose(norm.mean, want_mean, rtol=1e-5, atol=1e-3)
+        # E||(x - mean) s||^2 = 1 exactly over the batches read (all 256 rows here)
+        assert norm.apply(x).pow(2).sum(-1).mean().item() == pytest.approx(1.0, rel=1e-5)
+    sae = JumpReLUSAE(16, 64, bandwidth=0.01, init_threshold=0.05,
+                      generator=torch.Generator().manual_seed(0))
+    sae.input_scale.fill_(norm.scale)
+    raw = norm.to_raw(sae)  # takes raw x: (sae((x - mean) s) / s) + mean
+    want = sae(norm.apply(x)).x_hat / norm.scale + norm.mean
+    assert torch.allclose(raw(x).x_hat, want, rtol=1e-4, atol=1e-2)
+    back = norm.from_raw(raw)
+    assert torch.allclose(back(norm.apply(x)).x_hat, sae(norm.apply(x)).x_hat, atol=1e-4)
+    assert InputNorm(torch.zeros(16), 1.0).apply(x).equal(x)
+
+
+def test_centering_helps_when_the_mean_dominates(tmp_path):
+    """Same budget, same seeds: training on x - E[x] fits a mean-dominated stream better
+    (the FVE counts variance around the mean, which the plain recipe must first learn)."""
+    acts = offset_acts()
+    fve = {}
+    for center in (False, True):
+        cfg = tiny_config(center_inputs=center, checkpoint_every=0)
+        r = train_saes(cfg, TensorBatchSource(acts), tmp_path / str(center), progress=False)[1]
+        sae = JumpReLUSAE.load(r.path)
+        fve[center] = batch_fve(acts, sae(acts).x_hat.detach())
+    assert fve[True] > fve[False] + 0.05, fve
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_init_saes_start_from_given_weights(tmp_path, center):
+    acts = offset_acts(n=512) if center else synthetic_acts(n=512)
+    cfg = tiny_config(n_tokens=32, lr=1e-12, checkpoint_every=0, lr_warmup_steps=1,
+                      center_inputs=center)
     inits = [JumpReLUSAE(16, 64, bandwidth=0.01, init_threshold=0.5) for _ in range(2)]
     results = train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", progress=False,
                          init_saes=inits)
     loaded = JumpReLUSAE.load(results[0].path)
     x = acts[:64]
-    assert torch.allclose(loaded(x).x_hat, inits[0](x).x_hat, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(loaded(x).x_hat, inits[0](x).x_hat, rtol=1e-4,
+                          atol=1e-5 * float(x.abs().max()))
 
 
 SCRIPT = textwrap.dedent("""
