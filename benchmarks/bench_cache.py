@@ -51,7 +51,7 @@ class PeakRSS:
 def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
     import torch
 
-    from sae_med.activations import SORT_CHUNK, _chunk_batches, build_cache
+    from sae_med.activations import SORT_CHUNK, build_cache, packed_batches
     from sae_med.config import load_config
     from sae_med.models import load_model
 
@@ -82,7 +82,7 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
                 # the same chunks and packed batches as build_cache makes
                 step = batch * SORT_CHUNK
                 for i in range(0, len(texts), step):
-                    for _, (tok, mask, keep) in _chunk_batches(model, texts[i:i + step],
+                    for _, (tok, mask, keep) in packed_batches(model, texts[i:i + step],
                                                                cfg.cache):
                         with torch.no_grad():
                             _, c = tl.run_with_cache(tok, attention_mask=mask,

@@ -209,7 +209,7 @@ def _valid_shards(root: Path) -> list[_Shard]:
     return shards
 
 
-def _chunk_batches(model: LanguageModel, texts: list[str], c: CacheConfig
+def packed_batches(model: LanguageModel, texts: list[str], c: CacheConfig
                    ) -> Iterator[tuple[list[int], TokenBatch]]:
     """The forward batches of one chunk of documents: (indices into ``texts``, tokens).
 
@@ -241,7 +241,7 @@ def _chunk_rows(model: LanguageModel, cfg: Config, texts: list[str], doc_index: 
     first one's); rows follow the processing order (length-sorted batches)."""
     dev = model.device
     xs, ts = [], []
-    for idx, (tokens, mask, keep) in _chunk_batches(model, texts, cfg.cache):
+    for idx, (tokens, mask, keep) in packed_batches(model, texts, cfg.cache):
         acts = model.resid(tokens.to(dev), mask.to(dev), cfg.model.hook_layer).cpu()
         pos = torch.arange(tokens.shape[1]).expand_as(tokens)
         docidx = (torch.tensor(idx) + doc_index)[:, None].expand_as(tokens)
@@ -401,7 +401,7 @@ def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, tar
             break
         chunk_texts = [d.text for d in chunk]
         buffered += sum(int(batch.keep.sum()) for _, batch in
-                        _chunk_batches(model, chunk_texts, c))
+                        packed_batches(model, chunk_texts, c))
         chunks.append(chunk_texts)
         ids.extend(d.doc_id for d in chunk)
         doc_index += len(chunk)

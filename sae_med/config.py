@@ -193,7 +193,12 @@ class EvalConfig:
     n_tokens: int = 50_000
     """Held-out activation vectors per evaluation corpus."""
     ce_docs: int = 64
-    """Documents used for the spliced-CE (loss recovered) evaluation."""
+    """Documents used for the spliced-CE (loss recovered) evaluation (with ``ce_tokens``
+    0)."""
+    ce_tokens: int = 0
+    """If > 0: the first eval documents holding at least this many scored tokens, instead
+    of ``ce_docs`` documents (so short-text and long-text corpora get the same number of
+    scored tokens)."""
     bootstrap: int = 200
     """Bootstrap resamples over documents for 95% intervals."""
 

@@ -9,7 +9,8 @@ a. **Reconstruction** over every token of the eval activation cache, in cache or
    fve_uncentered, mse, rel_bias with 95% bootstrap intervals over documents;
    fve_batch_mean, dead_frac, dense_frac as point values (they are not functions of
    per-document sums: see :data:`POINT_METRICS`).
-b. **Spliced loss** on the first ``cfg.eval.ce_docs`` documents of the corpus's eval split,
+b. **Spliced loss** on the first eval documents (``cfg.eval.ce_docs`` of them, or enough for
+   ``cfg.eval.ce_tokens`` scored tokens) of the corpus's eval split,
    tokenized like the cache (BOS, truncation to ``cache.ctx_len``, right padding) and
    spliced at the positions the cache keeps (non-special tokens when
    ``cache.exclude_special``): ce_clean, ce_spliced, ce_zero, delta_ce, loss_recovered,
@@ -154,19 +155,28 @@ def derived_seed(seed: int, *names: Any) -> int:
 
 def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None
                ) -> list[TokenBatch]:
-    """The first ``n_docs`` (default ``cfg.eval.ce_docs``) eval documents of ``corpus``,
-    tokenized and masked as :func:`~sae_med.activations.build_cache` does, in batches of
-    ``cfg.cache.batch_size`` documents."""
+    """The CE documents of ``corpus``'s eval split: the first ``n_docs`` (default: enough
+    for ``cfg.eval.ce_tokens`` scored tokens if set, else ``cfg.eval.ce_docs``), tokenized,
+    masked and packed into forwards as :func:`~sae_med.activations.build_cache` does.
+    Batch rows are in token-length order; every SAE sees the same batches."""
+    from sae_med.activations import packed_batches
     from sae_med.data import iter_documents
 
-    n_docs = cfg.eval.ce_docs if n_docs is None else n_docs
-    docs = [d for _, d in zip(range(n_docs), iter_documents(corpus, "eval"), strict=False)]
-    if len(docs) < n_docs:
-        log.warning("corpus %s/eval has only %d documents (ce_docs=%d)", corpus, len(docs),
-                    n_docs)
-    bs = cfg.cache.batch_size
-    return [model.tokenize([d.text for d in docs[i:i + bs]], cfg.cache.ctx_len,
-                           cfg.cache.exclude_special) for i in range(0, len(docs), bs)]
+    e, ctx = cfg.eval, cfg.cache.ctx_len
+    budget = e.ce_tokens if n_docs is None else 0
+    n_docs = e.ce_docs if n_docs is None else n_docs
+    texts: list[str] = []
+    scored = 0
+    for d in iter_documents(corpus, "eval"):
+        if (scored >= budget) if budget else len(texts) >= n_docs:
+            break
+        texts.append(d.text)
+        if budget:  # positions after the first (BOS) and before the last are scored
+            scored += min(int(model.tokenize([d.text], ctx).attention_mask.sum()), ctx) - 2
+    if (scored < budget) if budget else len(texts) < n_docs:
+        log.warning("corpus %s/eval has only %d documents (%s)", corpus, len(texts),
+                    f"ce_tokens={budget}" if budget else f"ce_docs={n_docs}")
+    return [b for _, b in packed_batches(model, texts, cfg.cache)]
 
 
 # --------------------------------------------------------------------------------------

@@ -323,6 +323,21 @@ def test_evaluate_paths_reads_gemma_scope_and_sae_lens_formats(model, cfg, saes,
         evaluate_paths(run_cfg, [small], [CORPUS], model=model)
 
 
+def test_ce_batches_token_budget(model, cfg):
+    """ce_tokens takes documents in order until the budget is met; the documents and
+    their order do not depend on how they are packed into forwards."""
+    by_docs = ce_batches(model, cfg, CORPUS)
+    budget = small_cfg(cfg.cache_dir, "eval.ce_tokens=60")
+    packed = ce_batches(model, budget, CORPUS)
+    scored = sum(int((b.keep[:, :-1] & b.attention_mask[:, 1:].bool()).sum()) for b in packed)
+    assert scored >= 60
+    n_docs = sum(b.tokens.shape[0] for b in packed)
+    fewer = ce_batches(model, cfg, CORPUS, n_docs=n_docs - 1)
+    assert sum(int((b.keep[:, :-1] & b.attention_mask[:, 1:].bool()).sum())
+               for b in fewer) < 60  # the smallest prefix of documents that meets it
+    assert sum(b.tokens.shape[0] for b in by_docs) == cfg.eval.ce_docs
+
+
 # --------------------------------------------------------------------------------------
 # Naive twin: the pipeline's spliced CE against full-logit single-pass TransformerLens
 # --------------------------------------------------------------------------------------
@@ -332,7 +347,8 @@ def test_pipeline_ce_matches_naive_tl(model, cfg, saes, rows):
     from naive_lm import ce_losses_tl
 
     batches = ce_batches(model, cfg, CORPUS)
-    assert [b.tokens.shape[0] for b in batches] == [4, 1]
+    # 5 short documents in one packed forward (budget batch_size x ctx_len positions)
+    assert sum(b.tokens.shape[0] for b in batches) == 5
     sae = saes["fit"]
 
     def sae_fn(x):
