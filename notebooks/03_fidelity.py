@@ -102,7 +102,9 @@ metric_vs_l0(results_mean, "fve", "FVE (fraction of variance explained)",
 metric_vs_l0(results_mean, "delta_ce", "ΔCE (nats per token, lower is better)",
              "CE increase when the reconstruction is spliced in").show()
 metric_vs_l0(results_mean, "loss_recovered", "loss recovered (fraction)",
-             "Loss recovered vs L0").show()
+             "Loss recovered vs L0 (against zero ablation)").show()
+metric_vs_l0(results_mean, "loss_recovered_mean", "loss recovered vs mean ablation",
+             "Loss recovered vs L0 (against mean ablation: x → E[x])").show()
 
 # %% [markdown]
 # ### Cross-evaluation: trained on × evaluated on
@@ -122,7 +124,8 @@ cross_eval_figure(results_mean, "delta_ce", "ΔCE (nats per token)", targets).sh
 
 # %%
 display(with_interval(results, ["l0", "fve", "fve_uncentered", "rel_bias", "ce_clean",
-                                 "ce_spliced", "delta_ce", "loss_recovered", "kl_score",
+                                 "ce_spliced", "ce_zero", "ce_mean_ablation", "delta_ce",
+                                 "loss_recovered", "loss_recovered_mean", "kl_score",
                                  "dead_frac", "dense_frac"]))
 
 # %% [markdown]
@@ -133,7 +136,7 @@ display(with_interval(results, ["l0", "fve", "fve_uncentered", "rel_bias", "ce_c
 # own value.
 
 # %%
-display(family_table(families, ["fve", "delta_ce", "loss_recovered"]))
+display(family_table(families, ["fve", "delta_ce", "loss_recovered", "loss_recovered_mean"]))
 
 # %% [markdown]
 # ### Medical minus broad: paired gaps
@@ -144,7 +147,8 @@ display(family_table(families, ["fve", "delta_ce", "loss_recovered"]))
 
 # %%
 med_gaps = oriented_gaps(comparisons.gaps, medical, broad)
-display(gap_table(med_gaps, ["fve", "delta_ce", "loss_recovered", "kl_score"]))
+display(gap_table(med_gaps, ["fve", "delta_ce", "loss_recovered", "loss_recovered_mean",
+                             "kl_score"]))
 fve_ivs = gap_intervals(med_gaps, "fve", medical)
 fve_sentence = gap_sentence(fve_ivs, f"FVE gap ({medical} minus {broad} SAE)",
                             f"on held-out {medical} text, by target L0")

@@ -73,6 +73,10 @@ for name, r in reports.items():
           f"{r.loss_recovered_vs_zero:.3f} against zero ablation, "
           f"{r.loss_recovered_vs_mean:.3f} against mean ablation.")
 glue("damage_excess", ", ".join(f"{k} {v:+.2f}" for k, v in worse.items()), display=False)
+glue("damage_excess_subspace", ", ".join(
+    f"{k} {r.ce_spliced - r.ce_clean - r.random.in_subspace:+.2f}" for k, r in reports.items()),
+    display=False)
+glue("mean_share", f"{next(iter(reports.values())).mean_share:.2f}", display=False)
 
 # %% [markdown]
 # ### Breakdowns
@@ -89,7 +93,12 @@ for field, title in (("by_position", "token position"), ("by_norm_decile", "‖x
 # %% [markdown]
 # ## Summary
 # ΔCE of the SAE minus ΔCE of random error of the same size, per training corpus:
-# {glue:text}`damage_excess` nats (positive: the SAE's error directions hurt more than
-# random ones). The breakdowns above show whether the damage concentrates on early
+# {glue:text}`damage_excess` nats against isotropic noise and
+# {glue:text}`damage_excess_subspace` nats against noise inside the SAE error's own
+# subspace (positive: the SAE's error directions hurt more than random ones; SAE errors
+# are known to be more damaging than random ones of their size, Gurnee 2024). The residual
+# at this hook is ‖E[x]‖ / E‖x‖ = {glue:text}`mean_share` one constant vector, which is
+# why the default config trains on centred inputs (see the method page). The breakdowns
+# above show whether the damage concentrates on early
 # positions, on high-norm tokens, on rare tokens, or in the massive-activation dimensions
 # (table: their share of the error and the ΔCE left once their error is removed).

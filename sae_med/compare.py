@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 LEVEL = 0.95
 FVE_METRIC = "fve"
 """The fidelity axis of matched-FVE comparisons (centred FVE over all eval tokens)."""
-MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "kl_score",
+MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "kl_score",
                    "dark_matter.r2_error_mean", "dark_matter.r2_error_pooled",
                    "dark_matter.r2_norm", "dark_matter.fvu_linear",
                    "dark_matter.fvu_nonlinear", "dark_matter.fvu_sae")

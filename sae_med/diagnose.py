@@ -274,6 +274,8 @@ class DamageReport(NamedTuple):
     massive: DimensionDamage
     random: RandomErrorDamage
     n_tokens: int
+    mean_share: float = float("nan")
+    """‖E[x]‖ / E‖x‖ on the training sample: how much of the residual is one constant."""
 
 
 @torch.no_grad()
@@ -309,7 +311,8 @@ def diagnose_sae(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
         by_frequency=breakdown(d, log_f, np.quantile(log_f.numpy(), np.linspace(0, 1, 6)),
                                [f"quintile {i + 1}" for i in range(5)]),
         massive=_dimension_result(lm, batches, layer, reconstruct, massive, damages),
-        random=_random_result(damages, basis), n_tokens=len(d.delta_ce))
+        random=_random_result(damages, basis), n_tokens=len(d.delta_ce),
+        mean_share=float(train_x.mean(0).norm() / train_x.norm(dim=1).mean()))
 
 
 def bins_frame(reports: Mapping[str, DamageReport], field: str) -> Any:
@@ -336,4 +339,5 @@ def summary_frame(reports: Mapping[str, DamageReport]) -> Any:
         "ΔCE random (error subspace)": r.random.in_subspace,
         "massive dims": str(r.massive.dims), "their error share": r.massive.error_share,
         "ΔCE without their error": r.massive.delta_ce_without,
+        "‖E[x]‖ / E‖x‖ (train)": r.mean_share,
     } for name, r in reports.items()]).set_index("sae")
