@@ -15,11 +15,13 @@ import pandas as pd
 from sae_med.book import family_table, gap_table
 from sae_med.evaluate import load_comparisons, load_results
 
-METRICS = ["l0", "fve", "fve_uncentered", "loss_recovered", "delta_ce", "kl_score",
-           "dark_matter.r2_error_mean", "dark_matter.r2_norm", "dark_matter.fvu_linear",
+METRICS = ["l0", "fve", "delta_ce", "loss_recovered", "loss_recovered_mean", "kl_score",
+           "dead_frac", "dark_matter.r2_error_mean", "dark_matter.fvu_linear",
            "dark_matter.fvu_nonlinear"]
-MATCHED = ["l0", "delta_ce", "loss_recovered", "dark_matter.r2_error_mean",
-           "dark_matter.fvu_linear", "dark_matter.fvu_nonlinear"]
+BASELINES = ["ce_clean", "ce_zero", "ce_mean_ablation"]
+MATCHED = ["l0", "delta_ce", "loss_recovered", "loss_recovered_mean",
+           "dark_matter.r2_error_mean", "dark_matter.fvu_linear",
+           "dark_matter.fvu_nonlinear"]
 
 
 def main(path: str) -> None:
@@ -31,6 +33,10 @@ def main(path: str) -> None:
         index=["eval_corpus", "train_corpus", "l0_target", "replicate"], columns="metric",
         values="cell", aggfunc="first")
     print(table[[m for m in METRICS if m in table.columns]].to_markdown())
+    base = load_results(path)
+    base = base[base.metric.isin(BASELINES)].groupby(["eval_corpus", "metric"]).value.first()
+    print("\nCE baselines shared by every SAE (nats per token)\n")
+    print(base.unstack().to_markdown())
     comp = load_comparisons(path)
     for title, t in (("Across-seed means", family_table(comp.families, METRICS)),
                      ("Gaps at each target L0", gap_table(comp.gaps, METRICS)),

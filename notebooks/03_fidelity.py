@@ -193,6 +193,10 @@ dce = {c: [metric_value(results_mean, "delta_ce", c, medical, t) for t in target
        for c in (medical, broad)}
 glue("dce_medical_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[medical]), display=False)
 glue("dce_broad_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[broad]), display=False)
+for c in (medical, broad):
+    glue(f"lr_mean_{'medical' if c == medical else 'broad'}_sae_on_medical", ", ".join(
+        f"{metric_value(results_mean, 'loss_recovered_mean', c, medical, t):.3f}"
+        for t in targets), display=False)
 glue("fve_gap_table", gap_table(med_gaps, ["fve", "delta_ce", "loss_recovered"]),
      display=False)
 glue("loss_matched_table", gap_table(med_gaps, ["l0", "delta_ce", "loss_recovered"],
