@@ -147,11 +147,12 @@ class ActivationStream:
             n = block.shape[0] - block.shape[0] % batch_size
             for i in range(0, n, batch_size):
                 yield block[i:i + batch_size].float()
-            rest = block[n:] if n < block.shape[0] else None
+            rest = block[n:].clone() if n < block.shape[0] else None  # frees the block
 
     def _position_before(self, row: int) -> StreamPosition:
         """The known buffer start nearest at or before ``row``."""
-        known = [p for p in self._positions.values() if p.row <= row]
+        # list() copies in one step: a prefetch thread may be adding positions meanwhile
+        known = [p for p in list(self._positions.values()) if p.row <= row]
         return max(known, key=lambda p: p.row)
 
     def describe_batch(self, batch_index: int, batch_size: int, seed: int) -> str:

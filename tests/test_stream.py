@@ -1,10 +1,16 @@
 """Streaming training: activations made by the model on the fly (a tiny random Gemma-2 on
 the real medical corpus) are the cache's rows, shuffled; a killed streamed run resumes from
-its checkpoint's stream position to the same weights; ranks read disjoint documents."""
+its checkpoint's stream position to the same weights, in one process and under torchrun,
+where ranks read disjoint documents."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +23,7 @@ from sae_med.stream import ActivationStream
 from sae_med.train import CHECKPOINT_NAME, batch_seed, read_checkpoint, train_saes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +32,9 @@ def tiny_gemma2(tiny_lm_dirs):
 
 
 def stream_config(tmp_path, *overrides: str):
-    """Chunks of 16 documents of <= 32 tokens (~500 rows), one chunk per 300-row buffer."""
-    return load_config("configs/smoke.yaml", [
+    """Chunks of 16 documents of <= 32 tokens (~500 rows), one chunk per 300-row buffer;
+    16 steps of 64 rows, checkpoints every 4."""
+    return load_config(REPO / "configs/smoke.yaml", [
         "model.name=tiny", "model.hook_layer=1", f"cache_dir={tmp_path / 'cache'}",
         "train_corpora=[medical]", "eval_corpora=[medical]", "cache.ctx_len=32",
         "cache.batch_size=2", "cache.shard_tokens=512", "sae.width=64", "sae.l0_targets=[4]",
@@ -111,3 +119,53 @@ def test_config_names_the_source():
     with pytest.raises(ConfigError, match="train.source"):
         load_config(None, ["train.source=disk"])
     assert load_config("configs/paper_gemma2_2b.yaml").train.source == "stream"
+
+
+TORCHRUN_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[1])
+    from test_stream import CountingStream, stream_config
+    from sae_med import distributed
+    from sae_med.models import load_model
+    from sae_med.sae import JumpReLUSAE
+    from sae_med.train import read_checkpoint, train_saes
+    torch.set_num_threads(1)
+    distributed.init_from_env()
+    tmp, model_dir = map(__import__("pathlib").Path, sys.argv[2:4])
+    model, cfg = load_model(str(model_dir), device="cpu"), stream_config(tmp)
+    def run(out, **kw):
+        resume = kw.pop("resume", False)
+        src = CountingStream(model, cfg, "medical", **kw)
+        return src, train_saes(cfg, src, tmp / out, resume=resume, progress=False,
+                               train_corpus="medical")
+    try:
+        run("run", fail_at=14)
+    except RuntimeError as e:
+        assert "simulated kill" in str(e)
+    fresh, [resumed] = run("run", resume=True)
+    positions = read_checkpoint(tmp / "run" / "checkpoint.pt")["source"]
+    _, [ref] = run("ref")
+    a, b = JumpReLUSAE.load(ref.path), JumpReLUSAE.load(resumed.path)
+    same = all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    print(f"rank {distributed.rank()} same {same} positions {len(positions)} "
+          f"restart {fresh.chunk_starts[0]}")
+""")
+
+
+def test_killed_streamed_run_resumes_under_torchrun(tiny_lm_dirs, tmp_path):
+    """Two ranks (gloo): each streams its own documents, the checkpoint holds both ranks'
+    positions, and a run killed at step 14 resumes to the weights of an uninterrupted
+    2-rank run."""
+    script = tmp_path / "stream_ddp.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), str(REPO / "tests"),
+                           str(tmp_path), str(tiny_lm_dirs["gemma2"])],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        line = next(ln for ln in done.stdout.splitlines() if ln.startswith(f"rank {rank} "))
+        assert " same True positions 2 restart (0, " in line, line
+        assert not line.endswith("restart (0, 0)"), line  # resumed past the start
