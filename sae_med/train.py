@@ -222,8 +222,10 @@ an older scheme (shared init across corpora) are never resumed."""
 def _run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate: int = 0
              ) -> str:
     """Hash of everything that determines the trained weights (not logging/checkpointing)."""
+    # the source's key names where the activations come from (a cache or a stream)
     train = {k: v for k, v in cfg.to_dict()["train"].items()
-             if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile")}
+             if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile",
+                          "source", "stream_buffer_tokens")}
     # the number of replicates does not change any one replicate's weights
     sae = {k: v for k, v in cfg.to_dict()["sae"].items() if k != "seeds"}
     # a cache's key names the activations it holds; in-memory sources have none
