@@ -2,7 +2,7 @@
 # `make test` (set up + lint + tests). Both are idempotent.
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run test smoke bench publish
+.PHONY: setup run test smoke bench publish rehearse-paper
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,13 @@ test: setup
 
 bench: setup
 	.venv/bin/python benchmarks/bench_cache.py
+
+# The paper's config (configs/paper_gemma2_2b.yaml) rehearsed offline: a tiny random
+# Gemma-2, local files in the hub datasets' schemas, a Gemma Scope baseline; the test, then
+# the same through `sae-med run` (notebooks and book included) into runs/rehearse_paper
+rehearse-paper: setup
+	.venv/bin/pytest -q tests/test_rehearsal.py
+	.venv/bin/python scripts/rehearse_paper.py
 
 # Put a built book on GitHub Pages: make publish REMOTE=git@github.com:you/sae-med.git
 # (BOOK: the folder `sae-med book` built into, or one book's html folder)

@@ -81,7 +81,12 @@ for (corpus, split), cache in caches.items():
                  "tokens per document": round(cache.n_tokens / max(1, len(cache.doc_ids())), 1),
                  "description": info.description, "cache key": cache.key})
 corpora = pd.DataFrame(rows)
-glue("n_train_tokens", int(corpora[corpora.split == "train"].tokens.sum()), display=False)
+n_train = int(corpora[corpora.split == "train"].tokens.sum())
+streamed = cfg.train.source == "stream"  # the model makes training activations as it trains
+glue("n_train_tokens", n_train, display=False)
+glue("train_activations", "activations streamed from the model during training (no "
+     "training cache)" if streamed else f"{n_train:,} cached training activations",
+     display=False)
 glue("n_eval_tokens", int(corpora[corpora.split == "eval"].tokens.sum()), display=False)
 display(corpora)
 
@@ -89,12 +94,14 @@ display(corpora)
 # ### Activation norms, medical vs broad
 # The SAEs see these vectors (scaled by one scalar so that E‖x‖² = 1). A corpus whose
 # norms sit elsewhere, or with a heavy tail, is harder to fit with the other corpus's SAE.
+# When training streams there is no training cache, and the held-out split stands in.
 
 # %%
 fig = go.Figure()
 norm_rows = []
+norm_split = "eval" if streamed else "train"
 for (corpus, split), cache in caches.items():
-    if split != "train":
+    if split != norm_split:
         continue
     norms = cache.activations().norm(dim=1).numpy()
     norm_rows.append({"corpus": corpus, "mean ‖x‖": norms.mean(), "median ‖x‖":
@@ -102,7 +109,7 @@ for (corpus, split), cache in caches.items():
     fig.add_trace(go.Histogram(x=norms, name=corpus, opacity=0.6, nbinsx=80,
                                histnorm="probability",
                                marker_color=CORPUS_COLORS.get(corpus)))
-fig.update_layout(barmode="overlay", title=f"‖x‖ at {cfg.model.hook_name} (train split)",
+fig.update_layout(barmode="overlay", title=f"‖x‖ at {cfg.model.hook_name} ({norm_split} split)",
                   xaxis_title="activation norm ‖x‖ (L2, model units)",
                   yaxis_title="fraction of tokens")
 fig.update_yaxes(type="log")

@@ -233,7 +233,7 @@ def packed_batches(model: LanguageModel, texts: list[str], c: CacheConfig
         start = end
 
 
-def _chunk_rows(model: LanguageModel, cfg: Config, texts: list[str], doc_index: int
+def chunk_rows(model: LanguageModel, cfg: Config, texts: list[str], doc_index: int
                 ) -> tuple[Float[Tensor, "n d_model"], Int[Tensor, "n 3"]]:
     """Activations and (token, document index, position) rows of one chunk of documents.
 
@@ -349,7 +349,7 @@ def _build_single(model: LanguageModel, cfg: Config, corpus: str, split: str,
         if not chunk:
             exhausted = True
             break
-        x, t = _chunk_rows(model, cfg, [d.text for d in chunk], doc_index)
+        x, t = chunk_rows(model, cfg, [d.text for d in chunk], doc_index)
         buf_x.append(x)
         buf_t.append(t)
         buffered += x.shape[0]
@@ -462,7 +462,7 @@ def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: st
         if s is None:
             parts, first = [], p.doc_start
             for texts in p.chunks:
-                parts.append(_chunk_rows(model, cfg, texts, first))
+                parts.append(chunk_rows(model, cfg, texts, first))
                 first += len(texts)
             x, t = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
             if p.keep_rows is not None:

@@ -41,6 +41,23 @@ class BatchSource(Protocol):
         ...
 
 
+@runtime_checkable
+class ResumableSource(BatchSource, Protocol):
+    """A source that cannot seek to a batch by its index alone (a stream the model produces
+    on the fly: replaying it would cost the whole run), so the trainer records its
+    position in every checkpoint. Its batches hold this rank's rows only: under torchrun
+    every rank reads its own documents."""
+
+    def state_dict(self, next_batch: int, batch_size: int) -> dict[str, int]:
+        """The position from which ``iter_batches(batch_size, seed, start_batch=next_batch)``
+        continues (any batch up to the last one yielded)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make a position from :meth:`state_dict` (of an earlier process) known."""
+        ...
+
+
 class ChunkedBatches:
     """The two-level shuffle over a list of row-chunks (memmaps, arrays or tensors).
 

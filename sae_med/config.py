@@ -160,13 +160,22 @@ class TrainConfig:
     """A latent counts as dead if it has not fired in the last this-many training tokens
     (or in all tokens so far, early in a run). Keep it well below ``n_tokens`` (e.g. the
     last quarter of the run), or no latent can ever be flagged."""
+    source: Literal["cache", "stream"] = "cache"
+    """``cache``: train on the activation cache (``cache.n_tokens`` per corpus, built once,
+    shared by every run). ``stream``: the model produces the activations on the fly into
+    shuffled buffers (:mod:`sae_med.stream`, tokenised as the cache is) and no training
+    cache is written, for settings whose cache would not fit on disk."""
+    stream_buffer_tokens: int = 262_144
+    """``stream``: activations per shuffle buffer (held in RAM in ``cache.dtype``, twice:
+    as produced and permuted); batches mix the documents of one buffer."""
     compile: bool = False
     """torch.compile the dense forward/backward of each SAE (opt-in; pays off on GPUs for
     long runs). Implies the dense kernel; if the compiler is unusable here (no C++
     compiler, no Triton) training warns once and runs eager."""
 
     def __post_init__(self) -> None:
-        for name in ("n_tokens", "batch_size", "norm_batches", "log_every"):
+        for name in ("n_tokens", "batch_size", "norm_batches", "log_every",
+                     "stream_buffer_tokens"):
             _check(getattr(self, name) > 0, f"train.{name}", "must be > 0")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(0 <= self.lr_decay_frac <= 1, "train.lr_decay_frac", "must be in [0, 1]")
@@ -183,6 +192,8 @@ class TrainConfig:
                "train.lr_warmup_steps/sparsity_warmup_steps", "must be >= 0")
         _check(self.sparsity_coeff >= 0, "train.sparsity_coeff", "must be >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: no clipping)")
+        _check(self.source in ("cache", "stream"), "train.source",
+               "must be 'cache' or 'stream'")
         _check(not (self.compile and self.kernel == "sparse"), "train.compile",
                "compiles the dense step; it cannot be combined with kernel 'sparse'")
         _check_device(self.device, "train.device")

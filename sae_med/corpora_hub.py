@@ -22,14 +22,20 @@ near-duplicate in train are dropped (:func:`~sae_med.data.deduplicate`).
 within consecutive windows of :data:`WEB_WINDOW` documents by the same order key. A
 stream cannot be grouped after the fact, so each page's group is its near-duplicate key
 (:func:`~sae_med.data.near_group`) and a page whose text was already seen is skipped.
+
+With ``$SAE_MED_HUB_FILES`` set to a folder, every dataset is read from a local JSON Lines
+file in the hub dataset's schema instead (:func:`local_data_file`), through the same
+``datasets`` loader and the same renderers: the paper's path rehearsed offline.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from sae_med.data import (
@@ -47,6 +53,7 @@ LETTERS = "ABCDEFGHIJ"
 MMLU_SUBJECTS = ("college_medicine", "clinical_knowledge", "professional_medicine")
 WEB_DATASET = ("HuggingFaceFW/fineweb", "sample-10BT", "train")
 WEB_WINDOW = 10_000
+LOCAL_FILES_ENV = "SAE_MED_HUB_FILES"
 
 
 def _options(pairs: list[tuple[str, str]]) -> str:
@@ -126,12 +133,34 @@ def hub_spec(name: str) -> dict[str, Any]:
         parts = [list(WEB_DATASET), WEB_WINDOW]
     else:
         raise KeyError(name)
-    return {"parts": parts, "datasets": version}
+    spec: dict[str, Any] = {"parts": parts, "datasets": version}
+    if os.environ.get(LOCAL_FILES_ENV):  # local stand-ins never share a fingerprint
+        from sae_med.artifacts import file_sha256
+
+        spec["local_files"] = [file_sha256(local_data_file(*p[1:4])) for p in
+                               (CLINICAL_QA_PARTS if name == "clinical_qa"
+                                else [(None, *WEB_DATASET)])]
+    return spec
+
+
+def local_data_file(path: str, config: str | None, split: str) -> Path:
+    """``$SAE_MED_HUB_FILES/{dataset}/{config or 'default'}/{split}.jsonl``: the local
+    stand-in for a hub dataset split (one record per line, the hub's schema)."""
+    f = Path(os.environ[LOCAL_FILES_ENV]) / path / (config or "default") / f"{split}.jsonl"
+    if not f.is_file():
+        raise CorpusUnavailableError(f"${LOCAL_FILES_ENV} is set but {f} does not exist; "
+                                     f"write it or unset ${LOCAL_FILES_ENV} to use the hub")
+    return f
 
 
 def load_hub_dataset(corpus: str, path: str, config: str | None, split: str,
                      streaming: bool = False) -> Any:
     """``datasets.load_dataset`` with one clear error instead of a deep trace offline."""
+    if os.environ.get(LOCAL_FILES_ENV):
+        import datasets
+
+        return datasets.load_dataset("json", data_files=str(local_data_file(path, config, split)),
+                                     split="train", streaming=streaming)
     try:
         import datasets
 

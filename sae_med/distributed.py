@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -108,6 +109,15 @@ def all_reduce_grads_(params: Iterable[torch.nn.Parameter], extra: Tensor | None
     for t in [*grads, *([extra] if extra is not None else [])]:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sae_med.activations import ActivationCache, build_cache
 from sae_med.artifacts import write_json_atomic
+from sae_med.batches import BatchSource
 from sae_med.config import Config
 from sae_med.lm import LanguageModel
 from sae_med.models import load_model
@@ -40,19 +41,37 @@ def load_model_for(cfg: Config) -> LanguageModel:
     return _load(cfg.model.name, cfg.model.device, str(cfg.cache_path))
 
 
+STREAM_SAMPLE_TOKENS = 8192
+"""With ``train.source: stream`` no training cache exists; the stages that read training
+activations directly (diagnose) get a cache of this many tokens instead."""
+
+
 def stage_cache(cfg: Config, progress: bool = True) -> dict[tuple[str, str], ActivationCache]:
-    """Activation caches for every train corpus (train split, ``cache.n_tokens``) and every
-    eval corpus (eval split, ``eval.n_tokens``), keyed ``(corpus, split)``."""
+    """Activation caches for every train corpus (train split, ``cache.n_tokens``; none when
+    training streams) and every eval corpus (eval split, ``eval.n_tokens``), keyed
+    ``(corpus, split)``."""
     model = load_model_for(cfg)
-    wanted = [(c, "train", cfg.cache.n_tokens) for c in cfg.train_corpora]
+    streamed = cfg.train.source == "stream"
+    wanted = [] if streamed else [(c, "train", cfg.cache.n_tokens) for c in cfg.train_corpora]
     wanted += [(c, "eval", cfg.eval.n_tokens) for c in cfg.eval_corpora]
     return {(c, s): build_cache(model, cfg, c, s, n_tokens=n, progress=progress)
             for c, s, n in wanted}
 
 
 def train_cache(cfg: Config, corpus: str, progress: bool = True) -> ActivationCache:
-    return build_cache(load_model_for(cfg), cfg, corpus, "train", n_tokens=cfg.cache.n_tokens,
+    """The training cache (its first :data:`STREAM_SAMPLE_TOKENS` when training streams)."""
+    n = STREAM_SAMPLE_TOKENS if cfg.train.source == "stream" else cfg.cache.n_tokens
+    return build_cache(load_model_for(cfg), cfg, corpus, "train", n_tokens=n,
                        progress=progress)
+
+
+def train_source(cfg: Config, corpus: str, progress: bool = True) -> BatchSource:
+    """What the SAEs of ``corpus`` train on: its cache, or a stream (``train.source``)."""
+    if cfg.train.source == "stream":
+        from sae_med.stream import ActivationStream
+
+        return ActivationStream(load_model_for(cfg), cfg, corpus)
+    return train_cache(cfg, corpus, progress)
 
 
 def stage_train(cfg: Config, progress: bool = True) -> dict:
@@ -73,7 +92,7 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
 
     out: dict = {}
     for corpus in cfg.train_corpora:
-        cache = train_cache(cfg, corpus, progress)
+        source = train_source(cfg, corpus, progress)
         out[corpus] = []
         for rep in range(cfg.sae.seeds):
             out_dir = cfg.run_path / "saes" / corpus / replicate_dirname(rep)
@@ -81,12 +100,12 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
             resume = True
             if ckpt.exists():
                 state = read_checkpoint(ckpt)
-                if state.get("run_key") != _run_key(cfg, cache, corpus, rep):
+                if state.get("run_key") != _run_key(cfg, source, corpus, rep):
                     log.warning("%s was trained with another config or cache; retraining",
                                 out_dir)
                     resume = False
-            out[corpus] += train_saes(cfg, cache, out_dir, resume=resume, progress=progress,
-                                      d_model=cache.d_model, train_corpus=corpus,
+            out[corpus] += train_saes(cfg, source, out_dir, resume=resume, progress=progress,
+                                      d_model=source.d_model, train_corpus=corpus,
                                       replicate=rep)
     return out
 

@@ -46,7 +46,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -64,7 +64,7 @@ from sae_med.artifacts import (
     stable_hash,
     write_json_atomic,
 )
-from sae_med.batches import BatchSource, prefetch
+from sae_med.batches import BatchSource, ResumableSource, prefetch
 from sae_med.config import Config, TrainConfig
 from sae_med.sae import JumpReLUSAE
 
@@ -227,6 +227,10 @@ def estimate_input_norm(source: BatchSource, batch_size: int, n_batches: int, se
         total_sq += float(sq.sum())
         total += x.sum(0)
         count += x.shape[0]
+    if isinstance(source, ResumableSource):  # each rank read its own documents
+        sums = dist.all_reduce_sum_(torch.cat([
+            torch.tensor([total_sq, float(count)], dtype=torch.float64), total]))
+        total_sq, count, total = float(sums[0]), int(sums[1]), sums[2:]
     mean = total / count if center else torch.zeros_like(total)
     # E||x - m||^2 = E||x||^2 - 2 m.E[x] + ||m||^2 (float64: the mean may dominate ||x||)
     mean_sq = total_sq / count - 2 * float(mean @ (total / count)) + float(mean @ mean)
@@ -243,8 +247,10 @@ an older scheme (shared init across corpora) are never resumed."""
 def _run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate: int = 0
              ) -> str:
     """Hash of everything that determines the trained weights (not logging/checkpointing)."""
+    # the source's key names where the activations come from (a cache or a stream)
     train = {k: v for k, v in cfg.to_dict()["train"].items()
-             if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile")}
+             if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile",
+                          "source", "stream_buffer_tokens")}
     # the number of replicates does not change any one replicate's weights
     sae = {k: v for k, v in cfg.to_dict()["sae"].items() if k != "seeds"}
     # a cache's key names the activations it holds; in-memory sources have none
@@ -435,15 +441,37 @@ def _checkpoint_record(path: Path) -> dict[str, int]:
         return {}
 
 
+def _rank_batches(source: BatchSource, batch_size: int, seed: int, start: int
+                  ) -> Iterator[Float[Tensor, "rows d_model"]]:
+    """This rank's rows of global batches ``start``, ``start + 1``, ...: a resumable source
+    (a stream) makes them from this rank's own documents; any other is read whole by every
+    rank and sliced."""
+    if isinstance(source, ResumableSource):
+        return source.iter_batches(batch_size // dist.world_size(), seed, start_batch=start)
+    return (dist.local_rows(x) for x in source.iter_batches(batch_size, seed,
+                                                            start_batch=start))
+
+
+def _source_positions(source: BatchSource, next_step: int, batch_size: int
+                      ) -> list[dict[str, int]] | None:
+    """Every rank's position in a resumable source at ``next_step`` (a collective: all
+    ranks call it), for the checkpoint; None for sources that seek by batch index."""
+    if not isinstance(source, ResumableSource):
+        return None
+    return dist.all_gather_objects(
+        source.state_dict(next_step, batch_size // dist.world_size()))
+
+
 def _save_checkpoint(path: Path, key: str, step: int, norm: InputNorm,
-                     members: list[SweepMember]) -> None:
+                     members: list[SweepMember],
+                     source_positions: list[dict[str, int]] | None = None) -> None:
     """Write, read back and verify the new checkpoint before it replaces the current one,
     which is kept as ``checkpoint.prev.pt``. At every instant ``checkpoint.pt`` is complete
     and its sha256 is in ``checkpoint.json``, so a kill never costs more than the steps
     since the last checkpoint."""
     state = {"format": CHECKPOINT_FORMAT, "run_key": key, "step": step,
              "scale": norm.scale, "mean": norm.mean.cpu(),
-             "members": [m.state() for m in members],
+             "members": [m.state() for m in members], "source": source_positions,
              "rng": {"torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                      else []}}
@@ -625,6 +653,8 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         start = saved_step = int(state["step"])
         for m, st in zip(members, state["members"], strict=True):
             m.load_state(st)
+        if isinstance(source, ResumableSource) and state.get("source"):
+            source.load_state_dict(state["source"][dist.rank()])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -648,7 +678,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
              f", data-parallel over {ws} ranks" if ws > 1 else "")
 
     window = tc.dead_window_tokens
-    batches = source.iter_batches(bs, order_seed, start_batch=start)
+    batches = _rank_batches(source, bs, order_seed, start)
     if device.type == "cuda":  # read, decode and pin the next batches while the GPU works
         batches = prefetch(batches, depth=2, pin_memory=True)
     bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
@@ -657,16 +687,15 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     try:
         for step in range(start, n_steps):
             x = next(batches)
-            if x.shape != (bs, source.d_model):
+            if x.shape != (bs // ws, source.d_model):
                 raise TrainingError(f"step {step}: batch has shape {tuple(x.shape)}, expected "
-                                    f"{(bs, source.d_model)}")
+                                    f"{(bs // ws, source.d_model)}")
             if not torch.isfinite(x).all():
                 raise TrainingError(
                     f"step {step}: NaN/inf in activation batch {step} "
                     f"({source.describe_batch(step, bs, order_seed)}); training stopped, "
                     f"{_kept(ckpt_path, saved_step)}")
-            # every rank reads the same global batch and keeps its slice of the rows
-            x = norm.apply(dist.local_rows(x).to(device, non_blocking=True))
+            x = norm.apply(x.to(device, non_blocking=True))
             lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
             tokens = (step + 1) * bs
             is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
@@ -699,17 +728,20 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     f"FVE {m.last['fve']:.3f} dead {m.last['dead_frac']:.2f}"
                     for m in members))
             bar.update(1)
-            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and main:
-                _save_checkpoint(ckpt_path, key, step + 1, norm, members)
-                saved_step = step + 1
+            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+                positions = _source_positions(source, step + 1, bs)
+                if main:
+                    _save_checkpoint(ckpt_path, key, step + 1, norm, members, positions)
+                    saved_step = step + 1
     finally:
         bar.close()
         for f in metric_files:
             if f is not None:
                 f.close()
 
+    positions = _source_positions(source, n_steps, bs)
     if main:
-        _save_checkpoint(ckpt_path, key, n_steps, norm, members)
+        _save_checkpoint(ckpt_path, key, n_steps, norm, members, positions)
         for m in members:
             norm.to_raw(m.sae).save(m.path.parent, metadata={
                 "train_corpus": train_corpus, "l0_target": m.target, "replicate": replicate,

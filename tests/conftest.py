@@ -25,6 +25,16 @@ def model():
 
 
 @pytest.fixture(scope="session")
+def tiny_lm_dirs(tmp_path_factory):
+    """{architecture: folder} of tiny random checkpoints (3 blocks, d_model 32) with the
+    embedded tokenizer, built once per session."""
+    from tiny_lms import ARCHITECTURES, save_tiny_lm
+
+    root = tmp_path_factory.mktemp("tiny_lms")
+    return {arch: save_tiny_lm(root / arch, arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
 def cache_root(tmp_path_factory):
     return tmp_path_factory.mktemp("sae_med_cache")
 

@@ -1,4 +1,4 @@
-"""Any Hugging Face causal LM: tiny random checkpoints of several architectures, built from
+"""Any Hugging Face causal LM: tiny random tiny_lm_dirs of several architectures, built from
 configs and saved to a folder (no download), loaded by path and run through the smoke
 pipeline (cache → train → evaluate) with the real corpora and the real Gemma tokenizer."""
 
@@ -11,51 +11,14 @@ import torch
 
 from sae_med.config import load_config
 from sae_med.experiment import run_experiment
-from sae_med.models import embedded_model_dir, load_model
+from sae_med.models import load_model
 
-PAD, EOS, BOS = 0, 1, 2
 LAYER = 1
 
 
-def _configs(vocab: int) -> dict:
-    from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig
-
-    ids = {"pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": BOS}
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-             "num_attention_heads": 2, "max_position_embeddings": 128}
-    return {
-        # soft-capped logits, alternating local / global attention
-        "gemma2": Gemma2Config(vocab_size=vocab, num_key_value_heads=1, head_dim=16,
-                               final_logit_softcapping=30.0, sliding_window=8, **small,
-                               **ids),
-        "llama": LlamaConfig(vocab_size=vocab, num_key_value_heads=1, **small, **ids),
-        "gpt2": GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=2, n_positions=128,
-                           **ids),
-        "gpt_neox": GPTNeoXConfig(vocab_size=vocab, **small, **ids),
-    }
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """{architecture: folder} of tiny random checkpoints with the embedded tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()[0]))
-    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (PAD, EOS, BOS)
-    root = tmp_path_factory.mktemp("tiny_lms")
-    out = {}
-    for arch, cfg in _configs(len(tok)).items():
-        torch.manual_seed(0)
-        folder = root / arch
-        AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-        tok.save_pretrained(folder)
-        out[arch] = folder
-    return out
-
-
 @pytest.mark.parametrize("arch", ["gemma2", "llama", "gpt2", "gpt_neox"])
-def test_resid_equals_hf_hidden_states(checkpoints, arch):
-    lm = load_model(str(checkpoints[arch]), device="cpu")
+def test_resid_equals_hf_hidden_states(tiny_lm_dirs, arch):
+    lm = load_model(str(tiny_lm_dirs[arch]), device="cpu")
     assert lm.n_layers == 3 and lm.d_model == 32
     batch = lm.tokenize(["Fever and a rash.", "The cough lasted for weeks"], ctx_len=16)
     with torch.no_grad():
@@ -71,9 +34,9 @@ def test_resid_equals_hf_hidden_states(checkpoints, arch):
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "llama", "gpt2"])
-def test_smoke_pipeline_runs_on_any_architecture(checkpoints, arch, tmp_path):
+def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
     cfg = load_config("configs/smoke.yaml", [
-        f"model.name={checkpoints[arch]}", f"model.hook_layer={LAYER}",
+        f"model.name={tiny_lm_dirs[arch]}", f"model.hook_layer={LAYER}",
         f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
         "train_corpora=[medical]", "eval_corpora=[medical]", "cache.n_tokens=1024",
         "cache.shard_tokens=512", "sae.width=64", "sae.l0_targets=[4]",
