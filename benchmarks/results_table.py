@@ -12,8 +12,8 @@ import sys
 
 import pandas as pd
 
-from sae_med.book import family_table, gap_table
 from sae_med.evaluate import load_comparisons, load_results
+from sae_med.notebook import family_table, gap_table
 
 METRICS = ["l0", "fve", "fve_uncentered", "loss_recovered", "delta_ce", "kl_score",
            "dark_matter.r2_error_mean", "dark_matter.r2_norm", "dark_matter.fvu_linear",

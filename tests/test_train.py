@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from sae_med.artifacts import derived_seed
 from sae_med.batches import TensorBatchSource
 from sae_med.config import Config, SAEConfig, TrainConfig
+from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
 from sae_med.train import (
     TrainingError,
-    batch_fve,
     batch_seed,
     init_seed,
     lr_at,
     sparsity_coeff_at,
-    sub_seed,
     train_saes,
 )
 
@@ -72,8 +72,8 @@ def test_schedules():
 
 def test_batch_fve_known_cases():
     x = torch.randn(100, 8)
-    assert batch_fve(x, x) == pytest.approx(1.0)
-    assert batch_fve(x, x.mean(0, keepdim=True).expand_as(x)) == pytest.approx(0.0, abs=1e-6)
+    assert fve(x, x) == pytest.approx(1.0)
+    assert fve(x, x.mean(0, keepdim=True).expand_as(x)) == pytest.approx(0.0, abs=1e-6)
 
 
 class CountingSource(TensorBatchSource):
@@ -105,7 +105,7 @@ def test_tiny_sweep_outputs_and_one_pass(tmp_path):
         assert float(sae.input_scale) == 1.0
         # folded SAE works on raw activations
         x = src.chunks[0][:256]
-        assert batch_fve(x, sae(x).x_hat.detach()) > 0.3
+        assert fve(x, sae(x).x_hat.detach()) > 0.3
         assert r.input_scale == pytest.approx(1 / x.pow(2).sum(-1).mean().sqrt().item(),
                                               rel=0.2)
 
@@ -124,7 +124,7 @@ def test_init_seeds_differ_by_corpus_target_and_replicate(tmp_path):
         src = CountingSource(acts)
         runs = train_saes(cfg, src, tmp_path / corpus / f"seed_{rep}", progress=False,
                           train_corpus=corpus, replicate=rep)
-        pulled[(corpus, rep)] = set(src.pulled) - {sub_seed(cfg.seed, "norm")}
+        pulled[(corpus, rep)] = set(src.pulled) - {derived_seed(cfg.seed, "norm")}
         for r in runs:
             assert (r.train_corpus, r.replicate) == (corpus, rep)
             md = json.loads((r.path / "cfg.json").read_text())["metadata"]
