@@ -23,8 +23,9 @@ import torch
 
 from sae_med.batches import TensorBatchSource
 from sae_med.config import Config, SAEConfig, TrainConfig
+from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
-from sae_med.train import batch_fve, train_saes
+from sae_med.train import train_saes
 
 
 def synthetic(n: int, d: int, n_feats: int, mean_k: float, seed: int
@@ -92,7 +93,7 @@ def main() -> None:
             if feats is not None:
                 cos = feats @ sae.W_dec.detach().t()
                 rec = f"{float((cos.max(1).values > 0.9).float().mean()):.3f}"
-            print(f"{r.l0_target:>7g}{l0:>7.1f}{batch_fve(held, out.x_hat):>7.3f}"
+            print(f"{r.l0_target:>7g}{l0:>7.1f}{fve(held, out.x_hat):>7.3f}"
                   f"{dead:>7.3f}{rec:>11}")
 
 

@@ -12,8 +12,8 @@ import sys
 
 import pandas as pd
 
-from sae_med.book import family_table, gap_table
 from sae_med.evaluate import load_comparisons, load_results
+from sae_med.notebook import family_table, gap_table
 
 METRICS = ["l0", "fve", "delta_ce", "loss_recovered", "loss_recovered_mean", "kl_score",
            "dead_frac", "dark_matter.r2_error_mean", "dark_matter.fvu_linear",

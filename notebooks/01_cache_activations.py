@@ -26,9 +26,9 @@ import plotly.graph_objects as go
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.book import CORPUS_COLORS, notebook_config, use_offline_plotly
 from sae_med.data import corpus_info
 from sae_med.experiment import load_model_for, stage_cache
+from sae_med.notebook import CORPUS_COLORS, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -41,8 +41,7 @@ overrides = []
 run_name = ""
 
 # %%
-use_offline_plotly()
-cfg = notebook_config(config, overrides, run_name)
+cfg = setup_notebook(config, overrides, run_name)
 print(f"run {cfg.name!r}: model {cfg.model.name}, hook {cfg.model.hook_name}")
 
 # %% [markdown]

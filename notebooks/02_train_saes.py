@@ -30,8 +30,8 @@ from IPython.display import display
 from myst_nb import glue
 from plotly.subplots import make_subplots
 
-from sae_med.book import CORPUS_COLORS, notebook_config, training_curves, use_offline_plotly
 from sae_med.experiment import stage_train
+from sae_med.notebook import CORPUS_COLORS, setup_notebook, training_curves
 
 # %% [markdown]
 # ## Parameters
@@ -42,8 +42,7 @@ overrides = []
 run_name = ""
 
 # %%
-use_offline_plotly()
-cfg = notebook_config(config, overrides, run_name)
+cfg = setup_notebook(config, overrides, run_name)
 display(pd.Series({
     "train corpora": ", ".join(cfg.train_corpora), "width (latents)": cfg.sae.width,
     "target L0s": ", ".join(f"{t:g}" for t in cfg.sae.l0_targets),

@@ -34,7 +34,11 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.book import (
+from sae_med.compare import verdict
+from sae_med.evaluate import load_comparisons, load_results
+from sae_med.experiment import stage_evaluate
+from sae_med.notebook import (
+    CORPUS_COLORS,
     cross_eval_figure,
     domain_pair,
     family_table,
@@ -43,14 +47,10 @@ from sae_med.book import (
     gap_table,
     metric_value,
     metric_vs_l0,
-    notebook_config,
     oriented_gaps,
-    use_offline_plotly,
+    setup_notebook,
     with_interval,
 )
-from sae_med.compare import verdict
-from sae_med.evaluate import load_comparisons, load_results
-from sae_med.experiment import stage_evaluate
 
 # %% [markdown]
 # ## Parameters
@@ -61,8 +61,7 @@ overrides = []
 run_name = ""
 
 # %%
-use_offline_plotly()
-cfg = notebook_config(config, overrides, run_name)
+cfg = setup_notebook(config, overrides, run_name)
 medical, broad = domain_pair(cfg)
 targets = list(cfg.sae.l0_targets)
 print(f"run {cfg.name!r}: {medical} vs {broad} SAEs, width {cfg.sae.width}, "
@@ -171,20 +170,15 @@ lr_sentence = " ".join([
     gap_sentence(lr_fve, "At matched FVE the gap is", "")])
 print(lr_sentence)
 
-on_med = med_gaps[(med_gaps.metric == "fve") & (med_gaps.eval_corpus == medical)
-                  & (med_gaps.basis == "l0_target")]
-on_broad = med_gaps[(med_gaps.metric == "fve") & (med_gaps.eval_corpus == broad)
-                    & (med_gaps.basis == "l0_target")]
+fve_on_broad = [iv.value for iv in gap_intervals(med_gaps, "fve", broad)]
 glue("l0_targets", ", ".join(f"{t:g}" for t in targets), display=False)
 glue("medical_corpus", medical, display=False)
 glue("broad_corpus", broad, display=False)
 glue("n_seeds", cfg.sae.seeds, display=False)
-glue("fve_gap_medical_min", float(on_med.value.min()), display=False)
-glue("fve_gap_medical_max", float(on_med.value.max()), display=False)
-glue("fve_gap_broad_min", float(on_broad.value.min()) if len(on_broad) else float("nan"),
-     display=False)
-glue("fve_gap_broad_max", float(on_broad.value.max()) if len(on_broad) else float("nan"),
-     display=False)
+glue("fve_gap_medical_min", min(iv.value for iv in fve_ivs), display=False)
+glue("fve_gap_medical_max", max(iv.value for iv in fve_ivs), display=False)
+glue("fve_gap_broad_min", min(fve_on_broad, default=float("nan")), display=False)
+glue("fve_gap_broad_max", max(fve_on_broad, default=float("nan")), display=False)
 glue("fve_gap_sentence", fve_sentence, display=False)
 glue("loss_gap_sentence", lr_sentence, display=False)
 glue("verdict_fve", verdict(fve_ivs), display=False)
@@ -236,7 +230,8 @@ for name, dash in (("medical (paper)", "dot"), ("Gemma Scope, broad (paper)", "d
     sub = paper[paper.SAE == name]
     fig.add_scatter(x=sub.L0, y=sub.FVE, mode="lines+markers", name=name,
                     marker={"symbol": "diamond-open", "size": 10},
-                    line={"dash": dash, "color": "#c0392b" if "medical" in name else "#2471a3"})
+                    line={"dash": dash, "color": CORPUS_COLORS["medical" if "medical" in name
+                                                          else "broad"]})
 fig.show()
 
 # %% [markdown]

@@ -42,20 +42,19 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.book import (
+from sae_med.compare import verdict
+from sae_med.evaluate import load_comparisons, load_results
+from sae_med.experiment import stage_evaluate
+from sae_med.notebook import (
     domain_pair,
     gap_intervals,
     gap_sentence,
     gap_table,
     metric_vs_l0,
-    notebook_config,
     oriented_gaps,
-    use_offline_plotly,
+    setup_notebook,
     with_interval,
 )
-from sae_med.compare import verdict
-from sae_med.evaluate import load_comparisons, load_results
-from sae_med.experiment import stage_evaluate
 
 # %% [markdown]
 # ## Parameters
@@ -66,8 +65,7 @@ overrides = []
 run_name = ""
 
 # %%
-use_offline_plotly()
-cfg = notebook_config(config, overrides, run_name)
+cfg = setup_notebook(config, overrides, run_name)
 medical, broad = domain_pair(cfg)
 
 # %% [markdown]

@@ -42,23 +42,24 @@ import torch
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from sae_med.book import CORPUS_COLORS, domain_pair, notebook_config, use_offline_plotly
 from sae_med.dashboard import cards_html, dashboard_figure, latent_summary, phrase_activations
-from sae_med.experiment import load_model_for, stage_cache, stage_train
+from sae_med.experiment import load_model_for, middle_target, saes_at, stage_cache
 from sae_med.features import (
     absorption,
+    absorption_summary,
     concept_alignment,
     concept_aurocs,
     doc_max_activations,
     documents_by_id,
     encode_cache,
+    largest_split,
     logit_lens,
     match_dictionaries,
+    match_summary,
     search_latents,
     top_windows,
 )
-from sae_med.metrics import bootstrap_mean
-from sae_med.sae import JumpReLUSAE
+from sae_med.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -78,11 +79,9 @@ case_concepts = ["ancestors:Abnormality of taste sensation",
 search_phrase = "loss of the sense of taste"
 
 # %%
-use_offline_plotly()
-cfg = notebook_config(config, overrides, run_name)
+cfg = setup_notebook(config, overrides, run_name)
 medical, broad = domain_pair(cfg)
-targets = list(cfg.sae.l0_targets)
-target = l0_target or targets[len(targets) // 2]
+target = middle_target(cfg, l0_target)
 print(f"run {cfg.name!r}: {medical} and {broad} SAEs at target L0 {target:g}, "
       f"scored on held-out {medical} documents")
 
@@ -93,11 +92,8 @@ print(f"run {cfg.name!r}: {medical} and {broad} SAEs at target L0 {target:g}, "
 
 # %%
 model = load_model_for(cfg)
-caches = stage_cache(cfg, progress=False)
-trained = stage_train(cfg, progress=False)
-cache = caches[(medical, "eval")]
-saes = {c: JumpReLUSAE.load(next(r.path for r in runs if r.l0_target == target))
-        for c, runs in trained.items() if c in (medical, broad)}
+cache = stage_cache(cfg, progress=False)[(medical, "eval")]
+saes = saes_at(cfg, target, (medical, broad), progress=False)
 with torch.no_grad():
     acts = {c: encode_cache(s, cache, progress=False) for c, s in saes.items()}
 doc_max = {c: doc_max_activations(a, cache) for c, a in acts.items()}
@@ -169,7 +165,7 @@ for concept in case_concepts:
         lens = logit_lens(saes[c], W_U, model.tokenizer, j, k=6)
         case_latents.append((c, j, concept.split(":", 1)[1]))
         rows.append({"SAE": c, "latent": j, "AUROC": float(au[j]),
-                     "top windows": " ⏎ ".join(w.render(model.tokenizer, "«{}»")
+                     "top windows": " ⏎ ".join(w.render(model.tokenizer)
                                                for w in wins),
                      "logit lens (top)": " | ".join(lens.top_tokens)})
     print(f"\n{concept} — {n_pos} of {n_docs} held-out documents")
@@ -228,18 +224,16 @@ if len(saes) == 2:
     fig.update_layout(barmode="overlay", xaxis_title="best match with a broad-SAE latent",
                       yaxis_title="live medical-SAE latents")
     fig.show()
-    agree = float((m.best == m.corr_best)[alive].float().mean())
+    ms = match_summary(m, alive)
     display(pd.DataFrame([{
-        "live medical latents": int(alive.sum()),
-        "median best cosine": float(m.cosine[alive].median()),
-        "median best correlation": float(m.corr[alive].median()),
-        "share correlation ≥ 0.7": float((m.corr[alive] >= 0.7).float().mean()),
-        "share correlation < 0.4": float((m.corr[alive] < 0.4).float().mean()),
-        "same best match both ways": agree,
-        "best match has the same index": float(
-            (m.best == torch.arange(len(m.best)))[alive].float().mean())}]).round(3))
+        "live medical latents": ms.live, "median best cosine": ms.median_cosine,
+        "median best correlation": ms.median_correlation,
+        "share correlation ≥ 0.7": ms.share_correlated,
+        "share correlation < 0.4": ms.share_uncorrelated,
+        "same best match both ways": ms.agreement,
+        "best match has the same index": ms.same_index}]).round(3))
     glue("share_new_latents", float(kinds["new"] / kinds.sum()), display=False)
-    glue("match_agreement", agree, display=False)
+    glue("match_agreement", ms.agreement, display=False)
     if medical in alignment:
         al = alignment[medical]
         new = [j for j in al.auroc.argsort(descending=True).tolist() if m.kind[j] == "new"][:5]
@@ -248,22 +242,14 @@ if len(saes) == 2:
                                "AUROC": float(al.auroc[j]), "best cosine": float(m.cosine[j]),
                                "best correlation": float(m.corr[j])}
                               for j in new]).round(3))
-    split = pd.DataFrame({"medical latent": range(len(m.kind)), "kind": m.kind,
-                          "broad latent": m.best.tolist(), "cosine": m.cosine.tolist()})
-    split = split[split.kind == "split"]
-    if len(split):
-        top = split.groupby("broad latent").size().sort_values(ascending=False).index[0]
-        group = split[split["broad latent"] == top]
+    if (split := largest_split(m)) is not None:
+        top, group = split
         print(f"A split: broad latent {top} and the {len(group)} medical latents whose best "
               "match it is, with their strongest windows")
-        rows = [{"SAE": broad, "latent": top, "cosine": 1.0,
-                 "top windows": " ⏎ ".join(w.render(model.tokenizer, "«{}»")
-                                           for w in top_windows(acts[broad], cache, top, k=2))}]
-        rows += [{"SAE": medical, "latent": int(r["medical latent"]), "cosine": r.cosine,
-                  "top windows": " ⏎ ".join(
-                      w.render(model.tokenizer, "«{}»")
-                      for w in top_windows(acts[medical], cache, int(r["medical latent"]), k=2))}
-                 for _, r in group.head(4).iterrows()]
+        rows = [{"SAE": sae, "latent": j, "cosine": 1.0 if sae == broad else float(m.cosine[j]),
+                 "top windows": " ⏎ ".join(w.render(model.tokenizer)
+                                           for w in top_windows(acts[sae], cache, j, k=2))}
+                for sae, j in [(broad, top), *((medical, j) for j in group[:4])]]
         with pd.option_context("display.max_colwidth", 400):
             display(pd.DataFrame(rows).round(3))
 else:
@@ -283,21 +269,8 @@ else:
 # %%
 absorb = {c: absorption(doc_max[c], labels, ids, min_docs=min_docs) for c in saes}
 n_parents = len(next(iter(absorb.values())))
-summary = []
-for c, df in absorb.items():
-    if len(df):
-        for col in ("absorption_rate", "miss_rate", "parent_auroc"):
-            est, lo, hi = bootstrap_mean(df[col].to_numpy(), n_boot, seed=cfg.seed)
-            summary.append({"SAE": c, "measure": col, "mean over parents": est,
-                            "95% low": lo, "95% high": hi})
-if len(saes) == 2 and n_parents:
-    diff = (absorb[medical].absorption_rate.to_numpy()
-            - absorb[broad].absorption_rate.to_numpy())
-    est, lo, hi = bootstrap_mean(diff, n_boot, seed=cfg.seed)
-    summary.append({"SAE": f"{medical} − {broad}", "measure": "absorption_rate",
-                    "mean over parents": est, "95% low": lo, "95% high": hi})
+summary = absorption_summary(absorb, n_boot, seed=cfg.seed)
 print(f"{n_parents} HPO parent concepts with ≥ {min_docs} documents in each half")
-summary = pd.DataFrame(summary)
 display(summary.round(3))
 rate = {c: float(df.absorption_rate.mean()) if len(df) else float("nan")
         for c, df in absorb.items()}

@@ -63,11 +63,11 @@ import plotly.graph_objects as go
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from sae_med.autointerp import compare_scores, score_run
-from sae_med.book import CORPUS_COLORS, domain_pair, notebook_config, use_offline_plotly
-from sae_med.compare import Interval, verdict
-
-use_offline_plotly()
+from sae_med.autointerp import compare_scores
+from sae_med.bootstrap import Interval
+from sae_med.compare import verdict
+from sae_med.experiment import stage_autointerp
+from sae_med.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -82,14 +82,14 @@ run_name = ""
 l0_target = 0.0
 
 # %%
-cfg = notebook_config(config, overrides, run_name)
+cfg = setup_notebook(config, overrides, run_name)
 medical, broad = domain_pair(cfg)
 
 # %% [markdown]
 # ## Compute
 
 # %%
-run = score_run(cfg, l0_target, eval_corpus=medical, progress=False)
+run = stage_autointerp(cfg, l0_target, eval_corpus=medical, progress=False)
 budget = run.budget
 label = (f"**Demo, not a result:** {budget.n_latents} latents per SAE, {budget.n_windows} "
          f"explainer windows, {budget.n_score} + {budget.n_score} held-out windows, judged "

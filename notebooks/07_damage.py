@@ -35,9 +35,9 @@ import plotly.express as px
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.book import notebook_config, use_offline_plotly
 from sae_med.diagnose import bins_frame, summary_frame
 from sae_med.experiment import stage_diagnose
+from sae_med.notebook import setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -48,8 +48,7 @@ overrides = []
 run_name = ""
 
 # %%
-use_offline_plotly()
-cfg = notebook_config(config, overrides, run_name)
+cfg = setup_notebook(config, overrides, run_name)
 
 # %% [markdown]
 # ## Compute

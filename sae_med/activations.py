@@ -23,11 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -52,6 +51,16 @@ FORMAT_VERSION = 3
 """3: forwards packed by token count (rows in token-length order); 2: grouped splits."""
 SORT_CHUNK = 8
 """Batches read together and sorted by length (flushes happen between such chunks)."""
+
+
+class TokenInfo(NamedTuple):
+    """The token behind each cache row (leading dim ``n``, cache order; int64)."""
+
+    token_ids: Int[Tensor, " n"]
+    doc_index: Int[Tensor, " n"]
+    """Index of the row's document in the corpus order (``doc_ids()[i]`` names it)."""
+    position: Int[Tensor, " n"]
+    """Position in the tokenized document."""
 
 
 class CorruptCacheError(RuntimeError):
@@ -173,6 +182,15 @@ class _Shard:
     def stem(self) -> str:
         return f"shard_{self.index:05d}"
 
+    def damaged_file(self, root: Path) -> Path | None:
+        """The first of this shard's files under ``root`` that is missing or fails its
+        sha256, or None when both are intact."""
+        for suffix, want in ((".npy", self.sha256), (".tokens.npy", self.tokens_sha256)):
+            p = root / f"{self.stem}{suffix}"
+            if not p.exists() or file_sha256(p) != want:
+                return p
+        return None
+
 
 def _read_record(path: Path) -> _Shard | None:
     """A shard record, or None (with a warning naming it) if it is damaged."""
@@ -195,9 +213,7 @@ def _valid_shards(root: Path) -> list[_Shard]:
     while (rec := root / f"shard_{i:05d}.json").exists():
         if (s := _read_record(rec)) is None:
             break
-        ok = all((root / f"{s.stem}{suf}").exists() for suf in (".npy", ".tokens.npy"))
-        if not ok or file_sha256(root / f"{s.stem}.npy") != s.sha256 \
-                or file_sha256(root / f"{s.stem}.tokens.npy") != s.tokens_sha256:
+        if s.damaged_file(root) is not None:
             log.warning("shard %s of %s fails its checksum; recomputing from there", i, root)
             break
         shards.append(s)
@@ -419,12 +435,8 @@ def _record_matches(root: Path, p: _PlannedShard) -> _Shard | None:
     rec = root / f"shard_{p.index:05d}.json"
     if not rec.exists() or (s := _read_record(rec)) is None:
         return None
-    ok = (s.doc_start == p.doc_start and s.doc_ids == p.doc_ids
-          and all((root / f"{s.stem}{suf}").exists() for suf in (".npy", ".tokens.npy")))
-    if ok and file_sha256(root / f"{s.stem}.npy") == s.sha256 \
-            and file_sha256(root / f"{s.stem}.tokens.npy") == s.tokens_sha256:
-        return s
-    return None
+    ok = s.doc_start == p.doc_start and s.doc_ids == p.doc_ids
+    return s if ok and s.damaged_file(root) is None else None
 
 
 def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: str,
@@ -523,12 +535,10 @@ class ActivationCache(ChunkedBatches):
         self.shards = [_Shard(**s) for s in self.manifest["shards"]]
         if verify:
             for s in self.shards:
-                for suffix, want in ((".npy", s.sha256), (".tokens.npy", s.tokens_sha256)):
-                    p = self.root / f"{s.stem}{suffix}"
-                    if not p.exists() or file_sha256(p) != want:
-                        raise CorruptCacheError(
-                            f"activation cache shard {p} is missing or fails its sha256 "
-                            f"check; delete {self.root} and rerun `sae-med cache` to rebuild")
+                if (p := s.damaged_file(self.root)) is not None:
+                    raise CorruptCacheError(
+                        f"activation cache shard {p} is missing or fails its sha256 "
+                        f"check; delete {self.root} and rerun `sae-med cache` to rebuild")
         arrays = [NpyRows(self.root / f"{s.stem}.npy") for s in self.shards]
         for s, a in zip(self.shards, arrays, strict=True):
             if a.shape[0] != s.rows:
@@ -569,9 +579,14 @@ class ActivationCache(ChunkedBatches):
         return torch.cat(out) if out else torch.empty(0, self.d_model)
 
     def token_info(self) -> Int[Tensor, "n 3"]:
-        """(token id, document index, position) of every row, in cache order."""
+        """(token id, document index, position) of every row, in cache order, as stored;
+        :meth:`tokens` names the columns."""
         return torch.cat([torch.from_numpy(np.load(self.root / f"{s.stem}.tokens.npy"))
                           for s in self.shards])
+
+    def tokens(self) -> TokenInfo:
+        """What every row holds, in cache order (the columns of :meth:`token_info`)."""
+        return TokenInfo(*self.token_info().long().unbind(1))
 
     def doc_ids(self) -> list[str]:
         """Document id of each document index."""
@@ -581,7 +596,3 @@ class ActivationCache(ChunkedBatches):
         """Rows in cache order, one pass, for evaluation."""
         for start in range(0, self.n_tokens, batch_size):
             yield self.activations(start, min(start + batch_size, self.n_tokens))
-
-
-def clear_cache(root: str | Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)

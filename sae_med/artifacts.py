@@ -40,6 +40,12 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
+def derived_seed(seed: int, *names: Any) -> int:
+    """A 63-bit seed for one named purpose (e.g. ``"bootstrap", corpus``), stable across
+    runs and platforms: every sub-seed of the package comes from here."""
+    return int(stable_hash([seed, *names]), 16) % (2**63)
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """Full sha256 hex digest of a file's bytes."""
     h = hashlib.sha256()

@@ -24,9 +24,11 @@ backend cannot give (an endpoint whose top tokens hold neither yes nor no) is co
 ``n_p_failures`` and scored as the wrong extreme (0 for a positive, 1 for a negative).
 
 :func:`compare_scores` then gives each SAE's mean score over latents with a bootstrap 95%
-interval, and the difference between two SAEs (medical vs broad at matched L0). On a whole
-run (:func:`score_run`) ``autointerp.demo`` (the default) swaps the configured budget for
-the small :data:`DEMO_BUDGET`; ``autointerp.demo=false`` runs the real comparison.
+interval, and the difference between two SAEs (medical vs broad at matched L0). This
+module takes SAEs, cache and model as given; on a whole run
+(:func:`sae_med.experiment.stage_autointerp`) ``autointerp.demo`` (the default) swaps the
+configured budget for the small :data:`DEMO_BUDGET`; ``autointerp.demo=false`` runs the
+real comparison.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,29 +45,30 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
-from scipy.stats import rankdata
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_med.activations import ActivationCache
-from sae_med.artifacts import atomic_path, write_json_atomic
+from sae_med.artifacts import atomic_path, derived_seed, write_json_atomic
+from sae_med.bootstrap import bootstrap_mean, independent_difference
 from sae_med.config import AutointerpConfig, Config
 from sae_med.features import (
+    PEAK_MARK,
     LatentActs,
     Window,
-    _window,
     encode_cache,
     logit_lens,
     quantile_windows,
     top_windows,
+    window_at,
 )
 from sae_med.llm import ChatBackend, Message, concurrency, concurrent_map
-from sae_med.metrics import bootstrap_mean
+from sae_med.lm import LanguageModel
+from sae_med.metrics import auroc
 from sae_med.sae import JumpReLUSAE
 
 log = logging.getLogger(__name__)
 
-MARK = "«{}»"
 ANSWER_TOKENS = 3
 """Generation budget of a scorer answer: only its first word is read (:func:`parse_yes_no`),
 and SmolLM2 otherwise goes on ("No, the text does not contain ...") at ~4x the cost."""
@@ -105,7 +108,8 @@ EXPLAIN_REMINDER = "Reply with one short phrase only, such as: words about fever
 DETECT_REMINDER = "Reply with one word: yes or no."
 
 
-def render_marked(tokens: Sequence[int], marks: set[int], tokenizer, mark: str = MARK) -> str:
+def render_marked(tokens: Sequence[int], marks: set[int], tokenizer, mark: str = PEAK_MARK
+                  ) -> str:
     """Decode token by token, wrapping the tokens at positions ``marks`` in ``mark``."""
     pieces = [tokenizer.decode([t]) for t in tokens]
     return "".join(mark.format(p) if i in marks else p for i, p in enumerate(pieces))
@@ -180,16 +184,6 @@ def detection_metrics(labels: Sequence[bool], answers: Sequence[bool | None]) ->
                      int(fails.sum()))
 
 
-def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
-    """P(score of a random positive > that of a random negative), ties counting half
-    (Mann–Whitney with midranks); NaN if either side is empty."""
-    n_pos, n_neg = len(positives), len(negatives)
-    if not n_pos or not n_neg:
-        return math.nan
-    ranks = rankdata(np.r_[np.asarray(positives, float), np.asarray(negatives, float)])
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def p_yes_auroc(chat: ChatBackend, questions: Sequence[list[Message]], labels: Sequence[bool]
                 ) -> tuple[float, int]:
     """(AUROC of ``chat.p_yes`` over ``questions``, positives vs negatives; the number of
@@ -221,12 +215,12 @@ def held_out_positives(acts: LatentActs, cache: ActivationCache, latent: int, n:
 def silent_windows(acts: LatentActs, cache: ActivationCache, latent: int, n: int,
                    seed: int, tries: int = 200) -> list[Window]:
     """Up to ``n`` windows (random centres) on none of whose tokens ``latent`` fires."""
-    info = cache.token_info()
+    info = cache.tokens()
     gen = np.random.default_rng(seed)
     dense: dict[int, Tensor] = {}
     out, used = [], set()
     for row in gen.integers(0, acts.n_rows, size=tries * n).tolist():
-        w = _window(acts, info, row, latent, 30, 5, dense)
+        w = window_at(acts, info, row, latent, 30, 5, dense)
         if max(w.values) == 0 and (w.doc_index, w.position) not in used:
             out.append(w)
             used.add((w.doc_index, w.position))
@@ -240,7 +234,7 @@ def pick_latents(acts: LatentActs, cache: ActivationCache, n: int, min_docs: int
     """``n`` latents drawn at random among those firing in at least ``min_docs`` documents
     and on at most ``max_rate`` of tokens (denser ones leave no silent windows to score
     against)."""
-    doc = cache.token_info()[:, 1].long()
+    doc = cache.tokens().doc_index
     n_docs = int(doc.max()) + 1
     pairs = torch.unique(acts.latents * n_docs + doc[acts.rows])
     docs_per_latent = torch.bincount(pairs // n_docs, minlength=acts.d_sae)
@@ -295,10 +289,10 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
                  unembed: Float[Tensor, "d_model d_vocab"], chat: ChatBackend, latent: int,
                  cfg: AutointerpConfig) -> LatentScore:
     """Explain one latent and score the explanation (see the module docstring)."""
-    seed = cfg.seed * 1_000_003 + latent
+    seed = derived_seed(cfg.seed, "windows", latent)
     tops = top_windows(acts, cache, latent, k=cfg.n_windows)
     lens = logit_lens(sae, unembed, tokenizer, latent, k=8)
-    examples = [w.render(tokenizer, MARK) for w in tops]
+    examples = [w.render(tokenizer) for w in tops]
     calls, failed = 0, []
 
     def record(got: Asked) -> Any:
@@ -324,9 +318,13 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
     neg = silent_windows(acts, cache, latent, len(pos), seed)
     pos = pos[:len(neg)]  # balanced, even if the latent is rarely silent
     nan = math.nan
+    base = {"latent": latent, "firing_rate": rate, "n_positive": len(pos),
+            "n_negative": len(neg)}
     if explanation is None:
-        return LatentScore(latent, "", rate, len(pos), len(neg), nan, nan, nan, nan, nan, nan,
-                           calls, n_fail_expl, tuple(failed), 0)
+        return LatentScore(**base, explanation="", detection_auroc=nan, accuracy=nan, f1=nan,
+                           fuzz_auroc=nan, fuzz_accuracy=nan, fuzz_f1=nan, n_calls=calls,
+                           n_failures=n_fail_expl, failed_responses=tuple(failed),
+                           n_p_failures=0)
     questions = [detection_messages(explanation, render_marked(w.tokens, set(), tokenizer))
                  for w in pos + neg]
     labels = [True] * len(pos) + [False] * len(neg)
@@ -335,7 +333,7 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
     calls += len(questions)
     fuzz, fuzz_auroc = Detection(nan, nan, 0), nan
     if cfg.fuzzing and pos:
-        gen = np.random.default_rng(seed + 1)
+        gen = np.random.default_rng(derived_seed(cfg.seed, "fuzz", latent))
         questions, labels = [], []
         for w in pos:
             right, wrong = _fuzz_marks(w, gen)
@@ -346,9 +344,11 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
         fuzz_auroc, fuzz_p_fails = p_yes_auroc(chat, questions, labels)
         calls += len(questions)
         p_fails += fuzz_p_fails
-    return LatentScore(latent, explanation, rate, len(pos), len(neg), det_auroc, det.accuracy,
-                       det.f1, fuzz_auroc, fuzz.accuracy, fuzz.f1, calls,
-                       n_fail_expl + det.n_failures + fuzz.n_failures, tuple(failed), p_fails)
+    return LatentScore(**base, explanation=explanation, detection_auroc=det_auroc,
+                       accuracy=det.accuracy, f1=det.f1, fuzz_auroc=fuzz_auroc,
+                       fuzz_accuracy=fuzz.accuracy, fuzz_f1=fuzz.f1, n_calls=calls,
+                       n_failures=n_fail_expl + det.n_failures + fuzz.n_failures,
+                       failed_responses=tuple(failed), n_p_failures=p_fails)
 
 
 def interpret_sae(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
@@ -408,13 +408,9 @@ def compare_scores(scores: dict[str, pd.DataFrame], metric: str = "accuracy",
         samples[name] = vals
     if len(scores) == 2 and all(len(v) for v in samples.values()):
         (a, va), (b, vb) = samples.items()
-        gen = np.random.default_rng(seed)
-        diff = (gen.choice(va, size=(n_boot, len(va))).mean(1)
-                - gen.choice(vb, size=(n_boot, len(vb))).mean(1))
+        diff = independent_difference(va, vb, n_boot, seed)
         rows.append({"SAE": f"{a} − {b}", "n_latents": len(va) + len(vb),
-                     "mean": float(va.mean() - vb.mean()),
-                     "ci_low": float(np.quantile(diff, 0.025)),
-                     "ci_high": float(np.quantile(diff, 0.975)),
+                     "mean": diff.value, "ci_low": diff.low, "ci_high": diff.high,
                      **{k: rows[0][k] + rows[1][k]
                         for k in ("n_unscored", "n_failures", "n_p_failures")}})
     return pd.DataFrame(rows)
@@ -444,50 +440,29 @@ class RunScores(NamedTuple):
     """The settings the scores were made with (:func:`run_budget` of the config's)."""
 
 
-def score_run(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
-              progress: bool = True) -> RunScores:
-    """Explain and score every training corpus's SAE at target L0 ``l0_target`` (0: the
-    middle of the sweep) on the ``eval_corpus`` evaluation cache (empty: the first
-    evaluation corpus), with the configured chat backend (cached under the cache dir) and
-    budget (:func:`run_budget`: the demo unless ``autointerp.demo=false``). Caches and SAEs
-    come from the pipeline's stages (reused when they exist)."""
-    from sae_med.experiment import load_model_for, stage_cache, stage_train
-    from sae_med.llm import make_chat
-
-    targets = list(cfg.sae.l0_targets)
-    target = l0_target or targets[len(targets) // 2]
-    if target not in targets:
-        raise ValueError(f"l0_target {target:g} is not one of sae.l0_targets {targets}")
-    eval_corpus = eval_corpus or cfg.eval_corpora[0]
-    model = load_model_for(cfg)
-    cache = stage_cache(cfg, progress=progress)[(eval_corpus, "eval")]
-    trained = stage_train(cfg, progress=progress)
-    budget = run_budget(cfg.autointerp)
-    if budget.demo:
-        log.warning("autointerp: demo budget (%s); autointerp.demo=false runs the real "
-                    "comparison", ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()))
-    chat = make_chat(budget, cfg.cache_path)
+def score_saes(saes: Mapping[str, JumpReLUSAE], cache: ActivationCache, model: LanguageModel,
+               chat: ChatBackend, budget: AutointerpConfig, progress: bool = True
+               ) -> dict[str, pd.DataFrame]:
+    """:func:`interpret_sae` for each SAE of ``saes`` over ``cache`` (built from ``model``),
+    keyed like ``saes``. The caller hands over SAEs, cache and model (the experiment layer:
+    :func:`sae_med.experiment.stage_autointerp`); nothing here caches or trains."""
     unembed = model.W_U.cpu()  # (d_model, d_vocab)
-    scores, l0 = {}, {}
-    for corpus, results in trained.items():
-        run = next(r for r in results if r.l0_target == target)
-        sae = JumpReLUSAE.load(run.path)
+    scores = {}
+    for name, sae in saes.items():
         acts = encode_cache(sae, cache, progress=False)
-        log.info("autointerp: %s SAE at L0 target %g on %s", corpus, target, eval_corpus)
-        scores[corpus] = interpret_sae(sae, acts, cache, model.tokenizer, unembed, chat,
-                                       budget, progress=progress)
-        l0[corpus] = float(run.final.get("l0", math.nan))
+        log.info("autointerp: SAE %s", name)
+        scores[name] = interpret_sae(sae, acts, cache, model.tokenizer, unembed, chat, budget,
+                                     progress=progress)
     log.info("autointerp: %d model calls, %d answered from %s", chat.misses, chat.hits,
              chat.path)
-    return RunScores(scores, l0, target, eval_corpus, budget)
+    return scores
 
 
-def write_run_scores(cfg: Config, l0_target: float = 0.0, progress: bool = True) -> Path:
-    """:func:`score_run`, then write ``{run}/autointerp/l0_{target}/`` (``.../demo_l0_{target}``
-    for the demo): ``latents.csv`` (one row per SAE and latent), ``comparison.csv``
+def write_run_scores(cfg: Config, run: RunScores) -> Path:
+    """Write ``run`` under ``{run}/autointerp/l0_{target}/`` (``.../demo_l0_{target}`` for
+    the demo): ``latents.csv`` (one row per SAE and latent), ``comparison.csv``
     (:func:`compare_scores` for each metric) and the resolved ``config.json``. Returns that
     folder."""
-    run = score_run(cfg, l0_target, progress=progress)
     out = cfg.run_path / "autointerp" / f"{'demo_' if run.budget.demo else ''}l0_{run.target:g}"
     latents = pd.concat([f.assign(sae=name, l0=run.l0[name]) for name, f in run.scores.items()],
                         ignore_index=True)

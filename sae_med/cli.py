@@ -207,8 +207,10 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
     """Explain and score each SAE at the middle target L0 with the configured LLM
     (detection AUROC of p(yes), accuracy and F1 per latent; see :mod:`sae_med.autointerp`)."""
     from sae_med.autointerp import write_run_scores
+    from sae_med.experiment import stage_autointerp
 
-    print(f"autointerp={write_run_scores(_load(args))}")
+    cfg = _load(args)
+    print(f"autointerp={write_run_scores(cfg, stage_autointerp(cfg))}")
     return 0
 
 
@@ -220,13 +222,8 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The main job: the experiment, then the book built from it (when present)."""
+    """The main job: the experiment, then the book built from it."""
     cmd_experiment(args)
-    try:
-        import sae_med.book  # noqa: F401
-    except ImportError:
-        print("book: nothing to do yet (the book lands with its issue)")
-        return 0
     return cmd_book(args)
 
 

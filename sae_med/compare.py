@@ -18,19 +18,18 @@ values inside all sweeps' common range (NaN where a replicate's sweep does not r
 from __future__ import annotations
 
 import logging
-import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import torch
-from torch import Tensor
+
+from sae_med.artifacts import derived_seed
+from sae_med.bootstrap import LEVEL, Draws, Interval, finite_or_none, percentile_interval
 
 log = logging.getLogger(__name__)
 
-LEVEL = 0.95
 FVE_METRIC = "fve"
 """The fidelity axis of matched-FVE comparisons (centred FVE over all eval tokens)."""
 MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "kl_score",
@@ -40,121 +39,6 @@ MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "k
 """Metrics also compared at matched FVE (when present)."""
 Basis = Literal["l0_target", "fve"]
 Verdict = Literal["supported", "not supported", "not separable from FVE"]
-
-
-class Interval(NamedTuple):
-    """A point estimate and its percentile interval (None when there is none)."""
-
-    value: float
-    low: float | None
-    high: float | None
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
-
-    def to_dict(self) -> dict[str, float | bool | None]:
-        return {"value": _finite(self.value), "low": _finite(self.low),
-                "high": _finite(self.high), "excludes_zero": self.excludes_zero}
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not np.isfinite(v) else float(v)
-
-
-class Draws(NamedTuple):
-    """One statistic on all documents and on each bootstrap replicate."""
-
-    point: float
-    reps: np.ndarray
-    """(n_boot,): the statistic on document resample b (NaN where undefined)."""
-
-
-def percentile_interval(d: Draws, level: float = LEVEL) -> Interval:
-    """Percentile interval of ``d.reps`` at ``level`` (NaN replicates ignored); low/high are
-    None without replicates or when every replicate is NaN."""
-    reps = np.asarray(d.reps, dtype=np.float64)
-    if reps.size == 0 or np.isnan(reps).all():
-        return Interval(float(d.point), None, None)
-    alpha = (1 - level) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lo, hi = np.nanquantile(reps, [alpha, 1 - alpha])
-    return Interval(float(d.point), float(lo), float(hi))
-
-
-# --------------------------------------------------------------------------------------
-# Stage 2: documents
-# --------------------------------------------------------------------------------------
-
-class DocResample(NamedTuple):
-    """Bootstrap draws of documents, shared by every statistic of one eval corpus."""
-
-    doc_ids: Tensor
-    """(docs,) sorted ids of every document any statistic uses."""
-    counts: Tensor
-    """(n_boot, docs) float64: how often replicate b drew each document."""
-
-    def columns(self, ids: Tensor) -> Tensor:
-        """(n_boot, len(ids)) counts of the documents ``ids`` (a subset of ``doc_ids``).
-
-        A statistic over a subset (spliced CE on the first ``ce_docs`` documents, dark
-        matter on the held-out half) is resampled by the same draws, so it stays paired
-        with the others; its resample has a random size (like a Poisson bootstrap), and a
-        replicate that draws none of its documents is NaN and left out of the interval."""
-        idx = torch.searchsorted(self.doc_ids, ids.long().cpu())
-        if (idx >= len(self.doc_ids)).any() or (self.doc_ids[idx.clamp_max(
-                len(self.doc_ids) - 1)] != ids.long().cpu()).any():
-            raise ValueError("documents outside the resample's universe")
-        return self.counts[:, idx]
-
-
-def doc_resample(doc_ids: Sequence[Tensor], n_boot: int, seed: int) -> DocResample:
-    """n_boot resamples with replacement of the union of ``doc_ids``; replicate b draws
-    ``torch.randint`` from one generator seeded ``seed`` (for one set of documents these
-    are exactly the draws of :func:`sae_med.metrics.bootstrap_ci`)."""
-    ids = torch.unique(torch.cat([d.long().cpu() for d in doc_ids]))
-    n = len(ids)
-    gen = torch.Generator().manual_seed(seed)
-    counts = torch.stack([torch.bincount(torch.randint(n, (n,), generator=gen), minlength=n)
-                          for _ in range(max(n_boot, 0))]).double() if n_boot > 0 and n > 1 \
-        else torch.zeros(0, n, dtype=torch.float64)
-    return DocResample(ids, counts)
-
-
-def statistic_draws(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, float]],
-                    counts: Tensor) -> dict[str, Draws]:
-    """Every number of ``statistic_fn`` on all documents and on each resample.
-
-    ``per_doc`` is a NamedTuple of per-document *sums* (leading dim ``docs``) and
-    ``statistic_fn`` pools documents by summing over that dim; resample b's pooled sums are
-    Σ_d c_bd · s_d with ``counts`` (n_boot, docs), one weighted row per replicate."""
-    fields = [f.double() for f in per_doc]
-    n = int(fields[0].shape[0])
-    point = statistic_fn(type(per_doc)(*fields))
-    n_boot = int(counts.shape[0])
-    pooled = [(counts @ f.reshape(n, -1)).reshape(n_boot, 1, *f.shape[1:]) for f in fields]
-    reps = {k: np.empty(n_boot) for k in point}
-    with warnings.catch_warnings():  # empty resamples of a subset give 0/0 quietly
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for b in range(n_boot):
-            try:
-                stat = statistic_fn(type(per_doc)(*(p[b] for p in pooled)))
-            except ZeroDivisionError:  # python-float statistics on an empty resample
-                stat = dict.fromkeys(reps, math.nan)
-            for k in reps:
-                reps[k][b] = float(stat[k])
-    return {k: Draws(float(v), reps[k]) for k, v in point.items()}
-
-
-def bootstrap_many(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, float]],
-                   n_boot: int, seed: int, level: float = LEVEL) -> dict[str, Interval]:
-    """:func:`~sae_med.metrics.bootstrap_ci` for a statistic returning several numbers (same
-    draws); low/high are None when ``n_boot`` is 0 or there are fewer than 2 documents."""
-    n = int(per_doc[0].shape[0])
-    counts = doc_resample([torch.arange(n)], n_boot, seed).counts
-    return {k: percentile_interval(d, level)
-            for k, d in statistic_draws(per_doc, statistic_fn, counts).items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -296,7 +180,8 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
     n_boot = next((len(d.reps) for s in saes for d in s.draws.values()), 0)
     targets = sorted({t for c, t in by if c in corpora})
     reps = {c: sorted({s.replicate for s in saes if s.train_corpus == c}) for c in corpora}
-    draws = {c: seed_draws(len(reps[c]), n_boot, _corpus_seed(seed, c)) for c in corpora}
+    draws = {c: seed_draws(len(reps[c]), n_boot, derived_seed(seed, "seeds", c))
+             for c in corpora}
     fam: dict[tuple[str, str, Basis, float], Draws] = {}
     families = []
 
@@ -305,7 +190,7 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
         fam[(c, metric, basis, at)] = d
         families.append(FamilyScore(eval_corpus, c, metric, basis, at,
                                     percentile_interval(d, level),
-                                    tuple(_finite(p.point) for p in per_seed)))
+                                    tuple(finite_or_none(p.point) for p in per_seed)))
 
     metrics = sorted({m for s in saes for m in s.draws})
     for c in corpora:
@@ -352,12 +237,6 @@ def _matched_grid(by: Mapping[tuple[str, float], list[SaeDraws]], corpora: Seque
     if len(grid) == 0:
         log.warning("the FVE ranges of the sweeps do not overlap: no matched-FVE comparison")
     return grid
-
-
-def _corpus_seed(seed: int, corpus: str) -> int:
-    from sae_med.artifacts import stable_hash
-
-    return int(stable_hash([seed, "seeds", corpus]), 16) % (2**63)
 
 
 # --------------------------------------------------------------------------------------

@@ -203,7 +203,7 @@ class HeldOutSums(NamedTuple):
 
 def scores(per_doc: HeldOutSums) -> dict[str, float]:
     """The held-out scores of :class:`DarkMatterResult` from document sums, pooled over
-    documents (the statistic :func:`sae_med.evaluate.bootstrap_many` resamples)."""
+    documents (the statistic :func:`sae_med.bootstrap.bootstrap_many` resamples)."""
     s = HeldOutSums(*(f.sum(0) for f in per_doc))
     n = s.n_tokens
     sst_dim = s.e_sq_dim - s.e_sum.pow(2) / n

@@ -12,7 +12,7 @@ dropdown) and as one self-contained HTML file (:func:`write_dashboard`).
 - :func:`dashboard_figure` plots activation histograms and logit-lens bars with a
   dropdown to switch between latents.
 - :func:`phrase_activations` + :func:`~sae_med.features.search_latents` find the latents
-  most active on a phrase; :func:`~sae_med.features.latents_on_token` those on a token.
+  most active on a phrase.
 """
 
 from __future__ import annotations

@@ -142,16 +142,16 @@ def local_rows(x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "rows d_model
 
 def global_fve(x: Float[Tensor, "rows d_model"], x_hat: Float[Tensor, "rows d_model"]
                ) -> float:
-    """FVE of the whole global batch from each rank's rows: per-dimension sums and sums of
-    squares of x and of the residual are summed over ranks, then
-    1 - sum_j Var(x_j - x_hat_j) / sum_j Var(x_j) (population variances; the unbiased
-    correction cancels between numerator and denominator up to n/(n-1) on both)."""
+    """:func:`sae_med.metrics.fve` of the whole global batch from each rank's rows: the sums
+    of x, ‖x‖², r = x − x̂ and ‖r‖² are summed over ranks, then
+    1 − SS(r) / SS(x) with SS the :func:`~sae_med.metrics.centred_sum_of_squares`."""
+    from sae_med.metrics import centred_sum_of_squares
+
     x, r = x.double(), (x - x_hat).double()
-    stats = torch.stack([x.sum(0), x.pow(2).sum(0), r.sum(0), r.pow(2).sum(0)])
-    n = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)
-    all_reduce_sum_(stats)
-    all_reduce_sum_(n)
-    mean_x, mean_r = stats[0] / n, stats[2] / n
-    var_x = (stats[1] / n - mean_x.pow(2)).sum()
-    var_r = (stats[3] / n - mean_r.pow(2)).sum()
-    return float(1.0 - var_r / var_x.clamp_min(1e-30))
+    sums = torch.cat([x.sum(0), r.sum(0), x.pow(2).sum()[None], r.pow(2).sum()[None],
+                      torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)])
+    all_reduce_sum_(sums)
+    d = x.shape[1]
+    x_sum, r_sum, (x_sq, r_sq, n) = sums[:d], sums[d:2 * d], sums[2 * d:]
+    ss_x = centred_sum_of_squares(n, x_sum, x_sq)
+    return float(1.0 - centred_sum_of_squares(n, r_sum, r_sq) / ss_x.clamp_min(1e-30))

@@ -28,53 +28,15 @@ c. **Dark matter** (:mod:`sae_med.dark_matter`): the cache's tokens are split by
 d. The **density histogram** of log10 firing rates over the cache's tokens.
 
 Bootstrap replicates use one document resample per eval corpus (seed derived from
-``cfg.seed``), shared by every SAE and metric (:class:`~sae_med.compare.DocResample`), so
+``cfg.seed``), shared by every SAE and metric (:class:`~sae_med.bootstrap.DocResample`), so
 every comparison is paired on documents. The across-seed family means and the gaps
 between training corpora (:mod:`sae_med.compare`: hierarchical bootstrap, seeds then
 documents) are computed from those draws by :func:`compare_families`.
 
-Results file (``results.json``, :func:`write_results`), schema version 3 (2 had no
-seed replicates, family means or gaps; 1 had no dark-matter intervals)::
-
-    schema_version   int, 3
-    created          ISO 8601 UTC time the file was written
-    config           the resolved Config (Config.to_dict())
-    software         {"python", "torch", "transformers", "transformer_lens", "sae_lens",
-                      "sae_med", "pandas"}: installed versions
-    seed             cfg.seed (bootstrap and dark-matter seeds derive from it)
-    rows             one dict per (SAE, eval corpus):
-      sae_id         name of the SAE (the key of ``saes``)
-      eval_corpus    corpus the SAE was scored on
-      split          always "eval" (held-out documents)
-      n_tokens       activation vectors scored for reconstruction (the whole eval cache)
-      n_documents    distinct documents those tokens come from
-      ce_documents   documents used for the spliced-loss metrics
-      ce_tokens      next-token predictions scored (positions t spliced, t + 1 real)
-      metrics        {name: {"value", "low", "high"}}; low/high: 95% percentile bootstrap
-                     over documents (``cfg.eval.bootstrap`` resamples), null for the
-                     point-only metrics (fve_batch_mean, dead_frac, dense_frac)
-      bootstrap      {"n_boot", "level", "seed", "unit": "document"}
-      dark_matter    {r2_error_mean, r2_error_pooled, r2_norm, fvu_linear, fvu_nonlinear,
-                      fvu_sae,
-                      n_train, n_eval, n_eval_documents, train_frac, seed,
-                      "intervals": {name: {"low", "high"}} (95% bootstrap over held-out
-                      documents given the fit; null when n_boot is 0)}, or
-                     {"error": reason} when the document split leaves a side empty
-      density_histogram  {"edges": log10 rate bin edges, "counts": alive latents per bin,
-                          "n_dead": latents that never fire, "n_tokens"}
-      ...            every key of ``meta[sae_id]`` (train_corpus, l0_target, replicate,
-                     d_sae, ...)
-    families         across-seed means (:meth:`sae_med.compare.FamilyScore.to_dict`): per
-                     eval corpus, training corpus, metric and target L0 (basis
-                     "l0_target") or matched FVE (basis "fve", value in "at")
-    gaps             first training corpus minus each other one, same keys
-                     (:meth:`sae_med.compare.Gap.to_dict`), with "excludes_zero"
-
-Metric definitions are those of :mod:`sae_med.metrics` (formulas in their docstrings).
-Beside the JSON, ``results.csv`` is the tidy table of :func:`tidy_results`: one row per
-sae_id × eval_corpus × metric (dark-matter scores as ``dark_matter.<name>``)
-with columns value, low, high, the row counts and the scalar meta columns (``row_type``
-"sae"), followed by the family and gap rows (``row_type`` "family" / "gap").
+The results file (``results.json``, :func:`write_results`, schema :data:`SCHEMA_VERSION`)
+holds the config, software versions, one :class:`ResultRow` per (SAE, eval corpus) and the
+family means and gaps of :mod:`sae_med.compare`; ``results.csv`` beside it is the tidy
+table of :func:`tidy_results` followed by the family and gap rows (``row_type``).
 """
 
 from __future__ import annotations
@@ -84,34 +46,33 @@ import json
 import logging
 import platform
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_med.activations import ActivationCache
-from sae_med.artifacts import atomic_path, stable_hash, write_json_atomic
-from sae_med.compare import (
+from sae_med.artifacts import atomic_path, derived_seed, write_json_atomic
+from sae_med.bootstrap import (
     LEVEL,
-    Comparison,
     Draws,
     Interval,
-    SaeDraws,
-    bootstrap_many,  # noqa: F401 - re-exported: the per-SAE interval helper
-    compare,
     doc_resample,
+    finite_or_none,
     percentile_interval,
     statistic_draws,
 )
+from sae_med.compare import Comparison, SaeDraws, compare
 from sae_med.config import Config
-from sae_med.dark_matter import DarkMatterFit, is_train_doc
+from sae_med.dark_matter import DarkMatterFit, DarkMatterResult, is_train_doc
 from sae_med.dark_matter import scores as dm_scores
 from sae_med.lm import LanguageModel, TokenBatch
 from sae_med.metrics import (
+    DensityHistogram,
     DocCE,
     DocCEMean,
     ReconstructionAccumulator,
@@ -126,6 +87,8 @@ from sae_med.sae import JumpReLUSAE
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
+"""Version of ``results.json`` (2 had no seed replicates, family means or gaps; 1 had no
+dark-matter intervals)."""
 RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
 """Bootstrapped from per-document sums (:class:`~sae_med.metrics.DocMetrics` fields)."""
 POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac")
@@ -142,11 +105,6 @@ DARK_MATTER_METRICS = ("r2_error_mean", "r2_error_pooled", "r2_norm", "fvu_linea
 DM_TRAIN_FRAC = 0.5
 RECON_BATCH_TOKENS = 2048
 """Cache rows per SAE forward (dense latents: batch × d_sae floats)."""
-
-
-def derived_seed(seed: int, *names: Any) -> int:
-    """A seed for one purpose (e.g. ``"bootstrap", corpus``), stable across runs."""
-    return int(stable_hash([seed, *names]), 16) % (2**63)
 
 
 # --------------------------------------------------------------------------------------
@@ -183,9 +141,32 @@ def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | Non
 # Reconstruction and dark matter over a cache
 # --------------------------------------------------------------------------------------
 
+class DarkMatterSummary(NamedTuple):
+    """The dark-matter block of a results row: held-out scores of the fit, or why there
+    are none (``error``, when the document split leaves a side empty)."""
+
+    train_frac: float
+    seed: int
+    scores: DarkMatterResult | None = None
+    n_eval_documents: int | None = None
+    error: str | None = None
+    intervals: Mapping[str, Interval] | None = None
+    """95% bootstrap over held-out documents given the fit (None when n_boot is 0)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.scores is None:
+            return {"train_frac": self.train_frac, "seed": self.seed, "error": self.error}
+        return {**{k: finite_or_none(v) for k, v in self.scores._asdict().items()},
+                "train_frac": self.train_frac, "seed": self.seed,
+                "n_eval_documents": self.n_eval_documents,
+                "intervals": None if self.intervals is None else {
+                    k: {"low": finite_or_none(iv.low), "high": finite_or_none(iv.high)}
+                    for k, iv in self.intervals.items()}}
+
+
 class ReconstructionPass(NamedTuple):
     accumulator: ReconstructionAccumulator
-    dark_matter: dict[str, Any]
+    dark_matter: DarkMatterSummary
     dark_matter_fit: DarkMatterFit | None
     """The fitted and scored :class:`DarkMatterFit` (None when the split failed)."""
     held_out_docs: Tensor | None
@@ -217,7 +198,7 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
     """Stream the cache in order through ``sae``: reconstruction sums (per document) and
     the dark-matter fit on the fit-split documents, then a second pass over the held-out
     documents to score it (the SAE is rerun there rather than the errors kept)."""
-    doc = cache.token_info()[:, 1].long()
+    doc = cache.tokens().doc_index
     train = is_train_doc(doc, dm_train_frac, dm_seed)
     dev = sae.W_enc.device
     acc = ReconstructionAccumulator()
@@ -232,10 +213,10 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
         t = train[lo:hi]
         if t.any():
             dm.add_train(x[t], (x - x_hat)[t])
-    dm_info: dict[str, Any] = {"train_frac": dm_train_frac, "seed": dm_seed}
     if dm.n_train == 0 or bool(train.all()):
-        dm_info["error"] = "the document split left one side empty: need more documents"
-        return ReconstructionPass(acc, dm_info, None, None)
+        return ReconstructionPass(acc, DarkMatterSummary(
+            dm_train_frac, dm_seed,
+            error="the document split left one side empty: need more documents"), None, None)
     dm.fit()
     for lo, hi in spans:
         held = ~train[lo:hi]
@@ -244,29 +225,74 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
             x_hat = sae.decode(sae.encode(x.to(dev))).to("cpu", torch.float32)
             dm.add_eval(x, x - x_hat, doc[lo:hi][held])
     held = torch.unique(doc[~train])
-    dm_info["n_eval_documents"] = int(held.numel())
-    return ReconstructionPass(acc, {**dm.result()._asdict(), **dm_info}, dm, held)
+    return ReconstructionPass(acc, DarkMatterSummary(dm_train_frac, dm_seed, dm.result(),
+                                                     int(held.numel())), dm, held)
 
 
 # --------------------------------------------------------------------------------------
 # The evaluation
 # --------------------------------------------------------------------------------------
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
+class BootstrapInfo(NamedTuple):
+    """How a row's intervals were drawn."""
+
+    n_boot: int
+    level: float
+    seed: int
+    unit: str = "document"
 
 
-def _interval_dict(iv: Interval) -> dict[str, float | None]:
-    return {"value": _jsonable(iv.value), "low": _jsonable(iv.low), "high": _jsonable(iv.high)}
+@dataclass(frozen=True)
+class ResultRow:
+    """One SAE scored on one eval corpus: a row of ``results.json`` (schema
+    :data:`SCHEMA_VERSION`; :meth:`to_dict` is its JSON form). A new metric is a new name
+    in :data:`RECON_METRICS`, :data:`POINT_METRICS` or :data:`CE_METRICS`."""
+
+    sae_id: str
+    """The key of the SAE in ``saes``."""
+    eval_corpus: str
+    """Corpus the SAE was scored on (its held-out eval split)."""
+    n_tokens: int
+    """Activation vectors scored for reconstruction (the whole eval cache)."""
+    n_documents: int
+    """Distinct documents those tokens come from."""
+    ce_documents: int
+    """Documents used for the spliced-loss metrics."""
+    ce_tokens: int
+    """Next-token predictions scored (positions t spliced, t + 1 real)."""
+    metrics: Mapping[str, Interval]
+    """Every metric with its 95% percentile bootstrap interval over documents (low/high
+    None for the point-only :data:`POINT_METRICS`); definitions in :mod:`sae_med.metrics`."""
+    bootstrap: BootstrapInfo
+    dark_matter: DarkMatterSummary
+    density_histogram: DensityHistogram
+    """Log10 firing rates of the latents over the cache's tokens."""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    """Extra columns (train_corpus, l0_target, replicate, d_sae, ...), flat in the JSON."""
+    split: str = "eval"
+
+    def to_dict(self) -> dict[str, Any]:
+        hist = self.density_histogram
+        return {
+            "sae_id": self.sae_id, "eval_corpus": self.eval_corpus, "split": self.split,
+            "n_tokens": self.n_tokens, "n_documents": self.n_documents,
+            "ce_documents": self.ce_documents, "ce_tokens": self.ce_tokens,
+            "metrics": {k: {"value": finite_or_none(iv.value), "low": finite_or_none(iv.low),
+                            "high": finite_or_none(iv.high)}
+                        for k, iv in self.metrics.items()},
+            "bootstrap": self.bootstrap._asdict(),
+            "dark_matter": self.dark_matter.to_dict(),
+            "density_histogram": {"edges": hist.edges.tolist(), "counts": hist.counts.tolist(),
+                                  "n_dead": hist.n_dead, "n_tokens": self.n_tokens},
+            **dict(self.meta),
+        }
 
 
 class ScoredCorpus(NamedTuple):
     """:func:`score_saes`'s output for one eval corpus."""
 
-    rows: list[dict[str, Any]]
-    """One row per SAE (schema in the module docstring)."""
+    rows: list[ResultRow]
+    """One row per SAE, in ``saes`` order."""
     draws: dict[str, dict[str, Draws]]
     """``{sae_id: {metric: Draws}}``: every bootstrapped metric (tidy names, dark-matter
     scores as ``dark_matter.<name>``) on all documents and on each shared resample."""
@@ -276,8 +302,9 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Co
                   eval_corpus: str, cache: ActivationCache,
                   meta: Mapping[str, Mapping[str, Any]] | None = None,
                   progress: bool = True) -> list[dict[str, Any]]:
-    """The rows of :func:`score_saes`."""
-    return score_saes(saes, model, cfg, eval_corpus, cache, meta, progress).rows
+    """The rows of :func:`score_saes` in their JSON form (:meth:`ResultRow.to_dict`)."""
+    return [r.to_dict() for r in score_saes(saes, model, cfg, eval_corpus, cache, meta,
+                                            progress).rows]
 
 
 def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config, eval_corpus: str,
@@ -295,7 +322,7 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
         progress: tqdm bars.
     Returns:
         the rows (one per SAE, in ``saes`` order) and every SAE's bootstrap draws. Every
-        metric of every SAE is resampled with one :class:`~sae_med.compare.DocResample`
+        metric of every SAE is resampled with one :class:`~sae_med.bootstrap.DocResample`
         (the CE documents are the corpus's first eval documents, ids 0, 1, ...; the
         dark-matter scores use the columns of their held-out documents), so comparisons
         across SAEs and metrics are paired.
@@ -311,7 +338,7 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
     boot_seed = derived_seed(cfg.seed, "bootstrap", eval_corpus)
     dm_seed = derived_seed(cfg.seed, "dark_matter", eval_corpus)
     n_boot = cfg.eval.bootstrap
-    boot_info = {"n_boot": n_boot, "level": LEVEL, "seed": boot_seed, "unit": "document"}
+    boot_info = BootstrapInfo(n_boot, LEVEL, boot_seed)
 
     # (b) spliced loss, batch-outer so the clean/zero passes are shared by all SAEs
     batches = ce_batches(model, cfg, eval_corpus)
@@ -323,7 +350,7 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
                                               fns).items():
             doc_ce[k].append(DocCE(*(f.cpu() for f in losses.doc_sums())))
 
-    cache_docs = torch.unique(cache.token_info()[:, 1].long())
+    cache_docs = torch.unique(cache.tokens().doc_index)
     ce_ids = torch.arange(sum(int(b.tokens.shape[0]) for b in batches))
     resample = doc_resample([cache_docs, ce_ids], n_boot, boot_seed)
     rows, draws = [], {}
@@ -345,39 +372,33 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
             d |= statistic_draws(DocCEMean(ce_docs.n_tokens, ce_docs.ce_clean,
                                            ce_docs.ce_spliced, mean_docs.ce_spliced),
                                  summarize_vs_mean, resample.columns(ce_ids))
-        metrics = {k: _interval_dict(percentile_interval(v)) for k, v in d.items()}
-        metrics.update({k: _interval_dict(Interval(getattr(res, k), None, None))
-                        for k in POINT_METRICS})
+        metrics = {k: percentile_interval(v) for k, v in d.items()}
+        metrics.update({k: Interval(getattr(res, k), None, None) for k in POINT_METRICS})
+        dark_matter = rp.dark_matter
         if rp.dark_matter_fit is not None:
             dm = statistic_draws(rp.dark_matter_fit.per_doc(), dm_scores,
                                  resample.columns(rp.held_out_docs))
-            rp.dark_matter["intervals"] = None if n_boot <= 0 else {
-                k: {"low": _jsonable(iv.low), "high": _jsonable(iv.high)}
-                for k, iv in ((k, percentile_interval(v)) for k, v in dm.items())}
+            dark_matter = dark_matter._replace(intervals=None if n_boot <= 0 else {
+                k: percentile_interval(v) for k, v in dm.items()})
             d |= {f"dark_matter.{k}": v for k, v in dm.items()}
         draws[sae_id] = d
-        hist = rp.accumulator.density_histogram()
-        rows.append({
-            "sae_id": sae_id, "eval_corpus": eval_corpus, "split": "eval",
-            "n_tokens": res.n_tokens, "n_documents": int(cache_docs.numel()),
-            "ce_documents": 0 if ce_docs is None else int(ce_docs.n_tokens.shape[0]),
-            "ce_tokens": 0 if ce_docs is None else int(ce_docs.n_tokens.sum()),
-            "metrics": metrics, "bootstrap": boot_info,
-            "dark_matter": {k: _jsonable(v) for k, v in rp.dark_matter.items()},
-            "density_histogram": {"edges": hist.edges.tolist(),
-                                  "counts": hist.counts.tolist(), "n_dead": hist.n_dead,
-                                  "n_tokens": res.n_tokens},
-            **dict(meta.get(sae_id, {})),
-        })
+        rows.append(ResultRow(
+            sae_id, eval_corpus, res.n_tokens, int(cache_docs.numel()),
+            ce_documents=0 if ce_docs is None else int(ce_docs.n_tokens.shape[0]),
+            ce_tokens=0 if ce_docs is None else int(ce_docs.n_tokens.sum()),
+            metrics=metrics, bootstrap=boot_info, dark_matter=dark_matter,
+            density_histogram=rp.accumulator.density_histogram(),
+            meta=dict(meta.get(sae_id, {}))))
     return ScoredCorpus(rows, draws)
 
 
 def compare_families(scored: ScoredCorpus, cfg: Config, eval_corpus: str) -> Comparison:
     """:func:`sae_med.compare.compare` over the rows whose SAE was trained on one of
     ``cfg.train_corpora`` at a target L0 (external SAEs are left out)."""
-    saes = [SaeDraws(r["train_corpus"], float(r["l0_target"]), int(r.get("replicate") or 0),
-                     scored.draws[r["sae_id"]]) for r in scored.rows
-            if r.get("train_corpus") in cfg.train_corpora and r.get("l0_target") is not None]
+    saes = [SaeDraws(r.meta["train_corpus"], float(r.meta["l0_target"]),
+                     int(r.meta.get("replicate") or 0), scored.draws[r.sae_id])
+            for r in scored.rows if r.meta.get("train_corpus") in cfg.train_corpora
+            and r.meta.get("l0_target") is not None]
     return compare(saes, eval_corpus, cfg.train_corpora,
                    derived_seed(cfg.seed, "seeds", eval_corpus), LEVEL)
 
@@ -441,21 +462,24 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
     return df[lead + sorted(c for c in df.columns if c not in lead)]
 
 
-def write_results(rows: Sequence[Mapping[str, Any]], cfg: Config, path: str | Path,
-                  comparisons: Sequence[Comparison] = ()) -> Path:
+def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, path: str | Path,
+                  comparisons: Sequence[Comparison] = (),
+                  extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``rows`` and the ``comparisons`` (family means and gaps) as the results JSON
     (schema in the module docstring) and the tidy CSV beside it (same stem, ``.csv``: the
     :func:`tidy_results` rows, then the family and gap rows, told apart by ``row_type``),
-    both atomically. Returns the JSON path."""
+    both atomically; ``extra`` keys are added to the JSON's top level. Returns the JSON
+    path."""
     import pandas as pd
 
     path = Path(path)
+    rows = [r.to_dict() if isinstance(r, ResultRow) else r for r in rows]
     families = [f.to_dict() for c in comparisons for f in c.families]
     gaps = [g.to_dict() for c in comparisons for g in c.gaps]
     doc = {"schema_version": SCHEMA_VERSION,
            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "config": cfg.to_dict(), "software": software_versions(), "seed": cfg.seed,
-           "rows": list(rows), "families": families, "gaps": gaps}
+           "rows": list(rows), "families": families, "gaps": gaps, **(extra or {})}
     write_json_atomic(path, doc)
     extra = [{**r, "seed_values": json.dumps(r["seed_values"])} if "seed_values" in r else r
              for r in families + gaps]
@@ -543,7 +567,9 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
                    eval_corpora: Iterable[str] | None = None,
                    model: LanguageModel | None = None,
                    out_path: str | Path | None = None, progress: bool = True,
-                   sae_ids: Sequence[str] | None = None) -> Path:
+                   sae_ids: Sequence[str] | None = None,
+                   extra: Mapping[str, Any] | None = None,
+                   caches: Mapping[str, ActivationCache] | None = None) -> Path:
     """Load SAEs (any format of :func:`~sae_med.sae.load_any_sae`: sae-med folders, Gemma
     Scope params.npz, sae-lens folders or releases), score each on every eval corpus with
     the same pipeline and tokens, write results.
@@ -551,7 +577,8 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     SAE ids are ``sae_ids`` if given, else those of :func:`sae_med.train.sae_id` for
     folders whose metadata names their training corpus (``medical/seed_0/l0_20``), else
     ``{parent}/{folder}``, or full paths if those collide. Eval caches come from
-    ``build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens)``. Writes
+    ``caches`` when given, else ``build_cache(model, cfg, corpus, "eval",
+    n_tokens=cfg.eval.n_tokens)``. Writes
     ``cfg.run_path / "results.json"`` (or ``out_path``) and the CSV beside it; returns
     the JSON path.
     """
@@ -578,12 +605,13 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
             raise ValueError(f"SAE {i} ({specs[ids.index(i)]}) has d_model {sae.d_model}, "
                              f"but {cfg.model.name} has d_model {model.d_model}: it was "
                              "trained on another model")
-    rows: list[dict[str, Any]] = []
+    rows: list[ResultRow] = []
     comparisons = []
     for corpus in corpora:
-        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
-                            progress=progress)
+        cache = (caches or {}).get(corpus) or build_cache(
+            model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens, progress=progress)
         scored = score_saes(saes, model, cfg, corpus, cache, meta, progress)
         rows += scored.rows
         comparisons.append(compare_families(scored, cfg, corpus))
-    return write_results(rows, cfg, out_path or cfg.run_path / "results.json", comparisons)
+    return write_results(rows, cfg, out_path or cfg.run_path / "results.json", comparisons,
+                         extra)

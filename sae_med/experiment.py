@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sae_med.activations import ActivationCache, build_cache
 from sae_med.artifacts import write_json_atomic
@@ -27,8 +30,15 @@ from sae_med.batches import BatchSource
 from sae_med.config import Config
 from sae_med.lm import LanguageModel
 from sae_med.models import load_model
+from sae_med.sae import JumpReLUSAE
+
+if TYPE_CHECKING:
+    from sae_med.autointerp import RunScores
 
 log = logging.getLogger(__name__)
+
+SAES_DIR = "saes"
+"""The run folder's subfolder of trained SAEs (``{SAES_DIR}/{sae_id}``)."""
 
 
 @lru_cache(maxsize=2)
@@ -44,25 +54,31 @@ def load_model_for(cfg: Config) -> LanguageModel:
 STREAM_SAMPLE_TOKENS = 8192
 """With ``train.source: stream`` no training cache exists; the stages that read training
 activations directly (diagnose) get a cache of this many tokens instead."""
+_OPENED: dict[tuple[str, str, str], ActivationCache] = {}
+
+
+def cache_for(cfg: Config, corpus: str, split: str, progress: bool = True) -> ActivationCache:
+    """The activation cache of ``corpus``/``split`` (``cache.n_tokens`` for train, or its
+    first :data:`STREAM_SAMPLE_TOKENS` when training streams; ``eval.n_tokens`` for eval),
+    built if missing. Opening a cache checks every shard's sha256, so each is opened once
+    per process and reused while its manifest is there."""
+    key = (cfg.hash(), corpus, split)
+    cache = _OPENED.get(key)
+    if cache is None or not (cache.root / "manifest.json").exists():
+        n = ((STREAM_SAMPLE_TOKENS if cfg.train.source == "stream" else cfg.cache.n_tokens)
+             if split == "train" else cfg.eval.n_tokens)
+        cache = _OPENED[key] = build_cache(load_model_for(cfg), cfg, corpus, split,
+                                           n_tokens=n, progress=progress)
+    return cache
 
 
 def stage_cache(cfg: Config, progress: bool = True) -> dict[tuple[str, str], ActivationCache]:
-    """Activation caches for every train corpus (train split, ``cache.n_tokens``; none when
-    training streams) and every eval corpus (eval split, ``eval.n_tokens``), keyed
-    ``(corpus, split)``."""
-    model = load_model_for(cfg)
+    """Activation caches for every train corpus (train split; none when training streams)
+    and every eval corpus (eval split), keyed ``(corpus, split)``."""
     streamed = cfg.train.source == "stream"
-    wanted = [] if streamed else [(c, "train", cfg.cache.n_tokens) for c in cfg.train_corpora]
-    wanted += [(c, "eval", cfg.eval.n_tokens) for c in cfg.eval_corpora]
-    return {(c, s): build_cache(model, cfg, c, s, n_tokens=n, progress=progress)
-            for c, s, n in wanted}
-
-
-def train_cache(cfg: Config, corpus: str, progress: bool = True) -> ActivationCache:
-    """The training cache (its first :data:`STREAM_SAMPLE_TOKENS` when training streams)."""
-    n = STREAM_SAMPLE_TOKENS if cfg.train.source == "stream" else cfg.cache.n_tokens
-    return build_cache(load_model_for(cfg), cfg, corpus, "train", n_tokens=n,
-                       progress=progress)
+    wanted = [] if streamed else [(c, "train") for c in cfg.train_corpora]
+    wanted += [(c, "eval") for c in cfg.eval_corpora]
+    return {(c, s): cache_for(cfg, c, s, progress) for c, s in wanted}
 
 
 def train_source(cfg: Config, corpus: str, progress: bool = True) -> BatchSource:
@@ -71,7 +87,7 @@ def train_source(cfg: Config, corpus: str, progress: bool = True) -> BatchSource
         from sae_med.stream import ActivationStream
 
         return ActivationStream(load_model_for(cfg), cfg, corpus)
-    return train_cache(cfg, corpus, progress)
+    return cache_for(cfg, corpus, "train", progress)
 
 
 def stage_train(cfg: Config, progress: bool = True) -> dict:
@@ -95,7 +111,7 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
         source = train_source(cfg, corpus, progress)
         out[corpus] = []
         for rep in range(cfg.sae.seeds):
-            out_dir = cfg.run_path / "saes" / corpus / replicate_dirname(rep)
+            out_dir = cfg.run_path / SAES_DIR / corpus / replicate_dirname(rep)
             ckpt = out_dir / CHECKPOINT_NAME
             resume = True
             if ckpt.exists():
@@ -116,7 +132,7 @@ def sae_dirs(cfg: Config) -> dict[str, Path]:
 
     ids = [sae_id(c, r, t) for c in cfg.train_corpora for r in range(cfg.sae.seeds)
            for t in cfg.sae.l0_targets]
-    return {i: cfg.run_path / "saes" / i for i in ids}
+    return {i: cfg.run_path / SAES_DIR / i for i in ids}
 
 
 def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
@@ -130,8 +146,7 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     stage_train(cfg, progress)
     model = load_model_for(cfg)
     dirs = sae_dirs(cfg)
-    caches = {c: build_cache(model, cfg, c, "eval", n_tokens=cfg.eval.n_tokens,
-                             progress=progress) for c in cfg.eval_corpora}
+    caches = {c: cache_for(cfg, c, "eval", progress) for c in cfg.eval_corpora}
     key = stable_hash({
         "schema_version": SCHEMA_VERSION,
         # every section but autointerp's, which the evaluation never reads
@@ -143,12 +158,9 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     if path.exists() and json.loads(path.read_text()).get("inputs_key") == key:
         log.info("reusing %s (inputs unchanged)", path)
         return path
-    path = evaluate_paths(cfg, list(dirs.values()), list(cfg.eval_corpora), model=model,
-                          out_path=path, progress=progress, sae_ids=list(dirs))
-    results = json.loads(path.read_text())
-    results["inputs_key"] = key
-    write_json_atomic(path, results)
-    return path
+    return evaluate_paths(cfg, list(dirs.values()), list(cfg.eval_corpora), model=model,
+                          out_path=path, progress=progress, sae_ids=list(dirs),
+                          extra={"inputs_key": key}, caches=caches)
 
 
 def run_experiment(cfg: Config, progress: bool = True) -> Path:
@@ -159,6 +171,55 @@ def run_experiment(cfg: Config, progress: bool = True) -> Path:
     return stage_evaluate(cfg, progress)
 
 
+def middle_target(cfg: Config, l0_target: float = 0.0) -> float:
+    """``l0_target``, or the middle of ``cfg.sae.l0_targets`` when it is 0 (the SAEs the
+    case-study stages look at); an error names the targets when it is not one of them."""
+    targets = list(cfg.sae.l0_targets)
+    target = l0_target or targets[len(targets) // 2]
+    if target not in targets:
+        raise ValueError(f"l0_target {target:g} is not one of sae.l0_targets {targets}")
+    return target
+
+
+def saes_at(cfg: Config, l0_target: float = 0.0, corpora: Sequence[str] = (),
+            progress: bool = True) -> dict[str, JumpReLUSAE]:
+    """Replicate 0 of each training corpus's SAE (or of ``corpora``) at
+    :func:`middle_target` ``l0_target``, trained first if needed."""
+    from sae_med.train import sae_id
+
+    target = middle_target(cfg, l0_target)
+    stage_train(cfg, progress)
+    return {c: JumpReLUSAE.load(cfg.run_path / SAES_DIR / sae_id(c, 0, target))
+            for c in corpora or cfg.train_corpora}
+
+
+def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
+                     progress: bool = True) -> RunScores:
+    """Explain and score replicate 0 of every training corpus's SAE at ``l0_target``
+    (:func:`middle_target`) on the ``eval_corpus`` evaluation cache (empty: the first
+    evaluation corpus), with the configured chat backend (cached under the cache dir) and
+    budget (:func:`~sae_med.autointerp.run_budget`: the demo unless
+    ``autointerp.demo=false``). Caches and SAEs come from the stages above."""
+    from sae_med.autointerp import DEMO_BUDGET, RunScores, run_budget, score_saes
+    from sae_med.llm import make_chat
+
+    target = middle_target(cfg, l0_target)
+    eval_corpus = eval_corpus or cfg.eval_corpora[0]
+    model = load_model_for(cfg)
+    cache = cache_for(cfg, eval_corpus, "eval", progress)
+    runs = {corpus: next(r for r in results if r.l0_target == target)
+            for corpus, results in stage_train(cfg, progress=progress).items()}
+    budget = run_budget(cfg.autointerp)
+    if budget.demo:
+        log.warning("autointerp: demo budget (%s); autointerp.demo=false runs the real "
+                    "comparison", ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()))
+    log.info("autointerp: SAEs at L0 target %g on %s", target, eval_corpus)
+    scores = score_saes({c: JumpReLUSAE.load(r.path) for c, r in runs.items()}, cache, model,
+                        make_chat(budget, cfg.cache_path), budget, progress)
+    return RunScores(scores, {c: float(r.final.get("l0", math.nan)) for c, r in runs.items()},
+                     target, eval_corpus, budget)
+
+
 def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
                    progress: bool = True) -> dict:
     """:func:`~sae_med.diagnose.diagnose_sae` for replicate 0 of each training corpus at
@@ -166,23 +227,18 @@ def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
     (empty: the first eval corpus). Returns ``{train_corpus: DamageReport}``."""
     from sae_med.diagnose import diagnose_sae
     from sae_med.evaluate import ce_batches, reconstruction_fn
-    from sae_med.sae import JumpReLUSAE
-    from sae_med.train import sae_id
 
-    targets = list(cfg.sae.l0_targets)
-    target = l0_target or targets[len(targets) // 2]
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
-    stage_train(cfg, progress)
+    saes = saes_at(cfg, l0_target, progress=progress)
     model = load_model_for(cfg)
     batches = ce_batches(model, cfg, eval_corpus)
     out = {}
-    for corpus in cfg.train_corpora:
-        sae = JumpReLUSAE.load(cfg.run_path / "saes" / sae_id(corpus, 0, target))
-        cache = train_cache(cfg, corpus, progress)
+    for corpus, sae in saes.items():
+        cache = cache_for(cfg, corpus, "train", progress)
         n = min(cache.n_tokens, 8192)  # a sample: mean, massive dims, error subspace
         x = cache.activations(0, n)
 
         out[corpus] = diagnose_sae(model, batches, cfg.model.hook_layer,
-                                   reconstruction_fn(sae), x, cache.token_info()[:, 0],
+                                   reconstruction_fn(sae), x, cache.tokens().token_ids,
                                    seed=cfg.seed)
     return out

@@ -15,26 +15,29 @@ no model forward is needed beyond the SAE encoder:
 - :func:`match_dictionaries` — each latent of one SAE against its best match in another by
   decoder cosine similarity (and, given both SAEs' latents on the same tokens, by
   activation correlation: :func:`activation_correlation`), classified as shared / split /
-  new.
+  new; :func:`match_summary` and :func:`largest_split` summarise it.
 - :func:`absorption` — on the HPO is_a hierarchy, how often a parent concept's latent is
   silent on a child concept's document while a latent specific to the parent's subtree
-  fires instead (a domain version of SAEBench's first-letter absorption test).
+  fires instead (a domain version of SAEBench's first-letter absorption test);
+  :func:`absorption_summary` compares two SAEs' tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_med.activations import ActivationCache
+from sae_med.activations import ActivationCache, TokenInfo
+from sae_med.bootstrap import Interval, bootstrap_mean, paired_difference
+from sae_med.metrics import auroc_matrix
 from sae_med.sae import JumpReLUSAE
 
 
@@ -74,6 +77,10 @@ def encode_cache(sae: JumpReLUSAE, cache: ActivationCache, batch_size: int = 409
     return LatentActs(torch.cat(rows), torch.cat(lats), torch.cat(vals), offset, sae.d_sae)
 
 
+PEAK_MARK = "«{}»"
+"""How a window marks its peak token (``str.format`` pattern), in tables and LLM prompts."""
+
+
 class Window(NamedTuple):
     """Tokens around one activation; ``peak`` indexes the marked token in ``tokens``."""
 
@@ -85,20 +92,24 @@ class Window(NamedTuple):
     values: list[float]
     """The latent's activation on each token of the window (0 where it is silent)."""
 
-    def render(self, tokenizer, mark: str = "<<{}>>") -> str:
+    def render(self, tokenizer, mark: str = PEAK_MARK) -> str:
         pieces = [tokenizer.decode([t]) for t in self.tokens]
         pieces[self.peak] = mark.format(pieces[self.peak])
         return "".join(pieces)
 
 
-def _window(acts: LatentActs, info: Tensor, row: int, latent: int, left: int, right: int,
-            dense_cache: dict[int, Tensor]) -> Window:
-    doc = int(info[row, 1])
+def window_at(acts: LatentActs, info: TokenInfo, row: int, latent: int, left: int,
+              right: int, dense_cache: dict[int, Tensor]) -> Window:
+    """The window of up to ``left`` / ``right`` tokens of the same document around cache
+    row ``row``, with ``latent``'s values (``dense_cache`` keeps each latent's dense
+    activations across calls)."""
+    doc = int(info.doc_index[row])
     lo = row
-    while lo > 0 and int(info[lo - 1, 1]) == doc and row - lo < left:
+    while lo > 0 and int(info.doc_index[lo - 1]) == doc and row - lo < left:
         lo -= 1
     hi = row
-    while hi + 1 < info.shape[0] and int(info[hi + 1, 1]) == doc and hi - row < right:
+    while hi + 1 < len(info.doc_index) and int(info.doc_index[hi + 1]) == doc \
+            and hi - row < right:
         hi += 1
     if latent not in dense_cache:
         r, v = acts.of_latent(latent)
@@ -106,14 +117,14 @@ def _window(acts: LatentActs, info: Tensor, row: int, latent: int, left: int, ri
         dense[r] = v
         dense_cache[latent] = dense
     vals = dense_cache[latent][lo:hi + 1]
-    return Window(doc, int(info[row, 2]), float(dense_cache[latent][row]),
-                  info[lo:hi + 1, 0].tolist(), row - lo, vals.tolist())
+    return Window(doc, int(info.position[row]), float(dense_cache[latent][row]),
+                  info.token_ids[lo:hi + 1].tolist(), row - lo, vals.tolist())
 
 
 def top_windows(acts: LatentActs, cache: ActivationCache, latent: int, k: int = 10,
                 left: int = 30, right: int = 5, one_per_doc: bool = True) -> list[Window]:
     """The ``k`` strongest activations of ``latent`` with their context windows."""
-    info = cache.token_info()
+    info = cache.tokens()
     r, v = acts.of_latent(latent)
     order = torch.argsort(v, descending=True, stable=True)
     out: list[Window] = []
@@ -121,11 +132,11 @@ def top_windows(acts: LatentActs, cache: ActivationCache, latent: int, k: int = 
     dense: dict[int, Tensor] = {}
     for i in order.tolist():
         row = int(r[i])
-        doc = int(info[row, 1])
+        doc = int(info.doc_index[row])
         if one_per_doc and doc in seen:
             continue
         seen.add(doc)
-        out.append(_window(acts, info, row, latent, left, right, dense))
+        out.append(window_at(acts, info, row, latent, left, right, dense))
         if len(out) == k:
             break
     return out
@@ -136,7 +147,7 @@ def quantile_windows(acts: LatentActs, cache: ActivationCache, latent: int,
                      left: int = 30, right: int = 5, seed: int = 0
                      ) -> dict[float, list[Window]]:
     """Windows sampled around activation quantiles (how the latent behaves when weak)."""
-    info = cache.token_info()
+    info = cache.tokens()
     r, v = acts.of_latent(latent)
     if len(v) == 0:
         return {q: [] for q in quantiles}
@@ -149,7 +160,7 @@ def quantile_windows(acts: LatentActs, cache: ActivationCache, latent: int,
         span = max(1, len(order) // 20)
         lo, hi = max(0, centre - span), min(len(order), centre + span + 1)
         picks = gen.choice(np.arange(lo, hi), size=min(per, hi - lo), replace=False)
-        out[q] = [_window(acts, info, int(r[order[p]]), latent, left, right, dense)
+        out[q] = [window_at(acts, info, int(r[order[p]]), latent, left, right, dense)
                   for p in sorted(picks)]
     return out
 
@@ -182,25 +193,12 @@ def search_latents(sae: JumpReLUSAE, acts_of_text: Float[Tensor, "pos d_model"],
     return [(int(i), float(v)) for i, v in zip(top.indices, top.values, strict=True) if v > 0]
 
 
-def latents_on_token(acts: LatentActs, cache: ActivationCache, token_id: int, k: int = 10
-                     ) -> list[tuple[int, float]]:
-    """Latents that fire most often on ``token_id`` (fraction of its occurrences)."""
-    info = cache.token_info()
-    rows = torch.nonzero(info[:, 0] == token_id).flatten()
-    if len(rows) == 0:
-        return []
-    sel = torch.isin(acts.rows, rows)
-    counts = torch.bincount(acts.latents[sel], minlength=acts.d_sae).float() / len(rows)
-    top = torch.topk(counts, k)
-    return [(int(i), float(v)) for i, v in zip(top.indices, top.values, strict=True) if v > 0]
-
-
 # ------------------------------------------------------------------ concept alignment
 
 def doc_max_activations(acts: LatentActs, cache: ActivationCache
                         ) -> Float[Tensor, "n_docs d_sae"]:
     """Per document, each latent's maximum activation over the document's tokens."""
-    doc_of_row = cache.token_info()[:, 1].long()
+    doc_of_row = cache.tokens().doc_index
     n_docs = int(doc_of_row.max()) + 1
     out = torch.zeros(n_docs * acts.d_sae)
     flat = doc_of_row[acts.rows] * acts.d_sae + acts.latents
@@ -230,19 +228,6 @@ class Alignment(NamedTuple):
     """Held-out F1 at the threshold that maximised F1 on the selection half."""
     concepts: list[str]
     n_positive: list[int]
-
-
-def _auroc_matrix(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    """AUROC of every score column for every positive-indicator column (ties: midranks).
-
-    scores: (docs, latents); positives: (docs, concepts) bool → (latents, concepts)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=0)  # (docs, latents), midranks for the many zeros
-    n_pos = positives.sum(0).astype(np.float64)
-    n_neg = positives.shape[0] - n_pos
-    rank_sum = ranks.T @ positives.astype(np.float64)  # (latents, concepts)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1)
 
 
 def _best_f1_threshold(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -296,9 +281,9 @@ def concept_alignment(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequen
                 pos[d, index[c]] = True
     scores = doc_max.numpy().astype(np.float64)
     sel, held = half == 0, half == 1
-    au_sel = _auroc_matrix(scores[sel], pos[sel])
+    au_sel = auroc_matrix(scores[sel], pos[sel])
     best = au_sel.argmax(1)
-    au_held_all = _auroc_matrix(scores[held], pos[held])
+    au_held_all = auroc_matrix(scores[held], pos[held])
     d_sae = scores.shape[1]
     auroc = au_held_all[np.arange(d_sae), best]
     f1 = np.zeros(d_sae)
@@ -320,7 +305,7 @@ def concept_aurocs(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[
     pos = np.array([concept in document_concepts(lab, keys) for lab in doc_labels])
     if pos.all() or not pos.any():
         return torch.full((doc_max.shape[1],), float("nan")), int(pos.sum())
-    au = _auroc_matrix(doc_max.numpy().astype(np.float64), pos[:, None])[:, 0]
+    au = auroc_matrix(doc_max.numpy().astype(np.float64), pos[:, None])[:, 0]
     return torch.from_numpy(au).float(), int(pos.sum())
 
 
@@ -436,6 +421,50 @@ def match_dictionaries(a: JumpReLUSAE, b: JumpReLUSAE, shared_at: float = 0.7,
     return DictionaryMatch(idx, val, kind, cb, cr)
 
 
+class MatchSummary(NamedTuple):
+    """How the live latents of A relate to B (:func:`match_summary`)."""
+
+    live: int
+    """Latents of A that fire on the cache."""
+    median_cosine: float
+    median_correlation: float
+    share_correlated: float
+    """Share with best activation correlation ≥ 0.7."""
+    share_uncorrelated: float
+    """Share with best activation correlation < 0.4."""
+    agreement: float
+    """Share whose best match is the same B latent by cosine and by correlation."""
+    same_index: float
+    """Share whose best cosine match has A's own index (a decoder that barely moved from
+    an initialisation both SAEs share)."""
+
+
+def match_summary(m: DictionaryMatch, alive: Bool[Tensor, " d_sae_a"]) -> MatchSummary:
+    """Summary of a :func:`match_dictionaries` result (with activations) over the latents
+    ``alive``."""
+    if m.corr is None or m.corr_best is None:
+        raise ValueError("match_dictionaries was run without acts_a/acts_b: no correlations")
+    share = lambda mask: float(mask[alive].float().mean())  # noqa: E731
+    return MatchSummary(
+        int(alive.sum()), float(m.cosine[alive].median()), float(m.corr[alive].median()),
+        share(m.corr >= 0.7), share(m.corr < 0.4), share(m.best == m.corr_best),
+        share(m.best == torch.arange(len(m.best))))
+
+
+def largest_split(m: DictionaryMatch) -> tuple[int, list[int]] | None:
+    """The B latent that is the best match of the most ``split`` A latents, and those A
+    latents (ascending); None when nothing is split. Ties go to the lower B index."""
+    split = [(b, a) for a, (b, k) in enumerate(zip(m.best.tolist(), m.kind, strict=True))
+             if k == "split"]
+    if not split:
+        return None
+    counts = defaultdict(list)
+    for b, a in split:
+        counts[b].append(a)
+    top = max(sorted(counts), key=lambda b: len(counts[b]))
+    return top, counts[top]
+
+
 # ------------------------------------------------------------ absorption on a hierarchy
 
 def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict],
@@ -483,8 +512,8 @@ def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict
     pos = np.stack(cols, 1)  # (docs, parents)
     scores = doc_max.numpy().astype(np.float64)
     sel, held = half == 0, half == 1
-    parent_lat = _auroc_matrix(scores[sel], pos[sel]).argmax(0)  # (parents,)
-    au_held = _auroc_matrix(scores[held][:, parent_lat], pos[held])
+    parent_lat = auroc_matrix(scores[sel], pos[sel]).argmax(0)  # (parents,)
+    au_held = auroc_matrix(scores[held][:, parent_lat], pos[held])
     fires = scores[sel] > 0
     n_fires = fires.sum(0)
     precision = (fires.T.astype(np.float64) @ pos[sel]) / np.maximum(n_fires, 1)[:, None]
@@ -508,3 +537,36 @@ def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict
                      "n_specific": len(specific),
                      "absorbers": [int(specific[i]) for i in order if counts[i] > 0][:5]})
     return pd.DataFrame(rows, columns=columns)
+
+
+ABSORPTION_MEASURES = ("absorption_rate", "miss_rate", "parent_auroc")
+"""The per-parent columns of :func:`absorption` that :func:`absorption_summary` averages."""
+
+
+def absorption_summary(tables: Mapping[str, Any], n_boot: int = 1000, seed: int = 0) -> Any:
+    """Per SAE and :data:`ABSORPTION_MEASURES` column of its :func:`absorption` table, the
+    mean over parent concepts with a bootstrap 95% interval (parents resampled); with two
+    tables, also the paired difference of ``absorption_rate`` (first − second) over the
+    parents both list, matched by name. Columns: SAE, measure, mean over parents,
+    95% low, 95% high."""
+    import pandas as pd
+
+    rows = []
+
+    def add(sae: str, measure: str, iv: Interval) -> None:
+        rows.append({"SAE": sae, "measure": measure, "mean over parents": iv.value,
+                     "95% low": iv.low, "95% high": iv.high})
+
+    for name, df in tables.items():
+        if len(df):
+            for col in ABSORPTION_MEASURES:
+                add(name, col, bootstrap_mean(df[col].to_numpy(), n_boot, seed))
+    if len(tables) == 2:
+        (a, da), (b, db) = tables.items()
+        both = da.merge(db, on="parent", suffixes=("_a", "_b"))
+        if len(both):
+            add(f"{a} − {b}", "absorption_rate", paired_difference(
+                both.absorption_rate_a.to_numpy(), both.absorption_rate_b.to_numpy(),
+                n_boot, seed))
+    return pd.DataFrame(rows, columns=["SAE", "measure", "mean over parents", "95% low",
+                                       "95% high"])

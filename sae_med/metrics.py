@@ -8,7 +8,8 @@ docstring carries its formula (see PAPER.md, "Metrics"):
 - :class:`ReconstructionAccumulator` streams a whole evaluation set, computes the same
   quantities over *all* tokens from exact running sums, counts per-latent firing (dead /
   dense fractions, log10 density histogram) and keeps per-document sums so that
-  :func:`bootstrap_ci` can resample documents;
+  :mod:`sae_med.bootstrap` can resample documents;
+- :func:`auroc_matrix` / :func:`auroc` rank scores against labels;
 - :class:`CELosses` holds the per-token losses of a spliced forward
   (:meth:`sae_med.lm.LanguageModel.spliced_losses`), and :func:`loss_recovered`,
   :func:`delta_ce`, :func:`kl_score` combine their means.
@@ -92,6 +93,13 @@ def relative_reconstruction_bias(x: Float[Tensor, "tokens d_model"],
 # Streaming over an evaluation set
 # --------------------------------------------------------------------------------------
 
+def centred_sum_of_squares(n: Tensor | float, total: Float[Tensor, " d_model"],
+                           total_sq: Tensor | float) -> Tensor:
+    """Σ_t ‖v_t − v̄‖² = Σ_t ‖v_t‖² − ‖Σ_t v_t‖² / n from the sums of v (``total``) and of
+    ‖v‖² (``total_sq``) over n tokens; the form that pools across documents and ranks."""
+    return total_sq - total.pow(2).sum() / n
+
+
 class DocSums(NamedTuple):
     """Per-document raw sums (float64, leading dim ``docs``) for the document bootstrap.
 
@@ -136,9 +144,9 @@ def metrics_from_doc_sums(s: DocSums) -> DocMetrics:
     """
     n = s.n_tokens.sum()
     d_model = s.x_sum.shape[-1]
-    sst = s.x_sq.sum() - s.x_sum.sum(0).pow(2).sum() / n
+    sst = centred_sum_of_squares(n, s.x_sum.sum(0), s.x_sq.sum())
     sse = s.sq_err.sum()
-    sse_c = sse - s.err_sum.sum(0).pow(2).sum() / n
+    sse_c = centred_sum_of_squares(n, s.err_sum.sum(0), sse)
     return DocMetrics(
         n_tokens=int(n),
         l0=float(s.l0_sum.sum() / n),
@@ -201,7 +209,7 @@ class ReconstructionAccumulator:
     Centred sums are merged with Chan et al.'s parallel-variance update (running mean and
     M2 = Σ‖v − v̄‖² for v = x and v = e), so the all-token FVEs are exact and stable in
     float64. When ``doc_index`` is given, per-document raw sums are kept as well (memory
-    ≈ 16·d_model bytes per document) for :func:`bootstrap_ci`.
+    ≈ 16·d_model bytes per document) for the document bootstrap.
 
     Args:
         dense_threshold: firing-rate fraction above which a latent counts as dense.
@@ -331,69 +339,32 @@ class ReconstructionAccumulator:
 
 
 # --------------------------------------------------------------------------------------
-# Bootstrap over documents
+# Ranking
 # --------------------------------------------------------------------------------------
 
-class ConfidenceInterval(NamedTuple):
-    estimate: float
-    """The statistic on the full (not resampled) set of documents."""
-    low: float
-    high: float
-    n_boot: int
+def auroc_matrix(scores: Float[np.ndarray, "items scorers"],
+                 positives: Bool[np.ndarray, "items labels"]
+                 ) -> Float[np.ndarray, "scorers labels"]:
+    """AUROC of every score column for every positive-indicator column: P(a random
+    positive scores above a random negative), ties counting half (Mann–Whitney U with
+    midranks), (Σ ranks of positives − n₊(n₊ + 1)/2) / (n₊ n₋); 0 when a side is empty."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=0)  # (items, scorers), midranks for the many zeros
+    n_pos = positives.sum(0).astype(np.float64)
+    n_neg = positives.shape[0] - n_pos
+    rank_sum = ranks.T @ positives.astype(np.float64)  # (scorers, labels)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1)
 
 
-def _n_docs(stats: Any) -> int:
-    if isinstance(stats, Tensor):
-        return int(stats.shape[0])
-    return _n_docs(next(iter(stats.values() if isinstance(stats, dict) else stats)))
-
-
-def _take(stats: Any, idx: Tensor) -> Any:
-    if isinstance(stats, Tensor):
-        return stats[idx]
-    if isinstance(stats, dict):
-        return {k: _take(v, idx) for k, v in stats.items()}
-    return type(stats)(*(_take(v, idx) for v in stats))
-
-
-def bootstrap_ci(per_doc_stats: Any, statistic_fn: Callable[[Any], float], n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> ConfidenceInterval:
-    """Percentile bootstrap interval of ``statistic_fn`` by resampling documents.
-
-    ``per_doc_stats`` is a tensor, dict or NamedTuple of tensors whose leading dimension is
-    the document (e.g. :class:`DocSums`, :class:`DocCE`). Each of ``n_boot`` replicates
-    draws n_docs documents with replacement (seeded ``torch.Generator``) and evaluates
-    ``statistic_fn`` on them; the interval is the ((1 − level)/2, (1 + level)/2)
-    percentiles of the replicates. Documents, not tokens, are the unit, because tokens of
-    one document are correlated.
-    """
-    n = _n_docs(per_doc_stats)
-    if n < 2:
-        raise ValueError(f"need at least 2 documents to bootstrap, got {n}")
-    gen = torch.Generator().manual_seed(seed)
-    reps = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = torch.randint(n, (n,), generator=gen)
-        reps[b] = float(statistic_fn(_take(per_doc_stats, idx)))
-    alpha = (1 - level) / 2
-    low, high = np.nanquantile(reps, [alpha, 1 - alpha])
-    return ConfidenceInterval(float(statistic_fn(per_doc_stats)), float(low), float(high),
-                              n_boot)
-
-
-def bootstrap_mean(values: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-                   ) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of ``values`` and its percentile-bootstrap interval,
-    resampling the values themselves (e.g. latents or parent concepts; NaNs dropped).
-    All NaN when no value is left."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan"), float("nan")
-    boots = np.random.default_rng(seed).choice(x, size=(n_boot, len(x))).mean(1)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(boots, [alpha, 1 - alpha])
-    return float(x.mean()), float(low), float(high)
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """:func:`auroc_matrix` of one score for one label: positives vs negatives; NaN if
+    either side is empty."""
+    if not len(positives) or not len(negatives):
+        return float("nan")
+    scores = np.r_[np.asarray(positives, float), np.asarray(negatives, float)][:, None]
+    labels = (np.arange(len(scores)) < len(positives))[:, None]
+    return float(auroc_matrix(scores, labels)[0, 0])
 
 
 # --------------------------------------------------------------------------------------

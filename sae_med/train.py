@@ -60,12 +60,14 @@ from sae_med import distributed as dist
 from sae_med.artifacts import (
     artifact_lock,
     atomic_path,
+    derived_seed,
     file_sha256,
     stable_hash,
     write_json_atomic,
 )
 from sae_med.batches import BatchSource, ResumableSource, prefetch
 from sae_med.config import Config, TrainConfig
+from sae_med.models import pick_device
 from sae_med.sae import JumpReLUSAE
 
 log = logging.getLogger(__name__)
@@ -130,39 +132,15 @@ def sparsity_coeff_at(step: int, tc: TrainConfig) -> float:
     return tc.sparsity_coeff * min(1.0, (step + 1) / tc.sparsity_warmup_steps)
 
 
-def batch_fve(x: Float[Tensor, "batch d_model"], x_hat: Float[Tensor, "batch d_model"]
-              ) -> float:
-    """Paper's FVE on one batch: 1 - sum_j Var_t(x_j - x_hat_j) / sum_j Var_t(x_j)."""
-    x, x_hat = x.float(), x_hat.float()
-    return float(1.0 - (x - x_hat).var(0).sum() / x.var(0).sum().clamp_min(1e-30))
-
-
-def sub_seed(seed: int, *names: Any) -> int:
-    """A derived seed (63 bits) for a named purpose, stable across runs and platforms."""
-    return int(stable_hash([seed, *names]), 16) % (2**63)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: this process's current CUDA device (torchrun ranks are pinned to theirs by
-    :func:`sae_med.distributed.init_from_env`) if there is one, else the CPU."""
-    if name == "auto":
-        return (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
-                else torch.device("cpu"))
-    from sae_med.models import check_device_available
-
-    check_device_available(name)
-    return torch.device(name)
-
-
 def init_seed(seed: int, train_corpus: str, l0_target: float, replicate: int) -> int:
     """Initialisation seed of one SAE: distinct for every (training corpus, target L0,
     replicate), so the families compared never start from the same decoder."""
-    return sub_seed(seed, "init", train_corpus, float(l0_target), int(replicate))
+    return derived_seed(seed, "init", train_corpus, float(l0_target), int(replicate))
 
 
 def batch_seed(seed: int, replicate: int) -> int:
     """Batch-order seed of a replicate's sweep (replicate 0 reads in ``seed``'s order)."""
-    return seed if replicate == 0 else sub_seed(seed, "batches", int(replicate))
+    return seed if replicate == 0 else derived_seed(seed, "batches", int(replicate))
 
 
 def sae_dirname(l0_target: float) -> str:
@@ -595,7 +573,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     if init_saes is not None and len(init_saes) != len(sc.l0_targets):
         raise TrainingError(f"{len(init_saes)} init_saes for {len(sc.l0_targets)} targets")
 
-    device = resolve_device(tc.device)
+    device = pick_device(tc.device)
     use_bf16 = tc.autocast_bf16 or device.type == "cuda"
     use_compile = tc.compile and compile_available()
     # sparse: always CSR; auto: CSR on CPU without autocast once latents are sparse enough
@@ -625,7 +603,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
 
     norm = (InputNorm(state["mean"].cpu(), state["scale"]) if state is not None else
-            estimate_input_norm(source, bs, tc.norm_batches, sub_seed(cfg.seed, "norm"),
+            estimate_input_norm(source, bs, tc.norm_batches, derived_seed(cfg.seed, "norm"),
                                 tc.center_inputs))
     scale = norm.scale
 
@@ -641,7 +619,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
             sae.input_scale.fill_(scale)
             if sc.threshold_init == "target_quantile" and state is None:
                 init_threshold_at_target_(sae, norm.apply(next(source.iter_batches(
-                    bs, sub_seed(order_seed, "threshold")))), target, sc.init_threshold)
+                    bs, derived_seed(order_seed, "threshold")))), target, sc.init_threshold)
         sae_dir = out_dir / sae_dirname(target)
         sae_dir.mkdir(parents=True, exist_ok=True)
         sae = sae.to(device)
@@ -714,7 +692,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                     m.prev_l0 = float(l0)
                 if is_log:
                     dead = (tokens - m.last_fired) >= min(window, tokens)
-                    fve = dist.global_fve(x, x_hat) if ws > 1 else batch_fve(x, x_hat)
+                    fve = dist.global_fve(x, x_hat)
                     m.last = {"step": step + 1, "tokens": tokens, "lr": lr,
                               "sparsity_coeff": coeff, "loss": float(loss),
                               "mse": float(mse), "sparsity_loss": float(sp), "l0": float(l0),

@@ -17,7 +17,6 @@ import torch
 from sae_med.autointerp import (
     DETECT_REMINDER,
     ask,
-    auroc,
     compare_scores,
     detection_messages,
     detection_metrics,
@@ -28,6 +27,7 @@ from sae_med.autointerp import (
     pick_latents,
     silent_windows,
 )
+from sae_med.bootstrap import bootstrap_mean
 from sae_med.config import AutointerpConfig, ConfigError, config_from_dict, load_config
 from sae_med.features import encode_cache, top_windows
 from sae_med.llm import (
@@ -40,7 +40,7 @@ from sae_med.llm import (
     retry_delay,
 )
 from sae_med.llm_server import serve
-from sae_med.metrics import bootstrap_mean
+from sae_med.metrics import auroc
 from sae_med.sae import JumpReLUSAE
 
 SMALL = AutointerpConfig(n_latents=2, n_windows=3, n_score=2, max_new_tokens=24,

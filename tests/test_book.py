@@ -66,7 +66,7 @@ def test_offline_renderer_fetches_nothing():
     import plotly.graph_objects as go
     import plotly.io as pio
 
-    from sae_med.book import use_offline_plotly
+    from sae_med.notebook import use_offline_plotly
 
     use_offline_plotly()
     html = pio.renderers["sae_med_offline"].to_mimebundle(

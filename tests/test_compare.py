@@ -6,20 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from sae_med.bootstrap import Draws, Interval, bootstrap_ci, doc_resample, statistic_draws
 from sae_med.compare import (
-    Draws,
-    Interval,
     SaeDraws,
     compare,
-    doc_resample,
     interpolate,
     matched,
     seed_draws,
     seed_mean,
-    statistic_draws,
     verdict,
 )
-from sae_med.metrics import DocSums, bootstrap_ci, metrics_from_doc_sums
+from sae_med.metrics import DocSums, metrics_from_doc_sums
 
 N_DOCS, D, N_BOOT = 40, 6, 200
 TARGETS = (10.0, 20.0, 40.0)
@@ -153,7 +150,7 @@ def test_gap_rows_round_trip_through_the_book_helpers(resample):
     """Gap.to_dict rows as a DataFrame: oriented either way, read back as Intervals."""
     import pandas as pd
 
-    from sae_med.book import gap_intervals, gap_table, oriented_gaps
+    from sae_med.notebook import gap_intervals, gap_table, oriented_gaps
 
     out = compare(family("medical", (0.20, 0.21), resample)
                   + family("broad", (0.30, 0.31), resample), "medical",

@@ -129,8 +129,8 @@ def test_per_doc_sums_pool_to_the_result_and_bootstrap_over_documents():
     """Documents split across add_eval batches are merged; the pooled per-document sums
     reproduce result(); resampling documents gives an interval around the estimate that
     narrows with more documents."""
+    from sae_med.bootstrap import bootstrap_many
     from sae_med.dark_matter import scores
-    from sae_med.evaluate import bootstrap_many
 
     def fit(n):
         x, docs, g = _data(n=n, d=6, tokens_per_doc=10)

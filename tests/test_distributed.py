@@ -17,8 +17,8 @@ from test_train import tiny_config as train_tiny_config
 
 from sae_med import distributed as dist
 from sae_med.config import Config
+from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
-from sae_med.train import batch_fve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,6 +159,6 @@ def test_helpers_are_identities_in_one_process():
     t = torch.tensor([2.0, 3.0])
     assert torch.equal(dist.all_reduce_sum_(t), torch.tensor([2.0, 3.0]))
     x_hat = x + 0.3 * torch.randn(12, 5)
-    assert dist.global_fve(x, x_hat) == pytest.approx(batch_fve(x, x_hat), rel=1e-6)
+    assert dist.global_fve(x, x_hat) == pytest.approx(fve(x, x_hat), rel=1e-6)
     assert dist.global_fve(x, x) == pytest.approx(1.0)
     assert dist.init_from_env() is False  # no WORLD_SIZE: nothing to initialise

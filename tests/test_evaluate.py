@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sae_med.activations import build_cache
+from sae_med.bootstrap import bootstrap_ci, bootstrap_many
 from sae_med.config import load_config
 from sae_med.evaluate import (
     CE_METRICS,
@@ -22,7 +23,6 @@ from sae_med.evaluate import (
     MEAN_ABLATION_METRICS,
     POINT_METRICS,
     RECON_METRICS,
-    bootstrap_many,
     ce_batches,
     evaluate_paths,
     evaluate_saes,
@@ -31,7 +31,7 @@ from sae_med.evaluate import (
     write_results,
 )
 from sae_med.lm import TokenBatch
-from sae_med.metrics import DocCE, bootstrap_ci, summarize_ce
+from sae_med.metrics import DocCE, summarize_ce
 from sae_med.sae import JumpReLUSAE, to_sae_lens
 
 CORPUS = "medical"
@@ -222,7 +222,7 @@ def test_bootstrap_many_equals_bootstrap_ci():
     many = bootstrap_many(doc, lambda d: summarize_ce(d)._asdict(), 50, seed=7)
     for name in ("loss_recovered", "ce_spliced", "kl_score"):
         ref = bootstrap_ci(doc, lambda d, name=name: getattr(summarize_ce(d), name), 50, seed=7)
-        assert many[name].value == pytest.approx(ref.estimate, rel=1e-12)
+        assert many[name].value == pytest.approx(ref.value, rel=1e-12)
         assert many[name].low == pytest.approx(ref.low, rel=1e-9)
         assert many[name].high == pytest.approx(ref.high, rel=1e-9)
 

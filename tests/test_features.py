@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from sae_med.features import (
-    _auroc_matrix,
     concept_alignment,
     doc_max_activations,
     encode_cache,
@@ -17,6 +16,7 @@ from sae_med.features import (
     match_dictionaries,
     top_windows,
 )
+from sae_med.metrics import auroc_matrix
 from sae_med.sae import JumpReLUSAE
 
 
@@ -82,7 +82,7 @@ def test_auroc_matrix_equals_pairwise_definition():
     rng = np.random.default_rng(0)
     scores = np.where(rng.random((60, 3)) < 0.5, 0.0, rng.random((60, 3)))  # many ties
     pos = rng.random((60, 2)) < 0.3
-    got = _auroc_matrix(scores, pos)
+    got = auroc_matrix(scores, pos)
     for lat in range(3):
         for c in range(2):
             p, n = scores[pos[:, c], lat], scores[~pos[:, c], lat]
@@ -120,6 +120,48 @@ def test_match_dictionaries_shared_split_new():
     assert float(m.cosine[0]) == pytest.approx(1.0)
     assert m.kind[1] == m.kind[2] == "split" and int(m.best[1]) == int(m.best[2]) == 4
     assert m.kind[5] == "new"
+
+
+def test_match_summary_and_largest_split_known_answers():
+    from sae_med.features import DictionaryMatch, largest_split, match_summary
+
+    m = DictionaryMatch(best=torch.tensor([0, 4, 4, 2, 4, 2]),
+                        cosine=torch.tensor([0.9, 0.5, 0.6, 0.5, 0.7, 0.45]),
+                        kind=["shared", "split", "split", "split", "split", "split"],
+                        corr_best=torch.tensor([0, 4, 1, 2, 3, 3]),
+                        corr=torch.tensor([0.8, 0.75, 0.2, 0.5, 0.3, 0.0]))
+    alive = torch.tensor([True, True, True, True, True, False])
+    s = match_summary(m, alive)
+    assert s.live == 5 and s.median_cosine == pytest.approx(0.6)
+    assert s.median_correlation == pytest.approx(0.5)
+    assert (s.share_correlated, s.share_uncorrelated) == (pytest.approx(0.4),
+                                                          pytest.approx(0.4))
+    assert s.agreement == pytest.approx(3 / 5) and s.same_index == pytest.approx(2 / 5)
+    assert largest_split(m) == (4, [1, 2, 4])
+    assert largest_split(m._replace(kind=["shared"] * 6)) is None
+    with pytest.raises(ValueError, match="acts_a"):
+        match_summary(m._replace(corr=None), alive)
+
+
+def test_absorption_summary_pairs_parents_by_name():
+    """The difference pairs parents by name, whatever order the two tables list them in."""
+    import pandas as pd
+
+    from sae_med.features import absorption_summary
+
+    def table(rates):
+        return pd.DataFrame({"parent": list(rates), "absorption_rate": list(rates.values()),
+                             "miss_rate": 0.5, "parent_auroc": 0.9})
+
+    a = table({"P": 0.4, "Q": 0.1, "R": 0.3})
+    b = table({"R": 0.2, "P": 0.1, "S": 0.9})  # other order; S and Q unpaired
+    out = absorption_summary({"a": a, "b": b}, n_boot=200, seed=0).set_index(["SAE", "measure"])
+    assert out.loc[("a", "absorption_rate"), "mean over parents"] == pytest.approx(0.8 / 3)
+    assert out.loc[("b", "miss_rate"), "mean over parents"] == pytest.approx(0.5)
+    diff = out.loc[("a − b", "absorption_rate")]
+    assert diff["mean over parents"] == pytest.approx(((0.4 - 0.1) + (0.3 - 0.2)) / 2)
+    assert 0.1 - 1e-9 <= diff["95% low"] <= diff["95% high"] <= 0.3 + 1e-9
+    assert len(absorption_summary({"a": a}, n_boot=10)) == 3
 
 
 def test_activation_correlation_matches_dense_pearson():

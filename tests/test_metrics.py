@@ -1,4 +1,4 @@
-"""Known-answer tests for sae_med.metrics (reconstruction, firing, bootstrap, spliced CE).
+"""Known-answer tests for sae_med.metrics (reconstruction, firing, ranking, spliced CE).
 
 The CE tests use a tiny randomly initialised Gemma-3 (3 blocks, d_model 32, vocab 97) as an
 HF ``Gemma3ForCausalLM`` plus the same weights converted into a TransformerLens
@@ -17,8 +17,6 @@ import torch
 from sae_med.metrics import (
     DocCE,
     ReconstructionAccumulator,
-    bootstrap_ci,
-    bootstrap_mean,
     concat_doc_stats,
     delta_ce,
     density_histogram,
@@ -192,41 +190,6 @@ def _doc_stats(n_docs, seed=0, tokens_per_doc=6):
     docs = torch.arange(n) // tokens_per_doc
     acc.update(x, x_hat, torch.ones(n, 3), doc_index=docs)
     return acc.per_doc()
-
-
-def test_bootstrap_ci_contains_estimate_and_narrows():
-    def stat(s):
-        return metrics_from_doc_sums(s).fve
-
-    small = bootstrap_ci(_doc_stats(20), stat, n_boot=200, seed=1)
-    big = bootstrap_ci(_doc_stats(500), stat, n_boot=200, seed=1)
-    for ci in (small, big):
-        assert ci.low < ci.estimate < ci.high
-        assert ci.n_boot == 200
-    assert (big.high - big.low) < 0.5 * (small.high - small.low)
-    again = bootstrap_ci(_doc_stats(20), stat, n_boot=200, seed=1)
-    assert again == small  # seeded
-
-
-def test_bootstrap_mean_known_answer():
-    """Mean of 0..99 is 49.5; its standard error is sd/√n ≈ 2.89, so the 95% interval is
-    about ±5.7; NaNs are dropped; an empty input gives NaNs."""
-    vals = np.r_[np.arange(100.0), np.nan]
-    est, lo, hi = bootstrap_mean(vals, n_boot=4000, seed=0)
-    se = np.arange(100.0).std() / 10
-    assert est == 49.5
-    assert lo == pytest.approx(49.5 - 1.96 * se, abs=0.8)
-    assert hi == pytest.approx(49.5 + 1.96 * se, abs=0.8)
-    assert all(math.isnan(v) for v in bootstrap_mean([np.nan]))
-
-
-def test_bootstrap_plain_tensor_mean():
-    vals = torch.arange(100, dtype=torch.float64)
-    ci = bootstrap_ci(vals, lambda v: float(v.mean()), n_boot=300, seed=0)
-    assert ci.estimate == pytest.approx(49.5)
-    se = float(vals.std()) / 10
-    assert ci.low == pytest.approx(49.5 - 1.96 * se, abs=1.5)
-    assert ci.high == pytest.approx(49.5 + 1.96 * se, abs=1.5)
 
 
 # ------------------------------------------------------------------ CE combiners

@@ -15,19 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from sae_med.artifacts import derived_seed
 from sae_med.batches import TensorBatchSource
 from sae_med.config import Config, SAEConfig, TrainConfig
+from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
 from sae_med.train import (
     InputNorm,
     TrainingError,
-    batch_fve,
     batch_seed,
     estimate_input_norm,
     init_seed,
     lr_at,
     sparsity_coeff_at,
-    sub_seed,
     train_saes,
 )
 
@@ -74,8 +74,8 @@ def test_schedules():
 
 def test_batch_fve_known_cases():
     x = torch.randn(100, 8)
-    assert batch_fve(x, x) == pytest.approx(1.0)
-    assert batch_fve(x, x.mean(0, keepdim=True).expand_as(x)) == pytest.approx(0.0, abs=1e-6)
+    assert fve(x, x) == pytest.approx(1.0)
+    assert fve(x, x.mean(0, keepdim=True).expand_as(x)) == pytest.approx(0.0, abs=1e-6)
 
 
 class CountingSource(TensorBatchSource):
@@ -107,7 +107,7 @@ def test_tiny_sweep_outputs_and_one_pass(tmp_path):
         assert float(sae.input_scale) == 1.0
         # folded SAE works on raw activations
         x = src.chunks[0][:256]
-        assert batch_fve(x, sae(x).x_hat.detach()) > 0.3
+        assert fve(x, sae(x).x_hat.detach()) > 0.3
         assert r.input_scale == pytest.approx(1 / x.pow(2).sum(-1).mean().sqrt().item(),
                                               rel=0.2)
 
@@ -126,7 +126,7 @@ def test_init_seeds_differ_by_corpus_target_and_replicate(tmp_path):
         src = CountingSource(acts)
         runs = train_saes(cfg, src, tmp_path / corpus / f"seed_{rep}", progress=False,
                           train_corpus=corpus, replicate=rep)
-        pulled[(corpus, rep)] = set(src.pulled) - {sub_seed(cfg.seed, "norm")}
+        pulled[(corpus, rep)] = set(src.pulled) - {derived_seed(cfg.seed, "norm")}
         for r in runs:
             assert (r.train_corpus, r.replicate) == (corpus, rep)
             md = json.loads((r.path / "cfg.json").read_text())["metadata"]
@@ -211,13 +211,13 @@ def test_centering_helps_when_the_mean_dominates(tmp_path):
     """Same budget, same seeds: training on x - E[x] fits a mean-dominated stream better
     (the FVE counts variance around the mean, which the plain recipe must first learn)."""
     acts = offset_acts()
-    fve = {}
+    score = {}
     for center in (False, True):
         cfg = tiny_config(center_inputs=center, checkpoint_every=0)
         r = train_saes(cfg, TensorBatchSource(acts), tmp_path / str(center), progress=False)[1]
         sae = JumpReLUSAE.load(r.path)
-        fve[center] = batch_fve(acts, sae(acts).x_hat.detach())
-    assert fve[True] > fve[False] + 0.05, fve
+        score[center] = fve(acts, sae(acts).x_hat.detach())
+    assert score[True] > score[False] + 0.05, score
 
 
 @pytest.mark.parametrize("center", [False, True])

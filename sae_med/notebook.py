@@ -1,0 +1,260 @@
+"""Helpers the notebooks share, so that they stay thin: setup, tables and figures.
+
+:func:`setup_notebook` is every notebook's first call (offline plotly, the config with its
+run name); the tables read the tidy results and comparison tables of
+:mod:`sae_med.evaluate`; the figures are plotly (training curves, metric vs L0,
+cross-evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sae_med.config import Config, load_config
+
+CORPUS_COLORS = {"medical": "#c0392b", "broad": "#2471a3", "wordnet": "#7d3c98",
+                 "clinical_qa": "#c0392b", "web": "#2471a3"}
+EVAL_DASH = {0: "solid", 1: "dash", 2: "dot", 3: "dashdot"}
+
+
+def notebook_config(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:
+    """The notebooks' config: ``config`` + ``overrides``, renamed to ``run_name`` if given."""
+    extra = [f"name={run_name}"] if run_name else []
+    return load_config(config, [*overrides, *extra])
+
+
+def setup_notebook(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:
+    """A notebook's setup: figures that render offline (:func:`use_offline_plotly`) and its
+    :func:`notebook_config`."""
+    use_offline_plotly()
+    return notebook_config(config, overrides, run_name)
+
+
+def domain_pair(cfg: Config) -> tuple[str, str]:
+    """(domain corpus, broad corpus) among ``cfg.train_corpora``: the first whose declared
+    domain is not ``broad``, and the first that is; raises unless there is one of each."""
+    from sae_med.data import corpus_info
+
+    domain = [c for c in cfg.train_corpora if corpus_info(c).domain != "broad"]
+    broad = [c for c in cfg.train_corpora if corpus_info(c).domain == "broad"]
+    if not domain or not broad:
+        raise ValueError(f"config {cfg.name!r} trains on {list(cfg.train_corpora)}: the "
+                         "comparison needs one domain (e.g. medical) and one broad corpus")
+    return domain[0], broad[0]
+
+
+def metric_value(results: Any, metric: str, train_corpus: str, eval_corpus: str,
+                 l0_target: float) -> float:
+    """One ``value`` from the tidy results table (NaN if absent)."""
+    sel = results[(results.metric == metric) & (results.train_corpus == train_corpus)
+                  & (results.eval_corpus == eval_corpus) & (results.l0_target == l0_target)]
+    return float(sel.value.iloc[0]) if len(sel) else float("nan")
+
+
+def with_interval(results: Any, metrics: Sequence[str], digits: int = 3) -> Any:
+    """Wide table (SAE x eval corpus rows, one column per metric) of "value [low, high]";
+    seed replicates get their own rows when the table has a ``replicate`` column."""
+    df = results[results.metric.isin(metrics)].copy()
+
+    def fmt(r: Any) -> str:
+        if r.low != r.low or r.high != r.high:  # NaN: a point value
+            return f"{r.value:.{digits}f}"
+        return f"{r.value:.{digits}f} [{r.low:.{digits}f}, {r.high:.{digits}f}]"
+
+    df["text"] = df.apply(fmt, axis=1)
+    index = ["train_corpus", "l0_target", *(["replicate"] if "replicate" in df else []),
+             "eval_corpus"]
+    wide = df.pivot_table(index=index, columns="metric", values="text", aggfunc="first")
+    return wide[[m for m in metrics if m in wide.columns]]
+
+
+def _cell(value: float, low: float, high: float, digits: int) -> str:
+    if value != value:
+        return "n/a"
+    if low != low or high != high:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
+    """The gap rows of :func:`sae_med.evaluate.load_comparisons` as ``first`` minus
+    ``second`` (rows stored the other way round are negated, their interval flipped)."""
+    import pandas as pd
+
+    same = gaps[(gaps.train_corpus == first) & (gaps.versus == second)].copy()
+    flip = gaps[(gaps.train_corpus == second) & (gaps.versus == first)].copy()
+    flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
+    flip["train_corpus"], flip["versus"] = first, second
+    return pd.concat([same, flip], ignore_index=True)
+
+
+def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digits: int = 3
+              ) -> Any:
+    """Wide table of gaps, "value [low, high]" with a ``*`` where the 95% interval
+    excludes 0: rows (eval corpus, target L0 or FVE), one column per metric."""
+    at = basis
+    df = gaps[(gaps.basis == basis) & gaps.metric.isin(metrics)].copy()
+    if df.empty:
+        return df
+    df["text"] = [_cell(r.value, r.low, r.high, digits) + (" *" if r.excludes_zero else "")
+                  for r in df.itertuples()]
+    wide = df.pivot_table(index=["eval_corpus", at], columns="metric", values="text",
+                          aggfunc="first")
+    return wide[[m for m in metrics if m in wide.columns]]
+
+
+def family_table(families: Any, metrics: Sequence[str], digits: int = 3) -> Any:
+    """Across-seed means at each target L0: "mean [low, high]" (hierarchical interval) and
+    the replicates' own values, one row per (eval corpus, train corpus, target L0)."""
+    df = families[(families.basis == "l0_target") & families.metric.isin(metrics)].copy()
+    if df.empty:
+        return df
+    df["text"] = [_cell(r.value, r.low, r.high, digits) + "; seeds " + ", ".join(
+        "n/a" if v is None else f"{v:.{digits}f}" for v in r.seed_values)
+        for r in df.itertuples()]
+    wide = df.pivot_table(index=["eval_corpus", "train_corpus", "l0_target"],
+                          columns="metric", values="text", aggfunc="first")
+    return wide[[m for m in metrics if m in wide.columns]]
+
+
+def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_target"
+                  ) -> list[Any]:
+    """The :class:`~sae_med.bootstrap.Interval` of every gap of ``metric`` on
+    ``eval_corpus`` at ``basis`` (in target-L0 or FVE order)."""
+    from sae_med.bootstrap import Interval
+
+    sel = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
+               & (gaps.basis == basis)].sort_values(basis)
+    return [Interval(float(r.value), None if r.low != r.low else float(r.low),
+                     None if r.high != r.high else float(r.high)) for r in sel.itertuples()]
+
+
+def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3) -> str:
+    """One sentence stating the gaps and how many of their intervals exclude 0."""
+    subject = f"{what} {where}".strip()
+    if not ivs:
+        return f"{subject}: no comparison in this run (e.g. no common FVE range)."
+    cells = "; ".join(_cell(iv.value, *(float("nan") if v is None else v
+                                         for v in (iv.low, iv.high)), digits) for iv in ivs)
+    n = sum(iv.excludes_zero for iv in ivs)
+    return (f"{subject}: {cells} (95% intervals); the interval excludes 0 in {n} of "
+            f"{len(ivs)} comparisons.")
+
+
+def use_offline_plotly() -> None:
+    """Render plotly figures as HTML that works with no network.
+
+    plotly's ``notebook`` renderer adds a MathJax ``<script src>`` from a CDN to every
+    figure, which fails offline; this one embeds plotly.js once (in the output of the cell
+    that calls it, so it precedes every figure on the page) and nothing remote.
+    """
+    import plotly.io as pio
+    from plotly.io.base_renderers import HtmlRenderer
+
+    class OfflineRenderer(HtmlRenderer):
+        def __init__(self) -> None:
+            super().__init__(connected=False, full_html=False, global_init=True,
+                             include_plotlyjs=False)
+
+        def to_mimebundle(self, fig_dict: dict) -> dict[str, str]:
+            html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False,
+                               full_html=False, default_width="100%", default_height=450,
+                               validate=False, config={"displaylogo": False})
+            return {"text/html": html}
+
+    pio.renderers["sae_med_offline"] = OfflineRenderer()
+    pio.renderers.default = "sae_med_offline"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``metrics.jsonl`` (one JSON object per line)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
+    """Tidy DataFrame of every SAE's training log: one row per logged step, with columns
+    ``train_corpus``, ``replicate``, ``l0_target`` and the ``metrics.jsonl`` fields."""
+    import pandas as pd
+
+    from sae_med.train import METRICS_NAME
+
+    frames = []
+    for corpus, runs in results.items():
+        for r in runs:
+            df = pd.DataFrame(read_metrics(Path(r.path) / METRICS_NAME))
+            df.insert(0, "l0_target", r.l0_target)
+            df.insert(0, "replicate", r.replicate)
+            df.insert(0, "train_corpus", corpus)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _line_style(train_corpus: str, eval_index: int = 0) -> dict[str, Any]:
+    return {"color": CORPUS_COLORS.get(train_corpus), "dash": EVAL_DASH.get(eval_index % 4)}
+
+
+def metric_vs_l0(results: Any, metric: str, y_title: str, title: str = "",
+                 eval_corpora: Sequence[str] | None = None) -> Any:
+    """Figure: ``metric`` against the measured L0, one line per (train, eval) corpus pair,
+    with the 95% interval (``low``/``high``) as error bars.
+
+    ``results`` is the tidy table of :func:`sae_med.evaluate.load_results`.
+    """
+    import plotly.graph_objects as go
+
+    df = results
+    evals = list(eval_corpora or sorted(df.eval_corpus.unique()))
+    fig = go.Figure()
+    for train in sorted(df.train_corpus.unique()):
+        for j, ev in enumerate(evals):
+            sub = df[(df.train_corpus == train) & (df.eval_corpus == ev)]
+            y = sub[sub.metric == metric].set_index("l0_target").sort_index()
+            x = sub[sub.metric == "l0"].set_index("l0_target").reindex(y.index)
+            if y.empty:
+                continue
+            fig.add_trace(go.Scatter(
+                x=x.value, y=y.value, mode="lines+markers", line=_line_style(train, j),
+                name=f"trained on {train}, evaluated on {ev}",
+                error_y={"type": "data", "symmetric": False,
+                         "array": (y.high - y.value).clip(lower=0),
+                         "arrayminus": (y.value - y.low).clip(lower=0)},
+                customdata=y.index.values,
+                hovertemplate="target L0 %{customdata}<br>L0 %{x:.1f}<br>%{y:.4f}"))
+    fig.update_layout(title=title or f"{metric} vs L0", xaxis_title="L0 (active latents per token)",
+                      yaxis_title=y_title, legend={"orientation": "h", "y": -0.25})
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def cross_eval_figure(results: Any, metric: str, y_title: str,
+                      l0_targets: Sequence[float] | None = None) -> Any:
+    """The train x eval cross-evaluation: grouped bars of ``metric`` (SAE trained on X,
+    bars per eval corpus) with 95% intervals, one panel per target L0."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    df = results[results.metric == metric]
+    targets = list(l0_targets or sorted(df.l0_target.unique()))
+    fig = make_subplots(rows=1, cols=len(targets), shared_yaxes=True,
+                        subplot_titles=[f"target L0 {t:g}" for t in targets])
+    for i, t in enumerate(targets, start=1):
+        sub_t = df[df.l0_target == t]
+        for train in sorted(sub_t.train_corpus.unique()):
+            sub = sub_t[sub_t.train_corpus == train].sort_values("eval_corpus")
+            fig.add_trace(go.Bar(
+                x=[f"on {e}" for e in sub.eval_corpus], y=sub.value,
+                name=f"SAE trained on {train}", legendgroup=train, showlegend=i == 1,
+                marker_color=CORPUS_COLORS.get(train),
+                error_y={"type": "data", "symmetric": False,
+                         "array": (sub.high - sub.value).clip(lower=0).fillna(0),
+                         "arrayminus": (sub.value - sub.low).clip(lower=0).fillna(0)}),
+                row=1, col=i)
+        fig.update_xaxes(title_text="evaluation corpus", row=1, col=i)
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_layout(barmode="group",
+                      title=f"{metric}: SAE trained on (colour) x evaluated on (axis)",
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
