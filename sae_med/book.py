@@ -240,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------
 
 def notebook_config(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:
-    """The notebooks' config: ``config`` + ``overrides``, renamed to ``run_name`` if given."""
+    """The notebooks' config: ``config`` + ``overrides``, renamed to ``run_name`` if given
+    (parameters as papermill may pass them: :func:`sae_med.notebooks.notebook_parameters`)."""
+    from sae_med.notebooks import notebook_parameters
+
+    config, overrides, run_name = notebook_parameters(config, overrides, run_name)
     extra = [f"name={run_name}"] if run_name else []
     return load_config(config, [*overrides, *extra])
 
