@@ -49,7 +49,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -298,6 +298,17 @@ def iter_documents(name: str, split: Split = "all") -> Iterator[Document]:
     for doc in docs:
         if split == "all" or doc.split == split:
             yield doc
+
+
+def documents_by_id(corpus: str, split: Split, ids: Sequence[str]) -> list[Document]:
+    """The document of each id (in the order given) among ``split`` of ``corpus``."""
+    want = set(ids)
+    found = {d.doc_id: d for d in iter_documents(corpus, split) if d.doc_id in want}
+    missing = want - set(found)
+    if missing:
+        raise KeyError(f"{len(missing)} document ids not in {corpus}/{split}, e.g. "
+                       f"{sorted(missing)[:3]}")
+    return [found[i] for i in ids]
 
 
 def interleave(streams: list[Iterator[Document]], weights: Iterable[float]

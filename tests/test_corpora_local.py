@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from sae_med import data
+from sae_med import data, leakage
 from sae_med.cli import main
 from sae_med.config import ConfigError, load_config
 from sae_med.corpora_local import CorpusSourceError
@@ -67,7 +67,13 @@ def test_declared_jsonl_corpus_splits_by_group_and_deduplicates(tmp_path):
     assert len(train) + len(list(data.iter_documents("lawx", "eval"))) == len(docs)
     leak = corpus_leakage("lawx")
     assert (leak.exact, leak.near, leak.removed.exact) == (0.0, 0.0, 1)
-    assert "lawx" in {r.corpus for r in offline_leakage()}
+
+def test_offline_leakage_covers_declared_local_corpora(monkeypatch):
+    _declare("lawo", files="law/*.jsonl")
+    _declare("lawh", hf_dataset="someone/law")  # online: not in the offline report
+    monkeypatch.setattr(leakage, "corpus_leakage", lambda name: name)
+    names = offline_leakage()
+    assert "lawo" in names and "medical" in names and "lawh" not in names
 
 
 def test_fingerprint_follows_content_and_spec(tmp_path):
