@@ -157,16 +157,17 @@ def run_notebook(ref: str, config: str, overrides: Sequence[str] = (), out: Path
 
 def pair_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
     """Write ``NN_name.ipynb`` beside every ``NN_name.py`` (what ``jupytext --to ipynb``
-    writes) and register the ``sae-med`` kernel they name: the plain papermill route."""
-    import jupytext
+    writes, with the kernel set as :func:`sae_med.book.read_notebook` sets it) and register
+    the ``sae-med`` kernel they name: the plain papermill route."""
+    import nbformat
 
-    from sae_med.book import PROJECT_ROOT, ensure_kernel, list_notebooks
+    from sae_med.book import PROJECT_ROOT, ensure_kernel, list_notebooks, read_notebook
 
-    ensure_kernel()
+    kernel = ensure_kernel()
     out = []
     for source in list_notebooks(Path(notebooks_dir or PROJECT_ROOT / "notebooks")):
         target = source.with_suffix(".ipynb")
-        jupytext.write(jupytext.read(source), target)
+        nbformat.write(read_notebook(source, kernel), target)
         out.append(target)
     return out
 
