@@ -26,9 +26,11 @@ RECORDS = [{"id": f"r{i}", "text": f"The {_WORDS[0][i % 5]} {_WORDS[1][i // 5 % 
 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
-    """Declared corpora are parsed into a temp cache, and run from a temp folder."""
+    """Declared corpora are parsed into a temp cache, run from a temp folder, and
+    forgotten after the test (the registry is process-wide)."""
     monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
 
 
 def _jsonl(path, records):
