@@ -81,6 +81,6 @@ def test_readme_commands_run_at_smoke_size(fresh_checkout):
     executed = json.loads((fresh_checkout / "03_out.ipynb").read_text())
     injected = [c for c in executed["cells"]
                 if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert "eval.bootstrap=20" in "".join(injected[0]["source"])
+    assert "eval.ce_docs=8" in "".join(injected[0]["source"])
     assert (fresh_checkout / "runs" / "smoke" / "notebooks" / "03_fidelity.ipynb").exists()
     assert (fresh_checkout / "exported" / "README.md").exists()
