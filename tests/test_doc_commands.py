@@ -10,11 +10,11 @@ import shlex
 from pathlib import Path
 
 import pytest
+from doc_commands import checkout, commands, doc_blocks, run_command, using_it_chapters
 
 from sae_med.book import PROJECT_ROOT
 from sae_med.cli import parse_args
 from sae_med.config import load_config
-from tests.doc_commands import checkout, commands, doc_blocks, run_command, using_it_chapters
 
 DOCS = [PROJECT_ROOT / "README.md", *using_it_chapters(PROJECT_ROOT)]
 SHELL = ("bash", "sh", "console", "shell")

@@ -7,9 +7,10 @@ import json
 import random
 from pathlib import Path
 
+from doc_commands import checkout, commands, doc_blocks, run_command
+
 from sae_med.book import PROJECT_ROOT
 from sae_med.evaluate import load_results
-from tests.doc_commands import checkout, commands, doc_blocks, run_command
 
 PAGE = PROJECT_ROOT / "book" / "new_domain.md"
 
