@@ -2,7 +2,7 @@
 # `make test` (set up + lint + tests). Both are idempotent.
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup run test smoke bench publish rehearse-paper
+.PHONY: setup run test smoke bench publish rehearse-paper notebooks
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +16,11 @@ smoke: setup
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/pytest -q
+
+# Paired notebooks/NN_*.ipynb (jupytext --to ipynb) and the sae-med Jupyter kernel, for
+# running a notebook with plain papermill or Jupyter; rerun after editing a notebook's .py.
+notebooks:
+	.venv/bin/python -m sae_med.rerun
 
 bench: setup
 	.venv/bin/python benchmarks/bench_cache.py

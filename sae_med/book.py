@@ -85,16 +85,10 @@ def list_notebooks(notebooks_dir: Path) -> list[Path]:
     return found
 
 
-def execute_notebook(source: Path, output: Path, parameters: Mapping[str, Any],
-                     kernel_name: str, cwd: Path, progress: bool = False) -> Path:
-    """jupytext ``source`` -> ``output`` (.ipynb), executed by papermill with ``parameters``.
-
-    Raises :class:`NotebookError` naming the notebook and the failing cell.
-    """
+def read_notebook(source: Path, kernel_name: str = KERNEL_NAME) -> Any:
+    """The jupytext notebook ``source`` as papermill reads it: checked for a ``parameters``
+    cell, with the kernel and language set."""
     import jupytext
-    import nbformat
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
 
     nb = jupytext.read(source)
     if not any("parameters" in c.metadata.get("tags", []) for c in nb.cells):
@@ -102,6 +96,20 @@ def execute_notebook(source: Path, output: Path, parameters: Mapping[str, Any],
     nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": "Python (sae-med)",
                                  "language": "python"}
     nb.metadata.setdefault("language_info", {"name": "python"})
+    return nb
+
+
+def execute_notebook(source: Path, output: Path, parameters: Mapping[str, Any],
+                     kernel_name: str, cwd: Path, progress: bool = False) -> Path:
+    """jupytext ``source`` -> ``output`` (.ipynb), executed by papermill with ``parameters``.
+
+    Raises :class:`NotebookError` naming the notebook and the failing cell.
+    """
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    nb = read_notebook(source, kernel_name)
     output.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, output)
     try:

@@ -2,7 +2,7 @@
 config plus ``section.field=value`` overrides.
 
     sae-med prepare [CONFIG]            fetch embedded corpora, cache the embedded model
-    sae-med corpora [CONFIG]            list corpora with document and token counts
+    sae-med corpora [CONFIG]            list corpora (and the config's own) with counts
         [--leakage]                     ... or eval documents duplicated in train, per corpus
     sae-med cache CONFIG [k=v ...]      cache activations for the configured corpora
     sae-med train CONFIG [k=v ...]      train the SAE sweep on each training corpus
@@ -11,6 +11,8 @@ config plus ``section.field=value`` overrides.
     sae-med experiment CONFIG [k=v ...] cache -> train -> evaluate (last line results=PATH)
     sae-med autointerp CONFIG [k=v ...] LLM explanations + detection scores (autointerp=DIR)
     sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
+    sae-med notebook NN CONFIG [k=v ...] execute one notebook (notebook=PATH.ipynb)
+        [--out PATH] [-p NAME VALUE]    ... to PATH; -p sets its other parameters
     sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
     sae-med config CONFIG [k=v ...]     print the resolved config (base: and overrides applied)
     sae-med export RUN_OR_SAE OUT       sae-lens folders or Gemma Scope params.npz + a card
@@ -28,6 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sae_med import __version__
 from sae_med.config import Config, ConfigError, load_config
@@ -43,7 +46,9 @@ KNOWN_ERRORS = {
     "sae_med.sae": ["SAECheckpointError"],
     "sae_med.data": ["UnknownCorpusError"],
     "sae_med.corpora_embedded": ["CorpusFetchError"],
+    "sae_med.corpora_local": ["CorpusSourceError"],
     "sae_med.book": ["NotebookError", "BookBuildError"],
+    "sae_med.rerun": ["NotebookParameterError"],
 }
 """Errors whose message says what is wrong and what to do: the command line prints that
 message as one line instead of a traceback (``--debug`` shows it)."""
@@ -82,13 +87,16 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_corpora(args: argparse.Namespace) -> int:
     from sae_med.data import corpus_info, corpus_stats, list_corpora
 
+    cfg = _load(args)  # registers the corpora it declares
+    names = args.corpus or list_corpora()
+    for name in names:
+        corpus_info(name)  # an unknown name: one clear error
     if args.leakage:
-        return _print_leakage()
+        return _print_leakage(args.corpus)
     tokenizer = None
     if not args.no_tokens:
         from sae_med.models import EMBEDDED, embedded_model_dir
 
-        cfg = _load(args)
         if cfg.model.name == EMBEDDED:
             from transformers import AutoTokenizer
 
@@ -99,10 +107,10 @@ def cmd_corpora(args: argparse.Namespace) -> int:
             tokenizer = load_model(cfg.model.name, "cpu", cfg.cache_path).tokenizer
     print(f"{'corpus':<14} {'kind':<9} {'domain':<8} {'documents':>10} {'tokens':>12}  "
           "description")
-    for name in list_corpora():
+    for name in names:
         info = corpus_info(name)
         docs = toks = "-"
-        if info.kind == "embedded":
+        if info.kind in ("embedded", "local"):
             stats = corpus_stats(name, tokenizer) if tokenizer is not None else None
             if stats:
                 docs, toks = f"{stats['documents']:,}", f"{stats['tokens']:,}"
@@ -111,12 +119,12 @@ def cmd_corpora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_leakage() -> int:
-    from sae_med.leakage import embedded_leakage
+def _print_leakage(names: list[str]) -> int:
+    from sae_med.leakage import corpus_leakage, offline_leakage
 
     print(f"{'corpus':<10} {'train docs':>10} {'eval docs':>9} {'exact in train':>14} "
           f"{'near in train':>13} {'removed: exact':>14} {'near-dup eval':>13}")
-    for r in embedded_leakage():
+    for r in [corpus_leakage(n) for n in names] if names else offline_leakage():
         exact, near = (f"{n:,}" for n in r.removed) if r.removed else ("-", "-")
         print(f"{r.corpus:<10} {r.train_documents:>10,} {r.eval_documents:>9,} "
               f"{r.exact:>14.2%} {r.near:>13.2%} {exact:>14} {near:>13}")
@@ -219,6 +227,33 @@ def cmd_book(args: argparse.Namespace) -> int:
 
     print(f"book={build_book(args.config, list(args.overrides))}")
     return 0
+
+
+def cmd_notebook(args: argparse.Namespace) -> int:
+    """Execute one notebook through papermill with the config (and -p parameters)."""
+    from sae_med.rerun import parse_parameter, run_notebook
+
+    extra = {name: parse_parameter(value) for name, value in args.param}
+    out = run_notebook(args.notebook, args.config, args.overrides, args.out, args.run_name,
+                       extra)
+    print(f"notebook={out}")
+    return 0
+
+
+def _add_notebook_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("notebook", help="execute one notebook through papermill; last line "
+                       "notebook=PATH")
+    p.add_argument("notebook", metavar="NN", help="the notebook's number (03) or name")
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="executed .ipynb (default RUN/notebooks/NN_name.ipynb)")
+    p.add_argument("--run-name", default="", help="replaces the config's name")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="another parameter of the notebook "
+                   "(VALUE read as YAML: 3, 0.5, [a, b]); repeatable")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of an error instead of one line")
+    p.set_defaults(func=cmd_notebook)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -345,9 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-tokens", action="store_true",
                            help="skip token counts (no tokenizer needed)")
             p.add_argument("--leakage", action="store_true",
-                           help="instead, per embedded corpus: the share of eval documents "
+                           help="instead, per corpus readable offline (embedded, and the "
+                                "config's own): the share of eval documents "
                                 "with an exact / near-duplicate in train, and what "
                                 "de-duplication removed")
+            p.add_argument("--corpus", action="append", default=[], metavar="NAME",
+                           help="only this corpus (repeatable)")
         if name == "evaluate":
             p.add_argument("--sae", action="append", default=[], metavar="SPEC",
                            help="score this SAE instead of the run's own (repeatable): a "
@@ -363,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "config":
             p.add_argument("--json", action="store_true", help="JSON instead of YAML")
         p.set_defaults(func=fn)
+    _add_notebook_parser(sub)
     _add_export_parser(sub)
     _add_publish_parser(sub)
     for p in sub.choices.values():  # -v after the subcommand too; SUPPRESS keeps one before it

@@ -214,6 +214,59 @@ class EvalConfig:
     """Bootstrap resamples over documents for 95% intervals."""
 
 
+CORPUS_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A corpus declared in a config (``corpora: {NAME: {...}}``): local files, or a
+    Hugging Face dataset (read from local ``data_files`` when given). Read by
+    :mod:`sae_med.corpora_local`; split, de-duplicated and fingerprinted like the
+    built-in corpora (:mod:`sae_med.data`)."""
+
+    domain: str = ""
+    """Which side of the comparison it is on: ``broad`` for a control, any other name
+    (``law``, ``medical``) for a domain. Required."""
+    files: tuple[str, ...] = ()
+    """Glob patterns of local files (relative to the working directory, like
+    ``output_dir``): ``.txt``/``.md`` (one document per file), ``.jsonl``, ``.csv`` or
+    ``.parquet`` (one document per record)."""
+    format: str = "auto"
+    """``auto`` (from each file's extension), ``text``, ``jsonl``, ``csv`` or ``parquet``."""
+    hf_dataset: str = ""
+    """A hub dataset id (``owner/name``) instead of ``files``; needs internet unless
+    ``data_files`` are given."""
+    hf_config: str = ""
+    """The hub dataset's configuration name, if it has several."""
+    split: str = "train"
+    """The hub dataset's split to read (the train/eval split is still sae-med's own)."""
+    data_files: tuple[str, ...] = ()
+    """Local copies of the hub dataset's files (glob patterns): read offline, same schema."""
+    text_field: str = "text"
+    """Record field holding the document text."""
+    id_field: str = ""
+    """Record field with a stable id (empty: a hash of the text)."""
+    group_field: str = ""
+    """Record field tying related documents to one side of the split (empty: each
+    document is its own group)."""
+    labels_field: tuple[str, ...] = ()
+    """Record fields kept as concept labels (a string or a list of strings each)."""
+    description: str = ""
+
+    def check(self, name: str) -> None:
+        """Validate against the dotted field names of corpus ``name``."""
+        at = f"corpora.{name}"
+        _check(bool(self.domain), f"{at}.domain",
+               "is required: 'broad' for a control corpus, else the domain's name")
+        _check(bool(self.files) != bool(self.hf_dataset), f"{at}.files/hf_dataset",
+               "give exactly one: local file patterns, or a hub dataset id")
+        _check(not self.data_files or bool(self.hf_dataset), f"{at}.data_files",
+               "only goes with hf_dataset (for plain local files use files)")
+        _check(self.format in CORPUS_FORMATS, f"{at}.format",
+               f"{self.format!r} is not one of {CORPUS_FORMATS}")
+        _check(bool(self.text_field), f"{at}.text_field", "must name the text field")
+
+
 AUTOINTERP_BACKENDS = ("local", "openai")
 
 
@@ -287,6 +340,9 @@ class Config:
     train_corpora: tuple[str, ...] = ("medical", "broad")
     """One SAE family is trained per corpus (the domain-vs-broad comparison)."""
     eval_corpora: tuple[str, ...] = ("medical", "broad")
+    corpora: dict[str, CorpusSpec] = field(default_factory=dict)
+    """Corpora declared by this config (name -> :class:`CorpusSpec`), usable in
+    ``train_corpora`` / ``eval_corpora`` like the built-in ones."""
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
@@ -296,8 +352,11 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
-        from sae_med.data import list_corpora  # data imports this module
+        from sae_med.data import declare_corpus, list_corpora  # data imports this module
 
+        for name, spec in self.corpora.items():
+            spec.check(name)
+            declare_corpus(name, spec)
         known = list_corpora()
         for where in ("train_corpora", "eval_corpora"):
             for c in getattr(self, where):
@@ -313,7 +372,10 @@ class Config:
         return Path(self.output_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.corpora:  # keeps the hash (and artefact keys) of configs without any
+            del out["corpora"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -344,6 +406,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(
                 f"config field '{where}': {value!r} is not one of {typing.get_args(typ)}")
         return value
+    if origin is dict:
+        (_key, inner) = typing.get_args(typ)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field '{where}': expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         (inner, _ellipsis) = typing.get_args(typ)
         if isinstance(value, str | int | float):

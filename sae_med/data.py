@@ -25,7 +25,9 @@ Corpora (``list_corpora()``):
 - embedded, broad: ``wordnet``, ``austen``, ``gcide``, ``fortunes`` and the mix ``broad``
   (Debian packages fetched once into ``<cache>/debian``, see :func:`prepare_embedded`);
 - hub (need internet): ``clinical_qa`` (the paper's MedQA/MedMCQA/PubMedQA/MMLU mix) and
-  ``web`` (FineWeb sample-10BT), see :mod:`sae_med.corpora_hub`.
+  ``web`` (FineWeb sample-10BT), see :mod:`sae_med.corpora_hub`;
+- declared by a config (``corpora:``, :class:`~sae_med.config.CorpusSpec`): local files or
+  a hub dataset, read by :mod:`sae_med.corpora_local`, de-duplicated within themselves.
 
 **How mixes weight their sources.** ``medical`` gives ``hpo`` and ``icd10cm`` equal
 shares, ``broad`` gives each of its four sources a quarter. Shares are of *characters*
@@ -42,17 +44,18 @@ order under ``<cache>/corpora``, keyed by :func:`corpus_fingerprint` and verifie
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from sae_med.artifacts import atomic_path, file_sha256, stable_hash, write_json_atomic
-from sae_med.config import default_cache_dir
+from sae_med.config import ConfigError, CorpusSpec, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +96,17 @@ class CorpusUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class CorpusInfo:
     name: str
-    kind: Literal["embedded", "hub"]
-    domain: Literal["medical", "broad"]
+    kind: Literal["embedded", "hub", "local"]
+    """``local``: a config-declared corpus readable offline."""
+    domain: str
+    """``broad`` (the control side of a comparison) or the domain's name (``medical``)."""
     description: str
     sources: tuple[str, ...]
     """Source names its documents carry; for a mix, the member corpora."""
     weights: tuple[float, ...] | None = None
     """Character shares of a mix's members (``None``: not a mix)."""
+    declared: CorpusSpec | None = None
+    """The config entry of a declared corpus (``None``: built in)."""
 
     @property
     def is_mix(self) -> bool:
@@ -140,6 +147,22 @@ _REGISTRY: dict[str, CorpusInfo] = {c.name: c for c in [
 
 def list_corpora() -> list[str]:
     return list(_REGISTRY)
+
+
+def declare_corpus(name: str, spec: CorpusSpec) -> CorpusInfo:
+    """Register config-declared corpus ``name`` (again: the latest spec wins; its
+    fingerprint follows the spec, so caches of an older one are never reused)."""
+    old = _REGISTRY.get(name)
+    if old is not None and old.declared is None:
+        raise ConfigError(f"config field 'corpora.{name}': {name!r} is a built-in corpus; "
+                          "give yours another name")
+    offline = bool(spec.files or spec.data_files)
+    where = ", ".join(spec.files or spec.data_files) if offline else spec.hf_dataset
+    info = CorpusInfo(name, "local" if offline else "hub", spec.domain,
+                      spec.description or f"declared in a config: {where}", (name,),
+                      declared=spec)
+    _REGISTRY[name] = info
+    return info
 
 
 def corpus_info(name: str) -> CorpusInfo:
@@ -266,7 +289,7 @@ def iter_documents(name: str, split: Split = "all") -> Iterator[Document]:
         streams = [iter_documents(src, split) for src in info.sources]
         yield from interleave(streams, info.weights)
         return
-    if info.kind == "hub":
+    if info.kind == "hub" and info.declared is None:
         from sae_med import corpora_hub
 
         docs: Iterable[Document] = corpora_hub.iter_hub(name)
@@ -275,6 +298,17 @@ def iter_documents(name: str, split: Split = "all") -> Iterator[Document]:
     for doc in docs:
         if split == "all" or doc.split == split:
             yield doc
+
+
+def documents_by_id(corpus: str, split: Split, ids: Sequence[str]) -> list[Document]:
+    """The document of each id (in the order given) among ``split`` of ``corpus``."""
+    want = set(ids)
+    found = {d.doc_id: d for d in iter_documents(corpus, split) if d.doc_id in want}
+    missing = want - set(found)
+    if missing:
+        raise KeyError(f"{len(missing)} document ids not in {corpus}/{split}, e.g. "
+                       f"{sorted(missing)[:3]}")
+    return [found[i] for i in ids]
 
 
 def interleave(streams: list[Iterator[Document]], weights: Iterable[float]
@@ -340,6 +374,13 @@ def corpus_fingerprint(name: str) -> str:
     if info.is_mix:
         return stable_hash({"mix": name, "weights": info.weights, "format": FORMAT_VERSION,
                             "members": [corpus_fingerprint(s) for s in info.sources]})
+    if info.declared is not None:
+        from sae_med.corpora_local import source_files
+
+        return stable_hash({"declared": name, "format": FORMAT_VERSION,
+                            "spec": dataclasses.asdict(info.declared),
+                            "files": {str(p): _file_sha(p)
+                                      for p in source_files(name, info.declared)}})
     if info.kind == "hub":
         from sae_med import corpora_hub
 
@@ -373,11 +414,48 @@ def _is_verified(path: Path) -> bool:
 
 
 def _materialize(name: str) -> Path:
-    """The cached JSON lines of embedded source ``name``, building every source if needed."""
+    """The cached JSON lines of embedded source ``name`` (building every embedded source
+    if needed) or of a declared corpus."""
     path = _materialized_path(name)
     if not _is_verified(path):
-        _build_embedded()
+        spec = corpus_info(name).declared
+        _build_embedded() if spec is None else _build_declared(name, spec)
     return path
+
+
+def _write_materialized(name: str, docs: list[Document], removed: Removed,
+                        spec: Mapping[str, Any]) -> None:
+    """Write ``docs`` in shuffled order with a sidecar meta file (sha256, ``removed``)."""
+    path = _materialized_path(name)
+    docs = sorted(docs, key=lambda d: order_key(d.doc_id))
+    ids = {d.doc_id for d in docs}
+    if len(ids) != len(docs):
+        raise ValueError(f"corpus {name}: {len(docs) - len(ids)} duplicate document ids "
+                         "(two different texts with one id); ids must be unique")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"id": d.doc_id, "text": d.text, "source": d.source,
+                                "group": d.group, "labels": d.labels},
+                               ensure_ascii=False) + "\n")
+    write_json_atomic(path.with_suffix(".json"), {
+        "corpus": name, "documents": len(docs), "removed": removed._asdict(),
+        "sha256": file_sha256(path), "spec": spec})
+    _VERIFIED.add(path)
+    log.info("corpus %s: %d documents (removed %d exact duplicates, %d evaluation "
+             "near-duplicates of training text)", name, len(docs), *removed)
+
+
+def _build_declared(name: str, spec: CorpusSpec) -> None:
+    """Read a declared corpus, de-duplicate it within itself and cache it."""
+    from sae_med.corpora_local import iter_declared
+
+    log.info("reading declared corpus %s (once; cached under %s)", name,
+             default_cache_dir() / "corpora")
+    built = deduplicate({name: iter_declared(name, spec)})
+    if not built.documents[name]:
+        raise ValueError(f"corpus {name}: no documents with text in its sources")
+    _write_materialized(name, built.documents[name], built.removed[name],
+                        {"declared": dataclasses.asdict(spec)})
 
 
 def _build_embedded() -> None:
@@ -390,30 +468,14 @@ def _build_embedded() -> None:
              default_cache_dir() / "corpora")
     built = deduplicate({leaf: getattr(ce, f"iter_{leaf}")() for leaf in leaves})
     for leaf in leaves:
-        path = _materialized_path(leaf)
-        docs = sorted(built.documents[leaf], key=lambda d: order_key(d.doc_id))
-        ids = {d.doc_id for d in docs}
-        if len(ids) != len(docs):
-            raise RuntimeError(f"corpus {leaf}: {len(docs) - len(ids)} duplicate document ids")
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for d in docs:
-                f.write(json.dumps({"id": d.doc_id, "text": d.text, "source": d.source,
-                                    "group": d.group, "labels": d.labels},
-                                   ensure_ascii=False) + "\n")
-        write_json_atomic(path.with_suffix(".json"), {
-            "corpus": leaf, "documents": len(docs),
-            "removed": built.removed[leaf]._asdict(), "sha256": file_sha256(path),
-            "spec": _leaf_spec(leaf)})
-        _VERIFIED.add(path)
-        log.info("corpus %s: %d documents (removed %d exact duplicates, %d evaluation "
-                 "near-duplicates of training text)", leaf, len(docs), *built.removed[leaf])
+        _write_materialized(leaf, built.documents[leaf], built.removed[leaf], _leaf_spec(leaf))
 
 
 def duplicates_removed(name: str) -> Removed | None:
     """What :func:`deduplicate` dropped from embedded corpus ``name`` (a mix: its members
-    summed); ``None`` for a hub corpus (logged when it loads)."""
+    summed); ``None`` for a built-in hub corpus (logged when it loads)."""
     info = corpus_info(name)
-    if info.kind == "hub":
+    if info.kind == "hub" and info.declared is None:
         return None
     if info.is_mix:
         parts = [duplicates_removed(s) or Removed(0, 0) for s in info.sources]

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from sae_med.activations import ActivationCache, TokenInfo
 from sae_med.bootstrap import Interval, bootstrap_mean, paired_difference
+from sae_med.data import documents_by_id  # noqa: F401  (lives with the corpora; re-exported)
 from sae_med.metrics import auroc_matrix
 from sae_med.sae import JumpReLUSAE
 
@@ -307,19 +308,6 @@ def concept_aurocs(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[
         return torch.full((doc_max.shape[1],), float("nan")), int(pos.sum())
     au = auroc_matrix(doc_max.numpy().astype(np.float64), pos[:, None])[:, 0]
     return torch.from_numpy(au).float(), int(pos.sum())
-
-
-def documents_by_id(corpus: str, split: str, ids: Sequence[str]) -> list:
-    """The :class:`sae_med.data.Document` of each id (in the order given)."""
-    from sae_med.data import iter_documents
-
-    want = set(ids)
-    found = {d.doc_id: d for d in iter_documents(corpus, split) if d.doc_id in want}
-    missing = want - set(found)
-    if missing:
-        raise KeyError(f"{len(missing)} document ids not in {corpus}/{split}, e.g. "
-                       f"{sorted(missing)[:3]}")
-    return [found[i] for i in ids]
 
 
 # ------------------------------------------------------------ cross-dictionary matching

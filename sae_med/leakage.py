@@ -77,7 +77,9 @@ def corpus_leakage(name: str) -> Leakage:
                                removed=duplicates_removed(name))
 
 
-def embedded_leakage() -> list[Leakage]:
-    """The report for every embedded corpus, mixes included (hub corpora need the
-    internet, and ``web`` has no end: measure those with :func:`corpus_leakage`)."""
-    return [corpus_leakage(n) for n in list_corpora() if corpus_info(n).kind == "embedded"]
+def offline_leakage() -> list[Leakage]:
+    """The report for every corpus readable offline: the embedded ones (mixes included)
+    and those a loaded config declared from local files (hub corpora need the internet,
+    and ``web`` has no end: measure those with :func:`corpus_leakage`)."""
+    return [corpus_leakage(n) for n in list_corpora()
+            if corpus_info(n).kind in ("embedded", "local")]

@@ -21,7 +21,11 @@ EVAL_DASH = {0: "solid", 1: "dash", 2: "dot", 3: "dashdot"}
 
 
 def notebook_config(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:
-    """The notebooks' config: ``config`` + ``overrides``, renamed to ``run_name`` if given."""
+    """The notebooks' config: ``config`` + ``overrides``, renamed to ``run_name`` if given
+    (parameters as papermill may pass them: :func:`sae_med.rerun.notebook_parameters`)."""
+    from sae_med.rerun import notebook_parameters
+
+    config, overrides, run_name = notebook_parameters(config, overrides, run_name)
     extra = [f"name={run_name}"] if run_name else []
     return load_config(config, [*overrides, *extra])
 

@@ -33,7 +33,7 @@ def test_corpora_leakage_prints_one_row_per_report(capsys, monkeypatch):
 
     rows = [leakage.Leakage("hpo", 900, 100, 0.0, 0.005, Removed(7, 3)),
             leakage.Leakage("web", 90, 10, 0.1, 0.2)]
-    monkeypatch.setattr(leakage, "embedded_leakage", lambda: rows)
+    monkeypatch.setattr(leakage, "offline_leakage", lambda: rows)
     assert main(["corpora", "--leakage"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["hpo", "900", "100", "0.00%", "0.50%", "7", "3"]

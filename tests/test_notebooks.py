@@ -1,0 +1,101 @@
+"""Rerunning one notebook: parameters checked by name and type against its parameters cell,
+papermill's string forms read, and a tiny notebook executed by `sae-med notebook` and by
+plain papermill on its jupytext-paired .ipynb."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sae_med.book import PROJECT_ROOT
+from sae_med.cli import main
+from sae_med.rerun import (
+    NotebookParameterError,
+    check_parameters,
+    find_notebook,
+    notebook_parameters,
+    pair_notebooks,
+    run_notebook,
+)
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+SMOKE = str(PROJECT_ROOT / "configs" / "smoke.yaml")
+TINY = '''# %% tags=["parameters"]
+config = "configs/smoke.yaml"
+overrides = []
+run_name = ""
+scale = 1.0
+
+# %%
+from sae_med.notebook import notebook_config
+
+cfg = notebook_config(config, overrides, run_name)
+print(f"name={cfg.name} lr={cfg.train.lr} scale={scale * 2}")
+'''
+
+
+def test_papermill_string_overrides_are_read_and_wrong_types_refused():
+    assert notebook_parameters("c.yaml", '["train.lr=2e-3", "name=x"]', 7) == (
+        "c.yaml", ["train.lr=2e-3", "name=x"], "7")
+    assert notebook_parameters("c.yaml", "train.lr=2e-3 name=x").overrides == [
+        "train.lr=2e-3", "name=x"]
+    assert notebook_parameters("c.yaml", "").overrides == []
+    for bad in ({"config": 5}, {"overrides": 3}, {"overrides": ["train.lr"]},
+                {"run_name": ["a"]}):
+        with pytest.raises(NotebookParameterError, match=next(iter(bad))):
+            notebook_parameters(**{"config": "c.yaml", **bad})
+
+
+def test_notebooks_are_found_by_number_or_name():
+    assert find_notebook("3", NOTEBOOKS).name == "03_fidelity.py"
+    assert find_notebook("03_fidelity", NOTEBOOKS) == find_notebook("03", NOTEBOOKS)
+    with pytest.raises(NotebookParameterError, match="01_cache_activations"):
+        find_notebook("99", NOTEBOOKS)
+
+
+def test_parameters_are_checked_against_the_notebooks_cell():
+    nb = find_notebook("05", NOTEBOOKS)
+    assert check_parameters(nb, {"l0_target": 8, "min_docs": 3}) == {"l0_target": 8.0,
+                                                                      "min_docs": 3}
+    with pytest.raises(NotebookParameterError, match="no parameter 'min_doc'.*min_docs"):
+        check_parameters(nb, {"min_doc": 3})
+    with pytest.raises(NotebookParameterError, match="'min_docs' must be int"):
+        check_parameters(nb, {"min_docs": "three"})
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert main(["notebook", "05", SMOKE, "-p", "min_doc", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no parameter 'min_doc'" in err
+
+
+def _outputs(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    return "".join(o.get("text", "") if isinstance(o.get("text"), str) else
+                   "".join(o.get("text", [])) for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_one_notebook_runs_through_the_cli_and_through_plain_papermill(tmp_path, capsys,
+                                                                      monkeypatch):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    (nbdir / "01_tiny.py").write_text(TINY)
+    out = run_notebook("01", SMOKE, ["train.lr=0.002"], tmp_path / "a.ipynb", "tiny",
+                       {"scale": 2}, notebooks_dir=nbdir)
+    assert "name=tiny lr=0.002 scale=4.0" in _outputs(out)
+    with pytest.raises(NotebookParameterError, match="'scale' must be float"):
+        run_notebook("01", SMOKE, notebooks_dir=nbdir, extra={"scale": "big"})
+    # plain papermill on the paired .ipynb, overrides as papermill's -p passes them
+    paired = pair_notebooks(nbdir)
+    assert paired == [nbdir / "01_tiny.ipynb"]
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "papermill"), str(paired[0]), "b.ipynb",
+         "-k", "sae-med", "-p", "config", SMOKE, "-p", "overrides", '["train.lr=3e-3"]',
+         "--no-progress-bar"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "name=smoke lr=0.003 scale=2.0" in _outputs(tmp_path / "b.ipynb")
