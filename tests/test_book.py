@@ -248,7 +248,7 @@ def test_exercise_solutions_are_folded_until_clicked(built_book, browser):
     solution = page.locator("div.solution").first
     body = solution.locator("section, div.cell").first
     assert solution.is_visible() and not body.is_visible(), "solution shown by default"
-    solution.locator(".admonition-title, button").first.click()
+    solution.locator("button.toggle-button").click()
     body.wait_for(state="visible", timeout=5000)
     ctx.close()
 
