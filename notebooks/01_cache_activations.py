@@ -121,3 +121,98 @@ display(pd.DataFrame(norm_rows).round(1))
 # against. They are keyed by the model's weights, the hook, the corpus content and every
 # caching setting, so changing any of them produces a new cache rather than reusing a
 # stale one.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} Change the hook layer
+# :label: ex-cache-layer
+# The SAEs read the residual stream after block `model.hook_layer`. Rerun this notebook
+# with a shallower block (set `overrides = ["model.hook_layer=N"]` in the parameters cell,
+# or pass the override to `sae-med book`). Is the existing cache reused? And before you
+# spend the time: how do ‖x‖ and the share of one constant vector, ‖E[x]‖ / E‖x‖, change
+# with depth? Measure them at every block on a few evaluation documents.
+# ```
+#
+# ```{solution-start} ex-cache-layer
+# :class: dropdown
+# ```
+# The cache key hashes the hook, so another block gets a new cache (the old one stays for
+# the old block). One forward pass per block over eight documents shows the depth
+# profile; the row of the configured block should sit close to the cache's own statistics
+# in the table above.
+
+# %%
+import itertools  # noqa: E402
+
+from sae_med.activations import cache_spec  # noqa: E402
+from sae_med.artifacts import stable_hash  # noqa: E402
+from sae_med.data import iter_documents  # noqa: E402
+
+first_corpus = next(iter(caches))[0]
+shallower = cfg.model.hook_layer // 2
+cfg_other = notebook_config(config, [*overrides, f"model.hook_layer={shallower}"], run_name)
+key_other = stable_hash(cache_spec(model, cfg_other, first_corpus, "train"))
+print(f"sae-med book {config} {' '.join(overrides)} model.hook_layer={shallower}")
+print(f"{first_corpus}/train cache at block {cfg.model.hook_layer}: "
+      f"{caches[(first_corpus, 'train')].key}; at block {shallower}: {key_other}")
+
+texts = [d.text for d in itertools.islice(iter_documents(first_corpus, "eval"), 8)]
+batch = model.tokenize(texts, cfg.cache.ctx_len, cfg.cache.exclude_special)
+batch = batch._replace(tokens=batch.tokens.to(model.device),
+                       attention_mask=batch.attention_mask.to(model.device))
+depth = []
+for layer in range(model.n_layers):
+    x = model.resid(batch.tokens, batch.attention_mask, layer)[batch.keep.to(model.device)]
+    x = x.float().cpu()
+    depth.append({"block": layer, "mean ‖x‖": float(x.norm(dim=1).mean()),
+                  "‖E[x]‖ / E‖x‖": float(x.mean(0).norm() / x.norm(dim=1).mean()),
+                  "hooked": "◀ configured" if layer == cfg.model.hook_layer else ""})
+display(pd.DataFrame(depth).round(3))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Add a corpus
+# :label: ex-cache-corpus
+# The registry in `sae_med/data.py` holds more corpora than this run uses. List them, add
+# one as an extra evaluation corpus (`eval_corpora=[..., NAME]`) and check that the
+# override resolves. How long are its documents compared with the corpora cached above?
+# ```
+#
+# ```{solution-start} ex-cache-corpus
+# :class: dropdown
+# ```
+# `list_corpora` and `corpus_info` describe every registered corpus; the override is
+# checked by loading the config with it, and the tokenizer alone (no forward pass) gives
+# the document lengths. Hub corpora need the network, so the solution picks an embedded
+# one.
+
+# %%
+from dataclasses import asdict  # noqa: E402
+
+from sae_med.data import list_corpora  # noqa: E402
+
+registry = pd.DataFrame([asdict(corpus_info(n)) for n in list_corpora()])
+display(registry[["name", "kind", "domain", "description"]])
+extra = next(n for n in list_corpora() if n not in cfg.eval_corpora
+             and corpus_info(n).kind == "embedded" and not corpus_info(n).is_mix)
+cfg_extra = notebook_config(config, [*overrides,
+                                     f"eval_corpora=[{','.join([*cfg.eval_corpora, extra])}]"],
+                            run_name)
+print(f"sae-med book {config} {' '.join(overrides)} "
+      f"eval_corpora=[{','.join(cfg_extra.eval_corpora)}]")
+lengths = []
+for name in cfg_extra.eval_corpora:
+    docs = [d.text for d in itertools.islice(iter_documents(name, "eval"), 32)]
+    n_tok = [len(model.tokenizer(t)["input_ids"]) for t in docs]
+    lengths.append({"corpus": name, "documents sampled": len(n_tok),
+                    "median tokens per document": float(pd.Series(n_tok).median()),
+                    "share truncated at ctx_len": sum(n > cfg.cache.ctx_len for n in n_tok)
+                    / max(1, len(n_tok))})
+display(pd.DataFrame(lengths).round(2))
+
+# %% [markdown]
+# ```{solution-end}
+# ```

@@ -107,3 +107,77 @@ display(final.round(4))
 # Both SAE families were trained with one recipe on the same number of tokens. Where the
 # final L0 sits close to its target and the dead fraction is low, the comparison in the
 # next notebooks is between equally sparse, equally healthy dictionaries.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} Did each SAE reach its target?
+# :label: ex-train-target
+# The sparsity term steers each SAE's L0 towards its target. From the final metrics, find
+# the SAE whose L0 ends furthest from its target (as a ratio) and say which way it missed.
+# Then find when training settled: the first logged token count after which L0 stays
+# within 10% of its final value.
+# ```
+#
+# ```{solution-start} ex-train-target
+# :class: dropdown
+# ```
+# Both answers come from the tables this notebook already loaded (`final` and `curves`).
+
+# %%
+reached = final.assign(ratio=final.l0 / final["target L0"])
+worst = reached.loc[(reached.ratio - 1).abs().idxmax()]
+print(f"furthest from its target: {worst['train corpus']} SAE, target {worst['target L0']:g}, "
+      f"final L0 {worst.l0:.1f} ({'above' if worst.ratio > 1 else 'below'} it, "
+      f"ratio {worst.ratio:.2f})")
+
+
+def settled_at(g: pd.DataFrame, tol: float = 0.1) -> int:
+    """First logged token count after which L0 stays within ``tol`` of its last value."""
+    off = ((g.l0 - g.l0.iloc[-1]).abs() > tol * g.l0.iloc[-1]).to_numpy()
+    last_off = off.nonzero()[0].max() if off.any() else -1
+    return int(g.tokens.iloc[min(last_off + 1, len(g) - 1)])
+
+
+keys = {"train_corpus": "train corpus", "l0_target": "target L0",
+        "replicate": "seed replicate"}
+settle = (curves.groupby(list(keys)).apply(settled_at, include_groups=False)
+          .rename("L0 settled after (tokens)").reset_index().rename(columns=keys))
+settle["share of the run"] = settle["L0 settled after (tokens)"] / final.tokens.max()
+display(reached.merge(settle, on=list(keys.values())).round(3))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Train on a third corpus
+# :label: ex-train-third
+# A genre-matched control separates a domain effect from a style effect: `wordnet`
+# glosses are short definitions like the ontology text, but not medical. Add it as a third
+# training corpus (`train_corpora=[..., wordnet]`). Which SAEs would the rerun train, and
+# which would it reuse?
+# ```
+#
+# ```{solution-start} ex-train-third
+# :class: dropdown
+# ```
+# A finished SAE is reused when its checkpoint key matches; the key covers the seed, the
+# SAE and training settings, the activation cache, the training corpus and the replicate,
+# not the list of corpora. So only the new corpus's SAEs are trained: the folders that do
+# not exist yet.
+
+# %%
+from sae_med.experiment import sae_dirs  # noqa: E402
+
+third = "wordnet" if "wordnet" not in cfg.train_corpora else "austen"
+cfg_third = notebook_config(
+    config, [*overrides, f"train_corpora=[{','.join([*cfg.train_corpora, third])}]"], run_name)
+print(f"sae-med book {config} {' '.join(overrides)} "
+      f"train_corpora=[{','.join(cfg_third.train_corpora)}]")
+display(pd.DataFrame([{"SAE": sae, "folder": str(path),
+                       "rerun": "reused" if (path / "cfg.json").exists() else "trained"}
+                      for sae, path in sae_dirs(cfg_third).items()]))
+
+# %% [markdown]
+# ```{solution-end}
+# ```

@@ -242,3 +242,89 @@ fig.show()
 # what the specialisation costs; the loss gap at matched FVE says whether the loss
 # advantage goes beyond the better reconstruction. The verdicts are published to the
 # [results summary](../book/results.md).
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} Read the gap at another target
+# :label: ex-fidelity-target
+# The summary speaks of all target L0s at once. Take the sparsest SAEs (the smallest
+# target L0) and the densest (the largest): what are the medical-minus-broad gaps in FVE
+# and ΔCE on held-out medical text, and which intervals exclude 0?
+# ```
+#
+# ```{solution-start} ex-fidelity-target
+# :class: dropdown
+# ```
+# Filter the paired gaps (`med_gaps`) by target; `excludes_zero` is the `*` of the table.
+
+# %%
+ends = med_gaps[(med_gaps.basis == "l0_target") & (med_gaps.eval_corpus == medical)
+                & med_gaps.metric.isin(["fve", "delta_ce"])
+                & med_gaps.l0_target.isin([min(targets), max(targets)])]
+display(ends[["l0_target", "metric", "value", "low", "high", "excludes_zero"]].round(4))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} What does specialisation cost?
+# :label: ex-fidelity-transfer
+# From the cross-evaluation, compute for each family and target L0 how much FVE it loses
+# when moved from its own training corpus to the other one. Which family transfers
+# better?
+# ```
+#
+# ```{solution-start} ex-fidelity-transfer
+# :class: dropdown
+# ```
+# `metric_value` reads one across-seed mean from `results_mean`.
+
+# %%
+other = {medical: broad, broad: medical}
+transfer = pd.DataFrame([
+    {"SAE trained on": c, "target L0": t,
+     "FVE on own corpus": metric_value(results_mean, "fve", c, c, t),
+     "FVE on the other": metric_value(results_mean, "fve", c, other[c], t)}
+    for c in (medical, broad) for t in targets])
+transfer["FVE lost"] = transfer["FVE on own corpus"] - transfer["FVE on the other"]
+display(transfer.round(4))
+loss_by_family = transfer.groupby("SAE trained on")["FVE lost"].mean()
+print(f"smaller mean loss on transfer: the {loss_by_family.idxmin()} SAE")
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Why is loss recovered so close to 1?
+# :label: ex-fidelity-baselines
+# Loss recovered divides by the damage of zero ablation. Compare the two baselines: how
+# many times larger is CE(zero) − CE(clean) than CE(mean ablation) − CE(clean) on each
+# evaluation corpus? What does that do to "loss recovered" against "recovered vs mean"?
+# ```
+#
+# ```{solution-start} ex-fidelity-baselines
+# :class: dropdown
+# ```
+# The baselines do not depend on the SAE, so any family's rows will do.
+
+# %%
+c0, t0 = medical, targets[0]
+baselines = pd.DataFrame([
+    {"eval corpus": ev,
+     "zero-ablation damage": metric_value(results_mean, "ce_zero", c0, ev, t0)
+     - metric_value(results_mean, "ce_clean", c0, ev, t0),
+     "mean-ablation damage": metric_value(results_mean, "ce_mean_ablation", c0, ev, t0)
+     - metric_value(results_mean, "ce_clean", c0, ev, t0),
+     "loss recovered": metric_value(results_mean, "loss_recovered", c0, ev, t0),
+     "recovered vs mean": metric_value(results_mean, "loss_recovered_mean", c0, ev, t0)}
+    for ev in cfg.eval_corpora])
+baselines["ratio"] = baselines["zero-ablation damage"] / baselines["mean-ablation damage"]
+display(baselines.round(3))
+
+# %% [markdown]
+# A ratio well above 1 means the same ΔCE is a small fraction of the zero-ablation damage
+# and a larger one of the mean-ablation damage, so "recovered vs mean" sits further from 1.
+#
+# ```{solution-end}
+# ```

@@ -194,3 +194,74 @@ glue("verdict_dark_matter", dm_verdict, display=False)
 # The paper's claim holds for this run only if the medical SAE's R²(e) is lower than the
 # broad SAE's at matched FVE, not just at the same L0; the verdict above (computed from the
 # paired intervals) is quoted on the [results summary](../book/results.md).
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} Check the decomposition
+# :label: ex-dm-decomp
+# The overview says `fvu_linear` + `fvu_nonlinear` = `fvu_sae`. Check it on every SAE and
+# evaluation corpus of this run. Which share dominates the error here?
+# ```
+#
+# ```{solution-start} ex-dm-decomp
+# :class: dropdown
+# ```
+# One row per (SAE, evaluation corpus) from the tidy table `dm`.
+
+# %%
+parts = dm.pivot_table(index=["sae_id", "eval_corpus"], columns="metric", values="value")
+parts["linear + nonlinear − sae"] = parts.fvu_linear + parts.fvu_nonlinear - parts.fvu_sae
+parts["linear share of the error"] = parts.fvu_linear / parts.fvu_sae
+display(parts[["fvu_sae", "fvu_linear", "fvu_nonlinear", "linear + nonlinear − sae",
+               "linear share of the error"]].round(4))
+print(f"largest |linear + nonlinear − sae|: "
+      f"{parts['linear + nonlinear − sae'].abs().max():.2e}")
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Another dark-matter score at matched FVE
+# :label: ex-dm-norm
+# The verdict uses R² of the error vector. Read the paired gap of R²(‖e‖²)
+# (`dark_matter.r2_norm`: how well x predicts the *size* of the error) at the same target
+# L0 and at matched FVE. Does it tell the same story?
+# ```
+#
+# ```{solution-start} ex-dm-norm
+# :class: dropdown
+# ```
+# `gap_intervals` and `gap_sentence` work for any metric of the comparison table.
+
+# %%
+for basis, where in (("l0_target", "at the same target L0"), ("fve", "at matched FVE")):
+    print(gap_sentence(gap_intervals(med_gaps, "dark_matter.r2_norm", medical, basis=basis),
+                       f"R²(‖e‖²) gap ({medical} minus {broad} SAE)", where))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Enough tokens for the fit
+# :label: ex-dm-tokens
+# With fewer than about ten fit tokens per regression input, the R² values test the
+# plumbing rather than the SAEs. Which `eval.n_tokens` would reach that ratio for this
+# model, and what would you run?
+# ```
+#
+# ```{solution-start} ex-dm-tokens
+# :class: dropdown
+# ```
+# The fit uses a (hash-chosen, roughly fixed) share of the evaluation documents, so the
+# needed budget scales the current one by 10 / ratio.
+
+# %%
+needed = int(cfg.eval.n_tokens * max(1.0, 10 / ratio)) if ratio > 0 else 0
+print(f"fit tokens per input now: {ratio:.1f}; eval.n_tokens {cfg.eval.n_tokens:,} -> "
+      f"{needed:,}")
+print(f"sae-med book {config} {' '.join(overrides)} eval.n_tokens={needed}")
+
+# %% [markdown]
+# ```{solution-end}
+# ```

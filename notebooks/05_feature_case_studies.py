@@ -298,3 +298,97 @@ if n_parents:
 # direction and by behaviour), and the absorption table whether the medical SAE's
 # concept latents are more or less often pre-empted by more specific latents than the
 # broad SAE's. The headline numbers are quoted on the [results summary](../book/results.md).
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} Study another concept
+# :label: ex-feat-concept
+# `case_concepts` names the concepts of the case studies. Which other ICD-10-CM chapters
+# have the most held-out documents here? Pick the most frequent one that is not already
+# studied and find each SAE's best latent for it. (To see its windows and dashboard, put
+# it in `case_concepts` and rerun.)
+# ```
+#
+# ```{solution-start} ex-feat-concept
+# :class: dropdown
+# ```
+# The document labels (`labels`) and document maxima (`doc_max`) are already in memory, so
+# this needs no forward pass.
+
+# %%
+from collections import Counter  # noqa: E402
+
+from sae_med.features import DEFAULT_CONCEPT_KEYS, document_concepts  # noqa: E402
+
+counts = Counter(c for lab in labels for c in document_concepts(lab, DEFAULT_CONCEPT_KEYS)
+                 if c.startswith("chapter:"))
+display(pd.DataFrame(counts.most_common(5), columns=["concept", "held-out documents"]))
+fresh = next((c for c, _ in counts.most_common() if c not in case_concepts), None)
+if fresh is None:
+    print("no other chapter among the held-out documents (use a larger eval.n_tokens)")
+else:
+    best_rows = []
+    for c in saes:
+        au, n_pos = concept_aurocs(doc_max[c], labels, fresh)
+        j = int(torch.nan_to_num(au, nan=0.0).argmax())
+        best_rows.append({"SAE": c, "concept": fresh, "documents": n_pos, "latent": j,
+                          "AUROC": float(au[j])})
+    display(pd.DataFrame(best_rows).round(3))
+    print(f"case_concepts = {[*case_concepts, fresh]!r}")
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Search another phrase
+# :label: ex-feat-phrase
+# Change `search_phrase` to a clinical phrase of your own. Do the two SAEs' most active
+# latents on it also fire on the original phrase?
+# ```
+#
+# ```{solution-start} ex-feat-phrase
+# :class: dropdown
+# ```
+# One forward pass of the model per phrase; `found` holds the latents of the original
+# phrase.
+
+# %%
+new_phrase = "fever, rash and swollen lymph nodes"
+x_new = phrase_activations(model, cfg.model.hook_layer, new_phrase)
+rows = []
+for c, s in saes.items():
+    new = search_latents(s, x_new, k=5)
+    old = {j for j, _ in found[c]}
+    rows.append({"SAE": c, f"top latents on {new_phrase!r}": [j for j, _ in new],
+                 f"shared with {search_phrase!r}": sorted(old & {j for j, _ in new})})
+display(pd.DataFrame(rows))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Move the alignment bar
+# :label: ex-feat-bar
+# The headline counts latents with held-out AUROC ≥ `aligned_auroc`. How does the share of
+# aligned latents of each SAE change as the bar moves? Does the ordering of the two SAEs
+# depend on where you put it?
+# ```
+#
+# ```{solution-start} ex-feat-bar
+# :class: dropdown
+# ```
+# `alignment` holds every latent's held-out AUROC, so any bar is one comparison away.
+
+# %%
+bars = [0.6, 0.7, 0.8, 0.9, 0.95]
+if alignment:
+    display(pd.DataFrame([{"SAE": c, **{f"AUROC ≥ {b}": float((al.auroc >= b).float().mean())
+                                        for b in bars}}
+                          for c, al in alignment.items()]).round(3))
+else:
+    print("concept alignment was skipped in this run (too few labelled documents)")
+
+# %% [markdown]
+# ```{solution-end}
+# ```

@@ -204,3 +204,68 @@ with pd.option_context("display.max_colwidth", 200):
 # move with a weak model; the comparison becomes informative with a stronger model behind
 # the OpenAI backend and the full budget (`autointerp.demo=false`, more latents with
 # `autointerp.n_latents`), as in the paper.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} Read the best explanations
+# :label: ex-ai-best
+# Which latents did the scorer find easiest to detect? List the three with the highest
+# detection AUROC, with their SAE, firing rate and explanation. Would you trust those
+# explanations, given the judge?
+# ```
+#
+# ```{solution-start} ex-ai-best
+# :class: dropdown
+# ```
+# `per_latent` holds every scored latent.
+
+# %%
+with pd.option_context("display.max_colwidth", 200):
+    display(per_latent.dropna(subset=["detection_auroc"])
+            .nlargest(3, "detection_auroc")[["SAE", "latent", "firing_rate", "explanation",
+                                             "detection_auroc"]].round(3))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} The cost of the real comparison
+# :label: ex-ai-budget
+# `autointerp.demo=false` runs the config's full budget. How many LLM requests would that
+# take, against this run's? Count one explanation per latent and, for each of the
+# 2 × `n_score` scored windows, one yes/no answer plus one p(yes) request (fuzzing doubles
+# the windows); check the count against this run's measured `n_calls`, and write the
+# command for a run against an OpenAI-compatible server.
+# ```
+#
+# ```{solution-start} ex-ai-budget
+# :class: dropdown
+# ```
+# `run_budget` resolves the budget a config would run with; this run's own calls are in
+# `per_latent` (retries add to them; a rarely silent latent gets fewer scored windows).
+
+# %%
+from sae_med.autointerp import run_budget  # noqa: E402
+
+
+def n_requests(b) -> int:
+    """Requests for one SAE's latents, with no retries."""
+    return b.n_latents * (1 + 2 * 2 * b.n_score * (2 if b.fuzzing else 1))
+
+
+full = run_budget(notebook_config(config, [*overrides, "autointerp.demo=false"],
+                                  run_name).autointerp)
+display(pd.DataFrame([
+    {"budget": "this run", "latents per SAE": budget.n_latents,
+     "requests (counted)": n_requests(budget) * len(scores),
+     "requests (measured)": int(per_latent.n_calls.sum())},
+    {"budget": "autointerp.demo=false", "latents per SAE": full.n_latents,
+     "requests (counted)": n_requests(full) * len(scores), "requests (measured)": None}]))
+print(f"sae-med book {config} {' '.join(overrides)} autointerp.demo=false "
+      "autointerp.backend=openai autointerp.base_url=http://localhost:8000/v1 "
+      "autointerp.model=NAME")
+
+# %% [markdown]
+# ```{solution-end}
+# ```

@@ -101,3 +101,63 @@ for field, title in (("by_position", "token position"), ("by_norm_decile", "‖x
 # above show whether the damage concentrates on early
 # positions, on high-norm tokens, on rare tokens, or in the massive-activation dimensions
 # (table: their share of the error and the ΔCE left once their error is removed).
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} Recompute "recovered vs mean"
+# :label: ex-damage-recovered
+# From the CE values in each report, recompute loss recovered against zero ablation and
+# against mean ablation, (CE_baseline − CE_spliced) / (CE_baseline − CE_clean), and check
+# them against the table.
+# ```
+#
+# ```{solution-start} ex-damage-recovered
+# :class: dropdown
+# ```
+# Each `DamageReport` carries the four cross-entropies.
+
+# %%
+import pandas as pd  # noqa: E402
+
+
+def recovered(r, baseline: float) -> float:
+    return (baseline - r.ce_spliced) / (baseline - r.ce_clean)
+
+
+display(pd.DataFrame([{"SAE": name,
+                       "vs zero (recomputed)": recovered(r, r.ce_zero),
+                       "vs zero (report)": r.loss_recovered_vs_zero,
+                       "vs mean (recomputed)": recovered(r, r.ce_mean_ablation),
+                       "vs mean (report)": r.loss_recovered_vs_mean}
+                      for name, r in reports.items()]).round(4))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} Where does the damage sit?
+# :label: ex-damage-where
+# For each SAE, which token-position bin, ‖x‖ decile and frequency quintile carries the
+# largest share of the total ΔCE? Is the damage spread evenly, or concentrated?
+# ```
+#
+# ```{solution-start} ex-damage-where
+# :class: dropdown
+# ```
+# `bins_frame` gives each breakdown as a table; `share` sums to 1 over a breakdown's bins,
+# so an even spread puts 1 / (number of bins) in each.
+
+# %%
+peaks = []
+for field in ("by_position", "by_norm_decile", "by_frequency"):
+    frame = bins_frame(reports, field)
+    for name, g in frame.groupby("sae"):
+        top = g.loc[g.share.idxmax()]
+        peaks.append({"SAE": name, "breakdown": field, "largest bin": top.bin,
+                      "its share of ΔCE": top.share, "even share": 1 / len(g)})
+display(pd.DataFrame(peaks).round(3))
+
+# %% [markdown]
+# ```{solution-end}
+# ```

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,36 @@ def test_toc_lists_every_notebook_and_page():
     notebooks = {f"notebooks/{p.stem}" for p in list_notebooks(PROJECT_ROOT / "notebooks")}
     pages = {f"book/{p.stem}" for p in (PROJECT_ROOT / "book").glob("*.md")}
     assert notebooks | pages == toc
+
+
+EXERCISE = re.compile(r"^```\{exercise\}.*\n:label: (\S+)", re.M)
+SOLUTION_START = re.compile(r"^```\{solution-start\} (\S+)\n:class: dropdown", re.M)
+
+
+def test_every_notebook_ends_with_exercises_whose_solutions_are_executed_cells():
+    """2-3 exercises after the Summary, each with a folded, gated solution holding at
+    least one code cell (which the book build executes)."""
+    import jupytext
+
+    for path in list_notebooks(PROJECT_ROOT / "notebooks"):
+        cells = jupytext.read(path).cells
+        summary = max(i for i, c in enumerate(cells) if c.source.startswith("## Summary"))
+        labels, open_label, code_in = [], None, 0
+        for c in cells[summary + 1:]:
+            if c.cell_type == "code":
+                code_in += open_label is not None
+                continue
+            if open_label and "```{solution-end}" in c.source:
+                assert code_in, f"{path.name}: solution of {open_label} runs no code"
+                open_label = None
+            labels += EXERCISE.findall(c.source)
+            started = SOLUTION_START.findall(c.source)
+            if started:
+                assert started == [labels[-1]], f"{path.name}: solution {started} out of order"
+                open_label, code_in = started[0], 0
+        assert open_label is None, f"{path.name}: solution of {open_label} never ends"
+        assert 2 <= len(labels) <= 3, f"{path.name}: {len(labels)} exercises"
+        assert not [c for c in cells[:summary] if EXERCISE.search(c.source)], path.name
 
 
 def test_offline_renderer_fetches_nothing():
@@ -206,6 +237,20 @@ def test_page_renders_offline_without_errors(built_book, browser, doc):
     if r["figures"]:
         assert r["plotly"] == "object", f"{doc}: plotly.js not loaded"
         assert r["drawn"] == r["figures"], f"{doc}: {r['drawn']}/{r['figures']} figures drawn"
+
+
+@pytest.mark.slow
+def test_exercise_solutions_are_folded_until_clicked(built_book, browser):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto((built_book.parent / "notebooks" / "03_fidelity.html").as_uri())
+    assert page.locator("div.exercise").count() >= 2
+    solution = page.locator("div.solution").first
+    body = solution.locator("section, div.cell").first
+    assert solution.is_visible() and not body.is_visible(), "solution shown by default"
+    solution.locator("button.toggle-button").click()
+    body.wait_for(state="visible", timeout=5000)
+    ctx.close()
 
 
 @pytest.mark.slow
