@@ -148,6 +148,7 @@ import itertools  # noqa: E402
 from sae_med.activations import cache_spec  # noqa: E402
 from sae_med.artifacts import stable_hash  # noqa: E402
 from sae_med.data import iter_documents  # noqa: E402
+from sae_med.notebook import notebook_config  # noqa: E402
 
 first_corpus = next(iter(caches))[0]
 shallower = cfg.model.hook_layer // 2

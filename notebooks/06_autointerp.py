@@ -247,6 +247,7 @@ with pd.option_context("display.max_colwidth", 200):
 
 # %%
 from sae_med.autointerp import run_budget  # noqa: E402
+from sae_med.notebook import notebook_config  # noqa: E402
 
 
 def n_requests(b) -> int:
