@@ -140,11 +140,11 @@ RACE_BUILD = '''
     logging.basicConfig(level=logging.INFO)
     root, me, other = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     model = tiny_model()
-    slow_rows = A._chunk_rows
+    slow_rows = A.chunk_rows
     def chunk_rows(*a, **k):  # slow enough that the two builds overlap for real
         time.sleep(0.1)
         return slow_rows(*a, **k)
-    A._chunk_rows = chunk_rows
+    A.chunk_rows = chunk_rows
     me.touch()
     while not other.exists():  # start together
         time.sleep(0.01)
