@@ -27,6 +27,7 @@ from sae_med.config import Config, load_config
 from sae_med.diagnose import token_damages
 from sae_med.evaluate import ce_batches, reconstruction_fn
 from sae_med.experiment import load_model_for, stage_train
+from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
 from sae_med.train import sae_id
 
@@ -59,9 +60,9 @@ def train_variant(config: str, name: str, overrides: list[str], target: float, o
 @torch.no_grad()
 def held_out(v: Variant, x: torch.Tensor) -> str:
     acts = v.sae.encode(x)
-    fve = 1 - float((x - v.sae.decode(acts)).var(0).sum() / x.var(0).sum())
+    score = fve(x, v.sae.decode(acts))
     alive = float((acts > 0).any(0).float().mean())
-    return f"{fve:.4f} | {float((acts > 0).sum(1).float().mean()):.1f} | {alive:.3f}"
+    return f"{score:.4f} | {float((acts > 0).sum(1).float().mean()):.1f} | {alive:.3f}"
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_med.lm import LanguageModel, TokenBatch
-from sae_med.metrics import SaeFn
+from sae_med.metrics import SaeFn, mean_ablation
 
 Reconstruct = Callable[[Tensor], Tensor]
 """Raw activations ``(tokens, d_model)`` → their reconstruction (same shape)."""
@@ -246,11 +246,7 @@ def _random_result(d: Mapping[str, TokenDamage], basis: Tensor) -> RandomErrorDa
 def mean_ablation_ce(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
                      mean: Float[Tensor, " d_model"], chunk_tokens: int = 128) -> float:
     """Mean ΔCE of replacing x by the activation mean E[x] at every kept position."""
-    return _mean(token_damage(lm, batches, layer, _mean_ablation(mean), chunk_tokens).delta_ce)
-
-
-def _mean_ablation(mean: Float[Tensor, " d_model"]) -> Reconstruct:
-    return lambda x: mean.to(x).expand_as(x)
+    return _mean(token_damage(lm, batches, layer, mean_ablation(mean), chunk_tokens).delta_ce)
 
 
 def _mean(t: Tensor) -> float:
@@ -291,7 +287,7 @@ def diagnose_sae(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
     basis = error_subspace(train_x - reconstruct(train_x))
     massive = massive_dimensions(train_x)
     damages = token_damages(lm, batches, layer, {
-        "sae": reconstruct, "mean": _mean_ablation(train_x.mean(0)),
+        "sae": reconstruct, "mean": mean_ablation(train_x.mean(0)),
         "without": _corrected(reconstruct, massive),
         **_random_variants(reconstruct, seed, basis)})
     d = damages["sae"]

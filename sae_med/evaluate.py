@@ -78,6 +78,7 @@ from sae_med.metrics import (
     ReconstructionAccumulator,
     SaeFn,
     concat_doc_stats,
+    mean_ablation,
     metrics_from_doc_sums,
     summarize_ce,
     summarize_vs_mean,
@@ -187,8 +188,7 @@ def reconstruction_fn(sae: JumpReLUSAE) -> SaeFn:
 def _mean_ablation_fn(cache: ActivationCache) -> SaeFn:
     """x -> the eval cache's mean activation (the mean-ablation baseline)."""
     total = sum(x.double().sum(0) for x in cache.iter_ordered(RECON_BATCH_TOKENS * 8))
-    mean = (total / cache.n_tokens).float()
-    return lambda x: mean.to(x.device, x.dtype).expand_as(x).clone()
+    return mean_ablation((total / cache.n_tokens).float())
 
 
 @torch.no_grad()

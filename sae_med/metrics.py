@@ -371,6 +371,11 @@ def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
 # Spliced cross-entropy
 # --------------------------------------------------------------------------------------
 
+def mean_ablation(mean: Float[Tensor, " d_model"]) -> SaeFn:
+    """The mean-ablation splice: every activation -> ``mean`` (same shape, dtype, device)."""
+    return lambda x: mean.to(x).expand_as(x)
+
+
 def loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
     """(CE_zero − CE_spliced) / (CE_zero − CE_clean): 1 = SAE as good as the model, 0 = as
     bad as zero-ablating the hook."""
