@@ -34,7 +34,15 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.compare import verdict
+from sae_med.claims import (
+    claim_verdict,
+    gap_intervals,
+    gaps_by_model,
+    model_runs,
+    oriented_gaps,
+    replication_sentences,
+    verdict_table,
+)
 from sae_med.evaluate import load_comparisons, load_results
 from sae_med.experiment import stage_evaluate
 from sae_med.notebook import (
@@ -42,12 +50,12 @@ from sae_med.notebook import (
     cross_eval_figure,
     domain_pair,
     family_table,
-    gap_intervals,
+    gap_by_model_figure,
     gap_sentence,
     gap_table,
+    gap_table_by_model,
     metric_value,
     metric_vs_l0,
-    oriented_gaps,
     setup_notebook,
     with_interval,
 )
@@ -181,8 +189,8 @@ glue("fve_gap_broad_min", min(fve_on_broad, default=float("nan")), display=False
 glue("fve_gap_broad_max", max(fve_on_broad, default=float("nan")), display=False)
 glue("fve_gap_sentence", fve_sentence, display=False)
 glue("loss_gap_sentence", lr_sentence, display=False)
-glue("verdict_fve", verdict(fve_ivs), display=False)
-glue("verdict_loss", verdict(lr_l0, lr_fve), display=False)
+glue("verdict_fve", claim_verdict(comparisons.gaps, "fve", medical, broad), display=False)
+glue("verdict_loss", claim_verdict(comparisons.gaps, "loss", medical, broad), display=False)
 dce = {c: [metric_value(results_mean, "delta_ce", c, medical, t) for t in targets]
        for c in (medical, broad)}
 glue("dce_medical_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[medical]), display=False)
@@ -195,6 +203,31 @@ glue("fve_gap_table", gap_table(med_gaps, ["fve", "delta_ce", "loss_recovered"])
      display=False)
 glue("loss_matched_table", gap_table(med_gaps, ["l0", "delta_ce", "loss_recovered"],
                                      basis="fve"), display=False)
+
+# %% [markdown]
+# ### Across model families
+# The same experiment (corpora, grouped splits, recipe, seeds, target L0s, width 8 × d_model)
+# on each model of the config's `replications`, so that a domain effect that is a property
+# of one model shows up as a verdict that differs between models. Each model's gaps and
+# verdicts are computed exactly as above, from its own run.
+
+# %%
+runs = model_runs(cfg)
+by_model = gaps_by_model(runs, medical, broad)
+for metric, label in (("fve", "FVE gap"), ("delta_ce", "ΔCE gap (nats)")):
+    gap_by_model_figure(by_model, metric, medical, label).show()
+fidelity_verdicts = verdict_table(runs, ["fve", "loss"], medical, broad)
+display(fidelity_verdicts)
+model_gap_table = gap_table_by_model(runs, medical, broad,
+                                     ["fve", "delta_ce", "loss_recovered"])
+display(model_gap_table)
+fidelity_replication = replication_sentences(runs, ["fve", "loss"], medical, broad)
+print(fidelity_replication)
+glue("n_models", len(runs), display=False)
+glue("models", "; ".join(r.label for r in runs), display=False)
+glue("fidelity_verdicts_by_model", fidelity_verdicts, display=False)
+glue("fidelity_gaps_by_model", model_gap_table, display=False)
+glue("fidelity_replication", fidelity_replication, display=False)
 
 # %% [markdown]
 # ### The paper's numbers (reference, not ours)

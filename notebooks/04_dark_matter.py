@@ -42,16 +42,24 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.compare import verdict
+from sae_med.claims import (
+    claim_verdict,
+    gap_intervals,
+    gaps_by_model,
+    model_runs,
+    oriented_gaps,
+    replication_sentences,
+    verdict_table,
+)
 from sae_med.evaluate import load_comparisons, load_results
 from sae_med.experiment import stage_evaluate
 from sae_med.notebook import (
     domain_pair,
-    gap_intervals,
+    gap_by_model_figure,
     gap_sentence,
     gap_table,
+    gap_table_by_model,
     metric_vs_l0,
-    oriented_gaps,
     setup_notebook,
     with_interval,
 )
@@ -156,7 +164,7 @@ display(at_fve)
 r2_l0 = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical)
 r2_fve = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical, basis="fve")
 lin_fve = gap_intervals(med_gaps, "dark_matter.fvu_linear", medical, basis="fve")
-dm_verdict = verdict(r2_l0, r2_fve, sign=-1)
+dm_verdict = claim_verdict(comparisons.gaps, "dark_matter", medical, broad)
 words = {"supported": "is less linearly predictable, also beyond what its higher FVE "
                       "explains",
          "not separable from FVE": "is less linearly predictable at the same L0, but "
@@ -188,6 +196,26 @@ glue("dark_matter_table", at_l0, display=False)
 glue("dark_matter_matched_table", at_fve, display=False)
 glue("dark_matter_sentence", dm_sentence, display=False)
 glue("verdict_dark_matter", dm_verdict, display=False)
+
+# %% [markdown]
+# ### Across model families
+# The same decomposition on each model of the config's `replications` (same corpora,
+# splits, recipe and seeds), each judged from its own run's paired intervals.
+
+# %%
+runs = model_runs(cfg)
+gap_by_model_figure(gaps_by_model(runs, medical, broad), "dark_matter.r2_error_mean", medical,
+                    "R²(e) gap").show()
+dm_verdicts = verdict_table(runs, ["dark_matter"], medical, broad)
+display(dm_verdicts)
+dm_gaps_by_model = gap_table_by_model(
+    runs, medical, broad, ["dark_matter.r2_error_mean", "dark_matter.fvu_linear"], "fve")
+display(dm_gaps_by_model)
+dm_replication = replication_sentences(runs, ["dark_matter"], medical, broad)
+print(dm_replication)
+glue("dark_matter_verdicts_by_model", dm_verdicts, display=False)
+glue("dark_matter_matched_by_model", dm_gaps_by_model, display=False)
+glue("dark_matter_replication", dm_replication, display=False)
 
 # %% [markdown]
 # ## Summary

@@ -349,6 +349,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
+    replications: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The same experiment on other models: run name -> sections that differ from this
+    config (e.g. ``model`` and ``sae.width``), merged onto it like a ``base:``. Run after
+    this one by ``sae-med run`` / ``experiment`` and shown beside it (one verdict per model)
+    in the fidelity and dark-matter notebooks and the results summary; see
+    :meth:`replication_configs`."""
 
     def __post_init__(self) -> None:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
@@ -362,6 +368,7 @@ class Config:
             for c in getattr(self, where):
                 _check(c in known, where, f"unknown corpus {c!r}; valid corpora: "
                        f"{', '.join(known)}")
+        self.replication_configs()  # a mistake in a replication fails when this loads
 
     @property
     def cache_path(self) -> Path:
@@ -373,8 +380,27 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if not self.corpora:  # keeps the hash (and artefact keys) of configs without any
-            del out["corpora"]
+        # keep the hash (and artefact keys) of configs that declare none of these
+        for optional in ("corpora", "replications"):
+            if not out[optional]:
+                del out[optional]
+        return out
+
+    def replication_configs(self) -> dict[str, Config]:
+        """``{run name: Config}`` of each replication: this config (same corpora, splits,
+        recipe, seeds, output and cache folders) with the replication's sections merged
+        on, renamed, and without replications of its own."""
+        base = {k: v for k, v in self.to_dict().items() if k != "replications"}
+        out = {}
+        for name, sections in self.replications.items():
+            _check(name != self.name, f"replications.{name}",
+                   "must differ from the config's own name (it names the run folder)")
+            _check("name" not in sections and "replications" not in sections,
+                   f"replications.{name}", "sets its run name by its key and cannot nest")
+            try:
+                out[name] = config_from_dict(merge_sections(base, {**sections, "name": name}))
+            except ConfigError as err:
+                raise ConfigError(f"replications.{name}: {err}") from None
         return out
 
     def to_json(self) -> str:
@@ -482,7 +508,8 @@ def merge_sections(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any
 
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as a mapping, with its ``base:`` (a config it extends, path relative
-    to this file; recursive) merged underneath by :func:`merge_sections`."""
+    to this file; recursive) merged underneath by :func:`merge_sections`, all but the
+    base's ``replications``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} " + ("is a directory" if p.is_dir() else
@@ -505,7 +532,9 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     if not isinstance(base, str):
         raise ConfigError(f"config file {p}: 'base' must be the path of another config, "
                           f"got {base!r}")
-    return merge_sections(read_config_file(p.parent / base, (*_chain, p.resolve())), loaded)
+    inherited = read_config_file(p.parent / base, (*_chain, p.resolve()))
+    inherited.pop("replications", None)  # they name run folders: each config its own
+    return merge_sections(inherited, loaded)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()

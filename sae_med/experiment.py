@@ -149,8 +149,9 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     caches = {c: cache_for(cfg, c, "eval", progress) for c in cfg.eval_corpora}
     key = stable_hash({
         "schema_version": SCHEMA_VERSION,
-        # every section but autointerp's, which the evaluation never reads
-        "config": {k: v for k, v in cfg.to_dict().items() if k != "autointerp"},
+        # every section but those the evaluation never reads
+        "config": {k: v for k, v in cfg.to_dict().items()
+                   if k not in ("autointerp", "replications")},
         "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
                  for i, d in dirs.items()},
         "caches": {c: cache.key for c, cache in caches.items()}})
@@ -164,11 +165,16 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
 
 
 def run_experiment(cfg: Config, progress: bool = True) -> Path:
-    """cache → train → evaluate; returns the results JSON."""
+    """cache → train → evaluate, then the same for each of ``cfg.replications`` (other
+    models); returns this config's results JSON."""
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.run_path / "config.json", cfg.to_dict())
     stage_cache(cfg, progress)
-    return stage_evaluate(cfg, progress)
+    path = stage_evaluate(cfg, progress)
+    for name, rep in cfg.replication_configs().items():
+        log.info("replication %r: %s, block %d", name, rep.model.name, rep.model.hook_layer)
+        run_experiment(rep, progress)
+    return path
 
 
 def middle_target(cfg: Config, l0_target: float = 0.0) -> float:

@@ -83,18 +83,6 @@ def _cell(value: float, low: float, high: float, digits: int) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
-    """The gap rows of :func:`sae_med.evaluate.load_comparisons` as ``first`` minus
-    ``second`` (rows stored the other way round are negated, their interval flipped)."""
-    import pandas as pd
-
-    same = gaps[(gaps.train_corpus == first) & (gaps.versus == second)].copy()
-    flip = gaps[(gaps.train_corpus == second) & (gaps.versus == first)].copy()
-    flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
-    flip["train_corpus"], flip["versus"] = first, second
-    return pd.concat([same, flip], ignore_index=True)
-
-
 def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digits: int = 3
               ) -> Any:
     """Wide table of gaps, "value [low, high]" with a ``*`` where the 95% interval
@@ -110,6 +98,23 @@ def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digit
     return wide[[m for m in metrics if m in wide.columns]]
 
 
+def gap_table_by_model(runs: Sequence[Any], first: str, second: str, metrics: Sequence[str],
+                       basis: str = "l0_target") -> Any:
+    """:func:`gap_table` of each :class:`~sae_med.claims.ModelRun` (``first`` minus
+    ``second`` SAE on ``first`` text), stacked under a ``model`` index level."""
+    import pandas as pd
+
+    from sae_med.claims import oriented_gaps
+
+    tables = {r.label: gap_table(oriented_gaps(r.comparisons.gaps, first, second), metrics,
+                                 basis) for r in runs}
+    tables = {m: t.loc[[first]] for m, t in tables.items()
+              if not t.empty and first in t.index.get_level_values(0)}
+    if not tables:
+        return pd.DataFrame({"note": ["no comparison in this run (e.g. no common FVE range)"]})
+    return pd.concat(tables, names=["model"])
+
+
 def family_table(families: Any, metrics: Sequence[str], digits: int = 3) -> Any:
     """Across-seed means at each target L0: "mean [low, high]" (hierarchical interval) and
     the replicates' own values, one row per (eval corpus, train corpus, target L0)."""
@@ -122,18 +127,6 @@ def family_table(families: Any, metrics: Sequence[str], digits: int = 3) -> Any:
     wide = df.pivot_table(index=["eval_corpus", "train_corpus", "l0_target"],
                           columns="metric", values="text", aggfunc="first")
     return wide[[m for m in metrics if m in wide.columns]]
-
-
-def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_target"
-                  ) -> list[Any]:
-    """The :class:`~sae_med.bootstrap.Interval` of every gap of ``metric`` on
-    ``eval_corpus`` at ``basis`` (in target-L0 or FVE order)."""
-    from sae_med.bootstrap import Interval
-
-    sel = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
-               & (gaps.basis == basis)].sort_values(basis)
-    return [Interval(float(r.value), None if r.low != r.low else float(r.low),
-                     None if r.high != r.high else float(r.high)) for r in sel.itertuples()]
 
 
 def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3) -> str:
@@ -261,4 +254,34 @@ def cross_eval_figure(results: Any, metric: str, y_title: str,
     fig.update_layout(barmode="group",
                       title=f"{metric}: SAE trained on (colour) x evaluated on (axis)",
                       legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+MODEL_DASH = ("solid", "dash", "dot", "dashdot")
+
+
+def gap_by_model_figure(gaps: Any, metric: str, eval_corpus: str, y_title: str) -> Any:
+    """Figure: one model per line, the paired gap of ``metric`` on ``eval_corpus`` against
+    the target L0 (log), with its 95% interval; ``gaps`` is
+    :func:`sae_med.claims.gaps_by_model`'s frame."""
+    import plotly.graph_objects as go
+
+    df = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
+              & (gaps.basis == "l0_target")]
+    fig = go.Figure()
+    for i, (label, sub) in enumerate(df.groupby("model", sort=False)):
+        sub = sub.sort_values("l0_target")
+        fig.add_trace(go.Scatter(
+            x=sub.l0_target, y=sub.value, mode="lines+markers", name=label,
+            line={"dash": MODEL_DASH[i % len(MODEL_DASH)]},
+            error_y={"type": "data", "symmetric": False,
+                     "array": (sub.high - sub.value).clip(lower=0).fillna(0),
+                     "arrayminus": (sub.value - sub.low).clip(lower=0).fillna(0)}))
+    first = df.train_corpus.iloc[0] if len(df) else "domain"
+    versus = df.versus.iloc[0] if len(df) else "broad"
+    fig.add_hline(y=0, line={"color": "grey", "width": 1})
+    fig.update_layout(title=f"{y_title}: {first} minus {versus} SAE on {eval_corpus} text, "
+                            "per model", xaxis_title="target L0", yaxis_title=y_title,
+                      legend={"orientation": "h", "y": -0.25})
+    fig.update_xaxes(type="log")
     return fig

@@ -150,7 +150,8 @@ def test_gap_rows_round_trip_through_the_book_helpers(resample):
     """Gap.to_dict rows as a DataFrame: oriented either way, read back as Intervals."""
     import pandas as pd
 
-    from sae_med.notebook import gap_intervals, gap_table, oriented_gaps
+    from sae_med.claims import gap_intervals, oriented_gaps
+    from sae_med.notebook import gap_table
 
     out = compare(family("medical", (0.20, 0.21), resample)
                   + family("broad", (0.30, 0.31), resample), "medical",

@@ -84,5 +84,41 @@ def test_wordnet_control_is_default_with_wordnet_as_the_broad_side():
         root / "default.yaml")
     assert control.train_corpora == control.eval_corpora == ("medical", "wordnet")
     same = ["name=wordnet_control", "train_corpora=[medical, wordnet]",
-            "eval_corpora=[medical, wordnet]"]
+            "eval_corpora=[medical, wordnet]", "replications={}"]  # not inherited
     assert load_config(root / "default.yaml", same) == control != default
+
+
+def test_replications_are_this_config_on_other_models(tmp_path):
+    """A replication is the config with its sections merged on and its key as run name;
+    the base's replications are not inherited (they name run folders); mistakes inside
+    one are named with its key."""
+    root = _write(tmp_path / "root.yaml", "name: root\n"
+                  "sae: {width: 64, seeds: 2, l0_targets: [4]}\nreplications:\n"
+                  "  other: {model: {hook_layer: 5}, sae: {width: 48}}\n")
+    cfg = load_config(root, [f"output_dir={tmp_path / 'runs'}"])
+    [(name, rep)] = cfg.replication_configs().items()
+    assert name == rep.name == "other" and rep.replications == {}
+    assert (rep.model.hook_layer, rep.sae.width, rep.sae.seeds) == (5, 48, 2)
+    assert rep.run_path == tmp_path / "runs" / "other"  # the parent's overrides carry over
+    assert rep.to_dict() == load_config(root, ["name=other", "model.hook_layer=5",
+                                               "sae.width=48", "replications={}",
+                                               f"output_dir={tmp_path / 'runs'}"]).to_dict()
+    child = _write(tmp_path / "child.yaml", "base: root.yaml\nname: child\n")
+    assert load_config(child).replications == {}
+    # a config without replications keeps the hash it had before the field existed
+    assert "replications" not in load_config(child).to_dict()
+    with pytest.raises(ConfigError, match=r"replications\.other: config field "
+                                          r"'model\.hook_layr' is unknown"):
+        load_config(root, ["replications.other.model={hook_layr: 2}"])
+    with pytest.raises(ConfigError, match=r"'replications\.root': must differ"):
+        load_config(root, ["replications.root={}"])
+
+
+def test_default_and_smoke_replicate_on_smollm2():
+    for name, rep_name, width in (("default", "smollm2", 4608), ("smoke", "smollm2_smoke", 512)):
+        cfg = load_config(CONFIGS[0].parent / f"{name}.yaml")
+        rep = cfg.replication_configs()[rep_name]
+        assert rep.model.name == "embedded:smollm2-135m-instruct"
+        assert rep.model.hook_layer == 22 and rep.sae.width == width
+        assert (rep.sae.l0_targets, rep.sae.seeds, rep.train) == (
+            cfg.sae.l0_targets, cfg.sae.seeds, cfg.train)

@@ -38,8 +38,8 @@ def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
     cfg = load_config("configs/smoke.yaml", [
         f"model.name={tiny_lm_dirs[arch]}", f"model.hook_layer={LAYER}",
         f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
-        "train_corpora=[medical]", "eval_corpora=[medical]", "cache.n_tokens=1024",
-        "cache.shard_tokens=512", "sae.width=64", "sae.l0_targets=[4]",
+        "replications={}", "train_corpora=[medical]", "eval_corpora=[medical]",
+        "cache.n_tokens=1024", "cache.shard_tokens=512", "sae.width=64", "sae.l0_targets=[4]",
         "train.n_tokens=4096", "train.batch_size=256", "eval.n_tokens=512",
         "eval.ce_docs=4", "eval.bootstrap=10"])
     rows = json.loads(run_experiment(cfg, progress=False).read_text())["rows"]
@@ -52,11 +52,12 @@ def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
 
 
 def test_smoke_config_runs_on_the_second_family(tmp_path):
-    """configs/smollm2_smoke.yaml (SmolLM2-135M-Instruct, block 22): cache → train →
-    evaluate for both training corpora, as the Gemma smoke run does."""
-    cfg = load_config("configs/smollm2_smoke.yaml", [f"output_dir={tmp_path}"])
-    assert cfg.model.hook_layer == 22
-    doc = json.loads(run_experiment(cfg, progress=False).read_text())
+    """configs/smoke.yaml's replication on SmolLM2-135M-Instruct (block 22): cache →
+    train → evaluate for both training corpora, as the Gemma smoke run does."""
+    cfg = load_config("configs/smoke.yaml", [f"output_dir={tmp_path}"])
+    rep = cfg.replication_configs()["smollm2_smoke"]
+    assert rep.model.hook_layer == 22 and rep.run_path == tmp_path / "smollm2_smoke"
+    doc = json.loads(run_experiment(rep, progress=False).read_text())
     rows = doc["rows"]
     assert {r["train_corpus"] for r in rows} == {"medical", "broad"}
     assert {r["eval_corpus"] for r in rows} == {"medical", "broad"}

@@ -1,0 +1,157 @@
+"""The paper's claims as verdicts, per model and across model families.
+
+A verdict is computed from a run's paired gap intervals (:func:`sae_med.compare.verdict`);
+a config's ``replications`` repeat the run on other models, and a claim *replicates* when
+it gets the same verdict on every model. Gap tables are the tidy ``gaps`` frame of
+:func:`sae_med.evaluate.load_comparisons`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sae_med.compare import Verdict, verdict
+
+if TYPE_CHECKING:
+    from sae_med.config import Config
+    from sae_med.evaluate import ComparisonTables
+
+
+class Claim(NamedTuple):
+    key: str
+    text: str
+    """The claim as the results summary states it."""
+    metric: str
+    """The gap metric judged (domain-trained minus broad-trained, on domain text)."""
+    sign: int
+    """+1: a larger value favours the domain SAE; -1: a smaller one."""
+    matched_fve: bool
+    """Also judged at matched FVE (metrics that depend on fidelity)."""
+
+
+CLAIMS = (
+    Claim("fve", "The domain SAE explains more variance (FVE)", "fve", 1, False),
+    Claim("loss", "It recovers more loss when spliced in", "loss_recovered", 1, True),
+    Claim("dark_matter", "Its error (dark matter) is less linearly predictable",
+          "dark_matter.r2_error_mean", -1, True),
+)
+"""The paper's claims judged from reconstruction metrics (the concept claim is judged from
+autointerp scores in notebook 06)."""
+
+
+def claim(key: str) -> Claim:
+    """The claim named ``key``; an error lists the valid keys."""
+    for c in CLAIMS:
+        if c.key == key:
+            return c
+    raise KeyError(f"unknown claim {key!r}; valid claims: {', '.join(c.key for c in CLAIMS)}")
+
+
+def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
+    """The gap rows of :func:`sae_med.evaluate.load_comparisons` as ``first`` minus
+    ``second`` (rows stored the other way round are negated, their interval flipped)."""
+    import pandas as pd
+
+    same = gaps[(gaps.train_corpus == first) & (gaps.versus == second)].copy()
+    flip = gaps[(gaps.train_corpus == second) & (gaps.versus == first)].copy()
+    flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
+    flip["train_corpus"], flip["versus"] = first, second
+    return pd.concat([same, flip], ignore_index=True)
+
+
+def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_target"
+                  ) -> list[Any]:
+    """The :class:`~sae_med.bootstrap.Interval` of every gap of ``metric`` on
+    ``eval_corpus`` at ``basis`` (in target-L0 or FVE order)."""
+    from sae_med.bootstrap import Interval
+
+    sel = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
+               & (gaps.basis == basis)].sort_values(basis)
+    return [Interval(float(r.value), None if r.low != r.low else float(r.low),
+                     None if r.high != r.high else float(r.high)) for r in sel.itertuples()]
+
+
+def claim_verdict(gaps: Any, key: str, domain: str, broad: str) -> Verdict:
+    """The verdict on claim ``key`` from the paired gaps of one run (domain minus broad
+    SAE on held-out ``domain`` text: at every target L0, and at every matched FVE where
+    the claim asks for it)."""
+    c = claim(key)
+    ours = oriented_gaps(gaps, domain, broad)
+    at_fve = gap_intervals(ours, c.metric, domain, "fve") if c.matched_fve else None
+    return verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign)
+
+
+class ModelRun(NamedTuple):
+    """One model's run of the experiment: the config's own, or one of its replications."""
+    label: str
+    """The model and layer, e.g. ``gemma-3-270m (block 13)``."""
+    cfg: Config
+    comparisons: ComparisonTables
+
+
+def model_label(cfg: Config) -> str:
+    return f"{cfg.model.name.removeprefix('embedded:')} (block {cfg.model.hook_layer})"
+
+
+def model_runs(cfg: Config, progress: bool = False) -> list[ModelRun]:
+    """The run of ``cfg`` and of each of its replications, evaluated if needed (the
+    stages reuse what is there), in config order."""
+    from sae_med.evaluate import load_comparisons
+    from sae_med.experiment import stage_evaluate
+
+    configs = [cfg, *cfg.replication_configs().values()]
+    return [ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
+            for c in configs]
+
+
+def verdicts_by_model(runs: Sequence[ModelRun], key: str, domain: str, broad: str
+                      ) -> dict[str, Verdict]:
+    """``{model label: verdict}`` on claim ``key``, one per run."""
+    return {r.label: claim_verdict(r.comparisons.gaps, key, domain, broad) for r in runs}
+
+
+def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
+    """One sentence on whether the claim ``text`` replicates across the models of
+    ``verdicts`` (``{model label: verdict}``)."""
+    labels = list(verdicts)
+    if len(labels) < 2:
+        return (f"{text}: {verdicts[labels[0]]} on {labels[0]}, the only model of this run "
+                "(a config's `replications` add others).")
+    if len(set(verdicts.values())) == 1:
+        v = verdicts[labels[0]]
+        how = "replicates" if v == "supported" else "is consistent"
+        return f"{text}: {v} on every model ({', '.join(labels)}); the verdict {how} " \
+               "across model families."
+    parts = "; ".join(f"{v} on {m}" for m, v in verdicts.items())
+    return f"{text}: {parts}; the verdict does not replicate across model families."
+
+
+def verdict_table(runs: Sequence[ModelRun], keys: Sequence[str], domain: str, broad: str
+                  ) -> Any:
+    """Claims × models: each run's verdict, and whether it replicates across them."""
+    import pandas as pd
+
+    rows = []
+    for key in keys:
+        verdicts = verdicts_by_model(runs, key, domain, broad)
+        same = len(set(verdicts.values())) == 1
+        rows.append({"claim": claim(key).text, **verdicts,
+                     "same verdict on every model": "yes" if same else "no"})
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def replication_sentences(runs: Sequence[ModelRun], keys: Sequence[str], domain: str,
+                          broad: str) -> str:
+    """:func:`replication_sentence` for each claim of ``keys``, joined."""
+    return " ".join(replication_sentence(claim(k).text, verdicts_by_model(runs, k, domain,
+                                                                          broad))
+                    for k in keys)
+
+
+def gaps_by_model(runs: Sequence[ModelRun], domain: str, broad: str) -> Any:
+    """Every run's domain-minus-broad gaps in one frame with a ``model`` column."""
+    import pandas as pd
+
+    return pd.concat([oriented_gaps(r.comparisons.gaps, domain, broad).assign(model=r.label)
+                      for r in runs], ignore_index=True)

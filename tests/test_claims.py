@@ -1,0 +1,75 @@
+"""The paper's claims as verdicts per model, and whether they replicate across models."""
+
+import pandas as pd
+import pytest
+
+from sae_med.claims import (
+    CLAIMS,
+    ModelRun,
+    claim,
+    claim_verdict,
+    replication_sentence,
+    verdict_table,
+)
+from sae_med.config import load_config
+from sae_med.evaluate import ComparisonTables
+from sae_med.notebook import gap_table_by_model
+
+
+def gap(metric, value, low, high, basis="l0_target", at=20.0, stored="medical"):
+    """One gap row as results.json stores it (``stored`` minus the other family)."""
+    if stored != "medical":  # the same gap seen from the other family
+        value, low, high = -value, -high, -low
+    return {"train_corpus": stored, "versus": "broad" if stored == "medical" else "medical",
+            "eval_corpus": "medical", "metric": metric, "basis": basis,
+            "l0_target": at if basis == "l0_target" else None,
+            "fve": at if basis == "fve" else None, "value": value, "low": low, "high": high,
+            "excludes_zero": low > 0 or high < 0}
+
+
+def run(label, rows):
+    return ModelRun(label, load_config(None),
+                    ComparisonTables(pd.DataFrame(), pd.DataFrame(rows)))
+
+
+# medical better on FVE at both targets; loss better at L0 but not at matched FVE; dark
+# matter (R² of the error, lower is better) better everywhere, stored broad-minus-medical
+GOOD = [gap("fve", 0.05, 0.02, 0.08), gap("fve", 0.04, 0.01, 0.07, at=40.0),
+        gap("loss_recovered", 0.03, 0.01, 0.05),
+        gap("loss_recovered", 0.01, -0.01, 0.03, basis="fve", at=0.7),
+        gap("dark_matter.r2_error_mean", -0.2, -0.3, -0.1, stored="broad"),
+        gap("dark_matter.r2_error_mean", -0.1, -0.15, -0.05, basis="fve", at=0.7,
+            stored="broad")]
+WEAK = [gap("fve", 0.05, -0.02, 0.08), *GOOD[1:]]
+
+
+def test_claim_verdicts_on_known_gaps():
+    gaps = pd.DataFrame(GOOD)
+    assert claim_verdict(gaps, "fve", "medical", "broad") == "supported"
+    assert claim_verdict(gaps, "loss", "medical", "broad") == "not separable from FVE"
+    assert claim_verdict(gaps, "dark_matter", "medical", "broad") == "supported"
+    assert claim_verdict(pd.DataFrame(WEAK), "fve", "medical", "broad") == "not supported"
+    # no rows at all is never a success
+    assert claim_verdict(pd.DataFrame(GOOD[2:]), "fve", "medical", "broad") == "not supported"
+    with pytest.raises(KeyError, match="valid claims: fve, loss, dark_matter"):
+        claim("concepts")
+    assert [c.sign for c in CLAIMS] == [1, 1, -1]
+
+
+def test_replication_across_models():
+    runs = [run("a (block 1)", GOOD), run("b (block 2)", WEAK)]
+    table = verdict_table(runs, ["fve", "dark_matter"], "medical", "broad")
+    assert list(table.columns) == ["a (block 1)", "b (block 2)", "same verdict on every model"]
+    assert table.iloc[0].tolist() == ["supported", "not supported", "no"]
+    assert table.iloc[1].tolist() == ["supported", "supported", "yes"]
+    assert "replicates across" in replication_sentence("X", {"a": "supported",
+                                                              "b": "supported"})
+    assert "does not replicate" in replication_sentence("X", {"a": "supported",
+                                                              "b": "not supported"})
+    one = replication_sentence("X", {"a": "not supported"})
+    assert "only model" in one and "replicates" not in one
+    both = gap_table_by_model(runs, "medical", "broad", ["fve"])
+    assert both.index.get_level_values("model").unique().tolist() == ["a (block 1)",
+                                                                      "b (block 2)"]
+    assert both.loc[("a (block 1)", "medical", 20.0), "fve"].endswith("*")
+    assert not both.loc[("b (block 2)", "medical", 20.0), "fve"].endswith("*")
