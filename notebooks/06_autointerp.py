@@ -64,8 +64,13 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from sae_med.autointerp import compare_scores
-from sae_med.bootstrap import Interval
-from sae_med.compare import verdict
+from sae_med.claims import (
+    CONCEPT_CLAIM,
+    concept_verdict,
+    model_label,
+    replication_sentence,
+    verdicts_frame,
+)
 from sae_med.experiment import stage_autointerp
 from sae_med.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
@@ -120,11 +125,7 @@ for metric, short in (("detection_auroc", "auroc"), ("accuracy", "accuracy")):
                  float(table.loc[name, col]) if have else float("nan"), display=False)
 # the book's verdict on "latents read as clinical concepts": the detection-AUROC
 # difference (medical - broad) and its interval over latents
-auroc = tables["detection_auroc"].set_index("SAE")
-concept_gap = ([Interval(*(float(auroc.loc[diff_row, c]) for c in ("mean", "ci_low",
-                                                                    "ci_high")))]
-               if diff_row in auroc.index else [])
-glue("verdict_concepts", verdict(concept_gap), display=False)
+glue("verdict_concepts", concept_verdict(scores, medical, broad, cfg.seed), display=False)
 glue("autointerp_n_latents", int(sum(len(f) for f in scores.values())), display=False)
 glue("autointerp_n_failures", int(sum(f["n_failures"].sum() for f in scores.values())),
      display=False)
@@ -173,6 +174,23 @@ cols = ["SAE", "latent", "firing_rate", "explanation", "detection_auroc", "accur
         "fuzz_auroc", "fuzz_accuracy", "n_calls", "n_failures"]
 with pd.option_context("display.max_colwidth", 200):
     display(per_latent[cols].round(3))
+
+# %% [markdown]
+# ### Across model families
+# The same explain-and-judge budget on each model of the config's `replications` (its own
+# SAEs at the same target L0, the same judge), one concept verdict per model.
+
+# %%
+concepts = {model_label(cfg): concept_verdict(scores, medical, broad, cfg.seed)}
+for rep in cfg.replication_configs().values():
+    rep_run = stage_autointerp(rep, l0_target, eval_corpus=medical, progress=False)
+    concepts[model_label(rep)] = concept_verdict(rep_run.scores, medical, broad, rep.seed)
+concept_verdicts = verdicts_frame({CONCEPT_CLAIM: concepts})
+display(concept_verdicts)
+concept_replication = replication_sentence(CONCEPT_CLAIM, concepts)
+print(concept_replication)
+glue("concept_verdicts_by_model", concept_verdicts, display=False)
+glue("concept_replication", concept_replication, display=False)
 
 # %% [markdown]
 # ## Summary

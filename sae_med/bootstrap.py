@@ -186,7 +186,7 @@ def _mean_draws(x: Tensor, rows: Iterator[Tensor]) -> np.ndarray:
 
 
 def _finite_values(values: Any) -> Tensor:
-    x = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    x = torch.tensor(np.asarray(values, dtype=np.float64))  # a copy: values may be read-only
     return x[~torch.isnan(x)]
 
 

@@ -8,7 +8,7 @@ it gets the same verdict on every model. Gap tables are the tidy ``gaps`` frame 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.compare import Verdict, verdict
@@ -37,7 +37,8 @@ CLAIMS = (
           "dark_matter.r2_error_mean", -1, True),
 )
 """The paper's claims judged from reconstruction metrics (the concept claim is judged from
-autointerp scores in notebook 06)."""
+autointerp scores: :func:`concept_verdict`)."""
+CONCEPT_CLAIM = "Its latents read as clinical concepts (autointerp detection AUROC)"
 
 
 def claim(key: str) -> Claim:
@@ -80,6 +81,23 @@ def claim_verdict(gaps: Any, key: str, domain: str, broad: str) -> Verdict:
     ours = oriented_gaps(gaps, domain, broad)
     at_fve = gap_intervals(ours, c.metric, domain, "fve") if c.matched_fve else None
     return verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign)
+
+
+def concept_verdict(scores: Mapping[str, Any], domain: str, broad: str, seed: int = 0
+                    ) -> Verdict:
+    """The verdict on :data:`CONCEPT_CLAIM` from autointerp scores (``{train corpus: table
+    of LatentScore rows}``): the domain SAE's mean detection AUROC minus the broad SAE's,
+    with its bootstrap interval over latents."""
+    from sae_med.autointerp import compare_scores
+    from sae_med.bootstrap import Interval
+
+    pair = {c: scores[c] for c in (domain, broad) if c in scores}
+    table = compare_scores(pair, "detection_auroc", seed=seed).set_index("SAE")
+    row = f"{domain} − {broad}"
+    if row not in table.index:
+        return verdict([])
+    return verdict([Interval(*(float(table.loc[row, c]) for c in ("mean", "ci_low",
+                                                                   "ci_high")))])
 
 
 class ModelRun(NamedTuple):
@@ -127,18 +145,22 @@ def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
     return f"{text}: {parts}; the verdict does not replicate across model families."
 
 
-def verdict_table(runs: Sequence[ModelRun], keys: Sequence[str], domain: str, broad: str
-                  ) -> Any:
-    """Claims × models: each run's verdict, and whether it replicates across them."""
+def verdicts_frame(verdicts: Mapping[str, Mapping[str, Verdict]]) -> Any:
+    """Claims × models from ``{claim text: {model label: verdict}}``, with whether each
+    claim gets the same verdict on every model."""
     import pandas as pd
 
-    rows = []
-    for key in keys:
-        verdicts = verdicts_by_model(runs, key, domain, broad)
-        same = len(set(verdicts.values())) == 1
-        rows.append({"claim": claim(key).text, **verdicts,
-                     "same verdict on every model": "yes" if same else "no"})
+    rows = [{"claim": text, **by_model, "same verdict on every model":
+             "yes" if len(set(by_model.values())) == 1 else "no"}
+            for text, by_model in verdicts.items()]
     return pd.DataFrame(rows).set_index("claim")
+
+
+def verdict_table(runs: Sequence[ModelRun], keys: Sequence[str], domain: str, broad: str
+                  ) -> Any:
+    """:func:`verdicts_frame` of the claims ``keys`` judged on each run."""
+    return verdicts_frame({claim(k).text: verdicts_by_model(runs, k, domain, broad)
+                           for k in keys})
 
 
 def replication_sentences(runs: Sequence[ModelRun], keys: Sequence[str], domain: str,

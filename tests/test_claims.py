@@ -5,11 +5,14 @@ import pytest
 
 from sae_med.claims import (
     CLAIMS,
+    CONCEPT_CLAIM,
     ModelRun,
     claim,
     claim_verdict,
+    concept_verdict,
     replication_sentence,
     verdict_table,
+    verdicts_frame,
 )
 from sae_med.config import load_config
 from sae_med.evaluate import ComparisonTables
@@ -73,3 +76,16 @@ def test_replication_across_models():
                                                                       "b (block 2)"]
     assert both.loc[("a (block 1)", "medical", 20.0), "fve"].endswith("*")
     assert not both.loc[("b (block 2)", "medical", 20.0), "fve"].endswith("*")
+
+
+def test_concept_verdict_from_autointerp_scores():
+    def scores(aurocs):
+        return pd.DataFrame({"detection_auroc": aurocs, "n_failures": [0] * len(aurocs)})
+
+    better = {"medical": scores([0.9, 0.85, 0.95, 0.9]), "broad": scores([0.5, 0.55, 0.45, 0.5])}
+    assert concept_verdict(better, "medical", "broad") == "supported"
+    same = {"medical": scores([0.6, 0.4, 0.7, 0.3]), "broad": scores([0.6, 0.4, 0.7, 0.3])}
+    assert concept_verdict(same, "medical", "broad") == "not supported"
+    assert concept_verdict({"medical": better["medical"]}, "medical", "broad") == "not supported"
+    frame = verdicts_frame({CONCEPT_CLAIM: {"a": "supported", "b": "not supported"}})
+    assert frame.loc[CONCEPT_CLAIM].tolist() == ["supported", "not supported", "no"]
