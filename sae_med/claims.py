@@ -32,6 +32,8 @@ class Claim(NamedTuple):
 
 CLAIMS = (
     Claim("fve", "The domain SAE explains more variance (FVE)", "fve", 1, False),
+    Claim("fve_typical", "The FVE claim without massive-activation tokens (sensitivity)",
+          "fve_typical", 1, False),
     Claim("loss", "It recovers more loss when spliced in", "loss_recovered", 1, True),
     Claim("dark_matter", "Its error (dark matter) is less linearly predictable",
           "dark_matter.r2_error_mean", -1, True),

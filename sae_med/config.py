@@ -212,6 +212,13 @@ class EvalConfig:
     scored tokens)."""
     bootstrap: int = 200
     """Bootstrap resamples over documents for 95% intervals."""
+    massive_norm_ratio: float = 3.0
+    """``fve_typical`` leaves out tokens whose ‖x‖ exceeds this multiple of the eval
+    cache's median ‖x‖ (massive activations: Gemma-3-270M's bulk stays under 1.5x, a rare
+    token reaches 4.7x and can dominate a pooled FVE)."""
+
+    def __post_init__(self) -> None:
+        _check(self.massive_norm_ratio > 1, "eval.massive_norm_ratio", "must be > 1")
 
 
 CORPUS_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")

@@ -8,7 +8,10 @@ a. **Reconstruction** over every token of the eval activation cache, in cache or
    (:class:`~sae_med.metrics.ReconstructionAccumulator`): l0, fve (centred, all tokens),
    fve_uncentered, mse, rel_bias with 95% bootstrap intervals over documents;
    fve_batch_mean, dead_frac, dense_frac as point values (they are not functions of
-   per-document sums: see :data:`POINT_METRICS`).
+   per-document sums: see :data:`POINT_METRICS`). ``fve_typical`` is the FVE over the
+   tokens without a massive activation (‖x‖ ≤ ``eval.massive_norm_ratio`` × the cache's
+   median ‖x‖; ``massive_tokens`` counts the others): one such token can decide a
+   pooled FVE.
 b. **Spliced loss** on the first eval documents (``cfg.eval.ce_docs`` of them, or enough for
    ``cfg.eval.ce_tokens`` scored tokens) of the corpus's eval split,
    tokenized like the cache (BOS, truncation to ``cache.ctx_len``, right padding) and
@@ -44,6 +47,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import platform
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,12 +91,14 @@ from sae_med.sae import JumpReLUSAE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-"""Version of ``results.json`` (2 had no seed replicates, family means or gaps; 1 had no
-dark-matter intervals)."""
+SCHEMA_VERSION = 4
+"""Version of ``results.json`` (3 had no fve_typical; 2 had no seed replicates, family
+means or gaps; 1 had no dark-matter intervals)."""
 RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
 """Bootstrapped from per-document sums (:class:`~sae_med.metrics.DocMetrics` fields)."""
-POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac")
+TYPICAL_METRICS = ("fve_typical",)
+"""Bootstrapped from the per-document sums of typical tokens (no massive activation)."""
+POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac", "massive_tokens")
 """No interval: a per-batch average and set-level counts, not ratios of document sums."""
 CE_METRICS = ("ce_clean", "ce_spliced", "ce_zero", "delta_ce", "loss_recovered",
               "kl_spliced", "kl_zero", "kl_score")
@@ -192,12 +198,22 @@ def _mean_ablation_fn(cache: ActivationCache) -> SaeFn:
 
 
 @torch.no_grad()
+def massive_norm(cache: ActivationCache, ratio: float) -> float:
+    """``ratio`` × the median ‖x‖ of the cache: tokens above it are massive activations,
+    left out of ``fve_typical``."""
+    norms = torch.cat([x.norm(dim=-1) for x in cache.iter_ordered(RECON_BATCH_TOKENS * 8)])
+    return ratio * float(norms.median())
+
+
+@torch.no_grad()
 def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
                         batch_tokens: int = RECON_BATCH_TOKENS,
-                        dm_train_frac: float = DM_TRAIN_FRAC) -> ReconstructionPass:
-    """Stream the cache in order through ``sae``: reconstruction sums (per document) and
-    the dark-matter fit on the fit-split documents, then a second pass over the held-out
-    documents to score it (the SAE is rerun there rather than the errors kept)."""
+                        dm_train_frac: float = DM_TRAIN_FRAC,
+                        typical_norm: float = math.inf) -> ReconstructionPass:
+    """Stream the cache in order through ``sae``: reconstruction sums (per document, also
+    over the typical tokens, ‖x‖ ≤ ``typical_norm``) and the dark-matter fit on the
+    fit-split documents, then a second pass over the held-out documents to score it (the
+    SAE is rerun there rather than the errors kept)."""
     doc = cache.tokens().doc_index
     train = is_train_doc(doc, dm_train_frac, dm_seed)
     dev = sae.W_enc.device
@@ -209,7 +225,7 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
         x = cache.activations(lo, hi)
         acts = sae.encode(x.to(dev))  # encode/decode: no pre-activation or step copies
         x_hat = sae.decode(acts).to("cpu", torch.float32)
-        acc.update(x, x_hat, acts, doc[lo:hi])
+        acc.update(x, x_hat, acts, doc[lo:hi], typical=x.norm(dim=-1) <= typical_norm)
         t = train[lo:hi]
         if t.any():
             dm.add_train(x[t], (x - x_hat)[t])
@@ -353,16 +369,20 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
     cache_docs = torch.unique(cache.tokens().doc_index)
     ce_ids = torch.arange(sum(int(b.tokens.shape[0]) for b in batches))
     resample = doc_resample([cache_docs, ce_ids], n_boot, boot_seed)
+    typical_norm = massive_norm(cache, cfg.eval.massive_norm_ratio)
     rows, draws = [], {}
     for sae_id, sae in tqdm(saes.items(), desc=f"evaluate {eval_corpus}",
                             disable=not progress):
         # (a), (c), (d) over the cache
-        rp = reconstruction_pass(sae, cache, dm_seed)
+        rp = reconstruction_pass(sae, cache, dm_seed, typical_norm=typical_norm)
         res = rp.accumulator.result()
         per_doc = rp.accumulator.per_doc()
         d = statistic_draws(
             per_doc, lambda s: {k: getattr(metrics_from_doc_sums(s), k) for k in RECON_METRICS},
             resample.columns(per_doc.doc_ids))
+        typical = rp.accumulator.per_doc(typical=True)
+        d |= statistic_draws(typical, lambda s: {TYPICAL_METRICS[0]: metrics_from_doc_sums(s).fve},
+                             resample.columns(typical.doc_ids))
         ce_docs = concat_doc_stats(doc_ce[sae_id]) if doc_ce[sae_id] else None
         if ce_docs is not None:
             d |= statistic_draws(ce_docs, lambda c: {k: getattr(summarize_ce(c), k)
@@ -373,7 +393,9 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
                                            ce_docs.ce_spliced, mean_docs.ce_spliced),
                                  summarize_vs_mean, resample.columns(ce_ids))
         metrics = {k: percentile_interval(v) for k, v in d.items()}
-        metrics.update({k: Interval(getattr(res, k), None, None) for k in POINT_METRICS})
+        points = res._asdict() | {"massive_tokens": float(res.n_tokens
+                                                          - typical.n_tokens.sum())}
+        metrics.update({k: Interval(points[k], None, None) for k in POINT_METRICS})
         dark_matter = rp.dark_matter
         if rp.dark_matter_fit is not None:
             dm = statistic_draws(rp.dark_matter_fit.per_doc(), dm_scores,

@@ -203,6 +203,10 @@ class ReconstructionMetrics(NamedTuple):
     """Latents firing on more than ``dense_threshold`` of tokens."""
 
 
+TYPICAL = "typical."
+"""Prefix of the per-document sums over typical tokens only (see ``update``)."""
+
+
 class ReconstructionAccumulator:
     """Stream ``(x, x̂, f)`` batches of an evaluation set; metrics over all its tokens.
 
@@ -248,9 +252,11 @@ class ReconstructionAccumulator:
 
     def update(self, x: Float[Tensor, "tokens d_model"], x_hat: Float[Tensor, "tokens d_model"],
                acts: Float[Tensor, "tokens d_sae"],
-               doc_index: Int[Tensor, " tokens"] | None = None) -> None:
+               doc_index: Int[Tensor, " tokens"] | None = None,
+               typical: Bool[Tensor, " tokens"] | None = None) -> None:
         """Add one batch. ``doc_index`` (any integer document ids, one per token) must be
-        given for every batch or for none."""
+        given for every batch or for none; with it, ``typical`` marks the tokens whose sums
+        :meth:`per_doc` also keeps apart (``typical=True``; every token when omitted)."""
         if x.shape[0] == 0:
             return
         per_doc = doc_index is not None
@@ -277,10 +283,16 @@ class ReconstructionAccumulator:
         self.n_batches += 1
         self.fve_batch_sum += fve(x, x_hat)
         if per_doc:
-            self._add_docs(doc_index, {
-                "n_tokens": torch.ones_like(sq_err_tok), "l0_sum": active_per_tok,
-                "sq_err": sq_err_tok, "x_sum": x, "x_sq": x.pow(2).sum(-1), "err_sum": e,
-                "x_dot_xhat": x_dot_tok, "xhat_sq": xhat_sq_tok})
+            sums = {"n_tokens": torch.ones_like(sq_err_tok), "l0_sum": active_per_tok,
+                    "sq_err": sq_err_tok, "x_sum": x, "x_sq": x.pow(2).sum(-1), "err_sum": e,
+                    "x_dot_xhat": x_dot_tok, "xhat_sq": xhat_sq_tok}
+            w = (torch.ones_like(sq_err_tok) if typical is None
+                 else typical.to(sq_err_tok.device, torch.float64))
+            # every document keeps a row of typical sums (zeros if it has none): the rows
+            # of per_doc() and per_doc(typical=True) stay aligned for a shared resample
+            sums |= {TYPICAL + k: v * (w if v.ndim == 1 else w[:, None])
+                     for k, v in list(sums.items())}
+            self._add_docs(doc_index, sums)
 
     def _add_docs(self, doc_index: Tensor, values: dict[str, Tensor]) -> None:
         uniq, inverse = torch.unique(doc_index.detach().cpu().long(), return_inverse=True)
@@ -303,14 +315,16 @@ class ReconstructionAccumulator:
                 self._doc[name] = buf = new
             buf.index_add_(0, token_rows, v)
 
-    def per_doc(self) -> DocSums:
-        """Per-document sums in order of first appearance (see :class:`DocSums`)."""
+    def per_doc(self, typical: bool = False) -> DocSums:
+        """Per-document sums in order of first appearance (see :class:`DocSums`): of every
+        token, or (``typical``) of the tokens :meth:`update` marked typical."""
         if not self._per_doc:
             raise ValueError("no per-document sums: pass doc_index to update()")
         k = len(self._doc_rows)
         ids = torch.tensor(list(self._doc_rows), dtype=torch.long)
-        return DocSums(doc_ids=ids, **{name: self._doc[name][:k] for name in DocSums._fields
-                                        if name != "doc_ids"})
+        prefix = TYPICAL if typical else ""
+        return DocSums(doc_ids=ids, **{name: self._doc[prefix + name][:k]
+                                        for name in DocSums._fields if name != "doc_ids"})
 
     def density_histogram(self, bins: int = 50, lo: float | None = None) -> DensityHistogram:
         """Log10 firing-rate histogram of the latents (see :func:`density_histogram`)."""

@@ -54,9 +54,9 @@ def test_claim_verdicts_on_known_gaps():
     assert claim_verdict(pd.DataFrame(WEAK), "fve", "medical", "broad") == "not supported"
     # no rows at all is never a success
     assert claim_verdict(pd.DataFrame(GOOD[2:]), "fve", "medical", "broad") == "not supported"
-    with pytest.raises(KeyError, match="valid claims: fve, loss, dark_matter"):
+    with pytest.raises(KeyError, match="valid claims: fve, fve_typical, loss, dark_matter"):
         claim("concepts")
-    assert [c.sign for c in CLAIMS] == [1, 1, -1]
+    assert [c.sign for c in CLAIMS] == [1, 1, 1, -1]
 
 
 def test_replication_across_models():

@@ -7,6 +7,7 @@ tests, so the model runs only a handful of short batches.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -23,6 +24,8 @@ from sae_med.evaluate import (
     MEAN_ABLATION_METRICS,
     POINT_METRICS,
     RECON_METRICS,
+    SCHEMA_VERSION,
+    TYPICAL_METRICS,
     ce_batches,
     evaluate_paths,
     evaluate_saes,
@@ -148,6 +151,31 @@ def test_zero_sae_known_answers(rows):
     assert r["density_histogram"]["n_dead"] == 64 and sum(r["density_histogram"]["counts"]) == 0
 
 
+def test_massive_tokens_are_left_out_of_fve_typical(model, cfg, cache, saes, rows):
+    """The typical FVE is the FVE of the tokens under eval.massive_norm_ratio x the median
+    norm: all of them at a huge ratio; at a ratio that cuts the top tokens it is the
+    pooled FVE of the rest (recomputed here from the activations)."""
+    from sae_med.metrics import fve
+
+    fit = rows["fit"]
+    assert val(fit, "fve_typical") == pytest.approx(val(fit, "fve"), rel=1e-9) or (
+        val(fit, "massive_tokens") > 0)
+    assert val(rows["identity"], "fve_typical") == pytest.approx(1.0, abs=1e-9)
+    x = cache.activations()
+    norms = x.norm(dim=-1)
+    ratio = float(norms.quantile(0.9) / norms.median())  # the top ~10% are "massive"
+    tight = dataclasses.replace(cfg, eval=dataclasses.replace(
+        cfg.eval, massive_norm_ratio=ratio, ce_docs=1, ce_tokens=0))
+    [row] = evaluate_saes({"fit": saes["fit"]}, model, tight, CORPUS, cache, progress=False)
+    keep = norms <= ratio * norms.median()
+    sae = saes["fit"]
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    assert val(row, "massive_tokens") == int((~keep).sum()) > 0
+    assert val(row, "fve_typical") == pytest.approx(fve(x[keep], x_hat[keep]), rel=1e-6)
+    assert val(row, "fve") == pytest.approx(val(fit, "fve"), rel=1e-9)
+
+
 def test_fitted_sae_is_in_between(rows):
     r = rows["fit"]
     assert 5 < val(r, "l0") < 30
@@ -172,8 +200,8 @@ def test_rows_share_tokens_and_carry_meta(rows, cache, saes):
         assert (r["n_tokens"], r["n_documents"], r["ce_documents"]) == (500, n_docs, 5)
         assert r["ce_tokens"] == rows["identity"]["ce_tokens"] > 0
         assert (r["train_corpus"], r["l0_target"], r["kind"]) == ("none", i, k)
-        assert set(r["metrics"]) == {*RECON_METRICS, *POINT_METRICS, *CE_METRICS,
-                                     *MEAN_ABLATION_METRICS}
+        assert set(r["metrics"]) == {*RECON_METRICS, *TYPICAL_METRICS, *POINT_METRICS,
+                                     *CE_METRICS, *MEAN_ABLATION_METRICS}
         hist = r["density_histogram"]
         assert sum(hist["counts"]) + hist["n_dead"] == saes[k].d_sae
     # same documents, same clean/zero passes: these agree exactly across SAEs
@@ -230,7 +258,7 @@ def test_bootstrap_many_equals_bootstrap_ci():
 def test_results_roundtrip(rows, cfg, tmp_path):
     path = write_results(list(rows.values()), cfg, tmp_path / "results.json")
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == 3 and doc["seed"] == cfg.seed
+    assert doc["schema_version"] == SCHEMA_VERSION and doc["seed"] == cfg.seed
     assert doc["config"] == json.loads(cfg.to_json())
     assert {"python", "torch", "transformers", "transformer_lens", "sae_lens",
             "sae_med"} <= set(doc["software"])
@@ -241,8 +269,8 @@ def test_results_roundtrip(rows, cfg, tmp_path):
             "ce_tokens", "metric", "value", "low", "high"]
     assert list(csv.columns[:len(lead)]) == lead and list(df.columns[:len(lead)]) == lead
     assert {"train_corpus", "l0_target", "kind"} <= set(csv.columns)
-    n_metrics = (len(RECON_METRICS) + len(POINT_METRICS) + len(CE_METRICS)
-                 + len(MEAN_ABLATION_METRICS))
+    n_metrics = (len(RECON_METRICS) + len(TYPICAL_METRICS) + len(POINT_METRICS)
+                 + len(CE_METRICS) + len(MEAN_ABLATION_METRICS))
     assert len(df) == len(csv) >= 3 * n_metrics
     for _, row in df.iterrows():
         want = rows[row.sae_id]

@@ -139,6 +139,34 @@ def test_per_doc_sums_match_direct():
         torch.testing.assert_close(s.sq_err[row], ((X[sel] - XH[sel]) ** 2).sum())
 
 
+def test_typical_sums_are_the_sums_of_the_typical_tokens_alone():
+    """per_doc(typical=True) equals an accumulator fed only the typical tokens, with a
+    zero row for a document that has none (rows stay aligned with per_doc())."""
+    batches = _batches()
+    acc, alone = ReconstructionAccumulator(), ReconstructionAccumulator()
+    for x, x_hat, acts, docs in batches:
+        keep = x.norm(dim=-1) <= x.norm(dim=-1).median()
+        keep[docs == docs[0]] = False  # one document without a typical token
+        acc.update(x, x_hat, acts, doc_index=docs, typical=keep)
+        alone.update(x[keep], x_hat[keep], acts[keep], doc_index=docs[keep])
+    every, typical, ref = acc.per_doc(), acc.per_doc(typical=True), alone.per_doc()
+    assert typical.doc_ids.tolist() == every.doc_ids.tolist()
+    rows = [every.doc_ids.tolist().index(d) for d in ref.doc_ids.tolist()]
+    missing = sorted(set(range(len(every.doc_ids))) - set(rows))
+    assert missing and all(typical.n_tokens[m] == 0 for m in missing)
+    for name in ("n_tokens", "sq_err", "x_sum", "err_sum", "x_sq", "l0_sum"):
+        torch.testing.assert_close(getattr(typical, name)[rows], getattr(ref, name))
+    assert metrics_from_doc_sums(typical).fve == pytest.approx(
+        metrics_from_doc_sums(ref).fve, rel=1e-12)
+    assert metrics_from_doc_sums(typical).fve != pytest.approx(
+        metrics_from_doc_sums(every).fve, rel=1e-6)
+    # without a mask every token is typical
+    plain = ReconstructionAccumulator()
+    for x, x_hat, acts, docs in batches:
+        plain.update(x, x_hat, acts, doc_index=docs)
+    torch.testing.assert_close(plain.per_doc(typical=True).sq_err, plain.per_doc().sq_err)
+
+
 def test_doc_index_all_or_nothing():
     (x, x_hat, acts, docs), *_ = _batches()
     acc = ReconstructionAccumulator()
