@@ -1,9 +1,11 @@
 """Print the headline tables of an experiment's results JSON (value [95% interval]): every
 SAE (one row per seed replicate), the across-seed family means with each replicate's value,
 and the paired gaps (first training corpus minus the others) at each target L0 and at
-matched FVE (`*`: the interval excludes 0).
+matched FVE (`*`: the interval excludes 0). Given several results files (one per model of
+a config and its replications), it prints the per-model verdicts and gaps instead.
 
     .venv/bin/python benchmarks/results_table.py runs/default/results.json
+    .venv/bin/python benchmarks/results_table.py runs/default/results.json runs/smollm2/results.json
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import sys
 
 import pandas as pd
 
-from sae_med.evaluate import load_comparisons, load_results
-from sae_med.notebook import family_table, gap_table
+from sae_med.claims import CLAIMS, ModelRun, model_label, verdict_table
+from sae_med.config import config_from_dict
+from sae_med.evaluate import load_comparisons, load_results, read_results
+from sae_med.notebook import domain_pair, family_table, gap_table, gap_table_by_model
 
-METRICS = ["l0", "fve", "delta_ce", "loss_recovered", "loss_recovered_mean", "kl_score",
-           "dead_frac", "dark_matter.r2_error_mean", "dark_matter.fvu_linear",
+METRICS = ["l0", "fve", "fve_typical", "delta_ce", "loss_recovered", "loss_recovered_mean",
+           "kl_score", "dead_frac", "dark_matter.r2_error_mean", "dark_matter.fvu_linear",
            "dark_matter.fvu_nonlinear"]
 BASELINES = ["ce_clean", "ce_zero", "ce_mean_ablation"]
 MATCHED = ["l0", "delta_ce", "loss_recovered", "loss_recovered_mean",
@@ -45,5 +49,25 @@ def main(path: str) -> None:
         print(t.to_markdown() if len(t) else "(none)")
 
 
+def models(paths: list[str]) -> None:
+    runs = []
+    for path in paths:
+        cfg = config_from_dict(read_results(path)["config"])
+        runs.append(ModelRun(model_label(cfg), cfg, load_comparisons(path)))
+    first, second = domain_pair(runs[0].cfg)
+    print(verdict_table(runs, [c.key for c in CLAIMS], first, second).to_markdown())
+    for title, metrics, basis in (
+            (f"{first} minus {second} on {first} text, per model, at each target L0",
+             ["fve", "fve_typical", "delta_ce", "loss_recovered_mean",
+              "dark_matter.r2_error_mean"], "l0_target"),
+            ("... and at matched FVE", ["l0", "delta_ce", "dark_matter.r2_error_mean"],
+             "fve")):
+        print(f"\n{title}\n")
+        print(gap_table_by_model(runs, first, second, metrics, basis).to_markdown())
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/default/results.json")
+    if len(sys.argv) > 2:
+        models(sys.argv[1:])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "runs/default/results.json")

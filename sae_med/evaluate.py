@@ -512,7 +512,7 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
     return path
 
 
-def _read_results(path: str | Path) -> dict[str, Any]:
+def read_results(path: str | Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text())
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: results schema {doc.get('schema_version')!r}, this "
@@ -522,7 +522,7 @@ def _read_results(path: str | Path) -> dict[str, Any]:
 
 def load_results(path: str | Path) -> Any:
     """The tidy :func:`tidy_results` DataFrame of a results JSON (for notebooks)."""
-    return tidy_results(_read_results(path)["rows"])
+    return tidy_results(read_results(path)["rows"])
 
 
 class ComparisonTables(NamedTuple):
@@ -537,7 +537,7 @@ def load_comparisons(path: str | Path) -> ComparisonTables:
     """Across-seed family means and paired gaps of a results JSON (for notebooks)."""
     import pandas as pd
 
-    doc = _read_results(path)
+    doc = read_results(path)
     frames = []
     for key in ("families", "gaps"):
         df = pd.DataFrame.from_records(doc[key])
