@@ -169,8 +169,11 @@ words = {"supported": "is less linearly predictable, also beyond what its higher
                       "explains",
          "not separable from FVE": "is less linearly predictable at the same L0, but "
                                    "that is not shown at matched FVE (a gap interval "
-                                   "there includes 0, or the FVE ranges do not overlap): "
-                                   "it is not separable from its higher FVE",
+                                   "there includes 0): it is not separable from its "
+                                   "higher FVE",
+         "supported at the same L0; no common FVE range": (
+             "is less linearly predictable at the same L0; the two families' FVE ranges "
+             "do not overlap, so whether that goes beyond its higher FVE is untested"),
          "not supported": "is not less linearly predictable at every target L0"}
 dm_sentence = (
     f"On held-out {medical} text, the {medical} SAE's error {words[dm_verdict]} "

@@ -136,14 +136,14 @@ def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
     ``verdicts`` (``{model label: verdict}``)."""
     labels = list(verdicts)
     if len(labels) < 2:
-        return (f"{text}: {verdicts[labels[0]]} on {labels[0]}, the only model of this run "
+        return (f"{text}: “{verdicts[labels[0]]}” on {labels[0]}, the only model of this run "
                 "(a config's `replications` add others).")
     if len(set(verdicts.values())) == 1:
         v = verdicts[labels[0]]
         how = "replicates" if v == "supported" else "is consistent"
-        return f"{text}: {v} on every model ({', '.join(labels)}); the verdict {how} " \
+        return f"{text}: “{v}” on every model ({', '.join(labels)}); the verdict {how} " \
                "across model families."
-    parts = "; ".join(f"{v} on {m}" for m, v in verdicts.items())
+    parts = "; ".join(f"“{v}” on {m}" for m, v in verdicts.items())
     return f"{text}: {parts}; the verdict does not replicate across model families."
 
 

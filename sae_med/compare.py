@@ -38,7 +38,8 @@ MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "k
                    "dark_matter.fvu_nonlinear", "dark_matter.fvu_sae")
 """Metrics also compared at matched FVE (when present)."""
 Basis = Literal["l0_target", "fve"]
-Verdict = Literal["supported", "not supported", "not separable from FVE"]
+Verdict = Literal["supported", "not supported", "not separable from FVE",
+                  "supported at the same L0; no common FVE range"]
 
 
 # --------------------------------------------------------------------------------------
@@ -249,7 +250,9 @@ def verdict(at_l0: Sequence[Interval], at_fve: Sequence[Interval] | None = None,
 
     ``supported``: every gap interval at the target L0s excludes 0 on the claimed side and,
     when ``at_fve`` is given, so does every gap at matched FVE. ``not separable from FVE``:
-    true at every target L0 but not at every matched FVE (or no FVE overlap to test).
+    true at every target L0 but not at every matched FVE. ``supported at the same L0; no
+    common FVE range``: true at every target L0, and ``at_fve`` is empty because the two
+    families' FVE sweeps do not overlap (the matched test could not be run).
     ``not supported``: otherwise (including no intervals at all)."""
     def holds(ivs: Sequence[Interval]) -> bool:
         return bool(ivs) and all(iv.excludes_zero and sign * iv.value > 0 for iv in ivs)
@@ -258,4 +261,6 @@ def verdict(at_l0: Sequence[Interval], at_fve: Sequence[Interval] | None = None,
         return "not supported"
     if at_fve is None or holds(at_fve):
         return "supported"
+    if not at_fve:
+        return "supported at the same L0; no common FVE range"
     return "not separable from FVE"

@@ -52,6 +52,10 @@ def test_claim_verdicts_on_known_gaps():
     assert claim_verdict(gaps, "loss", "medical", "broad") == "not separable from FVE"
     assert claim_verdict(gaps, "dark_matter", "medical", "broad") == "supported"
     assert claim_verdict(pd.DataFrame(WEAK), "fve", "medical", "broad") == "not supported"
+    # no matched-FVE rows (the sweeps' FVE ranges do not overlap): untested, said so
+    no_overlap = pd.DataFrame([g for g in GOOD if g["basis"] == "l0_target"])
+    assert claim_verdict(no_overlap, "loss", "medical", "broad") == (
+        "supported at the same L0; no common FVE range")
     # no rows at all is never a success
     assert claim_verdict(pd.DataFrame(GOOD[2:]), "fve", "medical", "broad") == "not supported"
     with pytest.raises(KeyError, match="valid claims: fve, fve_typical, loss, dark_matter"):

@@ -140,7 +140,7 @@ def test_verdicts():
     assert verdict([yes, no]) == "not supported"
     assert verdict([yes], [yes]) == "supported"
     assert verdict([yes], [no]) == "not separable from FVE"
-    assert verdict([yes], []) == "not separable from FVE"
+    assert verdict([yes], []) == "supported at the same L0; no common FVE range"
     assert verdict([Interval(-0.1, -0.2, -0.05)], sign=-1) == "supported"
     assert verdict([Interval(-0.1, -0.2, -0.05)]) == "not supported"
     assert verdict([]) == "not supported"
