@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sae_med.compare import Verdict, verdict
+from sae_med.compare import UNTESTED_AT_FVE, Verdict, verdict
 
 if TYPE_CHECKING:
     from sae_med.config import Config
@@ -144,6 +144,9 @@ def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
         return f"{text}: “{v}” on every model ({', '.join(labels)}); the verdict {how} " \
                "across model families."
     parts = "; ".join(f"“{v}” on {m}" for m, v in verdicts.items())
+    if set(verdicts.values()) == {"supported", UNTESTED_AT_FVE}:
+        return (f"{text}: {parts}; it holds at the same L0 on every model, and beyond FVE "
+                "where that could be tested.")
     return f"{text}: {parts}; the verdict does not replicate across model families."
 
 

@@ -40,6 +40,9 @@ MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "k
 Basis = Literal["l0_target", "fve"]
 Verdict = Literal["supported", "not supported", "not separable from FVE",
                   "supported at the same L0; no common FVE range"]
+UNTESTED_AT_FVE: Verdict = "supported at the same L0; no common FVE range"
+"""The verdict when a claim holds at every target L0 but the families' FVE sweeps do not
+overlap, so it could not be tested at matched FVE."""
 
 
 # --------------------------------------------------------------------------------------
@@ -262,5 +265,5 @@ def verdict(at_l0: Sequence[Interval], at_fve: Sequence[Interval] | None = None,
     if at_fve is None or holds(at_fve):
         return "supported"
     if not at_fve:
-        return "supported at the same L0; no common FVE range"
+        return UNTESTED_AT_FVE
     return "not separable from FVE"

@@ -73,6 +73,9 @@ def test_replication_across_models():
                                                               "b": "supported"})
     assert "does not replicate" in replication_sentence("X", {"a": "supported",
                                                               "b": "not supported"})
+    partly = replication_sentence("X", {"a": "supported",
+                                        "b": "supported at the same L0; no common FVE range"})
+    assert "holds at the same L0 on every model" in partly
     one = replication_sentence("X", {"a": "not supported"})
     assert "only model" in one and "replicates" not in one
     both = gap_table_by_model(runs, "medical", "broad", ["fve"])
