@@ -16,12 +16,9 @@ across ranks before each identical update, metrics are those of the global batch
 rank 0 alone writes metrics, checkpoints and the final SAEs. ``train.compile`` hands the
 dense forward/backward of each SAE to torch.compile.
 
-Seeds are a design factor: a sweep is one (training corpus, replicate), and each SAE's
-initialisation seed derives from (``cfg.seed``, training corpus, target L0, replicate)
-(:func:`init_seed`), so no two SAEs of an experiment share an initial decoder. Replicate
-``r`` also reads the batches in its own order (:func:`batch_seed`; replicate 0 keeps
-``cfg.seed``); the SAEs of one sweep (its targets) share that order, which is what lets
-them train from one pass. Replicate variance thus covers initialisation and data order.
+A sweep is one (training corpus, seed replicate): its SAEs share the replicate's batch
+order (:func:`batch_seed`), which is what lets them train from one pass, and each has its
+own initialisation (:func:`init_seed`), so replicate variance covers both.
 
 Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r`` of corpus
 ``c`` in ``saes/{c}/seed_{r}``)::
