@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tqdm.auto import tqdm
+
 from sae_med import corpora_embedded, corpora_hub, corpora_local
 from sae_med.artifacts import atomic_path, file_sha256, stable_hash, write_json_atomic
 from sae_med.config import ConfigError, CorpusSpec, default_cache_dir
@@ -372,8 +374,6 @@ def corpus_stats(name: str, tokenizer: Any, split: Split = "all",
     """``{"documents": n, "tokens": n}`` for ``split`` of ``name``; tokens are counted with
     ``tokenizer(texts, add_special_tokens=False)``. Cached under ``<cache>/stats`` keyed by
     the corpus fingerprint and the tokenizer's name and vocabulary size."""
-    from tqdm.auto import tqdm
-
     _check_split(split)
     tok_name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
     try:

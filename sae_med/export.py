@@ -24,6 +24,7 @@ from sae_med import __version__
 from sae_med.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from sae_med.config import ConfigError, config_from_dict
 from sae_med.experiment import SAES_DIR
+from sae_med.models import tl_model_name
 from sae_med.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, to_sae_lens
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,6 @@ def _saes_dir(sae_dir: Path) -> Path | None:
 def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
     """Provenance from the SAE's ``cfg.json`` metadata and the run ``config.json`` that
     ``sae-med train`` writes beside it."""
-    from sae_med.models import tl_model_name
-
     run_cfg = sae_dir / "config.json"
     if not run_cfg.exists():
         raise ExportError(f"{run_cfg} is missing: export needs the config that trained the "
