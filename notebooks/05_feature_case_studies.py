@@ -43,6 +43,7 @@ from IPython.display import HTML, display
 from myst_nb import glue
 
 from sae_med.dashboard import cards_html, dashboard_figure, latent_summary, phrase_activations
+from sae_med.data import documents_by_id
 from sae_med.experiment import load_model_for, middle_target, saes_at, stage_cache
 from sae_med.features import (
     absorption,
@@ -50,7 +51,6 @@ from sae_med.features import (
     concept_alignment,
     concept_aurocs,
     doc_max_activations,
-    documents_by_id,
     encode_cache,
     largest_split,
     logit_lens,

@@ -59,6 +59,7 @@ from sae_med.features import (
     encode_cache,
     logit_lens,
     quantile_windows,
+    render_marked,
     top_windows,
     window_at,
 )
@@ -108,20 +109,14 @@ EXPLAIN_REMINDER = "Reply with one short phrase only, such as: words about fever
 DETECT_REMINDER = "Reply with one word: yes or no."
 
 
-def render_marked(tokens: Sequence[int], marks: set[int], tokenizer, mark: str = PEAK_MARK
-                  ) -> str:
-    """Decode token by token, wrapping the tokens at positions ``marks`` in ``mark``."""
-    pieces = [tokenizer.decode([t]) for t in tokens]
-    return "".join(mark.format(p) if i in marks else p for i, p in enumerate(pieces))
-
-
 def explainer_messages(examples: Sequence[str], promoted: Sequence[str]) -> list[Message]:
     """Top windows (peak marked) and logit-lens tokens → one request for an explanation."""
     lines = "\n".join(f"{i + 1}. {e.strip()}" for i, e in enumerate(examples))
     tokens = ", ".join(repr(t.strip()) for t in promoted if t.strip())
     return [{"role": "system", "content": EXPLAIN_SYSTEM},
             {"role": "user", "content":
-             f"The neuron fires most on the token in «guillemets» in these texts:\n{lines}\n\n"
+             f"The neuron fires most on the token in {PEAK_MARK.format('guillemets')} in these "
+             f"texts:\n{lines}\n\n"
              f"It makes these next tokens more likely: {tokens}.\n\n"
              "In a few words, what does the neuron detect?"}]
 
@@ -147,8 +142,9 @@ def detection_messages(explanation: str, text: str) -> list[Message]:
 
 def fuzzing_messages(explanation: str, marked_text: str) -> list[Message]:
     return [{"role": "user", "content":
-             f"Description: {explanation}\n\nIn this text some tokens are marked «like "
-             f"this»:\n{marked_text.strip()}\n\nDo the marked tokens fit the description? "
+             f"Description: {explanation}\n\nIn this text some tokens are marked "
+             f"{PEAK_MARK.format('like this')}:\n{marked_text.strip()}\n\nDo the marked "
+             "tokens fit the description? "
              "Answer yes or no."}]
 
 

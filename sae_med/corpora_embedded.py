@@ -1,6 +1,6 @@
 """Parsers for the corpora that ship inside PyPI and Debian packages (no internet at run time).
 
-Each ``iter_<source>()`` yields :class:`sae_med.data.Document` s in *file* order, each
+Each ``iter_<source>()`` yields :class:`sae_med.documents.Document` s in *file* order, each
 with the group of related documents it shares a split with; the registry in
 :mod:`sae_med.data` de-duplicates, shuffles, splits, mixes and caches them. Each source also
 has a ``<source>_files()`` listing the files its content depends on (for fingerprints).
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import unicodedata
+import warnings
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from sae_med.artifacts import chmod_like_new
 from sae_med.config import default_cache_dir
-from sae_med.data import Document
+from sae_med.documents import Document
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +346,7 @@ def read_r_lazyload(rdx: Path, rdb: Path) -> dict[str, object]:
     The index is a zlib-compressed serialized list whose ``variables`` map names to
     ``(offset, length)`` in the ``.rdb``; each chunk is a 4-byte length then zlib data.
     """
-    import warnings
-
-    import rdata
+    import rdata  # imported only when the Austen corpus is parsed
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rdata warns that the raw stream "assumed RDS"

@@ -16,12 +16,12 @@ MedMCQA appends ``Explanation: <exp>`` when it has one; PubMedQA starts with
 options are yes / no / maybe). All items form one shuffled order (natural proportions,
 MedMCQA ~94%). Items asking the same question (equal near-duplicate key of the question,
 in any source) share a split group; exact duplicates and evaluation items with a
-near-duplicate in train are dropped (:func:`~sae_med.data.deduplicate`).
+near-duplicate in train are dropped (:func:`~sae_med.documents.deduplicate`).
 
 ``web`` streams FineWeb's ``sample-10BT``; it cannot be sorted whole, so it is shuffled
 within consecutive windows of :data:`WEB_WINDOW` documents by the same order key. A
 stream cannot be grouped after the fact, so each page's group is its near-duplicate key
-(:func:`~sae_med.data.near_group`) and a page whose text was already seen is skipped.
+(:func:`~sae_med.documents.near_group`) and a page whose text was already seen is skipped.
 
 With ``$SAE_MED_HUB_FILES`` set to a folder, every dataset is read from a local JSON Lines
 file in the hub dataset's schema instead (:func:`local_data_file`), through the same
@@ -38,14 +38,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sae_med.data import (
-    CorpusUnavailableError,
-    Document,
-    deduplicate,
-    near_group,
-    order_key,
-    text_digest,
-)
+from sae_med.artifacts import file_sha256
+from sae_med.documents import Document, deduplicate, near_group, order_key, text_digest
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +48,10 @@ MMLU_SUBJECTS = ("college_medicine", "clinical_knowledge", "professional_medicin
 WEB_DATASET = ("HuggingFaceFW/fineweb", "sample-10BT", "train")
 WEB_WINDOW = 10_000
 LOCAL_FILES_ENV = "SAE_MED_HUB_FILES"
+
+
+class CorpusUnavailableError(RuntimeError):
+    """A hub corpus could not be loaded (no internet or no HF cache)."""
 
 
 def _options(pairs: list[tuple[str, str]]) -> str:
@@ -135,8 +133,6 @@ def hub_spec(name: str) -> dict[str, Any]:
         raise KeyError(name)
     spec: dict[str, Any] = {"parts": parts, "datasets": version}
     if os.environ.get(LOCAL_FILES_ENV):  # local stand-ins never share a fingerprint
-        from sae_med.artifacts import file_sha256
-
         spec["local_files"] = [file_sha256(local_data_file(*p[1:4])) for p in
                                (CLINICAL_QA_PARTS if name == "clinical_qa"
                                 else [(None, *WEB_DATASET)])]

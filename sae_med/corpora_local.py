@@ -3,7 +3,7 @@
 Local files are text (``.txt``/``.md``: one document per file), JSON lines, CSV or
 Parquet (one document per record). A hub dataset is read with ``datasets.load_dataset``,
 from local ``data_files`` when given (its packaged json/csv/parquet/text builder: no
-network). Each record becomes a :class:`~sae_med.data.Document` named by the config's
+network). Each record becomes a :class:`~sae_med.documents.Document` named by the config's
 fields; :mod:`sae_med.data` splits, de-duplicates, fingerprints and caches them.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sae_med.config import CorpusSpec
-from sae_med.data import Document, text_digest
+from sae_med.documents import Document, text_digest
 
 EXTENSION_FORMATS = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".json": "jsonl",
                      ".csv": "csv", ".parquet": "parquet"}

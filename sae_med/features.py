@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 
 from sae_med.activations import ActivationCache, TokenInfo
 from sae_med.bootstrap import Interval, bootstrap_mean, paired_difference
-from sae_med.data import documents_by_id  # noqa: F401  (lives with the corpora; re-exported)
 from sae_med.metrics import auroc_matrix
 from sae_med.sae import JumpReLUSAE
 
@@ -94,9 +93,14 @@ class Window(NamedTuple):
     """The latent's activation on each token of the window (0 where it is silent)."""
 
     def render(self, tokenizer, mark: str = PEAK_MARK) -> str:
-        pieces = [tokenizer.decode([t]) for t in self.tokens]
-        pieces[self.peak] = mark.format(pieces[self.peak])
-        return "".join(pieces)
+        return render_marked(self.tokens, {self.peak}, tokenizer, mark)
+
+
+def render_marked(tokens: Sequence[int], marks: set[int], tokenizer, mark: str = PEAK_MARK
+                  ) -> str:
+    """Decode token by token, wrapping the tokens at positions ``marks`` in ``mark``."""
+    pieces = [tokenizer.decode([t]) for t in tokens]
+    return "".join(mark.format(p) if i in marks else p for i, p in enumerate(pieces))
 
 
 def window_at(acts: LatentActs, info: TokenInfo, row: int, latent: int, left: int,

@@ -1,7 +1,7 @@
 """How much of a corpus's evaluation split its training split already holds.
 
 Per corpus: the share of eval documents with an identical text in train, and with a
-near-duplicate there (an equal :func:`sae_med.data.near_duplicate_key`: numbers,
+near-duplicate there (an equal :func:`sae_med.documents.near_duplicate_key`: numbers,
 laterality, site, encounter and ordinal words masked, lowercased, punctuation dropped).
 The grouped, de-duplicated split of :mod:`sae_med.data` should leave both at ~0;
 ``sae-med corpora --leakage`` prints the report.
@@ -14,16 +14,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sae_med.data import (
-    Document,
-    Removed,
-    corpus_info,
-    duplicates_removed,
-    iter_documents,
-    list_corpora,
-    near_duplicate_key,
-    text_digest,
-)
+from sae_med.data import corpus_info, duplicates_removed, iter_documents, list_corpora
+from sae_med.documents import Document, Removed, near_duplicate_key, text_digest
 
 
 @dataclass(frozen=True)

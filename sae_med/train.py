@@ -16,12 +16,9 @@ across ranks before each identical update, metrics are those of the global batch
 rank 0 alone writes metrics, checkpoints and the final SAEs. ``train.compile`` hands the
 dense forward/backward of each SAE to torch.compile.
 
-Seeds are a design factor: a sweep is one (training corpus, replicate), and each SAE's
-initialisation seed derives from (``cfg.seed``, training corpus, target L0, replicate)
-(:func:`init_seed`), so no two SAEs of an experiment share an initial decoder. Replicate
-``r`` also reads the batches in its own order (:func:`batch_seed`; replicate 0 keeps
-``cfg.seed``); the SAEs of one sweep (its targets) share that order, which is what lets
-them train from one pass. Replicate variance thus covers initialisation and data order.
+A sweep is one (training corpus, seed replicate): its SAEs share the replicate's batch
+order (:func:`batch_seed`), which is what lets them train from one pass, and each has its
+own initialisation (:func:`init_seed`), so replicate variance covers both.
 
 Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r`` of corpus
 ``c`` in ``saes/{c}/seed_{r}``)::
@@ -39,6 +36,7 @@ Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -47,12 +45,12 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -89,6 +87,41 @@ class TrainingError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TrainMetrics:
+    """One row of an SAE's ``metrics.jsonl``: the global training batch at a logged step."""
+
+    step: int
+    """Steps done (1-based)."""
+    tokens: int
+    lr: float
+    sparsity_coeff: float
+    loss: float
+    mse: float
+    """Mean over rows of sum_dims (x - x_hat)^2, in the scaled training space."""
+    sparsity_loss: float
+    l0: float
+    fve: float
+    dead_frac: float
+    """Share of latents that have not fired within ``train.dead_window_tokens``."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> TrainMetrics:
+        """A row as written by :meth:`to_json`; a field a row lacks is NaN (logs of older
+        versions), a key this type does not know is ignored."""
+        row = json.loads(line)
+        return cls(**{f.name: row.get(f.name, math.nan) for f in dataclasses.fields(cls)})
+
+
+def last_metrics(path: Path) -> TrainMetrics | None:
+    """The last row of the ``metrics.jsonl`` at ``path`` (None: missing or empty)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return TrainMetrics.from_json(lines[-1]) if lines else None
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """One trained SAE of a sweep."""
 
@@ -100,11 +133,16 @@ class TrainResult:
     tokens: int
     input_scale: float
     """Scale the SAE was trained with (already folded into the saved weights)."""
-    final: dict[str, float] = field(default_factory=dict)
-    """Last logged metrics row."""
+    metrics: TrainMetrics | None = None
+    """Last logged metrics row (None: its log is missing or empty)."""
     train_corpus: str = ""
     replicate: int = 0
     """Index of the seed replicate (0 .. ``sae.seeds`` - 1)."""
+
+    @property
+    def final(self) -> dict[str, float]:
+        """:attr:`metrics` as a dict ({} when there is none), e.g. for a table row."""
+        return dataclasses.asdict(self.metrics) if self.metrics is not None else {}
 
 
 # --------------------------------------------------------------------------------------
@@ -222,8 +260,8 @@ INIT_SCHEME = "corpus-target-replicate"
 an older scheme (shared init across corpora) are never resumed."""
 
 
-def _run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate: int = 0
-             ) -> str:
+def run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate: int = 0
+            ) -> str:
     """Hash of everything that determines the trained weights (not logging/checkpointing)."""
     # the source's key names where the activations come from (a cache or a stream)
     train = {k: v for k, v in cfg.to_dict()["train"].items()
@@ -255,7 +293,7 @@ class SweepMember:
         # Tokens seen when each latent last fired (0: never).
         self.last_fired = torch.zeros(sae.d_sae, dtype=torch.int64,
                                       device=sae.W_enc.device)
-        self.last: dict[str, float] = {}
+        self.last: TrainMetrics | None = None  # the latest logged row
         self.prev_l0 = math.inf  # L0 of the previous step, for the kernel choice
         self.compiled: Any = None  # torch.compile'd dense_terms for this SAE, if enabled
 
@@ -279,8 +317,8 @@ class StepTerms(NamedTuple):
     """Scalar: mean over rows of sum_dims (x - x_hat)^2."""
     l0: Tensor
     """Scalar: mean over rows of the number of active latents (STE gradient)."""
-    fired: Tensor
-    """(d_sae,) bool: latents that fired on any row."""
+    fired: Bool[Tensor, " d_sae"]
+    """Latents that fired on any row."""
 
 
 def dense_terms(sae: JumpReLUSAE, x: Float[Tensor, "rows d_model"]) -> StepTerms:
@@ -320,20 +358,33 @@ def compile_available() -> bool:
     return _COMPILE_OK
 
 
+class StepResult(NamedTuple):
+    """One SAE's optimiser step (:func:`train_step`), detached; every value but ``x_hat``
+    is that of the global batch."""
+
+    loss: Tensor
+    """Scalar: ``mse + sparsity_loss``."""
+    mse: Tensor
+    """Scalar: mean over rows of sum_dims (x - x_hat)^2."""
+    sparsity_loss: Tensor
+    """Scalar: the sparsity term, coefficient included."""
+    l0: Tensor
+    """Scalar: mean number of active latents per row."""
+    x_hat: Float[Tensor, "rows d_model"]
+    """The reconstruction of this rank's rows."""
+    fired: Bool[Tensor, " d_sae"]
+    """Latents that fired on any row."""
+
+
 def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coeff: float,
                tc: TrainConfig, fast: bool,
-               autocast: contextlib.AbstractContextManager | None = None
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+               autocast: contextlib.AbstractContextManager | None = None) -> StepResult:
     """One optimiser step of one SAE on the (already scaled) rows ``x`` of this rank.
 
     In one process ``x`` is the whole batch. Under torchrun each of W ranks holds B/W rows
     of the global batch; the reconstruction term is divided by W and the sparsity term is
     built from the global L0 (one scalar all-reduce) with this rank's share of its gradient,
     so the gradients summed over ranks are exactly those of the global-batch loss.
-
-    Returns (loss, mse, sparsity loss, l0, x_hat, fired), detached; every value but
-    ``x_hat`` (this rank's rows) is global. ``fired`` is a (d_sae,) bool mask of the latents
-    that fired on any row of the global batch.
     """
     sae, ws = m.sae, dist.world_size()
     terms_fn = m.compiled if (m.compiled is not None and not fast) else (
@@ -365,7 +416,7 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     sae.unit_norm_decoder_()
     mse_g = mse_sum[0]
     sp_g = sp.detach()
-    return (mse_g + sp_g, mse_g, sp_g, l0.detach(), t.x_hat.detach(), fired)
+    return StepResult(mse_g + sp_g, mse_g, sp_g, l0.detach(), t.x_hat.detach(), fired)
 
 
 def _metric_step(line: str) -> int | None:
@@ -508,11 +559,30 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     return state
 
 
-def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any]:
+def _starting_state(out_dir: Path, key: str, device: torch.device, resume: bool,
+                    retrain_other_run: bool) -> dict[str, Any] | None:
+    """The checkpoint in ``out_dir`` to continue from, or None to start from scratch.
+
+    A checkpoint of another run (config, seed, cache or d_model changed) is refused, or
+    with ``retrain_other_run`` trained over (with a warning), never resumed."""
+    path = out_dir / CHECKPOINT_NAME
+    if not path.exists():
+        if resume:
+            log.info("no checkpoint in %s: starting from scratch", out_dir)
+        return None
+    if not resume:
+        if dist.is_main():
+            log.warning("overwriting the existing run in %s (pass resume=True to continue "
+                        "it)", out_dir)
+        return None
     state = read_checkpoint(path, device)
+    if retrain_other_run and state.get("run_key") != key:
+        log.warning("%s was trained with another config or cache; retraining", out_dir)
+        return None
     if state.get("format") != CHECKPOINT_FORMAT or state.get("run_key") != key:
         raise TrainingError(f"checkpoint {path} belongs to a different run (config, seed or "
                             f"d_model changed); delete it or use a new output directory")
+    log.info("resuming %s from step %d", out_dir, state["step"])
     return state
 
 
@@ -535,11 +605,241 @@ def _kept(ckpt_path: Path, step: int | None) -> str:
             else "no checkpoint was written yet")
 
 
+class StepPolicy(NamedTuple):
+    """Where and how the steps run, from ``train.device``, ``autocast_bf16``, ``compile``
+    and ``kernel`` and what this machine offers."""
+
+    device: torch.device
+    bf16: bool
+    """bf16 autocast: asked for, and always on CUDA."""
+    compile: bool
+    """The dense step goes through torch.compile: asked for and usable here."""
+    sparse_ok: bool
+    """The CSR kernel may run: always with ``kernel: sparse``; with ``auto`` on a CPU
+    without autocast or compile, once latents are sparse enough (:func:`use_sparse`)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16
+                else contextlib.nullcontext())
+
+
+def step_policy(tc: TrainConfig) -> StepPolicy:
+    device = pick_device(tc.device)
+    bf16 = tc.autocast_bf16 or device.type == "cuda"
+    return StepPolicy(device, bf16, tc.compile and compile_available(),
+                      tc.kernel == "sparse" or (tc.kernel == "auto" and device.type == "cpu"
+                                                and not bf16 and not tc.compile))
+
+
+def use_sparse(policy: StepPolicy, m: SweepMember, tc: TrainConfig) -> bool:
+    """Whether ``m``'s next step takes the CSR kernel (``auto``: while the previous step's
+    L0 was at most :data:`SPARSE_MAX_DENSITY` of the width)."""
+    return policy.sparse_ok and (tc.kernel == "sparse"
+                                 or m.prev_l0 <= SPARSE_MAX_DENSITY * m.sae.d_sae)
+
+
+def _check_inputs(cfg: Config, source: BatchSource, d_model: int | None,
+                  init_saes: Sequence[JumpReLUSAE] | None) -> None:
+    """Refuse a source, ``d_model``, ``init_saes`` or world size that does not fit ``cfg``."""
+    sc = cfg.sae
+    expected = {"d_model argument": d_model} if d_model is not None else {}
+    for i, s in enumerate(init_saes or []):
+        expected[f"init_saes[{i}]"] = s.d_model
+        if s.d_sae != sc.width:
+            raise TrainingError(f"init_saes[{i}] has width {s.d_sae}, config sae.width is "
+                                f"{sc.width}")
+    for what, dm in expected.items():
+        if dm != source.d_model:
+            raise TrainingError(f"activation source has d_model={source.d_model} but the "
+                                f"{what} expects d_model={dm}")
+    if init_saes is not None and len(init_saes) != len(sc.l0_targets):
+        raise TrainingError(f"{len(init_saes)} init_saes for {len(sc.l0_targets)} targets")
+    bs, ws = cfg.train.batch_size, dist.world_size()
+    if bs % ws:
+        raise TrainingError(f"train.batch_size={bs} does not split over {ws} ranks; use a "
+                            f"multiple of the world size")
+
+
+@dataclass
+class _Sweep:
+    """A sweep being trained: what its steps need besides the batch."""
+
+    cfg: Config
+    source: BatchSource
+    out_dir: Path
+    key: str
+    """:func:`run_key` of the sweep (checkpoints and saved SAEs carry it)."""
+    train_corpus: str
+    replicate: int
+    norm: InputNorm
+    policy: StepPolicy
+    members: list[SweepMember]
+    saved_step: int | None = None
+    """Step of the last checkpoint known to be on disk (None: none yet)."""
+
+    @property
+    def order_seed(self) -> int:
+        return batch_seed(self.cfg.seed, self.replicate)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+
+def _new_members(cfg: Config, source: BatchSource, out_dir: Path, norm: InputNorm,
+                 policy: StepPolicy, state: dict[str, Any] | None,
+                 init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str,
+                 replicate: int) -> list[SweepMember]:
+    """One :class:`SweepMember` per target, on the device: ``init_saes`` moved into the
+    training space, or the paper's init from :func:`init_seed` (thresholds at the target's
+    quantile with ``sae.threshold_init: target_quantile`` when not resuming)."""
+    sc, bs = cfg.sae, cfg.train.batch_size
+    members = []
+    for i, target in enumerate(sc.l0_targets):
+        if init_saes is not None:
+            sae = norm.from_raw(init_saes[i])
+        else:
+            gen = torch.Generator().manual_seed(
+                init_seed(cfg.seed, train_corpus, target, replicate))
+            sae = JumpReLUSAE(source.d_model, sc.width, bandwidth=sc.bandwidth,
+                              init_threshold=sc.init_threshold, generator=gen)
+            sae.input_scale.fill_(norm.scale)
+            if sc.threshold_init == "target_quantile" and state is None:
+                order_seed = batch_seed(cfg.seed, replicate)
+                init_threshold_at_target_(sae, norm.apply(next(source.iter_batches(
+                    bs, derived_seed(order_seed, "threshold")))), target, sc.init_threshold)
+        sae_dir = out_dir / sae_dirname(target)
+        sae_dir.mkdir(parents=True, exist_ok=True)
+        sae = sae.to(policy.device)
+        dist.broadcast_module_(sae)  # identical already (same seeds, same batches); made sure
+        members.append(SweepMember(sae, target, cfg.train, sae_dir / METRICS_NAME))
+    return members
+
+
+def _restore(sw: _Sweep, state: dict[str, Any] | None) -> int:
+    """Load checkpoint ``state`` into the sweep (None: a fresh start, whose metrics logs are
+    emptied); returns the step to start from. Resuming drops logged rows past it."""
+    main = dist.is_main()
+    if state is None:
+        for m in sw.members if main else []:
+            m.path.write_text("")
+        return 0
+    start = sw.saved_step = int(state["step"])
+    for m, st in zip(sw.members, state["members"], strict=True):
+        m.load_state(st)
+    if isinstance(sw.source, ResumableSource) and state.get("source"):
+        sw.source.load_state_dict(state["source"][dist.rank()])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    for m in sw.members if main else []:
+        _truncate_metrics(m.path, start)
+    return start
+
+
+def _scaled_batch(sw: _Sweep, x: Tensor, step: int) -> Float[Tensor, "rows d_model"]:
+    """This rank's rows of batch ``step``, checked (shape, finite values), on the device
+    and in the training space."""
+    bs, d = sw.cfg.train.batch_size, sw.source.d_model
+    if x.shape != (bs // dist.world_size(), d):
+        raise TrainingError(f"step {step}: batch has shape {tuple(x.shape)}, expected "
+                            f"{(bs // dist.world_size(), d)}")
+    if not torch.isfinite(x).all():
+        raise TrainingError(
+            f"step {step}: NaN/inf in activation batch {step} "
+            f"({sw.source.describe_batch(step, bs, sw.order_seed)}); training stopped, "
+            f"{_kept(sw.ckpt_path, sw.saved_step)}")
+    return sw.norm.apply(x.to(sw.policy.device, non_blocking=True))
+
+
+def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
+                  metric_files: Sequence[Any], autocast: contextlib.AbstractContextManager
+                  ) -> bool:
+    """One optimiser step of every SAE on the scaled rows ``x``; on a logged step each
+    SAE's :class:`TrainMetrics` row goes to its file (the main rank's). Returns whether
+    the step was logged."""
+    tc = sw.cfg.train
+    n_steps, tokens = total_steps(tc), (step + 1) * tc.batch_size
+    lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
+    is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
+    for m, f in zip(sw.members, metric_files, strict=True):
+        r = train_step(m, x, lr, coeff, tc, use_sparse(sw.policy, m, tc), autocast)
+        if not torch.isfinite(r.loss):
+            where = sw.source.describe_batch(step, tc.batch_size, sw.order_seed)
+            raise TrainingError(
+                f"step {step}: loss became {float(r.loss)} for target L0 {m.target} "
+                f"on batch {step} ({where}); {_kept(sw.ckpt_path, sw.saved_step)}")
+        m.last_fired.masked_fill_(r.fired, tokens)  # no host sync on GPU
+        if sw.policy.sparse_ok:
+            m.prev_l0 = float(r.l0)
+        if is_log:
+            dead = (tokens - m.last_fired) >= min(tc.dead_window_tokens, tokens)
+            m.last = TrainMetrics(step + 1, tokens, lr, coeff, float(r.loss), float(r.mse),
+                                  float(r.sparsity_loss), float(r.l0),
+                                  dist.global_fve(x, r.x_hat), float(dead.float().mean()))
+            if f is not None:
+                f.write(m.last.to_json() + "\n")
+                f.flush()
+    return is_log
+
+
+def _checkpoint(sw: _Sweep, step: int) -> None:
+    """Checkpoint the sweep after ``step`` steps (every rank calls it; the main one writes)."""
+    positions = _source_positions(sw.source, step, sw.cfg.train.batch_size)
+    if dist.is_main():
+        _save_checkpoint(sw.ckpt_path, sw.key, step, sw.norm, sw.members, positions)
+        sw.saved_step = step
+
+
+def _run_steps(sw: _Sweep, start: int, progress: bool) -> None:
+    """Steps ``start`` .. the last, each SAE on every batch, checkpointing on the way."""
+    tc, main = sw.cfg.train, dist.is_main()
+    n_steps = total_steps(tc)
+    autocast = sw.policy.autocast()
+    batches = _rank_batches(sw.source, tc.batch_size, sw.order_seed, start)
+    if sw.policy.device.type == "cuda":  # read, decode and pin the next batches meanwhile
+        batches = prefetch(batches, depth=2, pin_memory=True)
+    bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
+               desc=f"train {sw.train_corpus or sw.out_dir.name} seed {sw.replicate}")
+    metric_files = [open(m.path, "a") if main else None for m in sw.members]  # noqa: SIM115
+    try:
+        for step in range(start, n_steps):
+            x = _scaled_batch(sw, next(batches), step)
+            if _step_members(sw, x, step, metric_files, autocast):
+                bar.set_postfix_str(" | ".join(
+                    f"L0 {m.last.l0:.0f}/{m.target:g} loss {m.last.loss:.3g} "
+                    f"FVE {m.last.fve:.3f} dead {m.last.dead_frac:.2f}"
+                    for m in sw.members if m.last is not None))
+            bar.update(1)
+            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+                _checkpoint(sw, step + 1)
+    finally:
+        bar.close()
+        for f in metric_files:
+            if f is not None:
+                f.close()
+
+
+def _save_saes(sw: _Sweep, paper_init: bool) -> None:
+    """Write every SAE folded into raw-activation space, with its metadata and the config."""
+    n_steps = total_steps(sw.cfg.train)
+    for m in sw.members:
+        sw.norm.to_raw(m.sae).save(m.path.parent, metadata={
+            "train_corpus": sw.train_corpus, "l0_target": m.target,
+            "replicate": sw.replicate,
+            "init_seed": (init_seed(sw.cfg.seed, sw.train_corpus, m.target, sw.replicate)
+                          if paper_init else None),
+            "batch_seed": sw.order_seed, "steps": n_steps,
+            "tokens": n_steps * sw.cfg.train.batch_size, "run_key": sw.key,
+            "input_scale": sw.norm.scale})
+        write_json_atomic(m.path.parent / "config.json", sw.cfg.to_dict())
+
+
 @_holding_run_lock
 def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
                progress: bool = True, d_model: int | None = None,
                init_saes: Sequence[JumpReLUSAE] | None = None, train_corpus: str = "",
-               replicate: int = 0) -> list[TrainResult]:
+               replicate: int = 0, retrain_other_run: bool = False) -> list[TrainResult]:
     """Train one JumpReLU SAE per ``cfg.sae.l0_targets`` from one pass over ``source``.
 
     Args:
@@ -555,186 +855,45 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         train_corpus: name of the corpus ``source`` holds; with ``replicate`` it seeds each
             SAE's initialisation (:func:`init_seed`) and goes into its metadata.
         replicate: seed replicate of this sweep (:func:`batch_seed`, :func:`init_seed`).
+        retrain_other_run: with ``resume``, start over (with a warning) when the checkpoint
+            belongs to another run instead of refusing it.
     Returns:
         one :class:`TrainResult` per target, in ``cfg.sae.l0_targets`` order.
     """
-    tc, sc = cfg.train, cfg.sae
-    out_dir = Path(out_dir)
-    expected = {"d_model argument": d_model} if d_model is not None else {}
-    for i, s in enumerate(init_saes or []):
-        expected[f"init_saes[{i}]"] = s.d_model
-        if s.d_sae != sc.width:
-            raise TrainingError(f"init_saes[{i}] has width {s.d_sae}, config sae.width is "
-                                f"{sc.width}")
-    for what, dm in expected.items():
-        if dm != source.d_model:
-            raise TrainingError(f"activation source has d_model={source.d_model} but the "
-                                f"{what} expects d_model={dm}")
-    if init_saes is not None and len(init_saes) != len(sc.l0_targets):
-        raise TrainingError(f"{len(init_saes)} init_saes for {len(sc.l0_targets)} targets")
-
-    device = pick_device(tc.device)
-    use_bf16 = tc.autocast_bf16 or device.type == "cuda"
-    use_compile = tc.compile and compile_available()
-    # sparse: always CSR; auto: CSR on CPU without autocast once latents are sparse enough
-    sparse_ok = tc.kernel == "sparse" or (tc.kernel == "auto" and device.type == "cpu"
-                                          and not use_bf16 and not tc.compile)
-    n_steps, bs = total_steps(tc), tc.batch_size
-    ws, main = dist.world_size(), dist.is_main()
-    if bs % ws:
-        raise TrainingError(f"train.batch_size={bs} does not split over {ws} ranks; use a "
-                            f"multiple of the world size")
-    key = _run_key(cfg, source, train_corpus, replicate)
-    order_seed = batch_seed(cfg.seed, replicate)
-    ckpt_path = out_dir / CHECKPOINT_NAME
+    _check_inputs(cfg, source, d_model, init_saes)
+    tc, out_dir = cfg.train, Path(out_dir)
+    policy = step_policy(tc)
+    key = run_key(cfg, source, train_corpus, replicate)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if main:
+    if dist.is_main():
         write_json_atomic(out_dir / "config.json", cfg.to_dict())
-
-    state = None
-    if resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path, key, device)
-        log.info("resuming %s from step %d", out_dir, state["step"])
-    elif resume:
-        log.info("no checkpoint in %s: starting from scratch", out_dir)
-    elif ckpt_path.exists() and main:
-        log.warning("overwriting the existing run in %s (pass resume=True to continue it)",
-                    out_dir)
+    state = _starting_state(out_dir, key, policy.device, resume, retrain_other_run)
     dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
 
     norm = (InputNorm(state["mean"].cpu(), state["scale"]) if state is not None else
-            estimate_input_norm(source, bs, tc.norm_batches, derived_seed(cfg.seed, "norm"),
-                                tc.center_inputs))
-    scale = norm.scale
-
-    members = []
-    for i, target in enumerate(sc.l0_targets):
-        if init_saes is not None:
-            sae = norm.from_raw(init_saes[i])
-        else:
-            gen = torch.Generator().manual_seed(
-                init_seed(cfg.seed, train_corpus, target, replicate))
-            sae = JumpReLUSAE(source.d_model, sc.width, bandwidth=sc.bandwidth,
-                              init_threshold=sc.init_threshold, generator=gen)
-            sae.input_scale.fill_(scale)
-            if sc.threshold_init == "target_quantile" and state is None:
-                init_threshold_at_target_(sae, norm.apply(next(source.iter_batches(
-                    bs, derived_seed(order_seed, "threshold")))), target, sc.init_threshold)
-        sae_dir = out_dir / sae_dirname(target)
-        sae_dir.mkdir(parents=True, exist_ok=True)
-        sae = sae.to(device)
-        dist.broadcast_module_(sae)  # identical already (same seeds, same batches); made sure
-        members.append(SweepMember(sae, target, tc, sae_dir / METRICS_NAME))
-
-    start, saved_step = 0, None
-    if state is not None:
-        start = saved_step = int(state["step"])
-        for m, st in zip(members, state["members"], strict=True):
-            m.load_state(st)
-        if isinstance(source, ResumableSource) and state.get("source"):
-            source.load_state_dict(state["source"][dist.rank()])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        if main:
-            for m in members:
-                _truncate_metrics(m.path, start)
-    elif main:
-        for m in members:
-            m.path.write_text("")
-    if use_compile:
-        for m in members:
-            m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
-
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16
-                else contextlib.nullcontext())
+            estimate_input_norm(source, tc.batch_size, tc.norm_batches,
+                                derived_seed(cfg.seed, "norm"), tc.center_inputs))
+    members = _new_members(cfg, source, out_dir, norm, policy, state, init_saes,
+                           train_corpus, replicate)
+    sw = _Sweep(cfg, source, out_dir, key, train_corpus, replicate, norm, policy, members)
+    start = _restore(sw, state)
+    for m in members if policy.compile else []:
+        m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
+    kernel = tc.kernel if tc.kernel != "auto" else (
+        "auto (sparse when L0 is low)" if policy.sparse_ok else "dense")
+    ws = dist.world_size()
     log.info("training %d SAEs (width %d, targets %s) for %d steps of %d on %s, %s kernel%s%s%s",
-             len(members), sc.width, list(sc.l0_targets), n_steps, bs, device,
-             tc.kernel if tc.kernel != "auto" else ("auto (sparse when L0 is low)" if sparse_ok
-                                                    else "dense"),
-             ", bf16 autocast" if use_bf16 else "", ", compiled" if use_compile else "",
+             len(members), cfg.sae.width, list(cfg.sae.l0_targets), total_steps(tc),
+             tc.batch_size, policy.device, kernel, ", bf16 autocast" if policy.bf16 else "",
+             ", compiled" if policy.compile else "",
              f", data-parallel over {ws} ranks" if ws > 1 else "")
 
-    window = tc.dead_window_tokens
-    batches = _rank_batches(source, bs, order_seed, start)
-    if device.type == "cuda":  # read, decode and pin the next batches while the GPU works
-        batches = prefetch(batches, depth=2, pin_memory=True)
-    bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
-               desc=f"train {train_corpus or out_dir.name} seed {replicate}")
-    metric_files = [open(m.path, "a") if main else None for m in members]  # noqa: SIM115
-    try:
-        for step in range(start, n_steps):
-            x = next(batches)
-            if x.shape != (bs // ws, source.d_model):
-                raise TrainingError(f"step {step}: batch has shape {tuple(x.shape)}, expected "
-                                    f"{(bs // ws, source.d_model)}")
-            if not torch.isfinite(x).all():
-                raise TrainingError(
-                    f"step {step}: NaN/inf in activation batch {step} "
-                    f"({source.describe_batch(step, bs, order_seed)}); training stopped, "
-                    f"{_kept(ckpt_path, saved_step)}")
-            x = norm.apply(x.to(device, non_blocking=True))
-            lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
-            tokens = (step + 1) * bs
-            is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
-            for m, f in zip(members, metric_files, strict=True):
-                fast = sparse_ok and (tc.kernel == "sparse"
-                                      or m.prev_l0 <= SPARSE_MAX_DENSITY * sc.width)
-                loss, mse, sp, l0, x_hat, fired = train_step(m, x, lr, coeff, tc, fast,
-                                                              autocast)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"step {step}: loss became {float(loss)} for target L0 {m.target} "
-                        f"on batch {step} ({source.describe_batch(step, bs, order_seed)}); "
-                        f"{_kept(ckpt_path, saved_step)}")
-                m.last_fired.masked_fill_(fired, tokens)  # no host sync on GPU
-                if sparse_ok:
-                    m.prev_l0 = float(l0)
-                if is_log:
-                    dead = (tokens - m.last_fired) >= min(window, tokens)
-                    fve = dist.global_fve(x, x_hat)
-                    m.last = {"step": step + 1, "tokens": tokens, "lr": lr,
-                              "sparsity_coeff": coeff, "loss": float(loss),
-                              "mse": float(mse), "sparsity_loss": float(sp), "l0": float(l0),
-                              "fve": fve, "dead_frac": float(dead.float().mean())}
-                    if f is not None:
-                        f.write(json.dumps(m.last) + "\n")
-                        f.flush()
-            if is_log:
-                bar.set_postfix_str(" | ".join(
-                    f"L0 {m.last['l0']:.0f}/{m.target:g} loss {m.last['loss']:.3g} "
-                    f"FVE {m.last['fve']:.3f} dead {m.last['dead_frac']:.2f}"
-                    for m in members))
-            bar.update(1)
-            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
-                positions = _source_positions(source, step + 1, bs)
-                if main:
-                    _save_checkpoint(ckpt_path, key, step + 1, norm, members, positions)
-                    saved_step = step + 1
-    finally:
-        bar.close()
-        for f in metric_files:
-            if f is not None:
-                f.close()
-
-    positions = _source_positions(source, n_steps, bs)
-    if main:
-        _save_checkpoint(ckpt_path, key, n_steps, norm, members, positions)
-        for m in members:
-            norm.to_raw(m.sae).save(m.path.parent, metadata={
-                "train_corpus": train_corpus, "l0_target": m.target, "replicate": replicate,
-                "init_seed": (init_seed(cfg.seed, train_corpus, m.target, replicate)
-                              if init_saes is None else None),
-                "batch_seed": order_seed, "steps": n_steps, "tokens": n_steps * bs,
-                "run_key": key, "input_scale": scale})
-            write_json_atomic(m.path.parent / "config.json", cfg.to_dict())
+    _run_steps(sw, start, progress)
+    n_steps = total_steps(tc)
+    _checkpoint(sw, n_steps)
+    if dist.is_main():
+        _save_saes(sw, paper_init=init_saes is None)
     dist.barrier()  # the other ranks return only once rank 0's files are in place
-    results = []
-    for m in members:
-        sae_dir = m.path.parent
-        if not m.last and m.path.exists():
-            lines = m.path.read_text().splitlines()
-            m.last = json.loads(lines[-1]) if lines else {}
-        results.append(TrainResult(m.target, sae_dir, n_steps, n_steps * bs, scale,
-                                   dict(m.last), train_corpus, replicate))
-    return results
+    return [TrainResult(m.target, m.path.parent, n_steps, n_steps * tc.batch_size, norm.scale,
+                        m.last or last_metrics(m.path), train_corpus, replicate)
+            for m in members]

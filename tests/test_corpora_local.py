@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from sae_med import data, leakage
+from sae_med import data, documents, leakage
 from sae_med.cli import main
 from sae_med.config import ConfigError, load_config
 from sae_med.corpora_local import CorpusSourceError
@@ -58,10 +58,10 @@ def test_declared_jsonl_corpus_splits_by_group_and_deduplicates(tmp_path):
     by_group: dict[str, set[str]] = {}
     for d in docs:
         by_group.setdefault(d.group, set()).add(d.split)
-        assert d.split == data.split_of(d.group)
+        assert d.split == documents.split_of(d.group)
     assert all(len(sides) == 1 for sides in by_group.values())
     assert {d.split for d in docs} == {"train", "eval"}  # 30 groups: both sides occur
-    assert docs == sorted(docs, key=lambda d: data.order_key(d.doc_id))
+    assert docs == sorted(docs, key=lambda d: documents.order_key(d.doc_id))
     first = next(d for d in docs if d.doc_id == "lawx:r1")
     assert (first.source, first.group, first.labels) == ("lawx", "lawx:k0",
                                                         {"tags": ("property",)})

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from sae_med import corpora_embedded, corpora_hub, data
+from sae_med import corpora_embedded, corpora_hub, data, documents
 from sae_med.config import default_cache_dir
-from sae_med.data import Document
+from sae_med.documents import Document
 from sae_med.leakage import corpus_leakage, leakage_by
 
 EMBEDDED = ["hpo", "icd10cm", "wordnet", "austen", "gcide", "fortunes"]
@@ -60,7 +60,7 @@ def test_registry_describes_every_corpus():
 
 def test_split_is_deterministic_disjoint_and_about_ten_percent(corpora):
     docs = corpora["icd10cm"]
-    assert [d.split for d in docs[:500]] == [data.split_of(d.group) for d in docs[:500]]
+    assert [d.split for d in docs[:500]] == [documents.split_of(d.group) for d in docs[:500]]
     train = {d.doc_id for d in data.iter_documents("hpo", "train")}
     evl = {d.doc_id for d in data.iter_documents("hpo", "eval")}
     assert train.isdisjoint(evl)
@@ -68,10 +68,10 @@ def test_split_is_deterministic_disjoint_and_about_ten_percent(corpora):
     for name, docs in corpora.items():
         frac = sum(d.split == "eval" for d in docs) / len(docs)
         assert 0.085 < frac < 0.115, (name, frac)
-    assert data.split_of("x", eval_frac=0.0) == "train"
-    assert data.split_of("x", eval_frac=1.0) == "eval"
+    assert documents.split_of("x", eval_frac=0.0) == "train"
+    assert documents.split_of("x", eval_frac=1.0) == "eval"
     # a document without a group is a group of its own
-    assert Document("t", "a:1", "a").split == data.split_of("a:1")
+    assert Document("t", "a:1", "a").split == documents.split_of("a:1")
 
 
 def test_related_documents_share_a_group_and_a_side(corpora):
@@ -115,7 +115,7 @@ def test_order_is_a_deterministic_shuffle_independent_of_the_split(corpora):
     docs = corpora["icd10cm"]
     again = [d.doc_id for d in itertools.islice(data.iter_documents("icd10cm"), 1000)]
     assert again == [d.doc_id for d in docs[:1000]]
-    keys = [data.order_key(d.doc_id) for d in docs]
+    keys = [documents.order_key(d.doc_id) for d in docs]
     assert keys == sorted(keys)
     # a prefix is not one chapter (file order would start with cholera) and holds ~10% eval
     assert len({d.labels.get("chapter") for d in docs[:300]}) > 15
@@ -283,7 +283,7 @@ def test_embedded_corpora_do_not_leak(corpora):
     for name, r in report.items():
         assert r.exact == 0 and r.near <= 0.01, r
         assert r.eval_documents > 0.08 * len(corpora[name]), r
-    texts = [{data.text_digest(d.text) for d in docs} for docs in corpora.values()]
+    texts = [{documents.text_digest(d.text) for d in docs} for docs in corpora.values()]
     assert sum(map(len, texts)) == len(set().union(*texts))  # no text in two corpora
 
 
@@ -374,8 +374,8 @@ def test_clinical_qa_loader_on_schema_records():
     assert len(docs) == 30 + 60 + 10 + 3 * 5
     assert len({d.doc_id for d in docs}) == len(docs)
     assert len({d.text for d in docs}) == len(docs)
-    assert [data.order_key(d.doc_id) for d in docs] == \
-           sorted(data.order_key(d.doc_id) for d in docs)
+    assert [documents.order_key(d.doc_id) for d in docs] == \
+           sorted(documents.order_key(d.doc_id) for d in docs)
     assert Counter(d.source for d in docs) == {"medqa": 30, "medmcqa": 60, "pubmedqa": 10,
                                                "mmlu": 15}
     assert all("Correct option: " in d.text for d in docs)
@@ -397,7 +397,7 @@ def test_web_loader_shuffles_within_windows_and_skips_repeats():
     assert {d.doc_id for d in docs[:10]} == {f"web:u{i}" for i in range(10)}
     assert [d.doc_id for d in docs] == [d.doc_id for d in corpora_hub.iter_web(loader, 10)]
     # pages differing only in a number are near-duplicates: one group, one side
-    assert {d.group for d in docs} == {data.near_group("page 0")}
+    assert {d.group for d in docs} == {documents.near_group("page 0")}
 
 
 @pytest.mark.parametrize("name", ["clinical_qa", "web"])
@@ -406,7 +406,7 @@ def test_hub_corpus_offline_gives_one_clear_error(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     if "datasets" in sys.modules:  # the flags are read at import time
         monkeypatch.setattr(sys.modules["datasets"].config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(data.CorpusUnavailableError) as exc:
+    with pytest.raises(corpora_hub.CorpusUnavailableError) as exc:
         next(data.iter_documents(name, "train"))
     msg = str(exc.value)
     assert "internet" in msg and "'medical'" in msg and "'broad'" in msg

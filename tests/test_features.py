@@ -220,7 +220,8 @@ def test_absorption_known_answer():
 
 
 def test_concept_aurocs_and_documents_by_id(cache, sae):
-    from sae_med.features import concept_aurocs, documents_by_id
+    from sae_med.data import documents_by_id
+    from sae_med.features import concept_aurocs
 
     ids = cache.doc_ids()
     docs = documents_by_id("medical", "eval", ids)
@@ -281,7 +282,8 @@ def test_phrase_search_finds_the_cache_activations(model, cache, sae):
     """The activations of a document's text, computed alone, are the cache's rows of that
     document (same hook, specials dropped), so phrase search sees what the cache saw."""
     from sae_med.dashboard import phrase_activations
-    from sae_med.features import documents_by_id, search_latents
+    from sae_med.data import documents_by_id
+    from sae_med.features import search_latents
 
     index = cache.token_info()[:, 1]
     first = int(index.min())  # the first document with rows (the cut can skip long ones)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import itertools
 
-from sae_med import data
-from sae_med.data import Document, Removed, deduplicate, near_duplicate_key
+from sae_med import documents
+from sae_med.documents import Document, Removed, deduplicate, near_duplicate_key
 from sae_med.leakage import Leakage, leakage_by, measure_leakage
 
 # --------------------------------------------------------------------------- normaliser
@@ -30,7 +30,7 @@ def test_near_duplicate_key_masks_template_words_only():
 
 def _split_groups(want: str, n: int) -> list[str]:
     """``n`` group names that fall on side ``want``."""
-    return [g for g in (f"g{i}" for i in range(10_000)) if data.split_of(g) == want][:n]
+    return [g for g in (f"g{i}" for i in range(10_000)) if documents.split_of(g) == want][:n]
 
 
 def test_deduplicate_keeps_first_texts_and_drops_eval_near_duplicates():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,14 +22,17 @@ from sae_med.config import Config, SAEConfig, TrainConfig
 from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
 from sae_med.train import (
+    CHECKPOINT_NAME,
     InputNorm,
     TrainingError,
+    TrainMetrics,
     batch_seed,
     estimate_input_norm,
     init_seed,
     lr_at,
     sparsity_coeff_at,
     train_saes,
+    train_step,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +114,61 @@ def test_tiny_sweep_outputs_and_one_pass(tmp_path):
         assert fve(x, sae(x).x_hat.detach()) > 0.3
         assert r.input_scale == pytest.approx(1 / x.pow(2).sum(-1).mean().sqrt().item(),
                                               rel=0.2)
+
+
+def test_result_metrics_are_the_last_logged_row(tmp_path):
+    """``TrainResult.metrics`` is the last row of metrics.jsonl, as a run that resumes at
+    its end (no step left) reads it back; ``final`` is the same row as a dict."""
+    cfg = tiny_config(n_tokens=32 * 6, checkpoint_every=0)
+    acts = synthetic_acts(n=256)
+    first = train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", progress=False)
+    again = train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", resume=True,
+                       progress=False)
+    for r, r2 in zip(first, again, strict=True):
+        last = (r.path / "metrics.jsonl").read_text().splitlines()[-1]
+        assert r.metrics == r2.metrics == TrainMetrics.from_json(last)
+        assert r.metrics.to_json() == last
+        assert r.metrics.step == 6 and r.metrics.tokens == 6 * 32
+        assert r.final == json.loads(last)
+
+
+def test_metrics_row_reader_tolerates_older_rows():
+    row = TrainMetrics.from_json('{"step": 5, "tokens": 160, "l0": 3.5, "extra": 1}')
+    assert (row.step, row.tokens, row.l0) == (5, 160, 3.5)
+    assert math.isnan(row.fve) and math.isnan(row.dead_frac)
+
+
+def test_train_step_returns_a_named_record():
+    from sae_med.train import SweepMember
+
+    tc = TrainConfig(lr=1e-3)
+    sae = JumpReLUSAE(16, 64, generator=torch.Generator().manual_seed(0))
+    x = synthetic_acts(n=32)
+    x = x / x.pow(2).sum(-1).mean().sqrt()
+    r = train_step(SweepMember(sae, 4.0, tc, Path("unused")), x, 1e-3, 1.0, tc, fast=False)
+    assert float(r.loss) == pytest.approx(float(r.mse + r.sparsity_loss))
+    assert r.x_hat.shape == x.shape and r.fired.shape == (64,) and r.fired.dtype == torch.bool
+    assert float(r.sparsity_loss) == pytest.approx((float(r.l0) / 4.0 - 1) ** 2, rel=1e-5)
+
+
+def test_checkpoint_of_another_run_is_refused_or_retrained(tmp_path):
+    """resume=True refuses a checkpoint of another config; with retrain_other_run the
+    sweep starts over (every step logged again) instead."""
+    acts = synthetic_acts(n=256)
+    cfg = tiny_config(n_tokens=32 * 6, checkpoint_every=0)
+    train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", progress=False)
+    other = tiny_config(n_tokens=32 * 6, checkpoint_every=0, lr=1e-3)
+    with pytest.raises(TrainingError, match="belongs to a different run"):
+        train_saes(other, TensorBatchSource(acts), tmp_path / "r", resume=True,
+                   progress=False)
+    [r, _] = train_saes(other, TensorBatchSource(acts), tmp_path / "r", resume=True,
+                        progress=False, retrain_other_run=True)
+    rows = [json.loads(ln) for ln in (r.path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [5, 6]
+    assert rows[0]["lr"] == pytest.approx(1e-3)
+    state = torch.load(tmp_path / "r" / CHECKPOINT_NAME, weights_only=True)
+    assert state["run_key"] == json.loads((r.path / "cfg.json").read_text())["metadata"][
+        "run_key"]
 
 
 def test_init_seeds_differ_by_corpus_target_and_replicate(tmp_path):
