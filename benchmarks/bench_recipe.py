@@ -26,7 +26,7 @@ from sae_med.activations import build_cache
 from sae_med.config import Config, load_config
 from sae_med.diagnose import token_damages
 from sae_med.evaluate import ce_batches, reconstruction_fn
-from sae_med.experiment import load_model_for, stage_train
+from sae_med.experiment import SAES_DIR, load_model_for, stage_train
 from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
 from sae_med.train import sae_id
@@ -53,7 +53,7 @@ def train_variant(config: str, name: str, overrides: list[str], target: float, o
     cfg = dataclasses.replace(cfg, train_corpora=type(cfg.train_corpora)(cfg.train_corpora[:1]))
     t = time.perf_counter()
     stage_train(cfg, progress=False)
-    sae = JumpReLUSAE.load(cfg.run_path / "saes" / sae_id(cfg.train_corpora[0], 0, target))
+    sae = JumpReLUSAE.load(cfg.run_path / SAES_DIR / sae_id(cfg.train_corpora[0], 0, target))
     return Variant(name, cfg, sae, time.perf_counter() - t)
 
 

@@ -91,6 +91,8 @@ from sae_med.sae import JumpReLUSAE
 
 log = logging.getLogger(__name__)
 
+RESULTS_NAME = "results.json"
+"""A run's results file (``results.csv`` beside it), under ``cfg.run_path``."""
 SCHEMA_VERSION = 4
 """Version of ``results.json`` (3 had no fve_typical; 2 had no seed replicates, family
 means or gaps; 1 had no dark-matter intervals)."""
@@ -635,5 +637,5 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
         scored = score_saes(saes, model, cfg, corpus, cache, meta, progress)
         rows += scored.rows
         comparisons.append(compare_families(scored, cfg, corpus))
-    return write_results(rows, cfg, out_path or cfg.run_path / "results.json", comparisons,
+    return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME, comparisons,
                          extra)

@@ -127,7 +127,7 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     Reused when its ``inputs_key`` (config, every SAE's weights hash, every eval cache's
     key) matches; recomputed otherwise."""
     from sae_med.artifacts import stable_hash
-    from sae_med.evaluate import SCHEMA_VERSION, evaluate_paths
+    from sae_med.evaluate import RESULTS_NAME, SCHEMA_VERSION, evaluate_paths
 
     stage_train(cfg, progress)
     model = load_model_for(cfg)
@@ -141,7 +141,7 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
         "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
                  for i, d in dirs.items()},
         "caches": {c: cache.key for c, cache in caches.items()}})
-    path = cfg.run_path / "results.json"
+    path = cfg.run_path / RESULTS_NAME
     if path.exists() and json.loads(path.read_text()).get("inputs_key") == key:
         log.info("reusing %s (inputs unchanged)", path)
         return path

@@ -23,6 +23,7 @@ import numpy as np
 from sae_med import __version__
 from sae_med.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from sae_med.config import ConfigError, config_from_dict
+from sae_med.evaluate import RESULTS_NAME
 from sae_med.experiment import SAES_DIR
 from sae_med.models import tl_model_name
 from sae_med.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, to_sae_lens
@@ -163,7 +164,7 @@ def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
 def results_path(source: Path) -> Path | None:
     """The run's ``results.json`` for a run folder or one of its SAE folders, if any."""
     saes = _saes_dir(source)
-    candidates = [source / "results.json", *([saes.parent / "results.json"] if saes else [])]
+    candidates = [source / RESULTS_NAME, *([saes.parent / RESULTS_NAME] if saes else [])]
     return next((p for p in candidates if p.exists()), None)
 
 
