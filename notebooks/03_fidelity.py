@@ -226,7 +226,7 @@ glue("loss_matched_table", gap_table(med_gaps, ["l0", "delta_ce", "loss_recovere
 # verdicts are computed exactly as above, from its own run.
 
 # %%
-runs = model_runs(cfg)
+runs = model_runs(cfg, comparisons)  # this run's, loaded above
 by_model = gaps_by_model(runs, medical, broad)
 for metric, label in (("fve", "FVE gap"), ("delta_ce", "ΔCE gap (nats)")):
     gap_by_model_figure(by_model, metric, medical, label).show()

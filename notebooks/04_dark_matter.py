@@ -206,7 +206,7 @@ glue("verdict_dark_matter", dm_verdict, display=False)
 # splits, recipe and seeds), each judged from its own run's paired intervals.
 
 # %%
-runs = model_runs(cfg)
+runs = model_runs(cfg, comparisons)  # this run's, loaded above
 gap_by_model_figure(gaps_by_model(runs, medical, broad), "dark_matter.r2_error_mean", medical,
                     "R²(e) gap").show()
 dm_verdicts = verdict_table(runs, ["dark_matter"], medical, broad)

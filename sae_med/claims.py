@@ -114,15 +114,17 @@ def model_label(cfg: Config) -> str:
     return f"{cfg.model.name.removeprefix('embedded:')} (block {cfg.model.hook_layer})"
 
 
-def model_runs(cfg: Config, progress: bool = False) -> list[ModelRun]:
-    """The run of ``cfg`` and of each of its replications, evaluated if needed (the
-    stages reuse what is there), in config order."""
+def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = False
+               ) -> list[ModelRun]:
+    """The run of ``cfg`` (its ``comparisons``, already loaded by the caller) and of each
+    of its replications, evaluated if needed (the stages reuse what is there), in config
+    order."""
     from sae_med.evaluate import load_comparisons
     from sae_med.experiment import stage_evaluate
 
-    configs = [cfg, *cfg.replication_configs().values()]
-    return [ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
-            for c in configs]
+    return [ModelRun(model_label(cfg), cfg, comparisons),
+            *(ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
+              for c in cfg.replication_configs().values())]
 
 
 def verdicts_by_model(runs: Sequence[ModelRun], key: str, domain: str, broad: str
