@@ -211,6 +211,27 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learning_curve(args: argparse.Namespace) -> int:
+    """The config's learning curve (its ``learning_curve`` section): the long runs with
+    their snapshots, each budget scored; one line per budget, then the verdicts."""
+    from sae_med.experiment import stage_learning_curve
+    from sae_med.learning_curve import claim_trends, curve_summary, curve_tables
+    from sae_med.notebook import domain_pair
+
+    cfg = _load(args)
+    curve = cfg.learning_curve_config()
+    if curve is None:
+        print(f"sae-med: config {cfg.name!r} has no learning_curve section (see "
+              "configs/default.yaml's)", file=sys.stderr)
+        return 2
+    points = stage_learning_curve(curve)
+    for p in points:
+        print(f"tokens {p.tokens:,}: {p.results}")
+    trends = claim_trends(curve_tables(points).gaps, *domain_pair(curve))
+    print(curve_summary(curve, points, trends))
+    return 0
+
+
 def cmd_autointerp(args: argparse.Namespace) -> int:
     """Explain and score each SAE at the middle target L0 with the configured LLM
     (detection AUROC of p(yes), accuracy and F1 per latent; see :mod:`sae_med.autointerp`)."""
@@ -365,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train": (cmd_train, "train the SAE sweep on each training corpus"),
         "evaluate": (cmd_evaluate, "score every trained SAE on every eval corpus"),
         "experiment": (cmd_experiment, "cache -> train -> evaluate; last line results=PATH"),
+        "learning-curve": (cmd_learning_curve, "train each side long with snapshots and "
+                           "score every budget (the config's learning_curve)"),
         "autointerp": (cmd_autointerp, "explain and score latents with an LLM; last line "
                        "autointerp=PATH"),
         "book": (cmd_book, "execute the notebooks and build the book; last line book=PATH"),

@@ -168,6 +168,11 @@ class TrainConfig:
     stream_buffer_tokens: int = 262_144
     """``stream``: activations per shuffle buffer (held in RAM in ``cache.dtype``, twice:
     as produced and permuted); batches mix the documents of one buffer."""
+    snapshot_tokens: tuple[int, ...] = ()
+    """Training-token budgets (each below ``n_tokens``) at which every SAE is also saved,
+    folded like the final one, under ``l0_<target>/snapshots/tokens_<budget>`` (after the
+    first step that reaches the budget): the points of a learning curve. They do not change
+    the trained weights."""
     compile: bool = False
     """torch.compile the dense forward/backward of each SAE (opt-in; pays off on GPUs for
     long runs). Implies the dense kernel; if the compiler is unusable here (no C++
@@ -178,6 +183,9 @@ class TrainConfig:
                      "stream_buffer_tokens"):
             _check(getattr(self, name) > 0, f"train.{name}", "must be > 0")
         _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(all(0 < b < self.n_tokens for b in self.snapshot_tokens)
+               and list(self.snapshot_tokens) == sorted(set(self.snapshot_tokens)),
+               "train.snapshot_tokens", "must increase and lie between 0 and train.n_tokens")
         _check(0 <= self.lr_decay_frac <= 1, "train.lr_decay_frac", "must be in [0, 1]")
         _check(self.sparsity in ("target_l0", "l0_penalty"), "train.sparsity",
                "must be 'target_l0' or 'l0_penalty'")
@@ -335,6 +343,11 @@ class AutointerpConfig:
                "autointerp.http_retries/backoff_s", "must be >= 0")
 
 
+RUN_SECTIONS = ("replications", "learning_curve")
+"""Config sections that describe other runs (their own folders): a ``base:`` does not pass
+them on, and the runs they describe have none of their own."""
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = "default"
@@ -362,6 +375,11 @@ class Config:
     this one by ``sae-med run`` / ``experiment`` and shown beside it (one verdict per model)
     in the fidelity and dark-matter notebooks and the results summary; see
     :meth:`replication_configs`."""
+    learning_curve: dict[str, Any] = field(default_factory=dict)
+    """The learning curve of this experiment: sections merged onto this config (larger
+    caches, one target, a long run with ``train.snapshot_tokens``) for a run named
+    ``{name}_curve`` that scores each side's SAEs at every budget (issue 12); see
+    :meth:`learning_curve_config`. Empty: none."""
 
     def __post_init__(self) -> None:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
@@ -376,6 +394,7 @@ class Config:
                 _check(c in known, where, f"unknown corpus {c!r}; valid corpora: "
                        f"{', '.join(known)}")
         self.replication_configs()  # a mistake in a replication fails when this loads
+        self.learning_curve_config()
 
     @property
     def cache_path(self) -> Path:
@@ -388,27 +407,42 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         # keep the hash (and artefact keys) of configs that declare none of these
-        for optional in ("corpora", "replications"):
+        for optional in ("corpora", *RUN_SECTIONS):
             if not out[optional]:
                 del out[optional]
+        if not out["train"]["snapshot_tokens"]:
+            del out["train"]["snapshot_tokens"]
         return out
+
+    def _derived(self, where: str, name: str, sections: dict[str, Any]) -> Config:
+        """This config without replications or learning curve, with ``sections`` merged
+        on and renamed ``name``; errors are prefixed with ``where``."""
+        _check(name != self.name, where,
+               "must differ from the config's own name (it names the run folder)")
+        _check(not {"name", *RUN_SECTIONS} & set(sections), where,
+               "sets its run name by its key and cannot nest")
+        base = {k: v for k, v in self.to_dict().items() if k not in RUN_SECTIONS}
+        try:
+            return config_from_dict(merge_sections(base, {**sections, "name": name}))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+    def learning_curve_config(self) -> Config | None:
+        """The config of :attr:`learning_curve`'s run (None when there is none); it must
+        save snapshots (``train.snapshot_tokens``)."""
+        if not self.learning_curve:
+            return None
+        cfg = self._derived("learning_curve", f"{self.name}_curve", self.learning_curve)
+        _check(len(cfg.train.snapshot_tokens) > 0, "learning_curve",
+               "needs train.snapshot_tokens (the budgets below train.n_tokens to score)")
+        return cfg
 
     def replication_configs(self) -> dict[str, Config]:
         """``{run name: Config}`` of each replication: this config (same corpora, splits,
         recipe, seeds, output and cache folders) with the replication's sections merged
         on, renamed, and without replications of its own."""
-        base = {k: v for k, v in self.to_dict().items() if k != "replications"}
-        out = {}
-        for name, sections in self.replications.items():
-            _check(name != self.name, f"replications.{name}",
-                   "must differ from the config's own name (it names the run folder)")
-            _check("name" not in sections and "replications" not in sections,
-                   f"replications.{name}", "sets its run name by its key and cannot nest")
-            try:
-                out[name] = config_from_dict(merge_sections(base, {**sections, "name": name}))
-            except ConfigError as err:
-                raise ConfigError(f"replications.{name}: {err}") from None
-        return out
+        return {name: self._derived(f"replications.{name}", name, sections)
+                for name, sections in self.replications.items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -516,7 +550,7 @@ def merge_sections(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as a mapping, with its ``base:`` (a config it extends, path relative
     to this file; recursive) merged underneath by :func:`merge_sections`, all but the
-    base's ``replications``."""
+    base's :data:`RUN_SECTIONS`."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} " + ("is a directory" if p.is_dir() else
@@ -540,7 +574,8 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
         raise ConfigError(f"config file {p}: 'base' must be the path of another config, "
                           f"got {base!r}")
     inherited = read_config_file(p.parent / base, (*_chain, p.resolve()))
-    inherited.pop("replications", None)  # they name run folders: each config its own
+    for section in RUN_SECTIONS:  # they name run folders: each config its own
+        inherited.pop(section, None)
     return merge_sections(inherited, loaded)
 
 

@@ -10,6 +10,7 @@ Layout under ``cfg.run_path`` (``{output_dir}/{name}``)::
         l0_{target}/            cfg.json + sae.safetensors (raw-activation space), metrics.jsonl
     results.json, results.csv   every SAE scored on every eval corpus, with the across-seed
                                 means and paired gaps (see sae_med.evaluate, sae_med.compare)
+    learning_curve/tokens_{n}.json   a learning-curve run's SAEs at each budget, scored alike
 
 An SAE's id is its path under ``saes/`` (:func:`sae_med.train.sae_id`).
 """
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING
 from sae_med.activations import ActivationCache, build_cache
 from sae_med.artifacts import write_json_atomic
 from sae_med.batches import BatchSource
-from sae_med.config import Config
+from sae_med.config import RUN_SECTIONS, Config
+from sae_med.learning_curve import CurvePoint
 from sae_med.lm import LanguageModel
 from sae_med.models import load_model
 from sae_med.sae import JumpReLUSAE
@@ -126,22 +128,28 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
 
     Reused when its ``inputs_key`` (config, every SAE's weights hash, every eval cache's
     key) matches; recomputed otherwise."""
-    from sae_med.artifacts import stable_hash
-    from sae_med.evaluate import RESULTS_NAME, SCHEMA_VERSION, evaluate_paths
+    from sae_med.evaluate import RESULTS_NAME
 
     stage_train(cfg, progress)
+    return _evaluate_once(cfg, sae_dirs(cfg), cfg.run_path / RESULTS_NAME, progress)
+
+
+def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: bool) -> Path:
+    """Score the SAEs of ``dirs`` (``{sae_id: folder}``) on every eval corpus into
+    ``path``, unless its ``inputs_key`` says that was done with these inputs."""
+    from sae_med.artifacts import stable_hash
+    from sae_med.evaluate import SCHEMA_VERSION, evaluate_paths
+
     model = load_model_for(cfg)
-    dirs = sae_dirs(cfg)
     caches = {c: cache_for(cfg, c, "eval", progress) for c in cfg.eval_corpora}
     key = stable_hash({
         "schema_version": SCHEMA_VERSION,
         # every section but those the evaluation never reads
         "config": {k: v for k, v in cfg.to_dict().items()
-                   if k not in ("autointerp", "replications")},
+                   if k not in ("autointerp", *RUN_SECTIONS)},
         "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
                  for i, d in dirs.items()},
         "caches": {c: cache.key for c, cache in caches.items()}})
-    path = cfg.run_path / RESULTS_NAME
     if path.exists() and json.loads(path.read_text()).get("inputs_key") == key:
         log.info("reusing %s (inputs unchanged)", path)
         return path
@@ -150,9 +158,35 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
                           extra={"inputs_key": key}, caches=caches)
 
 
+def stage_learning_curve(cfg: Config, progress: bool = True) -> list[CurvePoint]:
+    """The learning curve of ``cfg`` (a config's
+    :meth:`~sae_med.config.Config.learning_curve_config`): its caches and long runs, then
+    each budget's SAEs (snapshots, and the full run last) scored on every eval corpus
+    into ``learning_curve/tokens_<budget>.json``, each reused while its inputs match."""
+    from sae_med.learning_curve import CURVE_DIR, curve_budgets, results_name
+    from sae_med.train import snapshot_dir
+
+    if not cfg.train.snapshot_tokens:
+        raise ValueError(f"config {cfg.name!r} saves no snapshots (train.snapshot_tokens); "
+                         "pass a config's learning_curve_config()")
+    stage_cache(cfg, progress)
+    stage_train(cfg, progress)
+    final, tc = sae_dirs(cfg), cfg.train
+    points = []
+    for budget in curve_budgets(tc.n_tokens, tc.snapshot_tokens):
+        dirs = final if budget == tc.n_tokens else {
+            i: snapshot_dir(d, budget) for i, d in final.items()}
+        path = cfg.run_path / CURVE_DIR / results_name(budget)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("learning curve: scoring the SAEs at %s training tokens", f"{budget:,}")
+        points.append(CurvePoint(budget, _evaluate_once(cfg, dirs, path, progress)))
+    return points
+
+
 def run_experiment(cfg: Config, progress: bool = True) -> Path:
     """cache → train → evaluate, then the same for each of ``cfg.replications`` (other
-    models); returns this config's results JSON."""
+    models), then :func:`stage_learning_curve` for ``cfg.learning_curve``; returns this
+    config's results JSON."""
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.run_path / "config.json", cfg.to_dict())
     stage_cache(cfg, progress)
@@ -160,6 +194,9 @@ def run_experiment(cfg: Config, progress: bool = True) -> Path:
     for name, rep in cfg.replication_configs().items():
         log.info("replication %r: %s, block %d", name, rep.model.name, rep.model.hook_layer)
         run_experiment(rep, progress)
+    if (curve := cfg.learning_curve_config()) is not None:
+        log.info("learning curve: run %r", curve.name)
+        stage_learning_curve(curve, progress)
     return path
 
 

@@ -83,17 +83,18 @@ def _cell(value: float, low: float, high: float, digits: int) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digits: int = 3
-              ) -> Any:
+def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digits: int = 3,
+              by: Sequence[str] = ()) -> Any:
     """Wide table of gaps, "value [low, high]" with a ``*`` where the 95% interval
-    excludes 0: rows (eval corpus, target L0 or FVE), one column per metric."""
+    excludes 0: rows (eval corpus, target L0 or FVE, then the columns ``by``, e.g. a
+    learning curve's ``tokens``), one column per metric."""
     at = basis
     df = gaps[(gaps.basis == basis) & gaps.metric.isin(metrics)].copy()
     if df.empty:
         return df
     df["text"] = [_cell(r.value, r.low, r.high, digits) + (" *" if r.excludes_zero else "")
                   for r in df.itertuples()]
-    wide = df.pivot_table(index=["eval_corpus", at], columns="metric", values="text",
+    wide = df.pivot_table(index=["eval_corpus", at, *by], columns="metric", values="text",
                           aggfunc="first")
     return wide[[m for m in metrics if m in wide.columns]]
 
@@ -115,16 +116,18 @@ def gap_table_by_model(runs: Sequence[Any], first: str, second: str, metrics: Se
     return pd.concat(tables, names=["model"])
 
 
-def family_table(families: Any, metrics: Sequence[str], digits: int = 3) -> Any:
+def family_table(families: Any, metrics: Sequence[str], digits: int = 3,
+                 by: Sequence[str] = ()) -> Any:
     """Across-seed means at each target L0: "mean [low, high]" (hierarchical interval) and
-    the replicates' own values, one row per (eval corpus, train corpus, target L0)."""
+    the replicates' own values, one row per (eval corpus, train corpus, target L0, then
+    the columns ``by``)."""
     df = families[(families.basis == "l0_target") & families.metric.isin(metrics)].copy()
     if df.empty:
         return df
     df["text"] = [_cell(r.value, r.low, r.high, digits) + "; seeds " + ", ".join(
         "n/a" if v is None else f"{v:.{digits}f}" for v in r.seed_values)
         for r in df.itertuples()]
-    wide = df.pivot_table(index=["eval_corpus", "train_corpus", "l0_target"],
+    wide = df.pivot_table(index=["eval_corpus", "train_corpus", "l0_target", *by],
                           columns="metric", values="text", aggfunc="first")
     return wide[[m for m in metrics if m in wide.columns]]
 
@@ -189,6 +192,13 @@ def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
     return pd.concat(frames, ignore_index=True)
 
 
+def error_bars(df: Any) -> dict[str, Any]:
+    """Plotly ``error_y`` for rows with ``value``/``low``/``high`` (none where missing)."""
+    return {"type": "data", "symmetric": False,
+            "array": (df.high - df.value).clip(lower=0).fillna(0),
+            "arrayminus": (df.value - df.low).clip(lower=0).fillna(0)}
+
+
 def _line_style(train_corpus: str, eval_index: int = 0) -> dict[str, Any]:
     return {"color": CORPUS_COLORS.get(train_corpus), "dash": EVAL_DASH.get(eval_index % 4)}
 
@@ -215,9 +225,7 @@ def metric_vs_l0(results: Any, metric: str, y_title: str, title: str = "",
             fig.add_trace(go.Scatter(
                 x=x.value, y=y.value, mode="lines+markers", line=_line_style(train, j),
                 name=f"trained on {train}, evaluated on {ev}",
-                error_y={"type": "data", "symmetric": False,
-                         "array": (y.high - y.value).clip(lower=0),
-                         "arrayminus": (y.value - y.low).clip(lower=0)},
+                error_y=error_bars(y),
                 customdata=y.index.values,
                 hovertemplate="target L0 %{customdata}<br>L0 %{x:.1f}<br>%{y:.4f}"))
     fig.update_layout(title=title or f"{metric} vs L0", xaxis_title="L0 (active latents per token)",
@@ -245,9 +253,7 @@ def cross_eval_figure(results: Any, metric: str, y_title: str,
                 x=[f"on {e}" for e in sub.eval_corpus], y=sub.value,
                 name=f"SAE trained on {train}", legendgroup=train, showlegend=i == 1,
                 marker_color=CORPUS_COLORS.get(train),
-                error_y={"type": "data", "symmetric": False,
-                         "array": (sub.high - sub.value).clip(lower=0).fillna(0),
-                         "arrayminus": (sub.value - sub.low).clip(lower=0).fillna(0)}),
+                error_y=error_bars(sub)),
                 row=1, col=i)
         fig.update_xaxes(title_text="evaluation corpus", row=1, col=i)
     fig.update_yaxes(title_text=y_title, row=1, col=1)
@@ -274,9 +280,7 @@ def gap_by_model_figure(gaps: Any, metric: str, eval_corpus: str, y_title: str) 
         fig.add_trace(go.Scatter(
             x=sub.l0_target, y=sub.value, mode="lines+markers", name=label,
             line={"dash": MODEL_DASH[i % len(MODEL_DASH)]},
-            error_y={"type": "data", "symmetric": False,
-                     "array": (sub.high - sub.value).clip(lower=0).fillna(0),
-                     "arrayminus": (sub.value - sub.low).clip(lower=0).fillna(0)}))
+            error_y=error_bars(sub)))
     first = df.train_corpus.iloc[0] if len(df) else "domain"
     versus = df.versus.iloc[0] if len(df) else "broad"
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
@@ -284,4 +288,59 @@ def gap_by_model_figure(gaps: Any, metric: str, eval_corpus: str, y_title: str) 
                             "per model", xaxis_title="target L0", yaxis_title=y_title,
                       legend={"orientation": "h", "y": -0.25})
     fig.update_xaxes(type="log")
+    return fig
+
+
+def curve_figure(families: Any, dead: Any, eval_corpus: str, metrics: Mapping[str, str]
+                 ) -> Any:
+    """The learning curve: each training corpus's across-seed mean of each of ``metrics``
+    (``{metric: axis title}``, 95% intervals) on ``eval_corpus`` against training tokens
+    (log), one panel per metric, and a last panel with the held-out dead fraction (``dead``:
+    :func:`sae_med.learning_curve.seed_summary`; mean over seeds, bars to min/max)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    titles = [*metrics.values(), "dead latents on held-out text"]
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
+    fam = families[(families.eval_corpus == eval_corpus) & (families.basis == "l0_target")]
+    for i, metric in enumerate(metrics, start=1):
+        for train, sub in fam[fam.metric == metric].groupby("train_corpus", sort=False):
+            sub = sub.sort_values("tokens")
+            fig.add_trace(go.Scatter(x=sub.tokens, y=sub.value, mode="lines+markers",
+                                     name=f"SAE trained on {train}", legendgroup=train,
+                                     showlegend=i == 1, line=_line_style(train),
+                                     error_y=error_bars(sub)), row=1, col=i)
+    dead = dead[dead.eval_corpus == eval_corpus]
+    for train, sub in dead.groupby("train_corpus", sort=False):
+        sub = sub.sort_values("tokens")
+        fig.add_trace(go.Scatter(
+            x=sub.tokens, y=sub["mean"], mode="lines+markers", legendgroup=train,
+            showlegend=False, line=_line_style(train),
+            error_y=error_bars(sub.assign(value=sub["mean"], low=sub["min"],
+                                          high=sub["max"]))), row=1, col=len(titles))
+    fig.update_xaxes(type="log", title_text="training tokens")
+    fig.update_layout(title=f"Each side's SAEs on held-out {eval_corpus} text as they train",
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def curve_gap_figure(gaps: Any, domain: str, metrics: Mapping[str, str]) -> Any:
+    """The paired gaps (``gaps``: oriented, e.g. :func:`sae_med.claims.oriented_gaps`) of
+    ``metrics`` (``{metric: axis title}``) on ``domain`` text against training tokens
+    (log), one panel per metric, with their 95% intervals and the zero line."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics.values()))
+    sel = gaps[(gaps.eval_corpus == domain) & (gaps.basis == "l0_target")]
+    for i, metric in enumerate(metrics, start=1):
+        sub = sel[sel.metric == metric].sort_values("tokens")
+        fig.add_trace(go.Scatter(x=sub.tokens, y=sub.value, mode="lines+markers",
+                                 showlegend=False, line=_line_style(domain),
+                                 error_y=error_bars(sub)), row=1, col=i)
+        fig.add_hline(y=0, line={"color": "grey", "width": 1}, row=1, col=i)
+    versus = sel.versus.iloc[0] if len(sel) else "broad"
+    fig.update_xaxes(type="log", title_text="training tokens")
+    fig.update_layout(title=f"{domain} minus {versus} SAE on {domain} text, by training "
+                            "budget (paired over documents and seeds)")
     return fig

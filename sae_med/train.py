@@ -31,6 +31,7 @@ Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r``
     l0_<target>/           one per SAE: cfg.json (metadata: train_corpus, l0_target,
                            replicate, init_seed, ...) + sae.safetensors (folded),
                            metrics.jsonl, config.json
+        snapshots/tokens_<budget>/   the same, saved mid-run (``train.snapshot_tokens``)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 CHECKPOINT_RECORD_NAME = "checkpoint.json"
 RUN_LOCK_NAME = ".train.lock"
 METRICS_NAME = "metrics.jsonl"
+SNAPSHOTS_DIR = "snapshots"
 CHECKPOINT_FORMAT = 2
 SPARSE_MAX_DENSITY = 0.05
 """With ``kernel: auto`` the CSR path is used only while the previous step's L0 was at most
@@ -189,6 +191,18 @@ def replicate_dirname(replicate: int) -> str:
     return f"seed_{replicate}"
 
 
+def snapshot_dir(sae_dir: Path, budget: int) -> Path:
+    """Where the SAE saved in ``sae_dir`` keeps its snapshot at ``budget`` training tokens
+    (``train.snapshot_tokens``)."""
+    return sae_dir / SNAPSHOTS_DIR / f"tokens_{budget}"
+
+
+def snapshot_steps(tc: TrainConfig) -> dict[int, int]:
+    """``{steps done: budget}``: each snapshot is taken after the first step whose tokens
+    reach its budget."""
+    return {math.ceil(b / tc.batch_size): b for b in tc.snapshot_tokens}
+
+
 def sae_id(train_corpus: str, replicate: int, l0_target: float) -> str:
     """An experiment SAE's id and its path under ``saes/``: ``medical/seed_0/l0_20``."""
     return f"{train_corpus}/{replicate_dirname(replicate)}/{sae_dirname(l0_target)}"
@@ -266,7 +280,7 @@ def run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate:
     # the source's key names where the activations come from (a cache or a stream)
     train = {k: v for k, v in cfg.to_dict()["train"].items()
              if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile",
-                          "source", "stream_buffer_tokens")}
+                          "source", "stream_buffer_tokens", "snapshot_tokens")}
     # the number of replicates does not change any one replicate's weights
     sae = {k: v for k, v in cfg.to_dict()["sae"].items() if k != "seeds"}
     # a cache's key names the activations it holds; in-memory sources have none
@@ -674,6 +688,8 @@ class _Sweep:
     norm: InputNorm
     policy: StepPolicy
     members: list[SweepMember]
+    paper_init: bool = True
+    """Whether the SAEs started from the paper's init (their metadata names its seed)."""
     saved_step: int | None = None
     """Step of the last checkpoint known to be on disk (None: none yet)."""
 
@@ -802,6 +818,7 @@ def _run_steps(sw: _Sweep, start: int, progress: bool) -> None:
     bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
                desc=f"train {sw.train_corpus or sw.out_dir.name} seed {sw.replicate}")
     metric_files = [open(m.path, "a") if main else None for m in sw.members]  # noqa: SIM115
+    snapshots = snapshot_steps(tc)
     try:
         for step in range(start, n_steps):
             x = _scaled_batch(sw, next(batches), step)
@@ -811,6 +828,8 @@ def _run_steps(sw: _Sweep, start: int, progress: bool) -> None:
                     f"FVE {m.last.fve:.3f} dead {m.last.dead_frac:.2f}"
                     for m in sw.members if m.last is not None))
             bar.update(1)
+            if main and step + 1 in snapshots:
+                _save_saes(sw, step + 1, snapshots[step + 1])
             if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
                 _checkpoint(sw, step + 1)
     finally:
@@ -820,19 +839,22 @@ def _run_steps(sw: _Sweep, start: int, progress: bool) -> None:
                 f.close()
 
 
-def _save_saes(sw: _Sweep, paper_init: bool) -> None:
-    """Write every SAE folded into raw-activation space, with its metadata and the config."""
-    n_steps = total_steps(sw.cfg.train)
+def _save_saes(sw: _Sweep, steps: int, budget: int | None = None) -> None:
+    """Write every SAE after ``steps`` steps, folded into raw-activation space, with its
+    metadata and the config: the final SAEs, or with ``budget`` their snapshots."""
+    bs = sw.cfg.train.batch_size
     for m in sw.members:
-        sw.norm.to_raw(m.sae).save(m.path.parent, metadata={
+        out = m.path.parent if budget is None else snapshot_dir(m.path.parent, budget)
+        out.mkdir(parents=True, exist_ok=True)
+        sw.norm.to_raw(m.sae).save(out, metadata={
             "train_corpus": sw.train_corpus, "l0_target": m.target,
             "replicate": sw.replicate,
             "init_seed": (init_seed(sw.cfg.seed, sw.train_corpus, m.target, sw.replicate)
-                          if paper_init else None),
-            "batch_seed": sw.order_seed, "steps": n_steps,
-            "tokens": n_steps * sw.cfg.train.batch_size, "run_key": sw.key,
-            "input_scale": sw.norm.scale})
-        write_json_atomic(m.path.parent / "config.json", sw.cfg.to_dict())
+                          if sw.paper_init else None),
+            "batch_seed": sw.order_seed, "steps": steps, "tokens": steps * bs,
+            "run_key": sw.key, "input_scale": sw.norm.scale,
+            **({"snapshot_tokens": budget} if budget is not None else {})})
+        write_json_atomic(out / "config.json", sw.cfg.to_dict())
 
 
 @_holding_run_lock
@@ -875,7 +897,8 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
                                 derived_seed(cfg.seed, "norm"), tc.center_inputs))
     members = _new_members(cfg, source, out_dir, norm, policy, state, init_saes,
                            train_corpus, replicate)
-    sw = _Sweep(cfg, source, out_dir, key, train_corpus, replicate, norm, policy, members)
+    sw = _Sweep(cfg, source, out_dir, key, train_corpus, replicate, norm, policy, members,
+                paper_init=init_saes is None)
     start = _restore(sw, state)
     for m in members if policy.compile else []:
         m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
@@ -892,7 +915,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     n_steps = total_steps(tc)
     _checkpoint(sw, n_steps)
     if dist.is_main():
-        _save_saes(sw, paper_init=init_saes is None)
+        _save_saes(sw, n_steps)
     dist.barrier()  # the other ranks return only once rank 0's files are in place
     return [TrainResult(m.target, m.path.parent, n_steps, n_steps * tc.batch_size, norm.scale,
                         m.last or last_metrics(m.path), train_corpus, replicate)

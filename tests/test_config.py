@@ -84,7 +84,8 @@ def test_wordnet_control_is_default_with_wordnet_as_the_broad_side():
         root / "default.yaml")
     assert control.train_corpora == control.eval_corpora == ("medical", "wordnet")
     same = ["name=wordnet_control", "train_corpora=[medical, wordnet]",
-            "eval_corpora=[medical, wordnet]", "replications={}"]  # not inherited
+            "eval_corpora=[medical, wordnet]", "replications={}",  # not inherited
+            "learning_curve={}"]
     assert load_config(root / "default.yaml", same) == control != default
 
 
@@ -112,6 +113,34 @@ def test_replications_are_this_config_on_other_models(tmp_path):
         load_config(root, ["replications.other.model={hook_layr: 2}"])
     with pytest.raises(ConfigError, match=r"'replications\.root': must differ"):
         load_config(root, ["replications.root={}"])
+
+
+def test_learning_curve_is_this_config_trained_longer(tmp_path):
+    """The learning curve's run is the config with its sections merged on, named
+    ``{name}_curve``; it must save snapshots below its length, is not inherited by a
+    ``base:`` child, and a config without one keeps its old hash."""
+    root = _write(tmp_path / "root.yaml", "name: root\nsae: {width: 64, l0_targets: [4, 8]}\n"
+                  "train: {n_tokens: 4096}\nreplications: {other: {sae: {width: 48}}}\n"
+                  "learning_curve: {sae: {l0_targets: [8]},\n"
+                  "  train: {n_tokens: 8192, snapshot_tokens: [1024, 2048]}}\n")
+    cfg = load_config(root, [f"output_dir={tmp_path / 'runs'}"])
+    curve = cfg.learning_curve_config()
+    assert curve.name == "root_curve" and curve.run_path == tmp_path / "runs" / "root_curve"
+    assert (curve.sae.l0_targets, curve.sae.width, curve.train.n_tokens) == ((8.0,), 64, 8192)
+    assert curve.train.snapshot_tokens == (1024, 2048) and cfg.train.snapshot_tokens == ()
+    assert curve.replications == {} and curve.learning_curve == {}
+    assert cfg.replication_configs()["other"].learning_curve == {}
+    child = _write(tmp_path / "child.yaml", "base: root.yaml\nname: child\n")
+    assert load_config(child).learning_curve_config() is None
+    assert {"learning_curve", "replications"}.isdisjoint(load_config(child).to_dict())
+    assert "snapshot_tokens" not in cfg.to_dict()["train"]
+    with pytest.raises(ConfigError, match=r"'learning_curve': needs train\.snapshot_tokens"):
+        load_config(root, ["learning_curve.train={n_tokens: 8192}"])
+    with pytest.raises(ConfigError, match=r"'train\.snapshot_tokens': must increase and lie "
+                                          r"between 0 and train\.n_tokens"):
+        load_config(root, ["learning_curve.train.snapshot_tokens=[2048, 9000]"])
+    with pytest.raises(ConfigError, match=r"must increase"):
+        load_config(root, ["train.snapshot_tokens=[2048, 1024]"])
 
 
 def test_default_and_smoke_replicate_on_smollm2():

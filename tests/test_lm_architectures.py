@@ -38,7 +38,8 @@ def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
     cfg = load_config("configs/smoke.yaml", [
         f"model.name={tiny_lm_dirs[arch]}", f"model.hook_layer={LAYER}",
         f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
-        "replications={}", "train_corpora=[medical]", "eval_corpora=[medical]",
+        "replications={}", "learning_curve={}", "train_corpora=[medical]",
+        "eval_corpora=[medical]",
         "cache.n_tokens=1024", "cache.shard_tokens=512", "sae.width=64", "sae.l0_targets=[4]",
         "train.n_tokens=4096", "train.batch_size=256", "eval.n_tokens=512",
         "eval.ce_docs=4", "eval.bootstrap=10"])

@@ -30,6 +30,9 @@ from sae_med.train import (
     estimate_input_norm,
     init_seed,
     lr_at,
+    run_key,
+    snapshot_dir,
+    snapshot_steps,
     sparsity_coeff_at,
     train_saes,
     train_step,
@@ -453,3 +456,30 @@ def test_prefetch_yields_the_same_stream_and_reraises():
     assert torch.equal(next(it), torch.zeros(2))
     with pytest.raises(ValueError, match="bad shard"):
         next(it)
+
+
+def test_snapshot_is_the_shorter_run(tmp_path):
+    """Without an lr decay a run's snapshot at a budget is, weight for weight, the run
+    trained to that budget; its metadata names the budget and the steps it took."""
+    acts = synthetic_acts(n=1024)
+    long = tiny_config(n_tokens=32 * 20, lr_decay_frac=0.0, snapshot_tokens=(32 * 7 + 5,))
+    short = tiny_config(n_tokens=32 * 8, lr_decay_frac=0.0)
+    assert snapshot_steps(long.train) == {8: 32 * 7 + 5}
+    [r_long, _] = train_saes(long, TensorBatchSource(acts), tmp_path / "long", progress=False)
+    [r_short, _] = train_saes(short, TensorBatchSource(acts), tmp_path / "short",
+                              progress=False)
+    snap_dir = snapshot_dir(r_long.path, 32 * 7 + 5)
+    snap, ref = JumpReLUSAE.load(snap_dir), JumpReLUSAE.load(r_short.path)
+    for name, p in snap.named_parameters():
+        torch.testing.assert_close(p, dict(ref.named_parameters())[name])
+    meta = json.loads((snap_dir / "cfg.json").read_text())["metadata"]
+    assert (meta["snapshot_tokens"], meta["steps"], meta["tokens"]) == (32 * 7 + 5, 8, 256)
+    final = JumpReLUSAE.load(r_long.path)
+    assert not torch.equal(final.W_enc, snap.W_enc)  # the run went on past its snapshot
+    assert "snapshot_tokens" not in json.loads((r_long.path / "cfg.json").read_text())[
+        "metadata"]
+
+
+def test_snapshots_do_not_change_the_run_key():
+    src = TensorBatchSource(synthetic_acts(n=256))
+    assert run_key(tiny_config(), src) == run_key(tiny_config(snapshot_tokens=(64,)), src)

@@ -1,0 +1,156 @@
+"""The learning curve: does the domain advantage survive real training?
+
+A config's ``learning_curve`` run (:meth:`~sae_med.config.Config.learning_curve_config`)
+trains each side at one target L0 for many tokens and saves snapshots on the way
+(``train.snapshot_tokens``). Each budget's SAEs are scored like the main run (same
+held-out documents, seed replicates, paired gaps) into their own results file
+(:func:`sae_med.experiment.stage_learning_curve`). This module reads those files back as
+tables against training tokens and states, from the intervals, whether each gap of the
+paper's claims grows, holds or shrinks as both sides train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from sae_med.bootstrap import Interval
+from sae_med.claims import CLAIMS, gap_intervals, oriented_gaps
+from sae_med.compare import Verdict, verdict
+
+if TYPE_CHECKING:
+    from sae_med.config import Config
+
+CURVE_DIR = "learning_curve"
+"""The curve run's folder of per-budget results (``tokens_<budget>.json``)."""
+Trend = Literal["grows", "holds", "shrinks"]
+
+
+class CurvePoint(NamedTuple):
+    """One training budget of the curve and the results file of its SAEs."""
+
+    tokens: int
+    """The budget: training tokens per SAE (a snapshot's, or the run's full length)."""
+    results: Path
+
+
+def curve_budgets(n_tokens: int, snapshot_tokens: Sequence[int]) -> list[int]:
+    """Every budget of a curve run: its snapshots, then the full run."""
+    return [*snapshot_tokens, n_tokens]
+
+
+def results_name(tokens: int) -> str:
+    return f"tokens_{tokens}.json"
+
+
+class CurveTables(NamedTuple):
+    """Every budget's tables in one frame each, with a ``tokens`` column."""
+
+    families: Any
+    """Across-seed family means (:func:`sae_med.evaluate.load_comparisons`)."""
+    gaps: Any
+    """Paired gaps, as stored (first training corpus minus the others)."""
+    rows: Any
+    """Per-SAE rows (:func:`sae_med.evaluate.load_results`), e.g. for ``dead_frac``."""
+
+
+def curve_tables(points: Sequence[CurvePoint]) -> CurveTables:
+    import pandas as pd
+
+    from sae_med.evaluate import load_comparisons, load_results
+
+    if not points:
+        raise ValueError("a learning curve needs at least one budget")
+    comps = [(load_comparisons(p.results), p.tokens) for p in points]
+    return CurveTables(
+        pd.concat([c.families.assign(tokens=n) for c, n in comps], ignore_index=True),
+        pd.concat([c.gaps.assign(tokens=n) for c, n in comps], ignore_index=True),
+        pd.concat([load_results(p.results).assign(tokens=p.tokens) for p in points],
+                  ignore_index=True))
+
+
+def seed_summary(rows: Any, metric: str) -> Any:
+    """A point metric (e.g. the held-out ``dead_frac``) per budget, training corpus and
+    eval corpus: mean, min and max over the seed replicates."""
+    sel = rows[rows.metric == metric]
+    return (sel.groupby(["tokens", "train_corpus", "eval_corpus"]).value
+            .agg(["mean", "min", "max"]).reset_index())
+
+
+def trend(first: Interval, last: Interval, sign: int) -> Trend:
+    """How a gap moves from the smallest budget to the largest, oriented so that larger
+    favours the domain SAE (``sign`` -1 for metrics where smaller is better): ``grows`` or
+    ``shrinks`` only when the two intervals do not overlap, else ``holds``."""
+    if None in (first.low, first.high, last.low, last.high):
+        return "holds"
+    lo0, hi0 = sorted((sign * first.low, sign * first.high))
+    lo1, hi1 = sorted((sign * last.low, sign * last.high))
+    return "grows" if lo1 > hi0 else "shrinks" if hi1 < lo0 else "holds"
+
+
+class ClaimTrend(NamedTuple):
+    """One claim of :data:`sae_med.claims.CLAIMS` along the curve."""
+
+    claim: str
+    metric: str
+    first: Interval
+    """The gap (domain minus broad, on domain text) at the smallest budget."""
+    last: Interval
+    """The gap at the largest budget."""
+    verdict: Verdict
+    """The claim's verdict at the largest budget (at the curve's one target L0)."""
+    trend: Trend
+
+
+def claim_trends(gaps: Any, domain: str, broad: str) -> list[ClaimTrend]:
+    """Every claim's gap at the smallest and largest budget of ``gaps``
+    (:attr:`CurveTables.gaps`), its verdict at the largest and its :func:`trend`."""
+    ours = oriented_gaps(gaps, domain, broad)
+    budgets = sorted(ours.tokens.unique())
+    out = []
+    for c in CLAIMS:
+        ends = [gap_intervals(ours[ours.tokens == b], c.metric, domain) for b in
+                (budgets[0], budgets[-1])] if budgets else [[], []]
+        if not all(ends):
+            continue
+        first, last = ends[0][0], ends[1][0]
+        out.append(ClaimTrend(c.text, c.metric, first, last, verdict([last], sign=c.sign),
+                              trend(first, last, c.sign)))
+    return out
+
+
+def trend_frame(trends: Sequence[ClaimTrend], first_tokens: int, last_tokens: int,
+                digits: int = 3) -> Any:
+    """:func:`claim_trends` as a table, one row per claim."""
+    import pandas as pd
+
+    def cell(iv: Interval) -> str:
+        return f"{iv.value:+.{digits}f} [{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]"
+
+    return pd.DataFrame([{
+        "claim": t.claim, "metric": t.metric, f"gap at {first_tokens:,} tokens": cell(t.first),
+        f"gap at {last_tokens:,} tokens": cell(t.last), "verdict at the largest budget":
+        t.verdict, "gap from smallest to largest budget": t.trend} for t in trends]
+    ).set_index("claim")
+
+
+def curve_sentence(trends: Sequence[ClaimTrend], last_tokens: int) -> str:
+    """One sentence per claim: its verdict at the largest budget and how its gap moved."""
+    moved = {"grows": "grew", "holds": "held (intervals overlap)", "shrinks": "shrank"}
+    return " ".join(f"{t.claim}: “{t.verdict}” after {last_tokens:,} training tokens; "
+                    f"from the smallest budget to the largest its gap {moved[t.trend]}."
+                    for t in trends)
+
+
+def curve_summary(cfg: Config | None, points: Sequence[CurvePoint],
+                  trends: Sequence[ClaimTrend]) -> str:
+    """The learning curve in a few sentences: its setting, then :func:`curve_sentence`;
+    or why there is none (``cfg`` None: the config has no ``learning_curve``)."""
+    if cfg is None or not points:
+        return ("This config has no `learning_curve` section, so no learning curve was run "
+                "(configs/default.yaml has one).")
+    return (f"Each side trained at target L0 {cfg.sae.l0_targets[0]:g} with "
+            f"{cfg.sae.seeds} seed(s) on {cfg.cache.n_tokens:,} cached tokens per corpus "
+            f"and was scored at {', '.join(f'{p.tokens:,}' for p in points)} training "
+            f"tokens. {curve_sentence(trends, points[-1].tokens)}")
