@@ -67,7 +67,7 @@ from sae_med.artifacts import (
 from sae_med.batches import BatchSource, ResumableSource, prefetch
 from sae_med.config import Config, TrainConfig
 from sae_med.models import pick_device
-from sae_med.sae import JumpReLUSAE
+from sae_med.sae import CFG_FILENAME, JumpReLUSAE
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate:
     # the source's key names where the activations come from (a cache or a stream)
     train = {k: v for k, v in cfg.to_dict()["train"].items()
              if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile",
-                          "source", "stream_buffer_tokens", "snapshot_tokens")}
+                          "source", "stream_buffer_tokens")}
     # the number of replicates does not change any one replicate's weights
     sae = {k: v for k, v in cfg.to_dict()["sae"].items() if k != "seeds"}
     # a cache's key names the activations it holds; in-memory sources have none
@@ -857,6 +857,17 @@ def _save_saes(sw: _Sweep, steps: int, budget: int | None = None) -> None:
         write_json_atomic(out / "config.json", sw.cfg.to_dict())
 
 
+def _saved(sw: _Sweep, steps: int) -> bool:
+    """Whether every SAE of the sweep is already saved from this run after ``steps``
+    steps (reusing a finished run then rewrites nothing)."""
+    for m in sw.members:
+        path = m.path.parent / CFG_FILENAME
+        meta = json.loads(path.read_text()).get("metadata", {}) if path.exists() else {}
+        if (meta.get("run_key"), meta.get("steps")) != (sw.key, steps):
+            return False
+    return True
+
+
 @_holding_run_lock
 def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
                progress: bool = True, d_model: int | None = None,
@@ -913,8 +924,9 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
 
     _run_steps(sw, start, progress)
     n_steps = total_steps(tc)
-    _checkpoint(sw, n_steps)
-    if dist.is_main():
+    if start < n_steps:  # a finished run's checkpoint is already this one
+        _checkpoint(sw, n_steps)
+    if dist.is_main() and not _saved(sw, n_steps):
         _save_saes(sw, n_steps)
     dist.barrier()  # the other ranks return only once rank 0's files are in place
     return [TrainResult(m.target, m.path.parent, n_steps, n_steps * tc.batch_size, norm.scale,

@@ -480,6 +480,28 @@ def test_snapshot_is_the_shorter_run(tmp_path):
         "metadata"]
 
 
-def test_snapshots_do_not_change_the_run_key():
+def test_snapshots_are_part_of_the_run_key():
+    """A finished run without the snapshots a config now asks for is retrained, not reused
+    without them; a config without snapshots keeps the key it had before they existed."""
     src = TensorBatchSource(synthetic_acts(n=256))
-    assert run_key(tiny_config(), src) == run_key(tiny_config(snapshot_tokens=(64,)), src)
+    keys = {run_key(tiny_config(snapshot_tokens=s), src) for s in ((), (64,), (64, 128))}
+    assert len(keys) == 3
+    assert "snapshot_tokens" not in tiny_config().to_dict()["train"]
+
+
+def test_reusing_a_finished_run_rewrites_nothing(tmp_path):
+    cfg = tiny_config(n_tokens=32 * 8, checkpoint_every=0)
+    acts = synthetic_acts(n=512)
+    first = train_saes(cfg, TensorBatchSource(acts), tmp_path, progress=False)
+    files = [tmp_path / CHECKPOINT_NAME, *(r.path / n for r in first
+                                          for n in ("sae.safetensors", "cfg.json"))]
+    stamps = [p.stat().st_mtime_ns for p in files]
+    again = train_saes(cfg, TensorBatchSource(acts), tmp_path, resume=True, progress=False)
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    assert [(r.path, r.steps, r.metrics) for r in again] == [
+        (r.path, r.steps, r.metrics) for r in first]
+    # an SAE lost after the final checkpoint is written again from it
+    saved = JumpReLUSAE.load(first[0].path).W_enc
+    (first[0].path / "cfg.json").unlink()
+    train_saes(cfg, TensorBatchSource(acts), tmp_path, resume=True, progress=False)
+    assert torch.equal(JumpReLUSAE.load(first[0].path).W_enc, saved)
