@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -192,19 +193,23 @@ def reconstruction_fn(sae: JumpReLUSAE) -> SaeFn:
     return fn
 
 
-@torch.no_grad()
-def _mean_ablation_fn(cache: ActivationCache) -> SaeFn:
-    """x -> the eval cache's mean activation (the mean-ablation baseline)."""
-    total = sum(x.double().sum(0) for x in cache.iter_ordered(RECON_BATCH_TOKENS * 8))
-    return mean_ablation((total / cache.n_tokens).float())
+class CacheStats(NamedTuple):
+    """What the evaluation needs from the whole eval cache, read in one pass."""
+
+    mean: Float[Tensor, " d_model"]
+    """E[x]: the mean-ablation baseline splices it in for every token."""
+    median_norm: float
+    """The median ‖x‖; ``eval.massive_norm_ratio`` times it separates massive-activation
+    tokens (left out of ``fve_typical``) from typical ones."""
 
 
 @torch.no_grad()
-def massive_norm(cache: ActivationCache, ratio: float) -> float:
-    """``ratio`` × the median ‖x‖ of the cache: tokens above it are massive activations,
-    left out of ``fve_typical``."""
-    norms = torch.cat([x.norm(dim=-1) for x in cache.iter_ordered(RECON_BATCH_TOKENS * 8)])
-    return ratio * float(norms.median())
+def cache_stats(cache: ActivationCache) -> CacheStats:
+    total, norms = torch.zeros(cache.d_model, dtype=torch.float64), []
+    for x in cache.iter_ordered(RECON_BATCH_TOKENS * 8):
+        total += x.double().sum(0)
+        norms.append(x.norm(dim=-1))
+    return CacheStats((total / cache.n_tokens).float(), float(torch.cat(norms).median()))
 
 
 @torch.no_grad()
@@ -361,7 +366,8 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
     # (b) spliced loss, batch-outer so the clean/zero passes are shared by all SAEs
     batches = ce_batches(model, cfg, eval_corpus)
     fns = {k: reconstruction_fn(s) for k, s in saes.items()}
-    fns[MEAN_ABLATION] = _mean_ablation_fn(cache)
+    stats = cache_stats(cache)
+    fns[MEAN_ABLATION] = mean_ablation(stats.mean)
     doc_ce: dict[str, list[DocCE]] = {k: [] for k in fns}
     for batch in tqdm(batches, desc=f"spliced CE {eval_corpus}", disable=not progress):
         for k, losses in model.spliced_losses(batch.to(model.device), cfg.model.hook_layer,
@@ -371,7 +377,7 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
     cache_docs = torch.unique(cache.tokens().doc_index)
     ce_ids = torch.arange(sum(int(b.tokens.shape[0]) for b in batches))
     resample = doc_resample([cache_docs, ce_ids], n_boot, boot_seed)
-    typical_norm = massive_norm(cache, cfg.eval.massive_norm_ratio)
+    typical_norm = cfg.eval.massive_norm_ratio * stats.median_norm
     rows, draws = [], {}
     for sae_id, sae in tqdm(saes.items(), desc=f"evaluate {eval_corpus}",
                             disable=not progress):
