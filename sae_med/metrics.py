@@ -234,6 +234,7 @@ class ReconstructionAccumulator:
         self.e_m2 = 0.0
         self.firing_counts: Tensor | None = None
         self._per_doc: bool | None = None
+        self._typical: bool | None = None
         self._doc_rows: dict[int, int] = {}
         self._doc: dict[str, Tensor] = {}
 
@@ -255,15 +256,18 @@ class ReconstructionAccumulator:
                doc_index: Int[Tensor, " tokens"] | None = None,
                typical: Bool[Tensor, " tokens"] | None = None) -> None:
         """Add one batch. ``doc_index`` (any integer document ids, one per token) must be
-        given for every batch or for none; with it, ``typical`` marks the tokens whose sums
-        :meth:`per_doc` also keeps apart (``typical=True``; every token when omitted)."""
+        given for every batch or for none; with it, ``typical`` (likewise every batch or
+        none) marks the tokens whose sums :meth:`per_doc` also keeps apart
+        (``typical=True``; every token when omitted)."""
         if x.shape[0] == 0:
             return
-        per_doc = doc_index is not None
+        per_doc, marked = doc_index is not None, typical is not None
         if self._per_doc is None:
-            self._per_doc = per_doc
+            self._per_doc, self._typical = per_doc, marked
         elif self._per_doc != per_doc:
             raise ValueError("doc_index must be given for every batch or for none")
+        elif self._typical != marked:
+            raise ValueError("typical must be given for every batch or for none")
         x, x_hat = x.detach().double(), x_hat.detach().double()
         e = x - x_hat
         active = acts.detach() > 0
@@ -286,12 +290,12 @@ class ReconstructionAccumulator:
             sums = {"n_tokens": torch.ones_like(sq_err_tok), "l0_sum": active_per_tok,
                     "sq_err": sq_err_tok, "x_sum": x, "x_sq": x.pow(2).sum(-1), "err_sum": e,
                     "x_dot_xhat": x_dot_tok, "xhat_sq": xhat_sq_tok}
-            w = (torch.ones_like(sq_err_tok) if typical is None
-                 else typical.to(sq_err_tok.device, torch.float64))
-            # every document keeps a row of typical sums (zeros if it has none): the rows
-            # of per_doc() and per_doc(typical=True) stay aligned for a shared resample
-            sums |= {TYPICAL + k: v * (w if v.ndim == 1 else w[:, None])
-                     for k, v in list(sums.items())}
+            if marked:
+                w = typical.to(sq_err_tok.device, torch.float64)
+                # every document keeps a row of typical sums (zeros if it has none): the
+                # rows of per_doc() and per_doc(typical=True) stay aligned for a resample
+                sums |= {TYPICAL + k: v * (w if v.ndim == 1 else w[:, None])
+                         for k, v in list(sums.items())}
             self._add_docs(doc_index, sums)
 
     def _add_docs(self, doc_index: Tensor, values: dict[str, Tensor]) -> None:
@@ -322,7 +326,7 @@ class ReconstructionAccumulator:
             raise ValueError("no per-document sums: pass doc_index to update()")
         k = len(self._doc_rows)
         ids = torch.tensor(list(self._doc_rows), dtype=torch.long)
-        prefix = TYPICAL if typical else ""
+        prefix = TYPICAL if typical and self._typical else ""
         return DocSums(doc_ids=ids, **{name: self._doc[prefix + name][:k]
                                         for name in DocSums._fields if name != "doc_ids"})
 

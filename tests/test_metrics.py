@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sae_med.metrics import (
+    TYPICAL,
     DocCE,
     ReconstructionAccumulator,
     concat_doc_stats,
@@ -160,11 +161,15 @@ def test_typical_sums_are_the_sums_of_the_typical_tokens_alone():
         metrics_from_doc_sums(ref).fve, rel=1e-12)
     assert metrics_from_doc_sums(typical).fve != pytest.approx(
         metrics_from_doc_sums(every).fve, rel=1e-6)
-    # without a mask every token is typical
+    # without a mask every token is typical, and no second set of sums is kept
     plain = ReconstructionAccumulator()
     for x, x_hat, acts, docs in batches:
         plain.update(x, x_hat, acts, doc_index=docs)
     torch.testing.assert_close(plain.per_doc(typical=True).sq_err, plain.per_doc().sq_err)
+    assert not any(k.startswith(TYPICAL) for k in plain._doc)
+    x, x_hat, acts, docs = batches[0]
+    with pytest.raises(ValueError, match="typical must be given for every batch or for none"):
+        plain.update(x, x_hat, acts, doc_index=docs, typical=x.norm(dim=-1) > 0)
 
 
 def test_doc_index_all_or_nothing():
