@@ -201,30 +201,6 @@ def _read_record(path: Path) -> _Shard | None:
         return None
 
 
-def _valid_shards(root: Path) -> list[_Shard]:
-    """Shards 0..k whose records exist and whose files match their checksums.
-
-    Deletes everything after them and temp files of killed writers: call it only under
-    the cache's lock."""
-    for stale in root.glob(".*.tmp"):
-        stale.unlink()
-    shards: list[_Shard] = []
-    i = 0
-    while (rec := root / f"shard_{i:05d}.json").exists():
-        if (s := _read_record(rec)) is None:
-            break
-        if s.damaged_file(root) is not None:
-            log.warning("shard %s of %s fails its checksum; recomputing from there", i, root)
-            break
-        shards.append(s)
-        i += 1
-    for stale in root.glob("shard_*"):  # anything after the last good shard
-        idx = int(stale.name[6:11])
-        if idx >= len(shards):
-            stale.unlink()
-    return shards
-
-
 def packed_batches(model: LanguageModel, texts: list[str], c: CacheConfig
                    ) -> Iterator[tuple[list[int], TokenBatch]]:
     """The forward batches of one chunk of documents: (indices into ``texts``, tokens).
@@ -303,7 +279,7 @@ def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "tr
     A complete cache with a matching key is verified and reused; a partial one resumes at
     its last complete shard; a cache for any other configuration lives under another key.
     Under torchrun (an initialised process group) the ranks share the work, see
-    :func:`_build_distributed`; the result is the same cache, file for file.
+    :func:`_build`; the result is the same cache, file for file.
     """
     from sae_med import distributed
 
@@ -314,78 +290,15 @@ def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "tr
     # one builder per key (under torchrun, rank 0 holds the lock for its job): a second
     # process waits, then reuses what the first built
     lock = artifact_lock(root.with_name(root.name + ".lock"), f"the cache {root}")
-    if distributed.is_distributed():
-        with lock if distributed.rank() == 0 else contextlib.nullcontext():
-            return _build_distributed(model, cfg, corpus, split, spec, root, progress)
-    with lock:
-        if (root / "manifest.json").exists():
+    with lock if distributed.rank() == 0 else contextlib.nullcontext():
+        if not distributed.is_distributed() and (root / "manifest.json").exists():
             return ActivationCache(root)
-        return _build_single(model, cfg, corpus, split, spec, root, progress)
-
-
-def _build_single(model: LanguageModel, cfg: Config, corpus: str, split: str,
-                  spec: dict[str, Any], root: Path, progress: bool) -> ActivationCache:
-    from sae_med.data import iter_documents
-
-    root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / "spec.json", spec)
-    shards = _valid_shards(root)
-    done_rows = sum(s.rows for s in shards)
-    next_doc = shards[-1].doc_start + len(shards[-1].doc_ids) if shards else 0
-    target = spec["n_tokens"]
-    c = cfg.cache
-
-    docs = iter_documents(corpus, split)
-    for _ in range(next_doc):  # documents already in complete shards
-        next(docs)
-    bar = tqdm(total=target, initial=done_rows, unit="tok", unit_scale=True,
-               desc=f"cache {corpus}/{split}", disable=not progress)
-    buf_x: list[Tensor] = []
-    buf_t: list[Tensor] = []
-    buf_ids: list[str] = []
-    buf_start = next_doc
-    buffered = 0
-
-    def flush(final: bool) -> None:
-        nonlocal buf_x, buf_t, buf_ids, buf_start, buffered, done_rows
-        x, t = torch.cat(buf_x), torch.cat(buf_t)
-        if final:
-            keep = target - done_rows
-            x, t = x[:keep], t[:keep]
-        s = _write_shard(root, len(shards), x, t, buf_start, buf_ids, c.dtype)
-        shards.append(s)
-        done_rows += s.rows
-        buf_start += len(buf_ids)
-        buf_x, buf_t, buf_ids, buffered = [], [], [], 0
-
-    doc_index = next_doc
-    exhausted = False
-    while done_rows + buffered < target:
-        chunk = [d for _, d in zip(range(c.batch_size * SORT_CHUNK), docs, strict=False)]
-        if not chunk:
-            exhausted = True
-            break
-        x, t = chunk_rows(model, cfg, [d.text for d in chunk], doc_index)
-        buf_x.append(x)
-        buf_t.append(t)
-        buffered += x.shape[0]
-        bar.update(min(x.shape[0], target - bar.n))
-        buf_ids.extend(d.doc_id for d in chunk)
-        doc_index += len(chunk)
-        # shards end between chunks once they hold shard_tokens rows; the last one is cut
-        # at the target
-        if buffered >= c.shard_tokens and done_rows + buffered < target:
-            flush(final=False)
-    if buffered:
-        flush(final=True)
-    bar.close()
-    _finish(root, spec, shards, doc_index, exhausted, corpus, split)
-    return ActivationCache(root)
+        return _build(model, cfg, corpus, split, spec, root, progress)
 
 
 @dataclass
 class _PlannedShard:
-    """A shard of the (single-process) layout, known from tokenisation alone."""
+    """A shard of the cache's layout, known from tokenisation alone."""
 
     index: int
     doc_start: int
@@ -398,8 +311,9 @@ class _PlannedShard:
 
 def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, target: int
                  ) -> Iterator[_PlannedShard | tuple[int, bool]]:
-    """The shards :func:`_build_single` would write, in order, from tokenisation only (no
-    model): the same chunks, the same row counts, the same flush rule. Ends with
+    """The shards of the cache, in order, from tokenisation only (no model): chunks of
+    ``batch_size * SORT_CHUNK`` documents, and a shard ends between chunks once it holds
+    ``shard_tokens`` rows, the last one cut at the target. Ends with
     ``(n_documents, exhausted)``."""
     from sae_med.data import iter_documents
 
@@ -435,21 +349,25 @@ def _record_matches(root: Path, p: _PlannedShard) -> _Shard | None:
     rec = root / f"shard_{p.index:05d}.json"
     if not rec.exists() or (s := _read_record(rec)) is None:
         return None
-    ok = s.doc_start == p.doc_start and s.doc_ids == p.doc_ids
-    return s if ok and s.damaged_file(root) is None else None
+    if s.doc_start != p.doc_start or s.doc_ids != p.doc_ids:
+        return None
+    if (bad := s.damaged_file(root)) is not None:
+        log.warning("%s is missing or fails its checksum; recomputing shard %d", bad, p.index)
+        return None
+    return s
 
 
-def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: str,
-                       spec: dict[str, Any], root: Path, progress: bool) -> ActivationCache:
-    """Build the cache with every torchrun rank computing a share of its shards.
+def _build(model: LanguageModel, cfg: Config, corpus: str, split: str, spec: dict[str, Any],
+           root: Path, progress: bool) -> ActivationCache:
+    """Build (or finish) the cache in ``root``, in one process or shared by torchrun ranks.
 
-    Every rank tokenises the document stream (cheap next to the forward pass) to plan the
-    exact shard layout of the single-process build; rank r computes the shards whose
-    index is r modulo the world size and writes them under their final names; rank 0
-    writes the manifest once all ranks are done. Shards, rows and their order are those of
-    the single-process cache (same key), so training on either gives the same SAEs. A rank
-    that restarts keeps each of its shards whose record and checksums match the plan.
-    """
+    Tokenising the document stream (cheap next to the forward pass) plans the exact shard
+    layout (:func:`_plan_shards`); rank r of w computes the shards whose index is r modulo
+    w (every shard in one process) and writes them under their final names, keeping each
+    one already written whose record and checksums match the plan (a resumed build); rank
+    0 writes the manifest once all ranks are done. The layout depends on neither the world
+    size nor interruptions, so every way of building a key gives the same cache, file for
+    file, and training on it the same SAEs."""
     from sae_med import distributed
 
     rank, ws = distributed.rank(), distributed.world_size()
@@ -460,8 +378,8 @@ def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: st
         write_json_atomic(root / "spec.json", spec)
     distributed.barrier()
     bar = tqdm(total=spec["n_tokens"], unit="tok", unit_scale=True,
-               desc=f"cache {corpus}/{split} rank {rank}/{ws}", position=rank,
-               disable=not progress)
+               desc=f"cache {corpus}/{split}" + (f" rank {rank}/{ws}" if ws > 1 else ""),
+               position=rank, disable=not progress)
     n_shards, n_documents, exhausted = 0, 0, False
     for p in _plan_shards(model, cfg, corpus, split, spec["n_tokens"]):
         if isinstance(p, tuple):
@@ -470,17 +388,10 @@ def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: st
         n_shards += 1
         if p.index % ws != rank:
             continue
-        s = _record_matches(root, p)
-        if s is None:
-            parts, first = [], p.doc_start
-            for texts in p.chunks:
-                parts.append(chunk_rows(model, cfg, texts, first))
-                first += len(texts)
-            x, t = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
-            if p.keep_rows is not None:
-                x, t = x[:p.keep_rows], t[:p.keep_rows]
-            s = _write_shard(root, p.index, x, t, p.doc_start, p.doc_ids, cfg.cache.dtype)
-        bar.update(s.rows)
+        if (s := _record_matches(root, p)) is not None:
+            bar.update(s.rows)
+        else:
+            _compute_shard(model, cfg, root, p, bar)
     bar.close()
     distributed.barrier()
     if rank == 0:
@@ -489,6 +400,20 @@ def _build_distributed(model: LanguageModel, cfg: Config, corpus: str, split: st
         _finish(root, spec, shards, n_documents, exhausted, corpus, split)
     distributed.barrier()
     return ActivationCache(root)
+
+
+def _compute_shard(model: LanguageModel, cfg: Config, root: Path, p: _PlannedShard,
+                   bar: tqdm) -> _Shard:
+    """Run the model over the planned shard's chunks and write it."""
+    parts, first = [], p.doc_start
+    for texts in p.chunks:
+        parts.append(chunk_rows(model, cfg, texts, first))
+        first += len(texts)
+        bar.update(parts[-1][0].shape[0])
+    x, t = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+    if p.keep_rows is not None:
+        x, t = x[:p.keep_rows], t[:p.keep_rows]
+    return _write_shard(root, p.index, x, t, p.doc_start, p.doc_ids, cfg.cache.dtype)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
