@@ -1,6 +1,8 @@
 # The README's two commands: `make run` (set up + main job on the embedded default) and
 # `make test` (set up + lint + tests). Both are idempotent.
 CONFIG ?= configs/default.yaml
+# section.field=value overrides for `make run`, e.g. OVERRIDES='learning_curve={}'
+OVERRIDES ?=
 
 .PHONY: setup run test smoke bench publish rehearse-paper notebooks
 
@@ -8,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	.venv/bin/sae-med run $(CONFIG)
+	.venv/bin/sae-med run $(CONFIG) $(OVERRIDES)
 
 smoke: setup
 	.venv/bin/sae-med run configs/smoke.yaml

@@ -149,3 +149,27 @@ if points:
 # %% [markdown]
 # ```{solution-end}
 # ```
+#
+# ```{exercise} Was every budget compared at the same sparsity?
+# :label: ex-curve-l0
+# The gaps are taken at one target L0, but each SAE's measured L0 can drift from it. For
+# every budget, how far is each side's held-out L0 from the target, and do the two sides
+# differ by more than their intervals?
+# ```
+#
+# ```{solution-start} ex-curve-l0
+# :class: dropdown
+# ```
+# The family rows of metric `l0` hold each side's across-seed mean with its interval.
+
+# %%
+if points:
+    l0 = tables.families[(tables.families.eval_corpus == domain)
+                         & (tables.families.metric == "l0")]
+    display(l0.assign(off_target=l0.value / l0.l0_target - 1)
+            .pivot_table(index="tokens", columns="train_corpus",
+                         values=["value", "low", "high", "off_target"]).round(3))
+
+# %% [markdown]
+# ```{solution-end}
+# ```
