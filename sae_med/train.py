@@ -197,10 +197,13 @@ def snapshot_dir(sae_dir: Path, budget: int) -> Path:
     return sae_dir / SNAPSHOTS_DIR / f"tokens_{budget}"
 
 
-def snapshot_steps(tc: TrainConfig) -> dict[int, int]:
-    """``{steps done: budget}``: each snapshot is taken after the first step whose tokens
-    reach its budget."""
-    return {math.ceil(b / tc.batch_size): b for b in tc.snapshot_tokens}
+def snapshot_steps(tc: TrainConfig) -> dict[int, list[int]]:
+    """``{steps done: budgets}``: each snapshot is taken after the first step whose tokens
+    reach its budget (budgets within one batch of each other share that step)."""
+    out: dict[int, list[int]] = {}
+    for b in tc.snapshot_tokens:
+        out.setdefault(math.ceil(b / tc.batch_size), []).append(b)
+    return out
 
 
 def sae_id(train_corpus: str, replicate: int, l0_target: float) -> str:
@@ -828,8 +831,8 @@ def _run_steps(sw: _Sweep, start: int, progress: bool) -> None:
                     f"FVE {m.last.fve:.3f} dead {m.last.dead_frac:.2f}"
                     for m in sw.members if m.last is not None))
             bar.update(1)
-            if main and step + 1 in snapshots:
-                _save_saes(sw, step + 1, snapshots[step + 1])
+            for budget in snapshots.get(step + 1, []) if main else []:
+                _save_saes(sw, step + 1, budget)
             if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
                 _checkpoint(sw, step + 1)
     finally:

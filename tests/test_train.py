@@ -464,7 +464,7 @@ def test_snapshot_is_the_shorter_run(tmp_path):
     acts = synthetic_acts(n=1024)
     long = tiny_config(n_tokens=32 * 20, lr_decay_frac=0.0, snapshot_tokens=(32 * 7 + 5,))
     short = tiny_config(n_tokens=32 * 8, lr_decay_frac=0.0)
-    assert snapshot_steps(long.train) == {8: 32 * 7 + 5}
+    assert snapshot_steps(long.train) == {8: [32 * 7 + 5]}
     [r_long, _] = train_saes(long, TensorBatchSource(acts), tmp_path / "long", progress=False)
     [r_short, _] = train_saes(short, TensorBatchSource(acts), tmp_path / "short",
                               progress=False)
@@ -478,6 +478,16 @@ def test_snapshot_is_the_shorter_run(tmp_path):
     assert not torch.equal(final.W_enc, snap.W_enc)  # the run went on past its snapshot
     assert "snapshot_tokens" not in json.loads((r_long.path / "cfg.json").read_text())[
         "metadata"]
+
+
+def test_budgets_within_one_batch_each_get_their_snapshot(tmp_path):
+    cfg = tiny_config(n_tokens=32 * 6, checkpoint_every=0, snapshot_tokens=(33, 40, 96))
+    assert snapshot_steps(cfg.train) == {2: [33, 40], 3: [96]}
+    [r, _] = train_saes(cfg, TensorBatchSource(synthetic_acts(n=256)), tmp_path,
+                        progress=False)
+    a, b = (JumpReLUSAE.load(snapshot_dir(r.path, n)) for n in (33, 40))
+    assert torch.equal(a.W_enc, b.W_enc)  # the same step, saved under each budget
+    assert snapshot_dir(r.path, 96).is_dir()
 
 
 def test_snapshots_are_part_of_the_run_key():
