@@ -10,6 +10,7 @@ extend another with ``base: other.yaml`` (relative to it); its sections merge fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -346,6 +347,9 @@ class AutointerpConfig:
 RUN_SECTIONS = ("replications", "learning_curve")
 """Config sections that describe other runs (their own folders): a ``base:`` does not pass
 them on, and the runs they describe have none of their own."""
+DROPPED_WHEN_EMPTY = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens")
+"""Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when empty,
+so the keys of configs that do not use them stay as they were."""
 
 
 @dataclass(frozen=True)
@@ -407,11 +411,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         # keep the hash (and artefact keys) of configs that declare none of these
-        for optional in ("corpora", *RUN_SECTIONS):
-            if not out[optional]:
-                del out[optional]
-        if not out["train"]["snapshot_tokens"]:
-            del out["train"]["snapshot_tokens"]
+        for dotted in DROPPED_WHEN_EMPTY:
+            *sections, name = dotted.split(".")
+            where = functools.reduce(dict.__getitem__, sections, out)
+            if not where[name]:
+                del where[name]
         return out
 
     def _derived(self, where: str, name: str, sections: dict[str, Any]) -> Config:

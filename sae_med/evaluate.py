@@ -543,9 +543,13 @@ class ComparisonTables(NamedTuple):
 
 def load_comparisons(path: str | Path) -> ComparisonTables:
     """Across-seed family means and paired gaps of a results JSON (for notebooks)."""
+    return comparison_tables(read_results(path))
+
+
+def comparison_tables(doc: Mapping[str, Any]) -> ComparisonTables:
+    """:func:`load_comparisons` of an already read results document."""
     import pandas as pd
 
-    doc = read_results(path)
     frames = []
     for key in ("families", "gaps"):
         df = pd.DataFrame.from_records(doc[key])

@@ -58,15 +58,16 @@ class CurveTables(NamedTuple):
 def curve_tables(points: Sequence[CurvePoint]) -> CurveTables:
     import pandas as pd
 
-    from sae_med.evaluate import load_comparisons, load_results
+    from sae_med.evaluate import comparison_tables, read_results, tidy_results
 
     if not points:
         raise ValueError("a learning curve needs at least one budget")
-    comps = [(load_comparisons(p.results), p.tokens) for p in points]
+    docs = [(read_results(p.results), p.tokens) for p in points]  # each file read once
+    comps = [(comparison_tables(doc), n) for doc, n in docs]
     return CurveTables(
         pd.concat([c.families.assign(tokens=n) for c, n in comps], ignore_index=True),
         pd.concat([c.gaps.assign(tokens=n) for c, n in comps], ignore_index=True),
-        pd.concat([load_results(p.results).assign(tokens=p.tokens) for p in points],
+        pd.concat([tidy_results(doc["rows"]).assign(tokens=n) for doc, n in docs],
                   ignore_index=True))
 
 
@@ -107,11 +108,12 @@ def claim_trends(gaps: Any, domain: str, broad: str) -> list[ClaimTrend]:
     """Every claim's gap at the smallest and largest budget of ``gaps``
     (:attr:`CurveTables.gaps`), its verdict at the largest and its :func:`trend`."""
     ours = oriented_gaps(gaps, domain, broad)
-    budgets = sorted(ours.tokens.unique())
+    if ours.empty:
+        return []
+    smallest, largest = (ours[ours.tokens == b] for b in (ours.tokens.min(), ours.tokens.max()))
     out = []
     for c in CLAIMS:
-        ends = [gap_intervals(ours[ours.tokens == b], c.metric, domain) for b in
-                (budgets[0], budgets[-1])] if budgets else [[], []]
+        ends = [gap_intervals(g, c.metric, domain) for g in (smallest, largest)]
         if not all(ends):
             continue
         first, last = ends[0][0], ends[1][0]
