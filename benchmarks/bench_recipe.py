@@ -6,7 +6,12 @@ held-out activations and the same CE tokens (one shared clean / zero pass), so t
 differences against the first variant are paired (per-token mean ± 1.96 s.e.).
 
     .venv/bin/python benchmarks/bench_recipe.py [--config configs/default.yaml]
-        [--target 80] [--out /tmp/recipes] NAME=k=v,k=v NAME2=... (first = reference)
+        [--learning-curve] [--target 80] [--out /tmp/recipes]
+        NAME=k=v,k=v NAME2=... (first = reference)
+
+``--learning-curve`` runs the variants on the config's learning-curve run instead (its
+larger caches and budget; the overrides apply to that run), as the dead-latent remedy in
+RESULTS.md was tested.
 
 Without variants it runs the ablation recorded in RESULTS.md (the paper's plain recipe,
 centring, centring at lr 3e-3, and that with twice the training tokens).
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -44,17 +50,31 @@ class Variant(NamedTuple):
     cfg: Config
     sae: JumpReLUSAE
     train_seconds: float
+    train_dead: float
+    """Dead fraction over the last ``train.dead_window_tokens`` of training."""
 
 
-def train_variant(config: str, name: str, overrides: list[str], target: float, out: Path
-                  ) -> Variant:
-    cfg = load_config(config, [f"sae.l0_targets=[{target:g}]", "sae.seeds=1",
-                               f"output_dir={out / name}", *overrides])
+def variant_config(config: str, overrides: list[str], curve: bool) -> Config:
+    """The config (or its learning-curve run's) with ``overrides`` applied to that run."""
+    if not curve:
+        return load_config(config, overrides)
+    cfg = load_config(config, [f"learning_curve.{o}" for o in overrides])
+    curve_cfg = cfg.learning_curve_config()
+    if curve_cfg is None:
+        raise SystemExit(f"{config} has no learning_curve section")
+    return curve_cfg
+
+
+def train_variant(config: str, name: str, overrides: list[str], target: float, out: Path,
+                  curve: bool = False) -> Variant:
+    cfg = variant_config(config, [f"sae.l0_targets=[{target:g}]", "sae.seeds=1",
+                                  f"output_dir={out / name}", *overrides], curve)
     cfg = dataclasses.replace(cfg, train_corpora=type(cfg.train_corpora)(cfg.train_corpora[:1]))
     t = time.perf_counter()
-    stage_train(cfg, progress=False)
+    result = stage_train(cfg, progress=False)[cfg.train_corpora[0]][0]
     sae = JumpReLUSAE.load(cfg.run_path / SAES_DIR / sae_id(cfg.train_corpora[0], 0, target))
-    return Variant(name, cfg, sae, time.perf_counter() - t)
+    return Variant(name, cfg, sae, time.perf_counter() - t,
+                   result.metrics.dead_frac if result.metrics else math.nan)
 
 
 @torch.no_grad()
@@ -68,6 +88,8 @@ def held_out(v: Variant, x: torch.Tensor) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="configs/default.yaml")
+    ap.add_argument("--learning-curve", action="store_true",
+                    help="train on the config's learning-curve run (its caches and budget)")
     ap.add_argument("--target", type=float, default=80.0)
     ap.add_argument("--out", type=Path, default=Path("/tmp/sae-med-recipes"))
     ap.add_argument("variants", nargs="*", default=list(DEFAULT_VARIANTS))
@@ -76,7 +98,7 @@ def main() -> None:
     for spec in a.variants:
         name, _, ov = spec.partition("=")
         variants.append(train_variant(a.config, name, [o for o in ov.split(",") if o],
-                                      a.target, a.out))
+                                      a.target, a.out, a.learning_curve))
     cfg = variants[0].cfg
     corpus, model = cfg.train_corpora[0], load_model_for(cfg)
     x = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
@@ -87,14 +109,14 @@ def main() -> None:
     print(f"# bench_recipe {time.strftime('%Y-%m-%d')}: {a.config}, trained on {corpus}, "
           f"target L0 {a.target:g}; held-out {x.shape[0]} activations, "
           f"{len(ref)} CE tokens of {corpus}/eval")
-    print("| variant | train s | held-out FVE | L0 | live latents | ΔCE nats | KL | "
-          "ΔCE − first (paired) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | train s | dead (training window) | held-out FVE | L0 | live latents "
+          "| ΔCE nats | KL | ΔCE − first (paired) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for v in variants:
         d = damage[v.name]
         diff = d.delta_ce - ref
         half = 1.96 * float(diff.std()) / len(diff) ** 0.5
-        print(f"| {v.name} | {v.train_seconds:.0f} | {held_out(v, x)} | "
+        print(f"| {v.name} | {v.train_seconds:.0f} | {v.train_dead:.3f} | {held_out(v, x)} | "
               f"{float(d.delta_ce.mean()):.3f} | {float(d.kl.mean()):.3f} | "
               f"{float(diff.mean()):+.3f} ± {half:.3f} |")
 

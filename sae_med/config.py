@@ -174,6 +174,12 @@ class TrainConfig:
     folded like the final one, under ``l0_<target>/snapshots/tokens_<budget>`` (after the
     first step that reaches the budget): the points of a learning curve. They do not change
     the trained weights."""
+    pre_act_loss: float = 0.0
+    """Coefficient of Anthropic's pre-activation loss (January 2025 update), the remedy for
+    dead latents: ``coeff * mean_rows sum_i relu(theta_i - z_i)`` over the latents that
+    have not fired in the last ``dead_window_tokens`` (only once that many tokens have
+    passed, as sae-lens applies it). A dead latent's encoder gets no other gradient, so
+    this pulls its pre-activation back up to its threshold. 0 (the paper's recipe): off."""
     compile: bool = False
     """torch.compile the dense forward/backward of each SAE (opt-in; pays off on GPUs for
     long runs). Implies the dense kernel; if the compiler is unusable here (no C++
@@ -196,6 +202,7 @@ class TrainConfig:
         _check(self.kernel in ("auto", "sparse", "dense"), "train.kernel",
                "must be 'auto', 'sparse' or 'dense'")
         _check(self.dead_window_tokens > 0, "train.dead_window_tokens", "must be > 0")
+        _check(self.pre_act_loss >= 0, "train.pre_act_loss", "must be >= 0 (0: off)")
         _check(self.threshold_lr_mult > 0, "train.threshold_lr_mult", "must be > 0")
         _check(self.lr_warmup_steps >= 0 and self.sparsity_warmup_steps >= 0,
                "train.lr_warmup_steps/sparsity_warmup_steps", "must be >= 0")
@@ -347,7 +354,7 @@ class AutointerpConfig:
 RUN_SECTIONS = ("replications", "learning_curve")
 """Config sections that describe other runs (their own folders): a ``base:`` does not pass
 them on, and the runs they describe have none of their own."""
-DROPPED_WHEN_EMPTY = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens")
+DROPPED_WHEN_EMPTY = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens", "train.pre_act_loss")
 """Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when empty,
 so the keys of configs that do not use them stay as they were."""
 

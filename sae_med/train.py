@@ -319,6 +319,11 @@ class SweepMember:
                 "opt": self.opt.state_dict(), "last_fired": self.last_fired,
                 "prev_l0": self.prev_l0}
 
+    def dead(self, tokens: int, window: int) -> Bool[Tensor, " d_sae"]:
+        """Latents that have not fired in the last ``window`` of the ``tokens`` trained on
+        so far (early in a run, in all of them)."""
+        return (tokens - self.last_fired) >= min(window, tokens)
+
     def load_state(self, st: dict[str, Any]) -> None:
         self.sae.load_state_dict(st["sae"])
         self.opt.load_state_dict(st["opt"])
@@ -344,6 +349,16 @@ def dense_terms(sae: JumpReLUSAE, x: Float[Tensor, "rows d_model"]) -> StepTerms
     x_hat = out.x_hat.float()
     return StepTerms(x_hat, (x_hat - x).pow(2).sum(-1).mean(), out.l0.float(),
                      (out.acts > 0).any(0))
+
+
+def pre_act_term(sae: JumpReLUSAE, x: Float[Tensor, "rows d_model"],
+                 dead: Bool[Tensor, " d_sae"]) -> Tensor:
+    """Scalar: mean over rows of sum over the ``dead`` latents of relu(theta - z), the
+    pre-activation loss before its coefficient. Anthropic weights each latent by its
+    decoder norm; decoder rows are kept at unit norm here, so the weight is 1."""
+    idx = dead.nonzero().squeeze(1)
+    z = x.float() @ sae.W_enc[:, idx].float() + sae.b_enc[idx].float()
+    return (sae.threshold[idx] - z).relu().sum(-1).mean()
 
 
 def sparse_terms(sae: JumpReLUSAE, x: Float[Tensor, "rows d_model"]) -> StepTerms:
@@ -395,13 +410,16 @@ class StepResult(NamedTuple):
 
 def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coeff: float,
                tc: TrainConfig, fast: bool,
-               autocast: contextlib.AbstractContextManager | None = None) -> StepResult:
+               autocast: contextlib.AbstractContextManager | None = None,
+               dead: Bool[Tensor, " d_sae"] | None = None) -> StepResult:
     """One optimiser step of one SAE on the (already scaled) rows ``x`` of this rank.
 
     In one process ``x`` is the whole batch. Under torchrun each of W ranks holds B/W rows
     of the global batch; the reconstruction term is divided by W and the sparsity term is
     built from the global L0 (one scalar all-reduce) with this rank's share of its gradient,
     so the gradients summed over ranks are exactly those of the global-batch loss.
+    ``dead`` (the same on every rank) gets ``tc.pre_act_loss`` times :func:`pre_act_term`,
+    which is optimised but, like an auxiliary loss, not part of the reported ``loss``.
     """
     sae, ws = m.sae, dist.world_size()
     terms_fn = m.compiled if (m.compiled is not None and not fast) else (
@@ -417,6 +435,8 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     sp = (l0 / m.target - 1) ** 2 if tc.sparsity == "target_l0" else l0
     sp = coeff * sp
     loss = mse + sp
+    if dead is not None and bool(dead.any()):
+        loss = loss + tc.pre_act_loss * pre_act_term(sae, x, dead) / ws
     for g in m.opt.param_groups:
         g["lr"] = lr * g["lr_mult"]
     m.opt.zero_grad(set_to_none=True)
@@ -781,8 +801,12 @@ def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
     n_steps, tokens = total_steps(tc), (step + 1) * tc.batch_size
     lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
     is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
+    before = step * tc.batch_size
     for m, f in zip(sw.members, metric_files, strict=True):
-        r = train_step(m, x, lr, coeff, tc, use_sparse(sw.policy, m, tc), autocast)
+        # the pre-activation loss starts once a whole window has passed (sae-lens's rule)
+        dead = m.dead(before, tc.dead_window_tokens) if (
+            tc.pre_act_loss > 0 and before >= tc.dead_window_tokens) else None
+        r = train_step(m, x, lr, coeff, tc, use_sparse(sw.policy, m, tc), autocast, dead)
         if not torch.isfinite(r.loss):
             where = sw.source.describe_batch(step, tc.batch_size, sw.order_seed)
             raise TrainingError(
@@ -792,7 +816,7 @@ def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
         if sw.policy.sparse_ok:
             m.prev_l0 = float(r.l0)
         if is_log:
-            dead = (tokens - m.last_fired) >= min(tc.dead_window_tokens, tokens)
+            dead = m.dead(tokens, tc.dead_window_tokens)
             m.last = TrainMetrics(step + 1, tokens, lr, coeff, float(r.loss), float(r.mse),
                                   float(r.sparsity_loss), float(r.l0),
                                   dist.global_fve(x, r.x_hat), float(dead.float().mean()))

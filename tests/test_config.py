@@ -31,6 +31,8 @@ def test_range_errors_name_the_field():
         config_from_dict({"cache": {"dtype": "float16"}})
     with pytest.raises(ConfigError, match=r"'sae\.seeds'.*>= 1"):
         config_from_dict({"sae": {"seeds": 0}})
+    with pytest.raises(ConfigError, match=r"'train\.pre_act_loss'.*>= 0"):
+        config_from_dict({"train": {"pre_act_loss": -1e-3}})
 
 
 def test_overrides_apply_and_change_the_hash():

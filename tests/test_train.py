@@ -515,3 +515,50 @@ def test_reusing_a_finished_run_rewrites_nothing(tmp_path):
     (first[0].path / "cfg.json").unlink()
     train_saes(cfg, TensorBatchSource(acts), tmp_path, resume=True, progress=False)
     assert torch.equal(JumpReLUSAE.load(first[0].path).W_enc, saved)
+
+
+def test_pre_act_term_known_answer():
+    """relu(theta - z) summed over the dead latents only, averaged over rows."""
+    from sae_med.train import pre_act_term
+
+    sae = JumpReLUSAE(2, 3, init_threshold=1.0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]))
+        sae.b_enc.copy_(torch.tensor([0.0, -0.5, 0.0]))
+    x = torch.tensor([[0.25, 0.0], [2.0, 1.0]])  # z = [[.25, -.5, .5], [2, .5, 4]]
+    dead = torch.tensor([True, True, False])
+    # row 0: (1 - .25) + (1 + .5); row 1: 0 + (1 - .5)
+    assert float(pre_act_term(sae, x, dead)) == pytest.approx((2.25 + 0.5) / 2)
+    assert float(pre_act_term(sae, x, torch.zeros(3, dtype=torch.bool))) == 0.0
+    loss = pre_act_term(sae, x, dead)
+    loss.backward()
+    assert float(sae.b_enc.grad[2]) == 0.0 and float(sae.b_enc.grad[0]) < 0
+
+
+def test_pre_act_loss_revives_dead_latents(tmp_path):
+    """Half the latents start with thresholds above every pre-activation: the plain recipe
+    leaves them dead, the pre-activation loss brings them back on the same budget."""
+    acts = synthetic_acts(n=1024)
+    scale = float(acts.pow(2).sum(-1).mean().sqrt())
+    live = {}
+    for coeff in (0.0, 1.0):
+        inits = []
+        for _ in range(2):
+            sae = JumpReLUSAE(16, 64, bandwidth=0.01, init_threshold=0.05,
+                              generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                sae.W_enc.copy_(sae.W_dec.T)
+                sae.log_threshold[32:] = math.log(1.5 * scale)  # raw units
+            inits.append(sae)
+        cfg = tiny_config(n_tokens=32 * 80, checkpoint_every=0, pre_act_loss=coeff,
+                          dead_window_tokens=32 * 5, threshold_lr_mult=20.0)
+        results = train_saes(cfg, TensorBatchSource(acts), tmp_path / str(coeff),
+                             progress=False, init_saes=inits)
+        with torch.no_grad():
+            live[coeff] = [float((JumpReLUSAE.load(r.path).encode(acts) > 0).any(0)
+                                 .float().mean()) for r in results]
+    assert all(v <= 0.5 for v in live[0.0]) and all(v >= 0.9 for v in live[1.0]), live
+    # configs without the remedy keep their old run keys; with it, the key changes
+    assert "pre_act_loss" not in Config().to_dict()["train"]
+    source = TensorBatchSource(acts)
+    assert run_key(tiny_config(pre_act_loss=1.0), source) != run_key(tiny_config(), source)
