@@ -43,6 +43,17 @@ class TokenBatch(NamedTuple):
         return TokenBatch(*(t.to(device) for t in self))
 
 
+class CleanRun(NamedTuple):
+    """An unedited forward (:meth:`LanguageModel.clean_run`): what the edited reruns of the
+    same batch start from."""
+
+    block_output: Any
+    """The output of the hooked block, as the block returned it (a tensor or a tuple whose
+    first element is the residual)."""
+    final: Float[Tensor, "batch pos d_model"]
+    """Final-norm states."""
+
+
 class ChunkScores(NamedTuple):
     """Per-row next-token scores from :meth:`LanguageModel.score` (each ``(n,)``)."""
 
@@ -213,6 +224,46 @@ class LanguageModel:
         finally:
             handle.remove()
 
+    def clean_run(self, tokens: Int[Tensor, "batch pos"],
+                  attention_mask: Int[Tensor, "batch pos"], layer: int) -> CleanRun:
+        """The unedited forward, keeping what :meth:`final_states_from` needs."""
+        outputs: list[Any] = []
+
+        def grab(_module: Any, _inputs: Any, output: Any) -> None:
+            outputs.append(output)
+
+        handle = self._blocks[self.check_layer(layer)].register_forward_hook(grab)
+        try:
+            final = self._hf.base_model(input_ids=tokens, attention_mask=attention_mask,
+                                        use_cache=False).last_hidden_state
+        finally:
+            handle.remove()
+        return CleanRun(outputs[0], final)
+
+    def final_states_from(self, clean: CleanRun, tokens: Int[Tensor, "batch pos"],
+                          attention_mask: Int[Tensor, "batch pos"], layer: int, edit: Edit
+                          ) -> Float[Tensor, "batch pos d_model"]:
+        """:meth:`final_states` of the same batch, computed from ``clean`` (its
+        :meth:`clean_run`): blocks 0..``layer`` are not run again. Each of them is stood in
+        for by a stub for this one call (the earlier ones pass their input on, block
+        ``layer`` returns the edited clean residual), so the embedding, the masks, the later
+        blocks and the final norm run exactly as in a full forward, on any architecture."""
+        new = _replace_output(clean.block_output, edit(_first(clean.block_output)))
+
+        def passthrough(*args: Any, **kwargs: Any) -> Any:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            return _replace_output(clean.block_output, hidden)
+
+        stubs = self._blocks[:layer + 1]
+        for j, block in enumerate(stubs):
+            block.forward = (lambda *a, **k: new) if j == layer else passthrough
+        try:
+            return self._hf.base_model(input_ids=tokens, attention_mask=attention_mask,
+                                       use_cache=False).last_hidden_state
+        finally:
+            for block in stubs:
+                del block.forward  # back to the class's forward
+
     def unembed(self, h: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
         """Logits of final-norm states, soft-capped where the model caps them."""
         logits = self._hf.get_output_embeddings()(h)
@@ -230,8 +281,9 @@ class LanguageModel:
                        chunk_tokens: int = 128) -> dict[str, CELosses]:
         """Next-token CE and KL with each ``sae_fn`` spliced in after block ``layer``.
 
-        One forward of the batch stacked twice (clean; x → 0 at ``keep``), then one forward
-        per SAE (x → sae_fn(x) at ``keep``); BOS and pad stay untouched. The unembedding
+        One clean forward of the batch, then for x → 0 and for each SAE (x → sae_fn(x) at
+        ``keep``; BOS and pad stay untouched) only the blocks after ``layer``
+        (:meth:`final_states_from`). The unembedding
         runs ``chunk_tokens`` scored positions at a time (no positions × vocab tensor
         larger than a chunk) and its clean and zero-ablated parts are shared by every SAE.
         Position t is scored when spliced at t and token t + 1 is attended, so the
@@ -240,27 +292,23 @@ class LanguageModel:
         """
         tokens, attn, keep = batch
         keep = keep.bool() & attn.bool()
-        b = tokens.shape[0]
         scored = keep[:, :-1] & attn[:, 1:].bool()
         where = scored.nonzero(as_tuple=True)
 
-        def zero_second_copy(act: Tensor) -> Tensor:
-            out = act.clone()
-            out[b:][keep] = 0.0
-            return out
+        # the clean forward once; every variant then reruns only the blocks after ``layer``
+        clean = self.clean_run(tokens, attn, layer)
+        h_clean = clean.final[:, :-1][where]
 
-        final = self.final_states(tokens.repeat(2, 1), attn.repeat(2, 1), layer,
-                                  zero_second_copy)[:, :-1]
-        h_clean, h_zero = final[:b][where], final[b:][where]
-        del final
-        h_sae = {}
-        for name, fn in sae_fns.items():
-            def splice(act: Tensor, fn: SaeFn = fn) -> Tensor:
+        def states(fn: SaeFn) -> Tensor:
+            def splice(act: Tensor) -> Tensor:
                 out = act.clone()
                 out[keep] = fn(act[keep]).to(act.dtype)
                 return out
 
-            h_sae[name] = self.final_states(tokens, attn, layer, splice)[:, :-1][where]
+            return self.final_states_from(clean, tokens, attn, layer, splice)[:, :-1][where]
+
+        h_zero = states(torch.zeros_like)
+        h_sae = {name: states(fn) for name, fn in sae_fns.items()}
         targets = tokens[:, 1:][where]
         ce_clean, ce, kl = self.score(h_clean, {"zero": h_zero, **h_sae}, targets,
                                       chunk_tokens)

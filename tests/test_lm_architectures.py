@@ -11,6 +11,7 @@ import torch
 
 from sae_med.config import load_config
 from sae_med.experiment import run_experiment
+from sae_med.lm import decoder_layers
 from sae_med.models import load_model
 
 LAYER = 1
@@ -31,6 +32,17 @@ def test_resid_equals_hf_hidden_states(tiny_lm_dirs, arch):
     final = lm.final_states(batch.tokens, batch.attention_mask, LAYER, lambda x: x)
     torch.testing.assert_close(lm.unembed(final)[keep], out.logits[keep], rtol=1e-4,
                                atol=1e-4)
+    # an edit rerun from the clean forward's residual (blocks 0..LAYER skipped) equals the
+    # full edited forward, and leaves the model as it was
+    clean = lm.clean_run(batch.tokens, batch.attention_mask, LAYER)
+    torch.testing.assert_close(clean.final, final)
+    for edit in (lambda x: 0.5 * x, torch.zeros_like):
+        torch.testing.assert_close(
+            lm.final_states_from(clean, batch.tokens, batch.attention_mask, LAYER, edit),
+            lm.final_states(batch.tokens, batch.attention_mask, LAYER, edit))
+    assert all("forward" not in vars(block) for block in decoder_layers(lm.hf_model))
+    torch.testing.assert_close(lm.resid(batch.tokens, batch.attention_mask, LAYER)[keep],
+                               out.hidden_states[LAYER + 1][keep])
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "llama", "gpt2"])
