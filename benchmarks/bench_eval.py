@@ -1,0 +1,130 @@
+"""Spliced-CE throughput: sae_med's ``spliced_losses`` vs two peers, in one run.
+
+All sides score the same SAEs on the same token batches (the config's first CE documents
+of the eval corpus). The SAEs are untrained (decoder directions at random, encoder tied,
+each threshold at the quantile that gives its target L0 on these activations): the
+forward cost does not depend on training. Sides:
+
+- ``sae_med``: one clean forward per batch, then for x → 0 and each SAE only the blocks
+  after the hook (:meth:`LanguageModel.final_states_from`), unembedding in chunks shared
+  across variants.
+- ``full forwards``: the same scoring, but every variant runs the whole model again
+  (:meth:`LanguageModel.final_states`; sae_med's evaluation before the prefix was reused).
+- ``sae-lens``: ``sae_lens.evals.get_recons_loss`` per SAE on TransformerLens (clean,
+  spliced and zero-ablated forwards with full logits, every position), ``--lens-rows``
+  rows per call so that its logits fit in memory.
+
+    .venv/bin/python benchmarks/bench_eval.py [--config configs/default.yaml]
+        [--corpus medical] [--ce-tokens 1024] [--targets 20,40,80] [--no-sae-lens]
+
+Last line: ``speedup_vs_full_forwards=<ratio> speedup_vs_sae_lens=<ratio>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from sae_med.config import load_config
+from sae_med.evaluate import ce_batches, reconstruction_fn
+from sae_med.experiment import load_model_for
+from sae_med.lm import LanguageModel, TokenBatch
+from sae_med.sae import JumpReLUSAE, to_sae_lens
+from sae_med.train import init_threshold_at_target_
+
+
+def untrained_saes(x: torch.Tensor, width: int, targets: list[float]) -> list[JumpReLUSAE]:
+    mean = x.mean(0)
+    saes = []
+    for i, target in enumerate(targets):
+        sae = JumpReLUSAE(x.shape[1], width, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad():
+            sae.W_enc.copy_(sae.W_dec.T)
+            sae.b_enc.copy_(-(mean @ sae.W_enc))
+            sae.b_dec.copy_(mean)
+            init_threshold_at_target_(sae, x, target, 1e-6)
+        saes.append(sae)
+    return saes
+
+
+def full_forwards(model: LanguageModel, batch: TokenBatch, layer: int,
+                  fns: dict[str, Callable]) -> None:
+    """The scoring of ``spliced_losses`` with a whole forward per variant."""
+    tokens, attn, keep = batch
+    keep = keep.bool() & attn.bool()
+    where = (keep[:, :-1] & attn[:, 1:].bool()).nonzero(as_tuple=True)
+
+    def states(fn: Callable) -> torch.Tensor:
+        def splice(act: torch.Tensor) -> torch.Tensor:
+            out = act.clone()
+            out[keep] = fn(act[keep])
+            return out
+        return model.final_states(tokens, attn, layer, splice)[:, :-1][where]
+
+    clean = model.final_states(tokens, attn, layer, lambda a: a)[:, :-1][where]
+    variants = {"zero": states(torch.zeros_like)} | {k: states(f) for k, f in fns.items()}
+    model.score(clean, variants, tokens[:, 1:][where])
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", default="configs/default.yaml")
+    ap.add_argument("--corpus", default="medical")
+    ap.add_argument("--ce-tokens", type=int, default=1024)
+    ap.add_argument("--targets", default="20,40,80")
+    ap.add_argument("--no-sae-lens", action="store_true")
+    ap.add_argument("--lens-rows", type=int, default=4,
+                    help="rows per get_recons_loss call (its logits are rows × ctx × vocab)")
+    a = ap.parse_args()
+    cfg = load_config(a.config, [f"eval.ce_tokens={a.ce_tokens}"])
+    model, layer = load_model_for(cfg), cfg.model.hook_layer
+    batches = ce_batches(model, cfg, a.corpus)
+    with torch.no_grad():
+        x = torch.cat([model.resid(b.tokens, b.attention_mask, layer)[b.keep.bool()]
+                       for b in batches])
+    saes = untrained_saes(x, cfg.sae.width, [float(t) for t in a.targets.split(",")])
+    fns = {f"s{i}": reconstruction_fn(s) for i, s in enumerate(saes)}
+    scored = sum(int((b.keep[:, :-1].bool() & b.attention_mask[:, 1:].bool()).sum())
+                 for b in batches)
+    model.spliced_losses(batches[0], layer, fns)  # warm-up (allocator, thread pool)
+    times = {
+        "sae_med": timed(lambda: [model.spliced_losses(b, layer, fns) for b in batches]),
+        "full forwards": timed(lambda: [full_forwards(model, b, layer, fns)
+                                        for b in batches]),
+    }
+    if not a.no_sae_lens:
+        from sae_lens.evals import get_recons_loss
+        from sae_lens.training.activation_scaler import ActivationScaler
+
+        tl = model.transformer_lens()
+        lens = [to_sae_lens(s) for s in saes]
+        for s in lens:
+            s.cfg.metadata.hook_name = cfg.model.hook_name
+        # full logits of every position: a few rows at a time, or they need tens of GB
+        rows = [t for b in batches for t in b.tokens.split(a.lens_rows)]
+        times["sae-lens"] = timed(lambda: [
+            get_recons_loss(s, tl, ActivationScaler(), t, compute_kl=True,
+                            compute_ce_loss=True) for s in lens for t in rows])
+    print(f"# bench_eval {time.strftime('%Y-%m-%d')}: {cfg.model.name} block {layer}, "
+          f"{len(saes)} SAEs of width {cfg.sae.width}, {scored} scored tokens of "
+          f"{a.corpus}/eval in {len(batches)} batches, {torch.get_num_threads()} threads")
+    print("| side | seconds | scored tokens × SAEs per second |")
+    print("|---|---|---|")
+    for side, sec in times.items():
+        print(f"| {side} | {sec:.1f} | {scored * len(saes) / sec:.0f} |")
+    ratios = [f"speedup_vs_{k.replace(' ', '_').replace('-', '_')}="
+              f"{v / times['sae_med']:.2f}" for k, v in times.items() if k != "sae_med"]
+    print(" ".join(ratios))
+
+
+if __name__ == "__main__":
+    main()
