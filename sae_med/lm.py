@@ -255,14 +255,19 @@ class LanguageModel:
             return _replace_output(clean.block_output, hidden)
 
         stubs = self._blocks[:layer + 1]
+        # a block may already have an instance-level forward (accelerate's hooks set one)
+        saved = [vars(block).get("forward") for block in stubs]
         for j, block in enumerate(stubs):
             block.forward = (lambda *a, **k: new) if j == layer else passthrough
         try:
             return self._hf.base_model(input_ids=tokens, attention_mask=attention_mask,
                                        use_cache=False).last_hidden_state
         finally:
-            for block in stubs:
-                del block.forward  # back to the class's forward
+            for block, forward in zip(stubs, saved, strict=True):
+                if forward is None:
+                    del block.forward  # back to the class's forward
+                else:
+                    block.forward = forward
 
     def unembed(self, h: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
         """Logits of final-norm states, soft-capped where the model caps them."""

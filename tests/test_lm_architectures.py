@@ -40,7 +40,13 @@ def test_resid_equals_hf_hidden_states(tiny_lm_dirs, arch):
         torch.testing.assert_close(
             lm.final_states_from(clean, batch.tokens, batch.attention_mask, LAYER, edit),
             lm.final_states(batch.tokens, batch.attention_mask, LAYER, edit))
-    assert all("forward" not in vars(block) for block in decoder_layers(lm.hf_model))
+    blocks = decoder_layers(lm.hf_model)
+    assert all("forward" not in vars(block) for block in blocks)
+    wrapped = blocks[0].forward  # an instance-level forward, as accelerate's hooks set
+    blocks[0].forward = wrapped
+    lm.final_states_from(clean, batch.tokens, batch.attention_mask, LAYER, torch.zeros_like)
+    assert vars(blocks[0])["forward"] is wrapped
+    del blocks[0].forward
     torch.testing.assert_close(lm.resid(batch.tokens, batch.attention_mask, LAYER)[keep],
                                out.hidden_states[LAYER + 1][keep])
 
