@@ -1,9 +1,11 @@
 """Training-recipe ablation on a real config: held-out FVE, L0, live latents and spliced ΔCE.
 
 Each variant is the config plus ``section.field=value`` overrides; all train one
-replicate at one target L0 on the first training corpus, and all are scored on the same
-held-out activations and the same CE tokens (one shared clean / zero pass), so the ΔCE
-differences against the first variant are paired (per-token mean ± 1.96 s.e.).
+replicate at one target L0 (``--target``, or the variant's own ``sae.l0_targets=[t]``, so
+that targets can be compared on paired tokens too) on the first training corpus, and all
+are scored on the same held-out activations and the same CE tokens (one shared clean /
+zero pass), so the ΔCE differences against the first variant are paired (per-token
+mean ± 1.96 s.e.).
 
     .venv/bin/python benchmarks/bench_recipe.py [--config configs/default.yaml]
         [--learning-curve] [--target 80] [--out /tmp/recipes]
@@ -72,6 +74,7 @@ def train_variant(config: str, name: str, overrides: list[str], target: float, o
     cfg = dataclasses.replace(cfg, train_corpora=type(cfg.train_corpora)(cfg.train_corpora[:1]))
     t = time.perf_counter()
     result = stage_train(cfg, progress=False)[cfg.train_corpora[0]][0]
+    target = cfg.sae.l0_targets[0]  # a variant may set its own (sae.l0_targets=[20])
     sae = JumpReLUSAE.load(cfg.run_path / SAES_DIR / sae_id(cfg.train_corpora[0], 0, target))
     return Variant(name, cfg, sae, time.perf_counter() - t,
                    result.metrics.dead_frac if result.metrics else math.nan)
