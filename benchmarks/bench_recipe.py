@@ -110,7 +110,8 @@ def main() -> None:
                            {v.name: reconstruction_fn(v.sae) for v in variants})
     ref = damage[variants[0].name].delta_ce
     print(f"# bench_recipe {time.strftime('%Y-%m-%d')}: {a.config}, trained on {corpus}, "
-          f"target L0 {a.target:g}; held-out {x.shape[0]} activations, "
+          f"target L0 {a.target:g} unless a variant sets its own; held-out {x.shape[0]} "
+          f"activations, "
           f"{len(ref)} CE tokens of {corpus}/eval")
     print("| variant | train s | dead (training window) | held-out FVE | L0 | live latents "
           "| ΔCE nats | KL | ΔCE − first (paired) |")

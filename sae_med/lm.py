@@ -217,13 +217,23 @@ class LanguageModel:
         def hook(_module: Any, _inputs: Any, output: Any) -> Any:
             return _replace_output(output, edit(_first(output)))
 
-        handle = self._blocks[self.check_layer(layer)].register_forward_hook(hook)
+        return self._final(tokens, attention_mask, layer, hook)
+
+    def _final(self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
+               layer: int | None = None, hook: Callable[..., Any] | None = None
+               ) -> Float[Tensor, "batch pos d_model"]:
+        """Final-norm states of one forward, with ``hook`` (a forward hook) on block
+        ``layer`` when given."""
+        handle = (self._blocks[self.check_layer(layer)].register_forward_hook(hook)
+                  if hook is not None and layer is not None else None)
         try:
             return self._hf.base_model(input_ids=tokens, attention_mask=attention_mask,
                                        use_cache=False).last_hidden_state
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
 
+    @torch.no_grad()
     def clean_run(self, tokens: Int[Tensor, "batch pos"],
                   attention_mask: Int[Tensor, "batch pos"], layer: int) -> CleanRun:
         """The unedited forward, keeping what :meth:`final_states_from` needs."""
@@ -232,14 +242,10 @@ class LanguageModel:
         def grab(_module: Any, _inputs: Any, output: Any) -> None:
             outputs.append(output)
 
-        handle = self._blocks[self.check_layer(layer)].register_forward_hook(grab)
-        try:
-            final = self._hf.base_model(input_ids=tokens, attention_mask=attention_mask,
-                                        use_cache=False).last_hidden_state
-        finally:
-            handle.remove()
+        final = self._final(tokens, attention_mask, layer, grab)
         return CleanRun(outputs[0], final)
 
+    @torch.no_grad()
     def final_states_from(self, clean: CleanRun, tokens: Int[Tensor, "batch pos"],
                           attention_mask: Int[Tensor, "batch pos"], layer: int, edit: Edit
                           ) -> Float[Tensor, "batch pos d_model"]:
@@ -260,8 +266,7 @@ class LanguageModel:
         for j, block in enumerate(stubs):
             block.forward = (lambda *a, **k: new) if j == layer else passthrough
         try:
-            return self._hf.base_model(input_ids=tokens, attention_mask=attention_mask,
-                                       use_cache=False).last_hidden_state
+            return self._final(tokens, attention_mask)
         finally:
             for block, forward in zip(stubs, saved, strict=True):
                 if forward is None:
