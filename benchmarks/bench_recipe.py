@@ -12,8 +12,8 @@ mean ± 1.96 s.e.).
         NAME=k=v,k=v NAME2=... (first = reference)
 
 ``--learning-curve`` runs the variants on the config's learning-curve run instead (its
-larger caches and budget; the overrides apply to that run), as the dead-latent remedy in
-RESULTS.md was tested.
+larger caches and budget; the overrides apply to that run; ``--config configs/long.yaml``),
+as the dead-latent remedy in RESULTS.md was tested.
 
 Without variants it runs the ablation recorded in RESULTS.md (the paper's plain recipe,
 centring, centring at lr 3e-3, and that with twice the training tokens).

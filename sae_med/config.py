@@ -352,8 +352,9 @@ class AutointerpConfig:
 
 
 RUN_SECTIONS = ("replications", "learning_curve")
-"""Config sections that describe other runs (their own folders): a ``base:`` does not pass
-them on, and the runs they describe have none of their own."""
+"""Config sections that describe other runs (their own folders): a ``base:`` passes them
+on only to a config that keeps its run name (the same runs, e.g. ``long.yaml`` adding a
+learning curve to the default), and the runs they describe have none of their own."""
 DROPPED_WHEN_EMPTY = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens", "train.pre_act_loss")
 """Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when empty,
 so the keys of configs that do not use them stay as they were."""
@@ -560,8 +561,8 @@ def merge_sections(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any
 
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as a mapping, with its ``base:`` (a config it extends, path relative
-    to this file; recursive) merged underneath by :func:`merge_sections`, all but the
-    base's :data:`RUN_SECTIONS`."""
+    to this file; recursive) merged underneath by :func:`merge_sections`; the base's
+    :data:`RUN_SECTIONS` only when this config keeps the base's ``name``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} " + ("is a directory" if p.is_dir() else
@@ -585,8 +586,9 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
         raise ConfigError(f"config file {p}: 'base' must be the path of another config, "
                           f"got {base!r}")
     inherited = read_config_file(p.parent / base, (*_chain, p.resolve()))
-    for section in RUN_SECTIONS:  # they name run folders: each config its own
-        inherited.pop(section, None)
+    if loaded.get("name", inherited.get("name")) != inherited.get("name"):
+        for section in RUN_SECTIONS:  # they name run folders: each run name its own
+            inherited.pop(section, None)
     return merge_sections(inherited, loaded)
 
 

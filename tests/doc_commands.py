@@ -2,7 +2,8 @@
 that run them. Each fenced block is classified by the HTML comment on the line before it:
 
     <!-- docs-test: run -->            run every command as written
-    <!-- docs-test: run smoke -->      ... with configs/default.yaml -> configs/smoke.yaml
+    <!-- docs-test: run smoke -->      ... with configs/default.yaml (and long.yaml, the
+                                       default plus its curve) -> configs/smoke.yaml
                                        (and runs/default -> runs/smoke)
     <!-- docs-test: skip REASON -->    not run (GPU, internet, a server...): REASON says why
     <!-- docs-test: file NAME -->      the block is a file the commands use (written as NAME)
@@ -20,7 +21,8 @@ import yaml
 
 MARKER = re.compile(r"<!--\s*docs-test:\s*(run smoke|run|skip|file)\b\s*(.*?)\s*-->")
 FENCE = re.compile(r"^```(\w*)\s*$")
-SMOKE = (("configs/default.yaml", "configs/smoke.yaml"), ("runs/default", "runs/smoke"))
+SMOKE = (("configs/default.yaml", "configs/smoke.yaml"),
+         ("configs/long.yaml", "configs/smoke.yaml"), ("runs/default", "runs/smoke"))
 
 
 class Block(NamedTuple):

@@ -10,7 +10,7 @@ CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_load(path):
     cfg = load_config(path)
-    assert cfg.name == path.stem
+    assert cfg.name == {"long": "default"}.get(path.stem, path.stem)  # long adds to default's runs
     assert cfg.model.hook_name == f"blocks.{cfg.model.hook_layer}.hook_resid_post"
 
 
@@ -120,7 +120,8 @@ def test_replications_are_this_config_on_other_models(tmp_path):
 def test_learning_curve_is_this_config_trained_longer(tmp_path):
     """The learning curve's run is the config with its sections merged on, named
     ``{name}_curve``; it must save snapshots below its length, is not inherited by a
-    ``base:`` child, and a config without one keeps its old hash."""
+    ``base:`` child with another run name (one that keeps the name inherits it), and a
+    config without one keeps its old hash."""
     root = _write(tmp_path / "root.yaml", "name: root\nsae: {width: 64, l0_targets: [4, 8]}\n"
                   "train: {n_tokens: 4096}\nreplications: {other: {sae: {width: 48}}}\n"
                   "learning_curve: {sae: {l0_targets: [8]},\n"
@@ -135,6 +136,10 @@ def test_learning_curve_is_this_config_trained_longer(tmp_path):
     child = _write(tmp_path / "child.yaml", "base: root.yaml\nname: child\n")
     assert load_config(child).learning_curve_config() is None
     assert {"learning_curve", "replications"}.isdisjoint(load_config(child).to_dict())
+    # a child that keeps the base's run name describes the same runs, so it inherits them
+    same = _write(tmp_path / "same.yaml", "base: root.yaml\ntrain: {lr: 1.0e-4}\n")
+    assert load_config(same).learning_curve_config().train.lr == 1.0e-4
+    assert list(load_config(same).replication_configs()) == ["other"]
     assert "snapshot_tokens" not in cfg.to_dict()["train"]
     with pytest.raises(ConfigError, match=r"'learning_curve': needs train\.snapshot_tokens"):
         load_config(root, ["learning_curve.train={n_tokens: 8192}"])
@@ -143,6 +148,18 @@ def test_learning_curve_is_this_config_trained_longer(tmp_path):
         load_config(root, ["learning_curve.train.snapshot_tokens=[2048, 9000]"])
     with pytest.raises(ConfigError, match=r"must increase"):
         load_config(root, ["train.snapshot_tokens=[2048, 1024]"])
+
+
+def test_long_is_the_default_plus_its_learning_curve():
+    """configs/long.yaml names the same runs as the default (so they are reused) and adds
+    the curve: 1M cached tokens, 10M training tokens at target 40; the default has none,
+    so `make run` leaves the two-hour curve out."""
+    default, long = (load_config(CONFIGS[0].parent / f"{n}.yaml") for n in ("default", "long"))
+    assert default.learning_curve_config() is None
+    assert {**long.to_dict(), "learning_curve": {}} == {**default.to_dict(), "learning_curve": {}}
+    curve = long.learning_curve_config()
+    assert (curve.name, curve.cache.n_tokens, curve.train.n_tokens, curve.sae.l0_targets) == (
+        "default_curve", 1_000_000, 10_000_000, (40.0,))
 
 
 def test_default_and_smoke_replicate_on_smollm2():
