@@ -6,9 +6,11 @@ TransformerLens runs the full model with ``names_filter=hook`` and the kept posi
 gathered in memory (no disk writes: the comparison is generous to it). Both sides run
 the same length-sorted batches, so the ratio is the forward itself, not padding. Each side runs in
 its own subprocess; peak memory is the resident-set growth during the timed pass,
-sampled every 5 ms. Last line: ``speedup_vs_transformer_lens=<ratio>``.
+sampled every 5 ms. Last line: ``speedup_vs_transformer_lens=<ratio>``. ``--bf16`` adds a
+third side, sae_med with ``model.dtype: bfloat16`` (same documents), and its speed-up over
+fp32 and fraction of this machine's bf16 matmul peak.
 
-    .venv/bin/python benchmarks/bench_cache.py [--docs 256] [--ctx 128] [--batch 16]
+    .venv/bin/python benchmarks/bench_cache.py [--docs 256] [--ctx 128] [--batch 16] [--bf16]
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
     from sae_med.models import load_model
 
     torch.manual_seed(0)
-    model = load_model(device="cpu")
+    dtype = "bfloat16" if side == "sae_med_bf16" else "float32"
+    model = load_model(device="cpu", dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         from sae_med.data import iter_documents
 
@@ -74,7 +77,7 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
                                  "cache.shard_tokens=16384"])
         t0 = time.perf_counter()
         with PeakRSS() as mem:
-            if side == "sae_med":
+            if side != "tl":
                 tokens = build_cache(model, cfg, "medical", "train", progress=False).n_tokens
             else:
                 hook = cfg.model.hook_name
@@ -104,11 +107,11 @@ def forward_flop_per_token(model, layer: int) -> float:
                      if p.dim() == 2)
 
 
-def matmul_flops() -> float:
-    """This machine's fp32 matmul FLOP/s on forward-sized products (best of 5)."""
+def matmul_flops(dtype: str = "float32") -> float:
+    """This machine's matmul FLOP/s in ``dtype`` on forward-sized products (best of 5)."""
     import torch
 
-    a, b = torch.randn(2048, 640), torch.randn(640, 2048)
+    a, b = (torch.randn(shape).to(getattr(torch, dtype)) for shape in ((2048, 640), (640, 2048)))
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
@@ -123,13 +126,14 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=256)
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--side", choices=["sae_med", "tl"])
+    ap.add_argument("--side", choices=["sae_med", "tl", "sae_med_bf16"])
+    ap.add_argument("--bf16", action="store_true", help="add the bf16 sae_med side")
     a = ap.parse_args()
     if a.side:
         print(json.dumps(run_side(a.side, a.docs, a.ctx, a.batch)))
         return
     rows = []
-    for side in ("sae_med", "tl"):
+    for side in ("sae_med", "tl", *(["sae_med_bf16"] if a.bf16 else [])):
         out = subprocess.run([sys.executable, __file__, "--side", side, "--docs", str(a.docs),
                               "--ctx", str(a.ctx), "--batch", str(a.batch)],
                              capture_output=True, text=True, check=True,
@@ -144,7 +148,8 @@ def main() -> None:
           f"{'peak RSS growth MB':>18} |")
     print(f"|{'-' * 38}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 20}|")
     names = {"sae_med": "sae_med build_cache (stops at hook)",
-             "tl": "TransformerLens run_with_cache"}
+             "tl": "TransformerLens run_with_cache",
+             "sae_med_bf16": "sae_med build_cache, model.dtype bf16"}
     for r in rows:
         print(f"| {names[r['side']]:<36} | {r['tokens']:>7} | {r['seconds']:>7.2f} | "
               f"{r['tok_per_s']:>7.0f} | {r['peak_rss_growth_mb']:>18.0f} |")
@@ -153,6 +158,12 @@ def main() -> None:
     frac = rows[0]["tok_per_s"] * rows[0]["flop_per_token"] / peak
     print(f"fp32 matmul {peak / 1e9:.0f} GFLOP/s; forward to the hook "
           f"{rows[0]['flop_per_token'] / 1e6:.0f} MFLOP/token")
+    if a.bf16:
+        assert rows[2]["tokens"] == rows[0]["tokens"], "the bf16 side saw different tokens"
+        bf_peak = matmul_flops("bfloat16")
+        print(f"bf16 matmul {bf_peak / 1e9:.0f} GFLOP/s; bf16_speedup_vs_fp32="
+              f"{rows[2]['tok_per_s'] / rows[0]['tok_per_s']:.2f} bf16_peak_fraction="
+              f"{rows[2]['tok_per_s'] * rows[2]['flop_per_token'] / bf_peak:.2f}")
     print(f"speedup_vs_transformer_lens={rows[0]['tok_per_s'] / rows[1]['tok_per_s']:.2f} "
           f"peak_fraction={frac:.2f}")
 

@@ -13,9 +13,14 @@ forward cost does not depend on training. Sides:
 - ``sae-lens``: ``sae_lens.evals.get_recons_loss`` per SAE on TransformerLens (clean,
   spliced and zero-ablated forwards with full logits, every position), ``--lens-rows``
   rows per call so that its logits fit in memory.
+- ``sae_med bf16`` (``--bf16``): sae_med's scoring with the model's forwards in bfloat16
+  (``model.dtype``), and, per SAE, its ΔCE against the fp32 side's on the same tokens
+  (paired per token, ± 1.96 s.e.): what bf16 costs in accuracy for what it gains in time.
+  ``--saes DIR ...`` scores trained SAE folders instead of the untrained ones.
 
     .venv/bin/python benchmarks/bench_eval.py [--config configs/default.yaml]
         [--corpus medical] [--ce-tokens 1024] [--targets 20,40,80] [--no-sae-lens]
+        [--bf16] [--saes DIR ...]
 
 Last line: ``speedup_vs_full_forwards=<ratio> speedup_vs_sae_lens=<ratio>``.
 """
@@ -32,6 +37,7 @@ from sae_med.config import load_config
 from sae_med.evaluate import ce_batches, reconstruction_fn
 from sae_med.experiment import load_model_for
 from sae_med.lm import LanguageModel, TokenBatch
+from sae_med.models import load_model
 from sae_med.sae import JumpReLUSAE, to_sae_lens
 from sae_med.train import init_threshold_at_target_
 
@@ -69,6 +75,33 @@ def full_forwards(model: LanguageModel, batch: TokenBatch, layer: int,
     model.score(clean, variants, tokens[:, 1:][where])
 
 
+def delta_ces(model: LanguageModel, batches: list[TokenBatch], layer: int,
+              fns: dict[str, Callable]) -> dict[str, torch.Tensor]:
+    """Per-token ΔCE of each SAE over all scored tokens of ``batches``."""
+    per = [model.spliced_losses(b, layer, fns) for b in batches]
+    return {k: torch.cat([(p[k].ce_spliced - p[k].ce_clean)[p[k].mask] for p in per])
+            for k in fns}
+
+
+def bf16_check(cfg, batches: list[TokenBatch], fns: dict[str, Callable],
+               times: dict[str, float]) -> list[str]:
+    """Time the bf16 side and compare each SAE's per-token ΔCE with the fp32 side's."""
+    layer = cfg.model.hook_layer
+    bf16 = load_model(cfg.model.name, "cpu", cfg.cache_path, "bfloat16")
+    bf16.spliced_losses(batches[0], layer, fns)  # warm-up
+    times["sae_med bf16"] = timed(lambda: [bf16.spliced_losses(b, layer, fns)
+                                           for b in batches])
+    ref, new = delta_ces(load_model_for(cfg), batches, layer, fns), \
+        delta_ces(bf16, batches, layer, fns)
+    lines = []
+    for k in fns:
+        diff = new[k] - ref[k]
+        half = 1.96 * float(diff.std()) / len(diff) ** 0.5
+        lines.append(f"| {k} | {float(ref[k].mean()):.3f} | {float(new[k].mean()):.3f} | "
+                     f"{float(diff.mean()):+.3f} ± {half:.3f} |")
+    return lines
+
+
 def timed(fn: Callable[[], None]) -> float:
     t = time.perf_counter()
     fn()
@@ -84,6 +117,8 @@ def main() -> None:
     ap.add_argument("--no-sae-lens", action="store_true")
     ap.add_argument("--lens-rows", type=int, default=4,
                     help="rows per get_recons_loss call (its logits are rows × ctx × vocab)")
+    ap.add_argument("--bf16", action="store_true", help="add the bf16 side and ΔCE check")
+    ap.add_argument("--saes", nargs="*", default=[], help="trained SAE folders to score")
     a = ap.parse_args()
     cfg = load_config(a.config, [f"eval.ce_tokens={a.ce_tokens}"])
     model, layer = load_model_for(cfg), cfg.model.hook_layer
@@ -91,7 +126,8 @@ def main() -> None:
     with torch.no_grad():
         x = torch.cat([model.resid(b.tokens, b.attention_mask, layer)[b.keep.bool()]
                        for b in batches])
-    saes = untrained_saes(x, cfg.sae.width, [float(t) for t in a.targets.split(",")])
+    saes = ([JumpReLUSAE.load(d) for d in a.saes] if a.saes else
+            untrained_saes(x, cfg.sae.width, [float(t) for t in a.targets.split(",")]))
     fns = {f"s{i}": reconstruction_fn(s) for i, s in enumerate(saes)}
     scored = sum(int((b.keep[:, :-1].bool() & b.attention_mask[:, 1:].bool()).sum())
                  for b in batches)
@@ -114,15 +150,23 @@ def main() -> None:
         times["sae-lens"] = timed(lambda: [
             get_recons_loss(s, tl, ActivationScaler(), t, compute_kl=True,
                             compute_ce_loss=True) for s in lens for t in rows])
+    checks = bf16_check(cfg, batches, fns, times) if a.bf16 else []
     print(f"# bench_eval {time.strftime('%Y-%m-%d')}: {cfg.model.name} block {layer}, "
-          f"{len(saes)} SAEs of width {cfg.sae.width}, {scored} scored tokens of "
+          f"{len(saes)} {'trained' if a.saes else 'untrained'} SAEs of width "
+          f"{saes[0].d_sae}, {scored} scored tokens of "
           f"{a.corpus}/eval in {len(batches)} batches, {torch.get_num_threads()} threads")
     print("| side | seconds | scored tokens × SAEs per second |")
     print("|---|---|---|")
     for side, sec in times.items():
         print(f"| {side} | {sec:.1f} | {scored * len(saes) / sec:.0f} |")
     ratios = [f"speedup_vs_{k.replace(' ', '_').replace('-', '_')}="
-              f"{v / times['sae_med']:.2f}" for k, v in times.items() if k != "sae_med"]
+              f"{v / times['sae_med']:.2f}" for k, v in times.items()
+              if k not in ("sae_med", "sae_med bf16")]
+    if "sae_med bf16" in times:
+        ratios.append(f"bf16_speedup={times['sae_med'] / times['sae_med bf16']:.2f}")
+    if checks:
+        print("| SAE | ΔCE fp32 | ΔCE bf16 | bf16 − fp32 (paired) |\n|---|---|---|---|")
+        print("\n".join(checks))
     print(" ".join(ratios))
 
 

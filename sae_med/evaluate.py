@@ -630,7 +630,7 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     meta = dict(zip(ids, metas, strict=True))
     corpora = list(cfg.eval_corpora if eval_corpora is None else eval_corpora)
     if model is None:
-        model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path)
+        model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
     dev = pick_device(cfg.model.device)
     saes = {i: load_any_sae(s, device=dev) for i, s in zip(ids, specs, strict=True)}
     for i, sae in saes.items():

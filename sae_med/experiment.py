@@ -44,13 +44,13 @@ SAES_DIR = "saes"
 
 
 @lru_cache(maxsize=2)
-def _load(name: str, device: str, cache_dir: str) -> LanguageModel:
-    return load_model(name, device, Path(cache_dir))
+def _load(name: str, device: str, cache_dir: str, dtype: str) -> LanguageModel:
+    return load_model(name, device, Path(cache_dir), dtype)
 
 
 def load_model_for(cfg: Config) -> LanguageModel:
     """The config's model, loaded once per process."""
-    return _load(cfg.model.name, cfg.model.device, str(cfg.cache_path))
+    return _load(cfg.model.name, cfg.model.device, str(cfg.cache_path), cfg.model.dtype)
 
 
 STREAM_SAMPLE_TOKENS = 8192

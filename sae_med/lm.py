@@ -103,10 +103,10 @@ def _first(output: Any) -> Tensor:
 
 
 class LanguageModel:
-    """An HF causal LM (fp32, eval mode) with its tokenizer and the operations sae-med
-    needs. Blocks are numbered as TransformerLens numbers them: the residual "after block
-    L" is TransformerLens's ``blocks.{L}.hook_resid_post``, the output of HF decoder
-    layer L."""
+    """An HF causal LM (eval mode; fp32 or ``model.dtype``) with its tokenizer and the
+    operations sae-med needs. Blocks are numbered as TransformerLens numbers them: the
+    residual "after block L" is TransformerLens's ``blocks.{L}.hook_resid_post``, the
+    output of HF decoder layer L."""
 
     def __init__(self, hf: Any, tokenizer: Any, name: str, weights_hash: str) -> None:
         self._hf = hf.eval()
@@ -190,8 +190,9 @@ class LanguageModel:
     @torch.no_grad()
     def resid(self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
               layer: int) -> Float[Tensor, "batch pos d_model"]:
-        """Residual stream after block ``layer``; no later block nor the unembedding runs
-        (an exception from the block's hook ends the forward)."""
+        """Residual stream after block ``layer``, in fp32 whatever the model's dtype; no
+        later block nor the unembedding runs (an exception from the block's hook ends the
+        forward)."""
         captured: list[Tensor] = []
 
         def grab(_module: Any, _inputs: Any, output: Any) -> None:
@@ -205,7 +206,7 @@ class LanguageModel:
             pass
         finally:
             handle.remove()
-        return captured[0]
+        return captured[0].float()
 
     @torch.no_grad()
     def final_states(self, tokens: Int[Tensor, "batch pos"],
@@ -282,8 +283,8 @@ class LanguageModel:
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        """The unembedding matrix (detached, on the model's device)."""
-        return self._hf.get_output_embeddings().weight.detach().T
+        """The unembedding matrix (detached, fp32, on the model's device)."""
+        return self._hf.get_output_embeddings().weight.detach().T.float()
 
     # ---------------------------------------------------------------- spliced losses
     @torch.no_grad()

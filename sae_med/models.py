@@ -233,10 +233,14 @@ def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
 
 
 def load_model(name: str = EMBEDDED, device: str = "auto",
-               cache_dir: Path | None = None) -> LanguageModel:
-    """Load ``name`` as a :class:`~sae_med.lm.LanguageModel` (HF, fp32, eval mode)."""
+               cache_dir: Path | None = None, dtype: str = "float32") -> LanguageModel:
+    """Load ``name`` as a :class:`~sae_med.lm.LanguageModel` (HF, eval mode) whose forwards
+    run in ``dtype`` (``model.dtype``); a dtype other than fp32 is part of its identity
+    (``weights_hash``), so caches and results from it are keyed apart."""
     t0 = time.time()
     hf, tok, weights_hash = _load_hf(name, cache_dir)
-    model = LanguageModel(hf.to(pick_device(device)), tok, name, weights_hash)
+    hf = hf.to(device=pick_device(device), dtype=getattr(torch, dtype))
+    model = LanguageModel(hf, tok, name, weights_hash + ("" if dtype == "float32" else
+                                                         f"/{dtype}"))
     log.info("loaded %s in %.1f s", name, time.time() - t0)
     return model

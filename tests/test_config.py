@@ -33,6 +33,16 @@ def test_range_errors_name_the_field():
         config_from_dict({"sae": {"seeds": 0}})
     with pytest.raises(ConfigError, match=r"'train\.pre_act_loss'.*>= 0"):
         config_from_dict({"train": {"pre_act_loss": -1e-3}})
+    with pytest.raises(ConfigError, match=r"'model\.dtype'.*float32.*bfloat16"):
+        config_from_dict({"model": {"dtype": "float16"}})
+
+
+def test_model_dtype_keys_only_configs_that_set_it():
+    """``model.dtype`` came after artefact keys existed: at its default (fp32) it is left
+    out of the config's dict, so older keys stand; bf16 is part of the key."""
+    fp32, bf16 = load_config(None), load_config(None, ["model.dtype=bfloat16"])
+    assert "dtype" not in fp32.to_dict()["model"] and bf16.to_dict()["model"]["dtype"] == "bfloat16"
+    assert fp32.hash() != bf16.hash()
 
 
 def test_overrides_apply_and_change_the_hash():

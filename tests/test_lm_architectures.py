@@ -51,6 +51,29 @@ def test_resid_equals_hf_hidden_states(tiny_lm_dirs, arch):
                                out.hidden_states[LAYER + 1][keep])
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_bfloat16_forwards_hand_on_fp32_and_are_keyed_apart(tiny_lm_dirs, arch):
+    """``model.dtype: bfloat16``: the forwards run in bf16, residuals and W_U come back in
+    fp32 close to the fp32 model's, the identity splice still costs exactly 0 nats, and
+    the dtype is part of the model's identity (so caches and results are keyed apart)."""
+    fp32 = load_model(str(tiny_lm_dirs[arch]), device="cpu")
+    bf16 = load_model(str(tiny_lm_dirs[arch]), device="cpu", dtype="bfloat16")
+    assert bf16.weights_hash == fp32.weights_hash + "/bfloat16"
+    assert next(bf16.hf_model.parameters()).dtype == torch.bfloat16
+    batch = bf16.tokenize(["Fever and a rash.", "The cough lasted for weeks"], ctx_len=16)
+    keep = batch.attention_mask.bool()
+    x16, x32 = (m.resid(batch.tokens, batch.attention_mask, LAYER)[keep] for m in (bf16, fp32))
+    assert x16.dtype == bf16.W_U.dtype == torch.float32
+    assert float((x16 - x32).norm() / x32.norm()) < 0.05
+    losses = bf16.spliced_losses(batch, LAYER, {"id": lambda x: x.float(), "half": lambda x:
+                                                0.5 * x.float()})
+    ident, half = losses["id"].summary(), losses["half"].summary()
+    assert ident.delta_ce == ident.kl_spliced == 0.0 and half.kl_spliced > 0
+    ref = fp32.spliced_losses(batch, LAYER, {"half": lambda x: 0.5 * x})["half"].summary()
+    assert abs(half.ce_clean - ref.ce_clean) < 0.05
+    assert abs(half.kl_spliced - ref.kl_spliced) < 0.2 * ref.kl_spliced
+
+
 @pytest.mark.parametrize("arch", ["gemma2", "llama", "gpt2"])
 def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
     cfg = load_config("configs/smoke.yaml", [
