@@ -149,7 +149,7 @@ def main() -> None:
     print(f"|{'-' * 38}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 20}|")
     names = {"sae_med": "sae_med build_cache (stops at hook)",
              "tl": "TransformerLens run_with_cache",
-             "sae_med_bf16": "sae_med build_cache, model.dtype bf16"}
+             "sae_med_bf16": "sae_med build_cache, bf16 forwards"}
     for r in rows:
         print(f"| {names[r['side']]:<36} | {r['tokens']:>7} | {r['seconds']:>7.2f} | "
               f"{r['tok_per_s']:>7.0f} | {r['peak_rss_growth_mb']:>18.0f} |")
