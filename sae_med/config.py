@@ -180,6 +180,11 @@ class TrainConfig:
     folded like the final one, under ``l0_<target>/snapshots/tokens_<budget>`` (after the
     first step that reaches the budget): the points of a learning curve. They do not change
     the trained weights."""
+    snapshots_annealed: bool = False
+    """For a learning curve: train each budget of ``snapshot_tokens`` as a run of its own,
+    with its own warm-up and learning-rate decay to its end, instead of snapshotting the
+    long run before its decay (which leaves the spliced CE of early budgets unannealed).
+    Costs the sum of the budgets in extra training."""
     pre_act_loss: float = 0.0
     """Coefficient of Anthropic's pre-activation loss (January 2025 update), the remedy for
     dead latents: ``coeff * mean_rows sum_i relu(theta_i - z_i)`` over the latents that
@@ -362,7 +367,7 @@ RUN_SECTIONS = ("replications", "learning_curve")
 on only to a config that keeps its run name (the same runs, e.g. ``long.yaml`` adding a
 learning curve to the default), and the runs they describe have none of their own."""
 DROPPED_AT_DEFAULT = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens", "train.pre_act_loss",
-                      "model.dtype")
+                      "model.dtype", "train.snapshots_annealed")
 """Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when they
 hold their default, so the keys of configs that do not use them stay as they were."""
 

@@ -11,12 +11,14 @@ Layout under ``cfg.run_path`` (``{output_dir}/{name}``)::
     results.json, results.csv   every SAE scored on every eval corpus, with the across-seed
                                 means and paired gaps (see sae_med.evaluate, sae_med.compare)
     learning_curve/tokens_{n}.json   a learning-curve run's SAEs at each budget, scored alike
+    annealed/tokens_{n}/        with train.snapshots_annealed: the run to budget n on its own
 
 An SAE's id is its path under ``saes/`` (:func:`sae_med.train.sae_id`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -174,13 +176,30 @@ def stage_learning_curve(cfg: Config, progress: bool = True) -> list[CurvePoint]
     final, tc = sae_dirs(cfg), cfg.train
     points = []
     for budget in curve_budgets(tc.n_tokens, tc.snapshot_tokens):
-        dirs = final if budget == tc.n_tokens else {
-            i: snapshot_dir(d, budget) for i, d in final.items()}
+        if budget == tc.n_tokens:
+            dirs = final
+        elif tc.snapshots_annealed:
+            dirs = sae_dirs(annealed_run(cfg, budget, progress))
+        else:
+            dirs = {i: snapshot_dir(d, budget) for i, d in final.items()}
         path = cfg.run_path / CURVE_DIR / results_name(budget)
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("learning curve: scoring the SAEs at %s training tokens", f"{budget:,}")
         points.append(CurvePoint(budget, _evaluate_once(cfg, dirs, path, progress)))
     return points
+
+
+def annealed_run(cfg: Config, budget: int, progress: bool = True) -> Config:
+    """The curve run ``cfg`` trained for ``budget`` tokens on its own, decay included
+    (``train.snapshots_annealed``), in ``{run}/annealed/tokens_<budget>``; its config."""
+    tc = cfg.train
+    short = dataclasses.replace(
+        cfg, output_dir=str(cfg.run_path / "annealed"), name=f"tokens_{budget}",
+        train=dataclasses.replace(tc, n_tokens=budget, snapshot_tokens=(),
+                                  dead_window_tokens=min(tc.dead_window_tokens, budget)))
+    log.info("learning curve: a run of its own to %s training tokens", f"{budget:,}")
+    stage_train(short, progress)
+    return short
 
 
 def run_experiment(cfg: Config, progress: bool = True) -> Path:

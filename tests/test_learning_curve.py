@@ -3,6 +3,7 @@ scores every snapshot (on a tiny random Gemma-2 with the real corpora)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -91,3 +92,15 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path):
     assert "no `learning_curve`" in curve_summary(None, [], [])
     with pytest.raises(ValueError, match="saves no snapshots"):
         stage_learning_curve(cfg, progress=False)
+
+    # train.snapshots_annealed: each budget below the last is a run of its own, decayed to
+    # its end, in {run}/annealed/tokens_<budget> (same caches, scored the same way)
+    annealed = dataclasses.replace(curve, train=dataclasses.replace(
+        curve.train, snapshots_annealed=True))
+    points = stage_learning_curve(annealed, progress=False)
+    assert [p.tokens for p in points] == [1000, 2048, 4096]
+    for p in points[:-1]:
+        meta = json.loads(p.results.read_text())["rows"][0]["sae_metadata"]
+        assert "snapshot_tokens" not in meta and meta["tokens"] == -(-p.tokens // 256) * 256
+        assert (curve.run_path / "annealed" / f"tokens_{p.tokens}" / "saes" / "medical" /
+                "seed_0" / "l0_4" / "sae.safetensors").exists()
