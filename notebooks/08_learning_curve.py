@@ -14,7 +14,7 @@
 # # 8. The learning curve: does the medical advantage survive real training?
 #
 # ## Overview
-# The main run trains every SAE for a few hundred steps (600k tokens on the default),
+# The main run trains every SAE for about a thousand steps (600k tokens on the default),
 # while the paper trains on 49M. Short runs could flatter either side: the domain SAE has
 # less to learn, so it may simply converge first. Here each side trains at one target L0
 # on a larger activation cache for much longer, saving snapshots on the way
