@@ -1,7 +1,8 @@
 """Spliced-CE throughput: sae_med's ``spliced_losses`` vs two peers, in one run.
 
 All sides score the same SAEs on the same token batches (the config's first CE documents
-of the eval corpus). The SAEs are untrained (decoder directions at random, encoder tied,
+of the eval corpus), with the model's forwards in fp32 (``model.dtype`` is overridden)
+except on the bf16 side. The SAEs are untrained (decoder directions at random, encoder tied,
 each threshold at the quantile that gives its target L0 on these activations): the
 forward cost does not depend on training. Sides:
 
@@ -37,6 +38,7 @@ from sae_med.config import load_config
 from sae_med.evaluate import ce_batches, reconstruction_fn
 from sae_med.experiment import load_model_for
 from sae_med.lm import LanguageModel, TokenBatch
+from sae_med.metrics import CELosses
 from sae_med.models import load_model
 from sae_med.sae import JumpReLUSAE, to_sae_lens
 from sae_med.train import init_threshold_at_target_
@@ -75,29 +77,29 @@ def full_forwards(model: LanguageModel, batch: TokenBatch, layer: int,
     model.score(clean, variants, tokens[:, 1:][where])
 
 
-def delta_ces(model: LanguageModel, batches: list[TokenBatch], layer: int,
-              fns: dict[str, Callable]) -> dict[str, torch.Tensor]:
-    """Per-token ΔCE of each SAE over all scored tokens of ``batches``."""
-    per = [model.spliced_losses(b, layer, fns) for b in batches]
-    return {k: torch.cat([(p[k].ce_spliced - p[k].ce_clean)[p[k].mask] for p in per])
-            for k in fns}
+def token_delta_ce(per_batch: list[dict[str, CELosses]], name: str) -> torch.Tensor:
+    """Per-token ΔCE of SAE ``name`` over every scored token of timed ``spliced_losses``
+    outputs (one dict per batch)."""
+    return torch.cat([(p[name].ce_spliced - p[name].ce_clean)[p[name].mask]
+                      for p in per_batch])
 
 
 def bf16_check(cfg, batches: list[TokenBatch], fns: dict[str, Callable],
-               times: dict[str, float]) -> list[str]:
-    """Time the bf16 side and compare each SAE's per-token ΔCE with the fp32 side's."""
+               fp32: list[dict[str, CELosses]], times: dict[str, float]) -> list[str]:
+    """Time the bf16 side and compare each SAE's per-token ΔCE with the fp32 side's
+    (``fp32``: the timed fp32 pass's outputs, so neither side is scored twice)."""
     layer = cfg.model.hook_layer
     bf16 = load_model(cfg.model.name, "cpu", cfg.cache_path, "bfloat16")
     bf16.spliced_losses(batches[0], layer, fns)  # warm-up
-    times["sae_med bf16"] = timed(lambda: [bf16.spliced_losses(b, layer, fns)
-                                           for b in batches])
-    ref, new = delta_ces(load_model_for(cfg), batches, layer, fns), \
-        delta_ces(bf16, batches, layer, fns)
+    new: list[dict[str, CELosses]] = []
+    times["sae_med bf16"] = timed(lambda: new.extend(bf16.spliced_losses(b, layer, fns)
+                                                     for b in batches))
     lines = []
     for k in fns:
-        diff = new[k] - ref[k]
+        ref, out = token_delta_ce(fp32, k), token_delta_ce(new, k)
+        diff = out - ref
         half = 1.96 * float(diff.std()) / len(diff) ** 0.5
-        lines.append(f"| {k} | {float(ref[k].mean()):.3f} | {float(new[k].mean()):.3f} | "
+        lines.append(f"| {k} | {float(ref.mean()):.3f} | {float(out.mean()):.3f} | "
                      f"{float(diff.mean()):+.3f} ± {half:.3f} |")
     return lines
 
@@ -120,7 +122,8 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="add the bf16 side and ΔCE check")
     ap.add_argument("--saes", nargs="*", default=[], help="trained SAE folders to score")
     a = ap.parse_args()
-    cfg = load_config(a.config, [f"eval.ce_tokens={a.ce_tokens}"])
+    # every side but the bf16 one in fp32, whatever the config says (sae-lens runs in fp32)
+    cfg = load_config(a.config, [f"eval.ce_tokens={a.ce_tokens}", "model.dtype=float32"])
     model, layer = load_model_for(cfg), cfg.model.hook_layer
     batches = ce_batches(model, cfg, a.corpus)
     with torch.no_grad():
@@ -132,8 +135,10 @@ def main() -> None:
     scored = sum(int((b.keep[:, :-1].bool() & b.attention_mask[:, 1:].bool()).sum())
                  for b in batches)
     model.spliced_losses(batches[0], layer, fns)  # warm-up (allocator, thread pool)
+    fp32: list[dict[str, CELosses]] = []  # kept for the bf16 check
     times = {
-        "sae_med": timed(lambda: [model.spliced_losses(b, layer, fns) for b in batches]),
+        "sae_med": timed(lambda: fp32.extend(model.spliced_losses(b, layer, fns)
+                                             for b in batches)),
         "full forwards": timed(lambda: [full_forwards(model, b, layer, fns)
                                         for b in batches]),
     }
@@ -150,7 +155,7 @@ def main() -> None:
         times["sae-lens"] = timed(lambda: [
             get_recons_loss(s, tl, ActivationScaler(), t, compute_kl=True,
                             compute_ce_loss=True) for s in lens for t in rows])
-    checks = bf16_check(cfg, batches, fns, times) if a.bf16 else []
+    checks = bf16_check(cfg, batches, fns, fp32, times) if a.bf16 else []
     print(f"# bench_eval {time.strftime('%Y-%m-%d')}: {cfg.model.name} block {layer}, "
           f"{len(saes)} {'trained' if a.saes else 'untrained'} SAEs of width "
           f"{saes[0].d_sae}, {scored} scored tokens of "
