@@ -42,9 +42,11 @@ from sae_med.claims import (
     claim_verdict,
     gap_intervals,
     gaps_by_model,
+    l0_trend,
     model_runs,
     oriented_gaps,
     replication_sentences,
+    step_intervals,
     verdict_table,
 )
 from sae_med.evaluate import load_comparisons, load_results
@@ -52,6 +54,7 @@ from sae_med.experiment import stage_evaluate
 from sae_med.notebook import (
     CORPUS_COLORS,
     cross_eval_figure,
+    dce_bar_sentence,
     domain_pair,
     family_table,
     gap_by_model_figure,
@@ -61,6 +64,7 @@ from sae_med.notebook import (
     metric_value,
     metric_vs_l0,
     setup_notebook,
+    step_table,
     with_interval,
 )
 
@@ -116,6 +120,27 @@ metric_vs_l0(results_mean, "loss_recovered", "loss recovered (fraction)",
              "Loss recovered vs L0 (against zero ablation)").show()
 metric_vs_l0(results_mean, "loss_recovered_mean", "loss recovered vs mean ablation",
              "Loss recovered vs L0 (against mean ablation: x → E[x])").show()
+
+# %% [markdown]
+# ### Does ΔCE fall as L0 rises? (paired steps)
+# Each step is one family's across-seed mean at the next target L0 minus its mean at this
+# one, on the same documents and the same seed draws, so document difficulty cancels: the
+# families' own intervals above can overlap while the step between them is resolved. `*`
+# marks a step whose 95% interval excludes 0; ΔCE falls with L0 when every step is below 0.
+
+# %%
+steps = comparisons.steps
+display(step_table(steps, ["delta_ce", "fve"]))
+dce_steps = step_intervals(steps, medical, medical, "delta_ce")
+dce_steps_sentence = gap_sentence(
+    dce_steps, f"ΔCE steps of the {medical} SAEs", f"on {medical} text, target L0 "
+    + " → ".join(f"{t:g}" for t in targets), none="one target L0, no steps")
+bar_sentence = dce_bar_sentence(families, steps, medical)
+print(dce_steps_sentence, bar_sentence, sep="\n")
+glue("dce_trend_medical", l0_trend(steps, medical, medical, "delta_ce"), display=False)
+glue("dce_trend_broad", l0_trend(steps, broad, medical, "delta_ce"), display=False)
+glue("dce_steps_medical", dce_steps_sentence, display=False)
+glue("dce_bar_sentence", bar_sentence, display=False)
 
 # %% [markdown]
 # ### Cross-evaluation: trained on × evaluated on

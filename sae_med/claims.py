@@ -2,8 +2,9 @@
 
 A verdict is computed from a run's paired gap intervals (:func:`sae_med.compare.verdict`);
 a config's ``replications`` repeat the run on other models, and a claim *replicates* when
-it gets the same verdict on every model. Gap tables are the tidy ``gaps`` frame of
-:func:`sae_med.evaluate.load_comparisons`.
+it gets the same verdict on every model. Whether a metric falls with L0 is judged from a
+family's paired steps (:func:`sae_med.compare.trend_verdict`). Gap and step tables are the
+tidy ``gaps`` and ``steps`` frames of :func:`sae_med.evaluate.load_comparisons`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sae_med.compare import UNTESTED_AT_FVE, Verdict, verdict
+from sae_med.compare import UNTESTED_AT_FVE, L0Trend, Verdict, trend_verdict, verdict
 
 if TYPE_CHECKING:
+    from sae_med.bootstrap import Interval
     from sae_med.config import Config
     from sae_med.evaluate import ComparisonTables
 
@@ -41,6 +43,9 @@ CLAIMS = (
 """The paper's claims judged from reconstruction metrics (the concept claim is judged from
 autointerp scores: :func:`concept_verdict`)."""
 CONCEPT_CLAIM = "Its latents read as clinical concepts (autointerp detection AUROC)"
+DCE_BAR_NATS = 1.0
+"""Issue 12's quality bar: on the default config the domain SAE's ΔCE on held-out domain
+text (nats per token, spliced minus clean loss) should be at most this."""
 
 
 def claim(key: str) -> Claim:
@@ -63,16 +68,39 @@ def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
     return pd.concat([same, flip], ignore_index=True)
 
 
-def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_target"
-                  ) -> list[Any]:
-    """The :class:`~sae_med.bootstrap.Interval` of every gap of ``metric`` on
-    ``eval_corpus`` at ``basis`` (in target-L0 or FVE order)."""
+def row_intervals(rows: Any) -> list[Interval]:
+    """The :class:`~sae_med.bootstrap.Interval` of each row (value, low, high; NaN ends
+    become None), in row order."""
     from sae_med.bootstrap import Interval
 
+    return [Interval(float(r.value), None if r.low != r.low else float(r.low),
+                     None if r.high != r.high else float(r.high)) for r in rows.itertuples()]
+
+
+def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_target"
+                  ) -> list[Interval]:
+    """The interval of every gap of ``metric`` on ``eval_corpus`` at ``basis`` (in
+    target-L0 or FVE order)."""
     sel = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
                & (gaps.basis == basis)].sort_values(basis)
-    return [Interval(float(r.value), None if r.low != r.low else float(r.low),
-                     None if r.high != r.high else float(r.high)) for r in sel.itertuples()]
+    return row_intervals(sel)
+
+
+def step_intervals(steps: Any, train_corpus: str, eval_corpus: str, metric: str
+                   ) -> list[Interval]:
+    """The interval of each step of one family sweep (``train_corpus`` SAEs scored on
+    ``eval_corpus``) of ``metric``, in target-L0 order; none when ``steps`` is empty."""
+    if steps.empty:
+        return []
+    sel = steps[(steps.train_corpus == train_corpus) & (steps.eval_corpus == eval_corpus)
+                & (steps.metric == metric)].sort_values("from_target")
+    return row_intervals(sel)
+
+
+def l0_trend(steps: Any, train_corpus: str, eval_corpus: str, metric: str) -> L0Trend:
+    """:func:`~sae_med.compare.trend_verdict` of one family sweep's steps
+    (:func:`step_intervals`)."""
+    return trend_verdict(step_intervals(steps, train_corpus, eval_corpus, metric))
 
 
 def claim_verdict(gaps: Any, key: str, domain: str, broad: str) -> Verdict:

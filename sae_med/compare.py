@@ -8,7 +8,9 @@ corpus (initialisations are independent, so replicate r of one corpus has no par
 another), then documents with replacement, one draw shared by every SAE, family, metric and
 training corpus of the eval corpus (*paired* on documents). A family's value is the mean over
 its drawn seeds of the metric on the drawn documents; a gap is first training corpus minus
-another on the same document draw. With one seed the interval is over documents alone.
+another on the same document draw. A *step* is one family's change from a target L0 to the
+next, on the same document and seed draws, so document difficulty cancels in its interval.
+With one seed the interval is over documents alone.
 
 Comparisons at **matched FVE** interpolate each seed's sweep (metric against its FVE,
 piecewise linear between target L0s) inside every bootstrap replicate, on a grid of FVE
@@ -43,6 +45,7 @@ Verdict = Literal["supported", "not supported", "not separable from FVE",
 UNTESTED_AT_FVE: Verdict = "supported at the same L0; no common FVE range"
 """The verdict when a claim holds at every target L0 but the families' FVE sweeps do not
 overlap, so it could not be tested at matched FVE."""
+L0Trend = Literal["falls with L0", "rises with L0", "not resolved"]
 
 
 # --------------------------------------------------------------------------------------
@@ -159,6 +162,23 @@ class Gap:
                 **_position(self.basis, self.at), **self.interval.to_dict()}
 
 
+@dataclass(frozen=True)
+class Step:
+    """One family's across-seed mean at ``to_target`` minus at ``from_target`` (the next
+    target L0 of the sweep), on the same document and seed draws (paired)."""
+
+    eval_corpus: str
+    train_corpus: str
+    metric: str
+    from_target: float
+    to_target: float
+    interval: Interval
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row_type": "step", **{k: v for k, v in asdict(self).items()
+                                       if k != "interval"}, **self.interval.to_dict()}
+
+
 def _position(basis: Basis, at: float) -> dict[str, Any]:
     return {"basis": basis, "l0_target": at if basis == "l0_target" else None,
             "fve": at if basis == "fve" else None}
@@ -167,12 +187,14 @@ def _position(basis: Basis, at: float) -> dict[str, Any]:
 class Comparison(NamedTuple):
     families: list[FamilyScore]
     gaps: list[Gap]
+    steps: list[Step]
 
 
 def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[str],
             seed: int, level: float = LEVEL) -> Comparison:
     """Across-seed family scores and gaps (``train_corpora[0]`` minus each other corpus) for
-    every metric at every target L0, and for :data:`MATCHED_METRICS` at matched FVE.
+    every metric at every target L0, and for :data:`MATCHED_METRICS` at matched FVE; and
+    each family's :class:`Step` between consecutive target L0s.
 
     Every :class:`SaeDraws` must come from one :class:`DocResample` of ``eval_corpus`` (same
     n_boot); seed replicates are drawn per training corpus with a generator derived from
@@ -221,7 +243,27 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
             if (o := fam.get((other, m, basis, at))) is not None:
                 gaps.append(Gap(eval_corpus, c, other, m, basis, at, percentile_interval(
                     Draws(d.point - o.point, d.reps - o.reps), level)))
-    return Comparison(families, gaps)
+    return Comparison(families, gaps, _steps(fam, eval_corpus, targets, level))
+
+
+def _steps(fam: Mapping[tuple[str, str, Basis, float], Draws], eval_corpus: str,
+           targets: Sequence[float], level: float) -> list[Step]:
+    """Every family's step from each of ``targets`` (sorted) to the next, at basis
+    ``l0_target``, where both families are complete (``fam``: :func:`compare`'s draws).
+
+    Every target of one training corpus shares its document resample and seed-draw rows,
+    so the difference of the replicates is a paired bootstrap of the step. A missing
+    family breaks the chain rather than being stepped over: a step always joins
+    neighbours of the sweep."""
+    following = dict(zip(targets[:-1], targets[1:], strict=True))
+    out = []
+    for (c, m, basis, at), d in fam.items():
+        if basis != "l0_target" or at not in following:
+            continue
+        if (e := fam.get((c, m, basis, following[at]))) is not None:
+            out.append(Step(eval_corpus, c, m, at, following[at], percentile_interval(
+                Draws(e.point - d.point, e.reps - d.reps), level)))
+    return out
 
 
 def _matched_grid(by: Mapping[tuple[str, float], list[SaeDraws]], corpora: Sequence[str],
@@ -267,3 +309,15 @@ def verdict(at_l0: Sequence[Interval], at_fve: Sequence[Interval] | None = None,
     if not at_fve:
         return UNTESTED_AT_FVE
     return "not separable from FVE"
+
+
+def trend_verdict(steps: Sequence[Interval]) -> L0Trend:
+    """Whether a metric moves one way as the target L0 rises, from one family's
+    :class:`Step` intervals (in target order): ``falls with L0`` when every interval lies
+    below 0, ``rises with L0`` when every one lies above 0, ``not resolved`` otherwise,
+    including no steps (one unresolved step leaves the sweep possibly flat there)."""
+    if steps and all(iv.high is not None and iv.high < 0 for iv in steps):
+        return "falls with L0"
+    if steps and all(iv.low is not None and iv.low > 0 for iv in steps):
+        return "rises with L0"
+    return "not resolved"

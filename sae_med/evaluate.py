@@ -32,14 +32,16 @@ d. The **density histogram** of log10 firing rates over the cache's tokens.
 
 Bootstrap replicates use one document resample per eval corpus (seed derived from
 ``cfg.seed``), shared by every SAE and metric (:class:`~sae_med.bootstrap.DocResample`), so
-every comparison is paired on documents. The across-seed family means and the gaps
-between training corpora (:mod:`sae_med.compare`: hierarchical bootstrap, seeds then
-documents) are computed from those draws by :func:`compare_families`.
+every comparison is paired on documents. The across-seed family means, the gaps
+between training corpora and each family's steps between target L0s
+(:mod:`sae_med.compare`: hierarchical bootstrap, seeds then documents) are computed from
+those draws by :func:`compare_families`.
 
 The results file (``results.json``, :func:`write_results`, schema :data:`SCHEMA_VERSION`)
 holds the config, software versions, one :class:`ResultRow` per (SAE, eval corpus) and the
-family means and gaps of :mod:`sae_med.compare`; ``results.csv`` beside it is the tidy
-table of :func:`tidy_results` followed by the family and gap rows (``row_type``).
+family means, gaps and steps of :mod:`sae_med.compare`; ``results.csv`` beside it is the
+tidy table of :func:`tidy_results` followed by the family, gap and step rows
+(``row_type``).
 """
 
 from __future__ import annotations
@@ -94,9 +96,9 @@ log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
 """A run's results file (``results.csv`` beside it), under ``cfg.run_path``."""
-SCHEMA_VERSION = 4
-"""Version of ``results.json`` (3 had no fve_typical; 2 had no seed replicates, family
-means or gaps; 1 had no dark-matter intervals)."""
+SCHEMA_VERSION = 5
+"""Version of ``results.json`` (4 had no steps between target L0s; 3 had no fve_typical;
+2 had no seed replicates, family means or gaps; 1 had no dark-matter intervals)."""
 RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
 """Bootstrapped from per-document sums (:class:`~sae_med.metrics.DocMetrics` fields)."""
 TYPICAL_METRICS = ("fve_typical",)
@@ -495,24 +497,26 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
 def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, path: str | Path,
                   comparisons: Sequence[Comparison] = (),
                   extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``rows`` and the ``comparisons`` (family means and gaps) as the results JSON
-    (schema in the module docstring) and the tidy CSV beside it (same stem, ``.csv``: the
-    :func:`tidy_results` rows, then the family and gap rows, told apart by ``row_type``),
-    both atomically; ``extra`` keys are added to the JSON's top level. Returns the JSON
-    path."""
+    """Write ``rows`` and the ``comparisons`` (family means, gaps and steps) as the results
+    JSON (schema in the module docstring) and the tidy CSV beside it (same stem, ``.csv``:
+    the :func:`tidy_results` rows, then the family, gap and step rows, told apart by
+    ``row_type``), both atomically; ``extra`` keys are added to the JSON's top level.
+    Returns the JSON path."""
     import pandas as pd
 
     path = Path(path)
     rows = [r.to_dict() if isinstance(r, ResultRow) else r for r in rows]
     families = [f.to_dict() for c in comparisons for f in c.families]
     gaps = [g.to_dict() for c in comparisons for g in c.gaps]
+    steps = [s.to_dict() for c in comparisons for s in c.steps]
     doc = {"schema_version": SCHEMA_VERSION,
            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "config": cfg.to_dict(), "software": software_versions(), "seed": cfg.seed,
-           "rows": list(rows), "families": families, "gaps": gaps, **(extra or {})}
+           "rows": list(rows), "families": families, "gaps": gaps, "steps": steps,
+           **(extra or {})}
     write_json_atomic(path, doc)
     extra = [{**r, "seed_values": json.dumps(r["seed_values"])} if "seed_values" in r else r
-             for r in families + gaps]
+             for r in families + gaps + steps]
     table = pd.concat([tidy_results(rows), pd.DataFrame.from_records(extra)],
                       ignore_index=True) if extra else tidy_results(rows)
     with atomic_path(path.with_suffix(".csv")) as tmp:
@@ -534,15 +538,17 @@ def load_results(path: str | Path) -> Any:
 
 
 class ComparisonTables(NamedTuple):
-    """The family and gap rows of a results JSON as DataFrames (columns: the keys of
-    :meth:`~sae_med.compare.FamilyScore.to_dict` / :meth:`~sae_med.compare.Gap.to_dict`)."""
+    """The family, gap and step rows of a results JSON as DataFrames (columns: the keys of
+    :meth:`~sae_med.compare.FamilyScore.to_dict`, :meth:`~sae_med.compare.Gap.to_dict` and
+    :meth:`~sae_med.compare.Step.to_dict`)."""
 
     families: Any
     gaps: Any
+    steps: Any
 
 
 def load_comparisons(path: str | Path) -> ComparisonTables:
-    """Across-seed family means and paired gaps of a results JSON (for notebooks)."""
+    """Across-seed family means, paired gaps and steps of a results JSON (for notebooks)."""
     return comparison_tables(read_results(path))
 
 
@@ -551,7 +557,7 @@ def comparison_tables(doc: Mapping[str, Any]) -> ComparisonTables:
     import pandas as pd
 
     frames = []
-    for key in ("families", "gaps"):
+    for key in ComparisonTables._fields:
         df = pd.DataFrame.from_records(doc[key])
         for c in ("value", "low", "high"):
             if c in df:

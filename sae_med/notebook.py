@@ -83,6 +83,12 @@ def _cell(value: float, low: float, high: float, digits: int) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _interval_cell(iv: Any, digits: int) -> str:
+    """:func:`_cell` of an :class:`~sae_med.bootstrap.Interval` (None ends: a point)."""
+    return _cell(iv.value, *(float("nan") if v is None else v for v in (iv.low, iv.high)),
+                 digits)
+
+
 def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digits: int = 3,
               by: Sequence[str] = ()) -> Any:
     """Wide table of gaps, "value [low, high]" with a ``*`` where the 95% interval
@@ -132,13 +138,57 @@ def family_table(families: Any, metrics: Sequence[str], digits: int = 3,
     return wide[[m for m in metrics if m in wide.columns]]
 
 
-def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3) -> str:
-    """One sentence stating the gaps and how many of their intervals exclude 0."""
+def step_table(steps: Any, metrics: Sequence[str], digits: int = 3) -> Any:
+    """Wide table of each family's steps between consecutive target L0s, "value [low,
+    high]" with a ``*`` where the 95% interval excludes 0: rows (eval corpus, train
+    corpus, "from → to"), one column per metric."""
+    if steps.empty:
+        return steps
+    df = steps[steps.metric.isin(metrics)].sort_values("from_target").copy()
+    df["step"] = [f"{a:g} → {b:g}" for a, b in zip(df.from_target, df.to_target, strict=True)]
+    df["text"] = [_cell(r.value, r.low, r.high, digits) + (" *" if r.excludes_zero else "")
+                  for r in df.itertuples()]
+    wide = df.pivot_table(index=["eval_corpus", "train_corpus", "step"], columns="metric",
+                          values="text", aggfunc="first", sort=False)
+    return wide[[m for m in metrics if m in wide.columns]]
+
+
+def dce_bar_sentence(families: Any, steps: Any, domain: str, bar: float | None = None,
+                     digits: int = 3) -> str:
+    """One sentence on the ``domain`` SAEs' ΔCE on held-out ``domain`` text at the largest
+    target L0 (across-seed mean, 95% interval) against ``bar`` (default
+    :data:`~sae_med.claims.DCE_BAR_NATS`), and its trend over the target L0s
+    (:func:`~sae_med.claims.l0_trend`)."""
+    from sae_med.claims import DCE_BAR_NATS, l0_trend, row_intervals
+
+    bar = DCE_BAR_NATS if bar is None else bar
+    sel = families[(families.train_corpus == domain) & (families.eval_corpus == domain)
+                   & (families.metric == "delta_ce") & (families.basis == "l0_target")]
+    if sel.empty:
+        return f"No ΔCE of the {domain} SAEs on {domain} text in this run."
+    row = sel.sort_values("l0_target").iloc[[-1]]
+    [iv] = row_intervals(row)
+    if iv.high is not None and iv.high <= bar:
+        where = "at or below it, with its whole 95% interval"
+    elif iv.low is not None and iv.low > bar:
+        where = "above it, with its whole 95% interval"
+    else:
+        where = f"{'at or below' if iv.value <= bar else 'above'} it, but its 95% interval " \
+                "reaches across it"
+    return (f"At the largest target L0 ({row.l0_target.iloc[0]:g}) the {domain} SAEs' ΔCE "
+            f"on held-out {domain} text is {_interval_cell(iv, digits)} nats per token "
+            f"against the quality bar of {bar:g} nat: {where}. Its trend over the target "
+            f"L0s (paired steps): “{l0_trend(steps, domain, domain, 'delta_ce')}”.")
+
+
+def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3,
+                 none: str = "no comparison in this run (e.g. no common FVE range)") -> str:
+    """One sentence stating the gaps (or steps) and how many of their intervals exclude 0;
+    ``none`` says why there are none."""
     subject = f"{what} {where}".strip()
     if not ivs:
-        return f"{subject}: no comparison in this run (e.g. no common FVE range)."
-    cells = "; ".join(_cell(iv.value, *(float("nan") if v is None else v
-                                         for v in (iv.low, iv.high)), digits) for iv in ivs)
+        return f"{subject}: {none}."
+    cells = "; ".join(_interval_cell(iv, digits) for iv in ivs)
     n = sum(iv.excludes_zero for iv in ivs)
     return (f"{subject}: {cells} (95% intervals); the interval excludes 0 in {n} of "
             f"{len(ivs)} comparisons.")

@@ -10,13 +10,15 @@ from sae_med.claims import (
     claim,
     claim_verdict,
     concept_verdict,
+    l0_trend,
     replication_sentence,
+    step_intervals,
     verdict_table,
     verdicts_frame,
 )
 from sae_med.config import load_config
 from sae_med.evaluate import ComparisonTables
-from sae_med.notebook import gap_table_by_model
+from sae_med.notebook import dce_bar_sentence, gap_table_by_model, step_table
 
 
 def gap(metric, value, low, high, basis="l0_target", at=20.0, stored="medical"):
@@ -32,7 +34,7 @@ def gap(metric, value, low, high, basis="l0_target", at=20.0, stored="medical"):
 
 def run(label, rows):
     return ModelRun(label, load_config(None),
-                    ComparisonTables(pd.DataFrame(), pd.DataFrame(rows)))
+                    ComparisonTables(pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame()))
 
 
 # medical better on FVE at both targets; loss better at L0 but not at matched FVE; dark
@@ -96,3 +98,53 @@ def test_concept_verdict_from_autointerp_scores():
     assert concept_verdict({"medical": better["medical"]}, "medical", "broad") == "not supported"
     frame = verdicts_frame({CONCEPT_CLAIM: {"a": "supported", "b": "not supported"}})
     assert frame.loc[CONCEPT_CLAIM].tolist() == ["supported", "not supported", "no"]
+
+
+def step(train, frm, to, value, low, high, metric="delta_ce"):
+    """One step row as results.json stores it (SAEs scored on medical text)."""
+    return {"row_type": "step", "eval_corpus": "medical", "train_corpus": train,
+            "metric": metric, "from_target": frm, "to_target": to, "value": value,
+            "low": low, "high": high, "excludes_zero": low > 0 or high < 0}
+
+
+def family_row(train, at, value, low, high):
+    return {"row_type": "family", "eval_corpus": "medical", "train_corpus": train,
+            "metric": "delta_ce", "basis": "l0_target", "l0_target": at, "fve": None,
+            "value": value, "low": low, "high": high}
+
+
+# medical ΔCE falls at both steps (stored out of order); broad's second step is unresolved
+STEPS = pd.DataFrame([step("medical", 40.0, 80.0, -0.04, -0.06, -0.02),
+                      step("medical", 20.0, 40.0, -0.08, -0.1, -0.06),
+                      step("broad", 20.0, 40.0, -0.1, -0.2, -0.05),
+                      step("broad", 40.0, 80.0, -0.02, -0.05, 0.01),
+                      step("medical", 20.0, 40.0, 0.02, 0.01, 0.03, metric="fve")])
+
+
+def test_step_intervals_trends_and_table():
+    ivs = step_intervals(STEPS, "medical", "medical", "delta_ce")
+    assert [iv.value for iv in ivs] == [-0.08, -0.04]  # in target order
+    assert l0_trend(STEPS, "medical", "medical", "delta_ce") == "falls with L0"
+    assert l0_trend(STEPS, "broad", "medical", "delta_ce") == "not resolved"
+    assert l0_trend(STEPS, "medical", "medical", "fve") == "rises with L0"
+    assert l0_trend(STEPS, "medical", "broad", "delta_ce") == "not resolved"  # no rows
+    assert l0_trend(pd.DataFrame(), "medical", "medical", "delta_ce") == "not resolved"
+    table = step_table(STEPS, ["delta_ce", "fve"])
+    assert list(table.columns) == ["delta_ce", "fve"]
+    assert table.loc[("medical", "medical", "20 → 40"), "delta_ce"] == \
+        "-0.080 [-0.100, -0.060] *"
+    assert not table.loc[("medical", "broad", "40 → 80"), "delta_ce"].endswith("*")
+    assert step_table(pd.DataFrame(), ["delta_ce"]).empty
+
+
+def test_dce_bar_sentence_states_value_bar_and_trend():
+    families = pd.DataFrame([family_row("medical", 20.0, 1.4, 1.2, 1.6),
+                             family_row("medical", 80.0, 0.3, 0.2, 0.4),
+                             family_row("broad", 80.0, 2.0, 1.8, 2.2)])
+    text = dce_bar_sentence(families, STEPS, "medical")
+    assert "largest target L0 (80)" in text and "0.300 [0.200, 0.400]" in text
+    assert "at or below it, with its whole 95% interval" in text
+    assert text.endswith("“falls with L0”.")
+    assert "above it, with its whole" in dce_bar_sentence(families, STEPS, "medical", bar=0.1)
+    assert "reaches across it" in dce_bar_sentence(families, STEPS, "medical", bar=0.35)
+    assert dce_bar_sentence(families.iloc[:0], STEPS, "medical").startswith("No ΔCE")

@@ -1,4 +1,5 @@
-"""Known answers for sae_med.compare: paired gaps, seed means, matched-FVE interpolation."""
+"""Known answers for sae_med.compare: paired gaps and steps, seed means, matched-FVE
+interpolation, verdicts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sae_med.compare import (
     matched,
     seed_draws,
     seed_mean,
+    trend_verdict,
     verdict,
 )
 from sae_med.metrics import DocSums, metrics_from_doc_sums
@@ -165,3 +167,74 @@ def test_gap_rows_round_trip_through_the_book_helpers(resample):
                                                                         -iv.low))
     assert iv.excludes_zero and verdict([iv]) == "supported"
     assert gap_table(gaps, ["fve"]).iloc[0, 0].endswith("*")
+
+
+# --------------------------------------------------------------------------------------
+# Steps between target L0s
+# --------------------------------------------------------------------------------------
+
+def doc_mean(values: np.ndarray, resample) -> Draws:
+    """The mean of per-document ``values`` on all documents and on each resample."""
+    counts = resample.counts.numpy()
+    return Draws(float(values.mean()), counts @ values / counts.sum(1))
+
+
+def test_a_step_is_the_difference_of_the_two_families(resample):
+    saes = [s for t, q in zip(TARGETS, ((0.4, 0.42), (0.3, 0.31), (0.2, 0.22)), strict=True)
+            for s in family("medical", q, resample, t)]
+    out = compare(saes, "medical", ("medical",), seed=1)
+    fam = {f.at: f.interval.value for f in out.families
+           if f.metric == "fve" and f.basis == "l0_target"}
+    steps = [s for s in out.steps if s.metric == "fve"]
+    assert [(s.from_target, s.to_target) for s in steps] == [(10.0, 20.0), (20.0, 40.0)]
+    for s in steps:
+        assert s.interval.value == pytest.approx(fam[s.to_target] - fam[s.from_target])
+        assert s.interval.excludes_zero and s.interval.low > 0  # better SAEs, higher FVE
+    assert steps[0].to_dict() == {
+        "row_type": "step", "eval_corpus": "medical", "train_corpus": "medical",
+        "metric": "fve", "from_target": 10.0, "to_target": 20.0,
+        **steps[0].interval.to_dict()}
+
+
+def test_pairing_resolves_a_step_that_the_family_intervals_do_not(resample):
+    """Two targets whose per-document values differ by a constant shift under document
+    noise ten times larger: the families' intervals overlap, the paired step's does not
+    reach 0."""
+    rng = np.random.default_rng(0)
+    docs = 2.0 * rng.standard_normal(N_DOCS)  # document difficulty, shared by every SAE
+    saes = [SaeDraws("medical", t, r, {
+                "delta_ce": doc_mean(docs + level + 0.01 * r
+                                     + 0.02 * rng.standard_normal(N_DOCS), resample),
+                "fve": Draws(1 - level, np.full(N_BOOT, 1 - level))})  # compare needs one
+            for t, level in ((20.0, 1.0), (40.0, 0.8)) for r in range(2)]
+    out = compare(saes, "medical", ("medical",), seed=1)
+    fam = {f.at: f.interval for f in out.families
+           if f.metric == "delta_ce" and f.basis == "l0_target"}
+    assert fam[20.0].low < fam[40.0].high  # overlapping: unresolved unpaired
+    [step] = [s for s in out.steps if s.metric == "delta_ce"]
+    assert step.interval.value == pytest.approx(-0.2, abs=0.02)
+    assert step.interval.high < 0
+    assert trend_verdict([step.interval]) == "falls with L0"
+
+
+def test_steps_join_only_neighbouring_complete_families(resample):
+    """broad has both seeds at 10 and 40 but one at 20: no mean there, so no step to or
+    from 20 and no step over it; medical steps 10 → 20 → 40, never 10 → 40."""
+    saes = [s for t in TARGETS for s in family("medical", (0.3, 0.31), resample, t)]
+    saes += [s for t in TARGETS for s in family("broad", (0.4, 0.41), resample, t)
+             if not (t == 20.0 and s.replicate == 1)]
+    out = compare(saes, "medical", ("medical", "broad"), seed=1)
+    pairs = {(s.train_corpus, s.from_target, s.to_target) for s in out.steps}
+    assert pairs == {("medical", 10.0, 20.0), ("medical", 20.0, 40.0)}
+    assert {s.metric for s in out.steps} == {"fve"}
+
+
+def test_trend_verdicts():
+    down, up, flat = Interval(-0.1, -0.2, -0.05), Interval(0.1, 0.05, 0.2), \
+        Interval(-0.1, -0.2, 0.01)
+    assert trend_verdict([down, down]) == "falls with L0"
+    assert trend_verdict([up]) == "rises with L0"
+    assert trend_verdict([down, flat]) == "not resolved"
+    assert trend_verdict([down, up]) == "not resolved"
+    assert trend_verdict([Interval(-0.1, None, None)]) == "not resolved"
+    assert trend_verdict([]) == "not resolved"

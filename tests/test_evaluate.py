@@ -11,12 +11,14 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from sae_med.activations import build_cache
-from sae_med.bootstrap import bootstrap_ci, bootstrap_many
+from sae_med.bootstrap import Draws, bootstrap_ci, bootstrap_many
+from sae_med.compare import SaeDraws, compare
 from sae_med.config import load_config
 from sae_med.evaluate import (
     CE_METRICS,
@@ -284,6 +286,22 @@ def test_results_roundtrip(rows, cfg, tmp_path):
             got = want["metrics"][row.metric]["value"]
         assert (got is None and math.isnan(row.value)) or row.value == pytest.approx(got)
     pd.testing.assert_frame_equal(df.reset_index(drop=True), csv, check_dtype=False)
+
+    # with a comparison: its family, gap and step rows come back from the JSON and the CSV
+    rng = np.random.default_rng(0)
+    comp = compare([SaeDraws(c, t, r, {"fve": Draws(v, v + 0.01 * rng.standard_normal(20))})
+                    for c, v0 in (("medical", 0.8), ("broad", 0.7)) for r in range(2)
+                    for t, v in ((20.0, v0), (40.0, v0 + 0.05))],
+                   CORPUS, ("medical", "broad"), seed=0)
+    path = write_results(list(rows.values()), cfg, tmp_path / "compared.json", [comp])
+    assert json.loads(path.read_text())["steps"] == [s.to_dict() for s in comp.steps]
+    tables = load_comparisons(path)
+    assert len(tables.steps) == len(comp.steps) == 2  # fve, medical and broad, 20 → 40
+    assert tables.steps.value.tolist() == pytest.approx([s.interval.value
+                                                         for s in comp.steps])
+    csv = pd.read_csv(path.with_suffix(".csv"))
+    assert set(csv.row_type) == {"sae", "family", "gap", "step"}
+    assert csv[csv.row_type == "step"].to_target.tolist() == [40.0, 40.0]
 
 
 @pytest.mark.slow
