@@ -183,14 +183,18 @@ class _SparseJumpReLUSAEFn(torch.autograd.Function):
         g_theta_vals = -(th_b / eps) * g_f[band] - (g_l0 / (eps * batch)).to(th_b.dtype)
         g_theta = torch.zeros_like(threshold).index_add_(0, cols_b, g_theta_vals)
 
-        # Transposed CSR (d_sae, batch) of the active set, shared by both weight grads.
+        # The active set transposed to (d_sae, batch), sorted by latent: both weight grads.
+        # COO, not CSR: torch's CSR product with a (d_sae, batch) left side is ~4x slower
+        # on CPU for these shapes (benchmarks/RESULTS.md, training step).
         perm = _stable_argsort(cols_a)
-        cols_t, rows_t = cols_a[perm], rows_a[perm]
-        acts_t = _csr(cols_t, rows_t, vals_a[perm], d_sae, batch)
-        g_W_dec = torch.sparse.mm(acts_t, g_xhat)  # (d_sae, d_model)
-        g_z_t = torch.sparse_csr_tensor(acts_t.crow_indices(), rows_t, g_z[perm],
-                                        (d_sae, batch), check_invariants=False)
-        g_W_enc = torch.sparse.mm(g_z_t, x).t()  # (d_model, d_sae)
+        idx_t = torch.stack([cols_a[perm], rows_a[perm]])
+
+        def by_latent(vals: Tensor) -> Tensor:
+            return torch.sparse_coo_tensor(idx_t, vals[perm], (d_sae, batch),
+                                           is_coalesced=True, check_invariants=False)
+
+        g_W_dec = torch.mm(by_latent(vals_a), g_xhat)  # (d_sae, d_model)
+        g_W_enc = torch.mm(by_latent(g_z), x).t()  # (d_model, d_sae)
         g_b_enc = torch.zeros(d_sae, dtype=x.dtype, device=x.device).index_add_(0, cols_a, g_z)
         g_b_dec = g_xhat.sum(0)
         g_x = None

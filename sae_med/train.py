@@ -297,6 +297,9 @@ def run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate:
 # The sweep
 # --------------------------------------------------------------------------------------
 
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
 class SweepMember:
     """One SAE of the sweep with its optimiser, dead-latent clock and metrics file."""
 
@@ -306,7 +309,10 @@ class SweepMember:
         self.opt = torch.optim.Adam(
             [{"params": others, "lr_mult": 1.0},
              {"params": [sae.log_threshold], "lr_mult": tc.threshold_lr_mult}],
-            lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2))
+            lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+            # one fused kernel instead of a dozen passes per tensor: 6x faster on CPU (a
+            # third of the sparse step's time); the same update to rounding
+            fused=sae.W_enc.device.type in FUSED_ADAM_DEVICES)
         # Tokens seen when each latent last fired (0: never).
         self.last_fired = torch.zeros(sae.d_sae, dtype=torch.int64,
                                       device=sae.W_enc.device)
