@@ -1,0 +1,111 @@
+"""The sparse training step of this checkout against an older revision's, in one process.
+
+Both sides run the same step (forward on the CSR fast path, MSE + target-L0 loss, backward,
+decoder-parallel gradient removal, Adam, decoder renormalisation) on the same batches from
+the same initial weights, interleaved round by round so that machine load hits both alike.
+The baseline's ``JumpReLUSAE`` comes from ``git show REV:sae_med/sae.py`` with plain
+(unfused) Adam, as that revision's trainer built it; this checkout's side takes the
+optimiser ``sae_med.train.SweepMember`` builds.
+
+    .venv/bin/python benchmarks/bench_step.py [--baseline d549a1e] [--rounds 6]
+
+Last line: ``speedup_vs_baseline=<median ratio>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def baseline_module(rev: str):
+    """``sae_med/sae.py`` as it was at ``rev``, imported under another name."""
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:sae_med/sae.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "sae_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("sae_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_step(sae, opt: torch.optim.Optimizer, target: float) -> Callable[[torch.Tensor], None]:
+    def step(x: torch.Tensor) -> None:
+        out = sae(x, fast=True)
+        loss = (out.x_hat - x).pow(2).sum(-1).mean() + (out.l0 / target - 1) ** 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grad_()
+        opt.step()
+        sae.unit_norm_decoder_()
+
+    return step
+
+
+def warmed(cls, args: argparse.Namespace, calib: torch.Tensor):
+    """An SAE at init with per-latent thresholds at the (1 - L0/width) quantile."""
+    sae = cls(args.d_in, args.width, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = calib @ sae.W_enc + sae.b_enc
+        q = torch.quantile(z, 1 - args.target_l0 / args.width, dim=0)
+        sae.log_threshold.copy_(q.clamp_min(1e-4).log())
+    return sae
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--baseline", default="d549a1e", help="git revision to compare against")
+    p.add_argument("--d-in", type=int, default=640)
+    p.add_argument("--width", type=int, default=5120)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--target-l0", type=float, default=40.0)
+    p.add_argument("--steps", type=int, default=40, help="steps per side per round")
+    p.add_argument("--rounds", type=int, default=6)
+    args = p.parse_args()
+    sys.path.insert(0, str(REPO))
+    from sae_med.config import TrainConfig
+    from sae_med.sae import JumpReLUSAE
+    from sae_med.train import SweepMember
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.steps * args.batch, args.d_in, generator=g)
+    batches = list((x / x.pow(2).sum(-1).mean().sqrt()).split(args.batch))
+    old = warmed(baseline_module(args.baseline).JumpReLUSAE, args, batches[0])
+    new = warmed(JumpReLUSAE, args, batches[0])
+    member = SweepMember(new, args.target_l0, TrainConfig(batch_size=args.batch), Path("unused"))
+    sides = {f"{args.baseline} (plain Adam)": make_step(old, torch.optim.Adam(
+                 old.parameters(), lr=1e-4), args.target_l0),
+             "this checkout": make_step(new, member.opt, args.target_l0)}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for step in sides.values():
+        for b in batches[:5]:
+            step(b)
+    for _ in range(args.rounds):
+        for name, step in sides.items():
+            t = time.perf_counter()
+            for b in batches:
+                step(b)
+            times[name].append((time.perf_counter() - t) / len(batches) * 1e3)
+    print(f"d_in {args.d_in}, width {args.width}, batch {args.batch}, target L0 "
+          f"{args.target_l0:g}, {torch.get_num_threads()} threads; ms per step over "
+          f"{args.rounds} interleaved rounds of {args.steps} steps")
+    for name, v in times.items():
+        print(f"{name:28s} median {statistics.median(v):6.1f}  min {min(v):6.1f}")
+    base, ours = (statistics.median(v) for v in times.values())
+    print(f"speedup_vs_baseline={base / ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()
