@@ -74,6 +74,32 @@ def test_bfloat16_forwards_hand_on_fp32_and_are_keyed_apart(tiny_lm_dirs, arch):
     assert abs(half.kl_spliced - ref.kl_spliced) < 0.2 * ref.kl_spliced
 
 
+def test_scoring_a_few_rows_at_a_time_matches_whole_chunks(tiny_lm_dirs, monkeypatch):
+    """``SCORE_ROWS`` only changes how much of a chunk's log-probabilities are in memory at
+    once: per-token CE is identical to scoring the whole chunk and KL the same to rounding
+    (its sum over the vocabulary may be split differently), on a soft-capped bf16 model
+    (Gemma-2) with a row count that divides neither the chunk nor the tokens."""
+    import sae_med.lm as lm
+
+    model = load_model(str(tiny_lm_dirs["gemma2"]), device="cpu", dtype="bfloat16")
+    assert model.softcap
+    batch = model.tokenize(["Fever and a rash.", "The cough lasted for weeks", "Chest pain"],
+                           ctx_len=16)
+    fns = {"half": lambda x: 0.5 * x, "noisy": lambda x: x + 0.3 * torch.randn(
+        x.shape, generator=torch.Generator().manual_seed(0))}
+    out = {}
+    for rows in (3, 10_000):
+        monkeypatch.setattr(lm, "SCORE_ROWS", rows)
+        out[rows] = model.spliced_losses(batch, LAYER, fns, chunk_tokens=7)
+    for k in fns:
+        assert out[3][k].kl_spliced.abs().sum() > 0
+        for field in ("ce_clean", "ce_spliced", "ce_zero"):
+            assert torch.equal(getattr(out[3][k], field), getattr(out[10_000][k], field))
+        for field in ("kl_spliced", "kl_zero"):  # a sum over the vocabulary: to rounding
+            torch.testing.assert_close(getattr(out[3][k], field),
+                                       getattr(out[10_000][k], field), rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("arch", ["gemma2", "llama", "gpt2"])
 def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
     cfg = load_config("configs/smoke.yaml", [
