@@ -28,9 +28,10 @@ Edit = Callable[[Tensor], Tensor]
 
 SCORE_ROWS = 4
 """Rows of fp32 log-probabilities scored at a time after a chunk's unembedding: a few MB
-that stay in cache. On the AMD machine kind the log-softmax and KL passes ran ~9x faster
-than over a whole 128-row chunk (a 262k vocabulary: 134 MB per pass), with the same
-CE and KL to the bit on Gemma-3-270M (benchmarks/bench_score.py)."""
+that stay in cache. On the AMD machine kind the log-softmax and KL passes of one splice
+took 26 ms per 128-row chunk this way against 240-460 ms over the whole chunk at once (a
+262k vocabulary: 134 MB per pass), with the same CE and KL to the bit on Gemma-3-270M
+(benchmarks/bench_score.py, benchmarks/RESULTS.md)."""
 
 _BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h",
                 "gpt_neox.layers", "model.decoder.layers")
@@ -366,16 +367,15 @@ class LanguageModel:
             sl = slice(s, s + chunk_tokens)
             tgt = targets[sl, None]
             raw = head(h_clean[sl])
-            logp_clean = torch.cat([self._log_probs(raw[r:r + SCORE_ROWS])
-                                    for r in range(0, raw.shape[0], SCORE_ROWS)])
+            blocks = [slice(r, min(r + SCORE_ROWS, len(raw)))
+                      for r in range(0, len(raw), SCORE_ROWS)]
+            logp_clean = torch.cat([self._log_probs(raw[rows]) for rows in blocks])
             p_clean = logp_clean.exp()
             ce_clean[sl] = -logp_clean.gather(-1, tgt)[:, 0]
             for k, h in variants.items():
                 raw = head(h[sl])
-                m = raw.shape[0]
-                for r in range(0, m, SCORE_ROWS):
-                    end = min(r + SCORE_ROWS, m)
-                    rows, out = slice(r, end), slice(s + r, s + end)
+                for rows in blocks:
+                    out = slice(s + rows.start, s + rows.stop)
                     logp = self._log_probs(raw[rows])
                     ce[k][out] = -logp.gather(-1, tgt[rows])[:, 0]
                     kl[k][out] = (p_clean[rows] * (logp_clean[rows] - logp)).sum(-1)
