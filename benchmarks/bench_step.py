@@ -1,13 +1,15 @@
 """The sparse training step of this checkout against an older revision's, in one process.
 
-Both sides run the same step (forward on the CSR fast path, MSE + target-L0 loss, backward,
-decoder-parallel gradient removal, Adam, decoder renormalisation) on the same batches from
-the same initial weights, interleaved round by round so that machine load hits both alike.
-The baseline's ``JumpReLUSAE`` comes from ``git show REV:sae_med/sae.py`` with plain
-(unfused) Adam, as that revision's trainer built it; this checkout's side takes the
-optimiser ``sae_med.train.SweepMember`` builds.
+Both sides run one optimiser step per batch (forward on the CSR fast path, MSE + target-L0
+loss, backward, decoder-parallel gradient removal, grad-norm clipping at 1, Adam, decoder
+renormalisation) on the same batches from the same initial weights, interleaved round by
+round so that machine load hits both alike. The baseline's ``JumpReLUSAE`` comes from
+``git show REV:sae_med/sae.py`` and steps as that revision's trainer did (fused Adam over
+the SAE's parameters, ``torch.nn.utils.clip_grad_norm_``; ``--plain-adam`` for revisions
+before fused Adam, e.g. d549a1e); this checkout's side is ``sae_med.train.train_step`` on a
+``SweepMember``.
 
-    .venv/bin/python benchmarks/bench_step.py [--baseline d549a1e] [--rounds 6]
+    .venv/bin/python benchmarks/bench_step.py [--baseline 164c130] [--rounds 6]
 
 Last line: ``speedup_vs_baseline=<median ratio>``.
 """
@@ -42,12 +44,14 @@ def baseline_module(rev: str):
 
 
 def make_step(sae, opt: torch.optim.Optimizer, target: float) -> Callable[[torch.Tensor], None]:
+    """A step as the baseline revision's trainer took it."""
     def step(x: torch.Tensor) -> None:
         out = sae(x, fast=True)
         loss = (out.x_hat - x).pow(2).sum(-1).mean() + (out.l0 / target - 1) ** 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_grad_()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()
         sae.unit_norm_decoder_()
 
@@ -66,7 +70,9 @@ def warmed(cls, args: argparse.Namespace, calib: torch.Tensor):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--baseline", default="d549a1e", help="git revision to compare against")
+    p.add_argument("--baseline", default="164c130", help="git revision to compare against")
+    p.add_argument("--plain-adam", action="store_true",
+                   help="the baseline steps with unfused Adam (revisions before 2026-12-02)")
     p.add_argument("--d-in", type=int, default=640)
     p.add_argument("--width", type=int, default=5120)
     p.add_argument("--batch", type=int, default=512)
@@ -77,21 +83,28 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from sae_med.config import TrainConfig
     from sae_med.sae import JumpReLUSAE
-    from sae_med.train import SweepMember
+    from sae_med.train import SweepMember, train_step
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.steps * args.batch, args.d_in, generator=g)
     batches = list((x / x.pow(2).sum(-1).mean().sqrt()).split(args.batch))
+    tc = TrainConfig(batch_size=args.batch, lr=1e-4, grad_clip=1.0)
     old = warmed(baseline_module(args.baseline).JumpReLUSAE, args, batches[0])
-    new = warmed(JumpReLUSAE, args, batches[0])
-    member = SweepMember(new, args.target_l0, TrainConfig(batch_size=args.batch), Path("unused"))
-    sides = {f"{args.baseline} (plain Adam)": make_step(old, torch.optim.Adam(
-                 old.parameters(), lr=1e-4), args.target_l0),
-             "this checkout": make_step(new, member.opt, args.target_l0)}
+    old_opt = torch.optim.Adam(old.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+                               fused=not args.plain_adam)
+    member = SweepMember(warmed(JumpReLUSAE, args, batches[0]), args.target_l0, tc,
+                         Path("unused"))
+    adam = "plain" if args.plain_adam else "fused"
+    sides = {f"{args.baseline} ({adam} Adam)": make_step(old, old_opt, args.target_l0),
+             "this checkout": lambda b: train_step(member, b, tc.lr, 1.0, tc, fast=True)}
     times: dict[str, list[float]] = {k: [] for k in sides}
     for step in sides.values():
         for b in batches[:5]:
             step(b)
+    # the same 5 steps from the same weights: the same update to rounding
+    with torch.no_grad():
+        diff = max(float((p - q).abs().max())
+                   for p, q in zip(old.parameters(), member.sae.parameters(), strict=True))
     for _ in range(args.rounds):
         for name, step in sides.items():
             t = time.perf_counter()
@@ -103,6 +116,7 @@ def main() -> None:
           f"{args.rounds} interleaved rounds of {args.steps} steps")
     for name, v in times.items():
         print(f"{name:28s} median {statistics.median(v):6.1f}  min {min(v):6.1f}")
+    print(f"max |parameter difference| after the same 5 steps: {diff:.2e}")
     base, ours = (statistics.median(v) for v in times.values())
     print(f"speedup_vs_baseline={base / ours:.2f}")
 

@@ -121,6 +121,14 @@ def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> 
                                    check_invariants=False)
 
 
+def _coo_mm(sparse: Tensor, dense: Tensor) -> Tensor:
+    """``sparse @ dense`` for a COO ``sparse``. ``torch.mm`` zero-fills a fresh ``self``
+    and then the result, each a full pass over the (rows, d_model) output that costs as
+    much as the product here; an expanded zero ``self`` with beta 0 leaves one fill."""
+    zero = dense.new_zeros(()).expand(sparse.shape[0], dense.shape[1])
+    return torch.addmm(zero, sparse, dense, beta=0)
+
+
 def _stable_argsort(v: Tensor) -> Tensor:
     """Stable argsort; NumPy's integer sort is ~20x faster than torch's on CPU here."""
     if v.device.type == "cpu":
@@ -193,15 +201,16 @@ class _SparseJumpReLUSAEFn(torch.autograd.Function):
             return torch.sparse_coo_tensor(idx_t, vals[perm], (d_sae, batch),
                                            is_coalesced=True, check_invariants=False)
 
-        g_W_dec = torch.mm(by_latent(vals_a), g_xhat)  # (d_sae, d_model)
-        g_W_enc = torch.mm(by_latent(g_z), x).t()  # (d_model, d_sae)
+        g_W_dec = _coo_mm(by_latent(vals_a), g_xhat)  # (d_sae, d_model)
+        # (d_model, d_sae) in W_enc's own transposed layout, so autograd keeps it uncopied
+        g_W_enc = _coo_mm(by_latent(g_z), x).t()
         g_b_enc = torch.zeros(d_sae, dtype=x.dtype, device=x.device).index_add_(0, cols_a, g_z)
         g_b_dec = g_xhat.sum(0)
         g_x = None
         if ctx.needs_input_grad[0]:
             g_zc = torch.sparse_csr_tensor(crow_a, cols_a, g_z, (batch, d_sae),
                                            check_invariants=False)
-            g_x = torch.sparse.mm(g_zc, W_enc.t().contiguous())
+            g_x = torch.sparse.mm(g_zc, W_enc.t())
         return g_x, g_W_enc, g_b_enc, g_theta, g_W_dec, g_b_dec, None
 
 
@@ -249,7 +258,11 @@ class JumpReLUSAE(nn.Module):
                             device=gen_device)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec.to(device=device, dtype=dtype))
-        self.W_enc = nn.Parameter(self.W_dec.detach().t().clone().contiguous())
+        # Stored as the transpose of a contiguous (d_sae, d_model) tensor: the sparse
+        # backward builds its gradient latent by latent in that layout, and a gradient whose
+        # strides differ from its parameter's is copied by autograd (a full transpose of
+        # the largest tensor every step). The dense products take either layout alike.
+        self.W_enc = nn.Parameter(self.W_dec.detach().clone().t())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, device=device, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_model, device=device, dtype=dtype))
         self.log_threshold = nn.Parameter(
@@ -316,8 +329,12 @@ class JumpReLUSAE(nn.Module):
         if self.W_dec.grad is None:
             return
         W, G = self.W_dec, self.W_dec.grad
-        coef = (G * W).sum(1, keepdim=True) / (W * W).sum(1, keepdim=True).clamp_min(1e-12)
-        G.sub_(coef * W)
+        # Row dot products as a batched matvec and the update as one addcmul_: three reads
+        # of the (d_sae, d_model) tensors and one write, where products through
+        # temporaries took a dozen passes (a sixth of the CPU training step)
+        dot = torch.bmm(G.unsqueeze(1), W.unsqueeze(2)).view(-1)
+        coef = dot / torch.linalg.vector_norm(W, dim=1).square().clamp_min(1e-12)
+        G.addcmul_(coef.unsqueeze(1), W, value=-1.0)
 
     # ---- normalisation folding -------------------------------------------------------
     @torch.no_grad()

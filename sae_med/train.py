@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sae_med import distributed as dist
@@ -77,7 +77,8 @@ CHECKPOINT_RECORD_NAME = "checkpoint.json"
 RUN_LOCK_NAME = ".train.lock"
 METRICS_NAME = "metrics.jsonl"
 SNAPSHOTS_DIR = "snapshots"
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
+"""3: Adam's W_enc state is kept in (d_sae, d_model) layout (:class:`SweepMember`)."""
 SPARSE_MAX_DENSITY = 0.05
 """With ``kernel: auto`` the CSR path is used only while the previous step's L0 was at most
 this fraction of the width; denser latents (e.g. right after init, when about half fire) are
@@ -305,7 +306,13 @@ class SweepMember:
 
     def __init__(self, sae: JumpReLUSAE, target: float, tc: TrainConfig, path: Path):
         self.sae, self.target, self.path = sae, target, path
-        others = [p for n, p in sae.named_parameters() if n != "log_threshold"]
+        # Adam updates W_enc through a contiguous (d_sae, d_model) alias of its storage:
+        # the fused kernel copies a transposed tensor (and its state) in and out on every
+        # step, more than the layout saves (see JumpReLUSAE.W_enc and :meth:`step`).
+        self.enc_alias = nn.Parameter(sae.W_enc.data.t()) if sae.W_enc.t().is_contiguous() \
+            else sae.W_enc
+        others = [self.enc_alias if n == "W_enc" else p for n, p in sae.named_parameters()
+                  if n != "log_threshold"]
         self.opt = torch.optim.Adam(
             [{"params": others, "lr_mult": 1.0},
              {"params": [sae.log_threshold], "lr_mult": tc.threshold_lr_mult}],
@@ -319,6 +326,13 @@ class SweepMember:
         self.last: TrainMetrics | None = None  # the latest logged row
         self.prev_l0 = math.inf  # L0 of the previous step, for the kernel choice
         self.compiled: Any = None  # torch.compile'd dense_terms for this SAE, if enabled
+
+    def step(self) -> None:
+        """One Adam step on the SAE's current gradients."""
+        if self.enc_alias is not self.sae.W_enc:
+            g = self.sae.W_enc.grad
+            self.enc_alias.grad = None if g is None else g.t()
+        self.opt.step()
 
     def state(self) -> dict[str, Any]:
         return {"target": self.target, "sae": self.sae.state_dict(),
@@ -396,6 +410,17 @@ def compile_available() -> bool:
     return _COMPILE_OK
 
 
+def clip_grad_norm_(sae: JumpReLUSAE, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_``, but the gradients are rescaled only when their
+    norm exceeds ``max_norm``: torch multiplies by a coefficient clamped to 1 on every
+    step (to avoid a host sync), two full passes over each weight gradient for nothing
+    on a CPU step where the norm is mostly below the bar. The same gradients to the bit."""
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if norm > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(sae.parameters(), max_norm, norm)
+
+
 class StepResult(NamedTuple):
     """One SAE's optimiser step (:func:`train_step`), detached; every value but ``x_hat``
     is that of the global batch."""
@@ -445,7 +470,7 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
         loss = loss + tc.pre_act_loss * pre_act_term(sae, x, dead) / ws
     for g in m.opt.param_groups:
         g["lr"] = lr * g["lr_mult"]
-    m.opt.zero_grad(set_to_none=True)
+    sae.zero_grad(set_to_none=True)  # not m.opt: Adam holds W_enc through its alias
     loss.backward()
     mse_sum, fired = mse.detach().reshape(1), t.fired
     if ws > 1:  # one flat all-reduce: gradients, the mse shares and the fired counts
@@ -454,8 +479,8 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
         mse_sum, fired = extra[:1], extra[1:] > 0
     sae.remove_parallel_grad_()
     if tc.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), tc.grad_clip)
-    m.opt.step()
+        clip_grad_norm_(sae, tc.grad_clip)
+    m.step()
     sae.unit_norm_decoder_()
     mse_g = mse_sum[0]
     sp_g = sp.detach()
@@ -622,7 +647,10 @@ def _starting_state(out_dir: Path, key: str, device: torch.device, resume: bool,
     if retrain_other_run and state.get("run_key") != key:
         log.warning("%s was trained with another config or cache; retraining", out_dir)
         return None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("run_key") != key:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"checkpoint {path} has format {state.get('format')}, this "
+                            f"version reads {CHECKPOINT_FORMAT}; delete it to start over")
+    if state.get("run_key") != key:
         raise TrainingError(f"checkpoint {path} belongs to a different run (config, seed or "
                             f"d_model changed); delete it or use a new output directory")
     log.info("resuming %s from step %d", out_dir, state["step"])

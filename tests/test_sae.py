@@ -84,8 +84,14 @@ def test_init():
 
 def test_unit_norm_and_parallel_grad_removal():
     sae = JumpReLUSAE(8, 32)
-    sae.W_dec.grad = torch.randn(32, 8)
+    with torch.no_grad():  # rows of norm != 1: the projection must divide by |w|^2
+        sae.W_dec.mul_(torch.rand(32, 1) + 0.5)
+    g = torch.randn(32, 8)
+    sae.W_dec.grad = g.clone()
     sae.remove_parallel_grad_()
+    W = sae.W_dec.detach()
+    expected = g - ((g * W).sum(1) / (W * W).sum(1)).unsqueeze(1) * W
+    assert torch.allclose(sae.W_dec.grad, expected, atol=1e-6)
     assert torch.allclose((sae.W_dec.grad * sae.W_dec).sum(1), torch.zeros(32), atol=1e-6)
     with torch.no_grad():
         sae.W_dec.mul_(3.0)
@@ -161,6 +167,8 @@ def test_save_load_roundtrip_folds_scale(tmp_path):
     assert torch.allclose(out.x_hat, ref.x_hat / 0.25, atol=1e-4)
     assert torch.equal(out.acts > 0, ref.acts > 0)
     assert loaded.bandwidth == sae.bandwidth
+    # W_enc keeps the transposed storage the sparse backward writes its gradient in
+    assert sae.W_enc.t().is_contiguous() and loaded.W_enc.t().is_contiguous()
 
 
 def test_load_detects_corruption_and_missing_files(tmp_path):

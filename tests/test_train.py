@@ -24,9 +24,11 @@ from sae_med.sae import JumpReLUSAE
 from sae_med.train import (
     CHECKPOINT_NAME,
     InputNorm,
+    SweepMember,
     TrainingError,
     TrainMetrics,
     batch_seed,
+    clip_grad_norm_,
     estimate_input_norm,
     init_seed,
     lr_at,
@@ -142,7 +144,6 @@ def test_metrics_row_reader_tolerates_older_rows():
 
 
 def test_train_step_returns_a_named_record():
-    from sae_med.train import SweepMember
 
     tc = TrainConfig(lr=1e-3)
     sae = JumpReLUSAE(16, 64, generator=torch.Generator().manual_seed(0))
@@ -172,6 +173,55 @@ def test_checkpoint_of_another_run_is_refused_or_retrained(tmp_path):
     state = torch.load(tmp_path / "r" / CHECKPOINT_NAME, weights_only=True)
     assert state["run_key"] == json.loads((r.path / "cfg.json").read_text())["metadata"][
         "run_key"]
+
+
+def test_checkpoint_of_another_format_is_refused(tmp_path, monkeypatch):
+    acts = synthetic_acts(n=256)
+    cfg = tiny_config(n_tokens=32 * 6, checkpoint_every=0)
+    train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", progress=False)
+    monkeypatch.setattr("sae_med.train.CHECKPOINT_FORMAT", 99)
+    with pytest.raises(TrainingError, match="has format 3, this version reads 99; delete"):
+        train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", resume=True,
+                   progress=False)
+
+
+def _same_grads(a: JumpReLUSAE, b: JumpReLUSAE, gen: torch.Generator, scale: float) -> None:
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        g = scale * torch.randn(p.shape, generator=gen)
+        p.grad, q.grad = g.clone(), g.clone()
+
+
+def test_adam_through_the_w_enc_alias_is_plain_fused_adam():
+    """SweepMember's Adam updates W_enc through a contiguous alias of its transposed
+    storage: the same parameters, to the bit, as fused Adam on the SAE's own."""
+    tc = TrainConfig(batch_size=32, lr=1e-2, threshold_lr_mult=1.0)
+    a = JumpReLUSAE(16, 64, generator=torch.Generator().manual_seed(0))
+    b = JumpReLUSAE(16, 64, generator=torch.Generator().manual_seed(0))
+    member = SweepMember(a, 4.0, tc, Path("unused"))
+    assert member.enc_alias is not a.W_enc  # the alias is in use
+    ref = torch.optim.Adam(b.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+                           fused=True)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        _same_grads(a, b, gen, 1.0)
+        member.step()
+        ref.step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert not torch.equal(a.W_enc, JumpReLUSAE(16, 64, generator=torch.Generator()
+                                                .manual_seed(0)).W_enc)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 10.0])
+def test_clip_grad_norm_is_torchs_below_and_above_the_bar(scale):
+    a = JumpReLUSAE(16, 64, generator=torch.Generator().manual_seed(0))
+    b = JumpReLUSAE(16, 64, generator=torch.Generator().manual_seed(0))
+    _same_grads(a, b, torch.Generator().manual_seed(2), scale)
+    clip_grad_norm_(a, 1.0)
+    norm = torch.nn.utils.clip_grad_norm_(b.parameters(), 1.0)
+    assert (float(norm) > 1.0) == (scale > 1)  # both branches are exercised
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
 
 
 def test_init_seeds_differ_by_corpus_target_and_replicate(tmp_path):
