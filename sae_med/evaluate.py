@@ -190,7 +190,7 @@ def reconstruction_fn(sae: JumpReLUSAE) -> SaeFn:
     dev = sae.W_enc.device
 
     def fn(x: Tensor) -> Tensor:
-        return sae.decode(sae.encode(x.to(dev, sae.W_enc.dtype))).to(x.device, x.dtype)
+        return sae.decode(sae.latents(x.to(dev, sae.W_enc.dtype))).to(x.device, x.dtype)
 
     return fn
 
@@ -232,7 +232,7 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
              for s in range(0, cache.n_tokens, batch_tokens)]
     for lo, hi in spans:
         x = cache.activations(lo, hi)
-        acts = sae.encode(x.to(dev))  # encode/decode: no pre-activation or step copies
+        acts = sae.latents(x.to(dev))  # CSR: decoding touches only the active latents
         x_hat = sae.decode(acts).to("cpu", torch.float32)
         acc.update(x, x_hat, acts, doc[lo:hi], typical=x.norm(dim=-1) <= typical_norm)
         t = train[lo:hi]
@@ -247,7 +247,7 @@ def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
         held = ~train[lo:hi]
         if held.any():
             x = cache.activations(lo, hi)[held]
-            x_hat = sae.decode(sae.encode(x.to(dev))).to("cpu", torch.float32)
+            x_hat = sae.decode(sae.latents(x.to(dev))).to("cpu", torch.float32)
             dm.add_eval(x, x - x_hat, doc[lo:hi][held])
     held = torch.unique(doc[~train])
     return ReconstructionPass(acc, DarkMatterSummary(dm_train_frac, dm_seed, dm.result(),

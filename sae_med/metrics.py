@@ -207,6 +207,16 @@ TYPICAL = "typical."
 """Prefix of the per-document sums over typical tokens only (see ``update``)."""
 
 
+def firing(acts: Tensor) -> tuple[Int[Tensor, " d_sae"], Float[Tensor, " tokens"]]:
+    """Tokens each latent fires on (int64, CPU) and active latents per token (float64) of
+    ``acts`` (tokens, d_sae), dense or CSR (whose stored entries are the active ones)."""
+    if acts.layout == torch.sparse_csr:
+        fires = torch.bincount(acts.col_indices(), minlength=acts.shape[1])
+        return fires.cpu(), acts.crow_indices().diff().to(torch.float64)
+    active = acts > 0
+    return active.sum(0, dtype=torch.int64).cpu(), active.sum(-1, dtype=torch.float64)
+
+
 class ReconstructionAccumulator:
     """Stream ``(x, x̂, f)`` batches of an evaluation set; metrics over all its tokens.
 
@@ -270,10 +280,8 @@ class ReconstructionAccumulator:
             raise ValueError("typical must be given for every batch or for none")
         x, x_hat = x.detach().double(), x_hat.detach().double()
         e = x - x_hat
-        active = acts.detach() > 0
-        fires = active.sum(0, dtype=torch.int64).cpu()
+        fires, active_per_tok = firing(acts.detach())
         self.firing_counts = fires if self.firing_counts is None else self.firing_counts + fires
-        active_per_tok = active.sum(-1, dtype=torch.float64)
         self.l0_sum += float(active_per_tok.sum())
         sq_err_tok = e.pow(2).sum(-1)
         x_dot_tok = (x * x_hat).sum(-1)

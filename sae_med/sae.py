@@ -289,6 +289,18 @@ class JumpReLUSAE(nn.Module):
         z = x @ self.W_enc + self.b_enc
         return jumprelu(z, self.threshold, self.bandwidth)
 
+    @torch.no_grad()
+    def latents(self, x: Float[Tensor, "batch d_model"]) -> Tensor:
+        """:meth:`encode` for scoring: the same active latents and values, as a CSR matrix
+        when the SAE is fp32 (torch decodes CSR only in fp32 on CPU), so that
+        :meth:`decode` touches only the active latents instead of a dense product as large
+        as the encoder's; dense otherwise. No gradient."""
+        if self.W_enc.dtype != torch.float32:
+            return self.encode(x)
+        z = x @ self.W_enc + self.b_enc
+        rows, cols = (z > self.threshold).nonzero(as_tuple=True)
+        return _csr(rows, cols, z[rows, cols], z.shape[0], self.d_sae)
+
     def decode(self, acts: Tensor) -> Float[Tensor, "batch d_model"]:
         """x_hat = f W_dec + b_dec; ``acts`` (batch, d_sae) may be dense or sparse CSR."""
         if acts.layout == torch.sparse_csr:

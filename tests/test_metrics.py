@@ -180,6 +180,18 @@ def test_doc_index_all_or_nothing():
         acc.update(x, x_hat, acts)
 
 
+def test_csr_latents_count_like_dense_ones():
+    """The accumulator takes the CSR latents of JumpReLUSAE.latents: the same firing counts,
+    L0 and results as the dense matrix (whose positive entries are the stored ones)."""
+    dense, sparse = ReconstructionAccumulator(), ReconstructionAccumulator()
+    for x, x_hat, acts, docs in _batches():
+        dense.update(x, x_hat, acts, docs)
+        sparse.update(x, x_hat, acts.to_sparse_csr(), docs)
+    assert torch.equal(dense.firing_counts, sparse.firing_counts)
+    assert dense.result() == sparse.result() and 0 < dense.result().l0 < 12
+    assert torch.equal(dense.per_doc().l0_sum, sparse.per_doc().l0_sum)
+
+
 def test_dead_and_dense_fractions():
     n, d_sae = 100, 5
     acts = torch.zeros(n, d_sae)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -109,6 +110,17 @@ def test_threshold_stays_fp32_under_bf16():
     loss.backward()
     assert sae.log_threshold.grad.dtype == torch.float32
     assert torch.isfinite(sae.log_threshold.grad).all()
+
+
+def test_scoring_latents_are_encode_as_csr():
+    sae = _trained_like_sae()
+    x = torch.randn(64, 16)
+    dense, csr = sae.encode(x).detach(), sae.latents(x)
+    assert csr.layout == torch.sparse_csr and 0 < csr.values().numel() < dense.numel()
+    assert torch.equal(csr.to_dense(), dense)  # the same active set and values, exactly
+    assert torch.allclose(sae.decode(csr), sae.decode(dense), atol=1e-5)
+    bf16 = copy.deepcopy(sae).to(torch.bfloat16)  # CSR products are fp32-only on CPU
+    assert bf16.latents(x.bfloat16()).layout == torch.strided
 
 
 # ---- fast path vs naive ----------------------------------------------------------------
