@@ -274,27 +274,55 @@ class DamageReport(NamedTuple):
     """‖E[x]‖ / E‖x‖ on the training sample: how much of the residual is one constant."""
 
 
+class Subject(NamedTuple):
+    """One SAE for :func:`diagnose_saes`."""
+
+    reconstruct: Reconstruct
+    train_x: Float[Tensor, "tokens d_model"]
+    """A sample of its training activations (mean, massive dimensions, error subspace)."""
+    train_tokens: Int[Tensor, " tokens"]
+    """The token ids of its training cache (token frequencies)."""
+
+
 @torch.no_grad()
 def diagnose_sae(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
                  reconstruct: Reconstruct, train_x: Float[Tensor, "tokens d_model"],
                  train_tokens: Int[Tensor, " tokens"], seed: int = 0) -> DamageReport:
-    """Every diagnostic of this module for one SAE, all splices sharing one clean and one
-    zero-ablated pass per batch. ``train_x`` / ``train_tokens``: a sample of training
-    activations and the token ids of the training cache (mean activation, massive
-    dimensions, error subspace, token frequencies)."""
+    """Every diagnostic of this module for one SAE (see :func:`diagnose_saes`)."""
+    return diagnose_saes(lm, batches, layer, {"sae": Subject(reconstruct, train_x,
+                                                             train_tokens)}, seed)["sae"]
+
+
+@torch.no_grad()
+def diagnose_saes(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
+                  subjects: Mapping[str, Subject], seed: int = 0) -> dict[str, DamageReport]:
+    """Every diagnostic of this module for each SAE of ``subjects``, all splices of all of
+    them sharing one clean and one zero-ablated pass per batch."""
+    variants, bases, massive = {}, {}, {}
+    for name, s in subjects.items():
+        bases[name] = error_subspace(s.train_x - s.reconstruct(s.train_x))
+        massive[name] = massive_dimensions(s.train_x)
+        variants |= {f"{name}/{k}": fn for k, fn in {
+            "sae": s.reconstruct, "mean": mean_ablation(s.train_x.mean(0)),
+            "without": _corrected(s.reconstruct, massive[name]),
+            **_random_variants(s.reconstruct, seed, bases[name])}.items()}
+    damages = token_damages(lm, batches, layer, variants)
+    return {name: _report(lm, batches, layer, s, massive[name], bases[name],
+                          {k.removeprefix(f"{name}/"): v for k, v in damages.items()
+                           if k.startswith(f"{name}/")})
+            for name, s in subjects.items()}
+
+
+def _report(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int, s: Subject,
+            massive: list[int], basis: Tensor, damages: Mapping[str, TokenDamage]
+            ) -> DamageReport:
     from sae_med.metrics import loss_recovered
 
-    basis = error_subspace(train_x - reconstruct(train_x))
-    massive = massive_dimensions(train_x)
-    damages = token_damages(lm, batches, layer, {
-        "sae": reconstruct, "mean": mean_ablation(train_x.mean(0)),
-        "without": _corrected(reconstruct, massive),
-        **_random_variants(reconstruct, seed, basis)})
     d = damages["sae"]
     ce_clean = _mean(d.ce_clean)
     ce_sae, ce_zero = ce_clean + _mean(d.delta_ce), _mean(d.ce_zero)
     ce_mean = ce_clean + _mean(damages["mean"].delta_ce)
-    freq = token_frequency(train_tokens, int(max(train_tokens.max(), d.token.max())) + 1)
+    freq = token_frequency(s.train_tokens, int(max(s.train_tokens.max(), d.token.max())) + 1)
     log_f = torch.log10(freq[d.token].clamp_min(1e-12))
     positions = [1, 2, 4, 8, 16, 32, 64, int(d.position.max()) + 1]
     return DamageReport(
@@ -306,9 +334,9 @@ def diagnose_sae(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
                                  [f"decile {i + 1}" for i in range(10)]),
         by_frequency=breakdown(d, log_f, np.quantile(log_f.numpy(), np.linspace(0, 1, 6)),
                                [f"quintile {i + 1}" for i in range(5)]),
-        massive=_dimension_result(lm, batches, layer, reconstruct, massive, damages),
+        massive=_dimension_result(lm, batches, layer, s.reconstruct, massive, damages),
         random=_random_result(damages, basis), n_tokens=len(d.delta_ce),
-        mean_share=float(train_x.mean(0).norm() / train_x.norm(dim=1).mean()))
+        mean_share=float(s.train_x.mean(0).norm() / s.train_x.norm(dim=1).mean()))
 
 
 def bins_frame(reports: Mapping[str, DamageReport], field: str) -> Any:

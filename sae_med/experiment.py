@@ -273,20 +273,17 @@ def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
     """:func:`~sae_med.diagnose.diagnose_sae` for replicate 0 of each training corpus at
     ``l0_target`` (0: the middle of the sweep) on the CE documents of ``eval_corpus``
     (empty: the first eval corpus). Returns ``{train_corpus: DamageReport}``."""
-    from sae_med.diagnose import diagnose_sae
+    from sae_med.diagnose import Subject, diagnose_saes
     from sae_med.evaluate import ce_batches, reconstruction_fn
 
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
     saes = saes_at(cfg, l0_target, progress=progress)
     model = load_model_for(cfg)
     batches = ce_batches(model, cfg, eval_corpus)
-    out = {}
+    subjects = {}
     for corpus, sae in saes.items():
         cache = cache_for(cfg, corpus, "train", progress)
         n = min(cache.n_tokens, 8192)  # a sample: mean, massive dims, error subspace
-        x = cache.activations(0, n)
-
-        out[corpus] = diagnose_sae(model, batches, cfg.model.hook_layer,
-                                   reconstruction_fn(sae), x, cache.tokens().token_ids,
-                                   seed=cfg.seed)
-    return out
+        subjects[corpus] = Subject(reconstruction_fn(sae), cache.activations(0, n),
+                                   cache.tokens().token_ids)
+    return diagnose_saes(model, batches, cfg.model.hook_layer, subjects, seed=cfg.seed)

@@ -130,3 +130,20 @@ def test_diagnose_sae_known_answers(tiny):
     shrunk = diagnose_sae(lm, batches, LAYER, _shrink, xs, toks)
     assert shrunk.ce_spliced != pytest.approx(shrunk.ce_clean, abs=1e-4)
     assert len(shrunk.massive.dims) == 4 and 0 < shrunk.massive.error_share < 1
+
+
+def test_diagnosing_two_saes_together_is_diagnosing_each_alone(tiny):
+    """diagnose_saes shares the clean and zero passes across SAEs; nothing else changes."""
+    from sae_med.diagnose import Subject, diagnose_sae, diagnose_saes
+
+    lm, batches = tiny
+    xs = torch.cat([lm.resid(b.tokens, b.attention_mask, LAYER)[b.keep] for b in batches])
+    toks = torch.cat([b.tokens[b.keep] for b in batches])
+    both = diagnose_saes(lm, batches, LAYER, {"a": Subject(_shrink, xs, toks),
+                                               "b": Subject(lambda x: 0.9 * x, xs[::2],
+                                                            toks)}, seed=3)
+    # repr: empty bins hold NaN, which == would call different
+    assert repr(both["a"]) == repr(diagnose_sae(lm, batches, LAYER, _shrink, xs, toks, seed=3))
+    assert repr(both["b"]) == repr(diagnose_sae(lm, batches, LAYER, lambda x: 0.9 * x,
+                                                xs[::2], toks, seed=3))
+    assert both["a"].ce_spliced != both["b"].ce_spliced
