@@ -67,7 +67,7 @@ from sae_med.artifacts import (
 from sae_med.batches import BatchSource, ResumableSource, prefetch
 from sae_med.config import Config, TrainConfig
 from sae_med.models import pick_device
-from sae_med.sae import CFG_FILENAME, JumpReLUSAE
+from sae_med.sae import CFG_FILENAME, JumpReLUSAE, pre_acts
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def init_threshold_at_target_(sae: JumpReLUSAE, x: Float[Tensor, "batch d_model"
     Not the paper's recipe (theta = 0.001 everywhere); it exists because Adam moves
     log(theta) by ~lr per step, so runs of a few hundred steps never get from 0.001 to the
     scale of the pre-activations. ``floor`` keeps every threshold at least the paper's."""
-    z = x.to(sae.W_enc.device) @ sae.W_enc + sae.b_enc
+    z = pre_acts(x.to(sae.W_enc.device), sae.W_enc, sae.b_enc)
     q = torch.quantile(z.float(), 1.0 - target / sae.d_sae, dim=0)
     sae.log_threshold.copy_(q.clamp_min(floor).log())
 

@@ -16,6 +16,7 @@ from sae_med.sae import (
     SAECheckpointError,
     from_gemma_scope_npz,
     from_sae_lens,
+    pre_acts,
     to_sae_lens,
 )
 
@@ -115,12 +116,30 @@ def test_threshold_stays_fp32_under_bf16():
 def test_scoring_latents_are_encode_as_csr():
     sae = _trained_like_sae()
     x = torch.randn(64, 16)
-    dense, csr = sae.encode(x).detach(), sae.latents(x)
+    with torch.no_grad():
+        dense = sae.encode(x)
+    csr = sae.latents(x)
     assert csr.layout == torch.sparse_csr and 0 < csr.values().numel() < dense.numel()
     assert torch.equal(csr.to_dense(), dense)  # the same active set and values, exactly
     assert torch.allclose(sae.decode(csr), sae.decode(dense), atol=1e-5)
     bf16 = copy.deepcopy(sae).to(torch.bfloat16)  # CSR products are fp32-only on CPU
     assert bf16.latents(x.bfloat16()).layout == torch.strided
+
+
+def test_pre_acts_is_the_encoder_product_and_its_gradient():
+    sae = _trained_like_sae()
+    x = torch.randn(64, 16, requires_grad=True)
+    z = pre_acts(x, sae.W_enc, sae.b_enc)  # oneDNN's linear where torch has it
+    ref = x.detach().double() @ sae.W_enc.detach().double() + sae.b_enc.detach().double()
+    torch.testing.assert_close(z.double(), ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(z)
+    z.backward(g)
+    gd = g.double()
+    tol = {"rtol": 1e-5, "atol": 1e-5}  # fp32 products against fp64 ones
+    torch.testing.assert_close(x.grad.double(), gd @ sae.W_enc.detach().double().t(), **tol)
+    torch.testing.assert_close(sae.W_enc.grad.double(), x.detach().double().t() @ gd, **tol)
+    torch.testing.assert_close(sae.b_enc.grad.double(), gd.sum(0), **tol)
+    assert sae.W_enc.grad.stride() == sae.W_enc.stride()  # built in the parameter's layout
 
 
 # ---- fast path vs naive ----------------------------------------------------------------
