@@ -22,6 +22,7 @@ activations; the decoder rows stay unit norm (latent values come out in raw unit
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import warnings
@@ -121,22 +122,17 @@ def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> 
                                    check_invariants=False)
 
 
-_ONEDNN_OK: bool | None = None
-
-
+@functools.cache
 def _onednn_linear_works() -> bool:
     """Whether torch has oneDNN's fp32 linear (``mkldnn._linear_pointwise``) and it runs;
     probed once on a tiny product."""
-    global _ONEDNN_OK
-    if _ONEDNN_OK is None:
-        try:
-            a, w = torch.ones(2, 3), torch.ones(4, 3)
-            out = torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
-            _ONEDNN_OK = bool(torch.backends.mkldnn.is_available() and torch.equal(
-                out, torch.full((2, 4), 3.0)))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            _ONEDNN_OK = False
-    return _ONEDNN_OK
+    try:
+        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3), torch.ones(4, 3), None,
+                                                 "none", [], "")
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.equal(out, torch.full((2, 4), 3.0)))
 
 
 class _OneDNNLinear(torch.autograd.Function):

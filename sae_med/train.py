@@ -327,6 +327,12 @@ class SweepMember:
         self.prev_l0 = math.inf  # L0 of the previous step, for the kernel choice
         self.compiled: Any = None  # torch.compile'd dense_terms for this SAE, if enabled
 
+    def zero_grad(self) -> None:
+        """Drop the SAE's gradients (``opt.zero_grad`` would miss W_enc's: Adam holds the
+        alias) and the alias's view of the last one."""
+        self.sae.zero_grad(set_to_none=True)
+        self.enc_alias.grad = None
+
     def step(self) -> None:
         """One Adam step on the SAE's current gradients."""
         if self.enc_alias is not self.sae.W_enc:
@@ -470,7 +476,7 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
         loss = loss + tc.pre_act_loss * pre_act_term(sae, x, dead) / ws
     for g in m.opt.param_groups:
         g["lr"] = lr * g["lr_mult"]
-    sae.zero_grad(set_to_none=True)  # not m.opt: Adam holds W_enc through its alias
+    m.zero_grad()
     loss.backward()
     mse_sum, fired = mse.detach().reshape(1), t.fired
     if ws > 1:  # one flat all-reduce: gradients, the mse shares and the fired counts
