@@ -22,15 +22,20 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import torch
+
+from sae_med import distributed as dist
 from sae_med.activations import ActivationCache, build_cache
 from sae_med.artifacts import write_json_atomic
 from sae_med.batches import BatchSource
-from sae_med.config import RUN_SECTIONS, Config
+from sae_med.config import RUN_SECTIONS, Config, ConfigError
 from sae_med.learning_curve import CurvePoint
 from sae_med.lm import LanguageModel
 from sae_med.models import load_model
@@ -94,26 +99,92 @@ def train_source(cfg: Config, corpus: str, progress: bool = True) -> BatchSource
     return cache_for(cfg, corpus, "train", progress)
 
 
+class Sweep(NamedTuple):
+    """One training sweep of a run: its corpus and seed replicate."""
+
+    corpus: str
+    replicate: int
+
+
 def stage_train(cfg: Config, progress: bool = True) -> dict:
-    """Train (or resume, or reuse) the SAE sweep of each train corpus and seed replicate.
+    """Train (or resume, or reuse) the SAE sweep of each train corpus and seed replicate,
+    ``train.workers`` sweeps at a time (:func:`_train_parallel`).
 
     Returns ``{train_corpus: [TrainResult, ...]}`` ordered by replicate, then
     ``cfg.sae.l0_targets`` (replicate 0 first, so ``next(r for r in runs if r.l0_target
     == t)`` is replicate 0). A finished run whose checkpoint key matches is reused; one for
     another config or cache is retrained from scratch (with a warning), never reused.
     """
+    sweeps = [Sweep(c, r) for c in cfg.train_corpora for r in range(cfg.sae.seeds)]
+    sources = {c: train_source(cfg, c, progress) for c in cfg.train_corpora}
+    if cfg.train.workers > 1 and len(sweeps) > 1:  # workers > 1 implies caches
+        roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
+        results = _train_parallel(cfg, sweeps, roots, progress)
+    else:
+        results = [_train_sweep(cfg, sw, sources[sw.corpus], progress) for sw in sweeps]
+    out: dict = {c: [] for c in cfg.train_corpora}
+    for sw, res in zip(sweeps, results, strict=True):
+        out[sw.corpus] += res
+    return out
+
+
+def _train_sweep(cfg: Config, sweep: Sweep, source: BatchSource, progress: bool,
+                 bar_position: int = 0) -> list:
+    """Train (or resume, or reuse) one sweep on ``source`` in this process."""
     from sae_med.train import replicate_dirname, train_saes
 
-    out: dict = {}
-    for corpus in cfg.train_corpora:
-        source = train_source(cfg, corpus, progress)
-        out[corpus] = []
-        for rep in range(cfg.sae.seeds):
-            out_dir = cfg.run_path / SAES_DIR / corpus / replicate_dirname(rep)
-            out[corpus] += train_saes(cfg, source, out_dir, resume=True, progress=progress,
-                                      d_model=source.d_model, train_corpus=corpus,
-                                      replicate=rep, retrain_other_run=True)
-    return out
+    out_dir = cfg.run_path / SAES_DIR / sweep.corpus / replicate_dirname(sweep.replicate)
+    return train_saes(cfg, source, out_dir, resume=True, progress=progress,
+                      d_model=source.d_model, train_corpus=sweep.corpus,
+                      replicate=sweep.replicate, retrain_other_run=True,
+                      bar_position=bar_position)
+
+
+_WORKER_SLOT = 0
+"""In a :func:`_train_parallel` worker process: its slot (0 .. workers - 1), the row of
+its progress bar."""
+
+
+def _init_worker(slots: Any, threads: int, log_level: int) -> None:
+    global _WORKER_SLOT
+    with slots.get_lock():
+        _WORKER_SLOT, slots.value = slots.value, slots.value + 1
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _worker_sweep(cfg: Config, sweep: Sweep, cache_root: Path, progress: bool) -> list:
+    # the cache is opened from its folder: no model in the worker
+    return _train_sweep(cfg, sweep, ActivationCache(cache_root), progress,
+                        bar_position=_WORKER_SLOT)
+
+
+def _train_parallel(cfg: Config, sweeps: Sequence[Sweep], roots: dict[str, Path],
+                    progress: bool) -> list[list]:
+    """:func:`_train_sweep` of every sweep, ``train.workers`` at a time, each in a process
+    of its own with this process's torch threads divided between them. On a 2-core CPU
+    two one-thread sweeps do ~1.2x the steps of one two-thread sweep: much of the sparse
+    step (gathers, sorts, sparse products) keeps one core busy (benchmarks/RESULTS.md).
+    Results in ``sweeps`` order; the first failure cancels the sweeps not yet started."""
+    if dist.world_size() > 1:
+        raise ConfigError("train.workers > 1 cannot run under torchrun (each rank is one "
+                          "process already); set train.workers=1")
+    ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    workers = min(cfg.train.workers, len(sweeps))
+    threads = max(1, torch.get_num_threads() // workers)
+    log.info("training %d sweeps, %d at a time (%d torch threads each)", len(sweeps),
+             workers, threads)
+    init = (ctx.Value("i", 0), threads, logging.getLogger("sae_med").getEffectiveLevel())
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=init) as pool:
+        futures = [pool.submit(_worker_sweep, cfg, sw, roots[sw.corpus], progress)
+                   for sw in sweeps]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def sae_dirs(cfg: Config) -> dict[str, Path]:

@@ -284,7 +284,7 @@ def run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate:
     # the source's key names where the activations come from (a cache or a stream)
     train = {k: v for k, v in cfg.to_dict()["train"].items()
              if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile",
-                          "source", "stream_buffer_tokens")}
+                          "source", "stream_buffer_tokens", "workers")}
     # the number of replicates does not change any one replicate's weights
     sae = {k: v for k, v in cfg.to_dict()["sae"].items() if k != "seeds"}
     # a cache's key names the activations it holds; in-memory sources have none
@@ -874,7 +874,7 @@ def _checkpoint(sw: _Sweep, step: int) -> None:
         sw.saved_step = step
 
 
-def _run_steps(sw: _Sweep, start: int, progress: bool) -> None:
+def _run_steps(sw: _Sweep, start: int, progress: bool, bar_position: int = 0) -> None:
     """Steps ``start`` .. the last, each SAE on every batch, checkpointing on the way."""
     tc, main = sw.cfg.train, dist.is_main()
     n_steps = total_steps(tc)
@@ -883,7 +883,8 @@ def _run_steps(sw: _Sweep, start: int, progress: bool) -> None:
     if sw.policy.device.type == "cuda":  # read, decode and pin the next batches meanwhile
         batches = prefetch(batches, depth=2, pin_memory=True)
     bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
-               desc=f"train {sw.train_corpus or sw.out_dir.name} seed {sw.replicate}")
+               desc=f"train {sw.train_corpus or sw.out_dir.name} seed {sw.replicate}",
+               position=bar_position)
     metric_files = [open(m.path, "a") if main else None for m in sw.members]  # noqa: SIM115
     snapshots = snapshot_steps(tc)
     try:
@@ -939,7 +940,8 @@ def _saved(sw: _Sweep, steps: int) -> bool:
 def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
                progress: bool = True, d_model: int | None = None,
                init_saes: Sequence[JumpReLUSAE] | None = None, train_corpus: str = "",
-               replicate: int = 0, retrain_other_run: bool = False) -> list[TrainResult]:
+               replicate: int = 0, retrain_other_run: bool = False, bar_position: int = 0
+               ) -> list[TrainResult]:
     """Train one JumpReLU SAE per ``cfg.sae.l0_targets`` from one pass over ``source``.
 
     Args:
@@ -957,6 +959,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         replicate: seed replicate of this sweep (:func:`batch_seed`, :func:`init_seed`).
         retrain_other_run: with ``resume``, start over (with a warning) when the checkpoint
             belongs to another run instead of refusing it.
+        bar_position: the terminal row of the progress bar (sweeps trained side by side).
     Returns:
         one :class:`TrainResult` per target, in ``cfg.sae.l0_targets`` order.
     """
@@ -989,7 +992,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
              ", compiled" if policy.compile else "",
              f", data-parallel over {ws} ranks" if ws > 1 else "")
 
-    _run_steps(sw, start, progress)
+    _run_steps(sw, start, progress, bar_position)
     n_steps = total_steps(tc)
     if start < n_steps:  # a finished run's checkpoint is already this one
         _checkpoint(sw, n_steps)

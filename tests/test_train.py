@@ -612,3 +612,65 @@ def test_pre_act_loss_revives_dead_latents(tmp_path):
     assert "pre_act_loss" not in Config().to_dict()["train"]
     source = TensorBatchSource(acts)
     assert run_key(tiny_config(pre_act_loss=1.0), source) != run_key(tiny_config(), source)
+
+
+def _parallel_cfg(cache_root: Path, out: Path, workers: int) -> Config:
+    """Two corpora x two seeds of tiny SAEs on test_activations' 600-token caches."""
+    from sae_med.config import load_config
+
+    return load_config(None, [
+        f"cache_dir={cache_root}", f"output_dir={out}", "cache.n_tokens=600",
+        "cache.shard_tokens=200", "cache.batch_size=4", "cache.ctx_len=48",
+        "train_corpora=[medical, broad]", "sae.width=64", "sae.l0_targets=[4, 8]",
+        "sae.seeds=2", "train.n_tokens=2048", "train.batch_size=128", "train.norm_batches=2",
+        f"train.workers={workers}"])
+
+
+@pytest.fixture
+def real_model_for_stages(model, monkeypatch):
+    """The session's Gemma behind experiment.load_model_for (not a second copy)."""
+    from sae_med import experiment
+
+    monkeypatch.setattr(experiment, "load_model_for", lambda cfg: model)
+
+
+def test_parallel_sweeps_match_one_process(cache_root, tmp_path, real_model_for_stages):
+    """train.workers=2 trains the four sweeps (2 corpora x 2 seeds) in two processes: the
+    same SAEs to the bit at this size, the same results in the same order."""
+    from safetensors.torch import load_file
+
+    from sae_med.experiment import stage_train
+
+    out = {w: stage_train(_parallel_cfg(cache_root, tmp_path / f"w{w}", w), progress=False)
+           for w in (1, 2)}
+    assert list(out[1]) == list(out[2]) == ["medical", "broad"]
+    for corpus in out[1]:
+        one, two = out[1][corpus], out[2][corpus]
+        assert [(r.replicate, r.l0_target) for r in one] == \
+            [(r.replicate, r.l0_target) for r in two] == [(0, 4), (0, 8), (1, 4), (1, 8)]
+        for a, b in zip(one, two, strict=True):
+            assert a.path != b.path and a.metrics == b.metrics
+            wa, wb = load_file(a.path / "sae.safetensors"), load_file(b.path / "sae.safetensors")
+            assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_failing_parallel_sweep_raises_its_own_error(cache_root, tmp_path,
+                                                       real_model_for_stages):
+    """A sweep that cannot start in its worker (its folder locked by another writer)
+    surfaces in the caller as that error, with its message."""
+    from sae_med.artifacts import ArtifactLockedError, artifact_lock
+    from sae_med.experiment import stage_train
+    from sae_med.train import RUN_LOCK_NAME
+
+    cfg = _parallel_cfg(cache_root, tmp_path, 2)
+    locked = cfg.run_path / "saes" / "broad" / "seed_1"
+    with artifact_lock(locked / RUN_LOCK_NAME, "a test"), \
+            pytest.raises(ArtifactLockedError, match="seed_1"):
+        stage_train(cfg, progress=False)
+
+
+def test_parallel_sweeps_need_a_cache():
+    with pytest.raises(ValueError, match="train.workers.*cache"):
+        TrainConfig(workers=2, source="stream")
+    with pytest.raises(ValueError, match="train.workers"):
+        TrainConfig(workers=0)
