@@ -35,7 +35,7 @@ from sae_med import distributed as dist
 from sae_med.activations import ActivationCache, build_cache
 from sae_med.artifacts import write_json_atomic
 from sae_med.batches import BatchSource
-from sae_med.config import RUN_SECTIONS, Config, ConfigError
+from sae_med.config import RUN_SECTIONS, Config
 from sae_med.learning_curve import CurvePoint
 from sae_med.lm import LanguageModel
 from sae_med.models import load_model
@@ -108,33 +108,45 @@ class Sweep(NamedTuple):
 
 def stage_train(cfg: Config, progress: bool = True) -> dict:
     """Train (or resume, or reuse) the SAE sweep of each train corpus and seed replicate,
-    ``train.workers`` sweeps at a time (:func:`_train_parallel`).
+    the unfinished ones ``train.workers`` at a time (:func:`_train_parallel`).
 
     Returns ``{train_corpus: [TrainResult, ...]}`` ordered by replicate, then
     ``cfg.sae.l0_targets`` (replicate 0 first, so ``next(r for r in runs if r.l0_target
     == t)`` is replicate 0). A finished run whose checkpoint key matches is reused; one for
     another config or cache is retrained from scratch (with a warning), never reused.
     """
+    from sae_med.train import sweep_finished
+
     sweeps = [Sweep(c, r) for c in cfg.train_corpora for r in range(cfg.sae.seeds)]
     sources = {c: train_source(cfg, c, progress) for c in cfg.train_corpora}
-    if cfg.train.workers > 1 and len(sweeps) > 1:  # workers > 1 implies caches
+    todo = [sw for sw in sweeps if not sweep_finished(
+        cfg, sources[sw.corpus], _sweep_dir(cfg, sw), sw.corpus, sw.replicate)]
+    results = {}
+    if cfg.train.workers > 1 and dist.world_size() > 1:
+        log.info("train.workers=%d: under torchrun the ranks share each sweep instead; "
+                 "training one sweep at a time", cfg.train.workers)
+    elif cfg.train.workers > 1 and len(todo) > 1:  # workers > 1 implies caches
         roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
-        results = _train_parallel(cfg, sweeps, roots, progress)
-    else:
-        results = [_train_sweep(cfg, sw, sources[sw.corpus], progress) for sw in sweeps]
+        results = dict(zip(todo, _train_parallel(cfg, todo, roots, progress), strict=True))
     out: dict = {c: [] for c in cfg.train_corpora}
-    for sw, res in zip(sweeps, results, strict=True):
-        out[sw.corpus] += res
+    for sw in sweeps:  # finished ones are reused here, in this process
+        out[sw.corpus] += results[sw] if sw in results else _train_sweep(
+            cfg, sw, sources[sw.corpus], progress)
     return out
+
+
+def _sweep_dir(cfg: Config, sweep: Sweep) -> Path:
+    from sae_med.train import replicate_dirname
+
+    return cfg.run_path / SAES_DIR / sweep.corpus / replicate_dirname(sweep.replicate)
 
 
 def _train_sweep(cfg: Config, sweep: Sweep, source: BatchSource, progress: bool,
                  bar_position: int = 0) -> list:
     """Train (or resume, or reuse) one sweep on ``source`` in this process."""
-    from sae_med.train import replicate_dirname, train_saes
+    from sae_med.train import train_saes
 
-    out_dir = cfg.run_path / SAES_DIR / sweep.corpus / replicate_dirname(sweep.replicate)
-    return train_saes(cfg, source, out_dir, resume=True, progress=progress,
+    return train_saes(cfg, source, _sweep_dir(cfg, sweep), resume=True, progress=progress,
                       d_model=source.d_model, train_corpus=sweep.corpus,
                       replicate=sweep.replicate, retrain_other_run=True,
                       bar_position=bar_position)
@@ -164,12 +176,10 @@ def _train_parallel(cfg: Config, sweeps: Sequence[Sweep], roots: dict[str, Path]
                     progress: bool) -> list[list]:
     """:func:`_train_sweep` of every sweep, ``train.workers`` at a time, each in a process
     of its own with this process's torch threads divided between them. On a 2-core CPU
-    two one-thread sweeps do ~1.2x the steps of one two-thread sweep: much of the sparse
-    step (gathers, sorts, sparse products) keeps one core busy (benchmarks/RESULTS.md).
-    Results in ``sweeps`` order; the first failure cancels the sweeps not yet started."""
-    if dist.world_size() > 1:
-        raise ConfigError("train.workers > 1 cannot run under torchrun (each rank is one "
-                          "process already); set train.workers=1")
+    two one-thread sweeps do ~1.2x the steps of one two-thread sweep: a second thread
+    speeds the sparse step up only 1.7x (its gathers, sorts and sparse products divide
+    poorly; benchmarks/RESULTS.md). Results in ``sweeps`` order; the first failure
+    cancels the sweeps not yet started."""
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     workers = min(cfg.train.workers, len(sweeps))
     threads = max(1, torch.get_num_threads() // workers)

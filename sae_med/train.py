@@ -925,15 +925,29 @@ def _save_saes(sw: _Sweep, steps: int, budget: int | None = None) -> None:
         write_json_atomic(out / "config.json", sw.cfg.to_dict())
 
 
+def _saved_from(sae_dirs: Sequence[Path], key: str, steps: int) -> bool:
+    """Whether every SAE folder holds an SAE saved by run ``key`` after ``steps`` steps."""
+    for d in sae_dirs:
+        path = d / CFG_FILENAME
+        meta = json.loads(path.read_text()).get("metadata", {}) if path.exists() else {}
+        if (meta.get("run_key"), meta.get("steps")) != (key, steps):
+            return False
+    return True
+
+
 def _saved(sw: _Sweep, steps: int) -> bool:
     """Whether every SAE of the sweep is already saved from this run after ``steps``
     steps (reusing a finished run then rewrites nothing)."""
-    for m in sw.members:
-        path = m.path.parent / CFG_FILENAME
-        meta = json.loads(path.read_text()).get("metadata", {}) if path.exists() else {}
-        if (meta.get("run_key"), meta.get("steps")) != (sw.key, steps):
-            return False
-    return True
+    return _saved_from([m.path.parent for m in sw.members], sw.key, steps)
+
+
+def sweep_finished(cfg: Config, source: BatchSource, out_dir: str | Path,
+                   train_corpus: str = "", replicate: int = 0) -> bool:
+    """Whether :func:`train_saes` with these arguments would only reuse finished SAEs
+    (every target saved by this run key after the last step)."""
+    dirs = [Path(out_dir) / sae_dirname(t) for t in cfg.sae.l0_targets]
+    return _saved_from(dirs, run_key(cfg, source, train_corpus, replicate),
+                       total_steps(cfg.train))
 
 
 @_holding_run_lock

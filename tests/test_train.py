@@ -634,15 +634,23 @@ def real_model_for_stages(model, monkeypatch):
     monkeypatch.setattr(experiment, "load_model_for", lambda cfg: model)
 
 
-def test_parallel_sweeps_match_one_process(cache_root, tmp_path, real_model_for_stages):
+def test_parallel_sweeps_match_one_process(cache_root, tmp_path, real_model_for_stages,
+                                           monkeypatch):
     """train.workers=2 trains the four sweeps (2 corpora x 2 seeds) in two processes: the
-    same SAEs to the bit at this size, the same results in the same order."""
+    same SAEs to the bit at this size, the same results in the same order; finished
+    sweeps are then reused in this process (no workers started)."""
     from safetensors.torch import load_file
 
-    from sae_med.experiment import stage_train
+    from sae_med import experiment
 
-    out = {w: stage_train(_parallel_cfg(cache_root, tmp_path / f"w{w}", w), progress=False)
-           for w in (1, 2)}
+    cfgs = {w: _parallel_cfg(cache_root, tmp_path / f"w{w}", w) for w in (1, 2)}
+    out = {w: experiment.stage_train(cfg, progress=False) for w, cfg in cfgs.items()}
+
+    def no_workers(*_args):
+        raise AssertionError("finished sweeps started workers")
+
+    monkeypatch.setattr(experiment, "_train_parallel", no_workers)
+    assert experiment.stage_train(cfgs[2], progress=False) == out[2]
     assert list(out[1]) == list(out[2]) == ["medical", "broad"]
     for corpus in out[1]:
         one, two = out[1][corpus], out[2][corpus]
