@@ -24,7 +24,8 @@ import logging
 import math
 import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -191,10 +192,25 @@ def _train_parallel(cfg: Config, sweeps: Sequence[Sweep], roots: dict[str, Path]
         futures = [pool.submit(_worker_sweep, cfg, sw, roots[sw.corpus], progress)
                    for sw in sweeps]
         try:
-            return [f.result() for f in futures]
+            return [_sweep_result(f, workers) for f in futures]
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _sweep_result(future: Future, workers: int) -> list:
+    """A worker's result, or its error; a worker killed outright (SIGKILL, out of memory)
+    becomes one clear :class:`~sae_med.train.TrainingError`."""
+    from sae_med.train import TrainingError
+
+    try:
+        return future.result()
+    except BrokenProcessPool as err:
+        raise TrainingError(
+            f"a training worker process died (killed, or out of memory?) with "
+            f"train.workers={workers}; finished sweeps are saved and the others resume "
+            f"from their last checkpoints when you rerun (train.workers=1 needs less "
+            f"memory)") from err
 
 
 def sae_dirs(cfg: Config) -> dict[str, Path]:

@@ -682,3 +682,40 @@ def test_parallel_sweeps_need_a_cache():
         TrainConfig(workers=2, source="stream")
     with pytest.raises(ValueError, match="train.workers"):
         TrainConfig(workers=0)
+
+
+def test_a_killed_worker_is_one_clear_error_and_the_rerun_resumes(cache_root, tmp_path,
+                                                                  real_model_for_stages):
+    """kill -9 of a training worker mid-sweep: the caller gets a TrainingError saying what
+    happened and what to do (not BrokenProcessPool); the rerun finishes every sweep."""
+    import multiprocessing
+    import threading
+
+    from sae_med.experiment import stage_train
+
+    small = _parallel_cfg(cache_root, tmp_path, 2)
+    cfg = dataclasses.replace(small, train=dataclasses.replace(
+        small.train, n_tokens=64_000, checkpoint_every=20))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            stage_train(cfg, progress=False)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    ckpt = cfg.run_path / "saes" / "medical" / "seed_0" / CHECKPOINT_NAME
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = multiprocessing.active_children()
+    assert ckpt.exists() and workers, "no worker reached its first checkpoint"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    t.join(timeout=120)
+    assert not t.is_alive() and len(errors) == 1
+    assert isinstance(errors[0], TrainingError), repr(errors[0])
+    assert "worker process died" in str(errors[0]) and "rerun" in str(errors[0])
+    out = stage_train(cfg, progress=False)
+    assert all(r.steps == 500 for runs in out.values() for r in runs)
