@@ -199,8 +199,9 @@ class TrainConfig:
     """Sweeps (corpus x seed replicate) trained at once, each in a process of its own with
     torch's threads divided between them (1: one after another in this process). On a
     2-core CPU two one-thread sweeps do ~1.2x the steps of one two-thread sweep; the
-    results differ from one process's only by the thread count's rounding. Needs
-    ``source: cache``, and not under torchrun."""
+    results differ from one process's only by the thread count's rounding. Streamed
+    training (``source: stream``) and torchrun train one sweep at a time whatever this
+    says (a worker would stream its own model; the ranks already share each sweep)."""
 
     def __post_init__(self) -> None:
         for name in ("n_tokens", "batch_size", "norm_batches", "log_every",
@@ -230,8 +231,6 @@ class TrainConfig:
         _check(not (self.compile and self.kernel == "sparse"), "train.compile",
                "compiles the dense step; it cannot be combined with kernel 'sparse'")
         _check(self.workers >= 1, "train.workers", "must be >= 1 (1: one sweep at a time)")
-        _check(self.workers == 1 or self.source == "cache", "train.workers",
-               "> 1 needs train.source 'cache' (each worker would stream its own model)")
         _check_device(self.device, "train.device")
 
 

@@ -123,10 +123,12 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     todo = [sw for sw in sweeps if not sweep_finished(
         cfg, sources[sw.corpus], _sweep_dir(cfg, sw), sw.corpus, sw.replicate)]
     results = {}
-    if cfg.train.workers > 1 and dist.world_size() > 1:
-        log.info("train.workers=%d: under torchrun the ranks share each sweep instead; "
-                 "training one sweep at a time", cfg.train.workers)
-    elif cfg.train.workers > 1 and len(todo) > 1:  # workers > 1 implies caches
+    cached = all(isinstance(src, ActivationCache) for src in sources.values())
+    if cfg.train.workers > 1 and len(todo) > 1 and (dist.world_size() > 1 or not cached):
+        log.info("train.workers=%d ignored: %s; training one sweep at a time",
+                 cfg.train.workers, "the torchrun ranks share each sweep"
+                 if dist.world_size() > 1 else "training streams its activations")
+    elif cfg.train.workers > 1 and len(todo) > 1:
         roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
         results = dict(zip(todo, _train_parallel(cfg, todo, roots, progress), strict=True))
     out: dict = {c: [] for c in cfg.train_corpora}

@@ -677,9 +677,7 @@ def test_a_failing_parallel_sweep_raises_its_own_error(cache_root, tmp_path,
         stage_train(cfg, progress=False)
 
 
-def test_parallel_sweeps_need_a_cache():
-    with pytest.raises(ValueError, match="train.workers.*cache"):
-        TrainConfig(workers=2, source="stream")
+def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="train.workers"):
         TrainConfig(workers=0)
 
