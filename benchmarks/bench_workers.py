@@ -72,7 +72,7 @@ def main() -> None:
         times["side by side"].append(side_by_side(_config(args, tmp / f"par{r}")))
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
               flush=True)
-    n_saes = 2 * len(cfg.sae.l0_targets)
+    n_saes = len(_sweeps(cfg)) * len(cfg.sae.l0_targets)
     print(f"{len(_sweeps(cfg))} sweeps x {len(cfg.sae.l0_targets)} SAEs x {args.steps} steps, "
           f"{torch.get_num_threads()} torch threads, {args.workers} workers")
     for k, v in times.items():

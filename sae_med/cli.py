@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sae_med import __version__
+from sae_med import LOG_FORMAT, __version__
 from sae_med.config import Config, ConfigError, load_config
 
 log = logging.getLogger("sae_med")
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
 
         init_from_env()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+                        format=LOG_FORMAT)
     for noisy in ("transformers", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

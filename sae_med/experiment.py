@@ -26,12 +26,13 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from sae_med import LOG_FORMAT
 from sae_med import distributed as dist
 from sae_med.activations import ActivationCache, build_cache
 from sae_med.artifacts import write_json_atomic
@@ -123,14 +124,15 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     todo = [sw for sw in sweeps if not sweep_finished(
         cfg, sources[sw.corpus], _sweep_dir(cfg, sw), sw.corpus, sw.replicate)]
     results = {}
-    cached = all(isinstance(src, ActivationCache) for src in sources.values())
-    if cfg.train.workers > 1 and len(todo) > 1 and (dist.world_size() > 1 or not cached):
-        log.info("train.workers=%d ignored: %s; training one sweep at a time",
-                 cfg.train.workers, "the torchrun ranks share each sweep"
-                 if dist.world_size() > 1 else "training streams its activations")
-    elif cfg.train.workers > 1 and len(todo) > 1:
-        roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
-        results = dict(zip(todo, _train_parallel(cfg, todo, roots, progress), strict=True))
+    roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
+    if cfg.train.workers > 1 and len(todo) > 1:
+        if dist.world_size() > 1 or len(roots) < len(sources):
+            log.info("train.workers=%d ignored: %s; training one sweep at a time",
+                     cfg.train.workers, "the torchrun ranks share each sweep"
+                     if dist.world_size() > 1 else "training streams its activations")
+        else:
+            results = dict(zip(todo, _train_parallel(cfg, todo, roots, progress),
+                               strict=True))
     out: dict = {c: [] for c in cfg.train_corpora}
     for sw in sweeps:  # finished ones are reused here, in this process
         out[sw.corpus] += results[sw] if sw in results else _train_sweep(
@@ -165,13 +167,18 @@ def _init_worker(slots: Any, threads: int, log_level: int) -> None:
     with slots.get_lock():
         _WORKER_SLOT, slots.value = slots.value, slots.value + 1
     torch.set_num_threads(threads)
-    logging.basicConfig(level=log_level,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+
+
+@cache
+def _worker_cache(root: Path) -> ActivationCache:
+    """A cache opened (and its shards' hashes checked) once per worker process, from its
+    folder: no model in the worker."""
+    return ActivationCache(root)
 
 
 def _worker_sweep(cfg: Config, sweep: Sweep, cache_root: Path, progress: bool) -> list:
-    # the cache is opened from its folder: no model in the worker
-    return _train_sweep(cfg, sweep, ActivationCache(cache_root), progress,
+    return _train_sweep(cfg, sweep, _worker_cache(cache_root), progress,
                         bar_position=_WORKER_SLOT)
 
 
