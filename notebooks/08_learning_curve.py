@@ -24,14 +24,14 @@
 # describes the run (`sae_med.config.Config.learning_curve_config`).
 #
 # A gap *grows* or *shrinks* here only when its interval at the largest budget does not
-# overlap its interval at the smallest; otherwise it *holds*. The snapshots before the
-# last are taken before the learning-rate decay of the run's final fifth, so they are
-# not annealed; the last budget is (`train.snapshots_annealed` trains each budget as a
-# run of its own instead, decayed to its end, for the sum of the budgets in extra
-# training). On the default this matters for the spliced loss:
-# un-annealed snapshots cost the model far more (ΔCE of nats, not monotone in tokens)
-# than the annealed end, while FVE and dark matter rise smoothly. Read ΔCE and loss
-# recovered at the largest budget, and FVE and dark matter along the whole curve.
+# overlap its interval at the smallest; otherwise it *holds*. A budget can be had two
+# ways. Snapshots of the long run cost nothing extra, but those before the last are taken
+# before the learning-rate decay of the run's final fifth, so they are not annealed, and
+# an un-annealed SAE costs the model far more when spliced in (ΔCE of nats, not monotone
+# in tokens) while its FVE and dark matter rise smoothly. With `train.snapshots_annealed`
+# (set in `configs/long.yaml`) each budget is a run of its own, decayed to its end, for
+# the sum of the budgets in extra training, and every budget's ΔCE can be read. The
+# summary below says which this run used.
 
 # %%
 from IPython.display import display

@@ -156,4 +156,13 @@ def curve_summary(cfg: Config | None, points: Sequence[CurvePoint],
     return (f"Each side trained at target L0 {cfg.sae.l0_targets[0]:g} with "
             f"{cfg.sae.seeds} seed(s) on {cfg.cache.n_tokens:,} cached tokens per corpus "
             f"and was scored at {', '.join(f'{p.tokens:,}' for p in points)} training "
-            f"tokens. {curve_sentence(trends, points[-1].tokens)}")
+            f"tokens ({budget_kind(cfg)}). {curve_sentence(trends, points[-1].tokens)}")
+
+
+def budget_kind(cfg: Config) -> str:
+    """How a curve's budgets below the last were trained, which says whether their spliced
+    loss can be read (a snapshot taken before the learning-rate decay is not annealed)."""
+    if cfg.train.snapshots_annealed:
+        return "each budget a run of its own, decayed to its end"
+    return ("the smaller budgets are snapshots of the longest run taken before its "
+            "learning-rate decay, so read their ΔCE with care")

@@ -89,6 +89,7 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path):
     assert len(dead) == 6 and dead["mean"].between(0, 1).all()
     text = curve_summary(curve, points, claim_trends(tables.gaps, "medical", "broad"))
     assert "1,000, 2,048, 4,096 training tokens" in text and "after 4,096" in text
+    assert "snapshots of the longest run" in text and "run of its own" not in text
     assert "no `learning_curve`" in curve_summary(None, [], [])
     with pytest.raises(ValueError, match="saves no snapshots"):
         stage_learning_curve(cfg, progress=False)
@@ -104,3 +105,5 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path):
         assert "snapshot_tokens" not in meta and meta["tokens"] == -(-p.tokens // 256) * 256
         assert (curve.run_path / "annealed" / f"tokens_{p.tokens}" / "saes" / "medical" /
                 "seed_0" / "l0_4" / "sae.safetensors").exists()
+    text = curve_summary(annealed, points, [])
+    assert "each budget a run of its own" in text and "snapshots of" not in text
