@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import runpy
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -58,7 +60,7 @@ def test_claim_trends_orient_and_judge_the_ends():
             by["dark_matter.r2_error_mean"].trend) == ("supported", "holds")
 
 
-def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path):
+def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, capsys):
     cfg = load_config("configs/smoke.yaml", [
         f"model.name={tiny_lm_dirs['gemma2']}", "model.hook_layer=1",
         f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
@@ -107,3 +109,14 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path):
                 "seed_0" / "l0_4" / "sae.safetensors").exists()
     text = curve_summary(annealed, points, [])
     assert "each budget a run of its own" in text and "snapshots of" not in text
+
+    # benchmarks/curve_table.py prints the scored run's tables (what RESULTS.md quotes)
+    script = Path(__file__).parents[1] / "benchmarks" / "curve_table.py"
+    capsys.readouterr()
+    runpy.run_path(str(script))["main"](curve.run_path)
+    out = capsys.readouterr().out
+    assert "('medical', 'medical', 4.0, 1000)" in out and "('medical', 4.0, 4096)" in out
+    summary = out.rstrip().splitlines()[-1]  # the book's sentence, with the trends
+    assert "each budget a run of its own" in summary and "after 4,096 training" in summary
+    with pytest.raises(SystemExit, match="no scored budgets"):
+        runpy.run_path(str(script))["main"](tmp_path / "nothing")
