@@ -163,13 +163,14 @@ def test_learning_curve_is_this_config_trained_longer(tmp_path):
 def test_long_is_the_default_plus_its_learning_curve():
     """configs/long.yaml names the same runs as the default (so they are reused) and adds
     the curve: 1M cached tokens, 10M training tokens at target 40; the default has none,
-    so `make run` leaves the two-hour curve out."""
+    so `make run` leaves the long curve out."""
     default, long = (load_config(CONFIGS[0].parent / f"{n}.yaml") for n in ("default", "long"))
     assert default.learning_curve_config() is None
     assert {**long.to_dict(), "learning_curve": {}} == {**default.to_dict(), "learning_curve": {}}
     curve = long.learning_curve_config()
     assert (curve.name, curve.cache.n_tokens, curve.train.n_tokens, curve.sae.l0_targets) == (
         "default_curve", 1_000_000, 10_000_000, (40.0,))
+    assert curve.train.snapshots_annealed  # every budget's ΔCE is read, so each is annealed
 
 
 def test_default_and_smoke_replicate_on_smollm2():
