@@ -151,8 +151,8 @@ def curve_summary(cfg: Config | None, points: Sequence[CurvePoint],
     or why there is none (``cfg`` None: the config has no ``learning_curve``)."""
     if cfg is None or not points:
         return ("This config has no `learning_curve` section, so no learning curve was run "
-                "(`make run CONFIG=configs/long.yaml` adds the default's, about two "
-                "hours on 2 CPU cores).")
+                "(`make run CONFIG=configs/long.yaml` adds the default's, about 2 h 20 "
+                "min on 2 CPU cores).")
     return (f"Each side trained at target L0 {cfg.sae.l0_targets[0]:g} with "
             f"{cfg.sae.seeds} seed(s) on {cfg.cache.n_tokens:,} cached tokens per corpus "
             f"and was scored at {', '.join(f'{p.tokens:,}' for p in points)} training "
