@@ -32,12 +32,12 @@ GAPS = ["fve", "fve_typical", "delta_ce", "loss_recovered", "dark_matter.r2_erro
 
 def scored_points(run: Path) -> list[CurvePoint]:
     """The budgets scored so far in ``run``, smallest first."""
-    files = sorted((run / CURVE_DIR).glob("tokens_*.json"),
-                   key=lambda p: int(p.stem.removeprefix("tokens_")))
+    files = {int(p.stem.removeprefix("tokens_")): p
+             for p in (run / CURVE_DIR).glob("tokens_*.json")}
     if not files:
         raise SystemExit(f"curve_table: no scored budgets in {run / CURVE_DIR}; run "
                          "`sae-med learning-curve CONFIG` first")
-    return [CurvePoint(int(p.stem.removeprefix("tokens_")), p) for p in files]
+    return [CurvePoint(n, files[n]) for n in sorted(files)]
 
 
 def main(run: Path) -> None:
