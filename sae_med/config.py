@@ -270,9 +270,9 @@ class CorpusSpec:
     """Which side of the comparison it is on: ``broad`` for a control, any other name
     (``law``, ``medical``) for a domain. Required."""
     files: tuple[str, ...] = ()
-    """Glob patterns of local files (relative to the working directory, like
-    ``output_dir``): ``.txt``/``.md`` (one document per file), ``.jsonl``, ``.csv`` or
-    ``.parquet`` (one document per record)."""
+    """Glob patterns of local files, or folders (every readable file below one), relative
+    to the working directory like ``output_dir``: ``.txt``/``.md`` (one document per
+    file), ``.jsonl``, ``.csv`` or ``.parquet`` (one document per record)."""
     format: str = "auto"
     """``auto`` (from each file's extension), ``text``, ``jsonl``, ``csv`` or ``parquet``."""
     hf_dataset: str = ""

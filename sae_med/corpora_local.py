@@ -29,23 +29,38 @@ class CorpusSourceError(ValueError):
     """A declared corpus's files are missing or its records lack a configured field."""
 
 
-def _expand(name: str, field: str, patterns: tuple[str, ...]) -> list[Path]:
+def folder_files(folder: Path, fmt: str) -> list[Path]:
+    """The files a folder under ``files:`` stands for: every file below it, hidden ones
+    (``.DS_Store``, ``.git/``) left out and, with ``format: auto``, only those whose
+    extension names a format (so a stray ``notes.log`` is not an error)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and (fmt != "auto" or p.suffix.lower() in EXTENSION_FORMATS))
+
+
+def _expand(name: str, field: str, patterns: tuple[str, ...], fmt: str) -> list[Path]:
+    """The files of ``patterns``, each a glob or a folder (:func:`folder_files`)."""
     found: list[Path] = []
     for pattern in patterns:
-        hits = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                      if Path(p).is_file())
+        path = os.path.expanduser(pattern)
+        if os.path.isdir(path):
+            hits = folder_files(Path(path), fmt)
+            what = f"folder {pattern!r} holds no {'/'.join(EXTENSION_FORMATS)} file" \
+                if fmt == "auto" else f"folder {pattern!r} holds no file"
+        else:
+            hits = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
+            what = f"pattern {pattern!r} matches no file"
         if not hits:
-            raise CorpusSourceError(
-                f"corpus {name!r}: corpora.{name}.{field} pattern {pattern!r} matches no file "
-                f"(relative paths are from {Path.cwd()})")
+            raise CorpusSourceError(f"corpus {name!r}: corpora.{name}.{field} {what} "
+                                    f"(relative paths are from {Path.cwd()})")
         found += [p for p in hits if p not in found]
     return found
 
 
 def source_files(name: str, spec: CorpusSpec) -> list[Path]:
     """The local files a declared corpus reads (none for a hub dataset read online)."""
-    return _expand(name, "files", spec.files) if spec.files else (
-        _expand(name, "data_files", spec.data_files))
+    return _expand(name, "files", spec.files, spec.format) if spec.files else (
+        _expand(name, "data_files", spec.data_files, spec.format))
 
 
 def file_format(path: Path, spec: CorpusSpec, name: str) -> str:

@@ -125,6 +125,26 @@ def test_text_files_are_one_document_each_named_by_path(tmp_path):
     assert ids == ["notes:a/n0.txt", "notes:a/n1.txt", "notes:b/n2.txt"]
 
 
+def test_a_folder_under_files_reads_what_its_glob_would(tmp_path):
+    for i, sub in enumerate(["a", "a", "b"]):
+        (tmp_path / "notes" / sub).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "notes" / sub / f"n{i}.txt").write_text(RECORDS[i * 40]["text"])
+    (tmp_path / "notes" / ".DS_Store").write_bytes(b"\0\1")  # hidden: left out
+    (tmp_path / "notes" / "a" / "build.log").write_text("not a document")  # no format
+    docs = {}
+    for name, files in (("globbed", "notes/**/*.txt"), ("folder", "notes"),
+                        ("slashed", "notes/")):
+        load_config(None, [f'corpora={{"{name}": {{"files": "{files}", "domain": "law"}}}}'])
+        docs[name] = sorted((d.doc_id.split(":", 1)[1], d.text)
+                            for d in data.iter_documents(name))
+    assert len(docs["globbed"]) == 3
+    assert docs["folder"] == docs["slashed"] == docs["globbed"]
+    (tmp_path / "empty").mkdir()
+    _declare("lawe", files="empty")
+    with pytest.raises(CorpusSourceError, match=r"corpora.lawe.files folder 'empty' holds no"):
+        data.corpus_fingerprint("lawe")
+
+
 def test_missing_files_and_fields_are_one_clear_error(tmp_path):
     _declare("lawe", files="nowhere/*.jsonl")
     with pytest.raises(CorpusSourceError, match=r"corpora.lawe.files pattern 'nowhere/\*"):
