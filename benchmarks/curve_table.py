@@ -48,7 +48,7 @@ def main(run: Path) -> None:
     fam = tables.families[tables.families.eval_corpus == domain]
     gaps = oriented_gaps(tables.gaps, domain, broad)
     dead = seed_summary(tables.rows, "dead_frac")
-    trends = claim_trends(tables.gaps, domain, broad)
+    trends = claim_trends(tables, domain, broad)
     for title, t in (
             (f"Each side on {domain} text, per budget", family_table(fam, FAMILY, by=["tokens"])),
             ("Held-out dead fraction (mean, min, max over seeds)", dead.round(4)),

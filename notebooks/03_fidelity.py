@@ -220,8 +220,8 @@ glue("fve_gap_broad_min", min(fve_on_broad, default=float("nan")), display=False
 glue("fve_gap_broad_max", max(fve_on_broad, default=float("nan")), display=False)
 glue("fve_gap_sentence", fve_sentence, display=False)
 glue("loss_gap_sentence", lr_sentence, display=False)
-glue("verdict_fve", claim_verdict(comparisons.gaps, "fve", medical, broad), display=False)
-glue("verdict_fve_typical", claim_verdict(comparisons.gaps, "fve_typical", medical, broad),
+glue("verdict_fve", claim_verdict(comparisons, "fve", medical, broad), display=False)
+glue("verdict_fve_typical", claim_verdict(comparisons, "fve_typical", medical, broad),
      display=False)
 typical_ivs = gap_intervals(med_gaps, "fve_typical", medical)
 glue("fve_typical_sentence", gap_sentence(
@@ -229,7 +229,7 @@ glue("fve_typical_sentence", gap_sentence(
      + f" ({metric_value(results, 'massive_tokens', medical, medical, targets[0]):.0f}"
      f" of the {medical} evaluation tokens are above {cfg.eval.massive_norm_ratio:g} × the "
      "median norm.)", display=False)
-glue("verdict_loss", claim_verdict(comparisons.gaps, "loss", medical, broad), display=False)
+glue("verdict_loss", claim_verdict(comparisons, "loss", medical, broad), display=False)
 dce = {c: [metric_value(results_mean, "delta_ce", c, medical, t) for t in targets]
        for c in (medical, broad)}
 glue("dce_medical_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[medical]), display=False)

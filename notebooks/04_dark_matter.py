@@ -51,6 +51,7 @@ from sae_med.claims import (
     replication_sentences,
     verdict_table,
 )
+from sae_med.compare import NOT_JUDGED
 from sae_med.evaluate import load_comparisons, load_results
 from sae_med.experiment import stage_evaluate
 from sae_med.notebook import (
@@ -164,7 +165,7 @@ display(at_fve)
 r2_l0 = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical)
 r2_fve = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical, basis="fve")
 lin_fve = gap_intervals(med_gaps, "dark_matter.fvu_linear", medical, basis="fve")
-dm_verdict = claim_verdict(comparisons.gaps, "dark_matter", medical, broad)
+dm_verdict = claim_verdict(comparisons, "dark_matter", medical, broad)
 words = {"supported": "is less linearly predictable, also beyond what its higher FVE "
                       "explains",
          "not separable from FVE": "is less linearly predictable at the same L0, but "
@@ -174,7 +175,8 @@ words = {"supported": "is less linearly predictable, also beyond what its higher
          "supported at the same L0; no common FVE range": (
              "is less linearly predictable at the same L0; the two families' FVE ranges "
              "do not overlap, so whether that goes beyond its higher FVE is untested"),
-         "not supported": "is not less linearly predictable at every target L0"}
+         "not supported": "is not less linearly predictable at every target L0",
+         NOT_JUDGED: "is not judged: the SAEs are below the quality bar (notebook 3)"}
 dm_sentence = (
     f"On held-out {medical} text, the {medical} SAE's error {words[dm_verdict]} "
     f"(R²(e) gap by target L0: "

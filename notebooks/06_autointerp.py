@@ -71,7 +71,8 @@ from sae_med.claims import (
     replication_sentence,
     verdicts_frame,
 )
-from sae_med.experiment import stage_autointerp
+from sae_med.evaluate import load_comparisons
+from sae_med.experiment import stage_autointerp, stage_evaluate
 from sae_med.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
 # %% [markdown]
@@ -125,7 +126,10 @@ for metric, short in (("detection_auroc", "auroc"), ("accuracy", "accuracy")):
                  float(table.loc[name, col]) if have else float("nan"), display=False)
 # the book's verdict on "latents read as clinical concepts": the detection-AUROC
 # difference (medical - broad) and its interval over latents
-glue("verdict_concepts", concept_verdict(scores, medical, broad, cfg.seed), display=False)
+# (not judged when the SAEs fail notebook 3's quality bar: their ΔCE, from the run's results)
+families = load_comparisons(stage_evaluate(cfg, progress=False)).families
+glue("verdict_concepts", concept_verdict(scores, families, medical, broad, cfg.seed),
+     display=False)
 glue("autointerp_n_latents", int(sum(len(f) for f in scores.values())), display=False)
 glue("autointerp_n_failures", int(sum(f["n_failures"].sum() for f in scores.values())),
      display=False)
@@ -181,10 +185,12 @@ with pd.option_context("display.max_colwidth", 200):
 # SAEs at the same target L0, the same judge), one concept verdict per model.
 
 # %%
-concepts = {model_label(cfg): concept_verdict(scores, medical, broad, cfg.seed)}
+concepts = {model_label(cfg): concept_verdict(scores, families, medical, broad, cfg.seed)}
 for rep in cfg.replication_configs().values():
     rep_run = stage_autointerp(rep, l0_target, eval_corpus=medical, progress=False)
-    concepts[model_label(rep)] = concept_verdict(rep_run.scores, medical, broad, rep.seed)
+    rep_families = load_comparisons(stage_evaluate(rep, progress=False)).families
+    concepts[model_label(rep)] = concept_verdict(rep_run.scores, rep_families, medical, broad,
+                                                 rep.seed)
 concept_verdicts = verdicts_frame({CONCEPT_CLAIM: concepts})
 display(concept_verdicts)
 concept_replication = replication_sentence(CONCEPT_CLAIM, concepts)

@@ -78,7 +78,7 @@ if points:
     tables = curve_tables(points)
     gaps = oriented_gaps(tables.gaps, domain, broad)
     dead = seed_summary(tables.rows, "dead_frac")
-    trends = claim_trends(tables.gaps, domain, broad)
+    trends = claim_trends(tables, domain, broad)
 glue("curve_summary", curve_summary(curve_cfg, points, trends if points else []),
      display=False)
 

@@ -1,6 +1,7 @@
 """The paper's claims as verdicts, per model and across model families.
 
-A verdict is computed from a run's paired gap intervals (:func:`sae_med.compare.verdict`);
+A verdict is computed from a run's paired gap intervals (:func:`sae_med.compare.verdict`),
+unless the run's domain SAEs fail the quality bar (:func:`meets_quality_bar`);
 a config's ``replications`` repeat the run on other models, and a claim *replicates* when
 it gets the same verdict on every model. Whether a metric falls with L0 is judged from a
 family's paired steps (:func:`sae_med.compare.trend_verdict`). Gap and step tables are the
@@ -12,10 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sae_med.compare import UNTESTED_AT_FVE, L0Trend, Verdict, trend_verdict, verdict
+from sae_med.bootstrap import Interval
+from sae_med.compare import (
+    NOT_JUDGED,
+    UNTESTED_AT_FVE,
+    L0Trend,
+    Verdict,
+    trend_verdict,
+    verdict,
+)
 
 if TYPE_CHECKING:
-    from sae_med.bootstrap import Interval
     from sae_med.config import Config
     from sae_med.evaluate import ComparisonTables
 
@@ -48,6 +56,43 @@ DCE_BAR_NATS = 1.0
 text (nats per token, spliced minus clean loss) should be at most this."""
 
 
+class BarDce(NamedTuple):
+    """The ΔCE that :data:`DCE_BAR_NATS` is about."""
+
+    l0_target: float
+    """The run's largest target L0 (its densest, best-reconstructing SAEs)."""
+    dce: Interval
+    """The domain SAEs' across-seed mean ΔCE on held-out domain text (nats per token) and
+    its 95% interval."""
+
+
+def bar_dce(families: Any, domain: str) -> BarDce | None:
+    """The ``domain`` SAEs' ΔCE on held-out ``domain`` text at the largest target L0, from
+    a run's family rows; None when the run has none."""
+    if families.empty:
+        return None
+    sel = families[(families.train_corpus == domain) & (families.eval_corpus == domain)
+                   & (families.metric == "delta_ce") & (families.basis == "l0_target")]
+    if sel.empty:
+        return None
+    row = sel.sort_values("l0_target").iloc[[-1]]
+    return BarDce(float(row.l0_target.iloc[0]), row_intervals(row)[0])
+
+
+def meets_quality_bar(families: Any, domain: str) -> bool:
+    """Whether a run's SAEs are good enough for its gaps to be judged: their ΔCE
+    (:func:`bar_dce`) is at most :data:`DCE_BAR_NATS` (a run without ΔCE rows has nothing
+    to fail)."""
+    at = bar_dce(families, domain)
+    return at is None or at.dce.value <= DCE_BAR_NATS
+
+
+def judged(v: Verdict, families: Any, domain: str) -> Verdict:
+    """``v``, or :data:`~sae_med.compare.NOT_JUDGED` when the run's SAEs fail the quality
+    bar (:func:`meets_quality_bar`)."""
+    return v if meets_quality_bar(families, domain) else NOT_JUDGED
+
+
 def claim(key: str) -> Claim:
     """The claim named ``key``; an error lists the valid keys."""
     for c in CLAIMS:
@@ -71,8 +116,6 @@ def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
 def row_intervals(rows: Any) -> list[Interval]:
     """The :class:`~sae_med.bootstrap.Interval` of each row (value, low, high; NaN ends
     become None), in row order."""
-    from sae_med.bootstrap import Interval
-
     return [Interval(float(r.value), None if r.low != r.low else float(r.low),
                      None if r.high != r.high else float(r.high)) for r in rows.itertuples()]
 
@@ -103,31 +146,32 @@ def l0_trend(steps: Any, train_corpus: str, eval_corpus: str, metric: str) -> L0
     return trend_verdict(step_intervals(steps, train_corpus, eval_corpus, metric))
 
 
-def claim_verdict(gaps: Any, key: str, domain: str, broad: str) -> Verdict:
+def claim_verdict(comparisons: ComparisonTables, key: str, domain: str, broad: str
+                  ) -> Verdict:
     """The verdict on claim ``key`` from the paired gaps of one run (domain minus broad
     SAE on held-out ``domain`` text: at every target L0, and at every matched FVE where
-    the claim asks for it)."""
+    the claim asks for it); not judged when its SAEs fail the quality bar."""
     c = claim(key)
-    ours = oriented_gaps(gaps, domain, broad)
+    ours = oriented_gaps(comparisons.gaps, domain, broad)
     at_fve = gap_intervals(ours, c.metric, domain, "fve") if c.matched_fve else None
-    return verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign)
+    return judged(verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign),
+                  comparisons.families, domain)
 
 
-def concept_verdict(scores: Mapping[str, Any], domain: str, broad: str, seed: int = 0
-                    ) -> Verdict:
+def concept_verdict(scores: Mapping[str, Any], families: Any, domain: str, broad: str,
+                    seed: int = 0) -> Verdict:
     """The verdict on :data:`CONCEPT_CLAIM` from autointerp scores (``{train corpus: table
     of LatentScore rows}``): the domain SAE's mean detection AUROC minus the broad SAE's,
-    with its bootstrap interval over latents."""
+    with its bootstrap interval over latents; not judged when the run's SAEs (its
+    ``families`` rows) fail the quality bar."""
     from sae_med.autointerp import compare_scores
-    from sae_med.bootstrap import Interval
 
     pair = {c: scores[c] for c in (domain, broad) if c in scores}
     table = compare_scores(pair, "detection_auroc", seed=seed).set_index("SAE")
     row = f"{domain} − {broad}"
-    if row not in table.index:
-        return verdict([])
-    return verdict([Interval(*(float(table.loc[row, c]) for c in ("mean", "ci_low",
-                                                                   "ci_high")))])
+    ivs = [] if row not in table.index else [
+        Interval(*(float(table.loc[row, c]) for c in ("mean", "ci_low", "ci_high")))]
+    return judged(verdict(ivs), families, domain)
 
 
 class ModelRun(NamedTuple):
@@ -158,18 +202,25 @@ def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = Fals
 def verdicts_by_model(runs: Sequence[ModelRun], key: str, domain: str, broad: str
                       ) -> dict[str, Verdict]:
     """``{model label: verdict}`` on claim ``key``, one per run."""
-    return {r.label: claim_verdict(r.comparisons.gaps, key, domain, broad) for r in runs}
+    return {r.label: claim_verdict(r.comparisons, key, domain, broad) for r in runs}
 
 
 def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
     """One sentence on whether the claim ``text`` replicates across the models of
     ``verdicts`` (``{model label: verdict}``)."""
     labels = list(verdicts)
+    if NOT_JUDGED in verdicts.values() and len(set(verdicts.values())) > 1:
+        parts = "; ".join(f"“{v}” on {m}" for m, v in verdicts.items())
+        return (f"{text}: {parts}; whether it replicates is not judged while a model's SAEs "
+                "are below the quality bar.")
     if len(labels) < 2:
         return (f"{text}: “{verdicts[labels[0]]}” on {labels[0]}, the only model of this run "
                 "(a config's `replications` add others).")
     if len(set(verdicts.values())) == 1:
         v = verdicts[labels[0]]
+        if v == NOT_JUDGED:
+            return f"{text}: not judged on any model ({', '.join(labels)}): the SAEs are " \
+                   "below the quality bar."
         how = "replicates" if v == "supported" else "is consistent"
         return f"{text}: “{v}” on every model ({', '.join(labels)}); the verdict {how} " \
                "across model families."
@@ -185,10 +236,16 @@ def verdicts_frame(verdicts: Mapping[str, Mapping[str, Verdict]]) -> Any:
     claim gets the same verdict on every model."""
     import pandas as pd
 
-    rows = [{"claim": text, **by_model, "same verdict on every model":
-             "yes" if len(set(by_model.values())) == 1 else "no"}
+    rows = [{"claim": text, **by_model, "same verdict on every model": same_verdict(by_model)}
             for text, by_model in verdicts.items()]
     return pd.DataFrame(rows).set_index("claim")
+
+
+def same_verdict(by_model: Mapping[str, Verdict]) -> str:
+    """``yes`` or ``no``; ``not judged`` when a model's SAEs are below the quality bar."""
+    if NOT_JUDGED in by_model.values():
+        return "not judged"
+    return "yes" if len(set(by_model.values())) == 1 else "no"
 
 
 def verdict_table(runs: Sequence[ModelRun], keys: Sequence[str], domain: str, broad: str

@@ -227,7 +227,7 @@ def cmd_learning_curve(args: argparse.Namespace) -> int:
     points = stage_learning_curve(curve)
     for p in points:
         print(f"tokens {p.tokens:,}: {p.results}")
-    trends = claim_trends(curve_tables(points).gaps, *domain_pair(curve))
+    trends = claim_trends(curve_tables(points), *domain_pair(curve))
     print(curve_summary(curve, points, trends))
     return 0
 

@@ -41,10 +41,15 @@ MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "k
 """Metrics also compared at matched FVE (when present)."""
 Basis = Literal["l0_target", "fve"]
 Verdict = Literal["supported", "not supported", "not separable from FVE",
-                  "supported at the same L0; no common FVE range"]
+                  "supported at the same L0; no common FVE range",
+                  "not judged: SAEs below the quality bar"]
 UNTESTED_AT_FVE: Verdict = "supported at the same L0; no common FVE range"
 """The verdict when a claim holds at every target L0 but the families' FVE sweeps do not
 overlap, so it could not be tested at matched FVE."""
+NOT_JUDGED: Verdict = "not judged: SAEs below the quality bar"
+"""The verdict of every claim of a run whose domain SAEs fail the quality bar
+(:func:`sae_med.claims.meets_quality_bar`): gaps between SAEs that wreck the model say
+nothing about the domain."""
 L0Trend = Literal["falls with L0", "rises with L0", "not resolved"]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from sae_med.bootstrap import Interval
-from sae_med.claims import CLAIMS, gap_intervals, oriented_gaps
+from sae_med.claims import CLAIMS, gap_intervals, judged, oriented_gaps
 from sae_med.compare import Verdict, verdict
 
 if TYPE_CHECKING:
@@ -100,25 +100,28 @@ class ClaimTrend(NamedTuple):
     last: Interval
     """The gap at the largest budget."""
     verdict: Verdict
-    """The claim's verdict at the largest budget (at the curve's one target L0)."""
+    """The claim's verdict at the largest budget (at the curve's one target L0); not judged
+    when that budget's SAEs fail the quality bar."""
     trend: Trend
 
 
-def claim_trends(gaps: Any, domain: str, broad: str) -> list[ClaimTrend]:
-    """Every claim's gap at the smallest and largest budget of ``gaps``
-    (:attr:`CurveTables.gaps`), its verdict at the largest and its :func:`trend`."""
-    ours = oriented_gaps(gaps, domain, broad)
+def claim_trends(tables: CurveTables, domain: str, broad: str) -> list[ClaimTrend]:
+    """Every claim's gap at the smallest and largest budget of ``tables``, its verdict at
+    the largest and its :func:`trend`."""
+    ours = oriented_gaps(tables.gaps, domain, broad)
     if ours.empty:
         return []
     smallest, largest = (ours[ours.tokens == b] for b in (ours.tokens.min(), ours.tokens.max()))
+    fam = tables.families
+    last_families = fam[fam.tokens == ours.tokens.max()] if not fam.empty else fam
     out = []
     for c in CLAIMS:
         ends = [gap_intervals(g, c.metric, domain) for g in (smallest, largest)]
         if not all(ends):
             continue
         first, last = ends[0][0], ends[1][0]
-        out.append(ClaimTrend(c.text, c.metric, first, last, verdict([last], sign=c.sign),
-                              trend(first, last, c.sign)))
+        v = judged(verdict([last], sign=c.sign), last_families, domain)
+        out.append(ClaimTrend(c.text, c.metric, first, last, v, trend(first, last, c.sign)))
     return out
 
 

@@ -156,18 +156,16 @@ def step_table(steps: Any, metrics: Sequence[str], digits: int = 3) -> Any:
 def dce_bar_sentence(families: Any, steps: Any, domain: str, bar: float | None = None,
                      digits: int = 3) -> str:
     """One sentence on the ``domain`` SAEs' ΔCE on held-out ``domain`` text at the largest
-    target L0 (across-seed mean, 95% interval) against ``bar`` (default
+    target L0 (:func:`~sae_med.claims.bar_dce`) against ``bar`` (default
     :data:`~sae_med.claims.DCE_BAR_NATS`), and its trend over the target L0s
     (:func:`~sae_med.claims.l0_trend`)."""
-    from sae_med.claims import DCE_BAR_NATS, l0_trend, row_intervals
+    from sae_med.claims import DCE_BAR_NATS, bar_dce, l0_trend, meets_quality_bar
 
     bar = DCE_BAR_NATS if bar is None else bar
-    sel = families[(families.train_corpus == domain) & (families.eval_corpus == domain)
-                   & (families.metric == "delta_ce") & (families.basis == "l0_target")]
-    if sel.empty:
+    at = bar_dce(families, domain)
+    if at is None:
         return f"No ΔCE of the {domain} SAEs on {domain} text in this run."
-    row = sel.sort_values("l0_target").iloc[[-1]]
-    [iv] = row_intervals(row)
+    iv = at.dce
     if iv.high is not None and iv.high <= bar:
         where = "at or below it, with its whole 95% interval"
     elif iv.low is not None and iv.low > bar:
@@ -175,10 +173,12 @@ def dce_bar_sentence(families: Any, steps: Any, domain: str, bar: float | None =
     else:
         where = f"{'at or below' if iv.value <= bar else 'above'} it, but its 95% interval " \
                 "reaches across it"
-    return (f"At the largest target L0 ({row.l0_target.iloc[0]:g}) the {domain} SAEs' ΔCE "
+    judged = "" if meets_quality_bar(families, domain) else (
+        " So this run's claims are not judged: its SAEs are below the quality bar.")
+    return (f"At the largest target L0 ({at.l0_target:g}) the {domain} SAEs' ΔCE "
             f"on held-out {domain} text is {_interval_cell(iv, digits)} nats per token "
-            f"against the quality bar of {bar:g} nat: {where}. Its trend over the target "
-            f"L0s (paired steps): “{l0_trend(steps, domain, domain, 'delta_ce')}”.")
+            f"against the quality bar of {bar:g} nat: {where}.{judged} Its trend over the "
+            f"target L0s (paired steps): “{l0_trend(steps, domain, domain, 'delta_ce')}”.")
 
 
 def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3,

@@ -6,7 +6,9 @@ import pytest
 from sae_med.claims import (
     CLAIMS,
     CONCEPT_CLAIM,
+    DCE_BAR_NATS,
     ModelRun,
+    bar_dce,
     claim,
     claim_verdict,
     concept_verdict,
@@ -16,6 +18,7 @@ from sae_med.claims import (
     verdict_table,
     verdicts_frame,
 )
+from sae_med.compare import NOT_JUDGED
 from sae_med.config import load_config
 from sae_med.evaluate import ComparisonTables
 from sae_med.notebook import dce_bar_sentence, gap_table_by_model, step_table
@@ -32,9 +35,12 @@ def gap(metric, value, low, high, basis="l0_target", at=20.0, stored="medical"):
             "excludes_zero": low > 0 or high < 0}
 
 
-def run(label, rows):
-    return ModelRun(label, load_config(None),
-                    ComparisonTables(pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame()))
+def tables(rows, families=()):
+    return ComparisonTables(pd.DataFrame(list(families)), pd.DataFrame(rows), pd.DataFrame())
+
+
+def run(label, rows, families=()):
+    return ModelRun(label, load_config(None), tables(rows, families))
 
 
 # medical better on FVE at both targets; loss better at L0 but not at matched FVE; dark
@@ -49,17 +55,17 @@ WEAK = [gap("fve", 0.05, -0.02, 0.08), *GOOD[1:]]
 
 
 def test_claim_verdicts_on_known_gaps():
-    gaps = pd.DataFrame(GOOD)
-    assert claim_verdict(gaps, "fve", "medical", "broad") == "supported"
-    assert claim_verdict(gaps, "loss", "medical", "broad") == "not separable from FVE"
-    assert claim_verdict(gaps, "dark_matter", "medical", "broad") == "supported"
-    assert claim_verdict(pd.DataFrame(WEAK), "fve", "medical", "broad") == "not supported"
+    good = tables(GOOD)
+    assert claim_verdict(good, "fve", "medical", "broad") == "supported"
+    assert claim_verdict(good, "loss", "medical", "broad") == "not separable from FVE"
+    assert claim_verdict(good, "dark_matter", "medical", "broad") == "supported"
+    assert claim_verdict(tables(WEAK), "fve", "medical", "broad") == "not supported"
     # no matched-FVE rows (the sweeps' FVE ranges do not overlap): untested, said so
-    no_overlap = pd.DataFrame([g for g in GOOD if g["basis"] == "l0_target"])
+    no_overlap = tables([g for g in GOOD if g["basis"] == "l0_target"])
     assert claim_verdict(no_overlap, "loss", "medical", "broad") == (
         "supported at the same L0; no common FVE range")
     # no rows at all is never a success
-    assert claim_verdict(pd.DataFrame(GOOD[2:]), "fve", "medical", "broad") == "not supported"
+    assert claim_verdict(tables(GOOD[2:]), "fve", "medical", "broad") == "not supported"
     with pytest.raises(KeyError, match="valid claims: fve, fve_typical, loss, dark_matter"):
         claim("concepts")
     assert [c.sign for c in CLAIMS] == [1, 1, 1, -1]
@@ -91,11 +97,15 @@ def test_concept_verdict_from_autointerp_scores():
     def scores(aurocs):
         return pd.DataFrame({"detection_auroc": aurocs, "n_failures": [0] * len(aurocs)})
 
+    none = pd.DataFrame()
     better = {"medical": scores([0.9, 0.85, 0.95, 0.9]), "broad": scores([0.5, 0.55, 0.45, 0.5])}
-    assert concept_verdict(better, "medical", "broad") == "supported"
+    assert concept_verdict(better, none, "medical", "broad") == "supported"
     same = {"medical": scores([0.6, 0.4, 0.7, 0.3]), "broad": scores([0.6, 0.4, 0.7, 0.3])}
-    assert concept_verdict(same, "medical", "broad") == "not supported"
-    assert concept_verdict({"medical": better["medical"]}, "medical", "broad") == "not supported"
+    assert concept_verdict(same, none, "medical", "broad") == "not supported"
+    assert concept_verdict({"medical": better["medical"]}, none, "medical", "broad") == (
+        "not supported")
+    wrecked = pd.DataFrame([family_row("medical", 80.0, DCE_BAR_NATS * 8, 7.0, 9.0)])
+    assert concept_verdict(better, wrecked, "medical", "broad") == NOT_JUDGED
     frame = verdicts_frame({CONCEPT_CLAIM: {"a": "supported", "b": "not supported"}})
     assert frame.loc[CONCEPT_CLAIM].tolist() == ["supported", "not supported", "no"]
 
@@ -148,3 +158,28 @@ def test_dce_bar_sentence_states_value_bar_and_trend():
     assert "above it, with its whole" in dce_bar_sentence(families, STEPS, "medical", bar=0.1)
     assert "reaches across it" in dce_bar_sentence(families, STEPS, "medical", bar=0.35)
     assert dce_bar_sentence(families.iloc[:0], STEPS, "medical").startswith("No ΔCE")
+
+
+def test_verdicts_are_not_judged_when_the_domain_saes_fail_the_quality_bar():
+    """The bar is judged on the domain SAEs' ΔCE on domain text at the largest target L0
+    (what notebook 3 states), whatever the gaps say."""
+    just_over = DCE_BAR_NATS * 1.01
+    failing = [family_row("medical", 20.0, DCE_BAR_NATS / 2, 0.0, DCE_BAR_NATS),
+               family_row("medical", 80.0, just_over, just_over - 0.1, just_over + 0.1)]
+    passing = [family_row("medical", 80.0, DCE_BAR_NATS, 0.9, 1.1),
+               family_row("broad", 80.0, DCE_BAR_NATS * 8, 7.0, 9.0)]  # broad SAE not gated
+    assert bar_dce(pd.DataFrame(failing), "medical").l0_target == 80.0
+    assert bar_dce(pd.DataFrame(), "medical") is None
+    for key in ("fve", "loss", "dark_matter"):
+        assert claim_verdict(tables(GOOD, failing), key, "medical", "broad") == NOT_JUDGED
+    assert claim_verdict(tables(GOOD, passing), "fve", "medical", "broad") == "supported"
+    table = verdict_table([run("a", GOOD, failing), run("b", GOOD, passing)], ["fve"],
+                          "medical", "broad")
+    assert table.iloc[0].tolist() == [NOT_JUDGED, "supported", "not judged"]
+    mixed = replication_sentence("X", {"a": NOT_JUDGED, "b": "supported"})
+    assert "not judged while a model's SAEs are below the quality bar" in mixed
+    assert "not judged on any model" in replication_sentence("X", {"a": NOT_JUDGED,
+                                                                   "b": NOT_JUDGED})
+    sentence = dce_bar_sentence(pd.DataFrame(failing), STEPS, "medical")
+    assert sentence.count("not judged") == 1
+    assert "not judged" not in dce_bar_sentence(pd.DataFrame(passing), STEPS, "medical")

@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 
 from sae_med.bootstrap import Interval
+from sae_med.claims import DCE_BAR_NATS
+from sae_med.compare import NOT_JUDGED
 from sae_med.config import load_config
 from sae_med.experiment import stage_learning_curve
 from sae_med.learning_curve import (
+    CurveTables,
     claim_trends,
     curve_summary,
     curve_tables,
@@ -49,7 +52,8 @@ def test_claim_trends_orient_and_judge_the_ends():
         _gap(9000, "loss_recovered", -0.003, "broad", "medical"),
         _gap(1000, "dark_matter.r2_error_mean", -0.30), _gap(9000, "dark_matter.r2_error_mean",
                                                             -0.295)])
-    by = {t.metric: t for t in claim_trends(gaps, "medical", "broad")}
+    by = {t.metric: t for t in claim_trends(CurveTables(pd.DataFrame(), gaps, None),
+                                            "medical", "broad")}
     assert set(by) == {"fve", "loss_recovered", "dark_matter.r2_error_mean"}
     assert (by["fve"].first.value, by["fve"].last.value) == (0.05, 0.20)
     assert (by["fve"].verdict, by["fve"].trend) == ("supported", "grows")
@@ -58,6 +62,17 @@ def test_claim_trends_orient_and_judge_the_ends():
         "not supported", "shrinks")
     assert (by["dark_matter.r2_error_mean"].verdict,
             by["dark_matter.r2_error_mean"].trend) == ("supported", "holds")
+    # the largest budget's domain SAEs fail the quality bar: nothing is judged there
+    def wrecked(tokens: int) -> pd.DataFrame:
+        return pd.DataFrame([{
+            "eval_corpus": "medical", "train_corpus": "medical", "metric": "delta_ce",
+            "basis": "l0_target", "l0_target": 40.0, "value": DCE_BAR_NATS * 2,
+            "low": DCE_BAR_NATS * 1.5, "high": DCE_BAR_NATS * 2.5, "tokens": tokens}])
+
+    gated = claim_trends(CurveTables(wrecked(9000), gaps, None), "medical", "broad")
+    assert {t.verdict for t in gated} == {NOT_JUDGED}
+    early = claim_trends(CurveTables(wrecked(1000), gaps, None), "medical", "broad")
+    assert [t.verdict for t in early] == [t.verdict for t in by.values()]
 
 
 def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, capsys):
@@ -89,7 +104,7 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
     assert sorted(tables.gaps.tokens.unique()) == [1000, 2048, 4096]
     dead = seed_summary(tables.rows, "dead_frac")
     assert len(dead) == 6 and dead["mean"].between(0, 1).all()
-    text = curve_summary(curve, points, claim_trends(tables.gaps, "medical", "broad"))
+    text = curve_summary(curve, points, claim_trends(tables, "medical", "broad"))
     assert "1,000, 2,048, 4,096 training tokens" in text and "after 4,096" in text
     assert "snapshots of the longest run" in text and "run of its own" not in text
     assert "no `learning_curve`" in curve_summary(None, [], [])
