@@ -64,6 +64,19 @@ def test_every_documented_sae_med_command_parses_and_its_config_loads():
     assert seen > 20
 
 
+def test_no_block_rebuilds_the_book_a_run_just_built():
+    """`sae-med run` ends by building the book; a `sae-med book` with the same arguments
+    after it executes every notebook a second time."""
+    for b in _shell_blocks():
+        ran: set[tuple[str, ...]] = set()
+        for cmd in commands(b):
+            argv = _sae_med_argv(cmd) or [""]
+            assert not (argv[0] == "book" and tuple(argv[1:]) in ran), (
+                f"{b.path.name}:{b.line}: `{cmd}` repeats the book `sae-med run` built")
+            if argv[0] == "run":
+                ran.add(tuple(argv[1:]))
+
+
 @pytest.fixture(scope="module")
 def fresh_checkout(tmp_path_factory) -> Path:
     return checkout(PROJECT_ROOT, tmp_path_factory.mktemp("checkout"))
