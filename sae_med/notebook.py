@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sae_med.config import Config, load_config
+from sae_med.config import Config, ConfigError, load_config
 
 CORPUS_COLORS = {"medical": "#c0392b", "broad": "#2471a3", "wordnet": "#7d3c98",
                  "clinical_qa": "#c0392b", "web": "#2471a3"}
@@ -22,12 +22,54 @@ EVAL_DASH = {0: "solid", 1: "dash", 2: "dot", 3: "dashdot"}
 
 def notebook_config(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:
     """The notebooks' config: ``config`` + ``overrides``, renamed to ``run_name`` if given
-    (parameters as papermill may pass them: :func:`sae_med.rerun.notebook_parameters`)."""
-    from sae_med.rerun import notebook_parameters
+    (parameters as papermill may pass them: :func:`sae_med.rerun.notebook_parameters`). A
+    bad one raises :class:`~sae_med.rerun.NotebookParameterError` naming the parameter,
+    shown in a kernel as that one line (:func:`one_line_config_errors`)."""
+    from sae_med.rerun import NotebookParameterError, notebook_parameters
 
+    one_line_config_errors()
     config, overrides, run_name = notebook_parameters(config, overrides, run_name)
     extra = [f"name={run_name}"] if run_name else []
-    return load_config(config, [*overrides, *extra])
+    try:
+        return load_config(config, [*overrides, *extra])
+    except ConfigError as err:
+        raise NotebookParameterError(
+            f"notebook parameter {bad_parameter(config, overrides)!r}: {err}") from None
+
+
+def bad_parameter(config: str, overrides: Sequence[str]) -> str:
+    """Which parameter makes the config fail to load: ``config`` alone, else
+    ``overrides``, else ``run_name`` (the name it sets)."""
+    for name, tries in (("config", []), ("overrides", overrides)):
+        try:
+            load_config(config, tries)
+        except ConfigError:
+            return name
+    return "run_name"
+
+
+def one_line_config_errors() -> None:
+    """In a Jupyter kernel, show a :class:`~sae_med.config.ConfigError` as its one line
+    (``ConfigError: config field 'train.lr': ...``) instead of IPython's traceback through
+    the config loader, which papermill prints whole (60-100 lines); the message names the
+    parameter or field, so the frames add nothing. Elsewhere, nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def show(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None
+             ) -> list[str]:
+        stb = [f"{etype.__name__}: {value}"]
+        # IPython leaves showing to a custom handler; _showtraceback is the step its own
+        # showtraceback ends with (the kernel's error message, ename and evalue included)
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    shell.set_custom_exc((ConfigError,), show)
 
 
 def setup_notebook(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:

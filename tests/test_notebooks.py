@@ -13,6 +13,7 @@ import pytest
 
 from sae_med.book import PROJECT_ROOT
 from sae_med.cli import main
+from sae_med.notebook import notebook_config
 from sae_med.rerun import (
     NotebookParameterError,
     check_parameters,
@@ -99,3 +100,26 @@ def test_one_notebook_runs_through_the_cli_and_through_plain_papermill(tmp_path,
          "--no-progress-bar"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "name=smoke lr=0.003 scale=2.0" in _outputs(tmp_path / "b.ipynb")
+    # a bad value: the cell's error is one line naming the parameter (papermill prints
+    # the kernel's traceback whole after its own call stack)
+    bad = subprocess.run(
+        [str(Path(sys.executable).parent / "papermill"), str(paired[0]), "c.ipynb",
+         "-k", "sae-med", "-p", "config", SMOKE, "-p", "overrides", '["train.lr=fast"]',
+         "--no-progress-bar"], capture_output=True, text=True)
+    assert bad.returncode != 0
+    cell_error = bad.stderr.split('Exception encountered at "In [', 1)[1]
+    assert cell_error.strip().splitlines()[1:] == [
+        "NotebookParameterError: notebook parameter 'overrides': config field 'train.lr': "
+        "expected float, got str 'fast'"]
+    [error] = [o for c in json.loads((tmp_path / "c.ipynb").read_text())["cells"]
+               for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert len(error["traceback"]) == 1 and error["ename"] == "NotebookParameterError"
+
+
+def test_a_bad_config_is_blamed_on_the_parameter_that_breaks_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: fast}\n")
+    for args, name in (((str(bad), []), "config"), ((SMOKE, ["train.lr=fast"]), "overrides"),
+                       ((SMOKE, ["train.lrr=1"]), "overrides")):
+        with pytest.raises(NotebookParameterError, match=f"^notebook parameter '{name}': "):
+            notebook_config(*args)
