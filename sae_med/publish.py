@@ -1,9 +1,8 @@
 """Publish a built book: commit its HTML to a branch (``gh-pages``) of a git remote.
 
-What ``ghp-import -n -p`` does, with plain git and without touching any checkout: the
-folder is committed from a throwaway bare repository with its own index, on top of the
-remote branch's last commit (so the branch keeps its history), with a ``.nojekyll`` file
-(GitHub Pages would otherwise hide Sphinx's ``_static/``), then pushed.
+ghp-import writes the commit (the folder as the branch's whole tree, with ``.nojekyll`` so
+GitHub Pages serves Sphinx's ``_static/``) in a throwaway repository that holds only the
+remote branch, so no checkout is touched; the commit carries the user's own git identity.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +18,8 @@ from typing import NamedTuple
 log = logging.getLogger(__name__)
 
 DEFAULT_BRANCH = "gh-pages"
+REMOTE = "origin"
+"""The remote's name inside the throwaway repository."""
 
 
 class PublishError(RuntimeError):
@@ -50,51 +52,71 @@ def html_dir(build: str | Path) -> Path:
                        "first and pass the folder it prints (book=.../index.html)")
 
 
-def _git(repo: Path, *args: str, index: Path | None = None, work_tree: Path | None = None,
-         stdin: str | None = None) -> str:
-    env = {**os.environ, "GIT_DIR": str(repo)}
-    if index is not None:
-        env["GIT_INDEX_FILE"] = str(index)
-    if work_tree is not None:
-        env["GIT_WORK_TREE"] = str(work_tree)
-    # an identity for the commit when the user has none configured (CI machines)
-    for var, value in (("GIT_AUTHOR_NAME", "sae-med"), ("GIT_COMMITTER_NAME", "sae-med"),
-                       ("GIT_AUTHOR_EMAIL", "sae-med@localhost"),
-                       ("GIT_COMMITTER_EMAIL", "sae-med@localhost")):
-        env.setdefault(var, value)
-    proc = subprocess.run(["git", *args], env=env, input=stdin, capture_output=True,
+class Identity(NamedTuple):
+    name: str
+    email: str
+
+
+def git_identity(cwd: str | Path | None = None) -> Identity:
+    """The identity git would commit with here (``user.name`` / ``user.email`` from the
+    repository at ``cwd``, the global config or ``GIT_COMMITTER_*``)."""
+    proc = subprocess.run(["git", "var", "GIT_COMMITTER_IDENT"], cwd=cwd, capture_output=True,
                           text=True)
+    if proc.returncode != 0:
+        raise PublishError("git has no identity to commit the book with: run git config "
+                           "--global user.name 'Your Name' and git config --global "
+                           "user.email you@example.org, then publish again")
+    name, rest = proc.stdout.split(" <", 1)
+    return Identity(name, rest.split(">", 1)[0])
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PublishError(f"git {args[0]} failed: {detail}")
     return proc.stdout.strip()
 
 
+def _ghp_import(repo: Path, site: Path, branch: str, message: str, who: Identity) -> None:
+    """ghp-import in ``repo``: a commit on ``branch`` (on top of ``origin/branch``, if
+    fetched) whose tree is ``site`` plus ``.nojekyll``. A subprocess, since ghp-import runs
+    git in the current directory."""
+    env = {**os.environ, "GIT_COMMITTER_NAME": who.name, "GIT_COMMITTER_EMAIL": who.email}
+    proc = subprocess.run([sys.executable, "-m", "ghp_import", "--no-jekyll", "--message",
+                           message, "--branch", branch, "--remote", REMOTE, str(site)],
+                          cwd=repo, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not _git(repo, "rev-parse", "--verify", "-q",
+                                        f"refs/heads/{branch}"):
+        detail = (proc.stderr.strip().splitlines() or ["no commit was written"])[-1]
+        raise PublishError(f"ghp-import failed: {detail}")
+
+
 def publish_html(build: str | Path, remote: str, branch: str = DEFAULT_BRANCH,
                  message: str = "") -> Published:
     """Commit the built book under ``build`` (see :func:`html_dir`) as the whole tree of
-    ``branch`` on ``remote`` (a URL or path), on top of that branch's history."""
-    site = html_dir(build)
-    ref = f"refs/heads/{branch}"
+    ``branch`` on ``remote`` (a URL or path), on top of that branch's history, as the
+    user's git identity (:func:`git_identity`)."""
+    site = html_dir(build).resolve()
+    who = git_identity()
     with tempfile.TemporaryDirectory(prefix="sae-med-publish-") as tmp:
-        repo, index = Path(tmp) / "repo.git", Path(tmp) / "index"
-        _git(repo, "init", "--bare", "-q")
+        repo = Path(tmp) / "repo.git"
+        _git(Path(tmp), "init", "--bare", "-q", str(repo))
+        # a local path is relative to the caller, not to the throwaway repository
+        _git(repo, "remote", "add", REMOTE,
+             str(Path(remote).resolve()) if Path(remote).exists() else remote)
         parent = ""
-        if _git(repo, "ls-remote", "--heads", remote, ref):
-            _git(repo, "fetch", "-q", "--depth=1", remote, f"+{ref}:{ref}")
-            parent = _git(repo, "rev-parse", ref)
-        _git(repo, "add", "-A", "--force", ".", index=index, work_tree=site)
-        empty = _git(repo, "hash-object", "-w", "--stdin", stdin="")
-        _git(repo, "update-index", "--add", "--cacheinfo", f"100644,{empty},.nojekyll",
-             index=index)
-        tree = _git(repo, "write-tree", index=index)
-        n_files = len(_git(repo, "ls-tree", "-r", "--name-only", tree).splitlines())
-        if parent and _git(repo, "rev-parse", f"{parent}^{{tree}}") == tree:
+        if _git(repo, "ls-remote", "--heads", REMOTE, f"refs/heads/{branch}"):
+            _git(repo, "fetch", "-q", "--depth=1", REMOTE, branch)
+            parent = _git(repo, "rev-parse", "FETCH_HEAD")
+            _git(repo, "update-ref", f"refs/remotes/{REMOTE}/{branch}", parent)
+        _ghp_import(repo, site, branch, message or f"Publish the book from {site}", who)
+        commit = _git(repo, "rev-parse", f"refs/heads/{branch}")
+        n_files = len(_git(repo, "ls-tree", "-r", "--name-only", commit).splitlines())
+        trees = _git(repo, "rev-parse", f"{parent or commit}^{{tree}}", f"{commit}^{{tree}}")
+        if parent and len(set(trees.split())) == 1:
             log.info("%s %s already holds this book; nothing to push", remote, branch)
             return Published(parent, branch, n_files, False)
-        msg = message or f"Publish the book from {site}"
-        commit = _git(repo, "commit-tree", tree, *(["-p", parent] if parent else []),
-                      "-m", msg)
-        _git(repo, "push", "-q", remote, f"{commit}:{ref}")
+        _git(repo, "push", "-q", REMOTE, f"refs/heads/{branch}")
     log.info("published %d files to %s %s (%s)", n_files, remote, branch, commit[:12])
     return Published(commit, branch, n_files, True)

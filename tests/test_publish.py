@@ -8,12 +8,29 @@ from pathlib import Path
 import pytest
 
 from sae_med.cli import main
-from sae_med.publish import PublishError, html_dir, publish_html
+from sae_med.publish import PublishError, git_identity, html_dir, publish_html
 
 
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "--git-dir", str(repo), *args], check=True,
                           capture_output=True, text=True).stdout.strip()
+
+
+USER = "Ada Lovelace <ada@example.org>"
+
+
+@pytest.fixture(autouse=True)
+def git_user(tmp_path, monkeypatch) -> Path:
+    """A global git config of our own, naming :data:`USER`, whatever the machine has."""
+    config = tmp_path / "gitconfig"
+    config.write_text("[user]\n\tname = Ada Lovelace\n\temail = ada@example.org\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("NAME", "EMAIL"):
+        for who in ("AUTHOR", "COMMITTER"):
+            monkeypatch.delenv(f"GIT_{who}_{var}", raising=False)
+    monkeypatch.chdir(tmp_path)  # outside any repository with a config of its own
+    return config
 
 
 @pytest.fixture
@@ -86,3 +103,18 @@ def test_cli_publish(site, remote, capsys, tmp_path):
     assert main(["publish", str(tmp_path / "nothing"), "--remote", str(remote)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sae-med book" in err
+
+
+def test_publish_commits_as_the_users_git_identity(site, remote):
+    publish_html(site, str(remote))
+    assert _git(remote, "log", "-1", "--format=%an <%ae>", "gh-pages") == USER
+    assert _git(remote, "log", "-1", "--format=%cn <%ce>", "gh-pages") == USER
+
+
+def test_publish_without_a_git_identity_says_how_to_set_one(site, remote, git_user):
+    git_user.write_text("[user]\n\tuseConfigOnly = true\n")  # no guessing from the host
+    with pytest.raises(PublishError, match="git config --global user.name"):
+        git_identity()
+    with pytest.raises(PublishError, match="no identity"):
+        publish_html(site, str(remote))
+    assert not _git(remote, "for-each-ref")  # nothing pushed
