@@ -1,29 +1,37 @@
 """A minimal OpenAI-compatible chat server around :class:`sae_med.llm.LocalChat`.
 
 ``POST /v1/chat/completions`` (``messages``, ``max_tokens``, ``logprobs``, ``top_logprobs``;
-decoding is always greedy, the requested model name is not checked, token counts in
-``usage`` are zeros) and ``GET /v1/models``. With ``logprobs`` the response carries
-OpenAI's ``choices[0].logprobs.content``: per generated token (a final end-of-sequence
-token included, as vLLM does) its ``token``, ``logprob``, ``bytes`` (UTF-8 of the decoded
-text) and the ``top_logprobs`` most likely alternatives, from the model's raw next-token
-distribution. It lets the OpenAI backend (p_yes included) be tested offline against a real
-model, and serves the embedded SmolLM2 to any OpenAI client::
+decoding is always greedy, the requested model name is not checked) and ``GET /v1/models``.
+With ``logprobs`` the response carries OpenAI's ``choices[0].logprobs.content``: per
+generated token (a final end-of-sequence token included, as vLLM does) its ``token``,
+``logprob``, ``bytes`` (UTF-8 of the decoded text) and the ``top_logprobs`` most likely
+alternatives, from the model's raw next-token distribution. It lets the OpenAI backend
+(p_yes included) be tested offline against a real model, and serves the embedded SmolLM2
+to any OpenAI client::
 
     python -m sae_med.llm_server --port 8000     # then base_url=http://127.0.0.1:8000/v1
 
-One client cannot stall or exhaust it (see :class:`ServerLimits`): bodies, prompts and
-``max_tokens`` are bounded, a generation stops at its deadline or when its client leaves,
-requests beyond a bounded queue get 503 at once, and every invalid request gets a 400
-with an OpenAI-style error body. Beyond loopback a bearer token is required.
+One client cannot stall or exhaust it (see :class:`ServerLimits`): bodies, prompt
+characters (checked before tokenising), prompt tokens and ``max_tokens`` are bounded; a
+request must arrive within a deadline however slowly its bytes trickle in; reading the
+prompt and generating share one time budget and stop when the client leaves; a request
+waits for the model a bounded time, first come first served, then gets 503 with
+``Retry-After``, as do requests and connections beyond their caps; every invalid request
+gets a 400 with an OpenAI-style error body. Beyond loopback a bearer token is required.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import ctypes
+import ctypes.util
 import hmac
+import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import select
 import socket
@@ -34,7 +42,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sae_med.llm import SMOLLM2, TOP_LOGPROBS, ChatBackend, LocalChat
+from sae_med.llm import (
+    SMOLLM2,
+    TOP_LOGPROBS,
+    ChatBackend,
+    GenerationStopped,
+    LocalChat,
+    concurrency,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +60,33 @@ ROLES = ("system", "user", "assistant")
 class ServerLimits:
     """What one request may ask of the server."""
 
-    max_body_bytes: int = 1 << 20
-    """Larger request bodies get 413 without being read."""
+    max_body_bytes: int = 256 << 10
+    """Larger request bodies get 413 without being read (room for ``max_prompt_chars`` of
+    JSON-escaped non-ASCII text)."""
+    max_prompt_chars: int = 32_768
+    """Characters of all message contents together; more get 400 before tokenising (a
+    token spans at least one character, so this bounds the tokeniser's work)."""
+    max_prompt_tokens: int = 2048
+    """Tokens of the chat-templated prompt; more get 400 before the model runs. Well under
+    SmolLM2's context of 8,192: 2,048 tokens take ~7 s to read on one CPU core."""
     max_tokens_cap: int = 1024
     """Largest ``max_tokens`` accepted (400 beyond it)."""
     request_timeout_s: float = 120.0
-    """Wall time of one request, queueing included; generation stops at it."""
+    """Wall time of one request from its first byte: queueing, reading the prompt and
+    generating share it; generation stops at it, a prompt not yet read gets 503."""
+    max_queue_wait_s: float = 10.0
+    """Longest wait for the model while other requests use it; then 503 with
+    ``Retry-After`` instead of a time-out."""
     max_pending: int = 8
     """Completions running or waiting for the model; more get 503 with ``Retry-After``."""
+    max_connections: int = 64
+    """Open connections; more are answered 503 and closed at once (each one holds a
+    thread)."""
+    read_timeout_s: float = 30.0
+    """A request's headers and body must arrive within this (a client sending one byte
+    every few seconds never trips a per-read time-out)."""
     socket_timeout_s: float = 30.0
-    """A client silent for this long mid-request is dropped (slow or lying bodies)."""
+    """A client silent for this long is dropped."""
     api_key: str | None = None
     """Bearer token every request must carry (required when serving beyond loopback)."""
 
@@ -63,9 +95,11 @@ class RequestError(Exception):
     """An invalid request: answered with ``status`` and an OpenAI-style error body."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after
+        """Seconds a client should wait before trying again (the ``Retry-After`` header)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,11 @@ def parse_chat_request(body: bytes, limits: ServerLimits) -> ChatRequest:
             raise RequestError(400, f"messages[{i}].content must be a string",
                                f"messages[{i}].content")
         messages.append({"role": m["role"], "content": m["content"]})
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > limits.max_prompt_chars:
+        raise RequestError(400, f"messages hold {chars} characters; this server reads at "
+                                f"most {limits.max_prompt_chars}", "messages",
+                           "context_length_exceeded")
     max_tokens = req.get("max_tokens", req.get("max_completion_tokens"))
     if max_tokens is not None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -131,6 +170,74 @@ def _logprobs_block(backend: LocalChat, gen: Any, top: int) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
+class ModelSlots:
+    """The backend's places (one for an in-process model), handed out first come, first
+    served: a request that gets none within its wait is refused rather than left to time
+    out behind a long one."""
+
+    def __init__(self, n: int):
+        self._cond = threading.Condition()
+        self._free = n
+        self._queue: collections.deque[object] = collections.deque()
+        self._deadlines: dict[object, float] = {}
+        """Holder -> the monotonic time by which it gives its place back."""
+
+    def acquire(self, wait_s: float, deadline: float) -> object | None:
+        """A ticket to pass to :meth:`release`; None after ``wait_s`` without a place."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            got = self._cond.wait_for(lambda: self._queue[0] is ticket and self._free > 0,
+                                      timeout=max(wait_s, 0.0))
+            self._queue.remove(ticket)
+            if got:
+                self._free -= 1
+                self._deadlines[ticket] = deadline
+            self._cond.notify_all()  # the next in line may be first now
+        return ticket if got else None
+
+    def release(self, ticket: object) -> None:
+        with self._cond:
+            del self._deadlines[ticket]
+            self._free += 1
+            self._cond.notify_all()
+
+    def retry_after(self) -> int:
+        """Seconds until the first holder's deadline at the latest (at least 1)."""
+        with self._cond:
+            first = min(self._deadlines.values(), default=time.monotonic())
+        return max(1, math.ceil(first - time.monotonic()))
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that fail once ``deadline`` (monotonic) has passed, so a request must
+    arrive in time however slowly its bytes trickle in."""
+
+    def __init__(self, sock: socket.socket, idle_s: float):
+        self.sock, self.idle_s, self.deadline = sock, idle_s, math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long to arrive")
+        self.sock.settimeout(min(self.idle_s, left))
+        return self.sock.recv_into(buf)
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the system (glibc keeps a large request's buffers and
+    activations otherwise, and the server's memory only grows)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def _client_gone(sock: socket.socket) -> bool:
     """Whether the peer closed its end (readable with nothing to read)."""
     try:
@@ -140,11 +247,45 @@ def _client_gone(sock: socket.socket) -> bool:
         return True
 
 
+def _check_prompt(backend: ChatBackend, req: ChatRequest, limits: ServerLimits) -> int | None:
+    """Prompt tokens (None: the backend cannot count them); :class:`RequestError` (400) if
+    they pass ``limits.max_prompt_tokens`` or, with ``max_tokens``, the model's context."""
+    if not hasattr(backend, "prompt_tokens"):
+        return None
+    n = backend.prompt_tokens(req.messages)
+    if n > limits.max_prompt_tokens:
+        raise RequestError(400, f"prompt of {n} tokens exceeds this server's limit of "
+                                f"{limits.max_prompt_tokens}", "messages",
+                           "context_length_exceeded")
+    context = getattr(backend, "context_length", None)
+    need = n + (req.max_tokens or getattr(backend, "max_new_tokens", 0))
+    if context is not None and need > context:
+        raise RequestError(400, f"prompt of {n} tokens plus max_tokens exceeds the model's "
+                                f"context of {context} tokens", "messages",
+                           "context_length_exceeded")
+    return n
+
+
+def _busy(message: str, retry_after: int) -> RequestError:
+    return RequestError(503, f"server busy: {message}; retry later", code="server_busy",
+                        retry_after=retry_after)
+
+
 def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
-             pending: threading.BoundedSemaphore) -> type[BaseHTTPRequestHandler]:
+             pending: threading.BoundedSemaphore, slots: ModelSlots
+             ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = limits.socket_timeout_s
+
+        def setup(self) -> None:
+            super().setup()
+            self.reader = _DeadlineReader(self.connection, limits.socket_timeout_s)
+            self.rfile = io.BufferedReader(self.reader)
+
+        def handle_one_request(self) -> None:
+            self.reader.deadline = time.monotonic() + limits.read_timeout_s
+            super().handle_one_request()
 
         def _send(self, status: int, body: dict[str, Any],
                   headers: dict[str, str] | None = None) -> None:
@@ -164,6 +305,8 @@ def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
 
         def _error(self, err: RequestError, headers: dict[str, str] | None = None) -> None:
             kind = ("invalid_request_error" if err.status < 500 else "server_error")
+            if err.retry_after is not None:
+                headers = {**(headers or {}), "Retry-After": str(err.retry_after)}
             self._send(err.status, {"error": {"message": err.message, "type": kind,
                                               "param": err.param,
                                               "code": err.code or err.status}}, headers)
@@ -200,9 +343,14 @@ def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
             if length > limits.max_body_bytes:
                 raise RequestError(413, f"body of {length} bytes exceeds the limit of "
                                         f"{limits.max_body_bytes}")
-            body = self.rfile.read(length)
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                raise RequestError(408, "timed out reading the body") from None
             if len(body) != length:
                 raise RequestError(400, f"body ended after {len(body)} of {length} bytes")
+            self.reader.deadline = math.inf  # arrived: the generation has its own deadline
+            self.connection.settimeout(limits.socket_timeout_s)
             return body
 
         def do_POST(self) -> None:  # noqa: N802
@@ -218,14 +366,10 @@ def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
                 except RequestError:
                     self.close_connection = True
                     raise
-                except TimeoutError:
-                    self.close_connection = True
-                    raise RequestError(408, "timed out reading the body") from None
                 req = parse_chat_request(body, limits)
+                del body
                 if not pending.acquire(blocking=False):
-                    return self._error(RequestError(503, "server busy: too many requests in "
-                                                         "flight; retry later",
-                                                    code="server_busy"), {"Retry-After": "1"})
+                    raise _busy("too many requests in flight", slots.retry_after())
                 try:
                     self._complete(req, start)
                 finally:
@@ -237,34 +381,18 @@ def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
                 self._error(RequestError(500, f"generation failed: {type(err).__name__}"))
 
         def _complete(self, req: ChatRequest, start: float) -> None:
-            budget = req.max_tokens
-            context = getattr(backend, "context_length", None)
-            if context is not None and hasattr(backend, "prompt_tokens"):
-                n = backend.prompt_tokens(req.messages)
-                need = n + (budget or getattr(backend, "max_new_tokens", 0))
-                if need > context:
-                    raise RequestError(400, f"prompt of {n} tokens plus max_tokens exceeds the "
-                                            f"model's context of {context} tokens", "messages",
-                                       "context_length_exceeded")
+            n_prompt = _check_prompt(backend, req, limits)
             deadline = start + limits.request_timeout_s
-            conn = self.connection
-
-            def stop() -> bool:
-                return time.monotonic() > deadline or _client_gone(conn)
-
-            logprobs = None
-            if hasattr(backend, "generate"):
-                gen = backend.generate(req.messages, budget, logprobs=req.top_logprobs
-                                       is not None, stop=stop)
-                text, finish = gen.text, "stop" if gen.stopped else "length"
-                if req.top_logprobs is not None:
-                    logprobs = _logprobs_block(backend, gen, req.top_logprobs)
-            elif req.top_logprobs is None:
-                text, finish = backend.chat(req.messages, budget), "stop"
-            else:
-                raise RequestError(400, "logprobs are not supported by this backend",
-                                   "logprobs")
-            if _client_gone(conn):
+            ticket = slots.acquire(min(limits.max_queue_wait_s, deadline - time.monotonic()),
+                                   deadline)
+            if ticket is None:
+                raise _busy("the model is answering other requests", slots.retry_after())
+            try:
+                text, finish, logprobs, n_new = self._generate(req, deadline)
+            finally:
+                slots.release(ticket)
+                _trim_heap()
+            if _client_gone(self.connection):
                 log.info("llm_server: client left; generation stopped")
                 self.close_connection = True
                 return
@@ -276,7 +404,33 @@ def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
                 "created": int(time.time()), "model": model_name,
                 "choices": [{"index": 0, "finish_reason": finish, "logprobs": logprobs,
                              "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
+                "usage": {"prompt_tokens": n_prompt or 0, "completion_tokens": n_new,
+                          "total_tokens": (n_prompt or 0) + n_new}})
+
+        def _generate(self, req: ChatRequest, deadline: float
+                      ) -> tuple[str, str, dict[str, Any] | None, int]:
+            """(text, finish reason, logprobs block, generated tokens) of ``req``."""
+            conn = self.connection
+
+            def stop() -> bool:
+                return time.monotonic() > deadline or _client_gone(conn)
+
+            if not hasattr(backend, "generate"):
+                if req.top_logprobs is not None:
+                    raise RequestError(400, "logprobs are not supported by this backend",
+                                       "logprobs")
+                return backend.chat(req.messages, req.max_tokens), "stop", None, 0
+            try:
+                gen = backend.generate(req.messages, req.max_tokens,
+                                       logprobs=req.top_logprobs is not None, stop=stop)
+            except GenerationStopped as err:
+                raise RequestError(503, f"the request's {limits.request_timeout_s:.0f} s ran "
+                                        f"out while reading its prompt ({err}); send a "
+                                        f"shorter prompt", "messages", "timeout") from None
+            logprobs = (None if req.top_logprobs is None
+                        else _logprobs_block(backend, gen, req.top_logprobs))
+            return (gen.text, "stop" if gen.stopped else "length", logprobs,
+                    len(gen.token_ids))
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("llm_server: " + fmt, *args)
@@ -284,9 +438,46 @@ def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
     return Handler
 
 
+_BUSY_BODY = json.dumps({"error": {"message": "server busy: too many connections; retry "
+                                              "later", "type": "server_error", "param": None,
+                                   "code": "server_busy"}}).encode()
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+         % (len(_BUSY_BODY), _BUSY_BODY))
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog: a burst queues instead of being reset
     daemon_threads = True
+    max_connections = 64
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._open = 0
+        self._count = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve a connection in a thread of its own, or answer 503 at once beyond
+        ``max_connections`` (each holds a thread for as long as its client keeps it)."""
+        with self._count:
+            full = self._open >= self.max_connections
+            self._open += not full
+        if full:
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count:
+                self._open -= 1
 
 
 def is_loopback(host: str) -> bool:
@@ -298,6 +489,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def make_server(backend: ChatBackend, host: str = "127.0.0.1", port: int = 0,
+                model_name: str = SMOLLM2, limits: ServerLimits | None = None
+                ) -> ThreadingHTTPServer:
+    """A server for ``backend``, listening but not yet serving (see :func:`serve`)."""
+    limits = limits or ServerLimits()
+    if limits.api_key is None and not is_loopback(host):
+        raise ValueError(f"serving on {host} (beyond loopback) needs an API key: set "
+                         f"--api-key-env to a variable holding one")
+    server = _Server((host, port), _handler(backend, model_name, limits,
+                                            threading.BoundedSemaphore(limits.max_pending),
+                                            ModelSlots(concurrency(backend))))
+    server.max_connections = limits.max_connections
+    return server
+
+
 def serve(backend: ChatBackend, host: str = "127.0.0.1", port: int = 0,
           model_name: str = SMOLLM2, background: bool = True,
           limits: ServerLimits | None = None) -> ThreadingHTTPServer:
@@ -307,12 +513,7 @@ def serve(backend: ChatBackend, host: str = "127.0.0.1", port: int = 0,
     with ``server.shutdown()``. Otherwise this blocks until interrupted. Serving beyond
     loopback requires ``limits.api_key``.
     """
-    limits = limits or ServerLimits()
-    if limits.api_key is None and not is_loopback(host):
-        raise ValueError(f"serving on {host} (beyond loopback) needs an API key: set "
-                         f"--api-key-env to a variable holding one")
-    server = _Server((host, port), _handler(backend, model_name, limits,
-                                            threading.BoundedSemaphore(limits.max_pending)))
+    server = make_server(backend, host, port, model_name, limits)
     log.info("serving %s at http://%s:%d/v1", model_name, host, server.server_port)
     if background:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -340,6 +541,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens-cap", type=int, default=d.max_tokens_cap)
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s)
     p.add_argument("--max-pending", type=int, default=d.max_pending)
+    p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    p.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars)
+    p.add_argument("--max-queue-wait", type=float, default=d.max_queue_wait_s)
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout_s)
+    p.add_argument("--max-connections", type=int, default=d.max_connections)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
@@ -347,7 +553,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--api-key-env {args.api_key_env}: that variable is empty or unset")
     limits = ServerLimits(max_tokens_cap=args.max_tokens_cap,
                           request_timeout_s=args.request_timeout,
-                          max_pending=args.max_pending, api_key=key)
+                          max_pending=args.max_pending,
+                          max_prompt_tokens=args.max_prompt_tokens,
+                          max_prompt_chars=args.max_prompt_chars,
+                          max_queue_wait_s=args.max_queue_wait, read_timeout_s=args.read_timeout,
+                          max_connections=args.max_connections, api_key=key)
     if key is None and not is_loopback(args.host):
         p.error(f"--host {args.host} is beyond loopback: give --api-key-env")
     serve(LocalChat(args.model, args.max_new_tokens), args.host, args.port, args.model,

@@ -9,9 +9,11 @@ printed at the end of the module (``-s``), and written to ``$SAE_MED_FAULT_TABLE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -21,6 +23,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -30,8 +33,8 @@ from sae_med.activations import ActivationCache, CorruptCacheError, build_cache,
 from sae_med.artifacts import ArtifactLockedError, write_json_atomic
 from sae_med.batches import TensorBatchSource
 from sae_med.config import ConfigError, config_from_dict
-from sae_med.llm import Generation
-from sae_med.llm_server import ServerLimits, serve
+from sae_med.llm import Generation, GenerationStopped
+from sae_med.llm_server import ServerLimits, make_server, serve
 from sae_med.sae import JumpReLUSAE, SAECheckpointError, from_gemma_scope_npz
 from sae_med.train import TrainingError, read_checkpoint, train_saes
 
@@ -310,6 +313,43 @@ def test_kill_during_checkpoint_write_and_half_a_metrics_line(tmp_path):
     assert ok
 
 
+KILL_BEFORE_SAVING = '''
+    import json, sys, time, torch
+    from pathlib import Path
+    from sae_med.batches import TensorBatchSource
+    from sae_med.config import config_from_dict
+    import sae_med.train as T
+    def stalled_save(*a, **k):  # killed after the final checkpoint, before any SAE is saved
+        Path(sys.argv[3]).touch()
+        time.sleep(600)
+    T._save_saes = stalled_save
+    torch.manual_seed(1)
+    T.train_saes(config_from_dict(json.loads(sys.argv[2])),
+                 TensorBatchSource(torch.randn(512, 16)), sys.argv[1], progress=False)
+'''
+
+
+def test_kill_after_the_final_checkpoint_before_the_saes_are_saved(tmp_path):
+    cfg = tiny_train_cfg()
+    torch.manual_seed(1)
+    acts = torch.randn(512, 16)
+    train_saes(cfg, TensorBatchSource(acts), tmp_path / "clean", progress=False)
+    out, saving = tmp_path / "killed", tmp_path / "saving"
+    p = _run(KILL_BEFORE_SAVING, str(out), json.dumps(cfg.to_dict()), str(saving))
+    _wait_for(saving.name, tmp_path, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert read_checkpoint(out / "checkpoint.pt")["step"] == 12  # the final one
+    assert not (out / "l0_4" / "cfg.json").exists()
+    train_saes(cfg, TensorBatchSource(acts), out, resume=True, progress=False)
+    ok = (out / "l0_4" / "cfg.json").exists() and all(torch.equal(a, b) for a, b in zip(
+        _final_weights(out).values(), _final_weights(tmp_path / "clean").values(),
+        strict=True))
+    record("kill -9 after the final checkpoint, before the SAEs are saved", 1, int(ok),
+           int(not ok))
+    assert ok
+
+
 # ------------------------------------------------------------------------ bit flips
 
 def flip_bit(path: Path, rng: random.Random) -> None:
@@ -568,19 +608,30 @@ def test_known_failures_are_one_clear_line(tmp_path, tiny, reference):
 # ------------------------------------------------------------------------ the LLM server
 
 class FakeLocal:
-    """A LocalChat stand-in: one token per 10 ms, one generation at a time."""
+    """A LocalChat stand-in: ``prefill_s`` per prompt token (``stop()`` asked every 16),
+    then one token per 10 ms, one generation at a time."""
 
-    context_length, max_new_tokens = 600, 8
+    max_new_tokens = 8
 
-    def __init__(self):
-        self.lock, self.tokens = threading.Lock(), 0
+    def __init__(self, context_length: int = 600, prefill_s: float = 0.0):
+        self.context_length, self.prefill_s = context_length, prefill_s
+        self.lock, self.tokens, self.counted = threading.Lock(), 0, 0
 
     def prompt_tokens(self, messages):
+        self.counted += 1
         return 4 + sum(len(m["content"].split()) for m in messages)
+
+    def _prefill(self, messages, stop):
+        n = 4 + sum(len(m["content"].split()) for m in messages)
+        for start in range(0, n, 16):
+            if stop is not None and stop():
+                raise GenerationStopped(f"stopped after {start} of {n} prompt tokens")
+            time.sleep(16 * self.prefill_s)
 
     def generate(self, messages, max_new_tokens=None, logprobs=False, stop=None):
         budget, n = max_new_tokens or self.max_new_tokens, 0
         with self.lock:
+            self._prefill(messages, stop)
             while n < budget and not (stop is not None and stop()):
                 time.sleep(0.01)
                 n += 1
@@ -588,17 +639,33 @@ class FakeLocal:
         return Generation(" ".join(["ok"] * n), [0] * n, [], False)
 
 
-def http(port: int, raw: bytes, timeout: float = 10) -> tuple[int, dict]:
-    """Send ``raw`` as is; (status, JSON body) of the answer (0, {} if none came)."""
+class Reply(NamedTuple):
+    status: int
+    """0: the connection closed without an answer."""
+    headers: str
+    body: dict
+    seconds: float
+    """From sending to the end of the answer."""
+
+
+def ask(port: int, raw: bytes, timeout: float = 10) -> Reply:
+    """Send ``raw`` as is and read the answer."""
+    t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(raw)
         buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
-    if not buf:
-        return 0, {}
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                buf += chunk
     head, _, body = buf.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body) if body else {}
+    return Reply(int(head.split()[1]) if buf else 0, head.decode(),
+                 json.loads(body) if body else {}, time.monotonic() - t0)
+
+
+def http(port: int, raw: bytes, timeout: float = 10) -> tuple[int, dict]:
+    """Send ``raw`` as is; (status, JSON body) of the answer (0, {} if none came)."""
+    reply = ask(port, raw, timeout)
+    return reply.status, reply.body
 
 
 def post(body: bytes | str, length: str | None = None, headers: str = "") -> bytes:
@@ -612,15 +679,24 @@ def chat(content: object = "hi", **extra) -> str:
     return json.dumps({"messages": [{"role": "user", "content": content}], **extra})
 
 
+@contextlib.contextmanager
+def running(backend: FakeLocal, **limits):
+    """A server around ``backend`` on loopback with small limits (``limits`` override)."""
+    small = {"max_tokens_cap": 10_000, "request_timeout_s": 2.0, "max_pending": 3,
+             "socket_timeout_s": 2.0, "max_body_bytes": 4096}
+    srv = serve(backend, limits=ServerLimits(**{**small, **limits}))
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 @pytest.fixture
 def server():
     backend = FakeLocal()
-    srv = serve(backend, limits=ServerLimits(max_tokens_cap=10_000, request_timeout_s=2.0,
-                                             max_pending=3, socket_timeout_s=2.0,
-                                             max_body_bytes=4096))
-    yield srv, backend
-    srv.shutdown()
-    srv.server_close()
+    with running(backend) as srv:
+        yield srv, backend
 
 
 def test_server_answers_every_invalid_request_with_a_400(server):
@@ -707,6 +783,146 @@ def test_server_bearer_token():
     with pytest.raises(ValueError, match="needs an API key"):
         serve(FakeLocal(), host="0.0.0.0")
     record("server: missing/wrong bearer token", 2, 2)
+
+
+def _in_background(fn, *args) -> tuple[threading.Thread, list]:
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    return t, out
+
+
+def _busy_or_served(r: Reply, bound_s: float) -> bool:
+    """Answered, or refused with a ``Retry-After``, within ``bound_s``."""
+    refused = r.status == 503 and "Retry-After:" in r.headers
+    return (r.status == 200 or refused) and r.seconds < bound_s
+
+
+def test_server_answers_a_normal_request_beside_a_long_prompt():
+    """The long prompt reads 2 ms a token: 4,000 tokens outrun its 2 s budget (refused
+    when it runs out, not after 8 s), 300 fit; the normal request sent behind it waits at
+    most 0.5 s, then is refused with Retry-After, or is served once the long one is done."""
+    runs = survived = 0
+    for words, wait_s, want in ((4000, 0.5, 503), (300, 1.5, 200)):
+        backend = FakeLocal(context_length=100_000, prefill_s=0.002)
+        with running(backend, max_prompt_tokens=5000, max_body_bytes=1 << 16,
+                     max_queue_wait_s=wait_s) as srv:
+            t, out = _in_background(ask, srv.server_port, post(chat("word " * words)))
+            while not backend.lock.locked() and t.is_alive():
+                time.sleep(0.005)
+            normal = ask(srv.server_port, post(chat(max_tokens=3)))
+            t.join(10)
+        [long] = out
+        long_ok = long.status == want and long.seconds < 3.5 and (
+            want == 200 or "while reading its prompt" in long.body["error"]["message"])
+        runs += 1
+        survived += long_ok and _busy_or_served(normal, wait_s + 1.0)
+        assert long_ok, long
+        assert _busy_or_served(normal, wait_s + 1.0), normal
+    record("server: a long prompt beside a normal request", runs, survived)
+
+
+def test_server_bounds_a_prompt_before_tokenising_it():
+    backend = FakeLocal(context_length=100_000)
+    with running(backend, max_body_bytes=1 << 20, max_prompt_chars=10_000,
+                 max_prompt_tokens=500) as srv:
+        chars = ask(srv.server_port, post(chat("x" * 200_000)))
+        counted = backend.counted
+        tokens = ask(srv.server_port, post(chat("word " * 1000)))  # 5,000 characters
+    chars_ok = chars.status == 400 and "at most 10000" in chars.body["error"]["message"]
+    tokens_ok = tokens.status == 400 and "limit of 500" in tokens.body["error"]["message"]
+    ok = chars_ok and counted == 0 and tokens_ok and backend.tokens == 0
+    record("server: prompts over the character / token caps", 2, 2 * ok)
+    assert chars_ok and counted == 0, (chars, counted)  # refused before tokenising
+    assert tokens_ok and backend.tokens == 0, tokens  # refused before the model ran
+
+
+def _trickle(port: int, first: bytes, raw: bytes, every_s: float, give_up_s: float
+             ) -> Reply:
+    """Send ``first``, then ``raw`` one byte every ``every_s``; the answer once the server
+    ends it."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(first)
+        buf = b""
+        for i in range(len(raw)):
+            if select.select([s], [], [], 0)[0] or time.monotonic() - t0 > give_up_s:
+                break  # the server answered or closed
+            with contextlib.suppress(OSError):
+                s.send(raw[i:i + 1])
+            time.sleep(every_s)
+        s.settimeout(give_up_s)
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                buf += chunk
+    head = buf.partition(b"\r\n\r\n")[0]
+    return Reply(int(head.split()[1]) if buf else 0, head.decode(), {},
+                 time.monotonic() - t0)
+
+
+def test_server_drops_slow_clients_at_the_read_deadline():
+    """One byte every 0.2 s, in the headers and in the body: each is cut off at the 1 s
+    read deadline (no answer, or 408) while a normal request is served meanwhile."""
+    with running(FakeLocal(), read_timeout_s=1.0) as srv:
+        port = srv.server_port
+        whole = post(chat())
+        slow = [_in_background(_trickle, port, first, raw, 0.2, 6.0) for first, raw in
+                ((b"", whole), (whole[:-len(chat())], whole[-len(chat()):]))]
+        normal = ask(port, post(chat(max_tokens=2)))
+        for t, _ in slow:
+            t.join(10)
+        heads, body = (out[0] for _, out in slow)
+    ok = [heads.status == 0 and heads.seconds < 2.5, body.status == 408 and
+          body.seconds < 2.5, normal.status == 200 and normal.seconds < 1.0]
+    record("server: slow clients (one byte every 0.2 s)", 2, sum(ok[:2]),
+           int(not ok[2]))
+    assert all(ok), (heads, body, normal)
+
+
+def test_server_caps_open_connections():
+    """Four idle connections fill the cap: a fifth is refused at once; once they are
+    dropped at the read deadline, requests are served again."""
+    with running(FakeLocal(), read_timeout_s=1.0, max_connections=4) as srv:
+        port = srv.server_port
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        time.sleep(0.2)  # every one accepted
+        refused = ask(port, post(chat()))
+        time.sleep(1.5)
+        served = ask(port, post(chat(max_tokens=2)))
+        for s in idle:
+            s.close()
+    refused_ok = refused.status == 503 and "too many connections" in json.dumps(
+        refused.body) and refused.seconds < 0.5
+    record("server: connections beyond the cap (4)", 1, int(refused_ok and
+                                                         served.status == 200))
+    assert refused_ok, refused
+    assert served.status == 200, served
+
+
+def test_server_backlog_holds_a_burst_before_the_first_accept():
+    """64 clients connect before the server accepts anyone: the listen backlog holds every
+    handshake (a short one drops SYNs, and the clients' retries wait 1 s or more)."""
+    srv = make_server(FakeLocal(), limits=ServerLimits(max_pending=64, max_connections=128))
+    socks = [socket.socket() for _ in range(64)]
+    try:
+        for s in socks:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", srv.server_port))
+        _, done, _ = select.select([], socks, [], 0.5)
+        connected = sum(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in done)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(10)
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answered = sum(s.recv(12).startswith(b"HTTP/1.1 200") for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
+    record("server: 64 connections before the first accept (listen backlog)", 64, connected)
+    assert connected == answered == 64, (connected, answered)
 
 
 def test_artefacts_respect_the_umask(tmp_path):
