@@ -175,7 +175,8 @@ class ModelSlots:
     served: a request that gets none within its wait is refused rather than left to time
     out behind a long one."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, retry_cap_s: float):
+        self.retry_cap_s = retry_cap_s
         self._cond = threading.Condition()
         self._free = n
         self._queue: collections.deque[object] = collections.deque()
@@ -203,10 +204,11 @@ class ModelSlots:
             self._cond.notify_all()
 
     def retry_after(self) -> int:
-        """Seconds until the first holder's deadline at the latest (at least 1)."""
+        """Seconds until the first holder's deadline, at least 1 and at most
+        ``retry_cap_s`` (a deadline is the worst case: most answers take seconds)."""
         with self._cond:
             first = min(self._deadlines.values(), default=time.monotonic())
-        return max(1, math.ceil(first - time.monotonic()))
+        return max(1, math.ceil(min(first - time.monotonic(), self.retry_cap_s)))
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -497,9 +499,10 @@ def make_server(backend: ChatBackend, host: str = "127.0.0.1", port: int = 0,
     if limits.api_key is None and not is_loopback(host):
         raise ValueError(f"serving on {host} (beyond loopback) needs an API key: set "
                          f"--api-key-env to a variable holding one")
+    slots = ModelSlots(concurrency(backend), limits.max_queue_wait_s)
     server = _Server((host, port), _handler(backend, model_name, limits,
                                             threading.BoundedSemaphore(limits.max_pending),
-                                            ModelSlots(concurrency(backend))))
+                                            slots))
     server.max_connections = limits.max_connections
     return server
 
