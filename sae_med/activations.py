@@ -252,12 +252,16 @@ def _write_shard(root: Path, index: int, x: Tensor, t: Tensor, doc_start: int,
     return s
 
 
-def _finish(root: Path, spec: dict[str, Any], shards: list[_Shard], n_documents: int,
-            exhausted: bool, corpus: str, split: str) -> None:
+def _finish(root: Path, spec: dict[str, Any], shards: list[_Shard], end: PlanEnd,
+            corpus: str, split: str) -> None:
     done_rows = sum(s.rows for s in shards)
-    if exhausted:
-        log.warning("corpus %s/%s ran out after %d tokens (asked for %d)", corpus, split,
-                    done_rows, spec["n_tokens"])
+    counted = (f"{end.counted_tokens:,} tokens counted in its {end.n_documents:,} documents, "
+               f"{end.cut_tokens:,} of them cut by cache.ctx_len={spec['ctx_len']}")
+    if end.exhausted:
+        log.warning("corpus %s/%s ran out after %d cached tokens (asked for %d; %s)", corpus,
+                    split, done_rows, spec["n_tokens"], counted)
+    else:
+        log.info("cache %s/%s: %d tokens cached (%s)", corpus, split, done_rows, counted)
     if done_rows == 0:
         raise ValueError(f"corpus {corpus}/{split} produced no tokens to cache")
     missing = [f"{s.stem}{suf}" for s in shards for suf in (".npy", ".tokens.npy", ".json")
@@ -266,7 +270,8 @@ def _finish(root: Path, spec: dict[str, Any], shards: list[_Shard], n_documents:
         raise CorruptCacheError(f"cache {root} lost {missing[0]} while being built (another "
                                 f"process?); rerun `sae-med cache` to rebuild it")
     manifest = {"spec": spec, "key": root.name, "n_tokens": done_rows,
-                "n_documents": n_documents, "exhausted": exhausted,
+                "n_documents": end.n_documents, "exhausted": end.exhausted,
+                "counted_tokens": end.counted_tokens, "cut_tokens": end.cut_tokens,
                 "shards": [s.__dict__ for s in shards]}
     manifest["checksum"] = stable_hash(manifest, 64)
     write_json_atomic(root / "manifest.json", manifest)
@@ -309,17 +314,29 @@ class _PlannedShard:
     """Rows kept (the last shard is cut at the target); None keeps all."""
 
 
+class PlanEnd(NamedTuple):
+    """What :func:`_plan_shards` read, after its last shard."""
+
+    n_documents: int
+    exhausted: bool
+    """The corpus ran out before the target."""
+    counted_tokens: int
+    """Every token of the documents read, as ``sae-med corpora`` counts them."""
+    cut_tokens: int
+    """Of those, the tokens past ``cache.ctx_len`` in longer documents: never cached."""
+
+
 def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, target: int
-                 ) -> Iterator[_PlannedShard | tuple[int, bool]]:
+                 ) -> Iterator[_PlannedShard | PlanEnd]:
     """The shards of the cache, in order, from tokenisation only (no model): chunks of
     ``batch_size * SORT_CHUNK`` documents, and a shard ends between chunks once it holds
-    ``shard_tokens`` rows, the last one cut at the target. Ends with
-    ``(n_documents, exhausted)``."""
-    from sae_med.data import iter_documents
+    ``shard_tokens`` rows, the last one cut at the target. Ends with a :class:`PlanEnd`."""
+    from sae_med.data import cached_tokens, context_room, iter_documents, token_counts
 
     c = cfg.cache
     docs = iter_documents(corpus, split)
-    done = buffered = doc_index = index = 0
+    room = context_room(model.tokenizer, c.ctx_len)
+    done = buffered = doc_index = index = counted = cut = 0
     chunks: list[list[str]] = []
     ids: list[str] = []
     start = 0
@@ -332,6 +349,9 @@ def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, tar
         chunk_texts = [d.text for d in chunk]
         buffered += sum(int(batch.keep.sum()) for _, batch in
                         packed_batches(model, chunk_texts, c))
+        counts = token_counts(model.tokenizer, chunk_texts)
+        counted += sum(counts)
+        cut += sum(counts) - cached_tokens(counts, room)
         chunks.append(chunk_texts)
         ids.extend(d.doc_id for d in chunk)
         doc_index += len(chunk)
@@ -341,7 +361,7 @@ def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, tar
             chunks, ids, buffered = [], [], 0
     if buffered:
         yield _PlannedShard(index, start, chunks, ids, target - done)
-    yield doc_index, exhausted
+    yield PlanEnd(doc_index, exhausted, counted, cut)
 
 
 def _record_matches(root: Path, p: _PlannedShard) -> _Shard | None:
@@ -380,10 +400,10 @@ def _build(model: LanguageModel, cfg: Config, corpus: str, split: str, spec: dic
     bar = tqdm(total=spec["n_tokens"], unit="tok", unit_scale=True,
                desc=f"cache {corpus}/{split}" + (f" rank {rank}/{ws}" if ws > 1 else ""),
                position=rank, disable=not progress)
-    n_shards, n_documents, exhausted = 0, 0, False
+    n_shards, end = 0, PlanEnd(0, False, 0, 0)
     for p in _plan_shards(model, cfg, corpus, split, spec["n_tokens"]):
-        if isinstance(p, tuple):
-            n_documents, exhausted = p
+        if isinstance(p, PlanEnd):
+            end = p
             break
         n_shards += 1
         if p.index % ws != rank:
@@ -397,7 +417,7 @@ def _build(model: LanguageModel, cfg: Config, corpus: str, split: str, spec: dic
     if rank == 0:
         shards = [_Shard(**json.loads((root / f"shard_{i:05d}.json").read_text()))
                   for i in range(n_shards)]
-        _finish(root, spec, shards, n_documents, exhausted, corpus, split)
+        _finish(root, spec, shards, end, corpus, split)
     distributed.barrier()
     return ActivationCache(root)
 
@@ -490,6 +510,18 @@ class ActivationCache(ChunkedBatches):
     @property
     def hook(self) -> str:
         return self.spec["hook"]
+
+    @property
+    def counted_tokens(self) -> int | None:
+        """Tokens of the documents the cache read, counted as ``sae-med corpora`` counts
+        them (None in a cache built before this was recorded)."""
+        return self.manifest.get("counted_tokens")
+
+    @property
+    def cut_tokens(self) -> int | None:
+        """Of :attr:`counted_tokens`, those past ``cache.ctx_len`` in longer documents,
+        never cached (None in a cache built before this was recorded)."""
+        return self.manifest.get("cut_tokens")
 
     def activations(self, start: int = 0, stop: int | None = None
                     ) -> Float[Tensor, "n d_model"]:

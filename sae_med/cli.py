@@ -105,17 +105,20 @@ def cmd_corpora(args: argparse.Namespace) -> int:
             from sae_med.models import load_model
 
             tokenizer = load_model(cfg.model.name, "cpu", cfg.cache_path).tokenizer
-    print(f"{'corpus':<14} {'kind':<9} {'domain':<8} {'documents':>10} {'tokens':>12}  "
-          "description")
+    ctx_len = cfg.cache.ctx_len
+    print(f"{'corpus':<14} {'kind':<9} {'domain':<8} {'documents':>10} {'tokens':>12} "
+          f"{'cached':>12}  description")
     for name in names:
         info = corpus_info(name)
-        docs = toks = "-"
-        if info.kind in ("embedded", "local"):
-            stats = corpus_stats(name, tokenizer) if tokenizer is not None else None
-            if stats:
-                docs, toks = f"{stats['documents']:,}", f"{stats['tokens']:,}"
-        print(f"{name:<14} {info.kind:<9} {info.domain:<8} {docs:>10} {toks:>12}  "
+        docs = toks = cached = "-"
+        if info.kind in ("embedded", "local") and tokenizer is not None:
+            stats = corpus_stats(name, tokenizer, ctx_len=ctx_len)
+            docs, toks, cached = (f"{n:,}" for n in stats)
+        print(f"{name:<14} {info.kind:<9} {info.domain:<8} {docs:>10} {toks:>12} {cached:>12}  "
               f"{info.description}")
+    if tokenizer is not None:
+        print(f"cached: the tokens an activation cache keeps (each document cut to "
+              f"cache.ctx_len={ctx_len}); size cache.n_tokens and eval.n_tokens from these")
     return 0
 
 
@@ -159,8 +162,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cfg = _load(args)
     t0 = time.time()
     for (corpus, split), cache in stage_cache(cfg).items():
-        print(f"cache {corpus}/{split}: {cache.n_tokens:,} tokens x d_model {cache.d_model} "
-              f"at {cache.hook} -> {cache.root}")
+        counted = "" if cache.counted_tokens is None else (
+            f" (its documents: {cache.counted_tokens:,} tokens counted, "
+            f"{cache.cut_tokens:,} cut by cache.ctx_len={cache.spec['ctx_len']})")
+        print(f"cache {corpus}/{split}: {cache.n_tokens:,} tokens{counted} x d_model "
+              f"{cache.d_model} at {cache.hook} -> {cache.root}")
     print(f"cache: done in {time.time() - t0:.0f} s")
     return 0
 

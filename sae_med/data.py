@@ -41,7 +41,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -369,39 +369,78 @@ def prepare_embedded(names: Iterable[str] | None = None) -> None:
         _materialize(leaf)
 
 
-def corpus_stats(name: str, tokenizer: Any, split: Split = "all",
-                 batch_size: int = 512) -> dict[str, int]:
-    """``{"documents": n, "tokens": n}`` for ``split`` of ``name``; tokens are counted with
-    ``tokenizer(texts, add_special_tokens=False)``. Cached under ``<cache>/stats`` keyed by
-    the corpus fingerprint and the tokenizer's name and vocabulary size."""
+class CorpusStats(NamedTuple):
+    """A corpus's size in documents and tokens (:func:`corpus_stats`)."""
+
+    documents: int
+    tokens: int
+    """Every token of every document (:func:`token_counts`)."""
+    cached: int | None
+    """The tokens an activation cache keeps of them: each document cut to what one context
+    holds (:func:`cached_tokens`); None when no context length was given."""
+
+
+def token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Each text's tokens, as corpora are counted: no special tokens, no truncation."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def context_room(tokenizer: Any, ctx_len: int) -> int:
+    """How many of a document's tokens one cache context of ``ctx_len`` holds: ``ctx_len``
+    minus the special tokens every document starts with (BOS, added by the tokenizer or,
+    when it adds none, by :meth:`sae_med.lm.LanguageModel.tokenize`)."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    added = len(with_special) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    by_hand = bos is not None and with_special[0] != bos
+    return ctx_len - added - int(by_hand)
+
+
+def cached_tokens(counts: Iterable[int], room: int) -> int:
+    """Tokens a cache keeps of documents of ``counts`` tokens when a context holds
+    ``room`` of them (:func:`context_room`): the rest of a longer document is cut."""
+    return sum(min(n, room) for n in counts)
+
+
+def corpus_stats(name: str, tokenizer: Any, split: Split = "all", batch_size: int = 512,
+                 ctx_len: int | None = None) -> CorpusStats:
+    """Documents and tokens of ``split`` of ``name`` (:func:`token_counts`), and with
+    ``ctx_len`` the tokens a cache of that context length keeps. Cached under
+    ``<cache>/stats`` keyed by the corpus fingerprint, the tokenizer's name and vocabulary
+    size and the context's room."""
     _check_split(split)
     tok_name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
     try:
         vocab = len(tokenizer)
     except TypeError:
         vocab = None
+    room = None if ctx_len is None else context_room(tokenizer, ctx_len)
     key = stable_hash({"corpus": corpus_fingerprint(name), "tokenizer": tok_name,
-                       "vocab": vocab, "split": split})
+                       "vocab": vocab, "split": split, "room": room})
     path = default_cache_dir() / "stats" / f"{name}-{split}-{key}.json"
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
-            return {"documents": cached["documents"], "tokens": cached["tokens"]}
-    n_docs = n_tokens = 0
+            return CorpusStats(cached["documents"], cached["tokens"], cached["cached"])
+    n_docs = n_tokens = n_cached = 0
     batch: list[str] = []
 
-    def count(texts: list[str]) -> int:
-        return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    def count(texts: list[str]) -> None:
+        nonlocal n_tokens, n_cached
+        counts = token_counts(tokenizer, texts)
+        n_tokens += sum(counts)
+        n_cached += cached_tokens(counts, room) if room is not None else 0
 
     for doc in tqdm(iter_documents(name, split), desc=f"tokens in {name}/{split}",
                     unit="doc", mininterval=2.0):
         batch.append(doc.text)
         n_docs += 1
         if len(batch) == batch_size:
-            n_tokens += count(batch)
+            count(batch)
             batch = []
     if batch:
-        n_tokens += count(batch)
+        count(batch)
+    stats = CorpusStats(n_docs, n_tokens, None if room is None else n_cached)
     write_json_atomic(path, {"key": key, "corpus": name, "split": split, "tokenizer": tok_name,
-                             "documents": n_docs, "tokens": n_tokens})
-    return {"documents": n_docs, "tokens": n_tokens}
+                             **stats._asdict()})
+    return stats

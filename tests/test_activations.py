@@ -48,6 +48,31 @@ def test_cache_equals_run_with_cache(model, medical_cache):
         torch.testing.assert_close(acts[rows], ref, rtol=1e-4, atol=ref.abs().max() * 1e-5)
 
 
+def test_cache_reports_tokens_cut_by_ctx_len_as_corpora_counts_them(
+        model, tmp_path, monkeypatch):
+    """A corpus of long and short documents, cached whole with contexts shorter than the
+    long ones: the manifest's counted tokens are `sae-med corpora`'s count, and what was
+    cached is that count less the cut, as `sae-med corpora`'s cached column predicts."""
+    from sae_med import data
+
+    words = iter_documents("medical", "train")
+    (tmp_path / "recipes").mkdir()
+    for i in range(12):  # 4 to 36 definitions long: many tokens past a short context
+        text = " ".join(next(words).text for _ in range(4 + 8 * (i % 5)))
+        (tmp_path / "recipes" / f"r{i}.txt").write_text(text)
+    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
+    monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path / "sae_med_cache"))  # its own stats
+    monkeypatch.chdir(tmp_path)
+    ctx_len = 24
+    cfg = small_cfg(tmp_path / "cache", f"cache.ctx_len={ctx_len}", "cache.n_tokens=100000",
+                    'corpora={"recipes": {"files": "recipes", "domain": "cooking"}}')
+    cache = build_cache(model, cfg, "recipes", "train", progress=False)
+    assert cache.manifest["exhausted"] and cache.cut_tokens > 0
+    assert cache.n_tokens == cache.counted_tokens - cache.cut_tokens
+    stats = data.corpus_stats("recipes", model.tokenizer, "train", ctx_len=ctx_len)
+    assert (stats.tokens, stats.cached) == (cache.counted_tokens, cache.n_tokens)
+
+
 def test_special_tokens_excluded(model, medical_cache):
     info = medical_cache.token_info()
     tok = model.tokenizer
@@ -173,7 +198,7 @@ RSS_SCRIPT = """
 import sys
 import torch
 from pathlib import Path
-from sae_med.activations import ActivationCache, _finish, _write_shard
+from sae_med.activations import ActivationCache, PlanEnd, _finish, _write_shard
 torch.set_num_threads(1)
 root, mode = Path(sys.argv[1]), sys.argv[2]
 n_shards, rows, d = 96, 4096, 256          # 96 shards of 4 MiB: a 384 MiB fp32 cache
@@ -181,8 +206,9 @@ if mode == "write":
     base = torch.randn(rows, d, generator=torch.Generator().manual_seed(0))
     shards = [_write_shard(root, i, base + i, torch.zeros(rows, 3, dtype=torch.int32), i,
                            [f"doc{i}"], "float32") for i in range(n_shards)]
-    _finish(root, {"dtype": "float32", "hook": "synthetic", "n_tokens": n_shards * rows},
-            shards, n_shards, False, "synthetic", "train")
+    _finish(root, {"dtype": "float32", "hook": "synthetic", "n_tokens": n_shards * rows,
+                   "ctx_len": rows}, shards, PlanEnd(n_shards, False, n_shards * rows, 0),
+            "synthetic", "train")
     sys.exit(0)
 
 def status(field):
