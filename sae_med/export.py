@@ -3,8 +3,11 @@
 ``sae_lens``: ``cfg.json`` + ``sae_weights.safetensors``, loaded by
 ``sae_lens.SAE.load_from_disk`` (or ``SAE.from_pretrained(REPO, SAE_ID)`` once pushed).
 ``gemma_scope``: ``params.npz`` as in google/gemma-scope-*, plus ``metadata.json``.
-Both hold the SAE on raw activations (the training normalisation is folded into the
-weights) and say what it was trained on; every export gets a model card (``README.md``).
+``saebench``: the sae-lens files, SAEBench's config for :mod:`sae_med.saebench`'s loader,
+and SAEBench core results on the run's eval tokens.
+Each holds the SAE on raw activations (the training normalisation is folded into the
+weights) and the exact weights it was trained on (:mod:`sae_med.weights`); every export
+gets a model card (``README.md``).
 """
 
 from __future__ import annotations
@@ -13,29 +16,34 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from torch import Tensor
 
 from sae_med import __version__
 from sae_med.artifacts import atomic_path, write_json_atomic, write_text_atomic
-from sae_med.config import ConfigError, config_from_dict
+from sae_med.config import Config, ConfigError, config_from_dict
 from sae_med.evaluate import RESULTS_NAME
 from sae_med.experiment import SAES_DIR
 from sae_med.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, to_sae_lens
+from sae_med.saebench import CFG_NAME as SAEBENCH_CFG
 from sae_med.weights import WeightsRecord, recorded_weights, weights_record
 
 log = logging.getLogger(__name__)
 
-ExportFormat = Literal["sae_lens", "gemma_scope"]
-FORMATS: tuple[ExportFormat, ...] = ("sae_lens", "gemma_scope")
+ExportFormat = Literal["sae_lens", "gemma_scope", "saebench"]
+FORMATS: tuple[ExportFormat, ...] = ("sae_lens", "gemma_scope", "saebench")
 FORMAT_FILES: dict[str, tuple[str, ...]] = {
     "sae_lens": ("cfg.json", "sae_weights.safetensors"),
     "gemma_scope": ("params.npz", "metadata.json"),
+    "saebench": ("cfg.json", "sae_weights.safetensors", SAEBENCH_CFG),
 }
+SAEBENCH_DIR = "saebench"
+"""Under the export folder: ``{eval corpus}/core/{release}_{sae id}_eval_results.json``."""
 """The files each format writes into an SAE's export folder."""
 CARD_FILENAME = "README.md"
 CARD_METRICS = {"l0": "L0", "fve": "FVE", "loss_recovered": "loss recovered",
@@ -223,7 +231,23 @@ def write_gemma_scope(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
     return out
 
 
-WRITERS = {"sae_lens": write_sae_lens, "gemma_scope": write_gemma_scope}
+def write_saebench(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
+    """The sae-lens files plus ``saebench_cfg.json`` (SAEBench's ``CustomSAEConfig``),
+    which :meth:`sae_med.saebench.SAEBenchJumpReLU.load` reads."""
+    from sae_med.saebench import CustomSAEConfig
+
+    write_sae_lens(sae, prov, out)
+    cfg = CustomSAEConfig(
+        model_name=prov.model_name, d_in=prov.d_in, d_sae=prov.d_sae,
+        hook_layer=int(prov.hook_name.split(".")[1]), hook_name=prov.hook_name,
+        context_size=prov.context_size, dataset_path=f"sae-med:{prov.train_corpus}",
+        training_tokens=prov.training_tokens or -100_000)
+    write_json_atomic(out / SAEBENCH_CFG, cfg.to_dict())
+    return out
+
+
+WRITERS = {"sae_lens": write_sae_lens, "gemma_scope": write_gemma_scope,
+           "saebench": write_saebench}
 
 
 def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[ExportedSAE]:
@@ -244,8 +268,73 @@ def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[
         WRITERS[fmt](JumpReLUSAE.load(sae_dir), prov, target)
         exported.append(ExportedSAE(prov, target, read_scores(scores_from, sae_id)))
         log.info("exported %s -> %s (%s)", sae_id, target, fmt)
+    if fmt == "saebench":
+        write_saebench_results(exported, saes, scores_from, out)
     write_text_atomic(out / CARD_FILENAME, model_card(exported, fmt, out))
     return exported
+
+
+def write_saebench_results(exported: Sequence[ExportedSAE], saes: dict[str, Path],
+                           results: Path | None, out: Path) -> list[Path]:
+    """SAEBench core results of every exported SAE on each eval corpus of its run, on the
+    run's eval activations (rebuilt only if missing) and its results.json's CE and KL."""
+    if results is None:
+        raise ExportError("--format saebench needs the run's results.json (its CE and KL "
+                          "numbers): run `sae-med evaluate CONFIG` first")
+    rows = {(r["sae_id"], r["eval_corpus"]): r
+            for r in json.loads(results.read_text()).get("rows", [])}
+    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
+                                       / "config.json").read_text()))
+    missing = [(e.provenance.sae_id, c) for e in exported for c in cfg.eval_corpora
+               if (e.provenance.sae_id, c) not in rows]
+    if missing:
+        raise ExportError(f"{results} has no row for {missing[0][0]} on {missing[0][1]}: "
+                          "rerun `sae-med evaluate CONFIG` for this run")
+    written = []
+    for corpus, acts, doc_index in _eval_activations(cfg):
+        for e in exported:
+            written.append(_write_core(e, cfg, corpus, acts, doc_index,
+                                       rows[(e.provenance.sae_id, corpus)], out))
+    return written
+
+
+def _eval_activations(cfg: Config) -> Iterator[tuple[str, Tensor, Tensor]]:
+    """(eval corpus, activations, document index per row) as ``sae-med evaluate`` read."""
+    from sae_med.activations import build_cache
+    from sae_med.models import load_model
+
+    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
+    for corpus in cfg.eval_corpora:
+        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
+                            progress=False)
+        yield corpus, cache.activations(), cache.tokens().doc_index
+
+
+def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: Tensor, doc_index: Tensor,
+                row: dict[str, Any], out: Path) -> Path:
+    from importlib.metadata import version
+
+    from sae_med.saebench import (
+        CoreContext,
+        SAEBenchJumpReLU,
+        activation_stats,
+        core_eval_output,
+        results_filename,
+    )
+
+    p = e.provenance
+    sae = SAEBenchJumpReLU.load(e.path)
+    release = f"sae-med-{cfg.name}"
+    ctx = CoreContext(release, p.sae_id, corpus, cfg.model.dtype, cfg.cache.batch_size,
+                      cfg.cache.ctx_len, cfg.cache.exclude_special, version("sae-lens"),
+                      {"sae_med": {"version": __version__, "weights": p.weights.to_dict(),
+                                   "eval_corpus": corpus, "metrics": row["metrics"]}})
+    doc = core_eval_output(sae, activation_stats(sae, acts, doc_index), row["metrics"],
+                           row.get("ce_tokens") or 0, ctx)
+    path = out / SAEBENCH_DIR / corpus / "core" / results_filename(release, p.sae_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, doc)
+    return path
 
 
 # ---------------------------------------------------------------------------- model card
@@ -271,6 +360,11 @@ def _loading(fmt: ExportFormat, folders: Sequence[str], repo_id: str | None) -> 
             code.append(f'sae = SAE.from_pretrained("{repo_id}", "{example}")  # from the hub')
         code.append(f'sae = SAE.load_from_disk("{example}")  # from a local copy')
         return "```python\n" + "\n".join(imports + [""] + code) + "\n```\n"
+    if fmt == "saebench":
+        return ("```python\nfrom sae_med.saebench import SAEBenchJumpReLU\n\n"
+                f'sae = SAEBenchJumpReLU.load("{example}")  # SAEBench custom-SAE interface\n'
+                "```\n\nSAEBench core results (its eval_output schema, on sae-med's eval "
+                f"tokens): `{SAEBENCH_DIR}/EVAL_CORPUS/core/`.\n")
     return ("```python\nimport numpy as np\n\n"
             f'params = np.load("{example}/params.npz")  # W_enc, W_dec, b_enc, b_dec, '
             "threshold\n```\n\nor score it with sae-med: "
@@ -302,9 +396,10 @@ def model_card(exported: Sequence[ExportedSAE], fmt: ExportFormat, out: Path,
     bases = sorted({p.weights.derived_from for p in provs if p.weights.derived_from})
     hooks = sorted({p.hook_name for p in provs})
     folders = [e.path.relative_to(out).as_posix() if e.path != out else "." for e in exported]
-    tags = ["sparse-autoencoder", "jumprelu", "sae-med", "sae_lens" if fmt == "sae_lens"
-            else "gemma-scope-format"]
-    front = (["---"] + (["library_name: saelens"] if fmt == "sae_lens" else [])
+    lens = fmt in ("sae_lens", "saebench")  # both write sae-lens's files
+    tags = ["sparse-autoencoder", "jumprelu", "sae-med",
+            {"sae_lens": "sae_lens", "saebench": "saebench"}.get(fmt, "gemma-scope-format")]
+    front = (["---"] + (["library_name: saelens"] if lens else [])
              + ([f"base_model: {bases[0]}"] if len(bases) == 1 else
                 ["base_model:", *[f"- {b}" for b in bases]] if bases else [])
              + ["tags:"] + [f"- {t}" for t in tags] + ["---", ""])
