@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="copy the working tree's tracked files instead of HEAD")
     ap.add_argument("--abuse", type=Path, help="bench_server.py --json rows to append")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per test")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
     args = ap.parse_args(argv)
     known = {p.name: p for p in PROTECTIONS}
     if args.list:
@@ -314,6 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [known[n] for n in args.names] or list(PROTECTIONS)
     root = scratch_copy(args.worktree)
     print(f"scratch copy: {root} ({'working tree' if args.worktree else 'HEAD'})", flush=True)
+    try:
+        return check(root, chosen, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def check(root: Path, chosen: list[Protection], args: argparse.Namespace) -> int:
+    """The baseline, then every chosen patch, in the copy at ``root``; printed tables."""
     check_imports_from(root)
     # all of them: the whole fault module, for its table; some: just their tests
     nodes = list(dict.fromkeys(t for p in chosen for t in p.tests))
