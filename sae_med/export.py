@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 from torch import Tensor
@@ -33,15 +33,23 @@ from sae_med.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, to_sae_lens
 from sae_med.saebench import CFG_NAME as SAEBENCH_CFG
 from sae_med.weights import WeightsRecord, recorded_weights, weights_record
 
+if TYPE_CHECKING:  # imported where used: they pull in the model and cache layers
+    from sae_med.activations import ActivationCache
+    from sae_med.lm import LanguageModel
+    from sae_med.neuronpedia import Explanation, SourceRecords
+
 log = logging.getLogger(__name__)
 
-ExportFormat = Literal["sae_lens", "gemma_scope", "saebench"]
-FORMATS: tuple[ExportFormat, ...] = ("sae_lens", "gemma_scope", "saebench")
+ExportFormat = Literal["sae_lens", "gemma_scope", "saebench", "neuronpedia"]
+FORMATS: tuple[ExportFormat, ...] = ("sae_lens", "gemma_scope", "saebench", "neuronpedia")
 FORMAT_FILES: dict[str, tuple[str, ...]] = {
     "sae_lens": ("cfg.json", "sae_weights.safetensors"),
     "gemma_scope": ("params.npz", "metadata.json"),
     "saebench": ("cfg.json", "sae_weights.safetensors", SAEBENCH_CFG),
+    "neuronpedia": ("cfg.json", "sae_weights.safetensors"),
 }
+NEURONPEDIA_DIR = "neuronpedia"
+"""Under the export folder: ``{model}/{layer}-{source set}/``, one per SAE."""
 SAEBENCH_DIR = "saebench"
 """Under the export folder: ``{eval corpus}/core/{release}_{sae id}_eval_results.json``."""
 """The files each format writes into an SAE's export folder."""
@@ -247,7 +255,7 @@ def write_saebench(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
 
 
 WRITERS = {"sae_lens": write_sae_lens, "gemma_scope": write_gemma_scope,
-           "saebench": write_saebench}
+           "saebench": write_saebench, "neuronpedia": write_sae_lens}
 
 
 def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[ExportedSAE]:
@@ -270,6 +278,8 @@ def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[
         log.info("exported %s -> %s (%s)", sae_id, target, fmt)
     if fmt == "saebench":
         write_saebench_results(exported, saes, scores_from, out)
+    if fmt == "neuronpedia":
+        write_neuronpedia(exported, saes, out)
     write_text_atomic(out / CARD_FILENAME, model_card(exported, fmt, out))
     return exported
 
@@ -337,6 +347,90 @@ def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: Tensor, doc_inde
     return path
 
 
+def write_neuronpedia(exported: Sequence[ExportedSAE], saes: dict[str, Path], out: Path,
+                      creator: str = "sae-med") -> list[Path]:
+    """A Neuronpedia source folder per exported SAE (:mod:`sae_med.neuronpedia`), its
+    windows from the eval split of the SAE's training corpus (else the first eval corpus)
+    and its explanations from the run's autointerp, where it explained this SAE."""
+    from datetime import UTC, datetime
+
+    from sae_med.activations import build_cache
+    from sae_med.models import load_model
+    from sae_med.neuronpedia import write_source
+
+    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
+                                       / "config.json").read_text()))
+    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    written = []
+    for e in exported:
+        p = e.provenance
+        corpus = p.train_corpus if p.train_corpus in cfg.eval_corpora else cfg.eval_corpora[0]
+        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
+                            progress=False)
+        records = _neuronpedia_records(e, cfg, model, cache, corpus, creator, now,
+                                       saes[p.sae_id])
+        written.append(write_source(out / NEURONPEDIA_DIR, records))
+        log.info("neuronpedia source %s: %d features, %d activation windows",
+                 written[-1], len(records.features), len(records.activations))
+    return written
+
+
+def _neuronpedia_records(e: ExportedSAE, cfg: Config, model: LanguageModel,
+                         cache: ActivationCache, corpus: str, creator: str, now: str,
+                         sae_dir: Path) -> SourceRecords:
+    from sae_med import neuronpedia as np_
+
+    p, w = e.provenance, e.provenance.weights
+    model_id = np_.slug((w.derived_from or p.model_name).split("/")[-1])
+    release = np_.slug(f"sae-med-{cfg.name}")
+    src = np_.SourceInfo(model_id, cfg.model.hook_layer, np_.slug(f"{release}-{p.sae_id}"),
+                         p.hook_name, f"sae-med:{corpus} (eval split)", now)
+    sae = JumpReLUSAE.load(sae_dir)
+    features, activations = np_.source_features(sae, cache, model.tokenizer,
+                                                model.W_U.cpu(), src)
+    sid = np_.source_id(src.layer, src.set_name)
+    original = p.model_name == w.derived_from  # Neuronpedia would run these very weights
+    return np_.SourceRecords(
+        np_.Release(release, f"sae-med {cfg.name}: JumpReLU SAEs trained on "
+                    f"{p.train_corpus} activations of {w.describe()}",
+                    f"sae-med {cfg.name}", creator, creator, [], now),
+        np_.Model(model_id, w.derived_from or p.model_name, model_id, False, model.n_layers,
+                  model.d_model, now, now),
+        np_.SourceSet(model_id, src.set_name, f"{p.hook_name} - {p.d_sae} ({p.sae_id})",
+                      release, creator, now),
+        np_.Source(sid, model_id, src.set_name, src.dataset, cache.n_tokens,
+                   cfg.cache.ctx_len, original,
+                   f"Trained on the activations of {w.describe()} (sha256 {w.sha256}); "
+                   f"sae-med {__version__}.", (e.path / CFG_FILENAME).read_text(), now),
+        features, activations, _explanations(sae_dir, p, model_id, sid, now))
+
+
+def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: str
+                  ) -> list[Explanation]:
+    """sae-med autointerp's explanations of this SAE (replicate 0 of its corpus at its
+    target L0), if the run has them."""
+    import uuid
+
+    import pandas as pd
+
+    from sae_med.neuronpedia import Explanation
+
+    saes = _saes_dir(sae_dir)
+    if saes is None or p.l0_target is None or (p.replicate or 0) != 0:
+        return []
+    for prefix, kind in (("", "sae-med-autointerp"), ("demo_", "sae-med-autointerp-demo")):
+        path = saes.parent / "autointerp" / f"{prefix}l0_{p.l0_target:g}" / "latents.csv"
+        if path.exists():
+            rows = pd.read_csv(path, keep_default_na=False)
+            rows = rows[(rows["sae"] == p.train_corpus) & (rows["explanation"] != "")]
+            return [Explanation(uuid.uuid4().hex, model_id, sid, str(int(r.latent)),
+                                str(r.explanation), kind, "sae-med autointerp",
+                                f"detection AUROC {float(r.detection_auroc):.3f}", now)
+                    for r in rows.itertuples()]
+    return []
+
+
 # ---------------------------------------------------------------------------- model card
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -360,6 +454,10 @@ def _loading(fmt: ExportFormat, folders: Sequence[str], repo_id: str | None) -> 
             code.append(f'sae = SAE.from_pretrained("{repo_id}", "{example}")  # from the hub')
         code.append(f'sae = SAE.load_from_disk("{example}")  # from a local copy')
         return "```python\n" + "\n".join(imports + [""] + code) + "\n```\n"
+    if fmt == "neuronpedia":
+        return ("```python\nfrom sae_lens import SAE\n\n"
+                f'sae = SAE.load_from_disk("{example}")\n```\n\nNeuronpedia upload files '
+                f"(one source per SAE): `{NEURONPEDIA_DIR}/MODEL/LAYER-SOURCESET/`.\n")
     if fmt == "saebench":
         return ("```python\nfrom sae_med.saebench import SAEBenchJumpReLU\n\n"
                 f'sae = SAEBenchJumpReLU.load("{example}")  # SAEBench custom-SAE interface\n'
@@ -396,9 +494,9 @@ def model_card(exported: Sequence[ExportedSAE], fmt: ExportFormat, out: Path,
     bases = sorted({p.weights.derived_from for p in provs if p.weights.derived_from})
     hooks = sorted({p.hook_name for p in provs})
     folders = [e.path.relative_to(out).as_posix() if e.path != out else "." for e in exported]
-    lens = fmt in ("sae_lens", "saebench")  # both write sae-lens's files
+    lens = fmt != "gemma_scope"  # the others write sae-lens's files
     tags = ["sparse-autoencoder", "jumprelu", "sae-med",
-            {"sae_lens": "sae_lens", "saebench": "saebench"}.get(fmt, "gemma-scope-format")]
+            {"gemma_scope": "gemma-scope-format"}.get(fmt, fmt)]
     front = (["---"] + (["library_name: saelens"] if lens else [])
              + ([f"base_model: {bases[0]}"] if len(bases) == 1 else
                 ["base_model:", *[f"- {b}" for b in bases]] if bases else [])
