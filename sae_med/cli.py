@@ -15,7 +15,8 @@ config plus ``section.field=value`` overrides.
         [--out PATH] [-p NAME VALUE]    ... to PATH; -p sets its other parameters
     sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
     sae-med config CONFIG [k=v ...]     print the resolved config (base: and overrides applied)
-    sae-med export RUN_OR_SAE OUT       sae-lens folders or Gemma Scope params.npz + a card
+    sae-med export RUN_OR_SAE OUT       sae-lens folders, Gemma Scope params.npz, SAEBench
+                                        or Neuronpedia files + a card
         [--format F] [--push-to-hub REPO [--dry-run]]
     sae-med publish BUILD --remote URL  the built book's HTML onto the remote's gh-pages
 """
@@ -325,15 +326,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write SAEs as sae-lens folders or Gemma Scope "
-                       "params.npz with a model card; optionally push them to the hub")
+    p = sub.add_parser("export", help="write SAEs as sae-lens folders, Gemma Scope "
+                       "params.npz, SAEBench or Neuronpedia files, with a model card; "
+                       "optionally push them to the hub")
     p.add_argument("source", metavar="RUN_OR_SAE",
                    help="a run folder (runs/NAME: every SAE goes to OUT/CORPUS/l0_TARGET) or "
                         "one SAE folder (goes to OUT)")
     p.add_argument("out", metavar="OUT", help="output folder (README.md model card inside)")
     p.add_argument("--format", default="sae_lens",
-                   help="sae_lens (cfg.json + sae_weights.safetensors; the default) or "
-                        "gemma_scope (params.npz + metadata.json)")
+                   help="sae_lens (cfg.json + sae_weights.safetensors; the default), "
+                        "gemma_scope (params.npz + metadata.json), saebench (sae-lens "
+                        "files, SAEBench's config and core results on the run's eval "
+                        "tokens) or neuronpedia (sae-lens files and Neuronpedia upload "
+                        "folders)")
     p.add_argument("--push-to-hub", metavar="REPO", default=None,
                    help="then upload OUT to this Hugging Face model repo (needs HF_TOKEN)")
     p.add_argument("--dry-run", action="store_true",

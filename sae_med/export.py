@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -543,7 +544,41 @@ def stage_for_hub(source: str | Path, fmt: ExportFormat, out: str | Path,
     out = Path(out)
     exported = export_saes(source, fmt, out)
     write_text_atomic(out / CARD_FILENAME, model_card(exported, fmt, out, repo_id))
+    if fmt != "gemma_scope":  # the others hold sae-lens folders a registry entry can name
+        write_text_atomic(out / REGISTRY_FILENAME, registry_entry(exported, out, repo_id))
     return sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+
+
+REGISTRY_FILENAME = "pretrained_saes.yaml"
+
+
+def registry_entry(exported: Sequence[ExportedSAE], out: Path, repo_id: str) -> str:
+    """A release for SAELens's ``pretrained_saes.yaml`` (a registry pull request), naming
+    each SAE's folder in ``repo_id`` with its L0 and FVE on the first eval corpus scored.
+    ``model`` is the TransformerLens name of the checkpoint the weights derive from; the
+    comment above says which weights the SAEs were trained on."""
+    import yaml
+
+    def first(e: ExportedSAE, metric: str) -> float | None:
+        return next((s.value for s in e.scores if s.metric == metric), None)
+
+    saes = []
+    for e in exported:
+        folder = e.path.relative_to(out).as_posix() if e.path != out else "."
+        entry: dict[str, Any] = {"id": e.provenance.sae_id, "path": folder}
+        for key, metric in (("l0", "l0"), ("variance_explained", "fve")):
+            if (value := first(e, metric)) is not None:
+                entry[key] = round(value, 4)
+        saes.append(entry)
+    w = exported[0].provenance.weights
+    release = re.sub(r"[^a-z0-9]+", "-", repo_id.split("/")[-1].lower()).strip("-")
+    body = {release: {"repo_id": repo_id,
+                      "model": (w.derived_from or exported[0].provenance.model_name
+                                ).split("/")[-1],
+                      "conversion_func": None, "saes": saes}}
+    return (f"# sae-med {__version__}: a release entry for SAELens's pretrained_saes.yaml.\n"
+            f"# The SAEs were trained on the activations of {w.describe()}.\n"
+            + yaml.safe_dump(body, sort_keys=False))
 
 
 def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None,

@@ -119,7 +119,8 @@ def test_staged_folder_and_card_say_what_was_trained_and_how_it_scored(run_dir, 
     files = stage_for_hub(run_dir, "sae_lens", out, "someone/sae-med-demo")
     assert [str(f) for f in files] == [
         "README.md", "medical/l0_4/cfg.json", "medical/l0_4/sae_weights.safetensors",
-        "medical/l0_8/cfg.json", "medical/l0_8/sae_weights.safetensors"]
+        "medical/l0_8/cfg.json", "medical/l0_8/sae_weights.safetensors",
+        "pretrained_saes.yaml"]
     card = (out / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
@@ -169,7 +170,8 @@ def test_cli_export_dry_run_and_errors(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), str(out), "--push-to-hub", "someone/demo",
                  "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("dry run: would upload 5 files") and "  README.md" in lines
+    assert lines[0].startswith("dry run: would upload 6 files") and "  README.md" in lines
+    assert "  pretrained_saes.yaml" in lines
     assert main(["export", str(tmp_path / "nope"), str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such folder" in err
@@ -243,3 +245,23 @@ def test_evaluate_warns_for_an_sae_from_other_weights_and_records_its_own(
     assert weights == {**weights_record(str(tiny)).to_dict(),
                        "loaded_as": weights["loaded_as"]}
     assert weights["sha256"] and weights["loaded_as"].startswith(str(tiny.resolve()))
+
+
+def test_registry_entry_reads_as_sae_lens_reads_its_registry(run_dir, tmp_path, monkeypatch):
+    """sae-lens's own registry loader, pointed at the staged pretrained_saes.yaml."""
+    from sae_lens.loading import pretrained_saes_directory as registry
+
+    out = tmp_path / "stage"
+    files = stage_for_hub(run_dir, "sae_lens", out, "someone/sae-med-demo")
+    assert "pretrained_saes.yaml" in map(str, files)
+    monkeypatch.setattr(registry, "files", lambda _package: out)
+    (release,) = registry.get_pretrained_saes_directory.__wrapped__().values()
+    assert (release.release, release.repo_id) == ("sae-med-demo", "someone/sae-med-demo")
+    assert release.model == EMBEDDED_MODELS[EMBEDDED].hub_id.split("/")[-1]
+    assert release.saes_map == {"medical/l0_4": "medical/l0_4", "medical/l0_8": "medical/l0_8"}
+    scores = {r["sae_id"]: r["metrics"] for r in
+              json.loads((run_dir / "results.json").read_text())["rows"]}
+    for sae_id in release.saes_map:
+        assert release.expected_l0[sae_id] == scores[sae_id]["l0"]["value"]
+        assert release.expected_var_explained[sae_id] == scores[sae_id]["fve"]["value"]
+    assert weights_record(EMBEDDED).sha256[:12] in (out / "pretrained_saes.yaml").read_text()
