@@ -271,25 +271,38 @@ def protection_table(outcomes: list[Outcome]) -> list[str]:
     return lines
 
 
-def fault_table(rows: list[list], outcomes: list[Outcome]) -> list[str]:
-    """``rows``: [fault, runs, survived, lost, rss_before, rss_after] (RSS in MB or None)."""
+class FaultRow(NamedTuple):
+    """A row of the fault table (the fields of ``bench_server.py --json``)."""
+
+    fault: str
+    runs: int
+    survived: int
+    lost: int
+    rss_before_mb: float | None = None
+    """The server's resident memory before the abuse (None: not a server process)."""
+    rss_after_mb: float | None = None
+
+
+def fault_table(rows: list[FaultRow], outcomes: list[Outcome]) -> list[str]:
     lines = ["| fault | runs | survived | data lost | server RSS before → after (MB) | "
              "caught by (protection removed → failing test) |", "|---|---:|---:|---:|---|---|"]
-    for fault, runs, survived, lost, before, after in rows:
+    for r in rows:
         by = [f"`{o.protection.name}` → " + (", ".join(dict.fromkeys(
             f"`{_short(n)}`" for n in o.run.failed)) if o.caught else "**not caught**")
-            for o in outcomes if fault in o.protection.faults]
-        rss = "—" if before is None else f"{before:.0f} → {after:.0f}"
-        lines.append(f"| {fault} | {runs} | {survived} | {lost} | {rss} | "
+            for o in outcomes if r.fault in o.protection.faults]
+        rss = ("—" if r.rss_before_mb is None else
+               f"{r.rss_before_mb:.0f} → {r.rss_after_mb:.0f}")
+        lines.append(f"| {r.fault} | {r.runs} | {r.survived} | {r.lost} | {rss} | "
                      f"{'; '.join(by) or '—'} |")
     return lines
 
 
-def _baseline_rows(table: Path) -> list[list]:
+def _baseline_rows(table: Path) -> list[FaultRow]:
+    """The rows test_faults wrote to ``$SAE_MED_FAULT_TABLE`` (a Markdown table)."""
     rows = []
     for line in table.read_text().splitlines()[2:]:
         fault, runs, survived, lost = (c.strip() for c in line.strip("|").split("|"))
-        rows.append([fault, int(runs), int(survived), int(lost), None, None])
+        rows.append(FaultRow(fault, int(runs), int(survived), int(lost)))
     return rows
 
 
@@ -342,8 +355,7 @@ def check(root: Path, chosen: list[Protection], args: argparse.Namespace) -> int
               f" ({o.run.seconds:.0f} s)", flush=True)
     rows = _baseline_rows(root / "faults.md") if not args.names else []
     if args.abuse:
-        rows += [[r["fault"], r["runs"], r["survived"], r["lost"], r["rss_before_mb"],
-                  r["rss_after_mb"]] for r in json.loads(args.abuse.read_text())]
+        rows += [FaultRow(**r) for r in json.loads(args.abuse.read_text())]
     print("\n" + "\n".join(protection_table(outcomes)))
     if rows:
         print("\n" + "\n".join(fault_table(rows, outcomes)))
