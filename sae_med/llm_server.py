@@ -72,8 +72,9 @@ class ServerLimits:
     max_tokens_cap: int = 1024
     """Largest ``max_tokens`` accepted (400 beyond it)."""
     request_timeout_s: float = 120.0
-    """Wall time of one request from its first byte: queueing, reading the prompt and
-    generating share it; generation stops at it, a prompt not yet read gets 503."""
+    """Wall time of one request once its headers are in: reading the body, waiting for the
+    model, reading the prompt and generating share it; generation stops at it, a prompt
+    not yet read through gets 503."""
     max_queue_wait_s: float = 10.0
     """Longest wait for the model while other requests use it; then 503 with
     ``Retry-After`` instead of a time-out."""
