@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # imported where used: they pull in the model and cache layer
     from sae_med.activations import ActivationCache
     from sae_med.lm import LanguageModel
     from sae_med.neuronpedia import Explanation, SourceRecords
+    from sae_med.saebench import CacheRows
 
 log = logging.getLogger(__name__)
 
@@ -309,20 +310,21 @@ def write_saebench_results(exported: Sequence[ExportedSAE], saes: dict[str, Path
     return written
 
 
-def _eval_activations(cfg: Config) -> Iterator[tuple[str, Tensor, Tensor]]:
+def _eval_activations(cfg: Config) -> Iterator[tuple[str, CacheRows, Tensor]]:
     """(eval corpus, activations, document index per row) as ``sae-med evaluate`` read."""
     from sae_med.activations import build_cache
     from sae_med.models import load_model
+    from sae_med.saebench import CacheRows
 
     model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
     for corpus in cfg.eval_corpora:
         cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
                             progress=False)
-        yield corpus, cache.activations(), cache.tokens().doc_index
+        yield corpus, CacheRows(cache), cache.tokens().doc_index
 
 
-def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: Tensor, doc_index: Tensor,
-                row: dict[str, Any], out: Path) -> Path:
+def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: CacheRows,
+                doc_index: Tensor, row: dict[str, Any], out: Path) -> Path:
     from importlib.metadata import version
 
     from sae_med.saebench import (

@@ -17,13 +17,16 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_med.sae import JumpReLUSAE, load_any_sae
+
+if TYPE_CHECKING:
+    from sae_med.activations import ActivationCache
 
 SAEBENCH_VERSION = "0.6.0"
 """The SAEBench release whose interface and schema these files follow."""
@@ -149,10 +152,31 @@ class ActivationStats(NamedTuple):
     n_tokens: int
 
 
+class Rows(Protocol):
+    """Activations ``(n, d_in)`` read a slice at a time: a tensor, or :class:`CacheRows`."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice) -> Float[Tensor, "batch d_in"]: ...
+
+
+class CacheRows:
+    """An activation cache's rows as :class:`Rows`, read from disk a batch at a time (the
+    eval cache of a large model does not fit in memory at once)."""
+
+    def __init__(self, cache: ActivationCache):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return self.cache.n_tokens
+
+    def __getitem__(self, rows: slice) -> Float[Tensor, "batch d_in"]:
+        return self.cache.activations(rows.start or 0, min(rows.stop, len(self)))
+
+
 @torch.no_grad()
-def activation_stats(sae: SAEBenchJumpReLU, x: Float[Tensor, "n d_in"],
-                     doc_index: Int[Tensor, " n"], batch_tokens: int = BATCH_TOKENS
-                     ) -> ActivationStats:
+def activation_stats(sae: SAEBenchJumpReLU, x: Rows, doc_index: Int[Tensor, " n"],
+                     batch_tokens: int = BATCH_TOKENS) -> ActivationStats:
     """SAEBench's formulas, batch by batch of ``batch_tokens`` rows: per-token means of
     ‖x‖, ‖x̂‖, ‖x̂‖/‖x‖ (‖x‖ < 1e-4 counts as 1), L0, L1 (Σf), cos(x, x̂),
     1 − ‖x−x̂‖²/‖x−x̄_batch‖² (legacy) and ‖x−x̂‖²/batch tokens (mse); per-batch means of
@@ -192,7 +216,7 @@ def activation_stats(sae: SAEBenchJumpReLU, x: Float[Tensor, "n d_in"],
 
 
 @torch.no_grad()
-def _per_document(sae: SAEBenchJumpReLU, x: Tensor, doc_index: Tensor, fired: Tensor,
+def _per_document(sae: SAEBenchJumpReLU, x: Rows, doc_index: Tensor, fired: Tensor,
                   batch_tokens: int) -> Tensor:
     """Firings per document in which a latent fires at all; -1 where it never does."""
     seen: set[tuple[int, int]] = set()

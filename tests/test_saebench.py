@@ -16,6 +16,7 @@ from sae_med.config import load_config
 from sae_med.export import SAEBENCH_DIR, export_saes
 from sae_med.sae import JumpReLUSAE
 from sae_med.saebench import (
+    CacheRows,
     CustomSAEConfig,
     SAEBenchJumpReLU,
     activation_stats,
@@ -166,6 +167,25 @@ def test_activation_stats_batch_like_their_naive_twins():
         docs = doc[f[:, latent]].unique()
         want = f[:, latent].sum().item() / len(docs) if len(docs) else -1.0
         assert small.consistent_activation_heuristic[latent].item() == pytest.approx(want)
+
+
+def test_stats_read_from_a_cache_batch_by_batch_equal_those_of_the_whole_tensor():
+    class Cache:  # the two members CacheRows reads
+        def __init__(self, x):
+            self.x, self.n_tokens = x, len(x)
+
+        def activations(self, start, stop):
+            return self.x[start:stop]
+
+    sae = SAEBenchJumpReLU(_trained_like_sae(), _cfg())
+    x, doc = _acts(500)  # not a multiple of the batch: the last one is short
+    lazy = activation_stats(sae, CacheRows(Cache(x)), doc, 128)
+    whole = activation_stats(sae, x, doc, 128)
+    for name, value in whole._asdict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(getattr(lazy, name), value), name
+        else:
+            assert getattr(lazy, name) == value, name
 
 
 def _reject_nan(name: str) -> float:
