@@ -885,7 +885,8 @@ def test_server_drops_slow_clients_at_the_read_deadline():
 def test_server_caps_open_connections():
     """Four idle connections fill the cap: a fifth is refused at once; once they are
     dropped at the read deadline, requests are served again."""
-    with running(FakeLocal(), read_timeout_s=1.0, max_connections=4) as srv:
+    with running(FakeLocal(), read_timeout_s=1.0, socket_timeout_s=5.0,
+                 max_connections=4) as srv:
         port = srv.server_port
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
         time.sleep(0.2)  # every one accepted
