@@ -17,44 +17,38 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from torch import Tensor
 
 from sae_med import __version__
 from sae_med.artifacts import atomic_path, write_json_atomic, write_text_atomic
-from sae_med.config import Config, ConfigError, config_from_dict
+from sae_med.config import ConfigError, config_from_dict
 from sae_med.evaluate import RESULTS_NAME
 from sae_med.experiment import SAES_DIR
 from sae_med.sae import CFG_FILENAME, WEIGHTS_FILENAME, JumpReLUSAE, to_sae_lens
-from sae_med.saebench import CFG_NAME as SAEBENCH_CFG
 from sae_med.weights import WeightsRecord, recorded_weights, weights_record
-
-if TYPE_CHECKING:  # imported where used: they pull in the model and cache layers
-    from sae_med.activations import ActivationCache
-    from sae_med.lm import LanguageModel
-    from sae_med.neuronpedia import Explanation, SourceRecords
-    from sae_med.saebench import CacheRows
 
 log = logging.getLogger(__name__)
 
 ExportFormat = Literal["sae_lens", "gemma_scope", "saebench", "neuronpedia"]
 FORMATS: tuple[ExportFormat, ...] = ("sae_lens", "gemma_scope", "saebench", "neuronpedia")
+SAEBENCH_CFG = "saebench_cfg.json"
+"""SAEBench's ``CustomSAEConfig`` of an SAE, read by :mod:`sae_med.saebench`'s loader."""
 FORMAT_FILES: dict[str, tuple[str, ...]] = {
     "sae_lens": ("cfg.json", "sae_weights.safetensors"),
     "gemma_scope": ("params.npz", "metadata.json"),
     "saebench": ("cfg.json", "sae_weights.safetensors", SAEBENCH_CFG),
     "neuronpedia": ("cfg.json", "sae_weights.safetensors"),
 }
-NEURONPEDIA_DIR = "neuronpedia"
-"""Under the export folder: ``{model}/{layer}-{source set}/``, one per SAE."""
+"""The files each format writes into an SAE's export folder."""
 SAEBENCH_DIR = "saebench"
 """Under the export folder: ``{eval corpus}/core/{release}_{sae id}_eval_results.json``."""
-"""The files each format writes into an SAE's export folder."""
+NEURONPEDIA_DIR = "neuronpedia"
+"""Under the export folder: ``{model}/{layer}-{source set}/``, one per SAE."""
 CARD_FILENAME = "README.md"
 CARD_METRICS = {"l0": "L0", "fve": "FVE", "loss_recovered": "loss recovered",
                 "delta_ce": "ΔCE (nats)", "dead_frac": "dead"}
@@ -145,7 +139,7 @@ def find_saes(source: str | Path) -> dict[str, Path]:
             raise ExportError(f"{root} holds no trained SAE: run `sae-med train` first")
         return found
     if (source / CFG_FILENAME).exists() and (source / WEIGHTS_FILENAME).exists():
-        saes = _saes_dir(source)
+        saes = run_saes_dir(source)
         return {source.resolve().relative_to(saes).as_posix() if saes else
                 f"{source.parent.name}/{source.name}": source}
     if not source.exists():
@@ -155,7 +149,7 @@ def find_saes(source: str | Path) -> dict[str, Path]:
                       f"({CFG_FILENAME} + {WEIGHTS_FILENAME})")
 
 
-def _saes_dir(sae_dir: Path) -> Path | None:
+def run_saes_dir(sae_dir: Path) -> Path | None:
     """The run's ``saes/`` folder above an SAE folder, if it lies in a run."""
     return next((p for p in sae_dir.resolve().parents if p.name == SAES_DIR), None)
 
@@ -188,7 +182,7 @@ def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
 
 def results_path(source: Path) -> Path | None:
     """The run's ``results.json`` for a run folder or one of its SAE folders, if any."""
-    saes = _saes_dir(source)
+    saes = run_saes_dir(source)
     candidates = [source / RESULTS_NAME, *([saes.parent / RESULTS_NAME] if saes else [])]
     return next((p for p in candidates if p.exists()), None)
 
@@ -278,160 +272,16 @@ def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[
         WRITERS[fmt](JumpReLUSAE.load(sae_dir), prov, target)
         exported.append(ExportedSAE(prov, target, read_scores(scores_from, sae_id)))
         log.info("exported %s -> %s (%s)", sae_id, target, fmt)
-    if fmt == "saebench":
-        write_saebench_results(exported, saes, scores_from, out)
+    if fmt == "saebench":  # run-level files: the format modules need the model and caches
+        from sae_med.saebench import write_core_results
+
+        write_core_results(exported, saes, scores_from, out)
     if fmt == "neuronpedia":
+        from sae_med.neuronpedia import write_neuronpedia
+
         write_neuronpedia(exported, saes, out)
     write_text_atomic(out / CARD_FILENAME, model_card(exported, fmt, out))
     return exported
-
-
-def write_saebench_results(exported: Sequence[ExportedSAE], saes: dict[str, Path],
-                           results: Path | None, out: Path) -> list[Path]:
-    """SAEBench core results of every exported SAE on each eval corpus of its run, on the
-    run's eval activations (rebuilt only if missing) and its results.json's CE and KL."""
-    if results is None:
-        raise ExportError("--format saebench needs the run's results.json (its CE and KL "
-                          "numbers): run `sae-med evaluate CONFIG` first")
-    rows = {(r["sae_id"], r["eval_corpus"]): r
-            for r in json.loads(results.read_text()).get("rows", [])}
-    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
-                                       / "config.json").read_text()))
-    missing = [(e.provenance.sae_id, c) for e in exported for c in cfg.eval_corpora
-               if (e.provenance.sae_id, c) not in rows]
-    if missing:
-        raise ExportError(f"{results} has no row for {missing[0][0]} on {missing[0][1]}: "
-                          "rerun `sae-med evaluate CONFIG` for this run")
-    written = []
-    for corpus, acts, doc_index in _eval_activations(cfg):
-        for e in exported:
-            written.append(_write_core(e, cfg, corpus, acts, doc_index,
-                                       rows[(e.provenance.sae_id, corpus)], out))
-    return written
-
-
-def _eval_activations(cfg: Config) -> Iterator[tuple[str, CacheRows, Tensor]]:
-    """(eval corpus, activations, document index per row) as ``sae-med evaluate`` read."""
-    from sae_med.activations import build_cache
-    from sae_med.models import load_model
-    from sae_med.saebench import CacheRows
-
-    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
-    for corpus in cfg.eval_corpora:
-        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
-                            progress=False)
-        yield corpus, CacheRows(cache), cache.tokens().doc_index
-
-
-def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: CacheRows,
-                doc_index: Tensor, row: dict[str, Any], out: Path) -> Path:
-    from importlib.metadata import version
-
-    from sae_med.saebench import (
-        CoreContext,
-        SAEBenchJumpReLU,
-        activation_stats,
-        core_eval_output,
-        results_filename,
-    )
-
-    p = e.provenance
-    sae = SAEBenchJumpReLU.load(e.path)
-    release = f"sae-med-{cfg.name}"
-    ctx = CoreContext(release, p.sae_id, corpus, cfg.model.dtype, cfg.cache.batch_size,
-                      cfg.cache.ctx_len, cfg.cache.exclude_special, version("sae-lens"),
-                      {"sae_med": {"version": __version__, "weights": p.weights.to_dict(),
-                                   "eval_corpus": corpus, "metrics": row["metrics"]}})
-    doc = core_eval_output(sae, activation_stats(sae, acts, doc_index), row["metrics"],
-                           row.get("ce_tokens") or 0, ctx)
-    path = out / SAEBENCH_DIR / corpus / "core" / results_filename(release, p.sae_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, doc)
-    return path
-
-
-def write_neuronpedia(exported: Sequence[ExportedSAE], saes: dict[str, Path], out: Path,
-                      creator: str = "sae-med") -> list[Path]:
-    """A Neuronpedia source folder per exported SAE (:mod:`sae_med.neuronpedia`), its
-    windows from the eval split of the SAE's training corpus (else the first eval corpus)
-    and its explanations from the run's autointerp, where it explained this SAE."""
-    from datetime import UTC, datetime
-
-    from sae_med.activations import build_cache
-    from sae_med.models import load_model
-    from sae_med.neuronpedia import write_source
-
-    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
-                                       / "config.json").read_text()))
-    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    written = []
-    for e in exported:
-        p = e.provenance
-        corpus = p.train_corpus if p.train_corpus in cfg.eval_corpora else cfg.eval_corpora[0]
-        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
-                            progress=False)
-        records = _neuronpedia_records(e, cfg, model, cache, corpus, creator, now,
-                                       saes[p.sae_id])
-        written.append(write_source(out / NEURONPEDIA_DIR, records))
-        log.info("neuronpedia source %s: %d features, %d activation windows",
-                 written[-1], len(records.features), len(records.activations))
-    return written
-
-
-def _neuronpedia_records(e: ExportedSAE, cfg: Config, model: LanguageModel,
-                         cache: ActivationCache, corpus: str, creator: str, now: str,
-                         sae_dir: Path) -> SourceRecords:
-    from sae_med import neuronpedia as np_
-
-    p, w = e.provenance, e.provenance.weights
-    model_id = np_.slug((w.derived_from or p.model_name).split("/")[-1])
-    release = np_.slug(f"sae-med-{cfg.name}")
-    src = np_.SourceInfo(model_id, cfg.model.hook_layer, np_.slug(f"{release}-{p.sae_id}"),
-                         p.hook_name, f"sae-med:{corpus} (eval split)", now)
-    sae = JumpReLUSAE.load(sae_dir)
-    features, activations = np_.source_features(sae, cache, model.tokenizer,
-                                                model.W_U.cpu(), src)
-    sid = np_.source_id(src.layer, src.set_name)
-    original = p.model_name == w.derived_from  # Neuronpedia would run these very weights
-    return np_.SourceRecords(
-        np_.Release(release, f"sae-med {cfg.name}: JumpReLU SAEs trained on "
-                    f"{p.train_corpus} activations of {w.describe()}",
-                    f"sae-med {cfg.name}", creator, creator, [], now),
-        np_.Model(model_id, w.derived_from or p.model_name, model_id, False, model.n_layers,
-                  model.d_model, now, now),
-        np_.SourceSet(model_id, src.set_name, f"{p.hook_name} - {p.d_sae} ({p.sae_id})",
-                      release, creator, now),
-        np_.Source(sid, model_id, src.set_name, src.dataset, cache.n_tokens,
-                   cfg.cache.ctx_len, original,
-                   f"Trained on the activations of {w.describe()} (sha256 {w.sha256}); "
-                   f"sae-med {__version__}.", (e.path / CFG_FILENAME).read_text(), now),
-        features, activations, _explanations(sae_dir, p, model_id, sid, now))
-
-
-def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: str
-                  ) -> list[Explanation]:
-    """sae-med autointerp's explanations of this SAE (replicate 0 of its corpus at its
-    target L0), if the run has them."""
-    import uuid
-
-    import pandas as pd
-
-    from sae_med.neuronpedia import Explanation
-
-    saes = _saes_dir(sae_dir)
-    if saes is None or p.l0_target is None or (p.replicate or 0) != 0:
-        return []
-    for prefix, kind in (("", "sae-med-autointerp"), ("demo_", "sae-med-autointerp-demo")):
-        path = saes.parent / "autointerp" / f"{prefix}l0_{p.l0_target:g}" / "latents.csv"
-        if path.exists():
-            rows = pd.read_csv(path, keep_default_na=False)
-            rows = rows[(rows["sae"] == p.train_corpus) & (rows["explanation"] != "")]
-            return [Explanation(uuid.uuid4().hex, model_id, sid, str(int(r.latent)),
-                                str(r.explanation), kind, "sae-med autointerp",
-                                f"detection AUROC {float(r.detection_auroc):.3f}", now)
-                    for r in rows.itertuples()]
-    return []
 
 
 # ---------------------------------------------------------------------------- model card

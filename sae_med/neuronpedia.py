@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,9 +27,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sae_med import __version__
 from sae_med.activations import ActivationCache, TokenInfo
+from sae_med.config import Config, config_from_dict
+from sae_med.export import NEURONPEDIA_DIR, ExportedSAE, Provenance, run_saes_dir
 from sae_med.features import LatentActs, encode_cache
-from sae_med.sae import JumpReLUSAE
+from sae_med.lm import LanguageModel
+from sae_med.sae import CFG_FILENAME, JumpReLUSAE
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1024
 """Records per batch file, as Neuronpedia's exporter writes them."""
@@ -345,3 +352,86 @@ def read_batches(folder: Path, kind: str) -> list[dict[str, Any]]:
                    key=lambda p: int(p.name.split("-")[1].split(".")[0]))
     return [json.loads(line) for f in files
             for line in gzip.decompress(f.read_bytes()).decode().splitlines()]
+
+
+# --------------------------------------------------------------------------- a run
+
+def write_neuronpedia(exported: Sequence[ExportedSAE], saes: dict[str, Path], out: Path,
+                      creator: str = "sae-med") -> list[Path]:
+    """A Neuronpedia source folder per exported SAE (:mod:`sae_med.neuronpedia`), its
+    windows from the eval split of the SAE's training corpus (else the first eval corpus)
+    and its explanations from the run's autointerp, where it explained this SAE."""
+    from datetime import UTC, datetime
+
+    from sae_med.activations import build_cache
+    from sae_med.models import load_model
+
+    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
+                                       / "config.json").read_text()))
+    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    written = []
+    for e in exported:
+        p = e.provenance
+        corpus = p.train_corpus if p.train_corpus in cfg.eval_corpora else cfg.eval_corpora[0]
+        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
+                            progress=False)
+        records = _neuronpedia_records(e, cfg, model, cache, corpus, creator, now,
+                                       saes[p.sae_id])
+        written.append(write_source(out / NEURONPEDIA_DIR, records))
+        log.info("neuronpedia source %s: %d features, %d activation windows",
+                 written[-1], len(records.features), len(records.activations))
+    return written
+
+
+def _neuronpedia_records(e: ExportedSAE, cfg: Config, model: LanguageModel,
+                         cache: ActivationCache, corpus: str, creator: str, now: str,
+                         sae_dir: Path) -> SourceRecords:
+    p, w = e.provenance, e.provenance.weights
+    model_id = slug((w.derived_from or p.model_name).split("/")[-1])
+    release = slug(f"sae-med-{cfg.name}")
+    src = SourceInfo(model_id, cfg.model.hook_layer, slug(f"{release}-{p.sae_id}"),
+                         p.hook_name, f"sae-med:{corpus} (eval split)", now)
+    sae = JumpReLUSAE.load(sae_dir)
+    features, activations = source_features(sae, cache, model.tokenizer,
+                                                model.W_U.cpu(), src)
+    sid = source_id(src.layer, src.set_name)
+    original = p.model_name == w.derived_from  # Neuronpedia would run these very weights
+    return SourceRecords(
+        Release(release, f"sae-med {cfg.name}: JumpReLU SAEs trained on "
+                    f"{p.train_corpus} activations of {w.describe()}",
+                    f"sae-med {cfg.name}", creator, creator, [], now),
+        Model(model_id, w.derived_from or p.model_name, model_id, False, model.n_layers,
+                  model.d_model, now, now),
+        SourceSet(model_id, src.set_name, f"{p.hook_name} - {p.d_sae} ({p.sae_id})",
+                      release, creator, now),
+        Source(sid, model_id, src.set_name, src.dataset, cache.n_tokens,
+                   cfg.cache.ctx_len, original,
+                   f"Trained on the activations of {w.describe()} (sha256 {w.sha256}); "
+                   f"sae-med {__version__}.", (e.path / CFG_FILENAME).read_text(), now),
+        features, activations, _explanations(sae_dir, p, model_id, sid, now))
+
+
+def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: str
+                  ) -> list[Explanation]:
+    """sae-med autointerp's explanations of this SAE (replicate 0 of its corpus at its
+    target L0), if the run has them."""
+    import uuid
+
+    import pandas as pd
+
+    from sae_med.neuronpedia import Explanation
+
+    saes = run_saes_dir(sae_dir)
+    if saes is None or p.l0_target is None or (p.replicate or 0) != 0:
+        return []
+    for prefix, kind in (("", "sae-med-autointerp"), ("demo_", "sae-med-autointerp-demo")):
+        path = saes.parent / "autointerp" / f"{prefix}l0_{p.l0_target:g}" / "latents.csv"
+        if path.exists():
+            rows = pd.read_csv(path, keep_default_na=False)
+            rows = rows[(rows["sae"] == p.train_corpus) & (rows["explanation"] != "")]
+            return [Explanation(uuid.uuid4().hex, model_id, sid, str(int(r.latent)),
+                                str(r.explanation), kind, "sae-med autointerp",
+                                f"detection AUROC {float(r.detection_auroc):.3f}", now)
+                    for r in rows.itertuples()]
+    return []

@@ -15,6 +15,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -23,6 +24,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sae_med import __version__
+from sae_med.artifacts import write_json_atomic
+from sae_med.config import Config, config_from_dict
+from sae_med.export import SAEBENCH_CFG as CFG_NAME
+from sae_med.export import SAEBENCH_DIR, ExportedSAE, ExportError
 from sae_med.sae import JumpReLUSAE, load_any_sae
 
 if TYPE_CHECKING:
@@ -30,7 +36,6 @@ if TYPE_CHECKING:
 
 SAEBENCH_VERSION = "0.6.0"
 """The SAEBench release whose interface and schema these files follow."""
-CFG_NAME = "saebench_cfg.json"
 BATCH_TOKENS = 2048
 """Rows per batch: SAEBench's default 16 prompts of 128 tokens (its per-batch metrics,
 ``mse`` and ``relative_reconstruction_bias``, depend on it)."""
@@ -373,3 +378,60 @@ def _core_eval_output(sae: SAEBenchJumpReLU, acts: ActivationStats,
 def results_filename(release: str, sae_id: str) -> str:
     """SAEBench's ``get_results_filepath`` naming."""
     return f"{release}_{sae_id}_eval_results.json".replace("/", "_")
+
+
+# ----------------------------------------------------------------------------- a run
+
+def write_core_results(exported: Sequence[ExportedSAE], saes: dict[str, Path],
+                       results: Path | None, out: Path) -> list[Path]:
+    """SAEBench core results of every exported SAE on each eval corpus of its run, on the
+    run's eval activations (rebuilt only if missing) and its results.json's CE and KL."""
+    if results is None:
+        raise ExportError("--format saebench needs the run's results.json (its CE and KL "
+                          "numbers): run `sae-med evaluate CONFIG` first")
+    rows = {(r["sae_id"], r["eval_corpus"]): r
+            for r in json.loads(results.read_text()).get("rows", [])}
+    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
+                                       / "config.json").read_text()))
+    missing = [(e.provenance.sae_id, c) for e in exported for c in cfg.eval_corpora
+               if (e.provenance.sae_id, c) not in rows]
+    if missing:
+        raise ExportError(f"{results} has no row for {missing[0][0]} on {missing[0][1]}: "
+                          "rerun `sae-med evaluate CONFIG` for this run")
+    written = []
+    for corpus, acts, doc_index in _eval_activations(cfg):
+        for e in exported:
+            written.append(_write_core(e, cfg, corpus, acts, doc_index,
+                                       rows[(e.provenance.sae_id, corpus)], out))
+    return written
+
+
+def _eval_activations(cfg: Config) -> Iterator[tuple[str, CacheRows, Tensor]]:
+    """(eval corpus, activations, document index per row) as ``sae-med evaluate`` read."""
+    from sae_med.activations import build_cache
+    from sae_med.models import load_model
+
+    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
+    for corpus in cfg.eval_corpora:
+        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
+                            progress=False)
+        yield corpus, CacheRows(cache), cache.tokens().doc_index
+
+
+def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: CacheRows,
+                doc_index: Tensor, row: dict[str, Any], out: Path) -> Path:
+    from importlib.metadata import version
+
+    p = e.provenance
+    sae = SAEBenchJumpReLU.load(e.path)
+    release = f"sae-med-{cfg.name}"
+    ctx = CoreContext(release, p.sae_id, corpus, cfg.model.dtype, cfg.cache.batch_size,
+                      cfg.cache.ctx_len, cfg.cache.exclude_special, version("sae-lens"),
+                      {"sae_med": {"version": __version__, "weights": p.weights.to_dict(),
+                                   "eval_corpus": corpus, "metrics": row["metrics"]}})
+    doc = core_eval_output(sae, activation_stats(sae, acts, doc_index), row["metrics"],
+                           row.get("ce_tokens") or 0, ctx)
+    path = out / SAEBENCH_DIR / corpus / "core" / results_filename(release, p.sae_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, doc)
+    return path
