@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_med.config import Config
-from sae_med.notebook import notebook_config
+from sae_med.notebook import PLOTLYJS_OUTPUT, notebook_config
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,20 @@ def execute_notebook(source: Path, output: Path, parameters: Mapping[str, Any],
     return output
 
 
+def drop_plotlyjs(path: Path) -> None:
+    """Remove the executed notebook's own copy of plotly.js (the output marked
+    :data:`~sae_med.notebook.PLOTLYJS_OUTPUT`): the built site loads one copy on every
+    page with a figure (:mod:`sae_med.sphinx_assets`) instead of ~5 MB per page."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if not o.get("metadata", {}).get(PLOTLYJS_OUTPUT)]
+    nbformat.write(nb, path)
+
+
 def _run_jupyter_book(src: Path) -> None:
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(src), "--all",
@@ -168,8 +182,8 @@ def build_book(config: str, overrides: Sequence[str] = (), build_dir: Path = Pat
     t_all = time.time()
     for nb in list_notebooks(notebooks_dir):
         t0 = time.time()
-        execute_notebook(nb, src / "notebooks" / f"{nb.stem}.ipynb", params, kernel, cwd,
-                         progress)
+        drop_plotlyjs(execute_notebook(nb, src / "notebooks" / f"{nb.stem}.ipynb", params,
+                                       kernel, cwd, progress))
         log.info("executed %s in %.1f s", nb.name, time.time() - t0)
     for name in BOOK_FILES:
         shutil.copy2(source_root / name, src / name)

@@ -236,20 +236,30 @@ def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3,
             f"{len(ivs)} comparisons.")
 
 
+PLOTLYJS_OUTPUT = "sae_med_plotlyjs"
+"""Output metadata key marking a notebook's copy of plotly.js (:func:`use_offline_plotly`):
+the book drops these outputs, its site serving one copy to every page
+(:mod:`sae_med.sphinx_assets`)."""
+
+
 def use_offline_plotly() -> None:
     """Render plotly figures as HTML that works with no network.
 
     plotly's ``notebook`` renderer adds a MathJax ``<script src>`` from a CDN to every
-    figure, which fails offline; this one embeds plotly.js once (in the output of the cell
-    that calls it, so it precedes every figure on the page) and nothing remote.
+    figure, which fails offline; this one embeds plotly.js once per notebook (an output
+    marked :data:`PLOTLYJS_OUTPUT` before the first figure, so the executed ``.ipynb``
+    draws on its own) and nothing remote; figures carry no plotly.js of their own.
     """
     import plotly.io as pio
     from plotly.io.base_renderers import HtmlRenderer
 
     class OfflineRenderer(HtmlRenderer):
         def __init__(self) -> None:
-            super().__init__(connected=False, full_html=False, global_init=True,
+            super().__init__(connected=False, full_html=False, global_init=False,
                              include_plotlyjs=False)
+
+        def activate(self) -> None:  # plotly calls it before the first figure is shown
+            display_plotlyjs()
 
         def to_mimebundle(self, fig_dict: dict) -> dict[str, str]:
             html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False,
@@ -259,6 +269,17 @@ def use_offline_plotly() -> None:
 
     pio.renderers["sae_med_offline"] = OfflineRenderer()
     pio.renderers.default = "sae_med_offline"
+
+
+def display_plotlyjs() -> None:
+    """Show plotly.js inline as an output marked :data:`PLOTLYJS_OUTPUT` (in a kernel)."""
+    from IPython import get_ipython
+    from IPython.display import display
+    from plotly.offline import get_plotlyjs
+
+    if get_ipython() is not None:
+        display({"text/html": f"<script>{get_plotlyjs()}</script>"}, raw=True,
+                metadata={PLOTLYJS_OUTPUT: True})
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:

@@ -106,6 +106,34 @@ def test_offline_renderer_fetches_nothing():
     assert "src=" not in html and "cdn" not in html.lower()
 
 
+def test_notebook_carries_plotly_js_once_and_the_book_drops_it(tmp_path):
+    """An executed notebook draws on its own (one marked copy of plotly.js before its
+    figures); the book's copy drops it, the site serving plotly.js instead."""
+    import nbformat
+
+    from sae_med.book import drop_plotlyjs, ensure_kernel, execute_notebook
+    from sae_med.notebook import PLOTLYJS_OUTPUT
+
+    source = tmp_path / "01_figs.py"
+    source.write_text(
+        '# %% tags=["parameters"]\nconfig = ""\noverrides = []\nrun_name = ""\n\n'
+        "# %%\nimport plotly.graph_objects as go\nfrom sae_med.notebook import "
+        "use_offline_plotly\n\nuse_offline_plotly()\n"
+        "for y in ([1, 2], [2, 1]):\n    go.Figure(go.Scatter(y=y)).show()\n")
+    out = execute_notebook(source, tmp_path / "01_figs.ipynb", {}, ensure_kernel(), tmp_path)
+
+    def html_outputs() -> list:
+        return [o for c in nbformat.read(out, as_version=4).cells
+                for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+
+    marked = [o for o in html_outputs() if o.get("metadata", {}).get(PLOTLYJS_OUTPUT)]
+    assert len(marked) == 1 and len(html_outputs()) == 3  # plotly.js, then two figures
+    assert "plotly.js v" in marked[0]["data"]["text/html"]
+    drop_plotlyjs(out)
+    kept = html_outputs()
+    assert len(kept) == 2 and all("plotly-graph-div" in o["data"]["text/html"] for o in kept)
+
+
 def test_failing_cell_fails_the_build_naming_notebook_and_cell(tmp_path):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
@@ -219,6 +247,38 @@ def test_book_builds_with_every_chapter(built_book):
     assert "configs/smoke.yaml" in (html / "book" / "intro.html").read_text()
     for doc in _toc_files():
         assert (html / f"{doc}.html").exists(), f"chapter {doc} missing from the build"
+
+
+@pytest.mark.slow
+def test_site_holds_one_copy_of_plotly_js(built_book):
+    """plotly.js (~5 MB) is one static asset that the figure pages load, not a copy inside
+    every notebook page and its .ipynb download (87 MB in all before; 14 MB now)."""
+    from plotly.offline import get_plotlyjs
+
+    from sae_med.sphinx_assets import PLOTLY_JS
+
+    html = built_book.parent
+    banner = get_plotlyjs()[:200].encode()
+    files = [p for p in html.rglob("*") if p.is_file()]
+    holders = [p.relative_to(html).as_posix() for p in files if banner in p.read_bytes()]
+    assert holders == [f"_static/{PLOTLY_JS}"]
+    plotly_bytes = (html / holders[0]).stat().st_size
+    site_bytes = sum(p.stat().st_size for p in files)
+    assert site_bytes < 4 * plotly_bytes, f"site of {site_bytes:,} bytes"
+    page = (html / "notebooks" / "03_fidelity.html").read_text()
+    assert page.count(f'_static/{PLOTLY_JS}"') == 1
+
+
+@pytest.mark.slow
+def test_results_page_says_smoke_verdicts_are_not_judged(built_book):
+    """The smoke SAEs fail the ΔCE quality bar, so no claim gets a verdict."""
+    from sae_med.compare import NOT_JUDGED
+
+    text = (built_book.parent / "book" / "results.html").read_text()
+    section = text[text.index("Verdicts for this run"):]
+    table = section[section.index("<table"):section.index("</table>")]
+    assert table.count(NOT_JUDGED) == table.count("<tr") - 1  # every row but the header
+    assert "supported" not in table
 
 
 @pytest.mark.slow
