@@ -299,6 +299,15 @@ def cmd_config(args: argparse.Namespace) -> int:
         import yaml
 
         print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
+    # what the forwards will run in on this machine (model.dtype auto differs by machine);
+    # torch is imported here, not at the top, so that --help stays fast
+    from sae_med.models import pick_device
+    from sae_med.runtime import resolve_dtype
+
+    choice = resolve_dtype(cfg.model.dtype, pick_device(cfg.model.device), cfg.cache_path)
+    line = f"model.dtype {cfg.model.dtype} -> {choice.dtype} here: {choice.reason}"
+    # with --json, stdout stays pure JSON
+    print(line if args.json else f"# {line}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

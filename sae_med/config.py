@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 DTYPES = ("float32", "bfloat16")
+MODEL_DTYPES = ("auto", *DTYPES)
 
 
 class ConfigError(ValueError):
@@ -51,15 +52,20 @@ class ModelConfig:
     20 of Gemma-2's 26 blocks (~3/4 depth); for Gemma-3-270M's 18 blocks that is 13."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda[:N]``."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """The dtype the model's forwards run in (caching and spliced CE). ``bfloat16`` is
-    about twice as fast on CPUs with bf16 matmul (AVX-512 BF16, AMX) and on GPUs; it is
-    part of the model's identity, so its caches and results are keyed apart. Residuals
-    and logits are handed on in fp32 either way."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """The dtype the model's forwards run in (caching and spliced CE). ``auto``: bf16 where
+    this machine computes it fast (a CUDA GPU with bf16, a CPU with AMX or AVX-512 BF16;
+    a timed probe where that is ambiguous), fp32 elsewhere (:func:`sae_med.runtime.
+    auto_dtype`; ``sae-med config`` prints what it resolves to and why). ``bfloat16`` is
+    about twice as fast where it is native and two orders of magnitude slower where it is
+    not (it warns then). The resolved dtype is part of the model's identity, so caches and
+    results are keyed apart. Residuals and logits are handed on in fp32 either way. The
+    field's default stays fp32, so configs that never set it keep exact forwards and their
+    keys; ``configs/default.yaml`` sets ``auto``."""
 
     def __post_init__(self) -> None:
         _check(self.hook_layer >= 0, "model.hook_layer", "must be >= 0")
-        _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}")
+        _check(self.dtype in MODEL_DTYPES, "model.dtype", f"must be one of {MODEL_DTYPES}")
         _check_device(self.device, "model.device")
 
     @property
@@ -153,7 +159,8 @@ class TrainConfig:
     log_every: int = 50
     device: str = "auto"
     autocast_bf16: bool = False
-    """bf16 autocast for the matmuls (thresholds stay fp32). Default on for CUDA only."""
+    """bf16 autocast for the matmuls (thresholds stay fp32). On by default on CUDA devices
+    with native bf16 only; asked for where bf16 is slow (e.g. an AVX2-only CPU), it warns."""
     kernel: Literal["auto", "sparse", "dense"] = "auto"
     """SAE step implementation: ``sparse`` (CSR latents, fp32; fastest on CPU), ``dense``
     (plain matmuls; autocast-friendly, for GPUs) or ``auto`` (sparse on CPU without

@@ -662,4 +662,6 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
         rows += scored.rows
         comparisons.append(compare_families(scored, cfg, corpus))
     return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME, comparisons,
-                         {**(extra or {}), "weights": weights.to_dict()})
+                         {**(extra or {}), "weights": weights.to_dict(),
+                          # the forwards' dtype and why (model.dtype auto varies by machine)
+                          "model_dtype": model.dtype_choice._asdict()})

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from sae_med.config import ConfigError
 from sae_med.metrics import CELosses, SaeFn
+from sae_med.runtime import DtypeChoice, fp32_linear
 
 Edit = Callable[[Tensor], Tensor]
 """Maps the residual ``(batch, pos, d_model)`` after a block to its replacement."""
@@ -35,6 +36,17 @@ took 26 ms per 128-row chunk this way against 240-460 ms over the whole chunk at
 
 _BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h",
                 "gpt_neox.layers", "model.decoder.layers")
+
+
+def _row_logsumexp(z: Float[Tensor, "n d_vocab"]) -> Float[Tensor, " n"]:
+    """log Σ exp of each row, :data:`SCORE_ROWS` rows at a time (the exp's temporary stays
+    in cache: faster than ``torch.logsumexp`` over a whole chunk of a large vocabulary)."""
+    out = torch.empty(len(z), dtype=torch.float32, device=z.device)
+    for r in range(0, len(z), SCORE_ROWS):
+        rows = z[r:r + SCORE_ROWS].float()
+        m = rows.amax(-1, keepdim=True)
+        out[r:r + SCORE_ROWS] = (rows - m).exp_().sum(-1).log_() + m[:, 0]
+    return out
 
 
 class TokenBatch(NamedTuple):
@@ -115,7 +127,8 @@ class LanguageModel:
     residual "after block L" is TransformerLens's ``blocks.{L}.hook_resid_post``, the
     output of HF decoder layer L."""
 
-    def __init__(self, hf: Any, tokenizer: Any, name: str, weights_hash: str) -> None:
+    def __init__(self, hf: Any, tokenizer: Any, name: str, weights_hash: str,
+                 dtype_choice: DtypeChoice | None = None) -> None:
         self._hf = hf.eval()
         self.tokenizer = tokenizer
         """The HF tokenizer (for decoding token ids)."""
@@ -123,6 +136,9 @@ class LanguageModel:
         """The name it was loaded by (``embedded:gemma-3-270m`` or a hub id / folder)."""
         self.weights_hash = weights_hash
         """Identity of the weights, used in every artefact's cache key."""
+        self.dtype_choice = dtype_choice or DtypeChoice(
+            str(next(hf.parameters()).dtype).removeprefix("torch."), "as loaded")
+        """The forwards' dtype and why (``model.dtype``, resolved)."""
         self.special_ids = special_token_ids(tokenizer)
         self._blocks = decoder_layers(hf)
         self._tl: Any = None
@@ -352,35 +368,75 @@ class LanguageModel:
               variants: Mapping[str, Float[Tensor, "n d_model"]], targets: Int[Tensor, " n"],
               chunk_tokens: int = 128) -> ChunkScores:
         """CE of ``targets`` under the clean states, and CE and KL(clean ‖ variant) under
-        each variant, unembedding ``chunk_tokens`` rows at a time and scoring
-        :data:`SCORE_ROWS` of them at a time."""
+        each variant, unembedding ``chunk_tokens`` rows at a time.
+
+        With fp32 logits and no soft-cap no log-softmax is written: CE = lse − z[target] and
+        KL = Σ p_clean (z_clean − z) + lse − lse_clean, from each row's log-sum-exp (one
+        pass over the logits instead of a log-softmax's several). Otherwise (bf16 or
+        soft-capped logits) each row's log-softmax is taken. Both work :data:`SCORE_ROWS`
+        rows at a time, so the temporaries stay in cache."""
         n = targets.shape[0]
-
-        def zeros() -> Tensor:
-            return torch.zeros(n, dtype=torch.float32, device=targets.device)
-
-        ce_clean = zeros()
-        ce = {k: zeros() for k in variants}
-        kl = {k: zeros() for k in variants}
+        out = ChunkScores(*self._zeros(n, targets.device, variants))
         head = self._hf.get_output_embeddings()
+        linear = self.softcap is None and head.weight.dtype == torch.float32
         for s in range(0, n, chunk_tokens):
             sl = slice(s, s + chunk_tokens)
-            tgt = targets[sl, None]
-            raw = head(h_clean[sl])
-            blocks = [slice(r, min(r + SCORE_ROWS, len(raw)))
-                      for r in range(0, len(raw), SCORE_ROWS)]
-            logp_clean = torch.cat([self._log_probs(raw[rows]) for rows in blocks])
-            p_clean = logp_clean.exp()
-            ce_clean[sl] = -logp_clean.gather(-1, tgt)[:, 0]
-            for k, h in variants.items():
-                raw = head(h[sl])
-                for rows in blocks:
-                    out = slice(s + rows.start, s + rows.stop)
-                    logp = self._log_probs(raw[rows])
-                    ce[k][out] = -logp.gather(-1, tgt[rows])[:, 0]
-                    kl[k][out] = (p_clean[rows] * (logp_clean[rows] - logp)).sum(-1)
-            del logp_clean, p_clean, raw
-        return ChunkScores(ce_clean, ce, kl)
+            (self._score_linear if linear else self._score_rows)(
+                h_clean[sl], {k: h[sl] for k, h in variants.items()}, targets[sl, None],
+                out, s)
+        return out
+
+    @staticmethod
+    def _zeros(n: int, device: torch.device, variants: Mapping[str, Tensor]
+               ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        def zeros() -> Tensor:
+            return torch.zeros(n, dtype=torch.float32, device=device)
+
+        return zeros(), {k: zeros() for k in variants}, {k: zeros() for k in variants}
+
+    def _logits(self, h: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
+        """Raw (uncapped) logits; fp32 products through this machine's faster kernel."""
+        head = self._hf.get_output_embeddings()
+        z = fp32_linear(h, head.weight) if head.weight.dtype == h.dtype == torch.float32 \
+            else F.linear(h, head.weight)
+        return z if head.bias is None else z + head.bias
+
+    def _score_linear(self, h_clean: Tensor, variants: Mapping[str, Tensor], tgt: Tensor,
+                      out: ChunkScores, start: int) -> None:
+        """One chunk of :meth:`score` on linear fp32 logits: per row block, each variant's
+        log-sum-exp and Σ p_clean (z_clean − z) in one pass over its logits."""
+        z_clean = self._logits(h_clean)
+        lse_clean = _row_logsumexp(z_clean)
+        out.ce_clean[start:start + len(tgt)] = lse_clean - z_clean.gather(-1, tgt)[:, 0]
+        p_clean = (z_clean - lse_clean[:, None]).exp_()
+        for k, h in variants.items():
+            z = self._logits(h)
+            for r in range(0, len(z), SCORE_ROWS):
+                rows = slice(r, min(r + SCORE_ROWS, len(z)))
+                at = slice(start + rows.start, start + rows.stop)
+                lse = _row_logsumexp(z[rows])
+                out.ce[k][at] = lse - z[rows].gather(-1, tgt[rows])[:, 0]
+                # the difference first: its sum is exact to the logits' rounding, where
+                # Σ p z of each side would cancel two large numbers
+                out.kl[k][at] = torch.linalg.vecdot(p_clean[rows], z_clean[rows] - z[rows]
+                                                    ) + lse - lse_clean[rows]
+
+    def _score_rows(self, h_clean: Tensor, variants: Mapping[str, Tensor], tgt: Tensor,
+                    out: ChunkScores, start: int) -> None:
+        """One chunk of :meth:`score` through each row's log-softmax (any logits)."""
+        raw = self._logits(h_clean)
+        blocks = [slice(r, min(r + SCORE_ROWS, len(raw)))
+                  for r in range(0, len(raw), SCORE_ROWS)]
+        logp_clean = torch.cat([self._log_probs(raw[rows]) for rows in blocks])
+        p_clean = logp_clean.exp()
+        out.ce_clean[start:start + len(tgt)] = -logp_clean.gather(-1, tgt)[:, 0]
+        for k, h in variants.items():
+            raw = self._logits(h)
+            for rows in blocks:
+                at = slice(start + rows.start, start + rows.stop)
+                logp = self._log_probs(raw[rows])
+                out.ce[k][at] = -logp.gather(-1, tgt[rows])[:, 0]
+                out.kl[k][at] = (p_clean[rows] * (logp_clean[rows] - logp)).sum(-1)
 
     # ---------------------------------------------------------------- optional TL
     def transformer_lens(self) -> Any:

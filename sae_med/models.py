@@ -36,6 +36,7 @@ from sae_med.artifacts import (
 )
 from sae_med.config import ConfigError, default_cache_dir
 from sae_med.lm import LanguageModel
+from sae_med.runtime import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -235,12 +236,16 @@ def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
 def load_model(name: str = EMBEDDED, device: str = "auto",
                cache_dir: Path | None = None, dtype: str = "float32") -> LanguageModel:
     """Load ``name`` as a :class:`~sae_med.lm.LanguageModel` (HF, eval mode) whose forwards
-    run in ``dtype`` (``model.dtype``); a dtype other than fp32 is part of its identity
-    (``weights_hash``), so caches and results from it are keyed apart."""
+    run in ``dtype`` (``model.dtype``; ``auto`` resolved by
+    :func:`~sae_med.runtime.resolve_dtype` and logged); a dtype other than fp32 is part of
+    its identity (``weights_hash``), so caches and results from it are keyed apart."""
     t0 = time.time()
+    dev = pick_device(device)
+    choice = resolve_dtype(dtype, dev, cache_dir)
     hf, tok, weights_hash = _load_hf(name, cache_dir)
-    hf = hf.to(device=pick_device(device), dtype=getattr(torch, dtype))
-    model = LanguageModel(hf, tok, name, weights_hash + ("" if dtype == "float32" else
-                                                         f"/{dtype}"))
-    log.info("loaded %s in %.1f s", name, time.time() - t0)
+    hf = hf.to(device=dev, dtype=getattr(torch, choice.dtype))
+    model = LanguageModel(hf, tok, name, weights_hash + (
+        "" if choice.dtype == "float32" else f"/{choice.dtype}"), choice)
+    log.info("loaded %s in %.1f s; forwards in %s (model.dtype %s: %s)", name,
+             time.time() - t0, choice.dtype, dtype, choice.reason)
     return model

@@ -22,7 +22,6 @@ activations; the decoder rows stay unit norm (latent values come out in raw unit
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import warnings
@@ -37,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sae_med.artifacts import atomic_path, file_sha256, write_json_atomic
+from sae_med.runtime import use_onednn_linear
 
 # The CSR kernels used here are stable in practice; the blanket beta notice is noise.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -122,19 +122,6 @@ def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> 
                                    check_invariants=False)
 
 
-@functools.cache
-def _onednn_linear_works() -> bool:
-    """Whether torch has oneDNN's fp32 linear (``mkldnn._linear_pointwise``) and it runs;
-    probed once on a tiny product."""
-    try:
-        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3), torch.ones(4, 3), None,
-                                                 "none", [], "")
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return bool(torch.backends.mkldnn.is_available()
-                and torch.equal(out, torch.full((2, 4), 3.0)))
-
-
 class _OneDNNLinear(torch.autograd.Function):
     """x W + b through oneDNN's fp32 linear (W in :class:`JumpReLUSAE`'s transposed
     layout); the backward is plain matmuls, W's gradient built in W's own layout."""
@@ -158,12 +145,12 @@ def pre_acts(x: Float[Tensor, "batch d_model"], W_enc: Tensor, b_enc: Tensor | N
              ) -> Float[Tensor, "batch d_sae"]:
     """x W_enc (+ b_enc): the encoder product, one definition for training, encoding and
     scoring. On CPU in fp32, with W_enc in :class:`JumpReLUSAE`'s transposed layout, it
-    runs through oneDNN's linear: 1.2-1.5x MKL's sgemm for these shapes on the AMD machine
-    (benchmarks/RESULTS.md), the same product to rounding. Under autocast or torch.compile
-    it is a plain matmul (inductor picks its own kernel)."""
+    runs through oneDNN's linear where this machine's probe found that faster
+    (:func:`sae_med.runtime.use_onednn_linear`), the same product to rounding. Under
+    autocast or torch.compile it is a plain matmul (inductor picks its own kernel)."""
     if (x.device.type == "cpu" and x.dim() == 2 and x.dtype == W_enc.dtype == torch.float32
             and W_enc.t().is_contiguous() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and _onednn_linear_works()):
+            and not torch.compiler.is_compiling() and use_onednn_linear()):
         return _OneDNNLinear.apply(x.contiguous(), W_enc, b_enc)
     z = x @ W_enc
     return z if b_enc is None else z + b_enc

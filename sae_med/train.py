@@ -67,6 +67,7 @@ from sae_med.artifacts import (
 from sae_med.batches import BatchSource, ResumableSource, prefetch
 from sae_med.config import Config, TrainConfig
 from sae_med.models import pick_device
+from sae_med.runtime import auto_dtype, warn_if_bf16_slow
 from sae_med.sae import CFG_FILENAME, JumpReLUSAE, pre_acts
 
 log = logging.getLogger(__name__)
@@ -688,7 +689,7 @@ class StepPolicy(NamedTuple):
 
     device: torch.device
     bf16: bool
-    """bf16 autocast: asked for, and always on CUDA."""
+    """bf16 autocast: asked for, and on CUDA devices with native bf16."""
     compile: bool
     """The dense step goes through torch.compile: asked for and usable here."""
     sparse_ok: bool
@@ -702,7 +703,12 @@ class StepPolicy(NamedTuple):
 
 def step_policy(tc: TrainConfig) -> StepPolicy:
     device = pick_device(tc.device)
-    bf16 = tc.autocast_bf16 or device.type == "cuda"
+    # bf16 autocast by default only where it is fast (a CUDA GPU with native bf16); asked
+    # for on a machine where it is slow, it runs and warns once
+    if tc.autocast_bf16:
+        warn_if_bf16_slow(device, "train.autocast_bf16")
+    bf16 = tc.autocast_bf16 or (device.type == "cuda"
+                                and auto_dtype(device).dtype == "bfloat16")
     return StepPolicy(device, bf16, tc.compile and compile_available(),
                       tc.kernel == "sparse" or (tc.kernel == "auto" and device.type == "cpu"
                                                 and not bf16 and not tc.compile))

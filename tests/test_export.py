@@ -241,7 +241,9 @@ def test_evaluate_warns_for_an_sae_from_other_weights_and_records_its_own(
     with pytest.warns(WeightsMismatchWarning, match=f"model here is {tiny}"):
         path = evaluate_paths(cfg, [tmp_path / "export"], ["medical"], progress=False,
                               sae_ids=["exported"])
-    weights = read_results(path)["weights"]
+    doc = read_results(path)
+    assert doc["model_dtype"] == {"dtype": "float32", "reason": "asked for"}
+    weights = doc["weights"]
     assert weights == {**weights_record(str(tiny)).to_dict(),
                        "loaded_as": weights["loaded_as"]}
     assert weights["sha256"] and weights["loaded_as"].startswith(str(tiny.resolve()))

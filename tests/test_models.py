@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sae_med.models import ModelUnavailableError, load_model
+from sae_med.runtime import fp32_linear
 
 
 def test_embedded_model_is_real_and_matches_transformer_lens(model):
@@ -125,3 +126,43 @@ def test_smollm2_is_a_second_family_read_like_its_own_forward():
     # the sink: the BOS residual dwarfs an ordinary token's, which is why it is excluded
     norms = ours[0].norm(dim=-1)
     assert norms[0] > 5 * norms[1:].median()
+
+
+def _row_scores(model, h_clean, variants, targets):
+    """The naive twin of ``LanguageModel.score``: every row's full log-softmax at once, in
+    fp64, of the logits the package's fp32 kernel gives (so only the scoring differs)."""
+    W = model.hf_model.get_output_embeddings().weight
+
+    def logp(h):
+        return torch.log_softmax(fp32_linear(h, W).double(), -1)
+
+    clean = logp(h_clean)
+    ce = {k: -logp(h).gather(-1, targets[:, None])[:, 0] for k, h in variants.items()}
+    kl = {k: (clean.exp() * (clean - logp(h))).sum(-1) for k, h in variants.items()}
+    return -clean.gather(-1, targets[:, None])[:, 0], ce, kl
+
+
+def test_linear_logit_scoring_equals_the_full_log_softmax(model):
+    """Gemma-3 in fp32 has linear logits (no soft-cap): each variant is scored from its
+    log-sum-exp and one product with W_U^T p_clean per chunk. CE and KL equal an fp64
+    log-softmax of every row's logits to 1e-5 nats (the fp32 log-softmax the package used
+    before is itself up to ~7e-5 off here), with a chunk that divides neither the rows
+    nor SCORE_ROWS, on real final states and real edits of them."""
+    assert model.softcap is None and model.W_U.dtype == torch.float32
+    batch = model.tokenize(["The patient presented with fever and a sore throat.",
+                            "Mononucleosis is caused by Epstein-Barr virus."], ctx_len=24)
+    keep = batch.attention_mask.bool()
+    h = model.final_states(batch.tokens, batch.attention_mask, 13, lambda x: x)[keep][:-1]
+    gen = torch.Generator().manual_seed(0)
+    variants = {"half": model.final_states(batch.tokens, batch.attention_mask, 13,
+                                           lambda x: 0.5 * x)[keep][:-1],
+                "noisy": h + 0.002 * h.norm(dim=-1, keepdim=True) * torch.randn(
+                    h.shape, generator=gen)}
+    targets = batch.tokens[keep][1:]
+    ours = model.score(h, variants, targets, chunk_tokens=7)
+    ref = _row_scores(model, h, variants, targets)
+    torch.testing.assert_close(ours.ce_clean.double(), ref[0], atol=1e-5, rtol=0)
+    for k in variants:
+        assert float(ours.kl[k].mean()) > 1e-3  # the edits really changed the predictions
+        torch.testing.assert_close(ours.ce[k].double(), ref[1][k], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.kl[k].double(), ref[2][k], atol=1e-5, rtol=0)

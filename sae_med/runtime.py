@@ -1,0 +1,249 @@
+"""What this machine computes fast: the dtype of the model's forwards and the fp32 product
+kernel, decided the same way everywhere.
+
+bf16 is fast only where the hardware has native bf16 arithmetic (a CUDA GPU that supports
+it; a CPU with AMX or AVX-512 BF16); without it, as on AVX2-only CPUs, a bf16 matmul can
+run two orders of magnitude slower than fp32. The decision reads the capability first and,
+where that is ambiguous (another architecture, or ISA limits set in the environment),
+times a sub-second probe. Probe timings are measured once per machine and cached under the
+sae-med cache folder (:func:`machine_profile`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from sae_med.artifacts import artifact_lock, stable_hash, write_json_atomic
+from sae_med.config import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+Dtype = Literal["float32", "bfloat16"]
+
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+           "MKL_ENABLE_INSTRUCTIONS")
+"""Environment variables that make torch, oneDNN or MKL use less than the CPU offers: with
+any of them set the CPU's flags no longer say what runs, so the probe decides."""
+
+PROBE_SHAPE = (64, 640, 640)
+"""(rows, d_in, d_out) of the probe's products: a model's width, small enough that a
+bf16 product without native arithmetic (~1 GFLOP/s) still takes only tens of ms."""
+KERNEL_PROBE_SHAPE = (128, 640, 8192)
+"""(rows, d_in, d_out) of the fp32 kernel probe: a chunk of rows through a wide product,
+the shape of the unembedding and of the SAE encoder."""
+PROBE_REPEATS = 5
+PROFILE_VERSION = 1
+
+
+class DtypeChoice(NamedTuple):
+    """The dtype a stage runs in and why."""
+
+    dtype: Dtype
+    reason: str
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """Probe timings of this machine (best of :data:`PROBE_REPEATS`, milliseconds)."""
+
+    key: str
+    """Hash of what determines the timings' ranking (CPU, flags, torch, ISA limits)."""
+    cpu: str
+    fp32_ms: float
+    """fp32 product of :data:`PROBE_SHAPE`."""
+    bf16_ms: float
+    """The same product in bf16."""
+    matmul_ms: float
+    """fp32 ``F.linear`` of :data:`KERNEL_PROBE_SHAPE`."""
+    onednn_ms: float | None
+    """The same through oneDNN's linear (None: not available in this torch)."""
+
+    @property
+    def bf16_fast(self) -> bool:
+        """Whether the bf16 product beats the fp32 one."""
+        return self.bf16_ms < self.fp32_ms
+
+    @property
+    def onednn_fast(self) -> bool:
+        """Whether oneDNN's fp32 linear beats ``F.linear``."""
+        return self.onednn_ms is not None and self.onednn_ms < self.matmul_ms
+
+
+# ------------------------------------------------------------------------- capability
+def _cpu_info() -> tuple[str, str]:
+    """(model name, flags) from /proc/cpuinfo; ("", "") where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor(), ""
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("model name", platform.processor()), fields.get("flags", "")
+
+
+def isa_limits() -> dict[str, str]:
+    """The :data:`ISA_ENV` variables set in this process."""
+    return {k: os.environ[k] for k in ISA_ENV if os.environ.get(k)}
+
+
+def cpu_bf16_capability() -> bool | None:
+    """True: the CPU has native bf16 arithmetic (AMX or AVX-512 BF16) and nothing limits
+    its use; False: an x86 CPU without it; None: ambiguous (another architecture, torch
+    cannot say, or :data:`ISA_ENV` limits what runs)."""
+    if isa_limits() or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    checks = [getattr(torch.cpu, name, None) for name in
+              ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if any(c is None for c in checks):
+        return None
+    return any(c() for c in checks)
+
+
+# ------------------------------------------------------------------------- the probe
+def _best_ms(fn: Callable[[], object], budget_s: float = 0.3) -> float:
+    """Best of :data:`PROBE_REPEATS` timings of ``fn`` (after one warm-up), in ms; stops
+    early once ``budget_s`` is spent, so a very slow kernel costs little."""
+    fn()
+    best, spent = float("inf"), 0.0
+    for _ in range(PROBE_REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+        if spent > budget_s:
+            break
+    return best * 1e3
+
+
+def _onednn_linear(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, W, None, "none", [], "")
+
+
+@functools.cache
+def onednn_linear_works() -> bool:
+    """Whether torch has oneDNN's fp32 linear (``mkldnn._linear_pointwise``) and it
+    computes a tiny product right."""
+    try:
+        out = _onednn_linear(torch.ones(2, 3), torch.ones(4, 3))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.equal(out, torch.full((2, 4), 3.0)))
+
+
+def probe() -> MachineProfile:
+    """Time this machine's products now (well under a second; nothing cached)."""
+    gen = torch.Generator().manual_seed(0)
+    m, k, n = PROBE_SHAPE
+    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    m, k, n = KERNEL_PROBE_SHAPE
+    x, W = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
+    cpu, _ = _cpu_info()
+    return MachineProfile(
+        key=machine_key(), cpu=cpu, fp32_ms=_best_ms(lambda: a @ b),
+        bf16_ms=_best_ms(lambda: a16 @ b16), matmul_ms=_best_ms(lambda: F.linear(x, W)),
+        onednn_ms=_best_ms(lambda: _onednn_linear(x, W)) if onednn_linear_works() else None)
+
+
+def machine_key() -> str:
+    cpu, flags = _cpu_info()
+    return stable_hash({"cpu": cpu, "flags": flags, "arch": platform.machine(),
+                        "torch": torch.__version__, "isa": isa_limits(),
+                        "version": PROFILE_VERSION})
+
+
+def profile_path(cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "machine" / f"profile-{machine_key()}.json"
+
+
+@functools.cache
+def machine_profile(cache_dir: Path | None = None) -> MachineProfile:
+    """This machine's :class:`MachineProfile`: read from the cache folder, or probed once
+    (under a lock, so concurrent processes probe once) and written there."""
+    path = profile_path(cache_dir)
+    with artifact_lock(path.with_suffix(".lock"), "the machine profile"):
+        try:
+            profile = MachineProfile(**json.loads(path.read_text()))
+            if profile.key == machine_key():
+                return profile
+        except (OSError, ValueError, TypeError):
+            pass  # missing or unreadable: probe again and rewrite it
+        profile = probe()
+        write_json_atomic(path, asdict(profile))
+    log.info("probed this machine (%s): fp32 %.2f ms, bf16 %.2f ms, F.linear %.1f ms, "
+             "oneDNN %s ms", profile.cpu, profile.fp32_ms, profile.bf16_ms,
+             profile.matmul_ms, f"{profile.onednn_ms:.1f}" if profile.onednn_ms else "-")
+    return profile
+
+
+# ------------------------------------------------------------------------- decisions
+def auto_dtype(device: torch.device, cache_dir: Path | None = None) -> DtypeChoice:
+    """``model.dtype: auto``: bf16 where it is fast, fp32 elsewhere, with the reason."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        return DtypeChoice("bfloat16" if ok else "float32",
+                           f"CUDA device {'with' if ok else 'without'} native bf16")
+    if device.type != "cpu":
+        return DtypeChoice("float32", f"{device.type} device: fp32 is the safe choice")
+    native = cpu_bf16_capability()
+    if native is not None:
+        return DtypeChoice("bfloat16" if native else "float32",
+                           "CPU with native bf16 (AMX or AVX-512 BF16)" if native else
+                           "CPU without native bf16 (no AMX, no AVX-512 BF16)")
+    p = machine_profile(cache_dir)
+    limits = f" under {isa_limits()}" if isa_limits() else ""
+    return DtypeChoice("bfloat16" if p.bf16_fast else "float32",
+                       f"probe{limits}: bf16 product {p.bf16_ms:.2f} ms vs fp32 "
+                       f"{p.fp32_ms:.2f} ms")
+
+
+def resolve_dtype(requested: str, device: torch.device, cache_dir: Path | None = None
+                  ) -> DtypeChoice:
+    """The dtype ``model.dtype`` means on ``device``: ``auto`` decided by
+    :func:`auto_dtype`; an explicit dtype as asked (bf16 warns once when it will be slow)."""
+    if requested == "auto":
+        return auto_dtype(device, cache_dir)
+    if requested == "bfloat16":
+        warn_if_bf16_slow(device, "model.dtype: bfloat16", cache_dir)
+    return DtypeChoice(requested, "asked for")  # type: ignore[arg-type]
+
+
+@functools.cache
+def warn_if_bf16_slow(device: torch.device, what: str, cache_dir: Path | None = None
+                      ) -> bool:
+    """Log one warning (per process and ``what``) when bf16 is slow on ``device``;
+    returns whether it is."""
+    choice = auto_dtype(device, cache_dir)
+    slow = choice.dtype != "bfloat16"
+    if slow:
+        log.warning("%s will be slow here (%s); model.dtype: auto picks the fast dtype",
+                    what, choice.reason)
+    return slow
+
+
+def use_onednn_linear() -> bool:
+    """Whether fp32 products on CPU go through oneDNN's linear: it works here and the
+    machine's probe found it faster than ``F.linear``."""
+    return onednn_linear_works() and machine_profile().onednn_fast
+
+
+def fp32_linear(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``x W^T`` for fp32 CPU tensors (``W`` as ``(d_out, d_in)``, contiguous) through the
+    faster of oneDNN's linear and ``F.linear`` on this machine; ``F.linear`` elsewhere."""
+    if (x.device.type == "cpu" and x.dtype == W.dtype == torch.float32 and x.dim() == 2
+            and W.is_contiguous() and use_onednn_linear()):
+        return _onednn_linear(x.contiguous(), W)
+    return F.linear(x, W)
