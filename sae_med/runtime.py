@@ -40,7 +40,7 @@ any of them set the CPU's flags no longer say what runs, so the probe decides.""
 PROBE_SHAPE = (64, 640, 640)
 """(rows, d_in, d_out) of the probe's products: a model's width, small enough that a
 bf16 product without native arithmetic (~1 GFLOP/s) still takes only tens of ms."""
-KERNEL_PROBE_SHAPE = (128, 640, 8192)
+KERNEL_PROBE_SHAPE = (128, 640, 16384)
 """(rows, d_in, d_out) of the fp32 kernel probe: a chunk of rows through a wide product,
 the shape of the unembedding and of the SAE encoder."""
 PROBE_REPEATS = 5
@@ -59,7 +59,8 @@ class MachineProfile:
     """Probe timings of this machine (best of :data:`PROBE_REPEATS`, milliseconds)."""
 
     key: str
-    """Hash of what determines the timings' ranking (CPU, flags, torch, ISA limits)."""
+    """Hash of what determines the timings' ranking (CPU, flags, torch, ISA limits,
+    threads)."""
     cpu: str
     fp32_ms: float
     """fp32 product of :data:`PROBE_SHAPE`."""
@@ -160,19 +161,27 @@ def probe() -> MachineProfile:
 
 def machine_key() -> str:
     cpu, flags = _cpu_info()
+    # the thread count too: kernels rank differently on one thread (a training worker)
+    # than on all cores
     return stable_hash({"cpu": cpu, "flags": flags, "arch": platform.machine(),
                         "torch": torch.__version__, "isa": isa_limits(),
-                        "version": PROFILE_VERSION})
+                        "threads": torch.get_num_threads(), "version": PROFILE_VERSION})
 
 
 def profile_path(cache_dir: Path | None = None) -> Path:
     return (cache_dir or default_cache_dir()) / "machine" / f"profile-{machine_key()}.json"
 
 
-@functools.cache
 def machine_profile(cache_dir: Path | None = None) -> MachineProfile:
-    """This machine's :class:`MachineProfile`: read from the cache folder, or probed once
-    (under a lock, so concurrent processes probe once) and written there."""
+    """This machine's :class:`MachineProfile` at the current thread count (see
+    :func:`_profile_for`)."""
+    return _profile_for(cache_dir, torch.get_num_threads())
+
+
+@functools.cache
+def _profile_for(cache_dir: Path | None, threads: int) -> MachineProfile:
+    """Read from the cache folder, or probed once (under a lock, so concurrent processes
+    probe once) and written there; ``threads`` keys the in-process cache."""
     path = profile_path(cache_dir)
     with artifact_lock(path.with_suffix(".lock"), "the machine profile"):
         try:
