@@ -557,11 +557,20 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+QUOTE_HINT = ("a value with spaces must be quoted in the shell, e.g. "
+              "'train_corpora=[medical, broad]'")
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.field=value")
+        raise ConfigError(f"override {item!r} must look like section.field=value ({QUOTE_HINT})")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as err:  # e.g. 'train_corpora=[medical,' cut at a space
+        problem = str(getattr(err, "problem", "") or err).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML "
+                          f"({problem}); {QUOTE_HINT}") from None
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:

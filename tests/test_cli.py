@@ -70,3 +70,11 @@ def test_config_prints_the_resolved_config_that_loads_back(capsys, tmp_path):
     assert main(["config", *args, "--json"]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["train"]["lr"] == 0.002 and resolved["train_corpora"][1] == "wordnet"
+
+
+def test_an_override_split_by_the_shell_says_how_to_quote_it(capsys):
+    """`train_corpora=[medical, broad]` typed unquoted reaches us as two arguments."""
+    assert main(["config", "configs/smoke.yaml", "train_corpora=[medical,", "broad]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not valid YAML" in err
+    assert "must be quoted in the shell" in err and "Traceback" not in err
