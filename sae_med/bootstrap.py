@@ -3,8 +3,9 @@
 Every interval the package reports comes from here. The unit resampled is whatever the
 leading dimension holds (documents, latents, parent concepts); replicate b draws n
 indices with replacement from one ``torch.Generator`` seeded ``seed``
-(:func:`resample_indices`), so a document resample (:func:`doc_resample`) and a direct
-one (:func:`bootstrap_ci`) with the same seed draw the same documents.
+(:func:`resample_indices`). Documents are resampled by *group* (:func:`doc_resample`:
+the split's grouping unit, e.g. one ICD-10-CM category), because related documents are
+not independent; with one document per group it draws what :func:`bootstrap_ci` draws.
 """
 
 from __future__ import annotations
@@ -77,19 +78,21 @@ def resample_indices(n: int, n_boot: int, seed: int | torch.Generator
 # --------------------------------------------------------------------------------------
 
 class DocResample(NamedTuple):
-    """Bootstrap draws of documents, shared by every statistic of one eval corpus."""
+    """Bootstrap draws of document groups, shared by every statistic of one eval corpus."""
 
     doc_ids: Tensor
     """(docs,) sorted ids of every document any statistic uses."""
     counts: Tensor
-    """(n_boot, docs) float64: how often replicate b drew each document."""
+    """(n_boot, docs) float64: how often replicate b drew each document's group."""
+    n_groups: int
+    """Distinct groups among ``doc_ids`` (the unit resampled)."""
 
     def columns(self, ids: Tensor) -> Tensor:
         """(n_boot, len(ids)) counts of the documents ``ids`` (a subset of ``doc_ids``).
 
-        A statistic over a subset (spliced CE on the first ``ce_docs`` documents, dark
-        matter on the held-out half) is resampled by the same draws, so it stays paired
-        with the others; its resample has a random size (like a Poisson bootstrap), and a
+        A statistic over a subset (spliced CE on the first eval documents, dark matter on
+        the held-out half) is resampled by the same draws, so it stays paired with the
+        others; its resample has a random size (like a Poisson bootstrap), and a
         replicate that draws none of its documents is NaN and left out of the interval."""
         idx = torch.searchsorted(self.doc_ids, ids.long().cpu())
         if (idx >= len(self.doc_ids)).any() or (self.doc_ids[idx.clamp_max(
@@ -98,15 +101,41 @@ class DocResample(NamedTuple):
         return self.counts[:, idx]
 
 
-def doc_resample(doc_ids: Sequence[Tensor], n_boot: int, seed: int) -> DocResample:
-    """n_boot resamples with replacement of the union of ``doc_ids``
-    (:func:`resample_indices`; no replicates for fewer than 2 documents)."""
+def group_counts(group: Tensor, n_boot: int, seed: int) -> Tensor:
+    """(n_boot, docs) float64 counts: replicate b draws as many groups as there are, with
+    replacement, and counts each document as often as its group was drawn.
+
+    ``group`` (docs,) holds each document's group as an index in range(n_groups), every
+    index used. One (n_boot, n_groups) draw and a scatter-add, no loop over replicates:
+    with one document per group (``group`` = arange) the rows equal
+    :func:`resample_indices`' (a torch generator yields the same stream either way)."""
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    if n_boot <= 0 or n_groups < 2:
+        return torch.zeros(0, len(group), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    drawn = torch.randint(n_groups, (n_boot, n_groups), generator=gen)
+    per_group = torch.zeros(n_boot, n_groups, dtype=torch.float64).scatter_add_(
+        1, drawn, torch.ones(n_boot, n_groups, dtype=torch.float64))
+    return per_group[:, group]
+
+
+def doc_resample(doc_ids: Sequence[Tensor], n_boot: int, seed: int,
+                 group_of: Tensor | None = None) -> DocResample:
+    """n_boot resamples of the groups of the union of ``doc_ids`` (:func:`group_counts`;
+    no replicates for fewer than 2 groups).
+
+    ``group_of`` maps a document id to its group code (``group_of[id]``, any integers;
+    equal codes: one group); without it every document is a group of its own."""
     ids = torch.unique(torch.cat([d.long().cpu() for d in doc_ids]))
-    n = len(ids)
-    counts = torch.stack([torch.bincount(idx, minlength=n)
-                          for idx in resample_indices(n, n_boot, seed)]).double() \
-        if n_boot > 0 and n > 1 else torch.zeros(0, n, dtype=torch.float64)
-    return DocResample(ids, counts)
+    if group_of is None:
+        group = torch.arange(len(ids))
+    else:
+        if len(ids) and int(ids.max()) >= len(group_of):
+            raise ValueError(f"document id {int(ids.max())} has no group "
+                             f"(group_of covers {len(group_of)} documents)")
+        group = torch.unique(group_of.long().cpu()[ids], return_inverse=True)[1]
+    counts = group_counts(group, n_boot, seed)
+    return DocResample(ids, counts, int(group.max()) + 1 if len(group) else 0)
 
 
 def statistic_draws(per_doc: Any, statistic_fn: Callable[[Any], Mapping[str, float]],

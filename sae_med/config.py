@@ -252,8 +252,10 @@ class EvalConfig:
     """If > 0: the first eval documents holding at least this many scored tokens, instead
     of ``ce_docs`` documents (so short-text and long-text corpora get the same number of
     scored tokens)."""
-    bootstrap: int = 200
-    """Bootstrap resamples over documents for 95% intervals."""
+    bootstrap: int = 2000
+    """Bootstrap replicates for 95% intervals (each draws seeds, then document groups:
+    :func:`sae_med.bootstrap.doc_resample`); 2,000 keep the Monte Carlo error of a 2.5%
+    percentile small beside the interval."""
     massive_norm_ratio: float = 3.0
     """``fve_typical`` leaves out tokens whose ‖x‖ exceeds this multiple of the eval
     cache's median ‖x‖ (massive activations: Gemma-3-270M's bulk stays under 1.5x, a rare

@@ -42,9 +42,15 @@ class Document:
     empty: the document is a group of its own (its id)."""
 
     @property
+    def group_key(self) -> str:
+        """Its group, or its own id when it has none: the unit of the split and of the
+        bootstrap (documents of one group are resampled together)."""
+        return self.group or self.doc_id
+
+    @property
     def split(self) -> Literal["train", "eval"]:
         """The side of the split its group falls on."""
-        return split_of(self.group or self.doc_id)
+        return split_of(self.group_key)
 
 
 def _hash_fraction(digest: bytes) -> float:

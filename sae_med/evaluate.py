@@ -6,7 +6,7 @@ lacked (their two sides kept/dropped BOS differently):
 
 a. **Reconstruction** over every token of the eval activation cache, in cache order
    (:class:`~sae_med.metrics.ReconstructionAccumulator`): l0, fve (centred, all tokens),
-   fve_uncentered, mse, rel_bias with 95% bootstrap intervals over documents;
+   fve_uncentered, mse, rel_bias with 95% bootstrap intervals over document groups;
    fve_batch_mean, dead_frac, dense_frac as point values (they are not functions of
    per-document sums: see :data:`POINT_METRICS`). ``fve_typical`` is the FVE over the
    tokens without a massive activation (‖x‖ ≤ ``eval.massive_norm_ratio`` × the cache's
@@ -30,12 +30,12 @@ c. **Dark matter** (:mod:`sae_med.dark_matter`): the cache's tokens are split by
    below the point estimate, so its percentile interval did not contain the estimate.)
 d. The **density histogram** of log10 firing rates over the cache's tokens.
 
-Bootstrap replicates use one document resample per eval corpus (seed derived from
-``cfg.seed``), shared by every SAE and metric (:class:`~sae_med.bootstrap.DocResample`), so
-every comparison is paired on documents. The across-seed family means, the gaps
-between training corpora and each family's steps between target L0s
-(:mod:`sae_med.compare`: hierarchical bootstrap, seeds then documents) are computed from
-those draws by :func:`compare_families`.
+Bootstrap replicates use one resample of document groups per eval corpus (seed derived
+from ``cfg.seed``; groups: :func:`document_groups`), shared by every SAE and metric
+(:class:`~sae_med.bootstrap.DocResample`), so every comparison is paired on documents.
+The across-seed family means, the gaps between training corpora and each family's steps
+between target L0s (:mod:`sae_med.compare`: hierarchical bootstrap, seeds then document
+groups) are computed from those draws by :func:`compare_families`.
 
 The results file (``results.json``, :func:`write_results`, schema :data:`SCHEMA_VERSION`)
 holds the config, software versions, the model's exact weights (``weights``, a
@@ -97,8 +97,9 @@ log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
 """A run's results file (``results.csv`` beside it), under ``cfg.run_path``."""
-SCHEMA_VERSION = 5
-"""Version of ``results.json`` (4 had no steps between target L0s; 3 had no fve_typical;
+SCHEMA_VERSION = 6
+"""Version of ``results.json`` (5 resampled documents, not their groups, and counted no
+dropped matched-FVE replicates; 4 had no steps between target L0s; 3 had no fve_typical;
 2 had no seed replicates, family means or gaps; 1 had no dark-matter intervals)."""
 RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
 """Bootstrapped from per-document sums (:class:`~sae_med.metrics.DocMetrics` fields)."""
@@ -124,13 +125,11 @@ RECON_BATCH_TOKENS = 2048
 # Spliced loss, clean and zero passes shared across SAEs
 # --------------------------------------------------------------------------------------
 
-def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None
-               ) -> list[TokenBatch]:
-    """The CE documents of ``corpus``'s eval split: the first ``n_docs`` (default: enough
-    for ``cfg.eval.ce_tokens`` scored tokens if set, else ``cfg.eval.ce_docs``), tokenized,
-    masked and packed into forwards as :func:`~sae_med.activations.build_cache` does.
-    Batch rows are in token-length order; every SAE sees the same batches."""
-    from sae_med.activations import packed_batches
+def ce_texts(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None
+             ) -> list[str]:
+    """The texts of the CE documents of ``corpus``'s eval split: the first ``n_docs``
+    (default: enough for ``cfg.eval.ce_tokens`` scored tokens if set, else
+    ``cfg.eval.ce_docs``); text i is the eval document of index i."""
     from sae_med.data import iter_documents
 
     e, ctx = cfg.eval, cfg.cache.ctx_len
@@ -147,7 +146,41 @@ def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | Non
     if (scored < budget) if budget else len(texts) < n_docs:
         log.warning("corpus %s/eval has only %d documents (%s)", corpus, len(texts),
                     f"ce_tokens={budget}" if budget else f"ce_docs={n_docs}")
-    return [b for _, b in packed_batches(model, texts, cfg.cache)]
+    return texts
+
+
+def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None
+               ) -> list[TokenBatch]:
+    """The CE documents of :func:`ce_texts`, tokenized, masked and packed into forwards as
+    :func:`~sae_med.activations.build_cache` does. Batch rows are in token-length order;
+    every SAE sees the same batches."""
+    from sae_med.activations import packed_batches
+
+    return [b for _, b in packed_batches(model, ce_texts(model, cfg, corpus, n_docs),
+                                         cfg.cache)]
+
+
+def document_groups(corpus: str, doc_ids: Sequence[str], n_docs: int) -> Tensor:
+    """(n_docs,) the group code of each of the first ``n_docs`` eval documents of
+    ``corpus`` (index: the document's place in the eval split, as the cache's
+    ``doc_index`` and :func:`ce_texts` count it; one code per
+    :attr:`~sae_med.documents.Document.group_key`), the bootstrap's unit.
+
+    ``doc_ids`` (the cache's, by index) must be the corpus's: otherwise the groups would be
+    another corpus version's."""
+    from itertools import islice
+
+    from sae_med.data import iter_documents
+
+    docs = list(islice(iter_documents(corpus, "eval"), n_docs))
+    if len(docs) < n_docs:
+        raise ValueError(f"corpus {corpus}/eval has {len(docs)} documents, the evaluation "
+                         f"scores {n_docs}")
+    if any(d.doc_id != i for d, i in zip(docs, doc_ids, strict=False)):
+        raise ValueError(f"the eval cache's documents are not {corpus}/eval's: rebuild it")
+    codes: dict[str, int] = {}
+    return torch.tensor([codes.setdefault(d.group_key, len(codes)) for d in docs],
+                        dtype=torch.long)
 
 
 # --------------------------------------------------------------------------------------
@@ -265,7 +298,9 @@ class BootstrapInfo(NamedTuple):
     n_boot: int
     level: float
     seed: int
-    unit: str = "document"
+    n_groups: int
+    """Document groups resampled (the unit: :func:`document_groups`)."""
+    unit: str = "document group"
 
 
 @dataclass(frozen=True)
@@ -364,10 +399,12 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
     boot_seed = derived_seed(cfg.seed, "bootstrap", eval_corpus)
     dm_seed = derived_seed(cfg.seed, "dark_matter", eval_corpus)
     n_boot = cfg.eval.bootstrap
-    boot_info = BootstrapInfo(n_boot, LEVEL, boot_seed)
 
     # (b) spliced loss, batch-outer so the clean/zero passes are shared by all SAEs
-    batches = ce_batches(model, cfg, eval_corpus)
+    from sae_med.activations import packed_batches
+
+    packed = list(packed_batches(model, ce_texts(model, cfg, eval_corpus), cfg.cache))
+    batches = [b for _, b in packed]
     fns = {k: reconstruction_fn(s) for k, s in saes.items()}
     stats = cache_stats(cache)
     fns[MEAN_ABLATION] = mean_ablation(stats.mean)
@@ -378,8 +415,13 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
             doc_ce[k].append(DocCE(*(f.cpu() for f in losses.doc_sums())))
 
     cache_docs = torch.unique(cache.tokens().doc_index)
-    ce_ids = torch.arange(sum(int(b.tokens.shape[0]) for b in batches))
-    resample = doc_resample([cache_docs, ce_ids], n_boot, boot_seed)
+    # CE rows come in token-length order: each keeps its document's eval index, so its
+    # resample count (and group) is its document's, as in the cache
+    ce_ids = torch.tensor([i for idx, _ in packed for i in idx], dtype=torch.long)
+    n_docs = int(torch.cat([cache_docs, ce_ids]).max()) + 1
+    resample = doc_resample([cache_docs, ce_ids], n_boot, boot_seed,
+                            document_groups(eval_corpus, cache.doc_ids(), n_docs))
+    boot_info = BootstrapInfo(n_boot, LEVEL, boot_seed, resample.n_groups)
     typical_norm = cfg.eval.massive_norm_ratio * stats.median_norm
     rows, draws = [], {}
     for sae_id, sae in tqdm(saes.items(), desc=f"evaluate {eval_corpus}",

@@ -211,6 +211,24 @@ def test_rows_share_tokens_and_carry_meta(rows, cache, saes):
         assert len({json.dumps(r["metrics"][name]) for r in rows.values()}) == 1
 
 
+def test_rows_resample_document_groups(rows, cache):
+    """The bootstrap's unit is the split's group: as many as the distinct groups of the
+    documents the cache and the CE documents cover (the cache's ids checked against the
+    corpus's)."""
+    from itertools import islice
+
+    from sae_med.data import iter_documents
+
+    used = {*cache.tokens().doc_index.tolist(), *range(5)}  # eval.ce_docs=5
+    docs = list(islice(iter_documents(CORPUS, "eval"), max(used) + 1))
+    assert [d.doc_id for d in docs[:len(cache.doc_ids())]] == cache.doc_ids()[:len(docs)]
+    groups = {docs[i].group_key for i in used}
+    assert len(groups) < len(used)  # HPO terms group several documents
+    for r in rows.values():
+        assert r["bootstrap"]["unit"] == "document group"
+        assert r["bootstrap"]["n_groups"] == len(groups)
+
+
 def test_mean_ablation_baseline_known_answers(rows):
     """Identity recovers all the loss against the mean baseline, the eval mean none."""
     assert val(rows["identity"], "loss_recovered_mean") == pytest.approx(1.0, abs=1e-4)
