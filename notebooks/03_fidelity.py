@@ -40,6 +40,7 @@ from myst_nb import glue
 
 from sae_med.claims import (
     claim_verdict,
+    dropped_sentence,
     gap_intervals,
     gaps_by_model,
     l0_trend,
@@ -208,6 +209,8 @@ lr_sentence = " ".join([
                  f"on {medical} text at the same target L0"),
     gap_sentence(lr_fve, "At matched FVE the gap is", "")])
 print(lr_sentence)
+loss_dropped = dropped_sentence(med_gaps, ["l0", "delta_ce", "loss_recovered"], medical)
+print(loss_dropped)
 
 fve_on_broad = [iv.value for iv in gap_intervals(med_gaps, "fve", broad)]
 glue("l0_targets", ", ".join(f"{t:g}" for t in targets), display=False)
@@ -240,6 +243,7 @@ for c in (medical, broad):
         for t in targets), display=False)
 glue("fve_gap_table", gap_table(med_gaps, ["fve", "fve_typical", "delta_ce",
                                            "loss_recovered"]), display=False)
+glue("loss_matched_dropped", loss_dropped, display=False)
 glue("loss_matched_table", gap_table(med_gaps, ["l0", "delta_ce", "loss_recovered"],
                                      basis="fve"), display=False)
 

@@ -44,6 +44,7 @@ from myst_nb import glue
 
 from sae_med.claims import (
     claim_verdict,
+    dropped_sentence,
     gap_intervals,
     gaps_by_model,
     model_runs,
@@ -162,6 +163,8 @@ display(at_l0)
 # %%
 at_fve = gap_table(med_gaps, dm_names, basis="fve")
 display(at_fve)
+dm_dropped = dropped_sentence(med_gaps, dm_names, medical)
+print(dm_dropped)
 r2_l0 = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical)
 r2_fve = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical, basis="fve")
 lin_fve = gap_intervals(med_gaps, "dark_matter.fvu_linear", medical, basis="fve")
@@ -199,6 +202,7 @@ glue("fvu_nl_medical_sae", family_values("dark_matter.fvu_nonlinear", medical), 
 glue("fvu_nl_broad_sae", family_values("dark_matter.fvu_nonlinear", broad), display=False)
 glue("dark_matter_table", at_l0, display=False)
 glue("dark_matter_matched_table", at_fve, display=False)
+glue("dark_matter_matched_dropped", dm_dropped, display=False)
 glue("dark_matter_sentence", dm_sentence, display=False)
 glue("verdict_dark_matter", dm_verdict, display=False)
 

@@ -15,6 +15,9 @@ With one seed the interval is over documents alone.
 Comparisons at **matched FVE** interpolate each seed's sweep (metric against its FVE,
 piecewise linear between target L0s) inside every bootstrap replicate, on a grid of FVE
 values inside all sweeps' common range (NaN where a replicate's sweep does not reach).
+Those replicates are left out of the interval and counted (``dropped`` of ``n_boot`` on
+every family, gap and step), so a reader sees how much of the bootstrap a matched
+comparison rests on.
 """
 
 from __future__ import annotations
@@ -139,6 +142,11 @@ class FamilyScore:
     interval: Interval
     seed_values: tuple[float | None, ...]
     """Each replicate's point value (in replicate order)."""
+    n_boot: int = 0
+    """Bootstrap replicates drawn."""
+    dropped: int = 0
+    """Replicates left out of the interval (NaN: at matched FVE, a drawn seed's sweep did
+    not reach ``at`` in that replicate)."""
 
     def to_dict(self) -> dict[str, Any]:
         vals = [v for v in self.seed_values if v is not None]
@@ -146,7 +154,8 @@ class FamilyScore:
                 "train_corpus": self.train_corpus, "metric": self.metric,
                 **_position(self.basis, self.at), **self.interval.to_dict(),
                 "n_seeds": len(self.seed_values), "seed_values": list(self.seed_values),
-                "seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
+                "seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                "n_boot": self.n_boot, "dropped": self.dropped}
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,11 @@ class Gap:
     basis: Basis
     at: float
     interval: Interval
+    n_boot: int = 0
+    """Bootstrap replicates drawn."""
+    dropped: int = 0
+    """Replicates left out of the interval (NaN on either side: at matched FVE, a drawn
+    sweep of either family did not reach ``at``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"row_type": "gap", **{k: v for k, v in asdict(self).items()
@@ -178,10 +192,20 @@ class Step:
     from_target: float
     to_target: float
     interval: Interval
+    n_boot: int = 0
+    """Bootstrap replicates drawn."""
+    dropped: int = 0
+    """Replicates left out of the interval (NaN at either target)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"row_type": "step", **{k: v for k, v in asdict(self).items()
                                        if k != "interval"}, **self.interval.to_dict()}
+
+
+def replicate_counts(d: Draws) -> dict[str, int]:
+    """``n_boot`` and ``dropped`` of a row from its draws: the replicates, and those NaN
+    (left out of its percentile interval)."""
+    return {"n_boot": len(d.reps), "dropped": int(np.isnan(d.reps).sum())}
 
 
 def _position(basis: Basis, at: float) -> dict[str, Any]:
@@ -221,7 +245,8 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
         fam[(c, metric, basis, at)] = d
         families.append(FamilyScore(eval_corpus, c, metric, basis, at,
                                     percentile_interval(d, level),
-                                    tuple(finite_or_none(p.point) for p in per_seed)))
+                                    tuple(finite_or_none(p.point) for p in per_seed),
+                                    **replicate_counts(d)))
 
     metrics = sorted({m for s in saes for m in s.draws})
     for c in corpora:
@@ -246,8 +271,9 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
             continue
         for other in corpora[1:]:
             if (o := fam.get((other, m, basis, at))) is not None:
-                gaps.append(Gap(eval_corpus, c, other, m, basis, at, percentile_interval(
-                    Draws(d.point - o.point, d.reps - o.reps), level)))
+                g = Draws(d.point - o.point, d.reps - o.reps)
+                gaps.append(Gap(eval_corpus, c, other, m, basis, at,
+                                percentile_interval(g, level), **replicate_counts(g)))
     return Comparison(families, gaps, _steps(fam, eval_corpus, targets, level))
 
 
@@ -266,8 +292,9 @@ def _steps(fam: Mapping[tuple[str, str, Basis, float], Draws], eval_corpus: str,
         if basis != "l0_target" or at not in following:
             continue
         if (e := fam.get((c, m, basis, following[at]))) is not None:
-            out.append(Step(eval_corpus, c, m, at, following[at], percentile_interval(
-                Draws(e.point - d.point, e.reps - d.reps), level)))
+            s = Draws(e.point - d.point, e.reps - d.reps)
+            out.append(Step(eval_corpus, c, m, at, following[at],
+                            percentile_interval(s, level), **replicate_counts(s)))
     return out
 
 

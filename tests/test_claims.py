@@ -12,6 +12,7 @@ from sae_med.claims import (
     claim,
     claim_verdict,
     concept_verdict,
+    dropped_sentence,
     l0_trend,
     replication_sentence,
     step_intervals,
@@ -183,3 +184,14 @@ def test_verdicts_are_not_judged_when_the_domain_saes_fail_the_quality_bar():
     sentence = dce_bar_sentence(pd.DataFrame(failing), STEPS, "medical")
     assert sentence.count("not judged") == 1
     assert "not judged" not in dce_bar_sentence(pd.DataFrame(passing), STEPS, "medical")
+
+
+def test_dropped_sentence_names_the_worst_matched_fve_drop():
+    rows = [gap("loss_recovered", 0.01, -0.01, 0.03, basis="fve", at=a) | {
+                "n_boot": 2000, "dropped": d} for a, d in ((0.6, 40), (0.7, 0), (0.8, 300))]
+    rows.append(gap("loss_recovered", 0.03, 0.01, 0.05) | {"n_boot": 2000, "dropped": 0})
+    sentence = dropped_sentence(pd.DataFrame(rows), ["loss_recovered", "delta_ce"], "medical")
+    assert "loss_recovered 300 of 2,000 (15.0%, at FVE 0.800)" in sentence
+    assert "delta_ce" not in sentence  # no matched rows of it
+    none = dropped_sentence(pd.DataFrame(rows[-1:]), ["loss_recovered"], "medical")
+    assert none.startswith("No matched-FVE comparison")

@@ -136,6 +136,27 @@ def test_matched_fve_gap_of_families_on_one_line_is_zero():
         assert g.interval.low == pytest.approx(0.0, abs=1e-12)
 
 
+def test_matched_fve_counts_the_replicates_it_drops():
+    """One seed per family, replicate FVE sweeps jittered so some do not reach a grid FVE:
+    each matched gap's ``dropped`` is the number of replicates where either family's sweep
+    misses that FVE (counted here directly), and the row says so."""
+    rng = np.random.default_rng(0)
+    sweeps = {"medical": (0.60, 0.70, 0.80), "broad": (0.55, 0.66, 0.77)}
+    reps = {c: np.array(f) + 0.03 * rng.standard_normal((N_BOOT, 3)) for c, f in sweeps.items()}
+    saes = [SaeDraws(c, t, 0, {"fve": Draws(f[i], reps[c][:, i]),
+                               "delta_ce": Draws(1 - f[i], 1 - reps[c][:, i])})
+            for c, f in sweeps.items() for i, t in enumerate(TARGETS)]
+    out = compare(saes, "medical", ("medical", "broad"), seed=0)
+    at_fve = [g for g in out.gaps if g.metric == "delta_ce" and g.basis == "fve"]
+    assert len(at_fve) == 3
+    for g in at_fve:
+        misses = [(g.at < r.min(1)) | (g.at > r.max(1)) for r in reps.values()]
+        assert g.dropped == int((misses[0] | misses[1]).sum())
+        assert g.n_boot == N_BOOT and g.to_dict()["dropped"] == g.dropped
+    assert sum(g.dropped for g in at_fve) > 0  # the jitter does push some out
+    assert all(g.dropped == 0 for g in out.gaps if g.basis == "l0_target")
+
+
 def test_verdicts():
     yes, no = Interval(0.1, 0.05, 0.15), Interval(0.1, -0.02, 0.2)
     assert verdict([yes, yes]) == "supported"
@@ -192,8 +213,8 @@ def test_a_step_is_the_difference_of_the_two_families(resample):
         assert s.interval.excludes_zero and s.interval.low > 0  # better SAEs, higher FVE
     assert steps[0].to_dict() == {
         "row_type": "step", "eval_corpus": "medical", "train_corpus": "medical",
-        "metric": "fve", "from_target": 10.0, "to_target": 20.0,
-        **steps[0].interval.to_dict()}
+        "metric": "fve", "from_target": 10.0, "to_target": 20.0, "n_boot": N_BOOT,
+        "dropped": 0, **steps[0].interval.to_dict()}
 
 
 def test_pairing_resolves_a_step_that_the_family_intervals_do_not(resample):
