@@ -14,7 +14,15 @@ import sys
 
 import pandas as pd
 
-from sae_med.claims import CLAIMS, ModelRun, model_label, verdict_table
+from sae_med.claims import (
+    CLAIMS,
+    SENSITIVITY_CHECKS,
+    ModelRun,
+    model_label,
+    support_count,
+    verdict_table,
+    verdicts_by_claim,
+)
 from sae_med.config import config_from_dict
 from sae_med.evaluate import load_comparisons, load_results, read_results
 from sae_med.notebook import domain_pair, family_table, gap_table, gap_table_by_model
@@ -56,6 +64,10 @@ def models(paths: list[str]) -> None:
         runs.append(ModelRun(model_label(cfg), cfg, load_comparisons(path)))
     first, second = domain_pair(runs[0].cfg)
     print(verdict_table(runs, [c.key for c in CLAIMS], first, second).to_markdown())
+    for r in runs:  # sensitivity checks are shown below, never counted here
+        print(f"\n{r.label}: {support_count(verdicts_by_claim(r, first, second))}")
+    print("\nSensitivity checks (not claims, not counted)\n")
+    print(verdict_table(runs, [c.key for c in SENSITIVITY_CHECKS], first, second).to_markdown())
     for title, metrics, basis in (
             (f"{first} minus {second} on {first} text, per model, at each target L0",
              ["fve", "fve_typical", "delta_ce", "loss_recovered_mean",

@@ -24,7 +24,8 @@
 #   tokens with a massive activation (‖x‖ several times the median, where an SAE that never
 #   saw one extrapolates), so `fve_typical` repeats it without the tokens above
 #   `eval.massive_norm_ratio` × the median ‖x‖ (`massive_tokens` counts them): a
-#   sensitivity check of the FVE claim, judged the same way.
+#   sensitivity check of the FVE claim, judged the same way but never counted as a claim
+#   (it was chosen after the data were seen).
 # - **ΔCE** = CE(spliced) − CE(clean): next-token loss increase, in nats per token, when the
 #   activation is replaced by the SAE's reconstruction at the hook.
 # - **Loss recovered** = (CE_zero − CE_spliced) / (CE_zero − CE_clean).

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from sae_med.bootstrap import Interval
-from sae_med.claims import CLAIMS, gap_intervals, judged, oriented_gaps
+from sae_med.claims import (
+    CLAIMS,
+    SENSITIVITY_CHECKS,
+    claim,
+    gap_intervals,
+    judged,
+    oriented_gaps,
+    support_count,
+)
 from sae_med.compare import Verdict, verdict
 
 if TYPE_CHECKING:
@@ -91,8 +99,10 @@ def trend(first: Interval, last: Interval, sign: int) -> Trend:
 
 
 class ClaimTrend(NamedTuple):
-    """One claim of :data:`sae_med.claims.CLAIMS` along the curve."""
+    """One claim of :data:`sae_med.claims.CLAIMS` (or sensitivity check) along the curve."""
 
+    key: str
+    """The claim's key (:func:`sae_med.claims.claim`)."""
     claim: str
     metric: str
     first: Interval
@@ -104,10 +114,15 @@ class ClaimTrend(NamedTuple):
     when that budget's SAEs fail the quality bar."""
     trend: Trend
 
+    @property
+    def counted(self) -> bool:
+        """A claim, not a sensitivity check: counts towards the claims supported."""
+        return claim(self.key).is_claim
+
 
 def claim_trends(tables: CurveTables, domain: str, broad: str) -> list[ClaimTrend]:
     """Every claim's gap at the smallest and largest budget of ``tables``, its verdict at
-    the largest and its :func:`trend`."""
+    the largest and its :func:`trend`; then the sensitivity checks' (shown, not counted)."""
     ours = oriented_gaps(tables.gaps, domain, broad)
     if ours.empty:
         return []
@@ -115,13 +130,14 @@ def claim_trends(tables: CurveTables, domain: str, broad: str) -> list[ClaimTren
     fam = tables.families
     last_families = fam[fam.tokens == ours.tokens.max()] if not fam.empty else fam
     out = []
-    for c in CLAIMS:
+    for c in (*CLAIMS, *SENSITIVITY_CHECKS):
         ends = [gap_intervals(g, c.metric, domain) for g in (smallest, largest)]
         if not all(ends):
             continue
         first, last = ends[0][0], ends[1][0]
         v = judged(verdict([last], sign=c.sign), last_families, domain)
-        out.append(ClaimTrend(c.text, c.metric, first, last, v, trend(first, last, c.sign)))
+        out.append(ClaimTrend(c.key, c.text, c.metric, first, last, v,
+                              trend(first, last, c.sign)))
     return out
 
 
@@ -136,16 +152,24 @@ def trend_frame(trends: Sequence[ClaimTrend], first_tokens: int, last_tokens: in
     return pd.DataFrame([{
         "claim": t.claim, "metric": t.metric, f"gap at {first_tokens:,} tokens": cell(t.first),
         f"gap at {last_tokens:,} tokens": cell(t.last), "verdict at the largest budget":
-        t.verdict, "gap from smallest to largest budget": t.trend} for t in trends]
+        t.verdict, "gap from smallest to largest budget": t.trend,
+        "counted as a claim": "yes" if t.counted else "no (sensitivity check)"}
+        for t in trends]
     ).set_index("claim")
 
 
 def curve_sentence(trends: Sequence[ClaimTrend], last_tokens: int) -> str:
-    """One sentence per claim: its verdict at the largest budget and how its gap moved."""
+    """How many claims hold at the largest budget (sensitivity checks not counted), then
+    one sentence per claim and check: its verdict there and how its gap moved."""
     moved = {"grows": "grew", "holds": "held (intervals overlap)", "shrinks": "shrank"}
-    return " ".join(f"{t.claim}: “{t.verdict}” after {last_tokens:,} training tokens; "
-                    f"from the smallest budget to the largest its gap {moved[t.trend]}."
-                    for t in trends)
+    if not trends:
+        return ""
+    count = support_count({t.key: t.verdict for t in trends})
+    return " ".join([f"After {last_tokens:,} training tokens, {count} (sensitivity checks "
+                     "shown, not counted)."] + [
+        f"{t.claim}: “{t.verdict}” after {last_tokens:,} training tokens; "
+        f"from the smallest budget to the largest its gap {moved[t.trend]}."
+        for t in sorted(trends, key=lambda t: not t.counted)])
 
 
 def curve_summary(cfg: Config | None, points: Sequence[CurvePoint],

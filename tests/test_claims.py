@@ -7,6 +7,7 @@ from sae_med.claims import (
     CLAIMS,
     CONCEPT_CLAIM,
     DCE_BAR_NATS,
+    SENSITIVITY_CHECKS,
     ModelRun,
     bar_dce,
     claim,
@@ -16,6 +17,7 @@ from sae_med.claims import (
     l0_trend,
     replication_sentence,
     step_intervals,
+    support_count,
     verdict_table,
     verdicts_frame,
 )
@@ -67,9 +69,10 @@ def test_claim_verdicts_on_known_gaps():
         "supported at the same L0; no common FVE range")
     # no rows at all is never a success
     assert claim_verdict(tables(GOOD[2:]), "fve", "medical", "broad") == "not supported"
-    with pytest.raises(KeyError, match="valid claims: fve, fve_typical, loss, dark_matter"):
+    with pytest.raises(KeyError, match="valid claims: fve, loss, dark_matter; sensitivity "
+                       "checks: fve_typical"):
         claim("concepts")
-    assert [c.sign for c in CLAIMS] == [1, 1, 1, -1]
+    assert [c.sign for c in CLAIMS] == [1, 1, -1]
 
 
 def test_replication_across_models():
@@ -195,3 +198,18 @@ def test_dropped_sentence_names_the_worst_matched_fve_drop():
     assert "delta_ce" not in sentence  # no matched rows of it
     none = dropped_sentence(pd.DataFrame(rows[-1:]), ["loss_recovered"], "medical")
     assert none.startswith("No matched-FVE comparison")
+
+
+def test_a_sensitivity_check_is_never_counted_as_a_claim():
+    """The massive-token FVE check is judged and labelled, but a run where only it and two
+    claims hold has 2 of 3 claims supported, not 3 of 4."""
+    check = claim("fve_typical")
+    assert check in SENSITIVITY_CHECKS and check not in CLAIMS and not check.is_claim
+    assert check.sensitivity_of == "fve" and check.text.startswith("Sensitivity check")
+    assert all(c.is_claim for c in CLAIMS)
+    verdicts = {"fve": "not supported", "fve_typical": "supported", "loss": "supported",
+                "dark_matter": "supported"}
+    assert support_count(verdicts) == (2, 3)
+    assert str(support_count(verdicts)) == "2 of 3 claims supported"
+    assert claim_verdict(tables(GOOD + [gap("fve_typical", 0.1, 0.05, 0.15)]),
+                         "fve_typical", "medical", "broad") == "supported"  # still judged

@@ -19,6 +19,7 @@ from sae_med.experiment import stage_learning_curve
 from sae_med.learning_curve import (
     CurveTables,
     claim_trends,
+    curve_sentence,
     curve_summary,
     curve_tables,
     seed_summary,
@@ -73,6 +74,20 @@ def test_claim_trends_orient_and_judge_the_ends():
     assert {t.verdict for t in gated} == {NOT_JUDGED}
     early = claim_trends(CurveTables(wrecked(1000), gaps, None), "medical", "broad")
     assert [t.verdict for t in early] == [t.verdict for t in by.values()]
+
+
+def test_curve_sentence_counts_claims_not_the_sensitivity_check():
+    """fve fails, fve_typical (a sensitivity check) and the other two claims hold: the
+    summary says 2 of 3 claims supported and labels the check, listed after the claims."""
+    gaps = pd.DataFrame([_gap(t, m, v) for t in (1000, 9000) for m, v in (
+        ("fve", 0.0), ("fve_typical", 0.1), ("loss_recovered", 0.1),
+        ("dark_matter.r2_error_mean", -0.3))])
+    trends = claim_trends(CurveTables(pd.DataFrame(), gaps, None), "medical", "broad")
+    assert [t.counted for t in trends] == [True, True, True, False]
+    text = curve_sentence(trends, 9000)
+    assert text.startswith("After 9,000 training tokens, 2 of 3 claims supported")
+    assert "Sensitivity check, not a claim: FVE without massive-activation tokens: " \
+           "“supported”" in text
 
 
 def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, capsys):
