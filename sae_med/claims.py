@@ -119,16 +119,19 @@ class SupportCount(NamedTuple):
 
     supported: int
     judged: int
+    """Claims given a verdict (not :data:`~sae_med.compare.NOT_JUDGED`)."""
 
     def __str__(self) -> str:
+        if not self.judged:  # a run's SAEs pass or fail the quality bar for every claim
+            return f"no claim judged ({NOT_JUDGED})"
         return f"{self.supported} of {self.judged} claims supported"
 
 
 def support_count(verdicts: Mapping[str, Verdict]) -> SupportCount:
     """:class:`SupportCount` of ``{claim key: verdict}``; the keys of sensitivity checks
-    are left out, whatever their verdict."""
-    counted = {k: v for k, v in verdicts.items() if claim(k).is_claim}
-    return SupportCount(sum(v == "supported" for v in counted.values()), len(counted))
+    are left out, whatever their verdict, and so are claims not judged."""
+    counted = [v for k, v in verdicts.items() if claim(k).is_claim and v != NOT_JUDGED]
+    return SupportCount(sum(v == "supported" for v in counted), len(counted))
 
 
 def oriented_gaps(gaps: Any, first: str, second: str) -> Any:

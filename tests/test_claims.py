@@ -184,6 +184,8 @@ def test_verdicts_are_not_judged_when_the_domain_saes_fail_the_quality_bar():
     assert "not judged while a model's SAEs are below the quality bar" in mixed
     assert "not judged on any model" in replication_sentence("X", {"a": NOT_JUDGED,
                                                                    "b": NOT_JUDGED})
+    unjudged = support_count({c.key: NOT_JUDGED for c in CLAIMS})
+    assert unjudged == (0, 0) and str(unjudged) == f"no claim judged ({NOT_JUDGED})"
     sentence = dce_bar_sentence(pd.DataFrame(failing), STEPS, "medical")
     assert sentence.count("not judged") == 1
     assert "not judged" not in dce_bar_sentence(pd.DataFrame(passing), STEPS, "medical")
