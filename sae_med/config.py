@@ -263,6 +263,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.massive_norm_ratio > 1, "eval.massive_norm_ratio", "must be > 1")
+        for name in ("n_tokens", "ce_docs", "bootstrap"):
+            _check(getattr(self, name) > 0, f"eval.{name}", "must be > 0")
+        _check(self.ce_tokens >= 0, "eval.ce_tokens", "must be >= 0 (0: use eval.ce_docs)")
 
 
 CORPUS_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")

@@ -181,3 +181,12 @@ def test_default_and_smoke_replicate_on_smollm2():
         assert rep.model.hook_layer == 22 and rep.sae.width == width
         assert (rep.sae.l0_targets, rep.sae.seeds, rep.train) == (
             cfg.sae.l0_targets, cfg.sae.seeds, cfg.train)
+
+
+@pytest.mark.parametrize("override", ["eval.bootstrap=-5", "eval.bootstrap=0",
+                                      "eval.n_tokens=0", "eval.ce_docs=-1",
+                                      "eval.ce_tokens=-3"])
+def test_negative_or_zero_eval_counts_are_refused_by_field(override):
+    field = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"'{field}'"):
+        load_config(None, [override])
