@@ -5,12 +5,13 @@ SAEs are scored on the same documents of an eval corpus, and their per-document 
 resample of documents be re-scored. Intervals are a **two-stage (hierarchical) percentile
 bootstrap**: replicate b draws seed replicates with replacement, independently per training
 corpus (initialisations are independent, so replicate r of one corpus has no partner in
-another), then documents with replacement, one draw shared by every SAE, family, metric and
+another), then document groups with replacement (the split's unit:
+:func:`~sae_med.bootstrap.doc_resample`), one draw shared by every SAE, family, metric and
 training corpus of the eval corpus (*paired* on documents). A family's value is the mean over
 its drawn seeds of the metric on the drawn documents; a gap is first training corpus minus
 another on the same document draw. A *step* is one family's change from a target L0 to the
 next, on the same document and seed draws, so document difficulty cancels in its interval.
-With one seed the interval is over documents alone.
+With one seed the interval is over document groups alone.
 
 Comparisons at **matched FVE** interpolate each seed's sweep (metric against its FVE,
 piecewise linear between target L0s) inside every bootstrap replicate, on a grid of FVE
