@@ -17,7 +17,7 @@ b. **Spliced loss** on the first eval documents (``cfg.eval.ce_docs`` of them, o
    tokenized like the cache (BOS, truncation to ``cache.ctx_len``, right padding) and
    spliced at the positions the cache keeps (non-special tokens when
    ``cache.exclude_special``): ce_clean, ce_spliced, ce_zero, delta_ce, loss_recovered,
-   kl_spliced, kl_zero, kl_score with intervals over documents. The clean and
+   kl_spliced, kl_zero, kl_score with intervals over document groups. The clean and
    zero-ablated passes (and their unembeddings) run once per batch and are shared by all
    SAEs (:meth:`~sae_med.lm.LanguageModel.spliced_losses`).
 c. **Dark matter** (:mod:`sae_med.dark_matter`): the cache's tokens are split by document
@@ -322,7 +322,7 @@ class ResultRow:
     ce_tokens: int
     """Next-token predictions scored (positions t spliced, t + 1 real)."""
     metrics: Mapping[str, Interval]
-    """Every metric with its 95% percentile bootstrap interval over documents (low/high
+    """Every metric with its 95% percentile bootstrap interval over document groups (low/high
     None for the point-only :data:`POINT_METRICS`); definitions in :mod:`sae_med.metrics`."""
     bootstrap: BootstrapInfo
     dark_matter: DarkMatterSummary
