@@ -9,7 +9,9 @@ Medical (PyPI): ``hpo`` (Human Phenotype Ontology definitions and comments, pyhp
 ``icd10cm`` (ICD-10-CM tabular list code descriptions and notes, simple-icd-10-cm).
 Broad (Debian, fetched with ``apt-get download`` into ``<cache>/debian``): ``wordnet``
 (synset glosses), ``austen`` (six novels, ~100-300-word chunks), ``gcide`` (Webster 1913
-entries, markup stripped) and ``fortunes``.
+entries, markup stripped) and ``fortunes``. Placebo domains (Debian; definitions like the
+medical ones, not medicine): ``go`` (Gene Ontology term definitions) and ``foldoc`` (the
+Free On-line Dictionary of Computing).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import importlib.util
 import logging
 import re
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import unicodedata
@@ -43,7 +46,8 @@ class CorpusFetchError(RuntimeError):
 # --------------------------------------------------------------------------- Debian fetch
 
 DEBIAN_PACKAGES = {"wordnet": "wordnet-base", "austen": "r-cran-janeaustenr",
-                   "gcide": "dict-gcide", "fortunes": "fortunes"}
+                   "gcide": "dict-gcide", "fortunes": "fortunes", "go": "r-bioc-go.db",
+                   "foldoc": "dict-foldoc"}
 
 
 def debian_dir() -> Path:
@@ -491,13 +495,10 @@ def _b64_int(s: str) -> int:
     return n
 
 
-def iter_gcide() -> Iterator[Document]:
-    """One document per dictionary entry (a ``.index`` byte range), markup stripped, grouped
-    by its first headword (lowercased: every sense of a word is one group).
-
-    Labels: ``headword`` (every index headword pointing at the entry).
-    """
-    index_path, dict_path = gcide_files()
+def dictd_entries(index_path: Path, dict_path: Path) -> list[tuple[list[str], str]]:
+    """``(headwords, raw entry)`` of a dictd database in file order: each ``.index`` byte
+    range of the ``.dict.dz`` once, with every headword pointing at it (metadata entries
+    ``00-database-*`` left out)."""
     heads: dict[tuple[int, int], list[str]] = {}
     with open(index_path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -507,9 +508,19 @@ def iter_gcide() -> Iterator[Document]:
             heads.setdefault((_b64_int(parts[1]), _b64_int(parts[2])), []).append(parts[0])
     with gzip.open(dict_path, "rb") as f:
         raw = f.read()
+    return [(words, raw[off:off + length].decode("utf-8", errors="replace"))
+            for (off, length), words in sorted(heads.items())]
+
+
+def iter_gcide() -> Iterator[Document]:
+    """One document per dictionary entry (a ``.index`` byte range), markup stripped, grouped
+    by its first headword (lowercased: every sense of a word is one group).
+
+    Labels: ``headword`` (every index headword pointing at the entry).
+    """
     seen: dict[str, int] = {}
-    for (off, length), words in sorted(heads.items()):
-        text = clean_gcide(raw[off:off + length].decode("utf-8", errors="replace"))
+    for words, entry in dictd_entries(*gcide_files()):
+        text = clean_gcide(entry)
         if not text:
             continue
         k = seen.get(words[0], 0)
@@ -539,3 +550,134 @@ def iter_fortunes() -> Iterator[Document]:
             if fortune.strip():
                 doc_id = f"fortunes:{path.name}:{i}"
                 yield Document(fortune, doc_id, "fortunes", {"file": (path.name,)}, doc_id)
+
+
+# --------------------------------------------------------------------------- Gene Ontology
+
+GO_NAMESPACES = {"BP": "biological process", "MF": "molecular function",
+                 "CC": "cellular component"}
+
+
+def go_files() -> list[Path]:
+    base = ensure_debian_package("r-bioc-go.db") / "usr/lib/R/site-library/GO.db"
+    return [base / "extdata/GO.sqlite"]
+
+
+def _go_is_a_parents(db: sqlite3.Connection) -> dict[int, list[int]]:
+    """Each term's ``is_a`` parents (row ids, ascending), over the three namespaces."""
+    parents: dict[int, list[int]] = {}
+    for ns in GO_NAMESPACES:
+        rows = db.execute(f"SELECT _id, _parent_id FROM go_{ns.lower()}_parents "
+                          "WHERE relationship_type = 'isa' ORDER BY _id, _parent_id")
+        for child, parent in rows:
+            parents.setdefault(child, []).append(parent)
+    return parents
+
+
+def _go_synonyms(db: sqlite3.Connection) -> dict[int, list[str]]:
+    """Each term's text synonyms (not the GO ids of merged terms)."""
+    out: dict[int, list[str]] = {}
+    for tid, syn in db.execute("SELECT _id, synonym FROM go_synonym WHERE like_go_id = 0 "
+                               "ORDER BY _id, synonym"):
+        out.setdefault(tid, []).append(syn)
+    return out
+
+
+def iter_go() -> Iterator[Document]:
+    """One document per Gene Ontology term with a definition (``"name: definition"``; the
+    Bioconductor GO.db build of go-basic.obo, obsolete terms excluded), in GO id order.
+
+    Group: the term's first ``is_a`` parent (lowest row id), so siblings, whose
+    definitions follow one template ("Catalysis of the reaction: ..."), share a side of the
+    split; a term without one (a namespace root) is its own. Labels: ``term``,
+    ``synonyms``, ``namespace`` and ``parents`` (``is_a`` parent names).
+    """
+    # immutable=1: read the packaged file in place without creating a journal beside it
+    db = sqlite3.connect(f"file:{go_files()[0]}?mode=ro&immutable=1", uri=True)
+    try:
+        terms = {tid: (go_id, name) for tid, go_id, name in
+                 db.execute("SELECT _id, go_id, term FROM go_term")}
+        parents, synonyms = _go_is_a_parents(db), _go_synonyms(db)
+        rows = db.execute("SELECT _id, go_id, term, ontology, definition FROM go_term "
+                          "WHERE definition IS NOT NULL AND definition != '' ORDER BY go_id")
+        for tid, go_id, name, ns, definition in rows:
+            first = parents.get(tid, [tid])[0]
+            yield Document(f"{name}: {' '.join(definition.split())}", f"go:{go_id}", "go",
+                           {"term": (name,), "synonyms": tuple(synonyms.get(tid, ())),
+                            "namespace": (GO_NAMESPACES[ns],),
+                            "parents": tuple(terms[p][1] for p in parents.get(tid, ()))},
+                           f"go:{terms[first][0]}")
+    finally:
+        db.close()
+
+
+# --------------------------------------------------------------------------- FOLDOC
+
+_FOLDOC_TAG = re.compile(r"(^|\d\. )<([a-z][A-Za-z0-9 ,/.&+-]*)> *", re.M)
+_FOLDOC_DATE = re.compile(r"\(\d{4}-\d{2}-\d{2}\)\s*$")
+_FOLDOC_REF = re.compile(r"\{([^{}]*?)(?:\s*\([^(){}]*\))?\}")
+_FOLDOC_ALIAS = re.compile(r"^\s*\{([^{}]+)\}\s*$")
+
+
+def foldoc_files() -> list[Path]:
+    base = ensure_debian_package("dict-foldoc") / "usr/share/dictd"
+    return [base / "foldoc.index", base / "foldoc.dict.dz"]
+
+
+def clean_foldoc(body: str) -> tuple[str, tuple[str, ...]]:
+    """``(plain text, subjects)`` of a FOLDOC entry's body: the ``<subject, ...>`` tags
+    that open it or a numbered sense (``2. <language> ...``) taken out, ``[...]``
+    citations and editor's queries dropped, the last-updated date dropped,
+    ``{cross references}`` kept as their text (a URL in one dropped), each paragraph
+    re-flowed onto one line."""
+    prev = None
+    while prev != body:  # innermost brackets first: citations hold {references}
+        prev, body = body, re.sub(r"\[[^\[\]]*\]", "", _FOLDOC_REF.sub(r"\1", body))
+    subjects: list[str] = []
+
+    def take(m: re.Match) -> str:
+        subjects.extend(s.strip() for s in m.group(2).split(",") if s.strip())
+        return m.group(1)
+
+    paragraphs = [_FOLDOC_TAG.sub(take, " ".join(p.split()))
+                  for p in re.split(r"\n\s*\n", body)]
+    # a paragraph left with no word (a citation's closing ".") goes too
+    text = "\n".join(p for p in paragraphs if any(c.isalnum() for c in p))
+    return _FOLDOC_DATE.sub("", text).strip(), tuple(dict.fromkeys(subjects))
+
+
+def iter_foldoc() -> Iterator[Document]:
+    """One document per FOLDOC entry, ``"headword: definition"``; the dictionary's
+    introduction entries (subject ``introduction``) left out.
+
+    Group: the entry's headword, lowercased; an alias entry (its whole body one cross
+    reference, e.g. ``AAL`` -> ``{ATM Adaptation Layer}``) joins the group of the entry it
+    names, which opens with the same words. Labels: ``headword`` (every index headword
+    of the entry) and ``subjects`` (FOLDOC's ``<...>`` tags).
+    """
+    seen: dict[str, int] = {}
+    for words, entry in dictd_entries(*foldoc_files()):
+        head, _, body = entry.partition("\n")
+        head = " ".join(head.split())
+        body = _drop_alias_lines(body, words)
+        alias = _FOLDOC_ALIAS.match(body)
+        text, subjects = clean_foldoc(body)
+        if not head or not text or "introduction" in subjects:
+            continue
+        target = _FOLDOC_REF.sub(r"\1", alias.group(0)).strip() if alias else head
+        k = seen.get(words[0], 0)
+        seen[words[0]] = k + 1
+        yield Document(f"{head}: {text}", f"foldoc:{words[0]}:{k}", "foldoc",
+                       {"headword": tuple(words), "subjects": subjects},
+                       f"foldoc:{' '.join(target.split()).lower()}")
+
+
+def _drop_alias_lines(body: str, words: list[str]) -> str:
+    """``body`` without its leading paragraphs that only list the entry's other headwords
+    (``IBM PC AT`` opens with ``AT`` / ``PC AT``: index entries, not prose)."""
+    heads = {w.lower() for w in words}
+    paragraphs = re.split(r"\n\s*\n", body.strip("\n"))
+    while paragraphs and all(" ".join(line.split()).lower() in heads
+                             for line in paragraphs[0].splitlines()):
+        paragraphs.pop(0)
+    return "\n\n".join(paragraphs)

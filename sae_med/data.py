@@ -4,10 +4,11 @@ the on-disk cache of their documents in split and shuffled order.
 Every corpus yields :class:`~sae_med.documents.Document` s whose ``doc_id`` is globally
 unique (prefixed by its source) and whose ``group`` ties related documents together (an
 HPO term's definition and comments, an ICD-10-CM 3-character category, a WordNet or GCIDE
-headword, an Austen chapter, a clinical QA question); the split, the order and
-de-duplication follow :mod:`sae_med.documents`. The embedded corpora are de-duplicated
-together (corpora in registry order, medical before broad, each in its source file
-order), so no text is both a medical and a broad document; a hub or declared corpus
+headword, an Austen chapter, a GO parent term, a FOLDOC headword, a clinical QA
+question); the split, the order and de-duplication follow :mod:`sae_med.documents`. The
+embedded corpora are de-duplicated together (corpora in registry order, medical before
+broad, each in its source file order), so no text is both a medical and a broad document;
+the placebo domains against them (:attr:`CorpusInfo.build`); a hub or declared corpus
 within itself. :mod:`sae_med.leakage` measures what is left.
 
 Corpora (``list_corpora()``):
@@ -15,6 +16,8 @@ Corpora (``list_corpora()``):
 - embedded, medical: ``hpo``, ``icd10cm`` and the mix ``medical``;
 - embedded, broad: ``wordnet``, ``austen``, ``gcide``, ``fortunes`` and the mix ``broad``
   (Debian packages fetched once into ``<cache>/debian``, see :func:`prepare_embedded`);
+- embedded, placebo domains (definitions like the medical ones, not medicine; Debian):
+  ``go`` (Gene Ontology, domain ``biology``) and ``foldoc`` (computing);
 - hub (need internet): ``clinical_qa`` (the paper's MedQA/MedMCQA/PubMedQA/MMLU mix) and
   ``web`` (FineWeb sample-10BT), see :mod:`sae_med.corpora_hub`;
 - declared by a config (``corpora:``, :class:`~sae_med.config.CorpusSpec`): local files or
@@ -76,6 +79,11 @@ class CorpusInfo:
     """Character shares of a mix's members (``None``: not a mix)."""
     declared: CorpusSpec | None = None
     """The config entry of a declared corpus (``None``: built in)."""
+    build: int = 0
+    """Which parse of the embedded sources makes it: build 0 (the medical and broad
+    sources) is de-duplicated together; build 1 (the placebo domains) after what build 0
+    kept and within itself, never changing build 0, so adding it left those corpora, their
+    fingerprints and every cache of them as they were."""
 
     @property
     def is_mix(self) -> bool:
@@ -105,6 +113,14 @@ _REGISTRY: dict[str, CorpusInfo] = {c.name: c for c in [
                ("gcide",)),
     CorpusInfo("fortunes", "embedded", "broad", "fortune(6) cookies (Debian fortunes)",
                ("fortunes",)),
+    CorpusInfo("go", "embedded", "biology",
+               "Gene Ontology term definitions, a placebo definition domain (Debian "
+               "r-bioc-go.db: Bioconductor GO.db 3.16.0, Artistic-2.0; GO go-basic.obo of "
+               "2022-07-01, CC BY 4.0, Gene Ontology Consortium)", ("go",), build=1),
+    CorpusInfo("foldoc", "embedded", "computing",
+               "Free On-line Dictionary of Computing entries, a placebo definition domain "
+               "(Debian dict-foldoc 20230119; GNU FDL 1.1 or later, editor Denis Howe)",
+               ("foldoc",), build=1),
     CorpusInfo("clinical_qa", "hub", "medical",
                "The paper's clinical QA mix: MedQA, MedMCQA, PubMedQA (train) and MMLU "
                "medical subjects (test), rendered question/options/answer",
@@ -213,6 +229,12 @@ def embedded_leaves() -> list[str]:
     return _embedded_leaves(list_corpora())
 
 
+def _leaves_through(build: int) -> list[str]:
+    """The embedded leaves of ``build`` and every earlier build: what its content depends
+    on."""
+    return [leaf for leaf in embedded_leaves() if corpus_info(leaf).build <= build]
+
+
 def _leaf_spec(name: str) -> dict[str, Any]:
     """What determines an embedded source's parsed content."""
     if name in corpora_embedded.DEBIAN_PACKAGES:
@@ -245,7 +267,7 @@ def corpus_fingerprint(name: str) -> str:
         return stable_hash({"hub": name, "format": FORMAT_VERSION,
                             "spec": corpora_hub.hub_spec(name)})
     return stable_hash({"corpus": name, "format": FORMAT_VERSION,
-                        "build": [_leaf_spec(leaf) for leaf in embedded_leaves()]})
+                        "build": [_leaf_spec(leaf) for leaf in _leaves_through(info.build)]})
 
 
 # --------------------------------------------------------------------------- on-disk cache
@@ -276,8 +298,11 @@ def _materialize(name: str) -> Path:
     if needed) or of a declared corpus."""
     path = _materialized_path(name)
     if not _is_verified(path):
-        spec = corpus_info(name).declared
-        _build_embedded() if spec is None else _build_declared(name, spec)
+        info = corpus_info(name)
+        if info.declared is None:
+            _build_embedded(info.build)
+        else:
+            _build_declared(name, info.declared)
     return path
 
 
@@ -314,15 +339,19 @@ def _build_declared(name: str, spec: CorpusSpec) -> None:
                         {"declared": dataclasses.asdict(spec)})
 
 
-def _build_embedded() -> None:
-    """Parse every embedded source, de-duplicate them together
-    (:func:`~sae_med.documents.deduplicate`) and write each in shuffled order with a
-    sidecar meta file."""
-    leaves = embedded_leaves()
+def _build_embedded(build: int) -> None:
+    """Parse the embedded sources of ``build``, de-duplicate them
+    (:func:`~sae_med.documents.deduplicate`) after the documents earlier builds kept (read
+    from their caches, never rewritten) and write each in shuffled order with a sidecar
+    meta file."""
+    earlier = _leaves_through(build - 1)
+    leaves = [leaf for leaf in _leaves_through(build) if leaf not in earlier]
     log.info("parsing the embedded corpora %s (once; cached under %s)", ", ".join(leaves),
              default_cache_dir() / "corpora")
-    built = deduplicate({leaf: getattr(corpora_embedded, f"iter_{leaf}")()
-                         for leaf in leaves})
+    sources: dict[str, Iterable[Document]] = {leaf: _read_materialized(leaf)
+                                              for leaf in earlier}
+    sources.update({leaf: getattr(corpora_embedded, f"iter_{leaf}")() for leaf in leaves})
+    built = deduplicate(sources)
     for leaf in leaves:
         _write_materialized(leaf, built.documents[leaf], built.removed[leaf], _leaf_spec(leaf))
 

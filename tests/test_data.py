@@ -14,7 +14,10 @@ from sae_med.config import default_cache_dir
 from sae_med.documents import Document
 from sae_med.leakage import corpus_leakage, leakage_by
 
-EMBEDDED = ["hpo", "icd10cm", "wordnet", "austen", "gcide", "fortunes"]
+EMBEDDED = ["hpo", "icd10cm", "wordnet", "austen", "gcide", "fortunes", "go", "foldoc"]
+BUILD_0 = EMBEDDED[:6]
+"""The sources parsed together before the placebo domains (go, foldoc) were added."""
+DOMAINS = {"medical": "medical", "broad": "broad", "go": "biology", "foldoc": "computing"}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +49,11 @@ def test_registry_describes_every_corpus():
     assert {"medical", "broad", "clinical_qa", "web", *EMBEDDED} <= set(names)
     for name in names:
         info = data.corpus_info(name)
-        assert info.kind in ("embedded", "hub") and info.domain in ("medical", "broad")
+        assert info.kind in ("embedded", "hub") and info.domain in DOMAINS.values()
         if info.is_mix:
             assert len(info.weights) == len(info.sources)
             assert all(data.corpus_info(s).domain == info.domain for s in info.sources)
+    assert {n: data.corpus_info(n).domain for n in DOMAINS} == DOMAINS
     assert data.corpus_info("medical").sources == ("hpo", "icd10cm")
     with pytest.raises(ValueError, match="split"):
         next(data.iter_documents("hpo", "test"))
@@ -193,6 +197,33 @@ def test_fortunes(corpora):
     assert "computers" in files and "ascii-art" not in files
 
 
+def test_go_definitions_grouped_by_their_parent_term(corpora):
+    docs = corpora["go"]
+    by_term = {d.labels["term"][0]: d.doc_id.removeprefix("go:") for d in docs}
+    d = next(d for d in docs if d.doc_id == "go:GO:0000001")
+    assert d.text.startswith("mitochondrion inheritance: The distribution of mitochondria")
+    assert d.labels["namespace"] == ("biological process",)
+    assert d.group.removeprefix("go:") in {by_term[p] for p in d.labels["parents"]}
+    namespaces = Counter(x.labels["namespace"][0] for x in docs)
+    assert set(namespaces) == set(corpora_embedded.GO_NAMESPACES.values())
+    assert len(docs) > 30_000 and len({x.group for x in docs}) > 5_000
+
+
+def test_foldoc_entries_clean_and_aliases_join_their_target(corpora):
+    docs = corpora["foldoc"]
+    alias = next(d for d in docs if d.text == "SD: Structured Design")
+    target = next(d for d in docs if d.text.startswith("structured design: (SD) "))
+    assert alias.group == target.group == "foldoc:structured design"
+    assert not any(re.fullmatch(r"[^:]*: \W*", d.text) for d in docs)  # a bare citation
+    markup = re.compile(r"[{}\[\]]|\(\d{4}-\d\d-\d\d\)$|^[^:]*: <[a-z]")
+    bad = [d.text for d in docs if markup.search(d.text)]
+    assert len(bad) < 0.005 * len(docs), bad[:3]
+    raw = ("\n   <language, humour> A {class} of {C++\n   (http://x.org/)}.\n\n"
+           "   [{Jargon File}].\n\n   2. <web> A {page}.\n\n   (1996-06-06)\n\n")
+    assert corpora_embedded.clean_foldoc(raw) == (
+        "A class of C++.\n2. A page.", ("language", "humour", "web"))
+
+
 # --------------------------------------------------------------------------- mixes
 
 
@@ -225,6 +256,7 @@ def test_interleave_balances_uneven_documents():
     assert rest == out[:3]
 
 
+
 # --------------------------------------------------------------------------- caching
 
 
@@ -233,6 +265,19 @@ def test_fingerprints_are_stable_and_distinct(corpora):
     assert fps == {n: data.corpus_fingerprint(n) for n in fps}
     assert len(set(fps.values())) == len(fps)
     assert all(re.fullmatch(r"[0-9a-f]{16}", f) for f in fps.values())
+
+
+def test_placebo_build_leaves_the_earlier_corpora_unchanged(corpora, monkeypatch):
+    """Build 0's fingerprints (so its caches) are those of a registry without the placebo
+    domains, and those are de-duplicated after it: none of their texts is in build 0."""
+    fps = {n: data.corpus_fingerprint(n) for n in [*BUILD_0, "medical", "broad"]}
+    without = {n: i for n, i in data._REGISTRY.items() if i.build == 0}
+    monkeypatch.setattr(data, "_REGISTRY", without)
+    assert data.embedded_leaves() == BUILD_0
+    assert {n: data.corpus_fingerprint(n) for n in fps} == fps
+    earlier = {documents.text_digest(d.text) for n in BUILD_0 for d in corpora[n]}
+    assert not any(documents.text_digest(d.text) in earlier
+                   for n in ("go", "foldoc") for d in corpora[n])
 
 
 class _WordTokenizer:
