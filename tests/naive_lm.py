@@ -27,7 +27,9 @@ def _splice(resid, sae_fn, mask, b):
 def _score(logits, tokens, attention_mask, loss_mask) -> CELosses:
     b = tokens.shape[0]
     scored = loss_mask.bool()[:, :-1] & attention_mask.bool()[:, 1:]
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    # fp64: an fp32 log-softmax over a 262k vocabulary is itself ~1e-4 nat off on KLs
+    # of ~10 nats, more than the package's own error
+    logp = F.log_softmax(logits[:, :-1].double(), dim=-1)
     tgt = tokens[:, 1:].repeat(3, 1)[..., None]
     ce = -logp.gather(-1, tgt)[..., 0]
     clean, spliced, zero = logp[:b], logp[b:2 * b], logp[2 * b:]
@@ -36,8 +38,8 @@ def _score(logits, tokens, attention_mask, loss_mask) -> CELosses:
     def m(t):
         return torch.where(scored, t, torch.zeros_like(t))
 
-    return CELosses(ce_clean=m(ce[:b]), ce_spliced=m(ce[b:2 * b]), ce_zero=m(ce[2 * b:]),
-                    kl_spliced=m(kl["s"]), kl_zero=m(kl["z"]), mask=scored)
+    return CELosses(*(m(t).float() for t in (ce[:b], ce[b:2 * b], ce[2 * b:], kl["s"], kl["z"])),
+                    mask=scored)
 
 
 @torch.no_grad()

@@ -144,10 +144,11 @@ def _row_scores(model, h_clean, variants, targets):
 
 def test_linear_logit_scoring_equals_the_full_log_softmax(model):
     """Gemma-3 in fp32 has linear logits (no soft-cap): each variant is scored from its
-    log-sum-exp and one product with W_U^T p_clean per chunk. CE and KL equal an fp64
-    log-softmax of every row's logits to 1e-5 nats (the fp32 log-softmax the package used
-    before is itself up to ~7e-5 off here), with a chunk that divides neither the rows
-    nor SCORE_ROWS, on real final states and real edits of them."""
+    log-sum-exp and Σ p_clean (z_clean − z). CE equals an fp64 log-softmax of every row's
+    logits to 1e-5 nats and KL to 1e-5 nats or 1e-5 of itself (the fp32 log-softmax the
+    package used before is itself up to ~7e-5 off on CE and ~5e-4 on a zero ablation's
+    KL), with a chunk that divides neither the rows nor SCORE_ROWS, on real final states
+    and real edits of them (zero ablation included)."""
     assert model.softcap is None and model.W_U.dtype == torch.float32
     batch = model.tokenize(["The patient presented with fever and a sore throat.",
                             "Mononucleosis is caused by Epstein-Barr virus."], ctx_len=24)
@@ -157,7 +158,10 @@ def test_linear_logit_scoring_equals_the_full_log_softmax(model):
     variants = {"half": model.final_states(batch.tokens, batch.attention_mask, 13,
                                            lambda x: 0.5 * x)[keep][:-1],
                 "noisy": h + 0.002 * h.norm(dim=-1, keepdim=True) * torch.randn(
-                    h.shape, generator=gen)}
+                    h.shape, generator=gen),
+                # zero ablation: KLs of ~10 nats, where an fp32 log-softmax is ~5e-4 off
+                "zero": model.final_states(batch.tokens, batch.attention_mask, 13,
+                                           torch.zeros_like)[keep][:-1]}
     targets = batch.tokens[keep][1:]
     ours = model.score(h, variants, targets, chunk_tokens=7)
     ref = _row_scores(model, h, variants, targets)
@@ -165,4 +169,6 @@ def test_linear_logit_scoring_equals_the_full_log_softmax(model):
     for k in variants:
         assert float(ours.kl[k].mean()) > 1e-3  # the edits really changed the predictions
         torch.testing.assert_close(ours.ce[k].double(), ref[1][k], atol=1e-5, rtol=0)
-        torch.testing.assert_close(ours.kl[k].double(), ref[2][k], atol=1e-5, rtol=0)
+        # KL to 1e-5 nats or 1e-5 of itself: fp32 sums over the vocabulary of terms of ~10
+        # nats carry ~1e-6 relative error (the fp32 log-softmax: ~5e-5 relative)
+        torch.testing.assert_close(ours.kl[k].double(), ref[2][k], atol=1e-5, rtol=1e-5)
