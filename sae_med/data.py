@@ -18,6 +18,8 @@ Corpora (``list_corpora()``):
   (Debian packages fetched once into ``<cache>/debian``, see :func:`prepare_embedded`);
 - embedded, placebo domains (definitions like the medical ones, not medicine; Debian):
   ``go`` (Gene Ontology, domain ``biology``) and ``foldoc`` (computing);
+- embedded, a broad side that has seen the domain: ``mixed_10`` and ``mixed_50``
+  (:data:`MIXED_SHARES`);
 - hub (need internet): ``clinical_qa`` (the paper's MedQA/MedMCQA/PubMedQA/MMLU mix) and
   ``web`` (FineWeb sample-10BT), see :mod:`sae_med.corpora_hub`;
 - declared by a config (``corpora:``, :class:`~sae_med.config.CorpusSpec`): local files or
@@ -29,7 +31,10 @@ shares, ``broad`` gives each of its four sources a quarter. Shares are of *chara
 is furthest below its share so far, each source in its own shuffled order. So every
 prefix holds the sources in these proportions until the smallest source runs out; after
 that the remaining ones share the rest (the tail of ``broad`` is mostly ``gcide``, which
-is ~13M tokens against < 2M for each other source). ``clinical_qa`` instead keeps the
+is ~13M tokens against < 2M for each other source). ``mixed_<pct>`` mixes ``broad`` and
+``medical`` the same way but in *tokens* (:func:`cached_token_sizes`), so medicine holds
+its share of every activation cache the default model builds. ``clinical_qa`` instead
+keeps the
 paper's natural proportions (one shuffled order over all its items, MedMCQA dominating).
 
 Embedded corpora are parsed once (all together) and cached as JSON lines in shuffled
@@ -39,6 +44,8 @@ order under ``<cache>/corpora``, keyed by :func:`corpus_fingerprint` and verifie
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -76,7 +83,10 @@ class CorpusInfo:
     sources: tuple[str, ...]
     """Source names its documents carry; for a mix, the member corpora."""
     weights: tuple[float, ...] | None = None
-    """Character shares of a mix's members (``None``: not a mix)."""
+    """Shares of a mix's members, in ``unit`` (``None``: not a mix)."""
+    unit: Literal["chars", "tokens"] = "chars"
+    """What a mix's shares count: characters (a tokenizer-free proxy), or the tokens an
+    activation cache of the embedded Gemma-3 keeps (:func:`cached_token_sizes`)."""
     declared: CorpusSpec | None = None
     """The config entry of a declared corpus (``None``: built in)."""
     build: int = 0
@@ -88,6 +98,21 @@ class CorpusInfo:
     @property
     def is_mix(self) -> bool:
         return self.weights is not None
+
+
+MIXED_SHARES = (10, 50)
+"""Shares (percent) of medical tokens in the ``mixed_<pct>`` corpora."""
+MIX_CTX_LEN = 128
+"""The context a ``tokens`` mix counts in (the default ``cache.ctx_len``): longer documents
+count the tokens a cache keeps of them."""
+
+
+def _mixed(pct: int) -> CorpusInfo:
+    """``mixed_<pct>``: ``broad`` with ``medical`` at ``pct``% of the tokens a cache keeps."""
+    share = pct / 100
+    return CorpusInfo(f"mixed_{pct}", "embedded", "broad",
+                      f"broad with medical at {pct}% of tokens: a broad corpus that has "
+                      "seen the domain", ("broad", "medical"), (1 - share, share), "tokens")
 
 
 _REGISTRY: dict[str, CorpusInfo] = {c.name: c for c in [
@@ -121,6 +146,7 @@ _REGISTRY: dict[str, CorpusInfo] = {c.name: c for c in [
                "Free On-line Dictionary of Computing entries, a placebo definition domain "
                "(Debian dict-foldoc 20230119; GNU FDL 1.1 or later, editor Denis Howe)",
                ("foldoc",), build=1),
+    *(_mixed(pct) for pct in MIXED_SHARES),
     CorpusInfo("clinical_qa", "hub", "medical",
                "The paper's clinical QA mix: MedQA, MedMCQA, PubMedQA (train) and MMLU "
                "medical subjects (test), rendered question/options/answer",
@@ -168,7 +194,8 @@ def iter_documents(name: str, split: Split = "all") -> Iterator[Document]:
     info = corpus_info(name)
     _check_split(split)
     if info.is_mix:
-        streams = [iter_documents(src, split) for src in info.sources]
+        size = cached_token_sizes if info.unit == "tokens" else char_sizes
+        streams = [size(iter_documents(src, split)) for src in info.sources]
         yield from interleave(streams, info.weights)
         return
     if info.kind == "hub" and info.declared is None:
@@ -180,10 +207,21 @@ def iter_documents(name: str, split: Split = "all") -> Iterator[Document]:
             yield doc
 
 
+def iter_unordered(name: str, split: Split = "all") -> Iterator[Document]:
+    """The documents of :func:`iter_documents`, a mix's member by member: for whatever
+    needs the set, not the order (a token mix then tokenizes nothing)."""
+    info = corpus_info(name)
+    if not info.is_mix:
+        yield from iter_documents(name, split)
+        return
+    for src in info.sources:
+        yield from iter_unordered(src, split)
+
+
 def documents_by_id(corpus: str, split: Split, ids: Sequence[str]) -> list[Document]:
     """The document of each id (in the order given) among ``split`` of ``corpus``."""
     want = set(ids)
-    found = {d.doc_id: d for d in iter_documents(corpus, split) if d.doc_id in want}
+    found = {d.doc_id: d for d in iter_unordered(corpus, split) if d.doc_id in want}
     missing = want - set(found)
     if missing:
         raise KeyError(f"{len(missing)} document ids not in {corpus}/{split}, e.g. "
@@ -191,10 +229,42 @@ def documents_by_id(corpus: str, split: Split, ids: Sequence[str]) -> list[Docum
     return [found[i] for i in ids]
 
 
-def interleave(streams: list[Iterator[Document]], weights: Iterable[float]
-               ) -> Iterator[Document]:
-    """Merge ``streams`` so each holds its ``weights`` share of characters in every prefix:
-    the next document comes from the stream furthest below its share (ties: first)."""
+class Sized(NamedTuple):
+    """A document and what it counts for in a mix."""
+
+    doc: Document
+    size: int
+
+
+def char_sizes(docs: Iterable[Document]) -> Iterator[Sized]:
+    """Each document sized by its characters."""
+    return (Sized(d, len(d.text)) for d in docs)
+
+
+@functools.cache
+def _mix_tokenizer() -> Any:
+    """The embedded Gemma-3 tokenizer (loaded once a process)."""
+    from transformers import AutoTokenizer
+
+    from sae_med.models import embedded_model_dir  # here: only token mixes need a model
+
+    return AutoTokenizer.from_pretrained(str(embedded_model_dir()[0]))
+
+
+def cached_token_sizes(docs: Iterable[Document], batch_size: int = 512) -> Iterator[Sized]:
+    """Each document sized by the tokens an activation cache of the embedded model at
+    :data:`MIX_CTX_LEN` keeps of it (:func:`cached_tokens`), tokenized in batches."""
+    tokenizer = _mix_tokenizer()
+    room = context_room(tokenizer, MIX_CTX_LEN)
+    it = iter(docs)
+    while batch := list(itertools.islice(it, batch_size)):
+        counts = token_counts(tokenizer, [d.text for d in batch])
+        yield from (Sized(d, min(n, room)) for d, n in zip(batch, counts, strict=True))
+
+
+def interleave(streams: list[Iterator[Sized]], weights: Iterable[float]) -> Iterator[Document]:
+    """Merge ``streams`` so each holds its ``weights`` share of the total size in every
+    prefix: the next document comes from the stream furthest below its share (ties: first)."""
     weights = list(weights)
     heads = [next(s, None) for s in streams]
     emitted = [0] * len(streams)
@@ -203,10 +273,10 @@ def interleave(streams: list[Iterator[Document]], weights: Iterable[float]
         if not live:
             return
         i = min(live, key=lambda j: (emitted[j] / weights[j], j))
-        doc = heads[i]
-        assert doc is not None
-        yield doc
-        emitted[i] += len(doc.text)
+        head = heads[i]
+        assert head is not None
+        yield head.doc
+        emitted[i] += head.size
         heads[i] = next(streams[i], None)
 
 
@@ -256,8 +326,13 @@ def corpus_fingerprint(name: str) -> str:
     For a Debian-backed corpus this fetches the package first if it is missing."""
     info = corpus_info(name)
     if info.is_mix:
+        unit: dict[str, Any] = {}
+        if info.unit == "tokens":  # the order follows the tokenizer that sizes documents
+            folder = Path(_mix_tokenizer().name_or_path)
+            unit = {"unit": "tokens", "ctx_len": MIX_CTX_LEN, "tokenizer": {
+                f.name: _file_sha(f) for f in sorted(folder.glob("tokenizer*.json"))}}
         return stable_hash({"mix": name, "weights": info.weights, "format": FORMAT_VERSION,
-                            "members": [corpus_fingerprint(s) for s in info.sources]})
+                            "members": [corpus_fingerprint(s) for s in info.sources], **unit})
     if info.declared is not None:
         return stable_hash({"declared": name, "format": FORMAT_VERSION,
                             "spec": dataclasses.asdict(info.declared),
@@ -383,7 +458,8 @@ def _embedded_leaves(names: Iterable[str]) -> list[str]:
         info = corpus_info(n)
         if info.kind != "embedded":
             continue
-        for leaf in (info.sources if info.is_mix else (n,)):
+        # a mix's members may be mixes (mixed_10 holds broad and medical)
+        for leaf in (_embedded_leaves(info.sources) if info.is_mix else [n]):
             if leaf not in out:
                 out.append(leaf)
     return out
@@ -460,7 +536,7 @@ def corpus_stats(name: str, tokenizer: Any, split: Split = "all", batch_size: in
         n_tokens += sum(counts)
         n_cached += cached_tokens(counts, room) if room is not None else 0
 
-    for doc in tqdm(iter_documents(name, split), desc=f"tokens in {name}/{split}",
+    for doc in tqdm(iter_unordered(name, split), desc=f"tokens in {name}/{split}",
                     unit="doc", mininterval=2.0):
         batch.append(doc.text)
         n_docs += 1

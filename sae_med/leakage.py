@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sae_med.data import corpus_info, duplicates_removed, iter_documents, list_corpora
+from sae_med.data import corpus_info, duplicates_removed, iter_unordered, list_corpora
 from sae_med.documents import Document, Removed, near_duplicate_key, text_digest
 
 
@@ -65,7 +65,7 @@ def measure_leakage(docs: Iterable[Document], corpus: str = "") -> Leakage:
 
 def corpus_leakage(name: str) -> Leakage:
     """:func:`measure_leakage` of registered corpus ``name`` (a mix: across its members)."""
-    return dataclasses.replace(measure_leakage(iter_documents(name), name),
+    return dataclasses.replace(measure_leakage(iter_unordered(name), name),
                                removed=duplicates_removed(name))
 
 

@@ -46,13 +46,19 @@ def test_unknown_corpus_error_lists_every_name():
 
 def test_registry_describes_every_corpus():
     names = data.list_corpora()
-    assert {"medical", "broad", "clinical_qa", "web", *EMBEDDED} <= set(names)
+    mixed = [f"mixed_{pct}" for pct in data.MIXED_SHARES]
+    assert {"medical", "broad", "clinical_qa", "web", *EMBEDDED, *mixed} <= set(names)
     for name in names:
         info = data.corpus_info(name)
         assert info.kind in ("embedded", "hub") and info.domain in DOMAINS.values()
-        if info.is_mix:
-            assert len(info.weights) == len(info.sources)
+        if info.is_mix and name not in mixed:
+            assert len(info.weights) == len(info.sources) and info.unit == "chars"
             assert all(data.corpus_info(s).domain == info.domain for s in info.sources)
+    for pct, name in zip(data.MIXED_SHARES, mixed, strict=True):
+        info = data.corpus_info(name)
+        assert (info.domain, info.sources, info.unit) == ("broad", ("broad", "medical"),
+                                                          "tokens")
+        assert info.weights == pytest.approx((1 - pct / 100, pct / 100))
     assert {n: data.corpus_info(n).domain for n in DOMAINS} == DOMAINS
     assert data.corpus_info("medical").sources == ("hpo", "icd10cm")
     with pytest.raises(ValueError, match="split"):
@@ -247,13 +253,58 @@ def test_mixes_interleave_by_character_share(corpora):
 
 
 def test_interleave_balances_uneven_documents():
-    long = iter([Document("x" * 100, f"a:{i}", "a") for i in range(50)])
-    short = iter([Document("y" * 10, f"b:{i}", "b") for i in range(500)])
+    long = data.char_sizes([Document("x" * 100, f"a:{i}", "a") for i in range(50)])
+    short = data.char_sizes([Document("y" * 10, f"b:{i}", "b") for i in range(500)])
     out = list(itertools.islice(data.interleave([long, short], [0.5, 0.5]), 220))
     n_a = sum(d.source == "a" for d in out)
     assert abs(100 * n_a - 10 * (len(out) - n_a)) <= 100
-    rest = list(data.interleave([iter(out[:3]), iter([])], [0.5, 0.5]))
+    rest = list(data.interleave([data.char_sizes(out[:3]), iter([])], [0.5, 0.5]))
     assert rest == out[:3]
+
+
+def test_mixed_corpora_keep_their_parents_groups_and_eval_splits(corpora):
+    """Every document keeps its parent's group: the eval split is the parents' eval
+    documents, and no group of a training prefix (what a cache takes) is in it."""
+    name = f"mixed_{data.MIXED_SHARES[-1]}"
+    members = {d.doc_id: d for n in BUILD_0 for d in corpora[n]}
+    evals = list(data.iter_documents(name, "eval"))
+    assert sorted(d.doc_id for d in evals) == \
+        sorted(i for i, d in members.items() if d.split == "eval")
+    assert sorted(d.doc_id for d in data.iter_unordered(name, "eval")) == \
+        sorted(d.doc_id for d in evals)
+    prefix = list(itertools.islice(data.iter_documents(name, "train"), 5000))
+    assert all(d.group == members[d.doc_id].group for d in [*prefix, *evals])
+    assert {d.group_key for d in prefix}.isdisjoint(d.group_key for d in evals)
+    assert {d.source for d in prefix} == set(BUILD_0)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory):
+    """A tiny random Gemma-2 with the embedded Gemma-3 tokenizer: caches as the default's
+    model tokenizes them, in seconds."""
+    from tiny_lms import save_tiny_lm
+
+    from sae_med.models import load_model
+
+    return load_model(str(save_tiny_lm(tmp_path_factory.mktemp("tiny") / "gemma2",
+                                       "gemma2")), device="cpu")
+
+
+@pytest.mark.parametrize("pct", data.MIXED_SHARES)
+def test_mixed_corpus_caches_its_medical_share_of_tokens(pct, tiny_gemma, tmp_path):
+    """The activation cache an SAE trains on, built with the default's cache settings:
+    ``pct``% of its rows (tokens) come from medical documents, within one point."""
+    from sae_med.activations import build_cache
+    from sae_med.config import load_config
+
+    cfg = load_config("configs/default.yaml", [f"cache_dir={tmp_path}", "model.hook_layer=1"])
+    assert cfg.cache.ctx_len == data.MIX_CTX_LEN
+    cache = build_cache(tiny_gemma, cfg, f"mixed_{pct}", "train", progress=False)
+    medical = {n for n in EMBEDDED if data.corpus_info(n).domain == "medical"}
+    is_medical = [d.split(":", 1)[0] in medical for d in cache.doc_ids()]
+    rows = cache.tokens().doc_index.tolist()
+    assert len(rows) == cfg.cache.n_tokens
+    assert abs(sum(is_medical[i] for i in rows) / len(rows) - pct / 100) <= 0.01
 
 
 
@@ -265,6 +316,13 @@ def test_fingerprints_are_stable_and_distinct(corpora):
     assert fps == {n: data.corpus_fingerprint(n) for n in fps}
     assert len(set(fps.values())) == len(fps)
     assert all(re.fullmatch(r"[0-9a-f]{16}", f) for f in fps.values())
+
+
+def test_token_mixes_are_keyed_by_their_tokenizer(monkeypatch):
+    name = f"mixed_{data.MIXED_SHARES[0]}"
+    before = data.corpus_fingerprint(name)
+    monkeypatch.setattr(data, "MIX_CTX_LEN", data.MIX_CTX_LEN * 2)
+    assert data.corpus_fingerprint(name) != before
 
 
 def test_placebo_build_leaves_the_earlier_corpora_unchanged(corpora, monkeypatch):
