@@ -402,6 +402,23 @@ def test_corpus_leakage_reports_what_dedup_removed(corpora):
     assert data.duplicates_removed("clinical_qa") is None
 
 
+def test_domains_config_is_the_default_with_an_sae_per_corpus():
+    """configs/domains.yaml: the default's recipe, an SAE per corpus (the domain, two
+    placebo definition domains, definitions without a domain, narrative prose, broad,
+    mixed), each scored on every corpus but the mix."""
+    from sae_med.config import load_config
+    from sae_med.notebook import domain_pair
+
+    cfg = load_config("configs/domains.yaml")
+    assert {data.corpus_info(c).domain for c in cfg.train_corpora} == set(DOMAINS.values())
+    assert {"wordnet", "austen", "broad", "mixed_10"} <= set(cfg.train_corpora)
+    assert set(cfg.eval_corpora) == set(cfg.train_corpora) - {"mixed_10"}
+    assert domain_pair(cfg) == ("medical", "broad")
+    lists = [f"{k}=[{', '.join(getattr(cfg, k))}]" for k in ("train_corpora", "eval_corpora")]
+    same = ["name=domains", *lists, "replications={}", "learning_curve={}"]
+    assert load_config("configs/default.yaml", same) == cfg
+
+
 # --------------------------------------------------------------------------- hub
 
 
