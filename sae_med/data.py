@@ -34,8 +34,8 @@ that the remaining ones share the rest (the tail of ``broad`` is mostly ``gcide`
 is ~13M tokens against < 2M for each other source). ``mixed_<pct>`` mixes ``broad`` and
 ``medical`` the same way but in *tokens* (:func:`cached_token_sizes`), so medicine holds
 its share of every activation cache the default model builds. ``clinical_qa`` instead
-keeps the
-paper's natural proportions (one shuffled order over all its items, MedMCQA dominating).
+keeps the paper's natural proportions (one shuffled order over all its items, MedMCQA
+dominating).
 
 Embedded corpora are parsed once (all together) and cached as JSON lines in shuffled
 order under ``<cache>/corpora``, keyed by :func:`corpus_fingerprint` and verified on load.
