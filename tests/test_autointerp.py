@@ -278,6 +278,9 @@ class SlowJudge:
     most requests it ever had in flight (served through the loopback OpenAI server)."""
 
     ident, params = "slow-judge", {}
+    concurrency = 8
+    """Answers it can compute at once (the server hands out that many model slots): these
+    tests measure the client's concurrency limit, not the server's."""
 
     def __init__(self, delay: float):
         self.delay, self.in_flight, self.peak, self.n = delay, 0, 0, 0
