@@ -17,7 +17,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -43,7 +43,9 @@ bf16 product without native arithmetic (~1 GFLOP/s) still takes only tens of ms.
 KERNEL_PROBE_SHAPE = (128, 640, 16384)
 """(rows, d_in, d_out) of the fp32 kernel probe: a chunk of rows through a wide product,
 the shape of the unembedding and of the SAE encoder."""
-PROBE_REPEATS = 5
+PROBE_ROUNDS = 40
+PROBE_BUDGET_S = 0.3
+"""Seconds each of the probe's two races may take (see :func:`_race_ms`)."""
 PROFILE_VERSION = 1
 
 
@@ -56,11 +58,10 @@ class DtypeChoice(NamedTuple):
 
 @dataclass(frozen=True)
 class MachineProfile:
-    """Probe timings of this machine (best of :data:`PROBE_REPEATS`, milliseconds)."""
+    """Probe timings of this machine (best of alternating rounds, milliseconds)."""
 
     key: str
-    """Hash of what determines the timings' ranking (CPU, flags, torch, ISA limits,
-    threads)."""
+    """Hash of what determines the timings' ranking (CPU, flags, torch, ISA limits)."""
     cpu: str
     fp32_ms: float
     """fp32 product of :data:`PROBE_SHAPE`."""
@@ -113,19 +114,22 @@ def cpu_bf16_capability() -> bool | None:
 
 
 # ------------------------------------------------------------------------- the probe
-def _best_ms(fn: Callable[[], object], budget_s: float = 0.3) -> float:
-    """Best of :data:`PROBE_REPEATS` timings of ``fn`` (after one warm-up), in ms; stops
-    early once ``budget_s`` is spent, so a very slow kernel costs little."""
-    fn()
-    best, spent = float("inf"), 0.0
-    for _ in range(PROBE_REPEATS):
-        t0 = time.perf_counter()
+def _race_ms(fns: Sequence[Callable[[], object]], budget_s: float) -> list[float]:
+    """Each ``fn``'s best time in ms, timed in alternating rounds (at most
+    :data:`PROBE_ROUNDS`, stopping once ``budget_s`` is spent) after one warm-up call each,
+    so that a busy spell of the machine hits every side alike."""
+    for fn in fns:
         fn()
-        dt = time.perf_counter() - t0
-        best, spent = min(best, dt), spent + dt
-        if spent > budget_s:
+    best = [float("inf")] * len(fns)
+    end = time.perf_counter() + budget_s
+    for _ in range(PROBE_ROUNDS):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+        if time.perf_counter() > end:
             break
-    return best * 1e3
+    return [b * 1e3 for b in best]
 
 
 def _onednn_linear(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,19 @@ def onednn_linear_works() -> bool:
 
 
 def probe() -> MachineProfile:
-    """Time this machine's products now (well under a second; nothing cached)."""
+    """Time this machine's products now (about a second; nothing cached), on one thread:
+    what a core computes fast decides both choices (the kernels rank alike on one thread
+    and on two), and one thread never waits for another to be scheduled on a busy
+    machine, which on two threads could make a product 50x slower for a while."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _probe_products()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _probe_products() -> MachineProfile:
     gen = torch.Generator().manual_seed(0)
     m, k, n = PROBE_SHAPE
     a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
@@ -153,35 +169,30 @@ def probe() -> MachineProfile:
     m, k, n = KERNEL_PROBE_SHAPE
     x, W = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
     cpu, _ = _cpu_info()
-    return MachineProfile(
-        key=machine_key(), cpu=cpu, fp32_ms=_best_ms(lambda: a @ b),
-        bf16_ms=_best_ms(lambda: a16 @ b16), matmul_ms=_best_ms(lambda: F.linear(x, W)),
-        onednn_ms=_best_ms(lambda: _onednn_linear(x, W)) if onednn_linear_works() else None)
+    fp32_ms, bf16_ms = _race_ms([lambda: a @ b, lambda: a16 @ b16], PROBE_BUDGET_S)
+    kernels = [lambda: F.linear(x, W)]
+    if onednn_linear_works():
+        kernels.append(lambda: _onednn_linear(x, W))
+    matmul_ms, *onednn_ms = _race_ms(kernels, PROBE_BUDGET_S)
+    return MachineProfile(key=machine_key(), cpu=cpu, fp32_ms=fp32_ms, bf16_ms=bf16_ms,
+                          matmul_ms=matmul_ms, onednn_ms=onednn_ms[0] if onednn_ms else None)
 
 
 def machine_key() -> str:
     cpu, flags = _cpu_info()
-    # the thread count too: kernels rank differently on one thread (a training worker)
-    # than on all cores
     return stable_hash({"cpu": cpu, "flags": flags, "arch": platform.machine(),
                         "torch": torch.__version__, "isa": isa_limits(),
-                        "threads": torch.get_num_threads(), "version": PROFILE_VERSION})
+                        "version": PROFILE_VERSION})
 
 
 def profile_path(cache_dir: Path | None = None) -> Path:
     return (cache_dir or default_cache_dir()) / "machine" / f"profile-{machine_key()}.json"
 
 
-def machine_profile(cache_dir: Path | None = None) -> MachineProfile:
-    """This machine's :class:`MachineProfile` at the current thread count (see
-    :func:`_profile_for`)."""
-    return _profile_for(cache_dir, torch.get_num_threads())
-
-
 @functools.cache
-def _profile_for(cache_dir: Path | None, threads: int) -> MachineProfile:
-    """Read from the cache folder, or probed once (under a lock, so concurrent processes
-    probe once) and written there; ``threads`` keys the in-process cache."""
+def machine_profile(cache_dir: Path | None = None) -> MachineProfile:
+    """This machine's :class:`MachineProfile`: read from the cache folder, or probed once
+    (under a lock, so concurrent processes probe once) and written there."""
     path = profile_path(cache_dir)
     with artifact_lock(path.with_suffix(".lock"), "the machine profile"):
         try:

@@ -19,7 +19,7 @@ from sae_med.cli import main
 from sae_med.runtime import MachineProfile, auto_dtype, resolve_dtype
 
 CPU = torch.device("cpu")
-CACHED = (runtime._profile_for, runtime.warn_if_bf16_slow)
+CACHED = (runtime.machine_profile, runtime.warn_if_bf16_slow)
 """The rule's per-process caches (taken before any test replaces them)."""
 
 
@@ -87,10 +87,10 @@ def test_the_probe_runs_once_per_machine_and_is_cached_on_disk(tmp_path, monkeyp
     first = runtime.machine_profile(tmp_path)
     path = runtime.profile_path(tmp_path)
     assert json.loads(path.read_text())["key"] == runtime.machine_key() == first.key
-    runtime._profile_for.cache_clear()  # a new process: reads the file, no probe
+    runtime.machine_profile.cache_clear()  # a new process: reads the file, no probe
     assert runtime.machine_profile(tmp_path) == first and len(calls) == 1
     path.write_text("{damaged")
-    runtime._profile_for.cache_clear()
+    runtime.machine_profile.cache_clear()
     assert runtime.machine_profile(tmp_path).key == first.key and len(calls) == 2
 
 
