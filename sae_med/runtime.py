@@ -5,8 +5,8 @@ bf16 is fast only where the hardware has native bf16 arithmetic (a CUDA GPU that
 it; a CPU with AMX or AVX-512 BF16); without it, as on AVX2-only CPUs, a bf16 matmul can
 run two orders of magnitude slower than fp32. The decision reads the capability first and,
 where that is ambiguous (another architecture, or ISA limits set in the environment),
-times a sub-second probe. Probe timings are measured once per machine and cached under the
-sae-med cache folder (:func:`machine_profile`).
+times a probe of about a second, measured once per machine and cached under the sae-med
+cache folder (:func:`machine_profile`).
 """
 
 from __future__ import annotations
