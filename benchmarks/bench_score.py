@@ -16,34 +16,18 @@ Last line: ``speedup_vs_baseline=<median ratio>``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from revision import module_at  # benchmarks/revision.py, beside this script
 
 from sae_med.config import load_config
 from sae_med.evaluate import ce_batches
 from sae_med.experiment import load_model_for
 from sae_med.runtime import isa_limits, machine_profile
 
-REPO = Path(__file__).resolve().parents[1]
 CHUNK = 128
-
-
-def baseline_lm(rev: str):
-    """``sae_med/lm.py`` as it was at ``rev``, imported under another name."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:sae_med/lm.py"],
-                         check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "lm_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("lm_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> None:
@@ -57,8 +41,8 @@ def main() -> None:
     a = p.parse_args()
     cfg = load_config(a.config, [f"model.dtype={a.dtype}", f"eval.ce_tokens={a.ce_tokens}"])
     model = load_model_for(cfg)
-    old = baseline_lm(a.baseline).LanguageModel(model.hf_model, model.tokenizer, model.name,
-                                                model.weights_hash)
+    old = module_at(a.baseline, "sae_med/lm.py").LanguageModel(
+        model.hf_model, model.tokenizer, model.name, model.weights_hash)
     batch = ce_batches(model, cfg, cfg.eval_corpora[0])[0]
     fns = {f"x*{1 + 0.05 * i:g}": (lambda x, s=1 + 0.05 * i: x * s) for i in range(a.variants)}
     sides = {"this checkout": model, f"baseline {a.baseline}": old}

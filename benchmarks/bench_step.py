@@ -17,30 +17,16 @@ Last line: ``speedup_vs_baseline=<median ratio>``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from revision import module_at  # benchmarks/revision.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def baseline_module(rev: str):
-    """``sae_med/sae.py`` as it was at ``rev``, imported under another name."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:sae_med/sae.py"],
-                         check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "sae_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("sae_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def make_step(sae, opt: torch.optim.Optimizer, target: float) -> Callable[[torch.Tensor], None]:
@@ -89,7 +75,7 @@ def main() -> None:
     x = torch.randn(args.steps * args.batch, args.d_in, generator=g)
     batches = list((x / x.pow(2).sum(-1).mean().sqrt()).split(args.batch))
     tc = TrainConfig(batch_size=args.batch, lr=1e-4, grad_clip=1.0)
-    old = warmed(baseline_module(args.baseline).JumpReLUSAE, args, batches[0])
+    old = warmed(module_at(args.baseline, "sae_med/sae.py").JumpReLUSAE, args, batches[0])
     old_opt = torch.optim.Adam(old.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
                                fused=not args.plain_adam)
     member = SweepMember(warmed(JumpReLUSAE, args, batches[0]), args.target_l0, tc,
