@@ -194,21 +194,37 @@ def profile_path(cache_dir: Path | None = None) -> Path:
 @functools.cache
 def machine_profile(cache_dir: Path | None = None) -> MachineProfile:
     """This machine's :class:`MachineProfile`: read from the cache folder, or probed once
-    (under a lock, so concurrent processes probe once) and written there."""
+    (under a lock, so concurrent processes probe once) and written there. A cache folder
+    that cannot be written costs a probe per process (with a warning), never the run."""
     path = profile_path(cache_dir)
-    with artifact_lock(path.with_suffix(".lock"), "the machine profile"):
-        try:
-            profile = MachineProfile(**json.loads(path.read_text()))
-            if profile.key == machine_key():
-                return profile
-        except (OSError, ValueError, TypeError):
-            pass  # missing or unreadable: probe again and rewrite it
+    try:
+        with artifact_lock(path.with_suffix(".lock"), "the machine profile"):
+            profile = _read_profile(path)
+            if profile is None:
+                profile = probe()
+                write_json_atomic(path, asdict(profile))
+                _log_probe(profile)
+    except OSError as err:
+        log.warning("cannot keep this machine's probe in %s (%s); probing in this process",
+                    path.parent, err)
         profile = probe()
-        write_json_atomic(path, asdict(profile))
-    log.info("probed this machine (%s): fp32 %.2f ms, bf16 %.2f ms, F.linear %.1f ms, "
-             "oneDNN %s ms", profile.cpu, profile.fp32_ms, profile.bf16_ms,
-             profile.matmul_ms, f"{profile.onednn_ms:.1f}" if profile.onednn_ms else "-")
+        _log_probe(profile)
     return profile
+
+
+def _read_profile(path: Path) -> MachineProfile | None:
+    """The profile at ``path`` if it is this machine's; None if missing or unreadable."""
+    try:
+        profile = MachineProfile(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return profile if profile.key == machine_key() else None
+
+
+def _log_probe(p: MachineProfile) -> None:
+    log.info("probed this machine (%s): fp32 %.2f ms, bf16 %.2f ms, F.linear %.1f ms, "
+             "oneDNN %s ms", p.cpu, p.fp32_ms, p.bf16_ms, p.matmul_ms,
+             f"{p.onednn_ms:.1f}" if p.onednn_ms else "-")
 
 
 # ------------------------------------------------------------------------- decisions

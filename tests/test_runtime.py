@@ -94,6 +94,16 @@ def test_the_probe_runs_once_per_machine_and_is_cached_on_disk(tmp_path, monkeyp
     assert runtime.machine_profile(tmp_path).key == first.key and len(calls) == 2
 
 
+def test_a_cache_folder_that_cannot_be_written_costs_a_probe_not_the_run(
+        tmp_path, caplog, fresh_caches):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="sae_med.runtime"):
+        profile = runtime.machine_profile(blocked / "cache")
+    assert profile.key == runtime.machine_key() and profile.fp32_ms > 0
+    assert any("cannot keep this machine's probe" in r.message for r in caplog.records)
+
+
 @pytest.mark.parametrize("onednn_ms", [0.5, 5.0, None])
 def test_the_fp32_product_takes_the_faster_kernel_with_the_same_result(
         onednn_ms, monkeypatch, fresh_caches):
