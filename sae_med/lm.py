@@ -38,14 +38,19 @@ _BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h",
                 "gpt_neox.layers", "model.decoder.layers")
 
 
+def _row_blocks(n: int) -> list[slice]:
+    """``range(n)`` in blocks of :data:`SCORE_ROWS` rows (the last one ragged)."""
+    return [slice(r, min(r + SCORE_ROWS, n)) for r in range(0, n, SCORE_ROWS)]
+
+
 def _row_logsumexp(z: Float[Tensor, "n d_vocab"]) -> Float[Tensor, " n"]:
     """log Σ exp of each row, :data:`SCORE_ROWS` rows at a time (the exp's temporary stays
     in cache: faster than ``torch.logsumexp`` over a whole chunk of a large vocabulary)."""
     out = torch.empty(len(z), dtype=torch.float32, device=z.device)
-    for r in range(0, len(z), SCORE_ROWS):
-        rows = z[r:r + SCORE_ROWS].float()
-        m = rows.amax(-1, keepdim=True)
-        out[r:r + SCORE_ROWS] = (rows - m).exp_().sum(-1).log_() + m[:, 0]
+    for rows in _row_blocks(len(z)):
+        block = z[rows].float()
+        m = block.amax(-1, keepdim=True)
+        out[rows] = (block - m).exp_().sum(-1).log_() + m[:, 0]
     return out
 
 
@@ -411,8 +416,7 @@ class LanguageModel:
         p_clean = (z_clean - lse_clean[:, None]).exp_()
         for k, h in variants.items():
             z = self._logits(h)
-            for r in range(0, len(z), SCORE_ROWS):
-                rows = slice(r, min(r + SCORE_ROWS, len(z)))
+            for rows in _row_blocks(len(z)):
                 at = slice(start + rows.start, start + rows.stop)
                 lse = _row_logsumexp(z[rows])
                 out.ce[k][at] = lse - z[rows].gather(-1, tgt[rows])[:, 0]
@@ -425,8 +429,7 @@ class LanguageModel:
                     out: ChunkScores, start: int) -> None:
         """One chunk of :meth:`score` through each row's log-softmax (any logits)."""
         raw = self._logits(h_clean)
-        blocks = [slice(r, min(r + SCORE_ROWS, len(raw)))
-                  for r in range(0, len(raw), SCORE_ROWS)]
+        blocks = _row_blocks(len(raw))
         logp_clean = torch.cat([self._log_probs(raw[rows]) for rows in blocks])
         p_clean = logp_clean.exp()
         out.ce_clean[start:start + len(tgt)] = -logp_clean.gather(-1, tgt)[:, 0]
