@@ -22,7 +22,7 @@ test: setup
 # Paired notebooks/NN_*.ipynb (jupytext --to ipynb) and the sae-med Jupyter kernel, for
 # running a notebook with plain papermill or Jupyter; rerun after editing a notebook's .py.
 notebooks:
-	.venv/bin/python -m sae_med.rerun
+	.venv/bin/python -m sae_med.report.rerun
 
 bench: setup
 	.venv/bin/python benchmarks/bench_cache.py

@@ -53,15 +53,15 @@ class PeakRSS:
 def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
     import torch
 
-    from sae_med.activations import SORT_CHUNK, build_cache, packed_batches
+    from sae_med.cache.activations import SORT_CHUNK, build_cache, packed_batches
     from sae_med.config import load_config
-    from sae_med.models import load_model
+    from sae_med.lm.load import load_model
 
     torch.manual_seed(0)
     dtype = "bfloat16" if side == "sae_med_bf16" else "float32"
     model = load_model(device="cpu", dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        from sae_med.data import iter_documents
+        from sae_med.corpora.registry import iter_documents
 
         texts = [d.text for _, d in zip(range(docs), iter_documents("medical", "train"),
                                         strict=False)]
@@ -100,7 +100,7 @@ def run_side(side: str, docs: int, ctx: int, batch: int) -> dict:
 def forward_flop_per_token(model, layer: int) -> float:
     """2 × the weights a token multiplies through blocks 0..``layer`` (the matmul FLOPs of
     the forward to the hook; attention scores at ctx 128 add < 3% and are left out)."""
-    from sae_med.lm import decoder_layers
+    from sae_med.lm.model import decoder_layers
 
     blocks = list(decoder_layers(model.hf_model))[:layer + 1]
     return 2.0 * sum(p.numel() for b in blocks for n, p in b.named_parameters()

@@ -35,13 +35,15 @@ from collections.abc import Callable
 import torch
 
 from sae_med.config import load_config
-from sae_med.evaluate import ce_batches, reconstruction_fn
 from sae_med.experiment import load_model_for
-from sae_med.lm import LanguageModel, TokenBatch
-from sae_med.metrics import CELosses
-from sae_med.models import load_model
-from sae_med.sae import JumpReLUSAE, to_sae_lens
-from sae_med.train import init_threshold_at_target_
+from sae_med.lm.load import load_model
+from sae_med.lm.model import LanguageModel, TokenBatch
+from sae_med.measure.metrics import CELosses
+from sae_med.measure.scoring import ce_batches, reconstruction_fn
+from sae_med.measure.spliced import score, spliced_losses
+from sae_med.sae.io import to_sae_lens
+from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.train.sweep import init_threshold_at_target_
 
 
 def untrained_saes(x: torch.Tensor, width: int, targets: list[float]) -> list[JumpReLUSAE]:
@@ -74,7 +76,7 @@ def full_forwards(model: LanguageModel, batch: TokenBatch, layer: int,
 
     clean = model.final_states(tokens, attn, layer, lambda a: a)[:, :-1][where]
     variants = {"zero": states(torch.zeros_like)} | {k: states(f) for k, f in fns.items()}
-    model.score(clean, variants, tokens[:, 1:][where])
+    score(model, clean, variants, tokens[:, 1:][where])
 
 
 def token_delta_ce(per_batch: list[dict[str, CELosses]], name: str) -> torch.Tensor:
@@ -90,9 +92,9 @@ def bf16_check(cfg, batches: list[TokenBatch], fns: dict[str, Callable],
     (``fp32``: the timed fp32 pass's outputs, so neither side is scored twice)."""
     layer = cfg.model.hook_layer
     bf16 = load_model(cfg.model.name, "cpu", cfg.cache_path, "bfloat16")
-    bf16.spliced_losses(batches[0], layer, fns)  # warm-up
+    spliced_losses(bf16, batches[0], layer, fns)  # warm-up
     new: list[dict[str, CELosses]] = []
-    times["sae_med bf16"] = timed(lambda: new.extend(bf16.spliced_losses(b, layer, fns)
+    times["sae_med bf16"] = timed(lambda: new.extend(spliced_losses(bf16, b, layer, fns)
                                                      for b in batches))
     lines = []
     for k in fns:
@@ -134,10 +136,10 @@ def main() -> None:
     fns = {f"s{i}": reconstruction_fn(s) for i, s in enumerate(saes)}
     scored = sum(int((b.keep[:, :-1].bool() & b.attention_mask[:, 1:].bool()).sum())
                  for b in batches)
-    model.spliced_losses(batches[0], layer, fns)  # warm-up (allocator, thread pool)
+    spliced_losses(model, batches[0], layer, fns)  # warm-up (allocator, thread pool)
     fp32: list[dict[str, CELosses]] = []  # kept for the bf16 check
     times = {
-        "sae_med": timed(lambda: fp32.extend(model.spliced_losses(b, layer, fns)
+        "sae_med": timed(lambda: fp32.extend(spliced_losses(model, b, layer, fns)
                                              for b in batches)),
         "full forwards": timed(lambda: [full_forwards(model, b, layer, fns)
                                         for b in batches]),

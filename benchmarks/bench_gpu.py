@@ -1,7 +1,7 @@
 """GPU training-step throughput of the dense bf16 path, eager against ``train.compile``.
 
 For each width (16k and 65k latents at Gemma-2-2B's d_model 2304 by default) one JumpReLU
-SAE takes ``--steps`` timed training steps through :func:`sae_med.train.train_step` (bf16
+SAE takes ``--steps`` timed training steps through :func:`sae_med.train.step.train_step` (bf16
 autocast with fp32 thresholds, Adam, decoder-parallel gradient removal, renormalisation),
 after ``--warmup`` untimed ones (which include compilation). Batches live in pinned host
 memory and are copied with ``non_blocking=True`` every step, as in training. Thresholds
@@ -70,14 +70,9 @@ def matmul_peak(device: torch.device, batch: int, d: int, width: int, reps: int,
 def time_steps(args: argparse.Namespace, device: torch.device, width: int, compiled: bool
                ) -> dict:
     from sae_med.config import TrainConfig
-    from sae_med.sae import JumpReLUSAE
-    from sae_med.train import (
-        SweepMember,
-        compile_available,
-        dense_terms,
-        init_threshold_at_target_,
-        train_step,
-    )
+    from sae_med.sae.jumprelu import JumpReLUSAE
+    from sae_med.train.step import SweepMember, compile_available, dense_terms, train_step
+    from sae_med.train.sweep import init_threshold_at_target_
 
     if compiled and not compile_available():
         return {"mode": "compiled", "width": width, "error": "torch.compile unusable"}

@@ -30,14 +30,14 @@ from typing import NamedTuple
 
 import torch
 
-from sae_med.activations import build_cache
+from sae_med.cache.activations import build_cache
 from sae_med.config import Config, load_config
-from sae_med.diagnose import token_damages
-from sae_med.evaluate import ce_batches, reconstruction_fn
-from sae_med.experiment import SAES_DIR, load_model_for, stage_train
-from sae_med.metrics import fve
-from sae_med.sae import JumpReLUSAE
-from sae_med.train import sae_id
+from sae_med.experiment import load_model_for, stage_train
+from sae_med.layout import SAES_DIR, sae_id
+from sae_med.measure.diagnose import token_damages
+from sae_med.measure.metrics import fve
+from sae_med.measure.scoring import ce_batches, reconstruction_fn
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 DEFAULT_VARIANTS = (
     "plain=train.center_inputs=false,train.lr=1e-3",

@@ -3,7 +3,7 @@
 Both sides run ``LanguageModel.spliced_losses`` on the same batch of the first eval corpus
 with the same splices (a few scaled copies of x, like SAEs of differing quality), on the
 same loaded weights, interleaved round by round so that machine load hits both alike. The
-baseline's ``LanguageModel`` comes from ``git show REV:sae_med/lm.py`` (before the fp32
+baseline's ``LanguageModel`` comes from ``git show REV:sae_med/lm/model.py`` (before the fp32
 unembedding went through this machine's faster kernel and linear logits were scored from
 their log-sum-exp). Prints the largest per-token CE and KL difference between the sides.
 
@@ -23,8 +23,9 @@ import torch
 from revision import module_at  # benchmarks/revision.py, beside this script
 
 from sae_med.config import load_config
-from sae_med.evaluate import ce_batches
 from sae_med.experiment import load_model_for
+from sae_med.measure.scoring import ce_batches
+from sae_med.measure.spliced import spliced_losses
 from sae_med.runtime import isa_limits, machine_profile
 
 CHUNK = 128
@@ -41,7 +42,7 @@ def main() -> None:
     a = p.parse_args()
     cfg = load_config(a.config, [f"model.dtype={a.dtype}", f"eval.ce_tokens={a.ce_tokens}"])
     model = load_model_for(cfg)
-    old = module_at(a.baseline, "sae_med/lm.py").LanguageModel(
+    old = module_at(a.baseline, "sae_med/lm/model.py").LanguageModel(
         model.hf_model, model.tokenizer, model.name, model.weights_hash)
     batch = ce_batches(model, cfg, cfg.eval_corpora[0])[0]
     fns = {f"x*{1 + 0.05 * i:g}": (lambda x, s=1 + 0.05 * i: x * s) for i in range(a.variants)}
@@ -51,7 +52,7 @@ def main() -> None:
     for _ in range(a.rounds):
         for name, lm in sides.items():
             t = time.perf_counter()
-            out[name] = lm.spliced_losses(batch, cfg.model.hook_layer, fns, CHUNK)
+            out[name] = spliced_losses(lm, batch, cfg.model.hook_layer, fns, CHUNK)
             times[name].append(time.perf_counter() - t)
     ours, peer = out.values()
     diff = {f: max(float((getattr(ours[k], f) - getattr(peer[k], f)).abs().max()) for k in fns)

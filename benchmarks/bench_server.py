@@ -1,5 +1,5 @@
 """Abuse of the chat server as a user would try it: the real SmolLM2 behind
-``python -m sae_med.llm_server`` (default limits) on loopback, and for each kind of abuse
+``python -m sae_med.interpret.chat_server`` (default limits) on loopback, and for each kind of abuse
 the runs, how many the server survived (the abusive request got its documented answer in
 time, and the server went on answering), the data lost (normal requests sent meanwhile that
 got no answer or a wrong one: every 200 must equal the reference answer) and the server's
@@ -102,9 +102,10 @@ def rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def server(args: argparse.Namespace) -> Iterator[tuple[int, int]]:
-    """(port, pid) of ``python -m sae_med.llm_server`` on loopback, stopped afterwards."""
+    """(port, pid) of ``python -m sae_med.interpret.chat_server`` on loopback, stopped
+    afterwards."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sae_med.llm_server", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "sae_med.interpret.chat_server", "--port", "0",
                              "--max-new-tokens", "16"], env=env, stderr=subprocess.PIPE,
                             text=True)
     try:

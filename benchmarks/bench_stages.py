@@ -33,13 +33,14 @@ from typing import NamedTuple
 
 import torch
 
-from sae_med.activations import build_cache
+from sae_med.cache.activations import build_cache
 from sae_med.config import Config, load_config
-from sae_med.evaluate import score_saes
-from sae_med.models import load_model
+from sae_med.lm.load import load_model
+from sae_med.measure.scoring import score_saes
 from sae_med.runtime import cpu_bf16_capability, isa_limits, machine_profile
-from sae_med.sae import JumpReLUSAE
-from sae_med.train import total_steps, train_saes
+from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.train.schedule import total_steps
+from sae_med.train.sweep import train_saes
 
 
 def n_saes(cfg: Config) -> int:

@@ -4,9 +4,9 @@ Both sides run one optimiser step per batch (forward on the CSR fast path, MSE +
 loss, backward, decoder-parallel gradient removal, grad-norm clipping at 1, Adam, decoder
 renormalisation) on the same batches from the same initial weights, interleaved round by
 round so that machine load hits both alike. The baseline's ``JumpReLUSAE`` comes from
-``git show REV:sae_med/sae.py`` and steps as that revision's trainer did (fused Adam over
+``git show REV:sae_med/sae/jumprelu.py`` and steps as that revision's trainer did (fused Adam over
 the SAE's parameters, ``torch.nn.utils.clip_grad_norm_``; ``--plain-adam`` for revisions
-before fused Adam, e.g. d549a1e); this checkout's side is ``sae_med.train.train_step`` on a
+before fused Adam, e.g. d549a1e); this checkout's side is ``sae_med.train.step.train_step`` on a
 ``SweepMember``.
 
     .venv/bin/python benchmarks/bench_step.py [--baseline 164c130] [--rounds 6]
@@ -68,14 +68,14 @@ def main() -> None:
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
     from sae_med.config import TrainConfig
-    from sae_med.sae import JumpReLUSAE
-    from sae_med.train import SweepMember, train_step
+    from sae_med.sae.jumprelu import JumpReLUSAE
+    from sae_med.train.step import SweepMember, train_step
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.steps * args.batch, args.d_in, generator=g)
     batches = list((x / x.pow(2).sum(-1).mean().sqrt()).split(args.batch))
     tc = TrainConfig(batch_size=args.batch, lr=1e-4, grad_clip=1.0)
-    old = warmed(module_at(args.baseline, "sae_med/sae.py").JumpReLUSAE, args, batches[0])
+    old = warmed(module_at(args.baseline, "sae_med/sae/jumprelu.py").JumpReLUSAE, args, batches[0])
     old_opt = torch.optim.Adam(old.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
                                fused=not args.plain_adam)
     member = SweepMember(warmed(JumpReLUSAE, args, batches[0]), args.target_l0, tc,

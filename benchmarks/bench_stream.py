@@ -2,7 +2,7 @@
 
 The same sweep (configs/smoke.yaml's SAEs, ``--tokens`` training tokens) trains twice on
 the medical corpus: from an activation cache built first (its build timed on its own),
-and from :class:`sae_med.stream.ActivationStream`, where the model's forward runs inside
+and from :class:`sae_med.cache.stream.ActivationStream`, where the model's forward runs inside
 training. Tokens/s of each, and the ratios streamed / cached (training only) and streamed
 / cached (cache build + training, the cost of a run that has no cache yet). The LM forward
 per token (the build's rate) is what the planning numbers of book/reproduce_gemma2.md
@@ -33,11 +33,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from sae_med.activations import build_cache
+    from sae_med.cache.activations import build_cache
+    from sae_med.cache.stream import ActivationStream
     from sae_med.config import load_config
-    from sae_med.models import load_model
-    from sae_med.stream import ActivationStream
-    from sae_med.train import train_saes
+    from sae_med.lm.load import load_model
+    from sae_med.train.sweep import train_saes
 
     model = load_model(device="cpu")
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))

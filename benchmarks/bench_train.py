@@ -55,7 +55,7 @@ def _batches(args: argparse.Namespace) -> list[torch.Tensor]:
 
 def _initial_sae(args: argparse.Namespace, calib: torch.Tensor):
     """sae_med SAE at init with per-latent thresholds at the (1 - L0/width) quantile."""
-    from sae_med.sae import JumpReLUSAE
+    from sae_med.sae.jumprelu import JumpReLUSAE
 
     sae = JumpReLUSAE(args.d_in, args.width, bandwidth=0.001,
                       generator=torch.Generator().manual_seed(1))
@@ -74,7 +74,7 @@ def run_side(args: argparse.Namespace) -> dict:
     l0s: list[float] = []
     if args.side == "sae_med":
         from sae_med.config import TrainConfig
-        from sae_med.train import SweepMember, train_step
+        from sae_med.train.step import SweepMember, train_step
 
         tc = TrainConfig(batch_size=args.batch, lr=3e-4, kernel="sparse")
         member = SweepMember(sae, args.target_l0, tc, Path("unused"))

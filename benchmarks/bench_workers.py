@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from sae_med import experiment
-from sae_med.activations import ActivationCache
+from sae_med.cache.activations import ActivationCache
 from sae_med.config import Config, load_config
 
 

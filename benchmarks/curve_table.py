@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sae_med.claims import oriented_gaps
 from sae_med.config import config_from_dict
-from sae_med.evaluate import read_results
-from sae_med.learning_curve import (
-    CURVE_DIR,
+from sae_med.layout import CURVE_DIR
+from sae_med.measure.results import read_results
+from sae_med.report.claims import oriented_gaps
+from sae_med.report.learning_curve import (
     CurvePoint,
     claim_trends,
     curve_summary,
@@ -23,7 +23,7 @@ from sae_med.learning_curve import (
     seed_summary,
     trend_frame,
 )
-from sae_med.notebook import domain_pair, family_table, gap_table
+from sae_med.report.notebook import domain_pair, family_table, gap_table
 
 FAMILY = ["l0", "fve", "fve_typical", "delta_ce", "loss_recovered", "kl_score",
           "dark_matter.r2_error_mean"]

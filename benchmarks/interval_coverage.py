@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from sae_med.coverage import CoverageSetup, coverage
+from sae_med.measure.coverage import CoverageSetup, coverage
 
 SEED_SDS = (0.05, 0.2)
 """Seed effects as large as the documents' standard error of the gap at these sizes

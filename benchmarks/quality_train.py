@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_med.batches import TensorBatchSource
+from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import Config, SAEConfig, TrainConfig
-from sae_med.metrics import fve
-from sae_med.sae import JumpReLUSAE
-from sae_med.train import train_saes
+from sae_med.measure.metrics import fve
+from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.train.sweep import train_saes
 
 
 def synthetic(n: int, d: int, n_feats: int, mean_k: float, seed: int

@@ -14,7 +14,9 @@ import sys
 
 import pandas as pd
 
-from sae_med.claims import (
+from sae_med.config import config_from_dict
+from sae_med.measure.results import load_comparisons, load_results, read_results
+from sae_med.report.claims import (
     CLAIMS,
     SENSITIVITY_CHECKS,
     ModelRun,
@@ -23,9 +25,7 @@ from sae_med.claims import (
     verdict_table,
     verdicts_by_claim,
 )
-from sae_med.config import config_from_dict
-from sae_med.evaluate import load_comparisons, load_results, read_results
-from sae_med.notebook import domain_pair, family_table, gap_table, gap_table_by_model
+from sae_med.report.notebook import domain_pair, family_table, gap_table, gap_table_by_model
 
 METRICS = ["l0", "fve", "fve_typical", "delta_ce", "loss_recovered", "loss_recovered_mean",
            "kl_score", "dead_frac", "dark_matter.r2_error_mean", "dark_matter.fvu_linear",

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def module_at(rev: str, path: str) -> ModuleType:
-    """``path`` (e.g. ``sae_med/lm.py``) as it was at ``rev``, imported under the name
+    """``path`` (e.g. ``sae_med/lm/model.py``) as it was at ``rev``, imported under the name
     ``<stem>_baseline`` so that it lives beside this checkout's module."""
     src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"],
                          check=True, capture_output=True, text=True).stdout

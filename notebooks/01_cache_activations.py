@@ -26,9 +26,9 @@ import plotly.graph_objects as go
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.data import corpus_info
+from sae_med.corpora.registry import corpus_info
 from sae_med.experiment import load_model_for, stage_cache
-from sae_med.notebook import CORPUS_COLORS, setup_notebook
+from sae_med.report.notebook import CORPUS_COLORS, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -145,10 +145,10 @@ display(pd.DataFrame(norm_rows).round(1))
 # %%
 import itertools  # noqa: E402
 
-from sae_med.activations import cache_spec  # noqa: E402
 from sae_med.artifacts import stable_hash  # noqa: E402
-from sae_med.data import iter_documents  # noqa: E402
-from sae_med.notebook import notebook_config  # noqa: E402
+from sae_med.cache.activations import cache_spec  # noqa: E402
+from sae_med.corpora.registry import iter_documents  # noqa: E402
+from sae_med.report.notebook import notebook_config  # noqa: E402
 
 first_corpus = next(iter(caches))[0]
 shallower = cfg.model.hook_layer // 2
@@ -177,8 +177,8 @@ display(pd.DataFrame(depth).round(3))
 #
 # ```{exercise} Add a corpus
 # :label: ex-cache-corpus
-# The registry in `sae_med/data.py` holds more corpora than this run uses. List them, add
-# one as an extra evaluation corpus (`eval_corpora=[..., NAME]`) and check that the
+# The registry in `sae_med/corpora/registry.py` holds more corpora than this run uses. List them,
+# add one as an extra evaluation corpus (`eval_corpora=[..., NAME]`) and check that the
 # override resolves. How long are its documents compared with the corpora cached above?
 # ```
 #
@@ -193,7 +193,7 @@ display(pd.DataFrame(depth).round(3))
 # %%
 from dataclasses import asdict  # noqa: E402
 
-from sae_med.data import list_corpora  # noqa: E402
+from sae_med.corpora.registry import list_corpora  # noqa: E402
 
 registry = pd.DataFrame([asdict(corpus_info(n)) for n in list_corpora()])
 display(registry[["name", "kind", "domain", "description"]])

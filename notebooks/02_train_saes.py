@@ -31,7 +31,7 @@ from myst_nb import glue
 from plotly.subplots import make_subplots
 
 from sae_med.experiment import stage_train
-from sae_med.notebook import CORPUS_COLORS, setup_notebook, training_curves
+from sae_med.report.notebook import CORPUS_COLORS, setup_notebook, training_curves
 
 # %% [markdown]
 # ## Parameters
@@ -167,8 +167,8 @@ display(reached.merge(settle, on=list(keys.values())).round(3))
 # not exist yet.
 
 # %%
-from sae_med.experiment import sae_dirs  # noqa: E402
-from sae_med.notebook import notebook_config  # noqa: E402
+from sae_med.layout import sae_dirs  # noqa: E402
+from sae_med.report.notebook import notebook_config  # noqa: E402
 
 third = "wordnet" if "wordnet" not in cfg.train_corpora else "austen"
 cfg_third = notebook_config(

@@ -32,14 +32,16 @@
 #
 # Error bars on per-SAE values are 95% bootstrap intervals over documents. Gaps between the
 # families are across-seed means with a hierarchical bootstrap interval (seed replicates,
-# then documents shared by both families), computed by `sae_med.compare`.
+# then documents shared by both families), computed by `sae_med.measure.compare`.
 
 # %%
 import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.claims import (
+from sae_med.experiment import stage_evaluate
+from sae_med.measure.results import load_comparisons, load_results
+from sae_med.report.claims import (
     claim_verdict,
     dropped_sentence,
     gap_intervals,
@@ -51,9 +53,7 @@ from sae_med.claims import (
     step_intervals,
     verdict_table,
 )
-from sae_med.evaluate import load_comparisons, load_results
-from sae_med.experiment import stage_evaluate
-from sae_med.notebook import (
+from sae_med.report.notebook import (
     CORPUS_COLORS,
     cross_eval_figure,
     dce_bar_sentence,

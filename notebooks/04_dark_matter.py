@@ -28,7 +28,7 @@
 #
 # Every score carries a 95% bootstrap interval over the held-out documents, *given the
 # fitted map*: it says how much the score depends on which documents are scored, not how
-# much the map would change if fitted on other documents (see `sae_med.evaluate`).
+# much the map would change if fitted on other documents (see `sae_med.measure.scoring`).
 #
 # The paper reports that the medical SAE leaves *less linearly predictable* error than
 # Gemma Scope (R²(e) about .47→.42 against .64→.49 for 65k-wide 2B SAEs; R²(‖e‖²) .78–.83
@@ -42,7 +42,10 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.claims import (
+from sae_med.experiment import stage_evaluate
+from sae_med.measure.compare import NOT_JUDGED
+from sae_med.measure.results import load_comparisons, load_results
+from sae_med.report.claims import (
     claim_verdict,
     dropped_sentence,
     gap_intervals,
@@ -52,10 +55,7 @@ from sae_med.claims import (
     replication_sentences,
     verdict_table,
 )
-from sae_med.compare import NOT_JUDGED
-from sae_med.evaluate import load_comparisons, load_results
-from sae_med.experiment import stage_evaluate
-from sae_med.notebook import (
+from sae_med.report.notebook import (
     domain_pair,
     gap_by_model_figure,
     gap_sentence,

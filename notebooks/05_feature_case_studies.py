@@ -42,10 +42,15 @@ import torch
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from sae_med.dashboard import cards_html, dashboard_figure, latent_summary, phrase_activations
-from sae_med.data import documents_by_id
+from sae_med.corpora.registry import documents_by_id
 from sae_med.experiment import load_model_for, middle_target, saes_at, stage_cache
-from sae_med.features import (
+from sae_med.interpret.dashboard import (
+    cards_html,
+    dashboard_figure,
+    latent_summary,
+    phrase_activations,
+)
+from sae_med.interpret.features import (
     absorption,
     absorption_summary,
     concept_alignment,
@@ -59,7 +64,7 @@ from sae_med.features import (
     search_latents,
     top_windows,
 )
-from sae_med.notebook import CORPUS_COLORS, domain_pair, setup_notebook
+from sae_med.report.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -319,7 +324,7 @@ if n_parents:
 # %%
 from collections import Counter  # noqa: E402
 
-from sae_med.features import DEFAULT_CONCEPT_KEYS, document_concepts  # noqa: E402
+from sae_med.interpret.features import DEFAULT_CONCEPT_KEYS, document_concepts  # noqa: E402
 
 counts = Counter(c for lab in labels for c in document_concepts(lab, DEFAULT_CONCEPT_KEYS)
                  if c.startswith("chapter:"))

@@ -63,17 +63,17 @@ import plotly.graph_objects as go
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from sae_med.autointerp import compare_scores
-from sae_med.claims import (
+from sae_med.experiment import stage_autointerp, stage_evaluate
+from sae_med.interpret.autointerp import compare_scores
+from sae_med.measure.results import load_comparisons
+from sae_med.report.claims import (
     CONCEPT_CLAIM,
     concept_verdict,
     model_label,
     replication_sentence,
     verdicts_frame,
 )
-from sae_med.evaluate import load_comparisons
-from sae_med.experiment import stage_autointerp, stage_evaluate
-from sae_med.notebook import CORPUS_COLORS, domain_pair, setup_notebook
+from sae_med.report.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -270,8 +270,8 @@ with pd.option_context("display.max_colwidth", 200):
 # `per_latent` (retries add to them; a rarely silent latent gets fewer scored windows).
 
 # %%
-from sae_med.autointerp import run_budget  # noqa: E402
-from sae_med.notebook import notebook_config  # noqa: E402
+from sae_med.interpret.autointerp import run_budget  # noqa: E402
+from sae_med.report.notebook import notebook_config  # noqa: E402
 
 
 def n_requests(b) -> int:

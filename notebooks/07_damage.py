@@ -17,7 +17,7 @@
 # Splicing an SAE into the residual stream costs the model ΔCE nats per token. This
 # notebook asks where that damage comes from, for replicate 0 of each training corpus at
 # the middle target L0, on the first evaluation corpus's CE documents
-# (`sae_med.diagnose`):
+# (`sae_med.measure.diagnose`):
 #
 # - **Baselines.** Zero ablation (the denominator of "loss recovered") can sit far above
 #   the clean loss, which compresses loss recovered towards 1; *mean ablation* (x → E[x])
@@ -35,9 +35,9 @@ import plotly.express as px
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.diagnose import bins_frame, summary_frame
 from sae_med.experiment import stage_diagnose
-from sae_med.notebook import setup_notebook
+from sae_med.measure.diagnose import bins_frame, summary_frame
+from sae_med.report.notebook import setup_notebook
 
 # %% [markdown]
 # ## Parameters

@@ -37,16 +37,16 @@
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.claims import oriented_gaps
 from sae_med.experiment import stage_learning_curve
-from sae_med.learning_curve import (
+from sae_med.report.claims import oriented_gaps
+from sae_med.report.learning_curve import (
     claim_trends,
     curve_summary,
     curve_tables,
     seed_summary,
     trend_frame,
 )
-from sae_med.notebook import (
+from sae_med.report.notebook import (
     curve_figure,
     curve_gap_figure,
     domain_pair,

@@ -41,15 +41,15 @@ log = logging.getLogger("sae_med")
 KNOWN_ERRORS = {
     "sae_med.config": ["ConfigError"],
     "sae_med.artifacts": ["StorageError", "ArtifactLockedError"],
-    "sae_med.activations": ["CorruptCacheError"],
-    "sae_med.train": ["TrainingError"],
-    "sae_med.models": ["ModelUnavailableError"],
-    "sae_med.sae": ["SAECheckpointError"],
-    "sae_med.data": ["UnknownCorpusError"],
-    "sae_med.corpora_embedded": ["CorpusFetchError"],
-    "sae_med.corpora_local": ["CorpusSourceError"],
-    "sae_med.book": ["NotebookError", "BookBuildError"],
-    "sae_med.rerun": ["NotebookParameterError"],
+    "sae_med.cache.activations": ["CorruptCacheError"],
+    "sae_med.train.sweep": ["TrainingError"],
+    "sae_med.lm.load": ["ModelUnavailableError"],
+    "sae_med.sae.jumprelu": ["SAECheckpointError"],
+    "sae_med.corpora.registry": ["UnknownCorpusError"],
+    "sae_med.corpora.embedded": ["CorpusFetchError"],
+    "sae_med.corpora.local": ["CorpusSourceError"],
+    "sae_med.report.book": ["NotebookError", "BookBuildError"],
+    "sae_med.report.rerun": ["NotebookParameterError"],
 }
 """Errors whose message says what is wrong and what to do: the command line prints that
 message as one line instead of a traceback (``--debug`` shows it)."""
@@ -86,7 +86,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_corpora(args: argparse.Namespace) -> int:
-    from sae_med.data import corpus_info, corpus_stats, list_corpora
+    from sae_med.corpora.registry import corpus_info, corpus_stats, list_corpora
 
     cfg = _load(args)  # registers the corpora it declares
     names = args.corpus or list_corpora()
@@ -96,14 +96,14 @@ def cmd_corpora(args: argparse.Namespace) -> int:
         return _print_leakage(args.corpus)
     tokenizer = None
     if not args.no_tokens:
-        from sae_med.models import EMBEDDED, embedded_model_dir
+        from sae_med.lm.load import EMBEDDED, embedded_model_dir
 
         if cfg.model.name == EMBEDDED:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(cfg.cache_path)[0]))
         else:
-            from sae_med.models import load_model
+            from sae_med.lm.load import load_model
 
             tokenizer = load_model(cfg.model.name, "cpu", cfg.cache_path).tokenizer
     ctx_len = cfg.cache.ctx_len
@@ -124,7 +124,7 @@ def cmd_corpora(args: argparse.Namespace) -> int:
 
 
 def _print_leakage(names: list[str]) -> int:
-    from sae_med.leakage import corpus_leakage, offline_leakage
+    from sae_med.corpora.leakage import corpus_leakage, offline_leakage
 
     print(f"{'corpus':<10} {'train docs':>10} {'eval docs':>9} {'exact in train':>14} "
           f"{'near in train':>13} {'removed: exact':>14} {'near-dup eval':>13}")
@@ -137,9 +137,9 @@ def _print_leakage(names: list[str]) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Fetch/parse the embedded corpora and cache the embedded model (idempotent)."""
-    from sae_med.corpora_embedded import DEBIAN_PACKAGES, debian_dir
-    from sae_med.data import prepare_embedded
-    from sae_med.models import EMBEDDED, embedded_model_dir
+    from sae_med.corpora.embedded import DEBIAN_PACKAGES, debian_dir
+    from sae_med.corpora.registry import prepare_embedded
+    from sae_med.lm.load import EMBEDDED, embedded_model_dir
 
     cfg = _load(args)
     if args.check:
@@ -174,7 +174,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sae_med.experiment import stage_train
-    from sae_med.train import sae_id
+    from sae_med.layout import sae_id
 
     cfg = _load(args)
     for corpus, results in stage_train(cfg).items():
@@ -195,8 +195,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.sae:
         print(f"results={stage_evaluate(cfg)}")
         return 0
-    from sae_med.evaluate import evaluate_paths
-    from sae_med.sae import SAECheckpointError
+    from sae_med.experiment import evaluate_paths
+    from sae_med.sae.jumprelu import SAECheckpointError
 
     if args.sae_id and len(args.sae_id) != len(args.sae):
         raise ConfigError(f"--sae-id: give one id per --sae ({len(args.sae)}), "
@@ -222,8 +222,8 @@ def cmd_learning_curve(args: argparse.Namespace) -> int:
     """The config's learning curve (its ``learning_curve`` section): the long runs with
     their snapshots, each budget scored; one line per budget, then the verdicts."""
     from sae_med.experiment import stage_learning_curve
-    from sae_med.learning_curve import claim_trends, curve_summary, curve_tables
-    from sae_med.notebook import domain_pair
+    from sae_med.report.learning_curve import claim_trends, curve_summary, curve_tables
+    from sae_med.report.notebook import domain_pair
 
     cfg = _load(args)
     curve = cfg.learning_curve_config()
@@ -241,9 +241,10 @@ def cmd_learning_curve(args: argparse.Namespace) -> int:
 
 def cmd_autointerp(args: argparse.Namespace) -> int:
     """Explain and score each SAE at the middle target L0 with the configured LLM
-    (detection AUROC of p(yes), accuracy and F1 per latent; see :mod:`sae_med.autointerp`)."""
-    from sae_med.autointerp import write_run_scores
+    (detection AUROC of p(yes), accuracy and F1 per latent; see
+    :mod:`sae_med.interpret.autointerp`)."""
     from sae_med.experiment import stage_autointerp
+    from sae_med.interpret.autointerp import write_run_scores
 
     cfg = _load(args)
     print(f"autointerp={write_run_scores(cfg, stage_autointerp(cfg))}")
@@ -251,7 +252,7 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from sae_med.book import build_book
+    from sae_med.report.book import build_book
 
     print(f"book={build_book(args.config, list(args.overrides))}")
     return 0
@@ -259,7 +260,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 def cmd_notebook(args: argparse.Namespace) -> int:
     """Execute one notebook through papermill with the config (and -p parameters)."""
-    from sae_med.rerun import parse_parameter, run_notebook
+    from sae_med.report.rerun import parse_parameter, run_notebook
 
     extra = {name: parse_parameter(value) for name, value in args.param}
     out = run_notebook(args.notebook, args.config, args.overrides, args.out, args.run_name,
@@ -301,8 +302,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
     # what the forwards will run in on this machine (model.dtype auto differs by machine);
     # torch is imported here, not at the top, so that --help stays fast
-    from sae_med.models import pick_device
-    from sae_med.runtime import resolve_dtype
+    from sae_med.runtime import pick_device, resolve_dtype
 
     choice = resolve_dtype(cfg.model.dtype, pick_device(cfg.model.device), cfg.cache_path)
     line = f"model.dtype {cfg.model.dtype} -> {choice.dtype} here: {choice.reason}"
@@ -313,7 +313,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's SAEs (or one SAE) with a model card; optionally push them to the hub."""
-    from sae_med.export import ExportError, export_saes, push_to_hub, stage_for_hub
+    from sae_med.report.export import ExportError, export_saes, push_to_hub, stage_for_hub
 
     try:
         if not args.push_to_hub:
@@ -359,7 +359,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Commit the built book's HTML to a branch of a git remote (GitHub Pages)."""
-    from sae_med.publish import PublishError, publish_html
+    from sae_med.report.publish import PublishError, publish_html
 
     try:
         done = publish_html(args.build, args.remote, args.branch, args.message)
@@ -469,7 +469,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per rank
-        from sae_med.distributed import init_from_env
+        from sae_med.runtime import init_from_env
 
         init_from_env()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

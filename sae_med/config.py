@@ -113,8 +113,9 @@ class SAEConfig:
     from 0.001 to the pre-activation scale in a few hundred Adam steps."""
     seeds: int = 1
     """Replicate SAEs per (training corpus, target L0), each from its own initialisation
-    and batch order (:func:`sae_med.train.init_seed`, :func:`~sae_med.train.batch_seed`);
-    intervals over replicates include training-seed variance (:mod:`sae_med.compare`)."""
+    and batch order (:func:`sae_med.train.schedule.init_seed`,
+    :func:`~sae_med.train.schedule.batch_seed`); intervals over replicates include training-seed
+    variance (:mod:`sae_med.measure.compare`)."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "sae.width", "must be > 0")
@@ -177,7 +178,7 @@ class TrainConfig:
     source: Literal["cache", "stream"] = "cache"
     """``cache``: train on the activation cache (``cache.n_tokens`` per corpus, built once,
     shared by every run). ``stream``: the model produces the activations on the fly into
-    shuffled buffers (:mod:`sae_med.stream`, tokenised as the cache is) and no training
+    shuffled buffers (:mod:`sae_med.cache.stream`, tokenised as the cache is) and no training
     cache is written, for settings whose cache would not fit on disk."""
     stream_buffer_tokens: int = 262_144
     """``stream``: activations per shuffle buffer (held in RAM in ``cache.dtype``, twice:
@@ -254,7 +255,7 @@ class EvalConfig:
     scored tokens)."""
     bootstrap: int = 2000
     """Bootstrap replicates for 95% intervals (each draws seeds, then document groups:
-    :func:`sae_med.bootstrap.doc_resample`); 2,000 keep the Monte Carlo error of a 2.5%
+    :func:`sae_med.measure.bootstrap.doc_resample`); 2,000 keep the Monte Carlo error of a 2.5%
     percentile small beside the interval."""
     massive_norm_ratio: float = 3.0
     """``fve_typical`` leaves out tokens whose ‖x‖ exceeds this multiple of the eval
@@ -275,8 +276,8 @@ CORPUS_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")
 class CorpusSpec:
     """A corpus declared in a config (``corpora: {NAME: {...}}``): local files, or a
     Hugging Face dataset (read from local ``data_files`` when given). Read by
-    :mod:`sae_med.corpora_local`; split, de-duplicated and fingerprinted like the
-    built-in corpora (:mod:`sae_med.data`)."""
+    :mod:`sae_med.corpora.local`; split, de-duplicated and fingerprinted like the
+    built-in corpora (:mod:`sae_med.corpora.registry`)."""
 
     domain: str = ""
     """Which side of the comparison it is on: ``broad`` for a control, any other name
@@ -340,7 +341,7 @@ class AutointerpConfig:
     never goes in a config, since configs are saved beside every artefact."""
     demo: bool = True
     """Run a small, labelled demo budget instead of n_latents / n_windows / n_score /
-    fuzzing below (see ``sae_med.autointerp.DEMO_BUDGET``: under a minute on a CPU). The
+    fuzzing below (see ``sae_med.interpret.autointerp.DEMO_BUDGET``: under a minute on a CPU). The
     default, because the embedded judge is too weak for a comparison; ``false`` runs the
     real comparison with the budget below (meant for a strong model via ``backend=openai``)."""
     n_latents: int = 8
@@ -427,7 +428,10 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
-        from sae_med.data import declare_corpus, list_corpora  # data imports this module
+        from sae_med.corpora.registry import (  # data imports this module
+            declare_corpus,
+            list_corpora,
+        )
 
         for name, spec in self.corpora.items():
             spec.check(name)

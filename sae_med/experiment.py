@@ -1,19 +1,8 @@
 """The domain-vs-broad experiment as idempotent stages: cache → train → evaluate.
 
 Each stage reuses what an earlier call produced when its hash matches and recomputes it
-otherwise, so notebooks can call the stage they narrate without re-running the rest.
-
-Layout under ``cfg.run_path`` (``{output_dir}/{name}``)::
-
-    config.json                 the resolved config
-    saes/{train_corpus}/seed_{r}/   one training sweep per corpus and replicate r < sae.seeds
-        l0_{target}/            cfg.json + sae.safetensors (raw-activation space), metrics.jsonl
-    results.json, results.csv   every SAE scored on every eval corpus, with the across-seed
-                                means and paired gaps (see sae_med.evaluate, sae_med.compare)
-    learning_curve/tokens_{n}.json   a learning-curve run's SAEs at each budget, scored alike
-    annealed/tokens_{n}/        with train.snapshots_annealed: the run to budget n on its own
-
-An SAE's id is its path under ``saes/`` (:func:`sae_med.train.sae_id`).
+otherwise, so notebooks can call the stage they narrate without re-running the rest. This
+is the only module that runs stages; where each one writes is :mod:`sae_med.layout`.
 """
 
 from __future__ import annotations
@@ -23,7 +12,7 @@ import json
 import logging
 import math
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache, lru_cache
@@ -33,23 +22,23 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from sae_med import LOG_FORMAT
-from sae_med import distributed as dist
-from sae_med.activations import ActivationCache, build_cache
+from sae_med import runtime as dist
 from sae_med.artifacts import write_json_atomic
-from sae_med.batches import BatchSource
+from sae_med.cache.activations import ActivationCache, build_cache
+from sae_med.cache.batches import BatchSource
 from sae_med.config import RUN_SECTIONS, Config
-from sae_med.learning_curve import CurvePoint
-from sae_med.lm import LanguageModel
-from sae_med.models import load_model
-from sae_med.sae import JumpReLUSAE
+from sae_med.layout import RESULTS_NAME, SAES_DIR, sae_dirs
+from sae_med.lm.load import load_model
+from sae_med.lm.model import LanguageModel
+from sae_med.measure.results import ResultRow, write_results
+from sae_med.measure.scoring import compare_families, score_saes
+from sae_med.report.learning_curve import CurvePoint
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 if TYPE_CHECKING:
-    from sae_med.autointerp import RunScores
+    from sae_med.interpret.autointerp import RunScores
 
 log = logging.getLogger(__name__)
-
-SAES_DIR = "saes"
-"""The run folder's subfolder of trained SAEs (``{SAES_DIR}/{sae_id}``)."""
 
 
 @lru_cache(maxsize=2)
@@ -95,7 +84,7 @@ def stage_cache(cfg: Config, progress: bool = True) -> dict[tuple[str, str], Act
 def train_source(cfg: Config, corpus: str, progress: bool = True) -> BatchSource:
     """What the SAEs of ``corpus`` train on: its cache, or a stream (``train.source``)."""
     if cfg.train.source == "stream":
-        from sae_med.stream import ActivationStream
+        from sae_med.cache.stream import ActivationStream
 
         return ActivationStream(load_model_for(cfg), cfg, corpus)
     return cache_for(cfg, corpus, "train", progress)
@@ -117,7 +106,7 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     == t)`` is replicate 0). A finished run whose checkpoint key matches is reused; one for
     another config or cache is retrained from scratch (with a warning), never reused.
     """
-    from sae_med.train import sweep_finished
+    from sae_med.train.sweep import sweep_finished
 
     sweeps = [Sweep(c, r) for c in cfg.train_corpora for r in range(cfg.sae.seeds)]
     sources = {c: train_source(cfg, c, progress) for c in cfg.train_corpora}
@@ -141,7 +130,7 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
 
 
 def _sweep_dir(cfg: Config, sweep: Sweep) -> Path:
-    from sae_med.train import replicate_dirname
+    from sae_med.layout import replicate_dirname
 
     return cfg.run_path / SAES_DIR / sweep.corpus / replicate_dirname(sweep.replicate)
 
@@ -149,7 +138,7 @@ def _sweep_dir(cfg: Config, sweep: Sweep) -> Path:
 def _train_sweep(cfg: Config, sweep: Sweep, source: BatchSource, progress: bool,
                  bar_position: int = 0) -> list:
     """Train (or resume, or reuse) one sweep on ``source`` in this process."""
-    from sae_med.train import train_saes
+    from sae_med.train.sweep import train_saes
 
     return train_saes(cfg, source, _sweep_dir(cfg, sweep), resume=True, progress=progress,
                       d_model=source.d_model, train_corpus=sweep.corpus,
@@ -209,8 +198,8 @@ def _train_parallel(cfg: Config, sweeps: Sequence[Sweep], roots: dict[str, Path]
 
 def _sweep_result(future: Future, workers: int) -> list:
     """A worker's result, or its error; a worker killed outright (SIGKILL, out of memory)
-    becomes one clear :class:`~sae_med.train.TrainingError`."""
-    from sae_med.train import TrainingError
+    becomes one clear :class:`~sae_med.train.records.TrainingError`."""
+    from sae_med.train.records import TrainingError
 
     try:
         return future.result()
@@ -222,21 +211,12 @@ def _sweep_result(future: Future, workers: int) -> list:
             f"memory)") from err
 
 
-def sae_dirs(cfg: Config) -> dict[str, Path]:
-    """``{sae_id: directory}`` of the trained SAEs, e.g. ``medical/seed_0/l0_20``."""
-    from sae_med.train import sae_id
-
-    ids = [sae_id(c, r, t) for c in cfg.train_corpora for r in range(cfg.sae.seeds)
-           for t in cfg.sae.l0_targets]
-    return {i: cfg.run_path / SAES_DIR / i for i in ids}
-
-
 def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     """Score every trained SAE on every eval corpus; returns ``results.json``'s path.
 
     Reused when its ``inputs_key`` (config, every SAE's weights hash, every eval cache's
     key) matches; recomputed otherwise."""
-    from sae_med.evaluate import RESULTS_NAME
+    from sae_med.layout import RESULTS_NAME
 
     stage_train(cfg, progress)
     return _evaluate_once(cfg, sae_dirs(cfg), cfg.run_path / RESULTS_NAME, progress)
@@ -246,7 +226,8 @@ def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: boo
     """Score the SAEs of ``dirs`` (``{sae_id: folder}``) on every eval corpus into
     ``path``, unless its ``inputs_key`` says that was done with these inputs."""
     from sae_med.artifacts import stable_hash
-    from sae_med.evaluate import SCHEMA_VERSION, evaluate_paths
+    from sae_med.experiment import evaluate_paths
+    from sae_med.measure.results import SCHEMA_VERSION
 
     model = load_model_for(cfg)
     caches = {c: cache_for(cfg, c, "eval", progress) for c in cfg.eval_corpora}
@@ -271,8 +252,8 @@ def stage_learning_curve(cfg: Config, progress: bool = True) -> list[CurvePoint]
     :meth:`~sae_med.config.Config.learning_curve_config`): its caches and long runs, then
     each budget's SAEs (snapshots, and the full run last) scored on every eval corpus
     into ``learning_curve/tokens_<budget>.json``, each reused while its inputs match."""
-    from sae_med.learning_curve import CURVE_DIR, curve_budgets, results_name
-    from sae_med.train import snapshot_dir
+    from sae_med.layout import CURVE_DIR, results_name, snapshot_dir
+    from sae_med.report.learning_curve import curve_budgets
 
     if not cfg.train.snapshot_tokens:
         raise ValueError(f"config {cfg.name!r} saves no snapshots (train.snapshot_tokens); "
@@ -339,7 +320,7 @@ def saes_at(cfg: Config, l0_target: float = 0.0, corpora: Sequence[str] = (),
             progress: bool = True) -> dict[str, JumpReLUSAE]:
     """Replicate 0 of each training corpus's SAE (or of ``corpora``) at
     :func:`middle_target` ``l0_target``, trained first if needed."""
-    from sae_med.train import sae_id
+    from sae_med.layout import sae_id
 
     target = middle_target(cfg, l0_target)
     stage_train(cfg, progress)
@@ -352,10 +333,10 @@ def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
     """Explain and score replicate 0 of every training corpus's SAE at ``l0_target``
     (:func:`middle_target`) on the ``eval_corpus`` evaluation cache (empty: the first
     evaluation corpus), with the configured chat backend (cached under the cache dir) and
-    budget (:func:`~sae_med.autointerp.run_budget`: the demo unless
+    budget (:func:`~sae_med.interpret.autointerp.run_budget`: the demo unless
     ``autointerp.demo=false``). Caches and SAEs come from the stages above."""
-    from sae_med.autointerp import DEMO_BUDGET, RunScores, run_budget, score_saes
-    from sae_med.llm import make_chat
+    from sae_med.interpret.autointerp import DEMO_BUDGET, RunScores, run_budget, score_saes
+    from sae_med.interpret.chat import make_chat
 
     target = middle_target(cfg, l0_target)
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
@@ -376,11 +357,11 @@ def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
 
 def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
                    progress: bool = True) -> dict:
-    """:func:`~sae_med.diagnose.diagnose_sae` for replicate 0 of each training corpus at
+    """:func:`~sae_med.measure.diagnose.diagnose_sae` for replicate 0 of each training corpus at
     ``l0_target`` (0: the middle of the sweep) on the CE documents of ``eval_corpus``
     (empty: the first eval corpus). Returns ``{train_corpus: DamageReport}``."""
-    from sae_med.diagnose import Subject, diagnose_saes
-    from sae_med.evaluate import ce_batches, reconstruction_fn
+    from sae_med.measure.diagnose import Subject, diagnose_saes
+    from sae_med.measure.scoring import ce_batches, reconstruction_fn
 
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
     saes = saes_at(cfg, l0_target, progress=progress)
@@ -393,3 +374,101 @@ def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
         subjects[corpus] = Subject(reconstruction_fn(sae), cache.activations(0, n),
                                    cache.tokens().token_ids)
     return diagnose_saes(model, batches, cfg.model.hook_layer, subjects, seed=cfg.seed)
+
+
+# --------------------------------------------------------------------------------------
+# `sae-med evaluate`
+# --------------------------------------------------------------------------------------
+
+def sae_meta(spec: str | Path) -> dict[str, Any]:
+    """Row columns for a saved SAE: where it came from (``sae_dir``, ``sae_format``), its
+    shape, and for sae-med folders the ``cfg.json`` metadata (l0_target, replicate,
+    steps, ...) and train_corpus (metadata, else the parent folder's name). Other formats
+    get train_corpus "external" and replicate 0."""
+    from sae_med.sae.io import sae_format
+
+    kind = sae_format(spec)
+    if kind != "sae_med":
+        return {"sae_dir": str(spec), "sae_format": kind, "train_corpus": "external",
+                "l0_target": None, "replicate": 0}
+    directory = Path(spec)
+    cfg = json.loads((directory / "cfg.json").read_text())
+    md = cfg.get("metadata", {}) or {}
+    return {"sae_dir": str(directory), "sae_format": kind, "d_model": cfg.get("d_model"),
+            "d_sae": cfg.get("d_sae"),
+            "train_corpus": md.get("train_corpus") or directory.parent.name,
+            "l0_target": md.get("l0_target"), "replicate": int(md.get("replicate") or 0),
+            "sae_metadata": md}
+
+
+def _sae_ids(specs: Sequence[str | Path], meta: Sequence[Mapping[str, Any]]) -> list[str]:
+    from sae_med.layout import sae_id
+
+    ids = [str(s) if str(s).startswith("sae_lens:") else
+           sae_id(m["train_corpus"], m["replicate"], m["l0_target"])
+           if (m.get("sae_metadata") or {}).get("train_corpus") else
+           f"{Path(s).parent.name}/{Path(s).name}" for s, m in zip(specs, meta, strict=True)]
+    if len(set(ids)) < len(ids):
+        ids = [str(s) for s in specs]
+    return ids
+
+
+def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
+                   eval_corpora: Iterable[str] | None = None,
+                   model: LanguageModel | None = None,
+                   out_path: str | Path | None = None, progress: bool = True,
+                   sae_ids: Sequence[str] | None = None,
+                   extra: Mapping[str, Any] | None = None,
+                   caches: Mapping[str, ActivationCache] | None = None) -> Path:
+    """Load SAEs (any format of :func:`~sae_med.sae.io.load_any_sae`: sae-med folders, Gemma
+    Scope params.npz, sae-lens folders or releases), score each on every eval corpus with
+    the same pipeline and tokens, write results.
+
+    SAE ids are ``sae_ids`` if given, else those of :func:`sae_med.layout.sae_id` for
+    folders whose metadata names their training corpus (``medical/seed_0/l0_20``), else
+    ``{parent}/{folder}``, or full paths if those collide. Eval caches come from
+    ``caches`` when given, else ``build_cache(model, cfg, corpus, "eval",
+    n_tokens=cfg.eval.n_tokens)``. Writes
+    ``cfg.run_path / "results.json"`` (or ``out_path``) and the CSV beside it; returns
+    the JSON path.
+    """
+    from sae_med.cache.activations import build_cache
+    from sae_med.lm.load import load_model
+    from sae_med.lm.weights import recorded_weights, warn_if_other_weights, weights_record
+    from sae_med.runtime import pick_device
+    from sae_med.sae.io import load_any_sae
+
+    specs = list(sae_dirs)
+    if not specs:
+        raise ValueError("no SAE folders to evaluate")
+    metas = [sae_meta(s) for s in specs]  # fails fast on bad specs
+    ids = list(sae_ids) if sae_ids is not None else _sae_ids(specs, metas)
+    if len(ids) != len(specs) or len(set(ids)) != len(ids):
+        raise ValueError(f"need one distinct id per SAE: {len(specs)} SAEs, ids {ids}")
+    meta = dict(zip(ids, metas, strict=True))
+    corpora = list(cfg.eval_corpora if eval_corpora is None else eval_corpora)
+    if model is None:
+        model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
+    dev = pick_device(cfg.model.device)
+    saes = {i: load_any_sae(s, device=dev) for i, s in zip(ids, specs, strict=True)}
+    for i, sae in saes.items():
+        meta[i].update(d_model=sae.d_model, d_sae=sae.d_sae)
+        if sae.d_model != model.d_model:
+            raise ValueError(f"SAE {i} ({specs[ids.index(i)]}) has d_model {sae.d_model}, "
+                             f"but {cfg.model.name} has d_model {model.d_model}: it was "
+                             "trained on another model")
+    weights = weights_record(cfg.model.name, getattr(model, "weights_hash", None))
+    for i, spec in zip(ids, specs, strict=True):
+        warn_if_other_weights(i, recorded_weights(spec), weights)
+    rows: list[ResultRow] = []
+    comparisons = []
+    for corpus in corpora:
+        cache = (caches or {}).get(corpus) or build_cache(
+            model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens, progress=progress)
+        scored = score_saes(saes, model, cfg, corpus, cache, meta, progress)
+        rows += scored.rows
+        comparisons.append(compare_families(scored, cfg, corpus))
+    return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME, comparisons,
+                         {**(extra or {}), "weights": weights.to_dict(),
+                          # the forwards' dtype and why (model.dtype auto varies by machine)
+                          "model_dtype": model.dtype_choice._asdict()})

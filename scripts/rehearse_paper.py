@@ -29,7 +29,7 @@ def main() -> int:
     from tiny_lms import save_tiny_lm
 
     from sae_med import cli
-    from sae_med.corpora_hub import LOCAL_FILES_ENV
+    from sae_med.corpora.hub import LOCAL_FILES_ENV
 
     work = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "runs" / "rehearse_paper")
     work = work.resolve()

@@ -18,10 +18,10 @@ fi
 # apt-get download needs the package lists; refresh them only when a package is missing.
 if ! .venv/bin/python -m sae_med.cli prepare --check >/dev/null 2>&1; then
   echo "setup: fetching Debian text packages, parsing corpora, caching the model"
-  # every package a corpus reads (sae_med.corpora_embedded.DEBIAN_PACKAGES), so lists that
+  # every package a corpus reads (sae_med.corpora.embedded.DEBIAN_PACKAGES), so lists that
   # predate a newly added corpus are refreshed too
   packages=$(.venv/bin/python -c \
-    "from sae_med.corpora_embedded import DEBIAN_PACKAGES as p; print(*p.values())")
+    "from sae_med.corpora.embedded import DEBIAN_PACKAGES as p; print(*p.values())")
   # shellcheck disable=SC2086  # one word per package
   if ! apt-get download --print-uris $packages >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi

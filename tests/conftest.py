@@ -19,7 +19,7 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def model():
     """The real Gemma-3-270M from the PyPI GGUF (fp32 copy cached on first use)."""
-    from sae_med.models import load_model
+    from sae_med.lm.load import load_model
 
     return load_model(device="cpu")
 
@@ -53,7 +53,7 @@ def one_thread():
 def small_medical_cache(model, cache_root):
     """800 held-out medical tokens (contexts of 48): the feature and autointerp tests'
     cache, built once per session."""
-    from sae_med.activations import build_cache
+    from sae_med.cache.activations import build_cache
     from sae_med.config import load_config
 
     cfg = load_config(None, [f"cache_dir={cache_root}", "cache.n_tokens=800",

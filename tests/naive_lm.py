@@ -1,4 +1,4 @@
-"""Naive twins of :class:`sae_med.lm.LanguageModel`'s spliced loss, for the tests only.
+"""Naive twins of :class:`sae_med.lm.model.LanguageModel`'s spliced loss, for the tests only.
 
 Each runs the whole model once on the batch stacked three times (clean, spliced, zeroed),
 takes the full logits the library itself returns (soft-cap included) and scores every
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sae_med.lm import decoder_layers
-from sae_med.metrics import CELosses
+from sae_med.lm.model import decoder_layers
+from sae_med.measure.metrics import CELosses
 
 
 def _splice(resid, sae_fn, mask, b):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_med.corpora_hub import CLINICAL_QA_PARTS, WEB_DATASET
+from sae_med.corpora.hub import CLINICAL_QA_PARTS, WEB_DATASET
 
 PAPER_CONFIG = "configs/paper_gemma2_2b.yaml"
 GEMMA2_2B_BLOCKS = 26
@@ -69,7 +69,7 @@ def _records(dataset: str, config: str | None, rng: random.Random) -> list[dict]
 
 def write_hub_files(root: Path) -> Path:
     """Every dataset of ``clinical_qa`` and ``web`` as JSON Lines under ``root``, laid out
-    as :func:`sae_med.corpora_hub.local_data_file` reads them; returns ``root``."""
+    as :func:`sae_med.corpora.hub.local_data_file` reads them; returns ``root``."""
     rng = random.Random(0)
     parts = [p[1:4] for p in CLINICAL_QA_PARTS] + [WEB_DATASET]
     for dataset, config, split in parts:

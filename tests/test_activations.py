@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.activations import ActivationCache, CorruptCacheError, build_cache
+from sae_med.cache.activations import ActivationCache, CorruptCacheError, build_cache
 from sae_med.config import load_config
-from sae_med.data import iter_documents
+from sae_med.corpora.registry import iter_documents
 
 
 def small_cfg(cache_root, *extra):
@@ -53,7 +53,7 @@ def test_cache_reports_tokens_cut_by_ctx_len_as_corpora_counts_them(
     """A corpus of long and short documents, cached whole with contexts shorter than the
     long ones: the manifest's counted tokens are `sae-med corpora`'s count, and what was
     cached is that count less the cut, as `sae-med corpora`'s cached column predicts."""
-    from sae_med import data
+    from sae_med.corpora import registry as data
 
     words = iter_documents("medical", "train")
     (tmp_path / "recipes").mkdir()
@@ -137,9 +137,9 @@ def test_reader_shuffles_every_row_once_per_epoch(medical_cache):
 
 RESUME_SCRIPT = """
 import sys
-from sae_med.activations import build_cache
+from sae_med.cache.activations import build_cache
 from sae_med.config import load_config
-from sae_med.models import load_model
+from sae_med.lm.load import load_model
 cfg = load_config(None, sys.argv[1:])
 build_cache(load_model(device="cpu"), cfg, "medical", "train", progress=False)
 """
@@ -178,7 +178,7 @@ def test_interrupted_cache_resumes_to_the_same_result(model, tmp_path):
 
 def test_batches_equal_the_concatenated_shuffled_stream():
     """Naive twin of iter_batches: concatenate the shuffled windows, cut every batch_size."""
-    from sae_med.batches import TensorBatchSource
+    from sae_med.cache.batches import TensorBatchSource
 
     src = TensorBatchSource(torch.randn(1000, 3), chunk_rows=70, window=3)
     blocks, have = [], 0
@@ -198,7 +198,7 @@ RSS_SCRIPT = """
 import sys
 import torch
 from pathlib import Path
-from sae_med.activations import ActivationCache, PlanEnd, _finish, _write_shard
+from sae_med.cache.activations import ActivationCache, PlanEnd, _finish, _write_shard
 torch.set_num_threads(1)
 root, mode = Path(sys.argv[1]), sys.argv[2]
 n_shards, rows, d = 96, 4096, 256          # 96 shards of 4 MiB: a 384 MiB fp32 cache

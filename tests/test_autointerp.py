@@ -14,7 +14,8 @@ import openai
 import pytest
 import torch
 
-from sae_med.autointerp import (
+from sae_med.config import AutointerpConfig, ConfigError, config_from_dict, load_config
+from sae_med.interpret.autointerp import (
     DETECT_REMINDER,
     ask,
     compare_scores,
@@ -27,10 +28,7 @@ from sae_med.autointerp import (
     pick_latents,
     silent_windows,
 )
-from sae_med.bootstrap import bootstrap_mean
-from sae_med.config import AutointerpConfig, ConfigError, config_from_dict, load_config
-from sae_med.features import encode_cache, top_windows
-from sae_med.llm import (
+from sae_med.interpret.chat import (
     CachedChat,
     LocalChat,
     OpenAIChat,
@@ -39,9 +37,11 @@ from sae_med.llm import (
     p_yes_from_logprobs,
     retry_delay,
 )
-from sae_med.llm_server import serve
-from sae_med.metrics import auroc
-from sae_med.sae import JumpReLUSAE
+from sae_med.interpret.chat_server import serve
+from sae_med.interpret.features import encode_cache, top_windows
+from sae_med.measure.bootstrap import bootstrap_mean
+from sae_med.measure.metrics import auroc
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 SMALL = AutointerpConfig(n_latents=2, n_windows=3, n_score=2, max_new_tokens=24,
                          max_retries=1, fuzzing=True)
@@ -420,7 +420,7 @@ def test_retry_delay_known_answers():
 
 
 def test_demo_budget_is_the_default_and_one_override_turns_it_off():
-    from sae_med.autointerp import DEMO_BUDGET, run_budget
+    from sae_med.interpret.autointerp import DEMO_BUDGET, run_budget
 
     demo = run_budget(load_config(None).autointerp)
     assert demo.demo and (demo.n_latents, demo.n_windows, demo.n_score, demo.fuzzing) == (

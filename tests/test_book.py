@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sae_med.book import (
+from sae_med.config import load_config
+from sae_med.report.book import (
     PROJECT_ROOT,
     NotebookError,
     build_book,
@@ -20,7 +21,6 @@ from sae_med.book import (
     list_notebooks,
     write_build_info,
 )
-from sae_med.config import load_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -97,7 +97,7 @@ def test_offline_renderer_fetches_nothing():
     import plotly.graph_objects as go
     import plotly.io as pio
 
-    from sae_med.notebook import use_offline_plotly
+    from sae_med.report.notebook import use_offline_plotly
 
     use_offline_plotly()
     html = pio.renderers["sae_med_offline"].to_mimebundle(
@@ -111,13 +111,13 @@ def test_notebook_carries_plotly_js_once_and_the_book_drops_it(tmp_path):
     figures); the book's copy drops it, the site serving plotly.js instead."""
     import nbformat
 
-    from sae_med.book import drop_plotlyjs, ensure_kernel, execute_notebook
-    from sae_med.notebook import PLOTLYJS_OUTPUT
+    from sae_med.report.book import drop_plotlyjs, ensure_kernel, execute_notebook
+    from sae_med.report.notebook import PLOTLYJS_OUTPUT
 
     source = tmp_path / "01_figs.py"
     source.write_text(
         '# %% tags=["parameters"]\nconfig = ""\noverrides = []\nrun_name = ""\n\n'
-        "# %%\nimport plotly.graph_objects as go\nfrom sae_med.notebook import "
+        "# %%\nimport plotly.graph_objects as go\nfrom sae_med.report.notebook import "
         "use_offline_plotly\n\nuse_offline_plotly()\n"
         "for y in ([1, 2], [2, 1]):\n    go.Figure(go.Scatter(y=y)).show()\n")
     out = execute_notebook(source, tmp_path / "01_figs.ipynb", {}, ensure_kernel(), tmp_path)
@@ -255,7 +255,7 @@ def test_site_holds_one_copy_of_plotly_js(built_book):
     every notebook page and its .ipynb download (87 MB in all before; 14 MB now)."""
     from plotly.offline import get_plotlyjs
 
-    from sae_med.sphinx_assets import PLOTLY_JS
+    from sae_med.report.sphinx_assets import PLOTLY_JS
 
     html = built_book.parent
     banner = get_plotlyjs()[:200].encode()
@@ -272,7 +272,7 @@ def test_site_holds_one_copy_of_plotly_js(built_book):
 @pytest.mark.slow
 def test_results_page_says_smoke_verdicts_are_not_judged(built_book):
     """The smoke SAEs fail the ΔCE quality bar, so no claim gets a verdict."""
-    from sae_med.compare import NOT_JUDGED
+    from sae_med.measure.compare import NOT_JUDGED
 
     text = (built_book.parent / "book" / "results.html").read_text()
     section = text[text.index("Verdicts for this run"):]

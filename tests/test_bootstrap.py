@@ -1,4 +1,4 @@
-"""Known answers for sae_med.bootstrap, and a cross-check against scipy.stats.bootstrap."""
+"""Known answers for sae_med.measure.bootstrap, and a cross-check against scipy.stats.bootstrap."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from test_metrics import _doc_stats
 
-from sae_med.bootstrap import (
+from sae_med.measure.bootstrap import (
     bootstrap_ci,
     bootstrap_mean,
     doc_resample,
@@ -22,7 +22,7 @@ from sae_med.bootstrap import (
     resample_indices,
     statistic_draws,
 )
-from sae_med.metrics import metrics_from_doc_sums
+from sae_med.measure.metrics import metrics_from_doc_sums
 
 
 def test_bootstrap_ci_contains_estimate_and_narrows():

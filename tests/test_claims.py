@@ -3,7 +3,10 @@
 import pandas as pd
 import pytest
 
-from sae_med.claims import (
+from sae_med.config import load_config
+from sae_med.measure.compare import NOT_JUDGED
+from sae_med.measure.results import ComparisonTables
+from sae_med.report.claims import (
     CLAIMS,
     CONCEPT_CLAIM,
     DCE_BAR_NATS,
@@ -21,10 +24,7 @@ from sae_med.claims import (
     verdict_table,
     verdicts_frame,
 )
-from sae_med.compare import NOT_JUDGED
-from sae_med.config import load_config
-from sae_med.evaluate import ComparisonTables
-from sae_med.notebook import dce_bar_sentence, gap_table_by_model, step_table
+from sae_med.report.notebook import dce_bar_sentence, gap_table_by_model, step_table
 
 
 def gap(metric, value, low, high, basis="l0_target", at=20.0, stored="medical"):

@@ -19,7 +19,7 @@ def test_config_error_names_the_field(capsys):
 
 
 def test_corpora_lists_every_corpus(capsys):
-    from sae_med.data import list_corpora
+    from sae_med.corpora.registry import list_corpora
 
     assert main(["corpora", "--no-tokens"]) == 0
     out = capsys.readouterr().out
@@ -28,8 +28,8 @@ def test_corpora_lists_every_corpus(capsys):
 
 
 def test_corpora_leakage_prints_one_row_per_report(capsys, monkeypatch):
-    from sae_med import leakage
-    from sae_med.data import Removed
+    from sae_med.corpora import leakage
+    from sae_med.corpora.registry import Removed
 
     rows = [leakage.Leakage("hpo", 900, 100, 0.0, 0.005, Removed(7, 3)),
             leakage.Leakage("web", 90, 10, 0.1, 0.2)]

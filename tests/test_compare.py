@@ -1,4 +1,4 @@
-"""Known answers for sae_med.compare: paired gaps and steps, seed means, matched-FVE
+"""Known answers for sae_med.measure.compare: paired gaps and steps, seed means, matched-FVE
 interpolation, verdicts."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.bootstrap import Draws, Interval, bootstrap_ci, doc_resample, statistic_draws
-from sae_med.compare import (
+from sae_med.measure.bootstrap import Draws, Interval, bootstrap_ci, doc_resample, statistic_draws
+from sae_med.measure.compare import (
     SaeDraws,
     compare,
     interpolate,
@@ -18,7 +18,7 @@ from sae_med.compare import (
     trend_verdict,
     verdict,
 )
-from sae_med.metrics import DocSums, metrics_from_doc_sums
+from sae_med.measure.metrics import DocSums, metrics_from_doc_sums
 
 N_DOCS, D, N_BOOT = 40, 6, 200
 TARGETS = (10.0, 20.0, 40.0)
@@ -173,8 +173,8 @@ def test_gap_rows_round_trip_through_the_book_helpers(resample):
     """Gap.to_dict rows as a DataFrame: oriented either way, read back as Intervals."""
     import pandas as pd
 
-    from sae_med.claims import gap_intervals, oriented_gaps
-    from sae_med.notebook import gap_table
+    from sae_med.report.claims import gap_intervals, oriented_gaps
+    from sae_med.report.notebook import gap_table
 
     out = compare(family("medical", (0.20, 0.21), resample)
                   + family("broad", (0.30, 0.31), resample), "medical",

@@ -9,11 +9,12 @@ import json
 
 import pytest
 
-from sae_med import data, documents, leakage
 from sae_med.cli import main
 from sae_med.config import ConfigError, load_config
-from sae_med.corpora_local import CorpusSourceError
-from sae_med.leakage import corpus_leakage, offline_leakage
+from sae_med.corpora import documents, leakage
+from sae_med.corpora import registry as data
+from sae_med.corpora.leakage import corpus_leakage, offline_leakage
+from sae_med.corpora.local import CorpusSourceError
 
 _WORDS = (["vendor", "tenant", "trustee", "insurer", "lessee"],
           ["breached", "waived", "assigned", "repudiated", "ratified", "rescinded"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sae_med.coverage import CoverageSetup, by_document, coverage
+from sae_med.measure.coverage import CoverageSetup, by_document, coverage
 
 SMALL = CoverageSetup(n_groups=40, group_size=5, rho=0.5, n_boot=400)
 """Design effect 1 + 4 · 0.5 = 3: single-document intervals √3 too narrow."""

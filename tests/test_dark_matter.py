@@ -1,4 +1,4 @@
-"""Known-answer tests for sae_med.dark_matter (linear predictability of SAE error)."""
+"""Known-answer tests for sae_med.measure.dark_matter (linear predictability of SAE error)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.dark_matter import DarkMatterFit, dark_matter, is_train_doc
+from sae_med.measure.dark_matter import DarkMatterFit, dark_matter, is_train_doc
 
 
 def _data(n=4000, d=12, seed=0, tokens_per_doc=10):
@@ -129,8 +129,8 @@ def test_per_doc_sums_pool_to_the_result_and_bootstrap_over_documents():
     """Documents split across add_eval batches are merged; the pooled per-document sums
     reproduce result(); resampling documents gives an interval around the estimate that
     narrows with more documents."""
-    from sae_med.bootstrap import bootstrap_many
-    from sae_med.dark_matter import scores
+    from sae_med.measure.bootstrap import bootstrap_many
+    from sae_med.measure.dark_matter import scores
 
     def fit(n):
         x, docs, g = _data(n=n, d=6, tokens_per_doc=10)

@@ -9,10 +9,13 @@ from collections import Counter
 
 import pytest
 
-from sae_med import corpora_embedded, corpora_hub, data, documents
 from sae_med.config import default_cache_dir
-from sae_med.documents import Document
-from sae_med.leakage import corpus_leakage, leakage_by
+from sae_med.corpora import documents
+from sae_med.corpora import embedded as corpora_embedded
+from sae_med.corpora import hub as corpora_hub
+from sae_med.corpora import registry as data
+from sae_med.corpora.documents import Document
+from sae_med.corpora.leakage import corpus_leakage, leakage_by
 
 EMBEDDED = ["hpo", "icd10cm", "wordnet", "austen", "gcide", "fortunes", "go", "foldoc"]
 BUILD_0 = EMBEDDED[:6]
@@ -284,7 +287,7 @@ def tiny_gemma(tmp_path_factory):
     model tokenizes them, in seconds."""
     from tiny_lms import save_tiny_lm
 
-    from sae_med.models import load_model
+    from sae_med.lm.load import load_model
 
     return load_model(str(save_tiny_lm(tmp_path_factory.mktemp("tiny") / "gemma2",
                                        "gemma2")), device="cpu")
@@ -294,7 +297,7 @@ def tiny_gemma(tmp_path_factory):
 def test_mixed_corpus_caches_its_medical_share_of_tokens(pct, tiny_gemma, tmp_path):
     """The activation cache an SAE trains on, built with the default's cache settings:
     ``pct``% of its rows (tokens) come from medical documents, within one point."""
-    from sae_med.activations import build_cache
+    from sae_med.cache.activations import build_cache
     from sae_med.config import load_config
 
     cfg = load_config("configs/default.yaml", [f"cache_dir={tmp_path}", "model.hook_layer=1"])
@@ -407,7 +410,7 @@ def test_domains_config_is_the_default_with_an_sae_per_corpus():
     placebo definition domains, definitions without a domain, narrative prose, broad,
     mixed), each scored on every corpus but the mix."""
     from sae_med.config import load_config
-    from sae_med.notebook import domain_pair
+    from sae_med.report.notebook import domain_pair
 
     cfg = load_config("configs/domains.yaml")
     assert {data.corpus_info(c).domain for c in cfg.train_corpora} == set(DOMAINS.values())

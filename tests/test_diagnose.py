@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_med.diagnose import (
+from sae_med.measure.diagnose import (
     breakdown,
     decile_edges,
     dimension_damage,
@@ -28,7 +28,7 @@ def tiny():
 
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from sae_med.lm import LanguageModel, TokenBatch
+    from sae_med.lm.model import LanguageModel, TokenBatch
 
     torch.manual_seed(0)
     hf = Gemma3ForCausalLM(Gemma3TextConfig(
@@ -115,7 +115,7 @@ def test_random_error_and_mean_ablation_baselines_run(tiny):
 
 
 def test_diagnose_sae_known_answers(tiny):
-    from sae_med.diagnose import diagnose_sae
+    from sae_med.measure.diagnose import diagnose_sae
 
     lm, batches = tiny
     xs = torch.cat([lm.resid(b.tokens, b.attention_mask, LAYER)[b.keep] for b in batches])
@@ -134,7 +134,7 @@ def test_diagnose_sae_known_answers(tiny):
 
 def test_diagnosing_two_saes_together_is_diagnosing_each_alone(tiny):
     """diagnose_saes shares the clean and zero passes across SAEs; nothing else changes."""
-    from sae_med.diagnose import Subject, diagnose_sae, diagnose_saes
+    from sae_med.measure.diagnose import Subject, diagnose_sae, diagnose_saes
 
     lm, batches = tiny
     xs = torch.cat([lm.resid(b.tokens, b.attention_mask, LAYER)[b.keep] for b in batches])

@@ -1,5 +1,5 @@
 """Data-parallel training and caching under torchrun (2 CPU processes, gloo) against one
-process, plus the single-process behaviour of the helpers in sae_med.distributed."""
+process, plus the single-process behaviour of the helpers in sae_med.runtime."""
 
 from __future__ import annotations
 
@@ -15,19 +15,19 @@ import torch
 from test_train import synthetic_acts
 from test_train import tiny_config as train_tiny_config
 
-from sae_med import distributed as dist
+from sae_med import runtime as dist
 from sae_med.config import Config
-from sae_med.metrics import fve
-from sae_med.sae import JumpReLUSAE
+from sae_med.measure.metrics import fve
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 REPO = Path(__file__).resolve().parents[1]
 
 TRAIN_SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    from sae_med import distributed
-    from sae_med.batches import TensorBatchSource
+    from sae_med import runtime as distributed
+    from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
-    from sae_med.train import train_saes
+    from sae_med.train.sweep import train_saes
     torch.set_num_threads(1)
     distributed.init_from_env()
     acts_path, out, cfg_json, fail_at, resume = sys.argv[1:6]
@@ -116,8 +116,8 @@ CACHE_ARGS = ["cache.n_tokens=700", "cache.shard_tokens=100", "cache.batch_size=
 def test_torchrun_cache_equals_single_process_cache(model, tmp_path, one_thread):
     """Two ranks split the shards (rank r writes shards r, r+2, ...); the result is the
     single-process cache file for file: same key, shards, rows and row order."""
-    from sae_med.activations import ActivationCache, build_cache, cache_spec
     from sae_med.artifacts import stable_hash
+    from sae_med.cache.activations import ActivationCache, build_cache, cache_spec
     from sae_med.config import default_cache_dir, load_config
 
     (tmp_path / "two").mkdir()

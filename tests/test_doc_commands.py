@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from doc_commands import checkout, commands, doc_blocks, run_command, using_it_chapters
 
-from sae_med.book import PROJECT_ROOT
 from sae_med.cli import parse_args
 from sae_med.config import load_config
+from sae_med.report.book import PROJECT_ROOT
 
 DOCS = [PROJECT_ROOT / "README.md", *using_it_chapters(PROJECT_ROOT)]
 SHELL = ("bash", "sh", "console", "shell")

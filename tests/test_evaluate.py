@@ -16,11 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_med.activations import build_cache
-from sae_med.bootstrap import Draws, bootstrap_ci, bootstrap_many
-from sae_med.compare import SaeDraws, compare
+from sae_med.cache.activations import build_cache
 from sae_med.config import load_config
-from sae_med.evaluate import (
+from sae_med.experiment import evaluate_paths
+from sae_med.lm.model import TokenBatch
+from sae_med.measure.bootstrap import Draws, bootstrap_ci, bootstrap_many
+from sae_med.measure.compare import SaeDraws, compare
+from sae_med.measure.metrics import DocCE, summarize_ce
+from sae_med.measure.results import (
     CE_METRICS,
     DARK_MATTER_METRICS,
     MEAN_ABLATION_METRICS,
@@ -28,16 +31,14 @@ from sae_med.evaluate import (
     RECON_METRICS,
     SCHEMA_VERSION,
     TYPICAL_METRICS,
-    ce_batches,
-    evaluate_paths,
-    evaluate_saes,
     load_comparisons,
     load_results,
     write_results,
 )
-from sae_med.lm import TokenBatch
-from sae_med.metrics import DocCE, summarize_ce
-from sae_med.sae import JumpReLUSAE, to_sae_lens
+from sae_med.measure.scoring import ce_batches, evaluate_saes
+from sae_med.measure.spliced import spliced_losses
+from sae_med.sae.io import to_sae_lens
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 CORPUS = "medical"
 
@@ -157,7 +158,7 @@ def test_massive_tokens_are_left_out_of_fve_typical(model, cfg, cache, saes, row
     """The typical FVE is the FVE of the tokens under eval.massive_norm_ratio x the median
     norm: all of them at a huge ratio; at a ratio that cuts the top tokens it is the
     pooled FVE of the rest (recomputed here from the activations)."""
-    from sae_med.metrics import fve
+    from sae_med.measure.metrics import fve
 
     fit = rows["fit"]
     assert val(fit, "fve_typical") == pytest.approx(val(fit, "fve"), rel=1e-9) or (
@@ -217,7 +218,7 @@ def test_rows_resample_document_groups(rows, cache):
     corpus's)."""
     from itertools import islice
 
-    from sae_med.data import iter_documents
+    from sae_med.corpora.registry import iter_documents
 
     used = {*cache.tokens().doc_index.tolist(), *range(5)}  # eval.ce_docs=5
     docs = list(islice(iter_documents(CORPUS, "eval"), max(used) + 1))
@@ -355,7 +356,8 @@ def test_evaluate_paths_reads_gemma_scope_and_sae_lens_formats(model, cfg, saes,
     folder gets the same scores; a bad spec or a d_model mismatch fails before any work."""
     import numpy as np
 
-    from sae_med.sae import SAECheckpointError, sae_format
+    from sae_med.sae.io import sae_format
+    from sae_med.sae.jumprelu import SAECheckpointError
 
     sae = saes["fit"]
     ours = sae.save(tmp_path / "ours" / "fit")
@@ -507,7 +509,7 @@ def test_loss_recovered_agrees_with_sae_lens(model, cfg, saes):
     tokens = b.tokens[:, :t]
     ones = torch.ones_like(tokens)
     sae = saes["fit"]
-    ours = model.spliced_losses(TokenBatch(tokens, ones, ones.bool()), cfg.model.hook_layer,
+    ours = spliced_losses(model, TokenBatch(tokens, ones, ones.bool()), cfg.model.hook_layer,
                                 {"fit": lambda x: sae(x).x_hat})["fit"]
     assert ours.mask.all()
     s = ours.summary()

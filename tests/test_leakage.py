@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import itertools
 
-from sae_med import documents
-from sae_med.documents import Document, Removed, deduplicate, near_duplicate_key
-from sae_med.leakage import Leakage, leakage_by, measure_leakage
+from sae_med.corpora import documents
+from sae_med.corpora.documents import Document, Removed, deduplicate, near_duplicate_key
+from sae_med.corpora.leakage import Leakage, leakage_by, measure_leakage
 
 # --------------------------------------------------------------------------- normaliser
 

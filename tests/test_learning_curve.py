@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sae_med.bootstrap import Interval
-from sae_med.claims import DCE_BAR_NATS
-from sae_med.compare import NOT_JUDGED
 from sae_med.config import load_config
 from sae_med.experiment import stage_learning_curve
-from sae_med.learning_curve import (
+from sae_med.measure.bootstrap import Interval
+from sae_med.measure.compare import NOT_JUDGED
+from sae_med.report.claims import DCE_BAR_NATS
+from sae_med.report.learning_curve import (
     CurveTables,
     claim_trends,
     curve_sentence,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_med import llm
-from sae_med.llm import GenerationStopped, LocalChat
+from sae_med.interpret import chat as llm
+from sae_med.interpret.chat import GenerationStopped, LocalChat
 
 PROMPT = [{"role": "user", "content": "Name the organs of the chest and what each does. " * 6}]
 

@@ -11,8 +11,9 @@ import torch
 
 from sae_med.config import load_config
 from sae_med.experiment import run_experiment
-from sae_med.lm import decoder_layers
-from sae_med.models import load_model
+from sae_med.lm.load import load_model
+from sae_med.lm.model import decoder_layers
+from sae_med.measure.spliced import spliced_losses
 
 LAYER = 1
 
@@ -65,11 +66,11 @@ def test_bfloat16_forwards_hand_on_fp32_and_are_keyed_apart(tiny_lm_dirs, arch):
     x16, x32 = (m.resid(batch.tokens, batch.attention_mask, LAYER)[keep] for m in (bf16, fp32))
     assert x16.dtype == bf16.W_U.dtype == torch.float32
     assert float((x16 - x32).norm() / x32.norm()) < 0.05
-    losses = bf16.spliced_losses(batch, LAYER, {"id": lambda x: x.float(), "half": lambda x:
+    losses = spliced_losses(bf16, batch, LAYER, {"id": lambda x: x.float(), "half": lambda x:
                                                 0.5 * x.float()})
     ident, half = losses["id"].summary(), losses["half"].summary()
     assert ident.delta_ce == ident.kl_spliced == 0.0 and half.kl_spliced > 0
-    ref = fp32.spliced_losses(batch, LAYER, {"half": lambda x: 0.5 * x})["half"].summary()
+    ref = spliced_losses(fp32, batch, LAYER, {"half": lambda x: 0.5 * x})["half"].summary()
     assert abs(half.ce_clean - ref.ce_clean) < 0.05
     assert abs(half.kl_spliced - ref.kl_spliced) < 0.2 * ref.kl_spliced
 
@@ -79,7 +80,7 @@ def test_scoring_a_few_rows_at_a_time_matches_whole_chunks(tiny_lm_dirs, monkeyp
     once: per-token CE is identical to scoring the whole chunk and KL the same to rounding
     (its sum over the vocabulary may be split differently), on a soft-capped bf16 model
     (Gemma-2) with a row count that divides neither the chunk nor the tokens."""
-    import sae_med.lm as lm
+    import sae_med.lm.model as lm
 
     model = load_model(str(tiny_lm_dirs["gemma2"]), device="cpu", dtype="bfloat16")
     assert model.softcap
@@ -90,7 +91,7 @@ def test_scoring_a_few_rows_at_a_time_matches_whole_chunks(tiny_lm_dirs, monkeyp
     out = {}
     for rows in (3, 10_000):
         monkeypatch.setattr(lm, "SCORE_ROWS", rows)
-        out[rows] = model.spliced_losses(batch, LAYER, fns, chunk_tokens=7)
+        out[rows] = spliced_losses(model, batch, LAYER, fns, chunk_tokens=7)
     for k in fns:
         assert out[3][k].kl_spliced.abs().sum() > 0
         for field in ("ce_clean", "ce_spliced", "ce_zero"):

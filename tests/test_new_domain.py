@@ -9,8 +9,8 @@ from pathlib import Path
 
 from doc_commands import checkout, commands, doc_blocks, run_command
 
-from sae_med.book import PROJECT_ROOT
-from sae_med.evaluate import load_results
+from sae_med.measure.results import load_results
+from sae_med.report.book import PROJECT_ROOT
 
 PAGE = PROJECT_ROOT / "book" / "new_domain.md"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sae_med.book import PROJECT_ROOT
 from sae_med.cli import main
-from sae_med.notebook import notebook_config
-from sae_med.rerun import (
+from sae_med.report.book import PROJECT_ROOT
+from sae_med.report.notebook import notebook_config
+from sae_med.report.rerun import (
     NotebookParameterError,
     check_parameters,
     find_notebook,
@@ -32,7 +32,7 @@ run_name = ""
 scale = 1.0
 
 # %%
-from sae_med.notebook import notebook_config
+from sae_med.report.notebook import notebook_config
 
 cfg = notebook_config(config, overrides, run_name)
 print(f"name={cfg.name} lr={cfg.train.lr} scale={scale * 2}")

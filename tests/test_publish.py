@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sae_med.cli import main
-from sae_med.publish import PublishError, git_identity, html_dir, publish_html
+from sae_med.report.publish import PublishError, git_identity, html_dir, publish_html
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from sae_med import cli
 from sae_med.config import load_config
-from sae_med.corpora_hub import LOCAL_FILES_ENV
+from sae_med.corpora.hub import LOCAL_FILES_ENV
 from sae_med.experiment import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")

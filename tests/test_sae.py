@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.sae import (
-    HeavisideFn,
-    JumpReLUFn,
-    JumpReLUSAE,
-    SAECheckpointError,
-    from_gemma_scope_npz,
-    from_sae_lens,
-    pre_acts,
-    to_sae_lens,
-)
+from sae_med.sae.io import from_gemma_scope_npz, from_sae_lens, to_sae_lens
+from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+from sae_med.sae.kernels import HeavisideFn, JumpReLUFn, pre_acts
 
 # seeding comes from conftest's autouse fixture
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from sae_med.config import load_config
-from sae_med.export import SAEBENCH_DIR, export_saes
-from sae_med.sae import JumpReLUSAE
-from sae_med.saebench import (
+from sae_med.report.export import SAEBENCH_DIR, export_saes
+from sae_med.report.saebench import (
     CacheRows,
     CustomSAEConfig,
     SAEBenchJumpReLU,
     activation_stats,
     results_filename,
 )
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 D_MODEL, D_SAE, SCALE = 32, 64, 0.05
 SAEBENCH_CFG_FIELDS = {
@@ -196,7 +196,7 @@ def test_export_saebench_writes_its_core_schema_and_loads_back(tmp_path, cache_r
                                                                 tiny_lm_dirs):
     from sae_lens import SAE
 
-    from sae_med.evaluate import evaluate_paths
+    from sae_med.experiment import evaluate_paths
 
     run = tmp_path / "runs" / "demo"
     cfg = load_config(None, [

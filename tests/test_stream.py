@@ -16,12 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_med.activations import build_cache
+from sae_med.cache.activations import build_cache
+from sae_med.cache.stream import ActivationStream
 from sae_med.config import ConfigError, load_config
-from sae_med.models import load_model
-from sae_med.sae import JumpReLUSAE
-from sae_med.stream import ActivationStream
-from sae_med.train import CHECKPOINT_NAME, batch_seed, read_checkpoint, train_saes
+from sae_med.layout import CHECKPOINT_NAME
+from sae_med.lm.load import load_model
+from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.train.checkpoint import read_checkpoint
+from sae_med.train.schedule import batch_seed
+from sae_med.train.sweep import train_saes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -126,10 +129,11 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, sys.argv[1])
     from test_stream import CountingStream, stream_config
-    from sae_med import distributed
-    from sae_med.models import load_model
-    from sae_med.sae import JumpReLUSAE
-    from sae_med.train import read_checkpoint, train_saes
+    from sae_med import runtime as distributed
+    from sae_med.lm.load import load_model
+    from sae_med.sae.jumprelu import JumpReLUSAE
+    from sae_med.train.checkpoint import read_checkpoint
+    from sae_med.train.sweep import train_saes
     torch.set_num_threads(1)
     distributed.init_from_env()
     tmp, model_dir = map(__import__("pathlib").Path, sys.argv[2:4])

@@ -1,4 +1,4 @@
-"""Tests for sae_med.train: schedules, a tiny sweep, kernels, bad input, kill-and-resume."""
+"""Tests for sae_med.train.sweep: schedules, a tiny sweep, kernels, bad input, kill-and-resume."""
 
 from __future__ import annotations
 
@@ -17,28 +17,15 @@ import pytest
 import torch
 
 from sae_med.artifacts import derived_seed
-from sae_med.batches import TensorBatchSource
+from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import Config, SAEConfig, TrainConfig
-from sae_med.metrics import fve
-from sae_med.sae import JumpReLUSAE
-from sae_med.train import (
-    CHECKPOINT_NAME,
-    InputNorm,
-    SweepMember,
-    TrainingError,
-    TrainMetrics,
-    batch_seed,
-    clip_grad_norm_,
-    estimate_input_norm,
-    init_seed,
-    lr_at,
-    run_key,
-    snapshot_dir,
-    snapshot_steps,
-    sparsity_coeff_at,
-    train_saes,
-    train_step,
-)
+from sae_med.layout import CHECKPOINT_NAME, snapshot_dir
+from sae_med.measure.metrics import fve
+from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.train.records import TrainingError, TrainMetrics
+from sae_med.train.schedule import batch_seed, init_seed, lr_at, snapshot_steps, sparsity_coeff_at
+from sae_med.train.step import SweepMember, clip_grad_norm_, train_step
+from sae_med.train.sweep import InputNorm, estimate_input_norm, run_key, train_saes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,7 +166,7 @@ def test_checkpoint_of_another_format_is_refused(tmp_path, monkeypatch):
     acts = synthetic_acts(n=256)
     cfg = tiny_config(n_tokens=32 * 6, checkpoint_every=0)
     train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", progress=False)
-    monkeypatch.setattr("sae_med.train.CHECKPOINT_FORMAT", 99)
+    monkeypatch.setattr("sae_med.train.checkpoint.CHECKPOINT_FORMAT", 99)
     with pytest.raises(TrainingError, match="has format 3, this version reads 99; delete"):
         train_saes(cfg, TensorBatchSource(acts), tmp_path / "r", resume=True,
                    progress=False)
@@ -348,9 +335,9 @@ def test_init_saes_start_from_given_weights(tmp_path, center):
 
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
-    from sae_med.batches import TensorBatchSource
+    from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
-    from sae_med.train import train_saes
+    from sae_med.train.sweep import train_saes
     torch.set_num_threads(1)
     acts_path, out, resume, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
     import json
@@ -427,7 +414,7 @@ def test_bf16_autocast_dense_path_and_threshold_lr_mult(tmp_path):
 
 
 def test_target_quantile_threshold_init_starts_at_the_target():
-    from sae_med.train import init_threshold_at_target_
+    from sae_med.train.sweep import init_threshold_at_target_
 
     x = synthetic_acts(n=4096, d=16)
     x = x / x.pow(2).sum(-1).mean().sqrt()
@@ -444,7 +431,7 @@ def _one_target(cfg: Config) -> Config:
 
 def test_compiled_step_matches_eager(tmp_path):
     """train.compile (inductor on this CPU) against the eager dense step, 12 steps."""
-    from sae_med.train import compile_available
+    from sae_med.train.step import compile_available
 
     if not compile_available():
         pytest.skip("torch.compile is unusable on this machine (the fallback is tested below)")
@@ -462,7 +449,7 @@ def test_compiled_step_matches_eager(tmp_path):
 
 
 def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch, caplog):
-    import sae_med.train as train_mod
+    import sae_med.train.sweep as train_mod
 
     def broken(*_a, **_k):
         raise RuntimeError("no C++ compiler (simulated)")
@@ -471,7 +458,7 @@ def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch, caplo
     monkeypatch.setattr(torch, "compile", broken)
     acts = synthetic_acts(n=512)
     cfg = _one_target(tiny_config(compile=True, n_tokens=32 * 4, checkpoint_every=0))
-    with caplog.at_level("WARNING", logger="sae_med.train"):
+    with caplog.at_level("WARNING", logger="sae_med.train.sweep"):
         [r] = train_saes(cfg, TensorBatchSource(acts), tmp_path / "fallback", progress=False)
     assert "torch.compile is unusable here" in caplog.text and "simulated" in caplog.text
     eager_cfg = _one_target(tiny_config(kernel="dense", n_tokens=32 * 4, checkpoint_every=0))
@@ -489,7 +476,7 @@ def test_compile_config_rejects_the_sparse_kernel():
 
 
 def test_prefetch_yields_the_same_stream_and_reraises():
-    from sae_med.batches import prefetch
+    from sae_med.cache.batches import prefetch
 
     src = TensorBatchSource(synthetic_acts(n=512), chunk_rows=100)
     ref = src.iter_batches(64, seed=1)
@@ -569,7 +556,7 @@ def test_reusing_a_finished_run_rewrites_nothing(tmp_path):
 
 def test_pre_act_term_known_answer():
     """relu(theta - z) summed over the dead latents only, averaged over rows."""
-    from sae_med.train import pre_act_term
+    from sae_med.train.step import pre_act_term
 
     sae = JumpReLUSAE(2, 3, init_threshold=1.0)
     with torch.no_grad():
@@ -668,7 +655,7 @@ def test_a_failing_parallel_sweep_raises_its_own_error(cache_root, tmp_path,
     surfaces in the caller as that error, with its message."""
     from sae_med.artifacts import ArtifactLockedError, artifact_lock
     from sae_med.experiment import stage_train
-    from sae_med.train import RUN_LOCK_NAME
+    from sae_med.layout import RUN_LOCK_NAME
 
     cfg = _parallel_cfg(cache_root, tmp_path, 2)
     locked = cfg.run_path / "saes" / "broad" / "seed_1"

@@ -1,0 +1,356 @@
+"""Intervals that include training-seed variance: across-seed means, paired gaps, matched FVE.
+
+A *family* is the SAEs trained on one corpus at one target L0, one per seed replicate. All
+SAEs are scored on the same documents of an eval corpus, and their per-document sums let any
+resample of documents be re-scored. Intervals are a **two-stage (hierarchical) percentile
+bootstrap**: replicate b draws seed replicates with replacement, independently per training
+corpus (initialisations are independent, so replicate r of one corpus has no partner in
+another), then document groups with replacement (the split's unit:
+:func:`~sae_med.measure.bootstrap.doc_resample`), one draw shared by every SAE, family, metric and
+training corpus of the eval corpus (*paired* on documents). A family's value is the mean over
+its drawn seeds of the metric on the drawn documents; a gap is first training corpus minus
+another on the same document draw. A *step* is one family's change from a target L0 to the
+next, on the same document and seed draws, so document difficulty cancels in its interval.
+With one seed the interval is over document groups alone.
+
+Comparisons at **matched FVE** interpolate each seed's sweep (metric against its FVE,
+piecewise linear between target L0s) inside every bootstrap replicate, on a grid of FVE
+values inside all sweeps' common range (NaN where a replicate's sweep does not reach).
+Those replicates are left out of the interval and counted (``dropped`` of ``n_boot`` on
+every family, gap and step), so a reader sees how much of the bootstrap a matched
+comparison rests on.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+from sae_med.artifacts import derived_seed
+from sae_med.measure.bootstrap import LEVEL, Draws, Interval, finite_or_none, percentile_interval
+
+log = logging.getLogger(__name__)
+
+FVE_METRIC = "fve"
+"""The fidelity axis of matched-FVE comparisons (centred FVE over all eval tokens)."""
+MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "kl_score",
+                   "dark_matter.r2_error_mean", "dark_matter.r2_error_pooled",
+                   "dark_matter.r2_norm", "dark_matter.fvu_linear",
+                   "dark_matter.fvu_nonlinear", "dark_matter.fvu_sae")
+"""Metrics also compared at matched FVE (when present)."""
+Basis = Literal["l0_target", "fve"]
+Verdict = Literal["supported", "not supported", "not separable from FVE",
+                  "supported at the same L0; no common FVE range",
+                  "not judged: SAEs below the quality bar"]
+UNTESTED_AT_FVE: Verdict = "supported at the same L0; no common FVE range"
+"""The verdict when a claim holds at every target L0 but the families' FVE sweeps do not
+overlap, so it could not be tested at matched FVE."""
+NOT_JUDGED: Verdict = "not judged: SAEs below the quality bar"
+"""The verdict of every claim of a run whose domain SAEs fail the quality bar
+(:func:`sae_med.report.claims.meets_quality_bar`): gaps between SAEs that wreck the model say
+nothing about the domain."""
+L0Trend = Literal["falls with L0", "rises with L0", "not resolved"]
+
+
+# --------------------------------------------------------------------------------------
+# Stage 1: seeds, and matched FVE
+# --------------------------------------------------------------------------------------
+
+def seed_draws(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_seeds) replicate indices drawn with replacement (one row per bootstrap
+    replicate)."""
+    return np.random.default_rng(seed).integers(n_seeds, size=(n_boot, n_seeds))
+
+
+def seed_mean(per_seed: Sequence[Draws], draws: np.ndarray) -> Draws:
+    """The across-seed mean: point = mean of the seeds' points; replicate b = mean over the
+    seeds drawn in row b of their statistic on document resample b."""
+    reps = np.stack([d.reps for d in per_seed], axis=1)  # (n_boot, seeds)
+    rows = np.arange(reps.shape[0])[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Draws(float(np.mean([d.point for d in per_seed])),
+                     reps[rows, draws[:len(rows)]].mean(1))
+
+
+def interpolate(fve: np.ndarray, metric: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``metric`` at each FVE of ``grid``, piecewise linear along one sweep's points
+    (``fve``, ``metric``) sorted by FVE; NaN outside the sweep's FVE range or if any point
+    is NaN."""
+    ok = np.isfinite(fve) & np.isfinite(metric)
+    if ok.sum() < 2 or not ok.all():
+        return np.full(len(grid), np.nan)
+    order = np.argsort(fve)
+    x, y = fve[order], metric[order]
+    out = np.interp(grid, x, y)
+    out[(grid < x[0]) | (grid > x[-1])] = np.nan
+    return out
+
+
+def matched(sweep_fve: Sequence[Draws], sweep_metric: Sequence[Draws], grid: np.ndarray
+            ) -> list[Draws]:
+    """One seed's sweep (one Draws per target) interpolated to each FVE of ``grid``, on the
+    point estimates and inside every bootstrap replicate."""
+    fp = np.array([d.point for d in sweep_fve])
+    mp = np.array([d.point for d in sweep_metric])
+    point = interpolate(fp, mp, grid)
+    fr = np.stack([d.reps for d in sweep_fve], axis=1)  # (n_boot, targets)
+    mr = np.stack([d.reps for d in sweep_metric], axis=1)
+    reps = np.stack([interpolate(f, m, grid) for f, m in zip(fr, mr, strict=True)]) \
+        if len(fr) else np.zeros((0, len(grid)))
+    return [Draws(float(point[g]), reps[:, g]) for g in range(len(grid))]
+
+
+def fve_grid(sweeps: Sequence[Sequence[float]], n: int) -> np.ndarray:
+    """``n`` FVE values evenly inside the range every sweep covers (midpoints of n equal
+    bins of [max of minima, min of maxima]); empty when the ranges do not overlap."""
+    lo = max(min(s) for s in sweeps)
+    hi = min(max(s) for s in sweeps)
+    if not hi > lo or n < 1:
+        return np.zeros(0)
+    return lo + (hi - lo) * (np.arange(n) + 0.5) / n
+
+
+# --------------------------------------------------------------------------------------
+# Families and gaps
+# --------------------------------------------------------------------------------------
+
+class SaeDraws(NamedTuple):
+    """Every statistic of one SAE on one eval corpus (keys: the tidy metric names)."""
+
+    train_corpus: str
+    l0_target: float
+    replicate: int
+    draws: Mapping[str, Draws]
+
+
+@dataclass(frozen=True)
+class FamilyScore:
+    """A family's across-seed mean of one metric, at a target L0 or at a matched FVE."""
+
+    eval_corpus: str
+    train_corpus: str
+    metric: str
+    basis: Basis
+    at: float
+    """The target L0 (basis ``l0_target``) or the FVE (basis ``fve``); in the dicts, the
+    ``l0_target`` or ``fve`` key (the other is None)."""
+    interval: Interval
+    seed_values: tuple[float | None, ...]
+    """Each replicate's point value (in replicate order)."""
+    n_boot: int = 0
+    """Bootstrap replicates drawn."""
+    dropped: int = 0
+    """Replicates left out of the interval (NaN: at matched FVE, a drawn seed's sweep did
+    not reach ``at`` in that replicate)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        vals = [v for v in self.seed_values if v is not None]
+        return {"row_type": "family", "eval_corpus": self.eval_corpus,
+                "train_corpus": self.train_corpus, "metric": self.metric,
+                **_position(self.basis, self.at), **self.interval.to_dict(),
+                "n_seeds": len(self.seed_values), "seed_values": list(self.seed_values),
+                "seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                "n_boot": self.n_boot, "dropped": self.dropped}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """``train_corpus`` family minus ``versus`` family on the same documents (paired)."""
+
+    eval_corpus: str
+    train_corpus: str
+    versus: str
+    metric: str
+    basis: Basis
+    at: float
+    interval: Interval
+    n_boot: int = 0
+    """Bootstrap replicates drawn."""
+    dropped: int = 0
+    """Replicates left out of the interval (NaN on either side: at matched FVE, a drawn
+    sweep of either family did not reach ``at``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row_type": "gap", **{k: v for k, v in asdict(self).items()
+                                      if k not in ("interval", "basis", "at")},
+                **_position(self.basis, self.at), **self.interval.to_dict()}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One family's across-seed mean at ``to_target`` minus at ``from_target`` (the next
+    target L0 of the sweep), on the same document and seed draws (paired)."""
+
+    eval_corpus: str
+    train_corpus: str
+    metric: str
+    from_target: float
+    to_target: float
+    interval: Interval
+    n_boot: int = 0
+    """Bootstrap replicates drawn."""
+    dropped: int = 0
+    """Replicates left out of the interval (NaN at either target)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row_type": "step", **{k: v for k, v in asdict(self).items()
+                                       if k != "interval"}, **self.interval.to_dict()}
+
+
+def replicate_counts(d: Draws) -> dict[str, int]:
+    """``n_boot`` and ``dropped`` of a row from its draws: the replicates, and those NaN
+    (left out of its percentile interval)."""
+    return {"n_boot": len(d.reps), "dropped": int(np.isnan(d.reps).sum())}
+
+
+def _position(basis: Basis, at: float) -> dict[str, Any]:
+    return {"basis": basis, "l0_target": at if basis == "l0_target" else None,
+            "fve": at if basis == "fve" else None}
+
+
+class Comparison(NamedTuple):
+    families: list[FamilyScore]
+    gaps: list[Gap]
+    steps: list[Step]
+
+
+def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[str],
+            seed: int, level: float = LEVEL) -> Comparison:
+    """Across-seed family scores and gaps (``train_corpora[0]`` minus each other corpus) for
+    every metric at every target L0, and for :data:`MATCHED_METRICS` at matched FVE; and
+    each family's :class:`Step` between consecutive target L0s.
+
+    Every :class:`SaeDraws` must come from one :class:`DocResample` of ``eval_corpus`` (same
+    n_boot); seed replicates are drawn per training corpus with a generator derived from
+    ``seed`` and the corpus name, shared by all its targets and metrics."""
+    corpora = [c for c in train_corpora if any(s.train_corpus == c for s in saes)]
+    by: dict[tuple[str, float], list[SaeDraws]] = {}
+    for s in sorted(saes, key=lambda s: s.replicate):
+        by.setdefault((s.train_corpus, float(s.l0_target)), []).append(s)
+    n_boot = next((len(d.reps) for s in saes for d in s.draws.values()), 0)
+    targets = sorted({t for c, t in by if c in corpora})
+    reps = {c: sorted({s.replicate for s in saes if s.train_corpus == c}) for c in corpora}
+    draws = {c: seed_draws(len(reps[c]), n_boot, derived_seed(seed, "seeds", c))
+             for c in corpora}
+    fam: dict[tuple[str, str, Basis, float], Draws] = {}
+    families = []
+
+    def add(c: str, metric: str, basis: Basis, at: float, per_seed: list[Draws]) -> None:
+        d = seed_mean(per_seed, draws[c])
+        fam[(c, metric, basis, at)] = d
+        families.append(FamilyScore(eval_corpus, c, metric, basis, at,
+                                    percentile_interval(d, level),
+                                    tuple(finite_or_none(p.point) for p in per_seed),
+                                    **replicate_counts(d)))
+
+    metrics = sorted({m for s in saes for m in s.draws})
+    for c in corpora:
+        for t in targets:
+            members = by.get((c, t), [])
+            if len(members) != len(reps[c]):
+                continue  # incomplete family: no mean over seeds
+            for m in metrics:
+                if all(m in s.draws for s in members):
+                    add(c, m, "l0_target", t, [s.draws[m] for s in members])
+    grid = _matched_grid(by, corpora, reps, targets)
+    for c in corpora:
+        for m in (m for m in MATCHED_METRICS if m in metrics):
+            per_seed = [matched([by[(c, t)][i].draws[FVE_METRIC] for t in targets],
+                                [by[(c, t)][i].draws[m] for t in targets], grid)
+                        for i in range(len(reps[c]))]
+            for g, at in enumerate(grid):
+                add(c, m, "fve", round(float(at), 6), [p[g] for p in per_seed])
+    gaps = []
+    for (c, m, basis, at), d in fam.items():
+        if c != corpora[0]:
+            continue
+        for other in corpora[1:]:
+            if (o := fam.get((other, m, basis, at))) is not None:
+                g = Draws(d.point - o.point, d.reps - o.reps)
+                gaps.append(Gap(eval_corpus, c, other, m, basis, at,
+                                percentile_interval(g, level), **replicate_counts(g)))
+    return Comparison(families, gaps, _steps(fam, eval_corpus, targets, level))
+
+
+def _steps(fam: Mapping[tuple[str, str, Basis, float], Draws], eval_corpus: str,
+           targets: Sequence[float], level: float) -> list[Step]:
+    """Every family's step from each of ``targets`` (sorted) to the next, at basis
+    ``l0_target``, where both families are complete (``fam``: :func:`compare`'s draws).
+
+    Every target of one training corpus shares its document resample and seed-draw rows,
+    so the difference of the replicates is a paired bootstrap of the step. A missing
+    family breaks the chain rather than being stepped over: a step always joins
+    neighbours of the sweep."""
+    following = dict(zip(targets[:-1], targets[1:], strict=True))
+    out = []
+    for (c, m, basis, at), d in fam.items():
+        if basis != "l0_target" or at not in following:
+            continue
+        if (e := fam.get((c, m, basis, following[at]))) is not None:
+            s = Draws(e.point - d.point, e.reps - d.reps)
+            out.append(Step(eval_corpus, c, m, at, following[at],
+                            percentile_interval(s, level), **replicate_counts(s)))
+    return out
+
+
+def _matched_grid(by: Mapping[tuple[str, float], list[SaeDraws]], corpora: Sequence[str],
+                  reps: Mapping[str, list[int]], targets: Sequence[float]) -> np.ndarray:
+    """The common FVE grid (one point per target) of every complete sweep, or empty."""
+    if len(corpora) < 1 or len(targets) < 2:
+        return np.zeros(0)
+    sweeps = []
+    for c in corpora:
+        if any(len(by.get((c, t), [])) != len(reps[c]) for t in targets):
+            return np.zeros(0)
+        for i in range(len(reps[c])):
+            sweeps.append([by[(c, t)][i].draws[FVE_METRIC].point for t in targets])
+    if not all(np.isfinite(v) for s in sweeps for v in s):
+        return np.zeros(0)
+    grid = fve_grid(sweeps, len(targets))
+    if len(grid) == 0:
+        log.warning("the FVE ranges of the sweeps do not overlap: no matched-FVE comparison")
+    return grid
+
+
+# --------------------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------------------
+
+def verdict(at_l0: Sequence[Interval], at_fve: Sequence[Interval] | None = None,
+            sign: int = 1) -> Verdict:
+    """A claim "the first family is better" (``sign`` +1: larger is better, -1: smaller).
+
+    ``supported``: every gap interval at the target L0s excludes 0 on the claimed side and,
+    when ``at_fve`` is given, so does every gap at matched FVE. ``not separable from FVE``:
+    true at every target L0 but not at every matched FVE. ``supported at the same L0; no
+    common FVE range``: true at every target L0, and ``at_fve`` is empty because the two
+    families' FVE sweeps do not overlap (the matched test could not be run).
+    ``not supported``: otherwise (including no intervals at all)."""
+    def holds(ivs: Sequence[Interval]) -> bool:
+        return bool(ivs) and all(iv.excludes_zero and sign * iv.value > 0 for iv in ivs)
+
+    if not holds(at_l0):
+        return "not supported"
+    if at_fve is None or holds(at_fve):
+        return "supported"
+    if not at_fve:
+        return UNTESTED_AT_FVE
+    return "not separable from FVE"
+
+
+def trend_verdict(steps: Sequence[Interval]) -> L0Trend:
+    """Whether a metric moves one way as the target L0 rises, from one family's
+    :class:`Step` intervals (in target order): ``falls with L0`` when every interval lies
+    below 0, ``rises with L0`` when every one lies above 0, ``not resolved`` otherwise,
+    including no steps (one unresolved step leaves the sweep possibly flat there)."""
+    if steps and all(iv.high is not None and iv.high < 0 for iv in steps):
+        return "falls with L0"
+    if steps and all(iv.low is not None and iv.low > 0 for iv in steps):
+        return "rises with L0"
+    return "not resolved"

@@ -1,0 +1,327 @@
+"""The paper's claims as verdicts, per model and across model families.
+
+A verdict is computed from a run's paired gap intervals (:func:`sae_med.measure.compare.verdict`),
+unless the run's domain SAEs fail the quality bar (:func:`meets_quality_bar`);
+a config's ``replications`` repeat the run on other models, and a claim *replicates* when
+it gets the same verdict on every model. Whether a metric falls with L0 is judged from a
+family's paired steps (:func:`sae_med.measure.compare.trend_verdict`). Gap and step tables are the
+tidy ``gaps`` and ``steps`` frames of :func:`sae_med.measure.results.load_comparisons`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sae_med.measure.bootstrap import Interval
+from sae_med.measure.compare import (
+    NOT_JUDGED,
+    UNTESTED_AT_FVE,
+    L0Trend,
+    Verdict,
+    trend_verdict,
+    verdict,
+)
+
+if TYPE_CHECKING:
+    from sae_med.config import Config
+    from sae_med.measure.results import ComparisonTables
+
+
+class Claim(NamedTuple):
+    key: str
+    text: str
+    """The claim as the results summary states it."""
+    metric: str
+    """The gap metric judged (domain-trained minus broad-trained, on domain text)."""
+    sign: int
+    """+1: a larger value favours the domain SAE; -1: a smaller one."""
+    matched_fve: bool
+    """Also judged at matched FVE (metrics that depend on fidelity)."""
+    sensitivity_of: str | None = None
+    """For a sensitivity check, the key of the claim it re-runs another way: judged like
+    a claim and shown, never counted as one."""
+
+    @property
+    def is_claim(self) -> bool:
+        return self.sensitivity_of is None
+
+
+CLAIMS = (
+    Claim("fve", "The domain SAE explains more variance (FVE)", "fve", 1, False),
+    Claim("loss", "It recovers more loss when spliced in", "loss_recovered", 1, True),
+    Claim("dark_matter", "Its error (dark matter) is less linearly predictable",
+          "dark_matter.r2_error_mean", -1, True),
+)
+"""The paper's claims judged from reconstruction metrics (the concept claim is judged from
+autointerp scores: :func:`concept_verdict`)."""
+SENSITIVITY_CHECKS = (
+    Claim("fve_typical", "Sensitivity check, not a claim: FVE without massive-activation "
+          "tokens", "fve_typical", 1, False, sensitivity_of="fve"),
+)
+"""Checks of a claim under another choice (here: which tokens count), added after the
+data were seen, so they can qualify a claim's verdict but never add to the claims
+supported."""
+CONCEPT_CLAIM = "Its latents read as clinical concepts (autointerp detection AUROC)"
+DCE_BAR_NATS = 1.0
+"""Issue 12's quality bar: on the default config the domain SAE's ΔCE on held-out domain
+text (nats per token, spliced minus clean loss) should be at most this."""
+
+
+class BarDce(NamedTuple):
+    """The ΔCE that :data:`DCE_BAR_NATS` is about."""
+
+    l0_target: float
+    """The run's largest target L0 (its densest, best-reconstructing SAEs)."""
+    dce: Interval
+    """The domain SAEs' across-seed mean ΔCE on held-out domain text (nats per token) and
+    its 95% interval."""
+
+
+def bar_dce(families: Any, domain: str) -> BarDce | None:
+    """The ``domain`` SAEs' ΔCE on held-out ``domain`` text at the largest target L0, from
+    a run's family rows; None when the run has none."""
+    if families.empty:
+        return None
+    sel = families[(families.train_corpus == domain) & (families.eval_corpus == domain)
+                   & (families.metric == "delta_ce") & (families.basis == "l0_target")]
+    if sel.empty:
+        return None
+    row = sel.sort_values("l0_target").iloc[[-1]]
+    return BarDce(float(row.l0_target.iloc[0]), row_intervals(row)[0])
+
+
+def meets_quality_bar(families: Any, domain: str) -> bool:
+    """Whether a run's SAEs are good enough for its gaps to be judged: their ΔCE
+    (:func:`bar_dce`) is at most :data:`DCE_BAR_NATS` (a run without ΔCE rows has nothing
+    to fail)."""
+    at = bar_dce(families, domain)
+    return at is None or at.dce.value <= DCE_BAR_NATS
+
+
+def judged(v: Verdict, families: Any, domain: str) -> Verdict:
+    """``v``, or :data:`~sae_med.measure.compare.NOT_JUDGED` when the run's SAEs fail the quality
+    bar (:func:`meets_quality_bar`)."""
+    return v if meets_quality_bar(families, domain) else NOT_JUDGED
+
+
+def claim(key: str) -> Claim:
+    """The claim or sensitivity check named ``key``; an error lists the valid keys."""
+    for c in (*CLAIMS, *SENSITIVITY_CHECKS):
+        if c.key == key:
+            return c
+    raise KeyError(f"unknown claim {key!r}; valid claims: {', '.join(c.key for c in CLAIMS)}; "
+                   f"sensitivity checks: {', '.join(c.key for c in SENSITIVITY_CHECKS)}")
+
+
+class SupportCount(NamedTuple):
+    """How many of the claims judged are supported (sensitivity checks not counted)."""
+
+    supported: int
+    judged: int
+    """Claims given a verdict (not :data:`~sae_med.measure.compare.NOT_JUDGED`)."""
+
+    def __str__(self) -> str:
+        if not self.judged:  # a run's SAEs pass or fail the quality bar for every claim
+            return f"no claim judged ({NOT_JUDGED})"
+        return f"{self.supported} of {self.judged} claims supported"
+
+
+def support_count(verdicts: Mapping[str, Verdict]) -> SupportCount:
+    """:class:`SupportCount` of ``{claim key: verdict}``; the keys of sensitivity checks
+    are left out, whatever their verdict, and so are claims not judged."""
+    counted = [v for k, v in verdicts.items() if claim(k).is_claim and v != NOT_JUDGED]
+    return SupportCount(sum(v == "supported" for v in counted), len(counted))
+
+
+def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
+    """The gap rows of :func:`sae_med.measure.results.load_comparisons` as ``first`` minus
+    ``second`` (rows stored the other way round are negated, their interval flipped)."""
+    import pandas as pd
+
+    same = gaps[(gaps.train_corpus == first) & (gaps.versus == second)].copy()
+    flip = gaps[(gaps.train_corpus == second) & (gaps.versus == first)].copy()
+    flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
+    flip["train_corpus"], flip["versus"] = first, second
+    return pd.concat([same, flip], ignore_index=True)
+
+
+def row_intervals(rows: Any) -> list[Interval]:
+    """The :class:`~sae_med.measure.bootstrap.Interval` of each row (value, low, high; NaN ends
+    become None), in row order."""
+    return [Interval(float(r.value), None if r.low != r.low else float(r.low),
+                     None if r.high != r.high else float(r.high)) for r in rows.itertuples()]
+
+
+def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_target"
+                  ) -> list[Interval]:
+    """The interval of every gap of ``metric`` on ``eval_corpus`` at ``basis`` (in
+    target-L0 or FVE order)."""
+    sel = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
+               & (gaps.basis == basis)].sort_values(basis)
+    return row_intervals(sel)
+
+
+def dropped_sentence(gaps: Any, metrics: Sequence[str], eval_corpus: str) -> str:
+    """How many bootstrap replicates the matched-FVE gaps of ``metrics`` on
+    ``eval_corpus`` left out (a drawn sweep did not reach the grid FVE), per metric at its
+    worst FVE: one sentence, for beside a matched-FVE table."""
+    sel = gaps[(gaps.basis == "fve") & (gaps.eval_corpus == eval_corpus)
+               & gaps.metric.isin(metrics)]
+    if sel.empty:
+        return "No matched-FVE comparison, so no replicate was left out."
+    parts = []
+    for m in (m for m in metrics if m in set(sel.metric)):
+        worst = sel[sel.metric == m].sort_values("dropped").iloc[-1]
+        parts.append(f"{m} {int(worst.dropped):,} of {int(worst.n_boot):,} "
+                     f"({worst.dropped / max(worst.n_boot, 1):.1%}, at FVE {worst.fve:.3f})")
+    return ("Bootstrap replicates left out at matched FVE (a drawn sweep did not reach "
+            "that FVE), at the worst grid point: " + "; ".join(parts) + ".")
+
+
+def step_intervals(steps: Any, train_corpus: str, eval_corpus: str, metric: str
+                   ) -> list[Interval]:
+    """The interval of each step of one family sweep (``train_corpus`` SAEs scored on
+    ``eval_corpus``) of ``metric``, in target-L0 order; none when ``steps`` is empty."""
+    if steps.empty:
+        return []
+    sel = steps[(steps.train_corpus == train_corpus) & (steps.eval_corpus == eval_corpus)
+                & (steps.metric == metric)].sort_values("from_target")
+    return row_intervals(sel)
+
+
+def l0_trend(steps: Any, train_corpus: str, eval_corpus: str, metric: str) -> L0Trend:
+    """:func:`~sae_med.measure.compare.trend_verdict` of one family sweep's steps
+    (:func:`step_intervals`)."""
+    return trend_verdict(step_intervals(steps, train_corpus, eval_corpus, metric))
+
+
+def claim_verdict(comparisons: ComparisonTables, key: str, domain: str, broad: str
+                  ) -> Verdict:
+    """The verdict on claim ``key`` from the paired gaps of one run (domain minus broad
+    SAE on held-out ``domain`` text: at every target L0, and at every matched FVE where
+    the claim asks for it); not judged when its SAEs fail the quality bar."""
+    c = claim(key)
+    ours = oriented_gaps(comparisons.gaps, domain, broad)
+    at_fve = gap_intervals(ours, c.metric, domain, "fve") if c.matched_fve else None
+    return judged(verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign),
+                  comparisons.families, domain)
+
+
+def concept_verdict(scores: Mapping[str, Any], families: Any, domain: str, broad: str,
+                    seed: int = 0) -> Verdict:
+    """The verdict on :data:`CONCEPT_CLAIM` from autointerp scores (``{train corpus: table
+    of LatentScore rows}``): the domain SAE's mean detection AUROC minus the broad SAE's,
+    with its bootstrap interval over latents; not judged when the run's SAEs (its
+    ``families`` rows) fail the quality bar."""
+    from sae_med.interpret.autointerp import compare_scores
+
+    pair = {c: scores[c] for c in (domain, broad) if c in scores}
+    table = compare_scores(pair, "detection_auroc", seed=seed).set_index("SAE")
+    row = f"{domain} − {broad}"
+    ivs = [] if row not in table.index else [
+        Interval(*(float(table.loc[row, c]) for c in ("mean", "ci_low", "ci_high")))]
+    return judged(verdict(ivs), families, domain)
+
+
+class ModelRun(NamedTuple):
+    """One model's run of the experiment: the config's own, or one of its replications."""
+    label: str
+    """The model and layer, e.g. ``gemma-3-270m (block 13)``."""
+    cfg: Config
+    comparisons: ComparisonTables
+
+
+def model_label(cfg: Config) -> str:
+    return f"{cfg.model.name.removeprefix('embedded:')} (block {cfg.model.hook_layer})"
+
+
+def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = False
+               ) -> list[ModelRun]:
+    """The run of ``cfg`` (its ``comparisons``, already loaded by the caller) and of each
+    of its replications, evaluated if needed (the stages reuse what is there), in config
+    order."""
+    from sae_med.experiment import stage_evaluate
+    from sae_med.measure.results import load_comparisons
+
+    return [ModelRun(model_label(cfg), cfg, comparisons),
+            *(ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
+              for c in cfg.replication_configs().values())]
+
+
+def verdicts_by_model(runs: Sequence[ModelRun], key: str, domain: str, broad: str
+                      ) -> dict[str, Verdict]:
+    """``{model label: verdict}`` on claim ``key``, one per run."""
+    return {r.label: claim_verdict(r.comparisons, key, domain, broad) for r in runs}
+
+
+def verdicts_by_claim(run: ModelRun, domain: str, broad: str) -> dict[str, Verdict]:
+    """``{claim key: verdict}`` of every claim of :data:`CLAIMS` on one run (for
+    :func:`support_count`)."""
+    return {c.key: claim_verdict(run.comparisons, c.key, domain, broad) for c in CLAIMS}
+
+
+def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
+    """One sentence on whether the claim ``text`` replicates across the models of
+    ``verdicts`` (``{model label: verdict}``)."""
+    labels = list(verdicts)
+    if NOT_JUDGED in verdicts.values() and len(set(verdicts.values())) > 1:
+        parts = "; ".join(f"“{v}” on {m}" for m, v in verdicts.items())
+        return (f"{text}: {parts}; whether it replicates is not judged while a model's SAEs "
+                "are below the quality bar.")
+    if len(labels) < 2:
+        return (f"{text}: “{verdicts[labels[0]]}” on {labels[0]}, the only model of this run "
+                "(a config's `replications` add others).")
+    if len(set(verdicts.values())) == 1:
+        v = verdicts[labels[0]]
+        if v == NOT_JUDGED:
+            return f"{text}: not judged on any model ({', '.join(labels)}): the SAEs are " \
+                   "below the quality bar."
+        how = "replicates" if v == "supported" else "is consistent"
+        return f"{text}: “{v}” on every model ({', '.join(labels)}); the verdict {how} " \
+               "across model families."
+    parts = "; ".join(f"“{v}” on {m}" for m, v in verdicts.items())
+    if set(verdicts.values()) == {"supported", UNTESTED_AT_FVE}:
+        return (f"{text}: {parts}; it holds at the same L0 on every model, and beyond FVE "
+                "where that could be tested.")
+    return f"{text}: {parts}; the verdict does not replicate across model families."
+
+
+def verdicts_frame(verdicts: Mapping[str, Mapping[str, Verdict]]) -> Any:
+    """Claims × models from ``{claim text: {model label: verdict}}``, with whether each
+    claim gets the same verdict on every model."""
+    import pandas as pd
+
+    rows = [{"claim": text, **by_model, "same verdict on every model": same_verdict(by_model)}
+            for text, by_model in verdicts.items()]
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def same_verdict(by_model: Mapping[str, Verdict]) -> str:
+    """``yes`` or ``no``; ``not judged`` when a model's SAEs are below the quality bar."""
+    if NOT_JUDGED in by_model.values():
+        return "not judged"
+    return "yes" if len(set(by_model.values())) == 1 else "no"
+
+
+def verdict_table(runs: Sequence[ModelRun], keys: Sequence[str], domain: str, broad: str
+                  ) -> Any:
+    """:func:`verdicts_frame` of the claims ``keys`` judged on each run."""
+    return verdicts_frame({claim(k).text: verdicts_by_model(runs, k, domain, broad)
+                           for k in keys})
+
+
+def replication_sentences(runs: Sequence[ModelRun], keys: Sequence[str], domain: str,
+                          broad: str) -> str:
+    """:func:`replication_sentence` for each claim of ``keys``, joined."""
+    return " ".join(replication_sentence(claim(k).text, verdicts_by_model(runs, k, domain,
+                                                                          broad))
+                    for k in keys)
+
+
+def gaps_by_model(runs: Sequence[ModelRun], domain: str, broad: str) -> Any:
+    """Every run's domain-minus-broad gaps in one frame with a ``model`` column."""
+    import pandas as pd
+
+    return pd.concat([oriented_gaps(r.comparisons.gaps, domain, broad).assign(model=r.label)
+                      for r in runs], ignore_index=True)

@@ -1,0 +1,178 @@
+"""Rerun one notebook through papermill: ``sae-med notebook NN CONFIG [k=v ...]``.
+
+The notebooks are jupytext percent files (``notebooks/NN_name.py``) with one
+``parameters`` cell of plain literals; :func:`run_notebook` checks the parameters given
+against that cell (names and types) before any work, then executes the notebook with
+:func:`sae_med.report.book.execute_notebook` (the book's own route) into an ``.ipynb``. For plain
+papermill, ``jupytext --to ipynb`` makes the paired ``.ipynb``; papermill's ``-p`` passes
+every value as a string or number, so :func:`notebook_parameters` also reads
+``overrides`` given as a string (``'["train.lr=2e-3"]'`` or ``"train.lr=2e-3 name=x"``).
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from sae_med.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class NotebookParameterError(ConfigError):
+    """A notebook parameter that the notebook does not declare, or of the wrong type."""
+
+
+class NotebookParameters(NamedTuple):
+    """The three parameters every notebook takes, checked."""
+
+    config: str
+    overrides: list[str]
+    run_name: str
+
+
+def notebook_parameters(config: Any, overrides: Any = (), run_name: Any = ""
+                        ) -> NotebookParameters:
+    """Check (and normalise) the common parameters as papermill may pass them: ``config``
+    a path, ``overrides`` a list of ``section.field=value`` strings or one string holding
+    a YAML list or space-separated overrides, ``run_name`` a string (a number is taken as
+    its text)."""
+    if not isinstance(config, str | Path) or not str(config):
+        raise NotebookParameterError(f"notebook parameter 'config' must be the path of a "
+                                     f"YAML config, got {type(config).__name__} {config!r}")
+    if isinstance(overrides, str):
+        parsed = yaml.safe_load(overrides) if overrides.strip() else []
+        overrides = parsed if isinstance(parsed, list) else overrides.split()
+    if not isinstance(overrides, list | tuple) or not all(
+            isinstance(o, str) and "=" in o for o in overrides):
+        raise NotebookParameterError(
+            "notebook parameter 'overrides' must be a list of 'section.field=value' strings "
+            f"(papermill: -p overrides '[\"train.lr=2e-3\"]'), got {overrides!r}")
+    if isinstance(run_name, int | float) and not isinstance(run_name, bool):
+        run_name = str(run_name)
+    if not isinstance(run_name, str):
+        raise NotebookParameterError(f"notebook parameter 'run_name' must be a string, got "
+                                     f"{type(run_name).__name__} {run_name!r}")
+    return NotebookParameters(str(config), list(overrides), run_name)
+
+
+def find_notebook(ref: str, notebooks_dir: Path) -> Path:
+    """The notebook ``ref`` names: its number (``3``, ``03``), stem (``03_fidelity``) or
+    path."""
+    from sae_med.report.book import list_notebooks
+
+    found = list_notebooks(notebooks_dir)
+    path = Path(ref)
+    if path.suffix == ".py" and path.is_file():
+        return path
+    key = ref.zfill(2) if ref.isdigit() else ref
+    hits = [p for p in found if p.stem == key or p.stem.split("_", 1)[0] == key]
+    if len(hits) != 1:
+        raise NotebookParameterError(
+            f"no notebook {ref!r}; give a number or name: "
+            f"{', '.join(p.stem for p in found)}")
+    return hits[0]
+
+
+def declared_parameters(source: Path) -> dict[str, Any]:
+    """Name -> default value of the notebook's ``parameters`` cell (plain literals)."""
+    import jupytext
+
+    cells = [c for c in jupytext.read(source).cells
+             if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{source} has {len(cells)} cells tagged 'parameters'; it needs one")
+    out: dict[str, Any] = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    out[target.id] = ast.literal_eval(node.value)
+    return out
+
+
+def check_parameters(source: Path, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` checked against the notebook's declared parameters: every name must be
+    declared and every value of its default's type (ints pass as floats)."""
+    declared = declared_parameters(source)
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name not in declared:
+            raise NotebookParameterError(
+                f"notebook {source.name} has no parameter {name!r}; its parameters: "
+                f"{', '.join(declared)}")
+        default = declared[name]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(
+                value, bool):
+            value = float(value)
+        if type(value) is not type(default) and not (
+                isinstance(default, list | tuple) and isinstance(value, list | tuple)):
+            raise NotebookParameterError(
+                f"notebook {source.name} parameter {name!r} must be "
+                f"{type(default).__name__} (default {default!r}), got "
+                f"{type(value).__name__} {value!r}")
+        out[name] = value
+    return out
+
+
+def parse_parameter(raw: str) -> Any:
+    """A ``-p NAME VALUE`` value: YAML (``3`` an int, ``[a, b]`` a list), else the text."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def run_notebook(ref: str, config: str, overrides: Sequence[str] = (), out: Path | None = None,
+                 run_name: str = "", extra: Mapping[str, Any] | None = None,
+                 notebooks_dir: Path | None = None, progress: bool = False) -> Path:
+    """Execute notebook ``ref`` with ``config`` + ``overrides`` (and any ``extra``
+    parameters of its own) through papermill; returns the executed ``.ipynb``.
+
+    Args:
+        ref: the notebook's number, name or path (:func:`find_notebook`).
+        config: YAML config path, relative to the current directory (where it runs).
+        overrides: ``section.field=value`` config overrides.
+        out: the executed notebook (default ``{run_path}/notebooks/{name}.ipynb``).
+        run_name: optional run name (replaces the config's ``name``).
+        extra: values for the notebook's other parameters (checked by name and type).
+        notebooks_dir: folder of ``NN_*.py`` notebooks (default: the project's).
+        progress: papermill's per-cell progress bar.
+    """
+    from sae_med.report.book import PROJECT_ROOT, ensure_kernel, execute_notebook
+    from sae_med.report.notebook import notebook_config
+
+    source = find_notebook(ref, Path(notebooks_dir or PROJECT_ROOT / "notebooks"))
+    params = check_parameters(source, {"config": str(config), "overrides": list(overrides),
+                                       "run_name": run_name, **(extra or {})})
+    cfg = notebook_config(config, list(overrides), run_name)  # validate before any work
+    out = Path(out or cfg.run_path / "notebooks" / f"{source.stem}.ipynb")
+    execute_notebook(source, out, params, ensure_kernel(), Path.cwd(), progress)
+    return out
+
+
+def pair_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
+    """Write ``NN_name.ipynb`` beside every ``NN_name.py`` (what ``jupytext --to ipynb``
+    writes, with the kernel set as :func:`sae_med.report.book.read_notebook` sets it) and register
+    the ``sae-med`` kernel they name: the plain papermill route."""
+    import nbformat
+
+    from sae_med.report.book import PROJECT_ROOT, ensure_kernel, list_notebooks, read_notebook
+
+    kernel = ensure_kernel()
+    out = []
+    for source in list_notebooks(Path(notebooks_dir or PROJECT_ROOT / "notebooks")):
+        target = source.with_suffix(".ipynb")
+        nbformat.write(read_notebook(source, kernel), target)
+        out.append(target)
+    return out
+
+
+if __name__ == "__main__":  # make notebooks
+    for path in pair_notebooks():
+        print(f"paired {path}")

@@ -1,0 +1,136 @@
+"""SAEs in other tools' formats: sae-lens, Gemma Scope, and any SAE by its spec."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_med.layout import CFG_FILENAME, WEIGHTS_FILENAME
+from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+
+# --------------------------------------------------------------------------------------
+# Interop: Gemma Scope params.npz and sae-lens
+# --------------------------------------------------------------------------------------
+
+def from_gemma_scope_npz(path: str | Path, bandwidth: float = 0.001,
+                         device: torch.device | str = "cpu") -> JumpReLUSAE:
+    """Load Gemma Scope's ``params.npz`` (W_enc (d_model, d_sae), W_dec (d_sae, d_model),
+    b_enc, b_dec, threshold); Gemma Scope SAEs work on raw activations."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            t = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float32)) for k in npz.files}
+    except (ValueError, OSError, TypeError, zipfile.BadZipFile) as err:
+        raise SAECheckpointError(f"{path} is not a readable params.npz of float arrays "
+                                 f"({type(err).__name__}); download it again") from None
+    return JumpReLUSAE._from_tensors(t, bandwidth, device, source=str(path))
+
+
+def to_sae_lens(sae: JumpReLUSAE) -> Any:
+    """An equivalent ``sae_lens.saes.jumprelu_sae.JumpReLUSAE`` on raw activations
+    (input scale folded in, ``apply_b_dec_to_input=False``)."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE as LensSAE
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
+
+    f = sae.folded()
+    cfg = JumpReLUSAEConfig(d_in=sae.d_model, d_sae=sae.d_sae,
+                            dtype=str(f.W_enc.dtype).removeprefix("torch."),
+                            device=str(f.W_enc.device), apply_b_dec_to_input=False,
+                            normalize_activations="none")
+    out = LensSAE(cfg)
+    state = {"W_enc": f.W_enc, "b_enc": f.b_enc, "W_dec": f.W_dec, "b_dec": f.b_dec,
+             "threshold": f.threshold.to(f.W_enc.dtype)}
+    out.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    return out
+
+
+def from_sae_lens(lens_sae: Any, bandwidth: float | None = None) -> JumpReLUSAE:
+    """Convert a sae-lens JumpReLU SAE (inference or training class).
+
+    ``apply_b_dec_to_input`` is folded into b_enc (z = (x - b_dec) W_enc + b_enc); a
+    non-trivial ``normalize_activations`` is refused. The bandwidth defaults to the
+    training SAE's, else 0.001.
+    """
+    cfg = lens_sae.cfg
+    if getattr(cfg, "architecture", lambda: None)() != "jumprelu":
+        raise ValueError(f"not a JumpReLU SAE: architecture {cfg.architecture()!r}")
+    if cfg.normalize_activations != "none":
+        raise ValueError(f"sae-lens SAE uses normalize_activations="
+                         f"{cfg.normalize_activations!r}; fold it first")
+    if bandwidth is None:
+        bandwidth = getattr(cfg, "jumprelu_bandwidth", 0.001)
+    with torch.no_grad():
+        W_enc = lens_sae.W_enc.detach().float().cpu()
+        b_enc = lens_sae.b_enc.detach().float().cpu()
+        b_dec = lens_sae.b_dec.detach().float().cpu()
+        if cfg.apply_b_dec_to_input:
+            b_enc = b_enc - b_dec @ W_enc
+        t = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": lens_sae.W_dec.detach().float().cpu(),
+             "b_dec": b_dec, "threshold": lens_sae.threshold.detach().float().cpu()}
+    return JumpReLUSAE._from_tensors(t, bandwidth, source="sae-lens SAE")
+
+
+SAE_SPEC_HELP = (
+    "an SAE is given as: a folder saved by sae-med (cfg.json + sae.safetensors); a Gemma "
+    "Scope params.npz (or a folder holding one); a folder saved by sae-lens "
+    "(cfg.json + sae_weights.safetensors); or sae_lens:RELEASE/SAE_ID for a sae-lens "
+    "pretrained release (hub path, needs internet), e.g. "
+    "sae_lens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical")
+
+
+def sae_format(spec: str | Path) -> str:
+    """Which loader :func:`load_any_sae` uses for ``spec``: "sae_med", "gemma_scope",
+    "sae_lens_disk" or "sae_lens_pretrained"; raises with :data:`SAE_SPEC_HELP` if none."""
+    text = str(spec)
+    if text.startswith("sae_lens:"):
+        return "sae_lens_pretrained"
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".npz":
+        return "gemma_scope"
+    if path.is_dir():
+        if (path / "params.npz").exists():
+            return "gemma_scope"
+        cfg = path / CFG_FILENAME
+        if cfg.exists():
+            try:
+                arch = json.loads(cfg.read_text()).get("architecture")
+            except json.JSONDecodeError as e:
+                raise SAECheckpointError(f"{cfg} is not valid JSON: {e}") from e
+            if arch == "jumprelu" and (path / WEIGHTS_FILENAME).exists():
+                return "sae_med"
+            if (path / "sae_weights.safetensors").exists():
+                return "sae_lens_disk"
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: no such file or folder; {SAE_SPEC_HELP}")
+    raise SAECheckpointError(f"{spec}: not a recognised SAE; {SAE_SPEC_HELP}")
+
+
+def load_any_sae(spec: str | Path, device: torch.device | str = "cpu") -> JumpReLUSAE:
+    """Load an SAE from any format of :func:`sae_format` as a :class:`JumpReLUSAE` on raw
+    activations (sae-lens SAEs must be JumpReLU; see :func:`from_sae_lens`)."""
+    kind = sae_format(spec)
+    if kind == "sae_med":
+        return JumpReLUSAE.load(spec, device=device)
+    if kind == "gemma_scope":
+        path = Path(spec)
+        return from_gemma_scope_npz(path / "params.npz" if path.is_dir() else path,
+                                    device=device)
+    from sae_lens import SAE
+
+    if kind == "sae_lens_disk":
+        return from_sae_lens(SAE.load_from_disk(str(spec))).to(device)
+    release, _, sae_id = str(spec).removeprefix("sae_lens:").partition("/")
+    if not release or not sae_id:
+        raise ValueError(f"{spec}: expected sae_lens:RELEASE/SAE_ID")
+    try:
+        lens = SAE.from_pretrained(release, sae_id)
+    except Exception as e:  # offline, unknown release/id: say what to do
+        raise SAECheckpointError(
+            f"could not load sae-lens release {release!r} id {sae_id!r} ({e}); this needs "
+            "internet access to the Hugging Face hub, or download the SAE and pass its "
+            "folder or params.npz") from e
+    return from_sae_lens(lens).to(device)

@@ -1,0 +1,478 @@
+"""Train a sweep of JumpReLU SAEs (one per target L0) from one pass over activation batches.
+
+Every batch is read once and fed to every SAE of the sweep. The recipe is the paper's
+(PAPER.md): loss = sum_dims (x - x_hat)^2 (mean over batch) + a sparsity term, either
+``target_l0``: c (L0/L0_target - 1)^2 or ``l0_penalty``: lambda L0, with L0 through the
+Heaviside straight-through estimator and the coefficient warmed up linearly; Adam
+(beta1 = 0), linear lr warmup and a linear decay to 0 over the last ``lr_decay_frac`` of the
+steps, grad-norm clipping, decoder-parallel gradient removed before and decoder rows
+renormalised after each step, and one input scale (E||x scale||^2 = 1) estimated on a
+separate stream and folded into the saved weights (with ``train.center_inputs`` the SAE
+trains on the centred x - E[x], and the mean is folded into its biases too).
+
+Under ``torchrun`` the sweep trains data-parallel (see :mod:`sae_med.runtime`): every
+rank reads the same global batch and keeps its slice of the rows, gradients are summed
+across ranks before each identical update, metrics are those of the global batch, and
+rank 0 alone writes metrics, checkpoints and the final SAEs. ``train.compile`` hands the
+dense forward/backward of each SAE to torch.compile.
+
+A sweep is one (training corpus, seed replicate): its SAEs share the replicate's batch
+order (:func:`batch_seed`), which is what lets them train from one pass, and each has its
+own initialisation (:func:`init_seed`), so replicate variance covers both.
+
+Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r`` of corpus
+``c`` in ``saes/{c}/seed_{r}``)::
+
+    config.json            resolved config of the run
+    checkpoint.pt          latest atomic checkpoint (weights, Adam, step, RNG, scale)
+    checkpoint.prev.pt     the one before it, kept until the new one is written and verified
+    checkpoint.json        sha256 and step of both (a checkpoint is loaded only if it matches)
+    .train.lock            held while a process trains into this folder
+    l0_<target>/           one per SAE: cfg.json (metadata: train_corpus, l0_target,
+                           replicate, init_seed, ...) + sae.safetensors (folded),
+                           metrics.jsonl, config.json
+        snapshots/tokens_<budget>/   the same, saved mid-run (``train.snapshot_tokens``)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_med import runtime as dist
+from sae_med.artifacts import (
+    artifact_lock,
+    derived_seed,
+    stable_hash,
+    write_json_atomic,
+)
+from sae_med.cache.batches import BatchSource, ResumableSource, prefetch
+from sae_med.config import Config
+from sae_med.layout import (
+    CFG_FILENAME,
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    RUN_LOCK_NAME,
+    sae_dirname,
+    snapshot_dir,
+)
+from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.kernels import pre_acts
+from sae_med.train.checkpoint import save_checkpoint, starting_state
+from sae_med.train.norm import InputNorm, estimate_input_norm
+from sae_med.train.records import (
+    TrainingError,
+    TrainMetrics,
+    TrainResult,
+    last_metrics,
+    truncate_metrics,
+)
+from sae_med.train.schedule import (
+    batch_seed,
+    init_seed,
+    lr_at,
+    snapshot_steps,
+    sparsity_coeff_at,
+    total_steps,
+)
+from sae_med.train.step import (
+    StepPolicy,
+    SweepMember,
+    dense_terms,
+    step_policy,
+    train_step,
+    use_sparse,
+)
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def init_threshold_at_target_(sae: JumpReLUSAE, x: Float[Tensor, "batch d_model"],
+                              target: float, floor: float) -> None:
+    """Set every latent's threshold to the (1 - target/width) quantile of its
+    pre-activation on ``x`` (scaled inputs), so L0 starts near ``target``.
+
+    Not the paper's recipe (theta = 0.001 everywhere); it exists because Adam moves
+    log(theta) by ~lr per step, so runs of a few hundred steps never get from 0.001 to the
+    scale of the pre-activations. ``floor`` keeps every threshold at least the paper's."""
+    z = pre_acts(x.to(sae.W_enc.device), sae.W_enc, sae.b_enc)
+    q = torch.quantile(z.float(), 1.0 - target / sae.d_sae, dim=0)
+    sae.log_threshold.copy_(q.clamp_min(floor).log())
+
+
+INIT_SCHEME = "corpus-target-replicate"
+"""Names the init/batch seed derivation in the run key, so checkpoints of runs seeded by
+an older scheme (shared init across corpora) are never resumed."""
+
+
+def run_key(cfg: Config, source: BatchSource, train_corpus: str = "", replicate: int = 0
+            ) -> str:
+    """Hash of everything that determines the trained weights (not logging/checkpointing)."""
+    # the source's key names where the activations come from (a cache or a stream)
+    train = {k: v for k, v in cfg.to_dict()["train"].items()
+             if k not in ("log_every", "checkpoint_every", "device", "kernel", "compile",
+                          "source", "stream_buffer_tokens", "workers")}
+    # the number of replicates does not change any one replicate's weights
+    sae = {k: v for k, v in cfg.to_dict()["sae"].items() if k != "seeds"}
+    # a cache's key names the activations it holds; in-memory sources have none
+    return stable_hash({"seed": cfg.seed, "sae": sae, "train": train,
+                        "d_model": source.d_model, "source": getattr(source, "key", None),
+                        "init": INIT_SCHEME, "train_corpus": train_corpus,
+                        "replicate": replicate})
+
+
+
+
+def _rank_batches(source: BatchSource, batch_size: int, seed: int, start: int
+                  ) -> Iterator[Float[Tensor, "rows d_model"]]:
+    """This rank's rows of global batches ``start``, ``start + 1``, ...: a resumable source
+    (a stream) makes them from this rank's own documents; any other is read whole by every
+    rank and sliced."""
+    if isinstance(source, ResumableSource):
+        return source.iter_batches(batch_size // dist.world_size(), seed, start_batch=start)
+    return (dist.local_rows(x) for x in source.iter_batches(batch_size, seed,
+                                                            start_batch=start))
+
+
+def _source_positions(source: BatchSource, next_step: int, batch_size: int
+                      ) -> list[dict[str, int]] | None:
+    """Every rank's position in a resumable source at ``next_step`` (a collective: all
+    ranks call it), for the checkpoint; None for sources that seek by batch index."""
+    if not isinstance(source, ResumableSource):
+        return None
+    return dist.all_gather_objects(
+        source.state_dict(next_step, batch_size // dist.world_size()))
+
+
+def _holding_run_lock(fn: Any) -> Any:
+    """Run ``fn(cfg, source, out_dir, ...)`` holding ``out_dir``'s lock (the main rank):
+    a second process training into the same folder is refused at once."""
+    @functools.wraps(fn)
+    def wrapper(cfg: Config, source: BatchSource, out_dir: str | Path, *args: Any,
+                **kwargs: Any) -> Any:
+        if not dist.is_main():
+            return fn(cfg, source, out_dir, *args, **kwargs)
+        with artifact_lock(Path(out_dir) / RUN_LOCK_NAME, f"the training run in {out_dir}",
+                           wait=False):
+            return fn(cfg, source, out_dir, *args, **kwargs)
+    return wrapper
+
+
+def _kept(ckpt_path: Path, step: int | None) -> str:
+    return (f"the last good checkpoint (step {step}) is kept at {ckpt_path}" if step is not None
+            else "no checkpoint was written yet")
+
+
+def _check_inputs(cfg: Config, source: BatchSource, d_model: int | None,
+                  init_saes: Sequence[JumpReLUSAE] | None) -> None:
+    """Refuse a source, ``d_model``, ``init_saes`` or world size that does not fit ``cfg``."""
+    sc = cfg.sae
+    expected = {"d_model argument": d_model} if d_model is not None else {}
+    for i, s in enumerate(init_saes or []):
+        expected[f"init_saes[{i}]"] = s.d_model
+        if s.d_sae != sc.width:
+            raise TrainingError(f"init_saes[{i}] has width {s.d_sae}, config sae.width is "
+                                f"{sc.width}")
+    for what, dm in expected.items():
+        if dm != source.d_model:
+            raise TrainingError(f"activation source has d_model={source.d_model} but the "
+                                f"{what} expects d_model={dm}")
+    if init_saes is not None and len(init_saes) != len(sc.l0_targets):
+        raise TrainingError(f"{len(init_saes)} init_saes for {len(sc.l0_targets)} targets")
+    bs, ws = cfg.train.batch_size, dist.world_size()
+    if bs % ws:
+        raise TrainingError(f"train.batch_size={bs} does not split over {ws} ranks; use a "
+                            f"multiple of the world size")
+
+
+@dataclass
+class _Sweep:
+    """A sweep being trained: what its steps need besides the batch."""
+
+    cfg: Config
+    source: BatchSource
+    out_dir: Path
+    key: str
+    """:func:`run_key` of the sweep (checkpoints and saved SAEs carry it)."""
+    train_corpus: str
+    replicate: int
+    norm: InputNorm
+    policy: StepPolicy
+    members: list[SweepMember]
+    paper_init: bool = True
+    """Whether the SAEs started from the paper's init (their metadata names its seed)."""
+    saved_step: int | None = None
+    """Step of the last checkpoint known to be on disk (None: none yet)."""
+
+    @property
+    def order_seed(self) -> int:
+        return batch_seed(self.cfg.seed, self.replicate)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+
+def _new_members(cfg: Config, source: BatchSource, out_dir: Path, norm: InputNorm,
+                 policy: StepPolicy, state: dict[str, Any] | None,
+                 init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str,
+                 replicate: int) -> list[SweepMember]:
+    """One :class:`SweepMember` per target, on the device: ``init_saes`` moved into the
+    training space, or the paper's init from :func:`init_seed` (thresholds at the target's
+    quantile with ``sae.threshold_init: target_quantile`` when not resuming)."""
+    sc, bs = cfg.sae, cfg.train.batch_size
+    members = []
+    for i, target in enumerate(sc.l0_targets):
+        if init_saes is not None:
+            sae = norm.from_raw(init_saes[i])
+        else:
+            gen = torch.Generator().manual_seed(
+                init_seed(cfg.seed, train_corpus, target, replicate))
+            sae = JumpReLUSAE(source.d_model, sc.width, bandwidth=sc.bandwidth,
+                              init_threshold=sc.init_threshold, generator=gen)
+            sae.input_scale.fill_(norm.scale)
+            if sc.threshold_init == "target_quantile" and state is None:
+                order_seed = batch_seed(cfg.seed, replicate)
+                init_threshold_at_target_(sae, norm.apply(next(source.iter_batches(
+                    bs, derived_seed(order_seed, "threshold")))), target, sc.init_threshold)
+        sae_dir = out_dir / sae_dirname(target)
+        sae_dir.mkdir(parents=True, exist_ok=True)
+        sae = sae.to(policy.device)
+        dist.broadcast_module_(sae)  # identical already (same seeds, same batches); made sure
+        members.append(SweepMember(sae, target, cfg.train, sae_dir / METRICS_NAME))
+    return members
+
+
+def _restore(sw: _Sweep, state: dict[str, Any] | None) -> int:
+    """Load checkpoint ``state`` into the sweep (None: a fresh start, whose metrics logs are
+    emptied); returns the step to start from. Resuming drops logged rows past it."""
+    main = dist.is_main()
+    if state is None:
+        for m in sw.members if main else []:
+            m.path.write_text("")
+        return 0
+    start = sw.saved_step = int(state["step"])
+    for m, st in zip(sw.members, state["members"], strict=True):
+        m.load_state(st)
+    if isinstance(sw.source, ResumableSource) and state.get("source"):
+        sw.source.load_state_dict(state["source"][dist.rank()])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    for m in sw.members if main else []:
+        truncate_metrics(m.path, start)
+    return start
+
+
+def _scaled_batch(sw: _Sweep, x: Tensor, step: int) -> Float[Tensor, "rows d_model"]:
+    """This rank's rows of batch ``step``, checked (shape, finite values), on the device
+    and in the training space."""
+    bs, d = sw.cfg.train.batch_size, sw.source.d_model
+    if x.shape != (bs // dist.world_size(), d):
+        raise TrainingError(f"step {step}: batch has shape {tuple(x.shape)}, expected "
+                            f"{(bs // dist.world_size(), d)}")
+    if not torch.isfinite(x).all():
+        raise TrainingError(
+            f"step {step}: NaN/inf in activation batch {step} "
+            f"({sw.source.describe_batch(step, bs, sw.order_seed)}); training stopped, "
+            f"{_kept(sw.ckpt_path, sw.saved_step)}")
+    return sw.norm.apply(x.to(sw.policy.device, non_blocking=True))
+
+
+def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
+                  metric_files: Sequence[Any], autocast: contextlib.AbstractContextManager
+                  ) -> bool:
+    """One optimiser step of every SAE on the scaled rows ``x``; on a logged step each
+    SAE's :class:`TrainMetrics` row goes to its file (the main rank's). Returns whether
+    the step was logged."""
+    tc = sw.cfg.train
+    n_steps, tokens = total_steps(tc), (step + 1) * tc.batch_size
+    lr, coeff = lr_at(step, tc, n_steps), sparsity_coeff_at(step, tc)
+    is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
+    before = step * tc.batch_size
+    for m, f in zip(sw.members, metric_files, strict=True):
+        # the pre-activation loss starts once a whole window has passed (sae-lens's rule)
+        dead = m.dead(before, tc.dead_window_tokens) if (
+            tc.pre_act_loss > 0 and before >= tc.dead_window_tokens) else None
+        r = train_step(m, x, lr, coeff, tc, use_sparse(sw.policy, m, tc), autocast, dead)
+        if not torch.isfinite(r.loss):
+            where = sw.source.describe_batch(step, tc.batch_size, sw.order_seed)
+            raise TrainingError(
+                f"step {step}: loss became {float(r.loss)} for target L0 {m.target} "
+                f"on batch {step} ({where}); {_kept(sw.ckpt_path, sw.saved_step)}")
+        m.last_fired.masked_fill_(r.fired, tokens)  # no host sync on GPU
+        if sw.policy.sparse_ok:
+            m.prev_l0 = float(r.l0)
+        if is_log:
+            dead = m.dead(tokens, tc.dead_window_tokens)
+            m.last = TrainMetrics(step + 1, tokens, lr, coeff, float(r.loss), float(r.mse),
+                                  float(r.sparsity_loss), float(r.l0),
+                                  dist.global_fve(x, r.x_hat), float(dead.float().mean()))
+            if f is not None:
+                f.write(m.last.to_json() + "\n")
+                f.flush()
+    return is_log
+
+
+def _checkpoint(sw: _Sweep, step: int) -> None:
+    """Checkpoint the sweep after ``step`` steps (every rank calls it; the main one writes)."""
+    positions = _source_positions(sw.source, step, sw.cfg.train.batch_size)
+    if dist.is_main():
+        save_checkpoint(sw.ckpt_path, sw.key, step, sw.norm, sw.members, positions)
+        sw.saved_step = step
+
+
+def _run_steps(sw: _Sweep, start: int, progress: bool, bar_position: int = 0) -> None:
+    """Steps ``start`` .. the last, each SAE on every batch, checkpointing on the way."""
+    tc, main = sw.cfg.train, dist.is_main()
+    n_steps = total_steps(tc)
+    autocast = sw.policy.autocast()
+    batches = _rank_batches(sw.source, tc.batch_size, sw.order_seed, start)
+    if sw.policy.device.type == "cuda":  # read, decode and pin the next batches meanwhile
+        batches = prefetch(batches, depth=2, pin_memory=True)
+    bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
+               desc=f"train {sw.train_corpus or sw.out_dir.name} seed {sw.replicate}",
+               position=bar_position)
+    metric_files = [open(m.path, "a") if main else None for m in sw.members]  # noqa: SIM115
+    snapshots = snapshot_steps(tc)
+    try:
+        for step in range(start, n_steps):
+            x = _scaled_batch(sw, next(batches), step)
+            if _step_members(sw, x, step, metric_files, autocast):
+                bar.set_postfix_str(" | ".join(
+                    f"L0 {m.last.l0:.0f}/{m.target:g} loss {m.last.loss:.3g} "
+                    f"FVE {m.last.fve:.3f} dead {m.last.dead_frac:.2f}"
+                    for m in sw.members if m.last is not None))
+            bar.update(1)
+            for budget in snapshots.get(step + 1, []) if main else []:
+                _save_saes(sw, step + 1, budget)
+            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+                _checkpoint(sw, step + 1)
+    finally:
+        bar.close()
+        for f in metric_files:
+            if f is not None:
+                f.close()
+
+
+def _save_saes(sw: _Sweep, steps: int, budget: int | None = None) -> None:
+    """Write every SAE after ``steps`` steps, folded into raw-activation space, with its
+    metadata and the config: the final SAEs, or with ``budget`` their snapshots."""
+    bs = sw.cfg.train.batch_size
+    for m in sw.members:
+        out = m.path.parent if budget is None else snapshot_dir(m.path.parent, budget)
+        out.mkdir(parents=True, exist_ok=True)
+        sw.norm.to_raw(m.sae).save(out, metadata={
+            "train_corpus": sw.train_corpus, "l0_target": m.target,
+            "replicate": sw.replicate,
+            "init_seed": (init_seed(sw.cfg.seed, sw.train_corpus, m.target, sw.replicate)
+                          if sw.paper_init else None),
+            "batch_seed": sw.order_seed, "steps": steps, "tokens": steps * bs,
+            "run_key": sw.key, "input_scale": sw.norm.scale,
+            **({"snapshot_tokens": budget} if budget is not None else {})})
+        write_json_atomic(out / "config.json", sw.cfg.to_dict())
+
+
+def _saved_from(sae_dirs: Sequence[Path], key: str, steps: int) -> bool:
+    """Whether every SAE folder holds an SAE saved by run ``key`` after ``steps`` steps."""
+    for d in sae_dirs:
+        path = d / CFG_FILENAME
+        meta = json.loads(path.read_text()).get("metadata", {}) if path.exists() else {}
+        if (meta.get("run_key"), meta.get("steps")) != (key, steps):
+            return False
+    return True
+
+
+def _saved(sw: _Sweep, steps: int) -> bool:
+    """Whether every SAE of the sweep is already saved from this run after ``steps``
+    steps (reusing a finished run then rewrites nothing)."""
+    return _saved_from([m.path.parent for m in sw.members], sw.key, steps)
+
+
+def sweep_finished(cfg: Config, source: BatchSource, out_dir: str | Path,
+                   train_corpus: str = "", replicate: int = 0) -> bool:
+    """Whether :func:`train_saes` with these arguments would only reuse finished SAEs
+    (every target saved by this run key after the last step)."""
+    dirs = [Path(out_dir) / sae_dirname(t) for t in cfg.sae.l0_targets]
+    return _saved_from(dirs, run_key(cfg, source, train_corpus, replicate),
+                       total_steps(cfg.train))
+
+
+@_holding_run_lock
+def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
+               progress: bool = True, d_model: int | None = None,
+               init_saes: Sequence[JumpReLUSAE] | None = None, train_corpus: str = "",
+               replicate: int = 0, retrain_other_run: bool = False, bar_position: int = 0
+               ) -> list[TrainResult]:
+    """Train one JumpReLU SAE per ``cfg.sae.l0_targets`` from one pass over ``source``.
+
+    Args:
+        cfg: resolved config (``cfg.sae``, ``cfg.train``, ``cfg.seed``).
+        source: activation batches; batch ``k`` of ``iter_batches(batch_size,
+            batch_seed(cfg.seed, replicate))`` is step ``k``.
+        out_dir: run directory (see the module docstring for its layout).
+        resume: continue from ``out_dir/checkpoint.pt`` if present (same config required).
+        progress: show a tqdm bar.
+        d_model: expected activation width; a mismatch with ``source.d_model`` is an error.
+        init_saes: optional starting SAEs (raw-activation space, e.g. loaded with
+            :meth:`JumpReLUSAE.load`), one per target, instead of the paper's init.
+        train_corpus: name of the corpus ``source`` holds; with ``replicate`` it seeds each
+            SAE's initialisation (:func:`init_seed`) and goes into its metadata.
+        replicate: seed replicate of this sweep (:func:`batch_seed`, :func:`init_seed`).
+        retrain_other_run: with ``resume``, start over (with a warning) when the checkpoint
+            belongs to another run instead of refusing it.
+        bar_position: the terminal row of the progress bar (sweeps trained side by side).
+    Returns:
+        one :class:`TrainResult` per target, in ``cfg.sae.l0_targets`` order.
+    """
+    _check_inputs(cfg, source, d_model, init_saes)
+    tc, out_dir = cfg.train, Path(out_dir)
+    policy = step_policy(tc)
+    key = run_key(cfg, source, train_corpus, replicate)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        write_json_atomic(out_dir / "config.json", cfg.to_dict())
+    state = starting_state(out_dir, key, policy.device, resume, retrain_other_run)
+    dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+
+    norm = (InputNorm(state["mean"].cpu(), state["scale"]) if state is not None else
+            estimate_input_norm(source, tc.batch_size, tc.norm_batches,
+                                derived_seed(cfg.seed, "norm"), tc.center_inputs))
+    members = _new_members(cfg, source, out_dir, norm, policy, state, init_saes,
+                           train_corpus, replicate)
+    sw = _Sweep(cfg, source, out_dir, key, train_corpus, replicate, norm, policy, members,
+                paper_init=init_saes is None)
+    start = _restore(sw, state)
+    for m in members if policy.compile else []:
+        m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
+    kernel = tc.kernel if tc.kernel != "auto" else (
+        "auto (sparse when L0 is low)" if policy.sparse_ok else "dense")
+    ws = dist.world_size()
+    log.info("training %d SAEs (width %d, targets %s) for %d steps of %d on %s, %s kernel%s%s%s",
+             len(members), cfg.sae.width, list(cfg.sae.l0_targets), total_steps(tc),
+             tc.batch_size, policy.device, kernel, ", bf16 autocast" if policy.bf16 else "",
+             ", compiled" if policy.compile else "",
+             f", data-parallel over {ws} ranks" if ws > 1 else "")
+
+    _run_steps(sw, start, progress, bar_position)
+    n_steps = total_steps(tc)
+    if start < n_steps:  # a finished run's checkpoint is already this one
+        _checkpoint(sw, n_steps)
+    if dist.is_main() and not _saved(sw, n_steps):
+        _save_saes(sw, n_steps)
+    dist.barrier()  # the other ranks return only once rank 0's files are in place
+    return [TrainResult(m.target, m.path.parent, n_steps, n_steps * tc.batch_size, norm.scale,
+                        m.last or last_metrics(m.path), train_corpus, replicate)
+            for m in members]
