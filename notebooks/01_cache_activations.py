@@ -148,7 +148,7 @@ import itertools  # noqa: E402
 from sae_med.artifacts import stable_hash  # noqa: E402
 from sae_med.cache.activations import cache_spec  # noqa: E402
 from sae_med.corpora.registry import iter_documents  # noqa: E402
-from sae_med.report.notebook import notebook_config  # noqa: E402
+from sae_med.report.parameters import notebook_config  # noqa: E402
 
 first_corpus = next(iter(caches))[0]
 shallower = cfg.model.hook_layer // 2

@@ -168,7 +168,7 @@ display(reached.merge(settle, on=list(keys.values())).round(3))
 
 # %%
 from sae_med.layout import sae_dirs  # noqa: E402
-from sae_med.report.notebook import notebook_config  # noqa: E402
+from sae_med.report.parameters import notebook_config  # noqa: E402
 
 third = "wordnet" if "wordnet" not in cfg.train_corpora else "austen"
 cfg_third = notebook_config(

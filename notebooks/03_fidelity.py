@@ -39,7 +39,7 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.experiment import stage_evaluate
+from sae_med.experiment import model_runs, stage_evaluate
 from sae_med.measure.results import load_comparisons, load_results
 from sae_med.report.claims import (
     claim_verdict,
@@ -47,7 +47,6 @@ from sae_med.report.claims import (
     gap_intervals,
     gaps_by_model,
     l0_trend,
-    model_runs,
     oriented_gaps,
     replication_sentences,
     step_intervals,

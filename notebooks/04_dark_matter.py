@@ -42,7 +42,7 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.experiment import stage_evaluate
+from sae_med.experiment import model_runs, stage_evaluate
 from sae_med.measure.compare import NOT_JUDGED
 from sae_med.measure.results import load_comparisons, load_results
 from sae_med.report.claims import (
@@ -50,7 +50,6 @@ from sae_med.report.claims import (
     dropped_sentence,
     gap_intervals,
     gaps_by_model,
-    model_runs,
     oriented_gaps,
     replication_sentences,
     verdict_table,

@@ -271,7 +271,7 @@ with pd.option_context("display.max_colwidth", 200):
 
 # %%
 from sae_med.interpret.autointerp import run_budget  # noqa: E402
-from sae_med.report.notebook import notebook_config  # noqa: E402
+from sae_med.report.parameters import notebook_config  # noqa: E402
 
 
 def n_requests(b) -> int:

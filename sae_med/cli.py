@@ -33,8 +33,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from sae_med import LOG_FORMAT, __version__
+from sae_med.artifacts import storage_error
 from sae_med.config import Config, ConfigError, load_config
+from sae_med.layout import sae_id
 
 log = logging.getLogger("sae_med")
 
@@ -42,14 +46,14 @@ KNOWN_ERRORS = {
     "sae_med.config": ["ConfigError"],
     "sae_med.artifacts": ["StorageError", "ArtifactLockedError"],
     "sae_med.cache.activations": ["CorruptCacheError"],
-    "sae_med.train.sweep": ["TrainingError"],
-    "sae_med.lm.load": ["ModelUnavailableError"],
+    "sae_med.train.records": ["TrainingError"],
+    "sae_med.lm.files": ["ModelUnavailableError"],
     "sae_med.sae.jumprelu": ["SAECheckpointError"],
     "sae_med.corpora.registry": ["UnknownCorpusError"],
     "sae_med.corpora.embedded": ["CorpusFetchError"],
     "sae_med.corpora.local": ["CorpusSourceError"],
     "sae_med.report.book": ["NotebookError", "BookBuildError"],
-    "sae_med.report.rerun": ["NotebookParameterError"],
+    "sae_med.report.parameters": ["NotebookParameterError"],
 }
 """Errors whose message says what is wrong and what to do: the command line prints that
 message as one line instead of a traceback (``--debug`` shows it)."""
@@ -69,7 +73,6 @@ def _known(err: BaseException) -> bool:
 
 def one_line(err: BaseException) -> str:
     """The error as a single line (a failing notebook: notebook, cell and the error)."""
-    from sae_med.artifacts import storage_error
 
     if hasattr(err, "notebook") and hasattr(err, "ename"):
         first = str(err.evalue).strip().splitlines()[:1]
@@ -82,13 +85,21 @@ def one_line(err: BaseException) -> str:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.overrides)
+    """The config, its corpora handed to the registry (every corpus name checked)."""
+    # deferred: the registry's corpus readers load only for the subcommands that read text
+    from sae_med.corpora.registry import use_config
+
+    cfg = load_config(args.config, args.overrides)
+    use_config(cfg)
+    return cfg
 
 
 def cmd_corpora(args: argparse.Namespace) -> int:
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.corpora.registry import corpus_info, corpus_stats, list_corpora
 
-    cfg = _load(args)  # registers the corpora it declares
+    cfg = _load(args)
     names = args.corpus or list_corpora()
     for name in names:
         corpus_info(name)  # an unknown name: one clear error
@@ -96,13 +107,19 @@ def cmd_corpora(args: argparse.Namespace) -> int:
         return _print_leakage(args.corpus)
     tokenizer = None
     if not args.no_tokens:
-        from sae_med.lm.load import EMBEDDED, embedded_model_dir
+        # deferred: a subcommand imports only what it runs (torch, transformers
+        # and the model stack take seconds to import)
+        from sae_med.lm.files import EMBEDDED, embedded_model_dir
 
         if cfg.model.name == EMBEDDED:
+            # deferred: a subcommand imports only what it runs (torch, transformers
+            # and the model stack take seconds to import)
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(cfg.cache_path)[0]))
         else:
+            # deferred: a subcommand imports only what it runs (torch, transformers
+            # and the model stack take seconds to import)
             from sae_med.lm.load import load_model
 
             tokenizer = load_model(cfg.model.name, "cpu", cfg.cache_path).tokenizer
@@ -124,6 +141,8 @@ def cmd_corpora(args: argparse.Namespace) -> int:
 
 
 def _print_leakage(names: list[str]) -> int:
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.corpora.leakage import corpus_leakage, offline_leakage
 
     print(f"{'corpus':<10} {'train docs':>10} {'eval docs':>9} {'exact in train':>14} "
@@ -137,9 +156,11 @@ def _print_leakage(names: list[str]) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Fetch/parse the embedded corpora and cache the embedded model (idempotent)."""
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.corpora.embedded import DEBIAN_PACKAGES, debian_dir
     from sae_med.corpora.registry import prepare_embedded
-    from sae_med.lm.load import EMBEDDED, embedded_model_dir
+    from sae_med.lm.files import EMBEDDED, embedded_model_dir
 
     cfg = _load(args)
     if args.check:
@@ -158,6 +179,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.experiment import stage_cache
 
     cfg = _load(args)
@@ -173,8 +196,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.experiment import stage_train
-    from sae_med.layout import sae_id
 
     cfg = _load(args)
     for corpus, results in stage_train(cfg).items():
@@ -189,12 +213,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The run's own SAEs (stage_evaluate), or the SAEs given with --sae (any format)."""
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.experiment import stage_evaluate
 
     cfg = _load(args)
     if not args.sae:
         print(f"results={stage_evaluate(cfg)}")
         return 0
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.experiment import evaluate_paths
     from sae_med.sae.jumprelu import SAECheckpointError
 
@@ -212,6 +240,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.experiment import run_experiment
 
     print(f"results={run_experiment(_load(args))}")
@@ -221,6 +251,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_learning_curve(args: argparse.Namespace) -> int:
     """The config's learning curve (its ``learning_curve`` section): the long runs with
     their snapshots, each budget scored; one line per budget, then the verdicts."""
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.experiment import stage_learning_curve
     from sae_med.report.learning_curve import claim_trends, curve_summary, curve_tables
     from sae_med.report.notebook import domain_pair
@@ -243,6 +275,8 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
     """Explain and score each SAE at the middle target L0 with the configured LLM
     (detection AUROC of p(yes), accuracy and F1 per latent; see
     :mod:`sae_med.interpret.autointerp`)."""
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.experiment import stage_autointerp
     from sae_med.interpret.autointerp import write_run_scores
 
@@ -252,6 +286,8 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.report.book import build_book
 
     print(f"book={build_book(args.config, list(args.overrides))}")
@@ -260,6 +296,8 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 def cmd_notebook(args: argparse.Namespace) -> int:
     """Execute one notebook through papermill with the config (and -p parameters)."""
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.report.rerun import parse_parameter, run_notebook
 
     extra = {name: parse_parameter(value) for name, value in args.param}
@@ -297,7 +335,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.json:
         print(cfg.to_json())
     else:
-        import yaml
 
         print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
     # what the forwards will run in on this machine (model.dtype auto differs by machine);
@@ -313,7 +350,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's SAEs (or one SAE) with a model card; optionally push them to the hub."""
-    from sae_med.report.export import ExportError, export_saes, push_to_hub, stage_for_hub
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
+    from sae_med.report.export import export_saes, push_to_hub, stage_for_hub
+    from sae_med.report.exported import ExportError
 
     try:
         if not args.push_to_hub:
@@ -359,6 +399,8 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Commit the built book's HTML to a branch of a git remote (GitHub Pages)."""
+    # deferred: a subcommand imports only what it runs (torch, transformers
+    # and the model stack take seconds to import)
     from sae_med.report.publish import PublishError, publish_html
 
     try:
@@ -469,6 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per rank
+        # deferred: a subcommand imports only what it runs (torch, transformers
+        # and the model stack take seconds to import)
         from sae_med.runtime import init_from_env
 
         init_from_env()

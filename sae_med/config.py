@@ -428,19 +428,10 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
-        from sae_med.corpora.registry import (  # data imports this module
-            declare_corpus,
-            list_corpora,
-        )
-
         for name, spec in self.corpora.items():
             spec.check(name)
-            declare_corpus(name, spec)
-        known = list_corpora()
-        for where in ("train_corpora", "eval_corpora"):
-            for c in getattr(self, where):
-                _check(c in known, where, f"unknown corpus {c!r}; valid corpora: "
-                       f"{', '.join(known)}")
+        # corpus names are checked by the registry a stage hands this config to
+        # (sae_med.corpora.registry.use_config): the config knows no registry
         self.replication_configs()  # a mistake in a replication fails when this loads
         self.learning_curve_config()
 

@@ -21,19 +21,42 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from sae_med import LOG_FORMAT
-from sae_med import runtime as dist
-from sae_med.artifacts import write_json_atomic
+from sae_med import LOG_FORMAT, runtime
+from sae_med.artifacts import stable_hash, write_json_atomic
 from sae_med.cache.activations import ActivationCache, build_cache
 from sae_med.cache.batches import BatchSource
+from sae_med.cache.stream import ActivationStream
 from sae_med.config import RUN_SECTIONS, Config
-from sae_med.layout import RESULTS_NAME, SAES_DIR, sae_dirs
+from sae_med.interpret import autointerp
+from sae_med.interpret.autointerp import DEMO_BUDGET, RunScores, run_budget
+from sae_med.interpret.chat import make_chat
+from sae_med.layout import (
+    CURVE_DIR,
+    RESULTS_NAME,
+    SAES_DIR,
+    replicate_dirname,
+    results_name,
+    sae_dirs,
+    sae_id,
+    snapshot_dir,
+)
 from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
-from sae_med.measure.results import ResultRow, write_results
-from sae_med.measure.scoring import compare_families, score_saes
-from sae_med.report.learning_curve import CurvePoint
+from sae_med.lm.weights import recorded_weights, warn_if_other_weights, weights_record
+from sae_med.measure.diagnose import Subject, diagnose_saes
+from sae_med.measure.results import SCHEMA_VERSION, ResultRow, load_comparisons, write_results
+from sae_med.measure.scoring import ce_batches, compare_families, reconstruction_fn, score_saes
+from sae_med.report.learning_curve import CurvePoint, curve_budgets
+from sae_med.runtime import pick_device
+from sae_med.sae.io import load_any_sae, sae_format
 from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.train.records import TrainingError
+from sae_med.train.sweep import sweep_finished, train_saes
+
+if TYPE_CHECKING:
+    from sae_med.config import Config
+    from sae_med.measure.results import ComparisonTables
+from sae_med.report.claims import ModelRun, model_label
 
 if TYPE_CHECKING:
     from sae_med.interpret.autointerp import RunScores
@@ -84,8 +107,6 @@ def stage_cache(cfg: Config, progress: bool = True) -> dict[tuple[str, str], Act
 def train_source(cfg: Config, corpus: str, progress: bool = True) -> BatchSource:
     """What the SAEs of ``corpus`` train on: its cache, or a stream (``train.source``)."""
     if cfg.train.source == "stream":
-        from sae_med.cache.stream import ActivationStream
-
         return ActivationStream(load_model_for(cfg), cfg, corpus)
     return cache_for(cfg, corpus, "train", progress)
 
@@ -106,7 +127,6 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     == t)`` is replicate 0). A finished run whose checkpoint key matches is reused; one for
     another config or cache is retrained from scratch (with a warning), never reused.
     """
-    from sae_med.train.sweep import sweep_finished
 
     sweeps = [Sweep(c, r) for c in cfg.train_corpora for r in range(cfg.sae.seeds)]
     sources = {c: train_source(cfg, c, progress) for c in cfg.train_corpora}
@@ -115,10 +135,10 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     results = {}
     roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
     if cfg.train.workers > 1 and len(todo) > 1:
-        if dist.world_size() > 1 or len(roots) < len(sources):
+        if runtime.world_size() > 1 or len(roots) < len(sources):
             log.info("train.workers=%d ignored: %s; training one sweep at a time",
                      cfg.train.workers, "the torchrun ranks share each sweep"
-                     if dist.world_size() > 1 else "training streams its activations")
+                     if runtime.world_size() > 1 else "training streams its activations")
         else:
             results = dict(zip(todo, _train_parallel(cfg, todo, roots, progress),
                                strict=True))
@@ -130,15 +150,12 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
 
 
 def _sweep_dir(cfg: Config, sweep: Sweep) -> Path:
-    from sae_med.layout import replicate_dirname
-
     return cfg.run_path / SAES_DIR / sweep.corpus / replicate_dirname(sweep.replicate)
 
 
 def _train_sweep(cfg: Config, sweep: Sweep, source: BatchSource, progress: bool,
                  bar_position: int = 0) -> list:
     """Train (or resume, or reuse) one sweep on ``source`` in this process."""
-    from sae_med.train.sweep import train_saes
 
     return train_saes(cfg, source, _sweep_dir(cfg, sweep), resume=True, progress=progress,
                       d_model=source.d_model, train_corpus=sweep.corpus,
@@ -199,7 +216,6 @@ def _train_parallel(cfg: Config, sweeps: Sequence[Sweep], roots: dict[str, Path]
 def _sweep_result(future: Future, workers: int) -> list:
     """A worker's result, or its error; a worker killed outright (SIGKILL, out of memory)
     becomes one clear :class:`~sae_med.train.records.TrainingError`."""
-    from sae_med.train.records import TrainingError
 
     try:
         return future.result()
@@ -216,7 +232,6 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
 
     Reused when its ``inputs_key`` (config, every SAE's weights hash, every eval cache's
     key) matches; recomputed otherwise."""
-    from sae_med.layout import RESULTS_NAME
 
     stage_train(cfg, progress)
     return _evaluate_once(cfg, sae_dirs(cfg), cfg.run_path / RESULTS_NAME, progress)
@@ -225,9 +240,6 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
 def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: bool) -> Path:
     """Score the SAEs of ``dirs`` (``{sae_id: folder}``) on every eval corpus into
     ``path``, unless its ``inputs_key`` says that was done with these inputs."""
-    from sae_med.artifacts import stable_hash
-    from sae_med.experiment import evaluate_paths
-    from sae_med.measure.results import SCHEMA_VERSION
 
     model = load_model_for(cfg)
     caches = {c: cache_for(cfg, c, "eval", progress) for c in cfg.eval_corpora}
@@ -252,8 +264,6 @@ def stage_learning_curve(cfg: Config, progress: bool = True) -> list[CurvePoint]
     :meth:`~sae_med.config.Config.learning_curve_config`): its caches and long runs, then
     each budget's SAEs (snapshots, and the full run last) scored on every eval corpus
     into ``learning_curve/tokens_<budget>.json``, each reused while its inputs match."""
-    from sae_med.layout import CURVE_DIR, results_name, snapshot_dir
-    from sae_med.report.learning_curve import curve_budgets
 
     if not cfg.train.snapshot_tokens:
         raise ValueError(f"config {cfg.name!r} saves no snapshots (train.snapshot_tokens); "
@@ -320,7 +330,6 @@ def saes_at(cfg: Config, l0_target: float = 0.0, corpora: Sequence[str] = (),
             progress: bool = True) -> dict[str, JumpReLUSAE]:
     """Replicate 0 of each training corpus's SAE (or of ``corpora``) at
     :func:`middle_target` ``l0_target``, trained first if needed."""
-    from sae_med.layout import sae_id
 
     target = middle_target(cfg, l0_target)
     stage_train(cfg, progress)
@@ -335,8 +344,6 @@ def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
     evaluation corpus), with the configured chat backend (cached under the cache dir) and
     budget (:func:`~sae_med.interpret.autointerp.run_budget`: the demo unless
     ``autointerp.demo=false``). Caches and SAEs come from the stages above."""
-    from sae_med.interpret.autointerp import DEMO_BUDGET, RunScores, run_budget, score_saes
-    from sae_med.interpret.chat import make_chat
 
     target = middle_target(cfg, l0_target)
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
@@ -349,8 +356,9 @@ def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
         log.warning("autointerp: demo budget (%s); autointerp.demo=false runs the real "
                     "comparison", ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()))
     log.info("autointerp: SAEs at L0 target %g on %s", target, eval_corpus)
-    scores = score_saes({c: JumpReLUSAE.load(r.path) for c, r in runs.items()}, cache, model,
-                        make_chat(budget, cfg.cache_path), budget, progress)
+    saes = {c: JumpReLUSAE.load(r.path) for c, r in runs.items()}
+    scores = autointerp.score_saes(saes, cache, model, make_chat(budget, cfg.cache_path),
+                                   budget, progress)
     return RunScores(scores, {c: r.metrics.l0 if r.metrics else math.nan
                               for c, r in runs.items()}, target, eval_corpus, budget)
 
@@ -360,8 +368,6 @@ def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
     """:func:`~sae_med.measure.diagnose.diagnose_sae` for replicate 0 of each training corpus at
     ``l0_target`` (0: the middle of the sweep) on the CE documents of ``eval_corpus``
     (empty: the first eval corpus). Returns ``{train_corpus: DamageReport}``."""
-    from sae_med.measure.diagnose import Subject, diagnose_saes
-    from sae_med.measure.scoring import ce_batches, reconstruction_fn
 
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
     saes = saes_at(cfg, l0_target, progress=progress)
@@ -385,7 +391,6 @@ def sae_meta(spec: str | Path) -> dict[str, Any]:
     shape, and for sae-med folders the ``cfg.json`` metadata (l0_target, replicate,
     steps, ...) and train_corpus (metadata, else the parent folder's name). Other formats
     get train_corpus "external" and replicate 0."""
-    from sae_med.sae.io import sae_format
 
     kind = sae_format(spec)
     if kind != "sae_med":
@@ -402,8 +407,6 @@ def sae_meta(spec: str | Path) -> dict[str, Any]:
 
 
 def _sae_ids(specs: Sequence[str | Path], meta: Sequence[Mapping[str, Any]]) -> list[str]:
-    from sae_med.layout import sae_id
-
     ids = [str(s) if str(s).startswith("sae_lens:") else
            sae_id(m["train_corpus"], m["replicate"], m["l0_target"])
            if (m.get("sae_metadata") or {}).get("train_corpus") else
@@ -432,11 +435,6 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     ``cfg.run_path / "results.json"`` (or ``out_path``) and the CSV beside it; returns
     the JSON path.
     """
-    from sae_med.cache.activations import build_cache
-    from sae_med.lm.load import load_model
-    from sae_med.lm.weights import recorded_weights, warn_if_other_weights, weights_record
-    from sae_med.runtime import pick_device
-    from sae_med.sae.io import load_any_sae
 
     specs = list(sae_dirs)
     if not specs:
@@ -472,3 +470,13 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
                          {**(extra or {}), "weights": weights.to_dict(),
                           # the forwards' dtype and why (model.dtype auto varies by machine)
                           "model_dtype": model.dtype_choice._asdict()})
+
+
+def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = False
+               ) -> list[ModelRun]:
+    """The run of ``cfg`` (its ``comparisons``, already loaded by the caller) and of each
+    of its replications, evaluated if needed (the stages reuse what is there), in config
+    order."""
+    return [ModelRun(model_label(cfg), cfg, comparisons),
+            *(ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
+              for c in cfg.replication_configs().values())]

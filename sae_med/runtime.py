@@ -427,20 +427,3 @@ def local_rows(x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "rows d_model
         raise ValueError(f"batch of {x.shape[0]} rows does not split over {ws} ranks")
     n = x.shape[0] // ws
     return x[rank() * n:(rank() + 1) * n]
-
-
-def global_fve(x: Float[Tensor, "rows d_model"], x_hat: Float[Tensor, "rows d_model"]
-               ) -> float:
-    """:func:`sae_med.measure.metrics.fve` of the whole global batch from each rank's rows: the sums
-    of x, ‖x‖², r = x − x̂ and ‖r‖² are summed over ranks, then
-    1 − SS(r) / SS(x) with SS the :func:`~sae_med.measure.metrics.centred_sum_of_squares`."""
-    from sae_med.measure.metrics import centred_sum_of_squares
-
-    x, r = x.double(), (x - x_hat).double()
-    sums = torch.cat([x.sum(0), r.sum(0), x.pow(2).sum()[None], r.pow(2).sum()[None],
-                      torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)])
-    all_reduce_sum_(sums)
-    d = x.shape[1]
-    x_sum, r_sum, (x_sq, r_sq, n) = sums[:d], sums[d:2 * d], sums[2 * d:]
-    ss_x = centred_sum_of_squares(n, x_sum, x_sq)
-    return float(1.0 - centred_sum_of_squares(n, r_sum, r_sq) / ss_x.clamp_min(1e-30))

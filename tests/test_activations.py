@@ -53,14 +53,14 @@ def test_cache_reports_tokens_cut_by_ctx_len_as_corpora_counts_them(
     """A corpus of long and short documents, cached whole with contexts shorter than the
     long ones: the manifest's counted tokens are `sae-med corpora`'s count, and what was
     cached is that count less the cut, as `sae-med corpora`'s cached column predicts."""
-    from sae_med.corpora import registry as data
+    from sae_med.corpora import registry
 
     words = iter_documents("medical", "train")
     (tmp_path / "recipes").mkdir()
     for i in range(12):  # 4 to 36 definitions long: many tokens past a short context
         text = " ".join(next(words).text for _ in range(4 + 8 * (i % 5)))
         (tmp_path / "recipes" / f"r{i}.txt").write_text(text)
-    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path / "sae_med_cache"))  # its own stats
     monkeypatch.chdir(tmp_path)
     ctx_len = 24
@@ -69,7 +69,7 @@ def test_cache_reports_tokens_cut_by_ctx_len_as_corpora_counts_them(
     cache = build_cache(model, cfg, "recipes", "train", progress=False)
     assert cache.manifest["exhausted"] and cache.cut_tokens > 0
     assert cache.n_tokens == cache.counted_tokens - cache.cut_tokens
-    stats = data.corpus_stats("recipes", model.tokenizer, "train", ctx_len=ctx_len)
+    stats = registry.corpus_stats("recipes", model.tokenizer, "train", ctx_len=ctx_len)
     assert (stats.tokens, stats.cached) == (cache.counted_tokens, cache.n_tokens)
 
 

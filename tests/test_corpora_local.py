@@ -11,8 +11,7 @@ import pytest
 
 from sae_med.cli import main
 from sae_med.config import ConfigError, load_config
-from sae_med.corpora import documents, leakage
-from sae_med.corpora import registry as data
+from sae_med.corpora import documents, leakage, registry
 from sae_med.corpora.leakage import corpus_leakage, offline_leakage
 from sae_med.corpora.local import CorpusSourceError
 
@@ -31,7 +30,7 @@ def _own_cache(tmp_path, monkeypatch):
     forgotten after the test (the registry is process-wide)."""
     monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
 def _jsonl(path, records):
@@ -51,11 +50,11 @@ def test_declared_jsonl_corpus_splits_by_group_and_deduplicates(tmp_path):
     _jsonl(tmp_path / "law" / "b.jsonl", [*RECORDS[60:], dup])
     cfg = _declare("lawx", files="law/*.jsonl")
     assert cfg.corpora["lawx"].labels_field == ("tags",)
-    info = data.corpus_info("lawx")
+    info = registry.corpus_info("lawx")
     assert (info.kind, info.domain) == ("local", "law")
-    docs = list(data.iter_documents("lawx"))
+    docs = list(registry.iter_documents("lawx"))
     assert len(docs) == len(RECORDS) and "lawx:copy" not in {d.doc_id for d in docs}
-    assert data.duplicates_removed("lawx").exact == 1
+    assert registry.duplicates_removed("lawx").exact == 1
     by_group: dict[str, set[str]] = {}
     for d in docs:
         by_group.setdefault(d.group, set()).add(d.split)
@@ -66,8 +65,8 @@ def test_declared_jsonl_corpus_splits_by_group_and_deduplicates(tmp_path):
     first = next(d for d in docs if d.doc_id == "lawx:r1")
     assert (first.source, first.group, first.labels) == ("lawx", "lawx:k0",
                                                         {"tags": ("property",)})
-    train = list(data.iter_documents("lawx", "train"))
-    assert len(train) + len(list(data.iter_documents("lawx", "eval"))) == len(docs)
+    train = list(registry.iter_documents("lawx", "train"))
+    assert len(train) + len(list(registry.iter_documents("lawx", "eval"))) == len(docs)
     leak = corpus_leakage("lawx")
     assert (leak.exact, leak.near, leak.removed.exact) == (0.0, 0.0, 1)
 
@@ -82,14 +81,14 @@ def test_offline_leakage_covers_declared_local_corpora(monkeypatch):
 def test_fingerprint_follows_content_and_spec(tmp_path):
     _jsonl(tmp_path / "law" / "a.jsonl", RECORDS)
     _declare("lawf", files="law/*.jsonl")
-    before = data.corpus_fingerprint("lawf")
-    assert data.corpus_fingerprint("lawf") == before
+    before = registry.corpus_fingerprint("lawf")
+    assert registry.corpus_fingerprint("lawf") == before
     _jsonl(tmp_path / "law" / "a.jsonl", [*RECORDS, {**RECORDS[0], "id": "x", "text": "New."}])
-    changed = data.corpus_fingerprint("lawf")
+    changed = registry.corpus_fingerprint("lawf")
     assert changed != before
-    assert [d.doc_id for d in data.iter_documents("lawf")].count("lawf:x") == 1
+    assert [d.doc_id for d in registry.iter_documents("lawf")].count("lawf:x") == 1
     _declare("lawf", files="law/*.jsonl", domain="broad")
-    assert data.corpus_fingerprint("lawf") not in (before, changed)
+    assert registry.corpus_fingerprint("lawf") not in (before, changed)
 
 
 def test_every_format_and_the_hub_route_give_the_same_documents(tmp_path):
@@ -111,10 +110,10 @@ def test_every_format_and_the_hub_route_give_the_same_documents(tmp_path):
     for name, spec in declared.items():
         _declare(name, **spec)
         seen[name] = {(d.doc_id.split(":", 1)[1], d.text, d.group.split(":", 1)[1],
-                       d.labels["tags"]) for d in data.iter_documents(name)}
+                       d.labels["tags"]) for d in registry.iter_documents(name)}
     assert len(seen["fj"]) == len(RECORDS)
     assert seen["fc"] == seen["fj"] == seen["fp"] == seen["fh"]
-    assert data.corpus_info("fh").kind == "local"
+    assert registry.corpus_info("fh").kind == "local"
 
 
 def test_text_files_are_one_document_each_named_by_path(tmp_path):
@@ -122,7 +121,7 @@ def test_text_files_are_one_document_each_named_by_path(tmp_path):
         (tmp_path / "notes" / sub).mkdir(parents=True, exist_ok=True)
         (tmp_path / "notes" / sub / f"n{i}.txt").write_text(f"Note {i} on the easement.\n")
     load_config(None, ['corpora={"notes": {"files": "notes/**/*.txt", "domain": "law"}}'])
-    ids = sorted(d.doc_id for d in data.iter_documents("notes"))
+    ids = sorted(d.doc_id for d in registry.iter_documents("notes"))
     assert ids == ["notes:a/n0.txt", "notes:a/n1.txt", "notes:b/n2.txt"]
 
 
@@ -137,28 +136,28 @@ def test_a_folder_under_files_reads_what_its_glob_would(tmp_path):
                         ("slashed", "notes/")):
         load_config(None, [f'corpora={{"{name}": {{"files": "{files}", "domain": "law"}}}}'])
         docs[name] = sorted((d.doc_id.split(":", 1)[1], d.text)
-                            for d in data.iter_documents(name))
+                            for d in registry.iter_documents(name))
     assert len(docs["globbed"]) == 3
     assert docs["folder"] == docs["slashed"] == docs["globbed"]
     (tmp_path / "empty").mkdir()
     _declare("lawe", files="empty")
     with pytest.raises(CorpusSourceError, match=r"corpora.lawe.files folder 'empty' holds no"):
-        data.corpus_fingerprint("lawe")
+        registry.corpus_fingerprint("lawe")
 
 
 def test_missing_files_and_fields_are_one_clear_error(tmp_path):
     _declare("lawe", files="nowhere/*.jsonl")
     with pytest.raises(CorpusSourceError, match=r"corpora.lawe.files pattern 'nowhere/\*"):
-        data.corpus_fingerprint("lawe")
+        registry.corpus_fingerprint("lawe")
     _jsonl(tmp_path / "law" / "a.jsonl", RECORDS)
     _declare("lawe", files="law/a.jsonl", text_field="body")
     with pytest.raises(CorpusSourceError) as err:
-        next(data.iter_documents("lawe"))
+        next(registry.iter_documents("lawe"))
     assert "record 1 of law/a.jsonl has no field 'body'" in str(err.value)
     assert "set corpora.lawe.text_field" in str(err.value)
     _declare("lawe", files="law/a.jsonl", id_field="case")  # not unique
     with pytest.raises(ValueError, match="duplicate document ids"):
-        next(data.iter_documents("lawe"))
+        next(registry.iter_documents("lawe"))
 
 
 @pytest.mark.parametrize("spec, field", [

@@ -10,10 +10,9 @@ from collections import Counter
 import pytest
 
 from sae_med.config import default_cache_dir
-from sae_med.corpora import documents
+from sae_med.corpora import documents, registry
 from sae_med.corpora import embedded as corpora_embedded
 from sae_med.corpora import hub as corpora_hub
-from sae_med.corpora import registry as data
 from sae_med.corpora.documents import Document
 from sae_med.corpora.leakage import corpus_leakage, leakage_by
 
@@ -26,8 +25,8 @@ DOMAINS = {"medical": "medical", "broad": "broad", "go": "biology", "foldoc": "c
 @pytest.fixture(scope="module")
 def corpora() -> dict[str, list[Document]]:
     """Every embedded leaf corpus in full (parsed once into the user cache, then read)."""
-    data.prepare_embedded(EMBEDDED)
-    return {name: list(data.iter_documents(name)) for name in EMBEDDED}
+    registry.prepare_embedded(EMBEDDED)
+    return {name: list(registry.iter_documents(name)) for name in EMBEDDED}
 
 
 def _by_id(docs: list[Document]) -> dict[str, Document]:
@@ -38,34 +37,34 @@ def _by_id(docs: list[Document]) -> dict[str, Document]:
 
 
 def test_unknown_corpus_error_lists_every_name():
-    with pytest.raises(data.UnknownCorpusError) as exc:
-        data.corpus_info("pubmed-abstracts")
-    for name in data.list_corpora():
+    with pytest.raises(registry.UnknownCorpusError) as exc:
+        registry.corpus_info("pubmed-abstracts")
+    for name in registry.list_corpora():
         assert name in str(exc.value)
-    with pytest.raises(data.UnknownCorpusError):
-        next(data.iter_documents("nope"))
+    with pytest.raises(registry.UnknownCorpusError):
+        next(registry.iter_documents("nope"))
     assert isinstance(exc.value, ValueError)
 
 
 def test_registry_describes_every_corpus():
-    names = data.list_corpora()
-    mixed = [f"mixed_{pct}" for pct in data.MIXED_SHARES]
+    names = registry.list_corpora()
+    mixed = [f"mixed_{pct}" for pct in registry.MIXED_SHARES]
     assert {"medical", "broad", "clinical_qa", "web", *EMBEDDED, *mixed} <= set(names)
     for name in names:
-        info = data.corpus_info(name)
+        info = registry.corpus_info(name)
         assert info.kind in ("embedded", "hub") and info.domain in DOMAINS.values()
         if info.is_mix and name not in mixed:
             assert len(info.weights) == len(info.sources) and info.unit == "chars"
-            assert all(data.corpus_info(s).domain == info.domain for s in info.sources)
-    for pct, name in zip(data.MIXED_SHARES, mixed, strict=True):
-        info = data.corpus_info(name)
+            assert all(registry.corpus_info(s).domain == info.domain for s in info.sources)
+    for pct, name in zip(registry.MIXED_SHARES, mixed, strict=True):
+        info = registry.corpus_info(name)
         assert (info.domain, info.sources, info.unit) == ("broad", ("broad", "medical"),
                                                           "tokens")
         assert info.weights == pytest.approx((1 - pct / 100, pct / 100))
-    assert {n: data.corpus_info(n).domain for n in DOMAINS} == DOMAINS
-    assert data.corpus_info("medical").sources == ("hpo", "icd10cm")
+    assert {n: registry.corpus_info(n).domain for n in DOMAINS} == DOMAINS
+    assert registry.corpus_info("medical").sources == ("hpo", "icd10cm")
     with pytest.raises(ValueError, match="split"):
-        next(data.iter_documents("hpo", "test"))
+        next(registry.iter_documents("hpo", "test"))
 
 
 # --------------------------------------------------------------------------- split & order
@@ -74,8 +73,8 @@ def test_registry_describes_every_corpus():
 def test_split_is_deterministic_disjoint_and_about_ten_percent(corpora):
     docs = corpora["icd10cm"]
     assert [d.split for d in docs[:500]] == [documents.split_of(d.group) for d in docs[:500]]
-    train = {d.doc_id for d in data.iter_documents("hpo", "train")}
-    evl = {d.doc_id for d in data.iter_documents("hpo", "eval")}
+    train = {d.doc_id for d in registry.iter_documents("hpo", "train")}
+    evl = {d.doc_id for d in registry.iter_documents("hpo", "eval")}
     assert train.isdisjoint(evl)
     assert train | evl == {d.doc_id for d in corpora["hpo"]}
     for name, docs in corpora.items():
@@ -126,7 +125,7 @@ def test_doc_ids_unique_and_documents_non_empty(corpora):
 
 def test_order_is_a_deterministic_shuffle_independent_of_the_split(corpora):
     docs = corpora["icd10cm"]
-    again = [d.doc_id for d in itertools.islice(data.iter_documents("icd10cm"), 1000)]
+    again = [d.doc_id for d in itertools.islice(registry.iter_documents("icd10cm"), 1000)]
     assert again == [d.doc_id for d in docs[:1000]]
     keys = [documents.order_key(d.doc_id) for d in docs]
     assert keys == sorted(keys)
@@ -237,45 +236,45 @@ def test_foldoc_entries_clean_and_aliases_join_their_target(corpora):
 
 
 def test_mixes_interleave_by_character_share(corpora):
-    prefix = list(itertools.islice(data.iter_documents("medical"), 4000))
+    prefix = list(itertools.islice(registry.iter_documents("medical"), 4000))
     chars = Counter()
     for d in prefix:
         chars[d.source] += len(d.text)
     assert 0.45 < chars["hpo"] / sum(chars.values()) < 0.55
-    assert [d.doc_id for d in itertools.islice(data.iter_documents("medical"), 4000)] == \
+    assert [d.doc_id for d in itertools.islice(registry.iter_documents("medical"), 4000)] == \
            [d.doc_id for d in prefix]
     # each source keeps its own shuffled order inside the mix
     hpo_ids = [d.doc_id for d in prefix if d.source == "hpo"]
     assert hpo_ids == [d.doc_id for d in corpora["hpo"][:len(hpo_ids)]]
     # a mix's eval split is exactly its members' eval splits
-    n_eval = sum(1 for _ in data.iter_documents("medical", "eval"))
+    n_eval = sum(1 for _ in registry.iter_documents("medical", "eval"))
     assert n_eval == sum(d.split == "eval" for s in ("hpo", "icd10cm") for d in corpora[s])
-    broad = list(itertools.islice(data.iter_documents("broad", "train"), 400))
+    broad = list(itertools.islice(registry.iter_documents("broad", "train"), 400))
     assert {d.source for d in broad} == {"wordnet", "austen", "gcide", "fortunes"}
     assert all(d.split == "train" for d in broad)
 
 
 def test_interleave_balances_uneven_documents():
-    long = data.char_sizes([Document("x" * 100, f"a:{i}", "a") for i in range(50)])
-    short = data.char_sizes([Document("y" * 10, f"b:{i}", "b") for i in range(500)])
-    out = list(itertools.islice(data.interleave([long, short], [0.5, 0.5]), 220))
+    long = registry.char_sizes([Document("x" * 100, f"a:{i}", "a") for i in range(50)])
+    short = registry.char_sizes([Document("y" * 10, f"b:{i}", "b") for i in range(500)])
+    out = list(itertools.islice(registry.interleave([long, short], [0.5, 0.5]), 220))
     n_a = sum(d.source == "a" for d in out)
     assert abs(100 * n_a - 10 * (len(out) - n_a)) <= 100
-    rest = list(data.interleave([data.char_sizes(out[:3]), iter([])], [0.5, 0.5]))
+    rest = list(registry.interleave([registry.char_sizes(out[:3]), iter([])], [0.5, 0.5]))
     assert rest == out[:3]
 
 
 def test_mixed_corpora_keep_their_parents_groups_and_eval_splits(corpora):
     """Every document keeps its parent's group: the eval split is the parents' eval
     documents, and no group of a training prefix (what a cache takes) is in it."""
-    name = f"mixed_{data.MIXED_SHARES[-1]}"
+    name = f"mixed_{registry.MIXED_SHARES[-1]}"
     members = {d.doc_id: d for n in BUILD_0 for d in corpora[n]}
-    evals = list(data.iter_documents(name, "eval"))
+    evals = list(registry.iter_documents(name, "eval"))
     assert sorted(d.doc_id for d in evals) == \
         sorted(i for i, d in members.items() if d.split == "eval")
-    assert sorted(d.doc_id for d in data.iter_unordered(name, "eval")) == \
+    assert sorted(d.doc_id for d in registry.iter_unordered(name, "eval")) == \
         sorted(d.doc_id for d in evals)
-    prefix = list(itertools.islice(data.iter_documents(name, "train"), 5000))
+    prefix = list(itertools.islice(registry.iter_documents(name, "train"), 5000))
     assert all(d.group == members[d.doc_id].group for d in [*prefix, *evals])
     assert {d.group_key for d in prefix}.isdisjoint(d.group_key for d in evals)
     assert {d.source for d in prefix} == set(BUILD_0)
@@ -293,7 +292,7 @@ def tiny_gemma(tmp_path_factory):
                                        "gemma2")), device="cpu")
 
 
-@pytest.mark.parametrize("pct", data.MIXED_SHARES)
+@pytest.mark.parametrize("pct", registry.MIXED_SHARES)
 def test_mixed_corpus_caches_its_medical_share_of_tokens(pct, tiny_gemma, tmp_path):
     """The activation cache an SAE trains on, built with the default's cache settings:
     ``pct``% of its rows (tokens) come from medical documents, within one point."""
@@ -301,9 +300,9 @@ def test_mixed_corpus_caches_its_medical_share_of_tokens(pct, tiny_gemma, tmp_pa
     from sae_med.config import load_config
 
     cfg = load_config("configs/default.yaml", [f"cache_dir={tmp_path}", "model.hook_layer=1"])
-    assert cfg.cache.ctx_len == data.MIX_CTX_LEN
+    assert cfg.cache.ctx_len == registry.MIX_CTX_LEN
     cache = build_cache(tiny_gemma, cfg, f"mixed_{pct}", "train", progress=False)
-    medical = {n for n in EMBEDDED if data.corpus_info(n).domain == "medical"}
+    medical = {n for n in EMBEDDED if registry.corpus_info(n).domain == "medical"}
     is_medical = [d.split(":", 1)[0] in medical for d in cache.doc_ids()]
     rows = cache.tokens().doc_index.tolist()
     assert len(rows) == cfg.cache.n_tokens
@@ -315,27 +314,27 @@ def test_mixed_corpus_caches_its_medical_share_of_tokens(pct, tiny_gemma, tmp_pa
 
 
 def test_fingerprints_are_stable_and_distinct(corpora):
-    fps = {n: data.corpus_fingerprint(n) for n in [*EMBEDDED, "medical", "broad"]}
-    assert fps == {n: data.corpus_fingerprint(n) for n in fps}
+    fps = {n: registry.corpus_fingerprint(n) for n in [*EMBEDDED, "medical", "broad"]}
+    assert fps == {n: registry.corpus_fingerprint(n) for n in fps}
     assert len(set(fps.values())) == len(fps)
     assert all(re.fullmatch(r"[0-9a-f]{16}", f) for f in fps.values())
 
 
 def test_token_mixes_are_keyed_by_their_tokenizer(monkeypatch):
-    name = f"mixed_{data.MIXED_SHARES[0]}"
-    before = data.corpus_fingerprint(name)
-    monkeypatch.setattr(data, "MIX_CTX_LEN", data.MIX_CTX_LEN * 2)
-    assert data.corpus_fingerprint(name) != before
+    name = f"mixed_{registry.MIXED_SHARES[0]}"
+    before = registry.corpus_fingerprint(name)
+    monkeypatch.setattr(registry, "MIX_CTX_LEN", registry.MIX_CTX_LEN * 2)
+    assert registry.corpus_fingerprint(name) != before
 
 
 def test_placebo_build_leaves_the_earlier_corpora_unchanged(corpora, monkeypatch):
     """Build 0's fingerprints (so its caches) are those of a registry without the placebo
     domains, and those are de-duplicated after it: none of their texts is in build 0."""
-    fps = {n: data.corpus_fingerprint(n) for n in [*BUILD_0, "medical", "broad"]}
-    without = {n: i for n, i in data._REGISTRY.items() if i.build == 0}
-    monkeypatch.setattr(data, "_REGISTRY", without)
-    assert data.embedded_leaves() == BUILD_0
-    assert {n: data.corpus_fingerprint(n) for n in fps} == fps
+    fps = {n: registry.corpus_fingerprint(n) for n in [*BUILD_0, "medical", "broad"]}
+    without = {n: i for n, i in registry._REGISTRY.items() if i.build == 0}
+    monkeypatch.setattr(registry, "_REGISTRY", without)
+    assert registry.embedded_leaves() == BUILD_0
+    assert {n: registry.corpus_fingerprint(n) for n in fps} == fps
     earlier = {documents.text_digest(d.text) for n in BUILD_0 for d in corpora[n]}
     assert not any(documents.text_digest(d.text) in earlier
                    for n in ("go", "foldoc") for d in corpora[n])
@@ -361,11 +360,11 @@ def test_corpus_stats_counts_and_caches(corpora, tmp_path, monkeypatch):
         (tmp_path / sub).symlink_to(default_cache_dir() / sub)
     monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path))
     tok = _WordTokenizer()
-    stats = data.corpus_stats("hpo", tok, split="eval")
-    docs = list(data.iter_documents("hpo", "eval"))
+    stats = registry.corpus_stats("hpo", tok, split="eval")
+    docs = list(registry.iter_documents("hpo", "eval"))
     assert stats == (len(docs), sum(len(d.text.split()) for d in docs), None)
     calls = tok.calls
-    assert data.corpus_stats("hpo", tok, split="eval") == stats
+    assert registry.corpus_stats("hpo", tok, split="eval") == stats
     assert tok.calls == calls  # served from the on-disk cache
     assert list((tmp_path / "stats").glob("hpo-eval-*.json"))
 
@@ -375,7 +374,7 @@ def test_debian_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(corpora_embedded.shutil, "which", lambda tool: None)
     with pytest.raises(corpora_embedded.CorpusFetchError,
                        match=r"wordnet-base.*apt-get download wordnet-base"):
-        next(data.iter_documents("wordnet"))
+        next(registry.iter_documents("wordnet"))
 
 
 # --------------------------------------------------------------------------- leakage
@@ -398,11 +397,11 @@ def test_corpus_leakage_reports_what_dedup_removed(corpora):
     assert (r.corpus, r.exact, r.near) == ("fortunes", 0.0, 0.0)
     assert r.train_documents + r.eval_documents == len(corpora["fortunes"])
     assert r.removed is not None and r.removed.exact > 10  # fortunes repeat across files
-    hpo, icd = data.duplicates_removed("hpo"), data.duplicates_removed("icd10cm")
-    assert data.duplicates_removed("medical") == (hpo.exact + icd.exact,
+    hpo, icd = registry.duplicates_removed("hpo"), registry.duplicates_removed("icd10cm")
+    assert registry.duplicates_removed("medical") == (hpo.exact + icd.exact,
                                                   hpo.near_eval + icd.near_eval)
     assert icd.exact > 1000  # ICD-10-CM repeats notes and descriptions verbatim
-    assert data.duplicates_removed("clinical_qa") is None
+    assert registry.duplicates_removed("clinical_qa") is None
 
 
 def test_domains_config_is_the_default_with_an_sae_per_corpus():
@@ -413,7 +412,7 @@ def test_domains_config_is_the_default_with_an_sae_per_corpus():
     from sae_med.report.notebook import domain_pair
 
     cfg = load_config("configs/domains.yaml")
-    assert {data.corpus_info(c).domain for c in cfg.train_corpora} == set(DOMAINS.values())
+    assert {registry.corpus_info(c).domain for c in cfg.train_corpora} == set(DOMAINS.values())
     assert {"wordnet", "austen", "broad", "mixed_10"} <= set(cfg.train_corpora)
     assert set(cfg.eval_corpora) == set(cfg.train_corpora) - {"mixed_10"}
     assert domain_pair(cfg) == ("medical", "broad")
@@ -530,7 +529,7 @@ def test_hub_corpus_offline_gives_one_clear_error(name, monkeypatch):
     if "datasets" in sys.modules:  # the flags are read at import time
         monkeypatch.setattr(sys.modules["datasets"].config, "HF_HUB_OFFLINE", True)
     with pytest.raises(corpora_hub.CorpusUnavailableError) as exc:
-        next(data.iter_documents(name, "train"))
+        next(registry.iter_documents(name, "train"))
     msg = str(exc.value)
     assert "internet" in msg and "'medical'" in msg and "'broad'" in msg
     assert exc.value.__cause__ is None and exc.value.__suppress_context__

@@ -15,7 +15,7 @@ import torch
 from test_train import synthetic_acts
 from test_train import tiny_config as train_tiny_config
 
-from sae_med import runtime as dist
+from sae_med import runtime
 from sae_med.config import Config
 from sae_med.measure.metrics import fve
 from sae_med.sae.jumprelu import JumpReLUSAE
@@ -24,12 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 TRAIN_SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    from sae_med import runtime as distributed
+    from sae_med import runtime
     from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
     from sae_med.train.sweep import train_saes
     torch.set_num_threads(1)
-    distributed.init_from_env()
+    runtime.init_from_env()
     acts_path, out, cfg_json, fail_at, resume = sys.argv[1:6]
     cfg = config_from_dict(json.loads(cfg_json))
 
@@ -42,7 +42,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
                 yield b
 
     train_saes(cfg, Source(torch.load(acts_path)), out, resume=resume == "1", progress=False)
-    sys.stdout.write(f"world {distributed.world_size()} rank {distributed.rank()}\\n")
+    sys.stdout.write(f"world {runtime.world_size()} rank {runtime.rank()}\\n")
 """)
 
 
@@ -154,11 +154,11 @@ def test_torchrun_cache_equals_single_process_cache(model, tmp_path, one_thread)
 
 def test_helpers_are_identities_in_one_process():
     x = torch.randn(12, 5)
-    assert not dist.is_distributed() and dist.world_size() == 1 and dist.is_main()
-    assert dist.local_rows(x) is x
+    assert not runtime.is_distributed() and runtime.world_size() == 1 and runtime.is_main()
+    assert runtime.local_rows(x) is x
     t = torch.tensor([2.0, 3.0])
-    assert torch.equal(dist.all_reduce_sum_(t), torch.tensor([2.0, 3.0]))
+    assert torch.equal(runtime.all_reduce_sum_(t), torch.tensor([2.0, 3.0]))
     x_hat = x + 0.3 * torch.randn(12, 5)
-    assert dist.global_fve(x, x_hat) == pytest.approx(fve(x, x_hat), rel=1e-6)
-    assert dist.global_fve(x, x) == pytest.approx(1.0)
-    assert dist.init_from_env() is False  # no WORLD_SIZE: nothing to initialise
+    assert runtime.global_fve(x, x_hat) == pytest.approx(fve(x, x_hat), rel=1e-6)
+    assert runtime.global_fve(x, x) == pytest.approx(1.0)
+    assert runtime.init_from_env() is False  # no WORLD_SIZE: nothing to initialise

@@ -15,14 +15,15 @@ import yaml
 
 from sae_med.cli import main
 from sae_med.config import load_config
-from sae_med.lm.load import EMBEDDED, EMBEDDED_MODELS
+from sae_med.lm.files import EMBEDDED, EMBEDDED_MODELS
 from sae_med.lm.weights import (
     WeightsMismatchWarning,
     recorded_weights,
     warn_if_other_weights,
     weights_record,
 )
-from sae_med.report.export import ExportError, export_saes, model_card, push_to_hub, stage_for_hub
+from sae_med.report.export import export_saes, model_card, push_to_hub, stage_for_hub
+from sae_med.report.exported import ExportError
 from sae_med.sae.io import load_any_sae
 from sae_med.sae.jumprelu import JumpReLUSAE
 

@@ -270,12 +270,13 @@ KILL_DURING_CHECKPOINT = '''
     import sys, time, json, torch
     from sae_med.cache.batches import TensorBatchSource
     from sae_med.config import config_from_dict
+    import sae_med.train.checkpoint as C
     import sae_med.train.sweep as T
-    write = T._HashingWriter.write
+    write = C._HashingWriter.write
     def slow_write(self, data):  # each checkpoint takes a while to write
         time.sleep(0.05)
         return write(self, data)
-    T._HashingWriter.write = slow_write
+    C._HashingWriter.write = slow_write
     torch.manual_seed(1)
     T.train_saes(config_from_dict(json.loads(sys.argv[2])),
                  TensorBatchSource(torch.randn(512, 16)), sys.argv[1], progress=False)
@@ -546,7 +547,8 @@ def test_known_failures_are_one_clear_line(tmp_path, tiny, reference):
         cache_spec(tiny, cache_cfg(tmp_path, "model.hook_layer=5"), "medical", "train")
     assert_one_line(err.value, "'model.hook_layer': 5 is out of range")
     cases += 1
-    from sae_med.lm.load import ModelUnavailableError, load_model
+    from sae_med.lm.files import ModelUnavailableError
+    from sae_med.lm.load import load_model
     with pytest.raises(ModelUnavailableError) as err:
         load_model("embedded:nope", "cpu", tmp_path)
     assert_one_line(err.value, "unknown embedded model 'embedded:nope'")

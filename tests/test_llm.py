@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_med.interpret import chat as llm
+from sae_med.interpret import chat
 from sae_med.interpret.chat import GenerationStopped, LocalChat
 
 PROMPT = [{"role": "user", "content": "Name the organs of the chest and what each does. " * 6}]
@@ -21,7 +21,7 @@ def smollm2():
 
 
 def test_chunked_prefill_matches_one_plain_generate(smollm2, monkeypatch):
-    monkeypatch.setattr(llm, "PREFILL_CHUNK", 16)
+    monkeypatch.setattr(chat, "PREFILL_CHUNK", 16)
     enc = smollm2._encode(PROMPT)
     n = enc["input_ids"].shape[1]
     assert n > 4 * 16  # several chunks and a partial one
@@ -36,7 +36,7 @@ def test_chunked_prefill_matches_one_plain_generate(smollm2, monkeypatch):
 
 
 def test_stop_ends_a_long_prompt_between_chunks(smollm2, monkeypatch):
-    monkeypatch.setattr(llm, "PREFILL_CHUNK", 16)
+    monkeypatch.setattr(chat, "PREFILL_CHUNK", 16)
     asked: list[int] = []
 
     def stop() -> bool:

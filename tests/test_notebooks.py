@@ -13,15 +13,8 @@ import pytest
 
 from sae_med.cli import main
 from sae_med.report.book import PROJECT_ROOT
-from sae_med.report.notebook import notebook_config
-from sae_med.report.rerun import (
-    NotebookParameterError,
-    check_parameters,
-    find_notebook,
-    notebook_parameters,
-    pair_notebooks,
-    run_notebook,
-)
+from sae_med.report.parameters import NotebookParameterError, notebook_config, notebook_parameters
+from sae_med.report.rerun import check_parameters, find_notebook, pair_notebooks, run_notebook
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 SMOKE = str(PROJECT_ROOT / "configs" / "smoke.yaml")
@@ -32,7 +25,7 @@ run_name = ""
 scale = 1.0
 
 # %%
-from sae_med.report.notebook import notebook_config
+from sae_med.report.parameters import notebook_config
 
 cfg = notebook_config(config, overrides, run_name)
 print(f"name={cfg.name} lr={cfg.train.lr} scale={scale * 2}")

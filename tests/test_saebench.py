@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sae_med.config import load_config
-from sae_med.report.export import SAEBENCH_DIR, export_saes
+from sae_med.report.export import export_saes
+from sae_med.report.exported import SAEBENCH_DIR
 from sae_med.report.saebench import (
     CacheRows,
     CustomSAEConfig,

@@ -129,13 +129,13 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, sys.argv[1])
     from test_stream import CountingStream, stream_config
-    from sae_med import runtime as distributed
+    from sae_med import runtime
     from sae_med.lm.load import load_model
     from sae_med.sae.jumprelu import JumpReLUSAE
     from sae_med.train.checkpoint import read_checkpoint
     from sae_med.train.sweep import train_saes
     torch.set_num_threads(1)
-    distributed.init_from_env()
+    runtime.init_from_env()
     tmp, model_dir = map(__import__("pathlib").Path, sys.argv[2:4])
     model, cfg = load_model(str(model_dir), device="cpu"), stream_config(tmp)
     def run(out, **kw):
@@ -152,7 +152,7 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     _, [ref] = run("ref")
     a, b = JumpReLUSAE.load(ref.path), JumpReLUSAE.load(resumed.path)
     same = all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
-    print(f"rank {distributed.rank()} same {same} positions {len(positions)} "
+    print(f"rank {runtime.rank()} same {same} positions {len(positions)} "
           f"restart {fresh.chunk_starts[0]}")
 """)
 

@@ -449,16 +449,16 @@ def test_compiled_step_matches_eager(tmp_path):
 
 
 def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch, caplog):
-    import sae_med.train.sweep as train_mod
+    import sae_med.train.step as step_mod
 
     def broken(*_a, **_k):
         raise RuntimeError("no C++ compiler (simulated)")
 
-    monkeypatch.setattr(train_mod, "_COMPILE_OK", None)
+    monkeypatch.setattr(step_mod, "_COMPILE_OK", None)
     monkeypatch.setattr(torch, "compile", broken)
     acts = synthetic_acts(n=512)
     cfg = _one_target(tiny_config(compile=True, n_tokens=32 * 4, checkpoint_every=0))
-    with caplog.at_level("WARNING", logger="sae_med.train.sweep"):
+    with caplog.at_level("WARNING", logger="sae_med.train.step"):
         [r] = train_saes(cfg, TensorBatchSource(acts), tmp_path / "fallback", progress=False)
     assert "torch.compile is unusable here" in caplog.text and "simulated" in caplog.text
     eager_cfg = _one_target(tiny_config(kernel="dense", n_tokens=32 * 4, checkpoint_every=0))

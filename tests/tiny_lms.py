@@ -35,7 +35,7 @@ def save_tiny_lm(folder: Path, arch: str, layers: int = 3) -> Path:
     tokenizer, saved to ``folder`` as ``save_pretrained`` does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sae_med.lm.load import embedded_model_dir
+    from sae_med.lm.files import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()[0]))
     assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (PAD, EOS, BOS)

@@ -1,7 +1,6 @@
 """Cache residual-stream activations at one hook, sharded, hashed, resumable.
 
 Layout of one cache, ``{cache_dir}/activations/{key}/``::
-
     shard_00000.npy          (rows, d_model) float32, or uint16 holding bf16 bits
     shard_00000.tokens.npy   (rows, 3) int32: token id, document index, position
     shard_00000.json         rows, sha256 of both files, documents covered (written last)
@@ -34,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_med import runtime
 from sae_med.artifacts import (
     artifact_lock,
     atomic_path,
@@ -43,6 +43,14 @@ from sae_med.artifacts import (
 )
 from sae_med.cache.batches import ChunkedBatches
 from sae_med.config import CacheConfig, Config
+from sae_med.corpora.registry import (
+    cached_tokens,
+    context_room,
+    corpus_fingerprint,
+    iter_documents,
+    token_counts,
+    use_config,
+)
 from sae_med.lm.model import LanguageModel, TokenBatch
 
 log = logging.getLogger(__name__)
@@ -70,7 +78,6 @@ class CorruptCacheError(RuntimeError):
 def cache_spec(model: LanguageModel, cfg: Config, corpus: str, split: str,
                n_tokens: int | None = None) -> dict[str, Any]:
     """Everything that determines a cache's content (hashed into its key)."""
-    from sae_med.corpora.registry import corpus_fingerprint
 
     c = cfg.cache
     model.check_layer(cfg.model.hook_layer)
@@ -286,8 +293,7 @@ def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "tr
     Under torchrun (an initialised process group) the ranks share the work, see
     :func:`_build`; the result is the same cache, file for file.
     """
-    from sae_med import runtime as distributed
-
+    use_config(cfg)
     spec = cache_spec(model, cfg, corpus, split, n_tokens)
     root = cfg.cache_path / "activations" / stable_hash(spec)
     if (root / "manifest.json").exists():
@@ -295,8 +301,8 @@ def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "tr
     # one builder per key (under torchrun, rank 0 holds the lock for its job): a second
     # process waits, then reuses what the first built
     lock = artifact_lock(root.with_name(root.name + ".lock"), f"the cache {root}")
-    with lock if distributed.rank() == 0 else contextlib.nullcontext():
-        if not distributed.is_distributed() and (root / "manifest.json").exists():
+    with lock if runtime.rank() == 0 else contextlib.nullcontext():
+        if not runtime.is_distributed() and (root / "manifest.json").exists():
             return ActivationCache(root)
         return _build(model, cfg, corpus, split, spec, root, progress)
 
@@ -331,7 +337,6 @@ def _plan_shards(model: LanguageModel, cfg: Config, corpus: str, split: str, tar
     """The shards of the cache, in order, from tokenisation only (no model): chunks of
     ``batch_size * SORT_CHUNK`` documents, and a shard ends between chunks once it holds
     ``shard_tokens`` rows, the last one cut at the target. Ends with a :class:`PlanEnd`."""
-    from sae_med.corpora.registry import cached_tokens, context_room, iter_documents, token_counts
 
     c = cfg.cache
     docs = iter_documents(corpus, split)
@@ -388,15 +393,14 @@ def _build(model: LanguageModel, cfg: Config, corpus: str, split: str, spec: dic
     0 writes the manifest once all ranks are done. The layout depends on neither the world
     size nor interruptions, so every way of building a key gives the same cache, file for
     file, and training on it the same SAEs."""
-    from sae_med import runtime as distributed
 
-    rank, ws = distributed.rank(), distributed.world_size()
+    rank, ws = runtime.rank(), runtime.world_size()
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".*.tmp"):  # a killed writer's; no rank writes before the barrier
             stale.unlink()
         write_json_atomic(root / "spec.json", spec)
-    distributed.barrier()
+    runtime.barrier()
     bar = tqdm(total=spec["n_tokens"], unit="tok", unit_scale=True,
                desc=f"cache {corpus}/{split}" + (f" rank {rank}/{ws}" if ws > 1 else ""),
                position=rank, disable=not progress)
@@ -413,12 +417,12 @@ def _build(model: LanguageModel, cfg: Config, corpus: str, split: str, spec: dic
         else:
             _compute_shard(model, cfg, root, p, bar)
     bar.close()
-    distributed.barrier()
+    runtime.barrier()
     if rank == 0:
         shards = [_Shard(**json.loads((root / f"shard_{i:05d}.json").read_text()))
                   for i in range(n_shards)]
         _finish(root, spec, shards, end, corpus, split)
-    distributed.barrier()
+    runtime.barrier()
     return ActivationCache(root)
 
 

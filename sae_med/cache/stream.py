@@ -25,10 +25,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sae_med import runtime as dist
+from sae_med import runtime
 from sae_med.artifacts import stable_hash
 from sae_med.cache.activations import SORT_CHUNK, chunk_rows
 from sae_med.config import Config
+from sae_med.corpora.registry import corpus_fingerprint, iter_documents, use_config
 from sae_med.lm.model import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,10 @@ class ActivationStream:
 
     def __init__(self, model: LanguageModel, cfg: Config, corpus: str, split: str = "train",
                  rank: int | None = None, world_size: int | None = None):
-        from sae_med.corpora.registry import corpus_fingerprint
-
+        use_config(cfg)
         self.model, self.cfg, self.corpus, self.split = model, cfg, corpus, split
-        self.rank = dist.rank() if rank is None else rank
-        self.world_size = dist.world_size() if world_size is None else world_size
+        self.rank = runtime.rank() if rank is None else rank
+        self.world_size = runtime.world_size() if world_size is None else world_size
         self.d_model = model.d_model
         self.n_tokens = cfg.train.n_tokens
         self.buffer_tokens = cfg.train.stream_buffer_tokens
@@ -88,7 +88,6 @@ class ActivationStream:
     def _chunks(self, epoch: int, doc: int) -> Iterator[tuple[int, int, list[str]]]:
         """(epoch, first document, texts) of each forward chunk of this rank's documents
         from ``doc`` of ``epoch`` on, over as many epochs as asked for."""
-        from sae_med.corpora.registry import iter_documents
 
         size = self.cfg.cache.batch_size * SORT_CHUNK
         while True:

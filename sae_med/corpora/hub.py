@@ -3,7 +3,6 @@
 ``clinical_qa`` is the paper's domain data: MedQA (train), MedMCQA (train), PubMedQA
 (``pqa_labeled`` train) and the MMLU college-medicine / clinical-knowledge /
 professional-medicine test splits, each item rendered by a pure ``render_*`` function:
-
     <question>
     The options are:
     A. <option>
@@ -153,11 +152,13 @@ def load_hub_dataset(corpus: str, path: str, config: str | None, split: str,
                      streaming: bool = False) -> Any:
     """``datasets.load_dataset`` with one clear error instead of a deep trace offline."""
     if os.environ.get(LOCAL_FILES_ENV):
+        # deferred: datasets is heavy to import; only hub corpora need it
         import datasets
 
         return datasets.load_dataset("json", data_files=str(local_data_file(path, config, split)),
                                      split="train", streaming=streaming)
     try:
+        # deferred: datasets is heavy to import; only hub corpora need it
         import datasets
 
         return datasets.load_dataset(path, config, split=split, streaming=streaming)

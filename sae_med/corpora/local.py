@@ -91,6 +91,7 @@ def read_records(path: Path, fmt: str) -> Iterator[Mapping[str, Any]]:
         with open(path, encoding="utf-8", newline="") as f:
             yield from csv.DictReader(f)
     elif fmt == "parquet":
+        # deferred: pyarrow is heavy to import; only Parquet files need it
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches():
@@ -110,6 +111,7 @@ class Record(NamedTuple):
 def _hf_records(name: str, spec: CorpusSpec) -> Iterator[Record]:
     """Records of a hub dataset: local ``data_files`` through the packaged builder of
     their format, else the hub (``hf_dataset``, ``hf_config``, ``split``)."""
+    # deferred: datasets is heavy to import; only hub corpora need it
     import datasets
 
     if spec.data_files:

@@ -56,7 +56,7 @@ from typing import Any, Literal, NamedTuple
 from tqdm.auto import tqdm
 
 from sae_med.artifacts import atomic_path, file_sha256, stable_hash, write_json_atomic
-from sae_med.config import ConfigError, CorpusSpec, default_cache_dir
+from sae_med.config import Config, ConfigError, CorpusSpec, default_cache_dir
 from sae_med.corpora import embedded as corpora_embedded
 from sae_med.corpora import hub as corpora_hub
 from sae_med.corpora import local as corpora_local
@@ -178,6 +178,21 @@ def declare_corpus(name: str, spec: CorpusSpec) -> CorpusInfo:
     return info
 
 
+def use_config(cfg: Config) -> None:
+    """Declare the corpora ``cfg`` (and its replications and learning curve) defines and
+    check every corpus it names: the first step of anything handed a config that reads
+    corpora. A name the registry does not know is a :class:`ConfigError` naming the field."""
+    for c in (cfg, *cfg.replication_configs().values(),
+              *filter(None, [cfg.learning_curve_config()])):
+        for name, spec in c.corpora.items():
+            declare_corpus(name, spec)
+        for where in ("train_corpora", "eval_corpora"):
+            for corpus in getattr(c, where):
+                if corpus not in _REGISTRY:
+                    raise ConfigError(f"config field '{where}': unknown corpus {corpus!r}; "
+                                      f"valid corpora: {', '.join(_REGISTRY)}")
+
+
 def corpus_info(name: str) -> CorpusInfo:
     try:
         return _REGISTRY[name]
@@ -246,9 +261,10 @@ def char_sizes(docs: Iterable[Document]) -> Iterator[Sized]:
 @functools.cache
 def _mix_tokenizer() -> Any:
     """The embedded Gemma-3 tokenizer (loaded once a process)."""
+    # deferred: transformers is heavy to import; only model loading needs it
     from transformers import AutoTokenizer
 
-    from sae_med.lm.load import embedded_model_dir  # here: only token mixes need a model
+    from sae_med.lm.files import embedded_model_dir  # here: only token mixes need a model
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir()[0]))
 

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from sae_med.artifacts import stable_hash
 from sae_med.config import AutointerpConfig, default_cache_dir
-from sae_med.lm.load import SMOLLM2, smollm2_dir
+from sae_med.lm.files import SMOLLM2, smollm2_dir
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class Generation(NamedTuple):
 
 def _stopping_criteria(stop: Callable[[], bool] | None) -> Any:
     """transformers' stopping criteria ending a generation once ``stop()`` is true."""
+    # deferred: transformers is heavy to import; only model loading needs it
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class StopWhen(StoppingCriteria):
@@ -155,6 +156,7 @@ class LocalChat:
 
     def __init__(self, model: str = SMOLLM2, max_new_tokens: int = 48,
                  cache_dir: Path | None = None, device: str = "cpu", threads: int = 1):
+        # deferred: transformers is heavy to import; only model loading needs it
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if model == SMOLLM2:
@@ -213,6 +215,7 @@ class LocalChat:
         """KV cache of every prompt token but the last, computed ``PREFILL_CHUNK`` tokens at
         a time so that ``stop()`` can end a long prompt between chunks (one forward over
         thousands of tokens cannot be interrupted); :class:`GenerationStopped` then."""
+        # deferred: transformers is heavy to import; only model loading needs it
         from transformers import DynamicCache
 
         cache, n = DynamicCache(config=self.hf.config), ids.shape[1] - 1
@@ -273,6 +276,7 @@ def api_key(env_name: str = "SAE_MED_LLM_API_KEY") -> str:
 def retryable(err: Exception) -> bool:
     """Whether a failed request is worth repeating: no connection, a timeout, or HTTP 408,
     409, 429, 5xx (what the ``openai`` client itself retries)."""
+    # deferred: openai is heavy to import; only the HTTP chat backend needs it
     import openai
 
     if isinstance(err, openai.APIConnectionError):  # timeouts included
@@ -313,6 +317,7 @@ class OpenAIChat:
     def __init__(self, model: str, base_url: str = "", key: str | None = None,
                  max_new_tokens: int = 48, timeout_s: float = 120.0, max_retries: int = 4,
                  concurrency: int = 8, backoff_s: float = 1.0):
+        # deferred: openai is heavy to import; only the HTTP chat backend needs it
         import openai
 
         if concurrency < 1 or max_retries < 0 or backoff_s < 0:
@@ -359,6 +364,7 @@ class OpenAIChat:
     def p_yes(self, messages: Sequence[Message]) -> float | None:
         """Mass of yes vs no tokens among the first token's ``top_logprobs`` (None when
         neither is there); without logprobs, the generated token's yes (1) / no (0)."""
+        # deferred: openai is heavy to import; only the HTTP chat backend needs it
         import openai
 
         choice = None

@@ -127,7 +127,10 @@ def dashboard_figure(summaries: Sequence[LatentSummary], title: str = "Latent da
                      ) -> Any:
     """Activation histogram and logit-lens bars of one latent at a time, with a dropdown
     to switch latents (works offline in the rendered book)."""
+    # deferred: plotly is heavy to import; only the figures need it
     import plotly.graph_objects as go
+
+    # deferred: plotly is heavy to import; only the figures need it
     from plotly.subplots import make_subplots
 
     if not summaries:

@@ -468,7 +468,6 @@ def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict
     sensation"); its positive documents are those of terms below it (e.g. "Ageusia"),
     never P's own. Documents are split in halves by id (as :func:`concept_alignment`).
     On the *selection* half:
-
     - the **parent latent** is the latent whose document max activation best separates
       P's documents (highest AUROC), with the F1-best threshold θ;
     - a latent is **specific to P** when it fires (document max > 0) on at least
@@ -482,6 +481,7 @@ def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict
     absorption_rate, n_specific, absorbers (the P-specific latents that fired on missed
     documents, most frequent first).
     """
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     half = np.array([_half_of(d) for d in doc_ids])
@@ -541,6 +541,7 @@ def absorption_summary(tables: Mapping[str, Any], n_boot: int = 1000, seed: int 
     tables, also the paired difference of ``absorption_rate`` (first − second) over the
     parents both list, matched by name. Columns: SAE, measure, mean over parents,
     95% low, 95% high."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     rows = []

@@ -21,6 +21,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sae_med.config import ConfigError
+from sae_med.lm.files import tl_model_name
 from sae_med.runtime import DtypeChoice, fp32_linear
 
 Edit = Callable[[Tensor], Tensor]
@@ -305,6 +306,7 @@ class LanguageModel:
         """A TransformerLens ``HookedTransformer`` sharing this model's weights (built on
         first use; TransformerLens is imported only here)."""
         if self._tl is None:
+            # deferred: TransformerLens is heavy and optional; only its hooks need it
             from transformer_lens import HookedTransformer
 
             self._tl = HookedTransformer.from_pretrained_no_processing(
@@ -313,8 +315,6 @@ class LanguageModel:
         return self._tl
 
     def _tl_name(self) -> str:
-        from sae_med.lm.load import tl_model_name
-
         return tl_model_name(self.name)
 
     def to(self, device: torch.device | str) -> LanguageModel:

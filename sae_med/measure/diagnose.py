@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sae_med.lm.model import LanguageModel, TokenBatch
-from sae_med.measure.metrics import SaeFn, mean_ablation
+from sae_med.measure.metrics import SaeFn, loss_recovered, mean_ablation
 from sae_med.measure.spliced import spliced_losses
 
 Reconstruct = Callable[[Tensor], Tensor]
@@ -317,8 +317,6 @@ def diagnose_saes(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int,
 def _report(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int, s: Subject,
             massive: list[int], basis: Tensor, damages: Mapping[str, TokenDamage]
             ) -> DamageReport:
-    from sae_med.measure.metrics import loss_recovered
-
     d = damages["sae"]
     ce_clean = _mean(d.ce_clean)
     ce_sae, ce_zero = ce_clean + _mean(d.delta_ce), _mean(d.ce_zero)
@@ -343,6 +341,7 @@ def _report(lm: LanguageModel, batches: Sequence[TokenBatch], layer: int, s: Sub
 def bins_frame(reports: Mapping[str, DamageReport], field: str) -> Any:
     """Long table of one breakdown (``by_position``, ``by_norm_decile``, ``by_frequency``)
     of several reports: columns sae, bin, n_tokens, delta_ce, share."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     return pd.DataFrame([{"sae": name, "bin": b.label, "n_tokens": b.n_tokens,
@@ -353,6 +352,7 @@ def bins_frame(reports: Mapping[str, DamageReport], field: str) -> Any:
 def summary_frame(reports: Mapping[str, DamageReport]) -> Any:
     """One row per report: the CE baselines, both loss-recovered scores, the
     massive-dimension and random-error comparisons."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     return pd.DataFrame([{

@@ -374,6 +374,7 @@ def auroc_matrix(scores: Float[np.ndarray, "items scorers"],
     """AUROC of every score column for every positive-indicator column: P(a random
     positive scores above a random negative), ties counting half (Mann–Whitney U with
     midranks), (Σ ranks of positives − n₊(n₊ + 1)/2) / (n₊ n₋); 0 when a side is empty."""
+    # deferred: scipy.stats is heavy to import; only this test needs it
     from scipy.stats import rankdata
 
     ranks = rankdata(scores, axis=0)  # (items, scorers), midranks for the many zeros

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from sae_med.artifacts import atomic_path, write_json_atomic
 from sae_med.config import Config
+from sae_med.lm.weights import weights_record
 from sae_med.measure.bootstrap import (
     Interval,
     finite_or_none,
@@ -156,6 +157,7 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
     """Long table: one row per sae_id × eval_corpus × metric with value, low, high, the
     counts of :data:`ROW_COLUMNS`, ``row_type`` "sae" and every meta key, sorted
     (lists/dicts as JSON text)."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     records = []
@@ -198,6 +200,7 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
     the :func:`tidy_results` rows, then the family, gap and step rows, told apart by
     ``row_type``), both atomically; ``extra`` keys are added to the JSON's top level.
     Returns the JSON path."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     path = Path(path)
@@ -205,7 +208,6 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
     families = [f.to_dict() for c in comparisons for f in c.families]
     gaps = [g.to_dict() for c in comparisons for g in c.gaps]
     steps = [s.to_dict() for c in comparisons for s in c.steps]
-    from sae_med.lm.weights import weights_record
 
     doc = {"schema_version": SCHEMA_VERSION,
            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -254,6 +256,7 @@ def load_comparisons(path: str | Path) -> ComparisonTables:
 
 def comparison_tables(doc: Mapping[str, Any]) -> ComparisonTables:
     """:func:`load_comparisons` of an already read results document."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     frames = []

@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Any, NamedTuple
 
 import torch
@@ -58,8 +59,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_med.artifacts import derived_seed
-from sae_med.cache.activations import ActivationCache
+from sae_med.cache.activations import ActivationCache, packed_batches
 from sae_med.config import Config
+from sae_med.corpora.registry import iter_documents, use_config
 from sae_med.lm.model import LanguageModel, TokenBatch
 from sae_med.measure.bootstrap import (
     LEVEL,
@@ -116,8 +118,7 @@ def ce_texts(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None 
     """The texts of the CE documents of ``corpus``'s eval split: the first ``n_docs``
     (default: enough for ``cfg.eval.ce_tokens`` scored tokens if set, else
     ``cfg.eval.ce_docs``); text i is the eval document of index i."""
-    from sae_med.corpora.registry import iter_documents
-
+    use_config(cfg)
     e, ctx = cfg.eval, cfg.cache.ctx_len
     budget = e.ce_tokens if n_docs is None else 0
     n_docs = e.ce_docs if n_docs is None else n_docs
@@ -140,7 +141,6 @@ def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | Non
     """The CE documents of :func:`ce_texts`, tokenized, masked and packed into forwards as
     :func:`~sae_med.cache.activations.build_cache` does. Batch rows are in token-length order;
     every SAE sees the same batches."""
-    from sae_med.cache.activations import packed_batches
 
     return [b for _, b in packed_batches(model, ce_texts(model, cfg, corpus, n_docs),
                                          cfg.cache)]
@@ -154,9 +154,7 @@ def document_groups(corpus: str, doc_ids: Sequence[str], n_docs: int) -> Tensor:
 
     ``doc_ids`` (the cache's, by index) must be the corpus's: otherwise the groups would be
     another corpus version's."""
-    from itertools import islice
 
-    from sae_med.corpora.registry import iter_documents
 
     docs = list(islice(iter_documents(corpus, "eval"), n_docs))
     if len(docs) < n_docs:

@@ -4,7 +4,6 @@
 papermill with the config path, overrides and run name injected into its ``parameters``
 cell, assembles the book source in a build folder and runs ``jupyter-book build`` (1.x, with
 ``execute_notebooks: "off"``: the notebooks are already executed). Layout::
-
     {build_dir}/{run name}/             book source, assembled here (never committed)
         _config.yml, _toc.yml, book/*.md
         notebooks/NN_*.ipynb            executed notebooks
@@ -26,8 +25,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sae_med.config import Config
-from sae_med.report.notebook import PLOTLYJS_OUTPUT, notebook_config
+from sae_med.report.notebook import PLOTLYJS_OUTPUT
+from sae_med.report.parameters import notebook_config
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class BookBuildError(RuntimeError):
 
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
     """Register a Jupyter kernel running this interpreter inside ``sys.prefix`` (once)."""
+    # deferred: jupyter_client is needed only to install the book's kernel
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
@@ -70,6 +73,7 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
             return name
     except NoSuchKernel:
         pass
+    # deferred: ipykernel is needed only to install the book's kernel
     from ipykernel.kernelspec import install
 
     install(kernel_name=name, display_name="Python (sae-med)", prefix=sys.prefix)
@@ -88,6 +92,7 @@ def list_notebooks(notebooks_dir: Path) -> list[Path]:
 def read_notebook(source: Path, kernel_name: str = KERNEL_NAME) -> Any:
     """The jupytext notebook ``source`` as papermill reads it: checked for a ``parameters``
     cell, with the kernel and language set."""
+    # deferred: jupytext is needed only by the book build
     import jupytext
 
     nb = jupytext.read(source)
@@ -105,8 +110,13 @@ def execute_notebook(source: Path, output: Path, parameters: Mapping[str, Any],
 
     Raises :class:`NotebookError` naming the notebook and the failing cell.
     """
+    # deferred: nbformat is needed only by the book build
     import nbformat
+
+    # deferred: papermill is heavy to import; only the book build needs it
     import papermill
+
+    # deferred: papermill is heavy to import; only the book build needs it
     from papermill.exceptions import PapermillExecutionError
 
     nb = read_notebook(source, kernel_name)
@@ -131,6 +141,7 @@ def drop_plotlyjs(path: Path) -> None:
     """Remove the executed notebook's own copy of plotly.js (the output marked
     :data:`~sae_med.report.notebook.PLOTLYJS_OUTPUT`): the built site loads one copy on every
     page with a figure (:mod:`sae_med.report.sphinx_assets`) instead of ~5 MB per page."""
+    # deferred: nbformat is needed only by the book build
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -225,7 +236,6 @@ def build_info(config: str, overrides: Sequence[str], cfg: Config, root: Path
 
 def write_build_info(config_yml: Path, info: Mapping[str, str]) -> None:
     """Set ``info`` as the MyST substitutions of a book's ``_config.yml`` (in place)."""
-    import yaml
 
     book = yaml.safe_load(config_yml.read_text())
     book.setdefault("parse", {}).setdefault("myst_substitutions", {}).update(info)

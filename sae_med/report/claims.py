@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sae_med.interpret.autointerp import compare_scores
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.compare import (
     NOT_JUDGED,
@@ -137,6 +138,7 @@ def support_count(verdicts: Mapping[str, Verdict]) -> SupportCount:
 def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
     """The gap rows of :func:`sae_med.measure.results.load_comparisons` as ``first`` minus
     ``second`` (rows stored the other way round are negated, their interval flipped)."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     same = gaps[(gaps.train_corpus == first) & (gaps.versus == second)].copy()
@@ -214,7 +216,6 @@ def concept_verdict(scores: Mapping[str, Any], families: Any, domain: str, broad
     of LatentScore rows}``): the domain SAE's mean detection AUROC minus the broad SAE's,
     with its bootstrap interval over latents; not judged when the run's SAEs (its
     ``families`` rows) fail the quality bar."""
-    from sae_med.interpret.autointerp import compare_scores
 
     pair = {c: scores[c] for c in (domain, broad) if c in scores}
     table = compare_scores(pair, "detection_auroc", seed=seed).set_index("SAE")
@@ -234,19 +235,6 @@ class ModelRun(NamedTuple):
 
 def model_label(cfg: Config) -> str:
     return f"{cfg.model.name.removeprefix('embedded:')} (block {cfg.model.hook_layer})"
-
-
-def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = False
-               ) -> list[ModelRun]:
-    """The run of ``cfg`` (its ``comparisons``, already loaded by the caller) and of each
-    of its replications, evaluated if needed (the stages reuse what is there), in config
-    order."""
-    from sae_med.experiment import stage_evaluate
-    from sae_med.measure.results import load_comparisons
-
-    return [ModelRun(model_label(cfg), cfg, comparisons),
-            *(ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
-              for c in cfg.replication_configs().values())]
 
 
 def verdicts_by_model(runs: Sequence[ModelRun], key: str, domain: str, broad: str
@@ -290,6 +278,7 @@ def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
 def verdicts_frame(verdicts: Mapping[str, Mapping[str, Verdict]]) -> Any:
     """Claims × models from ``{claim text: {model label: verdict}}``, with whether each
     claim gets the same verdict on every model."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     rows = [{"claim": text, **by_model, "same verdict on every model": same_verdict(by_model)}
@@ -321,6 +310,7 @@ def replication_sentences(runs: Sequence[ModelRun], keys: Sequence[str], domain:
 
 def gaps_by_model(runs: Sequence[ModelRun], domain: str, broad: str) -> Any:
     """Every run's domain-minus-broad gaps in one frame with a ``model`` column."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     return pd.concat([oriented_gaps(r.comparisons.gaps, domain, broad).assign(model=r.label)

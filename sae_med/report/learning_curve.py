@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.compare import Verdict, verdict
+from sae_med.measure.results import comparison_tables, read_results, tidy_results
 from sae_med.report.claims import (
     CLAIMS,
     SENSITIVITY_CHECKS,
@@ -60,9 +61,9 @@ class CurveTables(NamedTuple):
 
 
 def curve_tables(points: Sequence[CurvePoint]) -> CurveTables:
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    from sae_med.measure.results import comparison_tables, read_results, tidy_results
 
     if not points:
         raise ValueError("a learning curve needs at least one budget")
@@ -140,6 +141,7 @@ def claim_trends(tables: CurveTables, domain: str, broad: str) -> list[ClaimTren
 def trend_frame(trends: Sequence[ClaimTrend], first_tokens: int, last_tokens: int,
                 digits: int = 3) -> Any:
     """:func:`claim_trends` as a table, one row per claim."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     def cell(iv: Interval) -> str:

@@ -19,6 +19,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,12 +29,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sae_med import __version__
-from sae_med.cache.activations import ActivationCache, TokenInfo
+from sae_med.cache.activations import ActivationCache, TokenInfo, build_cache
 from sae_med.config import Config, config_from_dict
 from sae_med.interpret.features import LatentActs, encode_cache
 from sae_med.layout import CFG_FILENAME
+from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
-from sae_med.report.export import NEURONPEDIA_DIR, ExportedSAE, Provenance, run_saes_dir
+from sae_med.report.exported import NEURONPEDIA_DIR, ExportedSAE, Provenance, run_saes_dir
 from sae_med.sae.jumprelu import JumpReLUSAE
 
 log = logging.getLogger(__name__)
@@ -362,10 +364,7 @@ def write_neuronpedia(exported: Sequence[ExportedSAE], saes: dict[str, Path], ou
     """A Neuronpedia source folder per exported SAE (:mod:`sae_med.report.neuronpedia`), its
     windows from the eval split of the SAE's training corpus (else the first eval corpus)
     and its explanations from the run's autointerp, where it explained this SAE."""
-    from datetime import UTC, datetime
 
-    from sae_med.cache.activations import build_cache
-    from sae_med.lm.load import load_model
 
     cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
                                        / "config.json").read_text()))
@@ -417,11 +416,10 @@ def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: st
                   ) -> list[Explanation]:
     """sae-med autointerp's explanations of this SAE (replicate 0 of its corpus at its
     target L0), if the run has them."""
-    import uuid
 
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    from sae_med.report.neuronpedia import Explanation
 
     saes = run_saes_dir(sae_dir)
     if saes is None or p.l0_target is None or (p.replicate or 0) != 0:

@@ -13,63 +13,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sae_med.config import Config, ConfigError, load_config
+from sae_med.config import Config
+from sae_med.corpora.registry import corpus_info
+from sae_med.layout import METRICS_NAME
+from sae_med.report.claims import DCE_BAR_NATS, bar_dce, l0_trend, meets_quality_bar, oriented_gaps
+from sae_med.report.parameters import notebook_config
 
 CORPUS_COLORS = {"medical": "#c0392b", "broad": "#2471a3", "wordnet": "#7d3c98",
                  "clinical_qa": "#c0392b", "web": "#2471a3"}
 EVAL_DASH = {0: "solid", 1: "dash", 2: "dot", 3: "dashdot"}
-
-
-def notebook_config(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:
-    """The notebooks' config: ``config`` + ``overrides``, renamed to ``run_name`` if given
-    (parameters as papermill may pass them: :func:`sae_med.report.rerun.notebook_parameters`). A
-    bad one raises :class:`~sae_med.report.rerun.NotebookParameterError` naming the parameter,
-    shown in a kernel as that one line (:func:`one_line_config_errors`)."""
-    from sae_med.report.rerun import NotebookParameterError, notebook_parameters
-
-    one_line_config_errors()
-    config, overrides, run_name = notebook_parameters(config, overrides, run_name)
-    extra = [f"name={run_name}"] if run_name else []
-    try:
-        return load_config(config, [*overrides, *extra])
-    except ConfigError as err:
-        raise NotebookParameterError(
-            f"notebook parameter {bad_parameter(config, overrides)!r}: {err}") from None
-
-
-def bad_parameter(config: str, overrides: Sequence[str]) -> str:
-    """Which parameter makes the config fail to load: ``config`` alone, else
-    ``overrides``, else ``run_name`` (the name it sets)."""
-    for name, tries in (("config", []), ("overrides", overrides)):
-        try:
-            load_config(config, tries)
-        except ConfigError:
-            return name
-    return "run_name"
-
-
-def one_line_config_errors() -> None:
-    """In a Jupyter kernel, show a :class:`~sae_med.config.ConfigError` as its one line
-    (``ConfigError: config field 'train.lr': ...``) instead of IPython's traceback through
-    the config loader, which papermill prints whole (60-100 lines); the message names the
-    parameter or field, so the frames add nothing. Elsewhere, nothing."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is None:
-        return
-
-    def show(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None
-             ) -> list[str]:
-        stb = [f"{etype.__name__}: {value}"]
-        # IPython leaves showing to a custom handler; _showtraceback is the step its own
-        # showtraceback ends with (the kernel's error message, ename and evalue included)
-        shell._showtraceback(etype, value, stb)
-        return stb
-
-    shell.set_custom_exc((ConfigError,), show)
 
 
 def setup_notebook(config: str, overrides: Iterable[str] = (), run_name: str = "") -> Config:
@@ -82,7 +34,6 @@ def setup_notebook(config: str, overrides: Iterable[str] = (), run_name: str = "
 def domain_pair(cfg: Config) -> tuple[str, str]:
     """(domain corpus, broad corpus) among ``cfg.train_corpora``: the first whose declared
     domain is not ``broad``, and the first that is; raises unless there is one of each."""
-    from sae_med.corpora.registry import corpus_info
 
     domain = [c for c in cfg.train_corpora if corpus_info(c).domain != "broad"]
     broad = [c for c in cfg.train_corpora if corpus_info(c).domain == "broad"]
@@ -151,9 +102,9 @@ def gap_table_by_model(runs: Sequence[Any], first: str, second: str, metrics: Se
                        basis: str = "l0_target") -> Any:
     """:func:`gap_table` of each :class:`~sae_med.report.claims.ModelRun` (``first`` minus
     ``second`` SAE on ``first`` text), stacked under a ``model`` index level."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    from sae_med.report.claims import oriented_gaps
 
     tables = {r.label: gap_table(oriented_gaps(r.comparisons.gaps, first, second), metrics,
                                  basis) for r in runs}
@@ -201,7 +152,6 @@ def dce_bar_sentence(families: Any, steps: Any, domain: str, bar: float | None =
     target L0 (:func:`~sae_med.report.claims.bar_dce`) against ``bar`` (default
     :data:`~sae_med.report.claims.DCE_BAR_NATS`), and its trend over the target L0s
     (:func:`~sae_med.report.claims.l0_trend`)."""
-    from sae_med.report.claims import DCE_BAR_NATS, bar_dce, l0_trend, meets_quality_bar
 
     bar = DCE_BAR_NATS if bar is None else bar
     at = bar_dce(families, domain)
@@ -250,7 +200,10 @@ def use_offline_plotly() -> None:
     marked :data:`PLOTLYJS_OUTPUT` before the first figure, so the executed ``.ipynb``
     draws on its own) and nothing remote; figures carry no plotly.js of their own.
     """
+    # deferred: plotly is heavy to import; only the figures need it
     import plotly.io as pio
+
+    # deferred: plotly is heavy to import; only the figures need it
     from plotly.io.base_renderers import HtmlRenderer
 
     class OfflineRenderer(HtmlRenderer):
@@ -273,8 +226,13 @@ def use_offline_plotly() -> None:
 
 def display_plotlyjs() -> None:
     """Show plotly.js inline as an output marked :data:`PLOTLYJS_OUTPUT` (in a kernel)."""
+    # deferred: IPython exists only in a notebook kernel
     from IPython import get_ipython
+
+    # deferred: IPython exists only in a notebook kernel
     from IPython.display import display
+
+    # deferred: plotly is heavy to import; only the figures need it
     from plotly.offline import get_plotlyjs
 
     if get_ipython() is not None:
@@ -290,9 +248,9 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
     """Tidy DataFrame of every SAE's training log: one row per logged step, with columns
     ``train_corpus``, ``replicate``, ``l0_target`` and the ``metrics.jsonl`` fields."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    from sae_med.layout import METRICS_NAME
 
     frames = []
     for corpus, runs in results.items():
@@ -323,6 +281,7 @@ def metric_vs_l0(results: Any, metric: str, y_title: str, title: str = "",
 
     ``results`` is the tidy table of :func:`sae_med.measure.results.load_results`.
     """
+    # deferred: plotly is heavy to import; only the figures need it
     import plotly.graph_objects as go
 
     df = results
@@ -351,7 +310,10 @@ def cross_eval_figure(results: Any, metric: str, y_title: str,
                       l0_targets: Sequence[float] | None = None) -> Any:
     """The train x eval cross-evaluation: grouped bars of ``metric`` (SAE trained on X,
     bars per eval corpus) with 95% intervals, one panel per target L0."""
+    # deferred: plotly is heavy to import; only the figures need it
     import plotly.graph_objects as go
+
+    # deferred: plotly is heavy to import; only the figures need it
     from plotly.subplots import make_subplots
 
     df = results[results.metric == metric]
@@ -383,6 +345,7 @@ def gap_by_model_figure(gaps: Any, metric: str, eval_corpus: str, y_title: str) 
     """Figure: one model per line, the paired gap of ``metric`` on ``eval_corpus`` against
     the target L0 (log), with its 95% interval; ``gaps`` is
     :func:`sae_med.report.claims.gaps_by_model`'s frame."""
+    # deferred: plotly is heavy to import; only the figures need it
     import plotly.graph_objects as go
 
     df = gaps[(gaps.metric == metric) & (gaps.eval_corpus == eval_corpus)
@@ -410,7 +373,10 @@ def curve_figure(families: Any, dead: Any, eval_corpus: str, metrics: Mapping[st
     (``{metric: axis title}``, 95% intervals) on ``eval_corpus`` against training tokens
     (log), one panel per metric, and a last panel with the held-out dead fraction (``dead``:
     :func:`sae_med.report.learning_curve.seed_summary`; mean over seeds, bars to min/max)."""
+    # deferred: plotly is heavy to import; only the figures need it
     import plotly.graph_objects as go
+
+    # deferred: plotly is heavy to import; only the figures need it
     from plotly.subplots import make_subplots
 
     titles = [*metrics.values(), "dead latents on held-out text"]
@@ -441,7 +407,10 @@ def curve_gap_figure(gaps: Any, domain: str, metrics: Mapping[str, str]) -> Any:
     """The paired gaps (``gaps``: oriented, e.g. :func:`sae_med.report.claims.oriented_gaps`) of
     ``metrics`` (``{metric: axis title}``) on ``domain`` text against training tokens
     (log), one panel per metric, with their 95% intervals and the zero line."""
+    # deferred: plotly is heavy to import; only the figures need it
     import plotly.graph_objects as go
+
+    # deferred: plotly is heavy to import; only the figures need it
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics.values()))

@@ -15,56 +15,25 @@ import ast
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 
-from sae_med.config import ConfigError
+from sae_med.report.book import (
+    PROJECT_ROOT,
+    ensure_kernel,
+    execute_notebook,
+    list_notebooks,
+    read_notebook,
+)
+from sae_med.report.parameters import NotebookParameterError, notebook_config
 
 log = logging.getLogger(__name__)
-
-
-class NotebookParameterError(ConfigError):
-    """A notebook parameter that the notebook does not declare, or of the wrong type."""
-
-
-class NotebookParameters(NamedTuple):
-    """The three parameters every notebook takes, checked."""
-
-    config: str
-    overrides: list[str]
-    run_name: str
-
-
-def notebook_parameters(config: Any, overrides: Any = (), run_name: Any = ""
-                        ) -> NotebookParameters:
-    """Check (and normalise) the common parameters as papermill may pass them: ``config``
-    a path, ``overrides`` a list of ``section.field=value`` strings or one string holding
-    a YAML list or space-separated overrides, ``run_name`` a string (a number is taken as
-    its text)."""
-    if not isinstance(config, str | Path) or not str(config):
-        raise NotebookParameterError(f"notebook parameter 'config' must be the path of a "
-                                     f"YAML config, got {type(config).__name__} {config!r}")
-    if isinstance(overrides, str):
-        parsed = yaml.safe_load(overrides) if overrides.strip() else []
-        overrides = parsed if isinstance(parsed, list) else overrides.split()
-    if not isinstance(overrides, list | tuple) or not all(
-            isinstance(o, str) and "=" in o for o in overrides):
-        raise NotebookParameterError(
-            "notebook parameter 'overrides' must be a list of 'section.field=value' strings "
-            f"(papermill: -p overrides '[\"train.lr=2e-3\"]'), got {overrides!r}")
-    if isinstance(run_name, int | float) and not isinstance(run_name, bool):
-        run_name = str(run_name)
-    if not isinstance(run_name, str):
-        raise NotebookParameterError(f"notebook parameter 'run_name' must be a string, got "
-                                     f"{type(run_name).__name__} {run_name!r}")
-    return NotebookParameters(str(config), list(overrides), run_name)
 
 
 def find_notebook(ref: str, notebooks_dir: Path) -> Path:
     """The notebook ``ref`` names: its number (``3``, ``03``), stem (``03_fidelity``) or
     path."""
-    from sae_med.report.book import list_notebooks
 
     found = list_notebooks(notebooks_dir)
     path = Path(ref)
@@ -81,6 +50,7 @@ def find_notebook(ref: str, notebooks_dir: Path) -> Path:
 
 def declared_parameters(source: Path) -> dict[str, Any]:
     """Name -> default value of the notebook's ``parameters`` cell (plain literals)."""
+    # deferred: jupytext is needed only by the book build
     import jupytext
 
     cells = [c for c in jupytext.read(source).cells
@@ -144,8 +114,6 @@ def run_notebook(ref: str, config: str, overrides: Sequence[str] = (), out: Path
         notebooks_dir: folder of ``NN_*.py`` notebooks (default: the project's).
         progress: papermill's per-cell progress bar.
     """
-    from sae_med.report.book import PROJECT_ROOT, ensure_kernel, execute_notebook
-    from sae_med.report.notebook import notebook_config
 
     source = find_notebook(ref, Path(notebooks_dir or PROJECT_ROOT / "notebooks"))
     params = check_parameters(source, {"config": str(config), "overrides": list(overrides),
@@ -160,9 +128,9 @@ def pair_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
     """Write ``NN_name.ipynb`` beside every ``NN_name.py`` (what ``jupytext --to ipynb``
     writes, with the kernel set as :func:`sae_med.report.book.read_notebook` sets it) and register
     the ``sae-med`` kernel they name: the plain papermill route."""
+    # deferred: nbformat is needed only by the book build
     import nbformat
 
-    from sae_med.report.book import PROJECT_ROOT, ensure_kernel, list_notebooks, read_notebook
 
     kernel = ensure_kernel()
     out = []

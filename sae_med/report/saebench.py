@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -26,9 +27,11 @@ from torch import Tensor
 
 from sae_med import __version__
 from sae_med.artifacts import write_json_atomic
+from sae_med.cache.activations import build_cache
 from sae_med.config import Config, config_from_dict
-from sae_med.report.export import SAEBENCH_CFG as CFG_NAME
-from sae_med.report.export import SAEBENCH_DIR, ExportedSAE, ExportError
+from sae_med.lm.load import load_model
+from sae_med.report.exported import SAEBENCH_CFG as CFG_NAME
+from sae_med.report.exported import SAEBENCH_DIR, ExportedSAE, ExportError
 from sae_med.sae.io import load_any_sae
 from sae_med.sae.jumprelu import JumpReLUSAE
 
@@ -409,8 +412,6 @@ def write_core_results(exported: Sequence[ExportedSAE], saes: dict[str, Path],
 
 def _eval_activations(cfg: Config) -> Iterator[tuple[str, CacheRows, Tensor]]:
     """(eval corpus, activations, document index per row) as ``sae-med evaluate`` read."""
-    from sae_med.cache.activations import build_cache
-    from sae_med.lm.load import load_model
 
     model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
     for corpus in cfg.eval_corpora:
@@ -421,8 +422,6 @@ def _eval_activations(cfg: Config) -> Iterator[tuple[str, CacheRows, Tensor]]:
 
 def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: CacheRows,
                 doc_index: Tensor, row: dict[str, Any], out: Path) -> Path:
-    from importlib.metadata import version
-
     p = e.provenance
     sae = SAEBenchJumpReLU.load(e.path)
     release = f"sae-med-{cfg.name}"

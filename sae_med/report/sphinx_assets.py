@@ -47,6 +47,7 @@ def _load_plotly(app: Any, pagename: str, templatename: str, context: dict, doct
 def _write_plotly(app: Any, exception: Exception | None) -> None:
     """Write the one copy of plotly.js (the version plotly.py embeds: offline, no CDN)."""
     if exception is None and app.builder.format == "html":
+        # deferred: plotly is heavy to import; only the figures need it
         from plotly.offline import get_plotlyjs
 
         static = Path(app.outdir) / "_static"

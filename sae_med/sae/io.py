@@ -33,7 +33,10 @@ def from_gemma_scope_npz(path: str | Path, bandwidth: float = 0.001,
 def to_sae_lens(sae: JumpReLUSAE) -> Any:
     """An equivalent ``sae_lens.saes.jumprelu_sae.JumpReLUSAE`` on raw activations
     (input scale folded in, ``apply_b_dec_to_input=False``)."""
+    # deferred: sae-lens is heavy (and optional here); only interop needs it
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE as LensSAE
+
+    # deferred: sae-lens is heavy (and optional here); only interop needs it
     from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
 
     f = sae.folded()
@@ -119,6 +122,7 @@ def load_any_sae(spec: str | Path, device: torch.device | str = "cpu") -> JumpRe
         path = Path(spec)
         return from_gemma_scope_npz(path / "params.npz" if path.is_dir() else path,
                                     device=device)
+    # deferred: sae-lens is heavy (and optional here); only interop needs it
     from sae_lens import SAE
 
     if kind == "sae_lens_disk":

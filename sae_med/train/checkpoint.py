@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sae_med import runtime as dist
+from sae_med import runtime
 from sae_med.artifacts import (
     atomic_path,
     file_sha256,
@@ -146,7 +146,7 @@ def starting_state(out_dir: Path, key: str, device: torch.device, resume: bool,
             log.info("no checkpoint in %s: starting from scratch", out_dir)
         return None
     if not resume:
-        if dist.is_main():
+        if runtime.is_main():
             log.warning("overwriting the existing run in %s (pass resume=True to continue "
                         "it)", out_dir)
         return None

@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sae_med import runtime as dist
+from sae_med import runtime
 from sae_med.cache.batches import BatchSource, ResumableSource
 from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.train.records import TrainingError
@@ -51,7 +51,7 @@ def estimate_input_norm(source: BatchSource, batch_size: int, n_batches: int, se
         total += x.sum(0)
         count += x.shape[0]
     if isinstance(source, ResumableSource):  # each rank read its own documents
-        sums = dist.all_reduce_sum_(torch.cat([
+        sums = runtime.all_reduce_sum_(torch.cat([
             torch.tensor([total_sq, float(count)], dtype=torch.float64), total]))
         total_sq, count, total = float(sums[0]), int(sums[1]), sums[2:]
     mean = total / count if center else torch.zeros_like(total)

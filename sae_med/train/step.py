@@ -12,9 +12,10 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from sae_med import runtime as dist
+from sae_med import runtime
 from sae_med.config import TrainConfig
-from sae_med.runtime import auto_dtype, pick_device, warn_if_bf16_slow
+from sae_med.measure.metrics import centred_sum_of_squares
+from sae_med.runtime import all_reduce_sum_, auto_dtype, pick_device, warn_if_bf16_slow
 from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.train.records import TrainMetrics
 
@@ -191,7 +192,7 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     ``dead`` (the same on every rank) gets ``tc.pre_act_loss`` times :func:`pre_act_term`,
     which is optimised but, like an auxiliary loss, not part of the reported ``loss``.
     """
-    sae, ws = m.sae, dist.world_size()
+    sae, ws = m.sae, runtime.world_size()
     terms_fn = m.compiled if (m.compiled is not None and not fast) else (
         (lambda x: sparse_terms(sae, x)) if fast else (lambda x: dense_terms(sae, x)))
     with autocast or contextlib.nullcontext():
@@ -200,7 +201,7 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     if ws > 1:
         # the target-L0 penalty is nonlinear in the batch L0: evaluate it at the global L0,
         # while the gradient flows through this rank's rows only (1/W of the total)
-        l0_global = dist.all_reduce_sum_(l0.detach().clone()) / ws
+        l0_global = runtime.all_reduce_sum_(l0.detach().clone()) / ws
         l0 = l0 / ws + (l0_global - l0 / ws).detach()
     sp = (l0 / m.target - 1) ** 2 if tc.sparsity == "target_l0" else l0
     sp = coeff * sp
@@ -214,7 +215,7 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     mse_sum, fired = mse.detach().reshape(1), t.fired
     if ws > 1:  # one flat all-reduce: gradients, the mse shares and the fired counts
         extra = torch.cat([mse_sum, fired.to(mse_sum.dtype)])
-        dist.all_reduce_grads_(sae.parameters(), extra)
+        runtime.all_reduce_grads_(sae.parameters(), extra)
         mse_sum, fired = extra[:1], extra[1:] > 0
     sae.remove_parallel_grad_()
     if tc.grad_clip > 0:
@@ -262,3 +263,19 @@ def use_sparse(policy: StepPolicy, m: SweepMember, tc: TrainConfig) -> bool:
     L0 was at most :data:`SPARSE_MAX_DENSITY` of the width)."""
     return policy.sparse_ok and (tc.kernel == "sparse"
                                  or m.prev_l0 <= SPARSE_MAX_DENSITY * m.sae.d_sae)
+
+
+def global_fve(x: Float[Tensor, "rows d_model"], x_hat: Float[Tensor, "rows d_model"]
+               ) -> float:
+    """:func:`sae_med.measure.metrics.fve` of the whole global batch from each rank's rows: the sums
+    of x, ‖x‖², r = x − x̂ and ‖r‖² are summed over ranks, then
+    1 − SS(r) / SS(x) with SS the :func:`~sae_med.measure.metrics.centred_sum_of_squares`."""
+
+    x, r = x.double(), (x - x_hat).double()
+    sums = torch.cat([x.sum(0), r.sum(0), x.pow(2).sum()[None], r.pow(2).sum()[None],
+                      torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)])
+    all_reduce_sum_(sums)
+    d = x.shape[1]
+    x_sum, r_sum, (x_sq, r_sq, n) = sums[:d], sums[d:2 * d], sums[2 * d:]
+    ss_x = centred_sum_of_squares(n, x_sum, x_sq)
+    return float(1.0 - centred_sum_of_squares(n, r_sum, r_sq) / ss_x.clamp_min(1e-30))

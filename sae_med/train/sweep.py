@@ -22,7 +22,6 @@ own initialisation (:func:`init_seed`), so replicate variance covers both.
 
 Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r`` of corpus
 ``c`` in ``saes/{c}/seed_{r}``)::
-
     config.json            resolved config of the run
     checkpoint.pt          latest atomic checkpoint (weights, Adam, step, RNG, scale)
     checkpoint.prev.pt     the one before it, kept until the new one is written and verified
@@ -50,7 +49,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_med import runtime as dist
+from sae_med import runtime
 from sae_med.artifacts import (
     artifact_lock,
     derived_seed,
@@ -90,6 +89,7 @@ from sae_med.train.step import (
     StepPolicy,
     SweepMember,
     dense_terms,
+    global_fve,
     step_policy,
     train_step,
     use_sparse,
@@ -141,8 +141,8 @@ def _rank_batches(source: BatchSource, batch_size: int, seed: int, start: int
     (a stream) makes them from this rank's own documents; any other is read whole by every
     rank and sliced."""
     if isinstance(source, ResumableSource):
-        return source.iter_batches(batch_size // dist.world_size(), seed, start_batch=start)
-    return (dist.local_rows(x) for x in source.iter_batches(batch_size, seed,
+        return source.iter_batches(batch_size // runtime.world_size(), seed, start_batch=start)
+    return (runtime.local_rows(x) for x in source.iter_batches(batch_size, seed,
                                                             start_batch=start))
 
 
@@ -152,8 +152,8 @@ def _source_positions(source: BatchSource, next_step: int, batch_size: int
     ranks call it), for the checkpoint; None for sources that seek by batch index."""
     if not isinstance(source, ResumableSource):
         return None
-    return dist.all_gather_objects(
-        source.state_dict(next_step, batch_size // dist.world_size()))
+    return runtime.all_gather_objects(
+        source.state_dict(next_step, batch_size // runtime.world_size()))
 
 
 def _holding_run_lock(fn: Any) -> Any:
@@ -162,7 +162,7 @@ def _holding_run_lock(fn: Any) -> Any:
     @functools.wraps(fn)
     def wrapper(cfg: Config, source: BatchSource, out_dir: str | Path, *args: Any,
                 **kwargs: Any) -> Any:
-        if not dist.is_main():
+        if not runtime.is_main():
             return fn(cfg, source, out_dir, *args, **kwargs)
         with artifact_lock(Path(out_dir) / RUN_LOCK_NAME, f"the training run in {out_dir}",
                            wait=False):
@@ -191,7 +191,7 @@ def _check_inputs(cfg: Config, source: BatchSource, d_model: int | None,
                                 f"{what} expects d_model={dm}")
     if init_saes is not None and len(init_saes) != len(sc.l0_targets):
         raise TrainingError(f"{len(init_saes)} init_saes for {len(sc.l0_targets)} targets")
-    bs, ws = cfg.train.batch_size, dist.world_size()
+    bs, ws = cfg.train.batch_size, runtime.world_size()
     if bs % ws:
         raise TrainingError(f"train.batch_size={bs} does not split over {ws} ranks; use a "
                             f"multiple of the world size")
@@ -250,7 +250,7 @@ def _new_members(cfg: Config, source: BatchSource, out_dir: Path, norm: InputNor
         sae_dir = out_dir / sae_dirname(target)
         sae_dir.mkdir(parents=True, exist_ok=True)
         sae = sae.to(policy.device)
-        dist.broadcast_module_(sae)  # identical already (same seeds, same batches); made sure
+        runtime.broadcast_module_(sae)  # identical already (same seeds, same batches); made sure
         members.append(SweepMember(sae, target, cfg.train, sae_dir / METRICS_NAME))
     return members
 
@@ -258,7 +258,7 @@ def _new_members(cfg: Config, source: BatchSource, out_dir: Path, norm: InputNor
 def _restore(sw: _Sweep, state: dict[str, Any] | None) -> int:
     """Load checkpoint ``state`` into the sweep (None: a fresh start, whose metrics logs are
     emptied); returns the step to start from. Resuming drops logged rows past it."""
-    main = dist.is_main()
+    main = runtime.is_main()
     if state is None:
         for m in sw.members if main else []:
             m.path.write_text("")
@@ -267,7 +267,7 @@ def _restore(sw: _Sweep, state: dict[str, Any] | None) -> int:
     for m, st in zip(sw.members, state["members"], strict=True):
         m.load_state(st)
     if isinstance(sw.source, ResumableSource) and state.get("source"):
-        sw.source.load_state_dict(state["source"][dist.rank()])
+        sw.source.load_state_dict(state["source"][runtime.rank()])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -280,9 +280,9 @@ def _scaled_batch(sw: _Sweep, x: Tensor, step: int) -> Float[Tensor, "rows d_mod
     """This rank's rows of batch ``step``, checked (shape, finite values), on the device
     and in the training space."""
     bs, d = sw.cfg.train.batch_size, sw.source.d_model
-    if x.shape != (bs // dist.world_size(), d):
+    if x.shape != (bs // runtime.world_size(), d):
         raise TrainingError(f"step {step}: batch has shape {tuple(x.shape)}, expected "
-                            f"{(bs // dist.world_size(), d)}")
+                            f"{(bs // runtime.world_size(), d)}")
     if not torch.isfinite(x).all():
         raise TrainingError(
             f"step {step}: NaN/inf in activation batch {step} "
@@ -319,7 +319,7 @@ def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
             dead = m.dead(tokens, tc.dead_window_tokens)
             m.last = TrainMetrics(step + 1, tokens, lr, coeff, float(r.loss), float(r.mse),
                                   float(r.sparsity_loss), float(r.l0),
-                                  dist.global_fve(x, r.x_hat), float(dead.float().mean()))
+                                  global_fve(x, r.x_hat), float(dead.float().mean()))
             if f is not None:
                 f.write(m.last.to_json() + "\n")
                 f.flush()
@@ -329,14 +329,14 @@ def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
 def _checkpoint(sw: _Sweep, step: int) -> None:
     """Checkpoint the sweep after ``step`` steps (every rank calls it; the main one writes)."""
     positions = _source_positions(sw.source, step, sw.cfg.train.batch_size)
-    if dist.is_main():
+    if runtime.is_main():
         save_checkpoint(sw.ckpt_path, sw.key, step, sw.norm, sw.members, positions)
         sw.saved_step = step
 
 
 def _run_steps(sw: _Sweep, start: int, progress: bool, bar_position: int = 0) -> None:
     """Steps ``start`` .. the last, each SAE on every batch, checkpointing on the way."""
-    tc, main = sw.cfg.train, dist.is_main()
+    tc, main = sw.cfg.train, runtime.is_main()
     n_steps = total_steps(tc)
     autocast = sw.policy.autocast()
     batches = _rank_batches(sw.source, tc.batch_size, sw.order_seed, start)
@@ -442,10 +442,10 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     policy = step_policy(tc)
     key = run_key(cfg, source, train_corpus, replicate)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if dist.is_main():
+    if runtime.is_main():
         write_json_atomic(out_dir / "config.json", cfg.to_dict())
     state = starting_state(out_dir, key, policy.device, resume, retrain_other_run)
-    dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+    runtime.barrier()  # every rank has read the checkpoint before rank 0 may replace it
 
     norm = (InputNorm(state["mean"].cpu(), state["scale"]) if state is not None else
             estimate_input_norm(source, tc.batch_size, tc.norm_batches,
@@ -459,7 +459,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
     kernel = tc.kernel if tc.kernel != "auto" else (
         "auto (sparse when L0 is low)" if policy.sparse_ok else "dense")
-    ws = dist.world_size()
+    ws = runtime.world_size()
     log.info("training %d SAEs (width %d, targets %s) for %d steps of %d on %s, %s kernel%s%s%s",
              len(members), cfg.sae.width, list(cfg.sae.l0_targets), total_steps(tc),
              tc.batch_size, policy.device, kernel, ", bf16 autocast" if policy.bf16 else "",
@@ -470,9 +470,9 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     n_steps = total_steps(tc)
     if start < n_steps:  # a finished run's checkpoint is already this one
         _checkpoint(sw, n_steps)
-    if dist.is_main() and not _saved(sw, n_steps):
+    if runtime.is_main() and not _saved(sw, n_steps):
         _save_saes(sw, n_steps)
-    dist.barrier()  # the other ranks return only once rank 0's files are in place
+    runtime.barrier()  # the other ranks return only once rank 0's files are in place
     return [TrainResult(m.target, m.path.parent, n_steps, n_steps * tc.batch_size, norm.scale,
                         m.last or last_metrics(m.path), train_corpus, replicate)
             for m in members]

@@ -1,0 +1,176 @@
+"""What an export is made of: the SAEs a folder holds, where each came from, its scores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from sae_med import __version__
+from sae_med.config import ConfigError, config_from_dict
+from sae_med.layout import CFG_FILENAME, RESULTS_NAME, SAES_DIR, WEIGHTS_FILENAME
+from sae_med.lm.weights import WeightsRecord, recorded_weights, weights_record
+
+ExportFormat = Literal["sae_lens", "gemma_scope", "saebench", "neuronpedia"]
+FORMATS: tuple[ExportFormat, ...] = ("sae_lens", "gemma_scope", "saebench", "neuronpedia")
+SAEBENCH_CFG = "saebench_cfg.json"
+"""SAEBench's ``CustomSAEConfig`` of an SAE, read by :mod:`sae_med.report.saebench`'s loader."""
+FORMAT_FILES: dict[str, tuple[str, ...]] = {
+    "sae_lens": ("cfg.json", "sae_weights.safetensors"),
+    "gemma_scope": ("params.npz", "metadata.json"),
+    "saebench": ("cfg.json", "sae_weights.safetensors", SAEBENCH_CFG),
+    "neuronpedia": ("cfg.json", "sae_weights.safetensors"),
+}
+"""The files each format writes into an SAE's export folder."""
+SAEBENCH_DIR = "saebench"
+"""Under the export folder: ``{eval corpus}/core/{release}_{sae id}_eval_results.json``."""
+NEURONPEDIA_DIR = "neuronpedia"
+"""Under the export folder: ``{model}/{layer}-{source set}/``, one per SAE."""
+
+
+class ExportError(RuntimeError):
+    """An SAE cannot be exported or pushed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a trained SAE is and what it was trained on (read from its folder)."""
+
+    sae_id: str
+    """Name within its run, ``{train_corpus}/seed_{r}/l0_{target}`` (the results'
+    ``sae_id``, :func:`sae_med.layout.sae_id`)."""
+    model_name: str
+    """The model as sae-lens metadata names it: the hub id only when the SAE was trained on
+    that checkpoint's own weights; else sae-med's name (``embedded:gemma-3-270m``), so no
+    tool loads the original checkpoint for it as if it were the same model."""
+    sae_med_model: str
+    """sae-med's ``model.name`` (``embedded:gemma-3-270m`` or the hub id)."""
+    weights: WeightsRecord
+    """The exact weights whose activations it was trained on; the hub id they come from
+    is ``weights.derived_from``."""
+    hook_name: str
+    """TransformerLens hook whose activations the SAE reads."""
+    d_in: int
+    d_sae: int
+    train_corpus: str
+    l0_target: float | None
+    training_tokens: int | None
+    seed: int
+    """The run's seed (initialisation and batch order derive from it)."""
+    replicate: int | None
+    """Seed replicate of the run (``saes/{corpus}/seed_{r}/``), when the run has them."""
+    init_seed: int | None
+    """The SAE's own initialisation seed, when recorded."""
+    input_scale: float | None
+    """The scalar s the SAE trained on (E||s x||^2 = 1); folded in, so inputs are raw."""
+    context_size: int
+    exclude_special_tokens: bool
+    """Whether BOS / EOS / pad positions were left out of training."""
+
+    def metadata(self) -> dict[str, Any]:
+        """sae-lens metadata: its own keys (model_name, hook_name, ...) plus sae-med's."""
+        return {"model_name": self.model_name, "hook_name": self.hook_name,
+                "hook_head_index": None, "model_class_name": "HookedTransformer",
+                "context_size": self.context_size, "prepend_bos": True,
+                "exclude_special_tokens": self.exclude_special_tokens,
+                "dataset_path": f"sae-med:{self.train_corpus}",
+                "normalization": "input scale folded into the weights; takes raw activations",
+                "sae_med": {**asdict(self), "version": __version__}}
+
+
+class Score(NamedTuple):
+    """One metric of one SAE on one eval corpus, with its 95% interval (None: point)."""
+
+    eval_corpus: str
+    metric: str
+    value: float
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class ExportedSAE:
+    provenance: Provenance
+    path: Path
+    """The SAE's export folder."""
+    scores: tuple[Score, ...]
+    """From the run's ``results.json`` (empty when there is none)."""
+
+
+# ---------------------------------------------------------------------------- sources
+
+def find_saes(source: str | Path) -> dict[str, Path]:
+    """``{sae_id: folder}``: a run folder's SAEs (every ``saes/**/cfg.json``), or one SAE
+    folder (id ``{parent}/{folder}``)."""
+    source = Path(source)
+    if (source / SAES_DIR).is_dir():
+        root = source / SAES_DIR
+        found = {cfg.parent.relative_to(root).as_posix(): cfg.parent
+                 for cfg in sorted(root.glob(f"**/{CFG_FILENAME}"))
+                 if (cfg.parent / WEIGHTS_FILENAME).exists()}
+        if not found:
+            raise ExportError(f"{root} holds no trained SAE: run `sae-med train` first")
+        return found
+    if (source / CFG_FILENAME).exists() and (source / WEIGHTS_FILENAME).exists():
+        saes = run_saes_dir(source)
+        return {source.resolve().relative_to(saes).as_posix() if saes else
+                f"{source.parent.name}/{source.name}": source}
+    if not source.exists():
+        raise ExportError(f"{source}: no such folder; pass a run folder (runs/NAME) or one "
+                          f"SAE folder (runs/NAME/{SAES_DIR}/CORPUS/seed_0/l0_TARGET)")
+    raise ExportError(f"{source}: neither a run folder (with {SAES_DIR}/) nor a sae-med SAE folder "
+                      f"({CFG_FILENAME} + {WEIGHTS_FILENAME})")
+
+
+def run_saes_dir(sae_dir: Path) -> Path | None:
+    """The run's ``saes/`` folder above an SAE folder, if it lies in a run."""
+    return next((p for p in sae_dir.resolve().parents if p.name == SAES_DIR), None)
+
+
+def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
+    """Provenance from the SAE's ``cfg.json`` metadata and the run ``config.json`` that
+    ``sae-med train`` writes beside it."""
+    run_cfg = sae_dir / "config.json"
+    if not run_cfg.exists():
+        raise ExportError(f"{run_cfg} is missing: export needs the config that trained the "
+                          "SAE (sae-med train writes it beside cfg.json)")
+    try:
+        cfg = config_from_dict(json.loads(run_cfg.read_text()))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise ExportError(f"{run_cfg} is not a readable sae-med config: {e}") from e
+    sae_cfg = json.loads((sae_dir / CFG_FILENAME).read_text())
+    md = sae_cfg.get("metadata") or {}
+    weights = recorded_weights(sae_dir) or weights_record(cfg.model.name)
+    original = weights.source.startswith("hub:") and weights.quantization is None
+    return Provenance(
+        sae_id=sae_id, model_name=weights.derived_from if original else cfg.model.name,
+        sae_med_model=cfg.model.name, weights=weights, hook_name=cfg.model.hook_name,
+        d_in=sae_cfg["d_model"], d_sae=sae_cfg["d_sae"],
+        train_corpus=md.get("train_corpus", sae_dir.parent.name),
+        l0_target=md.get("l0_target"), training_tokens=md.get("tokens"),
+        seed=cfg.seed, replicate=md.get("replicate"), init_seed=md.get("init_seed"),
+        input_scale=md.get("input_scale"),
+        context_size=cfg.cache.ctx_len, exclude_special_tokens=cfg.cache.exclude_special)
+
+
+def results_path(source: Path) -> Path | None:
+    """The run's ``results.json`` for a run folder or one of its SAE folders, if any."""
+    saes = run_saes_dir(source)
+    candidates = [source / RESULTS_NAME, *([saes.parent / RESULTS_NAME] if saes else [])]
+    return next((p for p in candidates if p.exists()), None)
+
+
+def read_scores(path: Path | None, sae_id: str) -> tuple[Score, ...]:
+    """The :data:`CARD_METRICS` of ``sae_id``'s rows in a results JSON."""
+    if path is None:
+        return ()
+    rows = json.loads(path.read_text()).get("rows", [])
+    return tuple(Score(row["eval_corpus"], name, m["value"], m.get("low"), m.get("high"))
+                 for row in rows if row.get("sae_id") == sae_id
+                 for name in CARD_METRICS if (m := row["metrics"].get(name)) is not None)
+
+
+CARD_METRICS = {"l0": "L0", "fve": "FVE", "loss_recovered": "loss recovered",
+                "delta_ce": "ΔCE (nats)", "dead_frac": "dead"}
+"""Metrics of ``results.json`` shown in the model card, with their column titles."""
