@@ -64,7 +64,7 @@ PROTECTIONS = (
                "with contextlib.nullcontext():",
                (_faults("test_two_processes_racing_on_one_cache_key"),)),
     Protection("run-lock", ("two training runs into one folder",), "sae_med/train/sweep.py",
-               "@_holding_run_lock\ndef train_saes(", "def train_saes(",
+               "@_holding_run_lock\ndef _train(", "def _train(",
                (_faults("test_a_second_training_run_into_one_folder_is_refused"),)),
     Protection("stale-temp-files", ("kill -9 during a shard write",),
                "sae_med/cache/activations.py",

@@ -139,8 +139,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_json_if_changed(path: str | Path, obj: Any) -> None:
+    """:func:`write_json_atomic`, unless ``path`` already holds exactly that JSON (a rerun
+    then leaves the file, and its modification time, as they were)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if not (Path(path).is_file() and Path(path).read_text() == text):
+        write_text_atomic(path, text)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

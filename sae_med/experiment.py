@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from sae_med import LOG_FORMAT, runtime
-from sae_med.artifacts import stable_hash, write_json_atomic
+from sae_med.artifacts import stable_hash, write_json_if_changed
 from sae_med.cache.activations import ActivationCache, build_cache
 from sae_med.cache.batches import BatchSource
 from sae_med.cache.stream import ActivationStream
@@ -31,14 +31,17 @@ from sae_med.interpret import autointerp
 from sae_med.interpret.autointerp import DEMO_BUDGET, RunScores, run_budget
 from sae_med.interpret.chat import make_chat
 from sae_med.layout import (
+    ANNEALED_DIR,
+    CFG_FILENAME,
+    CONFIG_NAME,
     CURVE_DIR,
     RESULTS_NAME,
     SAES_DIR,
-    replicate_dirname,
     results_name,
     sae_dirs,
     sae_id,
     snapshot_dir,
+    sweep_dir,
 )
 from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
@@ -51,7 +54,7 @@ from sae_med.runtime import pick_device
 from sae_med.sae.io import load_any_sae, sae_format
 from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.train.records import TrainingError
-from sae_med.train.sweep import sweep_finished, train_saes
+from sae_med.train.sweep import finished_results, train_saes
 
 if TYPE_CHECKING:
     from sae_med.config import Config
@@ -125,14 +128,15 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     Returns ``{train_corpus: [TrainResult, ...]}`` ordered by replicate, then
     ``cfg.sae.l0_targets`` (replicate 0 first, so ``next(r for r in runs if r.l0_target
     == t)`` is replicate 0). A finished run whose checkpoint key matches is reused; one for
-    another config or cache is retrained from scratch (with a warning), never reused.
+    another config or cache is retrained from scratch (with a warning), never reused. A
+    finished sweep's results come from its saved metadata: no checkpoint is opened and no
+    file written.
     """
-
     sweeps = [Sweep(c, r) for c in cfg.train_corpora for r in range(cfg.sae.seeds)]
     sources = {c: train_source(cfg, c, progress) for c in cfg.train_corpora}
-    todo = [sw for sw in sweeps if not sweep_finished(
-        cfg, sources[sw.corpus], _sweep_dir(cfg, sw), sw.corpus, sw.replicate)]
-    results = {}
+    results = {sw: done for sw in sweeps if (done := finished_results(
+        cfg, sources[sw.corpus], _sweep_dir(cfg, sw), sw.corpus, sw.replicate)) is not None}
+    todo = [sw for sw in sweeps if sw not in results]
     roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
     if cfg.train.workers > 1 and len(todo) > 1:
         if runtime.world_size() > 1 or len(roots) < len(sources):
@@ -140,17 +144,17 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
                      cfg.train.workers, "the torchrun ranks share each sweep"
                      if runtime.world_size() > 1 else "training streams its activations")
         else:
-            results = dict(zip(todo, _train_parallel(cfg, todo, roots, progress),
-                               strict=True))
+            results |= dict(zip(todo, _train_parallel(cfg, todo, roots, progress),
+                                strict=True))
     out: dict = {c: [] for c in cfg.train_corpora}
-    for sw in sweeps:  # finished ones are reused here, in this process
+    for sw in sweeps:
         out[sw.corpus] += results[sw] if sw in results else _train_sweep(
             cfg, sw, sources[sw.corpus], progress)
     return out
 
 
 def _sweep_dir(cfg: Config, sweep: Sweep) -> Path:
-    return cfg.run_path / SAES_DIR / sweep.corpus / replicate_dirname(sweep.replicate)
+    return sweep_dir(cfg, sweep.corpus, sweep.replicate)
 
 
 def _train_sweep(cfg: Config, sweep: Sweep, source: BatchSource, progress: bool,
@@ -248,7 +252,7 @@ def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: boo
         # every section but those the evaluation never reads
         "config": {k: v for k, v in cfg.to_dict().items()
                    if k not in ("autointerp", *RUN_SECTIONS)},
-        "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
+        "saes": {i: json.loads((d / CFG_FILENAME).read_text())["weights_sha256"]
                  for i, d in dirs.items()},
         "caches": {c: cache.key for c, cache in caches.items()}})
     if path.exists() and json.loads(path.read_text()).get("inputs_key") == key:
@@ -291,7 +295,7 @@ def annealed_run(cfg: Config, budget: int, progress: bool = True) -> Config:
     (``train.snapshots_annealed``), in ``{run}/annealed/tokens_<budget>``; its config."""
     tc = cfg.train
     short = dataclasses.replace(
-        cfg, output_dir=str(cfg.run_path / "annealed"), name=f"tokens_{budget}",
+        cfg, output_dir=str(cfg.run_path / ANNEALED_DIR), name=f"tokens_{budget}",
         train=dataclasses.replace(tc, n_tokens=budget, snapshot_tokens=(),
                                   dead_window_tokens=min(tc.dead_window_tokens, budget)))
     log.info("learning curve: a run of its own to %s training tokens", f"{budget:,}")
@@ -304,7 +308,7 @@ def run_experiment(cfg: Config, progress: bool = True) -> Path:
     models), then :func:`stage_learning_curve` for ``cfg.learning_curve``; returns this
     config's results JSON."""
     cfg.run_path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cfg.run_path / "config.json", cfg.to_dict())
+    write_json_if_changed(cfg.run_path / CONFIG_NAME, cfg.to_dict())
     stage_cache(cfg, progress)
     path = stage_evaluate(cfg, progress)
     for name, rep in cfg.replication_configs().items():
@@ -397,7 +401,7 @@ def sae_meta(spec: str | Path) -> dict[str, Any]:
         return {"sae_dir": str(spec), "sae_format": kind, "train_corpus": "external",
                 "l0_target": None, "replicate": 0}
     directory = Path(spec)
-    cfg = json.loads((directory / "cfg.json").read_text())
+    cfg = json.loads((directory / CFG_FILENAME).read_text())
     md = cfg.get("metadata", {}) or {}
     return {"sae_dir": str(directory), "sae_format": kind, "d_model": cfg.get("d_model"),
             "d_sae": cfg.get("d_sae"),

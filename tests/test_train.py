@@ -536,17 +536,31 @@ def test_snapshots_are_part_of_the_run_key():
     assert "snapshot_tokens" not in tiny_config().to_dict()["train"]
 
 
-def test_reusing_a_finished_run_rewrites_nothing(tmp_path):
-    cfg = tiny_config(n_tokens=32 * 8, checkpoint_every=0)
+def files_in(root: Path) -> dict[Path, tuple[bytes, int]]:
+    """Every file under ``root`` with its bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def refuse_checkpoint_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def opened(*_args, **_kwargs):
+        raise AssertionError("reusing a finished run opened a checkpoint")
+
+    monkeypatch.setattr(torch, "load", opened)
+
+
+def test_reusing_a_finished_run_opens_no_checkpoint_and_writes_nothing(tmp_path, monkeypatch):
+    cfg = tiny_config(n_tokens=32 * 8, checkpoint_every=4)
     acts = synthetic_acts(n=512)
     first = train_saes(cfg, TensorBatchSource(acts), tmp_path, progress=False)
-    files = [tmp_path / CHECKPOINT_NAME, *(r.path / n for r in first
-                                          for n in ("sae.safetensors", "cfg.json"))]
-    stamps = [p.stat().st_mtime_ns for p in files]
-    again = train_saes(cfg, TensorBatchSource(acts), tmp_path, resume=True, progress=False)
-    assert [p.stat().st_mtime_ns for p in files] == stamps
-    assert [(r.path, r.steps, r.metrics) for r in again] == [
-        (r.path, r.steps, r.metrics) for r in first]
+    before = files_in(tmp_path)
+    assert tmp_path / CHECKPOINT_NAME in before and len(before) > 8
+    with monkeypatch.context() as m:
+        refuse_checkpoint_loads(m)
+        again = train_saes(cfg, TensorBatchSource(acts), tmp_path, resume=True,
+                           progress=False)
+    assert again == first
+    assert files_in(tmp_path) == before
     # an SAE lost after the final checkpoint is written again from it
     saved = JumpReLUSAE.load(first[0].path).W_enc
     (first[0].path / "cfg.json").unlink()
@@ -647,6 +661,22 @@ def test_parallel_sweeps_match_one_process(cache_root, tmp_path, real_model_for_
             assert a.path != b.path and a.metrics == b.metrics
             wa, wb = load_file(a.path / "sae.safetensors"), load_file(b.path / "sae.safetensors")
             assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_stage_train_reuses_a_finished_run_from_its_metadata(cache_root, tmp_path,
+                                                            real_model_for_stages,
+                                                            monkeypatch):
+    """The stage a notebook calls for a finished run reads saved metadata only: no
+    checkpoint is opened, every file of the run keeps its bytes and modification time."""
+    from sae_med import experiment
+
+    cfg = _parallel_cfg(cache_root, tmp_path, 1)
+    first = experiment.stage_train(cfg, progress=False)
+    before = files_in(tmp_path)
+    with monkeypatch.context() as m:
+        refuse_checkpoint_loads(m)
+        assert experiment.stage_train(cfg, progress=False) == first
+    assert files_in(tmp_path) == before
 
 
 def test_a_failing_parallel_sweep_raises_its_own_error(cache_root, tmp_path,

@@ -63,6 +63,7 @@ from sae_med.interpret.features import (
     top_windows,
     window_at,
 )
+from sae_med.layout import CONFIG_NAME
 from sae_med.lm.model import LanguageModel
 from sae_med.measure.bootstrap import bootstrap_mean, independent_difference
 from sae_med.measure.metrics import auroc
@@ -281,6 +282,35 @@ def _fuzz_marks(w: Window, gen: np.random.Generator) -> tuple[set[int], set[int]
     return right, wrong
 
 
+class _Tally:
+    """One latent's questions to the chat model: asked, with the calls and malformed
+    responses counted."""
+
+    def __init__(self, chat: ChatBackend, cfg: AutointerpConfig):
+        self.chat, self.cfg = chat, cfg
+        self.calls, self.failed = 0, []
+
+    def record(self, got: Asked) -> Any:
+        self.calls += got.attempts
+        self.failed.extend(got.failed)
+        return got.value
+
+    def answers(self, questions: list[list[Message]]) -> list[bool | None]:
+        """Yes/no answers, asked concurrently when the backend allows it, kept in order."""
+        got = concurrent_map(lambda q: ask(self.chat, q, parse_yes_no, self.cfg.max_retries,
+                                           DETECT_REMINDER, ANSWER_TOKENS),
+                             questions, concurrency(self.chat))
+        return [self.record(g) for g in got]
+
+    def detect(self, questions: list[list[Message]], labels: list[bool]
+               ) -> tuple[Detection, float, int]:
+        """Answers scored against ``labels``, the p(yes) AUROC and its failed requests."""
+        det = self.answers(questions)
+        auroc, p_fails = p_yes_auroc(self.chat, questions, labels)
+        self.calls += len(questions)
+        return detection_metrics(labels, det), auroc, p_fails
+
+
 def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
                  unembed: Float[Tensor, "d_model d_vocab"], chat: ChatBackend, latent: int,
                  cfg: AutointerpConfig) -> LatentScore:
@@ -289,24 +319,10 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
     tops = top_windows(acts, cache, latent, k=cfg.n_windows)
     lens = logit_lens(sae, unembed, tokenizer, latent, k=8)
     examples = [w.render(tokenizer) for w in tops]
-    calls, failed = 0, []
-
-    def record(got: Asked) -> Any:
-        nonlocal calls
-        calls += got.attempts
-        failed.extend(got.failed)
-        return got.value
-
-    def answers(questions: list[list[Message]]) -> list[bool | None]:
-        """Yes/no answers, asked concurrently when the backend allows it, kept in order."""
-        got = concurrent_map(lambda q: ask(chat, q, parse_yes_no, cfg.max_retries,
-                                           DETECT_REMINDER, ANSWER_TOKENS),
-                             questions, concurrency(chat))
-        return [record(g) for g in got]
-
-    explanation = record(ask(chat, explainer_messages(examples, lens.top_tokens),
-                             parse_explanation, cfg.max_retries, EXPLAIN_REMINDER,
-                             cfg.max_new_tokens))
+    tally = _Tally(chat, cfg)
+    explanation = tally.record(ask(chat, explainer_messages(examples, lens.top_tokens),
+                                   parse_explanation, cfg.max_retries, EXPLAIN_REMINDER,
+                                   cfg.max_new_tokens))
     rate = float((acts.latents == latent).sum()) / acts.n_rows
     n_fail_expl = int(explanation is None)
     pos = held_out_positives(acts, cache, latent, cfg.n_score,
@@ -318,33 +334,36 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
             "n_negative": len(neg)}
     if explanation is None:
         return LatentScore(**base, explanation="", detection_auroc=nan, accuracy=nan, f1=nan,
-                           fuzz_auroc=nan, fuzz_accuracy=nan, fuzz_f1=nan, n_calls=calls,
-                           n_failures=n_fail_expl, failed_responses=tuple(failed),
+                           fuzz_auroc=nan, fuzz_accuracy=nan, fuzz_f1=nan, n_calls=tally.calls,
+                           n_failures=n_fail_expl, failed_responses=tuple(tally.failed),
                            n_p_failures=0)
     questions = [detection_messages(explanation, render_marked(w.tokens, set(), tokenizer))
                  for w in pos + neg]
-    labels = [True] * len(pos) + [False] * len(neg)
-    det = detection_metrics(labels, answers(questions))
-    det_auroc, p_fails = p_yes_auroc(chat, questions, labels)
-    calls += len(questions)
+    det, det_auroc, p_fails = tally.detect(questions, [True] * len(pos) + [False] * len(neg))
     fuzz, fuzz_auroc = Detection(nan, nan, 0), nan
     if cfg.fuzzing and pos:
-        gen = np.random.default_rng(derived_seed(cfg.seed, "fuzz", latent))
-        questions, labels = [], []
-        for w in pos:
-            right, wrong = _fuzz_marks(w, gen)
-            questions += [fuzzing_messages(explanation, render_marked(w.tokens, marks, tokenizer))
-                          for marks in (right, wrong)]
-            labels += [True, False]
-        fuzz = detection_metrics(labels, answers(questions))
-        fuzz_auroc, fuzz_p_fails = p_yes_auroc(chat, questions, labels)
-        calls += len(questions)
+        fuzz, fuzz_auroc, fuzz_p_fails = tally.detect(*_fuzz_questions(
+            explanation, pos, tokenizer, derived_seed(cfg.seed, "fuzz", latent)))
         p_fails += fuzz_p_fails
     return LatentScore(**base, explanation=explanation, detection_auroc=det_auroc,
                        accuracy=det.accuracy, f1=det.f1, fuzz_auroc=fuzz_auroc,
-                       fuzz_accuracy=fuzz.accuracy, fuzz_f1=fuzz.f1, n_calls=calls,
+                       fuzz_accuracy=fuzz.accuracy, fuzz_f1=fuzz.f1, n_calls=tally.calls,
                        n_failures=n_fail_expl + det.n_failures + fuzz.n_failures,
-                       failed_responses=tuple(failed), n_p_failures=p_fails)
+                       failed_responses=tuple(tally.failed), n_p_failures=p_fails)
+
+
+def _fuzz_questions(explanation: str, pos: Sequence[Window], tokenizer: Any, seed: int
+                    ) -> tuple[list[list[Message]], list[bool]]:
+    """Each positive window twice: its top tokens marked (yes), then as many silent ones
+    (no)."""
+    gen = np.random.default_rng(seed)
+    questions, labels = [], []
+    for w in pos:
+        right, wrong = _fuzz_marks(w, gen)
+        questions += [fuzzing_messages(explanation, render_marked(w.tokens, marks, tokenizer))
+                      for marks in (right, wrong)]
+        labels += [True, False]
+    return questions, labels
 
 
 def interpret_sae(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
@@ -468,7 +487,7 @@ def write_run_scores(cfg: Config, run: RunScores) -> Path:
     for name, frame in (("latents.csv", latents), ("comparison.csv", comparison)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
-    write_json_atomic(out / "config.json", cfg.to_dict())
+    write_json_atomic(out / CONFIG_NAME, cfg.to_dict())
     for row in comparison.itertuples():
         log.info("autointerp %s %s: %.3f [%.3f, %.3f]", row.metric, row.SAE, row.mean,
                  row.ci_low, row.ci_high)

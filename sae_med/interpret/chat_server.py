@@ -273,171 +273,189 @@ def _busy(message: str, retry_after: int) -> RequestError:
                         retry_after=retry_after)
 
 
+@dataclass(frozen=True)
+class HandlerContext:
+    """What every request of one server shares."""
+
+    backend: ChatBackend
+    model_name: str
+    limits: ServerLimits
+    pending: threading.BoundedSemaphore
+    """Requests in flight (beyond it: 503)."""
+    slots: ModelSlots
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """The server's requests: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+    :func:`_handler` makes a subclass bound to one :class:`HandlerContext`."""
+
+    protocol_version = "HTTP/1.1"
+    ctx: HandlerContext
+
+    def setup(self) -> None:
+        super().setup()
+        self.reader = _DeadlineReader(self.connection, self.ctx.limits.socket_timeout_s)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        self.reader.deadline = time.monotonic() + self.ctx.limits.read_timeout_s
+        super().handle_one_request()
+
+    def _send(self, status: int, body: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
+        blob = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(blob)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(blob)
+        except OSError:  # the client left; nobody to tell
+            self.close_connection = True
+
+    def _error(self, err: RequestError, headers: dict[str, str] | None = None) -> None:
+        kind = ("invalid_request_error" if err.status < 500 else "server_error")
+        if err.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": str(err.retry_after)}
+        self._send(err.status, {"error": {"message": err.message, "type": kind,
+                                          "param": err.param,
+                                          "code": err.code or err.status}}, headers)
+
+    def _authorised(self) -> bool:
+        if self.ctx.limits.api_key is None:
+            return True
+        got = self.headers.get("Authorization", "")
+        if hmac.compare_digest(got.encode(), f"Bearer {self.ctx.limits.api_key}".encode()):
+            return True
+        self.close_connection = True
+        self._error(RequestError(401, "missing or wrong bearer token", code="invalid_api_key"),
+                    {"WWW-Authenticate": "Bearer"})
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if not self._authorised():
+            return
+        if self.path.rstrip("/") != "/v1/models":
+            return self._error(RequestError(404, f"no route {self.path}"))
+        self._send(200, {"object": "list", "data": [
+            {"id": self.ctx.model_name, "object": "model", "owned_by": "sae-med"}]})
+
+    def _read_body(self) -> bytes:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise RequestError(411, "a Content-Length header is required")
+        try:
+            length = int(raw)
+        except ValueError:
+            raise RequestError(400, f"bad Content-Length {raw[:40]!r}") from None
+        if length < 0:
+            raise RequestError(400, f"bad Content-Length {length}")
+        if length > self.ctx.limits.max_body_bytes:
+            raise RequestError(413, f"body of {length} bytes exceeds the limit of "
+                                    f"{self.ctx.limits.max_body_bytes}")
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise RequestError(408, "timed out reading the body") from None
+        if len(body) != length:
+            raise RequestError(400, f"body ended after {len(body)} of {length} bytes")
+        self.reader.deadline = math.inf  # arrived: the generation has its own deadline
+        self.connection.settimeout(self.ctx.limits.socket_timeout_s)
+        return body
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._authorised():
+            return
+        start = time.monotonic()
+        try:
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                self.close_connection = True  # its body is left unread
+                raise RequestError(404, f"no route {self.path}")
+            try:
+                body = self._read_body()
+            except RequestError:
+                self.close_connection = True
+                raise
+            req = parse_chat_request(body, self.ctx.limits)
+            del body
+            if not self.ctx.pending.acquire(blocking=False):
+                raise _busy("too many requests in flight", self.ctx.slots.retry_after())
+            try:
+                self._complete(req, start)
+            finally:
+                self.ctx.pending.release()
+        except RequestError as err:
+            self._error(err)
+        except Exception as err:  # noqa: BLE001 - the client gets a 500, not a reset
+            log.exception("llm_server: request failed")
+            self._error(RequestError(500, f"generation failed: {type(err).__name__}"))
+
+    def _complete(self, req: ChatRequest, start: float) -> None:
+        n_prompt = _check_prompt(self.ctx.backend, req, self.ctx.limits)
+        deadline = start + self.ctx.limits.request_timeout_s
+        wait = min(self.ctx.limits.max_queue_wait_s, deadline - time.monotonic())
+        ticket = self.ctx.slots.acquire(wait, deadline)
+        if ticket is None:
+            raise _busy("the model is answering other requests", self.ctx.slots.retry_after())
+        try:
+            text, finish, logprobs, n_new = self._generate(req, deadline)
+        finally:
+            self.ctx.slots.release(ticket)
+            _trim_heap()
+        if _client_gone(self.connection):
+            log.info("llm_server: client left; generation stopped")
+            self.close_connection = True
+            return
+        if time.monotonic() > deadline:
+            log.warning("llm_server: request hit its %.0f s limit; answer cut short",
+                        self.ctx.limits.request_timeout_s)
+        self._send(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
+            "created": int(time.time()), "model": self.ctx.model_name,
+            "choices": [{"index": 0, "finish_reason": finish, "logprobs": logprobs,
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": n_prompt or 0, "completion_tokens": n_new,
+                      "total_tokens": (n_prompt or 0) + n_new}})
+
+    def _generate(self, req: ChatRequest, deadline: float
+                  ) -> tuple[str, str, dict[str, Any] | None, int]:
+        """(text, finish reason, logprobs block, generated tokens) of ``req``."""
+        conn = self.connection
+
+        def stop() -> bool:
+            return time.monotonic() > deadline or _client_gone(conn)
+
+        if not hasattr(self.ctx.backend, "generate"):
+            if req.top_logprobs is not None:
+                raise RequestError(400, "logprobs are not supported by this backend",
+                                   "logprobs")
+            return self.ctx.backend.chat(req.messages, req.max_tokens), "stop", None, 0
+        try:
+            gen = self.ctx.backend.generate(req.messages, req.max_tokens,
+                                            logprobs=req.top_logprobs is not None, stop=stop)
+        except GenerationStopped as err:
+            limit = self.ctx.limits.request_timeout_s
+            raise RequestError(503, f"the request's {limit:.0f} s ran out while reading its "
+                                    f"prompt ({err}); send a shorter prompt", "messages",
+                               "timeout") from None
+        logprobs = (None if req.top_logprobs is None
+                    else _logprobs_block(self.ctx.backend, gen, req.top_logprobs))
+        return (gen.text, "stop" if gen.stopped else "length", logprobs,
+                len(gen.token_ids))
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("llm_server: " + fmt, *args)
+
+
 def _handler(backend: ChatBackend, model_name: str, limits: ServerLimits,
              pending: threading.BoundedSemaphore, slots: ModelSlots
              ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = limits.socket_timeout_s
-
-        def setup(self) -> None:
-            super().setup()
-            self.reader = _DeadlineReader(self.connection, limits.socket_timeout_s)
-            self.rfile = io.BufferedReader(self.reader)
-
-        def handle_one_request(self) -> None:
-            self.reader.deadline = time.monotonic() + limits.read_timeout_s
-            super().handle_one_request()
-
-        def _send(self, status: int, body: dict[str, Any],
-                  headers: dict[str, str] | None = None) -> None:
-            blob = json.dumps(body).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(blob)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(blob)
-            except OSError:  # the client left; nobody to tell
-                self.close_connection = True
-
-        def _error(self, err: RequestError, headers: dict[str, str] | None = None) -> None:
-            kind = ("invalid_request_error" if err.status < 500 else "server_error")
-            if err.retry_after is not None:
-                headers = {**(headers or {}), "Retry-After": str(err.retry_after)}
-            self._send(err.status, {"error": {"message": err.message, "type": kind,
-                                              "param": err.param,
-                                              "code": err.code or err.status}}, headers)
-
-        def _authorised(self) -> bool:
-            if limits.api_key is None:
-                return True
-            got = self.headers.get("Authorization", "")
-            if hmac.compare_digest(got.encode(), f"Bearer {limits.api_key}".encode()):
-                return True
-            self.close_connection = True
-            self._error(RequestError(401, "missing or wrong bearer token", code="invalid_api_key"),
-                        {"WWW-Authenticate": "Bearer"})
-            return False
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if not self._authorised():
-                return
-            if self.path.rstrip("/") != "/v1/models":
-                return self._error(RequestError(404, f"no route {self.path}"))
-            self._send(200, {"object": "list", "data": [
-                {"id": model_name, "object": "model", "owned_by": "sae-med"}]})
-
-        def _read_body(self) -> bytes:
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                raise RequestError(411, "a Content-Length header is required")
-            try:
-                length = int(raw)
-            except ValueError:
-                raise RequestError(400, f"bad Content-Length {raw[:40]!r}") from None
-            if length < 0:
-                raise RequestError(400, f"bad Content-Length {length}")
-            if length > limits.max_body_bytes:
-                raise RequestError(413, f"body of {length} bytes exceeds the limit of "
-                                        f"{limits.max_body_bytes}")
-            try:
-                body = self.rfile.read(length)
-            except TimeoutError:
-                raise RequestError(408, "timed out reading the body") from None
-            if len(body) != length:
-                raise RequestError(400, f"body ended after {len(body)} of {length} bytes")
-            self.reader.deadline = math.inf  # arrived: the generation has its own deadline
-            self.connection.settimeout(limits.socket_timeout_s)
-            return body
-
-        def do_POST(self) -> None:  # noqa: N802
-            if not self._authorised():
-                return
-            start = time.monotonic()
-            try:
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    self.close_connection = True  # its body is left unread
-                    raise RequestError(404, f"no route {self.path}")
-                try:
-                    body = self._read_body()
-                except RequestError:
-                    self.close_connection = True
-                    raise
-                req = parse_chat_request(body, limits)
-                del body
-                if not pending.acquire(blocking=False):
-                    raise _busy("too many requests in flight", slots.retry_after())
-                try:
-                    self._complete(req, start)
-                finally:
-                    pending.release()
-            except RequestError as err:
-                self._error(err)
-            except Exception as err:  # noqa: BLE001 - the client gets a 500, not a reset
-                log.exception("llm_server: request failed")
-                self._error(RequestError(500, f"generation failed: {type(err).__name__}"))
-
-        def _complete(self, req: ChatRequest, start: float) -> None:
-            n_prompt = _check_prompt(backend, req, limits)
-            deadline = start + limits.request_timeout_s
-            ticket = slots.acquire(min(limits.max_queue_wait_s, deadline - time.monotonic()),
-                                   deadline)
-            if ticket is None:
-                raise _busy("the model is answering other requests", slots.retry_after())
-            try:
-                text, finish, logprobs, n_new = self._generate(req, deadline)
-            finally:
-                slots.release(ticket)
-                _trim_heap()
-            if _client_gone(self.connection):
-                log.info("llm_server: client left; generation stopped")
-                self.close_connection = True
-                return
-            if time.monotonic() > deadline:
-                log.warning("llm_server: request hit its %.0f s limit; answer cut short",
-                            limits.request_timeout_s)
-            self._send(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
-                "created": int(time.time()), "model": model_name,
-                "choices": [{"index": 0, "finish_reason": finish, "logprobs": logprobs,
-                             "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": n_prompt or 0, "completion_tokens": n_new,
-                          "total_tokens": (n_prompt or 0) + n_new}})
-
-        def _generate(self, req: ChatRequest, deadline: float
-                      ) -> tuple[str, str, dict[str, Any] | None, int]:
-            """(text, finish reason, logprobs block, generated tokens) of ``req``."""
-            conn = self.connection
-
-            def stop() -> bool:
-                return time.monotonic() > deadline or _client_gone(conn)
-
-            if not hasattr(backend, "generate"):
-                if req.top_logprobs is not None:
-                    raise RequestError(400, "logprobs are not supported by this backend",
-                                       "logprobs")
-                return backend.chat(req.messages, req.max_tokens), "stop", None, 0
-            try:
-                gen = backend.generate(req.messages, req.max_tokens,
-                                       logprobs=req.top_logprobs is not None, stop=stop)
-            except GenerationStopped as err:
-                raise RequestError(503, f"the request's {limits.request_timeout_s:.0f} s ran "
-                                        f"out while reading its prompt ({err}); send a "
-                                        f"shorter prompt", "messages", "timeout") from None
-            logprobs = (None if req.top_logprobs is None
-                        else _logprobs_block(backend, gen, req.top_logprobs))
-            return (gen.text, "stop" if gen.stopped else "length", logprobs,
-                    len(gen.token_ids))
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("llm_server: " + fmt, *args)
-
-    return Handler
+    ctx = HandlerContext(backend, model_name, limits, pending, slots)
+    return type("Handler", (ChatHandler,), {"ctx": ctx, "timeout": limits.socket_timeout_s})
 
 
 _BUSY_BODY = json.dumps({"error": {"message": "server busy: too many connections; retry "

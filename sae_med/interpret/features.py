@@ -485,23 +485,9 @@ def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict
     import pandas as pd
 
     half = np.array([_half_of(d) for d in doc_ids])
-    parents: dict[str, list[int]] = defaultdict(list)
-    for d, lab in enumerate(doc_labels):
-        for v in lab.get(key, ()):
-            parents[v].append(d)
-    n_docs = len(doc_labels)
-    names, cols = [], []
-    for name, docs in sorted(parents.items()):
-        y = np.zeros(n_docs, dtype=bool)
-        y[docs] = True
-        if (y & (half == 0)).sum() >= min_docs and (y & (half == 1)).sum() >= min_docs:
-            names.append(name)
-            cols.append(y)
-    columns = ["parent", "parent_latent", "parent_auroc", "threshold", "n_heldout",
-               "miss_rate", "absorption_rate", "n_specific", "absorbers"]
+    names, pos = _parents_with_docs(doc_labels, key, half, min_docs)
     if not names:
-        return pd.DataFrame(columns=columns)
-    pos = np.stack(cols, 1)  # (docs, parents)
+        return pd.DataFrame(columns=ABSORPTION_COLUMNS)
     scores = doc_max.numpy().astype(np.float64)
     sel, held = half == 0, half == 1
     parent_lat = auroc_matrix(scores[sel], pos[sel]).argmax(0)  # (parents,)
@@ -512,23 +498,51 @@ def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict
     rows = []
     for p, name in enumerate(names):
         j = int(parent_lat[p])
-        thr, _ = _best_f1_threshold(scores[sel, j], pos[sel, p])
         specific = np.flatnonzero((precision[:, p] >= specific_precision)
                                   & (n_fires >= min_fires))
-        specific = specific[specific != j]
-        held_pos = np.flatnonzero(held & pos[:, p])
-        missed = held_pos[scores[held_pos, j] < thr] if thr > 0 else held_pos
-        fired = scores[np.ix_(missed, specific)] > 0
-        absorbed = fired.any(1)
-        counts = fired.sum(0)
-        order = np.argsort(-counts, kind="stable")
         rows.append({"parent": name, "parent_latent": j, "parent_auroc": float(au_held[p, p]),
-                     "threshold": thr, "n_heldout": len(held_pos),
-                     "miss_rate": len(missed) / len(held_pos),
-                     "absorption_rate": float(absorbed.sum()) / len(held_pos),
-                     "n_specific": len(specific),
-                     "absorbers": [int(specific[i]) for i in order if counts[i] > 0][:5]})
-    return pd.DataFrame(rows, columns=columns)
+                     **_held_out_misses(scores, pos[:, p], sel, held, j, specific[specific != j])})
+    return pd.DataFrame(rows, columns=ABSORPTION_COLUMNS)
+
+
+ABSORPTION_COLUMNS = ["parent", "parent_latent", "parent_auroc", "threshold", "n_heldout",
+                      "miss_rate", "absorption_rate", "n_specific", "absorbers"]
+
+
+def _parents_with_docs(doc_labels: Sequence[dict], key: str, half: np.ndarray,
+                       min_docs: int) -> tuple[list[str], np.ndarray]:
+    """The parents with ``min_docs`` positive documents in each half, and their positive
+    documents as a (docs, parents) boolean matrix."""
+    parents: dict[str, list[int]] = defaultdict(list)
+    for d, lab in enumerate(doc_labels):
+        for v in lab.get(key, ()):
+            parents[v].append(d)
+    names, cols = [], []
+    for name, docs in sorted(parents.items()):
+        y = np.zeros(len(doc_labels), dtype=bool)
+        y[docs] = True
+        if (y & (half == 0)).sum() >= min_docs and (y & (half == 1)).sum() >= min_docs:
+            names.append(name)
+            cols.append(y)
+    return names, (np.stack(cols, 1) if cols else np.zeros((len(doc_labels), 0), bool))
+
+
+def _held_out_misses(scores: np.ndarray, pos: np.ndarray, sel: np.ndarray, held: np.ndarray,
+                     j: int, specific: np.ndarray) -> dict[str, Any]:
+    """One parent's held-out columns: latent ``j``'s F1-best threshold on the selection
+    half, the share of held-out positives it misses, and of those the share a specific
+    latent fires on."""
+    thr, _ = _best_f1_threshold(scores[sel, j], pos[sel])
+    held_pos = np.flatnonzero(held & pos)
+    missed = held_pos[scores[held_pos, j] < thr] if thr > 0 else held_pos
+    fired = scores[np.ix_(missed, specific)] > 0
+    counts = fired.sum(0)
+    order = np.argsort(-counts, kind="stable")
+    return {"threshold": thr, "n_heldout": len(held_pos),
+            "miss_rate": len(missed) / len(held_pos),
+            "absorption_rate": float(fired.any(1).sum()) / len(held_pos),
+            "n_specific": len(specific),
+            "absorbers": [int(specific[i]) for i in order if counts[i] > 0][:5]}
 
 
 ABSORPTION_MEASURES = ("absorption_rate", "miss_rate", "parent_auroc")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sae_med.artifacts import file_sha256, stable_hash
+from sae_med.layout import CONFIG_NAME
 from sae_med.lm.files import EMBEDDED, EMBEDDED_MODELS, SMOLLM2, SMOLLM2_GGUF
 
 
@@ -145,7 +146,7 @@ def recorded_weights(spec: str | Path) -> WeightsRecord | None:
             return WeightsRecord.from_dict(md["sae_med"]["weights"])
         if isinstance(md.get("weights"), dict):
             return WeightsRecord.from_dict(md["weights"])
-    run_cfg = _read_json(path / "config.json") if path.is_dir() else None
+    run_cfg = _read_json(path / CONFIG_NAME) if path.is_dir() else None
     model = ((run_cfg or {}).get("model") or {}).get("name")
     return weights_record(model) if model else None
 

@@ -65,6 +65,7 @@ from sae_med.corpora.registry import iter_documents, use_config
 from sae_med.lm.model import LanguageModel, TokenBatch
 from sae_med.measure.bootstrap import (
     LEVEL,
+    DocResample,
     Draws,
     Interval,
     doc_resample,
@@ -264,8 +265,9 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Co
                                             progress).rows]
 
 
-def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config, eval_corpus: str,
-               cache: ActivationCache, meta: Mapping[str, Mapping[str, Any]] | None = None,
+def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
+               eval_corpus: str, cache: ActivationCache,
+               meta: Mapping[str, Mapping[str, Any]] | None = None,
                progress: bool = True) -> ScoredCorpus:
     """Score every SAE in ``saes`` on ``eval_corpus`` with one pipeline (module docstring).
 
@@ -279,88 +281,128 @@ def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Confi
         progress: tqdm bars.
     Returns:
         the rows (one per SAE, in ``saes`` order) and every SAE's bootstrap draws. Every
-        metric of every SAE is resampled with one :class:`~sae_med.measure.bootstrap.DocResample`
-        (the CE documents are the corpus's first eval documents, ids 0, 1, ...; the
-        dark-matter scores use the columns of their held-out documents), so comparisons
-        across SAEs and metrics are paired.
+        metric of every SAE is resampled with one
+        :class:`~sae_med.measure.bootstrap.DocResample` (the CE documents are the corpus's
+        first eval documents, ids 0, 1, ...; the dark-matter scores use the columns of
+        their held-out documents), so comparisons across SAEs and metrics are paired.
     """
+    meta = meta or {}
+    _check_scoring_inputs(cfg, cache, meta)
+    stats = cache_stats(cache)
+    ce_ids, doc_ce = _spliced_ce(saes, model, cfg, eval_corpus, stats, progress)
+    shared = _shared_scoring(cfg, eval_corpus, cache, ce_ids, stats)
+    rows, draws = [], {}
+    for sae_id, sae in tqdm(saes.items(), desc=f"evaluate {eval_corpus}",
+                            disable=not progress):
+        row, draws[sae_id] = _score_one(sae_id, sae, cache, doc_ce, shared,
+                                        dict(meta.get(sae_id, {})))
+        rows.append(row)
+    return ScoredCorpus(rows, draws)
+
+
+def _check_scoring_inputs(cfg: Config, cache: ActivationCache,
+                          meta: Mapping[str, Mapping[str, Any]]) -> None:
     if cache.hook != cfg.model.hook_name:
         raise ValueError(f"cache was built at {cache.hook}, config hook is "
                          f"{cfg.model.hook_name}")
-    meta = meta or {}
     reserved = {*ROW_COLUMNS, *STRUCTURED, "metric", "value", "low", "high", "row_type"}
     for sae_id, m in meta.items():
         if clash := sorted(reserved & set(m)):
             raise ValueError(f"meta[{sae_id!r}] uses reserved row keys {clash}")
-    boot_seed = derived_seed(cfg.seed, "bootstrap", eval_corpus)
-    dm_seed = derived_seed(cfg.seed, "dark_matter", eval_corpus)
-    n_boot = cfg.eval.bootstrap
 
-    # (b) spliced loss, batch-outer so the clean/zero passes are shared by all SAEs
-    from sae_med.cache.activations import packed_batches
 
+def _spliced_ce(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
+                eval_corpus: str, stats: CacheStats, progress: bool
+                ) -> tuple[Tensor, dict[str, list[DocCE]]]:
+    """(b) the spliced loss of every SAE and of the mean ablation on the CE documents,
+    batch-outer so the clean and zero passes are shared by all SAEs: the CE rows' eval
+    document indices and each variant's per-document sums."""
     packed = list(packed_batches(model, ce_texts(model, cfg, eval_corpus), cfg.cache))
-    batches = [b for _, b in packed]
     fns = {k: reconstruction_fn(s) for k, s in saes.items()}
-    stats = cache_stats(cache)
     fns[MEAN_ABLATION] = mean_ablation(stats.mean)
     doc_ce: dict[str, list[DocCE]] = {k: [] for k in fns}
-    for batch in tqdm(batches, desc=f"spliced CE {eval_corpus}", disable=not progress):
+    for _, batch in tqdm(packed, desc=f"spliced CE {eval_corpus}", disable=not progress):
         for k, losses in spliced_losses(model, batch.to(model.device), cfg.model.hook_layer,
-                                              fns).items():
+                                        fns).items():
             doc_ce[k].append(DocCE(*(f.cpu() for f in losses.doc_sums())))
-
-    cache_docs = torch.unique(cache.tokens().doc_index)
     # CE rows come in token-length order: each keeps its document's eval index, so its
     # resample count (and group) is its document's, as in the cache
     ce_ids = torch.tensor([i for idx, _ in packed for i in idx], dtype=torch.long)
+    return ce_ids, doc_ce
+
+
+class _Shared(NamedTuple):
+    """What every SAE of one eval corpus is scored with."""
+
+    eval_corpus: str
+    cache_docs: Tensor
+    ce_ids: Tensor
+    resample: DocResample
+    boot_info: BootstrapInfo
+    dm_seed: int
+    typical_norm: float
+    n_boot: int
+
+
+def _shared_scoring(cfg: Config, eval_corpus: str, cache: ActivationCache, ce_ids: Tensor,
+                    stats: CacheStats) -> _Shared:
+    """One resample of the corpus's documents (cache and CE rows alike) and the seeds."""
+    boot_seed = derived_seed(cfg.seed, "bootstrap", eval_corpus)
+    n_boot = cfg.eval.bootstrap
+    cache_docs = torch.unique(cache.tokens().doc_index)
     n_docs = int(torch.cat([cache_docs, ce_ids]).max()) + 1
     resample = doc_resample([cache_docs, ce_ids], n_boot, boot_seed,
                             document_groups(eval_corpus, cache.doc_ids(), n_docs))
-    boot_info = BootstrapInfo(n_boot, LEVEL, boot_seed, resample.n_groups)
-    typical_norm = cfg.eval.massive_norm_ratio * stats.median_norm
-    rows, draws = [], {}
-    for sae_id, sae in tqdm(saes.items(), desc=f"evaluate {eval_corpus}",
-                            disable=not progress):
-        # (a), (c), (d) over the cache
-        rp = reconstruction_pass(sae, cache, dm_seed, typical_norm=typical_norm)
-        res = rp.accumulator.result()
-        per_doc = rp.accumulator.per_doc()
-        d = statistic_draws(
-            per_doc, lambda s: {k: getattr(metrics_from_doc_sums(s), k) for k in RECON_METRICS},
-            resample.columns(per_doc.doc_ids))
-        typical = rp.accumulator.per_doc(typical=True)
-        d |= statistic_draws(typical, lambda s: {TYPICAL_METRICS[0]: metrics_from_doc_sums(s).fve},
-                             resample.columns(typical.doc_ids))
-        ce_docs = concat_doc_stats(doc_ce[sae_id]) if doc_ce[sae_id] else None
-        if ce_docs is not None:
-            d |= statistic_draws(ce_docs, lambda c: {k: getattr(summarize_ce(c), k)
-                                                     for k in CE_METRICS},
-                                 resample.columns(ce_ids))
-            mean_docs = concat_doc_stats(doc_ce[MEAN_ABLATION])
-            d |= statistic_draws(DocCEMean(ce_docs.n_tokens, ce_docs.ce_clean,
-                                           ce_docs.ce_spliced, mean_docs.ce_spliced),
-                                 summarize_vs_mean, resample.columns(ce_ids))
-        metrics = {k: percentile_interval(v) for k, v in d.items()}
-        points = res._asdict() | {"massive_tokens": float(res.n_tokens
-                                                          - typical.n_tokens.sum())}
-        metrics.update({k: Interval(points[k], None, None) for k in POINT_METRICS})
-        dark_matter = rp.dark_matter
-        if rp.dark_matter_fit is not None:
-            dm = statistic_draws(rp.dark_matter_fit.per_doc(), dm_scores,
-                                 resample.columns(rp.held_out_docs))
-            dark_matter = dark_matter._replace(intervals=None if n_boot <= 0 else {
-                k: percentile_interval(v) for k, v in dm.items()})
-            d |= {f"dark_matter.{k}": v for k, v in dm.items()}
-        draws[sae_id] = d
-        rows.append(ResultRow(
-            sae_id, eval_corpus, res.n_tokens, int(cache_docs.numel()),
-            ce_documents=0 if ce_docs is None else int(ce_docs.n_tokens.shape[0]),
-            ce_tokens=0 if ce_docs is None else int(ce_docs.n_tokens.sum()),
-            metrics=metrics, bootstrap=boot_info, dark_matter=dark_matter,
-            density_histogram=rp.accumulator.density_histogram(),
-            meta=dict(meta.get(sae_id, {}))))
-    return ScoredCorpus(rows, draws)
+    return _Shared(eval_corpus, cache_docs, ce_ids, resample,
+                   BootstrapInfo(n_boot, LEVEL, boot_seed, resample.n_groups),
+                   derived_seed(cfg.seed, "dark_matter", eval_corpus),
+                   cfg.eval.massive_norm_ratio * stats.median_norm, n_boot)
+
+
+def _score_one(sae_id: str, sae: JumpReLUSAE, cache: ActivationCache,
+               doc_ce: Mapping[str, list[DocCE]], sh: _Shared, meta: dict[str, Any]
+               ) -> tuple[ResultRow, dict[str, Tensor]]:
+    """One SAE's row and bootstrap draws: (a), (c), (d) over the cache, (b) from its
+    spliced-CE sums."""
+    rp = reconstruction_pass(sae, cache, sh.dm_seed, typical_norm=sh.typical_norm)
+    res = rp.accumulator.result()
+    per_doc = rp.accumulator.per_doc()
+    d = statistic_draws(
+        per_doc, lambda s: {k: getattr(metrics_from_doc_sums(s), k) for k in RECON_METRICS},
+        sh.resample.columns(per_doc.doc_ids))
+    typical = rp.accumulator.per_doc(typical=True)
+    d |= statistic_draws(typical, lambda s: {TYPICAL_METRICS[0]: metrics_from_doc_sums(s).fve},
+                         sh.resample.columns(typical.doc_ids))
+    ce_docs = concat_doc_stats(doc_ce[sae_id]) if doc_ce[sae_id] else None
+    if ce_docs is not None:
+        d |= _ce_draws(ce_docs, concat_doc_stats(doc_ce[MEAN_ABLATION]), sh)
+    metrics = {k: percentile_interval(v) for k, v in d.items()}
+    points = res._asdict() | {"massive_tokens": float(res.n_tokens - typical.n_tokens.sum())}
+    metrics.update({k: Interval(points[k], None, None) for k in POINT_METRICS})
+    dark_matter = rp.dark_matter
+    if rp.dark_matter_fit is not None:
+        dm = statistic_draws(rp.dark_matter_fit.per_doc(), dm_scores,
+                             sh.resample.columns(rp.held_out_docs))
+        dark_matter = dark_matter._replace(intervals=None if sh.n_boot <= 0 else {
+            k: percentile_interval(v) for k, v in dm.items()})
+        d |= {f"dark_matter.{k}": v for k, v in dm.items()}
+    row = ResultRow(
+        sae_id, sh.eval_corpus, res.n_tokens, int(sh.cache_docs.numel()),
+        ce_documents=0 if ce_docs is None else int(ce_docs.n_tokens.shape[0]),
+        ce_tokens=0 if ce_docs is None else int(ce_docs.n_tokens.sum()),
+        metrics=metrics, bootstrap=sh.boot_info, dark_matter=dark_matter,
+        density_histogram=rp.accumulator.density_histogram(), meta=meta)
+    return row, d
+
+
+def _ce_draws(ce_docs: DocCE, mean_docs: DocCE, sh: _Shared) -> dict[str, Tensor]:
+    """Bootstrap draws of the CE metrics and of loss recovered against the mean ablation."""
+    d = statistic_draws(ce_docs, lambda c: {k: getattr(summarize_ce(c), k) for k in CE_METRICS},
+                        sh.resample.columns(sh.ce_ids))
+    d |= statistic_draws(DocCEMean(ce_docs.n_tokens, ce_docs.ce_clean, ce_docs.ce_spliced,
+                                   mean_docs.ce_spliced),
+                         summarize_vs_mean, sh.resample.columns(sh.ce_ids))
+    return d
 
 
 def compare_families(scored: ScoredCorpus, cfg: Config, eval_corpus: str) -> Comparison:

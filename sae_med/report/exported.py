@@ -9,7 +9,7 @@ from typing import Any, Literal, NamedTuple
 
 from sae_med import __version__
 from sae_med.config import ConfigError, config_from_dict
-from sae_med.layout import CFG_FILENAME, RESULTS_NAME, SAES_DIR, WEIGHTS_FILENAME
+from sae_med.layout import CFG_FILENAME, CONFIG_NAME, RESULTS_NAME, SAES_DIR, WEIGHTS_FILENAME
 from sae_med.lm.weights import WeightsRecord, recorded_weights, weights_record
 
 ExportFormat = Literal["sae_lens", "gemma_scope", "saebench", "neuronpedia"]
@@ -131,7 +131,7 @@ def run_saes_dir(sae_dir: Path) -> Path | None:
 def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
     """Provenance from the SAE's ``cfg.json`` metadata and the run ``config.json`` that
     ``sae-med train`` writes beside it."""
-    run_cfg = sae_dir / "config.json"
+    run_cfg = sae_dir / CONFIG_NAME
     if not run_cfg.exists():
         raise ExportError(f"{run_cfg} is missing: export needs the config that trained the "
                           "SAE (sae-med train writes it beside cfg.json)")

@@ -32,7 +32,7 @@ from sae_med import __version__
 from sae_med.cache.activations import ActivationCache, TokenInfo, build_cache
 from sae_med.config import Config, config_from_dict
 from sae_med.interpret.features import LatentActs, encode_cache
-from sae_med.layout import CFG_FILENAME
+from sae_med.layout import CFG_FILENAME, CONFIG_NAME
 from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
 from sae_med.report.exported import NEURONPEDIA_DIR, ExportedSAE, Provenance, run_saes_dir
@@ -367,7 +367,7 @@ def write_neuronpedia(exported: Sequence[ExportedSAE], saes: dict[str, Path], ou
 
 
     cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
-                                       / "config.json").read_text()))
+                                       / CONFIG_NAME).read_text()))
     model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     written = []

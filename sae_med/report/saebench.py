@@ -29,6 +29,7 @@ from sae_med import __version__
 from sae_med.artifacts import write_json_atomic
 from sae_med.cache.activations import build_cache
 from sae_med.config import Config, config_from_dict
+from sae_med.layout import CONFIG_NAME
 from sae_med.lm.load import load_model
 from sae_med.report.exported import SAEBENCH_CFG as CFG_NAME
 from sae_med.report.exported import SAEBENCH_DIR, ExportedSAE, ExportError
@@ -396,7 +397,7 @@ def write_core_results(exported: Sequence[ExportedSAE], saes: dict[str, Path],
     rows = {(r["sae_id"], r["eval_corpus"]): r
             for r in json.loads(results.read_text()).get("rows", [])}
     cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
-                                       / "config.json").read_text()))
+                                       / CONFIG_NAME).read_text()))
     missing = [(e.provenance.sae_id, c) for e in exported for c in cfg.eval_corpora
                if (e.provenance.sae_id, c) not in rows]
     if missing:

@@ -61,6 +61,7 @@ from sae_med.config import Config
 from sae_med.layout import (
     CFG_FILENAME,
     CHECKPOINT_NAME,
+    CONFIG_NAME,
     METRICS_NAME,
     RUN_LOCK_NAME,
     sae_dirname,
@@ -382,35 +383,48 @@ def _save_saes(sw: _Sweep, steps: int, budget: int | None = None) -> None:
             "batch_seed": sw.order_seed, "steps": steps, "tokens": steps * bs,
             "run_key": sw.key, "input_scale": sw.norm.scale,
             **({"snapshot_tokens": budget} if budget is not None else {})})
-        write_json_atomic(out / "config.json", sw.cfg.to_dict())
+        write_json_atomic(out / CONFIG_NAME, sw.cfg.to_dict())
 
 
-def _saved_from(sae_dirs: Sequence[Path], key: str, steps: int) -> bool:
-    """Whether every SAE folder holds an SAE saved by run ``key`` after ``steps`` steps."""
-    for d in sae_dirs:
-        path = d / CFG_FILENAME
-        meta = json.loads(path.read_text()).get("metadata", {}) if path.exists() else {}
-        if (meta.get("run_key"), meta.get("steps")) != (key, steps):
-            return False
-    return True
+def saved_metadata(sae_dir: Path) -> dict[str, Any]:
+    """The metadata an SAE was saved with (``cfg.json``; {} when there is none)."""
+    path = sae_dir / CFG_FILENAME
+    return json.loads(path.read_text()).get("metadata", {}) if path.exists() else {}
 
 
 def _saved(sw: _Sweep, steps: int) -> bool:
     """Whether every SAE of the sweep is already saved from this run after ``steps``
-    steps (reusing a finished run then rewrites nothing)."""
-    return _saved_from([m.path.parent for m in sw.members], sw.key, steps)
+    steps (a finished run then rewrites nothing)."""
+    return all((meta.get("run_key"), meta.get("steps")) == (sw.key, steps)
+               for meta in map(saved_metadata, (m.path.parent for m in sw.members)))
+
+
+def finished_results(cfg: Config, source: BatchSource, out_dir: str | Path,
+                     train_corpus: str = "", replicate: int = 0) -> list[TrainResult] | None:
+    """The results of a finished sweep, read from its SAEs' metadata and metrics logs: no
+    checkpoint is opened and no file written. None unless every target was saved by this
+    run key after the last step."""
+    key, steps = run_key(cfg, source, train_corpus, replicate), total_steps(cfg.train)
+    results = []
+    for target in cfg.sae.l0_targets:
+        sae_dir = Path(out_dir) / sae_dirname(target)
+        meta = saved_metadata(sae_dir)
+        if (meta.get("run_key"), meta.get("steps")) != (key, steps):
+            return None
+        results.append(TrainResult(target, sae_dir, steps, steps * cfg.train.batch_size,
+                                   float(meta["input_scale"]),
+                                   last_metrics(sae_dir / METRICS_NAME), train_corpus,
+                                   replicate))
+    return results
 
 
 def sweep_finished(cfg: Config, source: BatchSource, out_dir: str | Path,
                    train_corpus: str = "", replicate: int = 0) -> bool:
-    """Whether :func:`train_saes` with these arguments would only reuse finished SAEs
-    (every target saved by this run key after the last step)."""
-    dirs = [Path(out_dir) / sae_dirname(t) for t in cfg.sae.l0_targets]
-    return _saved_from(dirs, run_key(cfg, source, train_corpus, replicate),
-                       total_steps(cfg.train))
+    """Whether :func:`train_saes` with ``resume`` would only reuse finished SAEs (every
+    target saved by this run key after the last step)."""
+    return finished_results(cfg, source, out_dir, train_corpus, replicate) is not None
 
 
-@_holding_run_lock
 def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
                progress: bool = True, d_model: int | None = None,
                init_saes: Sequence[JumpReLUSAE] | None = None, train_corpus: str = "",
@@ -423,7 +437,8 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         source: activation batches; batch ``k`` of ``iter_batches(batch_size,
             batch_seed(cfg.seed, replicate))`` is step ``k``.
         out_dir: run directory (see the module docstring for its layout).
-        resume: continue from ``out_dir/checkpoint.pt`` if present (same config required).
+        resume: continue from ``out_dir/checkpoint.pt`` if present (same config required);
+            a finished sweep is reused from its saved metadata (:func:`finished_results`).
         progress: show a tqdm bar.
         d_model: expected activation width; a mismatch with ``source.d_model`` is an error.
         init_saes: optional starting SAEs (raw-activation space, e.g. loaded with
@@ -438,15 +453,47 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         one :class:`TrainResult` per target, in ``cfg.sae.l0_targets`` order.
     """
     _check_inputs(cfg, source, d_model, init_saes)
-    tc, out_dir = cfg.train, Path(out_dir)
+    if resume and init_saes is None:
+        done = finished_results(cfg, source, out_dir, train_corpus, replicate)
+        if done is not None:
+            log.info("reusing the finished sweep in %s", out_dir)
+            return done
+    return _train(cfg, source, Path(out_dir), resume, progress, init_saes, train_corpus,
+                  replicate, retrain_other_run, bar_position)
+
+
+@_holding_run_lock
+def _train(cfg: Config, source: BatchSource, out_dir: Path, resume: bool, progress: bool,
+           init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str, replicate: int,
+           retrain_other_run: bool, bar_position: int) -> list[TrainResult]:
+    """:func:`train_saes` after its checks, holding the folder's lock."""
+    sw, start = _start(cfg, source, out_dir, resume, init_saes, train_corpus, replicate,
+                       retrain_other_run)
+    _run_steps(sw, start, progress, bar_position)
+    n_steps = total_steps(cfg.train)
+    if start < n_steps:  # a finished run's checkpoint is already this one
+        _checkpoint(sw, n_steps)
+    if runtime.is_main() and not _saved(sw, n_steps):
+        _save_saes(sw, n_steps)
+    runtime.barrier()  # the other ranks return only once rank 0's files are in place
+    return [TrainResult(m.target, m.path.parent, n_steps, n_steps * cfg.train.batch_size,
+                        sw.norm.scale, m.last or last_metrics(m.path), train_corpus,
+                        replicate) for m in sw.members]
+
+
+def _start(cfg: Config, source: BatchSource, out_dir: Path, resume: bool,
+           init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str, replicate: int,
+           retrain_other_run: bool) -> tuple[_Sweep, int]:
+    """The sweep set up in ``out_dir`` (fresh, or restored from its checkpoint) and the
+    step it starts from."""
+    tc = cfg.train
     policy = step_policy(tc)
     key = run_key(cfg, source, train_corpus, replicate)
     out_dir.mkdir(parents=True, exist_ok=True)
     if runtime.is_main():
-        write_json_atomic(out_dir / "config.json", cfg.to_dict())
+        write_json_atomic(out_dir / CONFIG_NAME, cfg.to_dict())
     state = starting_state(out_dir, key, policy.device, resume, retrain_other_run)
     runtime.barrier()  # every rank has read the checkpoint before rank 0 may replace it
-
     norm = (InputNorm(state["mean"].cpu(), state["scale"]) if state is not None else
             estimate_input_norm(source, tc.batch_size, tc.norm_batches,
                                 derived_seed(cfg.seed, "norm"), tc.center_inputs))
@@ -457,22 +504,17 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
     start = _restore(sw, state)
     for m in members if policy.compile else []:
         m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
+    _log_start(sw)
+    return sw, start
+
+
+def _log_start(sw: _Sweep) -> None:
+    tc, policy = sw.cfg.train, sw.policy
     kernel = tc.kernel if tc.kernel != "auto" else (
         "auto (sparse when L0 is low)" if policy.sparse_ok else "dense")
     ws = runtime.world_size()
     log.info("training %d SAEs (width %d, targets %s) for %d steps of %d on %s, %s kernel%s%s%s",
-             len(members), cfg.sae.width, list(cfg.sae.l0_targets), total_steps(tc),
+             len(sw.members), sw.cfg.sae.width, list(sw.cfg.sae.l0_targets), total_steps(tc),
              tc.batch_size, policy.device, kernel, ", bf16 autocast" if policy.bf16 else "",
              ", compiled" if policy.compile else "",
              f", data-parallel over {ws} ranks" if ws > 1 else "")
-
-    _run_steps(sw, start, progress, bar_position)
-    n_steps = total_steps(tc)
-    if start < n_steps:  # a finished run's checkpoint is already this one
-        _checkpoint(sw, n_steps)
-    if runtime.is_main() and not _saved(sw, n_steps):
-        _save_saes(sw, n_steps)
-    runtime.barrier()  # the other ranks return only once rank 0's files are in place
-    return [TrainResult(m.target, m.path.parent, n_steps, n_steps * tc.batch_size, norm.scale,
-                        m.last or last_metrics(m.path), train_corpus, replicate)
-            for m in members]
