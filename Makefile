@@ -31,7 +31,7 @@ bench: setup
 # Gemma-2, local files in the hub datasets' schemas, a Gemma Scope baseline; the test, then
 # the same through `sae-med run` (notebooks and book included) into runs/rehearse_paper
 rehearse-paper: setup
-	.venv/bin/pytest -q tests/test_rehearsal.py
+	.venv/bin/pytest -q tests/e2e/test_rehearsal.py
 	.venv/bin/python scripts/rehearse_paper.py
 
 # Put a built book on GitHub Pages: make publish REMOTE=git@github.com:you/sae-med.git

@@ -10,7 +10,7 @@ report which of them catch it (fail).
 The copy is the committed tree (``git archive HEAD``; ``--worktree`` copies the working
 tree's tracked files instead) in a temporary folder, run with this interpreter; the
 repository itself is never touched. First the unpatched copy must pass every selected test
-(all protections: ``tests/test_faults.py`` whole, whose fault table it keeps); then each
+(all protections: ``tests/e2e/test_faults.py`` whole, whose fault table it keeps); then each
 patch is applied alone (its text must occur exactly once, so a patch that no longer fits
 the code fails loudly instead of testing nothing), its tests run, and the file is
 restored. A protection counts as caught when pytest reports failing tests, not when it
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
-FAULTS = "tests/test_faults.py"
+FAULTS = "tests/e2e/test_faults.py"
 
 
 class Protection(NamedTuple):
@@ -80,7 +80,7 @@ PROTECTIONS = (
                "sae_med/train/sweep.py", "if dist.is_main() and not _saved(sw, n_steps):",
                "if dist.is_main() and start < n_steps:",
                (_faults("test_kill_after_the_final_checkpoint_before_the_saes_are_saved"),
-                "tests/test_train.py::test_reusing_a_finished_run_rewrites_nothing")),
+                "tests/train/test_sweep.py::test_reusing_a_finished_run_rewrites_nothing")),
     Protection("checkpoint-checksum", ("bit flip in checkpoint.pt",), "sae_med/train/sweep.py",
                "    elif file_sha256(path) not in record:", "    elif False:",
                (_faults("test_bit_flips_in_a_checkpoint_are_refused_naming_the_previous_one"),)),
@@ -154,7 +154,7 @@ PROTECTIONS = (
                                     "abuse: long prompts"), "sae_med/interpret/chat.py",
                "if stop is not None and stop():\n                raise GenerationStopped",
                "if False:\n                raise GenerationStopped",
-               ("tests/test_llm.py::test_stop_ends_a_long_prompt_between_chunks",)),
+               ("tests/interpret/test_chat.py::test_stop_ends_a_long_prompt_between_chunks",)),
     Protection("read-deadline", ("server: slow clients (one byte every 0.2 s)",
                                  "abuse: slow clients"), SERVER,
                "self.reader.deadline = time.monotonic() + limits.read_timeout_s",

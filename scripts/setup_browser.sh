@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent: install Debian's headless-capable Chromium for the book's browser test
-# (tests/test_book.py). Does nothing when /usr/bin/chromium is already there.
+# (tests/e2e/test_book.py). Does nothing when /usr/bin/chromium is already there.
 set -euo pipefail
 
 if [ -x /usr/bin/chromium ]; then

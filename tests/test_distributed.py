@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import synthetic_acts
-from test_train import tiny_config as train_tiny_config
+from tiny_train import synthetic_acts
+from tiny_train import tiny_config as train_tiny_config
 
 from sae_med import runtime
 from sae_med.config import Config

@@ -1,7 +1,7 @@
 """The commands the README and the book's "Using it" chapters document: every shell block
 is marked (run, or skipped with a reason), every sae-med command in them parses and names
 a config that loads, and (slow) the README's runnable blocks run at smoke size in a fresh
-checkout (book/new_domain.md's run in tests/test_new_domain.py)."""
+checkout (book/new_domain.md's run in tests/e2e/test_new_domain.py)."""
 
 from __future__ import annotations
 

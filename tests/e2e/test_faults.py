@@ -41,7 +41,7 @@ from sae_med.train.checkpoint import read_checkpoint
 from sae_med.train.records import TrainingError
 from sae_med.train.sweep import train_saes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 TABLE: dict[str, list[int]] = {}
 """fault -> [runs, survived, data lost]."""

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_train import synthetic_acts, tiny_config
 
 from sae_med.artifacts import derived_seed
 from sae_med.cache.batches import TensorBatchSource
-from sae_med.config import Config, SAEConfig, TrainConfig
+from sae_med.config import Config, TrainConfig
 from sae_med.layout import CHECKPOINT_NAME, snapshot_dir
 from sae_med.measure.metrics import fve
 from sae_med.sae.jumprelu import JumpReLUSAE
@@ -27,32 +28,11 @@ from sae_med.train.schedule import batch_seed, init_seed, lr_at, snapshot_steps,
 from sae_med.train.step import SweepMember, clip_grad_norm_, train_step
 from sae_med.train.sweep import InputNorm, estimate_input_norm, run_key, train_saes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # seeding comes from conftest's autouse fixture
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def synthetic_acts(n: int = 2048, d: int = 16, n_atoms: int = 64, k: int = 3,
-                   seed: int = 0) -> torch.Tensor:
-    """Sparse non-negative combinations of random unit directions, at a large raw norm."""
-    g = torch.Generator().manual_seed(seed)
-    atoms = torch.randn(n_atoms, d, generator=g)
-    atoms /= atoms.norm(dim=1, keepdim=True)
-    idx = torch.stack([torch.randperm(n_atoms, generator=g)[:k] for _ in range(n)])
-    mags = torch.rand(n, k, generator=g) + 0.5
-    codes = torch.zeros(n, n_atoms).scatter_(1, idx, mags)
-    return 300.0 * (codes @ atoms + 0.01 * torch.randn(n, d, generator=g))
-
-
-def tiny_config(**train: object) -> Config:
-    tc = dict(n_tokens=32 * 40, batch_size=32, lr=3e-3, lr_warmup_steps=5,
-              sparsity_warmup_steps=10, norm_batches=2, checkpoint_every=10, log_every=5,
-              device="cpu")
-    tc.update(train)
-    return Config(seed=3, sae=SAEConfig(width=64, l0_targets=(4.0, 8.0), bandwidth=0.01),
-                  train=TrainConfig(**tc))
 
 
 def test_schedules():

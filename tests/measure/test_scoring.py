@@ -524,7 +524,7 @@ def test_loss_recovered_agrees_with_sae_lens(model, cfg, saes):
     kl_abl = float(theirs["kl_div_with_ablation"][:, :-1].mean())
     # sae-lens takes an fp32 log-softmax of TransformerLens's logits: over 262k tokens that
     # is itself up to ~2e-4 nat off where the edit moves the distribution far (KLs of
-    # nats), where our log-sum-exp scoring is within 1e-5 of fp64 (tests/test_models.py)
+    # nats), where our log-sum-exp scoring is within 1e-5 of fp64 (tests/lm/test_model.py)
     assert s.ce_clean == pytest.approx(ce["ce_loss_without_sae"], abs=1e-4)
     assert s.ce_spliced == pytest.approx(ce["ce_loss_with_sae"], abs=1e-4)
     assert s.ce_zero == pytest.approx(ce["ce_loss_with_ablation"], abs=3e-4)

@@ -141,7 +141,7 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
     assert "each budget a run of its own" in text and "snapshots of" not in text
 
     # benchmarks/curve_table.py prints the scored run's tables (what RESULTS.md quotes)
-    script = Path(__file__).parents[1] / "benchmarks" / "curve_table.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "curve_table.py"
     capsys.readouterr()
     runpy.run_path(str(script))["main"](curve.run_path)
     out = capsys.readouterr().out

@@ -27,7 +27,7 @@ from sae_med.train.schedule import batch_seed
 from sae_med.train.sweep import train_saes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
