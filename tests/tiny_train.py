@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sae_med.config import Config
+from sae_med.config import Config, SAEConfig, TrainConfig
 
 
 def synthetic_acts(n: int = 2048, d: int = 16, n_atoms: int = 64, k: int = 3,
