@@ -156,7 +156,6 @@ def document_groups(corpus: str, doc_ids: Sequence[str], n_docs: int) -> Tensor:
     ``doc_ids`` (the cache's, by index) must be the corpus's: otherwise the groups would be
     another corpus version's."""
 
-
     docs = list(islice(iter_documents(corpus, "eval"), n_docs))
     if len(docs) < n_docs:
         raise ValueError(f"corpus {corpus}/eval has {len(docs)} documents, the evaluation "

@@ -64,7 +64,6 @@ def curve_tables(points: Sequence[CurvePoint]) -> CurveTables:
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-
     if not points:
         raise ValueError("a learning curve needs at least one budget")
     docs = [(read_results(p.results), p.tokens) for p in points]  # each file read once

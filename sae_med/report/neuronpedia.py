@@ -365,7 +365,6 @@ def write_neuronpedia(exported: Sequence[ExportedSAE], saes: dict[str, Path], ou
     windows from the eval split of the SAE's training corpus (else the first eval corpus)
     and its explanations from the run's autointerp, where it explained this SAE."""
 
-
     cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
                                        / CONFIG_NAME).read_text()))
     model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
@@ -419,7 +418,6 @@ def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: st
 
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
-
 
     saes = run_saes_dir(sae_dir)
     if saes is None or p.l0_target is None or (p.replicate or 0) != 0:

@@ -105,7 +105,6 @@ def gap_table_by_model(runs: Sequence[Any], first: str, second: str, metrics: Se
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-
     tables = {r.label: gap_table(oriented_gaps(r.comparisons.gaps, first, second), metrics,
                                  basis) for r in runs}
     tables = {m: t.loc[[first]] for m, t in tables.items()
@@ -250,7 +249,6 @@ def training_curves(results: Mapping[str, Sequence[Any]]) -> Any:
     ``train_corpus``, ``replicate``, ``l0_target`` and the ``metrics.jsonl`` fields."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
-
 
     frames = []
     for corpus, runs in results.items():

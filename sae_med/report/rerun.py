@@ -131,7 +131,6 @@ def pair_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
     # deferred: nbformat is needed only by the book build
     import nbformat
 
-
     kernel = ensure_kernel()
     out = []
     for source in list_notebooks(Path(notebooks_dir or PROJECT_ROOT / "notebooks")):
