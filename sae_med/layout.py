@@ -1,6 +1,7 @@
 """Every run-folder and file name sae-med writes, in one place.
 
 A run folder (``cfg.run_path`` = ``{output_dir}/{name}``)::
+
     config.json                      the resolved config
     saes/{corpus}/seed_{r}/          one training sweep per corpus and seed replicate
         config.json, checkpoint.pt, checkpoint.prev.pt, checkpoint.json, .train.lock

@@ -1,6 +1,7 @@
 """Cache residual-stream activations at one hook, sharded, hashed, resumable.
 
 Layout of one cache, ``{cache_dir}/activations/{key}/``::
+
     shard_00000.npy          (rows, d_model) float32, or uint16 holding bf16 bits
     shard_00000.tokens.npy   (rows, 3) int32: token id, document index, position
     shard_00000.json         rows, sha256 of both files, documents covered (written last)

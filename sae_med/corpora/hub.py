@@ -3,6 +3,7 @@
 ``clinical_qa`` is the paper's domain data: MedQA (train), MedMCQA (train), PubMedQA
 (``pqa_labeled`` train) and the MMLU college-medicine / clinical-knowledge /
 professional-medicine test splits, each item rendered by a pure ``render_*`` function:
+
     <question>
     The options are:
     A. <option>

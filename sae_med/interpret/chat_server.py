@@ -8,6 +8,7 @@ generated token (a final end-of-sequence token included, as vLLM does) its ``tok
 alternatives, from the model's raw next-token distribution. It lets the OpenAI backend
 (p_yes included) be tested offline against a real model, and serves the embedded SmolLM2
 to any OpenAI client::
+
     python -m sae_med.interpret.chat_server --port 8000     # then base_url=http://127.0.0.1:8000/v1
 
 One client cannot stall or exhaust it (see :class:`ServerLimits`): bodies, prompt

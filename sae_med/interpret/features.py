@@ -468,6 +468,7 @@ def absorption(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[dict
     sensation"); its positive documents are those of terms below it (e.g. "Ageusia"),
     never P's own. Documents are split in halves by id (as :func:`concept_alignment`).
     On the *selection* half:
+
     - the **parent latent** is the latent whose document max activation best separates
       P's documents (highest AUROC), with the F1-best threshold θ;
     - a latent is **specific to P** when it fires (document max > 0) on at least

@@ -1,0 +1,2 @@
+"""The language model: one owner of every forward (tokenisation, residual stream,
+unembedding) and its loader."""

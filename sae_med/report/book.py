@@ -4,6 +4,7 @@
 papermill with the config path, overrides and run name injected into its ``parameters``
 cell, assembles the book source in a build folder and runs ``jupyter-book build`` (1.x, with
 ``execute_notebooks: "off"``: the notebooks are already executed). Layout::
+
     {build_dir}/{run name}/             book source, assembled here (never committed)
         _config.yml, _toc.yml, book/*.md
         notebooks/NN_*.ipynb            executed notebooks

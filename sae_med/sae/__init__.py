@@ -1,0 +1,2 @@
+"""Sparse autoencoders: one file per architecture, their shared kernels, and interop with
+other tools."""

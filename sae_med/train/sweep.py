@@ -22,6 +22,7 @@ own initialisation (:func:`init_seed`), so replicate variance covers both.
 
 Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r`` of corpus
 ``c`` in ``saes/{c}/seed_{r}``)::
+
     config.json            resolved config of the run
     checkpoint.pt          latest atomic checkpoint (weights, Adam, step, RNG, scale)
     checkpoint.prev.pt     the one before it, kept until the new one is written and verified
