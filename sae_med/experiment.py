@@ -17,7 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,22 +47,21 @@ from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
 from sae_med.lm.weights import recorded_weights, warn_if_other_weights, weights_record
 from sae_med.measure.diagnose import Subject, diagnose_saes
-from sae_med.measure.results import SCHEMA_VERSION, ResultRow, load_comparisons, write_results
+from sae_med.measure.results import (
+    SCHEMA_VERSION,
+    ComparisonTables,
+    ResultRow,
+    load_comparisons,
+    write_results,
+)
 from sae_med.measure.scoring import ce_batches, compare_families, reconstruction_fn, score_saes
+from sae_med.report.claims import ModelRun, model_label
 from sae_med.report.learning_curve import CurvePoint, curve_budgets
 from sae_med.runtime import pick_device
 from sae_med.sae.io import load_any_sae, sae_format
 from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.train.records import TrainingError
 from sae_med.train.sweep import finished_results, train_saes
-
-if TYPE_CHECKING:
-    from sae_med.config import Config
-    from sae_med.measure.results import ComparisonTables
-from sae_med.report.claims import ModelRun, model_label
-
-if TYPE_CHECKING:
-    from sae_med.interpret.autointerp import RunScores
 
 log = logging.getLogger(__name__)
 

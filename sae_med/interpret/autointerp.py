@@ -302,13 +302,28 @@ class _Tally:
                              questions, concurrency(self.chat))
         return [self.record(g) for g in got]
 
-    def detect(self, questions: list[list[Message]], labels: list[bool]
-               ) -> tuple[Detection, float, int]:
-        """Answers scored against ``labels``, the p(yes) AUROC and its failed requests."""
-        det = self.answers(questions)
-        auroc, p_fails = p_yes_auroc(self.chat, questions, labels)
-        self.calls += len(questions)
-        return detection_metrics(labels, det), auroc, p_fails
+    def detect(self, questions: Questions) -> Detected:
+        """Answers scored against the labels, the p(yes) AUROC and its failed requests."""
+        answers = self.answers(questions.messages)
+        auroc, p_fails = p_yes_auroc(self.chat, questions.messages, questions.labels)
+        self.calls += len(questions.messages)
+        return Detected(detection_metrics(questions.labels, answers), auroc, p_fails)
+
+
+class Questions(NamedTuple):
+    """Yes/no questions to the scorer and the answer each should get."""
+
+    messages: list[list[Message]]
+    labels: list[bool]
+
+
+class Detected(NamedTuple):
+    """A set of questions scored."""
+
+    detection: Detection
+    auroc: float
+    """AUROC of p(yes) against the labels."""
+    p_failures: int
 
 
 def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
@@ -339,10 +354,11 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
                            n_p_failures=0)
     questions = [detection_messages(explanation, render_marked(w.tokens, set(), tokenizer))
                  for w in pos + neg]
-    det, det_auroc, p_fails = tally.detect(questions, [True] * len(pos) + [False] * len(neg))
+    det, det_auroc, p_fails = tally.detect(
+        Questions(questions, [True] * len(pos) + [False] * len(neg)))
     fuzz, fuzz_auroc = Detection(nan, nan, 0), nan
     if cfg.fuzzing and pos:
-        fuzz, fuzz_auroc, fuzz_p_fails = tally.detect(*_fuzz_questions(
+        fuzz, fuzz_auroc, fuzz_p_fails = tally.detect(_fuzz_questions(
             explanation, pos, tokenizer, derived_seed(cfg.seed, "fuzz", latent)))
         p_fails += fuzz_p_fails
     return LatentScore(**base, explanation=explanation, detection_auroc=det_auroc,
@@ -353,7 +369,7 @@ def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tok
 
 
 def _fuzz_questions(explanation: str, pos: Sequence[Window], tokenizer: Any, seed: int
-                    ) -> tuple[list[list[Message]], list[bool]]:
+                    ) -> Questions:
     """Each positive window twice: its top tokens marked (yes), then as many silent ones
     (no)."""
     gen = np.random.default_rng(seed)
@@ -363,7 +379,7 @@ def _fuzz_questions(explanation: str, pos: Sequence[Window], tokenizer: Any, see
         questions += [fuzzing_messages(explanation, render_marked(w.tokens, marks, tokenizer))
                       for marks in (right, wrong)]
         labels += [True, False]
-    return questions, labels
+    return Questions(questions, labels)
 
 
 def interpret_sae(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer,

@@ -510,8 +510,14 @@ ABSORPTION_COLUMNS = ["parent", "parent_latent", "parent_auroc", "threshold", "n
                       "miss_rate", "absorption_rate", "n_specific", "absorbers"]
 
 
+class _Parents(NamedTuple):
+    names: list[str]
+    positives: np.ndarray
+    """(docs, parents) bool: the documents below each parent."""
+
+
 def _parents_with_docs(doc_labels: Sequence[dict], key: str, half: np.ndarray,
-                       min_docs: int) -> tuple[list[str], np.ndarray]:
+                       min_docs: int) -> _Parents:
     """The parents with ``min_docs`` positive documents in each half, and their positive
     documents as a (docs, parents) boolean matrix."""
     parents: dict[str, list[int]] = defaultdict(list)
@@ -525,7 +531,8 @@ def _parents_with_docs(doc_labels: Sequence[dict], key: str, half: np.ndarray,
         if (y & (half == 0)).sum() >= min_docs and (y & (half == 1)).sum() >= min_docs:
             names.append(name)
             cols.append(y)
-    return names, (np.stack(cols, 1) if cols else np.zeros((len(doc_labels), 0), bool))
+    return _Parents(names, np.stack(cols, 1) if cols
+                    else np.zeros((len(doc_labels), 0), bool))
 
 
 def _held_out_misses(scores: np.ndarray, pos: np.ndarray, sel: np.ndarray, held: np.ndarray,

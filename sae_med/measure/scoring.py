@@ -310,9 +310,17 @@ def _check_scoring_inputs(cfg: Config, cache: ActivationCache,
             raise ValueError(f"meta[{sae_id!r}] uses reserved row keys {clash}")
 
 
+class SplicedCE(NamedTuple):
+    """Per-document spliced-CE sums of every variant on one corpus's CE documents."""
+
+    ce_ids: Tensor
+    """The eval document index of each CE row (in token-length order)."""
+    doc_ce: dict[str, list[DocCE]]
+    """Variant (SAE id, or the mean ablation) -> its per-batch document sums."""
+
+
 def _spliced_ce(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
-                eval_corpus: str, stats: CacheStats, progress: bool
-                ) -> tuple[Tensor, dict[str, list[DocCE]]]:
+                eval_corpus: str, stats: CacheStats, progress: bool) -> SplicedCE:
     """(b) the spliced loss of every SAE and of the mean ablation on the CE documents,
     batch-outer so the clean and zero passes are shared by all SAEs: the CE rows' eval
     document indices and each variant's per-document sums."""
@@ -327,7 +335,7 @@ def _spliced_ce(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Conf
     # CE rows come in token-length order: each keeps its document's eval index, so its
     # resample count (and group) is its document's, as in the cache
     ce_ids = torch.tensor([i for idx, _ in packed for i in idx], dtype=torch.long)
-    return ce_ids, doc_ce
+    return SplicedCE(ce_ids, doc_ce)
 
 
 class _Shared(NamedTuple):

@@ -217,6 +217,8 @@ class _Sweep:
     """Whether the SAEs started from the paper's init (their metadata names its seed)."""
     saved_step: int | None = None
     """Step of the last checkpoint known to be on disk (None: none yet)."""
+    start: int = 0
+    """The step this process starts from (a resumed checkpoint's, else 0)."""
 
     @property
     def order_seed(self) -> int:
@@ -468,11 +470,11 @@ def _train(cfg: Config, source: BatchSource, out_dir: Path, resume: bool, progre
            init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str, replicate: int,
            retrain_other_run: bool, bar_position: int) -> list[TrainResult]:
     """:func:`train_saes` after its checks, holding the folder's lock."""
-    sw, start = _start(cfg, source, out_dir, resume, init_saes, train_corpus, replicate,
-                       retrain_other_run)
-    _run_steps(sw, start, progress, bar_position)
+    sw = _start(cfg, source, out_dir, resume, init_saes, train_corpus, replicate,
+                retrain_other_run)
+    _run_steps(sw, sw.start, progress, bar_position)
     n_steps = total_steps(cfg.train)
-    if start < n_steps:  # a finished run's checkpoint is already this one
+    if sw.start < n_steps:  # a finished run's checkpoint is already this one
         _checkpoint(sw, n_steps)
     if runtime.is_main() and not _saved(sw, n_steps):
         _save_saes(sw, n_steps)
@@ -484,9 +486,8 @@ def _train(cfg: Config, source: BatchSource, out_dir: Path, resume: bool, progre
 
 def _start(cfg: Config, source: BatchSource, out_dir: Path, resume: bool,
            init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str, replicate: int,
-           retrain_other_run: bool) -> tuple[_Sweep, int]:
-    """The sweep set up in ``out_dir`` (fresh, or restored from its checkpoint) and the
-    step it starts from."""
+           retrain_other_run: bool) -> _Sweep:
+    """The sweep set up in ``out_dir``: fresh, or restored from its checkpoint."""
     tc = cfg.train
     policy = step_policy(tc)
     key = run_key(cfg, source, train_corpus, replicate)
@@ -502,11 +503,11 @@ def _start(cfg: Config, source: BatchSource, out_dir: Path, resume: bool,
                            train_corpus, replicate)
     sw = _Sweep(cfg, source, out_dir, key, train_corpus, replicate, norm, policy, members,
                 paper_init=init_saes is None)
-    start = _restore(sw, state)
+    sw.start = _restore(sw, state)
     for m in members if policy.compile else []:
         m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
     _log_start(sw)
-    return sw, start
+    return sw
 
 
 def _log_start(sw: _Sweep) -> None:
