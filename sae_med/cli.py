@@ -95,8 +95,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_corpora(args: argparse.Namespace) -> int:
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.corpora.registry import corpus_info, corpus_stats, list_corpora
 
     cfg = _load(args)
@@ -107,19 +106,16 @@ def cmd_corpora(args: argparse.Namespace) -> int:
         return _print_leakage(args.corpus)
     tokenizer = None
     if not args.no_tokens:
-        # deferred: a subcommand imports only what it runs (torch, transformers
-        # and the model stack take seconds to import)
+        # deferred: only this subcommand needs it (torch and the model stack load slowly)
         from sae_med.lm.files import EMBEDDED, embedded_model_dir
 
         if cfg.model.name == EMBEDDED:
-            # deferred: a subcommand imports only what it runs (torch, transformers
-            # and the model stack take seconds to import)
+            # deferred: only this subcommand needs it (torch and the model stack load slowly)
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(cfg.cache_path)[0]))
         else:
-            # deferred: a subcommand imports only what it runs (torch, transformers
-            # and the model stack take seconds to import)
+            # deferred: only this subcommand needs it (torch and the model stack load slowly)
             from sae_med.lm.load import load_model
 
             tokenizer = load_model(cfg.model.name, "cpu", cfg.cache_path).tokenizer
@@ -141,8 +137,7 @@ def cmd_corpora(args: argparse.Namespace) -> int:
 
 
 def _print_leakage(names: list[str]) -> int:
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.corpora.leakage import corpus_leakage, offline_leakage
 
     print(f"{'corpus':<10} {'train docs':>10} {'eval docs':>9} {'exact in train':>14} "
@@ -156,8 +151,7 @@ def _print_leakage(names: list[str]) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Fetch/parse the embedded corpora and cache the embedded model (idempotent)."""
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.corpora.embedded import DEBIAN_PACKAGES, debian_dir
     from sae_med.corpora.registry import prepare_embedded
     from sae_med.lm.files import EMBEDDED, embedded_model_dir
@@ -179,8 +173,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import stage_cache
 
     cfg = _load(args)
@@ -196,8 +189,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import stage_train
 
     cfg = _load(args)
@@ -213,16 +205,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The run's own SAEs (stage_evaluate), or the SAEs given with --sae (any format)."""
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import stage_evaluate
 
     cfg = _load(args)
     if not args.sae:
         print(f"results={stage_evaluate(cfg)}")
         return 0
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import evaluate_paths
     from sae_med.sae.jumprelu import SAECheckpointError
 
@@ -240,8 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import run_experiment
 
     print(f"results={run_experiment(_load(args))}")
@@ -251,8 +240,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_learning_curve(args: argparse.Namespace) -> int:
     """The config's learning curve (its ``learning_curve`` section): the long runs with
     their snapshots, each budget scored; one line per budget, then the verdicts."""
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import stage_learning_curve
     from sae_med.report.learning_curve import claim_trends, curve_summary, curve_tables
     from sae_med.report.notebook import domain_pair
@@ -275,8 +263,7 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
     """Explain and score each SAE at the middle target L0 with the configured LLM
     (detection AUROC of p(yes), accuracy and F1 per latent; see
     :mod:`sae_med.interpret.autointerp`)."""
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import stage_autointerp
     from sae_med.interpret.autointerp import write_run_scores
 
@@ -286,8 +273,7 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.report.book import build_book
 
     print(f"book={build_book(args.config, list(args.overrides))}")
@@ -296,8 +282,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 def cmd_notebook(args: argparse.Namespace) -> int:
     """Execute one notebook through papermill with the config (and -p parameters)."""
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.report.rerun import parse_parameter, run_notebook
 
     extra = {name: parse_parameter(value) for name, value in args.param}
@@ -350,8 +335,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's SAEs (or one SAE) with a model card; optionally push them to the hub."""
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.report.export import export_saes, push_to_hub, stage_for_hub
     from sae_med.report.exported import ExportError
 
@@ -399,8 +383,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Commit the built book's HTML to a branch of a git remote (GitHub Pages)."""
-    # deferred: a subcommand imports only what it runs (torch, transformers
-    # and the model stack take seconds to import)
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.report.publish import PublishError, publish_html
 
     try:
@@ -511,8 +494,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per rank
-        # deferred: a subcommand imports only what it runs (torch, transformers
-        # and the model stack take seconds to import)
+        # deferred: only this subcommand needs it (torch and the model stack load slowly)
         from sae_med.runtime import init_from_env
 
         init_from_env()
