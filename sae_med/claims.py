@@ -62,6 +62,31 @@ SENSITIVITY_CHECKS = (
 """Checks of a claim under another choice (here: which tokens count), added after the
 data were seen, so they can qualify a claim's verdict but never add to the claims
 supported."""
+DID_CLAIMS = tuple(
+    Claim(f"did_{key}", f"The domain SAE's home advantage exceeds the broad SAE's "
+          f"(difference-in-differences): {name}", metric, sign, matched)
+    for key, name, metric, sign, matched in (
+        ("fve_typical", "typical-token FVE", "fve_typical", 1, False),
+        ("fve", "FVE", "fve", 1, False),
+        ("delta_ce", "ΔCE", "delta_ce", -1, True),
+        ("loss", "loss recovered", "loss_recovered", 1, True),
+        ("dark_matter", "R²(e)", "dark_matter.r2_error_mean", -1, True)))
+"""Issue 30's question, declared before the run that judges it: is the domain SAE's win at
+home larger than the broad SAE's win at home? Judged from the ``did`` contrasts
+(:class:`~sae_med.compare.Contrast`): (domain − broad SAE on domain text) − (broad − domain
+SAE on broad text), at every target L0 and, for metrics that depend on fidelity, at every
+pair of matched-FVE grid points of equal rank. Pure distribution shift predicts equal home
+advantages (a difference of 0); the capacity thesis predicts the domain's is larger."""
+HOME_EXCESS_CLAIMS = tuple(
+    Claim(f"home_excess_{key}", f"The domain's home advantage over the broad SAE exceeds a "
+          f"placebo domain's: {name}", metric, sign, matched)
+    for key, name, metric, sign, matched in (
+        ("fve_typical", "typical-token FVE", "fve_typical", 1, False),
+        ("delta_ce", "ΔCE", "delta_ce", -1, True)))
+"""Judged per placebo domain (another narrow definition corpus, ``configs/domains.yaml``)
+from the ``home_excess`` contrasts: (domain − broad on domain text) − (placebo − broad on
+placebo text). If medicine is special, its home advantage exceeds a placebo's; if any
+narrow genre wins at home as much, the advantage is home field."""
 CONCEPT_CLAIM = "Its latents read as clinical concepts (autointerp detection AUROC)"
 DCE_BAR_NATS = 1.0
 """Issue 12's quality bar: on the default config the domain SAE's ΔCE on held-out domain
@@ -107,10 +132,11 @@ def judged(v: Verdict, families: Any, domain: str) -> Verdict:
 
 def claim(key: str) -> Claim:
     """The claim or sensitivity check named ``key``; an error lists the valid keys."""
-    for c in (*CLAIMS, *SENSITIVITY_CHECKS):
+    claims = (*CLAIMS, *DID_CLAIMS, *HOME_EXCESS_CLAIMS)
+    for c in (*claims, *SENSITIVITY_CHECKS):
         if c.key == key:
             return c
-    raise KeyError(f"unknown claim {key!r}; valid claims: {', '.join(c.key for c in CLAIMS)}; "
+    raise KeyError(f"unknown claim {key!r}; valid claims: {', '.join(c.key for c in claims)}; "
                    f"sensitivity checks: {', '.join(c.key for c in SENSITIVITY_CHECKS)}")
 
 
@@ -143,6 +169,23 @@ def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
     flip = gaps[(gaps.train_corpus == second) & (gaps.versus == first)].copy()
     flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
     flip["train_corpus"], flip["versus"] = first, second
+    return pd.concat([same, flip], ignore_index=True)
+
+
+def oriented_contrasts(contrasts: Any, kind: str, first: str, second: str) -> Any:
+    """The contrast rows of ``kind`` as ``first`` versus ``second`` (rows stored the other
+    way round are negated, their interval flipped: both kinds are antisymmetric)."""
+    import pandas as pd
+
+    if contrasts is None or contrasts.empty:
+        return pd.DataFrame(columns=["kind", "first", "second", "reference", "metric",
+                                     "basis", "l0_target", "fve", "grid_point", "value",
+                                     "low", "high"])
+    sel = contrasts[contrasts.kind == kind]
+    same = sel[(sel["first"] == first) & (sel["second"] == second)].copy()
+    flip = sel[(sel["first"] == second) & (sel["second"] == first)].copy()
+    flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
+    flip["first"], flip["second"] = first, second
     return pd.concat([same, flip], ignore_index=True)
 
 
@@ -206,6 +249,38 @@ def claim_verdict(comparisons: ComparisonTables, key: str, domain: str, broad: s
     at_fve = gap_intervals(ours, c.metric, domain, "fve") if c.matched_fve else None
     return judged(verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign),
                   comparisons.families, domain)
+
+
+def _contrast_verdict(comparisons: ComparisonTables, c: Claim, kind: str, first: str,
+                      second: str, domain: str) -> Verdict:
+    rows = oriented_contrasts(comparisons.contrasts, kind, first, second)
+    rows = rows[rows.metric == c.metric]
+    at_l0 = row_intervals(rows[rows.basis == "l0_target"].sort_values("l0_target"))
+    at_fve = (row_intervals(rows[rows.basis == "fve"].sort_values("grid_point"))
+              if c.matched_fve else None)
+    return judged(verdict(at_l0, at_fve, sign=c.sign), comparisons.families, domain)
+
+
+def contrast_verdict(comparisons: ComparisonTables, key: str, domain: str, broad: str
+                     ) -> Verdict:
+    """The verdict on a :data:`DID_CLAIMS` claim: its difference-in-differences excludes 0
+    on the claimed side at every target L0 (and every matched-FVE rank where the claim asks
+    for it); not judged when the domain SAEs fail the quality bar."""
+    return _contrast_verdict(comparisons, claim(key), "did", domain, broad, domain)
+
+
+def placebo_verdict(comparisons: ComparisonTables, key: str, domain: str, placebo: str,
+                    broad: str) -> Verdict:
+    """The verdict on a :data:`HOME_EXCESS_CLAIMS` claim for one placebo domain: the
+    domain's home advantage over ``broad`` minus the placebo's excludes 0 on the claimed
+    side at every target L0 (and matched-FVE rank where asked)."""
+    rows = comparisons.contrasts
+    if rows is not None and not rows.empty:
+        refs = set(rows[rows.kind == "home_excess"].reference)
+        if refs and broad not in refs:
+            raise ValueError(f"home advantages in this run are over {sorted(refs)}, "
+                             f"not {broad!r}")
+    return _contrast_verdict(comparisons, claim(key), "home_excess", domain, placebo, domain)
 
 
 def concept_verdict(scores: Mapping[str, Any], families: Any, domain: str, broad: str,

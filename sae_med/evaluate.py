@@ -40,9 +40,10 @@ groups) are computed from those draws by :func:`compare_families`.
 The results file (``results.json``, :func:`write_results`, schema :data:`SCHEMA_VERSION`)
 holds the config, software versions, the model's exact weights (``weights``, a
 :class:`~sae_med.weights.WeightsRecord`), one :class:`ResultRow` per (SAE, eval corpus) and
-the family means, gaps and steps of :mod:`sae_med.compare`; ``results.csv`` beside it is the
-tidy table of :func:`tidy_results` followed by the family, gap and step rows
-(``row_type``).
+the family means, gaps, steps and contrasts of :mod:`sae_med.compare` (contrasts: home
+advantages compared across eval corpora, :func:`~sae_med.compare.contrasts`);
+``results.csv`` beside it is the tidy table of :func:`tidy_results` followed by the family,
+gap, step and contrast rows (``row_type``).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ from sae_med.bootstrap import (
     percentile_interval,
     statistic_draws,
 )
-from sae_med.compare import Comparison, SaeDraws, compare
+from sae_med.compare import Comparison, Contrast, SaeDraws, compare, contrasts
 from sae_med.config import Config
 from sae_med.dark_matter import DarkMatterFit, DarkMatterResult, is_train_doc
 from sae_med.dark_matter import scores as dm_scores
@@ -97,7 +98,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
 """A run's results file (``results.csv`` beside it), under ``cfg.run_path``."""
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Version of ``results.json`` (5 resampled documents, not their groups, and counted no
 dropped matched-FVE replicates; 4 had no steps between target L0s; 3 had no fve_typical;
 2 had no seed replicates, family means or gaps; 1 had no dark-matter intervals)."""
@@ -474,8 +475,10 @@ def compare_families(scored: ScoredCorpus, cfg: Config, eval_corpus: str) -> Com
                      int(r.meta.get("replicate") or 0), scored.draws[r.sae_id])
             for r in scored.rows if r.meta.get("train_corpus") in cfg.train_corpora
             and r.meta.get("l0_target") is not None]
-    return compare(saes, eval_corpus, cfg.train_corpora,
-                   derived_seed(cfg.seed, "seeds", eval_corpus), LEVEL)
+    # one seed for every eval corpus: a training corpus's seed draws are then the same on
+    # each text, so contrasts across texts count its seed variance once
+    return compare(saes, eval_corpus, cfg.train_corpora, derived_seed(cfg.seed, "seeds"),
+                   LEVEL)
 
 
 # --------------------------------------------------------------------------------------
@@ -539,12 +542,13 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
 
 def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, path: str | Path,
                   comparisons: Sequence[Comparison] = (),
-                  extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``rows`` and the ``comparisons`` (family means, gaps and steps) as the results
-    JSON (schema in the module docstring) and the tidy CSV beside it (same stem, ``.csv``:
-    the :func:`tidy_results` rows, then the family, gap and step rows, told apart by
-    ``row_type``), both atomically; ``extra`` keys are added to the JSON's top level.
-    Returns the JSON path."""
+                  extra: Mapping[str, Any] | None = None,
+                  contrast_rows: Sequence[Contrast] = ()) -> Path:
+    """Write ``rows``, the ``comparisons`` (family means, gaps and steps) and the
+    ``contrast_rows`` as the results JSON (schema in the module docstring) and the tidy CSV
+    beside it (same stem, ``.csv``: the :func:`tidy_results` rows, then the family, gap,
+    step and contrast rows, told apart by ``row_type``), both atomically; ``extra`` keys
+    are added to the JSON's top level. Returns the JSON path."""
     import pandas as pd
 
     path = Path(path)
@@ -552,6 +556,7 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
     families = [f.to_dict() for c in comparisons for f in c.families]
     gaps = [g.to_dict() for c in comparisons for g in c.gaps]
     steps = [s.to_dict() for c in comparisons for s in c.steps]
+    contrast_dicts = [c.to_dict() for c in contrast_rows]
     from sae_med.weights import weights_record
 
     doc = {"schema_version": SCHEMA_VERSION,
@@ -559,10 +564,10 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
            "config": cfg.to_dict(), "software": software_versions(), "seed": cfg.seed,
            "weights": weights_record(cfg.model.name).to_dict(),
            "rows": list(rows), "families": families, "gaps": gaps, "steps": steps,
-           **(extra or {})}
+           "contrasts": contrast_dicts, **(extra or {})}
     write_json_atomic(path, doc)
     extra = [{**r, "seed_values": json.dumps(r["seed_values"])} if "seed_values" in r else r
-             for r in families + gaps + steps]
+             for r in families + gaps + steps + contrast_dicts]
     table = pd.concat([tidy_results(rows), pd.DataFrame.from_records(extra)],
                       ignore_index=True) if extra else tidy_results(rows)
     with atomic_path(path.with_suffix(".csv")) as tmp:
@@ -584,17 +589,21 @@ def load_results(path: str | Path) -> Any:
 
 
 class ComparisonTables(NamedTuple):
-    """The family, gap and step rows of a results JSON as DataFrames (columns: the keys of
-    :meth:`~sae_med.compare.FamilyScore.to_dict`, :meth:`~sae_med.compare.Gap.to_dict` and
-    :meth:`~sae_med.compare.Step.to_dict`)."""
+    """The family, gap, step and contrast rows of a results JSON as DataFrames (columns: the
+    keys of :meth:`~sae_med.compare.FamilyScore.to_dict`,
+    :meth:`~sae_med.compare.Gap.to_dict`, :meth:`~sae_med.compare.Step.to_dict` and
+    :meth:`~sae_med.compare.Contrast.to_dict`)."""
 
     families: Any
     gaps: Any
     steps: Any
+    contrasts: Any = None
+    """None where a caller builds tables without contrasts (an empty frame when read)."""
 
 
 def load_comparisons(path: str | Path) -> ComparisonTables:
-    """Across-seed family means, paired gaps and steps of a results JSON (for notebooks)."""
+    """Across-seed family means, paired gaps, steps and contrasts of a results JSON (for
+    notebooks)."""
     return comparison_tables(read_results(path))
 
 
@@ -604,7 +613,7 @@ def comparison_tables(doc: Mapping[str, Any]) -> ComparisonTables:
 
     frames = []
     for key in ComparisonTables._fields:
-        df = pd.DataFrame.from_records(doc[key])
+        df = pd.DataFrame.from_records(doc.get(key, []))
         for c in ("value", "low", "high"):
             if c in df:
                 df[c] = df[c].astype(float)
@@ -696,14 +705,16 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     for i, spec in zip(ids, specs, strict=True):
         warn_if_other_weights(i, recorded_weights(spec), weights)
     rows: list[ResultRow] = []
-    comparisons = []
+    by_eval: dict[str, Comparison] = {}
     for corpus in corpora:
         cache = (caches or {}).get(corpus) or build_cache(
             model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens, progress=progress)
         scored = score_saes(saes, model, cfg, corpus, cache, meta, progress)
         rows += scored.rows
-        comparisons.append(compare_families(scored, cfg, corpus))
-    return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME, comparisons,
+        by_eval[corpus] = compare_families(scored, cfg, corpus)
+    return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME,
+                         list(by_eval.values()),
                          {**(extra or {}), "weights": weights.to_dict(),
                           # the forwards' dtype and why (model.dtype auto varies by machine)
-                          "model_dtype": model.dtype_choice._asdict()})
+                          "model_dtype": model.dtype_choice._asdict()},
+                         contrasts(by_eval, cfg.train_corpora))

@@ -7,14 +7,18 @@ from sae_med.claims import (
     CLAIMS,
     CONCEPT_CLAIM,
     DCE_BAR_NATS,
+    DID_CLAIMS,
+    HOME_EXCESS_CLAIMS,
     SENSITIVITY_CHECKS,
     ModelRun,
     bar_dce,
     claim,
     claim_verdict,
     concept_verdict,
+    contrast_verdict,
     dropped_sentence,
     l0_trend,
+    placebo_verdict,
     replication_sentence,
     step_intervals,
     support_count,
@@ -69,8 +73,8 @@ def test_claim_verdicts_on_known_gaps():
         "supported at the same L0; no common FVE range")
     # no rows at all is never a success
     assert claim_verdict(tables(GOOD[2:]), "fve", "medical", "broad") == "not supported"
-    with pytest.raises(KeyError, match="valid claims: fve, loss, dark_matter; sensitivity "
-                       "checks: fve_typical"):
+    with pytest.raises(KeyError, match="valid claims: fve, loss, dark_matter, did_fve_typical"
+                       ".*home_excess_delta_ce; sensitivity checks: fve_typical"):
         claim("concepts")
     assert [c.sign for c in CLAIMS] == [1, 1, -1]
 
@@ -215,3 +219,51 @@ def test_a_sensitivity_check_is_never_counted_as_a_claim():
     assert str(support_count(verdicts)) == "2 of 3 claims supported"
     assert claim_verdict(tables(GOOD + [gap("fve_typical", 0.1, 0.05, 0.15)]),
                          "fve_typical", "medical", "broad") == "supported"  # still judged
+
+
+def contrast(kind, metric, value, low, high, basis="l0_target", rank=0, first="medical",
+             second="broad", reference=None):
+    """One contrast row as results.json stores it."""
+    return {"row_type": "contrast", "kind": kind, "first": first, "second": second,
+            "reference": reference, "metric": metric, "basis": basis,
+            "l0_target": 20.0 * (rank + 1) if basis == "l0_target" else None,
+            "fve": 0.7 if basis == "fve" else None, "grid_point": rank if basis == "fve"
+            else None, "value": value, "low": low, "high": high}
+
+
+def with_contrasts(rows):
+    return ComparisonTables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(rows))
+
+
+def test_did_verdicts_on_known_contrasts():
+    """Declared before the run: every target L0 (and matched-FVE rank, for fidelity-dependent
+    metrics) must exclude 0 on the claimed side; a pair stored the other way is negated."""
+    keys = {c.metric: c.key for c in DID_CLAIMS}
+    rows = [contrast("did", "fve_typical", 0.02, 0.01, 0.03),
+            contrast("did", "fve_typical", 0.02, -0.01, 0.05, rank=1),
+            # stored broad-versus-medical: medical's ΔCE home advantage is the larger (-)
+            contrast("did", "delta_ce", 0.3, 0.1, 0.5, first="broad", second="medical"),
+            contrast("did", "delta_ce", 0.2, 0.1, 0.3, basis="fve", first="broad",
+                     second="medical"),
+            contrast("did", "loss_recovered", 0.1, 0.05, 0.2),
+            contrast("did", "loss_recovered", 0.0, -0.1, 0.1, basis="fve")]
+    t = with_contrasts(rows)
+    assert contrast_verdict(t, keys["fve_typical"], "medical", "broad") == "not supported"
+    assert contrast_verdict(t, keys["delta_ce"], "medical", "broad") == "supported"
+    assert contrast_verdict(t, keys["loss_recovered"], "medical", "broad") \
+        == "not separable from FVE"
+    assert contrast_verdict(t, keys["fve"], "medical", "broad") == "not supported"  # no rows
+    assert contrast_verdict(tables(GOOD), keys["fve"], "medical", "broad") == "not supported"
+
+
+def test_placebo_verdicts_need_the_runs_reference():
+    key = next(c.key for c in HOME_EXCESS_CLAIMS if c.metric == "fve_typical")
+    t = with_contrasts([contrast("home_excess", "fve_typical", 0.05, 0.02, 0.08,
+                                 second="go", reference="broad"),
+                        contrast("home_excess", "fve_typical", -0.01, -0.03, 0.01,
+                                 second="foldoc", reference="broad")])
+    assert placebo_verdict(t, key, "medical", "go", "broad") == "supported"
+    assert placebo_verdict(t, key, "medical", "foldoc", "broad") == "not supported"
+    with pytest.raises(ValueError, match="over \\['broad'\\]"):
+        placebo_verdict(t, key, "medical", "go", "wordnet")
+    assert all(claim(c.key).is_claim for c in (*DID_CLAIMS, *HOME_EXCESS_CLAIMS))
