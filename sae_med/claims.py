@@ -10,9 +10,12 @@ tidy ``gaps`` and ``steps`` frames of :func:`sae_med.evaluate.load_comparisons`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import ast
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sae_med.artifacts import stable_hash
 from sae_med.bootstrap import Interval
 from sae_med.compare import (
     NOT_JUDGED,
@@ -41,6 +44,10 @@ class Claim(NamedTuple):
     sensitivity_of: str | None = None
     """For a sensitivity check, the key of the claim it re-runs another way: judged like
     a claim and shown, never counted as one."""
+    version: int = 1
+    """The version of the claim's rule (:func:`rule_fingerprint`): a rule changed after
+    data were seen must say so by a new version (``tests/frozen_rules.json`` records every
+    version's fingerprint, and a test fails on a change without one)."""
 
     @property
     def is_claim(self) -> bool:
@@ -400,3 +407,40 @@ def gaps_by_model(runs: Sequence[ModelRun], domain: str, broad: str) -> Any:
 
     return pd.concat([oriented_gaps(r.comparisons.gaps, domain, broad).assign(model=r.label)
                       for r in runs], ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------
+# Rules frozen by version
+# --------------------------------------------------------------------------------------
+
+def all_claims() -> tuple[Claim, ...]:
+    """Every claim and sensitivity check with a rule (:func:`rule_fingerprint`)."""
+    return (*CLAIMS, *SENSITIVITY_CHECKS, *DID_CLAIMS, *HOME_EXCESS_CLAIMS)
+
+
+def _code(fn: Callable[..., Any]) -> str:
+    """A function's code without its docstring, comments or layout: what it does."""
+    node = ast.parse(inspect.getsource(fn).strip()).body[0]
+    body = node.body  # type: ignore[attr-defined]
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return ast.unparse(node)
+
+
+def _judges(c: Claim) -> tuple[Callable[..., Any], ...]:
+    """The functions that turn a run's rows into ``c``'s verdict."""
+    shared = (verdict, judged, meets_quality_bar, bar_dce, row_intervals)
+    if c in DID_CLAIMS:
+        return (*shared, contrast_verdict, _contrast_verdict, oriented_contrasts)
+    if c in HOME_EXCESS_CLAIMS:
+        return (*shared, placebo_verdict, _contrast_verdict, oriented_contrasts)
+    return (*shared, claim_verdict, oriented_gaps, gap_intervals)
+
+
+def rule_fingerprint(c: Claim) -> str:
+    """A hash of everything that decides ``c``'s verdict: its metric, sign and matched-FVE
+    flag, the quality bar, and the code of the functions that judge it (not its wording,
+    not its version)."""
+    fields = {k: v for k, v in c._asdict().items() if k not in ("text", "version")}
+    return stable_hash({"claim": fields, "bar_nats": DCE_BAR_NATS,
+                        "code": [_code(f) for f in _judges(c)]})

@@ -1,5 +1,8 @@
 """The paper's claims as verdicts per model, and whether they replicate across models."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -10,7 +13,9 @@ from sae_med.claims import (
     DID_CLAIMS,
     HOME_EXCESS_CLAIMS,
     SENSITIVITY_CHECKS,
+    Claim,
     ModelRun,
+    all_claims,
     bar_dce,
     claim,
     claim_verdict,
@@ -20,6 +25,7 @@ from sae_med.claims import (
     l0_trend,
     placebo_verdict,
     replication_sentence,
+    rule_fingerprint,
     step_intervals,
     support_count,
     verdict_table,
@@ -267,3 +273,43 @@ def test_placebo_verdicts_need_the_runs_reference():
     with pytest.raises(ValueError, match="over \\['broad'\\]"):
         placebo_verdict(t, key, "medical", "go", "wordnet")
     assert all(claim(c.key).is_claim for c in (*DID_CLAIMS, *HOME_EXCESS_CLAIMS))
+
+
+FROZEN = Path(__file__).with_name("frozen_rules.json")
+
+
+def test_no_claim_rule_changes_without_a_new_version():
+    """Every claim's rule (metric, sign, matched-FVE flag, quality bar, the code that judges
+    it) is recorded per version; changing one means a new ``Claim.version`` and a new line
+    in tests/frozen_rules.json, never an edit of a recorded one."""
+    recorded = json.loads(FROZEN.read_text())
+    for c in all_claims():
+        got = rule_fingerprint(c)
+        assert str(c.version) in recorded.get(c.key, {}), (
+            f"claim {c.key!r} version {c.version} is not recorded: add "
+            f'"{c.version}": "{got}" under "{c.key}" in {FROZEN.name}')
+        assert recorded[c.key][str(c.version)] == got, (
+            f"claim {c.key!r}'s rule changed but its version did not: bump Claim.version "
+            f"and record the new fingerprint {got} in {FROZEN.name}")
+
+
+def test_the_fingerprint_sees_a_changed_rule_and_ignores_wording():
+    c = CLAIMS[0]
+    assert rule_fingerprint(c._replace(sign=-c.sign)) != rule_fingerprint(c)
+    assert rule_fingerprint(c._replace(matched_fve=not c.matched_fve)) != rule_fingerprint(c)
+    assert rule_fingerprint(c._replace(text="reworded")) == rule_fingerprint(c)
+    assert rule_fingerprint(c._replace(version=2)) == rule_fingerprint(c)
+
+
+def test_the_fingerprint_sees_changed_judging_code(monkeypatch):
+    import sae_med.claims as claims
+
+    did = next(d for d in all_claims() if d.key.startswith("did_"))
+    before = {k: rule_fingerprint(k) for k in (CLAIMS[0], did)}
+
+    def lenient(at_l0, at_fve=None, sign=1):  # a rule that ignores matched FVE
+        return "supported" if all(sign * iv.value > 0 for iv in at_l0) else "not supported"
+
+    monkeypatch.setattr(claims, "verdict", lenient)
+    assert all(rule_fingerprint(k) != v for k, v in before.items())
+    assert isinstance(did, Claim)
