@@ -96,6 +96,10 @@ class CacheConfig:
         _check(self.dtype in DTYPES, "cache.dtype", f"must be one of {DTYPES}")
 
 
+SAEArchitecture = Literal["jumprelu", "relu", "topk", "batchtopk", "matryoshka_batchtopk"]
+SAE_ARCHITECTURES: tuple[str, ...] = typing.get_args(SAEArchitecture)
+
+
 @dataclass(frozen=True)
 class SAEConfig:
     width: int = 5120
@@ -115,6 +119,13 @@ class SAEConfig:
     """Replicate SAEs per (training corpus, target L0), each from its own initialisation
     and batch order (:func:`sae_med.train.init_seed`, :func:`~sae_med.train.batch_seed`);
     intervals over replicates include training-seed variance (:mod:`sae_med.compare`)."""
+    architecture: SAEArchitecture = "jumprelu"
+    """``jumprelu`` (the paper's), ``relu`` (L1 penalty), ``topk``, ``batchtopk`` or
+    ``matryoshka_batchtopk`` (:func:`sae_med.sae_factory.build_sae`). A target L0 is k for
+    the TopK family and the sparsity target for the others."""
+    matryoshka_prefixes: tuple[float, ...] = (0.0625, 0.25)
+    """Matryoshka's inner prefixes as fractions of ``width`` (strictly increasing, in
+    (0, 1)); the full width is the outer level. Fractions, so a width sweep keeps them."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "sae.width", "must be > 0")
@@ -128,6 +139,18 @@ class SAEConfig:
         _check(self.init_threshold > 0, "sae.init_threshold", "must be > 0")
         _check(self.threshold_init in ("constant", "target_quantile"), "sae.threshold_init",
                "must be 'constant' or 'target_quantile'")
+        _check(self.architecture in SAE_ARCHITECTURES, "sae.architecture",
+               f"{self.architecture!r} is not one of {', '.join(SAE_ARCHITECTURES)}")
+        if self.architecture == "topk":
+            _check(all(t == int(t) for t in self.l0_targets), "sae.l0_targets",
+                   "a topk SAE's target L0 is its k, a whole number")
+        if self.architecture == "matryoshka_batchtopk":
+            sizes = [round(f * self.width) for f in self.matryoshka_prefixes]
+            _check(len(sizes) > 0 and sorted(set(sizes)) == sizes and 0 < sizes[0]
+                   and sizes[-1] < self.width, "sae.matryoshka_prefixes",
+                   f"{self.matryoshka_prefixes} must be strictly increasing fractions in "
+                   f"(0, 1) that round to distinct prefixes of sae.width={self.width} "
+                   f"(got sizes {sizes})")
 
 
 @dataclass(frozen=True)
@@ -387,7 +410,8 @@ RUN_SECTIONS = ("replications", "learning_curve")
 on only to a config that keeps its run name (the same runs, e.g. ``long.yaml`` adding a
 learning curve to the default), and the runs they describe have none of their own."""
 DROPPED_AT_DEFAULT = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens", "train.pre_act_loss",
-                      "model.dtype", "train.snapshots_annealed")
+                      "model.dtype", "train.snapshots_annealed", "sae.architecture",
+                      "sae.matryoshka_prefixes")
 """Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when they
 hold their default, so the keys of configs that do not use them stay as they were."""
 
