@@ -10,6 +10,7 @@ import pytest
 import torch
 from sae_lens import SAE
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
 from sae_lens.saes.matryoshka_batchtopk_sae import (
     MatryoshkaBatchTopKTrainingSAE,
     MatryoshkaBatchTopKTrainingSAEConfig,
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from sae_med.batches import TensorBatchSource
 from sae_med.config import SAE_ARCHITECTURES, ConfigError, SAEConfig, load_config
-from sae_med.sae import SAECheckpointError
+from sae_med.sae import JumpReLUSAE, SAECheckpointError
 from sae_med.sae_base import LinearSAE
 from sae_med.sae_factory import CLASSES, build_sae, load_sae, to_sae_lens
 from sae_med.sae_relu import ReLUSAE
@@ -312,3 +313,35 @@ def test_training_loss_with_the_decoder_constraint_learns(arch: str):
         assert float(r.l0) == pytest.approx(4, abs=0.05) and 3 < infer_l0 < 5.5
     else:
         assert infer_l0 < 32  # the L1 penalty turned off half of the latents at least
+
+
+def test_jumprelu_forward_and_straight_through_gradients_match_sae_lens():
+    """The JumpReLU SAE under the trainer's ``l0_penalty`` loss (mse + lambda L0) against
+    sae-lens's DeepMind-style training SAE (step loss, no STE to the input). sae-lens
+    trains theta itself and we log theta, so our threshold gradient is theta times its."""
+    sae = JumpReLUSAE(D_MODEL, D_SAE, bandwidth=0.05, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        sae.log_threshold.copy_(torch.empty(D_SAE).uniform_(0.05, 0.8).log())
+        sae.b_enc.copy_(0.2 * torch.randn(D_SAE))
+        sae.b_dec.copy_(0.2 * torch.randn(D_MODEL))
+    lens = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+        d_in=D_MODEL, d_sae=D_SAE, apply_b_dec_to_input=False, jumprelu_bandwidth=0.05,
+        jumprelu_sparsity_loss_mode="step", l0_coefficient=L1_COEFF))
+    lens.load_state_dict({k: getattr(sae, k).detach().clone() for k in PARAMS}
+                         | {"threshold": sae.threshold.detach().clone()})
+    x = _batch(0)[0]
+    out = sae(x)
+    loss = (out.x_hat - x).pow(2).sum(-1).mean() + L1_COEFF * out.l0
+    loss.backward()
+    theirs = lens.training_forward_pass(TrainStepInput(
+        sae_in=x, coefficients={"l0": L1_COEFF}, dead_neuron_mask=None, n_training_steps=0,
+        is_logging_step=False))
+    theirs.loss.backward()
+    band = ((out.pre_acts - sae.threshold).abs() < 0.025).sum()
+    assert band > 10 and 0 < float(out.l0) < D_SAE  # the threshold gradient is exercised
+    torch.testing.assert_close(out.x_hat, theirs.sae_out, **TOL)
+    torch.testing.assert_close(float(loss), float(theirs.loss), **TOL)
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(sae, name).grad, getattr(lens, name).grad, **TOL)
+    torch.testing.assert_close(sae.log_threshold.grad,
+                               sae.threshold.detach() * lens.threshold.grad, **TOL)
