@@ -53,6 +53,7 @@ from sae_med.domain_report import (
     home_advantage_figure,
     home_advantage_table,
     home_advantages,
+    home_matrix_rows,
     home_sides,
     load_domains_run,
     matrix_heatmap,
@@ -122,6 +123,20 @@ else:
                        "on (column)").show()
     display(family_matrix_table(domains.comparisons.families, list(MATRIX_METRICS),
                                 dcfg.train_corpora, dcfg.eval_corpora))
+
+# %% [markdown]
+# The same matrix as home advantages: each column's own SAE minus the row's SAE on that
+# column's text (paired gaps with their intervals). Columns whose cells are all about as
+# large are corpora that win at home by the same margin, whatever their subject.
+
+# %%
+if domains is not None:
+    home_cells = home_matrix_rows(domains.comparisons.gaps, home_sides(dcfg),
+                                  dcfg.train_corpora)
+    for metric, title in MATRIX_METRICS.items():
+        matrix_heatmap(home_cells, metric, dcfg.train_corpora, dcfg.eval_corpora,
+                       title=f"Home advantage in {title.split(' (')[0]}: the column's own "
+                       "SAE minus the row's, on the column's text").show()
 
 # %% [markdown]
 # ### Medical vs an SAE that has seen medicine

@@ -129,15 +129,17 @@ LOWER_IS_BETTER = frozenset({"delta_ce", "dark_matter.r2_error_mean", "dark_matt
 """Metrics where a smaller value is the better SAE (the heatmap's colours turn round)."""
 
 
-def matrix_heatmap(families: Any, metric: str, train_order: Sequence[str],
+def matrix_heatmap(rows: Any, metric: str, train_order: Sequence[str],
                    eval_order: Sequence[str], title: str = "", digits: int = 3) -> Any:
-    """The train × eval matrix of one metric's family means as a plotly heatmap, one panel
-    per target L0, each cell annotated "mean [low, high]"; home cells (SAE on its own
-    text) outlined. Colours run from worse to better whichever way the metric points."""
+    """The train × eval matrix of one metric as a plotly heatmap, one panel per target L0,
+    each cell annotated "value [low, high]"; home cells (SAE on its own text) outlined.
+    ``rows``: family rows (the SAEs' means) or :func:`home_matrix_rows` (each text's own
+    SAE minus the row's). Colours run from worse to better whichever way the metric
+    points."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    sel = families[(families.basis == "l0_target") & (families.metric == metric)]
+    sel = rows[(rows.basis == "l0_target") & (rows.metric == metric)]
     targets = sorted(sel.l0_target.unique())
     trains = [c for c in train_order if c in set(sel.train_corpus)]
     evals = [e for e in eval_order if e in set(sel.eval_corpus)]
@@ -166,6 +168,14 @@ def matrix_heatmap(families: Any, metric: str, train_order: Sequence[str],
                    "colorbar": {"title": metric}},
         height=120 + 70 * len(trains))
     return fig
+
+
+def home_matrix_rows(gaps: Any, sides: Sequence[str], others: Sequence[str]) -> Any:
+    """:func:`home_advantages` laid out for :func:`matrix_heatmap`: the cell (row SAE,
+    text) holds the text's own SAE minus the row's SAE on that text, so a column shows how
+    far every other SAE falls short at that corpus's home."""
+    home = home_advantages(gaps, sides, others)
+    return home.assign(train_corpus=home.versus)
 
 
 def pair_table(gaps: Any, first: str, second: str, metrics: Sequence[str],

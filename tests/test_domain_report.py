@@ -20,6 +20,7 @@ from sae_med.domain_report import (
     family_matrix_table,
     home_advantage_table,
     home_advantages,
+    home_matrix_rows,
     load_domains_run,
     matrix_heatmap,
     mixed_corpora,
@@ -145,3 +146,15 @@ def test_matrix_table_and_heatmap_hold_every_family_on_every_text(domains_run):
     cell = table.loc[("delta_ce", 10.0, "go"), "go"]
     assert home.text[row][col] == cell.replace(" [", "<br>[")
     assert fig.layout.coloraxis.reversescale  # lower ΔCE is better: colours turn round
+
+
+def test_home_matrix_cells_are_each_column_s_own_sae_minus_the_row_s(domains_run):
+    cells = home_matrix_rows(domains_run.gaps, DOMAINS_EVAL, DOMAINS)
+    fig = matrix_heatmap(cells, "fve_typical", DOMAINS, DOMAINS_EVAL)
+    z = fig.data[0].z  # target L0 10: rows DOMAINS, columns DOMAINS_EVAL
+    col = DOMAINS_EVAL.index("go")
+    assert z[DOMAINS.index("go")][col] is None  # no SAE is compared with itself
+    assert z[DOMAINS.index("broad")][col] == pytest.approx(0.10, abs=3e-3)
+    assert z[DOMAINS.index("foldoc")][DOMAINS_EVAL.index("foldoc")] is None
+    assert z[DOMAINS.index("medical")][DOMAINS_EVAL.index("foldoc")] == pytest.approx(
+        0.03, abs=3e-3)
