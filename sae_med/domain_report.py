@@ -338,7 +338,7 @@ def domain_sentence(run: ComparisonTables, domain: str, broad: str,
     sentence = "On this run, " + "; ".join(parts) + "."
     if domains is None:
         return (sentence + f" Whether a placebo domain wins at home as much is not measured "
-                f"yet: the domains run is absent (`{DOMAINS_COMMAND}`).")
+                f"yet: the domains run is absent ({DOMAINS_COMMAND} produces it).")
     if not placebos:
         return sentence + " The domains run has no placebo domain."
     return (sentence + " In the domains run, against its own " + broad + " SAE: "
@@ -351,7 +351,7 @@ def placebo_summary(domains: ComparisonTables | None, domain: str, broad: str,
     """One cell for the results page: the placebo verdict ``key`` per placebo domain
     (``go: supported; foldoc: not supported``), or how to produce the domains run."""
     if domains is None:
-        return f"not run: the domains run is absent (`{DOMAINS_COMMAND}`)"
+        return f"not run: the domains run is absent ({DOMAINS_COMMAND} produces it)"
     if not placebos:
         return "not run: the domains run has no placebo domain"
     claim(key)  # an unknown key fails here, naming the valid ones
@@ -415,12 +415,12 @@ def load_domains_run(path: str | Path) -> DomainsRunStatus:
     path = Path(path)
     if not path.exists():
         return DomainsRunStatus(None, f"The domains run is absent ({path} does not exist): "
-                                      f"`{DOMAINS_COMMAND}` produces it.")
+                                      f"{DOMAINS_COMMAND} produces it.")
     try:
         doc = read_results(path)
     except ValueError as err:  # an older schema: its tables cannot be read as they are
         return DomainsRunStatus(None, f"The domains run at {path} cannot be read ({err}): "
-                                      f"`{DOMAINS_COMMAND}` rescores it.")
+                                      f"{DOMAINS_COMMAND} rescores it.")
     cfg = config_from_dict(doc["config"])
     return DomainsRunStatus(DomainsRun(cfg, comparison_tables(doc), path),
                             f"The domains run read from {path}: SAEs trained on "

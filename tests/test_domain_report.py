@@ -121,8 +121,8 @@ def test_without_the_domains_run_the_sentence_says_how_to_make_it(tmp_path):
     assert stale.run is None and "rescores" in stale.note
     rows = page_verdicts(default_run(0.10, 0.02), "medical", "broad", MIX, None, [])
     assert rows["verdict_placebo_fve_typical"] == (
-        f"not run: the domains run is absent (`{DOMAINS_COMMAND}`)")
-    assert rows["domain_verdict_sentence"].endswith(f"(`{DOMAINS_COMMAND}`).")
+        f"not run: the domains run is absent ({DOMAINS_COMMAND} produces it)")
+    assert rows["domain_verdict_sentence"].endswith(f"({DOMAINS_COMMAND} produces it).")
 
 
 def test_sae_below_the_quality_bar_are_not_judged():
