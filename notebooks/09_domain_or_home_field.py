@@ -56,6 +56,7 @@ from sae_med.domain_report import (
     home_matrix_rows,
     home_sides,
     load_domains_run,
+    matching_domains_run,
     matrix_heatmap,
     mixed_corpora,
     mixed_verdict_table,
@@ -87,7 +88,8 @@ cfg, results_path = reported_run(setup_notebook(config, overrides, run_name), re
 comparisons = load_comparisons(results_path)
 medical, broad = domain_pair(cfg)
 sides, mixed = home_sides(cfg), mixed_corpora(cfg, medical)
-domains_status = load_domains_run(domains_results or domains_results_path())
+domains_status = matching_domains_run(
+    load_domains_run(domains_results or domains_results_path()), medical, broad)
 domains = domains_status.run
 print(f"run: {results_path} (trained on {', '.join(cfg.train_corpora)}; scored on "
       f"{', '.join(cfg.eval_corpora)})")

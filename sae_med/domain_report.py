@@ -495,3 +495,18 @@ def mixed_cost_sentence(run: ComparisonTables, broad: str, mixed: Sequence[Mixed
                                    text=broad)
                      for m in mixed for metric in ("fve_typical", "delta_ce"))
     return text[0].upper() + text[1:] + "."
+
+
+def matching_domains_run(status: DomainsRunStatus, domain: str, broad: str
+                         ) -> DomainsRunStatus:
+    """``status``, unless its run sets another domain against another broad side than
+    ``domain`` and ``broad`` (a placebo contrast of another domain says nothing about this
+    one): then no run, and a note saying so."""
+    from sae_med.notebook import domain_pair
+
+    if status.run is None or domain_pair(status.run.cfg) == (domain, broad):
+        return status
+    theirs = " vs ".join(domain_pair(status.run.cfg))
+    return DomainsRunStatus(None, f"The domains run at {status.run.path} compares {theirs}, "
+                                  f"not {domain} vs {broad}: its placebo contrasts are not "
+                                  f"about this run's domain.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from synthetic_runs import synthetic_run
+from synthetic_runs import synthetic_run, write_synthetic_results
 
 from sae_med.claims import contrast_verdict, placebo_verdict
 from sae_med.compare import NOT_JUDGED
@@ -22,6 +22,7 @@ from sae_med.domain_report import (
     home_advantages,
     home_matrix_rows,
     load_domains_run,
+    matching_domains_run,
     matrix_heatmap,
     mixed_corpora,
     mixed_verdict_table,
@@ -119,6 +120,11 @@ def test_without_the_domains_run_the_sentence_says_how_to_make_it(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"schema_version": 1}))
     stale = load_domains_run(tmp_path / "results.json")
     assert stale.run is None and "rescores" in stale.note
+    law = tmp_path / "law" / "results.json"
+    write_synthetic_results(law, load_config("configs/domains.yaml"), {})
+    other = matching_domains_run(load_domains_run(law), "law", "broad")
+    assert other.run is None and "compares medical vs broad, not law vs broad" in other.note
+    assert matching_domains_run(load_domains_run(law), "medical", "broad").run is not None
     rows = page_verdicts(default_run(0.10, 0.02), "medical", "broad", MIX, None, [])
     assert rows["verdict_placebo_fve_typical"] == (
         f"not run: the domains run is absent ({DOMAINS_COMMAND} produces it)")
