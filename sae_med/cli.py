@@ -10,6 +10,8 @@ config plus ``section.field=value`` overrides.
         [--sae SPEC [--sae-id ID]] ...  ... or the given SAEs (Gemma Scope npz, sae-lens)
     sae-med experiment CONFIG [k=v ...] cache -> train -> evaluate (last line results=PATH)
     sae-med autointerp CONFIG [k=v ...] LLM explanations + detection scores (autointerp=DIR)
+    sae-med homefield CONFIG [k=v ...]  what the broad SAE lacks: mean shift, novel documents,
+                                        token frequency (homefield=PATH)
     sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
     sae-med notebook NN CONFIG [k=v ...] execute one notebook (notebook=PATH.ipynb)
         [--out PATH] [-p NAME VALUE]    ... to PATH; -p sets its other parameters
@@ -250,6 +252,16 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_homefield(args: argparse.Namespace) -> int:
+    """The home-field diagnostics of the run's SAEs (:mod:`sae_med.homefield`)."""
+    from sae_med.homefield import HOMEFIELD_NAME, homefield_report
+
+    cfg = _load(args)
+    print(homefield_report(cfg).summary())
+    print(f"homefield={cfg.run_path / HOMEFIELD_NAME}")
+    return 0
+
+
 def cmd_book(args: argparse.Namespace) -> int:
     from sae_med.book import build_book
 
@@ -410,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "score every budget (the config's learning_curve)"),
         "autointerp": (cmd_autointerp, "explain and score latents with an LLM; last line "
                        "autointerp=PATH"),
+        "homefield": (cmd_homefield, "what the broad SAE lacks on domain text: mean shift, "
+                      "novel documents, token frequency; last line homefield=PATH"),
         "book": (cmd_book, "execute the notebooks and build the book; last line book=PATH"),
         "run": (cmd_run, "the main job: experiment, then the book"),
         "config": (cmd_config, "print the resolved config (base: and overrides applied)"),
