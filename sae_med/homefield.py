@@ -94,6 +94,9 @@ class GapRow:
     subset: str
     """``novel``, ``rest``, ``all``; or a frequency bin's label."""
     metric: str
+    """``delta_ce`` (CE documents) and ``fve_typical`` (eval cache) for novelty;
+    ``fvu_typical`` (Σ‖e‖² / Σ‖x − x̄‖² over the bin's typical tokens, x̄ the typical mean
+    of the whole cache, so bins share one scale) and ``mse`` (every token) per bin."""
     n_documents: int
     n_tokens: int
     domain: Interval
@@ -160,7 +163,8 @@ class HomeFieldReport:
         for part, records in (("recentring", self.recentring), ("novelty", self.novelty),
                               ("survival", self.survival), ("frequency", self.frequency)):
             for r in records:
-                base = {"part": part, "subset": getattr(r, "subset", "all"),
+                subset = "novel vs rest" if part == "survival" else "all"
+                base = {"part": part, "subset": getattr(r, "subset", subset),
                         "metric": r.metric, "n_documents": getattr(r, "n_documents", None),
                         "n_tokens": getattr(r, "n_tokens", None)}
                 rows += [{**base, "quantity": f.name, **iv._asdict()}
