@@ -57,6 +57,33 @@ def test_two_words_apart_is_no_twin(text):
     assert not TwinIndex(TRAIN).has_twin(text)
 
 
+def _word_distance(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance over words (the naive twin of TwinIndex.has_twin)."""
+    row = list(range(len(b) + 1))
+    for i, wa in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, wb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wa != wb))
+    return row[-1]
+
+
+def test_twin_index_matches_the_naive_word_edit_distance():
+    import random
+
+    rng = random.Random(0)
+    vocab = ["a", "b", "c", "d"]
+
+    def text() -> list[str]:
+        return [rng.choice(vocab) for _ in range(rng.randint(0, 5))]
+
+    train = [text() for _ in range(30)]
+    index = TwinIndex(" ".join(w) for w in train)
+    queries = [text() for _ in range(400)]
+    got = [index.has_twin(" ".join(q)) for q in queries]
+    want = [min(_word_distance(q, t) for t in train) <= 1 for q in queries]
+    assert got == want and 0 < sum(got) < len(got)
+
+
 def test_trigram_overlap_known_answers():
     index = TwinIndex(TRAIN)
     # padded: <s> acute pain | acute pain of | ... | lower back </s>: all six in train
