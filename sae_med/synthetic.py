@@ -179,6 +179,9 @@ class Recovery(NamedTuple):
     """The latent whose decoder row that is."""
     recovered: Bool[Tensor, " n_features"]
     """best_cosine >= the recovery bar."""
+    n_at_bar: Int[Tensor, " n_features"]
+    """Latents whose decoder row reaches the bar: more than one is the feature split (or
+    duplicated) across latents."""
 
     @property
     def share(self) -> float:
@@ -189,11 +192,12 @@ class Recovery(NamedTuple):
 def recovery(W_dec: Float[Tensor, "d_sae d_model"], truth: SyntheticTruth, at: float = 0.9
              ) -> Recovery:
     """For every planted feature i: max_j cos(W_dec[j], d_i), the latent j attaining it,
-    and whether it reaches ``at`` (0.9: the usual bar for 'recovered')."""
+    whether it reaches ``at`` (0.9: the usual bar for 'recovered') and how many latents
+    do."""
     dec = W_dec.detach().float()
     cos = (truth.directions @ dec.T) / dec.norm(dim=1).clamp_min(1e-12)  # (n_features, d_sae)
     best, latent = cos.max(dim=1)
-    return Recovery(best, latent, best >= at)
+    return Recovery(best, latent, best >= at, (cos >= at).sum(dim=1))
 
 
 def row_labels(truth: SyntheticTruth, codes: Float[Tensor, "batch n_features"]

@@ -94,6 +94,14 @@ def test_measured_recovery_tracks_the_planted_cosines():
     assert all(abs(p - m) <= 1 / SMALL.n_features + 1e-9 for p, m in shares)
 
 
+def test_a_feature_held_by_two_latents_counts_as_split():
+    truth = plant(SMALL)
+    one = recovery(truth.directions, truth)
+    two = recovery(torch.cat([truth.directions, truth.directions[:5]]), truth)
+    assert one.n_at_bar.tolist() == [1] * SMALL.n_features
+    assert two.n_at_bar.tolist() == [2] * 5 + [1] * (SMALL.n_features - 5)
+
+
 def test_measured_absorption_tracks_the_planted_child_share():
     """The truth SAE with each child absorbing its parent: the measured absorption rate is
     the share of the parent's rows where the child fires; without absorption it is ~0."""
