@@ -344,6 +344,24 @@ class CorpusSpec:
         _check(bool(self.text_field), f"{at}.text_field", "must name the text field")
 
 
+@dataclass(frozen=True)
+class BaselineSpec:
+    """An SAE trained elsewhere, scored beside the run's own on the same tokens
+    (``baselines: {NAME: {sae: ...}}``), e.g. a Gemma Scope 2 SAE of the hooked block: the
+    paper's design (a production broad SAE against a domain SAE). Its rows carry the id
+    ``baseline/NAME``."""
+
+    sae: str = ""
+    """Any SAE spec sae-med reads (:data:`sae_med.sae.SAE_SPEC_HELP`): ``sae_lens:RELEASE/
+    SAE_ID`` (hub path, needs internet), a Gemma Scope 2 ``params.safetensors`` folder, a
+    Gemma Scope ``params.npz``, a sae-lens or sae-med folder. Required."""
+    description: str = ""
+
+    def check(self, name: str) -> None:
+        _check(bool(self.sae), f"baselines.{name}.sae", "is required: an SAE spec, e.g. "
+               "sae_lens:gemma-scope-2-270m-pt-res-all/layer_13_width_16k_l0_small")
+
+
 AUTOINTERP_BACKENDS = ("local", "openai")
 
 
@@ -409,9 +427,9 @@ RUN_SECTIONS = ("replications", "learning_curve")
 """Config sections that describe other runs (their own folders): a ``base:`` passes them
 on only to a config that keeps its run name (the same runs, e.g. ``long.yaml`` adding a
 learning curve to the default), and the runs they describe have none of their own."""
-DROPPED_AT_DEFAULT = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens", "train.pre_act_loss",
-                      "model.dtype", "train.snapshots_annealed", "sae.architecture",
-                      "sae.matryoshka_prefixes")
+DROPPED_AT_DEFAULT = ("corpora", "baselines", *RUN_SECTIONS, "train.snapshot_tokens",
+                      "train.pre_act_loss", "model.dtype", "train.snapshots_annealed",
+                      "sae.architecture", "sae.matryoshka_prefixes")
 """Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when they
 hold their default, so the keys of configs that do not use them stay as they were."""
 
@@ -437,6 +455,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
+    baselines: dict[str, BaselineSpec] = field(default_factory=dict)
+    """SAEs trained elsewhere (name -> :class:`BaselineSpec`), scored beside this run's on
+    every eval corpus; never part of a family, gap or verdict."""
     replications: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The same experiment on other models: run name -> sections that differ from this
     config (e.g. ``model`` and ``sae.width``), merged onto it like a ``base:``. Run after
@@ -456,6 +477,8 @@ class Config:
         for name, spec in self.corpora.items():
             spec.check(name)
             declare_corpus(name, spec)
+        for name, baseline in self.baselines.items():
+            baseline.check(name)
         known = list_corpora()
         for where in ("train_corpora", "eval_corpora"):
             for c in getattr(self, where):

@@ -239,12 +239,34 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     from sae_med.evaluate import RESULTS_NAME
 
     stage_train(cfg, progress)
-    return _evaluate_once(cfg, sae_dirs(cfg), cfg.run_path / RESULTS_NAME, progress)
+    return _evaluate_once(cfg, sae_dirs(cfg), cfg.run_path / RESULTS_NAME, progress,
+                          baseline_specs(cfg))
 
 
-def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: bool) -> Path:
-    """Score the SAEs of ``dirs`` (``{sae_id: folder}``) on every eval corpus into
-    ``path``, unless its ``inputs_key`` says that was done with these inputs."""
+BASELINE_PREFIX = "baseline/"
+"""The sae_id prefix of a config's ``baselines`` in results rows."""
+
+
+def baseline_specs(cfg: Config) -> dict[str, str]:
+    """``{sae_id: SAE spec}`` of the config's ``baselines`` (ids ``baseline/NAME``)."""
+    return {BASELINE_PREFIX + name: b.sae for name, b in cfg.baselines.items()}
+
+
+def _spec_key(spec: str) -> str:
+    """What identifies a baseline's weights: its files' hashes when it is on disk (a
+    re-downloaded or replaced file is a new input), else its hub spec."""
+    from sae_med.artifacts import file_sha256
+
+    path = Path(spec)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return spec if not path.exists() else ",".join(file_sha256(f) for f in files)
+
+
+def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: bool,
+                   baselines: dict[str, str] | None = None) -> Path:
+    """Score the SAEs of ``dirs`` (``{sae_id: folder}``) and ``baselines`` (``{sae_id:
+    spec}``) on every eval corpus into ``path``, unless its ``inputs_key`` says that was
+    done with these inputs."""
     from sae_med.artifacts import stable_hash
     from sae_med.evaluate import SCHEMA_VERSION, evaluate_paths
 
@@ -257,12 +279,15 @@ def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: boo
                    if k not in ("autointerp", *RUN_SECTIONS)},
         "saes": {i: json.loads((d / "cfg.json").read_text())["weights_sha256"]
                  for i, d in dirs.items()},
+        **({"baselines": {i: _spec_key(s) for i, s in baselines.items()}} if baselines
+           else {}),
         "caches": {c: cache.key for c, cache in caches.items()}})
     if path.exists() and json.loads(path.read_text()).get("inputs_key") == key:
         log.info("reusing %s (inputs unchanged)", path)
         return path
-    return evaluate_paths(cfg, list(dirs.values()), list(cfg.eval_corpora), model=model,
-                          out_path=path, progress=progress, sae_ids=list(dirs),
+    specs = {**{i: str(d) for i, d in dirs.items()}, **(baselines or {})}
+    return evaluate_paths(cfg, list(specs.values()), list(cfg.eval_corpora), model=model,
+                          out_path=path, progress=progress, sae_ids=list(specs),
                           extra={"inputs_key": key}, caches=caches)
 
 
