@@ -176,14 +176,15 @@ def first_wrong(*results: CheckResult) -> CheckResult:
 
 
 def exercise_table(chapter: str) -> Any:
-    """The chapter's checked exercises: label, difficulty, time budget, answer form and the
-    call that checks it."""
+    """The chapter's checked exercises (label, difficulty, time budget, the form of the
+    answer its check takes) as a pandas Styler: shown whole, where a DataFrame's HTML cuts
+    the answer column at 50 characters. ``.data`` is the DataFrame."""
     import pandas as pd
 
-    return pd.DataFrame([{"exercise": e.label, "difficulty": e.difficulty,
-                          "minutes": e.minutes, "answer": e.answer,
-                          "check it with": f"check({e.label!r}, answer, ...)"}
-                         for e in exercises_of(chapter)])
+    table = pd.DataFrame([{"exercise": e.label, "difficulty": e.difficulty,
+                           "minutes": e.minutes, "answer (what check takes)": e.answer}
+                          for e in exercises_of(chapter)])
+    return table.style.hide(axis="index").set_properties(**{"text-align": "left"})
 
 
 # ------------------------------------------------------------- 00: synthetic features

@@ -356,7 +356,7 @@ def test_every_exercise_carries_a_difficulty_and_a_time_budget():
         assert e.difficulty in ("starter", "core", "stretch") and 0 < e.minutes <= 60
         assert e.answer
     table = exercises.exercise_table("02")
-    assert list(table.exercise) == _exercise_labels("02")
+    assert list(table.data.exercise) == _exercise_labels("02")
 
 
 def test_a_near_miss_is_close_and_a_malformed_answer_is_wrong_not_an_error():
