@@ -49,11 +49,12 @@ import plotly.graph_objects as go
 from IPython.display import display
 
 from sae_med.exercises import check, exercise_table
-from sae_med.notebook import notebook_config, setup_notebook
+from sae_med.notebook import setup_notebook
 from sae_med.synthetic import (
     SyntheticSpec,
     absorption_table,
     plant,
+    recipe_config,
     recovery,
     sample,
     score_sae,
@@ -67,8 +68,8 @@ from sae_med.synthetic import (
 # `config` supplies the seed, the device and the run folder; `recipe` is the config whose
 # SAE and training recipe (learning rate, warmups, threshold initialisation) the chapter
 # uses: the default experiment's, since the smoke config's is tuned for its 80 steps on
-# model activations and this chapter trains for about 400. `overrides` apply to both. The
-# rest sizes the synthetic data and the SAE.
+# model activations and this chapter trains for about 400. The `sae.` and `train.` ones
+# among `overrides` apply to the recipe too. The rest sizes the synthetic data and the SAE.
 
 # %% tags=["parameters"]
 config = "configs/smoke.yaml"
@@ -84,7 +85,7 @@ n_tokens = 200000
 
 # %%
 cfg = setup_notebook(config, overrides, run_name)
-recipe_cfg = notebook_config(recipe, overrides, run_name)
+recipe_cfg = recipe_config(recipe, overrides)
 spec = SyntheticSpec(d_model=d_model, n_features=n_features, seed=cfg.seed)
 truth = plant(spec)
 train_rows = sample(truth, n_rows, seed=0)

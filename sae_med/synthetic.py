@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sae_med.batches import TensorBatchSource
-from sae_med.config import Config, ConfigError
+from sae_med.config import Config, ConfigError, load_config
 from sae_med.features import absorption
 from sae_med.metrics import fve
 from sae_med.sae import JumpReLUSAE
@@ -263,6 +264,19 @@ def synthetic_config(cfg: Config, width: int, l0_targets: tuple[float, ...], n_t
                                 dead_window_tokens=max(1, n_tokens // 4),
                                 norm_batches=min(recipe.train.norm_batches, 4))
     return dataclasses.replace(cfg, sae=sae, train=train)
+
+
+def recipe_config(recipe: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config file ``recipe`` with the ``sae.`` and ``train.`` ones of ``overrides``
+    (the rest name models and corpora, which synthetic data have none of, and may not fit
+    ``recipe``). A relative path missing from the working directory is read from the
+    project, so the chapter's default finds configs/default.yaml wherever the book runs."""
+    from sae_med.book import PROJECT_ROOT
+
+    path = Path(recipe)
+    if not path.exists() and not path.is_absolute():
+        path = PROJECT_ROOT / path
+    return load_config(path, [o for o in overrides if o.startswith(("sae.", "train."))])
 
 
 def train_synthetic(cfg: Config, batch: SyntheticBatch, out_dir: str | Path,

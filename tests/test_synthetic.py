@@ -17,6 +17,7 @@ from sae_med.synthetic import (
     SyntheticSpec,
     absorption_table,
     plant,
+    recipe_config,
     recovery,
     sample,
     score_sae,
@@ -132,6 +133,16 @@ def test_the_trainer_recovers_the_planted_features(tmp_path):
     assert score.recovered_share >= 0.8
     assert score.fve >= 0.9
     assert true_l0 < score.l0 < 2.0 * 1.2  # at its target, above the planted L0
+
+
+def test_the_recipe_is_found_from_anywhere_and_takes_only_sae_and_train_overrides(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the book may run where configs/ is not
+    cfg = recipe_config("configs/default.yaml",
+                        ["train.lr=0.01", "sae.bandwidth=0.01", "train_corpora=[nowhere]"])
+    assert cfg.train.lr == 0.01 and cfg.sae.bandwidth == 0.01
+    assert cfg.train_corpora == load_config(PROJECT_ROOT / "configs" / "default.yaml"
+                                            ).train_corpora
 
 
 def test_chapter_0_runs_in_under_a_minute(tmp_path):
