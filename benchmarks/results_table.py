@@ -1,10 +1,14 @@
 """Print the headline tables of an experiment's results JSON (value [95% interval]): every
-SAE (one row per seed replicate), the across-seed family means with each replicate's value,
-and the paired gaps (first training corpus minus the others) at each target L0 and at
-matched FVE (`*`: the interval excludes 0). Given several results files (one per model of
-a config and its replications), it prints the per-model verdicts and gaps instead.
+SAE (one row per seed replicate) on every eval corpus, the across-seed family means, the
+train x eval matrix, the paired gaps between every pair of training corpora at each target
+L0 and at matched FVE (`*`: the interval excludes 0), each side's home advantage (own SAE
+minus another on own text), the difference-in-differences and placebo contrasts with their
+verdicts, and the domain SAE against each SAE that saw the domain in a mix. Given several
+results files (one per model of a config and its replications), it prints the per-model
+verdicts, home advantages and gaps instead.
 
     .venv/bin/python benchmarks/results_table.py runs/default/results.json
+    .venv/bin/python benchmarks/results_table.py runs/domains/results.json
     .venv/bin/python benchmarks/results_table.py runs/default/results.json runs/smollm2/results.json
 """
 
@@ -14,16 +18,32 @@ import sys
 
 import pandas as pd
 
-from sae_med.config import config_from_dict
-from sae_med.measure.results import load_comparisons, load_results, read_results
+from sae_med.config import Config, config_from_dict
+from sae_med.measure.results import ComparisonTables, load_comparisons, load_results, read_results
 from sae_med.report.claims import (
     CLAIMS,
+    DID_CLAIMS,
     SENSITIVITY_CHECKS,
     ModelRun,
+    claim_verdict,
+    contrast_verdict,
     model_label,
     support_count,
     verdict_table,
     verdicts_by_claim,
+    verdicts_frame,
+)
+from sae_med.report.domain_report import (
+    contrast_table,
+    did_verdict_table,
+    family_matrix_table,
+    home_advantage_table,
+    home_sides,
+    mixed_corpora,
+    mixed_verdict_table,
+    pair_table,
+    placebo_corpora,
+    placebo_verdict_table,
 )
 from sae_med.report.notebook import domain_pair, family_table, gap_table, gap_table_by_model
 
@@ -34,9 +54,28 @@ BASELINES = ["ce_clean", "ce_zero", "ce_mean_ablation"]
 MATCHED = ["l0", "delta_ce", "loss_recovered", "loss_recovered_mean",
            "dark_matter.r2_error_mean", "dark_matter.fvu_linear",
            "dark_matter.fvu_nonlinear"]
+HOME = ["fve", "fve_typical", "delta_ce", "loss_recovered", "dark_matter.r2_error_mean"]
+"""The metrics of the home-advantage and difference-in-differences tables."""
+MATRIX = ["fve_typical", "delta_ce"]
+PAIR = ["train_corpus", "versus"]
+
+
+def show(title: str, table: pd.DataFrame) -> None:
+    print(f"\n{title}\n")
+    print(table.to_markdown() if len(table) else "(none)")
+
+
+def run_config(path: str) -> Config:
+    return config_from_dict(read_results(path)["config"])
 
 
 def main(path: str) -> None:
+    sae_rows(path)
+    comparisons(path)
+
+
+def sae_rows(path: str) -> None:
+    """Every SAE on every eval corpus, and the CE baselines."""
     df = load_results(path)
     df = df[df.metric.isin(METRICS)]
     cell = df.apply(lambda r: f"{r.value:.3f}" + (f" [{r.low:.3f}, {r.high:.3f}]"
@@ -47,35 +86,79 @@ def main(path: str) -> None:
     print(table[[m for m in METRICS if m in table.columns]].to_markdown())
     base = load_results(path)
     base = base[base.metric.isin(BASELINES)].groupby(["eval_corpus", "metric"]).value.first()
-    print("\nCE baselines shared by every SAE (nats per token)\n")
-    print(base.unstack().to_markdown())
-    comp = load_comparisons(path)
-    for title, t in (("Across-seed means", family_table(comp.families, METRICS)),
-                     ("Gaps at each target L0", gap_table(comp.gaps, METRICS)),
-                     ("Gaps at matched FVE", gap_table(comp.gaps, MATCHED, basis="fve"))):
-        print(f"\n{title}\n")
-        print(t.to_markdown() if len(t) else "(none)")
+    show("CE baselines shared by every SAE (nats per token)", base.unstack())
+
+
+def comparisons(path: str) -> None:
+    """The across-seed tables: family means, the matrix, gaps, and :func:`home_field`."""
+    cfg, comp = run_config(path), load_comparisons(path)
+    show("Across-seed means", family_table(comp.families, METRICS))
+    show("Every family on every eval corpus (across-seed means)", family_matrix_table(
+        comp.families, MATRIX, cfg.train_corpora, cfg.eval_corpora))
+    show("Gaps at each target L0 (training corpus minus versus)",
+         gap_table(comp.gaps, METRICS, by=PAIR))
+    show("Gaps at matched FVE", gap_table(comp.gaps, MATCHED, basis="fve", by=PAIR))
+    home_field(cfg, comp)
+
+
+def home_field(cfg: Config, comp: ComparisonTables) -> None:
+    """Issue 30's tables: home advantages, contrasts and their verdicts, and the mixes."""
+    sides = home_sides(cfg)
+    for basis in ("l0_target", "fve"):
+        show(f"Home advantage (own SAE minus another, on own text), basis {basis}",
+             home_advantage_table(comp.gaps, sides, cfg.train_corpora, HOME, basis))
+    domain, broad = domain_pair(cfg)
+    for basis in ("l0_target", "fve"):
+        show(f"Difference-in-differences (first's home advantage minus second's), basis "
+             f"{basis}", contrast_table(comp.contrasts, "did", HOME, basis))
+    show("Difference-in-differences verdicts", did_verdict_table(comp, domain, broad))
+    placebos = placebo_corpora(cfg)
+    if placebos:
+        show(f"Home excess: ({domain} minus {broad} on {domain} text) minus (placebo minus "
+             f"{broad} on placebo text)", contrast_table(comp.contrasts, "home_excess",
+                                                         MATRIX))
+        show("Placebo verdicts", placebo_verdict_table(comp, domain, broad, placebos))
+    mixed = mixed_corpora(cfg, domain)
+    if mixed:
+        show(f"The paper's claims, {domain} SAE against the broad SAE and each mix",
+             mixed_verdict_table(comp, domain, broad, mixed))
+    for m in mixed:
+        for basis, metrics in (("l0_target", HOME), ("fve", MATCHED)):
+            show(f"{domain} minus {m.name} on {domain} text, basis {basis}",
+                 pair_table(comp.gaps, domain, m.name, metrics, basis, domain))
+        show(f"What {m.name} gives up: {m.name} minus {broad} on {broad} text",
+             pair_table(comp.gaps, m.name, broad, HOME, eval_corpus=broad))
 
 
 def models(paths: list[str]) -> None:
-    runs = []
-    for path in paths:
-        cfg = config_from_dict(read_results(path)["config"])
-        runs.append(ModelRun(model_label(cfg), cfg, load_comparisons(path)))
+    runs = [ModelRun(model_label(cfg), cfg, load_comparisons(path))
+            for path in paths for cfg in [run_config(path)]]
     first, second = domain_pair(runs[0].cfg)
     print(verdict_table(runs, [c.key for c in CLAIMS], first, second).to_markdown())
     for r in runs:  # sensitivity checks are shown below, never counted here
         print(f"\n{r.label}: {support_count(verdicts_by_claim(r, first, second))}")
-    print("\nSensitivity checks (not claims, not counted)\n")
-    print(verdict_table(runs, [c.key for c in SENSITIVITY_CHECKS], first, second).to_markdown())
+    show("Sensitivity checks (not claims, not counted)",
+         verdict_table(runs, [c.key for c in SENSITIVITY_CHECKS], first, second))
+    show("Difference-in-differences, per model", verdicts_frame(
+        {c.text: {r.label: contrast_verdict(r.comparisons, c.key, first, second)
+                  for r in runs} for c in DID_CLAIMS}))
+    mixes = [m.name for m in mixed_corpora(runs[0].cfg, first)]
+    if mixes:
+        show(f"The paper's claims against each mix ({', '.join(mixes)}), per model",
+             verdicts_frame({f"{c.text} (vs {m})": {
+                 r.label: claim_verdict(r.comparisons, c.key, first, m) for r in runs}
+                 for m in mixes for c in (*CLAIMS, *SENSITIVITY_CHECKS)}))
+    show("Home advantage (own SAE minus another, on own text), per model, at each target L0",
+         pd.concat({r.label: home_advantage_table(r.comparisons.gaps, home_sides(r.cfg),
+                                                  r.cfg.train_corpora, MATRIX)
+                    for r in runs}, names=["model"]))
     for title, metrics, basis in (
             (f"{first} minus {second} on {first} text, per model, at each target L0",
              ["fve", "fve_typical", "delta_ce", "loss_recovered_mean",
               "dark_matter.r2_error_mean"], "l0_target"),
             ("... and at matched FVE", ["l0", "delta_ce", "dark_matter.r2_error_mean"],
              "fve")):
-        print(f"\n{title}\n")
-        print(gap_table_by_model(runs, first, second, metrics, basis).to_markdown())
+        show(title, gap_table_by_model(runs, first, second, metrics, basis))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,24 @@
 # %% [markdown]
 # # 1. Caching activations
 #
+# ```{admonition} About this chapter
+# - **Teaches:** what the residual stream is and where the SAEs read it; how activations are
+#   cached on disk, keyed by a hash of everything that determines them, and reused; how the
+#   corpora compare in tokens and activation norms.
+# - **Before it:** chapter 0 (what an SAE reads); what a transformer block and its residual
+#   stream are.
+# - **Time, default config:** the last measured run built Gemma-3-270M's four caches from
+#   nothing in 2 min 33 s (benchmarks/RESULTS.md, 2026-12-03, 2 cores with native bf16;
+#   RESULTS projects about 9 min where bf16 is not native); the default has since added
+#   mixed_10's training cache, not yet timed. Seconds when `sae-med run` made the caches.
+# - **Time, smoke config:** about 2 min measured here with the smoke run's caches present
+#   (114 s, 2026-12-06, this project's shared 2-core machine under load; 84 s of it in the
+#   first exercise's solution, a forward pass per block).
+# - **Needs:** CPU only. Internet once, for `sae-med prepare` (or `make run`) to fetch the
+#   embedded model and corpora; the hub path (`configs/paper_gemma2_2b.yaml`) needs internet
+#   and a GPU.
+# ```
+#
 # ## Overview
 # Every SAE in this book reads one thing: the residual stream of a language model after one
 # block, on one corpus. This notebook loads the model, runs it over the medical and the
@@ -28,6 +46,7 @@ from myst_nb import glue
 
 from sae_med.corpora.registry import corpus_info
 from sae_med.experiment import load_model_for, stage_cache
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import CORPUS_COLORS, setup_notebook
 
 # %% [markdown]
@@ -124,14 +143,22 @@ display(pd.DataFrame(norm_rows).round(1))
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("01"))
+
+# %% [markdown]
 # ```{exercise} Change the hook layer
 # :label: ex-cache-layer
 # The SAEs read the residual stream after block `model.hook_layer`. Rerun this notebook
 # with a shallower block (set `overrides = ["model.hook_layer=N"]` in the parameters cell,
 # or pass the override to `sae-med book`). Is the existing cache reused? And before you
 # spend the time: how do ‖x‖ and the share of one constant vector, ‖E[x]‖ / E‖x‖, change
-# with depth? Measure them at every block on a few evaluation documents.
+# with depth? Measure them at every block on a few evaluation documents. Check with
+# `check("ex-cache-layer", {"reused": ..., "mean_norm": {block: ...}}, key_now=...,
+# key_other=..., model=model, batch=batch)`.
 # ```
 #
 # ```{solution-start} ex-cache-layer
@@ -170,6 +197,10 @@ for layer in range(model.n_layers):
                   "‖E[x]‖ / E‖x‖": float(x.mean(0).norm() / x.norm(dim=1).mean()),
                   "hooked": "◀ configured" if layer == cfg.model.hook_layer else ""})
 display(pd.DataFrame(depth).round(3))
+answer = {"reused": key_other == caches[(first_corpus, "train")].key,
+          "mean_norm": {d["block"]: d["mean ‖x‖"] for d in depth}}
+check("ex-cache-layer", answer, key_now=caches[(first_corpus, "train")].key,
+      key_other=key_other, model=model, batch=batch).require()
 
 # %% [markdown]
 # ```{solution-end}
@@ -180,6 +211,9 @@ display(pd.DataFrame(depth).round(3))
 # The registry in `sae_med/corpora/registry.py` holds more corpora than this run uses. List them,
 # add one as an extra evaluation corpus (`eval_corpora=[..., NAME]`) and check that the
 # override resolves. How long are its documents compared with the corpora cached above?
+# Check the median tokens per document of each corpus's first 32 evaluation documents
+# with `check("ex-cache-corpus", {corpus: median}, tokenizer=model.tokenizer,
+# corpora=cfg_extra.eval_corpora)`.
 # ```
 #
 # ```{solution-start} ex-cache-corpus
@@ -213,6 +247,8 @@ for name in cfg_extra.eval_corpora:
                     "share truncated at ctx_len": sum(n > cfg.cache.ctx_len for n in n_tok)
                     / max(1, len(n_tok))})
 display(pd.DataFrame(lengths).round(2))
+check("ex-cache-corpus", {r["corpus"]: r["median tokens per document"] for r in lengths},
+      tokenizer=model.tokenizer, corpora=cfg_extra.eval_corpora).require()
 
 # %% [markdown]
 # ```{solution-end}

@@ -13,6 +13,21 @@
 # %% [markdown]
 # # 2. Training the SAEs
 #
+# ```{admonition} About this chapter
+# - **Teaches:** the JumpReLU SAE recipe (target-L0 sparsity term, warmups, one input
+#   scale); reading training curves of loss, L0, FVE and dead latents; seed replicates; when
+#   a finished SAE is reused.
+# - **Before it:** chapter 0 (an SAE, L0, FVE, dead latents on data with a known answer) and
+#   chapter 1 (the activation caches it trains on).
+# - **Time, default config:** the last measured run trained Gemma's six sweeps (medical and
+#   broad × 3 seeds, 3 targets each) from nothing in 13 min 6 s (benchmarks/RESULTS.md,
+#   2026-12-03, 2 cores); the default has since added mixed_10's three sweeps, not yet
+#   timed. Seconds when the SAEs are trained.
+# - **Time, smoke config:** about 35 s measured here with the smoke run's SAEs present
+#   (2026-12-06, this project's shared 2-core machine under load).
+# - **Needs:** CPU only (a GPU is used when there is one); no internet.
+# ```
+#
 # ## Overview
 # One JumpReLU SAE is trained per training corpus (medical, broad) and per target L0, with
 # the same recipe, width and token budget on both sides: the only difference between a
@@ -31,6 +46,7 @@ from myst_nb import glue
 from plotly.subplots import make_subplots
 
 from sae_med.experiment import stage_train
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import CORPUS_COLORS, setup_notebook, training_curves
 
 # %% [markdown]
@@ -110,13 +126,20 @@ display(final.round(4))
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("02"))
+
+# %% [markdown]
 # ```{exercise} Did each SAE reach its target?
 # :label: ex-train-target
 # The sparsity term steers each SAE's L0 towards its target. From the final metrics, find
 # the SAE whose L0 ends furthest from its target (as a ratio) and say which way it missed.
 # Then find when training settled: the first logged token count after which L0 stays
-# within 10% of its final value.
+# within 10% of its final value. Check with
+# `check("ex-train-target", answer, final=final, curves=curves)`.
 # ```
 #
 # ```{solution-start} ex-train-target
@@ -145,6 +168,11 @@ settle = (curves.groupby(list(keys)).apply(settled_at, include_groups=False)
           .rename("L0 settled after (tokens)").reset_index().rename(columns=keys))
 settle["share of the run"] = settle["L0 settled after (tokens)"] / final.tokens.max()
 display(reached.merge(settle, on=list(keys.values())).round(3))
+answer = {"sae": (worst["train corpus"], worst["target L0"], worst["seed replicate"]),
+          "direction": "above" if worst.ratio > 1 else "below",
+          "settled": {(r["train corpus"], r["target L0"], r["seed replicate"]):
+                      r["L0 settled after (tokens)"] for _, r in settle.iterrows()}}
+check("ex-train-target", answer, final=final, curves=curves).require()
 
 # %% [markdown]
 # ```{solution-end}
@@ -155,7 +183,8 @@ display(reached.merge(settle, on=list(keys.values())).round(3))
 # A genre-matched control separates a domain effect from a style effect: `wordnet`
 # glosses are short definitions like the ontology text, but not medical. Add it as a third
 # training corpus (`train_corpora=[..., wordnet]`). Which SAEs would the rerun train, and
-# which would it reuse?
+# which would it reuse? Check the set it would train with
+# `check("ex-train-third", answer, cfg_third=cfg_third)`.
 # ```
 #
 # ```{solution-start} ex-train-third
@@ -178,6 +207,9 @@ print(f"sae-med book {config} {' '.join(overrides)} "
 display(pd.DataFrame([{"SAE": sae, "folder": str(path),
                        "rerun": "reused" if (path / "cfg.json").exists() else "trained"}
                       for sae, path in sae_dirs(cfg_third).items()]))
+to_train = {sae for sae, path in sae_dirs(cfg_third).items()
+            if not (path / "cfg.json").exists()}
+check("ex-train-third", to_train, cfg_third=cfg_third).require()
 
 # %% [markdown]
 # ```{solution-end}

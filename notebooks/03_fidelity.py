@@ -52,6 +52,12 @@ from sae_med.report.claims import (
     step_intervals,
     verdict_table,
 )
+from sae_med.report.domain_report import (
+    family_matrix_table,
+    home_advantage_table,
+    home_sides,
+    versus_clause,
+)
 from sae_med.report.notebook import (
     CORPUS_COLORS,
     cross_eval_figure,
@@ -176,6 +182,35 @@ display(with_interval(results, ["l0", "fve", "fve_typical", "massive_tokens",
 # %%
 display(family_table(families, ["fve", "fve_typical", "delta_ce", "loss_recovered",
                                  "loss_recovered_mean"]))
+
+# %% [markdown]
+# ### Every family on every corpus, and each side's home advantage
+# Across-seed means of every training corpus's SAEs on every evaluation corpus, then each
+# side's *home advantage*: its own SAE minus another on its own held-out text (`*`: the
+# 95% interval excludes 0; for ΔCE a negative value favours the home SAE). Every SAE wins
+# at home; the medical SAE's win on medical text says something about the domain only if
+# it is larger than the other side's win on its own text (the difference-in-differences of
+# {doc}`09_domain_or_home_field`).
+
+# %%
+sides = home_sides(cfg)
+family_means = family_matrix_table(families, ["fve", "fve_typical", "delta_ce",
+                                              "loss_recovered"], cfg.train_corpora,
+                                   cfg.eval_corpora)
+display(family_means)
+home_table = home_advantage_table(comparisons.gaps, sides, cfg.train_corpora,
+                                  ["fve", "fve_typical", "delta_ce", "loss_recovered"])
+display(home_table)
+home_sentence = "; ".join(
+    versus_clause(comparisons.gaps, side, other, f"the {other} SAE", metric)
+    for metric in ("fve_typical", "delta_ce") for side, other in ((medical, broad),
+                                                                  (broad, medical))
+    if side in sides)
+print(home_sentence)
+glue("family_means_all_corpora", family_means, display=False)
+glue("home_advantage_fidelity", home_table, display=False)
+glue("home_advantage_sentence", home_sentence[0].upper() + home_sentence[1:] + ".",
+     display=False)
 
 # %% [markdown]
 # ### Medical minus broad: paired gaps

@@ -54,6 +54,7 @@ from sae_med.report.claims import (
     replication_sentences,
     verdict_table,
 )
+from sae_med.report.domain_report import family_matrix_table, home_advantage_table, home_sides
 from sae_med.report.notebook import (
     domain_pair,
     gap_by_model_figure,
@@ -150,6 +151,25 @@ dm_names = ["dark_matter.r2_error_mean", "dark_matter.r2_norm", "dark_matter.fvu
 med_gaps = oriented_gaps(comparisons.gaps, medical, broad)
 at_l0 = gap_table(med_gaps, dm_names)
 display(at_l0)
+
+# %% [markdown]
+# ### Every family on every corpus, and each side's home advantage
+# The across-seed R²(e) of every training corpus's SAEs on every evaluation corpus, then
+# each side's own SAE minus another on its own held-out text, at the same target L0 and at
+# matched FVE (`*`: the 95% interval excludes 0; negative: the home SAE's error is less
+# linearly predictable). A domain effect needs the medical side's home advantage to exceed
+# the broad side's ({doc}`09_domain_or_home_field`).
+
+# %%
+sides = home_sides(cfg)
+dm_all = family_matrix_table(families, dm_names[:2], cfg.train_corpora, cfg.eval_corpora)
+display(dm_all)
+dm_home = {basis: home_advantage_table(comparisons.gaps, sides, cfg.train_corpora,
+                                       dm_names[:3], basis) for basis in ("l0_target", "fve")}
+for table in dm_home.values():
+    display(table)
+glue("dark_matter_all_corpora", dm_all, display=False)
+glue("dark_matter_home_table", dm_home["l0_target"], display=False)
 
 # %% [markdown]
 # ### Medical minus broad at matched FVE

@@ -13,6 +13,20 @@
 # %% [markdown]
 # # 5. Feature case studies: do the latents track clinical concepts?
 #
+# ```{admonition} About this chapter
+# - **Teaches:** concept alignment (held-out AUROC of a latent for a labelled concept); top
+#   windows and latent dashboards; matching two dictionaries (shared, split and new
+#   latents); absorption on the HPO hierarchy.
+# - **Before it:** chapter 0 (absorption where the truth is known), chapters 2 and 3 (the
+#   trained SAEs and how they are scored); what an AUROC is.
+# - **Time, default config:** under a minute with the run made: the default's book build,
+#   every stage already run, took 5 min 20 s for its eight notebooks, this one among those
+#   that took 3–37 s (benchmarks/RESULTS.md, 2026-12-03).
+# - **Time, smoke config:** about 50 s measured here with the smoke run present (2026-12-06,
+#   this project's shared 2-core machine under load).
+# - **Needs:** CPU only; no internet.
+# ```
+#
 # ## Overview
 # The paper's qualitative claim is that a domain SAE spends its latents on clinical
 # concepts where a broad SAE spends them on frequent, generic patterns. The embedded
@@ -64,6 +78,7 @@ from sae_med.interpret.features import (
     search_latents,
     top_windows,
 )
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
 # %% [markdown]
@@ -306,13 +321,20 @@ if n_parents:
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("05"))
+
+# %% [markdown]
 # ```{exercise} Study another concept
 # :label: ex-feat-concept
 # `case_concepts` names the concepts of the case studies. Which other ICD-10-CM chapters
 # have the most held-out documents here? Pick the most frequent one that is not already
 # studied and find each SAE's best latent for it. (To see its windows and dashboard, put
-# it in `case_concepts` and rerun.)
+# it in `case_concepts` and rerun.) Check with `check("ex-feat-concept", {"concept": ...,
+# "latents": {SAE: latent}}, labels=labels, doc_max=doc_max, case_concepts=case_concepts)`.
 # ```
 #
 # ```{solution-start} ex-feat-concept
@@ -341,6 +363,9 @@ else:
                           "AUROC": float(au[j])})
     display(pd.DataFrame(best_rows).round(3))
     print(f"case_concepts = {[*case_concepts, fresh]!r}")
+    display(check("ex-feat-concept",
+                  {"concept": fresh, "latents": {r["SAE"]: r["latent"] for r in best_rows}},
+                  labels=labels, doc_max=doc_max, case_concepts=case_concepts).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -349,7 +374,9 @@ else:
 # ```{exercise} Search another phrase
 # :label: ex-feat-phrase
 # Change `search_phrase` to a clinical phrase of your own. Do the two SAEs' most active
-# latents on it also fire on the original phrase?
+# latents on it also fire on the original phrase? Check the latents shared between the top
+# 5 on your phrase and `found` with `check("ex-feat-phrase", {SAE: shared}, saes=saes,
+# x_new=x_new, found=found)`.
 # ```
 #
 # ```{solution-start} ex-feat-phrase
@@ -368,6 +395,8 @@ for c, s in saes.items():
     rows.append({"SAE": c, f"top latents on {new_phrase!r}": [j for j, _ in new],
                  f"shared with {search_phrase!r}": sorted(old & {j for j, _ in new})})
 display(pd.DataFrame(rows))
+check("ex-feat-phrase", {r["SAE"]: r[f"shared with {search_phrase!r}"] for r in rows},
+      saes=saes, x_new=x_new, found=found).require()
 
 # %% [markdown]
 # ```{solution-end}
@@ -377,7 +406,8 @@ display(pd.DataFrame(rows))
 # :label: ex-feat-bar
 # The headline counts latents with held-out AUROC ≥ `aligned_auroc`. How does the share of
 # aligned latents of each SAE change as the bar moves? Does the ordering of the two SAEs
-# depend on where you put it?
+# depend on where you put it? Check the shares with `check("ex-feat-bar", {SAE: {bar:
+# share}}, alignment=alignment, bars=bars)`.
 # ```
 #
 # ```{solution-start} ex-feat-bar
@@ -391,6 +421,9 @@ if alignment:
     display(pd.DataFrame([{"SAE": c, **{f"AUROC ≥ {b}": float((al.auroc >= b).float().mean())
                                         for b in bars}}
                           for c, al in alignment.items()]).round(3))
+    shares = {c: {b: float((al.auroc >= b).float().mean()) for b in bars}
+              for c, al in alignment.items()}
+    display(check("ex-feat-bar", shares, alignment=alignment, bars=bars).require())
 else:
     print("concept alignment was skipped in this run (too few labelled documents)")
 

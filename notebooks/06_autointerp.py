@@ -13,6 +13,21 @@
 # %% [markdown]
 # # 6. Automated interpretation
 #
+# ```{admonition} About this chapter
+# - **Teaches:** automated interpretation: an LLM explains a latent from its top windows and
+#   another call scores the explanation by detection (AUROC of p(yes)); why a weak judge
+#   cannot decide the comparison.
+# - **Before it:** chapter 5 (latents, windows, AUROC); what an LLM prompt is.
+# - **Time, default config:** about 80 s with the run made (the default's book build, every
+#   stage already run, took 5 min 20 s for its eight notebooks, this one 78 s with the
+#   offline demo judge; benchmarks/RESULTS.md, 2026-12-03).
+# - **Time, smoke config:** about 3.5 min measured here with the smoke run present (209 s,
+#   2026-12-06, this project's shared 2-core machine under load; 163 s of it in the
+#   concept-verdict cell, 35 s in the demo judge).
+# - **Needs:** CPU only for the offline demo judge (SmolLM2 from PyPI); the real comparison
+#   (`autointerp.demo=false`) wants an OpenAI-compatible server: a local GPU or internet.
+# ```
+#
 # ## Overview
 # The paper judges latents by automated interpretation. For each sampled latent an LLM
 # *explainer* reads its top-activating windows (peak token in «guillemets», about 30 tokens
@@ -73,6 +88,7 @@ from sae_med.report.claims import (
     replication_sentence,
     verdicts_frame,
 )
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import CORPUS_COLORS, domain_pair, setup_notebook
 
 # %% [markdown]
@@ -231,12 +247,19 @@ glue("concept_replication", concept_replication, display=False)
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("06"))
+
+# %% [markdown]
 # ```{exercise} Read the best explanations
 # :label: ex-ai-best
 # Which latents did the scorer find easiest to detect? List the three with the highest
 # detection AUROC, with their SAE, firing rate and explanation. Would you trust those
-# explanations, given the judge?
+# explanations, given the judge? Check the three with
+# `check("ex-ai-best", [(SAE, latent), ...], per_latent=per_latent)`.
 # ```
 #
 # ```{solution-start} ex-ai-best
@@ -249,6 +272,9 @@ with pd.option_context("display.max_colwidth", 200):
     display(per_latent.dropna(subset=["detection_auroc"])
             .nlargest(3, "detection_auroc")[["SAE", "latent", "firing_rate", "explanation",
                                              "detection_auroc"]].round(3))
+best = per_latent.dropna(subset=["detection_auroc"]).nlargest(3, "detection_auroc")
+check("ex-ai-best", list(zip(best.SAE, best.latent, strict=True)),
+      per_latent=per_latent).require()
 
 # %% [markdown]
 # ```{solution-end}
@@ -260,7 +286,9 @@ with pd.option_context("display.max_colwidth", 200):
 # take, against this run's? Count one explanation per latent and, for each of the
 # 2 × `n_score` scored windows, one yes/no answer plus one p(yes) request (fuzzing doubles
 # the windows); check the count against this run's measured `n_calls`, and write the
-# command for a run against an OpenAI-compatible server.
+# command for a run against an OpenAI-compatible server. Check the count with
+# `check("ex-ai-budget", count, full=full, n_saes=len(scores))`, where `full` is the budget
+# `autointerp.demo=false` resolves to (`run_budget`).
 # ```
 #
 # ```{solution-start} ex-ai-budget
@@ -290,6 +318,7 @@ display(pd.DataFrame([
 print(f"sae-med book {config} {' '.join(overrides)} autointerp.demo=false "
       "autointerp.backend=openai autointerp.base_url=http://localhost:8000/v1 "
       "autointerp.model=NAME")
+check("ex-ai-budget", n_requests(full) * len(scores), full=full, n_saes=len(scores)).require()
 
 # %% [markdown]
 # ```{solution-end}

@@ -13,6 +13,20 @@
 # %% [markdown]
 # # 7. Where the SAE's error hurts the model
 #
+# ```{admonition} About this chapter
+# - **Teaches:** where splicing an SAE in costs the model: baselines (zero and mean
+#   ablation), random error of the same size, and ΔCE broken down by position, norm and
+#   token frequency.
+# - **Before it:** chapter 3 (ΔCE and loss recovered); what cross-entropy is.
+# - **Time, default config:** about 1.5 min with the run made (the default's book build,
+#   every stage already run, took 5 min 20 s for its eight notebooks, this one 88 s;
+#   benchmarks/RESULTS.md, 2026-12-03).
+# - **Time, smoke config:** about 2.5 min measured here with the smoke run present (165 s,
+#   2026-12-06, this project's shared 2-core machine under load; the diagnosis is recomputed
+#   on every run).
+# - **Needs:** CPU only; no internet.
+# ```
+#
 # ## Overview
 # Splicing an SAE into the residual stream costs the model ΔCE nats per token. This
 # notebook asks where that damage comes from, for replicate 0 of each training corpus at
@@ -37,6 +51,7 @@ from myst_nb import glue
 
 from sae_med.experiment import stage_diagnose
 from sae_med.measure.diagnose import bins_frame, summary_frame
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import setup_notebook
 
 # %% [markdown]
@@ -104,12 +119,19 @@ for field, title in (("by_position", "token position"), ("by_norm_decile", "‖x
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("07"))
+
+# %% [markdown]
 # ```{exercise} Recompute "recovered vs mean"
 # :label: ex-damage-recovered
 # From the CE values in each report, recompute loss recovered against zero ablation and
 # against mean ablation, (CE_baseline − CE_spliced) / (CE_baseline − CE_clean), and check
-# them against the table.
+# them against the table. Check with `check("ex-damage-recovered", {SAE: {"vs zero": ...,
+# "vs mean": ...}}, reports=reports)`.
 # ```
 #
 # ```{solution-start} ex-damage-recovered
@@ -131,6 +153,9 @@ display(pd.DataFrame([{"SAE": name,
                        "vs mean (recomputed)": recovered(r, r.ce_mean_ablation),
                        "vs mean (report)": r.loss_recovered_vs_mean}
                       for name, r in reports.items()]).round(4))
+check("ex-damage-recovered", {name: {"vs zero": recovered(r, r.ce_zero),
+                                     "vs mean": recovered(r, r.ce_mean_ablation)}
+                              for name, r in reports.items()}, reports=reports).require()
 
 # %% [markdown]
 # ```{solution-end}
@@ -139,7 +164,8 @@ display(pd.DataFrame([{"SAE": name,
 # ```{exercise} Where does the damage sit?
 # :label: ex-damage-where
 # For each SAE, which token-position bin, ‖x‖ decile and frequency quintile carries the
-# largest share of the total ΔCE? Is the damage spread evenly, or concentrated?
+# largest share of the total ΔCE? Is the damage spread evenly, or concentrated? Check the
+# bins with `check("ex-damage-where", {(SAE, breakdown): bin}, reports=reports)`.
 # ```
 #
 # ```{solution-start} ex-damage-where
@@ -157,6 +183,8 @@ for field in ("by_position", "by_norm_decile", "by_frequency"):
         peaks.append({"SAE": name, "breakdown": field, "largest bin": top.bin,
                       "its share of ΔCE": top.share, "even share": 1 / len(g)})
 display(pd.DataFrame(peaks).round(3))
+check("ex-damage-where", {(p["SAE"], p["breakdown"]): p["largest bin"] for p in peaks},
+      reports=reports).require()
 
 # %% [markdown]
 # ```{solution-end}

@@ -13,6 +13,22 @@
 # %% [markdown]
 # # 8. The learning curve: does the medical advantage survive real training?
 #
+# ```{admonition} About this chapter
+# - **Teaches:** whether the gap between the two SAE families holds as training grows:
+#   snapshots versus annealed runs per budget, across-seed intervals, grows / shrinks /
+#   holds verdicts.
+# - **Before it:** chapters 2 and 3 (training, the scores and their paired intervals); what
+#   a learning-rate schedule is.
+# - **Time, default config:** `configs/default.yaml` asks for no curve, so the notebook says
+#   so in seconds; `configs/long.yaml` adds it: about 2 h 20 min from nothing (caching 49
+#   min, the 10M-token runs 57 min, the smaller budgets 26 min, scoring 8 min;
+#   benchmarks/RESULTS.md, 2026-12-03, 2 cores).
+# - **Time, smoke config:** about 30 s measured here with the smoke curve present (32 s,
+#   2026-12-06, this project's shared 2-core machine under load); the first run here, which
+#   redid part of the curve's work, took 204 s.
+# - **Needs:** CPU only; no internet.
+# ```
+#
 # ## Overview
 # The main run trains every SAE for about a thousand steps (600k tokens on the default),
 # while the paper trains on 49M. Short runs could flatter either side: the domain SAE has
@@ -39,6 +55,7 @@ from myst_nb import glue
 
 from sae_med.experiment import stage_learning_curve
 from sae_med.report.claims import oriented_gaps
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.learning_curve import (
     claim_trends,
     curve_summary,
@@ -129,12 +146,20 @@ if points:
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("08"))
+
+# %% [markdown]
 # ```{exercise} Is the largest budget converged?
 # :label: ex-curve-converged
 # From the family table, how much did each side's FVE and ΔCE change between the last
 # two budgets, relative to the change between the first two? What does that say about
-# whether more tokens would move the gap?
+# whether more tokens would move the gap? Check the ratios (last change ÷ first change)
+# with `check("ex-curve-converged", {(train corpus, metric): ratio},
+# families=tables.families, domain=domain)`.
 # ```
 #
 # ```{solution-start} ex-curve-converged
@@ -150,6 +175,9 @@ if points:
     steps = (fam.pivot_table(index=["train_corpus", "metric"], columns="tokens",
                              values="value").diff(axis=1).iloc[:, 1:])
     display(steps.round(4))
+    ratios = (steps.iloc[:, -1] / steps.iloc[:, 0]).to_dict()
+    display(check("ex-curve-converged", ratios, families=tables.families,
+                  domain=domain).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -159,7 +187,9 @@ if points:
 # :label: ex-curve-l0
 # The gaps are taken at one target L0, but each SAE's measured L0 can drift from it. For
 # every budget, how far is each side's held-out L0 from the target, and do the two sides
-# differ by more than their intervals?
+# differ by more than their intervals? Check the distances (L0 / target − 1) with
+# `check("ex-curve-l0", {(tokens, train corpus): distance}, families=tables.families,
+# domain=domain)`.
 # ```
 #
 # ```{solution-start} ex-curve-l0
@@ -174,6 +204,10 @@ if points:
     display(l0.assign(off_target=l0.value / l0.l0_target - 1)
             .pivot_table(index="tokens", columns="train_corpus",
                          values=["value", "low", "high", "off_target"]).round(3))
+    off = l0.value / l0.l0_target - 1
+    display(check("ex-curve-l0", dict(zip(zip(l0.tokens, l0.train_corpus, strict=True), off,
+                                          strict=True)), families=tables.families,
+                  domain=domain).require())
 
 # %% [markdown]
 # ```{solution-end}

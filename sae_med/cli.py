@@ -10,6 +10,8 @@ config plus ``section.field=value`` overrides.
         [--sae SPEC [--sae-id ID]] ...  ... or the given SAEs (Gemma Scope npz, sae-lens)
     sae-med experiment CONFIG [k=v ...] cache -> train -> evaluate (last line results=PATH)
     sae-med autointerp CONFIG [k=v ...] LLM explanations + detection scores (autointerp=DIR)
+    sae-med homefield CONFIG [k=v ...]  what the broad SAE lacks: mean shift, novel documents,
+                                        token frequency (homefield=PATH)
     sae-med book CONFIG [k=v ...]       execute the notebooks, build the book (book=PATH)
     sae-med notebook NN CONFIG [k=v ...] execute one notebook (notebook=PATH.ipynb)
         [--out PATH] [-p NAME VALUE]    ... to PATH; -p sets its other parameters
@@ -272,6 +274,18 @@ def cmd_autointerp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_homefield(args: argparse.Namespace) -> int:
+    """The home-field diagnostics of the run's SAEs (:mod:`sae_med.measure.homefield`)."""
+    # deferred: only this subcommand needs it (torch and the model stack load slowly)
+    from sae_med.experiment import homefield_report
+    from sae_med.measure.homefield import HOMEFIELD_NAME
+
+    cfg = _load(args)
+    print(homefield_report(cfg).summary())
+    print(f"homefield={cfg.run_path / HOMEFIELD_NAME}")
+    return 0
+
+
 def cmd_book(args: argparse.Namespace) -> int:
     # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.report.book import build_book
@@ -416,6 +430,34 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("overrides", nargs="*", help="section.field=value overrides")
 
 
+def _add_command_options(name: str, p: argparse.ArgumentParser) -> None:
+    """The options of subcommand ``name`` beyond its config and overrides."""
+    if name == "corpora":
+        p.add_argument("--no-tokens", action="store_true",
+                       help="skip token counts (no tokenizer needed)")
+        p.add_argument("--leakage", action="store_true",
+                       help="instead, per corpus readable offline (embedded, and the "
+                            "config's own): the share of eval documents "
+                            "with an exact / near-duplicate in train, and what "
+                            "de-duplication removed")
+        p.add_argument("--corpus", action="append", default=[], metavar="NAME",
+                       help="only this corpus (repeatable)")
+    if name == "evaluate":
+        p.add_argument("--sae", action="append", default=[], metavar="SPEC",
+                       help="score this SAE instead of the run's own (repeatable): a "
+                            "sae-med folder, a Gemma Scope params.npz, a sae-lens "
+                            "folder, or sae_lens:RELEASE/SAE_ID")
+        p.add_argument("--sae-id", action="append", default=[], metavar="ID",
+                       help="row id for each --sae, in order (default: from the path)")
+        p.add_argument("--out", default=None,
+                       help="results JSON for --sae (default: RUN/results_external.json)")
+    if name == "prepare":
+        p.add_argument("--check", action="store_true",
+                       help="only report whether everything is prepared (exit 1 if not)")
+    if name == "config":
+        p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae-med", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -435,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "score every budget (the config's learning_curve)"),
         "autointerp": (cmd_autointerp, "explain and score latents with an LLM; last line "
                        "autointerp=PATH"),
+        "homefield": (cmd_homefield, "what the broad SAE lacks on domain text: mean shift, "
+                      "novel documents, token frequency; last line homefield=PATH"),
         "book": (cmd_book, "execute the notebooks and build the book; last line book=PATH"),
         "run": (cmd_run, "the main job: experiment, then the book"),
         "config": (cmd_config, "print the resolved config (base: and overrides applied)"),
@@ -444,30 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error instead of one line")
         _add_config_args(p, required=name not in ("corpora", "prepare"))
-        if name == "corpora":
-            p.add_argument("--no-tokens", action="store_true",
-                           help="skip token counts (no tokenizer needed)")
-            p.add_argument("--leakage", action="store_true",
-                           help="instead, per corpus readable offline (embedded, and the "
-                                "config's own): the share of eval documents "
-                                "with an exact / near-duplicate in train, and what "
-                                "de-duplication removed")
-            p.add_argument("--corpus", action="append", default=[], metavar="NAME",
-                           help="only this corpus (repeatable)")
-        if name == "evaluate":
-            p.add_argument("--sae", action="append", default=[], metavar="SPEC",
-                           help="score this SAE instead of the run's own (repeatable): a "
-                                "sae-med folder, a Gemma Scope params.npz, a sae-lens "
-                                "folder, or sae_lens:RELEASE/SAE_ID")
-            p.add_argument("--sae-id", action="append", default=[], metavar="ID",
-                           help="row id for each --sae, in order (default: from the path)")
-            p.add_argument("--out", default=None,
-                           help="results JSON for --sae (default: RUN/results_external.json)")
-        if name == "prepare":
-            p.add_argument("--check", action="store_true",
-                           help="only report whether everything is prepared (exit 1 if not)")
-        if name == "config":
-            p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+        _add_command_options(name, p)
         p.set_defaults(func=fn)
     _add_notebook_parser(sub)
     _add_export_parser(sub)

@@ -96,6 +96,10 @@ class CacheConfig:
         _check(self.dtype in DTYPES, "cache.dtype", f"must be one of {DTYPES}")
 
 
+SAEArchitecture = Literal["jumprelu", "relu", "topk", "batchtopk", "matryoshka_batchtopk"]
+SAE_ARCHITECTURES: tuple[str, ...] = typing.get_args(SAEArchitecture)
+
+
 @dataclass(frozen=True)
 class SAEConfig:
     width: int = 5120
@@ -114,8 +118,15 @@ class SAEConfig:
     seeds: int = 1
     """Replicate SAEs per (training corpus, target L0), each from its own initialisation
     and batch order (:func:`sae_med.train.schedule.init_seed`,
-    :func:`~sae_med.train.schedule.batch_seed`); intervals over replicates include training-seed
-    variance (:mod:`sae_med.measure.compare`)."""
+    :func:`~sae_med.train.schedule.batch_seed`); intervals over replicates include
+    training-seed variance (:mod:`sae_med.measure.compare`)."""
+    architecture: SAEArchitecture = "jumprelu"
+    """``jumprelu`` (the paper's), ``relu`` (L1 penalty), ``topk``, ``batchtopk`` or
+    ``matryoshka_batchtopk`` (:func:`sae_med.sae.factory.build_sae`). A target L0 is k for
+    the TopK family and the sparsity target for the others."""
+    matryoshka_prefixes: tuple[float, ...] = (0.0625, 0.25)
+    """Matryoshka's inner prefixes as fractions of ``width`` (strictly increasing, in
+    (0, 1)); the full width is the outer level. Fractions, so a width sweep keeps them."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "sae.width", "must be > 0")
@@ -129,6 +140,18 @@ class SAEConfig:
         _check(self.init_threshold > 0, "sae.init_threshold", "must be > 0")
         _check(self.threshold_init in ("constant", "target_quantile"), "sae.threshold_init",
                "must be 'constant' or 'target_quantile'")
+        _check(self.architecture in SAE_ARCHITECTURES, "sae.architecture",
+               f"{self.architecture!r} is not one of {', '.join(SAE_ARCHITECTURES)}")
+        if self.architecture == "topk":
+            _check(all(t == int(t) for t in self.l0_targets), "sae.l0_targets",
+                   "a topk SAE's target L0 is its k, a whole number")
+        if self.architecture == "matryoshka_batchtopk":
+            sizes = [round(f * self.width) for f in self.matryoshka_prefixes]
+            _check(len(sizes) > 0 and sorted(set(sizes)) == sizes and 0 < sizes[0]
+                   and sizes[-1] < self.width, "sae.matryoshka_prefixes",
+                   f"{self.matryoshka_prefixes} must be strictly increasing fractions in "
+                   f"(0, 1) that round to distinct prefixes of sae.width={self.width} "
+                   f"(got sizes {sizes})")
 
 
 @dataclass(frozen=True)
@@ -322,6 +345,24 @@ class CorpusSpec:
         _check(bool(self.text_field), f"{at}.text_field", "must name the text field")
 
 
+@dataclass(frozen=True)
+class BaselineSpec:
+    """An SAE trained elsewhere, scored beside the run's own on the same tokens
+    (``baselines: {NAME: {sae: ...}}``), e.g. a Gemma Scope 2 SAE of the hooked block: the
+    paper's design (a production broad SAE against a domain SAE). Its rows carry the id
+    ``baseline/NAME``."""
+
+    sae: str = ""
+    """Any SAE spec sae-med reads (:data:`sae_med.sae.io.SAE_SPEC_HELP`): ``sae_lens:RELEASE/
+    SAE_ID`` (hub path, needs internet), a Gemma Scope 2 ``params.safetensors`` folder, a
+    Gemma Scope ``params.npz``, a sae-lens or sae-med folder. Required."""
+    description: str = ""
+
+    def check(self, name: str) -> None:
+        _check(bool(self.sae), f"baselines.{name}.sae", "is required: an SAE spec, e.g. "
+               "sae_lens:gemma-scope-2-270m-pt-res-all/layer_13_width_16k_l0_small")
+
+
 AUTOINTERP_BACKENDS = ("local", "openai")
 
 
@@ -387,8 +428,9 @@ RUN_SECTIONS = ("replications", "learning_curve")
 """Config sections that describe other runs (their own folders): a ``base:`` passes them
 on only to a config that keeps its run name (the same runs, e.g. ``long.yaml`` adding a
 learning curve to the default), and the runs they describe have none of their own."""
-DROPPED_AT_DEFAULT = ("corpora", *RUN_SECTIONS, "train.snapshot_tokens", "train.pre_act_loss",
-                      "model.dtype", "train.snapshots_annealed")
+DROPPED_AT_DEFAULT = ("corpora", "baselines", *RUN_SECTIONS, "train.snapshot_tokens",
+                      "train.pre_act_loss", "model.dtype", "train.snapshots_annealed",
+                      "sae.architecture", "sae.matryoshka_prefixes")
 """Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when they
 hold their default, so the keys of configs that do not use them stay as they were."""
 
@@ -414,6 +456,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
+    baselines: dict[str, BaselineSpec] = field(default_factory=dict)
+    """SAEs trained elsewhere (name -> :class:`BaselineSpec`), scored beside this run's on
+    every eval corpus; never part of a family, gap or verdict."""
     replications: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The same experiment on other models: run name -> sections that differ from this
     config (e.g. ``model`` and ``sae.width``), merged onto it like a ``base:``. Run after
@@ -430,6 +475,8 @@ class Config:
         _check(len(self.train_corpora) > 0, "train_corpora", "must name at least one corpus")
         for name, spec in self.corpora.items():
             spec.check(name)
+        for name, baseline in self.baselines.items():
+            baseline.check(name)
         # corpus names are checked by the registry a stage hands this config to
         # (sae_med.corpora.registry.use_config): the config knows no registry
         self.replication_configs()  # a mistake in a replication fails when this loads

@@ -8,6 +8,7 @@ is the only module that runs stages; where each one writes is :mod:`sae_med.layo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -22,14 +23,20 @@ from typing import Any, NamedTuple
 import torch
 
 from sae_med import LOG_FORMAT, runtime
-from sae_med.artifacts import stable_hash, write_json_if_changed
+from sae_med.artifacts import (
+    file_sha256,
+    stable_hash,
+    write_json_atomic,
+    write_json_if_changed,
+)
 from sae_med.cache.activations import ActivationCache, build_cache
-from sae_med.cache.batches import BatchSource
+from sae_med.cache.batches import BatchSource, TensorBatchSource
 from sae_med.cache.stream import ActivationStream
-from sae_med.config import RUN_SECTIONS, Config
+from sae_med.config import RUN_SECTIONS, Config, config_from_dict, load_config
 from sae_med.interpret import autointerp
 from sae_med.interpret.autointerp import DEMO_BUDGET, RunScores, run_budget
 from sae_med.interpret.chat import make_chat
+from sae_med.interpret.synthetic import SYNTHETIC_CORPUS, SyntheticBatch
 from sae_med.layout import (
     ANNEALED_DIR,
     CFG_FILENAME,
@@ -46,16 +53,31 @@ from sae_med.layout import (
 from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
 from sae_med.lm.weights import recorded_weights, warn_if_other_weights, weights_record
+from sae_med.measure.compare import Comparison, contrasts
 from sae_med.measure.diagnose import Subject, diagnose_saes
+from sae_med.measure.homefield import (
+    HOMEFIELD_NAME,
+    MAX_OVERLAP,
+    RATIO_EDGES,
+    HomeFieldReport,
+    HomeInputs,
+    compute_homefield,
+    home_corpora,
+    inputs_key,
+)
+from sae_med.measure.homefield import SCHEMA_VERSION as HOMEFIELD_SCHEMA
 from sae_med.measure.results import (
     SCHEMA_VERSION,
     ComparisonTables,
     ResultRow,
     load_comparisons,
+    read_results,
     write_results,
 )
 from sae_med.measure.scoring import ce_batches, compare_families, reconstruction_fn, score_saes
+from sae_med.report.book import PROJECT_ROOT
 from sae_med.report.claims import ModelRun, model_label
+from sae_med.report.domain_report import ReportedRun
 from sae_med.report.learning_curve import CurvePoint, curve_budgets
 from sae_med.runtime import pick_device
 from sae_med.sae.io import load_any_sae, sae_format
@@ -237,13 +259,32 @@ def stage_evaluate(cfg: Config, progress: bool = True) -> Path:
     key) matches; recomputed otherwise."""
 
     stage_train(cfg, progress)
-    return _evaluate_once(cfg, sae_dirs(cfg), cfg.run_path / RESULTS_NAME, progress)
+    return _evaluate_once(cfg, sae_dirs(cfg), cfg.run_path / RESULTS_NAME, progress,
+                          baseline_specs(cfg))
 
 
-def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: bool) -> Path:
-    """Score the SAEs of ``dirs`` (``{sae_id: folder}``) on every eval corpus into
-    ``path``, unless its ``inputs_key`` says that was done with these inputs."""
+BASELINE_PREFIX = "baseline/"
+"""The sae_id prefix of a config's ``baselines`` in results rows."""
 
+
+def baseline_specs(cfg: Config) -> dict[str, str]:
+    """``{sae_id: SAE spec}`` of the config's ``baselines`` (ids ``baseline/NAME``)."""
+    return {BASELINE_PREFIX + name: b.sae for name, b in cfg.baselines.items()}
+
+
+def _spec_key(spec: str) -> str:
+    """What identifies a baseline's weights: its files' hashes when it is on disk (a
+    re-downloaded or replaced file is a new input), else its hub spec."""
+    path = Path(spec)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return spec if not path.exists() else ",".join(file_sha256(f) for f in files)
+
+
+def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: bool,
+                   baselines: dict[str, str] | None = None) -> Path:
+    """Score the SAEs of ``dirs`` (``{sae_id: folder}``) and ``baselines`` (``{sae_id:
+    spec}``) on every eval corpus into ``path``, unless its ``inputs_key`` says that was
+    done with these inputs."""
     model = load_model_for(cfg)
     caches = {c: cache_for(cfg, c, "eval", progress) for c in cfg.eval_corpora}
     key = stable_hash({
@@ -253,12 +294,15 @@ def _evaluate_once(cfg: Config, dirs: dict[str, Path], path: Path, progress: boo
                    if k not in ("autointerp", *RUN_SECTIONS)},
         "saes": {i: json.loads((d / CFG_FILENAME).read_text())["weights_sha256"]
                  for i, d in dirs.items()},
+        **({"baselines": {i: _spec_key(s) for i, s in baselines.items()}} if baselines
+           else {}),
         "caches": {c: cache.key for c, cache in caches.items()}})
     if path.exists() and json.loads(path.read_text()).get("inputs_key") == key:
         log.info("reusing %s (inputs unchanged)", path)
         return path
-    return evaluate_paths(cfg, list(dirs.values()), list(cfg.eval_corpora), model=model,
-                          out_path=path, progress=progress, sae_ids=list(dirs),
+    specs = {**{i: str(d) for i, d in dirs.items()}, **(baselines or {})}
+    return evaluate_paths(cfg, list(specs.values()), list(cfg.eval_corpora), model=model,
+                          out_path=path, progress=progress, sae_ids=list(specs),
                           extra={"inputs_key": key}, caches=caches)
 
 
@@ -462,17 +506,19 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     for i, spec in zip(ids, specs, strict=True):
         warn_if_other_weights(i, recorded_weights(spec), weights)
     rows: list[ResultRow] = []
-    comparisons = []
+    by_eval: dict[str, Comparison] = {}
     for corpus in corpora:
         cache = (caches or {}).get(corpus) or build_cache(
             model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens, progress=progress)
         scored = score_saes(saes, model, cfg, corpus, cache, meta, progress)
         rows += scored.rows
-        comparisons.append(compare_families(scored, cfg, corpus))
-    return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME, comparisons,
+        by_eval[corpus] = compare_families(scored, cfg, corpus)
+    return write_results(rows, cfg, out_path or cfg.run_path / RESULTS_NAME,
+                         list(by_eval.values()),
                          {**(extra or {}), "weights": weights.to_dict(),
                           # the forwards' dtype and why (model.dtype auto varies by machine)
-                          "model_dtype": model.dtype_choice._asdict()})
+                          "model_dtype": model.dtype_choice._asdict()},
+                         contrasts(by_eval, cfg.train_corpora))
 
 
 def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = False
@@ -483,3 +529,84 @@ def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = Fals
     return [ModelRun(model_label(cfg), cfg, comparisons),
             *(ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
               for c in cfg.replication_configs().values())]
+
+
+def home_inputs(cfg: Config, l0_target: float = 0.0, progress: bool = True) -> HomeInputs:
+    """The inputs of :func:`homefield_report`; a missing SAE is one error naming it."""
+
+    domain, broad = home_corpora(cfg)
+    target = middle_target(cfg, l0_target)
+    dirs = {(side, r): cfg.run_path / SAES_DIR / sae_id(c, r, target)
+            for side, c in (("domain", domain), ("broad", broad))
+            for r in range(cfg.sae.seeds)}
+    if missing := [str(d) for d in dirs.values() if not (d / CFG_FILENAME).exists()]:
+        raise FileNotFoundError(f"no trained SAE in {missing[0]} ({len(missing)} missing): "
+                                "run `sae-med train CONFIG` first")
+    return HomeInputs(domain, broad, target, dirs, cache_for(cfg, domain, "train", progress),
+                      cache_for(cfg, broad, "train", progress),
+                      cache_for(cfg, domain, "eval", progress))
+
+
+def homefield_report(cfg: Config, l0_target: float = 0.0, max_overlap: float = MAX_OVERLAP,
+                     edges: Sequence[float] = RATIO_EDGES, out_path: str | Path | None = None,
+                     progress: bool = True) -> HomeFieldReport:
+    """The three diagnostics for the run's SAEs at :func:`~sae_med.experiment.middle_target`
+    ``l0_target``, written to ``out_path`` (default ``cfg.run_path / homefield.json``)
+    and reused while its inputs (config, SAE weights, caches, parameters) are unchanged.
+    Needs the trained SAEs; builds missing caches."""
+    inp = home_inputs(cfg, l0_target, progress)
+    key = inputs_key(cfg, inp, max_overlap, edges)
+    path = Path(out_path) if out_path is not None else cfg.run_path / HOMEFIELD_NAME
+    if path.exists():
+        doc = json.loads(path.read_text())
+        if doc.get("schema_version") == HOMEFIELD_SCHEMA and doc.get("inputs_key") == key:
+            log.info("reusing %s (inputs unchanged)", path)
+            return HomeFieldReport.from_dict(doc)
+    report = dataclasses.replace(
+        compute_homefield(cfg, inp, load_model_for(cfg), max_overlap, edges, progress),
+        inputs_key=key)
+    write_json_atomic(path, report.to_dict())
+    return report
+
+
+def recipe_config(recipe: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config file ``recipe`` with the ``sae.`` and ``train.`` ones of ``overrides``
+    (the rest name models and corpora, which synthetic data have none of, and may not fit
+    ``recipe``). A relative path missing from the working directory is read from the
+    project, so the chapter's default finds configs/default.yaml wherever the book runs."""
+
+    path = Path(recipe)
+    if not path.exists() and not path.is_absolute():
+        path = PROJECT_ROOT / path
+    return load_config(path, [o for o in overrides if o.startswith(("sae.", "train."))])
+
+
+def train_synthetic(cfg: Config, batch: SyntheticBatch, out_dir: str | Path,
+                    progress: bool = False) -> list[JumpReLUSAE]:
+    """Train ``cfg``'s sweep (:func:`sae_med.train.sweep.train_saes`) on ``batch.acts``, or reuse
+    a finished one with the same run key; returns the saved SAEs in target order."""
+    from sae_med.train.sweep import train_saes  # the trainer pulls in the device runtime
+
+    source = TensorBatchSource(batch.acts)
+    # the run key takes the source's key: without one, other rows would reuse these SAEs
+    source.key = hashlib.sha256(batch.acts.contiguous().numpy().tobytes()).hexdigest()
+    threads = torch.get_num_threads()
+    # (512, 64) x (64, width) products are too small to split: on a busy 2-core machine a
+    # second thread made the run 8x slower (3 s on one thread, 23 s on two)
+    torch.set_num_threads(1)
+    try:
+        results = train_saes(cfg, source, out_dir, progress=progress,
+                             train_corpus=SYNTHETIC_CORPUS)
+    finally:
+        torch.set_num_threads(threads)
+    return [JumpReLUSAE.load(r.path) for r in results]
+
+
+def reported_run(cfg: Config, results_file: str = "") -> ReportedRun:
+    """``cfg``'s run, evaluated if needed (the stages reuse what is there); or, given
+    ``results_file``, that file with the config it records (a run made elsewhere)."""
+
+    if results_file:
+        return ReportedRun(config_from_dict(read_results(results_file)["config"]),
+                           Path(results_file))
+    return ReportedRun(cfg, stage_evaluate(cfg, progress=False))

@@ -190,3 +190,16 @@ def test_negative_or_zero_eval_counts_are_refused_by_field(override):
     field = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"'{field}'"):
         load_config(None, [override])
+
+
+def test_baselines_are_named_sae_specs_that_key_only_configs_that_set_them():
+    default = load_config("configs/default.yaml")
+    assert default.baselines == {} and "baselines" not in default.to_dict()
+    gs2 = load_config("configs/gemma_scope_2.yaml")
+    assert gs2.model.name == "google/gemma-3-270m" and gs2.replications == {}
+    assert all(b.sae.startswith("sae_lens:gemma-scope-2-270m-pt-res-all/layer_13_")
+               for b in gs2.baselines.values())
+    with_one = load_config("configs/default.yaml", ["baselines={gs: {sae: /tmp/x}}"])
+    assert with_one.hash() != default.hash()
+    with pytest.raises(ConfigError, match=r"baselines\.gs\.sae.*is required"):
+        load_config("configs/default.yaml", ["baselines={gs: {description: no spec}}"])

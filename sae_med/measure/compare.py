@@ -214,21 +214,31 @@ def _position(basis: Basis, at: float) -> dict[str, Any]:
             "fve": at if basis == "fve" else None}
 
 
+FamilyKey = tuple[str, str, Basis, float]
+"""A family's draws by (training corpus, metric, basis, target L0 or FVE)."""
+
+
 class Comparison(NamedTuple):
     families: list[FamilyScore]
     gaps: list[Gap]
     steps: list[Step]
+    draws: Mapping[FamilyKey, Draws] | None = None
+    """Every family's draws (not written out): what :func:`contrasts` combines across eval
+    corpora."""
 
 
 def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[str],
             seed: int, level: float = LEVEL) -> Comparison:
-    """Across-seed family scores and gaps (``train_corpora[0]`` minus each other corpus) for
-    every metric at every target L0, and for :data:`MATCHED_METRICS` at matched FVE; and
-    each family's :class:`Step` between consecutive target L0s.
+    """Across-seed family scores and gaps (every training corpus minus each later one of
+    ``train_corpora``) for every metric at every target L0, and for
+    :data:`MATCHED_METRICS` at matched FVE; and each family's :class:`Step` between
+    consecutive target L0s.
 
     Every :class:`SaeDraws` must come from one :class:`DocResample` of ``eval_corpus`` (same
     n_boot); seed replicates are drawn per training corpus with a generator derived from
-    ``seed`` and the corpus name, shared by all its targets and metrics."""
+    ``seed`` and the corpus name, shared by all its targets and metrics (and, given the
+    same ``seed``, by every eval corpus: the same SAEs are drawn on each text, which
+    :func:`contrasts` needs)."""
     corpora = [c for c in train_corpora if any(s.train_corpus == c for s in saes)]
     by: dict[tuple[str, float], list[SaeDraws]] = {}
     for s in sorted(saes, key=lambda s: s.replicate):
@@ -238,7 +248,7 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
     reps = {c: sorted({s.replicate for s in saes if s.train_corpus == c}) for c in corpora}
     draws = {c: seed_draws(len(reps[c]), n_boot, derived_seed(seed, "seeds", c))
              for c in corpora}
-    fam: dict[tuple[str, str, Basis, float], Draws] = {}
+    fam: dict[FamilyKey, Draws] = {}
     families = []
 
     def add(c: str, metric: str, basis: Basis, at: float, per_seed: list[Draws]) -> None:
@@ -266,19 +276,25 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
                         for i in range(len(reps[c]))]
             for g, at in enumerate(grid):
                 add(c, m, "fve", round(float(at), 6), [p[g] for p in per_seed])
+    return Comparison(families, _gaps(fam, eval_corpus, corpora, level),
+                      _steps(fam, eval_corpus, targets, level), fam)
+
+
+def _gaps(fam: Mapping[FamilyKey, Draws], eval_corpus: str, corpora: Sequence[str],
+          level: float) -> list[Gap]:
+    """Every corpus's family minus each later corpus's, at the same basis and position
+    (``fam``: :func:`compare`'s draws)."""
     gaps = []
     for (c, m, basis, at), d in fam.items():
-        if c != corpora[0]:
-            continue
-        for other in corpora[1:]:
+        for other in corpora[corpora.index(c) + 1:]:
             if (o := fam.get((other, m, basis, at))) is not None:
                 g = Draws(d.point - o.point, d.reps - o.reps)
                 gaps.append(Gap(eval_corpus, c, other, m, basis, at,
                                 percentile_interval(g, level), **replicate_counts(g)))
-    return Comparison(families, gaps, _steps(fam, eval_corpus, targets, level))
+    return gaps
 
 
-def _steps(fam: Mapping[tuple[str, str, Basis, float], Draws], eval_corpus: str,
+def _steps(fam: Mapping[FamilyKey, Draws], eval_corpus: str,
            targets: Sequence[float], level: float) -> list[Step]:
     """Every family's step from each of ``targets`` (sorted) to the next, at basis
     ``l0_target``, where both families are complete (``fam``: :func:`compare`'s draws).
@@ -316,6 +332,101 @@ def _matched_grid(by: Mapping[tuple[str, float], list[SaeDraws]], corpora: Seque
     if len(grid) == 0:
         log.warning("the FVE ranges of the sweeps do not overlap: no matched-FVE comparison")
     return grid
+
+
+# --------------------------------------------------------------------------------------
+# Contrasts: home advantages compared across eval corpora
+# --------------------------------------------------------------------------------------
+
+ContrastKind = Literal["did", "home_excess"]
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A difference of two *home advantages*, each a paired gap on its own eval corpus.
+
+    ``did`` (difference-in-differences): (``first`` − ``second`` SAE on ``first``'s text)
+    − (``second`` − ``first`` SAE on ``second``'s text). ``home_excess``: (``first`` −
+    ``reference`` on ``first``'s text) − (``second`` − ``reference`` on ``second``'s text).
+    The two texts are different documents, resampled independently; the seed draws of a
+    training corpus are shared by both (the same SAEs score both texts), so its seed
+    variance enters once, not twice."""
+
+    kind: ContrastKind
+    first: str
+    second: str
+    reference: str | None
+    metric: str
+    basis: Basis
+    at: float
+    """The target L0 (basis ``l0_target``), or the FVE on ``first``'s text (basis ``fve``:
+    each text's matched-FVE grid point of the same rank, ``grid_point``)."""
+    interval: Interval
+    fve_second: float | None = None
+    """Basis ``fve``: the FVE of the grid point on ``second``'s text."""
+    grid_point: int | None = None
+    n_boot: int = 0
+    dropped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row_type": "contrast", **{k: v for k, v in asdict(self).items()
+                                           if k not in ("interval", "basis", "at")},
+                **_position(self.basis, self.at), **self.interval.to_dict()}
+
+
+def contrasts(by_eval: Mapping[str, Comparison], train_corpora: Sequence[str],
+              level: float = LEVEL) -> list[Contrast]:
+    """Every contrast of :class:`Contrast` the comparisons allow: ``did`` for every pair of
+    corpora that are both training and eval corpora (in ``train_corpora`` order), and
+    ``home_excess`` of the first such corpus (the domain) over each later one but the
+    second (the reference, the broad side). ``by_eval``: :func:`compare` per eval corpus,
+    with its draws."""
+    homes = [c for c in train_corpora if c in by_eval and by_eval[c].draws]
+    specs = [("did", x, y, None) for i, x in enumerate(homes) for y in homes[i + 1:]]
+    specs += [("home_excess", homes[0], z, homes[1]) for z in homes[2:]]
+    return [c for kind, x, y, ref in specs
+            for c in _contrast_rows(by_eval[x].draws, by_eval[y].draws, kind, x, y, ref,
+                                    level)]
+
+
+def _home(fam: Mapping[FamilyKey, Draws], own: str, other: str, metric: str, basis: Basis,
+          at: float) -> Draws | None:
+    """``own`` minus ``other`` family on the text of ``fam`` (None if either is missing)."""
+    a, b = fam.get((own, metric, basis, at)), fam.get((other, metric, basis, at))
+    return None if a is None or b is None else Draws(a.point - b.point, a.reps - b.reps)
+
+
+def _paired_positions(fx: Mapping[FamilyKey, Draws], fy: Mapping[FamilyKey, Draws],
+                      basis: Basis) -> list[tuple[float, float]]:
+    """Positions compared across two texts: the same target L0s; or the matched-FVE grid
+    points of equal rank (each text has its own FVE range), when the grids are as long."""
+    px, py = ({at for (_, _, b, at) in f if b == basis} for f in (fx, fy))
+    if basis == "l0_target":
+        return [(a, a) for a in sorted(px & py)]
+    return list(zip(sorted(px), sorted(py), strict=True)) if len(px) == len(py) else []
+
+
+def _contrast_rows(fx: Mapping[FamilyKey, Draws], fy: Mapping[FamilyKey, Draws],
+                   kind: ContrastKind, x: str, y: str, ref: str | None, level: float
+                   ) -> list[Contrast]:
+    """The :class:`Contrast` rows of one (kind, first, second) at every metric and position
+    both texts have."""
+    rows = []
+    for basis in ("l0_target", "fve"):
+        metrics = sorted({m for (_, m, b, _) in fx if b == basis})
+        for rank, (ax, ay) in enumerate(_paired_positions(fx, fy, basis)):
+            for m in metrics:
+                hx = _home(fx, x, ref or y, m, basis, ax)
+                hy = _home(fy, y, ref or x, m, basis, ay)
+                if hx is None or hy is None:
+                    continue
+                d = Draws(hx.point - hy.point, hx.reps - hy.reps)
+                matched = basis == "fve"
+                rows.append(Contrast(kind, x, y, ref, m, basis, ax,
+                                     percentile_interval(d, level),
+                                     ay if matched else None, rank if matched else None,
+                                     **replicate_counts(d)))
+    return rows
 
 
 # --------------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ from sae_med.measure.bootstrap import (
     Interval,
     finite_or_none,
 )
-from sae_med.measure.compare import Comparison
+from sae_med.measure.compare import Comparison, Contrast
 from sae_med.measure.dark_matter import DarkMatterResult
 from sae_med.measure.metrics import (
     DensityHistogram,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Version of ``results.json`` (5 resampled documents, not their groups, and counted no
 dropped matched-FVE replicates; 4 had no steps between target L0s; 3 had no fve_typical;
 2 had no seed replicates, family means or gaps; 1 had no dark-matter intervals)."""
@@ -194,12 +194,13 @@ def tidy_results(rows: Sequence[Mapping[str, Any]]) -> Any:
 
 def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, path: str | Path,
                   comparisons: Sequence[Comparison] = (),
-                  extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``rows`` and the ``comparisons`` (family means, gaps and steps) as the results
-    JSON (schema in the module docstring) and the tidy CSV beside it (same stem, ``.csv``:
-    the :func:`tidy_results` rows, then the family, gap and step rows, told apart by
-    ``row_type``), both atomically; ``extra`` keys are added to the JSON's top level.
-    Returns the JSON path."""
+                  extra: Mapping[str, Any] | None = None,
+                  contrast_rows: Sequence[Contrast] = ()) -> Path:
+    """Write ``rows``, the ``comparisons`` (family means, gaps and steps) and the
+    ``contrast_rows`` as the results JSON (schema in the module docstring) and the tidy CSV
+    beside it (same stem, ``.csv``: the :func:`tidy_results` rows, then the family, gap,
+    step and contrast rows, told apart by ``row_type``), both atomically; ``extra`` keys
+    are added to the JSON's top level. Returns the JSON path."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
@@ -208,16 +209,17 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
     families = [f.to_dict() for c in comparisons for f in c.families]
     gaps = [g.to_dict() for c in comparisons for g in c.gaps]
     steps = [s.to_dict() for c in comparisons for s in c.steps]
+    contrast_dicts = [c.to_dict() for c in contrast_rows]
 
     doc = {"schema_version": SCHEMA_VERSION,
            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "config": cfg.to_dict(), "software": software_versions(), "seed": cfg.seed,
            "weights": weights_record(cfg.model.name).to_dict(),
            "rows": list(rows), "families": families, "gaps": gaps, "steps": steps,
-           **(extra or {})}
+           "contrasts": contrast_dicts, **(extra or {})}
     write_json_atomic(path, doc)
     extra = [{**r, "seed_values": json.dumps(r["seed_values"])} if "seed_values" in r else r
-             for r in families + gaps + steps]
+             for r in families + gaps + steps + contrast_dicts]
     table = pd.concat([tidy_results(rows), pd.DataFrame.from_records(extra)],
                       ignore_index=True) if extra else tidy_results(rows)
     with atomic_path(path.with_suffix(".csv")) as tmp:
@@ -239,18 +241,21 @@ def load_results(path: str | Path) -> Any:
 
 
 class ComparisonTables(NamedTuple):
-    """The family, gap and step rows of a results JSON as DataFrames (columns: the keys of
-    :meth:`~sae_med.measure.compare.FamilyScore.to_dict`,
-    :meth:`~sae_med.measure.compare.Gap.to_dict` and
-    :meth:`~sae_med.measure.compare.Step.to_dict`)."""
+    """The family, gap, step and contrast rows of a results JSON as DataFrames (columns: the
+    keys of :meth:`~sae_med.measure.compare.FamilyScore.to_dict`,
+    :meth:`~sae_med.measure.compare.Gap.to_dict`, :meth:`~sae_med.measure.compare.Step.to_dict`
+    and :meth:`~sae_med.measure.compare.Contrast.to_dict`)."""
 
     families: Any
     gaps: Any
     steps: Any
+    contrasts: Any = None
+    """None where a caller builds tables without contrasts (an empty frame when read)."""
 
 
 def load_comparisons(path: str | Path) -> ComparisonTables:
-    """Across-seed family means, paired gaps and steps of a results JSON (for notebooks)."""
+    """Across-seed family means, paired gaps, steps and contrasts of a results JSON (for
+    notebooks)."""
     return comparison_tables(read_results(path))
 
 
@@ -261,7 +266,7 @@ def comparison_tables(doc: Mapping[str, Any]) -> ComparisonTables:
 
     frames = []
     for key in ComparisonTables._fields:
-        df = pd.DataFrame.from_records(doc[key])
+        df = pd.DataFrame.from_records(doc.get(key, []))
         for c in ("value", "low", "high"):
             if c in df:
                 df[c] = df[c].astype(float)

@@ -40,9 +40,11 @@ groups) are computed from those draws by :func:`compare_families`.
 The results file (``results.json``, :func:`write_results`, schema :data:`SCHEMA_VERSION`)
 holds the config, software versions, the model's exact weights (``weights``, a
 :class:`~sae_med.lm.weights.WeightsRecord`), one :class:`ResultRow` per (SAE, eval corpus) and
-the family means, gaps and steps of :mod:`sae_med.measure.compare`; ``results.csv`` beside it is the
-tidy table of :func:`tidy_results` followed by the family, gap and step rows
-(``row_type``).
+the family means, gaps, steps and contrasts of :mod:`sae_med.measure.compare` (contrasts:
+home advantages compared across eval corpora, :func:`~sae_med.measure.compare.contrasts`);
+``results.csv`` beside it is the tidy table of
+:func:`~sae_med.measure.results.tidy_results` followed by the family, gap, step and
+contrast rows (``row_type``).
 """
 
 from __future__ import annotations
@@ -419,5 +421,7 @@ def compare_families(scored: ScoredCorpus, cfg: Config, eval_corpus: str) -> Com
                      int(r.meta.get("replicate") or 0), scored.draws[r.sae_id])
             for r in scored.rows if r.meta.get("train_corpus") in cfg.train_corpora
             and r.meta.get("l0_target") is not None]
-    return compare(saes, eval_corpus, cfg.train_corpora,
-                   derived_seed(cfg.seed, "seeds", eval_corpus), LEVEL)
+    # one seed for every eval corpus: a training corpus's seed draws are then the same on
+    # each text, so contrasts across texts count its seed variance once
+    return compare(saes, eval_corpus, cfg.train_corpora, derived_seed(cfg.seed, "seeds"),
+                   LEVEL)

@@ -10,9 +10,12 @@ tidy ``gaps`` and ``steps`` frames of :func:`sae_med.measure.results.load_compar
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import ast
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sae_med.artifacts import stable_hash
 from sae_med.interpret.autointerp import compare_scores
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.compare import (
@@ -42,6 +45,10 @@ class Claim(NamedTuple):
     sensitivity_of: str | None = None
     """For a sensitivity check, the key of the claim it re-runs another way: judged like
     a claim and shown, never counted as one."""
+    version: int = 1
+    """The version of the claim's rule (:func:`rule_fingerprint`): a rule changed after
+    data were seen must say so by a new version (``tests/report/frozen_rules.json`` records every
+    version's fingerprint, and a test fails on a change without one)."""
 
     @property
     def is_claim(self) -> bool:
@@ -63,6 +70,31 @@ SENSITIVITY_CHECKS = (
 """Checks of a claim under another choice (here: which tokens count), added after the
 data were seen, so they can qualify a claim's verdict but never add to the claims
 supported."""
+DID_CLAIMS = tuple(
+    Claim(f"did_{key}", f"The domain SAE's home advantage exceeds the broad SAE's "
+          f"(difference-in-differences): {name}", metric, sign, matched)
+    for key, name, metric, sign, matched in (
+        ("fve_typical", "typical-token FVE", "fve_typical", 1, False),
+        ("fve", "FVE", "fve", 1, False),
+        ("delta_ce", "ΔCE", "delta_ce", -1, True),
+        ("loss", "loss recovered", "loss_recovered", 1, True),
+        ("dark_matter", "R²(e)", "dark_matter.r2_error_mean", -1, True)))
+"""Issue 30's question, declared before the run that judges it: is the domain SAE's win at
+home larger than the broad SAE's win at home? Judged from the ``did`` contrasts
+(:class:`~sae_med.measure.compare.Contrast`): (domain − broad SAE on domain text) − (broad − domain
+SAE on broad text), at every target L0 and, for metrics that depend on fidelity, at every
+pair of matched-FVE grid points of equal rank. Pure distribution shift predicts equal home
+advantages (a difference of 0); the capacity thesis predicts the domain's is larger."""
+HOME_EXCESS_CLAIMS = tuple(
+    Claim(f"home_excess_{key}", f"The domain's home advantage over the broad SAE exceeds a "
+          f"placebo domain's: {name}", metric, sign, matched)
+    for key, name, metric, sign, matched in (
+        ("fve_typical", "typical-token FVE", "fve_typical", 1, False),
+        ("delta_ce", "ΔCE", "delta_ce", -1, True)))
+"""Judged per placebo domain (another narrow definition corpus, ``configs/domains.yaml``)
+from the ``home_excess`` contrasts: (domain − broad on domain text) − (placebo − broad on
+placebo text). If medicine is special, its home advantage exceeds a placebo's; if any
+narrow genre wins at home as much, the advantage is home field."""
 CONCEPT_CLAIM = "Its latents read as clinical concepts (autointerp detection AUROC)"
 DCE_BAR_NATS = 1.0
 """Issue 12's quality bar: on the default config the domain SAE's ΔCE on held-out domain
@@ -108,10 +140,11 @@ def judged(v: Verdict, families: Any, domain: str) -> Verdict:
 
 def claim(key: str) -> Claim:
     """The claim or sensitivity check named ``key``; an error lists the valid keys."""
-    for c in (*CLAIMS, *SENSITIVITY_CHECKS):
+    claims = (*CLAIMS, *DID_CLAIMS, *HOME_EXCESS_CLAIMS)
+    for c in (*claims, *SENSITIVITY_CHECKS):
         if c.key == key:
             return c
-    raise KeyError(f"unknown claim {key!r}; valid claims: {', '.join(c.key for c in CLAIMS)}; "
+    raise KeyError(f"unknown claim {key!r}; valid claims: {', '.join(c.key for c in claims)}; "
                    f"sensitivity checks: {', '.join(c.key for c in SENSITIVITY_CHECKS)}")
 
 
@@ -145,6 +178,24 @@ def oriented_gaps(gaps: Any, first: str, second: str) -> Any:
     flip = gaps[(gaps.train_corpus == second) & (gaps.versus == first)].copy()
     flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
     flip["train_corpus"], flip["versus"] = first, second
+    return pd.concat([same, flip], ignore_index=True)
+
+
+def oriented_contrasts(contrasts: Any, kind: str, first: str, second: str) -> Any:
+    """The contrast rows of ``kind`` as ``first`` versus ``second`` (rows stored the other
+    way round are negated, their interval flipped: both kinds are antisymmetric)."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    if contrasts is None or contrasts.empty:
+        return pd.DataFrame(columns=["kind", "first", "second", "reference", "metric",
+                                     "basis", "l0_target", "fve", "grid_point", "value",
+                                     "low", "high"])
+    sel = contrasts[contrasts.kind == kind]
+    same = sel[(sel["first"] == first) & (sel["second"] == second)].copy()
+    flip = sel[(sel["first"] == second) & (sel["second"] == first)].copy()
+    flip["value"], flip["low"], flip["high"] = -flip.value, -flip.high, -flip.low
+    flip["first"], flip["second"] = first, second
     return pd.concat([same, flip], ignore_index=True)
 
 
@@ -208,6 +259,38 @@ def claim_verdict(comparisons: ComparisonTables, key: str, domain: str, broad: s
     at_fve = gap_intervals(ours, c.metric, domain, "fve") if c.matched_fve else None
     return judged(verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign),
                   comparisons.families, domain)
+
+
+def _contrast_verdict(comparisons: ComparisonTables, c: Claim, kind: str, first: str,
+                      second: str, domain: str) -> Verdict:
+    rows = oriented_contrasts(comparisons.contrasts, kind, first, second)
+    rows = rows[rows.metric == c.metric]
+    at_l0 = row_intervals(rows[rows.basis == "l0_target"].sort_values("l0_target"))
+    at_fve = (row_intervals(rows[rows.basis == "fve"].sort_values("grid_point"))
+              if c.matched_fve else None)
+    return judged(verdict(at_l0, at_fve, sign=c.sign), comparisons.families, domain)
+
+
+def contrast_verdict(comparisons: ComparisonTables, key: str, domain: str, broad: str
+                     ) -> Verdict:
+    """The verdict on a :data:`DID_CLAIMS` claim: its difference-in-differences excludes 0
+    on the claimed side at every target L0 (and every matched-FVE rank where the claim asks
+    for it); not judged when the domain SAEs fail the quality bar."""
+    return _contrast_verdict(comparisons, claim(key), "did", domain, broad, domain)
+
+
+def placebo_verdict(comparisons: ComparisonTables, key: str, domain: str, placebo: str,
+                    broad: str) -> Verdict:
+    """The verdict on a :data:`HOME_EXCESS_CLAIMS` claim for one placebo domain: the
+    domain's home advantage over ``broad`` minus the placebo's excludes 0 on the claimed
+    side at every target L0 (and matched-FVE rank where asked)."""
+    rows = comparisons.contrasts
+    if rows is not None and not rows.empty:
+        refs = set(rows[rows.kind == "home_excess"].reference)
+        if refs and broad not in refs:
+            raise ValueError(f"home advantages in this run are over {sorted(refs)}, "
+                             f"not {broad!r}")
+    return _contrast_verdict(comparisons, claim(key), "home_excess", domain, placebo, domain)
 
 
 def concept_verdict(scores: Mapping[str, Any], families: Any, domain: str, broad: str,
@@ -315,3 +398,40 @@ def gaps_by_model(runs: Sequence[ModelRun], domain: str, broad: str) -> Any:
 
     return pd.concat([oriented_gaps(r.comparisons.gaps, domain, broad).assign(model=r.label)
                       for r in runs], ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------
+# Rules frozen by version
+# --------------------------------------------------------------------------------------
+
+def all_claims() -> tuple[Claim, ...]:
+    """Every claim and sensitivity check with a rule (:func:`rule_fingerprint`)."""
+    return (*CLAIMS, *SENSITIVITY_CHECKS, *DID_CLAIMS, *HOME_EXCESS_CLAIMS)
+
+
+def _code(fn: Callable[..., Any]) -> str:
+    """A function's code without its docstring, comments or layout: what it does."""
+    node = ast.parse(inspect.getsource(fn).strip()).body[0]
+    body = node.body  # type: ignore[attr-defined]
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return ast.unparse(node)
+
+
+def _judges(c: Claim) -> tuple[Callable[..., Any], ...]:
+    """The functions that turn a run's rows into ``c``'s verdict."""
+    shared = (verdict, judged, meets_quality_bar, bar_dce, row_intervals)
+    if c in DID_CLAIMS:
+        return (*shared, contrast_verdict, _contrast_verdict, oriented_contrasts)
+    if c in HOME_EXCESS_CLAIMS:
+        return (*shared, placebo_verdict, _contrast_verdict, oriented_contrasts)
+    return (*shared, claim_verdict, oriented_gaps, gap_intervals)
+
+
+def rule_fingerprint(c: Claim) -> str:
+    """A hash of everything that decides ``c``'s verdict: its metric, sign and matched-FVE
+    flag, the quality bar, and the code of the functions that judge it (not its wording,
+    not its version)."""
+    fields = {k: v for k, v in c._asdict().items() if k not in ("text", "version")}
+    return stable_hash({"claim": fields, "bar_nats": DCE_BAR_NATS,
+                        "code": [_code(f) for f in _judges(c)]})

@@ -20,7 +20,9 @@ from sae_med.report.claims import DCE_BAR_NATS, bar_dce, l0_trend, meets_quality
 from sae_med.report.parameters import notebook_config
 
 CORPUS_COLORS = {"medical": "#c0392b", "broad": "#2471a3", "wordnet": "#7d3c98",
-                 "clinical_qa": "#c0392b", "web": "#2471a3"}
+                 "clinical_qa": "#c0392b", "web": "#2471a3", "mixed_10": "#1e8449",
+                 "mixed_50": "#117864", "go": "#b9770e", "foldoc": "#566573",
+                 "austen": "#a04000"}
 EVAL_DASH = {0: "solid", 1: "dash", 2: "dot", 3: "dashdot"}
 
 
@@ -76,7 +78,7 @@ def _cell(value: float, low: float, high: float, digits: int) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _interval_cell(iv: Any, digits: int) -> str:
+def interval_cell(iv: Any, digits: int) -> str:
     """:func:`_cell` of an :class:`~sae_med.measure.bootstrap.Interval` (None ends: a point)."""
     return _cell(iv.value, *(float("nan") if v is None else v for v in (iv.low, iv.high)),
                  digits)
@@ -167,7 +169,7 @@ def dce_bar_sentence(families: Any, steps: Any, domain: str, bar: float | None =
     judged = "" if meets_quality_bar(families, domain) else (
         " So this run's claims are not judged: its SAEs are below the quality bar.")
     return (f"At the largest target L0 ({at.l0_target:g}) the {domain} SAEs' ΔCE "
-            f"on held-out {domain} text is {_interval_cell(iv, digits)} nats per token "
+            f"on held-out {domain} text is {interval_cell(iv, digits)} nats per token "
             f"against the quality bar of {bar:g} nat: {where}.{judged} Its trend over the "
             f"target L0s (paired steps): “{l0_trend(steps, domain, domain, 'delta_ce')}”.")
 
@@ -179,7 +181,7 @@ def gap_sentence(ivs: Sequence[Any], what: str, where: str, digits: int = 3,
     subject = f"{what} {where}".strip()
     if not ivs:
         return f"{subject}: {none}."
-    cells = "; ".join(_interval_cell(iv, digits) for iv in ivs)
+    cells = "; ".join(interval_cell(iv, digits) for iv in ivs)
     n = sum(iv.excludes_zero for iv in ivs)
     return (f"{subject}: {cells} (95% intervals); the interval excludes 0 in {n} of "
             f"{len(ivs)} comparisons.")

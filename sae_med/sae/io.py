@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from sae_med.artifacts import atomic_path, write_json_atomic
 from sae_med.layout import CFG_FILENAME, WEIGHTS_FILENAME
 from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
 
@@ -28,6 +30,52 @@ def from_gemma_scope_npz(path: str | Path, bandwidth: float = 0.001,
         raise SAECheckpointError(f"{path} is not a readable params.npz of float arrays "
                                  f"({type(err).__name__}); download it again") from None
     return JumpReLUSAE._from_tensors(t, bandwidth, device, source=str(path))
+
+
+GEMMA_SCOPE_2_PARAMS = "params.safetensors"
+"""Gemma Scope 2's weights file (one folder per SAE on the hub, e.g.
+``resid_post_all/layer_13_width_16k_l0_small/``): ``w_enc`` (d_model, d_sae), ``w_dec``
+(d_sae, d_model), ``b_enc``, ``b_dec``, ``threshold``, on raw activations; a
+``config.json`` beside it names the architecture and model (sae-lens's ``gemma_3`` loader
+reads the same files)."""
+
+
+def from_gemma_scope_2(path: str | Path, bandwidth: float = 0.001,
+                       device: torch.device | str = "cpu") -> JumpReLUSAE:
+    """Load a Gemma Scope 2 SAE from its ``params.safetensors`` (or the folder holding it)."""
+    path = Path(path)
+    file = path / GEMMA_SCOPE_2_PARAMS if path.is_dir() else path
+    try:
+        raw = load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types on a bad header
+        raise SAECheckpointError(f"{file} is not a readable safetensors file "
+                                 f"({type(err).__name__}); download it again") from None
+    keys = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+    if missing := [k for k in keys if k.lower() not in raw]:
+        raise SAECheckpointError(f"{file} lacks {missing} of a Gemma Scope 2 SAE "
+                                 f"(w_enc, w_dec, b_enc, b_dec, threshold)")
+    t = {k: raw[k.lower()].float() for k in keys}
+    return JumpReLUSAE._from_tensors(t, bandwidth, device, source=str(file))
+
+
+def save_gemma_scope_2(sae: JumpReLUSAE, folder: str | Path, model_name: str,
+                       hook_layer: int) -> Path:
+    """Write ``sae`` as a Gemma Scope 2 folder (``params.safetensors`` + ``config.json``,
+    their key names and schema) on raw activations; returns the folder. What the offline
+    rehearsal of a ``baselines:`` entry reads, and a way to hand our SAEs to Gemma Scope
+    tooling."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = sae.folded()
+    tensors = {"w_enc": f.W_enc, "w_dec": f.W_dec, "b_enc": f.b_enc, "b_dec": f.b_dec,
+               "threshold": f.threshold}
+    with atomic_path(folder / GEMMA_SCOPE_2_PARAMS) as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+                  str(tmp))
+    write_json_atomic(folder / "config.json", {
+        "architecture": "jump_relu", "model_name": model_name,
+        "hf_hook_point_in": f"model.layers.{hook_layer}.output"})
+    return folder
 
 
 def to_sae_lens(sae: JumpReLUSAE) -> Any:
@@ -79,7 +127,8 @@ def from_sae_lens(lens_sae: Any, bandwidth: float | None = None) -> JumpReLUSAE:
 
 SAE_SPEC_HELP = (
     "an SAE is given as: a folder saved by sae-med (cfg.json + sae.safetensors); a Gemma "
-    "Scope params.npz (or a folder holding one); a folder saved by sae-lens "
+    "Scope params.npz (or a folder holding one); a Gemma Scope 2 params.safetensors (or a "
+    "folder holding one); a folder saved by sae-lens "
     "(cfg.json + sae_weights.safetensors); or sae_lens:RELEASE/SAE_ID for a sae-lens "
     "pretrained release (hub path, needs internet), e.g. "
     "sae_lens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical")
@@ -87,16 +136,21 @@ SAE_SPEC_HELP = (
 
 def sae_format(spec: str | Path) -> str:
     """Which loader :func:`load_any_sae` uses for ``spec``: "sae_med", "gemma_scope",
-    "sae_lens_disk" or "sae_lens_pretrained"; raises with :data:`SAE_SPEC_HELP` if none."""
+    "gemma_scope_2", "sae_lens_disk" or "sae_lens_pretrained"; raises with
+    :data:`SAE_SPEC_HELP` if none."""
     text = str(spec)
     if text.startswith("sae_lens:"):
         return "sae_lens_pretrained"
     path = Path(spec)
     if path.is_file() and path.suffix == ".npz":
         return "gemma_scope"
+    if path.is_file() and path.name == GEMMA_SCOPE_2_PARAMS:
+        return "gemma_scope_2"
     if path.is_dir():
         if (path / "params.npz").exists():
             return "gemma_scope"
+        if (path / GEMMA_SCOPE_2_PARAMS).exists():
+            return "gemma_scope_2"
         cfg = path / CFG_FILENAME
         if cfg.exists():
             try:
@@ -122,6 +176,8 @@ def load_any_sae(spec: str | Path, device: torch.device | str = "cpu") -> JumpRe
         path = Path(spec)
         return from_gemma_scope_npz(path / "params.npz" if path.is_dir() else path,
                                     device=device)
+    if kind == "gemma_scope_2":
+        return from_gemma_scope_2(spec, device=device)
     # deferred: sae-lens is heavy (and optional here); only interop needs it
     from sae_lens import SAE
 

@@ -181,6 +181,9 @@ def _check_inputs(cfg: Config, source: BatchSource, d_model: int | None,
                   init_saes: Sequence[JumpReLUSAE] | None) -> None:
     """Refuse a source, ``d_model``, ``init_saes`` or world size that does not fit ``cfg``."""
     sc = cfg.sae
+    if sc.architecture != "jumprelu":  # built and checked (sae.factory), not trained yet
+        raise TrainingError(f"sae.architecture={sc.architecture!r}: this trainer trains "
+                            f"JumpReLU SAEs only so far")
     expected = {"d_model argument": d_model} if d_model is not None else {}
     for i, s in enumerate(init_saes or []):
         expected[f"init_saes[{i}]"] = s.d_model

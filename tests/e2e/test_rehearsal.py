@@ -42,16 +42,27 @@ def rehearsal(tmp_path_factory):
 def test_paper_run_rehearsed_offline(rehearsal, monkeypatch, capsys):
     from rehearsal import PAPER_CONFIG, write_gemma_scope_npz
 
+    from sae_med.sae.io import from_gemma_scope_npz, save_gemma_scope_2
+
     monkeypatch.setenv(LOCAL_FILES_ENV, str(rehearsal.hub_files))
-    cfg = load_config(PAPER_CONFIG, rehearsal.overrides)
+    npz = write_gemma_scope_npz(rehearsal.work / "gemma-scope-2b-pt-res" / "layer_20" /
+                                "width_16k" / "average_l0_71" / "params.npz", 32, 16384)
+    # the same weights as a Gemma Scope 2 folder, scored by the run as a config baseline
+    gs2 = save_gemma_scope_2(from_gemma_scope_npz(npz), rehearsal.work / "gs2" / "layer_20",
+                             "google/gemma-2-2b", 20)
+    cfg = load_config(PAPER_CONFIG, [*rehearsal.overrides, f"baselines={{gs2: {{sae: {gs2}}}}}"])
     paper = load_config(PAPER_CONFIG)
     assert (cfg.model.hook_layer, cfg.sae, cfg.cache, cfg.train.source) == \
         (paper.model.hook_layer, paper.sae, paper.cache, "stream")
 
     rows = json.loads(run_experiment(cfg, progress=False).read_text())["rows"]
     pairs = {(t, e) for t in paper.train_corpora for e in paper.eval_corpora}
-    assert {(r["train_corpus"], r["eval_corpus"]) for r in rows} == pairs
-    assert len(rows) == len(pairs) * len(paper.sae.l0_targets)
+    ours = [r for r in rows if r["train_corpus"] != "external"]
+    assert {(r["train_corpus"], r["eval_corpus"]) for r in ours} == pairs
+    assert len(ours) == len(pairs) * len(paper.sae.l0_targets)
+    scored_gs2 = {r["eval_corpus"]: r for r in rows if r["sae_id"] == "baseline/gs2"}
+    assert set(scored_gs2) == set(paper.eval_corpora)
+    assert all(r["sae_format"] == "gemma_scope_2" for r in scored_gs2.values())
     for r in rows:
         assert r["d_sae"] == 16384 and r["d_model"] == 32
         assert r["metrics"]["ce_clean"]["value"] > 0 and r["ce_tokens"] > 0
@@ -60,8 +71,6 @@ def test_paper_run_rehearsed_offline(rehearsal, monkeypatch, capsys):
               for p in (cfg.cache_path / "activations").glob("*/spec.json")]
     assert sorted(splits) == ["eval", "eval"]
 
-    npz = write_gemma_scope_npz(rehearsal.work / "gemma-scope-2b-pt-res" / "layer_20" /
-                                "width_16k" / "average_l0_71" / "params.npz", 32, 16384)
     out = rehearsal.work / "baseline.json"
     assert cli.main(["evaluate", PAPER_CONFIG, *rehearsal.overrides, "--sae", str(npz),
                      "--sae-id", "gemma_scope/l0_71", "--out", str(out)]) == 0
@@ -69,3 +78,8 @@ def test_paper_run_rehearsed_offline(rehearsal, monkeypatch, capsys):
     baseline = json.loads(out.read_text())["rows"]
     assert {(r["sae_id"], r["eval_corpus"]) for r in baseline} == \
         {("gemma_scope/l0_71", e) for e in paper.eval_corpora}
+    # the config baseline (Gemma Scope 2 files) scored what the npz scores on the same tokens
+    for r in baseline:
+        for metric in ("fve", "l0", "delta_ce"):
+            assert scored_gs2[r["eval_corpus"]]["metrics"][metric]["value"] == \
+                pytest.approx(r["metrics"][metric]["value"], rel=1e-5, abs=1e-6)

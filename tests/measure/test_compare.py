@@ -11,6 +11,7 @@ from sae_med.measure.bootstrap import Draws, Interval, bootstrap_ci, doc_resampl
 from sae_med.measure.compare import (
     SaeDraws,
     compare,
+    contrasts,
     interpolate,
     matched,
     seed_draws,
@@ -259,3 +260,72 @@ def test_trend_verdicts():
     assert trend_verdict([down, up]) == "not resolved"
     assert trend_verdict([Interval(-0.1, None, None)]) == "not resolved"
     assert trend_verdict([]) == "not resolved"
+
+
+# --------------------------------------------------------------------------------------
+# Contrasts across eval corpora: difference-in-differences and home excess
+# --------------------------------------------------------------------------------------
+
+def on_text(text: str, qualities: dict[str, tuple[float, ...]], resample_seed: int,
+            corpora: tuple[str, ...], seed: int = 1):
+    """:func:`compare` on one eval corpus whose documents are resampled with
+    ``resample_seed`` (each text its own documents), families of the given qualities."""
+    r = doc_resample([torch.arange(N_DOCS)], N_BOOT, seed=resample_seed)
+    saes = [s for c, q in qualities.items() for s in family(c, q, r)]
+    return compare(saes, text, corpora, seed=seed)
+
+
+def fve_contrast(rows, kind: str):
+    [c] = [c for c in rows if c.kind == kind and c.metric == "fve"]
+    return c
+
+
+def test_gaps_cover_every_pair_of_training_corpora(resample):
+    q = (0.30, 0.33, 0.36)
+    out = compare(family("medical", q, resample) + family("broad", q, resample)
+                  + family("mixed_10", q, resample), "medical",
+                  ("medical", "broad", "mixed_10"), seed=1)
+    pairs = {(g.train_corpus, g.versus) for g in out.gaps}
+    assert pairs == {("medical", "broad"), ("medical", "mixed_10"), ("broad", "mixed_10")}
+
+
+def test_identical_home_advantages_give_a_did_interval_containing_zero():
+    corpora = ("medical", "broad")
+    good, bad = (0.20, 0.21, 0.22), (0.30, 0.31, 0.32)
+    by_eval = {"medical": on_text("medical", {"medical": good, "broad": bad}, 5, corpora),
+               "broad": on_text("broad", {"medical": bad, "broad": good}, 6, corpora)}
+    did = fve_contrast(contrasts(by_eval, corpora), "did")
+    assert (did.first, did.second, did.reference, did.at) == ("medical", "broad", None, 20.0)
+    assert did.interval.value == pytest.approx(0.0, abs=1e-12)
+    assert did.interval.low < 0 < did.interval.high
+
+
+def test_a_larger_home_advantage_gives_a_did_excluding_zero():
+    corpora = ("medical", "broad")
+    by_eval = {"medical": on_text("medical", {"medical": (0.10, 0.11, 0.12),
+                                              "broad": (0.40, 0.41, 0.42)}, 5, corpora),
+               "broad": on_text("broad", {"medical": (0.30, 0.31, 0.32),
+                                          "broad": (0.20, 0.21, 0.22)}, 6, corpora)}
+    did = fve_contrast(contrasts(by_eval, corpora), "did")
+    home = {t: next(g.interval.value for g in c.gaps if g.metric == "fve")
+            for t, c in by_eval.items()}  # stored medical - broad on each text
+    assert did.interval.value == pytest.approx(home["medical"] + home["broad"])
+    assert did.interval.low > 0
+
+
+def test_home_excess_shares_the_reference_seed_draws_across_texts():
+    """The reference SAEs score both texts: drawn jointly, their seed spread cancels in
+    (domain − reference) − (placebo − reference); drawn apart, it widens the interval."""
+    corpora = ("medical", "broad", "go")
+    even, spread = (0.25, 0.25, 0.25), (0.05, 0.30, 0.55)
+    texts = {t: {"medical": even, "broad": spread, "go": even} for t in corpora}
+
+    def excess(seeds: dict[str, int]):
+        by_eval = {t: on_text(t, q, 5 + i, corpora, seeds[t])
+                   for i, (t, q) in enumerate(texts.items())}
+        return fve_contrast(contrasts(by_eval, corpora), "home_excess").interval
+
+    joint = excess(dict.fromkeys(corpora, 1))
+    apart = excess({"medical": 1, "broad": 1, "go": 2})
+    assert joint.value == pytest.approx(apart.value)
+    assert (joint.high - joint.low) < 0.5 * (apart.high - apart.low)

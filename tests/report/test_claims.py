@@ -1,5 +1,8 @@
 """The paper's claims as verdicts per model, and whether they replicate across models."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -10,15 +13,22 @@ from sae_med.report.claims import (
     CLAIMS,
     CONCEPT_CLAIM,
     DCE_BAR_NATS,
+    DID_CLAIMS,
+    HOME_EXCESS_CLAIMS,
     SENSITIVITY_CHECKS,
+    Claim,
     ModelRun,
+    all_claims,
     bar_dce,
     claim,
     claim_verdict,
     concept_verdict,
+    contrast_verdict,
     dropped_sentence,
     l0_trend,
+    placebo_verdict,
     replication_sentence,
+    rule_fingerprint,
     step_intervals,
     support_count,
     verdict_table,
@@ -69,8 +79,8 @@ def test_claim_verdicts_on_known_gaps():
         "supported at the same L0; no common FVE range")
     # no rows at all is never a success
     assert claim_verdict(tables(GOOD[2:]), "fve", "medical", "broad") == "not supported"
-    with pytest.raises(KeyError, match="valid claims: fve, loss, dark_matter; sensitivity "
-                       "checks: fve_typical"):
+    with pytest.raises(KeyError, match="valid claims: fve, loss, dark_matter, did_fve_typical"
+                       ".*home_excess_delta_ce; sensitivity checks: fve_typical"):
         claim("concepts")
     assert [c.sign for c in CLAIMS] == [1, 1, -1]
 
@@ -215,3 +225,91 @@ def test_a_sensitivity_check_is_never_counted_as_a_claim():
     assert str(support_count(verdicts)) == "2 of 3 claims supported"
     assert claim_verdict(tables(GOOD + [gap("fve_typical", 0.1, 0.05, 0.15)]),
                          "fve_typical", "medical", "broad") == "supported"  # still judged
+
+
+def contrast(kind, metric, value, low, high, basis="l0_target", rank=0, first="medical",
+             second="broad", reference=None):
+    """One contrast row as results.json stores it."""
+    return {"row_type": "contrast", "kind": kind, "first": first, "second": second,
+            "reference": reference, "metric": metric, "basis": basis,
+            "l0_target": 20.0 * (rank + 1) if basis == "l0_target" else None,
+            "fve": 0.7 if basis == "fve" else None, "grid_point": rank if basis == "fve"
+            else None, "value": value, "low": low, "high": high}
+
+
+def with_contrasts(rows):
+    return ComparisonTables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(rows))
+
+
+def test_did_verdicts_on_known_contrasts():
+    """Declared before the run: every target L0 (and matched-FVE rank, for fidelity-dependent
+    metrics) must exclude 0 on the claimed side; a pair stored the other way is negated."""
+    keys = {c.metric: c.key for c in DID_CLAIMS}
+    rows = [contrast("did", "fve_typical", 0.02, 0.01, 0.03),
+            contrast("did", "fve_typical", 0.02, -0.01, 0.05, rank=1),
+            # stored broad-versus-medical: medical's ΔCE home advantage is the larger (-)
+            contrast("did", "delta_ce", 0.3, 0.1, 0.5, first="broad", second="medical"),
+            contrast("did", "delta_ce", 0.2, 0.1, 0.3, basis="fve", first="broad",
+                     second="medical"),
+            contrast("did", "loss_recovered", 0.1, 0.05, 0.2),
+            contrast("did", "loss_recovered", 0.0, -0.1, 0.1, basis="fve")]
+    t = with_contrasts(rows)
+    assert contrast_verdict(t, keys["fve_typical"], "medical", "broad") == "not supported"
+    assert contrast_verdict(t, keys["delta_ce"], "medical", "broad") == "supported"
+    assert contrast_verdict(t, keys["loss_recovered"], "medical", "broad") \
+        == "not separable from FVE"
+    assert contrast_verdict(t, keys["fve"], "medical", "broad") == "not supported"  # no rows
+    assert contrast_verdict(tables(GOOD), keys["fve"], "medical", "broad") == "not supported"
+
+
+def test_placebo_verdicts_need_the_runs_reference():
+    key = next(c.key for c in HOME_EXCESS_CLAIMS if c.metric == "fve_typical")
+    t = with_contrasts([contrast("home_excess", "fve_typical", 0.05, 0.02, 0.08,
+                                 second="go", reference="broad"),
+                        contrast("home_excess", "fve_typical", -0.01, -0.03, 0.01,
+                                 second="foldoc", reference="broad")])
+    assert placebo_verdict(t, key, "medical", "go", "broad") == "supported"
+    assert placebo_verdict(t, key, "medical", "foldoc", "broad") == "not supported"
+    with pytest.raises(ValueError, match="over \\['broad'\\]"):
+        placebo_verdict(t, key, "medical", "go", "wordnet")
+    assert all(claim(c.key).is_claim for c in (*DID_CLAIMS, *HOME_EXCESS_CLAIMS))
+
+
+FROZEN = Path(__file__).with_name("frozen_rules.json")
+
+
+def test_no_claim_rule_changes_without_a_new_version():
+    """Every claim's rule (metric, sign, matched-FVE flag, quality bar, the code that judges
+    it) is recorded per version; changing one means a new ``Claim.version`` and a new line
+    in tests/report/frozen_rules.json, never an edit of a recorded one."""
+    recorded = json.loads(FROZEN.read_text())
+    for c in all_claims():
+        got = rule_fingerprint(c)
+        assert str(c.version) in recorded.get(c.key, {}), (
+            f"claim {c.key!r} version {c.version} is not recorded: add "
+            f'"{c.version}": "{got}" under "{c.key}" in {FROZEN.name}')
+        assert recorded[c.key][str(c.version)] == got, (
+            f"claim {c.key!r}'s rule changed but its version did not: bump Claim.version "
+            f"and record the new fingerprint {got} in {FROZEN.name}")
+
+
+def test_the_fingerprint_sees_a_changed_rule_and_ignores_wording():
+    c = CLAIMS[0]
+    assert rule_fingerprint(c._replace(sign=-c.sign)) != rule_fingerprint(c)
+    assert rule_fingerprint(c._replace(matched_fve=not c.matched_fve)) != rule_fingerprint(c)
+    assert rule_fingerprint(c._replace(text="reworded")) == rule_fingerprint(c)
+    assert rule_fingerprint(c._replace(version=2)) == rule_fingerprint(c)
+
+
+def test_the_fingerprint_sees_changed_judging_code(monkeypatch):
+    import sae_med.report.claims as claims
+
+    did = next(d for d in all_claims() if d.key.startswith("did_"))
+    before = {k: rule_fingerprint(k) for k in (CLAIMS[0], did)}
+
+    def lenient(at_l0, at_fve=None, sign=1):  # a rule that ignores matched FVE
+        return "supported" if all(sign * iv.value > 0 for iv in at_l0) else "not supported"
+
+    monkeypatch.setattr(claims, "verdict", lenient)
+    assert all(rule_fingerprint(k) != v for k, v in before.items())
+    assert isinstance(did, Claim)

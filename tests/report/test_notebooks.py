@@ -5,6 +5,7 @@ plain papermill on its jupytext-paired .ipynb."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sae_med.cli import main
+from sae_med.config import load_config
 from sae_med.report.book import PROJECT_ROOT
 from sae_med.report.parameters import NotebookParameterError, notebook_config, notebook_parameters
 from sae_med.report.rerun import check_parameters, find_notebook, pair_notebooks, run_notebook
@@ -116,3 +118,46 @@ def test_a_bad_config_is_blamed_on_the_parameter_that_breaks_it(tmp_path):
                        ((SMOKE, ["train.lrr=1"]), "overrides")):
         with pytest.raises(NotebookParameterError, match=f"^notebook parameter '{name}': "):
             notebook_config(*args)
+
+
+def _glued(path: Path) -> dict[str, str]:
+    """The text each ``glue`` call of an executed notebook recorded, by name."""
+    nb = json.loads(path.read_text())
+    return {o["metadata"]["scrapbook"]["name"]: o["data"].get(
+                "application/papermill.record/text/plain")
+            for c in nb["cells"] for o in c.get("outputs", [])
+            if "scrapbook" in o.get("metadata", {})}
+
+
+def test_domain_chapter_glues_its_verdict_sentence(tmp_path):
+    """Chapter 9 on a synthetic run and domains run (home advantages planted, no model):
+    it executes, and the sentence it glues is the one the package computes from the same
+    files."""
+    import ast
+
+    from synthetic_runs import write_synthetic_results
+
+    from sae_med.measure.results import load_comparisons
+    from sae_med.report.domain_report import MixedCorpus, load_domains_run, page_verdicts
+
+    smoke, domains = load_config(SMOKE), load_config(PROJECT_ROOT / "configs" / "domains.yaml")
+    run = write_synthetic_results(tmp_path / "run" / "results.json", smoke, {
+        ("medical", "medical"): 0.10, ("broad", "broad"): 0.02, ("mixed_10", "medical"): 0.05})
+    dom = write_synthetic_results(tmp_path / "domains" / "results.json", domains, {
+        ("medical", "medical"): 0.10, ("broad", "broad"): 0.02, ("go", "go"): 0.10})
+    out = run_notebook("09", SMOKE, out=tmp_path / "09.ipynb",
+                       extra={"results_file": str(run), "domains_results": str(dom)})
+    glued = {k: ast.literal_eval(v) for k, v in _glued(out).items()
+             if v and v[0] in "'\""}  # the strings (tables are glued as HTML too)
+    expected = page_verdicts(load_comparisons(run), "medical", "broad",
+                             [MixedCorpus("mixed_10", 0.1)], load_domains_run(dom).run.comparisons,
+                             ["go", "foldoc", "wordnet", "austen"])
+    assert glued["domain_verdict_sentence"] == expected["domain_verdict_sentence"]
+    assert "go (biology) beats the broad SAE at home by 0.100 [" in glued[
+        "domain_verdict_sentence"]
+    assert glued["verdict_did_fve_typical"] == "supported"
+    assert glued["verdict_placebo_fve_typical"].startswith("go: not supported; foldoc: ")
+    page = (PROJECT_ROOT / "book" / "results.md").read_text()
+    quoted = set(re.findall(r"09_domain_or_home_field\.ipynb::(\w+)", page)) | set(
+        re.findall(r"```\{glue:\} (\w+)\n:doc: \.\./notebooks/09_", page))
+    assert len(quoted) >= 15 and quoted <= set(_glued(out))  # the page's keys all glued

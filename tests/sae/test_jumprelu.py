@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sae_med.sae.io import from_gemma_scope_npz, from_sae_lens, to_sae_lens
+from sae_med.sae.io import (
+    from_gemma_scope_2,
+    from_gemma_scope_npz,
+    from_sae_lens,
+    load_any_sae,
+    sae_format,
+    save_gemma_scope_2,
+    to_sae_lens,
+)
 from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
 from sae_med.sae.kernels import HeavisideFn, JumpReLUFn, pre_acts
 
@@ -234,6 +242,26 @@ def test_from_gemma_scope_npz(tmp_path):
     np.savez(tmp_path / "bad.npz", **{**params, "b_dec": params["b_dec"][:-1]})
     with pytest.raises(SAECheckpointError, match="b_dec"):
         from_gemma_scope_npz(tmp_path / "bad.npz")
+
+
+def test_gemma_scope_2_files_round_trip_in_their_names(tmp_path):
+    """Gemma Scope 2's params.safetensors (lower-case keys, raw activations), as sae-lens's
+    gemma_3 loader reads it: written and read back, the SAE encodes as before."""
+    from safetensors.torch import load_file, save_file
+
+    sae = _trained_like_sae()
+    folder = save_gemma_scope_2(sae, tmp_path / "layer_13", "google/gemma-3-270m", 13)
+    raw = load_file(str(folder / "params.safetensors"))
+    assert sorted(raw) == ["b_dec", "b_enc", "threshold", "w_dec", "w_enc"]
+    assert raw["w_enc"].shape == (sae.d_model, sae.d_sae)
+    assert sae_format(folder) == sae_format(folder / "params.safetensors") == "gemma_scope_2"
+    x = torch.randn(32, sae.d_model)
+    back = load_any_sae(folder)
+    assert torch.allclose(back(x).x_hat, sae(x).x_hat, atol=1e-5)
+    assert torch.equal(back(x).acts > 0, sae(x).acts > 0)
+    save_file({k: v for k, v in raw.items() if k != "threshold"}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(SAECheckpointError, match="lacks \\['threshold'\\]"):
+        from_gemma_scope_2(tmp_path / "bad.safetensors")
 
 
 def test_to_sae_lens_encodes_like_ours():

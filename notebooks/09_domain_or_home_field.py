@@ -1,0 +1,272 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (sae-med)
+#     language: python
+#     name: sae-med
+# ---
+
+# %% [markdown]
+# # 9. Domain or home field?
+#
+# ## Overview
+# Every SAE wins on its own text. The broad SAE has never seen a medical document, so a
+# medical SAE that beats it on medical text may only be at home there: pure distribution
+# shift predicts the same gap as the paper's thesis, which is about *capacity* (a general
+# SAE that has seen the domain spends its latents on generic features, so a domain SAE of
+# the same size reconstructs the domain better). This chapter puts the experiment's
+# answers side by side:
+#
+# 1. **Home advantage of each side**: own SAE minus the other on own text. Pure home field
+#    predicts similar advantages on both sides.
+# 2. **The train × eval matrix** (`configs/domains.yaml`: an SAE per corpus, placebo
+#    definition domains of the same genre included, each scored on every corpus).
+# 3. **Medical vs mixed**: the paper's claims judged against an SAE of the same size that
+#    saw medical text in its mix (`mixed_10`: the broad mix with medical text at 10% of
+#    its tokens), at matched L0 and matched FVE, and what that SAE gives up on broad text.
+# 4. **Difference-in-differences**: (medical − broad SAE on medical text) − (broad −
+#    medical SAE on broad text), declared as a claim before the run that judges it
+#    (`sae_med.report.claims.DID_CLAIMS`); and the *home excess* over each placebo domain of the
+#    domains run: (medical − broad on medical text) − (placebo − broad on placebo text).
+#
+# Every interval is the paired hierarchical 95% bootstrap of `sae_med.measure.compare` (seed
+# replicates, then document groups); a contrast's two texts are different documents,
+# resampled independently, with each training corpus's seed draws shared by both. The
+# verdicts and the sentence at the end are computed by `sae_med.report.domain_report` and
+# `sae_med.report.claims`, never typed.
+
+# %%
+from IPython.display import display
+from myst_nb import glue
+
+from sae_med.experiment import reported_run
+from sae_med.measure.results import load_comparisons
+from sae_med.report.claims import oriented_gaps
+from sae_med.report.domain_report import (
+    MATRIX_METRICS,
+    contrast_table,
+    did_verdict_table,
+    domains_results_path,
+    family_matrix_table,
+    home_advantage_figure,
+    home_advantage_table,
+    home_advantages,
+    home_matrix_rows,
+    home_sides,
+    load_domains_run,
+    matching_domains_run,
+    matrix_heatmap,
+    mixed_corpora,
+    mixed_verdict_table,
+    page_verdicts,
+    pair_table,
+    placebo_corpora,
+    placebo_verdict_table,
+)
+from sae_med.report.notebook import domain_pair, setup_notebook
+
+# %% [markdown]
+# ## Parameters
+# `results_file` reports a results.json made elsewhere instead of this config's run;
+# `domains_results` is the domains run's results.json (default: where
+# `configs/domains.yaml` writes it). The domains run is read, never run here: it trains
+# an SAE family per corpus.
+
+# %% tags=["parameters"]
+config = "configs/smoke.yaml"
+overrides = []
+run_name = ""
+results_file = ""
+domains_results = ""
+
+# %%
+cfg, results_path = reported_run(setup_notebook(config, overrides, run_name), results_file)
+comparisons = load_comparisons(results_path)
+medical, broad = domain_pair(cfg)
+sides, mixed = home_sides(cfg), mixed_corpora(cfg, medical)
+domains_status = matching_domains_run(
+    load_domains_run(domains_results or domains_results_path()), medical, broad)
+domains = domains_status.run
+print(f"run: {results_path} (trained on {', '.join(cfg.train_corpora)}; scored on "
+      f"{', '.join(cfg.eval_corpora)})")
+print(domains_status.note)
+
+# %% [markdown]
+# ## Results
+# ### Each side's home advantage
+# Own SAE minus another on held-out own text, at each target L0 (`*`: the 95% interval
+# excludes 0). For ΔCE a *negative* value is an advantage (the own SAE costs the model
+# less).
+
+# %%
+home = home_advantages(comparisons.gaps, sides, cfg.train_corpora)
+display(home_advantage_table(comparisons.gaps, sides, cfg.train_corpora))
+home_advantage_figure(home, "fve_typical", "typical-token FVE").show()
+home_advantage_figure(home, "delta_ce", "ΔCE (nats)").show()
+
+# %% [markdown]
+# ### The train × eval matrix
+# Family means (across seed replicates) of each SAE on each corpus's held-out text, with
+# their 95% intervals, from the domains run; home cells are outlined. A domain is special
+# if its column's home cell stands out more than the placebo domains' do.
+
+# %%
+if domains is None:
+    print(domains_status.note)
+else:
+    dcfg = domains.cfg
+    for metric, title in MATRIX_METRICS.items():
+        matrix_heatmap(domains.comparisons.families, metric, dcfg.train_corpora,
+                       dcfg.eval_corpora, title=f"{title}: trained on (row) × evaluated "
+                       "on (column)").show()
+    display(family_matrix_table(domains.comparisons.families, list(MATRIX_METRICS),
+                                dcfg.train_corpora, dcfg.eval_corpora))
+
+# %% [markdown]
+# The same matrix as home advantages: each column's own SAE minus the row's SAE on that
+# column's text (paired gaps with their intervals). Columns whose cells are all about as
+# large are corpora that win at home by the same margin, whatever their subject.
+
+# %%
+if domains is not None:
+    home_cells = home_matrix_rows(domains.comparisons.gaps, home_sides(dcfg),
+                                  dcfg.train_corpora)
+    for metric, title in MATRIX_METRICS.items():
+        matrix_heatmap(home_cells, metric, dcfg.train_corpora, dcfg.eval_corpora,
+                       title=f"Home advantage in {title.split(' (')[0]}: the column's own "
+                       "SAE minus the row's, on the column's text").show()
+
+# %% [markdown]
+# ### Medical vs an SAE that has seen medicine
+# The paper's claims judged the same way (every target L0, and matched FVE where the claim
+# asks for it), once against the broad SAE and once against each mix; then the gaps
+# themselves, at the same target L0 and at matched FVE.
+
+# %%
+display(mixed_verdict_table(comparisons, medical, broad, mixed))
+for m in mixed:
+    for basis, metrics in (("l0_target", ["fve", "fve_typical", "delta_ce",
+                                          "loss_recovered"]),
+                           ("fve", ["l0", "delta_ce", "loss_recovered"])):
+        print(f"{medical} minus {m.name} on {medical} text, basis {basis}")
+        display(pair_table(comparisons.gaps, medical, m.name, metrics, basis, medical))
+
+# %% [markdown]
+# What the mix gives up on broad text: the mixed SAE minus the broad SAE on held-out
+# broad text (negative FVE, positive ΔCE: it does worse there).
+
+# %%
+for m in mixed:
+    display(pair_table(comparisons.gaps, m.name, broad, ["fve", "fve_typical", "delta_ce"],
+                       eval_corpus=broad))
+
+# %% [markdown]
+# ### Difference-in-differences
+# The medical side's home advantage minus the broad side's, at each target L0 and at the
+# matched-FVE grid points of equal rank on each text, with the verdicts of the declared
+# claims.
+
+# %%
+did_metrics = ["fve_typical", "fve", "delta_ce", "loss_recovered",
+               "dark_matter.r2_error_mean"]
+display(contrast_table(comparisons.contrasts, "did", did_metrics))
+display(contrast_table(comparisons.contrasts, "did", did_metrics, basis="fve"))
+display(did_verdict_table(comparisons, medical, broad))
+
+# %% [markdown]
+# ### Placebo domains
+# Does medicine's home advantage over the broad SAE exceed that of another narrow corpus
+# over the same broad SAE (`home_excess`, from the domains run)?
+
+# %%
+placebos = placebo_corpora(domains.cfg) if domains is not None else []
+if domains is None:
+    print(domains_status.note)
+else:
+    display(contrast_table(domains.comparisons.contrasts, "home_excess",
+                           ["fve_typical", "delta_ce"]))
+    display(placebo_verdict_table(domains.comparisons, medical, broad, placebos))
+
+# %% [markdown]
+# ### The verdict
+# One sentence per metric, computed from the intervals and verdicts above.
+
+# %%
+verdicts = page_verdicts(comparisons, medical, broad, mixed,
+                         domains.comparisons if domains is not None else None, placebos)
+print(verdicts["domain_verdict_sentence"], verdicts["domain_verdict_sentence_dce"],
+      verdicts["mixed_cost_sentence"], sep="\n\n")
+for key, text in verdicts.items():
+    glue(key, text, display=False)
+glue("home_advantage_table", home_advantage_table(comparisons.gaps, sides,
+                                                  cfg.train_corpora), display=False)
+glue("did_table", contrast_table(comparisons.contrasts, "did", did_metrics), display=False)
+glue("domains_run_note", domains_status.note, display=False)
+
+# %% [markdown]
+# ## Summary
+# If both sides win at home by about the same margin, the difference-in-differences
+# interval includes 0 and the medical SAE's advantage is home field; if medicine's home
+# advantage exceeds a placebo domain's and the medical SAE still beats an SAE that has
+# seen medicine, the capacity reading gains ground. What remains confounded (corpus size
+# and repetitiveness, genre, the mix's smaller dose of medical tokens) is listed on the
+# [results summary](../book/results.md), which quotes the verdicts above.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} A difference-in-differences by hand
+# :label: ex-home-did
+# The difference-in-differences is the medical side's home advantage minus the broad
+# side's. Compute it at each target L0 from the home-advantage rows (`home`) and check
+# it against the contrast rows of typical-token FVE.
+# ```
+#
+# ```{solution-start} ex-home-did
+# :class: dropdown
+# ```
+# Point values subtract exactly; the intervals do not (the contrast's is bootstrapped).
+
+# %%
+sel = home[(home.metric == "fve_typical") & (home.basis == "l0_target")]
+own = sel[(sel.train_corpus == medical) & (sel.versus == broad)].set_index("l0_target")
+theirs = sel[(sel.train_corpus == broad) & (sel.versus == medical)].set_index("l0_target")
+did = comparisons.contrasts
+did = did[(did.kind == "did") & (did.metric == "fve_typical") & (did.basis == "l0_target")
+          & (did["first"] == medical)].set_index("l0_target")
+print((own.value - theirs.value).round(6).to_dict(), did.value.round(6).to_dict())
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise} How much of the gap does the mix close?
+# :label: ex-home-mix
+# At each target L0, what share of the medical SAE's typical-token FVE gap over the
+# broad SAE on medical text remains against the mixed SAE? A share near 1 says seeing
+# medicine at that dose bought the mixed SAE little; near 0, that it closed the gap.
+# ```
+#
+# ```{solution-start} ex-home-mix
+# :class: dropdown
+# ```
+# Both gaps are paired on the same medical documents; their ratio of point values is a
+# description, not an interval.
+
+# %%
+def gap_points(other: str):
+    g = oriented_gaps(comparisons.gaps, medical, other)
+    return g[(g.metric == "fve_typical") & (g.basis == "l0_target")
+             & (g.eval_corpus == medical)].set_index("l0_target").value
+
+
+for m in mixed:
+    print(m.name, (gap_points(m.name) / gap_points(broad)).round(3).to_dict())
+
+# %% [markdown]
+# ```{solution-end}
+# ```

@@ -1,0 +1,512 @@
+"""Domain or home field? (issue 30): the tables, heatmap and sentences that report it.
+
+Every SAE wins on its own text; the question is whether the domain SAE wins by more than
+home field explains. This module reads a run's comparison tables
+(:func:`sae_med.measure.results.load_comparisons`) and gives each side's *home advantage* (own
+SAE minus another on own text), the train × eval matrix of family means, the domain SAE
+against SAEs that saw the domain in a mix, the difference-in-differences and placebo
+contrasts with their verdicts, and one verdict sentence computed from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sae_med.config import config_from_dict, load_config
+from sae_med.corpora.registry import UnknownCorpusError, corpus_info
+from sae_med.layout import RESULTS_NAME
+from sae_med.measure.bootstrap import Interval
+from sae_med.measure.results import comparison_tables, read_results
+from sae_med.report.claims import (
+    CLAIMS,
+    DID_CLAIMS,
+    HOME_EXCESS_CLAIMS,
+    SENSITIVITY_CHECKS,
+    claim,
+    claim_verdict,
+    contrast_verdict,
+    gap_intervals,
+    oriented_contrasts,
+    oriented_gaps,
+    placebo_verdict,
+    row_intervals,
+)
+from sae_med.report.notebook import (
+    CORPUS_COLORS,
+    EVAL_DASH,
+    domain_pair,
+    error_bars,
+    gap_table,
+    interval_cell,
+)
+
+if TYPE_CHECKING:
+    from sae_med.config import Config
+    from sae_med.measure.results import ComparisonTables
+
+HOME_METRICS = ("fve", "fve_typical", "delta_ce", "loss_recovered")
+"""Metrics whose home advantage the fidelity tables show (ΔCE: negative favours home)."""
+MATRIX_METRICS = {"delta_ce": "ΔCE (nats per token, lower is better)",
+                  "fve_typical": "typical-token FVE (higher is better)"}
+"""The train × eval matrix's metrics and their axis titles."""
+DOMAINS_COMMAND = "sae-med run configs/domains.yaml"
+"""What produces the domains run (``sae-med experiment configs/domains.yaml`` skips the
+notebooks and book)."""
+
+
+class MixedCorpus(NamedTuple):
+    """A training corpus that is broad text with the domain mixed in."""
+
+    name: str
+    share: float
+    """The domain's share of its tokens (0.1: 10%)."""
+
+
+def home_sides(cfg: Config) -> list[str]:
+    """The training corpora that are also eval corpora, in training order: the sides that
+    have a home text."""
+    return [c for c in cfg.train_corpora if c in cfg.eval_corpora]
+
+
+def mixed_corpora(cfg: Config, domain: str) -> list[MixedCorpus]:
+    """The training corpora of ``cfg`` that mix ``domain`` into other text, with the
+    domain's share (:class:`~sae_med.corpora.registry.CorpusInfo` weights of a mix)."""
+
+    out = []
+    for c in cfg.train_corpora:
+        try:
+            info = corpus_info(c)
+        except UnknownCorpusError:  # a config-declared corpus: never a declared mix
+            continue
+        if c != domain and info.weights and domain in info.sources:
+            out.append(MixedCorpus(c, info.weights[info.sources.index(domain)]))
+    return out
+
+
+def home_advantages(gaps: Any, sides: Sequence[str], others: Sequence[str]) -> Any:
+    """Each side's home advantage over each of ``others``: the ``side`` family minus the
+    ``other`` family on held-out ``side`` text, every metric and basis (rows of
+    :func:`~sae_med.report.claims.oriented_gaps`: ``train_corpus`` the side, ``versus`` the
+    other, ``eval_corpus`` the side)."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    frames = [g[g.eval_corpus == side] for side in sides for other in others if other != side
+              for g in [oriented_gaps(gaps, side, other)]]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else gaps.iloc[0:0]
+
+
+def home_advantage_table(gaps: Any, sides: Sequence[str], others: Sequence[str],
+                         metrics: Sequence[str] = HOME_METRICS, basis: str = "l0_target",
+                         digits: int = 3) -> Any:
+    """:func:`home_advantages` as text, "value [low, high]" with ``*`` where the 95%
+    interval excludes 0: rows (home SAE on its own text, versus, target L0 or FVE), one
+    column per metric."""
+    rows = home_advantages(gaps, sides, others)
+    if rows.empty:
+        return rows
+    table = gap_table(rows, metrics, basis, digits, by=["versus"])
+    if table.empty:  # e.g. no matched-FVE gaps: the FVE ranges do not overlap
+        return table
+    table = table.reorder_levels([0, 2, 1]).sort_index(level=[0, 1], sort_remaining=True)
+    table.index = table.index.set_names(["home SAE, on its own text", "versus", basis])
+    return table
+
+
+def family_matrix_table(families: Any, metrics: Sequence[str], train_order: Sequence[str],
+                        eval_order: Sequence[str], basis: str = "l0_target",
+                        digits: int = 3) -> Any:
+    """Every family on every eval corpus: "mean [low, high]" (across-seed mean and its
+    hierarchical 95% interval), rows (metric, target L0, SAE trained on), one column per
+    eval corpus, corpora in the orders given."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    df = families[(families.basis == basis) & families.metric.isin(metrics)].copy()
+    if df.empty:
+        return df
+    df["text"] = [interval_cell(iv, digits) for iv in row_intervals(df)]
+    wide = df.pivot_table(index=["metric", basis, "train_corpus"], columns="eval_corpus",
+                          values="text", aggfunc="first")
+    order = pd.MultiIndex.from_tuples(
+        [(m, t, c) for m in metrics for t in sorted(df[basis].unique()) for c in train_order
+         if (m, t, c) in wide.index], names=["metric", basis, "SAE trained on"])
+    return wide.reindex(order)[[e for e in eval_order if e in wide.columns]]
+
+
+LOWER_IS_BETTER = frozenset({"delta_ce", "dark_matter.r2_error_mean", "dark_matter.fvu_linear"})
+"""Metrics where a smaller value is the better SAE (the heatmap's colours turn round)."""
+
+
+def matrix_heatmap(rows: Any, metric: str, train_order: Sequence[str],
+                   eval_order: Sequence[str], title: str = "", digits: int = 3) -> Any:
+    """The train × eval matrix of one metric as a plotly heatmap, one panel per target L0,
+    each cell annotated "value [low, high]"; home cells (SAE on its own text) outlined.
+    ``rows``: family rows (the SAEs' means) or :func:`home_matrix_rows` (each text's own
+    SAE minus the row's). Colours run from worse to better whichever way the metric
+    points."""
+    # deferred: plotly is heavy to import; only the figures need it
+    import plotly.graph_objects as go
+
+    # deferred: plotly is heavy to import; only the figures need it
+    from plotly.subplots import make_subplots
+
+    sel = rows[(rows.basis == "l0_target") & (rows.metric == metric)]
+    targets = sorted(sel.l0_target.unique())
+    trains = [c for c in train_order if c in set(sel.train_corpus)]
+    evals = [e for e in eval_order if e in set(sel.eval_corpus)]
+    fig = make_subplots(rows=1, cols=max(len(targets), 1), shared_yaxes=True,
+                        horizontal_spacing=0.04,
+                        subplot_titles=[f"target L0 {t:g}" for t in targets])
+    for i, t in enumerate(targets, start=1):
+        at = sel[sel.l0_target == t].set_index(["train_corpus", "eval_corpus"])
+        z = [[at.value.get((r, e)) for e in evals] for r in trains]
+        text = [[interval_cell(row_intervals(at.loc[[(r, e)]])[0], digits).replace(" [", "<br>[")
+                 if (r, e) in at.index else "" for e in evals] for r in trains]
+        fig.add_trace(go.Heatmap(
+            z=z, x=[f"on {e}" for e in evals], y=[f"{r} SAE" for r in trains], text=text,
+            texttemplate="%{text}", coloraxis="coloraxis",
+            hovertemplate="%{y} %{x}<br>%{text}<extra></extra>"), row=1, col=i)
+        for k, r in enumerate(trains):  # outline the home cells
+            if r in evals:
+                j = evals.index(r)
+                fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=k - 0.5, y1=k + 0.5,
+                              line={"color": "black", "width": 2}, row=1, col=i)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(
+        title=title or f"{metric}: SAE trained on (row) × evaluated on (column), family means "
+                       "[95% interval]",
+        coloraxis={"colorscale": "Viridis", "reversescale": metric in LOWER_IS_BETTER,
+                   "colorbar": {"title": metric}},
+        height=120 + 70 * len(trains))
+    return fig
+
+
+def home_matrix_rows(gaps: Any, sides: Sequence[str], others: Sequence[str]) -> Any:
+    """:func:`home_advantages` laid out for :func:`matrix_heatmap`: the cell (row SAE,
+    text) holds the text's own SAE minus the row's SAE on that text, so a column shows how
+    far every other SAE falls short at that corpus's home."""
+    home = home_advantages(gaps, sides, others)
+    return home.assign(train_corpus=home.versus)
+
+
+def pair_table(gaps: Any, first: str, second: str, metrics: Sequence[str],
+               basis: str = "l0_target", eval_corpus: str | None = None,
+               digits: int = 3) -> Any:
+    """``first`` minus ``second`` family (paired gaps, :func:`~sae_med.report.notebook.gap_table`
+    text) on every eval corpus, or on ``eval_corpus`` alone."""
+    rows = oriented_gaps(gaps, first, second)
+    if eval_corpus is not None:
+        rows = rows[rows.eval_corpus == eval_corpus]
+    return gap_table(rows, metrics, basis, digits)
+
+
+def contrast_table(contrasts: Any, kind: str, metrics: Sequence[str],
+                   basis: str = "l0_target", digits: int = 3) -> Any:
+    """The ``kind`` contrasts (``did`` or ``home_excess``) as text, "value [low, high]"
+    with ``*`` where the 95% interval excludes 0: rows (first, second, target L0 or the
+    two texts' matched FVEs), one column per metric."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    if contrasts is None or contrasts.empty:
+        return pd.DataFrame()
+    df = contrasts[(contrasts.kind == kind) & (contrasts.basis == basis)
+                   & contrasts.metric.isin(metrics)].copy()
+    if df.empty:
+        return df
+    df["text"] = [interval_cell(iv, digits) + (" *" if iv.excludes_zero else "")
+                  for iv in row_intervals(df)]
+    at = "target L0"
+    if basis == "l0_target":
+        df[at] = df.l0_target
+    else:  # each text has its own FVE grid; rows pair the grid points of equal rank
+        at = "FVE (first's text / second's)"
+        df[at] = [f"{a:.3f} / {b:.3f}" for a, b in zip(df.fve, df.fve_second, strict=True)]
+    wide = df.pivot_table(index=["first", "second", at], columns="metric", values="text",
+                          aggfunc="first", sort=False)
+    return wide[[m for m in metrics if m in wide.columns]]
+
+
+def mixed_verdict_table(comparisons: ComparisonTables, domain: str, broad: str,
+                        mixed: Sequence[MixedCorpus]) -> Any:
+    """The paper's claims (and sensitivity checks) judged against the broad SAE and
+    against each SAE that saw the domain in a mix: rows claims, one column per
+    opponent."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    opponents = {f"vs {broad} (no {domain} text)": broad,
+                 **{f"vs {m.name} ({domain} at {m.share:.0%} of tokens)": m.name
+                    for m in mixed}}
+    return pd.DataFrame(
+        [{"claim": c.text, **{col: claim_verdict(comparisons, c.key, domain, other)
+                              for col, other in opponents.items()}}
+         for c in (*CLAIMS, *SENSITIVITY_CHECKS)]).set_index("claim")
+
+
+def did_verdict_table(comparisons: ComparisonTables, domain: str, broad: str) -> Any:
+    """Every difference-in-differences claim (:data:`~sae_med.report.claims.DID_CLAIMS`) and its
+    verdict on this run."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    return pd.DataFrame([{"claim": c.text,
+                          "verdict": contrast_verdict(comparisons, c.key, domain, broad)}
+                         for c in DID_CLAIMS]).set_index("claim")
+
+
+def placebo_verdict_table(comparisons: ComparisonTables, domain: str, broad: str,
+                          placebos: Sequence[str]) -> Any:
+    """Whether the domain's home advantage over ``broad`` exceeds each placebo's
+    (:data:`~sae_med.report.claims.HOME_EXCESS_CLAIMS`): rows placebo corpora (with the domain
+    each declares), one column per claim."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    return pd.DataFrame([{"placebo": f"{p} ({corpus_domain(p)})",
+                          **{c.text.split(": ")[-1]: placebo_verdict(comparisons, c.key,
+                                                                       domain, p, broad)
+                             for c in HOME_EXCESS_CLAIMS}}
+                         for p in placebos]).set_index("placebo")
+
+
+def corpus_domain(corpus: str) -> str:
+    """The domain a corpus declares (``broad`` for a genre control), or ``declared in the
+    config`` for one the registry does not know."""
+
+    try:
+        return corpus_info(corpus).domain
+    except UnknownCorpusError:
+        return "declared in the config"
+
+
+METRIC_WORDS = {"fve_typical": "typical-token FVE", "fve": "FVE", "delta_ce": "ΔCE (nats)",
+                "loss_recovered": "loss recovered",
+                "dark_matter.r2_error_mean": "R²(e)"}
+
+
+def _cells(ivs: Sequence[Interval], digits: int = 3) -> str:
+    return "; ".join(interval_cell(iv, digits) for iv in ivs) or "no comparison"
+
+
+def _verb(ivs: Sequence[Interval], sign: int) -> str:
+    """How the first side fares, from its gap intervals: better where every interval lies
+    on the favourable side of 0, worse where every one lies on the other."""
+    if ivs and all(iv.excludes_zero and sign * iv.value > 0 for iv in ivs):
+        return "beats"
+    if ivs and all(iv.excludes_zero and sign * iv.value < 0 for iv in ivs):
+        return "loses to"
+    if any(iv.excludes_zero for iv in ivs):
+        return "is not told apart at every target L0 from"
+    return "is not told apart from"
+
+
+def _sign(metric: str) -> int:
+    return -1 if metric in LOWER_IS_BETTER else 1
+
+
+def versus_clause(gaps: Any, first: str, other: str, who: str, metric: str,
+                  text: str | None = None) -> str:
+    """``the {first} SAE beats {who} on held-out {text} text (...)``: the ``first`` minus
+    ``other`` gaps of ``metric`` on ``text`` (default: ``first``'s own) at each target L0,
+    the verb computed from their intervals."""
+    text = text or first
+    ivs = gap_intervals(oriented_gaps(gaps, first, other), metric, text)
+    return (f"the {first} SAE {_verb(ivs, _sign(metric))} {who} on held-out {text} text "
+            f"({METRIC_WORDS.get(metric, metric)} difference by target L0: {_cells(ivs)})")
+
+
+def did_clause(comparisons: ComparisonTables, domain: str, broad: str, metric: str) -> str:
+    """The difference-in-differences of ``metric`` at each target L0 and its verdict."""
+    c = next(c for c in DID_CLAIMS if c.metric == metric)
+    rows = oriented_contrasts(comparisons.contrasts, "did", domain, broad)
+    rows = rows[(rows.metric == metric) & (rows.basis == "l0_target")]
+    ivs = row_intervals(rows.sort_values("l0_target")) if len(rows) else []
+    verb = _verb(ivs, c.sign)
+    more = {"beats": "exceeds", "loses to": "falls short of"}.get(verb, verb)
+    return (f"its home advantage {more} the {broad} SAE's (difference-in-differences "
+            f"{_cells(ivs)}: “{contrast_verdict(comparisons, c.key, domain, broad)}”)")
+
+
+def placebo_clause(domains: ComparisonTables, domain: str, broad: str, placebo: str,
+                   metric: str) -> str:
+    """How much ``placebo``'s SAE wins at home over the ``broad`` SAE, and whether the
+    domain's home advantage exceeds it (:func:`~sae_med.report.claims.placebo_verdict`)."""
+    c = next(c for c in HOME_EXCESS_CLAIMS if c.metric == metric)
+    ivs = gap_intervals(oriented_gaps(domains.gaps, placebo, broad), metric, placebo)
+    verdict = placebo_verdict(domains, c.key, domain, placebo, broad)
+    return (f"{placebo} ({corpus_domain(placebo)}) {_verb(ivs, c.sign)} the {broad} SAE at "
+            f"home by {_cells(ivs)} ({domain}'s excess over it: “{verdict}”)")
+
+
+def domain_sentence(run: ComparisonTables, domain: str, broad: str,
+                    mixed: Sequence[MixedCorpus], domains: ComparisonTables | None,
+                    placebos: Sequence[str], metric: str = "fve_typical") -> str:
+    """The chapter's verdict in one sentence, every number and verdict computed: the
+    domain SAE against the broad SAE and each mix, the difference-in-differences, and each
+    placebo domain's home advantage (from the domains run ``domains``; None: not run)."""
+    parts = [versus_clause(run.gaps, domain, broad, f"the {broad} SAE", metric)]
+    parts += [versus_clause(run.gaps, domain, m.name, f"an SAE that saw {domain} text at "
+                            f"{m.share:.0%} of its tokens ({m.name})", metric) for m in mixed]
+    parts.append(did_clause(run, domain, broad, metric))
+    sentence = "On this run, " + "; ".join(parts) + "."
+    if domains is None:
+        return (sentence + f" Whether a placebo domain wins at home as much is not measured "
+                f"yet: the domains run is absent ({DOMAINS_COMMAND} produces it).")
+    if not placebos:
+        return sentence + " The domains run has no placebo domain."
+    return (sentence + " In the domains run, against its own " + broad + " SAE: "
+            + "; ".join(placebo_clause(domains, domain, broad, p, metric) for p in placebos)
+            + ".")
+
+
+def placebo_summary(domains: ComparisonTables | None, domain: str, broad: str,
+                    placebos: Sequence[str], key: str) -> str:
+    """One cell for the results page: the placebo verdict ``key`` per placebo domain
+    (``go: supported; foldoc: not supported``), or how to produce the domains run."""
+    if domains is None:
+        return f"not run: the domains run is absent ({DOMAINS_COMMAND} produces it)"
+    if not placebos:
+        return "not run: the domains run has no placebo domain"
+    claim(key)  # an unknown key fails here, naming the valid ones
+    return "; ".join(f"{p}: {placebo_verdict(domains, key, domain, p, broad)}"
+                     for p in placebos)
+
+
+def home_advantage_figure(home: Any, metric: str, y_title: str) -> Any:
+    """Each side's home advantage (:func:`home_advantages` rows) of ``metric`` against the
+    target L0 (log), one line per (side, versus), with 95% intervals and the zero line."""
+    # deferred: plotly is heavy to import; only the figures need it
+    import plotly.graph_objects as go
+
+
+    sel = home[(home.metric == metric) & (home.basis == "l0_target")]
+    fig = go.Figure()
+    for j, ((side, other), sub) in enumerate(sel.groupby(["train_corpus", "versus"],
+                                                          sort=False)):
+        sub = sub.sort_values("l0_target")
+        fig.add_trace(go.Scatter(
+            x=sub.l0_target, y=sub.value, mode="lines+markers", error_y=error_bars(sub),
+            name=f"{side} SAE − {other} SAE, on {side} text",
+            line={"color": CORPUS_COLORS.get(side), "dash": EVAL_DASH[j % len(EVAL_DASH)]}))
+    fig.add_hline(y=0, line={"color": "grey", "width": 1})
+    fig.update_xaxes(type="log", title_text="target L0")
+    fig.update_layout(title=f"Home advantage ({y_title}): own SAE minus another, on own text",
+                      yaxis_title=y_title, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+class DomainsRun(NamedTuple):
+    """The domains run (``configs/domains.yaml``): an SAE per corpus, scored on each."""
+
+    cfg: Config
+    comparisons: ComparisonTables
+    path: Path
+
+
+class DomainsRunStatus(NamedTuple):
+    run: DomainsRun | None
+    """None when there is no readable run."""
+    note: str
+    """Where the run was read from, or why there is none and how to produce it."""
+
+
+def domains_results_path(config: str = "configs/domains.yaml") -> Path:
+    """Where the run of the domains config keeps its results."""
+
+    return load_config(config).run_path / RESULTS_NAME
+
+
+def load_domains_run(path: str | Path) -> DomainsRunStatus:
+    """The domains run's results at ``path``, read, never run: it trains an SAE family per
+    corpus (about an hour on 2 cores), so a missing or outdated file is reported with the
+    command that produces it instead of failing."""
+
+    path = Path(path)
+    if not path.exists():
+        return DomainsRunStatus(None, f"The domains run is absent ({path} does not exist): "
+                                      f"{DOMAINS_COMMAND} produces it.")
+    try:
+        doc = read_results(path)
+    except ValueError as err:  # an older schema: its tables cannot be read as they are
+        return DomainsRunStatus(None, f"The domains run at {path} cannot be read ({err}): "
+                                      f"{DOMAINS_COMMAND} rescores it.")
+    cfg = config_from_dict(doc["config"])
+    return DomainsRunStatus(DomainsRun(cfg, comparison_tables(doc), path),
+                            f"The domains run read from {path}: SAEs trained on "
+                            f"{', '.join(cfg.train_corpora)}, each scored on "
+                            f"{', '.join(cfg.eval_corpora)}.")
+
+
+def placebo_corpora(cfg: Config) -> list[str]:
+    """The corpora whose home advantage is set against the domain's: every training corpus
+    with a home text after the domain and the reference (the first two,
+    :func:`sae_med.measure.compare.contrasts`)."""
+    return home_sides(cfg)[2:]
+
+
+class ReportedRun(NamedTuple):
+    """The run a report reads: its config and its results file."""
+
+    cfg: Config
+    path: Path
+
+
+NO_MIXED = "not run: no mixed corpus among this run's training corpora"
+
+
+def page_verdicts(run: ComparisonTables, domain: str, broad: str,
+                  mixed: Sequence[MixedCorpus], domains: ComparisonTables | None,
+                  placebos: Sequence[str]) -> dict[str, str]:
+    """The results page's rows of the chapter, ``{glue key: text}``: each
+    difference-in-differences verdict (``verdict_did_<metric>``), the paper's claims
+    against the first mix (``verdict_mixed_<claim>``, its name in ``mixed_label``), the
+    placebo verdicts per placebo (``verdict_placebo_<metric>``), what the mix gives up on
+    broad text (``mixed_cost_sentence``) and the verdict sentences
+    (``domain_verdict_sentence``: typical-token FVE; ``..._dce``: ΔCE)."""
+    out = {f"verdict_{c.key}": contrast_verdict(run, c.key, domain, broad)
+           for c in DID_CLAIMS}
+    first = mixed[0] if mixed else None
+    out["mixed_label"] = (f"{first.name} ({domain} at {first.share:.0%} of its tokens)"
+                          if first else "no mixed corpus")
+    for c in (*CLAIMS, *SENSITIVITY_CHECKS):
+        out[f"verdict_mixed_{c.key}"] = (claim_verdict(run, c.key, domain, first.name)
+                                         if first else NO_MIXED)
+    for c in HOME_EXCESS_CLAIMS:
+        out[f"verdict_placebo_{c.key.removeprefix('home_excess_')}"] = placebo_summary(
+            domains, domain, broad, placebos, c.key)
+    out["mixed_cost_sentence"] = mixed_cost_sentence(run, broad, mixed)
+    for key, metric in (("domain_verdict_sentence", "fve_typical"),
+                        ("domain_verdict_sentence_dce", "delta_ce")):
+        out[key] = domain_sentence(run, domain, broad, mixed, domains, placebos, metric)
+    return out
+
+
+def mixed_cost_sentence(run: ComparisonTables, broad: str, mixed: Sequence[MixedCorpus]
+                        ) -> str:
+    """What each mix gives up on ``broad`` text against the ``broad`` SAE (typical-token
+    FVE and ΔCE at each target L0), one sentence."""
+    if not mixed:
+        return "This run trains no mixed corpus, so nothing is given up."
+    text = "; ".join(versus_clause(run.gaps, m.name, broad, f"the {broad} SAE", metric,
+                                   text=broad)
+                     for m in mixed for metric in ("fve_typical", "delta_ce"))
+    return text[0].upper() + text[1:] + "."
+
+
+def matching_domains_run(status: DomainsRunStatus, domain: str, broad: str
+                         ) -> DomainsRunStatus:
+    """``status``, unless its run sets another domain against another broad side than
+    ``domain`` and ``broad`` (a placebo contrast of another domain says nothing about this
+    one): then no run, and a note saying so."""
+
+    if status.run is None or domain_pair(status.run.cfg) == (domain, broad):
+        return status
+    theirs = " vs ".join(domain_pair(status.run.cfg))
+    return DomainsRunStatus(None, f"The domains run at {status.run.path} compares {theirs}, "
+                                  f"not {domain} vs {broad}: its placebo contrasts are not "
+                                  f"about this run's domain.")

@@ -1,0 +1,166 @@
+"""The "Domain or home field?" report on synthetic runs whose home advantages are planted:
+each side's advantage on its own text, the difference-in-differences and placebo verdicts,
+the mix, the heatmap, the sentence, and a domains run that is absent or outdated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from synthetic_runs import synthetic_run, write_synthetic_results
+
+from sae_med.config import load_config
+from sae_med.measure.compare import NOT_JUDGED
+from sae_med.report.claims import contrast_verdict, placebo_verdict
+from sae_med.report.domain_report import (
+    DOMAINS_COMMAND,
+    MixedCorpus,
+    did_clause,
+    domain_sentence,
+    family_matrix_table,
+    home_advantage_table,
+    home_advantages,
+    home_matrix_rows,
+    load_domains_run,
+    matching_domains_run,
+    matrix_heatmap,
+    mixed_corpora,
+    mixed_verdict_table,
+    page_verdicts,
+    placebo_corpora,
+    placebo_summary,
+)
+
+TRAIN = ["medical", "broad", "mixed_10"]
+EVAL = ["medical", "broad"]
+DOMAINS = ["medical", "broad", "mixed_10", "go", "foldoc"]
+DOMAINS_EVAL = ["medical", "broad", "go", "foldoc"]
+MIX = [MixedCorpus("mixed_10", 0.1)]
+
+
+def default_run(medical_home: float, broad_home: float):
+    """The default's three SAE families; the mix sits halfway on medical text."""
+    return synthetic_run(TRAIN, EVAL, {("medical", "medical"): medical_home,
+                                       ("broad", "broad"): broad_home,
+                                       ("mixed_10", "medical"): medical_home / 2})
+
+
+@pytest.fixture(scope="module")
+def domains_run():
+    """go wins at home as much as medicine, foldoc by far less."""
+    return synthetic_run(DOMAINS, DOMAINS_EVAL, {
+        ("medical", "medical"): 0.10, ("broad", "broad"): 0.02, ("go", "go"): 0.10,
+        ("foldoc", "foldoc"): 0.03})
+
+
+def test_each_side_wins_at_home_by_what_was_planted():
+    run = default_run(0.10, 0.02)
+    home = home_advantages(run.gaps, EVAL, TRAIN)
+    assert (home.train_corpus == home.eval_corpus).all()  # every row on its side's text
+    sel = home[(home.metric == "fve_typical") & (home.basis == "l0_target")]
+    planted = {("medical", "broad"): 0.10, ("medical", "mixed_10"): 0.05,
+               ("broad", "medical"): 0.02, ("broad", "mixed_10"): 0.02}
+    for (side, other), value in planted.items():
+        got = sel[(sel.train_corpus == side) & (sel.versus == other)]
+        assert len(got) == 2 and got.value.to_numpy() == pytest.approx([value] * 2, abs=2e-3)
+        assert (got.low < got.value).all() and (got.value < got.high).all()
+    table = home_advantage_table(run.gaps, EVAL, TRAIN, ["fve_typical", "delta_ce"])
+    assert table.index.names == ["home SAE, on its own text", "versus", "l0_target"]
+    assert table.loc[("medical", "broad", 10.0), "fve_typical"].startswith("0.100 [")
+    assert table.loc[("medical", "broad", 10.0), "delta_ce"].startswith("-0.100 [")
+
+
+def test_equal_home_advantages_leave_the_did_unresolved():
+    same = default_run(0.05, 0.05)
+    assert contrast_verdict(same, "did_fve_typical", "medical", "broad") == "not supported"
+    assert "is not told apart from the broad SAE's" in did_clause(
+        same, "medical", "broad", "fve_typical")
+    larger = default_run(0.10, 0.02)
+    assert contrast_verdict(larger, "did_fve_typical", "medical", "broad") == "supported"
+    clause = did_clause(larger, "medical", "broad", "delta_ce")
+    assert clause.startswith("its home advantage exceeds the broad SAE's") and "-0.080 [" \
+        in clause
+
+
+def test_the_mix_is_found_and_judged_like_the_broad_sae():
+    assert mixed_corpora(load_config("configs/smoke.yaml"), "medical") == MIX
+    assert mixed_corpora(load_config("configs/wordnet_control.yaml"), "medical") == []
+    run = default_run(0.10, 0.02)
+    table = mixed_verdict_table(run, "medical", "broad", MIX)
+    assert list(table.columns) == ["vs broad (no medical text)",
+                                   "vs mixed_10 (medical at 10% of tokens)"]
+    assert table.loc["The domain SAE explains more variance (FVE)"].tolist() == [
+        "supported", "supported"]
+    rows = page_verdicts(run, "medical", "broad", MIX, None, [])
+    assert rows["mixed_label"] == "mixed_10 (medical at 10% of its tokens)"
+    assert rows["verdict_mixed_fve"] == "supported"
+    assert rows["mixed_cost_sentence"].startswith(  # broad's planted home advantage
+        "The mixed_10 SAE loses to the broad SAE on held-out broad text (typical-token FVE "
+        "difference by target L0: -0.020 [")
+
+
+def test_placebo_verdicts_follow_the_planted_home_advantages(domains_run):
+    assert placebo_corpora(load_config("configs/domains.yaml")) == [
+        "go", "foldoc", "wordnet", "austen"]
+    assert placebo_verdict(domains_run, "home_excess_fve_typical", "medical", "go",
+                           "broad") == "not supported"
+    summary = placebo_summary(domains_run, "medical", "broad", ["go", "foldoc"],
+                              "home_excess_fve_typical")
+    assert summary == "go: not supported; foldoc: supported"
+    sentence = domain_sentence(default_run(0.10, 0.02), "medical", "broad", MIX,
+                               domains_run, ["go", "foldoc"])
+    assert "go (biology) beats the broad SAE at home by 0.100 [" in sentence
+    assert "foldoc (computing) beats the broad SAE at home by 0.030 [" in sentence
+    assert "saw medical text at 10% of its tokens (mixed_10)" in sentence
+
+
+def test_without_the_domains_run_the_sentence_says_how_to_make_it(tmp_path):
+    status = load_domains_run(tmp_path / "results.json")
+    assert status.run is None and DOMAINS_COMMAND in status.note
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 1}))
+    stale = load_domains_run(tmp_path / "results.json")
+    assert stale.run is None and "rescores" in stale.note
+    law = tmp_path / "law" / "results.json"
+    write_synthetic_results(law, load_config("configs/domains.yaml"), {})
+    other = matching_domains_run(load_domains_run(law), "law", "broad")
+    assert other.run is None and "compares medical vs broad, not law vs broad" in other.note
+    assert matching_domains_run(load_domains_run(law), "medical", "broad").run is not None
+    rows = page_verdicts(default_run(0.10, 0.02), "medical", "broad", MIX, None, [])
+    assert rows["verdict_placebo_fve_typical"] == (
+        f"not run: the domains run is absent ({DOMAINS_COMMAND} produces it)")
+    assert rows["domain_verdict_sentence"].endswith(f"({DOMAINS_COMMAND} produces it).")
+
+
+def test_sae_below_the_quality_bar_are_not_judged():
+    run = default_run(0.10, 0.02)
+    bad = run._replace(families=run.families.assign(
+        value=run.families.value.where(run.families.metric != "delta_ce", 3.0)))
+    rows = page_verdicts(bad, "medical", "broad", MIX, None, [])
+    assert {rows[k] for k in rows if k.startswith(("verdict_did", "verdict_mixed"))} == {
+        NOT_JUDGED}
+
+
+def test_matrix_table_and_heatmap_hold_every_family_on_every_text(domains_run):
+    table = family_matrix_table(domains_run.families, ["delta_ce"], DOMAINS, DOMAINS_EVAL)
+    assert list(table.columns) == DOMAINS_EVAL
+    assert [i[2] for i in table.index[:len(DOMAINS)]] == DOMAINS
+    fig = matrix_heatmap(domains_run.families, "delta_ce", DOMAINS, DOMAINS_EVAL)
+    assert len(fig.data) == 2  # one panel per target L0
+    assert len(fig.layout.shapes) == 2 * len(DOMAINS_EVAL)  # home cells outlined
+    home = fig.data[0]
+    row, col = DOMAINS.index("go"), DOMAINS_EVAL.index("go")
+    cell = table.loc[("delta_ce", 10.0, "go"), "go"]
+    assert home.text[row][col] == cell.replace(" [", "<br>[")
+    assert fig.layout.coloraxis.reversescale  # lower ΔCE is better: colours turn round
+
+
+def test_home_matrix_cells_are_each_column_s_own_sae_minus_the_row_s(domains_run):
+    cells = home_matrix_rows(domains_run.gaps, DOMAINS_EVAL, DOMAINS)
+    fig = matrix_heatmap(cells, "fve_typical", DOMAINS, DOMAINS_EVAL)
+    z = fig.data[0].z  # target L0 10: rows DOMAINS, columns DOMAINS_EVAL
+    col = DOMAINS_EVAL.index("go")
+    assert z[DOMAINS.index("go")][col] is None  # no SAE is compared with itself
+    assert z[DOMAINS.index("broad")][col] == pytest.approx(0.10, abs=3e-3)
+    assert z[DOMAINS.index("foldoc")][DOMAINS_EVAL.index("foldoc")] is None
+    assert z[DOMAINS.index("medical")][DOMAINS_EVAL.index("foldoc")] == pytest.approx(
+        0.03, abs=3e-3)

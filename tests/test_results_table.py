@@ -1,0 +1,77 @@
+"""benchmarks/results_table.py on synthetic results files (home advantages planted):
+the tables RESULTS.md quotes hold both eval corpora, every pair's gaps, each side's home
+advantage, the difference-in-differences and placebo contrasts and the mix's verdicts."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from synthetic_runs import write_synthetic_results
+
+from sae_med.config import load_config
+from sae_med.report.book import PROJECT_ROOT
+
+SHIFT = {("medical", "medical"): 0.10, ("broad", "broad"): 0.02,
+         ("mixed_10", "medical"): 0.05, ("go", "go"): 0.10}
+
+
+@pytest.fixture(scope="module")
+def results_table():
+    spec = importlib.util.spec_from_file_location(
+        "results_table", PROJECT_ROOT / "benchmarks" / "results_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def section(out: str, title: str) -> str:
+    """The printed table under ``title`` (up to the next blank line after it)."""
+    body = out.split(f"\n{title}\n\n", 1)[1]
+    return body.split("\n\n", 1)[0]
+
+
+def test_default_run_tables(results_table, tmp_path, capsys):
+    path = write_synthetic_results(tmp_path / "results.json",
+                                   load_config(PROJECT_ROOT / "configs" / "smoke.yaml"), SHIFT)
+    results_table.comparisons(str(path))
+    out = capsys.readouterr().out
+    matrix = section(out, "Every family on every eval corpus (across-seed means)")
+    assert "| medical " in matrix.splitlines()[0] and "| broad " in matrix.splitlines()[0]
+    assert matrix.count("mixed_10") == 4  # 2 metrics x 2 targets
+    gaps = section(out, "Gaps at each target L0 (training corpus minus versus)")
+    for pair in ("'medical', 'broad'", "'medical', 'mixed_10'", "'broad', 'mixed_10'"):
+        assert pair in gaps  # every pair of training corpora
+    home = section(out, "Home advantage (own SAE minus another, on own text), basis l0_target")
+    assert "| ('broad', 'medical', 10.0) " in home and "0.020 [" in home
+    did = section(out, "Difference-in-differences (first's home advantage minus second's), "
+                       "basis l0_target")
+    assert did.count("0.080 [") >= 2  # 0.10 - 0.02 at each target
+    verdicts = section(out, "Difference-in-differences verdicts")
+    assert "typical-token FVE | supported" in verdicts.replace("  ", "")
+    cost = section(out, "What mixed_10 gives up: mixed_10 minus broad on broad text")
+    assert "-0.020 [" in cost
+    assert "Placebo verdicts" not in out  # no placebo domain in the default
+
+
+def test_domains_run_prints_placebo_verdicts(results_table, tmp_path, capsys):
+    path = write_synthetic_results(
+        tmp_path / "results.json", load_config(PROJECT_ROOT / "configs" / "domains.yaml"),
+        SHIFT)
+    results_table.comparisons(str(path))
+    placebo = section(capsys.readouterr().out, "Placebo verdicts")
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in placebo.splitlines()[2:]}
+    assert rows == {"go (biology)": "not supported", "foldoc (computing)": "supported",
+                    "wordnet (broad)": "supported", "austen (broad)": "supported"}
+
+
+def test_several_models_get_did_and_mix_verdicts(results_table, tmp_path, capsys):
+    smoke = load_config(PROJECT_ROOT / "configs" / "smoke.yaml")
+    paths = [str(write_synthetic_results(tmp_path / f"{i}.json", smoke, SHIFT))
+             for i in range(2)]
+    results_table.models(paths)
+    out = capsys.readouterr().out
+    assert "supported" in section(out, "Difference-in-differences, per model")
+    assert "(vs mixed_10)" in section(
+        out, "The paper's claims against each mix (mixed_10), per model")
