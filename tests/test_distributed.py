@@ -19,6 +19,7 @@ from sae_med import runtime
 from sae_med.config import Config
 from sae_med.measure.metrics import fve
 from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.train.step import global_fve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,6 +160,6 @@ def test_helpers_are_identities_in_one_process():
     t = torch.tensor([2.0, 3.0])
     assert torch.equal(runtime.all_reduce_sum_(t), torch.tensor([2.0, 3.0]))
     x_hat = x + 0.3 * torch.randn(12, 5)
-    assert runtime.global_fve(x, x_hat) == pytest.approx(fve(x, x_hat), rel=1e-6)
-    assert runtime.global_fve(x, x) == pytest.approx(1.0)
+    assert global_fve(x, x_hat) == pytest.approx(fve(x, x_hat), rel=1e-6)
+    assert global_fve(x, x) == pytest.approx(1.0)
     assert runtime.init_from_env() is False  # no WORLD_SIZE: nothing to initialise

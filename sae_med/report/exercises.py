@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from sae_med.corpora import registry as data
+from sae_med.corpora import registry
 from sae_med.interpret.features import (
     DEFAULT_CONCEPT_KEYS,
     concept_aurocs,
@@ -287,7 +287,7 @@ def _cache_corpus(answer: Any, tokenizer: Any, corpora: Sequence[str], n_docs: i
 
     expected = {}
     for name in corpora:
-        docs = itertools.islice(data.iter_documents(name, "eval"), n_docs)
+        docs = itertools.islice(registry.iter_documents(name, "eval"), n_docs)
         expected[name] = float(statistics.median(
             len(tokenizer(d.text)["input_ids"]) for d in docs))
     return compare_numbers("ex-cache-corpus", "median tokens", answer, expected, tol=1e-9,

@@ -9,9 +9,7 @@ from typing import Any
 import torch
 
 from sae_med.config import SAEConfig
-from sae_med.sae import jumprelu as jumprelu_module
-from sae_med.sae import relu as sae_relu
-from sae_med.sae import topk as sae_topk
+from sae_med.sae import io, relu, topk
 from sae_med.sae.base import LinearSAE, read_checkpoint_cfg
 from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
 from sae_med.sae.relu import ReLUSAE
@@ -65,9 +63,9 @@ def load_sae(directory: str | Path, device: torch.device | str = "cpu") -> AnySA
 def to_sae_lens(sae: AnySAE) -> Any:
     """The equivalent sae-lens inference SAE of any architecture, on raw activations."""
     if isinstance(sae, JumpReLUSAE):
-        return jumprelu_module.to_sae_lens(sae)
+        return io.to_sae_lens(sae)
     if isinstance(sae, ReLUSAE):
-        return sae_relu.to_sae_lens(sae)
+        return relu.to_sae_lens(sae)
     if isinstance(sae, TopKSAE):
-        return sae_topk.to_sae_lens(sae)
+        return topk.to_sae_lens(sae)
     raise TypeError(f"no sae-lens export for {type(sae).__name__}")

@@ -166,7 +166,7 @@ def test_killed_streamed_run_resumes_under_torchrun(tiny_lm_dirs, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", str(script), str(REPO / "tests"),
+                           "--nproc_per_node=2", str(script), str(REPO / "tests" / "cache"),
                            str(tmp_path), str(tiny_lm_dirs["gemma2"])],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

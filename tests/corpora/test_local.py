@@ -10,7 +10,7 @@ import json
 import pytest
 
 from sae_med.cli import main
-from sae_med.config import ConfigError, load_config
+from sae_med.config import Config, ConfigError, load_config
 from sae_med.corpora import documents, leakage, registry
 from sae_med.corpora.leakage import corpus_leakage, offline_leakage
 from sae_med.corpora.local import CorpusSourceError
@@ -22,6 +22,13 @@ RECORDS = [{"id": f"r{i}", "text": f"The {_WORDS[0][i % 5]} {_WORDS[1][i // 5 % 
             f"{_WORDS[2][i // 30]} on appeal.", "case": f"k{i // 4}",
             "tags": ["property" if i % 2 else "contract"]} for i in range(120)]
 """120 distinct texts (no two near-duplicates), four per case (group)."""
+
+
+def declared_config(overrides: list[str]) -> Config:
+    """A config with its corpora handed to the registry, as a stage hands them."""
+    cfg = load_config(None, overrides)
+    registry.use_config(cfg)
+    return cfg
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +48,7 @@ def _jsonl(path, records):
 def _declare(name, **spec):
     spec = {"domain": "law", "id_field": "id", "group_field": "case", "labels_field": "tags",
             **spec}
-    return load_config(None, [f"corpora={json.dumps({name: spec})}"])
+    return declared_config([f"corpora={json.dumps({name: spec})}"])
 
 
 def test_declared_jsonl_corpus_splits_by_group_and_deduplicates(tmp_path):
@@ -120,7 +127,7 @@ def test_text_files_are_one_document_each_named_by_path(tmp_path):
     for i, sub in enumerate(["a", "a", "b"]):
         (tmp_path / "notes" / sub).mkdir(parents=True, exist_ok=True)
         (tmp_path / "notes" / sub / f"n{i}.txt").write_text(f"Note {i} on the easement.\n")
-    load_config(None, ['corpora={"notes": {"files": "notes/**/*.txt", "domain": "law"}}'])
+    declared_config(['corpora={"notes": {"files": "notes/**/*.txt", "domain": "law"}}'])
     ids = sorted(d.doc_id for d in registry.iter_documents("notes"))
     assert ids == ["notes:a/n0.txt", "notes:a/n1.txt", "notes:b/n2.txt"]
 
@@ -134,7 +141,7 @@ def test_a_folder_under_files_reads_what_its_glob_would(tmp_path):
     docs = {}
     for name, files in (("globbed", "notes/**/*.txt"), ("folder", "notes"),
                         ("slashed", "notes/")):
-        load_config(None, [f'corpora={{"{name}": {{"files": "{files}", "domain": "law"}}}}'])
+        declared_config([f'corpora={{"{name}": {{"files": "{files}", "domain": "law"}}}}'])
         docs[name] = sorted((d.doc_id.split(":", 1)[1], d.text)
                             for d in registry.iter_documents(name))
     assert len(docs["globbed"]) == 3
@@ -170,12 +177,12 @@ def test_missing_files_and_fields_are_one_clear_error(tmp_path):
 ])
 def test_config_errors_name_the_corpus_field(spec, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        load_config(None, [f"corpora={json.dumps({'bad': spec})}"])
+        declared_config([f"corpora={json.dumps({'bad': spec})}"])
 
 
 def test_built_in_names_cannot_be_redeclared():
     with pytest.raises(ConfigError, match="'medical' is a built-in corpus"):
-        load_config(None, ['corpora={"medical": {"files": "x", "domain": "law"}}'])
+        declared_config(['corpora={"medical": {"files": "x", "domain": "law"}}'])
 
 
 def test_cli_lists_and_reports_the_configs_corpora(tmp_path, capsys):

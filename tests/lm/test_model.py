@@ -90,9 +90,10 @@ class Block:
             raise ImportError("transformer_lens is blocked in this test")
 sys.meta_path.insert(0, Block())
 import sae_med
-for m in pkgutil.iter_modules(sae_med.__path__):
-    importlib.import_module(f"sae_med.{m.name}")
+for m in pkgutil.walk_packages(sae_med.__path__, "sae_med."):
+    importlib.import_module(m.name)
 from sae_med.lm.load import load_model
+from sae_med.measure.spliced import spliced_losses
 lm = load_model(device="cpu")
 batch = lm.tokenize(["Fever and rash.", "A cough that lasts"], ctx_len=16)
 out = spliced_losses(lm, batch, 13, {"half": lambda x: 0.5 * x})["half"].summary()
