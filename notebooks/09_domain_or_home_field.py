@@ -32,6 +32,9 @@
 #    medical SAE on broad text), declared as a claim before the run that judges it
 #    (`sae_med.claims.DID_CLAIMS`); and the *home excess* over each placebo domain of the
 #    domains run: (medical − broad on medical text) − (placebo − broad on placebo text).
+# 5. **What the broad SAE lacks**: how much of the gap a shift of the broad SAE to the
+#    medical mean closes, how much survives on novel documents, and how it varies with a
+#    token's frequency in one training cache against the other.
 #
 # Every interval is the paired hierarchical 95% bootstrap of `sae_med.compare` (seed
 # replicates, then document groups); a contrast's two texts are different documents,
@@ -67,6 +70,7 @@ from sae_med.domain_report import (
     reported_run,
 )
 from sae_med.evaluate import load_comparisons
+from sae_med.homefield import homefield_report
 from sae_med.notebook import domain_pair, setup_notebook
 
 # %% [markdown]
@@ -190,6 +194,29 @@ else:
     display(contrast_table(domains.comparisons.contrasts, "home_excess",
                            ["fve_typical", "delta_ce"]))
     display(placebo_verdict_table(domains.comparisons, medical, broad, placebos))
+
+# %% [markdown]
+# ### What the broad SAE lacks
+# Three diagnostics that need no training (`sae_med.homefield`, at the middle target L0):
+# (a) the broad SAE *recentred* on the medical mean (its decoder bias shifted by
+# E_med[x] − E_broad[x]): how much of the ΔCE gap a mean shift closes; (b) the gap on
+# held-out documents with no one-word twin in the training split and few shared word
+# 3-grams (*novel*), against the rest: how much of the advantage survives there; (c) the
+# gap by each token's frequency ratio between the two training caches (ln, binned). Each
+# is paired on documents with seed × document-group intervals like the gaps above. They
+# need this config's SAEs and caches, so a `results_file` made elsewhere gets none.
+
+# %%
+if results_file:
+    homefield_sentence = ("The diagnostics need this config's SAEs and caches: not computed "
+                          "for a results file made elsewhere.")
+else:
+    homefield = homefield_report(cfg, progress=False)
+    for frame in homefield.frames():
+        display(frame.round(3))
+    homefield_sentence = homefield.summary()
+print(homefield_sentence)
+glue("homefield_sentence", homefield_sentence, display=False)
 
 # %% [markdown]
 # ### The verdict
