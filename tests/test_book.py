@@ -74,6 +74,23 @@ def test_toc_lists_every_notebook_and_page():
     assert notebooks | pages == toc
 
 
+HEADER_ITEMS = ("Teaches", "Before it", "Time, default config", "Time, smoke config",
+                "Needs")
+
+
+def test_every_chapter_opens_with_what_it_teaches_needs_and_takes():
+    """Issue 34 item 3: the first cell, under the title, is an "About this chapter"
+    admonition with each item, in this order."""
+    import jupytext
+
+    for path in list_notebooks(PROJECT_ROOT / "notebooks"):
+        first = jupytext.read(path).cells[0].source
+        header = first[first.index("```{admonition} About this chapter"):]
+        header = header[:header.index("\n```", 3)]
+        items = re.findall(r"^- \*\*(.+?):\*\*", header, re.M)
+        assert tuple(items) == HEADER_ITEMS, f"{path.name}: {items}"
+
+
 EXERCISE = re.compile(r"^```\{exercise\}.*\n:label: (\S+)", re.M)
 SOLUTION_START = re.compile(r"^```\{solution-start\} (\S+)\n:class: dropdown", re.M)
 
