@@ -525,7 +525,10 @@ def training_dead_fractions(rows: Any) -> Any:
 
     import pandas as pd
 
-    out = []
+    out: list[dict[str, Any]] = []
+    columns = ["train_corpus", "l0_target", "replicate", "dead_frac"]
+    if not {"sae_dir", "l0_target", "sae_id"} <= set(rows.columns):  # no trained SAE rows
+        return pd.DataFrame(out, columns=columns)
     sel = rows.dropna(subset=["l0_target"]).drop_duplicates("sae_id")
     for r in sel.itertuples():
         log = Path(str(r.sae_dir)) / "metrics.jsonl"
@@ -533,7 +536,7 @@ def training_dead_fractions(rows: Any) -> Any:
             out.append({"train_corpus": r.train_corpus, "l0_target": float(r.l0_target),
                         "replicate": int(r.replicate),
                         "dead_frac": float(json.loads(lines[-1])["dead_frac"])})
-    return pd.DataFrame(out, columns=["train_corpus", "l0_target", "replicate", "dead_frac"])
+    return pd.DataFrame(out, columns=columns)
 
 
 def own_text_table(families: Any, sides: Sequence[str], dead: Any, digits: int = 3) -> Any:
