@@ -41,9 +41,11 @@ from sae_med.report.domain_report import (
     home_sides,
     mixed_corpora,
     mixed_verdict_table,
+    own_text_table,
     pair_table,
     placebo_corpora,
     placebo_verdict_table,
+    training_dead_fractions,
 )
 from sae_med.report.notebook import domain_pair, family_table, gap_table, gap_table_by_model
 
@@ -98,6 +100,9 @@ def comparisons(path: str) -> None:
     show("Gaps at each target L0 (training corpus minus versus)",
          gap_table(comp.gaps, METRICS, by=PAIR))
     show("Gaps at matched FVE", gap_table(comp.gaps, MATCHED, basis="fve", by=PAIR))
+    show("Each side on its own held-out text, with its training-window dead fraction "
+         "(mean over seeds, min-max)", own_text_table(
+             comp.families, home_sides(cfg), training_dead_fractions(load_results(path))))
     home_field(cfg, comp)
 
 

@@ -13,6 +13,22 @@
 # %% [markdown]
 # # 3. Reconstruction fidelity
 #
+# ```{admonition} About this chapter
+# - **Teaches:** the fidelity metrics (FVE, ΔCE, loss recovered against zero and mean
+#   ablation); paired medical-minus-broad gaps with hierarchical bootstrap intervals; the
+#   same comparison at the same target L0 and at matched FVE; what specialisation costs on
+#   the other corpus.
+# - **Before it:** chapter 0 (FVE and L0 where the truth is known) and chapter 2 (the
+#   trained SAEs); what cross-entropy and a bootstrap interval are.
+# - **Time, default config:** under a minute with the run made: the default's book build,
+#   every stage already run, took 5 min 20 s for its eight notebooks, this one among those
+#   that took 3–37 s (benchmarks/RESULTS.md, 2026-12-03). Scoring the SAEs itself, when
+#   they are not scored yet, is the evaluate stage: 5 min 22 s for Gemma there.
+# - **Time, smoke config:** about 40 s measured here with the smoke run present (39 s,
+#   2026-12-06, this project's shared 2-core machine under load).
+# - **Needs:** CPU only; no internet.
+# ```
+#
 # ## Overview
 # The paper's central claim: at the same width and sparsity, an SAE trained on medical text
 # explains more of the variance of medical-text activations than one trained on broad text,
@@ -58,6 +74,7 @@ from sae_med.report.domain_report import (
     home_sides,
     versus_clause,
 )
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import (
     CORPUS_COLORS,
     cross_eval_figure,
@@ -357,12 +374,20 @@ fig.show()
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("03"))
+
+# %% [markdown]
 # ```{exercise} Read the gap at another target
 # :label: ex-fidelity-target
 # The summary speaks of all target L0s at once. Take the sparsest SAEs (the smallest
 # target L0) and the densest (the largest): what are the medical-minus-broad gaps in FVE
-# and ΔCE on held-out medical text, and which intervals exclude 0?
+# and ΔCE on held-out medical text, and which intervals exclude 0? Check with
+# `check("ex-fidelity-target", {"gaps": {(target, metric): gap}, "exclude_zero": {(target,
+# metric), ...}}, gaps=comparisons.gaps, medical=medical, broad=broad)`.
 # ```
 #
 # ```{solution-start} ex-fidelity-target
@@ -375,6 +400,11 @@ ends = med_gaps[(med_gaps.basis == "l0_target") & (med_gaps.eval_corpus == medic
                 & med_gaps.metric.isin(["fve", "delta_ce"])
                 & med_gaps.l0_target.isin([min(targets), max(targets)])]
 display(ends[["l0_target", "metric", "value", "low", "high", "excludes_zero"]].round(4))
+display(check("ex-fidelity-target",
+              {"gaps": {(r.l0_target, r.metric): r.value for r in ends.itertuples()},
+               "exclude_zero": {(r.l0_target, r.metric) for r in ends.itertuples()
+                                if r.excludes_zero}},
+              gaps=comparisons.gaps, medical=medical, broad=broad).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -384,7 +414,9 @@ display(ends[["l0_target", "metric", "value", "low", "high", "excludes_zero"]].r
 # :label: ex-fidelity-transfer
 # From the cross-evaluation, compute for each family and target L0 how much FVE it loses
 # when moved from its own training corpus to the other one. Which family transfers
-# better?
+# better? Check with `check("ex-fidelity-transfer", {"lost": {(train corpus, target):
+# FVE lost}, "better": train corpus}, results_mean=results_mean, medical=medical,
+# broad=broad)`.
 # ```
 #
 # ```{solution-start} ex-fidelity-transfer
@@ -403,6 +435,10 @@ transfer["FVE lost"] = transfer["FVE on own corpus"] - transfer["FVE on the othe
 display(transfer.round(4))
 loss_by_family = transfer.groupby("SAE trained on")["FVE lost"].mean()
 print(f"smaller mean loss on transfer: the {loss_by_family.idxmin()} SAE")
+lost = {(r[0], r[1]): r[2] for r in transfer[["SAE trained on", "target L0", "FVE lost"]]
+        .itertuples(index=False)}
+display(check("ex-fidelity-transfer", {"lost": lost, "better": loss_by_family.idxmin()},
+              results_mean=results_mean, medical=medical, broad=broad).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -413,6 +449,8 @@ print(f"smaller mean loss on transfer: the {loss_by_family.idxmin()} SAE")
 # Loss recovered divides by the damage of zero ablation. Compare the two baselines: how
 # many times larger is CE(zero) − CE(clean) than CE(mean ablation) − CE(clean) on each
 # evaluation corpus? What does that do to "loss recovered" against "recovered vs mean"?
+# Check the ratios with `check("ex-fidelity-baselines", {eval corpus: ratio},
+# results_mean=results_mean)`.
 # ```
 #
 # ```{solution-start} ex-fidelity-baselines
@@ -433,6 +471,9 @@ baselines = pd.DataFrame([
     for ev in cfg.eval_corpora])
 baselines["ratio"] = baselines["zero-ablation damage"] / baselines["mean-ablation damage"]
 display(baselines.round(3))
+display(check("ex-fidelity-baselines", dict(zip(baselines["eval corpus"], baselines.ratio,
+                                                strict=True)),
+              results_mean=results_mean).require())
 
 # %% [markdown]
 # A ratio well above 1 means the same ΔCE is a small fraction of the zero-ablation damage

@@ -13,6 +13,21 @@
 # %% [markdown]
 # # 4. Dark matter: what is left in the error
 #
+# ```{admonition} About this chapter
+# - **Teaches:** an SAE's error as something to study: how much of it a linear map from the
+#   input predicts (R² of the error vector and of its size), the split of FVU into a
+#   linear and a nonlinear part, and when a least-squares fit has enough tokens to trust.
+# - **Before it:** chapter 3 (FVE, the paired gaps, matched FVE); least squares and R².
+# - **Time, default config:** under a minute with the run made: the default's book build,
+#   every stage already run, took 5 min 20 s for its eight notebooks, this one among those
+#   that took 3–37 s (benchmarks/RESULTS.md, 2026-12-03). The dark-matter fits are part of
+#   the evaluate stage (5 min 22 s for Gemma there), which this notebook runs when the SAEs
+#   are not scored yet.
+# - **Time, smoke config:** about 35 s measured here with the smoke run present (35 s,
+#   2026-12-06, this project's shared 2-core machine under load).
+# - **Needs:** CPU only; no internet.
+# ```
+#
 # ## Overview
 # An SAE's error e = x − x̂ is not all noise. Following Engels et al. (2024), a linear map
 # from the input x is fitted by least squares to predict e (and ‖e‖²) on half of the
@@ -55,6 +70,7 @@ from sae_med.report.claims import (
     verdict_table,
 )
 from sae_med.report.domain_report import family_matrix_table, home_advantage_table, home_sides
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import (
     domain_pair,
     gap_by_model_figure,
@@ -253,11 +269,18 @@ glue("dark_matter_replication", dm_replication, display=False)
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("04"))
+
+# %% [markdown]
 # ```{exercise} Check the decomposition
 # :label: ex-dm-decomp
 # The overview says `fvu_linear` + `fvu_nonlinear` = `fvu_sae`. Check it on every SAE and
-# evaluation corpus of this run. Which share dominates the error here?
+# evaluation corpus of this run. Which share dominates the error here? Check the linear
+# shares with `check("ex-dm-decomp", {(SAE id, eval corpus): share}, dm=dm)`.
 # ```
 #
 # ```{solution-start} ex-dm-decomp
@@ -273,6 +296,7 @@ display(parts[["fvu_sae", "fvu_linear", "fvu_nonlinear", "linear + nonlinear −
                "linear share of the error"]].round(4))
 print(f"largest |linear + nonlinear − sae|: "
       f"{parts['linear + nonlinear − sae'].abs().max():.2e}")
+display(check("ex-dm-decomp", parts["linear share of the error"].to_dict(), dm=dm).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -282,7 +306,9 @@ print(f"largest |linear + nonlinear − sae|: "
 # :label: ex-dm-norm
 # The verdict uses R² of the error vector. Read the paired gap of R²(‖e‖²)
 # (`dark_matter.r2_norm`: how well x predicts the *size* of the error) at the same target
-# L0 and at matched FVE. Does it tell the same story?
+# L0 and at matched FVE. Does it tell the same story? Check the gaps with
+# `check("ex-dm-norm", {(basis, target L0 or grid FVE): gap}, gaps=comparisons.gaps,
+# medical=medical, broad=broad)`.
 # ```
 #
 # ```{solution-start} ex-dm-norm
@@ -291,9 +317,16 @@ print(f"largest |linear + nonlinear − sae|: "
 # `gap_intervals` and `gap_sentence` work for any metric of the comparison table.
 
 # %%
+norm_gaps = {}
 for basis, where in (("l0_target", "at the same target L0"), ("fve", "at matched FVE")):
-    print(gap_sentence(gap_intervals(med_gaps, "dark_matter.r2_norm", medical, basis=basis),
-                       f"R²(‖e‖²) gap ({medical} minus {broad} SAE)", where))
+    ivs = gap_intervals(med_gaps, "dark_matter.r2_norm", medical, basis=basis)
+    print(gap_sentence(ivs, f"R²(‖e‖²) gap ({medical} minus {broad} SAE)", where))
+    points = med_gaps[(med_gaps.metric == "dark_matter.r2_norm")
+                      & (med_gaps.eval_corpus == medical)
+                      & (med_gaps.basis == basis)].sort_values(basis)[basis]
+    norm_gaps |= {(basis, p): iv.value for p, iv in zip(points, ivs, strict=True)}
+display(check("ex-dm-norm", norm_gaps, gaps=comparisons.gaps, medical=medical,
+              broad=broad).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -303,7 +336,8 @@ for basis, where in (("l0_target", "at the same target L0"), ("fve", "at matched
 # :label: ex-dm-tokens
 # With fewer than about ten fit tokens per regression input, the R² values test the
 # plumbing rather than the SAEs. Which `eval.n_tokens` would reach that ratio for this
-# model, and what would you run?
+# model, and what would you run? Check with `check("ex-dm-tokens", n_tokens,
+# n_tokens=cfg.eval.n_tokens, fit_tokens=fit_sizes["fit tokens"], d_model=d_model)`.
 # ```
 #
 # ```{solution-start} ex-dm-tokens
@@ -317,6 +351,8 @@ needed = int(cfg.eval.n_tokens * max(1.0, 10 / ratio)) if ratio > 0 else 0
 print(f"fit tokens per input now: {ratio:.1f}; eval.n_tokens {cfg.eval.n_tokens:,} -> "
       f"{needed:,}")
 print(f"sae-med book {config} {' '.join(overrides)} eval.n_tokens={needed}")
+display(check("ex-dm-tokens", needed, n_tokens=cfg.eval.n_tokens,
+              fit_tokens=fit_sizes["fit tokens"], d_model=d_model).require())
 
 # %% [markdown]
 # ```{solution-end}

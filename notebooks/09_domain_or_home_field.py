@@ -13,6 +13,22 @@
 # %% [markdown]
 # # 9. Domain or home field?
 #
+# ```{admonition} About this chapter
+# - **Teaches:** why a domain SAE that wins on its own text may only be at home there;
+#   each side's home advantage, the train × eval matrix with placebo domains, an SAE that
+#   has seen the domain in its mix, the difference-in-differences as a declared claim, and
+#   three diagnostics of what the broad SAE lacks.
+# - **Before it:** chapters 3 and 4 (paired gaps, matched FVE, the claims and their
+#   verdicts) and chapter 2 (the training corpora); what a placebo control is.
+# - **Time, default config:** not yet timed (benchmarks/RESULTS.md has no run of this
+#   chapter yet). The train × eval matrix needs the domains run (`sae-med run
+#   configs/domains.yaml`), also not yet timed.
+# - **Time, smoke config:** about 25 s measured here with the smoke run present (26 s in
+#   a book build, 25 s alone; 2026-12-06, this project's shared 2-core machine under
+#   load).
+# - **Needs:** CPU only; no internet.
+# ```
+#
 # ## Overview
 # Every SAE wins on its own text. The broad SAE has never seen a medical document, so a
 # medical SAE that beats it on medical text may only be at home there: pure distribution
@@ -32,6 +48,9 @@
 #    medical SAE on broad text), declared as a claim before the run that judges it
 #    (`sae_med.report.claims.DID_CLAIMS`); and the *home excess* over each placebo domain of the
 #    domains run: (medical − broad on medical text) − (placebo − broad on placebo text).
+# 5. **What the broad SAE lacks**: how much of the gap a shift of the broad SAE to the
+#    medical mean closes, how much survives on novel documents, and how it varies with a
+#    token's frequency in one training cache against the other.
 #
 # Every interval is the paired hierarchical 95% bootstrap of `sae_med.measure.compare` (seed
 # replicates, then document groups); a contrast's two texts are different documents,
@@ -43,7 +62,7 @@
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.experiment import reported_run
+from sae_med.experiment import homefield_report
 from sae_med.measure.results import load_comparisons
 from sae_med.report.claims import oriented_gaps
 from sae_med.report.domain_report import (
@@ -66,7 +85,9 @@ from sae_med.report.domain_report import (
     pair_table,
     placebo_corpora,
     placebo_verdict_table,
+    reported_run,
 )
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import domain_pair, setup_notebook
 
 # %% [markdown]
@@ -192,6 +213,29 @@ else:
     display(placebo_verdict_table(domains.comparisons, medical, broad, placebos))
 
 # %% [markdown]
+# ### What the broad SAE lacks
+# Three diagnostics that need no training (`sae_med.measure.homefield`, at the middle target L0):
+# (a) the broad SAE *recentred* on the medical mean (its decoder bias shifted by
+# E_med[x] − E_broad[x]): how much of the ΔCE gap a mean shift closes; (b) the gap on
+# held-out documents with no one-word twin in the training split and few shared word
+# 3-grams (*novel*), against the rest: how much of the advantage survives there; (c) the
+# gap by each token's frequency ratio between the two training caches (ln, binned). Each
+# is paired on documents with seed × document-group intervals like the gaps above. They
+# need this config's SAEs and caches, so a `results_file` made elsewhere gets none.
+
+# %%
+if results_file:
+    homefield_sentence = ("The diagnostics need this config's SAEs and caches: not computed "
+                          "for a results file made elsewhere.")
+else:
+    homefield = homefield_report(cfg, progress=False)
+    for frame in homefield.frames():
+        display(frame.round(3))
+    homefield_sentence = homefield.summary()
+print(homefield_sentence)
+glue("homefield_sentence", homefield_sentence, display=False)
+
+# %% [markdown]
 # ### The verdict
 # One sentence per metric, computed from the intervals and verdicts above.
 
@@ -218,12 +262,20 @@ glue("domains_run_note", domains_status.note, display=False)
 
 # %% [markdown]
 # ## Exercises
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("09"))
+
+# %% [markdown]
 # ```{exercise} A difference-in-differences by hand
 # :label: ex-home-did
 # The difference-in-differences is the medical side's home advantage minus the broad
 # side's. Compute it at each target L0 from the home-advantage rows (`home`) and check
-# it against the contrast rows of typical-token FVE.
+# it against the contrast rows of typical-token FVE. Check your values with
+# `check("ex-home-did", {target L0: value}, gaps=comparisons.gaps, medical=medical,
+# broad=broad)`.
 # ```
 #
 # ```{solution-start} ex-home-did
@@ -239,6 +291,8 @@ did = comparisons.contrasts
 did = did[(did.kind == "did") & (did.metric == "fve_typical") & (did.basis == "l0_target")
           & (did["first"] == medical)].set_index("l0_target")
 print((own.value - theirs.value).round(6).to_dict(), did.value.round(6).to_dict())
+display(check("ex-home-did", (own.value - theirs.value).to_dict(), gaps=comparisons.gaps,
+              medical=medical, broad=broad).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -249,6 +303,8 @@ print((own.value - theirs.value).round(6).to_dict(), did.value.round(6).to_dict(
 # At each target L0, what share of the medical SAE's typical-token FVE gap over the
 # broad SAE on medical text remains against the mixed SAE? A share near 1 says seeing
 # medicine at that dose bought the mixed SAE little; near 0, that it closed the gap.
+# Check with `check("ex-home-mix", {(mixed corpus, target L0): share},
+# gaps=comparisons.gaps, medical=medical, broad=broad, mixed=[m.name for m in mixed])`.
 # ```
 #
 # ```{solution-start} ex-home-mix
@@ -264,8 +320,13 @@ def gap_points(other: str):
              & (g.eval_corpus == medical)].set_index("l0_target").value
 
 
+shares = {}
 for m in mixed:
-    print(m.name, (gap_points(m.name) / gap_points(broad)).round(3).to_dict())
+    share = gap_points(m.name) / gap_points(broad)
+    print(m.name, share.round(3).to_dict())
+    shares |= {(m.name, t): v for t, v in share.items()}
+display(check("ex-home-mix", shares, gaps=comparisons.gaps, medical=medical, broad=broad,
+              mixed=[m.name for m in mixed]).require())
 
 # %% [markdown]
 # ```{solution-end}

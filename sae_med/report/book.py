@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from sae_med.config import Config
+from sae_med.report import citation, launch
 from sae_med.report.notebook import PLOTLYJS_OUTPUT
 from sae_med.report.parameters import notebook_config
 
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 """Where ``_config.yml``, ``_toc.yml``, ``book/`` and ``notebooks/`` live (editable install)."""
 KERNEL_NAME = "sae-med"
-BOOK_FILES = ("_config.yml", "_toc.yml")
+BOOK_FILES = ("_config.yml", "_toc.yml", "CITATION.cff")
+LAUNCH_URLS = ("binderhub_url", "colab_url", "jupyterhub_url")
+"""The ``launch_buttons`` links, which the theme can only build from a repository URL."""
 
 
 class NotebookError(RuntimeError):
@@ -192,24 +195,40 @@ def build_book(config: str, overrides: Sequence[str] = (), build_dir: Path = Pat
     params = {"config": str(config), "overrides": list(overrides), "run_name": run_name}
     cwd = Path.cwd()
     t_all = time.time()
+    info = build_info(config, overrides, cfg, source_root)
+    repository = launch.book_repository(source_root)
     for nb in list_notebooks(notebooks_dir):
         t0 = time.time()
-        drop_plotlyjs(execute_notebook(nb, src / "notebooks" / f"{nb.stem}.ipynb", params,
-                                       kernel, cwd, progress))
+        executed = execute_notebook(nb, src / "notebooks" / f"{nb.stem}.ipynb", params,
+                                    kernel, cwd, progress)
+        drop_plotlyjs(executed)
+        launch.add_install_cell(executed, repository, launch.commit_ref(info["book_commit"]))
         log.info("executed %s in %.1f s", nb.name, time.time() - t0)
-    for name in BOOK_FILES:
-        shutil.copy2(source_root / name, src / name)
-    write_build_info(src / "_config.yml", build_info(config, overrides, cfg, source_root))
-    shutil.rmtree(src / "book", ignore_errors=True)
-    shutil.copytree(source_root / "book", src / "book")
+    assemble_source(src, source_root, info, repository)
     t0 = time.time()
     _run_jupyter_book(src)
     index = (src / "_build" / "html" / "index.html").resolve()
     if not index.exists():
         raise BookBuildError(f"jupyter-book finished but {index} is missing")
+    launch.write_binder(index.parent, source_root)
     log.info("jupyter-book build: %.1f s; book built in %.1f s", time.time() - t0,
              time.time() - t_all)
     return index
+
+
+def assemble_source(src: Path, source_root: Path, info: Mapping[str, str], repository: str
+                    ) -> None:
+    """The book's source beside its executed notebooks: ``_config.yml`` (with the build's
+    substitutions, the citation read from ``CITATION.cff`` and the repository the launch
+    buttons open), ``_toc.yml``, ``CITATION.cff``, ``book/`` and ``book/citation.bib``."""
+    for name in BOOK_FILES:
+        shutil.copy2(source_root / name, src / name)
+    cited = citation.read_citation(source_root / "CITATION.cff")
+    write_build_info(src / "_config.yml", {**info, **citation.substitutions(cited)},
+                     repository)
+    shutil.rmtree(src / "book", ignore_errors=True)
+    shutil.copytree(source_root / "book", src / "book")
+    (src / "book" / "citation.bib").write_text(citation.bibtex(cited), encoding="utf-8")
 
 
 def source_commit(root: Path) -> str:
@@ -235,9 +254,16 @@ def build_info(config: str, overrides: Sequence[str], cfg: Config, root: Path
             "book_built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def write_build_info(config_yml: Path, info: Mapping[str, str]) -> None:
-    """Set ``info`` as the MyST substitutions of a book's ``_config.yml`` (in place)."""
+def write_build_info(config_yml: Path, info: Mapping[str, str], repository: str = ""
+                     ) -> None:
+    """Set ``info`` as the MyST substitutions of a book's ``_config.yml`` and ``repository``
+    as the repository its launch buttons open (in place). Without a repository the launch
+    links are dropped: the theme cannot build them."""
 
     book = yaml.safe_load(config_yml.read_text())
     book.setdefault("parse", {}).setdefault("myst_substitutions", {}).update(info)
+    book.setdefault("repository", {})["url"] = repository
+    if not repository:
+        book["launch_buttons"] = {**book.get("launch_buttons", {}),
+                                  **dict.fromkeys(LAUNCH_URLS, "")}
     config_yml.write_text(yaml.safe_dump(book, sort_keys=False, allow_unicode=True))

@@ -10,6 +10,7 @@ contrasts with their verdicts, and one verdict sentence computed from them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -510,3 +511,57 @@ def matching_domains_run(status: DomainsRunStatus, domain: str, broad: str
     return DomainsRunStatus(None, f"The domains run at {status.run.path} compares {theirs}, "
                                   f"not {domain} vs {broad}: its placebo contrasts are not "
                                   f"about this run's domain.")
+
+
+OWN_TEXT_METRICS = ("delta_ce", "fve", "fve_typical")
+"""Issue 31's equal baselines: each side's quality on its own held-out text."""
+
+
+def training_dead_fractions(rows: Any) -> Any:
+    """Each trained SAE's dead fraction over its last training window (the last line of
+    the ``metrics.jsonl`` beside it; ``train.dead_window_tokens``): rows train_corpus,
+    l0_target, replicate, dead_frac. ``rows``: :func:`sae_med.measure.results.load_results`'s
+    frame (its ``sae_dir`` column); SAEs whose folder is gone are left out."""
+
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    out: list[dict[str, Any]] = []
+    columns = ["train_corpus", "l0_target", "replicate", "dead_frac"]
+    if not {"sae_dir", "l0_target", "sae_id"} <= set(rows.columns):  # no trained SAE rows
+        return pd.DataFrame(out, columns=columns)
+    sel = rows.dropna(subset=["l0_target"]).drop_duplicates("sae_id")
+    for r in sel.itertuples():
+        log = Path(str(r.sae_dir)) / "metrics.jsonl"
+        if log.exists() and (lines := log.read_text().splitlines()):
+            out.append({"train_corpus": r.train_corpus, "l0_target": float(r.l0_target),
+                        "replicate": int(r.replicate),
+                        "dead_frac": float(json.loads(lines[-1])["dead_frac"])})
+    return pd.DataFrame(out, columns=columns)
+
+
+def own_text_table(families: Any, sides: Sequence[str], dead: Any, digits: int = 3) -> Any:
+    """Each side's SAEs on their *own* held-out text at every target L0: ΔCE, FVE and
+    typical-token FVE ("mean [low, high]", across seeds) and the training-window dead
+    fraction (mean over seeds, min–max), so a reader sees both baselines are as strong
+    (``dead``: :func:`training_dead_fractions`)."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    own = families[(families.basis == "l0_target") & families.metric.isin(OWN_TEXT_METRICS)
+                   & (families.train_corpus == families.eval_corpus)
+                   & families.train_corpus.isin(sides)].copy()
+    if own.empty:
+        return own
+    own["text"] = [interval_cell(iv, digits) for iv in row_intervals(own)]
+    wide = own.pivot_table(index=["train_corpus", "l0_target"], columns="metric",
+                           values="text", aggfunc="first")
+    wide = wide[[m for m in OWN_TEXT_METRICS if m in wide.columns]]
+    if not dead.empty:
+        agg = dead.groupby(["train_corpus", "l0_target"]).dead_frac.agg(["mean", "min", "max"])
+        wide["training-window dead fraction"] = pd.Series(
+            {k: f"{r['mean']:.3f} ({r['min']:.3f}–{r['max']:.3f})" for k, r in agg.iterrows()})
+    order = [(s, t) for s in sides for t in sorted(own.l0_target.unique()) if (s, t) in wide.index]
+    wide = wide.reindex(pd.MultiIndex.from_tuples(order))
+    wide.index = wide.index.set_names(["SAE, on its own text", "l0_target"])
+    return wide

@@ -40,6 +40,8 @@ from sae_med.interpret.synthetic import (
 )
 from sae_med.layout import sae_dirs
 from sae_med.measure.diagnose import bins_frame
+from sae_med.report.claims import oriented_gaps
+from sae_med.report.notebook import metric_value
 
 Difficulty = Literal["starter", "core", "stretch"]
 """starter: read a number off a table; core: a few lines of code; stretch: a new run or
@@ -335,6 +337,143 @@ def _train_third(answer: Any, cfg_third: Any) -> CheckResult:
                         "corpus's folders are empty")
 
 
+# ------------------------------------------------------------ 03: fidelity
+
+def _medical_gaps(gaps: Any, medical: str, broad: str, metrics: Sequence[str]) -> Any:
+    """The medical-minus-broad gap rows of ``metrics`` on medical text."""
+
+    rows = oriented_gaps(gaps, medical, broad)
+    return rows[(rows.eval_corpus == medical) & rows.metric.isin(metrics)]
+
+
+def _sign_hint(label: str, given: Mapping, expected: Mapping, result: CheckResult
+               ) -> CheckResult:
+    """A wrong answer that is the expected one negated says so (a gap taken the other way
+    round is the usual slip)."""
+    if result.verdict is Verdict.WRONG and all(
+            isinstance(given.get(k), numbers.Real) and v and math.isclose(
+                given[k], -v, rel_tol=1e-6) for k, v in expected.items()):
+        return wrong(label, "every value has the wrong sign: the gap is medical minus broad")
+    return result
+
+
+@exercise("ex-fidelity-target", "03", "core", 10,
+          "dict: gaps ({(target L0, metric): medical − broad gap on medical text}, metrics "
+          "fve and delta_ce, the smallest and largest target) and exclude_zero (the set of "
+          "those keys whose interval excludes 0)")
+def _fidelity_target(answer: Any, gaps: Any, medical: str, broad: str) -> CheckResult:
+    label = "ex-fidelity-target"
+    rows = _medical_gaps(gaps, medical, broad, ["fve", "delta_ce"])
+    rows = rows[rows.basis == "l0_target"]
+    rows = rows[rows.l0_target.isin([rows.l0_target.min(), rows.l0_target.max()])]
+    expected = {(float(r.l0_target), r.metric): float(r.value) for r in rows.itertuples()}
+    given = {(float(t), m): v for (t, m), v in answer["gaps"].items()}
+    values = _sign_hint(label, given, expected, compare_numbers(
+        label, "the gap", given, expected, tol=1e-6, close=0.01, relative=True))
+    excluded = {(float(r.l0_target), r.metric) for r in rows.itertuples()
+                if r.low > 0 or r.high < 0}
+    chosen = {(float(t), m) for t, m in answer["exclude_zero"]}
+    return first_wrong(values, compare_same(
+        label, "the set of intervals that exclude 0", chosen, excluded,
+        "an interval excludes 0 when its low end is above 0 or its high end below"))
+
+
+@exercise("ex-fidelity-transfer", "03", "core", 10,
+          "dict: lost ({(train corpus, target L0): FVE on its own corpus − FVE on the "
+          "other}) and better (the train corpus with the smaller mean loss)")
+def _fidelity_transfer(answer: Any, results_mean: Any, medical: str, broad: str
+                       ) -> CheckResult:
+
+    label = "ex-fidelity-transfer"
+    other = {medical: broad, broad: medical}
+    expected = {}
+    for corpus in (medical, broad):
+        for target in sorted(set(results_mean[results_mean.train_corpus == corpus]
+                                 .l0_target)):
+            expected[(corpus, float(target))] = (
+                metric_value(results_mean, "fve", corpus, corpus, target)
+                - metric_value(results_mean, "fve", corpus, other[corpus], target))
+    given = {(c, float(t)): v for (c, t), v in answer["lost"].items()}
+    lost = _sign_hint(label, given, expected, compare_numbers(
+        label, "the FVE lost", given, expected, tol=1e-6, close=0.01, relative=True))
+    mean_loss = {c: sum(v for (k, _), v in expected.items() if k == c) for c in other}
+    better = compare_same(label, "the family that transfers better", answer["better"],
+                          min(mean_loss, key=mean_loss.get),
+                          "the smaller mean FVE lost over the target L0s")
+    return first_wrong(lost, better)
+
+
+@exercise("ex-fidelity-baselines", "03", "core", 10,
+          "dict: {eval corpus: (CE(zero) − CE(clean)) ÷ (CE(mean ablation) − CE(clean))}")
+def _fidelity_baselines(answer: Any, results_mean: Any) -> CheckResult:
+    label = "ex-fidelity-baselines"
+    wide = results_mean[results_mean.metric.isin(["ce_zero", "ce_mean_ablation",
+                                                   "ce_clean"])]
+    expected = {}
+    # the baselines do not depend on the SAE: the first family scored on each corpus
+    for corpus, g in wide.groupby("eval_corpus"):
+        first = g[(g.train_corpus == g.train_corpus.iloc[0])
+                  & (g.l0_target == g.l0_target.iloc[0])].set_index("metric").value
+        expected[corpus] = float((first.ce_zero - first.ce_clean)
+                                 / (first.ce_mean_ablation - first.ce_clean))
+    result = compare_numbers(label, "the ratio of damages", answer, expected, tol=1e-3,
+                             close=0.05, relative=True)
+    if result.verdict is Verdict.WRONG and all(
+            answer[k] and math.isclose(1 / answer[k], v, rel_tol=1e-3)
+            for k, v in expected.items()):
+        return wrong(label, "the ratio is upside down: zero-ablation damage over "
+                     "mean-ablation damage")
+    return result
+
+
+# ----------------------------------------------------------- 04: dark matter
+
+@exercise("ex-dm-decomp", "04", "starter", 10,
+          "dict: {(SAE id, eval corpus): fvu_linear ÷ fvu_sae}, the linear share of the "
+          "error, from the tidy table `dm`")
+def _dm_decomp(answer: Any, dm: Any) -> CheckResult:
+    label = "ex-dm-decomp"
+    metric = dm.metric.str.removeprefix("dark_matter.")
+    parts = dm.assign(metric=metric).pivot_table(index=["sae_id", "eval_corpus"],
+                                                 columns="metric", values="value")
+    expected = (parts.fvu_linear / parts.fvu_sae).to_dict()
+    result = compare_numbers(label, "the linear share", answer, expected, tol=1e-6,
+                             close=0.01, relative=True)
+    nonlinear = (parts.fvu_nonlinear / parts.fvu_sae).to_dict()
+    if result.verdict is Verdict.WRONG and compare_numbers(
+            label, "", answer, nonlinear, tol=1e-6, relative=True).right:
+        return wrong(label, "that is the nonlinear share: fvu_nonlinear ÷ fvu_sae")
+    return result
+
+
+@exercise("ex-dm-norm", "04", "core", 10,
+          "dict: {(basis, point): medical − broad gap of dark_matter.r2_norm on medical "
+          "text}, basis 'l0_target' (point: the target) and 'fve' (point: the grid FVE)")
+def _dm_norm(answer: Any, gaps: Any, medical: str, broad: str) -> CheckResult:
+    label = "ex-dm-norm"
+    rows = _medical_gaps(gaps, medical, broad, ["dark_matter.r2_norm"])
+    expected = {}
+    for r in rows.itertuples():
+        if r.basis in ("l0_target", "fve"):
+            expected[(r.basis, round(float(getattr(r, r.basis)), 6))] = float(r.value)
+    given = {(b, round(float(p), 6)): v for (b, p), v in answer.items()}
+    return _sign_hint(label, given, expected, compare_numbers(
+        label, "the R²(‖e‖²) gap", given, expected, tol=1e-6, close=0.01, relative=True))
+
+
+@exercise("ex-dm-tokens", "04", "core", 10,
+          "int: the eval.n_tokens that gives ten fit tokens per regression input (the "
+          "current budget when it already does)")
+def _dm_tokens(answer: Any, n_tokens: int, fit_tokens: Sequence[float], d_model: int
+               ) -> CheckResult:
+    ratio = float(min(fit_tokens)) / (d_model + 1)
+    expected = n_tokens * max(1.0, 10 / ratio)
+    if isinstance(answer, numbers.Real) and not isinstance(answer, bool) and answer < n_tokens:
+        return wrong("ex-dm-tokens", "fewer tokens than now cannot give more fit tokens")
+    return compare_number("ex-dm-tokens", "the token budget", answer, expected, tol=0.01,
+                          close=0.1, relative=True)
+
+
 # ----------------------------------------------------------- 05: feature case studies
 
 @exercise("ex-feat-concept", "05", "core", 15,
@@ -487,3 +626,55 @@ def _curve_l0(answer: Any, families: Any, domain: str) -> CheckResult:
     given = {(int(t), c): v for (t, c), v in answer.items()}
     return compare_numbers("ex-curve-l0", "the distance from target", given, expected,
                            tol=1e-4, close=0.02)
+
+
+# ------------------------------------------------------------ 09: domain or home field
+
+def _typical_fve_gaps(gaps: Any, first: str, second: str, eval_corpus: str) -> dict:
+    """{target L0: first − second family's typical-token FVE gap on ``eval_corpus``}."""
+
+    rows = oriented_gaps(gaps, first, second)
+    rows = rows[(rows.metric == "fve_typical") & (rows.basis == "l0_target")
+                & (rows.eval_corpus == eval_corpus)]
+    return {float(r.l0_target): float(r.value) for r in rows.itertuples()}
+
+
+@exercise("ex-home-did", "09", "core", 10,
+          "dict: {target L0: medical's home advantage − broad's home advantage in "
+          "fve_typical} (each side's SAE minus the other's, on its own text)")
+def _home_did(answer: Any, gaps: Any, medical: str, broad: str) -> CheckResult:
+    own = _typical_fve_gaps(gaps, medical, broad, medical)
+    theirs = _typical_fve_gaps(gaps, broad, medical, broad)
+    expected = {t: own[t] - theirs[t] for t in own if t in theirs}
+    given = {float(t): v for t, v in answer.items()}
+    result = compare_numbers("ex-home-did", "the difference-in-differences", given, expected,
+                             tol=1e-6, close=0.01, relative=True)
+    summed = {t: own[t] + theirs[t] for t in expected}
+    if result.verdict is Verdict.WRONG and compare_numbers(
+            "ex-home-did", "", given, summed, tol=1e-6, relative=True).right:
+        return wrong("ex-home-did", "that adds the broad side's home advantage: subtract it "
+                     "(each advantage is the home SAE minus the visitor on home text)")
+    return result
+
+
+@exercise("ex-home-mix", "09", "core", 10,
+          "dict: {(mixed corpus, target L0): the medical SAE's typical-token FVE gap over "
+          "the mixed SAE ÷ its gap over the broad SAE, on medical text}")
+def _home_mix(answer: Any, gaps: Any, medical: str, broad: str, mixed: Sequence[str]
+              ) -> CheckResult:
+    label = "ex-home-mix"
+    over_broad = _typical_fve_gaps(gaps, medical, broad, medical)
+    expected = {}
+    for name in mixed:
+        for t, gap in _typical_fve_gaps(gaps, medical, name, medical).items():
+            if t in over_broad:
+                expected[(name, t)] = gap / over_broad[t] if over_broad[t] else math.nan
+    given = {(m, float(t)): v for (m, t), v in answer.items()}
+    result = compare_numbers(label, "the share of the gap", given, expected, tol=1e-4,
+                             close=0.02, relative=True)
+    if result.verdict is Verdict.WRONG and all(
+            given.get(k) and math.isclose(1 / given[k], v, rel_tol=1e-4)
+            for k, v in expected.items()):
+        return wrong(label, "the ratio is upside down: the gap over the mixed SAE divided by "
+                     "the gap over the broad SAE")
+    return result

@@ -1,12 +1,16 @@
 """The Jupyter Book: notebooks are well-formed, a failing cell fails the build naming it, and
-(slow) the smoke book builds and every page renders in headless Chromium with no network,
-no console errors and every plotly figure drawn."""
+(slow) the smoke book builds and every page, served over loopback HTTP, renders in headless
+Chromium with the network disabled: no failed request, no console errors and every plotly
+figure drawn; each chapter offers its executed notebook and Colab and Binder links."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,14 @@ from sae_med.report.book import (
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+                 "--disable-sync",
+                 # The network off: every request that would leave the machine goes to a
+                 # proxy where nothing listens (Chromium never proxies loopback), and no
+                 # name but the loopback address resolves.
+                 "--proxy-server=http://127.0.0.1:9",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+REPOSITORY = "example-org/sae-med"
+"""The GitHub repository the test book names (as Actions' $GITHUB_REPOSITORY would)."""
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 SMOKE = PROJECT_ROOT / "configs" / "smoke.yaml"
 
@@ -61,6 +72,23 @@ def test_toc_lists_every_notebook_and_page():
     notebooks = {f"notebooks/{p.stem}" for p in list_notebooks(PROJECT_ROOT / "notebooks")}
     pages = {f"book/{p.stem}" for p in (PROJECT_ROOT / "book").glob("*.md")}
     assert notebooks | pages == toc
+
+
+HEADER_ITEMS = ("Teaches", "Before it", "Time, default config", "Time, smoke config",
+                "Needs")
+
+
+def test_every_chapter_opens_with_what_it_teaches_needs_and_takes():
+    """Issue 34 item 3: the first cell, under the title, is an "About this chapter"
+    admonition with each item, in this order."""
+    import jupytext
+
+    for path in list_notebooks(PROJECT_ROOT / "notebooks"):
+        first = jupytext.read(path).cells[0].source
+        header = first[first.index("```{admonition} About this chapter"):]
+        header = header[:header.index("\n```", 3)]
+        items = re.findall(r"^- \*\*(.+?):\*\*", header, re.M)
+        assert tuple(items) == HEADER_ITEMS, f"{path.name}: {items}"
 
 
 EXERCISE = re.compile(r"^```\{exercise\}.*\n:label: (\S+)", re.M)
@@ -157,14 +185,37 @@ def test_failing_cell_fails_the_build_naming_notebook_and_cell(tmp_path):
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
     """The smoke book, built once (runs every notebook: minutes on a CPU)."""
-    cwd = os.getcwd()
+    cwd, repository = os.getcwd(), os.environ.get("GITHUB_REPOSITORY")
     os.chdir(PROJECT_ROOT)  # the notebooks resolve configs/ and runs/ from here
+    os.environ["GITHUB_REPOSITORY"] = REPOSITORY  # so that the launch links are built
     try:
         index = build_book("configs/smoke.yaml",
                            build_dir=tmp_path_factory.mktemp("book_build"))
     finally:
         os.chdir(cwd)
+        if repository is None:
+            os.environ.pop("GITHUB_REPOSITORY")
+        else:
+            os.environ["GITHUB_REPOSITORY"] = repository
     return index
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # one line per request would bury pytest's output
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(built_book):
+    """The built book served over HTTP on loopback, as a reader's static host serves it;
+    yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(built_book.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -178,18 +229,22 @@ def browser():
         b.close()
 
 
-def _open(browser, path: Path, screenshot: Path | None = None) -> dict:
-    """Load ``path`` from disk; return console errors, page errors, failed and remote
-    requests, and the state of its plotly figures."""
+def _open(browser, url: str, screenshot: Path | None = None) -> dict:
+    """Load ``url`` (a page of :func:`site`); return console errors, page errors, failed
+    requests (no answer, or an HTTP error), requests to anywhere but the site, and the state
+    of its plotly figures."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     seen: dict[str, list[str]] = {"console": [], "pageerror": [], "failed": [], "remote": []}
+    base = url[:url.index("/", len("http://")) + 1]
     page.on("console", lambda m: seen["console"].append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: seen["pageerror"].append(str(e)))
-    page.on("requestfailed", lambda r: seen["failed"].append(r.url))
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:"))
+    page.on("requestfailed", lambda r: seen["failed"].append(f"{r.url} ({r.failure})"))
+    page.on("response", lambda r: seen["failed"].append(f"{r.url} (HTTP {r.status})")
+            if r.status >= 400 else None)
+    page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:"))
             else seen["remote"].append(r.url))
-    page.goto(path.as_uri(), wait_until="load")
+    page.goto(url, wait_until="load")
     page.wait_for_timeout(300)  # plotly draws synchronously; let late scripts settle
     state = page.evaluate("""() => {
         const divs = Array.from(document.querySelectorAll('.plotly-graph-div'));
@@ -291,10 +346,9 @@ def test_results_page_says_smoke_verdicts_are_not_judged(built_book):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", _toc_files())
-def test_page_renders_offline_without_errors(built_book, browser, doc):
-    html = built_book.parent
+def test_page_renders_offline_without_errors(site, browser, doc):
     shot = ARTIFACTS / f"{doc.replace('/', '_')}.png" if doc == "book/results" else None
-    r = _open(browser, html / f"{doc}.html", shot)
+    r = _open(browser, f"{site}{doc}.html", shot)
     assert r["title"] and r["text"] > 200, f"{doc}: empty page"
     assert not r["remote"], f"{doc}: requests leave the machine: {r['remote'][:5]}"
     assert not r["failed"], f"{doc}: failed requests: {r['failed'][:5]}"
@@ -308,10 +362,71 @@ def test_page_renders_offline_without_errors(built_book, browser, doc):
 
 
 @pytest.mark.slow
-def test_exercise_solutions_are_folded_until_clicked(built_book, browser):
+def test_every_other_page_of_the_site_loads_with_the_network_disabled(built_book, site,
+                                                                       browser):
+    """The pages outside the table of contents (index, search, genindex, ...) too: 0 failed
+    requests and nothing fetched from elsewhere (no CDN fonts, scripts or MathJax)."""
+    html = built_book.parent
+    toc = {f"{doc}.html" for doc in _toc_files()}
+    pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
+                   if not p.relative_to(html).parts[0].startswith("_"))
+    problems = {}
+    for page in [p for p in pages if p not in toc]:
+        r = _open(browser, f"{site}{page}")
+        bad = r["failed"] + r["remote"] + r["pageerror"]
+        if bad or r["drawn"] != r["figures"]:
+            problems[page] = bad or f"{r['drawn']}/{r['figures']} figures drawn"
+    assert len(pages) > len(toc) and not problems, problems
+
+
+@pytest.mark.slow
+def test_chapters_offer_their_executed_notebook_and_colab_and_binder(built_book):
+    """Download: the executed notebook (outputs kept, the install cell first); launch: that
+    notebook on the gh-pages branch, on Colab and on Binder, whose environment (the pinned
+    requirements) is in the site."""
+    import nbformat
+
+    from sae_med.report.launch import BINDER_FILES, INSTALL_TAG
+
+    html = built_book.parent
+    for path in list_notebooks(PROJECT_ROOT / "notebooks"):
+        page = (html / "notebooks" / f"{path.stem}.html").read_text()
+        source = f"_sources/notebooks/{path.stem}.ipynb"
+        assert f'href="../{source}"' in page, f"{path.stem}: no download of its notebook"
+        nb = nbformat.read(html / source, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert INSTALL_TAG in code[0].metadata.get("tags", []), path.stem
+        assert f"https://github.com/{REPOSITORY}" in code[0].source, path.stem
+        assert any(c.outputs for c in code), f"{path.stem}: the download is not executed"
+        assert (f"https://colab.research.google.com/github/{REPOSITORY}/blob/gh-pages/"
+                f"{source}") in page, f"{path.stem}: no Colab link"
+        assert (f"https://mybinder.org/v2/gh/{REPOSITORY}/gh-pages?urlpath=lab/tree/"
+                f"{source}") in page, f"{path.stem}: no Binder link"
+    for name in BINDER_FILES:
+        assert (html / "binder" / name).read_bytes() == (PROJECT_ROOT / name).read_bytes()
+    assert (html / "binder" / "postBuild").exists()
+
+
+@pytest.mark.slow
+def test_cite_page_quotes_citation_cff(built_book):
+    import html
+
+    from sae_med.report.citation import bibtex, read_citation
+
+    cited = read_citation(PROJECT_ROOT / "CITATION.cff")
+    page = (built_book.parent / "book" / "cite.html").read_text()
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))  # highlighting splits the BibTeX
+    assert cited.software.title in text and cited.paper.url in text
+    assert all(line in text for line in bibtex(cited).splitlines())
+    assert all(line in text for line in (PROJECT_ROOT / "CITATION.cff").read_text(
+        ).splitlines())
+
+
+@pytest.mark.slow
+def test_exercise_solutions_are_folded_until_clicked(site, browser):
     ctx = browser.new_context()
     page = ctx.new_page()
-    page.goto((built_book.parent / "notebooks" / "03_fidelity.html").as_uri())
+    page.goto(f"{site}notebooks/03_fidelity.html")
     assert page.locator("div.exercise").count() >= 2
     solution = page.locator("div.solution").first
     body = solution.locator("section, div.cell").first
@@ -322,11 +437,10 @@ def test_exercise_solutions_are_folded_until_clicked(built_book, browser):
 
 
 @pytest.mark.slow
-def test_results_page_quotes_run_numbers(built_book, browser):
+def test_results_page_quotes_run_numbers(built_book, site, browser):
     """Every glued number arrived (an unresolved glue would have failed the -W build; this
     checks the text is there) and the fidelity page is screenshotted for review."""
     html = built_book.parent
     text = (html / "book" / "results.html").read_text()
     assert text.count('class="pasted-text"') >= 10
-    _open(browser, html / "notebooks" / "03_fidelity.html",
-          ARTIFACTS / "notebooks_03_fidelity.png")
+    _open(browser, f"{site}notebooks/03_fidelity.html", ARTIFACTS / "notebooks_03_fidelity.png")

@@ -26,9 +26,11 @@ from sae_med.report.domain_report import (
     matrix_heatmap,
     mixed_corpora,
     mixed_verdict_table,
+    own_text_table,
     page_verdicts,
     placebo_corpora,
     placebo_summary,
+    training_dead_fractions,
 )
 
 TRAIN = ["medical", "broad", "mixed_10"]
@@ -164,3 +166,37 @@ def test_home_matrix_cells_are_each_column_s_own_sae_minus_the_row_s(domains_run
     assert z[DOMAINS.index("foldoc")][DOMAINS_EVAL.index("foldoc")] is None
     assert z[DOMAINS.index("medical")][DOMAINS_EVAL.index("foldoc")] == pytest.approx(
         0.03, abs=3e-3)
+
+
+def test_own_text_table_shows_each_side_on_its_own_text_with_training_dead(tmp_path):
+    """Issue 31's equal baselines: each side on its own text only, and the dead fraction
+    each SAE's training log ended with (mean, min–max over seeds)."""
+    import pandas as pd
+
+    run = default_run(0.10, 0.02)
+    rows = []
+    for corpus, dead in (("medical", (0.1, 0.2, 0.3)), ("broad", (0.0, 0.0, 0.3))):
+        for r, d in enumerate(dead):
+            folder = tmp_path / corpus / f"seed_{r}" / "l0_10"
+            folder.mkdir(parents=True)
+            (folder / "metrics.jsonl").write_text(
+                json.dumps({"step": 1, "dead_frac": 0.9}) + "\n"
+                + json.dumps({"step": 2, "dead_frac": d}) + "\n")
+            rows.append({"sae_id": f"{corpus}/{r}", "sae_dir": str(folder),
+                         "train_corpus": corpus, "l0_target": 10.0, "replicate": r})
+    rows.append({"sae_id": "gone", "sae_dir": str(tmp_path / "gone"),
+                 "train_corpus": "medical", "l0_target": 80.0, "replicate": 0})
+    dead = training_dead_fractions(pd.DataFrame(rows))
+    assert sorted(dead.dead_frac) == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3, 0.3])
+    table = own_text_table(run.families, EVAL, dead)
+    assert list(table.index) == [("medical", 10.0), ("medical", 80.0), ("broad", 10.0),
+                                 ("broad", 80.0)]
+    own = run.families[(run.families.train_corpus == "broad")
+                       & (run.families.eval_corpus == "broad")
+                       & (run.families.metric == "fve") & (run.families.l0_target == 10.0)]
+    assert table.loc[("broad", 10.0), "fve"].startswith(f"{own.value.iloc[0]:.3f} [")
+    assert table.loc[("medical", 10.0), "training-window dead fraction"] == \
+        "0.200 (0.100–0.300)"
+    assert table.loc[("broad", 10.0), "training-window dead fraction"] == \
+        "0.100 (0.000–0.300)"
+    assert pd.isna(table.loc[("medical", 80.0), "training-window dead fraction"])

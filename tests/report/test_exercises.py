@@ -28,7 +28,7 @@ from sae_med.report import exercises
 from sae_med.report.book import PROJECT_ROOT
 from sae_med.report.exercises import EXERCISES, Verdict, check, compare_number
 
-CHECKED_CHAPTERS = ("00", "01", "02", "05", "06", "07", "08")
+CHECKED_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08", "09")
 SMALL = SyntheticSpec(d_model=24, n_features=16, n_hierarchies=2, n_correlated=2,
                       freq_min=0.03, freq_max=0.1)
 
@@ -152,6 +152,125 @@ def case_train_third(tmp_path) -> Case:
         (path / "cfg.json").write_text("{}")
     new = {sae for sae, path in sae_dirs(third).items() if not (path / "cfg.json").exists()}
     return Case({"cfg_third": third}, new, set(sae_dirs(third)))
+
+
+# ------------------------------------------------------------------------- chapter 03
+
+def _gaps() -> pd.DataFrame:
+    """Gap rows as load_comparisons stores them: the l0_target rows medical vs broad, the
+    matched-FVE rows the other way round (oriented_gaps must flip them)."""
+    rows = []
+    for i, (target, fve) in enumerate(((8.0, 0.6), (16.0, 0.7), (32.0, 0.8))):
+        for metric, value in (("fve", 0.02 * (i + 1)), ("delta_ce", -0.05 + 0.04 * i),
+                              ("dark_matter.r2_norm", 0.01 - 0.02 * i)):
+            for eval_corpus in ("medical", "broad"):
+                base = {"metric": metric, "eval_corpus": eval_corpus, "value": value,
+                        "low": value - 0.03, "high": value + 0.03}
+                rows.append({**base, "train_corpus": "medical", "versus": "broad",
+                             "basis": "l0_target", "l0_target": target, "fve": np.nan})
+                rows.append({**base, "train_corpus": "broad", "versus": "medical",
+                             "basis": "fve", "l0_target": np.nan, "fve": fve,
+                             "value": -value, "low": -value - 0.03, "high": -value + 0.03})
+    return pd.DataFrame(rows)
+
+
+def case_fidelity_target(tmp_path) -> Case:
+    from sae_med.report.claims import oriented_gaps
+
+    gaps = _gaps()
+    med = oriented_gaps(gaps, "medical", "broad")
+    ends = med[(med.basis == "l0_target") & (med.eval_corpus == "medical")
+               & med.metric.isin(["fve", "delta_ce"])
+               & med.l0_target.isin([med.l0_target.min(), med.l0_target.max()])]
+    ends = ends.assign(excludes_zero=(ends.low > 0) | (ends.high < 0))
+    solution = {"gaps": {(r.l0_target, r.metric): r.value for r in ends.itertuples()},
+                "exclude_zero": {(r.l0_target, r.metric) for r in ends.itertuples()
+                                 if r.excludes_zero}}
+    return Case({"gaps": gaps, "medical": "medical", "broad": "broad"}, solution,
+                {**solution, "gaps": {k: -v for k, v in solution["gaps"].items()}})
+
+
+def _results_mean() -> pd.DataFrame:
+    rows = []
+    for corpus, own in (("medical", 0.8), ("broad", 0.7)):
+        for target in (8.0, 32.0):
+            for ev in ("medical", "broad"):
+                fve = own + 0.05 * (target == 32.0) - (0.1 if ev != corpus else 0.0) \
+                    - (0.05 if corpus == "medical" and ev != corpus else 0.0)
+                ce = {"ce_clean": 3.0 + (ev == "broad"), "ce_zero": 9.0 + (ev == "broad"),
+                      "ce_mean_ablation": 4.0 + 1.5 * (ev == "broad")}
+                for metric, value in {"fve": fve, **ce}.items():
+                    rows.append({"train_corpus": corpus, "eval_corpus": ev,
+                                 "l0_target": target, "metric": metric, "value": value})
+    return pd.DataFrame(rows)
+
+
+def case_fidelity_transfer(tmp_path) -> Case:
+    from sae_med.report.notebook import metric_value
+
+    results_mean, other = _results_mean(), {"medical": "broad", "broad": "medical"}
+    lost = {(c, t): metric_value(results_mean, "fve", c, c, t)
+            - metric_value(results_mean, "fve", c, other[c], t)
+            for c in other for t in (8.0, 32.0)}
+    mean = pd.Series(lost).groupby(level=0).mean()
+    return Case({"results_mean": results_mean, "medical": "medical", "broad": "broad"},
+                {"lost": lost, "better": mean.idxmin()},
+                {"lost": lost, "better": mean.idxmax()})
+
+
+def case_fidelity_baselines(tmp_path) -> Case:
+    from sae_med.report.notebook import metric_value
+
+    results_mean = _results_mean()
+    ratio = {}
+    for ev in ("medical", "broad"):
+        clean = metric_value(results_mean, "ce_clean", "medical", ev, 8.0)
+        ratio[ev] = ((metric_value(results_mean, "ce_zero", "medical", ev, 8.0) - clean)
+                     / (metric_value(results_mean, "ce_mean_ablation", "medical", ev, 8.0)
+                        - clean))
+    return Case({"results_mean": results_mean}, ratio, {k: 1 / v for k, v in ratio.items()})
+
+
+# ------------------------------------------------------------------------- chapter 04
+
+def case_dm_decomp(tmp_path) -> Case:
+    rows = []
+    for i, sae in enumerate(("medical/seed_0/l0_8", "broad/seed_0/l0_8")):
+        for ev in ("medical", "broad"):
+            linear, nonlinear = 0.05 + 0.01 * i, 0.2 + 0.03 * (ev == "broad")
+            for metric, value in (("fvu_linear", linear), ("fvu_nonlinear", nonlinear),
+                                  ("fvu_sae", linear + nonlinear), ("r2_norm", 0.3)):
+                rows.append({"sae_id": sae, "eval_corpus": ev,
+                             "metric": f"dark_matter.{metric}", "value": value})
+    dm = pd.DataFrame(rows)
+    dm["metric"] = dm.metric.str.removeprefix("dark_matter.")  # as the notebook's `dm`
+    parts = dm.pivot_table(index=["sae_id", "eval_corpus"], columns="metric", values="value")
+    return Case({"dm": dm}, (parts.fvu_linear / parts.fvu_sae).to_dict(),
+                (parts.fvu_nonlinear / parts.fvu_sae).to_dict())
+
+
+def case_dm_norm(tmp_path) -> Case:
+    from sae_med.report.claims import gap_intervals, oriented_gaps
+
+    gaps = _gaps()
+    med = oriented_gaps(gaps, "medical", "broad")
+    solution = {}
+    for basis in ("l0_target", "fve"):
+        sel = med[(med.basis == basis) & (med.metric == "dark_matter.r2_norm")
+                  & (med.eval_corpus == "medical")].sort_values(basis)
+        for point, iv in zip(sel[basis], gap_intervals(med, "dark_matter.r2_norm", "medical",
+                                                        basis=basis), strict=True):
+            solution[(basis, point)] = iv.value
+    unoriented = gaps[(gaps.metric == "dark_matter.r2_norm") & (gaps.eval_corpus == "medical")]
+    wrong = {(r.basis, getattr(r, r.basis)): r.value for r in unoriented.itertuples()}
+    return Case({"gaps": gaps, "medical": "medical", "broad": "broad"}, solution, wrong)
+
+
+def case_dm_tokens(tmp_path) -> Case:
+    fit_tokens, d_model, n_tokens = [300, 250, 400], 64, 4096  # 3.8 per input: too few
+    ratio = min(fit_tokens) / (d_model + 1)
+    return Case({"n_tokens": n_tokens, "fit_tokens": fit_tokens, "d_model": d_model},
+                int(n_tokens * max(1.0, 10 / ratio)), int(n_tokens * max(1.0, ratio / 10)))
 
 
 # ------------------------------------------------------------------------- chapter 05
@@ -306,15 +425,63 @@ def case_curve_l0(tmp_path) -> Case:
                          strict=True)))
 
 
+# ------------------------------------------------------------------------- chapter 09
+
+def _home_gaps() -> pd.DataFrame:
+    """Typical-token FVE gaps: medical vs broad stored as broad minus medical (flipped by
+    oriented_gaps), medical vs mixed_10 as medical minus mixed_10; both eval corpora."""
+    rows = []
+    for target in (8.0, 16.0):
+        for first, versus, ev, value in (
+                ("broad", "medical", "medical", -0.06 - 0.001 * target),
+                ("broad", "medical", "broad", 0.02 + 0.002 * target),
+                ("medical", "mixed_10", "medical", 0.03 + 0.001 * target)):
+            rows.append({"train_corpus": first, "versus": versus, "eval_corpus": ev,
+                         "metric": "fve_typical", "basis": "l0_target", "l0_target": target,
+                         "value": value, "low": value - 0.01, "high": value + 0.01})
+    return pd.DataFrame(rows)
+
+
+def case_home_did(tmp_path) -> Case:
+    from sae_med.report.domain_report import home_advantages
+
+    home = home_advantages(_home_gaps(), ["medical", "broad"], ["medical", "broad"])
+    sel = home[(home.metric == "fve_typical") & (home.basis == "l0_target")]
+    own = sel[(sel.train_corpus == "medical") & (sel.versus == "broad")].set_index("l0_target")
+    theirs = sel[(sel.train_corpus == "broad") & (sel.versus == "medical")] \
+        .set_index("l0_target")
+    return Case({"gaps": _home_gaps(), "medical": "medical", "broad": "broad"},
+                (own.value - theirs.value).to_dict(), (own.value + theirs.value).to_dict())
+
+
+def case_home_mix(tmp_path) -> Case:
+    from sae_med.report.claims import oriented_gaps
+
+    def gap_points(other: str) -> pd.Series:  # the notebook's solution
+        g = oriented_gaps(_home_gaps(), "medical", other)
+        return g[(g.metric == "fve_typical") & (g.basis == "l0_target")
+                 & (g.eval_corpus == "medical")].set_index("l0_target").value
+
+    share = (gap_points("mixed_10") / gap_points("broad")).to_dict()
+    solution = {("mixed_10", t): v for t, v in share.items()}
+    return Case({"gaps": _home_gaps(), "medical": "medical", "broad": "broad",
+                 "mixed": ["mixed_10"]}, solution, {k: 1 / v for k, v in solution.items()})
+
+
 CASES: dict[str, Callable[..., Case]] = {
     "ex-syn-bar": case_syn_bar, "ex-syn-absorb": case_syn_absorb,
     "ex-syn-superposition": case_syn_superposition, "ex-cache-layer": case_cache_layer,
     "ex-cache-corpus": case_cache_corpus, "ex-train-target": case_train_target,
-    "ex-train-third": case_train_third, "ex-feat-concept": case_feat_concept,
+    "ex-train-third": case_train_third, "ex-fidelity-target": case_fidelity_target,
+    "ex-fidelity-transfer": case_fidelity_transfer,
+    "ex-fidelity-baselines": case_fidelity_baselines, "ex-dm-decomp": case_dm_decomp,
+    "ex-dm-norm": case_dm_norm, "ex-dm-tokens": case_dm_tokens,
+    "ex-feat-concept": case_feat_concept,
     "ex-feat-phrase": case_feat_phrase, "ex-feat-bar": case_feat_bar,
     "ex-ai-best": case_ai_best, "ex-ai-budget": case_ai_budget,
     "ex-damage-recovered": case_damage_recovered, "ex-damage-where": case_damage_where,
     "ex-curve-converged": case_curve_converged, "ex-curve-l0": case_curve_l0,
+    "ex-home-did": case_home_did, "ex-home-mix": case_home_mix,
 }
 
 
