@@ -80,7 +80,7 @@ def test_every_requirement_admits_its_pin(wheel):
 def _imported_modules(package: Path) -> set[str]:
     """Top-level modules the package imports (lazily too) or locates by name."""
     found: set[str] = set()
-    for path in package.glob("*.py"):
+    for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found |= {a.name.split(".")[0] for a in node.names}

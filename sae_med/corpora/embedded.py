@@ -33,8 +33,6 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-import rdata  # imported only when the Austen corpus is parsed
-
 from sae_med.artifacts import chmod_like_new
 from sae_med.config import default_cache_dir
 from sae_med.corpora.documents import Document
@@ -353,6 +351,8 @@ def read_r_lazyload(rdx: Path, rdb: Path) -> dict[str, object]:
     The index is a zlib-compressed serialized list whose ``variables`` map names to
     ``(offset, length)`` in the ``.rdb``; each chunk is a 4-byte length then zlib data.
     """
+    # deferred: rdata is needed only when the Austen corpus is parsed
+    import rdata
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rdata warns that the raw stream "assumed RDS"
