@@ -62,7 +62,7 @@
 from IPython.display import display
 from myst_nb import glue
 
-from sae_med.experiment import homefield_report
+from sae_med.experiment import homefield_report, reported_run
 from sae_med.measure.results import load_comparisons
 from sae_med.report.claims import oriented_gaps
 from sae_med.report.domain_report import (
@@ -85,7 +85,6 @@ from sae_med.report.domain_report import (
     pair_table,
     placebo_corpora,
     placebo_verdict_table,
-    reported_run,
 )
 from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import domain_pair, setup_notebook

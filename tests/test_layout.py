@@ -8,6 +8,8 @@ is placed in its folder's room. A room may import only the rooms listed for it b
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 from pathlib import Path
 from typing import NamedTuple
 
@@ -240,3 +242,21 @@ def test_no_function_is_longer_than_a_screen():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, "\n".join(long)
+
+
+def test_every_import_of_the_package_in_the_repository_resolves():
+    """Notebooks, benchmarks, scripts and tests name the package's modules as they are
+    (no old flat path survives a move)."""
+    repo = PACKAGE.parent
+    bad = []
+    for path in sorted(p for d in ("notebooks", "benchmarks", "scripts", "tests")
+                       for p in (repo / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0
+                    and (node.module or "").startswith("sae_med")):
+                continue
+            module = importlib.import_module(node.module)
+            bad += [f"{path.relative_to(repo)}:{node.lineno} {node.module}.{a.name}"
+                    for a in node.names if not hasattr(module, a.name)
+                    and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+    assert not bad, "\n".join(bad)
