@@ -20,7 +20,9 @@ from typing import NamedTuple
 import yaml
 
 MARKER = re.compile(r"<!--\s*docs-test:\s*(run smoke|run|skip|file)\b\s*(.*?)\s*-->")
-FENCE = re.compile(r"^```(\w*)\s*$")
+# any fence opens a block (MyST directives such as ```{literalinclude} too), so its closing
+# fence is never read as the opening of another
+FENCE = re.compile(r"^```(\S*)")
 SMOKE = (("configs/default.yaml", "configs/smoke.yaml"),
          ("configs/long.yaml", "configs/smoke.yaml"), ("runs/default", "runs/smoke"))
 

@@ -405,9 +405,9 @@ def test_corpus_leakage_reports_what_dedup_removed(corpora):
 
 
 def test_domains_config_is_the_default_with_an_sae_per_corpus():
-    """configs/domains.yaml: the default's recipe, an SAE per corpus (the domain, two
-    placebo definition domains, definitions without a domain, narrative prose, broad,
-    mixed), each scored on every corpus but the mix."""
+    """configs/domains.yaml: the default's recipe at one target L0 (its middle one), an
+    SAE per corpus (the domain, two placebo definition domains, definitions without a
+    domain, narrative prose, broad, mixed), each scored on every corpus but the mix."""
     from sae_med.config import load_config
     from sae_med.report.notebook import domain_pair
 
@@ -417,7 +417,10 @@ def test_domains_config_is_the_default_with_an_sae_per_corpus():
     assert set(cfg.eval_corpora) == set(cfg.train_corpora) - {"mixed_10"}
     assert domain_pair(cfg) == ("medical", "broad")
     lists = [f"{k}=[{', '.join(getattr(cfg, k))}]" for k in ("train_corpora", "eval_corpora")]
-    same = ["name=domains", *lists, "replications={}", "learning_curve={}"]
+    default = load_config("configs/default.yaml")
+    assert cfg.sae.l0_targets == (default.sae.l0_targets[1],)
+    same = ["name=domains", *lists, "replications={}", "learning_curve={}",
+            f"sae.l0_targets=[{cfg.sae.l0_targets[0]}]"]
     assert load_config("configs/default.yaml", same) == cfg
 
 

@@ -122,14 +122,16 @@ def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
 
 def test_smoke_config_runs_on_the_second_family(tmp_path):
     """configs/smoke.yaml's replication on SmolLM2-135M-Instruct (block 22): cache →
-    train → evaluate for both training corpora, as the Gemma smoke run does."""
+    train → evaluate for every training corpus (the default's medical, broad and mixed_10),
+    as the Gemma smoke run does."""
     cfg = load_config("configs/smoke.yaml", [f"output_dir={tmp_path}"])
     rep = cfg.replication_configs()["smollm2_smoke"]
     assert rep.model.hook_layer == 22 and rep.run_path == tmp_path / "smollm2_smoke"
     doc = json.loads(run_experiment(rep, progress=False).read_text())
     rows = doc["rows"]
-    assert {r["train_corpus"] for r in rows} == {"medical", "broad"}
-    assert {r["eval_corpus"] for r in rows} == {"medical", "broad"}
+    assert {r["train_corpus"] for r in rows} == set(cfg.train_corpora) == \
+        {"medical", "broad", "mixed_10"}
+    assert {r["eval_corpus"] for r in rows} == set(cfg.eval_corpora) == {"medical", "broad"}
     for r in rows:
         assert r["d_model"] == 576
         assert 0 < r["metrics"]["l0"]["value"] < r["d_sae"]

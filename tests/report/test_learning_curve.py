@@ -94,7 +94,8 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
     cfg = load_config("configs/smoke.yaml", [
         f"model.name={tiny_lm_dirs['gemma2']}", "model.hook_layer=1",
         f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
-        "replications={}", "cache.n_tokens=1024", "cache.shard_tokens=512",
+        "replications={}", "train_corpora=[medical, broad]", "cache.n_tokens=1024",
+        "cache.shard_tokens=512",
         "sae.width=64", "train.batch_size=256", "eval.n_tokens=512", "eval.ce_docs=4",
         "eval.bootstrap=10",
         "learning_curve={eval_corpora: [medical], sae: {l0_targets: [4]}, "
