@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import ast
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,6 +15,13 @@ from sae_med.corpora.registry import use_config
 
 class NotebookParameterError(ConfigError):
     """A notebook parameter that the notebook does not declare, or of the wrong type."""
+
+
+COMMON = ("config", "overrides", "run_name")
+"""The parameters every notebook declares; :func:`notebook_parameters` reads their
+papermill forms, so the type check by default value skips them."""
+INJECTED_MARK = "# Parameters\n"
+"""How papermill's injected-parameters cell (Python) begins."""
 
 
 class NotebookParameters(NamedTuple):
@@ -56,6 +64,7 @@ def notebook_config(config: str, overrides: Iterable[str] = (), run_name: str = 
     parameter, shown in a kernel as that one line (:func:`one_line_config_errors`)."""
 
     one_line_config_errors()
+    check_injected_parameters(kernel_history())
     config, overrides, run_name = notebook_parameters(config, overrides, run_name)
     extra = [f"name={run_name}"] if run_name else []
     try:
@@ -106,3 +115,78 @@ def one_line_config_errors() -> None:
         return stb
 
     shell.set_custom_exc((ConfigError,), show)
+
+
+def literal_assignments(source: str) -> dict[str, Any]:
+    """Name -> value of every ``name = literal`` statement of a cell's source."""
+    out: dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    out[target.id] = ast.literal_eval(node.value)
+    return out
+
+
+def papermill_hint(name: str, default: Any) -> str:
+    """How to pass ``name`` to plain papermill as the type of ``default``."""
+    if isinstance(default, str):
+        return f"papermill: -r {name} TEXT passes text as it is"
+    if isinstance(default, list | tuple | dict):
+        return f"papermill: -y '{name}: {list(default)!r}' passes a list"
+    return f"papermill: -p {name} {default!r}"
+
+
+def check_values(declared: Mapping[str, Any], given: Mapping[str, Any], notebook: str = "",
+                 hint: bool = False) -> dict[str, Any]:
+    """``given`` checked against the ``declared`` parameters (name -> default): every name
+    must be declared and every value of its default's type (ints pass as floats); a wrong
+    one raises :class:`NotebookParameterError` naming the parameter (with ``hint``, how to
+    pass it through plain papermill)."""
+    where = f"notebook {notebook}" if notebook else "notebook"
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name not in declared:
+            raise NotebookParameterError(
+                f"{where} has no parameter {name!r}; its parameters: {', '.join(declared)}")
+        default = declared[name]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(
+                value, bool):
+            value = float(value)
+        if type(value) is not type(default) and not (
+                isinstance(default, list | tuple) and isinstance(value, list | tuple)):
+            raise NotebookParameterError(
+                f"{where} parameter {name!r} must be {type(default).__name__} "
+                f"(default {default!r}), got {type(value).__name__} {value!r}"
+                + (f" ({papermill_hint(name, default)})" if hint else ""))
+        out[name] = value
+    return out
+
+
+def check_injected_parameters(history: Sequence[str]) -> dict[str, Any]:
+    """The values papermill injected, checked against the notebook's parameters cell.
+
+    ``history`` is the kernel's executed cells in order (:func:`kernel_history`). Papermill
+    runs its injected cell (``# Parameters`` then one assignment per value) right after the
+    cell tagged ``parameters``, so the cell before it holds the declared defaults. Values
+    other than :data:`COMMON` are checked by :func:`check_values` before any of them is
+    used, so a bad one is one line naming it, not a traceback from deep in the notebook.
+    No injected cell (an interactive kernel, or no parameters passed): nothing to check."""
+    marks = [i for i, cell in enumerate(history) if cell.startswith(INJECTED_MARK)]
+    if not marks or marks[-1] == 0:
+        return {}
+    declared = literal_assignments(history[marks[-1] - 1])
+    given = {k: v for k, v in literal_assignments(history[marks[-1]]).items()
+             if k not in COMMON and not k.startswith("PAPERMILL_")}
+    return check_values(declared, given, hint=True)
+
+
+def kernel_history() -> list[str]:
+    """The cells this IPython kernel has executed, in order; empty outside a kernel."""
+    try:
+        # deferred: IPython exists only in a notebook kernel
+        from IPython import get_ipython
+    except ImportError:
+        return []
+    shell = get_ipython()
+    return list(shell.history_manager.input_hist_raw) if shell is not None else []

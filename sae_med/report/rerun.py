@@ -11,7 +11,6 @@ every value as a string or number, so :func:`notebook_parameters` also reads
 
 from __future__ import annotations
 
-import ast
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,12 @@ from sae_med.report.book import (
     list_notebooks,
     read_notebook,
 )
-from sae_med.report.parameters import NotebookParameterError, notebook_config
+from sae_med.report.parameters import (
+    NotebookParameterError,
+    check_values,
+    literal_assignments,
+    notebook_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +61,13 @@ def declared_parameters(source: Path) -> dict[str, Any]:
              if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{source} has {len(cells)} cells tagged 'parameters'; it needs one")
-    out: dict[str, Any] = {}
-    for node in ast.parse(cells[0].source).body:
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    out[target.id] = ast.literal_eval(node.value)
-    return out
+    return literal_assignments(cells[0].source)
 
 
 def check_parameters(source: Path, given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` checked against the notebook's declared parameters: every name must be
-    declared and every value of its default's type (ints pass as floats)."""
-    declared = declared_parameters(source)
-    out: dict[str, Any] = {}
-    for name, value in given.items():
-        if name not in declared:
-            raise NotebookParameterError(
-                f"notebook {source.name} has no parameter {name!r}; its parameters: "
-                f"{', '.join(declared)}")
-        default = declared[name]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(
-                value, bool):
-            value = float(value)
-        if type(value) is not type(default) and not (
-                isinstance(default, list | tuple) and isinstance(value, list | tuple)):
-            raise NotebookParameterError(
-                f"notebook {source.name} parameter {name!r} must be "
-                f"{type(default).__name__} (default {default!r}), got "
-                f"{type(value).__name__} {value!r}")
-        out[name] = value
-    return out
+    """``given`` checked against the notebook's declared parameters
+    (:func:`~sae_med.report.parameters.check_values`)."""
+    return check_values(declared_parameters(source), given, source.name)
 
 
 def parse_parameter(raw: str) -> Any:

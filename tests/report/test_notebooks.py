@@ -15,7 +15,12 @@ import pytest
 from sae_med.cli import main
 from sae_med.config import load_config
 from sae_med.report.book import PROJECT_ROOT
-from sae_med.report.parameters import NotebookParameterError, notebook_config, notebook_parameters
+from sae_med.report.parameters import (
+    NotebookParameterError,
+    check_injected_parameters,
+    notebook_config,
+    notebook_parameters,
+)
 from sae_med.report.rerun import check_parameters, find_notebook, pair_notebooks, run_notebook
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -109,6 +114,47 @@ def test_one_notebook_runs_through_the_cli_and_through_plain_papermill(tmp_path,
     [error] = [o for c in json.loads((tmp_path / "c.ipynb").read_text())["cells"]
                for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert len(error["traceback"]) == 1 and error["ename"] == "NotebookParameterError"
+
+
+def test_injected_parameters_are_checked_against_the_cell_run_before_them():
+    declared = 'config = "c.yaml"\noverrides = []\nwidth = 128\nl0_target = 2.0\nname = "x"\n'
+
+    def history(injected: str) -> list[str]:
+        return ["import x", declared, "# Parameters\n" + injected, "cfg = setup()"]
+
+    assert check_injected_parameters(history('width = 64\nl0_target = 8\n'
+                                             'overrides = "train.lr=1"\n')) == {
+        "width": 64, "l0_target": 8.0}
+    assert check_injected_parameters(["import x", declared]) == {}
+    for injected, message in (
+            ('width = "wide"\n', r"'width' must be int \(default 128\), got str 'wide' "
+                                 r"\(papermill: -p width 128\)"),
+            ("name = 3\n", r"'name' must be str .*papermill: -r name TEXT"),
+            ("widht = 3\n", "no parameter 'widht'; its parameters: config, overrides, width")):
+        with pytest.raises(NotebookParameterError, match=message):
+            check_injected_parameters(history(injected))
+
+
+def test_plain_papermill_error_on_a_real_notebook_is_one_line_naming_it(tmp_path):
+    """Chapter 0 (it fails at its first compute cell, before any work) through plain
+    papermill with a value of the wrong type for one of its own parameters."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    (nbdir / "00_synthetic.py").write_text((NOTEBOOKS / "00_synthetic.py").read_text())
+    [paired] = pair_notebooks(nbdir)
+    bad = subprocess.run(
+        [str(Path(sys.executable).parent / "papermill"), str(paired), "out.ipynb", "-k",
+         "sae-med", "-p", "config", SMOKE, "-p", "n_features", "many", "--no-progress-bar"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0
+    # papermill's own call stack comes first; the cell's error after it is one line
+    cell_error = bad.stderr.split('Exception encountered at "In [', 1)[1]
+    assert cell_error.strip().splitlines()[1:] == [
+        "NotebookParameterError: notebook parameter 'n_features' must be int (default 48), "
+        "got str 'many' (papermill: -p n_features 48)"]
+    [error] = [o for c in json.loads((tmp_path / "out.ipynb").read_text())["cells"]
+               for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert len(error["traceback"]) == 1 and "'n_features'" in error["evalue"]
 
 
 def test_a_bad_config_is_blamed_on_the_parameter_that_breaks_it(tmp_path):
