@@ -180,12 +180,16 @@ def _sweep_dir(cfg: Config, sweep: Sweep) -> Path:
 
 def _train_sweep(cfg: Config, sweep: Sweep, source: BatchSource, progress: bool,
                  bar_position: int = 0) -> list:
-    """Train (or resume, or reuse) one sweep on ``source`` in this process."""
+    """Train (or resume, or reuse) one sweep on ``source`` in this process; a stream's
+    tally of what it read (and cut) is logged, as a cache's is when it is built."""
 
-    return train_saes(cfg, source, _sweep_dir(cfg, sweep), resume=True, progress=progress,
-                      d_model=source.d_model, train_corpus=sweep.corpus,
-                      replicate=sweep.replicate, retrain_other_run=True,
-                      bar_position=bar_position)
+    results = train_saes(cfg, source, _sweep_dir(cfg, sweep), resume=True,
+                         progress=progress, d_model=source.d_model, train_corpus=sweep.corpus,
+                         replicate=sweep.replicate, retrain_other_run=True,
+                         bar_position=bar_position)
+    if isinstance(source, ActivationStream) and source.tally.documents:
+        log.info("train %s: %s", sweep.corpus, source.describe_tally())
+    return results
 
 
 _WORKER_SLOT = 0

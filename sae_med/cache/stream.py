@@ -11,6 +11,10 @@ and continues with the same batches: the trainer stores the position in its chec
 
 Under torchrun rank r of W reads documents r, r + W, r + 2W, ... and yields its share of
 each global batch (``batch_size`` rows of this rank).
+
+Documents longer than ``cache.ctx_len`` are cut as the cache cuts them; the stream counts
+what it read as a cache's manifest does (:class:`StreamTally`), warns when a pass over the
+corpus ends, and :meth:`ActivationStream.describe_tally` says how much was cut.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +34,14 @@ from sae_med import runtime
 from sae_med.artifacts import stable_hash
 from sae_med.cache.activations import SORT_CHUNK, chunk_rows
 from sae_med.config import Config
-from sae_med.corpora.registry import corpus_fingerprint, iter_documents, use_config
+from sae_med.corpora.registry import (
+    cached_tokens,
+    context_room,
+    corpus_fingerprint,
+    iter_documents,
+    token_counts,
+    use_config,
+)
 from sae_med.lm.model import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -49,6 +61,21 @@ class StreamPosition:
     """Index of the buffer's first document among this rank's documents of that epoch."""
     row: int
     """Index of the buffer's first row in the stream."""
+
+
+class StreamTally(NamedTuple):
+    """The documents a stream has read (each counted once, however often it reread them),
+    counted as an activation cache's manifest counts its documents."""
+
+    documents: int
+    counted_tokens: int
+    """Every token of those documents, as ``sae-med corpora`` counts them."""
+    cut_tokens: int
+    """Of those, the tokens past ``cache.ctx_len`` in longer documents: never streamed."""
+    rows: int
+    """Activations those documents gave (``counted_tokens - cut_tokens``)."""
+    complete: bool
+    """The documents are the whole corpus split (this rank's share of it)."""
 
 
 class ActivationStream:
@@ -74,6 +101,11 @@ class ActivationStream:
         self.buffer_tokens = cfg.train.stream_buffer_tokens
         self.dtype = torch.bfloat16 if cfg.cache.dtype == "bfloat16" else torch.float32
         self._positions: dict[int, StreamPosition] = {0: StreamPosition(0, 0, 0, 0)}
+        self._room = context_room(model.tokenizer, cfg.cache.ctx_len)
+        self._chunk_tallies: dict[int, StreamTally] = {}
+        """Per chunk, by its first document (chunk starts are the same in every pass)."""
+        self._pass_documents: int | None = None
+        """This rank's documents in one pass, once a pass has ended."""
         c = cfg.cache
         self.key = stable_hash({
             "stream_format": STREAM_FORMAT, "model": model.name,
@@ -102,6 +134,7 @@ class ActivationStream:
             if not produced and doc == 0:
                 raise ValueError(f"corpus {self.corpus}/{self.split} has no documents for "
                                  f"rank {self.rank} of {self.world_size}")
+            self._end_pass(epoch, doc)
             epoch, doc = epoch + 1, 0
 
     def _buffers(self, start: StreamPosition
@@ -115,6 +148,7 @@ class ActivationStream:
             if not parts:
                 pos = StreamPosition(pos.buffer, epoch, doc, pos.row)
             x, _ = chunk_rows(self.model, self.cfg, texts, doc)
+            self._count(doc, texts, x.shape[0])
             parts.append(x.to(self.dtype))
             rows += x.shape[0]
             if rows >= self.buffer_tokens:
@@ -122,6 +156,45 @@ class ActivationStream:
                 yield pos, _concat_and_clear(parts)  # no reference stays in this frame
                 pos = StreamPosition(pos.buffer + 1, 0, 0, pos.row + rows)
                 rows = 0
+
+    # ------------------------------------------------------------------ tally
+    def _count(self, doc: int, texts: list[str], rows: int) -> None:
+        """Count a chunk's documents (once) as :func:`sae_med.cache.activations.build_cache`
+        counts them."""
+        if doc not in self._chunk_tallies:
+            counts = token_counts(self.model.tokenizer, texts)
+            counted = sum(counts)
+            self._chunk_tallies[doc] = StreamTally(
+                len(texts), counted, counted - cached_tokens(counts, self._room), rows, False)
+
+    def _end_pass(self, epoch: int, documents: int) -> None:
+        """A pass over this rank's documents ended: the next one repeats them (warned once,
+        as a cache warns when its corpus runs out)."""
+        if self._pass_documents is None:
+            self._pass_documents = documents
+            log.warning("%s ran out after pass %d; the next pass repeats its documents (%s)",
+                        self._name(), epoch + 1, self.describe_tally())
+
+    @property
+    def tally(self) -> StreamTally:
+        """What the stream has read so far (:class:`StreamTally`)."""
+        parts = self._chunk_tallies.values()
+        documents = sum(t.documents for t in parts)
+        return StreamTally(documents, sum(t.counted_tokens for t in parts),
+                           sum(t.cut_tokens for t in parts), sum(t.rows for t in parts),
+                           documents == self._pass_documents)
+
+    def describe_tally(self) -> str:
+        """The tally as one sentence, in the words ``sae-med cache`` uses for a cache."""
+        t = self.tally
+        read = "all its" if t.complete else "the"
+        return (f"{t.rows:,} tokens streamed from {read} {t.documents:,} documents read: "
+                f"{t.counted_tokens:,} tokens counted, {t.cut_tokens:,} of them cut by "
+                f"cache.ctx_len={self.cfg.cache.ctx_len}")
+
+    def _name(self) -> str:
+        rank = f", rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+        return f"stream of {self.corpus}/{self.split}{rank}"
 
     # ------------------------------------------------------------------ BatchSource
     def iter_batches(self, batch_size: int, seed: int, start_batch: int = 0

@@ -1,10 +1,12 @@
 """Streaming training: activations made by the model on the fly (a tiny random Gemma-2 on
 the real medical corpus) are the cache's rows, shuffled; a killed streamed run resumes from
 its checkpoint's stream position to the same weights, in one process and under torchrun,
-where ranks read disjoint documents."""
+where ranks read disjoint documents; what a stream cuts at cache.ctx_len is counted as a
+cache counts it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -19,6 +21,7 @@ import torch
 from sae_med.cache.activations import build_cache
 from sae_med.cache.stream import ActivationStream
 from sae_med.config import ConfigError, load_config
+from sae_med.corpora import registry
 from sae_med.layout import CHECKPOINT_NAME
 from sae_med.lm.load import load_model
 from sae_med.sae.jumprelu import JumpReLUSAE
@@ -61,6 +64,40 @@ def test_stream_rows_are_the_cache_rows_shuffled(tiny_gemma2, tmp_path):
     assert torch.equal(torch.cat([next(again) for _ in range(16)]), streamed)
     other = ActivationStream(tiny_gemma2, cfg, "medical").iter_batches(64, seed=1)
     assert not torch.equal(next(other), streamed[:64])
+
+
+def test_stream_counts_what_ctx_len_cuts_as_a_cache_does(tiny_gemma2, tmp_path, monkeypatch,
+                                                        caplog):
+    """Recipes longer than the context, streamed past one pass: the stream's tally of a
+    pass is `sae-med corpora`'s count (every token, and the cached ones it streamed), it
+    warns when the pass ends naming the cut, and the second pass counts nothing twice."""
+    words = registry.iter_documents("medical", "train")
+    (tmp_path / "recipes").mkdir()
+    for i in range(12):  # 4 to 36 definitions long: many tokens past a short context
+        text = " ".join(next(words).text for _ in range(4 + 8 * (i % 5)))
+        (tmp_path / "recipes" / f"r{i}.txt").write_text(text)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path / "sae_med_cache"))  # its own stats
+    monkeypatch.chdir(tmp_path)
+    cfg = stream_config(tmp_path, "cache.ctx_len=24", "train_corpora=[recipes]",
+                        'corpora={"recipes": {"files": "recipes", "domain": "cooking"}}')
+    stream = ActivationStream(tiny_gemma2, cfg, "recipes")
+    stats = registry.corpus_stats("recipes", tiny_gemma2.tokenizer, "train", ctx_len=24)
+    with caplog.at_level(logging.WARNING, logger="sae_med.cache.stream"):
+        batches = stream.iter_batches(16, seed=0)
+        rows = 0
+        while rows <= 2 * stats.cached:  # into the third pass
+            rows += next(batches).shape[0]
+    tally = stream.tally
+    assert tally.complete and tally.cut_tokens > 0
+    assert (tally.documents, tally.counted_tokens, tally.rows) == (
+        stats.documents, stats.tokens, stats.cached)
+    assert tally.rows == tally.counted_tokens - tally.cut_tokens
+    [warning] = [r.getMessage() for r in caplog.records]  # once, not per pass
+    assert "stream of recipes/train ran out after pass 1" in warning
+    assert (f"{tally.rows:,} tokens streamed from all its {tally.documents:,} documents read: "
+            f"{tally.counted_tokens:,} tokens counted, {tally.cut_tokens:,} of them cut by "
+            f"cache.ctx_len=24") in warning
 
 
 class CountingStream(ActivationStream):
