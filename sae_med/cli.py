@@ -50,7 +50,7 @@ KNOWN_ERRORS = {
     "sae_med.cache.activations": ["CorruptCacheError"],
     "sae_med.train.records": ["TrainingError"],
     "sae_med.lm.files": ["ModelUnavailableError"],
-    "sae_med.sae.jumprelu": ["SAECheckpointError"],
+    "sae_med.sae.base": ["SAECheckpointError"],
     "sae_med.corpora.registry": ["UnknownCorpusError"],
     "sae_med.corpora.embedded": ["CorpusFetchError"],
     "sae_med.corpora.local": ["CorpusSourceError"],
@@ -216,7 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import evaluate_paths
-    from sae_med.sae.jumprelu import SAECheckpointError
+    from sae_med.sae.base import SAECheckpointError
 
     if args.sae_id and len(args.sae_id) != len(args.sae):
         raise ConfigError(f"--sae-id: give one id per --sae ({len(args.sae)}), "

@@ -1,15 +1,16 @@
-"""What the SAE architectures beside JumpReLU share: a linear encoder and decoder, the
-split between the training forward and the inference encoding, folding, checkpoints.
+"""What every SAE architecture shares (JumpReLU, ReLU, the TopK family): a linear encoder
+and decoder, the split between the training forward and the inference encoding, the
+decoder constraint, folding, checkpoints.
 
 z = x W_enc + b_enc;  f = act(z);  x_hat = f W_dec + b_dec, with ``act`` the architecture's.
 
-The conventions are :class:`sae_med.sae.jumprelu.JumpReLUSAE`'s: W_enc (d_model, d_sae) in its
-transposed layout, decoder rows unit norm (kept so by the trainer through
-:meth:`LinearSAE.remove_parallel_grad_` and :meth:`LinearSAE.unit_norm_decoder_`), an
-``input_scale`` buffer the inputs are multiplied by in training, folded into the weights by
-:meth:`LinearSAE.save` so a loaded SAE takes raw activations, and ``fold_input_mean_`` for
-SAEs trained on centred inputs. Every ``act`` here commutes with a positive input scale
-(ReLU, top-k, a threshold that is folded with the biases), so folding is exact.
+W_enc (d_model, d_sae) is stored transposed (see :class:`LinearSAE`), decoder rows are
+unit norm (kept so by the trainer through :meth:`LinearSAE.remove_parallel_grad_` and
+:meth:`LinearSAE.unit_norm_decoder_`), an ``input_scale`` buffer the inputs are multiplied
+by in training is folded into the weights by :meth:`LinearSAE.save` so a loaded SAE takes
+raw activations, and ``fold_input_mean_`` serves SAEs trained on centred inputs. Every
+``act`` commutes with a positive input scale (ReLU, top-k, a threshold folded with the
+biases), so folding is exact.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Self
 
 import torch
 from jaxtyping import Bool, Float
@@ -26,10 +27,31 @@ from torch import Tensor, nn
 
 from sae_med.artifacts import atomic_path, file_sha256, write_json_atomic
 from sae_med.layout import CFG_FILENAME, WEIGHTS_FILENAME
-from sae_med.sae.jumprelu import FORMAT_VERSION, JumpReLUSAE, SAECheckpointError, SAEOutput
 from sae_med.sae.kernels import pre_acts
 
 BASE_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+FORMAT_VERSION = 1
+
+
+class SAECheckpointError(RuntimeError):
+    """A saved SAE is missing, incomplete, corrupted or of an unknown format."""
+
+
+class SAEOutput(NamedTuple):
+    """Result of an SAE's ``forward``.
+
+    x_hat: (batch, d_model) reconstruction.
+    acts: (batch, d_sae) latents f; dense on the naive path, a CSR tensor (active entries
+        only, no gradient) on JumpReLU's fast path.
+    l0: scalar, mean number of active latents per token; differentiable w.r.t. a JumpReLU
+        threshold through the Heaviside straight-through estimator, detached elsewhere.
+    pre_acts: (batch, d_sae) z on the naive path; None on the fast path.
+    """
+
+    x_hat: Tensor
+    acts: Tensor
+    l0: Tensor
+    pre_acts: Tensor | None
 
 
 class TrainLoss(NamedTuple):
@@ -60,20 +82,22 @@ def sq_err(x_hat: Tensor, x: Tensor) -> Tensor:
 
 
 class LinearSAE(nn.Module):
-    """Base of the ReLU and TopK-family SAEs: parameters W_enc (d_model, d_sae), b_enc,
-    W_dec (d_sae, d_model), b_dec; buffer ``input_scale`` (fp64).
+    """Base of every SAE: parameters W_enc (d_model, d_sae), b_enc, W_dec (d_sae, d_model),
+    b_dec; buffer ``input_scale`` (fp64; 1.0 for a folded SAE that takes raw activations).
 
     A subclass sets :attr:`architecture`, :meth:`activate` (the training activation) and
     :meth:`training_loss`; one whose inference encoding differs from its training forward
     (BatchTopK's threshold) overrides :meth:`infer`. Constructor keywords named in
-    :attr:`CONFIG_KEYS` are saved in ``cfg.json`` and passed back on load; buffers named in
-    :attr:`EXTRA_TENSORS` are saved beside the weights.
+    :attr:`CONFIG_KEYS` are saved in ``cfg.json`` and passed back on load; attributes named
+    in :attr:`EXTRA_TENSORS` are saved beside the weights (read back by
+    :meth:`load_extra_`); :attr:`KEEP_DTYPES` names tensors that ``.to(dtype)`` must not
+    change.
     """
 
     architecture: ClassVar[str] = ""
     CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()
     EXTRA_TENSORS: ClassVar[tuple[str, ...]] = ()
-    FP64_BUFFERS: ClassVar[tuple[str, ...]] = ("input_scale",)
+    KEEP_DTYPES: ClassVar[dict[str, torch.dtype]] = {"input_scale": torch.float64}
 
     def __init__(self, d_model: int, d_sae: int, input_scale: float = 1.0,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
@@ -82,26 +106,30 @@ class LinearSAE(nn.Module):
         if d_model <= 0 or d_sae <= 0:
             raise ValueError(f"d_model and d_sae must be > 0, got {d_model}, {d_sae}")
         self.d_model, self.d_sae = d_model, d_sae
-        # JumpReLUSAE's initialisation (unit-norm random decoder rows, W_enc = W_dec^T in
-        # the transposed layout), so that architectures differ only in their activation
+        # one initialisation (unit-norm random decoder rows, W_enc = W_dec^T), so that
+        # architectures differ only in their activation
         gen_device = generator.device if generator is not None else device
         W_dec = torch.randn(d_sae, d_model, generator=generator, dtype=torch.float32,
                             device=gen_device)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec.to(device=device, dtype=dtype))
+        # Stored as the transpose of a contiguous (d_sae, d_model) tensor: JumpReLU's sparse
+        # backward builds its gradient latent by latent in that layout, and a gradient whose
+        # strides differ from its parameter's is copied by autograd (a full transpose of
+        # the largest tensor every step). The dense products take either layout alike.
         self.W_enc = nn.Parameter(self.W_dec.detach().clone().t())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, device=device, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_model, device=device, dtype=dtype))
         self.register_buffer("input_scale",
                              torch.tensor(float(input_scale), dtype=torch.float64, device=device))
 
-    def _apply(self, fn: Any, recurse: bool = True) -> LinearSAE:
-        # .to(bfloat16) must not lower the scale (or a BatchTopK threshold's EMA)
+    def _apply(self, fn: Any, recurse: bool = True) -> Self:
+        # .to(bfloat16) must not lower the scale, a threshold or a threshold's EMA
         out = super()._apply(fn, recurse)
-        for name in self.FP64_BUFFERS:
-            buf = getattr(self, name)
-            if buf.dtype != torch.float64:
-                buf.data = buf.data.double()
+        for name, dtype in self.KEEP_DTYPES.items():
+            t = getattr(self, name)
+            if t.dtype != dtype:
+                t.data = t.data.to(dtype)
         return out
 
     # ---- the architecture ------------------------------------------------------------
@@ -126,6 +154,17 @@ class LinearSAE(nn.Module):
     def _fold_scale_extra_(self, s: float) -> None:
         """Fold the input scale into architecture-specific state (a threshold)."""
 
+    @classmethod
+    def extra_shapes(cls, d_sae: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each of :attr:`EXTRA_TENSORS` in a saved SAE of width ``d_sae``."""
+        return {}
+
+    @torch.no_grad()
+    def load_extra_(self, t: dict[str, Tensor]) -> None:
+        """Read :attr:`EXTRA_TENSORS` from saved tensors ``t`` (checked by name and shape)."""
+        for k in self.EXTRA_TENSORS:
+            getattr(self, k).copy_(t[k])
+
     # ---- encode / decode / forward ----------------------------------------------------
     def encode(self, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_sae"]:
         """Latents f of the inference encoding (dense)."""
@@ -145,8 +184,8 @@ class LinearSAE(nn.Module):
         return acts @ self.W_dec + self.b_dec
 
     def forward(self, x: Float[Tensor, "batch d_model"], fast: bool = False) -> SAEOutput:
-        """The training forward (dense). ``fast`` is JumpReLUSAE's sparse path, which
-        these architectures do not have yet. ``l0`` carries no gradient here."""
+        """The training forward (dense). ``fast`` is JumpReLUSAE's sparse path, which the
+        other architectures do not have yet. ``l0`` carries no gradient here."""
         if x.shape[-1] != self.d_model:
             raise ValueError(f"input has d_model={x.shape[-1]}, this SAE expects {self.d_model}")
         if fast:
@@ -157,17 +196,35 @@ class LinearSAE(nn.Module):
         l0 = (acts != 0).sum(-1).float().mean()
         return SAEOutput(x_hat, acts, l0, z)
 
-    # ---- decoder constraint: JumpReLUSAE's own, which touches W_dec alone -------------
-    unit_norm_decoder_ = JumpReLUSAE.unit_norm_decoder_
-    remove_parallel_grad_ = JumpReLUSAE.remove_parallel_grad_
+    # ---- decoder constraint ----------------------------------------------------------
+    @torch.no_grad()
+    def unit_norm_decoder_(self) -> None:
+        """Renormalise every W_dec row to unit norm, in place."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Remove from W_dec.grad the component parallel to each W_dec row, in place."""
+        if self.W_dec.grad is None:
+            return
+        W, G = self.W_dec, self.W_dec.grad
+        # Row dot products with vecdot and the update as one addcmul_: a few passes over
+        # the (d_sae, d_model) tensors where products through temporaries took a dozen (a
+        # sixth of the CPU training step); vecdot, not a batched (1 x d) @ (d x 1) bmm,
+        # which is 4x slower on CPU for d_sae tiny products (benchmarks/RESULTS.md)
+        dot = torch.linalg.vecdot(G, W, dim=1)
+        coef = dot / torch.linalg.vector_norm(W, dim=1).square().clamp_min(1e-12)
+        G.addcmul_(coef.unsqueeze(1), W, value=-1.0)
 
     # ---- normalisation folding -------------------------------------------------------
     @torch.no_grad()
-    def fold_input_scale_(self, scale: float | None = None) -> LinearSAE:
+    def fold_input_scale_(self, scale: float | None = None) -> Self:
         """Fold the input scale s into the weights, in place, so the SAE takes raw x:
-        z(s x) = s (x W_enc + b_enc/s), and every activation here commutes with a positive
+        z(s x) = s (x W_enc + b_enc/s), and every activation commutes with a positive
         factor, so b_enc/s, b_dec/s (and a threshold/s) give the same active set and
-        x_hat/s. ``scale`` defaults to ``input_scale``; the buffer is divided by it."""
+        x_hat/s; W_enc, W_dec are unchanged (decoder rows stay unit norm). ``scale``
+        defaults to ``input_scale``; the buffer is divided by it (so folding 1/s undoes a
+        fold)."""
         s = float(self.input_scale) if scale is None else float(scale)
         self.b_enc.div_(s)
         self.b_dec.div_(s)
@@ -176,10 +233,10 @@ class LinearSAE(nn.Module):
         return self
 
     @torch.no_grad()
-    def fold_input_mean_(self, mean: Tensor) -> LinearSAE:
-        """Fold an input offset in place, so the SAE computes ``sae(x - mean) + mean``
-        (as :meth:`sae_med.sae.jumprelu.JumpReLUSAE.fold_input_mean_`). Needs ``input_scale ==
-        1``."""
+    def fold_input_mean_(self, mean: Tensor) -> Self:
+        """Fold an input offset in place, so the SAE computes ``sae(x - mean) + mean``: the
+        encoder bias absorbs ``-mean @ W_enc`` and the decoder bias ``+mean`` (same active
+        set, same latents). Folding ``-mean`` undoes it. Needs ``input_scale == 1``."""
         if float(self.input_scale) != 1.0:
             raise ValueError("fold the input scale first (folded()), then the mean")
         mean = mean.to(self.b_dec.device, torch.float32)
@@ -187,9 +244,19 @@ class LinearSAE(nn.Module):
         self.b_dec.add_(mean.to(self.b_dec.dtype))
         return self
 
-    def folded(self) -> LinearSAE:
+    def folded(self) -> Self:
         """A copy with the input scale folded in (``input_scale == 1``)."""
         return copy.deepcopy(self).fold_input_scale_()
+
+    def sae_lens_form(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(config keywords, state dict) of the equivalent sae-lens inference SAE on raw
+        activations: input scale folded in, ``apply_b_dec_to_input=False``, no
+        normalisation; the state holds the four weights (an exporter adds the rest)."""
+        f = self.folded()
+        kwargs = {"d_in": self.d_model, "d_sae": self.d_sae, "device": str(f.W_enc.device),
+                  "dtype": str(f.W_enc.dtype).removeprefix("torch."),
+                  "apply_b_dec_to_input": False, "normalize_activations": "none"}
+        return kwargs, {k: getattr(f, k).detach().clone() for k in BASE_TENSORS}
 
     # ---- checkpoints -----------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -198,8 +265,11 @@ class LinearSAE(nn.Module):
                 "dtype": str(self.W_enc.dtype).removeprefix("torch."), **self.config_extra()}
 
     def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``cfg.json`` + ``sae.safetensors`` (input scale folded in) atomically, the
-        weights first and ``cfg.json`` with their sha256 last, as JumpReLUSAE.save."""
+        """Write ``cfg.json`` + ``sae.safetensors`` (input scale folded in) atomically.
+
+        The weights go first, then ``cfg.json`` with their sha256, so a directory with a
+        ``cfg.json`` is complete. ``metadata`` (JSON-able) is stored under ``metadata``.
+        """
         directory = Path(directory)
         folded = self.folded()
         names = (*BASE_TENSORS, *self.EXTRA_TENSORS)
@@ -214,33 +284,42 @@ class LinearSAE(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> LinearSAE:
+    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> Self:
         """Load a directory written by :meth:`save` of this class, verifying the sha256."""
         cfg, weights = read_checkpoint_cfg(directory)
+        cfg_path = Path(directory) / CFG_FILENAME
         if cfg.get("architecture") != cls.architecture:
-            raise SAECheckpointError(f"{directory}: a {cfg.get('architecture')!r} SAE, not "
+            raise SAECheckpointError(f"{cfg_path}: a {cfg.get('architecture')!r} SAE, not "
                                      f"{cls.architecture!r}")
-        return cls._from_tensors(load_file(str(weights)), cfg, device, source=str(weights))
+        if missing := [k for k in cls.CONFIG_KEYS if k not in cfg]:
+            raise SAECheckpointError(f"{cfg_path} lacks {', '.join(missing)}: not written by "
+                                     f"{cls.__name__}.save (or edited); save it again")
+        return cls.from_tensors(load_file(str(weights)), cfg, device, source=str(weights))
 
     @classmethod
-    def _from_tensors(cls, t: dict[str, Tensor], cfg: dict[str, Any],
-                      device: torch.device | str = "cpu", source: str = "weights"
-                      ) -> LinearSAE:
+    def from_tensors(cls, t: dict[str, Tensor], cfg: dict[str, Any],
+                     device: torch.device | str = "cpu", source: str = "weights") -> Self:
+        """An SAE on raw activations from its saved tensors ``t`` (the names of
+        :meth:`save`) and the constructor keywords of :attr:`CONFIG_KEYS` in ``cfg``;
+        ``source`` names where they came from in errors."""
         missing = {*BASE_TENSORS, *cls.EXTRA_TENSORS} - set(t)
         if missing:
             raise SAECheckpointError(f"{source}: missing tensors {sorted(missing)}")
         d_model, d_sae = t["W_enc"].shape
-        shapes = {"W_dec": (d_sae, d_model), "b_enc": (d_sae,), "b_dec": (d_model,)}
+        shapes = {"W_dec": (d_sae, d_model), "b_enc": (d_sae,), "b_dec": (d_model,),
+                  **cls.extra_shapes(d_sae)}
         for k, shape in shapes.items():
             if tuple(t[k].shape) != shape:
                 raise SAECheckpointError(f"{source}: {k} has shape {tuple(t[k].shape)}, "
                                          f"expected {shape} for W_enc {(d_model, d_sae)}")
+        dtype = t["W_enc"].dtype if t["W_enc"].is_floating_point() else torch.float32
         kwargs = {k: cfg[k] for k in cls.CONFIG_KEYS}
-        sae = cls(d_model, d_sae, device="meta", dtype=t["W_enc"].dtype, **kwargs)
+        sae = cls(d_model, d_sae, device="meta", dtype=dtype, **kwargs)
         sae = sae.to_empty(device=device)
         with torch.no_grad():
-            for k in (*BASE_TENSORS, *cls.EXTRA_TENSORS):
+            for k in BASE_TENSORS:
                 getattr(sae, k).copy_(t[k])
+            sae.load_extra_(t)
             sae.input_scale.fill_(1.0)
         return sae
 
@@ -259,6 +338,9 @@ def read_checkpoint_cfg(directory: str | Path) -> tuple[dict[str, Any], Path]:
     weights = Path(directory) / cfg.get("weights_file", WEIGHTS_FILENAME)
     if not weights.exists():
         raise SAECheckpointError(f"{weights} is missing (named by {cfg_path})")
+    if not isinstance(cfg.get("weights_sha256"), str):
+        raise SAECheckpointError(f"{cfg_path} lacks weights_sha256: not written by an SAE's "
+                                 f"save (or edited); save it again")
     digest = file_sha256(weights)
     if digest != cfg.get("weights_sha256"):
         raise SAECheckpointError(

@@ -10,8 +10,8 @@ import torch
 
 from sae_med.config import SAEConfig
 from sae_med.sae import io, relu, topk
-from sae_med.sae.base import LinearSAE, read_checkpoint_cfg
-from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+from sae_med.sae.base import LinearSAE, SAECheckpointError, read_checkpoint_cfg
+from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.sae.relu import ReLUSAE
 from sae_med.sae.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from sae_med.artifacts import atomic_path, write_json_atomic
 from sae_med.layout import CFG_FILENAME, WEIGHTS_FILENAME
-from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+from sae_med.sae.base import SAECheckpointError
+from sae_med.sae.jumprelu import JumpReLUSAE
 
 # --------------------------------------------------------------------------------------
 # Interop: Gemma Scope params.npz and sae-lens
@@ -29,7 +30,7 @@ def from_gemma_scope_npz(path: str | Path, bandwidth: float = 0.001,
     except (ValueError, OSError, TypeError, zipfile.BadZipFile) as err:
         raise SAECheckpointError(f"{path} is not a readable params.npz of float arrays "
                                  f"({type(err).__name__}); download it again") from None
-    return JumpReLUSAE._from_tensors(t, bandwidth, device, source=str(path))
+    return JumpReLUSAE.from_tensors(t, {"bandwidth": bandwidth}, device, source=str(path))
 
 
 GEMMA_SCOPE_2_PARAMS = "params.safetensors"
@@ -55,7 +56,7 @@ def from_gemma_scope_2(path: str | Path, bandwidth: float = 0.001,
         raise SAECheckpointError(f"{file} lacks {missing} of a Gemma Scope 2 SAE "
                                  f"(w_enc, w_dec, b_enc, b_dec, threshold)")
     t = {k: raw[k.lower()].float() for k in keys}
-    return JumpReLUSAE._from_tensors(t, bandwidth, device, source=str(file))
+    return JumpReLUSAE.from_tensors(t, {"bandwidth": bandwidth}, device, source=str(file))
 
 
 def save_gemma_scope_2(sae: JumpReLUSAE, folder: str | Path, model_name: str,
@@ -87,15 +88,10 @@ def to_sae_lens(sae: JumpReLUSAE) -> Any:
     # deferred: sae-lens is heavy (and optional here); only interop needs it
     from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
 
-    f = sae.folded()
-    cfg = JumpReLUSAEConfig(d_in=sae.d_model, d_sae=sae.d_sae,
-                            dtype=str(f.W_enc.dtype).removeprefix("torch."),
-                            device=str(f.W_enc.device), apply_b_dec_to_input=False,
-                            normalize_activations="none")
-    out = LensSAE(cfg)
-    state = {"W_enc": f.W_enc, "b_enc": f.b_enc, "W_dec": f.W_dec, "b_dec": f.b_dec,
-             "threshold": f.threshold.to(f.W_enc.dtype)}
-    out.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    kwargs, state = sae.sae_lens_form()
+    out = LensSAE(JumpReLUSAEConfig(**kwargs))
+    state["threshold"] = sae.folded().threshold.detach().to(state["W_enc"].dtype)
+    out.load_state_dict(state)
     return out
 
 
@@ -122,7 +118,7 @@ def from_sae_lens(lens_sae: Any, bandwidth: float | None = None) -> JumpReLUSAE:
             b_enc = b_enc - b_dec @ W_enc
         t = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": lens_sae.W_dec.detach().float().cpu(),
              "b_dec": b_dec, "threshold": lens_sae.threshold.detach().float().cpu()}
-    return JumpReLUSAE._from_tensors(t, bandwidth, source="sae-lens SAE")
+    return JumpReLUSAE.from_tensors(t, {"bandwidth": bandwidth}, source="sae-lens SAE")
 
 
 SAE_SPEC_HELP = (

@@ -45,13 +45,7 @@ def to_sae_lens(sae: ReLUSAE) -> Any:
     # sae-lens is imported here: it pulls in transformer-lens, which nothing else needs
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
-    f = sae.folded()
-    cfg = StandardSAEConfig(d_in=sae.d_model, d_sae=sae.d_sae,
-                            dtype=str(f.W_enc.dtype).removeprefix("torch."),
-                            device=str(f.W_enc.device), apply_b_dec_to_input=False,
-                            normalize_activations="none")
-    out = StandardSAE(cfg)
-    state = {k: getattr(f, k).detach().clone() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    kwargs, state = sae.sae_lens_form()
+    out = StandardSAE(StandardSAEConfig(**kwargs))
     out.load_state_dict(state)
     return out
-

@@ -25,8 +25,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sae_med.sae.base import LinearSAE, TrainLoss, sq_err
-from sae_med.sae.jumprelu import SAEOutput
+from sae_med.sae.base import LinearSAE, SAEOutput, TrainLoss, sq_err
 
 
 def topk_acts(z: Float[Tensor, "batch d_sae"], k: int) -> Float[Tensor, "batch d_sae"]:
@@ -111,7 +110,8 @@ class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     CONFIG_KEYS = ("k", "aux_coeff", "threshold_lr")
     EXTRA_TENSORS = ("threshold",)
-    FP64_BUFFERS = ("input_scale", "threshold")
+    KEEP_DTYPES: ClassVar[dict[str, torch.dtype]] = {"input_scale": torch.float64,
+                                                     "threshold": torch.float64}
     WHOLE_K = False
 
     def __init__(self, d_model: int, d_sae: int, k: float, aux_coeff: float = 1.0,
@@ -196,15 +196,12 @@ def to_sae_lens(sae: TopKSAE) -> Any:
     # deferred: sae-lens is heavy (and optional here); only interop needs it
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
-    f = sae.folded()
-    common = {"d_in": sae.d_model, "d_sae": sae.d_sae, "device": str(f.W_enc.device),
-              "dtype": str(f.W_enc.dtype).removeprefix("torch."),
-              "apply_b_dec_to_input": False, "normalize_activations": "none"}
-    state = {k: getattr(f, k).detach().clone() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if isinstance(f, BatchTopKSAE):
-        out = JumpReLUSAE(JumpReLUSAEConfig(**common))
-        state["threshold"] = torch.full_like(state["b_enc"], float(f.threshold))
+    kwargs, state = sae.sae_lens_form()
+    if isinstance(sae, BatchTopKSAE):
+        out = JumpReLUSAE(JumpReLUSAEConfig(**kwargs))
+        threshold = float(sae.folded().threshold)
+        state["threshold"] = torch.full_like(state["b_enc"], threshold)
     else:
-        out = LensTopK(TopKSAEConfig(**common, k=int(f.k), rescale_acts_by_decoder_norm=False))
+        out = LensTopK(TopKSAEConfig(**kwargs, k=int(sae.k), rescale_acts_by_decoder_norm=False))
     out.load_state_dict(state)
     return out

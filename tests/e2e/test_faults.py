@@ -35,8 +35,9 @@ from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import ConfigError, config_from_dict
 from sae_med.interpret.chat import Generation, GenerationStopped
 from sae_med.interpret.chat_server import ServerLimits, make_server, serve
+from sae_med.sae.base import SAECheckpointError
 from sae_med.sae.io import from_gemma_scope_npz
-from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.train.checkpoint import read_checkpoint
 from sae_med.train.records import TrainingError
 from sae_med.train.sweep import train_saes

@@ -356,8 +356,8 @@ def test_evaluate_paths_reads_gemma_scope_and_sae_lens_formats(model, cfg, saes,
     folder gets the same scores; a bad spec or a d_model mismatch fails before any work."""
     import numpy as np
 
+    from sae_med.sae.base import SAECheckpointError
     from sae_med.sae.io import sae_format
-    from sae_med.sae.jumprelu import SAECheckpointError
 
     sae = saes["fit"]
     ours = sae.save(tmp_path / "ours" / "fit")

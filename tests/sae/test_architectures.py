@@ -22,9 +22,9 @@ from torch import Tensor
 
 from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import SAE_ARCHITECTURES, ConfigError, SAEConfig, load_config
-from sae_med.sae.base import LinearSAE
+from sae_med.sae.base import LinearSAE, SAECheckpointError
 from sae_med.sae.factory import CLASSES, build_sae, load_sae, to_sae_lens
-from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.sae.relu import ReLUSAE
 from sae_med.sae.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
 from sae_med.train.records import TrainingError

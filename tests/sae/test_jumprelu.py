@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sae_med.sae.base import SAECheckpointError
 from sae_med.sae.io import (
     from_gemma_scope_2,
     from_gemma_scope_npz,
@@ -18,7 +19,7 @@ from sae_med.sae.io import (
     save_gemma_scope_2,
     to_sae_lens,
 )
-from sae_med.sae.jumprelu import JumpReLUSAE, SAECheckpointError
+from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.sae.kernels import HeavisideFn, JumpReLUFn, pre_acts
 
 # seeding comes from conftest's autouse fixture
