@@ -350,16 +350,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's SAEs (or one SAE) with a model card; optionally push them to the hub."""
     # deferred: only this subcommand needs it (torch and the model stack load slowly)
+    from sae_med.experiment import export_inputs
     from sae_med.report.export import export_saes, push_to_hub, stage_for_hub
     from sae_med.report.exported import ExportError
 
     try:
+        inputs = export_inputs(args.source, args.format)
         if not args.push_to_hub:
-            for e in export_saes(args.source, args.format, args.out):
+            for e in export_saes(args.source, args.format, args.out, inputs):
                 print(f"export {e.provenance.sae_id} -> {e.path}")
             print(f"export={args.out}")
             return 0
-        files = stage_for_hub(args.source, args.format, args.out, args.push_to_hub)
+        files = stage_for_hub(args.source, args.format, args.out, args.push_to_hub, inputs)
         if args.dry_run:
             print(f"dry run: would upload {len(files)} files from {args.out} to "
                   f"{args.push_to_hub}:")

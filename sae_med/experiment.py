@@ -78,6 +78,7 @@ from sae_med.measure.scoring import ce_batches, compare_families, reconstruction
 from sae_med.report.book import PROJECT_ROOT
 from sae_med.report.claims import ModelRun, model_label
 from sae_med.report.domain_report import ReportedRun
+from sae_med.report.exported import ExportFormat, ModelLens, RunInputs, export_needs
 from sae_med.report.learning_curve import CurvePoint, curve_budgets
 from sae_med.runtime import pick_device
 from sae_med.sae.io import load_any_sae, sae_format
@@ -126,6 +127,24 @@ def stage_cache(cfg: Config, progress: bool = True) -> dict[tuple[str, str], Act
     wanted = [] if streamed else [(c, "train") for c in cfg.train_corpora]
     wanted += [(c, "eval") for c in cfg.eval_corpora]
     return {(c, s): cache_for(cfg, c, s, progress) for c, s in wanted}
+
+
+def export_inputs(source: str | Path, fmt: ExportFormat, progress: bool = False
+                  ) -> RunInputs | None:
+    """What exporting ``source`` in ``fmt`` reads besides the SAEs
+    (:func:`sae_med.report.exported.export_needs`): the eval caches (built if missing) and,
+    for Neuronpedia, the model's tokenizer and unembedding; None for the per-SAE formats.
+    Hand it to :func:`sae_med.report.export.export_saes`."""
+    needs = export_needs(source, fmt)
+    if needs is None:
+        return None
+    cfg = needs.config
+    caches = {c: cache_for(cfg, c, "eval", progress) for c in needs.eval_corpora}
+    if not needs.model:
+        return RunInputs(cfg, caches)
+    model = load_model_for(cfg)
+    return RunInputs(cfg, caches, ModelLens(model.tokenizer, model.W_U.cpu(), model.n_layers,
+                                            model.d_model))
 
 
 def train_source(cfg: Config, corpus: str, progress: bool = True) -> BatchSource:

@@ -157,6 +157,25 @@ def test_the_exceptions_import_only_the_floor(graph):
     assert not bad, "\n".join(bad)
 
 
+STAGE_NAMES = {"sae_med.lm.load": {"load_model"}, "sae_med.cache.activations": {"build_cache"},
+               "sae_med.train.sweep": {"train_saes"}}
+"""Module -> the names in it that run a stage: load a model, build a cache, train."""
+
+
+def test_measurement_reports_and_interpretation_run_no_stage():
+    """They are handed results, SAEs, caches and models (LAYOUT.md): none imports what
+    loads a model, builds a cache or trains."""
+    bad = []
+    for name, path in modules().items():
+        if room(name) not in ("measure", "interpret", "report"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in STAGE_NAMES:
+                bad += [f"{name}:{node.lineno} imports {node.module}.{a.name}"
+                        for a in node.names if a.name in STAGE_NAMES[node.module]]
+    assert not bad, "\n".join(bad)
+
+
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     """One circle of ``edges`` (its nodes in order, first repeated last), or None."""
     state: dict[str, int] = {}

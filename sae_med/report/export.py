@@ -31,12 +31,14 @@ from sae_med.report.exported import (
     FORMAT_FILES,
     FORMATS,
     NEURONPEDIA_DIR,
+    RUN_FORMATS,
     SAEBENCH_CFG,
     SAEBENCH_DIR,
     ExportedSAE,
     ExportError,
     ExportFormat,
     Provenance,
+    RunInputs,
     Score,
     find_saes,
     read_provenance,
@@ -109,11 +111,18 @@ WRITERS = {"sae_lens": write_sae_lens, "gemma_scope": write_gemma_scope,
            "saebench": write_saebench, "neuronpedia": write_sae_lens}
 
 
-def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[ExportedSAE]:
+def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path,
+                inputs: RunInputs | None = None) -> list[ExportedSAE]:
     """Export one SAE folder into ``out``, or every SAE of a run folder into
-    ``out/{sae_id}``, in format ``fmt``; then write the model card ``out/README.md``."""
+    ``out/{sae_id}``, in format ``fmt``; then write the model card ``out/README.md``.
+    The run-level formats (``saebench``, ``neuronpedia``) also read ``inputs``: the eval
+    caches and model lens the orchestrator hands in
+    (:func:`sae_med.experiment.export_inputs`)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if fmt in RUN_FORMATS and inputs is None:
+        raise ExportError(f"--format {fmt} reads the run's eval caches: export through "
+                          "sae_med.experiment.export_inputs (as `sae-med export` does)")
     source, out = Path(source), Path(out)
     saes = find_saes(source)
     single = not (source / SAES_DIR).is_dir()
@@ -127,11 +136,10 @@ def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path) -> list[
         WRITERS[fmt](JumpReLUSAE.load(sae_dir), prov, target)
         exported.append(ExportedSAE(prov, target, read_scores(scores_from, sae_id)))
         log.info("exported %s -> %s (%s)", sae_id, target, fmt)
-    if fmt == "saebench":  # run-level files: the format modules need the model and caches
-
-        write_core_results(exported, saes, scores_from, out)
-    if fmt == "neuronpedia":
-        write_neuronpedia(exported, saes, out)
+    if fmt == "saebench" and inputs is not None:
+        write_core_results(exported, scores_from, out, inputs)
+    if fmt == "neuronpedia" and inputs is not None:
+        write_neuronpedia(exported, saes, out, inputs)
     write_text_atomic(out / CARD_FILENAME, model_card(exported, fmt, out))
     return exported
 
@@ -242,11 +250,12 @@ def model_card(exported: Sequence[ExportedSAE], fmt: ExportFormat, out: Path,
 # ---------------------------------------------------------------------------- hub
 
 def stage_for_hub(source: str | Path, fmt: ExportFormat, out: str | Path,
-                  repo_id: str) -> list[Path]:
-    """Export into ``out`` with a card that names ``repo_id``; returns the files
-    :func:`push_to_hub` would upload (relative to ``out``), without touching the network."""
+                  repo_id: str, inputs: RunInputs | None = None) -> list[Path]:
+    """Export into ``out`` with a card that names ``repo_id`` (``inputs`` as for
+    :func:`export_saes`); returns the files :func:`push_to_hub` would upload (relative to
+    ``out``), without touching the network."""
     out = Path(out)
-    exported = export_saes(source, fmt, out)
+    exported = export_saes(source, fmt, out, inputs)
     write_text_atomic(out / CARD_FILENAME, model_card(exported, fmt, out, repo_id))
     if fmt != "gemma_scope":  # the others hold sae-lens folders a registry entry can name
         write_text_atomic(out / REGISTRY_FILENAME, registry_entry(exported, out, repo_id))

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from jaxtyping import Float
+from torch import Tensor
+
 from sae_med import __version__
-from sae_med.config import ConfigError, config_from_dict
+from sae_med.cache.activations import ActivationCache
+from sae_med.config import Config, ConfigError, config_from_dict
 from sae_med.layout import CFG_FILENAME, CONFIG_NAME, RESULTS_NAME, SAES_DIR, WEIGHTS_FILENAME
 from sae_med.lm.weights import WeightsRecord, recorded_weights, weights_record
 
 ExportFormat = Literal["sae_lens", "gemma_scope", "saebench", "neuronpedia"]
 FORMATS: tuple[ExportFormat, ...] = ("sae_lens", "gemma_scope", "saebench", "neuronpedia")
+RUN_FORMATS: tuple[ExportFormat, ...] = ("saebench", "neuronpedia")
+"""The formats that also write run-level files, read from eval caches (:class:`RunInputs`)."""
 SAEBENCH_CFG = "saebench_cfg.json"
 """SAEBench's ``CustomSAEConfig`` of an SAE, read by :mod:`sae_med.report.saebench`'s loader."""
 FORMAT_FILES: dict[str, tuple[str, ...]] = {
@@ -89,6 +96,44 @@ class Score(NamedTuple):
     high: float | None
 
 
+class ModelLens(NamedTuple):
+    """What Neuronpedia's feature records need of the language model."""
+
+    tokenizer: Any
+    """Decodes the token ids of activation windows and logit-lens tokens."""
+    unembed: Float[Tensor, "d_model d_vocab"]
+    n_layers: int
+    d_model: int
+
+
+class RunInputs(NamedTuple):
+    """What the run-level formats read besides the SAEs, handed in by the orchestrator
+    (:func:`sae_med.experiment.export_inputs`): an export builds no cache, loads no model."""
+
+    config: Config
+    """The config the SAEs were trained with (:func:`sae_config`)."""
+    caches: Mapping[str, ActivationCache]
+    """Eval-split activation caches, by corpus (:meth:`ExportNeeds.eval_corpora`)."""
+    lens: ModelLens | None = None
+    """For ``neuronpedia``."""
+
+
+class ExportNeeds(NamedTuple):
+    """What a run-level format will read (:func:`export_needs`)."""
+
+    config: Config
+    eval_corpora: list[str]
+    """The corpora whose eval caches it reads."""
+    model: bool
+    """Whether it needs a :class:`ModelLens`."""
+
+
+def window_corpus(train_corpus: str, cfg: Config) -> str:
+    """The eval corpus whose text shows an SAE's features: its training corpus when that is
+    evaluated, else the first eval corpus."""
+    return train_corpus if train_corpus in cfg.eval_corpora else cfg.eval_corpora[0]
+
+
 @dataclass(frozen=True)
 class ExportedSAE:
     provenance: Provenance
@@ -128,17 +173,35 @@ def run_saes_dir(sae_dir: Path) -> Path | None:
     return next((p for p in sae_dir.resolve().parents if p.name == SAES_DIR), None)
 
 
-def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
-    """Provenance from the SAE's ``cfg.json`` metadata and the run ``config.json`` that
-    ``sae-med train`` writes beside it."""
+def sae_config(sae_dir: Path) -> Config:
+    """The run config that ``sae-med train`` writes beside an SAE."""
     run_cfg = sae_dir / CONFIG_NAME
     if not run_cfg.exists():
         raise ExportError(f"{run_cfg} is missing: export needs the config that trained the "
                           "SAE (sae-med train writes it beside cfg.json)")
     try:
-        cfg = config_from_dict(json.loads(run_cfg.read_text()))
+        return config_from_dict(json.loads(run_cfg.read_text()))
     except (json.JSONDecodeError, ConfigError) as e:
         raise ExportError(f"{run_cfg} is not a readable sae-med config: {e}") from e
+
+
+def export_needs(source: str | Path, fmt: ExportFormat) -> ExportNeeds | None:
+    """What exporting ``source`` in ``fmt`` reads besides the SAEs (None: nothing): the
+    first SAE's config, and the eval corpora of SAEBench's core results (every one) or of
+    Neuronpedia's activation windows (:func:`window_corpus` of each SAE)."""
+    if fmt not in RUN_FORMATS:
+        return None
+    saes = find_saes(source)
+    cfg = sae_config(next(iter(saes.values())))
+    corpora = list(cfg.eval_corpora) if fmt == "saebench" else list(dict.fromkeys(
+        window_corpus(read_provenance(d, i).train_corpus, cfg) for i, d in saes.items()))
+    return ExportNeeds(cfg, corpora, fmt == "neuronpedia")
+
+
+def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
+    """Provenance from the SAE's ``cfg.json`` metadata and the run ``config.json`` that
+    ``sae-med train`` writes beside it."""
+    cfg = sae_config(sae_dir)
     sae_cfg = json.loads((sae_dir / CFG_FILENAME).read_text())
     md = sae_cfg.get("metadata") or {}
     weights = recorded_weights(sae_dir) or weights_record(cfg.model.name)

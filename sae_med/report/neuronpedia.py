@@ -29,13 +29,20 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sae_med import __version__
-from sae_med.cache.activations import ActivationCache, TokenInfo, build_cache
-from sae_med.config import Config, config_from_dict
+from sae_med.cache.activations import ActivationCache, TokenInfo
+from sae_med.config import Config
 from sae_med.interpret.features import LatentActs, encode_cache
-from sae_med.layout import CFG_FILENAME, CONFIG_NAME
-from sae_med.lm.load import load_model
-from sae_med.lm.model import LanguageModel
-from sae_med.report.exported import NEURONPEDIA_DIR, ExportedSAE, Provenance, run_saes_dir
+from sae_med.layout import CFG_FILENAME
+from sae_med.report.exported import (
+    NEURONPEDIA_DIR,
+    ExportedSAE,
+    ExportError,
+    ModelLens,
+    Provenance,
+    RunInputs,
+    run_saes_dir,
+    window_corpus,
+)
 from sae_med.sae.jumprelu import JumpReLUSAE
 
 log = logging.getLogger(__name__)
@@ -360,54 +367,52 @@ def read_batches(folder: Path, kind: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- a run
 
 def write_neuronpedia(exported: Sequence[ExportedSAE], saes: dict[str, Path], out: Path,
-                      creator: str = "sae-med") -> list[Path]:
+                      inputs: RunInputs, creator: str = "sae-med") -> list[Path]:
     """A Neuronpedia source folder per exported SAE (:mod:`sae_med.report.neuronpedia`), its
-    windows from the eval split of the SAE's training corpus (else the first eval corpus)
+    windows from the eval cache of the SAE's :func:`~sae_med.report.exported.window_corpus`
     and its explanations from the run's autointerp, where it explained this SAE."""
 
-    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
-                                       / CONFIG_NAME).read_text()))
-    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
+    cfg, lens = inputs.config, inputs.lens
+    if lens is None:
+        raise ExportError("neuronpedia export needs the model's tokenizer and unembedding "
+                          "(RunInputs.lens; sae_med.experiment.export_inputs hands them in)")
     now = datetime.now(UTC).isoformat(timespec="seconds")
     written = []
     for e in exported:
         p = e.provenance
-        corpus = p.train_corpus if p.train_corpus in cfg.eval_corpora else cfg.eval_corpora[0]
-        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
-                            progress=False)
-        records = _neuronpedia_records(e, cfg, model, cache, corpus, creator, now,
-                                       saes[p.sae_id])
+        corpus = window_corpus(p.train_corpus, cfg)
+        records = _neuronpedia_records(e, cfg, lens, inputs.caches[corpus], corpus, creator,
+                                       now, saes[p.sae_id])
         written.append(write_source(out / NEURONPEDIA_DIR, records))
         log.info("neuronpedia source %s: %d features, %d activation windows",
                  written[-1], len(records.features), len(records.activations))
     return written
 
 
-def _neuronpedia_records(e: ExportedSAE, cfg: Config, model: LanguageModel,
+def _neuronpedia_records(e: ExportedSAE, cfg: Config, lens: ModelLens,
                          cache: ActivationCache, corpus: str, creator: str, now: str,
                          sae_dir: Path) -> SourceRecords:
     p, w = e.provenance, e.provenance.weights
     model_id = slug((w.derived_from or p.model_name).split("/")[-1])
     release = slug(f"sae-med-{cfg.name}")
     src = SourceInfo(model_id, cfg.model.hook_layer, slug(f"{release}-{p.sae_id}"),
-                         p.hook_name, f"sae-med:{corpus} (eval split)", now)
+                     p.hook_name, f"sae-med:{corpus} (eval split)", now)
     sae = JumpReLUSAE.load(sae_dir)
-    features, activations = source_features(sae, cache, model.tokenizer,
-                                                model.W_U.cpu(), src)
+    features, activations = source_features(sae, cache, lens.tokenizer, lens.unembed, src)
     sid = source_id(src.layer, src.set_name)
     original = p.model_name == w.derived_from  # Neuronpedia would run these very weights
     return SourceRecords(
         Release(release, f"sae-med {cfg.name}: JumpReLU SAEs trained on "
-                    f"{p.train_corpus} activations of {w.describe()}",
-                    f"sae-med {cfg.name}", creator, creator, [], now),
-        Model(model_id, w.derived_from or p.model_name, model_id, False, model.n_layers,
-                  model.d_model, now, now),
+                f"{p.train_corpus} activations of {w.describe()}",
+                f"sae-med {cfg.name}", creator, creator, [], now),
+        Model(model_id, w.derived_from or p.model_name, model_id, False, lens.n_layers,
+              lens.d_model, now, now),
         SourceSet(model_id, src.set_name, f"{p.hook_name} - {p.d_sae} ({p.sae_id})",
-                      release, creator, now),
+                  release, creator, now),
         Source(sid, model_id, src.set_name, src.dataset, cache.n_tokens,
-                   cfg.cache.ctx_len, original,
-                   f"Trained on the activations of {w.describe()} (sha256 {w.sha256}); "
-                   f"sae-med {__version__}.", (e.path / CFG_FILENAME).read_text(), now),
+               cfg.cache.ctx_len, original,
+               f"Trained on the activations of {w.describe()} (sha256 {w.sha256}); "
+               f"sae-med {__version__}.", (e.path / CFG_FILENAME).read_text(), now),
         features, activations, _explanations(sae_dir, p, model_id, sid, now))
 
 

@@ -15,11 +15,11 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from jaxtyping import Float, Int
@@ -27,17 +27,12 @@ from torch import Tensor
 
 from sae_med import __version__
 from sae_med.artifacts import write_json_atomic
-from sae_med.cache.activations import build_cache
-from sae_med.config import Config, config_from_dict
-from sae_med.layout import CONFIG_NAME
-from sae_med.lm.load import load_model
+from sae_med.cache.activations import ActivationCache
+from sae_med.config import Config
 from sae_med.report.exported import SAEBENCH_CFG as CFG_NAME
-from sae_med.report.exported import SAEBENCH_DIR, ExportedSAE, ExportError
+from sae_med.report.exported import SAEBENCH_DIR, ExportedSAE, ExportError, RunInputs
 from sae_med.sae.io import load_any_sae
 from sae_med.sae.jumprelu import JumpReLUSAE
-
-if TYPE_CHECKING:
-    from sae_med.cache.activations import ActivationCache
 
 SAEBENCH_VERSION = "0.6.0"
 """The SAEBench release whose interface and schema these files follow."""
@@ -387,38 +382,29 @@ def results_filename(release: str, sae_id: str) -> str:
 
 # ----------------------------------------------------------------------------- a run
 
-def write_core_results(exported: Sequence[ExportedSAE], saes: dict[str, Path],
-                       results: Path | None, out: Path) -> list[Path]:
+def write_core_results(exported: Sequence[ExportedSAE], results: Path | None, out: Path,
+                       inputs: RunInputs) -> list[Path]:
     """SAEBench core results of every exported SAE on each eval corpus of its run, on the
-    run's eval activations (rebuilt only if missing) and its results.json's CE and KL."""
+    eval caches handed in (``inputs.caches``) and its results.json's CE and KL."""
     if results is None:
         raise ExportError("--format saebench needs the run's results.json (its CE and KL "
                           "numbers): run `sae-med evaluate CONFIG` first")
     rows = {(r["sae_id"], r["eval_corpus"]): r
             for r in json.loads(results.read_text()).get("rows", [])}
-    cfg = config_from_dict(json.loads((saes[exported[0].provenance.sae_id]
-                                       / CONFIG_NAME).read_text()))
+    cfg = inputs.config
     missing = [(e.provenance.sae_id, c) for e in exported for c in cfg.eval_corpora
                if (e.provenance.sae_id, c) not in rows]
     if missing:
         raise ExportError(f"{results} has no row for {missing[0][0]} on {missing[0][1]}: "
                           "rerun `sae-med evaluate CONFIG` for this run")
     written = []
-    for corpus, acts, doc_index in _eval_activations(cfg):
+    for corpus in cfg.eval_corpora:
+        cache = inputs.caches[corpus]
+        acts, doc_index = CacheRows(cache), cache.tokens().doc_index
         for e in exported:
             written.append(_write_core(e, cfg, corpus, acts, doc_index,
                                        rows[(e.provenance.sae_id, corpus)], out))
     return written
-
-
-def _eval_activations(cfg: Config) -> Iterator[tuple[str, CacheRows, Tensor]]:
-    """(eval corpus, activations, document index per row) as ``sae-med evaluate`` read."""
-
-    model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
-    for corpus in cfg.eval_corpora:
-        cache = build_cache(model, cfg, corpus, "eval", n_tokens=cfg.eval.n_tokens,
-                            progress=False)
-        yield corpus, CacheRows(cache), cache.tokens().doc_index
 
 
 def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: CacheRows,

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from sae_med.config import load_config
+from sae_med.experiment import export_inputs
 from sae_med.interpret.features import LatentActs
 from sae_med.report.export import export_saes
-from sae_med.report.exported import NEURONPEDIA_DIR
+from sae_med.report.exported import NEURONPEDIA_DIR, ExportError
 from sae_med.report.neuronpedia import (
     Activation,
     Explanation,
@@ -157,7 +158,9 @@ def test_export_neuronpedia_writes_a_source_that_reads_back(tmp_path, cache_root
                   "detection_auroc": [0.75, float("nan")], "sae": "medical"}).to_csv(
         explained, index=False)
 
-    exported = export_saes(run, "neuronpedia", tmp_path / "out")
+    with pytest.raises(ExportError, match="export_inputs"):  # reports build no cache
+        export_saes(run, "neuronpedia", tmp_path / "out")
+    exported = export_saes(run, "neuronpedia", tmp_path / "out", export_inputs(run, "neuronpedia"))
     SAE.load_from_disk(str(exported[0].path))  # the weights a source points at
     model_dir = tmp_path / "out" / NEURONPEDIA_DIR / "llama"
     (folder,) = model_dir.iterdir()

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from sae_med.config import load_config
+from sae_med.experiment import export_inputs
 from sae_med.report.export import export_saes
-from sae_med.report.exported import SAEBENCH_DIR
+from sae_med.report.exported import SAEBENCH_DIR, ExportError
 from sae_med.report.saebench import (
     CacheRows,
     CustomSAEConfig,
@@ -214,7 +215,9 @@ def test_export_saebench_writes_its_core_schema_and_loads_back(tmp_path, cache_r
                                                 "input_scale": SCALE})
     (sae_dir / "config.json").write_text(cfg.to_json())
     evaluate_paths(cfg, [sae_dir], progress=False, sae_ids=[sae_id])
-    exported = export_saes(run, "saebench", tmp_path / "out")
+    with pytest.raises(ExportError, match="export_inputs"):  # reports build no cache
+        export_saes(run, "saebench", tmp_path / "out")
+    exported = export_saes(run, "saebench", tmp_path / "out", export_inputs(run, "saebench"))
 
     folder = exported[0].path
     bench = SAEBenchJumpReLU.load(folder)
