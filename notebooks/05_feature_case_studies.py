@@ -51,7 +51,6 @@
 
 # %%
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from IPython.display import HTML, display
 from myst_nb import glue
@@ -67,19 +66,29 @@ from sae_med.interpret.dashboard import (
 from sae_med.interpret.features import (
     absorption,
     absorption_summary,
+    best_concept_latents,
     concept_alignment,
-    concept_aurocs,
     doc_max_activations,
     encode_cache,
     largest_split,
-    logit_lens,
     match_dictionaries,
     match_summary,
     search_latents,
-    top_windows,
+)
+from sae_med.report.case_studies import (
+    absorption_figure,
+    aligned_share,
+    alignment_figure,
+    alignment_table,
+    best_aligned_table,
+    case_study_table,
+    match_figures,
+    match_kinds,
+    new_latents_table,
+    split_table,
 )
 from sae_med.report.exercises import check, exercise_table
-from sae_med.report.notebook import CORPUS_COLORS, domain_pair, setup_notebook
+from sae_med.report.notebook import domain_pair, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -129,28 +138,16 @@ print(f"{cache.n_tokens:,} tokens in {n_docs:,} held-out documents")
 # 0.5. The share of latents above the bar is the headline number.
 
 # %%
-alignment, share = {}, {}
 try:
-    for c in saes:
-        alignment[c] = concept_alignment(doc_max[c], labels, ids, min_docs=min_docs)
-        share[c] = float((alignment[c].auroc >= aligned_auroc).float().mean())
+    alignment = {c: concept_alignment(doc_max[c], labels, ids, min_docs=min_docs)
+                 for c in saes}
 except ValueError as err:  # too few labelled documents (tiny smoke runs)
+    alignment = {}
     print(f"concept alignment skipped: {err}")
+share = {c: aligned_share(al, aligned_auroc) for c, al in alignment.items()}
 if alignment:
-    fig = go.Figure()
-    for c, al in alignment.items():
-        fig.add_trace(go.Histogram(x=al.auroc.numpy(), name=f"SAE trained on {c}",
-                                   opacity=0.6, nbinsx=40, marker_color=CORPUS_COLORS.get(c)))
-    fig.add_vline(x=aligned_auroc, line_dash="dash")
-    fig.update_layout(barmode="overlay", xaxis_title="held-out AUROC of the best concept",
-                      yaxis_title="latents",
-                      title=f"Concept alignment at target L0 {target:g} "
-                            f"({len(next(iter(alignment.values())).concepts)} concepts)")
-    fig.show()
-    display(pd.DataFrame([{"SAE": c, f"share AUROC ≥ {aligned_auroc}": share[c],
-                           "median AUROC": float(al.auroc.median()),
-                           "share F1 ≥ 0.5": float((al.f1 >= 0.5).float().mean())}
-                          for c, al in alignment.items()]).round(3))
+    alignment_figure(alignment, aligned_auroc, target).show()
+    display(alignment_table(alignment, aligned_auroc).round(3))
 glue("aligned_share_medical", share.get(medical, float("nan")), display=False)
 glue("aligned_share_broad", share.get(broad, float("nan")), display=False)
 
@@ -159,11 +156,7 @@ glue("aligned_share_broad", share.get(broad, float("nan")), display=False)
 
 # %%
 if medical in alignment:
-    al = alignment[medical]
-    best = al.auroc.argsort(descending=True)[:10].tolist()
-    display(pd.DataFrame([{"latent": j, "concept": al.concept[j],
-                           "held-out AUROC": float(al.auroc[j]), "held-out F1": float(al.f1[j])}
-                          for j in best]).round(3))
+    display(best_aligned_table(alignment[medical]).round(3))
 
 # %% [markdown]
 # ### Case studies
@@ -173,27 +166,18 @@ if medical in alignment:
 
 # %%
 W_U = model.W_U.cpu()
-case_latents = []
-for concept in case_concepts:
-    rows = []
-    for c in saes:
-        au, n_pos = concept_aurocs(doc_max[c], labels, concept)
-        if n_pos == 0:
-            break
-        j = int(torch.nan_to_num(au, nan=0.0).argmax())
-        wins = top_windows(acts[c], cache, j, k=3)
-        lens = logit_lens(saes[c], W_U, model.tokenizer, j, k=6)
-        case_latents.append((c, j, concept.split(":", 1)[1]))
-        rows.append({"SAE": c, "latent": j, "AUROC": float(au[j]),
-                     "top windows": " ⏎ ".join(w.render(model.tokenizer)
-                                               for w in wins),
-                     "logit lens (top)": " | ".join(lens.top_tokens)})
-    print(f"\n{concept} — {n_pos} of {n_docs} held-out documents")
-    if rows:
+studies = {concept: best_concept_latents(doc_max, labels, concept) for concept in case_concepts}
+for concept, found_for in studies.items():
+    print(f"\n{concept} — {found_for[0].n_docs if found_for else 0} of {n_docs} held-out "
+          "documents")
+    if found_for:
         with pd.option_context("display.max_colwidth", 400):
-            display(pd.DataFrame(rows).round(3))
+            display(case_study_table(found_for, saes, acts, cache, model.tokenizer, W_U)
+                    .round(3))
     else:
         print("  absent from this evaluation set (use a larger eval.n_tokens)")
+case_latents = [(f.sae, f.latent, f.concept.split(":", 1)[1])
+                for found_for in studies.values() for f in found_for]
 
 # %% [markdown]
 # ### Latent dashboards
@@ -230,20 +214,10 @@ if summaries:
 if len(saes) == 2:
     m = match_dictionaries(saes[medical], saes[broad], acts_a=acts[medical],
                            acts_b=acts[broad])
-    kinds = pd.Series(m.kind).value_counts().reindex(["shared", "split", "related", "new"],
-                                                     fill_value=0)
-    fig = go.Figure(go.Bar(x=kinds.index, y=kinds.values))
-    fig.update_layout(xaxis_title="medical-SAE latent class", yaxis_title="latents",
-                      title=f"Medical-SAE latents vs the broad SAE (target L0 {target:g})")
-    fig.show()
+    kinds = match_kinds(m)
     alive = acts[medical].firing_rate() > 0
-    fig = go.Figure([go.Histogram(x=m.cosine[alive].numpy(), nbinsx=50, opacity=0.6,
-                                  name="decoder cosine"),
-                     go.Histogram(x=m.corr[alive].numpy(), nbinsx=50, opacity=0.6,
-                                  name="activation correlation")])
-    fig.update_layout(barmode="overlay", xaxis_title="best match with a broad-SAE latent",
-                      yaxis_title="live medical-SAE latents")
-    fig.show()
+    for fig in match_figures(m, alive, target):
+        fig.show()
     ms = match_summary(m, alive)
     display(pd.DataFrame([{
         "live medical latents": ms.live, "median best cosine": ms.median_cosine,
@@ -255,23 +229,15 @@ if len(saes) == 2:
     glue("share_new_latents", float(kinds["new"] / kinds.sum()), display=False)
     glue("match_agreement", ms.agreement, display=False)
     if medical in alignment:
-        al = alignment[medical]
-        new = [j for j in al.auroc.argsort(descending=True).tolist() if m.kind[j] == "new"][:5]
         print("Best-aligned medical latents with no broad counterpart (new):")
-        display(pd.DataFrame([{"latent": j, "concept": al.concept[j],
-                               "AUROC": float(al.auroc[j]), "best cosine": float(m.cosine[j]),
-                               "best correlation": float(m.corr[j])}
-                              for j in new]).round(3))
+        display(new_latents_table(alignment[medical], m).round(3))
     if (split := largest_split(m)) is not None:
         top, group = split
         print(f"A split: broad latent {top} and the {len(group)} medical latents whose best "
               "match it is, with their strongest windows")
-        rows = [{"SAE": sae, "latent": j, "cosine": 1.0 if sae == broad else float(m.cosine[j]),
-                 "top windows": " ⏎ ".join(w.render(model.tokenizer)
-                                           for w in top_windows(acts[sae], cache, j, k=2))}
-                for sae, j in [(broad, top), *((medical, j) for j in group[:4])]]
         with pd.option_context("display.max_colwidth", 400):
-            display(pd.DataFrame(rows).round(3))
+            display(split_table(split, m, acts, cache, model.tokenizer, medical, broad)
+                    .round(3))
 else:
     glue("share_new_latents", float("nan"), display=False)
     glue("match_agreement", float("nan"), display=False)
@@ -298,14 +264,7 @@ glue("absorption_medical", rate.get(medical, float("nan")), display=False)
 glue("absorption_broad", rate.get(broad, float("nan")), display=False)
 glue("absorption_parents", n_parents, display=False)
 if n_parents:
-    fig = go.Figure()
-    for c, df in absorb.items():
-        fig.add_trace(go.Scatter(x=df.parent_auroc, y=df.absorption_rate, mode="markers",
-                                 name=f"SAE trained on {c}", text=df.parent,
-                                 marker_color=CORPUS_COLORS.get(c)))
-    fig.update_layout(xaxis_title="held-out AUROC of the parent latent",
-                      yaxis_title="absorption rate", title="Absorption per HPO parent concept")
-    fig.show()
+    absorption_figure(absorb).show()
     worst = absorb[medical].sort_values("absorption_rate", ascending=False).head(8) \
         if medical in absorb else pd.DataFrame()
     display(worst.round(3))
@@ -355,16 +314,11 @@ fresh = next((c for c, _ in counts.most_common() if c not in case_concepts), Non
 if fresh is None:
     print("no other chapter among the held-out documents (use a larger eval.n_tokens)")
 else:
-    best_rows = []
-    for c in saes:
-        au, n_pos = concept_aurocs(doc_max[c], labels, fresh)
-        j = int(torch.nan_to_num(au, nan=0.0).argmax())
-        best_rows.append({"SAE": c, "concept": fresh, "documents": n_pos, "latent": j,
-                          "AUROC": float(au[j])})
-    display(pd.DataFrame(best_rows).round(3))
+    best = best_concept_latents(doc_max, labels, fresh)
+    display(pd.DataFrame(best).round(3))
     print(f"case_concepts = {[*case_concepts, fresh]!r}")
     display(check("ex-feat-concept",
-                  {"concept": fresh, "latents": {r["SAE"]: r["latent"] for r in best_rows}},
+                  {"concept": fresh, "latents": {f.sae: f.latent for f in best}},
                   labels=labels, doc_max=doc_max, case_concepts=case_concepts).require())
 
 # %% [markdown]

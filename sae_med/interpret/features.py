@@ -314,6 +314,35 @@ def concept_aurocs(doc_max: Float[Tensor, "n_docs d_sae"], doc_labels: Sequence[
     return torch.from_numpy(au).float(), int(pos.sum())
 
 
+class ConceptLatent(NamedTuple):
+    """An SAE's latent that best separates a concept's documents
+    (:func:`best_concept_latents`)."""
+
+    sae: str
+    concept: str
+    latent: int
+    auroc: float
+    """Over all documents (ties and dead latents: the lowest index)."""
+    n_docs: int
+    """Documents labelled with the concept."""
+
+
+def best_concept_latents(doc_max: Mapping[str, Float[Tensor, "n_docs d_sae"]],
+                         doc_labels: Sequence[dict], concept: str,
+                         keys: Sequence[str] = DEFAULT_CONCEPT_KEYS) -> list[ConceptLatent]:
+    """Per SAE (``doc_max`` by name), the latent with the highest :func:`concept_aurocs`
+    AUROC for ``concept`` (a NaN AUROC counts as 0); empty when no document has the
+    concept."""
+    out = []
+    for sae, dm in doc_max.items():
+        au, n_pos = concept_aurocs(dm, doc_labels, concept, keys)
+        if n_pos == 0:
+            return []
+        j = int(torch.nan_to_num(au, nan=0.0).argmax())
+        out.append(ConceptLatent(sae, concept, j, float(au[j]), n_pos))
+    return out
+
+
 # ------------------------------------------------------------ cross-dictionary matching
 
 class DictionaryMatch(NamedTuple):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sae_med.interpret.features import (
+    best_concept_latents,
     concept_alignment,
     doc_max_activations,
     encode_cache,
@@ -104,6 +105,18 @@ def test_alignment_finds_a_planted_concept_and_not_noise():
     assert al.concept[0] == "chapter:Infectious"
     assert float(al.auroc[0]) == pytest.approx(1.0) and float(al.f1[0]) == pytest.approx(1.0)
     assert abs(float(al.auroc[1]) - 0.5) < 0.15 and float(al.f1[1]) < 0.7
+
+
+def test_best_concept_latent_is_the_planted_one_for_each_sae():
+    labels = [{"chapter": ("Infectious",)} if i % 3 == 0 else {"chapter": ("Neoplasms",)}
+              for i in range(12)]
+    infectious = torch.tensor([i % 3 == 0 for i in range(12)]).float()
+    doc_max = {"a": torch.stack([torch.rand(12), infectious, torch.zeros(12)], 1),
+               "b": torch.stack([torch.zeros(12), torch.zeros(12), 2 * infectious], 1)}
+    found = best_concept_latents(doc_max, labels, "chapter:Infectious")
+    assert [(f.sae, f.latent, f.auroc, f.n_docs) for f in found] == [
+        ("a", 1, 1.0, 4), ("b", 2, 1.0, 4)]
+    assert best_concept_latents(doc_max, labels, "chapter:Absent") == []
 
 
 def test_match_dictionaries_shared_split_new():
