@@ -117,14 +117,21 @@ def one_line_config_errors() -> None:
     shell.set_custom_exc((ConfigError,), show)
 
 
-def literal_assignments(source: str) -> dict[str, Any]:
-    """Name -> value of every ``name = literal`` statement of a cell's source."""
+def literal_assignments(source: str, literals_only: bool = True) -> dict[str, Any]:
+    """Name -> value of every ``name = literal`` statement of a cell's source; a value that
+    is not a literal raises, or with ``literals_only=False`` is left out (papermill writes
+    ``float('nan')`` for a NaN)."""
     out: dict[str, Any] = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    out[target.id] = ast.literal_eval(node.value)
+        if not isinstance(node, ast.Assign):
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            if literals_only:
+                raise
+            continue
+        out |= {t.id: value for t in node.targets if isinstance(t, ast.Name)}
     return out
 
 
@@ -176,7 +183,7 @@ def check_injected_parameters(history: Sequence[str]) -> dict[str, Any]:
     if not marks or marks[-1] == 0:
         return {}
     declared = literal_assignments(history[marks[-1] - 1])
-    given = {k: v for k, v in literal_assignments(history[marks[-1]]).items()
+    given = {k: v for k, v in literal_assignments(history[marks[-1]], False).items()
              if k not in COMMON and not k.startswith("PAPERMILL_")}
     return check_values(declared, given, hint=True)
 

@@ -126,6 +126,7 @@ def test_injected_parameters_are_checked_against_the_cell_run_before_them():
                                              'overrides = "train.lr=1"\n')) == {
         "width": 64, "l0_target": 8.0}
     assert check_injected_parameters(["import x", declared]) == {}
+    assert check_injected_parameters(history("l0_target = float('nan')\n")) == {}
     for injected, message in (
             ('width = "wide"\n', r"'width' must be int \(default 128\), got str 'wide' "
                                  r"\(papermill: -p width 128\)"),
