@@ -11,7 +11,7 @@ from torch import Tensor
 
 from sae_med import runtime
 from sae_med.cache.batches import BatchSource, ResumableSource
-from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.base import LinearSAE
 from sae_med.train.records import TrainingError
 
 
@@ -26,11 +26,11 @@ class InputNorm(NamedTuple):
     def apply(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x.device, x.dtype)) * self.scale
 
-    def to_raw(self, sae: JumpReLUSAE) -> JumpReLUSAE:
+    def to_raw(self, sae: LinearSAE) -> LinearSAE:
         """A copy of a training-space SAE that takes raw activations."""
         return sae.folded().fold_input_mean_(self.mean)
 
-    def from_raw(self, sae: JumpReLUSAE) -> JumpReLUSAE:
+    def from_raw(self, sae: LinearSAE) -> LinearSAE:
         """A copy of a raw-activation SAE in this training space."""
         return sae.folded().fold_input_mean_(-self.mean).fold_input_scale_(1.0 / self.scale)
 

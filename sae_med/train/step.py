@@ -1,4 +1,9 @@
-"""One optimiser step of one SAE: loss terms, kernels, and where it runs."""
+"""One optimiser step of one SAE: loss terms, kernels, and where it runs.
+
+JumpReLU SAEs step through this module's own loss (MSE + the target-L0 or L0 term, the
+sparse CSR kernel, data-parallel ranks); every other architecture through its own
+``training_loss`` (:mod:`sae_med.sae.relu`, :mod:`sae_med.sae.topk`), with the same
+optimiser, decoder constraint and clipping around it."""
 
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ from sae_med import runtime
 from sae_med.config import TrainConfig
 from sae_med.measure.metrics import centred_sum_of_squares
 from sae_med.runtime import all_reduce_sum_, auto_dtype, pick_device, warn_if_bf16_slow
+from sae_med.sae.base import LinearSAE
 from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.relu import ReLUSAE
+from sae_med.sae.topk import TopKSAE
 from sae_med.train.records import TrainMetrics
 
 log = logging.getLogger(__name__)
@@ -34,23 +42,33 @@ faster through plain matmuls."""
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
+L1_COEFF_START = 0.01
+"""A ReLU SAE's L1 coefficient at step 0, on inputs scaled to E||x||^2 = 1: small enough
+that the penalty kills no latent before the controller has seen the L0 it gives (a ReLU
+latent that never fires gets no gradient and stays dead)."""
+L1_CONTROLLER_GAIN = 0.05
+"""How fast a ReLU SAE's L1 coefficient follows its target L0: each step multiplies it by
+exp(gain * clamp(ln(L0 / target), -1, 1)) (an integral controller on ln lambda), so it can
+change e-fold in 20 steps at most."""
+
 
 class SweepMember:
     """One SAE of the sweep with its optimiser, dead-latent clock and metrics file."""
 
-    def __init__(self, sae: JumpReLUSAE, target: float, tc: TrainConfig, path: Path):
+    def __init__(self, sae: LinearSAE, target: float, tc: TrainConfig, path: Path):
         self.sae, self.target, self.path = sae, target, path
         # Adam updates W_enc through a contiguous (d_sae, d_model) alias of its storage:
         # the fused kernel copies a transposed tensor (and its state) in and out on every
-        # step, more than the layout saves (see JumpReLUSAE.W_enc and :meth:`step`).
+        # step, more than the layout saves (see LinearSAE.W_enc and :meth:`step`).
         self.enc_alias = nn.Parameter(sae.W_enc.data.t()) if sae.W_enc.t().is_contiguous() \
             else sae.W_enc
         others = [self.enc_alias if n == "W_enc" else p for n, p in sae.named_parameters()
                   if n != "log_threshold"]
+        groups = [{"params": others, "lr_mult": 1.0}]
+        if isinstance(sae, JumpReLUSAE):
+            groups.append({"params": [sae.log_threshold], "lr_mult": tc.threshold_lr_mult})
         self.opt = torch.optim.Adam(
-            [{"params": others, "lr_mult": 1.0},
-             {"params": [sae.log_threshold], "lr_mult": tc.threshold_lr_mult}],
-            lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
+            groups, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
             # one fused kernel instead of a dozen passes per tensor: 6x faster on CPU (a
             # third of the sparse step's time); the same update to rounding
             fused=sae.W_enc.device.type in FUSED_ADAM_DEVICES)
@@ -60,6 +78,27 @@ class SweepMember:
         self.last: TrainMetrics | None = None  # the latest logged row
         self.prev_l0 = math.inf  # L0 of the previous step, for the kernel choice
         self.compiled: Any = None  # torch.compile'd dense_terms for this SAE, if enabled
+        self.l1_coeff = L1_COEFF_START if isinstance(sae, ReLUSAE) else None
+        """A ReLU SAE's L1 coefficient, set by :meth:`follow_target_`; None for the rest."""
+
+    def sparsity_coeff(self, scheduled: float) -> float:
+        """This SAE's sparsity coefficient at a step whose scheduled (warmed-up) one is
+        ``scheduled``: a ReLU SAE's is its controller's instead."""
+        return scheduled if self.l1_coeff is None else self.l1_coeff
+
+    def follow_target_(self, l0: float) -> None:
+        """After a step with L0 ``l0``, move a ReLU SAE's L1 coefficient toward its target
+        (:data:`L1_CONTROLLER_GAIN`); no L0 at all counts as far below it."""
+        if self.l1_coeff is not None:
+            err = min(max(math.log(l0 / self.target), -1.0), 1.0) if l0 > 0 else -1.0
+            self.l1_coeff *= math.exp(L1_CONTROLLER_GAIN * err)
+
+    def uses_dead_mask(self, tc: TrainConfig) -> bool:
+        """Whether this SAE's loss takes the dead latents: JumpReLU's pre-activation loss
+        (when on), the TopK family's AuxK."""
+        if isinstance(self.sae, JumpReLUSAE):
+            return tc.pre_act_loss > 0
+        return isinstance(self.sae, TopKSAE) and self.sae.aux_coeff > 0
 
     def zero_grad(self) -> None:
         """Drop the SAE's gradients (``opt.zero_grad`` would miss W_enc's: Adam holds the
@@ -75,9 +114,10 @@ class SweepMember:
         self.opt.step()
 
     def state(self) -> dict[str, Any]:
+        extra = {"l1_coeff": self.l1_coeff} if self.l1_coeff is not None else {}
         return {"target": self.target, "sae": self.sae.state_dict(),
                 "opt": self.opt.state_dict(), "last_fired": self.last_fired,
-                "prev_l0": self.prev_l0}
+                "prev_l0": self.prev_l0, **extra}
 
     def dead(self, tokens: int, window: int) -> Bool[Tensor, " d_sae"]:
         """Latents that have not fired in the last ``window`` of the ``tokens`` trained on
@@ -89,6 +129,8 @@ class SweepMember:
         self.opt.load_state_dict(st["opt"])
         self.last_fired.copy_(st["last_fired"])
         self.prev_l0 = float(st["prev_l0"])
+        if self.l1_coeff is not None:
+            self.l1_coeff = float(st["l1_coeff"])
 
 
 class StepTerms(NamedTuple):
@@ -150,7 +192,7 @@ def compile_available() -> bool:
     return _COMPILE_OK
 
 
-def clip_grad_norm_(sae: JumpReLUSAE, max_norm: float) -> None:
+def clip_grad_norm_(sae: LinearSAE, max_norm: float) -> None:
     """``torch.nn.utils.clip_grad_norm_``, but the gradients are rescaled only when their
     norm exceeds ``max_norm``: torch multiplies by a coefficient clamped to 1 on every
     step (to avoid a host sync), two full passes over each weight gradient for nothing
@@ -191,7 +233,10 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     so the gradients summed over ranks are exactly those of the global-batch loss.
     ``dead`` (the same on every rank) gets ``tc.pre_act_loss`` times :func:`pre_act_term`,
     which is optimised but, like an auxiliary loss, not part of the reported ``loss``.
+    Another architecture steps through :func:`linear_step`.
     """
+    if not isinstance(m.sae, JumpReLUSAE):
+        return linear_step(m, x, lr, coeff, tc, autocast, dead)
     sae, ws = m.sae, runtime.world_size()
     terms_fn = m.compiled if (m.compiled is not None and not fast) else (
         (lambda x: sparse_terms(sae, x)) if fast else (lambda x: dense_terms(sae, x)))
@@ -225,6 +270,30 @@ def train_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coef
     mse_g = mse_sum[0]
     sp_g = sp.detach()
     return StepResult(mse_g + sp_g, mse_g, sp_g, l0.detach(), t.x_hat.detach(), fired)
+
+
+def linear_step(m: SweepMember, x: Float[Tensor, "rows d_model"], lr: float, coeff: float,
+                tc: TrainConfig, autocast: contextlib.AbstractContextManager | None = None,
+                dead: Bool[Tensor, " d_sae"] | None = None) -> StepResult:
+    """One optimiser step of a ReLU or TopK-family SAE (one process) on the scaled rows
+    ``x``: its own ``training_loss`` (``coeff`` its L1 coefficient, ``dead`` for AuxK),
+    then :func:`train_step`'s decoder constraint, clipping and Adam. The reported ``loss``
+    is ``mse`` + the Matryoshka prefixes' MSEs + the L1 term; AuxK is optimised, not
+    reported (as JumpReLU's pre-activation loss)."""
+    sae = m.sae
+    with autocast or contextlib.nullcontext():
+        r = sae.training_loss(x, coeff=coeff, dead=dead)
+    for g in m.opt.param_groups:
+        g["lr"] = lr * g["lr_mult"]
+    m.zero_grad()
+    r.loss.backward()
+    sae.remove_parallel_grad_()
+    if tc.grad_clip > 0:
+        clip_grad_norm_(sae, tc.grad_clip)
+    m.step()
+    sae.unit_norm_decoder_()
+    return StepResult(r.mse + r.inner_mse + r.sparsity_loss, r.mse, r.sparsity_loss, r.l0,
+                      r.x_hat, r.fired)
 
 
 class StepPolicy(NamedTuple):
@@ -261,8 +330,8 @@ def step_policy(tc: TrainConfig) -> StepPolicy:
 def use_sparse(policy: StepPolicy, m: SweepMember, tc: TrainConfig) -> bool:
     """Whether ``m``'s next step takes the CSR kernel (``auto``: while the previous step's
     L0 was at most :data:`SPARSE_MAX_DENSITY` of the width)."""
-    return policy.sparse_ok and (tc.kernel == "sparse"
-                                 or m.prev_l0 <= SPARSE_MAX_DENSITY * m.sae.d_sae)
+    return policy.sparse_ok and isinstance(m.sae, JumpReLUSAE) and (
+        tc.kernel == "sparse" or m.prev_l0 <= SPARSE_MAX_DENSITY * m.sae.d_sae)
 
 
 def global_fve(x: Float[Tensor, "rows d_model"], x_hat: Float[Tensor, "rows d_model"]

@@ -1,7 +1,8 @@
-"""Train a sweep of JumpReLU SAEs (one per target L0) from one pass over activation batches.
+"""Train a sweep of SAEs (one per target L0) from one pass over activation batches.
 
-Every batch is read once and fed to every SAE of the sweep. The recipe is the paper's
-(PAPER.md): loss = sum_dims (x - x_hat)^2 (mean over batch) + a sparsity term, either
+Every batch is read once and fed to every SAE of the sweep. ``sae.architecture`` picks the
+SAE (:func:`sae_med.sae.factory.build_sae`). For JumpReLU (the default) the recipe is the
+paper's (PAPER.md): loss = sum_dims (x - x_hat)^2 (mean over batch) + a sparsity term, either
 ``target_l0``: c (L0/L0_target - 1)^2 or ``l0_penalty``: lambda L0, with L0 through the
 Heaviside straight-through estimator and the coefficient warmed up linearly; Adam
 (beta1 = 0), linear lr warmup and a linear decay to 0 over the last ``lr_decay_frac`` of the
@@ -9,6 +10,18 @@ steps, grad-norm clipping, decoder-parallel gradient removed before and decoder 
 renormalised after each step, and one input scale (E||x scale||^2 = 1) estimated on a
 separate stream and folded into the saved weights (with ``train.center_inputs`` the SAE
 trains on the centred x - E[x], and the mean is folded into its biases too).
+
+The other architectures take their own loss (sae-lens's) under the same optimiser, schedules,
+decoder constraint, clipping, normalisation and checkpoints: for the TopK family the target
+L0 is k and AuxK gets the latents dead over ``train.dead_window_tokens`` once that many
+tokens have passed (sae-lens's rule); a BatchTopK SAE learns its inference threshold as it
+trains. A ReLU SAE reaches its target through its L1 coefficient, which no config field
+sets: it starts small (:data:`sae_med.train.step.L1_COEFF_START`) and an integral
+controller on its log moves it toward the target L0 after every step
+(:data:`~sae_med.train.step.L1_CONTROLLER_GAIN`), so ``train.sparsity_coeff`` and its
+warm-up do not apply; the coefficient it ended at is saved in the SAE's metadata
+(``l1_coeff``) and logged as ``sparsity_coeff``. These architectures
+train in one process (not under ``torchrun``) with the dense kernel.
 
 Under ``torchrun`` the sweep trains data-parallel (see :mod:`sae_med.runtime`): every
 rank reads the same global batch and keeps its slice of the rows, gradients are summed
@@ -68,6 +81,8 @@ from sae_med.layout import (
     sae_dirname,
     snapshot_dir,
 )
+from sae_med.sae.base import LinearSAE
+from sae_med.sae.factory import build_sae
 from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.sae.kernels import pre_acts
 from sae_med.train.checkpoint import save_checkpoint, starting_state
@@ -178,12 +193,10 @@ def _kept(ckpt_path: Path, step: int | None) -> str:
 
 
 def _check_inputs(cfg: Config, source: BatchSource, d_model: int | None,
-                  init_saes: Sequence[JumpReLUSAE] | None) -> None:
+                  init_saes: Sequence[LinearSAE] | None) -> None:
     """Refuse a source, ``d_model``, ``init_saes`` or world size that does not fit ``cfg``."""
     sc = cfg.sae
-    if sc.architecture != "jumprelu":  # built and checked (sae.factory), not trained yet
-        raise TrainingError(f"sae.architecture={sc.architecture!r}: this trainer trains "
-                            f"JumpReLU SAEs only so far")
+    _check_architecture(cfg, init_saes)
     expected = {"d_model argument": d_model} if d_model is not None else {}
     for i, s in enumerate(init_saes or []):
         expected[f"init_saes[{i}]"] = s.d_model
@@ -200,6 +213,24 @@ def _check_inputs(cfg: Config, source: BatchSource, d_model: int | None,
     if bs % ws:
         raise TrainingError(f"train.batch_size={bs} does not split over {ws} ranks; use a "
                             f"multiple of the world size")
+
+
+def _check_architecture(cfg: Config, init_saes: Sequence[LinearSAE] | None) -> None:
+    """Refuse what only the JumpReLU trainer does (the CSR kernel, data-parallel ranks)
+    for another ``sae.architecture``, and ``init_saes`` of another architecture."""
+    arch = cfg.sae.architecture
+    for i, s in enumerate(init_saes or []):
+        if s.architecture != arch:
+            raise TrainingError(f"init_saes[{i}] is a {s.architecture!r} SAE, config "
+                                f"sae.architecture is {arch!r}")
+    if arch == "jumprelu":
+        return
+    if cfg.train.kernel == "sparse":
+        raise TrainingError(f"train.kernel=sparse is the JumpReLU SAE's CSR kernel; "
+                            f"sae.architecture={arch!r} trains with 'auto' or 'dense'")
+    if runtime.world_size() > 1:
+        raise TrainingError(f"sae.architecture={arch!r} trains in one process so far; "
+                            f"run it without torchrun")
 
 
 @dataclass
@@ -234,11 +265,12 @@ class _Sweep:
 
 def _new_members(cfg: Config, source: BatchSource, out_dir: Path, norm: InputNorm,
                  policy: StepPolicy, state: dict[str, Any] | None,
-                 init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str,
+                 init_saes: Sequence[LinearSAE] | None, train_corpus: str,
                  replicate: int) -> list[SweepMember]:
     """One :class:`SweepMember` per target, on the device: ``init_saes`` moved into the
-    training space, or the paper's init from :func:`init_seed` (thresholds at the target's
-    quantile with ``sae.threshold_init: target_quantile`` when not resuming)."""
+    training space, or the paper's init from :func:`init_seed` (a JumpReLU SAE's
+    thresholds at the target's quantile with ``sae.threshold_init: target_quantile`` when
+    not resuming)."""
     sc, bs = cfg.sae, cfg.train.batch_size
     members = []
     for i, target in enumerate(sc.l0_targets):
@@ -247,10 +279,10 @@ def _new_members(cfg: Config, source: BatchSource, out_dir: Path, norm: InputNor
         else:
             gen = torch.Generator().manual_seed(
                 init_seed(cfg.seed, train_corpus, target, replicate))
-            sae = JumpReLUSAE(source.d_model, sc.width, bandwidth=sc.bandwidth,
-                              init_threshold=sc.init_threshold, generator=gen)
+            sae = build_sae(sc, source.d_model, target, generator=gen)
             sae.input_scale.fill_(norm.scale)
-            if sc.threshold_init == "target_quantile" and state is None:
+            if (isinstance(sae, JumpReLUSAE) and sc.threshold_init == "target_quantile"
+                    and state is None):
                 order_seed = batch_seed(cfg.seed, replicate)
                 init_threshold_at_target_(sae, norm.apply(next(source.iter_batches(
                     bs, derived_seed(order_seed, "threshold")))), target, sc.init_threshold)
@@ -310,10 +342,11 @@ def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
     is_log = (step + 1) % tc.log_every == 0 or step + 1 == n_steps
     before = step * tc.batch_size
     for m, f in zip(sw.members, metric_files, strict=True):
-        # the pre-activation loss starts once a whole window has passed (sae-lens's rule)
+        # the pre-activation loss and AuxK start once a whole window has passed (sae-lens)
         dead = m.dead(before, tc.dead_window_tokens) if (
-            tc.pre_act_loss > 0 and before >= tc.dead_window_tokens) else None
-        r = train_step(m, x, lr, coeff, tc, use_sparse(sw.policy, m, tc), autocast, dead)
+            m.uses_dead_mask(tc) and before >= tc.dead_window_tokens) else None
+        m_coeff = m.sparsity_coeff(coeff)
+        r = train_step(m, x, lr, m_coeff, tc, use_sparse(sw.policy, m, tc), autocast, dead)
         if not torch.isfinite(r.loss):
             where = sw.source.describe_batch(step, tc.batch_size, sw.order_seed)
             raise TrainingError(
@@ -322,9 +355,11 @@ def _step_members(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
         m.last_fired.masked_fill_(r.fired, tokens)  # no host sync on GPU
         if sw.policy.sparse_ok:
             m.prev_l0 = float(r.l0)
+        if m.l1_coeff is not None:
+            m.follow_target_(float(r.l0))
         if is_log:
             dead = m.dead(tokens, tc.dead_window_tokens)
-            m.last = TrainMetrics(step + 1, tokens, lr, coeff, float(r.loss), float(r.mse),
+            m.last = TrainMetrics(step + 1, tokens, lr, m_coeff, float(r.loss), float(r.mse),
                                   float(r.sparsity_loss), float(r.l0),
                                   global_fve(x, r.x_hat), float(dead.float().mean()))
             if f is not None:
@@ -388,7 +423,8 @@ def _save_saes(sw: _Sweep, steps: int, budget: int | None = None) -> None:
                           if sw.paper_init else None),
             "batch_seed": sw.order_seed, "steps": steps, "tokens": steps * bs,
             "run_key": sw.key, "input_scale": sw.norm.scale,
-            **({"snapshot_tokens": budget} if budget is not None else {})})
+            **({"snapshot_tokens": budget} if budget is not None else {}),
+            **({"l1_coeff": m.l1_coeff} if m.l1_coeff is not None else {})})
         write_json_atomic(out / CONFIG_NAME, sw.cfg.to_dict())
 
 
@@ -433,10 +469,11 @@ def sweep_finished(cfg: Config, source: BatchSource, out_dir: str | Path,
 
 def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bool = False,
                progress: bool = True, d_model: int | None = None,
-               init_saes: Sequence[JumpReLUSAE] | None = None, train_corpus: str = "",
+               init_saes: Sequence[LinearSAE] | None = None, train_corpus: str = "",
                replicate: int = 0, retrain_other_run: bool = False, bar_position: int = 0
                ) -> list[TrainResult]:
-    """Train one JumpReLU SAE per ``cfg.sae.l0_targets`` from one pass over ``source``.
+    """Train one SAE of ``cfg.sae.architecture`` per ``cfg.sae.l0_targets`` from one pass
+    over ``source``.
 
     Args:
         cfg: resolved config (``cfg.sae``, ``cfg.train``, ``cfg.seed``).
@@ -447,8 +484,9 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
             a finished sweep is reused from its saved metadata (:func:`finished_results`).
         progress: show a tqdm bar.
         d_model: expected activation width; a mismatch with ``source.d_model`` is an error.
-        init_saes: optional starting SAEs (raw-activation space, e.g. loaded with
-            :meth:`JumpReLUSAE.load`), one per target, instead of the paper's init.
+        init_saes: optional starting SAEs of the config's architecture (raw-activation
+            space, e.g. loaded with :func:`sae_med.sae.factory.load_sae`), one per target,
+            instead of the paper's init.
         train_corpus: name of the corpus ``source`` holds; with ``replicate`` it seeds each
             SAE's initialisation (:func:`init_seed`) and goes into its metadata.
         replicate: seed replicate of this sweep (:func:`batch_seed`, :func:`init_seed`).
@@ -470,7 +508,7 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
 
 @_holding_run_lock
 def _train(cfg: Config, source: BatchSource, out_dir: Path, resume: bool, progress: bool,
-           init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str, replicate: int,
+           init_saes: Sequence[LinearSAE] | None, train_corpus: str, replicate: int,
            retrain_other_run: bool, bar_position: int) -> list[TrainResult]:
     """:func:`train_saes` after its checks, holding the folder's lock."""
     sw = _start(cfg, source, out_dir, resume, init_saes, train_corpus, replicate,
@@ -488,7 +526,7 @@ def _train(cfg: Config, source: BatchSource, out_dir: Path, resume: bool, progre
 
 
 def _start(cfg: Config, source: BatchSource, out_dir: Path, resume: bool,
-           init_saes: Sequence[JumpReLUSAE] | None, train_corpus: str, replicate: int,
+           init_saes: Sequence[LinearSAE] | None, train_corpus: str, replicate: int,
            retrain_other_run: bool) -> _Sweep:
     """The sweep set up in ``out_dir``: fresh, or restored from its checkpoint."""
     tc = cfg.train
@@ -508,7 +546,8 @@ def _start(cfg: Config, source: BatchSource, out_dir: Path, resume: bool,
                 paper_init=init_saes is None)
     sw.start = _restore(sw, state)
     for m in members if policy.compile else []:
-        m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
+        if isinstance(m.sae, JumpReLUSAE):  # the other architectures step eagerly
+            m.compiled = torch.compile(functools.partial(dense_terms, m.sae))
     _log_start(sw)
     return sw
 

@@ -20,15 +20,12 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEC
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from torch import Tensor
 
-from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import SAE_ARCHITECTURES, ConfigError, SAEConfig, load_config
 from sae_med.sae.base import LinearSAE, SAECheckpointError
 from sae_med.sae.factory import CLASSES, build_sae, load_sae, to_sae_lens
 from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.sae.relu import ReLUSAE
 from sae_med.sae.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
-from sae_med.train.records import TrainingError
-from sae_med.train.sweep import train_saes
 
 # seeding comes from conftest's autouse fixture
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -269,15 +266,6 @@ def test_constructor_errors():
         MatryoshkaSAE(D_MODEL, D_SAE, k=4, prefixes=(24, 8))
     with pytest.raises(NotImplementedError, match="fast path"):
         ReLUSAE(D_MODEL, D_SAE)(torch.randn(2, D_MODEL), fast=True)
-
-
-def test_trainer_refuses_an_architecture_it_cannot_train_yet(tmp_path):
-    """Until the trainer takes them, a non-JumpReLU config must not train JumpReLU SAEs."""
-    cfg = load_config(None, ["sae.architecture=topk", "sae.width=64", "sae.l0_targets=[4]"])
-    with pytest.raises(TrainingError, match="sae.architecture='topk'"):
-        train_saes(cfg, TensorBatchSource(torch.randn(256, D_MODEL)), tmp_path / "run",
-                   progress=False)
-    assert not list((tmp_path / "run").glob("l0_*"))  # no SAE folder was started
 
 
 def _sparse_data(n: int, gen: torch.Generator, dirs: Tensor) -> Tensor:
