@@ -1,7 +1,9 @@
 """Print the headline tables of an experiment's results JSON (value [95% interval]): every
 SAE (one row per seed replicate) on every eval corpus, the across-seed family means, the
 train x eval matrix, the paired gaps between every pair of training corpora at each target
-L0 and at matched FVE (`*`: the interval excludes 0), each side's home advantage (own SAE
+L0, at matched FVE and, where the file has them, at matched typical FVE (`*`: the interval
+excludes 0; the matched tables say how many bootstrap replicates each row left out), each
+side's home advantage (own SAE
 minus another on own text), the difference-in-differences and placebo contrasts with their
 verdicts, and the domain SAE against each SAE that saw the domain in a mix. Given several
 results files (one per model of a config and its replications), it prints the per-model
@@ -56,6 +58,9 @@ BASELINES = ["ce_clean", "ce_zero", "ce_mean_ablation"]
 MATCHED = ["l0", "delta_ce", "loss_recovered", "loss_recovered_mean",
            "dark_matter.r2_error_mean", "dark_matter.fvu_linear",
            "dark_matter.fvu_nonlinear"]
+TYPICAL_MATCHED = ["fve", *MATCHED]
+"""The gaps at matched typical FVE (the pooled FVE among them: what massive-activation
+tokens carry)."""
 HOME = ["fve", "fve_typical", "delta_ce", "loss_recovered", "dark_matter.r2_error_mean"]
 """The metrics of the home-advantage and difference-in-differences tables."""
 MATRIX = ["fve_typical", "delta_ce"]
@@ -99,7 +104,12 @@ def comparisons(path: str) -> None:
         comp.families, MATRIX, cfg.train_corpora, cfg.eval_corpora))
     show("Gaps at each target L0 (training corpus minus versus)",
          gap_table(comp.gaps, METRICS, by=PAIR))
-    show("Gaps at matched FVE", gap_table(comp.gaps, MATCHED, basis="fve", by=PAIR))
+    show("Gaps at matched FVE", gap_table(comp.gaps, MATCHED, basis="fve", by=PAIR,
+                                          dropped=True))
+    if (comp.gaps.basis == "fve_typical").any():  # results schema 8 on
+        show("Gaps at matched typical FVE (a report beside the claims, not judged)",
+             gap_table(comp.gaps, TYPICAL_MATCHED, basis="fve_typical", by=PAIR,
+                       dropped=True))
     show("Each side on its own held-out text, with its training-window dead fraction "
          "(mean over seeds, min-max)", own_text_table(
              comp.families, home_sides(cfg), training_dead_fractions(load_results(path))))
@@ -162,8 +172,12 @@ def models(paths: list[str]) -> None:
              ["fve", "fve_typical", "delta_ce", "loss_recovered_mean",
               "dark_matter.r2_error_mean"], "l0_target"),
             ("... and at matched FVE", ["l0", "delta_ce", "dark_matter.r2_error_mean"],
-             "fve")):
-        show(title, gap_table_by_model(runs, first, second, metrics, basis))
+             "fve"),
+            ("... and at matched typical FVE (not judged)",
+             ["fve", "l0", "delta_ce", "dark_matter.r2_error_mean"], "fve_typical")):
+        if basis != "fve_typical" or any((r.comparisons.gaps.basis == basis).any()
+                                         for r in runs):  # typical: results schema 8 on
+            show(title, gap_table_by_model(runs, first, second, metrics, basis))
 
 
 if __name__ == "__main__":

@@ -193,10 +193,11 @@ glue("dark_matter_home_table", dm_home["l0_target"], display=False)
 # SAE scores better on dark matter for that reason alone. Here each family's scores are
 # interpolated along its L0 sweep to the same FVE values (per seed replicate, inside every
 # bootstrap replicate, within the FVE range both families cover): what remains is the
-# difference *beyond* what the higher FVE explains.
+# difference *beyond* what the higher FVE explains. The last column counts the bootstrap
+# replicates each row left out (a drawn sweep did not reach that FVE).
 
 # %%
-at_fve = gap_table(med_gaps, dm_names, basis="fve")
+at_fve = gap_table(med_gaps, dm_names, basis="fve", dropped=True)
 display(at_fve)
 dm_dropped = dropped_sentence(med_gaps, dm_names, medical)
 print(dm_dropped)

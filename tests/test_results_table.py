@@ -5,6 +5,7 @@ advantage, the difference-in-differences and placebo contrasts and the mix's ver
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 from synthetic_runs import write_synthetic_results
@@ -52,6 +53,27 @@ def test_default_run_tables(results_table, tmp_path, capsys):
     cost = section(out, "What mixed_10 gives up: mixed_10 minus broad on broad text")
     assert "-0.020 [" in cost
     assert "Placebo verdicts" not in out  # no placebo domain in the default
+    for title in ("Gaps at matched FVE", "Gaps at matched typical FVE (a report beside the "
+                                         "claims, not judged)"):
+        matched = section(out, title)
+        assert "replicates left out" in matched.splitlines()[0]
+        assert " of 200 (" in matched  # each row's drop share of the synthetic 200
+
+
+def test_a_schema_7_file_prints_without_the_typical_table(results_table, tmp_path, capsys):
+    """Results written before matched typical FVE (schema 7) still read: the table at
+    matched typical FVE is left out, the rest printed."""
+    path = write_synthetic_results(tmp_path / "results.json",
+                                   load_config(PROJECT_ROOT / "configs" / "smoke.yaml"), SHIFT)
+    doc = json.loads(path.read_text())
+    doc["schema_version"] = 7
+    for key in ("families", "gaps", "contrasts"):
+        doc[key] = [{k: v for k, v in r.items() if k != "fve_typical"} for r in doc[key]
+                    if r.get("basis") != "fve_typical"]
+    path.write_text(json.dumps(doc))
+    results_table.comparisons(str(path))
+    out = capsys.readouterr().out
+    assert "Gaps at matched FVE" in out and "matched typical FVE" not in out
 
 
 def test_domains_run_prints_placebo_verdicts(results_table, tmp_path, capsys):

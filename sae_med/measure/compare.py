@@ -18,7 +18,9 @@ piecewise linear between target L0s) inside every bootstrap replicate, on a grid
 values inside all sweeps' common range (NaN where a replicate's sweep does not reach).
 Those replicates are left out of the interval and counted (``dropped`` of ``n_boot`` on
 every family, gap and step), so a reader sees how much of the bootstrap a matched
-comparison rests on.
+comparison rests on. The same is done at **matched typical FVE** (basis ``fve_typical``,
+the FVE without massive-activation tokens as the fidelity axis): a report beside the
+pooled axis, which no claim judges.
 """
 
 from __future__ import annotations
@@ -38,12 +40,20 @@ log = logging.getLogger(__name__)
 
 FVE_METRIC = "fve"
 """The fidelity axis of matched-FVE comparisons (centred FVE over all eval tokens)."""
+TYPICAL_FVE_METRIC = "fve_typical"
+"""The second fidelity axis: the FVE over typical tokens (no massive activation)."""
 MATCHED_METRICS = ("l0", "delta_ce", "loss_recovered", "loss_recovered_mean", "kl_score",
                    "dark_matter.r2_error_mean", "dark_matter.r2_error_pooled",
                    "dark_matter.r2_norm", "dark_matter.fvu_linear",
                    "dark_matter.fvu_nonlinear", "dark_matter.fvu_sae")
 """Metrics also compared at matched FVE (when present)."""
-Basis = Literal["l0_target", "fve"]
+Basis = Literal["l0_target", "fve", "fve_typical"]
+MATCHED_AXES: Mapping[Basis, tuple[str, tuple[str, ...]]] = {
+    "fve": (FVE_METRIC, MATCHED_METRICS),
+    "fve_typical": (TYPICAL_FVE_METRIC, (FVE_METRIC, *MATCHED_METRICS))}
+"""Matched bases: ``{basis: (the metric of its grid, the metrics compared on it)}``. At
+matched typical FVE the pooled FVE is compared too: a pooled gap left at equal typical
+FVE is carried by the massive-activation tokens."""
 Verdict = Literal["supported", "not supported", "not separable from FVE",
                   "supported at the same L0; no common FVE range",
                   "not judged: SAEs below the quality bar"]
@@ -138,8 +148,8 @@ class FamilyScore:
     metric: str
     basis: Basis
     at: float
-    """The target L0 (basis ``l0_target``) or the FVE (basis ``fve``); in the dicts, the
-    ``l0_target`` or ``fve`` key (the other is None)."""
+    """The target L0 (basis ``l0_target``), the FVE (basis ``fve``) or the typical FVE
+    (basis ``fve_typical``); in the dicts, the key named by the basis (the others None)."""
     interval: Interval
     seed_values: tuple[float | None, ...]
     """Each replicate's point value (in replicate order)."""
@@ -210,8 +220,9 @@ def replicate_counts(d: Draws) -> dict[str, int]:
 
 
 def _position(basis: Basis, at: float) -> dict[str, Any]:
+    """The row's position: ``basis`` and one key per basis, ``at`` under its own."""
     return {"basis": basis, "l0_target": at if basis == "l0_target" else None,
-            "fve": at if basis == "fve" else None}
+            **{b: at if basis == b else None for b in MATCHED_AXES}}
 
 
 FamilyKey = tuple[str, str, Basis, float]
@@ -230,9 +241,9 @@ class Comparison(NamedTuple):
 def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[str],
             seed: int, level: float = LEVEL) -> Comparison:
     """Across-seed family scores and gaps (every training corpus minus each later one of
-    ``train_corpora``) for every metric at every target L0, and for
-    :data:`MATCHED_METRICS` at matched FVE; and each family's :class:`Step` between
-    consecutive target L0s.
+    ``train_corpora``) for every metric at every target L0, and at matched FVE and
+    matched typical FVE for the metrics of :data:`MATCHED_AXES`; and each family's
+    :class:`Step` between consecutive target L0s.
 
     Every :class:`SaeDraws` must come from one :class:`DocResample` of ``eval_corpus`` (same
     n_boot); seed replicates are drawn per training corpus with a generator derived from
@@ -268,14 +279,17 @@ def compare(saes: Sequence[SaeDraws], eval_corpus: str, train_corpora: Sequence[
             for m in metrics:
                 if all(m in s.draws for s in members):
                     add(c, m, "l0_target", t, [s.draws[m] for s in members])
-    grid = _matched_grid(by, corpora, reps, targets)
-    for c in corpora:
-        for m in (m for m in MATCHED_METRICS if m in metrics):
-            per_seed = [matched([by[(c, t)][i].draws[FVE_METRIC] for t in targets],
-                                [by[(c, t)][i].draws[m] for t in targets], grid)
-                        for i in range(len(reps[c]))]
-            for g, at in enumerate(grid):
-                add(c, m, "fve", round(float(at), 6), [p[g] for p in per_seed])
+    for basis, (axis, compared) in MATCHED_AXES.items():
+        if axis not in metrics:
+            continue
+        grid = _matched_grid(by, corpora, reps, targets, axis)
+        for c in corpora:
+            for m in (m for m in compared if m in metrics):
+                per_seed = [matched([by[(c, t)][i].draws[axis] for t in targets],
+                                    [by[(c, t)][i].draws[m] for t in targets], grid)
+                            for i in range(len(reps[c]))]
+                for g, at in enumerate(grid):
+                    add(c, m, basis, round(float(at), 6), [p[g] for p in per_seed])
     return Comparison(families, _gaps(fam, eval_corpus, corpora, level),
                       _steps(fam, eval_corpus, targets, level), fam)
 
@@ -316,21 +330,25 @@ def _steps(fam: Mapping[FamilyKey, Draws], eval_corpus: str,
 
 
 def _matched_grid(by: Mapping[tuple[str, float], list[SaeDraws]], corpora: Sequence[str],
-                  reps: Mapping[str, list[int]], targets: Sequence[float]) -> np.ndarray:
-    """The common FVE grid (one point per target) of every complete sweep, or empty."""
+                  reps: Mapping[str, list[int]], targets: Sequence[float],
+                  axis: str = FVE_METRIC) -> np.ndarray:
+    """The common grid of ``axis`` (one point per target) of every complete sweep, or
+    empty."""
     if len(corpora) < 1 or len(targets) < 2:
         return np.zeros(0)
     sweeps = []
     for c in corpora:
-        if any(len(by.get((c, t), [])) != len(reps[c]) for t in targets):
+        if any(len(by.get((c, t), [])) != len(reps[c])
+               or any(axis not in s.draws for s in by[(c, t)]) for t in targets):
             return np.zeros(0)
         for i in range(len(reps[c])):
-            sweeps.append([by[(c, t)][i].draws[FVE_METRIC].point for t in targets])
+            sweeps.append([by[(c, t)][i].draws[axis].point for t in targets])
     if not all(np.isfinite(v) for s in sweeps for v in s):
         return np.zeros(0)
     grid = fve_grid(sweeps, len(targets))
     if len(grid) == 0:
-        log.warning("the FVE ranges of the sweeps do not overlap: no matched-FVE comparison")
+        log.warning("the %s ranges of the sweeps do not overlap: no comparison at matched %s",
+                    axis, axis)
     return grid
 
 

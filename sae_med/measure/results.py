@@ -18,19 +18,24 @@ from sae_med.measure.bootstrap import (
     Interval,
     finite_or_none,
 )
-from sae_med.measure.compare import Comparison, Contrast
+from sae_med.measure.compare import TYPICAL_FVE_METRIC, Comparison, Contrast
 from sae_med.measure.dark_matter import DarkMatterResult
 from sae_med.measure.metrics import (
     DensityHistogram,
 )
 
-SCHEMA_VERSION = 7
-"""Version of ``results.json`` (5 resampled documents, not their groups, and counted no
-dropped matched-FVE replicates; 4 had no steps between target L0s; 3 had no fve_typical;
-2 had no seed replicates, family means or gaps; 1 had no dark-matter intervals)."""
+SCHEMA_VERSION = 8
+"""Version of ``results.json`` (7 had no rows at matched typical FVE, basis
+``fve_typical``; 6 had no contrasts; 5 resampled documents, not their groups, and
+counted no dropped matched-FVE replicates; 4 had no steps between target L0s; 3 had no
+fve_typical; 2 had no seed replicates, family means or gaps; 1 had no dark-matter
+intervals)."""
+READABLE_SCHEMAS = (7, SCHEMA_VERSION)
+"""Versions :func:`read_results` accepts: a version 7 file is a version 8 file without the
+matched-typical-FVE rows, which every reader shows only where present."""
 RECON_METRICS = ("l0", "fve", "fve_uncentered", "mse", "rel_bias")
 """Bootstrapped from per-document sums (:class:`~sae_med.measure.metrics.DocMetrics` fields)."""
-TYPICAL_METRICS = ("fve_typical",)
+TYPICAL_METRICS = (TYPICAL_FVE_METRIC,)
 """Bootstrapped from the per-document sums of typical tokens (no massive activation)."""
 POINT_METRICS = ("fve_batch_mean", "dead_frac", "dense_frac", "massive_tokens")
 """No interval: a per-batch average and set-level counts, not ratios of document sums."""
@@ -229,9 +234,10 @@ def write_results(rows: Sequence[ResultRow | Mapping[str, Any]], cfg: Config, pa
 
 def read_results(path: str | Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text())
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    if doc.get("schema_version") not in READABLE_SCHEMAS:
         raise ValueError(f"{path}: results schema {doc.get('schema_version')!r}, this "
-                         f"sae-med reads {SCHEMA_VERSION}; rerun the evaluate stage")
+                         f"sae-med reads {', '.join(map(str, READABLE_SCHEMAS))}; rerun "
+                         "the evaluate stage")
     return doc
 
 

@@ -215,21 +215,29 @@ def gap_intervals(gaps: Any, metric: str, eval_corpus: str, basis: str = "l0_tar
     return row_intervals(sel)
 
 
-def dropped_sentence(gaps: Any, metrics: Sequence[str], eval_corpus: str) -> str:
-    """How many bootstrap replicates the matched-FVE gaps of ``metrics`` on
-    ``eval_corpus`` left out (a drawn sweep did not reach the grid FVE), per metric at its
-    worst FVE: one sentence, for beside a matched-FVE table."""
-    sel = gaps[(gaps.basis == "fve") & (gaps.eval_corpus == eval_corpus)
+MATCHED_WORDS = {"fve": "FVE", "fve_typical": "typical FVE"}
+"""The fidelity axis of each matched basis, in words."""
+
+
+def dropped_sentence(gaps: Any, metrics: Sequence[str], eval_corpus: str,
+                     basis: str = "fve") -> str:
+    """How many bootstrap replicates the gaps of ``metrics`` on ``eval_corpus`` at a
+    matched ``basis`` (``fve`` or ``fve_typical``) left out (a drawn sweep did not reach
+    the grid point), per metric at its worst grid point: one sentence, for beside a
+    matched table."""
+    axis = MATCHED_WORDS[basis]
+    sel = gaps[(gaps.basis == basis) & (gaps.eval_corpus == eval_corpus)
                & gaps.metric.isin(metrics)]
     if sel.empty:
-        return "No matched-FVE comparison, so no replicate was left out."
+        return f"No comparison at matched {axis}, so no replicate was left out."
     parts = []
     for m in (m for m in metrics if m in set(sel.metric)):
         worst = sel[sel.metric == m].sort_values("dropped").iloc[-1]
         parts.append(f"{m} {int(worst.dropped):,} of {int(worst.n_boot):,} "
-                     f"({worst.dropped / max(worst.n_boot, 1):.1%}, at FVE {worst.fve:.3f})")
-    return ("Bootstrap replicates left out at matched FVE (a drawn sweep did not reach "
-            "that FVE), at the worst grid point: " + "; ".join(parts) + ".")
+                     f"({worst.dropped / max(worst.n_boot, 1):.1%}, at {axis} "
+                     f"{worst[basis]:.3f})")
+    return (f"Bootstrap replicates left out at matched {axis} (a drawn sweep did not reach "
+            f"that {axis}), at the worst grid point: " + "; ".join(parts) + ".")
 
 
 def step_intervals(steps: Any, train_corpus: str, eval_corpus: str, metric: str

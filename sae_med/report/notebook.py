@@ -84,20 +84,32 @@ def interval_cell(iv: Any, digits: int) -> str:
                  digits)
 
 
+DROPPED_COLUMN = "replicates left out"
+"""The column :func:`gap_table` adds with ``dropped=True``."""
+
+
 def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digits: int = 3,
-              by: Sequence[str] = ()) -> Any:
+              by: Sequence[str] = (), dropped: bool = False) -> Any:
     """Wide table of gaps, "value [low, high]" with a ``*`` where the 95% interval
-    excludes 0: rows (eval corpus, target L0 or FVE, then the columns ``by``, e.g. a
-    learning curve's ``tokens``), one column per metric."""
+    excludes 0: rows (eval corpus, target L0, FVE or typical FVE as ``basis`` says, then
+    the columns ``by``, e.g. a learning curve's ``tokens``), one column per metric; with
+    ``dropped``, a last column :data:`DROPPED_COLUMN`: the most bootstrap replicates any
+    gap of the row left out (its ``dropped`` of ``n_boot``, and the share)."""
     at = basis
     df = gaps[(gaps.basis == basis) & gaps.metric.isin(metrics)].copy()
     if df.empty:
         return df
     df["text"] = [_cell(r.value, r.low, r.high, digits) + (" *" if r.excludes_zero else "")
                   for r in df.itertuples()]
-    wide = df.pivot_table(index=["eval_corpus", at, *by], columns="metric", values="text",
-                          aggfunc="first")
-    return wide[[m for m in metrics if m in wide.columns]]
+    index = ["eval_corpus", at, *by]
+    wide = df.pivot_table(index=index, columns="metric", values="text", aggfunc="first")
+    wide = wide[[m for m in metrics if m in wide.columns]]
+    if dropped:
+        worst = df.sort_values("dropped").groupby(index).last()
+        wide = wide.assign(**{DROPPED_COLUMN: [
+            f"{int(r.dropped):,} of {int(r.n_boot):,} ({r.dropped / max(r.n_boot, 1):.1%})"
+            for r in worst.loc[wide.index].itertuples()]})
+    return wide
 
 
 def gap_table_by_model(runs: Sequence[Any], first: str, second: str, metrics: Sequence[str],

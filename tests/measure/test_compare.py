@@ -158,6 +158,85 @@ def test_matched_fve_counts_the_replicates_it_drops():
     assert all(g.dropped == 0 for g in out.gaps if g.basis == "l0_target")
 
 
+def two_axis_saes(jitter: float = 0.0, seed: int = 0) -> tuple[list[SaeDraws], dict]:
+    """One seed per family; along the sweep (targets 10, 20, 40) the medical SAE has the
+    lower pooled FVE and the higher typical FVE (a massive token it reconstructs badly),
+    with ΔCE linear in each FVE: pooled FVE (0.60, 0.70, 0.80) and typical (0.70, 0.80,
+    0.90) for medical, (0.65, 0.75, 0.85) and (0.60, 0.70, 0.80) for broad; ΔCE (0.50,
+    0.40, 0.30) and (0.55, 0.45, 0.35). Each replicate's FVEs are the points plus
+    ``jitter`` noise (some then miss a grid point); returns the SAEs and each family's
+    replicate sweeps ``{(corpus, metric): (n_boot, targets)}``."""
+    rng = np.random.default_rng(seed)
+    points = {"medical": {"fve": (0.60, 0.70, 0.80), "fve_typical": (0.70, 0.80, 0.90),
+                          "delta_ce": (0.50, 0.40, 0.30)},
+              "broad": {"fve": (0.65, 0.75, 0.85), "fve_typical": (0.60, 0.70, 0.80),
+                        "delta_ce": (0.55, 0.45, 0.35)}}
+    reps = {(c, m): np.array(v) + (jitter if m != "delta_ce" else 0.0)
+            * rng.standard_normal((N_BOOT, 3)) for c, ms in points.items()
+            for m, v in ms.items()}
+    saes = [SaeDraws(c, t, 0, {m: Draws(v[i], reps[(c, m)][:, i]) for m, v in ms.items()})
+            for c, ms in points.items() for i, t in enumerate(TARGETS)]
+    return saes, reps
+
+
+def test_matched_typical_fve_is_a_second_axis_with_its_own_grid_and_answer():
+    """Known answers on both axes. Pooled grid: the common range [0.65, 0.80] in three
+    bins; medical ΔCE 0.5 − (f − 0.6), broad 0.55 − (f − 0.65): a gap of −0.10 at every
+    point. Typical grid: [0.70, 0.80]; medical ΔCE 0.5 − (t − 0.7), broad 0.55 − (t −
+    0.6): a gap of +0.05, the other sign; the pooled FVE there is t − 0.1 against t + 0.05
+    (a gap of −0.15: what the massive token carries). No jitter, nothing dropped."""
+    saes, _ = two_axis_saes()
+    out = compare(saes, "medical", ("medical", "broad"), seed=0)
+
+    def gaps(metric, basis):
+        return sorted((g for g in out.gaps if g.metric == metric and g.basis == basis),
+                      key=lambda g: g.at)
+
+    pooled, typical = gaps("delta_ce", "fve"), gaps("delta_ce", "fve_typical")
+    assert [g.at for g in pooled] == pytest.approx([0.675, 0.725, 0.775])
+    assert [g.at for g in typical] == pytest.approx([0.70 + 0.1 * (k + 0.5) / 3
+                                                     for k in range(3)], abs=1e-6)
+    assert all(g.interval.value == pytest.approx(-0.10) for g in pooled)
+    assert all(g.interval.value == pytest.approx(0.05) for g in typical)
+    assert all(g.interval.value == pytest.approx(-0.15)
+               for g in gaps("fve", "fve_typical"))
+    assert not gaps("fve", "fve") and not gaps("fve_typical", "fve")  # not its own axis
+    assert all(g.dropped == 0 and g.n_boot == N_BOOT for g in out.gaps)
+    row = typical[0].to_dict()
+    assert (row["basis"], row["fve"], row["l0_target"]) == ("fve_typical", None, None)
+    assert row["fve_typical"] == typical[0].at
+
+
+def test_matched_typical_fve_counts_its_own_drops():
+    """With jittered replicate sweeps, each typical-FVE gap's ``dropped`` is the number of
+    replicates where either family's *typical* sweep misses the grid point (counted here
+    directly), not its pooled sweep; the table and the sentence state the share."""
+    import pandas as pd
+
+    from sae_med.report.claims import dropped_sentence
+    from sae_med.report.notebook import DROPPED_COLUMN, gap_table
+
+    saes, reps = two_axis_saes(jitter=0.03)
+    out = compare(saes, "medical", ("medical", "broad"), seed=0)
+    for basis in ("fve", "fve_typical"):
+        rows = [g for g in out.gaps if g.metric == "delta_ce" and g.basis == basis]
+        assert len(rows) == 3
+        for g in rows:
+            miss = [(g.at < r.min(1)) | (g.at > r.max(1))
+                    for r in (reps[("medical", basis)], reps[("broad", basis)])]
+            assert g.dropped == int((miss[0] | miss[1]).sum())
+    typical = [g for g in out.gaps if g.metric == "delta_ce" and g.basis == "fve_typical"]
+    assert sum(g.dropped for g in typical) > 0  # the jitter pushes some out
+    worst = max(typical, key=lambda g: g.dropped)
+    frame = pd.DataFrame([g.to_dict() for g in out.gaps])
+    table = gap_table(frame, ["delta_ce"], basis="fve_typical", dropped=True)
+    cell = table.loc[("medical", worst.at), DROPPED_COLUMN]
+    assert cell == f"{worst.dropped:,} of {N_BOOT:,} ({worst.dropped / N_BOOT:.1%})"
+    sentence = dropped_sentence(frame, ["delta_ce"], "medical", basis="fve_typical")
+    assert (f"delta_ce {worst.dropped:,} of {N_BOOT:,} ({worst.dropped / N_BOOT:.1%}, "
+            f"at typical FVE {worst.at:.3f})") in sentence
+
+
 def test_verdicts():
     yes, no = Interval(0.1, 0.05, 0.15), Interval(0.1, -0.02, 0.2)
     assert verdict([yes, yes]) == "supported"

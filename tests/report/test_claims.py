@@ -209,7 +209,25 @@ def test_dropped_sentence_names_the_worst_matched_fve_drop():
     assert "loss_recovered 300 of 2,000 (15.0%, at FVE 0.800)" in sentence
     assert "delta_ce" not in sentence  # no matched rows of it
     none = dropped_sentence(pd.DataFrame(rows[-1:]), ["loss_recovered"], "medical")
-    assert none.startswith("No matched-FVE comparison")
+    assert none.startswith("No comparison at matched FVE")
+    typical = [r | {"basis": "fve_typical", "fve": None, "fve_typical": r["fve"]}
+               for r in rows[:3]]
+    assert dropped_sentence(pd.DataFrame(rows + typical), ["loss_recovered"], "medical",
+                            basis="fve_typical") == (
+        "Bootstrap replicates left out at matched typical FVE (a drawn sweep did not reach "
+        "that typical FVE), at the worst grid point: loss_recovered 300 of 2,000 (15.0%, "
+        "at typical FVE 0.800).")
+
+
+def test_rows_at_matched_typical_fve_judge_no_claim():
+    """Gaps at matched typical FVE are a report beside the claims: rows there that would
+    fail the loss and dark-matter claims change no verdict."""
+    typical = [gap(m, 0.0, -0.1, 0.1, basis="fve", at=0.7) | {
+                   "basis": "fve_typical", "fve": None, "fve_typical": 0.7}
+               for m in ("loss_recovered", "dark_matter.r2_error_mean")]
+    for key in ("fve", "loss", "dark_matter"):
+        assert claim_verdict(tables(GOOD + typical), key, "medical", "broad") == \
+            claim_verdict(tables(GOOD), key, "medical", "broad")
 
 
 def test_a_sensitivity_check_is_never_counted_as_a_claim():
