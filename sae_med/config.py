@@ -62,9 +62,17 @@ class ModelConfig:
     results are keyed apart. Residuals and logits are handed on in fp32 either way. The
     field's default stays fp32, so configs that never set it keep exact forwards and their
     keys; ``configs/default.yaml`` sets ``auto``."""
+    random_init_seed: int | None = None
+    """The random-weights control (``configs/random_weights.yaml``): every weight drawn
+    afresh by the model config's own initialiser from this seed, so the architecture,
+    tokenizer and forward stay and everything training taught the model is gone. Part of the
+    model's identity, so its caches, SAEs and results are keyed apart. None: the trained
+    weights."""
 
     def __post_init__(self) -> None:
         _check(self.hook_layer >= 0, "model.hook_layer", "must be >= 0")
+        _check(self.random_init_seed is None or self.random_init_seed >= 0,
+               "model.random_init_seed", "must be >= 0 (or null for the trained weights)")
         _check(self.dtype in MODEL_DTYPES, "model.dtype", f"must be one of {MODEL_DTYPES}")
         _check_device(self.device, "model.device")
 
@@ -430,7 +438,8 @@ on only to a config that keeps its run name (the same runs, e.g. ``long.yaml`` a
 learning curve to the default), and the runs they describe have none of their own."""
 DROPPED_AT_DEFAULT = ("corpora", "baselines", *RUN_SECTIONS, "train.snapshot_tokens",
                       "train.pre_act_loss", "model.dtype", "train.snapshots_annealed",
-                      "sae.architecture", "sae.matryoshka_prefixes")
+                      "sae.architecture", "sae.matryoshka_prefixes",
+                      "model.random_init_seed")
 """Fields added after artefact keys existed: left out of :meth:`Config.to_dict` when they
 hold their default, so the keys of configs that do not use them stay as they were."""
 
@@ -573,7 +582,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"config field '{where}': expected a list, got {value!r}")
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"config field '{where}': unsupported union type")
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(args) != 1 or len(typing.get_args(typ)) != 2:
+            raise ConfigError(f"config field '{where}': unsupported union type")
+        # an optional field (``X | None``): null, or a value of X
+        return None if value is None else _coerce(value, args[0], where)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is float and isinstance(value, str):

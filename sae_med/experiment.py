@@ -90,13 +90,15 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=2)
-def _load(name: str, device: str, cache_dir: str, dtype: str) -> LanguageModel:
-    return load_model(name, device, Path(cache_dir), dtype)
+def _load(name: str, device: str, cache_dir: str, dtype: str, random_init_seed: int | None
+          ) -> LanguageModel:
+    return load_model(name, device, Path(cache_dir), dtype, random_init_seed)
 
 
 def load_model_for(cfg: Config) -> LanguageModel:
     """The config's model, loaded once per process."""
-    return _load(cfg.model.name, cfg.model.device, str(cfg.cache_path), cfg.model.dtype)
+    return _load(cfg.model.name, cfg.model.device, str(cfg.cache_path), cfg.model.dtype,
+                 cfg.model.random_init_seed)
 
 
 STREAM_SAMPLE_TOKENS = 8192
@@ -516,7 +518,7 @@ def evaluate_paths(cfg: Config, sae_dirs: Iterable[str | Path],
     meta = dict(zip(ids, metas, strict=True))
     corpora = list(cfg.eval_corpora if eval_corpora is None else eval_corpora)
     if model is None:
-        model = load_model(cfg.model.name, cfg.model.device, cfg.cache_path, cfg.model.dtype)
+        model = load_model_for(cfg)
     dev = pick_device(cfg.model.device)
     saes = {i: load_any_sae(s, device=dev) for i, s in zip(ids, specs, strict=True)}
     for i, sae in saes.items():

@@ -68,18 +68,36 @@ def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
 
 
 def load_model(name: str = EMBEDDED, device: str = "auto",
-               cache_dir: Path | None = None, dtype: str = "float32") -> LanguageModel:
+               cache_dir: Path | None = None, dtype: str = "float32",
+               random_init_seed: int | None = None) -> LanguageModel:
     """Load ``name`` as a :class:`~sae_med.lm.model.LanguageModel` (HF, eval mode) whose forwards
     run in ``dtype`` (``model.dtype``; ``auto`` resolved by
     :func:`~sae_med.runtime.resolve_dtype` and logged); a dtype other than fp32 is part of
-    its identity (``weights_hash``), so caches and results from it are keyed apart."""
+    its identity (``weights_hash``), so caches and results from it are keyed apart. With
+    ``random_init_seed`` its weights are redrawn (:func:`random_weights`)."""
     t0 = time.time()
     dev = pick_device(device)
     choice = resolve_dtype(dtype, dev, cache_dir)
     hf, tok, weights_hash = _load_hf(name, cache_dir)
+    if random_init_seed is not None:
+        hf, weights_hash = random_weights(hf, random_init_seed), (
+            f"{weights_hash}/random-init-{random_init_seed}")
     hf = hf.to(device=dev, dtype=getattr(torch, choice.dtype))
     model = LanguageModel(hf, tok, name, weights_hash + (
         "" if choice.dtype == "float32" else f"/{choice.dtype}"), choice)
     log.info("loaded %s in %.1f s; forwards in %s (model.dtype %s: %s)", name,
              time.time() - t0, choice.dtype, dtype, choice.reason)
     return model
+
+
+def random_weights(hf: Any, seed: int) -> Any:
+    """A model of ``hf``'s architecture whose every weight is drawn by its config's own
+    initialiser (``from_config``: the class's ``_init_weights``, e.g. normal(0,
+    ``initializer_range``) for linear and embedding weights) from ``seed``, in eval mode."""
+    # deferred: transformers is heavy to import; only model loading needs it
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = AutoModelForCausalLM.from_config(hf.config, dtype=torch.float32)
+    return fresh.eval()

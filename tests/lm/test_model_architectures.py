@@ -136,3 +136,32 @@ def test_smoke_config_runs_on_the_second_family(tmp_path):
         assert r["d_model"] == 576
         assert 0 < r["metrics"]["l0"]["value"] < r["d_sae"]
         assert r["metrics"]["ce_spliced"]["value"] > r["metrics"]["ce_clean"]["value"]
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_random_init_redraws_every_weight_and_is_keyed_apart(tiny_lm_dirs, arch):
+    """``model.random_init_seed`` (the random-weights control): the same architecture,
+    tokenizer and forward with every weight drawn afresh by the config's initialiser, the
+    same weights for the same seed, others for another, and an identity of its own."""
+    path = str(tiny_lm_dirs[arch])
+    # seed 0 would redraw the tiny checkpoint itself: it was built from its config at seed 0
+    trained = load_model(path, device="cpu")
+    rand = load_model(path, device="cpu", random_init_seed=5)
+    again = load_model(path, device="cpu", random_init_seed=5)
+    other = load_model(path, device="cpu", random_init_seed=6)
+    assert rand.weights_hash == trained.weights_hash + "/random-init-5"
+    assert other.weights_hash != rand.weights_hash
+    t, r, a, o = (dict(m.hf_model.named_parameters()) for m in (trained, rand, again, other))
+    assert t.keys() == r.keys()
+    for name, p in t.items():
+        torch.testing.assert_close(r[name], a[name])
+        if p.std() > 0:  # drawn weights, not the norms' constant init
+            assert not torch.equal(r[name], p), name
+            assert not torch.equal(r[name], o[name]), name
+    std = trained.hf_model.config.initializer_range
+    emb = r[next(n for n in r if "embed" in n)]
+    assert abs(float(emb.std()) - std) < 0.2 * std
+    batch = rand.tokenize(["Fever and a rash."], ctx_len=16)
+    x = rand.resid(batch.tokens, batch.attention_mask, LAYER)
+    assert torch.isfinite(x).all()
+    assert not torch.allclose(x, trained.resid(batch.tokens, batch.attention_mask, LAYER))
