@@ -1,8 +1,9 @@
-"""Autograd functions and fused kernels behind the JumpReLU SAE."""
+"""Autograd functions and fused kernels behind the SAEs: JumpReLU's estimators and sparse
+path, and the sparse latents of the TopK family's training step."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -208,3 +209,96 @@ class SparseJumpReLUSAEFn(torch.autograd.Function):
                                            check_invariants=False)
             g_x = torch.sparse.mm(g_zc, W_enc.t())
         return g_x, g_W_enc, g_b_enc, g_theta, g_W_dec, g_b_dec, None
+
+
+# --------------------------------------------------------------------------------------
+# Sparse latents of a known pattern (the TopK family's training step)
+# --------------------------------------------------------------------------------------
+
+class Pattern(NamedTuple):
+    """Which (row, latent) entries of a (batch, d_sae) matrix are active: ``flat`` sorted
+    ascending (row-major), so ``rows`` ascend and each row's ``cols`` ascend; ``perm``
+    orders the entries by latent (stable), for the weight gradients."""
+
+    rows: Tensor
+    cols: Tensor
+    flat: Tensor
+    perm: Tensor
+    batch: int
+    d_sae: int
+
+    @classmethod
+    def of(cls, flat: Tensor, batch: int, d_sae: int) -> Pattern:
+        """The pattern of the row-major indices ``flat`` (any order, no repeats)."""
+        flat = flat.sort().values
+        rows, cols = flat // d_sae, flat % d_sae
+        return cls(rows, cols, flat, _stable_argsort(cols), batch, d_sae)
+
+    def csr(self, vals: Tensor) -> Tensor:
+        """(batch, d_sae) CSR matrix with ``vals`` (one per entry) at the pattern."""
+        return csr(self.rows, self.cols, vals, self.batch, self.d_sae)
+
+    def by_latent(self, vals: Tensor) -> Tensor:
+        """(d_sae, batch) COO matrix, the transpose, with ``vals`` at the pattern."""
+        idx = torch.stack([self.cols[self.perm], self.rows[self.perm]])
+        return torch.sparse_coo_tensor(idx, vals[self.perm], (self.d_sae, self.batch),
+                                       is_coalesced=True, check_invariants=False)
+
+
+class GatheredPreActsFn(torch.autograd.Function):
+    """z at a :class:`Pattern`'s entries, from the dense z = x W_enc + b_enc computed
+    without gradient, with the gradient of those entries alone: W_enc's and x's through
+    sparse products, never a dense (batch, d_sae) one."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, z: Tensor,
+                p: Pattern) -> Tensor:
+        ctx.save_for_backward(x, W_enc)
+        ctx.p = p
+        return z.reshape(-1)[p.flat]
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple:
+        x, W_enc = ctx.saved_tensors
+        p = ctx.p
+        g = g.contiguous()
+        # (d_model, d_sae) in W_enc's own transposed layout, so autograd keeps it uncopied
+        g_W = _coo_mm(p.by_latent(g), x).t() if ctx.needs_input_grad[1] else None
+        g_b = (torch.zeros(p.d_sae, dtype=g.dtype, device=g.device).index_add_(0, p.cols, g)
+               if ctx.needs_input_grad[2] else None)
+        g_x = torch.sparse.mm(p.csr(g), W_enc.t()) if ctx.needs_input_grad[0] else None
+        return g_x, g_W, g_b, None, None
+
+
+class SparseDecodeFn(torch.autograd.Function):
+    """f W_dec for latents f with values ``vals`` at a :class:`Pattern` (no bias): the
+    products and both gradients touch the active entries only."""
+
+    @staticmethod
+    def forward(ctx: Any, vals: Tensor, W_dec: Tensor, p: Pattern) -> Tensor:
+        ctx.save_for_backward(vals, W_dec)
+        ctx.p = p
+        return torch.sparse.mm(p.csr(vals), W_dec)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple:
+        vals, W_dec = ctx.saved_tensors
+        p = ctx.p
+        g = g.contiguous()
+        g_vals = g_W = None
+        if ctx.needs_input_grad[0]:  # a sampled matmul g @ W_dec^T at the pattern
+            pattern = p.csr(torch.zeros_like(vals))
+            g_vals = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values()
+        if ctx.needs_input_grad[1]:
+            g_W = _coo_mm(p.by_latent(vals), g)
+        return g_vals, g_W, None
+
+
+def gathered_pre_acts(x: Float[Tensor, "batch d_model"], W_enc: Tensor, b_enc: Tensor,
+                      z: Float[Tensor, "batch d_sae"], p: Pattern) -> Float[Tensor, " nnz"]:
+    return GatheredPreActsFn.apply(x, W_enc, b_enc, z, p)
+
+
+def sparse_decode(vals: Float[Tensor, " nnz"], W_dec: Tensor, p: Pattern
+                  ) -> Float[Tensor, "batch d_model"]:
+    return SparseDecodeFn.apply(vals, W_dec, p)

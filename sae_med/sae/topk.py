@@ -18,14 +18,15 @@ removes (tests/test_architectures.py checks both).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sae_med.sae.base import LinearSAE, SAEOutput, TrainLoss, sq_err
+from sae_med.sae.base import LinearSAE, TrainLoss, sq_err
+from sae_med.sae.kernels import Pattern, gathered_pre_acts, pre_acts, sparse_decode
 
 
 def topk_acts(z: Float[Tensor, "batch d_sae"], k: int) -> Float[Tensor, "batch d_sae"]:
@@ -43,20 +44,36 @@ def batch_topk_acts(z: Float[Tensor, "batch d_sae"], k: float) -> Float[Tensor, 
 
 
 def auxk_loss(x: Float[Tensor, "batch d_model"], x_hat: Float[Tensor, "batch d_model"],
-              z: Float[Tensor, "batch d_sae"], W_dec: Float[Tensor, "d_sae d_model"],
-              dead: Bool[Tensor, " d_sae"] | None, coeff: float) -> Tensor:
+              sae: LinearSAE, dead: Bool[Tensor, " d_sae"] | None, coeff: float) -> Tensor:
     """Scalar AuxK loss: coeff min(n_dead/k_aux, 1) mean_rows ||e - f_aux W_dec||^2, with
     e = x - x_hat detached, k_aux = d_model // 2 and f_aux the top min(k_aux, n_dead)
-    pre-activations z of the dead latents (not relu'd: sae-lens's choice); 0 if none."""
+    pre-activations z of the dead latents (not relu'd: sae-lens's choice); 0 if none.
+    z is computed for the dead latents alone, so the cost shrinks with their number."""
     n_dead = 0 if dead is None else int(dead.sum())
     if n_dead == 0:
         return x_hat.new_zeros(())
     residual = (x - x_hat).detach()
     k_aux = x.shape[-1] // 2
     scale = min(n_dead / k_aux, 1.0)
-    top = torch.where(dead[None], z, -torch.inf).topk(min(k_aux, n_dead), sorted=False)
+    idx = dead.nonzero().squeeze(1)
+    # the dead columns of W_enc in its transposed layout (see LinearSAE)
+    z = pre_acts(x, sae.W_enc.t().index_select(0, idx).t(), sae.b_enc.index_select(0, idx))
+    top = z.topk(min(k_aux, n_dead), sorted=False)
     aux = torch.zeros_like(z).scatter(-1, top.indices, top.values)
-    return coeff * scale * (aux @ W_dec - residual).pow(2).sum(-1).mean()
+    recon = aux @ sae.W_dec.index_select(0, idx)
+    return coeff * scale * (recon - residual).pow(2).sum(-1).mean()
+
+
+class _Latents(NamedTuple):
+    """One training forward's latents, dense or at a sparse pattern."""
+
+    x_hat: Float[Tensor, "batch d_model"]
+    part: Callable[[int, int], Tensor]
+    """part(lo, hi): the decode (no bias) of latents [lo, hi), with gradient."""
+    kept: Tensor
+    """The latents' values (dense, or one per pattern entry), for :meth:`TopKSAE.observe_`."""
+    l0: Tensor
+    fired: Bool[Tensor, " d_sae"]
 
 
 class TopKSAE(LinearSAE):
@@ -81,26 +98,62 @@ class TopKSAE(LinearSAE):
     def activate(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         return topk_acts(z, int(self.k))
 
-    def recon_terms(self, x: Float[Tensor, "batch d_model"], out: SAEOutput
+    def select(self, z: Float[Tensor, "batch d_sae"]) -> Pattern:
+        """The entries :meth:`activate` keeps (no gradient): each row's k largest."""
+        idx = z.topk(int(self.k), dim=-1, sorted=False).indices
+        rows = torch.arange(z.shape[0], device=z.device)[:, None]
+        return Pattern.of((idx + rows * self.d_sae).reshape(-1), z.shape[0], self.d_sae)
+
+    def recon_terms(self, x: Float[Tensor, "batch d_model"], lat: _Latents
                     ) -> tuple[Tensor, Tensor]:
         """(the reconstruction's MSE, the inner prefixes' summed MSEs: 0 but Matryoshka)."""
-        mse = sq_err(out.x_hat, x)
+        mse = sq_err(lat.x_hat, x)
         return mse, mse.new_zeros(())
 
-    def observe_(self, acts: Float[Tensor, "batch d_sae"]) -> None:
+    def observe_(self, acts: Tensor) -> None:
         """Update state learnt outside the gradient from a training batch's latents."""
 
-    def training_loss(self, x: Float[Tensor, "batch d_model"], coeff: float = 1.0,
-                      dead: Bool[Tensor, " d_sae"] | None = None) -> TrainLoss:
-        """MSE (+ the inner prefixes' MSEs) + AuxK on ``dead``; ``coeff`` unused (k sets
-        the sparsity). Updates what :meth:`observe_` learns (BatchTopK's threshold)."""
+    def dense_latents(self, x: Float[Tensor, "batch d_model"]) -> _Latents:
+        """The naive training forward: dense latents, dense products."""
         out = self(x)
-        mse, inner = self.recon_terms(x, out)
-        aux = auxk_loss(x, out.x_hat, out.pre_acts, self.W_dec, dead, self.aux_coeff)
-        self.observe_(out.acts.detach())
+        acts = out.acts
+        return _Latents(out.x_hat, lambda lo, hi: acts[:, lo:hi] @ self.W_dec[lo:hi], acts,
+                        out.l0, (acts > 0).any(0))
+
+    def sparse_latents(self, x: Float[Tensor, "batch d_model"]) -> _Latents:
+        """The same forward with one dense product (the encoder's, without gradient): the
+        kept entries' pre-activations, the decoder and every gradient touch those alone."""
+        with torch.no_grad():
+            z = pre_acts(x, self.W_enc, self.b_enc)
+            p = self.select(z)
+        vals = gathered_pre_acts(x, self.W_enc, self.b_enc, z, p).relu()
+        on = vals > 0
+        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
+        fired[p.cols[on]] = True
+
+        def part(lo: int, hi: int) -> Tensor:
+            m = (p.cols >= lo) & (p.cols < hi)
+            return sparse_decode(vals[m], self.W_dec, Pattern.of(p.flat[m], *p[4:]))
+
+        return _Latents(sparse_decode(vals, self.W_dec, p) + self.b_dec, part, vals,
+                        on.sum() / x.shape[0], fired)
+
+    def training_loss(self, x: Float[Tensor, "batch d_model"], coeff: float = 1.0,
+                      dead: Bool[Tensor, " d_sae"] | None = None, fast: bool = True
+                      ) -> TrainLoss:
+        """MSE (+ the inner prefixes' MSEs) + AuxK on ``dead``; ``coeff`` unused (k sets
+        the sparsity). Updates what :meth:`observe_` learns (BatchTopK's threshold).
+        ``fast``: :meth:`sparse_latents` where it runs (fp32 without autocast), else
+        :meth:`dense_latents`."""
+        sparse_ok = (x.dtype == self.W_enc.dtype == torch.float32 and x.dim() == 2
+                     and not torch.is_autocast_enabled(x.device.type))
+        lat = self.sparse_latents(x) if fast and sparse_ok else self.dense_latents(x)
+        mse, inner = self.recon_terms(x, lat)
+        aux = auxk_loss(x, lat.x_hat, self, dead, self.aux_coeff)
+        self.observe_(lat.kept.detach())
         zero = mse.new_zeros(())
         return TrainLoss(mse + inner + aux, mse.detach(), inner.detach(), zero, aux.detach(),
-                         out.l0, out.x_hat.detach(), (out.acts > 0).any(0))
+                         lat.l0.detach(), lat.x_hat.detach(), lat.fired)
 
 
 class BatchTopKSAE(TopKSAE):
@@ -128,12 +181,18 @@ class BatchTopKSAE(TopKSAE):
     def activate(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         return batch_topk_acts(z, self.k)
 
+    def select(self, z: Float[Tensor, "batch d_sae"]) -> Pattern:
+        """The entries :meth:`activate` keeps (no gradient): the floor(k x batch) largest
+        of relu(z) in the whole batch."""
+        n = int(self.k * z.shape[0])
+        return Pattern.of(z.relu().flatten().topk(n).indices, z.shape[0], self.d_sae)
+
     def infer(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         """relu(z) where z > threshold (sae-lens's JumpReLU inference, as exported)."""
         return z.relu() * (z > self.threshold.to(z.dtype)).to(z.dtype)
 
     @torch.no_grad()
-    def observe_(self, acts: Float[Tensor, "batch d_sae"]) -> None:
+    def observe_(self, acts: Tensor) -> None:
         """threshold <- (1 - lr) threshold + lr min(positive acts), in fp64."""
         kept = acts[acts > 0]
         if kept.numel():
@@ -165,21 +224,16 @@ class MatryoshkaSAE(BatchTopKSAE):
                              f"got {prefixes}")
         self.prefixes = prefixes
 
-    def inner_decodes(self, acts: Float[Tensor, "batch d_sae"]
-                      ) -> Iterator[tuple[int, Float[Tensor, "batch d_model"]]]:
-        """(width, the reconstruction from latents [0, width)) for each inner prefix, each
-        built on the one before (sae-lens's order of sums)."""
-        decoded, prev = self.b_dec, 0
-        for width in self.prefixes:
-            decoded = acts[:, prev:width] @ self.W_dec[prev:width] + decoded
-            prev = width
-            yield width, decoded
-
-    def recon_terms(self, x: Float[Tensor, "batch d_model"], out: SAEOutput
+    def recon_terms(self, x: Float[Tensor, "batch d_model"], lat: _Latents
                     ) -> tuple[Tensor, Tensor]:
-        inner = sum((sq_err(x_hat, x) for _, x_hat in self.inner_decodes(out.acts)),
-                    start=x.new_zeros(()))
-        return sq_err(out.x_hat, x), inner
+        """The MSE of the reconstruction from latents [0, width) for each inner prefix,
+        each built on the one before (sae-lens's order of sums), summed."""
+        decoded, prev, inner = self.b_dec, 0, x.new_zeros(())
+        for width in self.prefixes:
+            decoded = lat.part(prev, width) + decoded
+            inner = inner + sq_err(decoded, x)
+            prev = width
+        return sq_err(lat.x_hat, x), inner
 
 
 def to_sae_lens(sae: TopKSAE) -> Any:
