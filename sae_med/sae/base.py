@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Self
 
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from sae_med.artifacts import atomic_path, file_sha256, write_json_atomic
 from sae_med.layout import CFG_FILENAME, WEIGHTS_FILENAME
-from sae_med.sae.kernels import pre_acts
+from sae_med.sae.kernels import Pattern, gathered_pre_acts, pre_acts, sparse_decode
 
 BASE_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 FORMAT_VERSION = 1
@@ -76,6 +77,21 @@ class TrainLoss(NamedTuple):
     """Latents active on any row."""
 
 
+class Latents(NamedTuple):
+    """One training forward's latents (:meth:`LinearSAE.training_latents`), dense or at a
+    sparse pattern, with what the losses need of them."""
+
+    x_hat: Float[Tensor, "batch d_model"]
+    part: Callable[[int, int], Tensor]
+    """part(lo, hi): the decode (no bias) of latents [lo, hi), with gradient."""
+    weighted: Callable[[Tensor], Tensor]
+    """weighted(w): mean over rows of sum_i f_i w_i for a (d_sae,) w, with gradient."""
+    kept: Tensor
+    """The latents' values (dense, or one per pattern entry)."""
+    l0: Tensor
+    fired: Bool[Tensor, " d_sae"]
+
+
 def sq_err(x_hat: Tensor, x: Tensor) -> Tensor:
     """Scalar: mean over rows of sum_dims (x - x_hat)^2 (sae-lens's ``mse_loss``)."""
     return (x_hat - x).pow(2).sum(-1).mean()
@@ -95,6 +111,9 @@ class LinearSAE(nn.Module):
     """
 
     architecture: ClassVar[str] = ""
+    SPARSE_MAX_DENSITY: ClassVar[float] = 0.05
+    """:meth:`training_latents` takes the sparse path (by default) while at most this
+    fraction of the (batch, d_sae) latents is active; denser ones are faster dense."""
     CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()
     EXTRA_TENSORS: ClassVar[tuple[str, ...]] = ()
     KEEP_DTYPES: ClassVar[dict[str, torch.dtype]] = {"input_scale": torch.float64}
@@ -166,6 +185,52 @@ class LinearSAE(nn.Module):
             getattr(self, k).copy_(t[k])
 
     # ---- encode / decode / forward ----------------------------------------------------
+    def select(self, z: Float[Tensor, "batch d_sae"]) -> Pattern:
+        """The entries :meth:`activate` keeps (no gradient), for the sparse training path."""
+        raise NotImplementedError
+
+    def training_latents(self, x: Float[Tensor, "batch d_model"], fast: bool | None = None
+                         ) -> Latents:
+        """The training forward's latents. ``fast`` True: :meth:`sparse_latents`; False:
+        :meth:`dense_latents`, the naive twin; None: sparse in fp32 without autocast while
+        at most :attr:`SPARSE_MAX_DENSITY` of the latents are active."""
+        ok = x.dtype == self.W_enc.dtype == torch.float32 and x.dim() == 2 and not (
+            torch.is_autocast_enabled(x.device.type))
+        if fast is False or (fast is None and not ok):
+            return self.dense_latents(x)
+        with torch.no_grad():
+            z = pre_acts(x, self.W_enc, self.b_enc)
+            p = self.select(z)
+        if fast is None and p.flat.numel() > self.SPARSE_MAX_DENSITY * z.numel():
+            return self.dense_latents(x)
+        return self.sparse_latents(x, z, p)
+
+    def dense_latents(self, x: Float[Tensor, "batch d_model"]) -> Latents:
+        """The naive training forward: dense latents, dense products."""
+        out = self(x)
+        acts = out.acts
+        return Latents(out.x_hat, lambda lo, hi: acts[:, lo:hi] @ self.W_dec[lo:hi],
+                       lambda w: (acts * w).sum(-1).mean(), acts, out.l0, (acts > 0).any(0))
+
+    def sparse_latents(self, x: Float[Tensor, "batch d_model"], z: Tensor, p: Pattern
+                       ) -> Latents:
+        """The same forward from the encoder product ``z`` (no gradient) and its kept
+        entries ``p``: their pre-activations, the decoder and every gradient touch those
+        entries alone."""
+        vals = gathered_pre_acts(x, self.W_enc, self.b_enc, z, p).relu()
+        on = vals > 0
+        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
+        fired[p.cols[on]] = True
+        batch = x.shape[0]
+
+        def part(lo: int, hi: int) -> Tensor:
+            m = (p.cols >= lo) & (p.cols < hi)
+            return sparse_decode(vals[m], self.W_dec, Pattern.of(p.flat[m], batch, self.d_sae))
+
+        return Latents(sparse_decode(vals, self.W_dec, p) + self.b_dec, part,
+                       lambda w: (vals * w[p.cols]).sum() / batch, vals, on.sum() / batch,
+                       fired)
+
     def encode(self, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_sae"]:
         """Latents f of the inference encoding (dense)."""
         return self.infer(pre_acts(x, self.W_enc, self.b_enc))

@@ -18,6 +18,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sae_med.sae.base import LinearSAE, TrainLoss, sq_err
+from sae_med.sae.kernels import Pattern
 
 
 class ReLUSAE(LinearSAE):
@@ -28,15 +29,22 @@ class ReLUSAE(LinearSAE):
     def activate(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         return z.relu()
 
+    def select(self, z: Float[Tensor, "batch d_sae"]) -> Pattern:
+        """The active entries (z > 0), for the sparse training path."""
+        return Pattern.of((z > 0).view(-1).nonzero().squeeze(1), z.shape[0], self.d_sae)
+
     def training_loss(self, x: Float[Tensor, "batch d_model"], coeff: float = 1.0,
-                      dead: Bool[Tensor, " d_sae"] | None = None) -> TrainLoss:
-        """MSE + ``coeff`` times the decoder-weighted L1 of the latents; ``dead`` unused."""
-        out = self(x)
-        mse = sq_err(out.x_hat, x)
-        l1 = coeff * (out.acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+                      dead: Bool[Tensor, " d_sae"] | None = None, fast: bool | None = None
+                      ) -> TrainLoss:
+        """MSE + ``coeff`` times the decoder-weighted L1 of the latents; ``dead`` unused.
+        ``fast``: as :meth:`~sae_med.sae.base.LinearSAE.training_latents` (sparse once
+        the L1 has made the latents sparse)."""
+        lat = self.training_latents(x, fast)
+        mse = sq_err(lat.x_hat, x)
+        l1 = coeff * lat.weighted(self.W_dec.norm(dim=1))
         zero = mse.new_zeros(())
-        return TrainLoss(mse + l1, mse.detach(), zero, l1.detach(), zero, out.l0,
-                         out.x_hat.detach(), (out.acts > 0).any(0))
+        return TrainLoss(mse + l1, mse.detach(), zero, l1.detach(), zero, lat.l0.detach(),
+                         lat.x_hat.detach(), lat.fired)
 
 
 def to_sae_lens(sae: ReLUSAE) -> Any:

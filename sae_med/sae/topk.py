@@ -18,15 +18,14 @@ removes (tests/test_architectures.py checks both).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sae_med.sae.base import LinearSAE, TrainLoss, sq_err
-from sae_med.sae.kernels import Pattern, gathered_pre_acts, pre_acts, sparse_decode
+from sae_med.sae.base import Latents, LinearSAE, TrainLoss, sq_err
+from sae_med.sae.kernels import Pattern, pre_acts
 
 
 def topk_acts(z: Float[Tensor, "batch d_sae"], k: int) -> Float[Tensor, "batch d_sae"]:
@@ -64,23 +63,12 @@ def auxk_loss(x: Float[Tensor, "batch d_model"], x_hat: Float[Tensor, "batch d_m
     return coeff * scale * (recon - residual).pow(2).sum(-1).mean()
 
 
-class _Latents(NamedTuple):
-    """One training forward's latents, dense or at a sparse pattern."""
-
-    x_hat: Float[Tensor, "batch d_model"]
-    part: Callable[[int, int], Tensor]
-    """part(lo, hi): the decode (no bias) of latents [lo, hi), with gradient."""
-    kept: Tensor
-    """The latents' values (dense, or one per pattern entry), for :meth:`TopKSAE.observe_`."""
-    l0: Tensor
-    fired: Bool[Tensor, " d_sae"]
-
-
 class TopKSAE(LinearSAE):
     """TopK SAE (k active latents per row) with AuxK weighted by ``aux_coeff``."""
 
     architecture = "topk"
     CONFIG_KEYS = ("k", "aux_coeff")
+    SPARSE_MAX_DENSITY = 1.0  # k latents of d_sae: the kept entries are few by design
     WHOLE_K: ClassVar[bool] = True
     """k is per row (a whole number); the batch-level subclasses take a mean (a float)."""
 
@@ -104,7 +92,7 @@ class TopKSAE(LinearSAE):
         rows = torch.arange(z.shape[0], device=z.device)[:, None]
         return Pattern.of((idx + rows * self.d_sae).reshape(-1), z.shape[0], self.d_sae)
 
-    def recon_terms(self, x: Float[Tensor, "batch d_model"], lat: _Latents
+    def recon_terms(self, x: Float[Tensor, "batch d_model"], lat: Latents
                     ) -> tuple[Tensor, Tensor]:
         """(the reconstruction's MSE, the inner prefixes' summed MSEs: 0 but Matryoshka)."""
         mse = sq_err(lat.x_hat, x)
@@ -113,41 +101,13 @@ class TopKSAE(LinearSAE):
     def observe_(self, acts: Tensor) -> None:
         """Update state learnt outside the gradient from a training batch's latents."""
 
-    def dense_latents(self, x: Float[Tensor, "batch d_model"]) -> _Latents:
-        """The naive training forward: dense latents, dense products."""
-        out = self(x)
-        acts = out.acts
-        return _Latents(out.x_hat, lambda lo, hi: acts[:, lo:hi] @ self.W_dec[lo:hi], acts,
-                        out.l0, (acts > 0).any(0))
-
-    def sparse_latents(self, x: Float[Tensor, "batch d_model"]) -> _Latents:
-        """The same forward with one dense product (the encoder's, without gradient): the
-        kept entries' pre-activations, the decoder and every gradient touch those alone."""
-        with torch.no_grad():
-            z = pre_acts(x, self.W_enc, self.b_enc)
-            p = self.select(z)
-        vals = gathered_pre_acts(x, self.W_enc, self.b_enc, z, p).relu()
-        on = vals > 0
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-        fired[p.cols[on]] = True
-
-        def part(lo: int, hi: int) -> Tensor:
-            m = (p.cols >= lo) & (p.cols < hi)
-            return sparse_decode(vals[m], self.W_dec, Pattern.of(p.flat[m], *p[4:]))
-
-        return _Latents(sparse_decode(vals, self.W_dec, p) + self.b_dec, part, vals,
-                        on.sum() / x.shape[0], fired)
-
     def training_loss(self, x: Float[Tensor, "batch d_model"], coeff: float = 1.0,
-                      dead: Bool[Tensor, " d_sae"] | None = None, fast: bool = True
+                      dead: Bool[Tensor, " d_sae"] | None = None, fast: bool | None = None
                       ) -> TrainLoss:
         """MSE (+ the inner prefixes' MSEs) + AuxK on ``dead``; ``coeff`` unused (k sets
         the sparsity). Updates what :meth:`observe_` learns (BatchTopK's threshold).
-        ``fast``: :meth:`sparse_latents` where it runs (fp32 without autocast), else
-        :meth:`dense_latents`."""
-        sparse_ok = (x.dtype == self.W_enc.dtype == torch.float32 and x.dim() == 2
-                     and not torch.is_autocast_enabled(x.device.type))
-        lat = self.sparse_latents(x) if fast and sparse_ok else self.dense_latents(x)
+        ``fast``: as :meth:`~sae_med.sae.base.LinearSAE.training_latents`."""
+        lat = self.training_latents(x, fast)
         mse, inner = self.recon_terms(x, lat)
         aux = auxk_loss(x, lat.x_hat, self, dead, self.aux_coeff)
         self.observe_(lat.kept.detach())
@@ -224,7 +184,7 @@ class MatryoshkaSAE(BatchTopKSAE):
                              f"got {prefixes}")
         self.prefixes = prefixes
 
-    def recon_terms(self, x: Float[Tensor, "batch d_model"], lat: _Latents
+    def recon_terms(self, x: Float[Tensor, "batch d_model"], lat: Latents
                     ) -> tuple[Tensor, Tensor]:
         """The MSE of the reconstruction from latents [0, width) for each inner prefix,
         each built on the one before (sae-lens's order of sums), summed."""

@@ -96,13 +96,12 @@ def _without_parallel(grad: Tensor, W: Tensor) -> Tensor:
 
 def _both_steps(arch: str, n_dead: int, rescale: bool = False, fast: bool = True
                 ) -> tuple[LinearSAE, Any, TrainingSAE, Any, Tensor]:
-    """One training forward + backward of ours (the TopK family's sparse path with
-    ``fast``, its naive dense twin without) and sae-lens's on the same batch."""
+    """One training forward + backward of ours (the sparse path with ``fast``, its naive
+    dense twin without) and sae-lens's on the same batch."""
     sae = _ours(arch)
     lens = _lens(sae, rescale)
     x, dead = _batch(n_dead)
-    kw = {"fast": fast} if arch in TOPK_FAMILY else {}
-    ours = sae.training_loss(x, coeff=L1_COEFF, dead=dead, **kw)
+    ours = sae.training_loss(x, coeff=L1_COEFF, dead=dead, fast=fast)
     ours.loss.backward()
     step = TrainStepInput(sae_in=x, coefficients={"l1": L1_COEFF}, dead_neuron_mask=dead,
                           n_training_steps=0, is_logging_step=False)
@@ -115,8 +114,6 @@ def _both_steps(arch: str, n_dead: int, rescale: bool = False, fast: bool = True
 @pytest.mark.parametrize("n_dead", [5, 40])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_step_matches_sae_lens(arch: str, n_dead: int, fast: bool):
-    if arch == "relu" and not fast:
-        pytest.skip("the ReLU SAE has one (dense) path")
     sae, ours, lens, theirs, x = _both_steps(arch, n_dead, fast=fast)
     acts, pre = lens.encode_with_hidden_pre(x)
     out = sae(x)
