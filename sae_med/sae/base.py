@@ -225,7 +225,7 @@ class LinearSAE(nn.Module):
 
         def part(lo: int, hi: int) -> Tensor:
             m = (p.cols >= lo) & (p.cols < hi)
-            return sparse_decode(vals[m], self.W_dec, Pattern.of(p.flat[m], batch, self.d_sae))
+            return sparse_decode(vals[m], self.W_dec, p.subset(m))
 
         return Latents(sparse_decode(vals, self.W_dec, p) + self.b_dec, part,
                        lambda w: (vals * w[p.cols]).sum() / batch, vals, on.sum() / batch,

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sae_med.runtime import use_onednn_linear
@@ -218,21 +218,30 @@ class SparseJumpReLUSAEFn(torch.autograd.Function):
 class Pattern(NamedTuple):
     """Which (row, latent) entries of a (batch, d_sae) matrix are active: ``flat`` sorted
     ascending (row-major), so ``rows`` ascend and each row's ``cols`` ascend; ``perm``
-    orders the entries by latent (stable), for the weight gradients."""
+    orders the entries by latent (stable), and ``by_col`` holds (cols, rows) in that
+    order, for the weight gradients."""
 
     rows: Tensor
     cols: Tensor
     flat: Tensor
     perm: Tensor
+    by_col: Tensor
     batch: int
     d_sae: int
 
     @classmethod
-    def of(cls, flat: Tensor, batch: int, d_sae: int) -> Pattern:
-        """The pattern of the row-major indices ``flat`` (any order, no repeats)."""
-        flat = flat.sort().values
+    def of(cls, flat: Tensor, batch: int, d_sae: int, presorted: bool = False) -> Pattern:
+        """The pattern of the row-major indices ``flat`` (no repeats; any order unless
+        ``presorted``)."""
+        flat = flat if presorted else flat.sort().values
         rows, cols = flat // d_sae, flat % d_sae
-        return cls(rows, cols, flat, _stable_argsort(cols), batch, d_sae)
+        perm = _stable_argsort(cols)
+        return cls(rows, cols, flat, perm, torch.stack([cols[perm], rows[perm]]), batch,
+                   d_sae)
+
+    def subset(self, keep: Bool[Tensor, " nnz"]) -> Pattern:
+        """The entries where ``keep`` holds."""
+        return Pattern.of(self.flat[keep], self.batch, self.d_sae, presorted=True)
 
     def csr(self, vals: Tensor) -> Tensor:
         """(batch, d_sae) CSR matrix with ``vals`` (one per entry) at the pattern."""
@@ -240,8 +249,7 @@ class Pattern(NamedTuple):
 
     def by_latent(self, vals: Tensor) -> Tensor:
         """(d_sae, batch) COO matrix, the transpose, with ``vals`` at the pattern."""
-        idx = torch.stack([self.cols[self.perm], self.rows[self.perm]])
-        return torch.sparse_coo_tensor(idx, vals[self.perm], (self.d_sae, self.batch),
+        return torch.sparse_coo_tensor(self.by_col, vals[self.perm], (self.d_sae, self.batch),
                                        is_coalesced=True, check_invariants=False)
 
 
