@@ -42,7 +42,7 @@ from sae_med.artifacts import (
     stable_hash,
     write_json_atomic,
 )
-from sae_med.cache.batches import ChunkedBatches
+from sae_med.cache.batches import ChunkedBatches, ModelIdentity
 from sae_med.config import CacheConfig, Config
 from sae_med.corpora.registry import (
     cached_tokens,
@@ -496,6 +496,11 @@ class ActivationCache(ChunkedBatches):
                                         f"rows, its record says {s.rows}")
         super().__init__(arrays, [s.stem for s in self.shards], window)
         self.window_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+
+    @property
+    def model_identity(self) -> ModelIdentity:
+        """The model whose activations these are (recorded in the manifest)."""
+        return ModelIdentity(self.spec["model"], self.spec["weights_hash"])
 
     def _load(self, i: int) -> Tensor:
         t = torch.from_numpy(self.chunks[i][:])

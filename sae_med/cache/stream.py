@@ -33,6 +33,7 @@ from torch import Tensor
 from sae_med import runtime
 from sae_med.artifacts import stable_hash
 from sae_med.cache.activations import SORT_CHUNK, chunk_rows
+from sae_med.cache.batches import ModelIdentity
 from sae_med.config import Config
 from sae_med.corpora.registry import (
     cached_tokens,
@@ -174,6 +175,11 @@ class ActivationStream:
             self._pass_documents = documents
             log.warning("%s ran out after pass %d; the next pass repeats its documents (%s)",
                         self._name(), epoch + 1, self.describe_tally())
+
+    @property
+    def model_identity(self) -> ModelIdentity:
+        """The model producing these activations."""
+        return ModelIdentity(self.model.name, self.model.weights_hash)
 
     @property
     def tally(self) -> StreamTally:

