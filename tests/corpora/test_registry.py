@@ -407,7 +407,8 @@ def test_corpus_leakage_reports_what_dedup_removed(corpora):
 def test_domains_config_is_the_default_with_an_sae_per_corpus():
     """configs/domains.yaml: the default's recipe at one target L0 (its middle one), an
     SAE per corpus (the domain, two placebo definition domains, definitions without a
-    domain, narrative prose, broad, mixed), each scored on every corpus but the mix."""
+    domain, narrative prose, broad, mixed), each scored on every corpus but the mix, with
+    half the default's spliced-CE tokens per corpus (six corpora to score)."""
     from sae_med.config import load_config
     from sae_med.report.notebook import domain_pair
 
@@ -420,7 +421,8 @@ def test_domains_config_is_the_default_with_an_sae_per_corpus():
     default = load_config("configs/default.yaml")
     assert cfg.sae.l0_targets == (default.sae.l0_targets[1],)
     same = ["name=domains", *lists, "replications={}", "learning_curve={}",
-            f"sae.l0_targets=[{cfg.sae.l0_targets[0]}]"]
+            f"sae.l0_targets=[{cfg.sae.l0_targets[0]}]",
+            f"eval.ce_tokens={default.eval.ce_tokens // 2}"]
     assert load_config("configs/default.yaml", same) == cfg
 
 
