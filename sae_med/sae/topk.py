@@ -18,6 +18,7 @@ removes (tests/test_architectures.py checks both).
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -141,11 +142,26 @@ class BatchTopKSAE(TopKSAE):
     def activate(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         return batch_topk_acts(z, self.k)
 
+    CANDIDATES_PER_K: ClassVar[int] = 4
+
     def select(self, z: Float[Tensor, "batch d_sae"]) -> Pattern:
         """The entries :meth:`activate` keeps (no gradient): the floor(k x batch) largest
-        of relu(z) in the whole batch."""
-        n = int(self.k * z.shape[0])
-        return Pattern.of(z.relu().flatten().topk(n).indices, z.shape[0], self.d_sae)
+        of relu(z) in the whole batch. Found among each row's m = 4k largest (a top-k of
+        batch x m candidates instead of batch x d_sae entries), which holds them all when
+        every row's m-th largest is below the n-th largest candidate t > 0; otherwise (a
+        row with more than m of them, or ties at 0) over the whole batch."""
+        batch, n = z.shape[0], int(self.k * z.shape[0])
+        acts = z.relu()
+        m = self.CANDIDATES_PER_K * math.ceil(self.k)
+        if m < self.d_sae:
+            cand = acts.topk(m, dim=-1, sorted=False)
+            top = cand.values.flatten().topk(n)  # sorted: the last is the n-th largest
+            t = top.values[-1]
+            if t > 0 and bool((cand.values.min(-1).values < t).all()):
+                rows = top.indices // m
+                cols = cand.indices.flatten()[top.indices]
+                return Pattern.of(rows * self.d_sae + cols, batch, self.d_sae)
+        return Pattern.of(acts.flatten().topk(n).indices, batch, self.d_sae)
 
     def infer(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         """relu(z) where z > threshold (sae-lens's JumpReLU inference, as exported)."""

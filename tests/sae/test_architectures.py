@@ -224,6 +224,20 @@ def test_batchtopk_inference_threshold_reproduces_the_batch_top_k():
     assert float((infer > 0).sum(-1).float().mean()) == K
 
 
+@pytest.mark.parametrize("crowded", [False, True])
+def test_batchtopk_selects_the_batch_top_k_through_its_candidates(crowded: bool):
+    """select is the whole batch's top k x batch of relu(z), by candidates or (a row
+    holding more than 4k of them) by the fallback."""
+    sae = BatchTopKSAE(D_MODEL, 256, 5.0)
+    z = torch.randn(BATCH, 256)
+    if crowded:
+        z[3] += 10.0  # row 3 holds every one of the batch's top entries
+    p = sae.select(z)
+    expected = z.relu().flatten().topk(int(5.0 * BATCH)).indices.sort().values
+    assert torch.equal(p.flat, expected)
+    assert (p.rows == 3).all() == crowded
+
+
 def test_topk_keeps_k_per_row_and_batchtopk_k_per_row_on_average():
     x = _batch(0)[0]
     with torch.no_grad():
