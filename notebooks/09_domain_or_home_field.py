@@ -77,6 +77,7 @@ from sae_med.report.domain_report import (
     home_matrix_rows,
     home_sides,
     load_domains_run,
+    load_side_run,
     matching_domains_run,
     matrix_heatmap,
     mixed_corpora,
@@ -88,13 +89,21 @@ from sae_med.report.domain_report import (
 )
 from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import domain_pair, setup_notebook
+from sae_med.report.random_weights import (
+    RANDOM_WEIGHTS_COMMAND,
+    RANDOM_WEIGHTS_CONFIG,
+    control_rows,
+    control_table,
+    control_verdicts,
+)
 
 # %% [markdown]
 # ## Parameters
 # `results_file` reports a results.json made elsewhere instead of this config's run;
 # `domains_results` is the domains run's results.json (default: where
-# `configs/domains.yaml` writes it). The domains run is read, never run here: it trains
-# an SAE family per corpus.
+# `configs/domains.yaml` writes it), `random_results` the random-weights control's (default:
+# where `configs/random_weights.yaml` writes it). Both are read, never run here: each trains
+# SAE families of its own.
 
 # %% tags=["parameters"]
 config = "configs/smoke.yaml"
@@ -102,6 +111,7 @@ overrides = []
 run_name = ""
 results_file = ""
 domains_results = ""
+random_results = ""
 
 # %%
 cfg, results_path = reported_run(setup_notebook(config, overrides, run_name), results_file)
@@ -212,6 +222,25 @@ else:
     display(placebo_verdict_table(domains.comparisons, medical, broad, placebos))
 
 # %% [markdown]
+# ### Weights that learned nothing
+# The random-weights control (`configs/random_weights.yaml`, read, never run here): the
+# same model architecture with every weight redrawn by its config's initialiser, the same
+# corpora, recipe, seeds and target. If each side's home advantage is as large there as on
+# the trained model (the domains run, same target and seeds), the gap is about the texts'
+# token statistics, not about what the model learned. The two runs are scored apart, so
+# the ratio's interval treats them as independent (conservative; `sae_med.measure.controls`).
+
+# %%
+random_status = load_side_run(random_results or domains_results_path(RANDOM_WEIGHTS_CONFIG),
+                              "random-weights", RANDOM_WEIGHTS_COMMAND)
+control = (control_rows(random_status.run.comparisons, domains.comparisons, medical, broad)
+           if random_status.run is not None and domains is not None else None)
+if control is None:
+    print(random_status.note if domains is not None else domains_status.note)
+else:
+    display(control_table(control))
+
+# %% [markdown]
 # ### What the broad SAE lacks
 # Three diagnostics that need no training (`sae_med.measure.homefield`, at the middle target L0):
 # (a) the broad SAE *recentred* on the medical mean (its decoder bias shifted by
@@ -243,6 +272,8 @@ verdicts = page_verdicts(comparisons, medical, broad, mixed,
                          domains.comparisons if domains is not None else None, placebos)
 print(verdicts["domain_verdict_sentence"], verdicts["domain_verdict_sentence_dce"],
       verdicts["mixed_cost_sentence"], sep="\n\n")
+verdicts |= control_verdicts(control, medical, random_status.note if domains is not None
+                             else domains_status.note)
 for key, text in verdicts.items():
     glue(key, text, display=False)
 glue("home_advantage_table", home_advantage_table(comparisons.gaps, sides,

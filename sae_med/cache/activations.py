@@ -42,7 +42,7 @@ from sae_med.artifacts import (
     stable_hash,
     write_json_atomic,
 )
-from sae_med.cache.batches import ChunkedBatches, ModelIdentity
+from sae_med.cache.batches import ChunkedBatches
 from sae_med.config import CacheConfig, Config
 from sae_med.corpora.registry import (
     cached_tokens,
@@ -53,6 +53,7 @@ from sae_med.corpora.registry import (
     use_config,
 )
 from sae_med.lm.model import LanguageModel, TokenBatch
+from sae_med.lm.weights import WeightsRecord, weights_record
 
 log = logging.getLogger(__name__)
 
@@ -498,9 +499,9 @@ class ActivationCache(ChunkedBatches):
         self.window_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
 
     @property
-    def model_identity(self) -> ModelIdentity:
-        """The model whose activations these are (recorded in the manifest)."""
-        return ModelIdentity(self.spec["model"], self.spec["weights_hash"])
+    def weights(self) -> WeightsRecord:
+        """The weights whose activations these are (the model the manifest records)."""
+        return weights_record(self.spec["model"], self.spec["weights_hash"])
 
     def _load(self, i: int) -> Tensor:
         t = torch.from_numpy(self.chunks[i][:])

@@ -16,19 +16,11 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
-
-
-class ModelIdentity(NamedTuple):
-    """The model whose activations a source holds: its name and the hash of the weights it
-    ran with (:attr:`~sae_med.lm.model.LanguageModel.weights_hash`)."""
-
-    name: str
-    weights_hash: str
 
 
 @runtime_checkable

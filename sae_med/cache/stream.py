@@ -33,7 +33,6 @@ from torch import Tensor
 from sae_med import runtime
 from sae_med.artifacts import stable_hash
 from sae_med.cache.activations import SORT_CHUNK, chunk_rows
-from sae_med.cache.batches import ModelIdentity
 from sae_med.config import Config
 from sae_med.corpora.registry import (
     cached_tokens,
@@ -44,6 +43,7 @@ from sae_med.corpora.registry import (
     use_config,
 )
 from sae_med.lm.model import LanguageModel
+from sae_med.lm.weights import WeightsRecord, weights_record
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +177,9 @@ class ActivationStream:
                         self._name(), epoch + 1, self.describe_tally())
 
     @property
-    def model_identity(self) -> ModelIdentity:
-        """The model producing these activations."""
-        return ModelIdentity(self.model.name, self.model.weights_hash)
+    def weights(self) -> WeightsRecord:
+        """The weights producing these activations."""
+        return weights_record(self.model.name, self.model.weights_hash)
 
     @property
     def tally(self) -> StreamTally:

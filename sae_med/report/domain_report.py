@@ -426,19 +426,25 @@ def load_domains_run(path: str | Path) -> DomainsRunStatus:
     """The domains run's results at ``path``, read, never run: it trains an SAE family per
     corpus (about an hour on 2 cores), so a missing or outdated file is reported with the
     command that produces it instead of failing."""
+    return load_side_run(path, "domains", DOMAINS_COMMAND)
 
+
+def load_side_run(path: str | Path, label: str, command: str) -> DomainsRunStatus:
+    """A run a chapter reads beside its own (the ``label`` run, made by ``command``), read,
+    never run: a missing or unreadable results file is reported with the command instead
+    of failing."""
     path = Path(path)
     if not path.exists():
-        return DomainsRunStatus(None, f"The domains run is absent ({path} does not exist): "
-                                      f"{DOMAINS_COMMAND} produces it.")
+        return DomainsRunStatus(None, f"The {label} run is absent ({path} does not exist): "
+                                      f"{command} produces it.")
     try:
         doc = read_results(path)
     except ValueError as err:  # an older schema: its tables cannot be read as they are
-        return DomainsRunStatus(None, f"The domains run at {path} cannot be read ({err}): "
-                                      f"{DOMAINS_COMMAND} rescores it.")
+        return DomainsRunStatus(None, f"The {label} run at {path} cannot be read ({err}): "
+                                      f"{command} rescores it.")
     cfg = config_from_dict(doc["config"])
     return DomainsRunStatus(DomainsRun(cfg, comparison_tables(doc), path),
-                            f"The domains run read from {path}: SAEs trained on "
+                            f"The {label} run read from {path}: SAEs trained on "
                             f"{', '.join(cfg.train_corpora)}, each scored on "
                             f"{', '.join(cfg.eval_corpora)}.")
 

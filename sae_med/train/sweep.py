@@ -70,7 +70,7 @@ from sae_med.artifacts import (
     stable_hash,
     write_json_atomic,
 )
-from sae_med.cache.batches import BatchSource, ModelIdentity, ResumableSource, prefetch
+from sae_med.cache.batches import BatchSource, ResumableSource, prefetch
 from sae_med.config import Config
 from sae_med.layout import (
     CFG_FILENAME,
@@ -81,7 +81,6 @@ from sae_med.layout import (
     sae_dirname,
     snapshot_dir,
 )
-from sae_med.lm.weights import weights_record
 from sae_med.sae.base import LinearSAE
 from sae_med.sae.factory import build_sae
 from sae_med.sae.jumprelu import JumpReLUSAE
@@ -434,8 +433,8 @@ def _weights_metadata(source: BatchSource) -> dict[str, Any]:
     """``{"weights": record}`` of the model whose activations ``source`` holds (the exact
     weights, read by :func:`~sae_med.lm.weights.recorded_weights` when the SAE is exported
     or scored); {} for a source that knows no model (tensors handed in)."""
-    ident: ModelIdentity | None = getattr(source, "model_identity", None)
-    return {} if ident is None else {"weights": weights_record(*ident).to_dict()}
+    record = getattr(source, "weights", None)  # a cache's or a stream's WeightsRecord
+    return {} if record is None else {"weights": record.to_dict()}
 
 
 def saved_metadata(sae_dir: Path) -> dict[str, Any]:

@@ -192,8 +192,13 @@ def test_domain_chapter_glues_its_verdict_sentence(tmp_path):
         ("medical", "medical"): 0.10, ("broad", "broad"): 0.02, ("mixed_10", "medical"): 0.05})
     dom = write_synthetic_results(tmp_path / "domains" / "results.json", domains, {
         ("medical", "medical"): 0.10, ("broad", "broad"): 0.02, ("go", "go"): 0.10})
+    rand = write_synthetic_results(  # the random-weights control: medicine's gap mostly gone
+        tmp_path / "random" / "results.json",
+        load_config(PROJECT_ROOT / "configs" / "random_weights.yaml"),
+        {("medical", "medical"): 0.02, ("broad", "broad"): 0.02})
     out = run_notebook("09", SMOKE, out=tmp_path / "09.ipynb",
-                       extra={"results_file": str(run), "domains_results": str(dom)})
+                       extra={"results_file": str(run), "domains_results": str(dom),
+                              "random_results": str(rand)})
     glued = {k: ast.literal_eval(v) for k, v in _glued(out).items()
              if v and v[0] in "'\""}  # the strings (tables are glued as HTML too)
     expected = page_verdicts(load_comparisons(run), "medical", "broad",
@@ -204,7 +209,8 @@ def test_domain_chapter_glues_its_verdict_sentence(tmp_path):
         "domain_verdict_sentence"]
     assert glued["verdict_did_fve_typical"] == "supported"
     assert glued["verdict_placebo_fve_typical"].startswith("go: not supported; foldoc: ")
+    assert glued["verdict_random_fve_typical"].startswith("smaller without training (ratio 0.2")
     page = (PROJECT_ROOT / "book" / "results.md").read_text()
     quoted = set(re.findall(r"09_domain_or_home_field\.ipynb::(\w+)", page)) | set(
         re.findall(r"```\{glue:\} (\w+)\n:doc: \.\./notebooks/09_", page))
-    assert len(quoted) >= 15 and quoted <= set(_glued(out))  # the page's keys all glued
+    assert len(quoted) >= 17 and quoted <= set(_glued(out))  # the page's keys all glued
