@@ -81,8 +81,9 @@ from sae_med.report.domain_report import ReportedRun
 from sae_med.report.exported import ExportFormat, ModelLens, RunInputs, export_needs
 from sae_med.report.learning_curve import CurvePoint, curve_budgets
 from sae_med.runtime import pick_device
+from sae_med.sae.base import LinearSAE
+from sae_med.sae.factory import load_sae
 from sae_med.sae.io import load_any_sae, sae_format
-from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.train.records import TrainingError
 from sae_med.train.sweep import finished_results, train_saes
 
@@ -399,13 +400,13 @@ def middle_target(cfg: Config, l0_target: float = 0.0) -> float:
 
 
 def saes_at(cfg: Config, l0_target: float = 0.0, corpora: Sequence[str] = (),
-            progress: bool = True) -> dict[str, JumpReLUSAE]:
+            progress: bool = True) -> dict[str, LinearSAE]:
     """Replicate 0 of each training corpus's SAE (or of ``corpora``) at
     :func:`middle_target` ``l0_target``, trained first if needed."""
 
     target = middle_target(cfg, l0_target)
     stage_train(cfg, progress)
-    return {c: JumpReLUSAE.load(cfg.run_path / SAES_DIR / sae_id(c, 0, target))
+    return {c: load_sae(cfg.run_path / SAES_DIR / sae_id(c, 0, target))
             for c in corpora or cfg.train_corpora}
 
 
@@ -428,7 +429,7 @@ def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
         log.warning("autointerp: demo budget (%s); autointerp.demo=false runs the real "
                     "comparison", ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()))
     log.info("autointerp: SAEs at L0 target %g on %s", target, eval_corpus)
-    saes = {c: JumpReLUSAE.load(r.path) for c, r in runs.items()}
+    saes = {c: load_sae(r.path) for c, r in runs.items()}
     scores = autointerp.score_saes(saes, cache, model, make_chat(budget, cfg.cache_path),
                                    budget, progress)
     return RunScores(scores, {c: r.metrics.l0 if r.metrics else math.nan
@@ -607,7 +608,7 @@ def recipe_config(recipe: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def train_synthetic(cfg: Config, batch: SyntheticBatch, out_dir: str | Path,
-                    progress: bool = False) -> list[JumpReLUSAE]:
+                    progress: bool = False) -> list[LinearSAE]:
     """Train ``cfg``'s sweep (:func:`sae_med.train.sweep.train_saes`) on ``batch.acts``, or reuse
     a finished one with the same run key; returns the saved SAEs in target order."""
     from sae_med.train.sweep import train_saes  # the trainer pulls in the device runtime
@@ -624,7 +625,7 @@ def train_synthetic(cfg: Config, batch: SyntheticBatch, out_dir: str | Path,
                              train_corpus=SYNTHETIC_CORPUS)
     finally:
         torch.set_num_threads(threads)
-    return [JumpReLUSAE.load(r.path) for r in results]
+    return [load_sae(r.path) for r in results]
 
 
 def reported_run(cfg: Config, results_file: str = "") -> ReportedRun:

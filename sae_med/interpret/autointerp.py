@@ -67,7 +67,7 @@ from sae_med.layout import CONFIG_NAME
 from sae_med.lm.model import LanguageModel
 from sae_med.measure.bootstrap import bootstrap_mean, independent_difference
 from sae_med.measure.metrics import auroc
-from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.base import LinearSAE
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ class Detected(NamedTuple):
     p_failures: int
 
 
-def score_latent(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
+def score_latent(sae: LinearSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
                  unembed: Float[Tensor, "d_model d_vocab"], chat: ChatBackend, latent: int,
                  cfg: AutointerpConfig) -> LatentScore:
     """Explain one latent and score the explanation (see the module docstring)."""
@@ -382,7 +382,7 @@ def _fuzz_questions(explanation: str, pos: Sequence[Window], tokenizer: Any, see
     return Questions(questions, labels)
 
 
-def interpret_sae(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
+def interpret_sae(sae: LinearSAE, acts: LatentActs, cache: ActivationCache, tokenizer,
                   unembed: Float[Tensor, "d_model d_vocab"], chat: ChatBackend,
                   cfg: AutointerpConfig, latents: Sequence[int] | None = None,
                   progress: bool = True) -> pd.DataFrame:
@@ -471,7 +471,7 @@ class RunScores(NamedTuple):
     """The settings the scores were made with (:func:`run_budget` of the config's)."""
 
 
-def score_saes(saes: Mapping[str, JumpReLUSAE], cache: ActivationCache, model: LanguageModel,
+def score_saes(saes: Mapping[str, LinearSAE], cache: ActivationCache, model: LanguageModel,
                chat: ChatBackend, budget: AutointerpConfig, progress: bool = True
                ) -> dict[str, pd.DataFrame]:
     """:func:`interpret_sae` for each SAE of ``saes`` over ``cache`` (built from ``model``),

@@ -39,7 +39,7 @@ from sae_med.interpret.features import (
     top_windows,
 )
 from sae_med.lm.model import LanguageModel
-from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.base import LinearSAE
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class LatentSummary:
     lens: LogitLens
 
 
-def latent_summary(sae: JumpReLUSAE, acts: LatentActs, cache: ActivationCache, tokenizer: Any,
+def latent_summary(sae: LinearSAE, acts: LatentActs, cache: ActivationCache, tokenizer: Any,
                    unembed: Float[Tensor, "d_model d_vocab"], latent: int, label: str = "",
                    k_windows: int = 6, n_bins: int = 30) -> LatentSummary:
     """Everything a card and the figure show for ``latent`` (``acts`` from

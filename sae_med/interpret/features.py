@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from sae_med.cache.activations import ActivationCache, TokenInfo
 from sae_med.measure.bootstrap import Interval, bootstrap_mean, paired_difference
 from sae_med.measure.metrics import auroc_matrix
-from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.base import LinearSAE
 
 
 class LatentActs(NamedTuple):
@@ -61,7 +61,7 @@ class LatentActs(NamedTuple):
 
 
 @torch.no_grad()
-def encode_cache(sae: JumpReLUSAE, cache: ActivationCache, batch_size: int = 4096,
+def encode_cache(sae: LinearSAE, cache: ActivationCache, batch_size: int = 4096,
                  progress: bool = True) -> LatentActs:
     """Encode every row of ``cache`` (in cache order) and keep the non-zero latents."""
     rows, lats, vals = [], [], []
@@ -178,7 +178,7 @@ class LogitLens(NamedTuple):
 
 
 @torch.no_grad()
-def logit_lens(sae: JumpReLUSAE, unembed: Float[Tensor, "d_model d_vocab"], tokenizer,
+def logit_lens(sae: LinearSAE, unembed: Float[Tensor, "d_model d_vocab"], tokenizer,
                latent: int, k: int = 10) -> LogitLens:
     """Tokens the latent's decoder direction promotes / suppresses: ``W_dec[l] @ W_U``."""
     logits = sae.W_dec[latent].float() @ unembed.float()
@@ -190,7 +190,7 @@ def logit_lens(sae: JumpReLUSAE, unembed: Float[Tensor, "d_model d_vocab"], toke
 
 
 @torch.no_grad()
-def search_latents(sae: JumpReLUSAE, acts_of_text: Float[Tensor, "pos d_model"],
+def search_latents(sae: LinearSAE, acts_of_text: Float[Tensor, "pos d_model"],
                    k: int = 10) -> list[tuple[int, float]]:
     """Latents most active (max over positions) on a phrase's activations."""
     f = sae.encode(acts_of_text).amax(0)
@@ -423,7 +423,7 @@ def activation_correlation(a: LatentActs, b: LatentActs
 
 
 @torch.no_grad()
-def match_dictionaries(a: JumpReLUSAE, b: JumpReLUSAE, shared_at: float = 0.7,
+def match_dictionaries(a: LinearSAE, b: LinearSAE, shared_at: float = 0.7,
                        related_at: float = 0.4, acts_a: LatentActs | None = None,
                        acts_b: LatentActs | None = None) -> DictionaryMatch:
     """Best decoder-cosine match in ``b`` for every latent of ``a`` (classified by

@@ -52,7 +52,8 @@ from sae_med.measure.metrics import (
 from sae_med.measure.scoring import cache_stats, ce_texts, document_groups, reconstruction_fn
 from sae_med.measure.spliced import spliced_losses
 from sae_med.runtime import pick_device
-from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.base import LinearSAE
+from sae_med.sae.factory import load_sae
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,7 @@ def _err_sums(s: DocSums, mean: Float[Tensor, " d_model"]) -> ErrSums:
 
 
 @torch.no_grad()
-def binned_sums(sae: JumpReLUSAE, x: Float[Tensor, "tokens d_model"],
+def binned_sums(sae: LinearSAE, x: Float[Tensor, "tokens d_model"],
                 key: Int[Tensor, " tokens"], typical: Bool[Tensor, " tokens"]
                 ) -> tuple[DocSums, DocSums]:
     """Reconstruction sums of ``sae`` per distinct ``key`` (document × bin), of every
@@ -457,7 +458,7 @@ class EvalTokens(NamedTuple):
     labels: list[tuple[str, float | None, float | None]]
 
 
-def recon_stats(sae: JumpReLUSAE, ev: EvalTokens, novel: Bool[Tensor, " docs"],
+def recon_stats(sae: LinearSAE, ev: EvalTokens, novel: Bool[Tensor, " docs"],
                 resample: DocResample, full: bool = True) -> Stats:
     """Typical-token FVE on all documents; with ``full`` also on novel and other
     documents, and per frequency bin the typical-token FVU (Σ‖e‖² / Σ‖x − x̄_typical‖²)
@@ -656,17 +657,17 @@ def eval_tokens(cfg: Config, inp: HomeInputs, edges: Sequence[float] = RATIO_EDG
                       typical, x[typical].double().mean(0), bin_labels(edges))
 
 
-def recentred(sae: JumpReLUSAE, shift: Float[Tensor, " d_model"]) -> JumpReLUSAE:
+def recentred(sae: LinearSAE, shift: Float[Tensor, " d_model"]) -> LinearSAE:
     """A copy of ``sae`` computing sae(x − δ) + δ, δ = ``shift``: its decoder bias moved by
     δ and its encoder's input by −δ, so an SAE fitted around one mean serves another."""
     return sae.folded().fold_input_mean_(shift)
 
 
 def side_saes(inp: HomeInputs, shift: Float[Tensor, " d_model"], device: Any
-              ) -> dict[tuple[str, int], JumpReLUSAE]:
+              ) -> dict[tuple[str, int], LinearSAE]:
     """Each replicate's domain and broad SAE, and the broad one :func:`recentred` by
     ``shift``."""
-    saes = {k: JumpReLUSAE.load(d, device=device) for k, d in inp.sae_dirs.items()}
+    saes = {k: load_sae(d, device=device) for k, d in inp.sae_dirs.items()}
     return saes | {("recentred", r): recentred(sae, shift)
                    for (side, r), sae in saes.items() if side == "broad"}
 

@@ -100,7 +100,7 @@ from sae_med.measure.results import (
     ResultRow,
 )
 from sae_med.measure.spliced import spliced_losses
-from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.base import LinearSAE
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class ReconstructionPass(NamedTuple):
     """Sorted ids of the held-out documents (the rows of ``dark_matter_fit.per_doc()``)."""
 
 
-def reconstruction_fn(sae: JumpReLUSAE) -> SaeFn:
+def reconstruction_fn(sae: LinearSAE) -> SaeFn:
     """Raw activations → the SAE's reconstruction, on the SAE's device and back."""
     dev = sae.W_enc.device
 
@@ -208,7 +208,7 @@ def cache_stats(cache: ActivationCache) -> CacheStats:
 
 
 @torch.no_grad()
-def reconstruction_pass(sae: JumpReLUSAE, cache: ActivationCache, dm_seed: int,
+def reconstruction_pass(sae: LinearSAE, cache: ActivationCache, dm_seed: int,
                         batch_tokens: int = RECON_BATCH_TOKENS,
                         dm_train_frac: float = DM_TRAIN_FRAC,
                         typical_norm: float = math.inf) -> ReconstructionPass:
@@ -257,7 +257,7 @@ class ScoredCorpus(NamedTuple):
     scores as ``dark_matter.<name>``) on all documents and on each shared resample."""
 
 
-def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
+def evaluate_saes(saes: Mapping[str, LinearSAE], model: LanguageModel, cfg: Config,
                   eval_corpus: str, cache: ActivationCache,
                   meta: Mapping[str, Mapping[str, Any]] | None = None,
                   progress: bool = True) -> list[dict[str, Any]]:
@@ -266,7 +266,7 @@ def evaluate_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Co
                                             progress).rows]
 
 
-def score_saes(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
+def score_saes(saes: Mapping[str, LinearSAE], model: LanguageModel, cfg: Config,
                eval_corpus: str, cache: ActivationCache,
                meta: Mapping[str, Mapping[str, Any]] | None = None,
                progress: bool = True) -> ScoredCorpus:
@@ -321,7 +321,7 @@ class SplicedCE(NamedTuple):
     """Variant (SAE id, or the mean ablation) -> its per-batch document sums."""
 
 
-def _spliced_ce(saes: Mapping[str, JumpReLUSAE], model: LanguageModel, cfg: Config,
+def _spliced_ce(saes: Mapping[str, LinearSAE], model: LanguageModel, cfg: Config,
                 eval_corpus: str, stats: CacheStats, progress: bool) -> SplicedCE:
     """(b) the spliced loss of every SAE and of the mean ablation on the CE documents,
     batch-outer so the clean and zero passes are shared by all SAEs: the CE rows' eval
@@ -368,7 +368,7 @@ def _shared_scoring(cfg: Config, eval_corpus: str, cache: ActivationCache, ce_id
                    cfg.eval.massive_norm_ratio * stats.median_norm, n_boot)
 
 
-def _score_one(sae_id: str, sae: JumpReLUSAE, cache: ActivationCache,
+def _score_one(sae_id: str, sae: LinearSAE, cache: ActivationCache,
                doc_ce: Mapping[str, list[DocCE]], sh: _Shared, meta: dict[str, Any]
                ) -> tuple[ResultRow, dict[str, Tensor]]:
     """One SAE's row and bootstrap draws: (a), (c), (d) over the cache, (b) from its

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sae_med.config import SAEConfig
-from sae_med.sae import io, relu, topk
+from sae_med.sae import jumprelu, relu, topk
 from sae_med.sae.base import LinearSAE, SAECheckpointError, read_checkpoint_cfg
 from sae_med.sae.jumprelu import JumpReLUSAE
 from sae_med.sae.relu import ReLUSAE
@@ -63,7 +63,7 @@ def load_sae(directory: str | Path, device: torch.device | str = "cpu") -> AnySA
 def to_sae_lens(sae: AnySAE) -> Any:
     """The equivalent sae-lens inference SAE of any architecture, on raw activations."""
     if isinstance(sae, JumpReLUSAE):
-        return io.to_sae_lens(sae)
+        return jumprelu.to_sae_lens(sae)
     if isinstance(sae, ReLUSAE):
         return relu.to_sae_lens(sae)
     if isinstance(sae, TopKSAE):

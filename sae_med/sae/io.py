@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from sae_med.artifacts import atomic_path, write_json_atomic
 from sae_med.layout import CFG_FILENAME, WEIGHTS_FILENAME
-from sae_med.sae.base import SAECheckpointError
+from sae_med.sae import factory
+from sae_med.sae.base import LinearSAE, SAECheckpointError
 from sae_med.sae.jumprelu import JumpReLUSAE
 
 # --------------------------------------------------------------------------------------
@@ -79,20 +80,11 @@ def save_gemma_scope_2(sae: JumpReLUSAE, folder: str | Path, model_name: str,
     return folder
 
 
-def to_sae_lens(sae: JumpReLUSAE) -> Any:
-    """An equivalent ``sae_lens.saes.jumprelu_sae.JumpReLUSAE`` on raw activations
-    (input scale folded in, ``apply_b_dec_to_input=False``)."""
-    # deferred: sae-lens is heavy (and optional here); only interop needs it
-    from sae_lens.saes.jumprelu_sae import JumpReLUSAE as LensSAE
-
-    # deferred: sae-lens is heavy (and optional here); only interop needs it
-    from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
-
-    kwargs, state = sae.sae_lens_form()
-    out = LensSAE(JumpReLUSAEConfig(**kwargs))
-    state["threshold"] = sae.folded().threshold.detach().to(state["W_enc"].dtype)
-    out.load_state_dict(state)
-    return out
+def to_sae_lens(sae: LinearSAE) -> Any:
+    """The equivalent sae-lens inference SAE of any architecture, on raw activations
+    (input scale folded in, ``apply_b_dec_to_input=False``; :func:`sae_med.sae.factory.
+    to_sae_lens`)."""
+    return factory.to_sae_lens(sae)
 
 
 def from_sae_lens(lens_sae: Any, bandwidth: float | None = None) -> JumpReLUSAE:
@@ -153,7 +145,7 @@ def sae_format(spec: str | Path) -> str:
                 arch = json.loads(cfg.read_text()).get("architecture")
             except json.JSONDecodeError as e:
                 raise SAECheckpointError(f"{cfg} is not valid JSON: {e}") from e
-            if arch == "jumprelu" and (path / WEIGHTS_FILENAME).exists():
+            if arch in factory.CLASSES and (path / WEIGHTS_FILENAME).exists():
                 return "sae_med"
             if (path / "sae_weights.safetensors").exists():
                 return "sae_lens_disk"
@@ -162,12 +154,14 @@ def sae_format(spec: str | Path) -> str:
     raise SAECheckpointError(f"{spec}: not a recognised SAE; {SAE_SPEC_HELP}")
 
 
-def load_any_sae(spec: str | Path, device: torch.device | str = "cpu") -> JumpReLUSAE:
-    """Load an SAE from any format of :func:`sae_format` as a :class:`JumpReLUSAE` on raw
-    activations (sae-lens SAEs must be JumpReLU; see :func:`from_sae_lens`)."""
+def load_any_sae(spec: str | Path, device: torch.device | str = "cpu") -> LinearSAE:
+    """Load an SAE from any format of :func:`sae_format` on raw activations: a sae-med
+    folder as the architecture its ``cfg.json`` names (:func:`sae_med.sae.factory.
+    load_sae`), every other format as a :class:`JumpReLUSAE` (sae-lens SAEs must be
+    JumpReLU; see :func:`from_sae_lens`)."""
     kind = sae_format(spec)
     if kind == "sae_med":
-        return JumpReLUSAE.load(spec, device=device)
+        return factory.load_sae(spec, device=device)
     if kind == "gemma_scope":
         path = Path(spec)
         return from_gemma_scope_npz(path / "params.npz" if path.is_dir() else path,

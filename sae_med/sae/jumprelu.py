@@ -119,3 +119,17 @@ class JumpReLUSAE(LinearSAE):
 
     def config_extra(self) -> dict[str, Any]:
         return {"bandwidth": self.bandwidth}
+
+
+def to_sae_lens(sae: JumpReLUSAE) -> Any:
+    """An equivalent ``sae_lens.saes.jumprelu_sae.JumpReLUSAE`` on raw activations
+    (input scale folded in, ``apply_b_dec_to_input=False``)."""
+    # deferred: sae-lens is heavy (and optional here); only interop needs it
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE as LensSAE
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
+
+    kwargs, state = sae.sae_lens_form()
+    out = LensSAE(JumpReLUSAEConfig(**kwargs))
+    state["threshold"] = sae.folded().threshold.detach().to(state["W_enc"].dtype)
+    out.load_state_dict(state)
+    return out
