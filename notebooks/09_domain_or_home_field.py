@@ -20,9 +20,11 @@
 #   three diagnostics of what the broad SAE lacks.
 # - **Before it:** chapters 3 and 4 (paired gaps, matched FVE, the claims and their
 #   verdicts) and chapter 2 (the training corpora); what a placebo control is.
-# - **Time, default config:** not yet timed (benchmarks/RESULTS.md has no run of this
-#   chapter yet). The train × eval matrix needs the domains run (`sae-med run
-#   configs/domains.yaml`), also not yet timed.
+# - **Time, default config:** not yet timed with the run made (the homefield diagnostics
+#   score the default's SAEs once, then reuse). It reads two runs of their own when
+#   present: the domains run (`sae-med run configs/domains.yaml`: about 52 min from nothing
+#   on 2 cores, benchmarks/RESULTS.md, 2026-12-06) and the random-weights control
+#   (`sae-med run configs/random_weights.yaml`).
 # - **Time, smoke config:** about 25 s measured here with the smoke run present (26 s in
 #   a book build, 25 s alone; 2026-12-06, this project's shared 2-core machine under
 #   load).
@@ -51,6 +53,8 @@
 # 5. **What the broad SAE lacks**: how much of the gap a shift of the broad SAE to the
 #    medical mean closes, how much survives on novel documents, and how it varies with a
 #    token's frequency in one training cache against the other.
+# 6. **Weights that learned nothing**: each side's home advantage on the same model with
+#    every weight redrawn, against the trained model's.
 #
 # Every interval is the paired hierarchical 95% bootstrap of `sae_med.measure.compare` (seed
 # replicates, then document groups); a contrast's two texts are different documents,
