@@ -11,6 +11,8 @@ import pytest
 
 from sae_med.config import SAE_ARCHITECTURES, load_config
 from sae_med.experiment import run_experiment
+from sae_med.layout import RESULTS_NAME
+from sae_med.report.matrix import matrix_cells, matrix_configs, read_matrix, verdict_table
 
 LAYER = 1
 TARGET = 4
@@ -30,8 +32,9 @@ def tiny_overrides(model_dir, tmp_path) -> list[str]:
             "train.batch_size=256", "eval.n_tokens=512", "eval.ce_docs=4", "eval.bootstrap=10"]
 
 
-def check_rows(rows: list[dict], arch: str) -> None:
-    """Every row scored: finite FVE and ΔCE with intervals, and the TopK family at its k."""
+def check_rows(rows: list[dict], arch: str, at_k: bool = True) -> None:
+    """Every row scored: finite FVE and ΔCE with intervals, and (``at_k``) the TopK family
+    at its k."""
     assert rows
     for r in rows:
         m = r["metrics"]
@@ -39,6 +42,8 @@ def check_rows(rows: list[dict], arch: str) -> None:
             assert math.isfinite(m[name]["value"]), (arch, r["sae_id"], name)
             assert m[name]["low"] <= m[name]["value"] <= m[name]["high"], (arch, name)
         assert r["dark_matter"].get("r2_error_mean") is not None, (arch, r["dark_matter"])
+        if not at_k:
+            continue
         if arch == "topk":  # k per token, exactly
             assert m["l0"]["value"] == pytest.approx(TARGET), r["sae_id"]
         elif arch in TOPK_FAMILY:  # the inference threshold of k per token over a batch
@@ -55,3 +60,31 @@ def test_experiment_scores_every_architecture(tiny_lm_dirs, tmp_path, arch):
     saved = json.loads((cfg.run_path / "saes/medical/seed_0/l0_4/cfg.json").read_text())
     assert saved["architecture"] == arch
     check_rows(doc["rows"], arch)
+
+
+def test_matrix_config_runs_every_cell_and_prints_its_table(tiny_lm_dirs, tmp_path):
+    """configs/matrix.yaml at the tiny checkpoints' size: both models (tiny gemma2 and
+    llama for Gemma and SmolLM2), five architectures, the three training corpora; every
+    cell run evaluated, and the table reads them all."""
+    base = load_config("configs/matrix.yaml")
+    smol = [n for n, c in base.replication_configs().items()
+            if c.model.name != base.model.name]
+    cfg = load_config("configs/matrix.yaml", [
+        # ce_tokens: smoke.yaml's 0 (default.yaml's 4,096 cost minutes over a 262k vocabulary)
+        *tiny_overrides(tiny_lm_dirs["gemma2"], tmp_path), "train.n_tokens=4096",
+        "eval.ce_tokens=0", "sae.seeds=1", "eval_corpora=[medical]", "train.workers=1",
+        *(o for n in smol for o in (f"replications.{n}.model.name={tiny_lm_dirs['llama']}",
+                                    f"replications.{n}.model.hook_layer={LAYER}",
+                                    f"replications.{n}.sae.width=64"))])
+    run_experiment(cfg, progress=False)
+    runs = read_matrix(cfg)
+    assert {(r.architecture, r.model.split(" ")[0].rsplit("/", 1)[-1]) for r in runs} == {
+        (a, m) for a in SAE_ARCHITECTURES for m in ("gemma2", "llama")}
+    for r, c in zip(runs, matrix_configs(cfg), strict=True):
+        doc = json.loads((c.run_path / RESULTS_NAME).read_text())
+        assert {row["train_corpus"] for row in doc["rows"]} == {"medical", "broad", "mixed_10"}
+        check_rows(doc["rows"], r.architecture, at_k=False)  # 16 steps: no threshold yet
+    cells = matrix_cells(runs)
+    assert len(cells) == 10 * 2 * 3 and all(c.gaps for c in cells)
+    assert {c.verdict for c in cells} <= {"holds", "reverses", "fails", "not judged"}
+    assert len(verdict_table(cells)) == 5 * 2
