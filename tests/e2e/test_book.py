@@ -327,21 +327,25 @@ def test_site_holds_one_copy_of_plotly_js(built_book):
 @pytest.mark.slow
 def test_results_page_says_smoke_verdicts_are_not_judged(built_book):
     """The smoke SAEs fail the ΔCE quality bar, so no claim of this run gets a verdict:
-    the paper's, the difference-in-differences and the mix's rows. The placebo rows come
-    from the domains run, another run: its own verdicts, or how to produce it."""
+    the paper's, the difference-in-differences and the mix's rows. The placebo and
+    random-weights rows come from other runs: their own verdicts, or how to produce them."""
     from sae_med.measure.compare import NOT_JUDGED
     from sae_med.report.domain_report import DOMAINS_COMMAND
+    from sae_med.report.random_weights import RANDOM_WEIGHTS_COMMAND
 
     text = (built_book.parent / "book" / "results.html").read_text()
     section = text[text.index("Verdicts for this run"):]
     table = section[section.index("<table"):section.index("</table>")]
     rows = table.split("<tr")[2:]  # after the header
     placebo = [r for r in rows if "Placebo domains" in r]
-    ours = [r for r in rows if r not in placebo]
-    assert len(ours) == 12 and len(placebo) == 2
+    random = [r for r in rows if "Random-weights control" in r]
+    ours = [r for r in rows if r not in placebo + random]
+    assert len(ours) == 12 and len(placebo) == 2 and len(random) == 2
     assert all(NOT_JUDGED in r and "supported" not in r.replace(NOT_JUDGED, "")
                for r in ours)
     assert all(DOMAINS_COMMAND in r or "supported" in r for r in placebo)
+    assert all(DOMAINS_COMMAND in r or RANDOM_WEIGHTS_COMMAND in r or "training" in r
+               for r in random)
 
 
 @pytest.mark.slow
