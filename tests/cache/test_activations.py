@@ -15,6 +15,7 @@ import torch
 
 from sae_med.cache.activations import ActivationCache, CorruptCacheError, build_cache
 from sae_med.config import load_config
+from sae_med.corpora import registry
 from sae_med.corpora.registry import iter_documents
 
 
@@ -49,20 +50,10 @@ def test_cache_equals_run_with_cache(model, medical_cache):
 
 
 def test_cache_reports_tokens_cut_by_ctx_len_as_corpora_counts_them(
-        model, tmp_path, monkeypatch):
+        model, tmp_path, long_recipes):
     """A corpus of long and short documents, cached whole with contexts shorter than the
     long ones: the manifest's counted tokens are `sae-med corpora`'s count, and what was
     cached is that count less the cut, as `sae-med corpora`'s cached column predicts."""
-    from sae_med.corpora import registry
-
-    words = iter_documents("medical", "train")
-    (tmp_path / "recipes").mkdir()
-    for i in range(12):  # 4 to 36 definitions long: many tokens past a short context
-        text = " ".join(next(words).text for _ in range(4 + 8 * (i % 5)))
-        (tmp_path / "recipes" / f"r{i}.txt").write_text(text)
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path / "sae_med_cache"))  # its own stats
-    monkeypatch.chdir(tmp_path)
     ctx_len = 24
     cfg = small_cfg(tmp_path / "cache", f"cache.ctx_len={ctx_len}", "cache.n_tokens=100000",
                     'corpora={"recipes": {"files": "recipes", "domain": "cooking"}}')

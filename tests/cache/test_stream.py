@@ -66,19 +66,11 @@ def test_stream_rows_are_the_cache_rows_shuffled(tiny_gemma2, tmp_path):
     assert not torch.equal(next(other), streamed[:64])
 
 
-def test_stream_counts_what_ctx_len_cuts_as_a_cache_does(tiny_gemma2, tmp_path, monkeypatch,
+def test_stream_counts_what_ctx_len_cuts_as_a_cache_does(tiny_gemma2, tmp_path, long_recipes,
                                                         caplog):
     """Recipes longer than the context, streamed past one pass: the stream's tally of a
     pass is `sae-med corpora`'s count (every token, and the cached ones it streamed), it
     warns when the pass ends naming the cut, and the second pass counts nothing twice."""
-    words = registry.iter_documents("medical", "train")
-    (tmp_path / "recipes").mkdir()
-    for i in range(12):  # 4 to 36 definitions long: many tokens past a short context
-        text = " ".join(next(words).text for _ in range(4 + 8 * (i % 5)))
-        (tmp_path / "recipes" / f"r{i}.txt").write_text(text)
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setenv("SAE_MED_CACHE", str(tmp_path / "sae_med_cache"))  # its own stats
-    monkeypatch.chdir(tmp_path)
     cfg = stream_config(tmp_path, "cache.ctx_len=24", "train_corpora=[recipes]",
                         'corpora={"recipes": {"files": "recipes", "domain": "cooking"}}')
     stream = ActivationStream(tiny_gemma2, cfg, "recipes")
