@@ -239,8 +239,9 @@ random_status = load_side_run(random_results or domains_results_path(RANDOM_WEIG
                               "random-weights", RANDOM_WEIGHTS_COMMAND)
 control = (control_rows(random_status.run.comparisons, domains.comparisons, medical, broad)
            if random_status.run is not None and domains is not None else None)
+control_note = random_status.note if domains is not None else domains_status.note
 if control is None:
-    print(random_status.note if domains is not None else domains_status.note)
+    print(control_note)
 else:
     display(control_table(control))
 
@@ -276,8 +277,7 @@ verdicts = page_verdicts(comparisons, medical, broad, mixed,
                          domains.comparisons if domains is not None else None, placebos)
 print(verdicts["domain_verdict_sentence"], verdicts["domain_verdict_sentence_dce"],
       verdicts["mixed_cost_sentence"], sep="\n\n")
-verdicts |= control_verdicts(control, medical, random_status.note if domains is not None
-                             else domains_status.note)
+verdicts |= control_verdicts(control, medical, control_note)
 for key, text in verdicts.items():
     glue(key, text, display=False)
 glue("home_advantage_table", home_advantage_table(comparisons.gaps, sides,

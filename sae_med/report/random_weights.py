@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.controls import control_verdict, gap_ratio
-from sae_med.report.claims import oriented_gaps
+from sae_med.report.claims import oriented_gaps, row_intervals
 
 if TYPE_CHECKING:
     from sae_med.measure.results import ComparisonTables
@@ -41,7 +41,7 @@ def _gap(gaps: Any, own: str, other: str, metric: str, target: float) -> Interva
     g = oriented_gaps(gaps, own, other)
     row = g[(g.basis == "l0_target") & (g.eval_corpus == own) & (g.metric == metric)
             & (g.l0_target == target)]
-    return None if row.empty else Interval(*map(float, row[["value", "low", "high"]].iloc[0]))
+    return None if row.empty else row_intervals(row)[0]
 
 
 def control_rows(random: ComparisonTables, trained: ComparisonTables, domain: str,
