@@ -417,7 +417,7 @@ def all_claims() -> tuple[Claim, ...]:
     return (*CLAIMS, *SENSITIVITY_CHECKS, *DID_CLAIMS, *HOME_EXCESS_CLAIMS)
 
 
-def _code(fn: Callable[..., Any]) -> str:
+def judging_code(fn: Callable[..., Any]) -> str:
     """A function's code without its docstring, comments or layout: what it does."""
     node = ast.parse(inspect.getsource(fn).strip()).body[0]
     body = node.body  # type: ignore[attr-defined]
@@ -442,4 +442,4 @@ def rule_fingerprint(c: Claim) -> str:
     not its version)."""
     fields = {k: v for k, v in c._asdict().items() if k not in ("text", "version")}
     return stable_hash({"claim": fields, "bar_nats": DCE_BAR_NATS,
-                        "code": [_code(f) for f in _judges(c)]})
+                        "code": [judging_code(f) for f in _judges(c)]})

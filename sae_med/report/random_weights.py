@@ -1,17 +1,29 @@
 """The random-weights control in tables and sentences (issue 32): each side's home
 advantage on the trained model against the same on a model whose weights were redrawn
 (``configs/random_weights.yaml``), as a ratio with the verdict of
-:func:`sae_med.measure.controls.control_verdict`."""
+:func:`sae_med.measure.controls.control_verdict` (loss-based rows gated by
+:data:`~sae_med.measure.controls.LOSS_RULE` on the random model's own clean and
+zero-ablated CE)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sae_med.artifacts import stable_hash
 from sae_med.measure.bootstrap import Interval
-from sae_med.measure.controls import control_verdict, gap_ratio
-from sae_med.report.claims import oriented_gaps, row_intervals
+from sae_med.measure.controls import (
+    LOSS_METRICS,
+    LOSS_RULE,
+    LossBaseline,
+    LossRule,
+    control_verdict,
+    gap_ratio,
+    has_loss_to_lose,
+)
+from sae_med.report.claims import judging_code, oriented_gaps, row_intervals
 
 if TYPE_CHECKING:
+    from sae_med.config import Config
     from sae_med.measure.results import ComparisonTables
 
 RANDOM_WEIGHTS_CONFIG = "configs/random_weights.yaml"
@@ -31,10 +43,13 @@ class ControlRow(NamedTuple):
     trained: Interval
     random: Interval
     ratio: Interval
+    loss: LossBaseline | None = None
+    """The random model's clean and zero-ablated CE on ``own`` text (what the loss gate
+    reads); None where the run has no CE rows or the vocabulary size was not given."""
 
     @property
     def verdict(self) -> str:
-        return control_verdict(self.ratio)
+        return control_verdict(self.ratio, self.metric, self.loss)
 
 
 def _gap(gaps: Any, own: str, other: str, metric: str, target: float) -> Interval | None:
@@ -44,18 +59,62 @@ def _gap(gaps: Any, own: str, other: str, metric: str, target: float) -> Interva
     return None if row.empty else row_intervals(row)[0]
 
 
+def loss_baseline(families: Any, corpus: str, target: float, vocab_size: int | None
+                  ) -> LossBaseline | None:
+    """The ``corpus`` SAEs' family means of ``ce_clean`` and ``ce_zero`` on ``corpus``
+    text at ``target`` (neither depends on the SAE: the model's own loss on that text);
+    None without ``vocab_size`` or without those rows."""
+    if vocab_size is None or families.empty:
+        return None
+    sel = families[(families.train_corpus == corpus) & (families.eval_corpus == corpus)
+                   & (families.basis == "l0_target") & (families.l0_target == target)]
+    ce = {m: sel[sel.metric == m].value for m in ("ce_clean", "ce_zero")}
+    if any(v.empty for v in ce.values()):
+        return None
+    return LossBaseline(float(ce["ce_clean"].iloc[0]), float(ce["ce_zero"].iloc[0]),
+                        vocab_size)
+
+
 def control_rows(random: ComparisonTables, trained: ComparisonTables, domain: str,
-                 broad: str, metrics: tuple[str, ...] = CONTROL_METRICS) -> list[ControlRow]:
-    """Both sides' home advantages at every target L0 the two runs share."""
+                 broad: str, metrics: tuple[str, ...] = CONTROL_METRICS,
+                 vocab_size: int | None = None) -> list[ControlRow]:
+    """Both sides' home advantages at every target L0 the two runs share; ``vocab_size``
+    (the random model's: :func:`model_vocab_size`) lets the loss gate judge the
+    loss-based rows, which without it are not judged."""
     targets = sorted(set(random.gaps.l0_target.dropna()) & set(trained.gaps.l0_target.dropna()))
     rows = []
     for t in targets:
         for own, other in ((domain, broad), (broad, domain)):
+            loss = loss_baseline(random.families, own, t, vocab_size)
             for m in metrics:
                 r, g = _gap(random.gaps, own, other, m, t), _gap(trained.gaps, own, other, m, t)
                 if r is not None and g is not None:
-                    rows.append(ControlRow(t, own, other, m, g, r, gap_ratio(r, g)))
+                    rows.append(ControlRow(t, own, other, m, g, r, gap_ratio(r, g), loss))
     return rows
+
+
+def model_vocab_size(cfg: Config) -> int:
+    """The vocabulary size of ``cfg``'s model (its Hugging Face config's ``vocab_size``,
+    the unembedding's width), read without loading the weights into a model."""
+    # deferred: transformers is heavy to import; only this reader needs it
+    from transformers import AutoConfig
+
+    from sae_med.lm.files import EMBEDDED_MODELS
+
+    name = cfg.model.name
+    where = EMBEDDED_MODELS[name].make_dir(None)[0] if name in EMBEDDED_MODELS else name
+    hf = AutoConfig.from_pretrained(str(where))
+    return int(getattr(hf, "text_config", hf).vocab_size)
+
+
+def control_rule_fingerprint(rule: LossRule = LOSS_RULE) -> str:
+    """A hash of everything that decides a control row's verdict: the loss gate's
+    margins, the metrics it gates, and the code that draws the ratio, reads the random
+    model's loss and judges (not the rule's version)."""
+    fields = {k: v for k, v in rule._asdict().items() if k != "version"}
+    code = (gap_ratio, has_loss_to_lose, control_verdict, loss_baseline)
+    return stable_hash({"rule": fields, "loss_metrics": sorted(LOSS_METRICS),
+                        "code": [judging_code(f) for f in code]})
 
 
 def _cell(g: Interval, fmt: str = "+.3f") -> str:

@@ -37,3 +37,35 @@ def test_the_control_verdict_reads_the_ratio_interval():
     assert control_verdict(Interval(0.9, 0.7, 1.1)) == "as large without training"
     assert control_verdict(Interval(1.5, 1.2, 1.8)) == "as large without training"
     assert control_verdict(Interval(5.0, None, None)) == "no interval"
+
+
+def test_a_model_at_the_uniform_guess_has_no_loss_to_lose_and_its_loss_rows_are_no_test():
+    """Known answers: the random-weights run's own numbers (clean CE 12.61 nats, a uniform
+    guess over 262,144 tokens scores 12.48, zero ablation 12.54) fail the gate; a trained
+    model's (clean 3.0, zero ablation 9.0) passes, and is judged as before."""
+    import math
+
+    from sae_med.measure.controls import (
+        NO_LOSS,
+        LossBaseline,
+        control_verdict,
+        has_loss_to_lose,
+    )
+
+    random = LossBaseline(12.61, 12.54, 262_144)
+    uniform = LossBaseline(math.log(262_144), math.log(262_144) + 5.0, 262_144)
+    trained = LossBaseline(3.0, 9.0, 262_144)
+    assert not has_loss_to_lose(random) and not has_loss_to_lose(uniform)
+    assert has_loss_to_lose(trained)
+    assert not has_loss_to_lose(LossBaseline(3.0, 3.5, 262_144))  # ablation costs too little
+    small = Interval(0.0, -0.02, 0.02)
+    for loss in (random, uniform):
+        v = control_verdict(small, "delta_ce", loss)
+        assert v.startswith(NO_LOSS) and "262,144" in v
+    assert "clean CE 12.61" in control_verdict(small, "delta_ce", random)
+    assert control_verdict(small, "delta_ce", trained) == "smaller without training"
+    assert control_verdict(Interval(0.9, 0.7, 1.1), "delta_ce", trained) == \
+        "as large without training"
+    assert control_verdict(Interval(0.9, 0.7, 1.1), "fve_typical", random) == \
+        "as large without training"  # not loss-based: the gate does not apply
+    assert control_verdict(small, "delta_ce").startswith("not judged")

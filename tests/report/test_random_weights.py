@@ -48,3 +48,46 @@ def test_without_the_run_the_page_says_how_to_make_it(tmp_path):
     page = control_verdicts(None, "medical", status.note)
     assert page == {"verdict_random_fve_typical": status.note,
                     "verdict_random_delta_ce": status.note}
+
+
+def with_loss(tables, ce_clean: float, ce_zero: float):
+    """``tables`` with the family means of ``ce_clean`` and ``ce_zero`` (the model's own
+    loss, equal for every SAE) on each training corpus's own text at every target."""
+    import pandas as pd
+
+    rows = [{"row_type": "family", "eval_corpus": c, "train_corpus": c, "metric": m,
+             "basis": "l0_target", "l0_target": t, "value": v, "low": v, "high": v}
+            for c in CORPORA for t in TARGETS
+            for m, v in (("ce_clean", ce_clean), ("ce_zero", ce_zero))]
+    return tables._replace(families=pd.concat([tables.families, pd.DataFrame(rows)],
+                                              ignore_index=True))
+
+
+def test_loss_rows_of_a_model_at_the_uniform_guess_are_no_test_and_a_trained_ones_are_judged():
+    """Known answers: a random model at the uniform guess (12.48 nats over 262,144 tokens,
+    zero ablation no worse) gets "not a test" on ΔCE with its numbers, whatever the ratio;
+    one that predicts (clean 3.0, zero ablation 9.0) is judged as before. FVE rows never
+    pass the gate."""
+    import math
+
+    trained, vocab = run(0.10, 0.10), 262_144
+    uniform = math.log(vocab)
+    metrics = ("fve_typical", "delta_ce")
+    flat = control_rows(with_loss(run(0.02, 0.10), uniform, uniform), trained, "medical",
+                        "broad", metrics, vocab_size=vocab)
+    for r in flat:
+        if r.metric == "delta_ce":
+            assert r.verdict.startswith("not a test: the model has no loss to lose")
+            assert f"clean CE {uniform:.2f}" in r.verdict and "262,144" in r.verdict
+        else:
+            assert not r.verdict.startswith("not")
+    page = control_verdicts(flat, "medical", "unused")
+    assert page["verdict_random_delta_ce"].startswith("not a test")
+    predicting = control_rows(with_loss(run(0.02, 0.10), 3.0, 9.0), trained, "medical",
+                              "broad", metrics, vocab_size=vocab)
+    assert [r.verdict for r in predicting if r.metric == "delta_ce"] == [
+        ("smaller without training" if r.own == "medical" else "as large without training")
+        for r in predicting if r.metric == "delta_ce"]
+    unknown = control_rows(with_loss(run(0.02, 0.10), 3.0, 9.0), trained, "medical",
+                           "broad", metrics)
+    assert all(r.verdict.startswith("not judged") for r in unknown if r.metric == "delta_ce")
