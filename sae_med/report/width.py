@@ -1,0 +1,318 @@
+"""The width axis (``configs/width.yaml``) in tables, a figure and sentences: each training
+corpus's SAEs on domain text against SAE width at one target L0, the domain SAE's gaps
+against the broad and the mixed SAE per width, the crossover width (:func:`crossover`) and
+the declared slope test (:func:`width_trend`). The rules are stated in book/method.md
+before any real run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sae_med.layout import RESULTS_NAME
+from sae_med.measure.bootstrap import Interval
+from sae_med.measure.controls import Z95
+from sae_med.measure.results import comparison_tables, read_results
+from sae_med.report.claims import meets_quality_bar, oriented_gaps, row_intervals
+from sae_med.report.matrix import NO_RESULTS, NOT_JUDGED, matrix_configs
+from sae_med.report.notebook import CORPUS_COLORS, error_bars, interval_cell
+
+if TYPE_CHECKING:
+    from sae_med.config import Config
+    from sae_med.measure.results import ComparisonTables
+
+WIDTH_CONFIG = "configs/width.yaml"
+WIDTH_COMMAND = f"sae-med experiment {WIDTH_CONFIG}"
+WIDTH_TARGET = 40.0
+"""The one target L0 the width axis is read at (the width-8 runs train 20 and 80 too)."""
+WIDTH_METRICS = (("fve_typical", "typical-token FVE", 1), ("delta_ce", "ΔCE", -1))
+"""(metric, name, sign) of each gap the width axis judges; ``sign`` is the paper's side, as
+in :data:`sae_med.report.matrix.MATRIX_METRICS`."""
+WIDTH_VERSUS = ("broad", "mixed_10")
+SHRINKS, GROWS, NO_TREND = "shrinks", "grows", "no trend"
+TOO_FEW = "too few widths"
+"""Fewer than three widths with an interval: no slope test."""
+CROSSOVER, NO_CROSSOVER, MATCHED = "crossover", "no crossover", "matched at every width"
+UNDETERMINED = "undetermined"
+"""A width without a gap interval: the rule cannot say where the gap closes."""
+SUPPORTED, CONTRADICTED, NOT_SHOWN = "supported", "contradicted", "not shown"
+
+
+class WidthRun(NamedTuple):
+    """One cell run of the width axis, and its comparisons (None while it has none)."""
+
+    architecture: str
+    width: int
+    """SAE latents."""
+    d_model: int | None
+    """The model's residual width, from the results rows (None without results)."""
+    run: str
+    comparisons: ComparisonTables | None
+
+    @property
+    def multiple(self) -> float:
+        """The width as a multiple of d_model (the width in latents without results)."""
+        return self.width / self.d_model if self.d_model else float(self.width)
+
+
+class Crossover(NamedTuple):
+    """Where the ``versus`` SAE starts to match the domain SAE (:func:`crossover`)."""
+
+    status: str
+    width: float | None = None
+    """The smallest width from which every gap matches (× d_model)."""
+    below: float | None = None
+    """The width before it: the crossover lies in (below, width]."""
+    estimate: float | None = None
+    """Where the paper-side end of the interval reaches 0, interpolated on log width."""
+
+
+class Trend(NamedTuple):
+    """The slope of the domain SAE's advantage against log2 width (:func:`width_trend`)."""
+
+    verdict: str
+    slope: Interval | None = None
+
+
+class WidthSeries(NamedTuple):
+    """The domain SAE minus the ``versus`` SAE on domain text, one metric and
+    architecture, at every width."""
+
+    architecture: str
+    versus: str
+    metric: str
+    gaps: dict[float, Interval]
+    """Width (× d_model) -> the gap's 95% interval at :data:`WIDTH_TARGET`."""
+    crossover: Crossover
+    trend: Trend
+
+
+def read_widths(cfg: Config) -> list[WidthRun]:
+    """Every run of ``cfg`` and its replications with its results file's comparisons and
+    d_model, if it has results."""
+    runs = []
+    for c in matrix_configs(cfg):
+        path = c.run_path / RESULTS_NAME
+        doc = read_results(path) if path.exists() else None
+        d_model = next((r.get("d_model") for r in doc["rows"] if r.get("d_model")),
+                       None) if doc else None
+        runs.append(WidthRun(c.sae.architecture, c.sae.width, d_model, c.name,
+                             comparison_tables(doc) if doc else None))
+    return runs
+
+
+def _matches(iv: Interval, sign: int) -> bool:
+    """The ``versus`` SAE matches: the gap's interval is not wholly on the paper's side."""
+    return not (sign * iv.low > 0 and sign * iv.high > 0)
+
+
+def crossover(gaps: dict[float, Interval], sign: int) -> Crossover:
+    """The declared rule: the crossover is the smallest width from which the gap's 95%
+    interval holds 0 or lies on the other side of it at that width and every larger one.
+    It lies in (the width before, that width]; ``estimate`` interpolates, on log2 width,
+    where the paper-side end of the interval (the end nearer 0) reaches 0 between the two.
+    ``no crossover`` when the largest width's gap still excludes 0 on the paper's side;
+    ``matched at every width`` when even the smallest matches; ``undetermined`` when a
+    width has no interval."""
+    widths = sorted(gaps)
+    if not widths or any(gaps[w].low is None or gaps[w].high is None for w in widths):
+        return Crossover(UNDETERMINED)
+    first = len(widths)
+    while first > 0 and _matches(gaps[widths[first - 1]], sign):
+        first -= 1
+    if first == len(widths):
+        return Crossover(NO_CROSSOVER)
+    if first == 0:
+        return Crossover(MATCHED, widths[0])
+    below, at = widths[first - 1], widths[first]
+
+    def edge(iv: Interval) -> float:
+        return min(sign * iv.low, sign * iv.high)
+
+    e0, e1 = edge(gaps[below]), edge(gaps[at])
+    x = math.log2(below) + e0 / (e0 - e1) * (math.log2(at) - math.log2(below))
+    return Crossover(CROSSOVER, at, below, 2 ** x)
+
+
+def width_trend(gaps: dict[float, Interval], sign: int) -> Trend:
+    """The declared slope test: the weighted least-squares slope of the domain SAE's
+    advantage, ``sign`` × gap, on log2 width, each width weighted by 1 / se² with se the
+    interval's width / (2 × 1.96); its 95% interval is slope ± 1.96 × se(slope), the widths
+    treated as independent (the gaps share their eval documents, so they are positively
+    correlated and the interval is conservative). The advantage *shrinks* when the slope's
+    interval lies below 0, *grows* when above, and shows *no trend* otherwise."""
+    pts = [(math.log2(w), sign * iv.value, (iv.high - iv.low) / (2 * Z95))
+           for w, iv in sorted(gaps.items()) if iv.low is not None and iv.high is not None]
+    pts = [p for p in pts if p[2] > 0]
+    if len(pts) < 3:
+        return Trend(TOO_FEW)
+    w = [1 / se**2 for _, _, se in pts]
+    xbar = sum(wi * x for wi, (x, _, _) in zip(w, pts, strict=True)) / sum(w)
+    ybar = sum(wi * y for wi, (_, y, _) in zip(w, pts, strict=True)) / sum(w)
+    sxx = sum(wi * (x - xbar) ** 2 for wi, (x, _, _) in zip(w, pts, strict=True))
+    slope = sum(wi * (x - xbar) * (y - ybar) for wi, (x, y, _) in zip(w, pts, strict=True)) / sxx
+    half = Z95 / math.sqrt(sxx)
+    iv = Interval(slope, slope - half, slope + half)
+    return Trend(SHRINKS if iv.high < 0 else GROWS if iv.low > 0 else NO_TREND, iv)
+
+
+def _run_gap(run: WidthRun, domain: str, versus: str, metric: str) -> Interval | None:
+    g = oriented_gaps(run.comparisons.gaps, domain, versus)
+    sel = g[(g.basis == "l0_target") & (g.eval_corpus == domain) & (g.metric == metric)
+            & (g.l0_target == WIDTH_TARGET)]
+    return None if sel.empty else row_intervals(sel)[0]
+
+
+def _judged(run: WidthRun, domain: str) -> bool:
+    """The run's domain SAEs pass the quality bar at the width axis's target L0."""
+    f = run.comparisons.families
+    return meets_quality_bar(f[f.l0_target == WIDTH_TARGET] if not f.empty else f, domain)
+
+
+def _series(runs: Sequence[WidthRun], domain: str, versus: str, metric: str, sign: int
+            ) -> WidthSeries:
+    arch = runs[0].architecture
+    if any(r.comparisons is None for r in runs):
+        return WidthSeries(arch, versus, metric, {}, Crossover(NO_RESULTS), Trend(NO_RESULTS))
+    gaps = {r.multiple: iv for r in runs
+            if (iv := _run_gap(r, domain, versus, metric)) is not None}
+    if not all(_judged(r, domain) for r in runs):
+        return WidthSeries(arch, versus, metric, gaps, Crossover(NOT_JUDGED), Trend(NOT_JUDGED))
+    return WidthSeries(arch, versus, metric, gaps, crossover(gaps, sign), width_trend(gaps, sign))
+
+
+def width_series(runs: Sequence[WidthRun], domain: str = "medical",
+                 versus: Sequence[str] = WIDTH_VERSUS) -> list[WidthSeries]:
+    """Per architecture (in run order), comparison and metric: the gaps at every width,
+    the crossover and the slope test; ``no results`` while any of its runs is missing,
+    ``not judged`` when any width's domain SAEs fail the quality bar."""
+    archs = list(dict.fromkeys(r.architecture for r in runs))
+    return [_series([r for r in runs if r.architecture == a], domain, other, metric, sign)
+            for a in archs for other in versus for metric, _, sign in WIDTH_METRICS]
+
+
+def capacity_verdict(series: Sequence[WidthSeries], mixed: str = "mixed_10") -> dict[str, str]:
+    """The capacity thesis's prediction per architecture: the domain SAE's advantage over
+    the ``mixed`` SAE *shrinks* with width. ``supported`` when it shrinks in every metric
+    of :data:`WIDTH_METRICS`, ``contradicted`` when it grows in any, ``not shown``
+    otherwise (``no results`` / ``not judged`` passed on)."""
+    out = {}
+    for arch in dict.fromkeys(s.architecture for s in series):
+        trends = [s.trend.verdict for s in series if s.architecture == arch and s.versus == mixed]
+        out[arch] = next((v for v in (NO_RESULTS, NOT_JUDGED) if v in trends), None) or (
+            SUPPORTED if trends and all(t == SHRINKS for t in trends) else
+            CONTRADICTED if GROWS in trends else NOT_SHOWN)
+    return out
+
+
+def _times(w: float | None) -> str:
+    return "—" if w is None else f"{w:g}×"
+
+
+def crossover_text(c: Crossover, versus: str, domain: str = "medical",
+                   largest: float | None = 32.0) -> str:
+    """The crossover in words (largest: the largest width, for "no crossover up to")."""
+    if c.status == CROSSOVER:
+        return (f"the {versus} SAE matches the {domain} one on {domain} text from "
+                f"{_times(c.width)} d_model (between {_times(c.below)} and {_times(c.width)}; "
+                f"about {c.estimate:.1f}× by log-width interpolation)")
+    if c.status == NO_CROSSOVER:
+        return f"no crossover up to {_times(largest)} d_model"
+    if c.status == MATCHED:
+        return f"the {versus} SAE matches the {domain} one already at {_times(c.width)} d_model"
+    return {NO_RESULTS: f"no results yet ({WIDTH_COMMAND} produces them)",
+            NOT_JUDGED: "not judged (a width's domain SAEs fail the quality bar)",
+            UNDETERMINED: "undetermined (a width's gap has no interval)"}[c.status]
+
+
+def crossover_sentence(series: Sequence[WidthSeries], domain: str = "medical") -> str:
+    """One line per architecture, comparison and metric: the crossover in words and the
+    slope test's verdict."""
+    names = {m: n for m, n, _ in WIDTH_METRICS}
+    lines = []
+    for s in series:
+        largest = max(s.gaps) if s.gaps else None
+        slope = "" if s.trend.slope is None else (
+            f"; the advantage {s.trend.verdict} with width (slope per doubling "
+            f"{interval_cell(s.trend.slope, 3)})")
+        lines.append(f"{s.architecture}, {domain} − {s.versus}, {names[s.metric]}: "
+                     f"{crossover_text(s.crossover, s.versus, domain, largest)}{slope}.")
+    return "\n".join(lines)
+
+
+def width_families(runs: Sequence[WidthRun], domain: str = "medical") -> Any:
+    """Every family (across-seed mean, 95% interval) on ``domain`` text at
+    :data:`WIDTH_TARGET`: columns architecture, width (× d_model), train_corpus, metric,
+    value, low, high."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    frames = []
+    for r in runs:
+        if r.comparisons is None or r.comparisons.families.empty:
+            continue
+        f = r.comparisons.families
+        sel = f[(f.basis == "l0_target") & (f.l0_target == WIDTH_TARGET)
+                & (f.eval_corpus == domain) & f.metric.isin([m for m, _, _ in WIDTH_METRICS])]
+        frames.append(sel[["train_corpus", "metric", "value", "low", "high"]].assign(
+            architecture=r.architecture, width=r.multiple))
+    cols = ["architecture", "width", "train_corpus", "metric", "value", "low", "high"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def family_table(families: Any, digits: int = 3) -> Any:
+    """:func:`width_families` as text: rows (architecture, metric, trained on), one column
+    per width, "value [low, high]"."""
+    if families.empty:
+        return families
+    df = families.copy()
+    df["text"] = [interval_cell(iv, digits) for iv in row_intervals(df)]
+    df["width"] = [f"{w:g}×" for w in df.width]
+    wide = df.pivot_table(index=["architecture", "metric", "train_corpus"], columns="width",
+                          values="text", aggfunc="first")
+    order = sorted(wide.columns, key=lambda c: float(c.rstrip("×")))
+    return wide[order].rename_axis(columns="width (× d_model)")
+
+
+def width_gap_table(series: Sequence[WidthSeries], domain: str = "medical") -> Any:
+    """One line per architecture, comparison and metric: the gap at each width, "value
+    [low, high]", the crossover and the slope test."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    names = {m: n for m, n, _ in WIDTH_METRICS}
+    widths = sorted({w for s in series for w in s.gaps})
+    return pd.DataFrame([{
+        "architecture": s.architecture, "gap": f"{domain} − {s.versus}",
+        "metric": names[s.metric],
+        **{f"{w:g}×": interval_cell(s.gaps[w], 3) if w in s.gaps else "—" for w in widths},
+        "crossover": crossover_text(s.crossover, s.versus, domain,
+                                    max(s.gaps) if s.gaps else None),
+        "slope per doubling": "—" if s.trend.slope is None else interval_cell(s.trend.slope, 3),
+        "trend": s.trend.verdict} for s in series])
+
+
+ARCH_DASH = {"jumprelu": "solid", "matryoshka_batchtopk": "dash"}
+
+
+def width_figure(families: Any, metric: str, y_title: str, title: str = "") -> Any:
+    """Figure: ``metric`` of each training corpus's SAEs on domain text against width
+    (log2 axis, × d_model), one line per architecture and corpus, 95% intervals as error
+    bars."""
+    # deferred: plotly is heavy to import; only the figures need it
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    df = families[families.metric == metric]
+    for (arch, corpus), sub in df.groupby(["architecture", "train_corpus"], sort=False):
+        sub = sub.sort_values("width")
+        fig.add_trace(go.Scatter(
+            x=sub.width, y=sub.value, mode="lines+markers", error_y=error_bars(sub),
+            line={"color": CORPUS_COLORS.get(corpus), "dash": ARCH_DASH.get(arch, "dot")},
+            name=f"{arch}, trained on {corpus}"))
+    fig.update_layout(title=title or f"{metric} vs SAE width", yaxis_title=y_title,
+                      xaxis_title="SAE width (× d_model)",
+                      legend={"orientation": "h", "y": -0.25})
+    fig.update_xaxes(type="log", dtick=math.log10(2))
+    return fig
