@@ -36,6 +36,7 @@ import torch
 from sae_med.cache.activations import build_cache
 from sae_med.config import Config, load_config
 from sae_med.lm.load import load_model
+from sae_med.measure import scoring
 from sae_med.measure.scoring import score_saes
 from sae_med.runtime import cpu_bf16_capability, isa_limits, machine_profile
 from sae_med.sae.jumprelu import JumpReLUSAE
@@ -123,7 +124,7 @@ def measure(cfg: Config, a: argparse.Namespace, root: Path) -> StageCosts:
     # clean forward of spliced CE is shared by all of them
     trained = [JumpReLUSAE.load(r.path) for r in results[-1]]
     saes = {f"sae_{i}": trained[i % len(trained)] for i in range(n_saes(cfg))}
-    ce_s, scored = _timing_spliced_losses(model)
+    ce_s, scored = _timing_spliced_losses()
     timings = []
 
     def score(n: int) -> float:
@@ -139,10 +140,11 @@ def measure(cfg: Config, a: argparse.Namespace, root: Path) -> StageCosts:
     return StageCosts(cache_cost, train_cost, ce, other)
 
 
-def _timing_spliced_losses(model) -> tuple[list[float], list[int]]:
-    """Wrap ``model.spliced_losses`` to add up its seconds and scored tokens."""
+def _timing_spliced_losses() -> tuple[list[float], list[int]]:
+    """Wrap the scoring stage's ``spliced_losses`` to add up its seconds and scored
+    tokens."""
     seconds, scored = [0.0], [0]
-    inner = model.spliced_losses
+    inner = scoring.spliced_losses
 
     def wrapped(*args, **kwargs):
         t = time.perf_counter()
@@ -151,7 +153,7 @@ def _timing_spliced_losses(model) -> tuple[list[float], list[int]]:
         scored[0] += int(next(iter(out.values())).mask.sum())
         return out
 
-    model.spliced_losses = wrapped
+    scoring.spliced_losses = wrapped
     return seconds, scored
 
 
