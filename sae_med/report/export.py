@@ -5,9 +5,11 @@
 ``gemma_scope``: ``params.npz`` as in google/gemma-scope-*, plus ``metadata.json``.
 ``saebench``: the sae-lens files, SAEBench's config for :mod:`sae_med.report.saebench`'s loader,
 and SAEBench core results on the run's eval tokens.
-Each holds the SAE on raw activations (the training normalisation is folded into the
-weights) and the exact weights it was trained on (:mod:`sae_med.lm.weights`); every export
-gets a model card (``README.md``).
+Every architecture goes to sae-lens (so to SAEBench and Neuronpedia too); Gemma Scope's
+format holds JumpReLU SAEs only (:func:`~sae_med.report.exported.export_formats`). Each
+holds the SAE on raw activations (the training normalisation is folded into the weights)
+and the exact weights it was trained on (:mod:`sae_med.lm.weights`); every export gets a
+model card (``README.md``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from sae_med import __version__
 from sae_med.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from sae_med.layout import SAES_DIR
 from sae_med.report.exported import (
+    ARCHITECTURE_NAMES,
     CARD_METRICS,
     FORMAT_FILES,
     FORMATS,
+    LENS_AS_JUMPRELU,
     NEURONPEDIA_DIR,
     RUN_FORMATS,
     SAEBENCH_CFG,
@@ -40,6 +44,7 @@ from sae_med.report.exported import (
     Provenance,
     RunInputs,
     Score,
+    check_exportable,
     find_saes,
     read_provenance,
     read_scores,
@@ -47,6 +52,8 @@ from sae_med.report.exported import (
 )
 from sae_med.report.neuronpedia import write_neuronpedia
 from sae_med.report.saebench import CustomSAEConfig, write_core_results
+from sae_med.sae.base import LinearSAE
+from sae_med.sae.factory import load_sae
 from sae_med.sae.io import to_sae_lens
 from sae_med.sae.jumprelu import JumpReLUSAE
 
@@ -64,9 +71,11 @@ def _clear_other_formats(out: Path, fmt: ExportFormat) -> None:
                 (out / name).unlink(missing_ok=True)
 
 
-def write_sae_lens(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
+def write_sae_lens(sae: LinearSAE, prov: Provenance, out: Path) -> Path:
     """``cfg.json`` (metadata of :meth:`Provenance.metadata`) + ``sae_weights.safetensors``,
-    written by sae-lens's own ``save_model`` so its loader reads them back."""
+    written by sae-lens's own ``save_model`` so its loader reads them back. The sae-lens
+    architecture is ``standard`` for ReLU, ``topk`` for TopK, ``jumprelu`` for JumpReLU and
+    for BatchTopK and Matryoshka (:data:`~sae_med.report.exported.LENS_AS_JUMPRELU`)."""
     # deferred: sae-lens is heavy (and optional here); only interop needs it
     from sae_lens.saes.sae import SAEMetadata
 
@@ -80,9 +89,11 @@ def write_sae_lens(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
     return out
 
 
-def write_gemma_scope(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
+def write_gemma_scope(sae: LinearSAE, prov: Provenance, out: Path) -> Path:
     """``params.npz`` (float32 W_enc, W_dec, b_enc, b_dec, threshold; Gemma Scope's names
-    and shapes) + ``metadata.json``."""
+    and shapes) + ``metadata.json``; a JumpReLU SAE only (others: :class:`ExportError`)."""
+    check_exportable(prov, "gemma_scope")
+    assert isinstance(sae, JumpReLUSAE)  # what check_exportable let through
     folded = sae.folded()
     params = {"W_enc": folded.W_enc, "W_dec": folded.W_dec, "b_enc": folded.b_enc,
               "b_dec": folded.b_dec, "threshold": folded.threshold}
@@ -93,16 +104,16 @@ def write_gemma_scope(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
     return out
 
 
-def write_saebench(sae: JumpReLUSAE, prov: Provenance, out: Path) -> Path:
+def write_saebench(sae: LinearSAE, prov: Provenance, out: Path) -> Path:
     """The sae-lens files plus ``saebench_cfg.json`` (SAEBench's ``CustomSAEConfig``),
-    which :meth:`sae_med.report.saebench.SAEBenchJumpReLU.load` reads."""
+    which :meth:`sae_med.report.saebench.SAEBenchSAE.load` reads."""
 
     write_sae_lens(sae, prov, out)
     cfg = CustomSAEConfig(
         model_name=prov.model_name, d_in=prov.d_in, d_sae=prov.d_sae,
         hook_layer=int(prov.hook_name.split(".")[1]), hook_name=prov.hook_name,
         context_size=prov.context_size, dataset_path=f"sae-med:{prov.train_corpus}",
-        training_tokens=prov.training_tokens or -100_000)
+        training_tokens=prov.training_tokens or -100_000, architecture=prov.architecture)
     write_json_atomic(out / SAEBENCH_CFG, cfg.to_dict())
     return out
 
@@ -127,13 +138,16 @@ def export_saes(source: str | Path, fmt: ExportFormat, out: str | Path,
     saes = find_saes(source)
     single = not (source / SAES_DIR).is_dir()
     scores_from = results_path(source)
+    provs = {sae_id: read_provenance(sae_dir, sae_id) for sae_id, sae_dir in saes.items()}
+    for prov in provs.values():  # refuse before writing anything
+        check_exportable(prov, fmt)
     exported = []
     for sae_id, sae_dir in saes.items():
-        prov = read_provenance(sae_dir, sae_id)
+        prov = provs[sae_id]
         target = out if single else out / sae_id
         target.mkdir(parents=True, exist_ok=True)
         _clear_other_formats(target, fmt)
-        WRITERS[fmt](JumpReLUSAE.load(sae_dir), prov, target)
+        WRITERS[fmt](load_sae(sae_dir), prov, target)
         exported.append(ExportedSAE(prov, target, read_scores(scores_from, sae_id)))
         log.info("exported %s -> %s (%s)", sae_id, target, fmt)
     if fmt == "saebench" and inputs is not None:
@@ -172,14 +186,24 @@ def _loading(fmt: ExportFormat, folders: Sequence[str], repo_id: str | None) -> 
                 f'sae = SAE.load_from_disk("{example}")\n```\n\nNeuronpedia upload files '
                 f"(one source per SAE): `{NEURONPEDIA_DIR}/MODEL/LAYER-SOURCESET/`.\n")
     if fmt == "saebench":
-        return ("```python\nfrom sae_med.report.saebench import SAEBenchJumpReLU\n\n"
-                f'sae = SAEBenchJumpReLU.load("{example}")  # SAEBench custom-SAE interface\n'
+        return ("```python\nfrom sae_med.report.saebench import SAEBenchSAE\n\n"
+                f'sae = SAEBenchSAE.load("{example}")  # SAEBench custom-SAE interface\n'
                 "```\n\nSAEBench core results (its eval_output schema, on sae-med's eval "
                 f"tokens): `{SAEBENCH_DIR}/EVAL_CORPUS/core/`.\n")
     return ("```python\nimport numpy as np\n\n"
             f'params = np.load("{example}/params.npz")  # W_enc, W_dec, b_enc, b_dec, '
             "threshold\n```\n\nor score it with sae-med: "
             f"`sae-med evaluate CONFIG --sae {example}`.\n")
+
+
+def _as_jumprelu_note(archs: Sequence[str], lens: bool) -> list[str]:
+    """What a BatchTopK SAE becomes in sae-lens, where the card has sae-lens files."""
+    held = [ARCHITECTURE_NAMES[a] for a in archs if a in LENS_AS_JUMPRELU]
+    if not (lens and held):
+        return []
+    return [f"{' and '.join(held)} SAEs load in sae-lens as JumpReLU SAEs with their "
+            "learnt inference threshold on every latent (as sae-lens saves its own): the "
+            "function sae-med scores them by.", ""]
 
 
 def _weights_section(provs: Sequence[Provenance]) -> list[str]:
@@ -208,17 +232,20 @@ def model_card(exported: Sequence[ExportedSAE], fmt: ExportFormat, out: Path,
     hooks = sorted({p.hook_name for p in provs})
     folders = [e.path.relative_to(out).as_posix() if e.path != out else "." for e in exported]
     lens = fmt != "gemma_scope"  # the others write sae-lens's files
-    tags = ["sparse-autoencoder", "jumprelu", "sae-med",
+    archs = sorted({p.architecture for p in provs})
+    tags = ["sparse-autoencoder", *(a.replace("_", "-") for a in archs), "sae-med",
             {"gemma_scope": "gemma-scope-format"}.get(fmt, fmt)]
     front = (["---"] + (["library_name: saelens"] if lens else [])
              + ([f"base_model: {bases[0]}"] if len(bases) == 1 else
                 ["base_model:", *[f"- {b}" for b in bases]] if bases else [])
              + ["tags:"] + [f"- {t}" for t in tags] + ["---", ""])
-    lines = [f"# JumpReLU SAEs on {', '.join(models)} ({', '.join(hooks)})", "",
+    names = " and ".join(ARCHITECTURE_NAMES.get(a, a) for a in archs)
+    lines = [f"# {names} SAEs on {', '.join(models)} ({', '.join(hooks)})", "",
              f"Trained with sae-med {__version__} (domain-specific vs broad sparse "
              f"autoencoders). Format: `{fmt}`. Inputs are raw activations at the hook: the "
              "training normalisation (a scalar s with E‖s·x‖² = 1) is folded into the "
              "weights.", "", "## Loading", "", _loading(fmt, folders, repo_id),
+             *_as_jumprelu_note(archs, lens),
              *_weights_section(provs), "## Training", "",
              "| SAE | folder | model | hook | corpus | target L0 | width | tokens | seed "
              "| input scale s |",

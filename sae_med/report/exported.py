@@ -34,10 +34,30 @@ SAEBENCH_DIR = "saebench"
 """Under the export folder: ``{eval corpus}/core/{release}_{sae id}_eval_results.json``."""
 NEURONPEDIA_DIR = "neuronpedia"
 """Under the export folder: ``{model}/{layer}-{source set}/``, one per SAE."""
+ARCHITECTURE_NAMES = {"jumprelu": "JumpReLU", "relu": "ReLU (L1)", "topk": "TopK",
+                      "batchtopk": "BatchTopK", "matryoshka_batchtopk": "Matryoshka-BatchTopK"}
+"""How a model card or a Neuronpedia release names each ``sae.architecture``."""
+LENS_AS_JUMPRELU = ("batchtopk", "matryoshka_batchtopk")
+"""Architectures sae-lens holds as JumpReLU SAEs: their inference encoding is a JumpReLU
+with the learnt threshold on every latent, which is how sae-lens saves its own."""
+
+
+def export_formats(architecture: str) -> tuple[ExportFormat, ...]:
+    """The formats an SAE of ``architecture`` exports to: Gemma Scope's ``params.npz``
+    holds JumpReLU SAEs alone; the others carry sae-lens files, which hold every one."""
+    return tuple(f for f in FORMATS if f != "gemma_scope" or architecture == "jumprelu")
 
 
 class ExportError(RuntimeError):
     """An SAE cannot be exported or pushed; the message says what to do."""
+
+
+def check_exportable(p: Provenance, fmt: ExportFormat) -> None:
+    """Refuse, in one line naming the formats it can go to, an SAE that ``fmt`` cannot hold."""
+    if fmt not in (allowed := export_formats(p.architecture)):
+        name = ARCHITECTURE_NAMES.get(p.architecture, p.architecture)
+        raise ExportError(f"{p.sae_id} is a {name} SAE: --format {fmt} holds JumpReLU SAEs "
+                          f"only; a {name} SAE exports to {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,9 @@ class Provenance:
     """TransformerLens hook whose activations the SAE reads."""
     d_in: int
     d_sae: int
+    architecture: str
+    """sae-med's ``sae.architecture`` (:data:`ARCHITECTURE_NAMES`); the export may hold it
+    as another sae-lens architecture (:data:`LENS_AS_JUMPRELU`)."""
     train_corpus: str
     l0_target: float | None
     training_tokens: int | None
@@ -210,6 +233,7 @@ def read_provenance(sae_dir: Path, sae_id: str) -> Provenance:
         sae_id=sae_id, model_name=weights.derived_from if original else cfg.model.name,
         sae_med_model=cfg.model.name, weights=weights, hook_name=cfg.model.hook_name,
         d_in=sae_cfg["d_model"], d_sae=sae_cfg["d_sae"],
+        architecture=sae_cfg.get("architecture", ""),
         train_corpus=md.get("train_corpus", sae_dir.parent.name),
         l0_target=md.get("l0_target"), training_tokens=md.get("tokens"),
         seed=cfg.seed, replicate=md.get("replicate"), init_seed=md.get("init_seed"),

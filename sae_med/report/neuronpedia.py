@@ -34,6 +34,7 @@ from sae_med.config import Config
 from sae_med.interpret.features import LatentActs, encode_cache
 from sae_med.layout import CFG_FILENAME
 from sae_med.report.exported import (
+    ARCHITECTURE_NAMES,
     NEURONPEDIA_DIR,
     ExportedSAE,
     ExportError,
@@ -43,7 +44,8 @@ from sae_med.report.exported import (
     run_saes_dir,
     window_corpus,
 )
-from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.base import LinearSAE
+from sae_med.sae.factory import load_sae
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +278,7 @@ class SourceInfo(NamedTuple):
     created_at: str
 
 
-def feature_records(sae: JumpReLUSAE, data: Sequence[LatentData],
+def feature_records(sae: LinearSAE, data: Sequence[LatentData],
                     lens: tuple[Tensor, Tensor, Tensor, Tensor], decode: Any,
                     src: SourceInfo) -> list[Feature]:
     """One :class:`Feature` per latent; ``decode`` maps a token id to its text."""
@@ -311,11 +313,12 @@ def activation_records(acts: LatentActs, data: Sequence[LatentData], info: Token
     return out
 
 
-def source_features(sae: JumpReLUSAE, cache: ActivationCache, tokenizer: Any,
+def source_features(sae: LinearSAE, cache: ActivationCache, tokenizer: Any,
                     unembed: Float[Tensor, "d_model d_vocab"], src: SourceInfo,
                     k_windows: int = 10, k_tokens: int = 10
                     ) -> tuple[list[Feature], list[Activation]]:
-    """Features and activation windows of every latent of ``sae`` over ``cache``."""
+    """Features and activation windows of every latent of ``sae`` over ``cache``, from its
+    inference encoding (:meth:`~sae_med.sae.base.LinearSAE.encode`, any architecture)."""
     acts = encode_cache(sae.folded(), cache, progress=False)
     info = cache.tokens()
     data = latent_data(acts, info.doc_index.numpy(), k_windows)
@@ -397,12 +400,13 @@ def _neuronpedia_records(e: ExportedSAE, cfg: Config, lens: ModelLens,
     release = slug(f"sae-med-{cfg.name}")
     src = SourceInfo(model_id, cfg.model.hook_layer, slug(f"{release}-{p.sae_id}"),
                      p.hook_name, f"sae-med:{corpus} (eval split)", now)
-    sae = JumpReLUSAE.load(sae_dir)
+    sae = load_sae(sae_dir)
     features, activations = source_features(sae, cache, lens.tokenizer, lens.unembed, src)
     sid = source_id(src.layer, src.set_name)
     original = p.model_name == w.derived_from  # Neuronpedia would run these very weights
     return SourceRecords(
-        Release(release, f"sae-med {cfg.name}: JumpReLU SAEs trained on "
+        Release(release, f"sae-med {cfg.name}: "
+                f"{ARCHITECTURE_NAMES.get(p.architecture, p.architecture)} SAEs trained on "
                 f"{p.train_corpus} activations of {w.describe()}",
                 f"sae-med {cfg.name}", creator, creator, [], now),
         Model(model_id, w.derived_from or p.model_name, model_id, False, lens.n_layers,

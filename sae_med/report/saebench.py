@@ -31,8 +31,8 @@ from sae_med.cache.activations import ActivationCache
 from sae_med.config import Config
 from sae_med.report.exported import SAEBENCH_CFG as CFG_NAME
 from sae_med.report.exported import SAEBENCH_DIR, ExportedSAE, ExportError, RunInputs
+from sae_med.sae.base import LinearSAE
 from sae_med.sae.io import load_any_sae
-from sae_med.sae.jumprelu import JumpReLUSAE
 
 SAEBENCH_VERSION = "0.6.0"
 """The SAEBench release whose interface and schema these files follow."""
@@ -81,33 +81,39 @@ class CustomSAEConfig:
         return cls(**known)
 
 
-class SAEBenchJumpReLU(torch.nn.Module):
-    """A sae-med SAE as SAEBench's custom-SAE interface expects it: ``W_enc`` (d_in, d_sae),
-    ``W_dec`` (d_sae, d_in) with unit-norm rows, ``b_enc``, ``b_dec``, ``threshold``,
-    ``device``, ``dtype``, ``cfg`` and ``encode`` / ``decode`` / ``forward`` on raw
-    activations. Pass it to SAEBench as ``(release, sae)`` in ``selected_saes``."""
+class SAEBenchSAE(torch.nn.Module):
+    """A sae-med SAE of any architecture as SAEBench's custom-SAE interface expects it:
+    ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in) with unit-norm rows, ``b_enc``,
+    ``b_dec``, ``device``, ``dtype``, ``cfg`` and ``encode`` / ``decode`` / ``forward`` on
+    raw activations. Pass it to SAEBench as ``(release, sae)`` in ``selected_saes``."""
 
-    def __init__(self, sae: JumpReLUSAE, cfg: CustomSAEConfig,
+    def __init__(self, sae: LinearSAE, cfg: CustomSAEConfig,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         super().__init__()
         f = sae.folded()
-        # SAEBench wants unit decoder rows; scaling a latent's encoder column, bias and
-        # threshold by its row norm and the row by its inverse is the same function
+        # SAEBench wants unit decoder rows: latent i is reported as f_i n_i and decoded by
+        # W_dec_i / n_i (the same x_hat); its pre-activation is z_i n_i, divided back before
+        # the SAE's activation, since a top-k or a shared threshold is not per-latent
+        # scale-free the way ReLU and JumpReLU are
         norms = f.W_dec.detach().norm(dim=1)
         norms = torch.where(norms > 0, norms, torch.ones_like(norms))
         P = torch.nn.Parameter
         self.W_enc = P(f.W_enc.detach() * norms)
         self.b_enc = P(f.b_enc.detach() * norms)
-        self.threshold = P(f.threshold.detach() * norms)
         self.W_dec = P(f.W_dec.detach() / norms[:, None])
         self.b_dec = P(f.b_dec.detach().clone())
+        self.register_buffer("norms", norms.clone())
+        self.sae = f  # for its activation (and the state it reads: a threshold, k)
         self.cfg = cfg
         self.device, self.dtype = torch.device(device), dtype
         self.to(device=device, dtype=dtype)
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        """The SAE's inference encoding (:meth:`~sae_med.sae.base.LinearSAE.infer`) of
+        ``x``, latent i times its decoder row norm."""
         pre = x @ self.W_enc + self.b_enc
-        return torch.relu(pre) * (pre > self.threshold)
+        flat = pre.reshape(-1, pre.shape[-1]) / self.norms  # infer takes (batch, d_sae)
+        return (self.sae.infer(flat) * self.norms).reshape(pre.shape)
 
     def decode(self, acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
         return acts @ self.W_dec + self.b_dec
@@ -115,7 +121,7 @@ class SAEBenchJumpReLU(torch.nn.Module):
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
         return self.decode(self.encode(x))
 
-    def to(self, *args: Any, **kwargs: Any) -> SAEBenchJumpReLU:
+    def to(self, *args: Any, **kwargs: Any) -> SAEBenchSAE:
         """As SAEBench's ``BaseSAE.to``: keeps ``device`` / ``dtype`` in step."""
         super().to(*args, **kwargs)
         if kwargs.get("device") is not None:
@@ -128,7 +134,7 @@ class SAEBenchJumpReLU(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> SAEBenchJumpReLU:
+             dtype: torch.dtype = torch.float32) -> SAEBenchSAE:
         """From a ``sae-med export --format saebench`` folder."""
         folder = Path(folder)
         cfg = CustomSAEConfig.from_dict(json.loads((folder / CFG_NAME).read_text()))
@@ -180,7 +186,7 @@ class CacheRows:
 
 
 @torch.no_grad()
-def activation_stats(sae: SAEBenchJumpReLU, x: Rows, doc_index: Int[Tensor, " n"],
+def activation_stats(sae: SAEBenchSAE, x: Rows, doc_index: Int[Tensor, " n"],
                      batch_tokens: int = BATCH_TOKENS) -> ActivationStats:
     """SAEBench's formulas, batch by batch of ``batch_tokens`` rows: per-token means of
     ‖x‖, ‖x̂‖, ‖x̂‖/‖x‖ (‖x‖ < 1e-4 counts as 1), L0, L1 (Σf), cos(x, x̂),
@@ -221,7 +227,7 @@ def activation_stats(sae: SAEBenchJumpReLU, x: Rows, doc_index: Int[Tensor, " n"
 
 
 @torch.no_grad()
-def _per_document(sae: SAEBenchJumpReLU, x: Rows, doc_index: Tensor, fired: Tensor,
+def _per_document(sae: SAEBenchSAE, x: Rows, doc_index: Tensor, fired: Tensor,
                   batch_tokens: int) -> Tensor:
     """Firings per document in which a latent fires at all; -1 where it never does."""
     seen: set[tuple[int, int]] = set()
@@ -259,7 +265,7 @@ def _max_other_cosine(w: Float[Tensor, "d n"], chunk: int = 512) -> Float[Tensor
 
 
 @torch.no_grad()
-def weight_stats(sae: SAEBenchJumpReLU) -> WeightStats:
+def weight_stats(sae: SAEBenchSAE) -> WeightStats:
     W_enc, W_dec = sae.W_enc.float().cpu(), sae.W_dec.float().cpu()
     cos = torch.nn.functional.cosine_similarity(W_enc.T, W_dec, dim=1)
     return WeightStats(sae.b_enc.float().cpu(), W_enc.norm(dim=0), cos,
@@ -311,7 +317,7 @@ def _nan_to_minus_one(obj: Any) -> Any:
     return -1 if isinstance(obj, float) and math.isnan(obj) else obj
 
 
-def core_eval_output(sae: SAEBenchJumpReLU, acts: ActivationStats,
+def core_eval_output(sae: SAEBenchSAE, acts: ActivationStats,
                      metrics: dict[str, dict[str, Any]], ce_tokens: int,
                      ctx: CoreContext) -> dict[str, Any]:
     """One SAE on one eval corpus in SAEBench's core ``eval_output`` schema. ``metrics``:
@@ -319,7 +325,7 @@ def core_eval_output(sae: SAEBenchJumpReLU, acts: ActivationStats,
     return _nan_to_minus_one(_core_eval_output(sae, acts, metrics, ce_tokens, ctx))
 
 
-def _core_eval_output(sae: SAEBenchJumpReLU, acts: ActivationStats,
+def _core_eval_output(sae: SAEBenchSAE, acts: ActivationStats,
                       metrics: dict[str, dict[str, Any]], ce_tokens: int,
                       ctx: CoreContext) -> dict[str, Any]:
     v = {k: m["value"] for k, m in metrics.items()}
@@ -410,7 +416,7 @@ def write_core_results(exported: Sequence[ExportedSAE], results: Path | None, ou
 def _write_core(e: ExportedSAE, cfg: Config, corpus: str, acts: CacheRows,
                 doc_index: Tensor, row: dict[str, Any], out: Path) -> Path:
     p = e.provenance
-    sae = SAEBenchJumpReLU.load(e.path)
+    sae = SAEBenchSAE.load(e.path)
     release = f"sae-med-{cfg.name}"
     ctx = CoreContext(release, p.sae_id, corpus, cfg.model.dtype, cfg.cache.batch_size,
                       cfg.cache.ctx_len, cfg.cache.exclude_special, version("sae-lens"),

@@ -14,8 +14,10 @@ from safetensors.torch import load_file, save_file
 from sae_med.artifacts import atomic_path, write_json_atomic
 from sae_med.layout import CFG_FILENAME, WEIGHTS_FILENAME
 from sae_med.sae import factory
-from sae_med.sae.base import LinearSAE, SAECheckpointError
+from sae_med.sae.base import BASE_TENSORS, LinearSAE, SAECheckpointError
 from sae_med.sae.jumprelu import JumpReLUSAE
+from sae_med.sae.relu import ReLUSAE
+from sae_med.sae.topk import TopKSAE
 
 # --------------------------------------------------------------------------------------
 # Interop: Gemma Scope params.npz and sae-lens
@@ -87,29 +89,44 @@ def to_sae_lens(sae: LinearSAE) -> Any:
     return factory.to_sae_lens(sae)
 
 
-def from_sae_lens(lens_sae: Any, bandwidth: float | None = None) -> JumpReLUSAE:
-    """Convert a sae-lens JumpReLU SAE (inference or training class).
+LENS_ARCHITECTURES = ("jumprelu", "standard", "topk")
+"""The sae-lens architectures :func:`from_sae_lens` converts (sae-lens saves BatchTopK and
+Matryoshka SAEs as ``jumprelu``)."""
 
-    ``apply_b_dec_to_input`` is folded into b_enc (z = (x - b_dec) W_enc + b_enc); a
-    non-trivial ``normalize_activations`` is refused. The bandwidth defaults to the
-    training SAE's, else 0.001.
+
+def from_sae_lens(lens_sae: Any, bandwidth: float | None = None) -> LinearSAE:
+    """Convert a sae-lens SAE (inference or training class) of :data:`LENS_ARCHITECTURES`:
+    a :class:`JumpReLUSAE`, a ``ReLUSAE`` (``standard``) or a ``TopKSAE``.
+
+    ``apply_b_dec_to_input`` is folded into b_enc (z = (x - b_dec) W_enc + b_enc), and
+    TopK's ``rescale_acts_by_decoder_norm`` into the weights (top-k of z_i ||d_i||, decoded
+    by d_i / ||d_i||); a non-trivial ``normalize_activations`` is refused. The JumpReLU
+    bandwidth defaults to the training SAE's, else 0.001.
     """
     cfg = lens_sae.cfg
-    if getattr(cfg, "architecture", lambda: None)() != "jumprelu":
-        raise ValueError(f"not a JumpReLU SAE: architecture {cfg.architecture()!r}")
+    arch = getattr(cfg, "architecture", lambda: None)()
+    if arch not in LENS_ARCHITECTURES:
+        raise ValueError(f"sae-lens architecture {arch!r} has no sae-med equivalent; "
+                         f"one of {', '.join(LENS_ARCHITECTURES)}")
     if cfg.normalize_activations != "none":
         raise ValueError(f"sae-lens SAE uses normalize_activations="
                          f"{cfg.normalize_activations!r}; fold it first")
+    with torch.no_grad():
+        t = {k: getattr(lens_sae, k).detach().float().cpu() for k in BASE_TENSORS}
+        if cfg.apply_b_dec_to_input:
+            t["b_enc"] = t["b_enc"] - t["b_dec"] @ t["W_enc"]
+        if getattr(cfg, "rescale_acts_by_decoder_norm", False):
+            norms = t["W_dec"].norm(dim=1)
+            t["W_enc"], t["b_enc"] = t["W_enc"] * norms, t["b_enc"] * norms
+            t["W_dec"] = t["W_dec"] / norms[:, None]
+    if arch == "standard":
+        return ReLUSAE.from_tensors(t, {}, source="sae-lens SAE")
+    if arch == "topk":
+        return TopKSAE.from_tensors(t, {"k": int(cfg.k), "aux_coeff": getattr(
+            cfg, "aux_loss_coefficient", 1.0)}, source="sae-lens SAE")
     if bandwidth is None:
         bandwidth = getattr(cfg, "jumprelu_bandwidth", 0.001)
-    with torch.no_grad():
-        W_enc = lens_sae.W_enc.detach().float().cpu()
-        b_enc = lens_sae.b_enc.detach().float().cpu()
-        b_dec = lens_sae.b_dec.detach().float().cpu()
-        if cfg.apply_b_dec_to_input:
-            b_enc = b_enc - b_dec @ W_enc
-        t = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": lens_sae.W_dec.detach().float().cpu(),
-             "b_dec": b_dec, "threshold": lens_sae.threshold.detach().float().cpu()}
+    t["threshold"] = lens_sae.threshold.detach().float().cpu()
     return JumpReLUSAE.from_tensors(t, {"bandwidth": bandwidth}, source="sae-lens SAE")
 
 
@@ -157,8 +174,8 @@ def sae_format(spec: str | Path) -> str:
 def load_any_sae(spec: str | Path, device: torch.device | str = "cpu") -> LinearSAE:
     """Load an SAE from any format of :func:`sae_format` on raw activations: a sae-med
     folder as the architecture its ``cfg.json`` names (:func:`sae_med.sae.factory.
-    load_sae`), every other format as a :class:`JumpReLUSAE` (sae-lens SAEs must be
-    JumpReLU; see :func:`from_sae_lens`)."""
+    load_sae`), a sae-lens one as its architecture (:func:`from_sae_lens`), every other
+    format as a :class:`JumpReLUSAE`."""
     kind = sae_format(spec)
     if kind == "sae_med":
         return factory.load_sae(spec, device=device)

@@ -1,6 +1,7 @@
-"""Export: sae-lens folders load in sae-lens and compute the same function, Gemma Scope
-params.npz round-trips, the model card says what the SAE was trained on and how it scored,
-and pushing offline fails with one clear line."""
+"""Export: sae-lens folders of every architecture load in sae-lens and compute the same
+function, Gemma Scope params.npz round-trips (JumpReLU; the others are refused in one
+line), the model card says what the SAE was trained on and how it scored, and pushing
+offline fails with one clear line."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_saes import ARCHITECTURES, raw_activations, sae_folder, tiny_sae
 
 from sae_med.cli import main
 from sae_med.config import load_config
@@ -23,7 +25,8 @@ from sae_med.lm.weights import (
     weights_record,
 )
 from sae_med.report.export import export_saes, model_card, push_to_hub, stage_for_hub
-from sae_med.report.exported import ExportError
+from sae_med.report.exported import ARCHITECTURE_NAMES, LENS_AS_JUMPRELU, ExportError
+from sae_med.sae.factory import load_sae
 from sae_med.sae.io import load_any_sae
 from sae_med.sae.jumprelu import JumpReLUSAE
 
@@ -89,6 +92,46 @@ def test_sae_lens_export_loads_in_sae_lens_with_the_same_outputs(run_dir, tmp_pa
             assert (acts > 0).sum() > 0 and (acts == 0).sum() > 0  # some fire, some don't
             torch.testing.assert_close(acts, ref.acts / SCALE, rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(lens(x), ref.x_hat / SCALE, rtol=1e-5, atol=1e-4)
+
+
+LENS_NAMES = {"jumprelu": "jumprelu", "relu": "standard", "topk": "topk",
+              "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}
+"""The sae-lens architecture each of ours is exported as."""
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_exports_to_sae_lens_with_the_same_function(arch, tmp_path):
+    from sae_lens import SAE
+
+    sae_dir = sae_folder(tiny_sae(arch), tmp_path / "runs" / "demo")
+    [e] = export_saes(sae_dir, "sae_lens", tmp_path / "out")
+    lens = SAE.load_from_disk(str(e.path))
+    assert lens.cfg.architecture() == LENS_NAMES[arch]
+    assert lens.cfg.metadata.sae_med["architecture"] == arch
+    ours, x = load_sae(sae_dir), raw_activations()  # on raw activations, as the export
+    with torch.no_grad():
+        acts = ours.encode(x)
+        assert (acts > 0).any() and (acts == 0).any()
+        torch.testing.assert_close(lens.encode(x), acts, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lens.decode(lens.encode(x)), ours.decode(acts),
+                                   rtol=1e-5, atol=1e-5)
+        back = load_any_sae(e.path)  # and back from sae-lens's files
+        torch.testing.assert_close(back.encode(x), acts, rtol=1e-5, atol=1e-5)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"# {ARCHITECTURE_NAMES[arch]} SAEs on" in card
+    assert arch.replace("_", "-") in yaml.safe_load(card.split("---\n")[1])["tags"]
+    assert ("load in sae-lens as JumpReLU" in card) == (arch in LENS_AS_JUMPRELU)
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a != "jumprelu"])
+def test_gemma_scope_refuses_other_architectures_in_one_line(arch, tmp_path, capsys):
+    sae_dir = sae_folder(tiny_sae(arch), tmp_path / "runs" / "demo")
+    out = tmp_path / "gs"
+    assert main(["export", str(sae_dir), str(out), "--format", "gemma_scope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"a {ARCHITECTURE_NAMES[arch]} SAE" in err
+    assert "JumpReLU SAEs only" in err and "exports to sae_lens, saebench, neuronpedia" in err
+    assert not out.exists()  # refused before anything was written
 
 
 def test_gemma_scope_params_round_trip(run_dir, tmp_path):

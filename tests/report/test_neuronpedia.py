@@ -1,6 +1,7 @@
 """Neuronpedia upload files: the one-pass latent summaries and chunked logit lens agree with
-their naive twins, and `sae-med export --format neuronpedia` writes a source folder whose
-records carry Neuronpedia's field names and read back to what the SAE does."""
+their naive twins, feature records follow every architecture's encoding, and `sae-med
+export --format neuronpedia` writes a source folder whose records carry Neuronpedia's
+field names and read back to what the SAE does."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_saes import ARCHITECTURES, raw_activations, tiny_sae
 
+from sae_med.cache.activations import TokenInfo
 from sae_med.config import load_config
 from sae_med.experiment import export_inputs
 from sae_med.interpret.features import LatentActs
@@ -24,10 +27,12 @@ from sae_med.report.neuronpedia import (
     Model,
     Release,
     Source,
+    SourceInfo,
     SourceSet,
     latent_data,
     logit_lens_tokens,
     read_batches,
+    source_features,
     window_rows,
 )
 from sae_med.sae.jumprelu import JumpReLUSAE
@@ -131,6 +136,50 @@ def test_chunked_logit_lens_matches_the_whole_product():
     assert torch.equal(bot_ids, (-logits).topk(4).indices)
     torch.testing.assert_close(bot_vals, -(-logits).topk(4).values)
     torch.testing.assert_close(top_vals, logits.topk(4).values)
+
+
+class _Cache:
+    """The members of an ActivationCache that :func:`source_features` reads."""
+
+    def __init__(self, x: torch.Tensor, doc_index: torch.Tensor):
+        self.x, self.doc_index, self.n_tokens = x, doc_index, len(x)
+
+    def iter_ordered(self, batch_size):
+        for start in range(0, self.n_tokens, batch_size):
+            yield self.x[start:start + batch_size]
+
+    def tokens(self) -> TokenInfo:
+        rows = torch.arange(self.n_tokens)
+        return TokenInfo(rows % 50, self.doc_index, rows)
+
+    def doc_ids(self) -> list[str]:
+        return [f"doc-{d}" for d in range(int(self.doc_index.max()) + 1)]
+
+
+class _Tokenizer:
+    def decode(self, ids: list[int]) -> str:
+        return f"t{ids[0]}"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_feature_records_follow_each_architectures_encoding(arch):
+    sae = tiny_sae(arch)
+    x, doc_index = raw_activations(n=96), torch.arange(96) // 8
+    src = SourceInfo("m", 1, "s", "blocks.1.hook_resid_post", "sae-med:medical", "now")
+    unembed = torch.randn(16, 50, generator=torch.Generator().manual_seed(2))
+    features, windows = source_features(sae, _Cache(x, doc_index), _Tokenizer(), unembed,
+                                        src, k_windows=3, k_tokens=4)
+    folded = sae.folded()
+    with torch.no_grad():
+        f = folded.encode(x)
+    assert [ft.index for ft in features] == [str(i) for i in range(sae.d_sae)]
+    assert any(ft.frac_nonzero > 0 for ft in features)
+    for i, ft in enumerate(features):
+        assert ft.frac_nonzero == pytest.approx((f[:, i] != 0).float().mean().item())
+        assert ft.maxActApprox == pytest.approx(max(f[:, i].max().item(), 0.0))
+        torch.testing.assert_close(torch.tensor(ft.vector), folded.W_dec[i].detach())
+        peaks = [w.maxValue for w in windows if w.index == str(i)]
+        assert max(peaks, default=0.0) == pytest.approx(ft.maxActApprox)
 
 
 def test_export_neuronpedia_writes_a_source_that_reads_back(tmp_path, cache_root,

@@ -1,4 +1,5 @@
-"""SAEBench outputs: the loader computes the exported SAE's function with unit decoder rows,
+"""SAEBench outputs: the loader computes the exported SAE's function with unit decoder rows
+for every architecture,
 the metrics follow SAEBench's formulas on known answers and batch as their naive twins do,
 and `sae-med export --format saebench` writes files in its core schema (SAEBench 0.6.0)."""
 
@@ -11,15 +12,16 @@ from dataclasses import fields
 import jsonschema
 import pytest
 import torch
+from tiny_saes import ARCHITECTURES, sae_folder, tiny_sae
 
 from sae_med.config import load_config
 from sae_med.experiment import export_inputs
-from sae_med.report.export import export_saes
-from sae_med.report.exported import SAEBENCH_DIR, ExportError
+from sae_med.report.export import export_saes, write_saebench
+from sae_med.report.exported import SAEBENCH_DIR, ExportError, read_provenance
 from sae_med.report.saebench import (
     CacheRows,
     CustomSAEConfig,
-    SAEBenchJumpReLU,
+    SAEBenchSAE,
     activation_stats,
     results_filename,
 )
@@ -103,7 +105,7 @@ def _cfg() -> CustomSAEConfig:
     return CustomSAEConfig("embedded:gemma-3-270m", D_MODEL, D_SAE, 1, "blocks.1.hook_resid_post")
 
 
-def _identity() -> SAEBenchJumpReLU:
+def _identity() -> SAEBenchSAE:
     """x ↦ [x, −x] ↦ relu(x) − relu(−x) = x: every nonzero coordinate fires one latent."""
     sae = JumpReLUSAE(D_MODEL, 2 * D_MODEL)
     eye = torch.eye(D_MODEL)
@@ -115,7 +117,7 @@ def _identity() -> SAEBenchJumpReLU:
         sae.log_threshold.fill_(-60.0)
     cfg = _cfg()
     cfg.d_sae = 2 * D_MODEL
-    return SAEBenchJumpReLU(sae, cfg)
+    return SAEBenchSAE(sae, cfg)
 
 
 def _acts(n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +127,7 @@ def _acts(n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_loader_is_the_same_function_with_unit_decoder_rows():
     sae = _trained_like_sae()
-    bench = SAEBenchJumpReLU(sae, _cfg())
+    bench = SAEBenchSAE(sae, _cfg())
     x, _ = _acts(64)
     out = sae(x * SCALE)  # the trained SAE works on scaled inputs
     with torch.no_grad():
@@ -140,6 +142,34 @@ def test_loader_is_the_same_function_with_unit_decoder_rows():
     bench.to(dtype=torch.float64)
     assert bench.dtype == torch.float64 and bench.cfg.dtype == "float64"
     bench.cfg.architecture_str = "jumprelu"  # SAEBench's _standardize_sae_cfg sets fields
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_wrapper_is_our_encoding_for_every_architecture(arch, tmp_path):
+    """Latent i reads f_i ||W_dec_i|| (unit decoder rows), the reconstruction is ours, on
+    (batch, d_in) and SAEBench's (batch, pos, d_in); and so from a saebench export."""
+    sae = tiny_sae(arch, D_MODEL, D_SAE, SCALE)  # decoder rows of norms in [1, 2)
+    ours = sae.folded()
+    bench = SAEBenchSAE(sae, _cfg())
+    x, _ = _acts(64)
+    with torch.no_grad():
+        f = ours.encode(x)
+        assert (f > 0).any() and (f == 0).any()
+        want = f * ours.W_dec.norm(dim=1)
+        torch.testing.assert_close(bench.encode(x), want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(bench.encode(x) > 0, f > 0)
+        torch.testing.assert_close(bench(x), ours.decode(f), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(bench.encode(x.reshape(4, 16, D_MODEL)),
+                                   bench.encode(x).reshape(4, 16, D_SAE))
+    torch.testing.assert_close(bench.W_dec.norm(dim=1), torch.ones(D_SAE), atol=1e-5, rtol=0)
+    sae_dir = sae_folder(sae, tmp_path / "runs" / "demo")
+    (tmp_path / "out").mkdir()
+    folder = write_saebench(ours, read_provenance(sae_dir, "medical/seed_0/l0_4"),
+                            tmp_path / "out")
+    loaded = SAEBenchSAE.load(folder)
+    assert loaded.cfg.architecture == arch
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), bench(x), rtol=1e-5, atol=1e-4)
 
 
 def test_activation_stats_known_answers_on_the_identity():
@@ -157,7 +187,7 @@ def test_activation_stats_known_answers_on_the_identity():
 
 def test_activation_stats_batch_like_their_naive_twins():
     """Per-token means do not depend on the batch; firings per document counted by hand."""
-    sae = SAEBenchJumpReLU(_trained_like_sae(), _cfg())
+    sae = SAEBenchSAE(_trained_like_sae(), _cfg())
     x, doc = _acts()
     small, whole = activation_stats(sae, x, doc, 128), activation_stats(sae, x, doc, len(x))
     for name in ("l0", "l1", "cossim", "l2_norm_in", "l2_norm_out", "l2_ratio",
@@ -179,7 +209,7 @@ def test_stats_read_from_a_cache_batch_by_batch_equal_those_of_the_whole_tensor(
         def activations(self, start, stop):
             return self.x[start:stop]
 
-    sae = SAEBenchJumpReLU(_trained_like_sae(), _cfg())
+    sae = SAEBenchSAE(_trained_like_sae(), _cfg())
     x, doc = _acts(500)  # not a multiple of the batch: the last one is short
     lazy = activation_stats(sae, CacheRows(Cache(x)), doc, 128)
     whole = activation_stats(sae, x, doc, 128)
@@ -220,7 +250,7 @@ def test_export_saebench_writes_its_core_schema_and_loads_back(tmp_path, cache_r
     exported = export_saes(run, "saebench", tmp_path / "out", export_inputs(run, "saebench"))
 
     folder = exported[0].path
-    bench = SAEBenchJumpReLU.load(folder)
+    bench = SAEBenchSAE.load(folder)
     x, _ = _acts(16)
     with torch.no_grad():  # the same function from SAEBench's class and from sae-lens
         torch.testing.assert_close(bench(x), sae(x * SCALE).x_hat / SCALE,
