@@ -70,6 +70,22 @@ def read_matrix(cfg: Config) -> list[MatrixRun]:
     return runs
 
 
+def runs_note(label: str, missing: Sequence[str], total: int, command: str,
+              where: str = "runs") -> str:
+    """What a chapter says of the side runs it reads (``missing``: those of ``total``
+    without a results file under ``where``): all present, some missing, or none made yet,
+    with the command that makes them."""
+    if not missing:
+        return f"The {label} read from its {total} runs under {where}/."
+    if len(missing) == total:
+        return (f"The {label} has not been run here (none of its {total} runs has a results "
+                f"file under {where}/): `{command}` produces them.")
+    return (f"{len(missing)} of the {label}'s {total} runs "
+            f"{'has' if len(missing) == 1 else 'have'} no results yet "
+            f"({', '.join(missing)}): `{command}` makes them, reusing the finished ones; "
+            "their cells read 'no results' until then.")
+
+
 def cell_verdict(gaps: Sequence[Interval], sign: int) -> str:
     """The rule for one architecture, model, comparison and metric, over its target L0s:
     ``holds`` when every target's 95% interval lies on the paper's side of 0 (``sign``),

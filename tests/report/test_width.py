@@ -4,18 +4,21 @@ and figure on synthetic runs of every cell with planted gaps that close at a kno
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 
 import pytest
 import synthetic_runs
-from synthetic_runs import synthetic_doc
+from synthetic_runs import synthetic_doc, write_synthetic_results
 
 from sae_med.config import load_config
 from sae_med.layout import RESULTS_NAME
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.results import SCHEMA_VERSION
+from sae_med.report.book import PROJECT_ROOT
 from sae_med.report.matrix import NO_RESULTS, NOT_JUDGED, matrix_configs
+from sae_med.report.rerun import run_notebook
 from sae_med.report.width import (
     CONTRADICTED,
     CROSSOVER,
@@ -205,3 +208,53 @@ def test_a_missing_run_or_a_failed_bar_withholds_the_verdicts(width_cfg):
     assert capacity_verdict(series) == {"jumprelu": NOT_JUDGED,
                                         "matryoshka_batchtopk": NO_RESULTS}
     assert CONTRADICTED not in capacity_verdict(series).values()
+
+
+# ------------------------------------------------------------------------- chapter 10
+
+def glued(path) -> dict[str, str]:
+    """The text each ``glue`` call of an executed notebook recorded, by name."""
+    nb = json.loads(path.read_text())
+    return {o["metadata"]["scrapbook"]["name"]: o["data"].get(
+                "application/papermill.record/text/plain")
+            for c in nb["cells"] for o in c.get("outputs", [])
+            if "scrapbook" in o.get("metadata", {})}
+
+
+def run_chapter(tmp_path, output_dir) -> dict[str, str]:
+    """Chapter 10 on the runs under ``output_dir``: what it glued, strings read back."""
+    out = run_notebook("10", str(PROJECT_ROOT / "configs" / "smoke.yaml"),
+                       out=tmp_path / "10.ipynb",
+                       extra={"side_overrides": [f"output_dir={output_dir}"]})
+    return {k: ast.literal_eval(v) if v and v[0] in "'\"" else v
+            for k, v in glued(out).items()}
+
+
+def test_chapter_reads_both_experiments_runs(width_cfg, tmp_path):
+    """Every width run, and the matrix's runs but one: the glued crossover sentence is the
+    package's; the matrix's verdict table is glued and its note names the missing run and
+    the command."""
+    matrix = load_config("configs/matrix.yaml", [f"output_dir={width_cfg.output_dir}"])
+    for c in matrix_configs(matrix):
+        if not (c.run_path / RESULTS_NAME).exists() and c.name != "matrix_topk":
+            write_synthetic_results(c.run_path / RESULTS_NAME, c, {("medical", "medical"): 0.05})
+    text = run_chapter(tmp_path, width_cfg.output_dir)
+    assert text["width_crossover_sentence"] == crossover_sentence(
+        width_series(read_widths(width_cfg)))
+    assert "jumprelu, medical − mixed_10, typical-token FVE: the mixed_10 SAE matches the " \
+           "medical one on medical text from 16× d_model (between 8× and 16×" in text[
+               "width_crossover_sentence"]
+    assert text["width_capacity_verdicts"] == "jumprelu: supported; matryoshka_batchtopk: " \
+                                              "not shown"
+    assert text["matrix_runs_note"].startswith("1 of the architecture matrix's 10 runs has no "
+                                               "results yet (matrix_topk): `sae-med "
+                                               "experiment configs/matrix.yaml` makes them")
+    assert "relu" in text["matrix_verdict_table"] and "holds" in text["matrix_verdict_table"]
+
+
+def test_chapter_without_any_run_names_both_commands(tmp_path):
+    text = run_chapter(tmp_path, tmp_path / "nothing")
+    for key, config in (("matrix_runs_note", "matrix"), ("width_runs_note", "width")):
+        assert text[key].endswith(f"`sae-med experiment configs/{config}.yaml` produces them.")
+    assert text["width_crossover_sentence"] == text["width_runs_note"]
+    assert "matrix_verdict_table" not in text
