@@ -53,10 +53,10 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -173,18 +173,15 @@ def _source_positions(source: BatchSource, next_step: int, batch_size: int
         source.state_dict(next_step, batch_size // runtime.world_size()))
 
 
-def _holding_run_lock(fn: Any) -> Any:
-    """Run ``fn(cfg, source, out_dir, ...)`` holding ``out_dir``'s lock (the main rank):
-    a second process training into the same folder is refused at once."""
-    @functools.wraps(fn)
-    def wrapper(cfg: Config, source: BatchSource, out_dir: str | Path, *args: Any,
-                **kwargs: Any) -> Any:
-        if not runtime.is_main():
-            return fn(cfg, source, out_dir, *args, **kwargs)
-        with artifact_lock(Path(out_dir) / RUN_LOCK_NAME, f"the training run in {out_dir}",
-                           wait=False):
-            return fn(cfg, source, out_dir, *args, **kwargs)
-    return wrapper
+@contextlib.contextmanager
+def _run_locks(out_dirs: Sequence[Path]) -> Iterator[None]:
+    """Hold every ``out_dir``'s lock (the main rank): a second process training into one
+    of the folders is refused at once."""
+    with contextlib.ExitStack() as stack:
+        for d in out_dirs if runtime.is_main() else []:
+            stack.enter_context(artifact_lock(d / RUN_LOCK_NAME, f"the training run in {d}",
+                                              wait=False))
+        yield
 
 
 def _kept(ckpt_path: Path, step: int | None) -> str:
@@ -253,6 +250,8 @@ class _Sweep:
     """Step of the last checkpoint known to be on disk (None: none yet)."""
     start: int = 0
     """The step this process starts from (a resumed checkpoint's, else 0)."""
+    source_state: list[dict[str, int]] | None = None
+    """Every rank's position in a resumable source, from the resumed checkpoint."""
 
     @property
     def order_seed(self) -> int:
@@ -305,8 +304,7 @@ def _restore(sw: _Sweep, state: dict[str, Any] | None) -> int:
     start = sw.saved_step = int(state["step"])
     for m, st in zip(sw.members, state["members"], strict=True):
         m.load_state(st)
-    if isinstance(sw.source, ResumableSource) and state.get("source"):
-        sw.source.load_state_dict(state["source"][runtime.rank()])
+    sw.source_state = state.get("source")
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -376,37 +374,62 @@ def _checkpoint(sw: _Sweep, step: int) -> None:
         sw.saved_step = step
 
 
-def _run_steps(sw: _Sweep, start: int, progress: bool, bar_position: int = 0) -> None:
-    """Steps ``start`` .. the last, each SAE on every batch, checkpointing on the way."""
-    tc, main = sw.cfg.train, runtime.is_main()
+def _run_steps(sweeps: Sequence[_Sweep], progress: bool, bar_position: int = 0) -> None:
+    """Steps from the earliest sweep's start to the last, each batch read once and fed to
+    every SAE of every sweep that has reached that step, checkpointing on the way."""
+    first, main = sweeps[0], runtime.is_main()
+    tc, start = first.cfg.train, min(sw.start for sw in sweeps)
     n_steps = total_steps(tc)
-    autocast = sw.policy.autocast()
-    batches = _rank_batches(sw.source, tc.batch_size, sw.order_seed, start)
-    if sw.policy.device.type == "cuda":  # read, decode and pin the next batches meanwhile
+    autocast = first.policy.autocast()
+    batches = _rank_batches(first.source, tc.batch_size, first.order_seed, start)
+    if first.policy.device.type == "cuda":  # read, decode and pin the next batches meanwhile
         batches = prefetch(batches, depth=2, pin_memory=True)
+    archs = "" if len(sweeps) == 1 else f" ({len(sweeps)} runs)"
     bar = tqdm(total=n_steps, initial=start, disable=not progress or not main, unit="step",
-               desc=f"train {sw.train_corpus or sw.out_dir.name} seed {sw.replicate}",
-               position=bar_position)
-    metric_files = [open(m.path, "a") if main else None for m in sw.members]  # noqa: SIM115
-    snapshots = snapshot_steps(tc)
+               desc=f"train {first.train_corpus or first.out_dir.name} seed "
+                    f"{first.replicate}{archs}", position=bar_position)
+    files = [[open(m.path, "a") if main else None for m in sw.members]  # noqa: SIM115
+             for sw in sweeps]
     try:
         for step in range(start, n_steps):
-            x = _scaled_batch(sw, next(batches), step)
-            if _step_members(sw, x, step, metric_files, autocast):
-                bar.set_postfix_str(" | ".join(
-                    f"L0 {m.last.l0:.0f}/{m.target:g} loss {m.last.loss:.3g} "
-                    f"FVE {m.last.fve:.3f} dead {m.last.dead_frac:.2f}"
-                    for m in sw.members if m.last is not None))
+            raw, scaled = next(batches), {}
+            for sw, metric_files in zip(sweeps, files, strict=True):
+                if step < sw.start:  # resumed from a later checkpoint than another sweep
+                    continue
+                if id(sw.norm) not in scaled:  # sweeps started together share their norm
+                    scaled[id(sw.norm)] = _scaled_batch(sw, raw, step)
+                if _step_sweep(sw, scaled[id(sw.norm)], step, metric_files, autocast):
+                    bar.set_postfix_str(_postfix(sweeps))
             bar.update(1)
-            for budget in snapshots.get(step + 1, []) if main else []:
-                _save_saes(sw, step + 1, budget)
-            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
-                _checkpoint(sw, step + 1)
     finally:
         bar.close()
-        for f in metric_files:
+        for f in (f for fs in files for f in fs):
             if f is not None:
                 f.close()
+
+
+def _step_sweep(sw: _Sweep, x: Float[Tensor, "rows d_model"], step: int,
+                metric_files: Sequence[Any], autocast: contextlib.AbstractContextManager
+                ) -> bool:
+    """Step ``step`` of one sweep: its SAEs' optimiser steps on the scaled rows ``x``, then
+    its snapshots and checkpoint when due. Returns whether the step was logged."""
+    tc = sw.cfg.train
+    logged = _step_members(sw, x, step, metric_files, autocast)
+    for budget in snapshot_steps(tc).get(step + 1, []) if runtime.is_main() else []:
+        _save_saes(sw, step + 1, budget)
+    if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+        _checkpoint(sw, step + 1)
+    return logged
+
+
+def _postfix(sweeps: Sequence[_Sweep]) -> str:
+    """The progress bar's last logged L0, loss, FVE and dead fraction of every SAE (named
+    by architecture when runs share the pass)."""
+    named = len(sweeps) > 1
+    return " | ".join(
+        f"{sw.cfg.sae.architecture + ' ' if named else ''}L0 {m.last.l0:.0f}/{m.target:g} "
+        f"loss {m.last.loss:.3g} FVE {m.last.fve:.3f} dead {m.last.dead_frac:.2f}"
+        for sw in sweeps for m in sw.members if m.last is not None)
 
 
 def _save_saes(sw: _Sweep, steps: int, budget: int | None = None) -> None:
@@ -511,33 +534,97 @@ def train_saes(cfg: Config, source: BatchSource, out_dir: str | Path, resume: bo
         if done is not None:
             log.info("reusing the finished sweep in %s", out_dir)
             return done
-    return _train(cfg, source, Path(out_dir), resume, progress, init_saes, train_corpus,
-                  replicate, retrain_other_run, bar_position)
+    [results] = _train([SweepRun(cfg, Path(out_dir))], source, resume, progress, init_saes,
+                       train_corpus, replicate, retrain_other_run, bar_position)
+    return results
 
 
-@_holding_run_lock
-def _train(cfg: Config, source: BatchSource, out_dir: Path, resume: bool, progress: bool,
+class SweepRun(NamedTuple):
+    """One run's sweep in a pass that several runs share (:func:`train_sweeps`)."""
+
+    cfg: Config
+    """The run's resolved config: its ``sae`` section picks the SAEs."""
+    out_dir: Path
+    """Where that run's own :func:`train_saes` would train this sweep."""
+
+
+def train_sweeps(runs: Sequence[SweepRun], source: BatchSource, train_corpus: str = "",
+                 replicate: int = 0, resume: bool = False, progress: bool = True,
+                 retrain_other_run: bool = False, bar_position: int = 0
+                 ) -> list[list[TrainResult]]:
+    """:func:`train_saes` of several runs' sweeps of the same corpus and replicate (e.g.
+    one per ``sae.architecture``) from one pass over ``source``: each batch is read and
+    scaled once and stepped by every SAE of every run.
+
+    The runs must share ``seed`` and the ``train`` section (hence the batches, the input
+    scale and the schedules); their ``sae`` sections may differ in anything. Each run's
+    folder gets the files, checkpoints and metadata its own :func:`train_saes` would write,
+    bit for bit (every SAE's initialisation and steps depend only on its own run), and
+    resumes on its own. With ``resume``, finished sweeps are reused and the others resume
+    from their checkpoints, the pass from the earliest one. Returns each run's results
+    in ``runs`` order.
+    """
+    _check_shared(runs)
+    for r in runs:
+        _check_inputs(r.cfg, source, None, None)
+    done = [finished_results(r.cfg, source, r.out_dir, train_corpus, replicate)
+            if resume else None for r in runs]
+    todo = [SweepRun(r.cfg, Path(r.out_dir)) for r, d in zip(runs, done, strict=True)
+            if d is None]
+    trained = iter(_train(todo, source, resume, progress, None, train_corpus, replicate,
+                          retrain_other_run, bar_position) if todo else [])
+    return [d if d is not None else next(trained) for d in done]
+
+
+def _check_shared(runs: Sequence[SweepRun]) -> None:
+    """Refuse runs that cannot share a pass: another seed or ``train`` section (other
+    batches or schedules), or two runs training into one folder."""
+    if not runs:
+        raise TrainingError("train_sweeps needs at least one run")
+    first = runs[0].cfg
+    for i, r in enumerate(runs[1:], start=1):
+        if (r.cfg.seed, r.cfg.train) != (first.seed, first.train):
+            raise TrainingError(
+                f"runs[{i}] ({r.cfg.name!r}) differs from runs[0] ({first.name!r}) in seed "
+                f"or the train section; only sweeps of the same batches share a pass")
+    folders = [Path(r.out_dir).resolve() for r in runs]
+    if len(set(folders)) < len(folders):
+        raise TrainingError(f"two runs train into the same folder: {folders}")
+
+
+def _train(runs: Sequence[SweepRun], source: BatchSource, resume: bool, progress: bool,
            init_saes: Sequence[LinearSAE] | None, train_corpus: str, replicate: int,
-           retrain_other_run: bool, bar_position: int) -> list[TrainResult]:
-    """:func:`train_saes` after its checks, holding the folder's lock."""
-    sw = _start(cfg, source, out_dir, resume, init_saes, train_corpus, replicate,
-                retrain_other_run)
-    _run_steps(sw, sw.start, progress, bar_position)
-    n_steps = total_steps(cfg.train)
-    if sw.start < n_steps:  # a finished run's checkpoint is already this one
-        _checkpoint(sw, n_steps)
-    if runtime.is_main() and not _saved(sw, n_steps):
-        _save_saes(sw, n_steps)
-    runtime.barrier()  # the other ranks return only once rank 0's files are in place
-    return [TrainResult(m.target, m.path.parent, n_steps, n_steps * cfg.train.batch_size,
-                        sw.norm.scale, m.last or last_metrics(m.path), train_corpus,
-                        replicate) for m in sw.members]
+           retrain_other_run: bool, bar_position: int) -> list[list[TrainResult]]:
+    """:func:`train_sweeps` after its checks, holding every folder's lock."""
+    tc, seed = runs[0].cfg.train, runs[0].cfg.seed
+    # one estimate for every sweep that starts fresh (the same batches give the same norm)
+    norm = functools.cache(functools.partial(
+        estimate_input_norm, source, tc.batch_size, tc.norm_batches,
+        derived_seed(seed, "norm"), tc.center_inputs))
+    n_steps = total_steps(tc)
+    with _run_locks([r.out_dir for r in runs]):
+        sweeps = [_start(r.cfg, source, r.out_dir, resume, init_saes, train_corpus,
+                         replicate, retrain_other_run, norm) for r in runs]
+        earliest = min(sweeps, key=lambda sw: sw.start)
+        if isinstance(source, ResumableSource) and earliest.source_state:
+            source.load_state_dict(earliest.source_state[runtime.rank()])
+        _run_steps(sweeps, progress, bar_position)
+        for sw in sweeps:
+            if sw.start < n_steps:  # a finished run's checkpoint is already this one
+                _checkpoint(sw, n_steps)
+            if runtime.is_main() and not _saved(sw, n_steps):
+                _save_saes(sw, n_steps)
+        runtime.barrier()  # the other ranks return only once rank 0's files are in place
+    return [[TrainResult(m.target, m.path.parent, n_steps, n_steps * tc.batch_size,
+                         sw.norm.scale, m.last or last_metrics(m.path), train_corpus,
+                         replicate) for m in sw.members] for sw in sweeps]
 
 
 def _start(cfg: Config, source: BatchSource, out_dir: Path, resume: bool,
            init_saes: Sequence[LinearSAE] | None, train_corpus: str, replicate: int,
-           retrain_other_run: bool) -> _Sweep:
-    """The sweep set up in ``out_dir``: fresh, or restored from its checkpoint."""
+           retrain_other_run: bool, fresh_norm: Callable[[], InputNorm]) -> _Sweep:
+    """The sweep set up in ``out_dir``: fresh (its input norm from ``fresh_norm``), or
+    restored from its checkpoint."""
     tc = cfg.train
     policy = step_policy(tc)
     key = run_key(cfg, source, train_corpus, replicate)
@@ -547,8 +634,7 @@ def _start(cfg: Config, source: BatchSource, out_dir: Path, resume: bool,
     state = starting_state(out_dir, key, policy.device, resume, retrain_other_run)
     runtime.barrier()  # every rank has read the checkpoint before rank 0 may replace it
     norm = (InputNorm(state["mean"].cpu(), state["scale"]) if state is not None else
-            estimate_input_norm(source, tc.batch_size, tc.norm_batches,
-                                derived_seed(cfg.seed, "norm"), tc.center_inputs))
+            fresh_norm())
     members = _new_members(cfg, source, out_dir, norm, policy, state, init_saes,
                            train_corpus, replicate)
     sw = _Sweep(cfg, source, out_dir, key, train_corpus, replicate, norm, policy, members,
