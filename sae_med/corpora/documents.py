@@ -63,6 +63,18 @@ def split_of(group: str, eval_frac: float = EVAL_FRAC) -> Literal["train", "eval
     return "eval" if frac < eval_frac else "train"
 
 
+def in_validation(group: str, frac: float, seed: int = 0) -> bool:
+    """Whether ``group`` falls in the validation part carved out of a training split (for
+    choosing a recipe on training documents, never on eval ones): sha256 of
+    ``"validation:{seed}:{group}"`` read as a fraction in [0, 1) is below ``frac``. Whole
+    groups, like the split, so no group straddles the carving; a salt of its own keeps it
+    independent of the split and the order; another ``seed`` carves another part."""
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"the validation share must lie in (0, 1), got {frac}")
+    digest = hashlib.sha256(f"validation:{seed}:{group}".encode()).digest()
+    return _hash_fraction(digest) < frac
+
+
 def order_key(doc_id: str) -> str:
     """The shuffle key: hex sha256 of ``"order:" + doc_id`` (independent of the split)."""
     return hashlib.sha256(b"order:" + doc_id.encode()).hexdigest()
