@@ -27,7 +27,8 @@ corpus's own validation part (FVE and L0 on its cached activations, spliced ΔCE
 documents, as many as ``eval.ce_tokens`` / ``eval.ce_docs`` asks of an eval corpus). The
 variants are ranked by the declared criterion, :data:`CRITERION`: the mean over the sides
 of the ΔCE on each side's own validation text (lower is better); FVE is reported beside it.
-The full run (about an hour on the 2-core machine kind):
+The full run (not yet made: eight sweeps, twice the plain ablation's four, so about two
+hours on the 2-core machine kind if the plain ablation's hour scales):
 
     .venv/bin/python benchmarks/bench_recipe.py --validation --out /tmp/recipes-val
 
