@@ -36,7 +36,8 @@ A smoke-sized check of the code path (minutes):
 
     .venv/bin/python benchmarks/bench_recipe.py --validation --config configs/smoke.yaml \
         --target 16 --validation-frac 0.25 --out /tmp/recipes-val-smoke \
-        a=train.n_tokens=8192 b=train.n_tokens=8192,train.lr=3e-3
+        a=train.n_tokens=16384,train.dead_window_tokens=4096 \
+        b=train.n_tokens=16384,train.dead_window_tokens=4096,train.lr=3e-3
 """
 
 from __future__ import annotations
