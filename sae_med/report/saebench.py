@@ -103,7 +103,9 @@ class SAEBenchSAE(torch.nn.Module):
         self.W_dec = P(f.W_dec.detach() / norms[:, None])
         self.b_dec = P(f.b_dec.detach().clone())
         self.register_buffer("norms", norms.clone())
-        self.sae = f  # for its activation (and the state it reads: a threshold, k)
+        # the folded SAE for its activation and the state it reads (a threshold, k); its
+        # weights are held twice, which an SAE of a few hundred MB can afford
+        self.sae = f
         self.cfg = cfg
         self.device, self.dtype = torch.device(device), dtype
         self.to(device=device, dtype=dtype)
