@@ -1,9 +1,9 @@
 """configs/width.yaml at a tiny checkpoint's size (d_model 32, so widths 64 to 1,024): every
 cell run is cached, trained and scored by sae-med's experiment, and the width report reads
 all ten with gaps at every width, a crossover and a slope test per architecture. Slow: ten
-runs, each scoring spliced CE over the tiny model's 262k-token vocabulary (4.7 min on the
-loaded 2-core machine; configs/width.yaml's cells and their reuse of the
-default's and the matrix's runs are checked fast in tests/report/test_width.py)."""
+runs, each scoring spliced CE over the tiny model's 262k-token vocabulary, take minutes;
+configs/width.yaml's cells and their reuse of the default's and the matrix's runs are
+checked fast in tests/report/test_width.py."""
 
 from __future__ import annotations
 
