@@ -99,6 +99,7 @@ from sae_med.report.random_weights import (
     control_rows,
     control_table,
     control_verdicts,
+    model_vocab_size,
 )
 
 # %% [markdown]
@@ -237,7 +238,8 @@ else:
 # %%
 random_status = load_side_run(random_results or domains_results_path(RANDOM_WEIGHTS_CONFIG),
                               "random-weights", RANDOM_WEIGHTS_COMMAND)
-control = (control_rows(random_status.run.comparisons, domains.comparisons, medical, broad)
+control = (control_rows(random_status.run.comparisons, domains.comparisons, medical, broad,
+                        vocab_size=model_vocab_size(random_status.run.cfg))
            if random_status.run is not None and domains is not None else None)
 control_note = random_status.note if domains is not None else domains_status.note
 if control is None:

@@ -19,17 +19,21 @@ from sae_med.measure.results import SCHEMA_VERSION, ComparisonTables, comparison
 TARGETS = (10.0, 80.0)
 
 
-def sae_metrics(base: float, target: float) -> dict[str, float]:
+def sae_metrics(base: float, target: float, loss: tuple[float, float] | None = None
+                ) -> dict[str, float]:
     """Every metric of one SAE from its quality ``base`` (higher is better): FVE rises
-    with it, ΔCE and R²(e) fall (ΔCE stays under the 1-nat quality bar)."""
+    with it, ΔCE and R²(e) fall (ΔCE stays under the 1-nat quality bar). ``loss``: the
+    model's own clean and zero-ablation CE, the same for every SAE (absent by default)."""
+    own = {} if loss is None else {"ce_clean": loss[0], "ce_zero": loss[1]}
     return {"fve": base, "fve_typical": base, "delta_ce": 1.5 - base,
             "loss_recovered": 0.5 + base / 2, "l0": target,
-            "dark_matter.r2_error_mean": 1.0 - base}
+            "dark_matter.r2_error_mean": 1.0 - base, **own}
 
 
 def synthetic_doc(train: Sequence[str], evals: Sequence[str],
                   shift: Mapping[tuple[str, str], float], seeds: int = 3,
-                  n_boot: int = 200, seed: int = 0) -> dict:
+                  n_boot: int = 200, seed: int = 0,
+                  loss: tuple[float, float] | None = None) -> dict:
     """The comparison part of a results document: each SAE (training corpus × target ×
     seed) scores 0.5 + 0.1 log2(target / 10) + a small seed offset + ``shift[(train, eval)]``
     on each eval corpus, every replicate moved by one document draw per eval corpus
@@ -45,7 +49,7 @@ def synthetic_doc(train: Sequence[str], evals: Sequence[str],
                     base = 0.5 + 0.1 * np.log2(t / 10) + 0.002 * r + shift.get((c, e), 0.0)
                     draws = {m: Draws(v, v + (0 if m == "l0" else 1) * docs
                                       + rng.normal(0.0, 0.001, n_boot))
-                             for m, v in sae_metrics(base, t).items()}
+                             for m, v in sae_metrics(base, t, loss).items()}
                     saes.append(SaeDraws(c, t, r, draws))
         by_eval[e] = compare(saes, e, train, seed=7)
     return {"families": [f.to_dict() for c in by_eval.values() for f in c.families],
@@ -61,10 +65,11 @@ def synthetic_run(train: Sequence[str], evals: Sequence[str],
 
 
 def write_synthetic_results(path: Path, cfg: Config,
-                            shift: Mapping[tuple[str, str], float]) -> Path:
-    """A results.json of ``cfg``'s corpora with the ``shift`` planted (no per-SAE rows)."""
+                            shift: Mapping[tuple[str, str], float], **kw) -> Path:
+    """A results.json of ``cfg``'s corpora with the ``shift`` planted (no per-SAE rows);
+    ``kw`` goes to :func:`synthetic_doc`."""
     doc = {"schema_version": SCHEMA_VERSION, "config": cfg.to_dict(), "rows": [],
-           **synthetic_doc(cfg.train_corpora, cfg.eval_corpora, shift)}
+           **synthetic_doc(cfg.train_corpora, cfg.eval_corpora, shift, **kw)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
     return path

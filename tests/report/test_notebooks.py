@@ -195,7 +195,8 @@ def test_domain_chapter_glues_its_verdict_sentence(tmp_path):
     rand = write_synthetic_results(  # the random-weights control: medicine's gap mostly gone
         tmp_path / "random" / "results.json",
         load_config(PROJECT_ROOT / "configs" / "random_weights.yaml"),
-        {("medical", "medical"): 0.02, ("broad", "broad"): 0.02})
+        {("medical", "medical"): 0.02, ("broad", "broad"): 0.02},
+        loss=(4.0, 12.0))  # a model that predicts: the loss gate lets ΔCE be judged
     out = run_notebook("09", SMOKE, out=tmp_path / "09.ipynb",
                        extra={"results_file": str(run), "domains_results": str(dom),
                               "random_results": str(rand)})
@@ -210,6 +211,9 @@ def test_domain_chapter_glues_its_verdict_sentence(tmp_path):
     assert glued["verdict_did_fve_typical"] == "supported"
     assert glued["verdict_placebo_fve_typical"].startswith("go: not supported; foldoc: ")
     assert glued["verdict_random_fve_typical"].startswith("smaller without training (ratio 0.2")
+    # the chapter hands the loss gate the random model's vocabulary (Gemma-3-270M's, 12.48
+    # nats for a uniform guess), so ΔCE is judged as FVE is
+    assert glued["verdict_random_delta_ce"].startswith("smaller without training (ratio 0.")
     page = (PROJECT_ROOT / "book" / "results.md").read_text()
     quoted = set(re.findall(r"09_domain_or_home_field\.ipynb::(\w+)", page)) | set(
         re.findall(r"```\{glue:\} (\w+)\n:doc: \.\./notebooks/09_", page))
