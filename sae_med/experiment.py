@@ -85,7 +85,7 @@ from sae_med.sae.base import LinearSAE
 from sae_med.sae.factory import load_sae
 from sae_med.sae.io import load_any_sae, sae_format
 from sae_med.train.records import TrainingError
-from sae_med.train.sweep import finished_results, train_saes
+from sae_med.train.sweep import SweepRun, finished_results, train_sweeps
 
 log = logging.getLogger(__name__)
 
@@ -175,24 +175,52 @@ def stage_train(cfg: Config, progress: bool = True) -> dict:
     finished sweep's results come from its saved metadata: no checkpoint is opened and no
     file written.
     """
-    sweeps = [Sweep(c, r) for c in cfg.train_corpora for r in range(cfg.sae.seeds)]
-    sources = {c: train_source(cfg, c, progress) for c in cfg.train_corpora}
-    results = {sw: done for sw in sweeps if (done := finished_results(
-        cfg, sources[sw.corpus], _sweep_dir(cfg, sw), sw.corpus, sw.replicate)) is not None}
-    todo = [sw for sw in sweeps if sw not in results]
+    return train_runs([cfg], progress)[0]
+
+
+def shared_pass_groups(cfg: Config) -> list[list[Config]]:
+    """This config's run and its replications, grouped where their SAEs read the same
+    batches: runs equal but for their name and ``sae`` section (``sae.seeds`` apart), e.g.
+    one per architecture or width, whose sweeps :func:`train_runs` trains from one pass.
+    Groups of one run are left out."""
+    groups: dict[str, list[Config]] = {}
+    for c in [cfg, *cfg.replication_configs().values()]:
+        reads = {k: v for k, v in c.to_dict().items()
+                 if k not in ("name", "sae", *RUN_SECTIONS)}
+        groups.setdefault(stable_hash({**reads, "seeds": c.sae.seeds}), []).append(c)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def train_runs(cfgs: Sequence[Config], progress: bool = True) -> list[dict]:
+    """:func:`stage_train` of runs of one :func:`shared_pass_groups` group: every sweep
+    (corpus, replicate) of them all trains from one pass over its activations
+    (:func:`sae_med.train.sweep.train_sweeps`), the unfinished ones ``train.workers`` at a
+    time; each run's SAEs are the files its own :func:`stage_train` writes. Returns each
+    run's ``{train_corpus: [TrainResult, ...]}``, in ``cfgs`` order."""
+    first = cfgs[0]
+    sweeps = [Sweep(c, r) for c in first.train_corpora for r in range(first.sae.seeds)]
+    sources = {c: train_source(first, c, progress) for c in first.train_corpora}
+    results = {(i, sw): done for i, cfg in enumerate(cfgs) for sw in sweeps
+               if (done := finished_results(cfg, sources[sw.corpus], _sweep_dir(cfg, sw),
+                                            sw.corpus, sw.replicate)) is not None}
+    todo = [sw for sw in sweeps if any((i, sw) not in results for i in range(len(cfgs)))]
     roots = {c: src.root for c, src in sources.items() if isinstance(src, ActivationCache)}
-    if cfg.train.workers > 1 and len(todo) > 1:
+    if first.train.workers > 1 and len(todo) > 1:
         if runtime.world_size() > 1 or len(roots) < len(sources):
             log.info("train.workers=%d ignored: %s; training one sweep at a time",
-                     cfg.train.workers, "the torchrun ranks share each sweep"
+                     first.train.workers, "the torchrun ranks share each sweep"
                      if runtime.world_size() > 1 else "training streams its activations")
         else:
-            results |= dict(zip(todo, _train_parallel(cfg, todo, roots, progress),
-                                strict=True))
-    out: dict = {c: [] for c in cfg.train_corpora}
+            for sw, runs in zip(todo, _train_parallel(cfgs, todo, roots, progress),
+                                strict=True):
+                results |= {(i, sw): r for i, r in enumerate(runs)}
+    out: list[dict] = [{c: [] for c in first.train_corpora} for _ in cfgs]
     for sw in sweeps:
-        out[sw.corpus] += results[sw] if sw in results else _train_sweep(
-            cfg, sw, sources[sw.corpus], progress)
+        runs = [results.get((i, sw)) for i in range(len(cfgs))]
+        if any(r is None for r in runs):
+            runs = _train_sweep(cfgs, sw, sources[sw.corpus], progress)
+        for o, r in zip(out, runs, strict=True):
+            o[sw.corpus] += r
     return out
 
 
@@ -200,15 +228,15 @@ def _sweep_dir(cfg: Config, sweep: Sweep) -> Path:
     return sweep_dir(cfg, sweep.corpus, sweep.replicate)
 
 
-def _train_sweep(cfg: Config, sweep: Sweep, source: BatchSource, progress: bool,
-                 bar_position: int = 0) -> list:
-    """Train (or resume, or reuse) one sweep on ``source`` in this process; a stream's
-    tally of what it read (and cut) is logged, as a cache's is when it is built."""
+def _train_sweep(cfgs: Sequence[Config], sweep: Sweep, source: BatchSource, progress: bool,
+                 bar_position: int = 0) -> list[list]:
+    """Train (or resume, or reuse) one sweep of each of ``cfgs`` from one pass over
+    ``source`` in this process; a stream's tally of what it read (and cut) is logged, as a
+    cache's is when it is built. Each run's results, in ``cfgs`` order."""
 
-    results = train_saes(cfg, source, _sweep_dir(cfg, sweep), resume=True,
-                         progress=progress, d_model=source.d_model, train_corpus=sweep.corpus,
-                         replicate=sweep.replicate, retrain_other_run=True,
-                         bar_position=bar_position)
+    results = train_sweeps([SweepRun(c, _sweep_dir(c, sweep)) for c in cfgs], source,
+                           sweep.corpus, sweep.replicate, resume=True, progress=progress,
+                           retrain_other_run=True, bar_position=bar_position)
     if isinstance(source, ActivationStream) and source.tally.documents:
         log.info("train %s: %s", sweep.corpus, source.describe_tally())
     return results
@@ -234,13 +262,14 @@ def _worker_cache(root: Path) -> ActivationCache:
     return ActivationCache(root)
 
 
-def _worker_sweep(cfg: Config, sweep: Sweep, cache_root: Path, progress: bool) -> list:
-    return _train_sweep(cfg, sweep, _worker_cache(cache_root), progress,
+def _worker_sweep(cfgs: Sequence[Config], sweep: Sweep, cache_root: Path, progress: bool
+                  ) -> list[list]:
+    return _train_sweep(cfgs, sweep, _worker_cache(cache_root), progress,
                         bar_position=_WORKER_SLOT)
 
 
-def _train_parallel(cfg: Config, sweeps: Sequence[Sweep], roots: dict[str, Path],
-                    progress: bool) -> list[list]:
+def _train_parallel(cfgs: Sequence[Config], sweeps: Sequence[Sweep], roots: dict[str, Path],
+                    progress: bool) -> list[list[list]]:
     """:func:`_train_sweep` of every sweep, ``train.workers`` at a time, each in a process
     of its own with this process's torch threads divided between them. On a 2-core CPU
     two one-thread sweeps do ~1.2x the steps of one two-thread sweep: a second thread
@@ -248,14 +277,14 @@ def _train_parallel(cfg: Config, sweeps: Sequence[Sweep], roots: dict[str, Path]
     poorly; benchmarks/RESULTS.md). Results in ``sweeps`` order; the first failure
     cancels the sweeps not yet started."""
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-    workers = min(cfg.train.workers, len(sweeps))
+    workers = min(cfgs[0].train.workers, len(sweeps))
     threads = max(1, torch.get_num_threads() // workers)
     log.info("training %d sweeps, %d at a time (%d torch threads each)", len(sweeps),
              workers, threads)
     init = (ctx.Value("i", 0), threads, logging.getLogger("sae_med").getEffectiveLevel())
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=init) as pool:
-        futures = [pool.submit(_worker_sweep, cfg, sw, roots[sw.corpus], progress)
+        futures = [pool.submit(_worker_sweep, cfgs, sw, roots[sw.corpus], progress)
                    for sw in sweeps]
         try:
             return [_sweep_result(f, workers) for f in futures]
@@ -374,11 +403,15 @@ def annealed_run(cfg: Config, budget: int, progress: bool = True) -> Config:
 
 def run_experiment(cfg: Config, progress: bool = True) -> Path:
     """cache → train → evaluate, then the same for each of ``cfg.replications`` (other
-    models), then :func:`stage_learning_curve` for ``cfg.learning_curve``; returns this
-    config's results JSON."""
+    models, architectures or widths; the sweeps of runs that differ only in their SAEs
+    first train together, :func:`shared_pass_groups`), then :func:`stage_learning_curve`
+    for ``cfg.learning_curve``; returns this config's results JSON."""
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     write_json_if_changed(cfg.run_path / CONFIG_NAME, cfg.to_dict())
     stage_cache(cfg, progress)
+    for group in shared_pass_groups(cfg):  # e.g. the architectures of one model
+        log.info("training the sweeps of %s from one pass", ", ".join(c.name for c in group))
+        train_runs(group, progress)
     path = stage_evaluate(cfg, progress)
     for name, rep in cfg.replication_configs().items():
         log.info("replication %r: %s, block %d", name, rep.model.name, rep.model.hook_layer)

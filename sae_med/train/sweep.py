@@ -31,7 +31,10 @@ dense forward/backward of each SAE to torch.compile.
 
 A sweep is one (training corpus, seed replicate): its SAEs share the replicate's batch
 order (:func:`batch_seed`), which is what lets them train from one pass, and each has its
-own initialisation (:func:`init_seed`), so replicate variance covers both.
+own initialisation (:func:`init_seed`), so replicate variance covers both. The sweeps of
+several runs that read the same batches (the same seed and ``train`` section, e.g. one
+run per architecture or width) can share that pass too (:func:`train_sweeps`), each in
+its own folder.
 
 Layout of ``out_dir`` (one sweep; :mod:`sae_med.experiment` puts replicate ``r`` of corpus
 ``c`` in ``saes/{c}/seed_{r}``)::

@@ -13,7 +13,7 @@ import torch
 from tiny_train import synthetic_acts, tiny_config
 
 from sae_med.cache.batches import BatchSource, TensorBatchSource
-from sae_med.config import Config
+from sae_med.config import Config, load_config
 from sae_med.train.records import TrainingError
 from sae_med.train.schedule import batch_seed
 from sae_med.train.sweep import SweepRun, train_saes, train_sweeps
@@ -156,3 +156,17 @@ def test_shared_pass_refuses_other_batches(tmp_path):
         train_sweeps([SweepRun(a, tmp_path / "a"), SweepRun(other, tmp_path / "b")], src)
     with pytest.raises(TrainingError, match="same folder"):
         train_sweeps([SweepRun(a, tmp_path / "a"), SweepRun(b, tmp_path / "a")], src)
+
+
+def test_runs_differing_only_in_their_saes_are_grouped():
+    """The matrix's runs share one pass per model; the default's replication (another
+    model) shares none."""
+    from sae_med.experiment import shared_pass_groups
+
+    repo = Path(__file__).resolve().parents[2]
+    groups = shared_pass_groups(load_config(repo / "configs" / "matrix.yaml", []))
+    assert [[c.name for c in g] for g in groups] == [
+        ["matrix_relu", "default", "matrix_topk", "matrix_batchtopk", "matrix_matryoshka"],
+        ["matrix_relu_smollm2", "smollm2", "matrix_topk_smollm2",
+         "matrix_batchtopk_smollm2", "matrix_matryoshka_smollm2"]]
+    assert shared_pass_groups(load_config(repo / "configs" / "default.yaml", [])) == []

@@ -716,3 +716,32 @@ def test_a_killed_worker_is_one_clear_error_and_the_rerun_resumes(cache_root, tm
     assert "worker process died" in str(errors[0]) and "rerun" in str(errors[0])
     out = stage_train(cfg, progress=False)
     assert all(r.steps == 500 for runs in out.values() for r in runs)
+
+
+def test_runs_differing_in_their_saes_train_from_one_pass(cache_root, tmp_path,
+                                                          real_model_for_stages, monkeypatch):
+    """A JumpReLU and a TopK run of the same caches (experiment.train_runs, two workers):
+    every SAE and metrics file is the one each run's own stage_train writes, and each run's
+    stage_train then reuses them."""
+    from sae_med import experiment
+
+    def run(out: Path, arch: str) -> Config:
+        cfg = _parallel_cfg(cache_root, out, 2)
+        return dataclasses.replace(cfg, name=arch,
+                                   sae=dataclasses.replace(cfg.sae, architecture=arch))
+
+    archs = ("jumprelu", "topk")
+    alone = [experiment.stage_train(run(tmp_path / "alone", a), progress=False)
+             for a in archs]
+    together = [run(tmp_path / "together", a) for a in archs]
+    shared = experiment.train_runs(together, progress=False)
+    for one, both in zip(alone, shared, strict=True):
+        pairs = [(a, b) for corpus in one for a, b in zip(one[corpus], both[corpus],
+                                                          strict=True)]
+        assert len(pairs) == 8 and all(a.metrics == b.metrics for a, b in pairs)
+        for a, b in pairs:
+            for name in ("sae.safetensors", "cfg.json", "metrics.jsonl"):
+                assert (a.path / name).read_bytes() == (b.path / name).read_bytes()
+    monkeypatch.setattr(experiment, "_train_sweep", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(experiment, "_train_parallel", lambda *a: pytest.fail("trained"))
+    assert [experiment.stage_train(c, progress=False) for c in together] == shared
