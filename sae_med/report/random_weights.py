@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.artifacts import stable_hash
+from sae_med.lm.files import EMBEDDED_MODELS
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.controls import (
     LOSS_METRICS,
@@ -98,8 +99,6 @@ def model_vocab_size(cfg: Config) -> int:
     the unembedding's width), read without loading the weights into a model."""
     # deferred: transformers is heavy to import; only this reader needs it
     from transformers import AutoConfig
-
-    from sae_med.lm.files import EMBEDDED_MODELS
 
     name = cfg.model.name
     where = EMBEDDED_MODELS[name].make_dir(None)[0] if name in EMBEDDED_MODELS else name
