@@ -85,7 +85,7 @@ from sae_med.sae.base import LinearSAE
 from sae_med.sae.factory import load_sae
 from sae_med.sae.io import load_any_sae, sae_format
 from sae_med.train.records import TrainingError
-from sae_med.train.sweep import SweepRun, finished_results, train_sweeps
+from sae_med.train.sweep import SweepRun, finished_results, train_saes, train_sweeps
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +271,10 @@ def _worker_sweep(cfgs: Sequence[Config], sweep: Sweep, cache_root: Path, progre
 def _train_parallel(cfgs: Sequence[Config], sweeps: Sequence[Sweep], roots: dict[str, Path],
                     progress: bool) -> list[list[list]]:
     """:func:`_train_sweep` of every sweep, ``train.workers`` at a time, each in a process
-    of its own with this process's torch threads divided between them. On a 2-core CPU
-    two one-thread sweeps do ~1.2x the steps of one two-thread sweep: a second thread
-    speeds the sparse step up only 1.7x (its gathers, sorts and sparse products divide
-    poorly; benchmarks/RESULTS.md). Results in ``sweeps`` order; the first failure
-    cancels the sweeps not yet started."""
+    of its own with this process's torch threads divided between them: the sparse step's
+    gathers, sorts and sparse products divide poorly between threads, so sweeps side by
+    side do more steps than one sweep on every thread. Results in ``sweeps`` order; the
+    first failure cancels the sweeps not yet started."""
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     workers = min(cfgs[0].train.workers, len(sweeps))
     threads = max(1, torch.get_num_threads() // workers)
@@ -644,8 +643,6 @@ def train_synthetic(cfg: Config, batch: SyntheticBatch, out_dir: str | Path,
                     progress: bool = False) -> list[LinearSAE]:
     """Train ``cfg``'s sweep (:func:`sae_med.train.sweep.train_saes`) on ``batch.acts``, or reuse
     a finished one with the same run key; returns the saved SAEs in target order."""
-    from sae_med.train.sweep import train_saes  # the trainer pulls in the device runtime
-
     source = TensorBatchSource(batch.acts)
     # the run key takes the source's key: without one, other rows would reuse these SAEs
     source.key = hashlib.sha256(batch.acts.contiguous().numpy().tobytes()).hexdigest()

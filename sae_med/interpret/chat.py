@@ -111,8 +111,8 @@ def p_yes_from_logprobs(pairs: Iterable[tuple[str, float]]) -> float | None:
 # --------------------------------------------------------------------------- backends
 
 PREFILL_CHUNK = 256
-"""Prompt tokens per forward of :meth:`LocalChat.generate`'s prefill: SmolLM2 reads 2,048
-prompt tokens in 7 s on one AMD EPYC core, so a deadline is seen within a second."""
+"""Prompt tokens per forward of :meth:`LocalChat.generate`'s prefill: a deadline is
+checked between chunks, not only after the whole prompt has been read."""
 
 
 class GenerationStopped(Exception):
@@ -175,8 +175,8 @@ class LocalChat:
         """One request at a time: the model runs in this process."""
         self.threads = threads
         """torch threads while it runs (then restored): batch-1 forwards of a small model
-        gain little from more, and on a busy 2-core CPU 2 threads were 6-10x slower than 1
-        (p_yes 20-32 s vs 2-3 s, measured at load average ~10)."""
+        gain little from more, and on a busy CPU more threads can be several times slower
+        than one."""
         self._lock = threading.Lock()  # one generation at a time (the server is threaded)
         words = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         kinds = [is_yes_no(w) for w in words]

@@ -68,7 +68,7 @@ class ServerLimits:
     token spans at least one character, so this bounds the tokeniser's work)."""
     max_prompt_tokens: int = 2048
     """Tokens of the chat-templated prompt; more get 400 before the model runs. Well under
-    SmolLM2's context of 8,192: 2,048 tokens take ~7 s to read on one CPU core."""
+    SmolLM2's context of 8,192, it bounds how long one request's prefill holds the model."""
     max_tokens_cap: int = 1024
     """Largest ``max_tokens`` accepted (400 beyond it)."""
     request_timeout_s: float = 120.0

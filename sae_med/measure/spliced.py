@@ -19,10 +19,9 @@ from sae_med.measure.metrics import CELosses, SaeFn
 
 SCORE_ROWS = 4
 """Rows of fp32 log-probabilities scored at a time after a chunk's unembedding: a few MB
-that stay in cache. On the AMD machine kind the log-softmax and KL passes of one splice
-took 26 ms per 128-row chunk this way against 240-460 ms over the whole chunk at once (a
-262k vocabulary: 134 MB per pass), with the same CE and KL to the bit on Gemma-3-270M
-(benchmarks/bench_score.py, benchmarks/RESULTS.md)."""
+that stay in cache, where a whole chunk's log-softmax and KL passes over a 262k
+vocabulary stream 134 MB each; the CE and KL are the same to the bit either way
+(benchmarks/bench_score.py times the two)."""
 
 
 def row_blocks(n: int) -> list[slice]:
