@@ -383,10 +383,12 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
                         "one SAE folder (goes to OUT)")
     p.add_argument("out", metavar="OUT", help="output folder (README.md model card inside)")
     p.add_argument("--format", default="sae_lens",
-                   help="sae_lens (cfg.json + sae_weights.safetensors; the default), "
-                        "gemma_scope (params.npz + metadata.json), saebench (sae-lens "
-                        "files, SAEBench's config and core results on the run's eval "
-                        "tokens) or neuronpedia (sae-lens files and Neuronpedia upload "
+                   help="sae_lens (cfg.json + sae_weights.safetensors; the default; every "
+                        "architecture: ReLU as standard, TopK as topk, JumpReLU, BatchTopK "
+                        "and Matryoshka as jumprelu with their thresholds), gemma_scope "
+                        "(params.npz + metadata.json; JumpReLU SAEs only), saebench "
+                        "(sae-lens files, SAEBench's config and core results on the run's "
+                        "eval tokens) or neuronpedia (sae-lens files and Neuronpedia upload "
                         "folders)")
     p.add_argument("--push-to-hub", metavar="REPO", default=None,
                    help="then upload OUT to this Hugging Face model repo (needs HF_TOKEN)")
