@@ -62,6 +62,7 @@ from myst_nb import glue
 
 from sae_med.config import load_config
 from sae_med.measure.bootstrap import Interval
+from sae_med.report.exercises import check, exercise_table
 from sae_med.report.matrix import (
     MATRIX_COMMAND,
     gap_table,
@@ -192,16 +193,23 @@ glue("width_capacity_verdicts", capacity_sentence, display=False)
 
 # %% [markdown]
 # ## Exercises
-# Each solution checks itself against the package's own function.
-#
+# Check an answer with `check(label, answer, ...)` (the objects each exercise names): it
+# says *right*, *close* or *wrong, because …*.
+
+# %%
+display(exercise_table("10"))
+
+# %% [markdown]
 # ```{exercise} A crossover by hand
 # :label: ex-width-crossover
 # A medical − mixed gap in typical-token FVE (positive favours the medical SAE) reads, at
 # 2, 4, 8, 16 and 32 × d_model: 0.10 [0.09, 0.11], 0.06 [0.05, 0.07],
 # 0.02 [0.005, 0.035], 0.00 [−0.02, 0.02] and −0.01 [−0.03, 0.01]. By the declared rule,
 # where is the crossover, and at which width does the interval's lower end reach 0 on a
-# log2-width line between the bracketing widths? Check your answer against
-# `crossover(gaps, 1)`.
+# log2-width line between the bracketing widths? Hold the gaps as `gaps = {width:
+# Interval(value, low, high)}` (as the solution does) and check your answer with
+# `check("ex-width-crossover", {"below": width, "width": width, "estimate": width},
+# gaps=gaps, sign=1)`; `crossover(gaps, 1)` gives the package's own.
 # ```
 #
 # ```{solution-start} ex-width-crossover
@@ -216,9 +224,9 @@ gaps = {2: Interval(0.10, 0.09, 0.11), 4: Interval(0.06, 0.05, 0.07),
         8: Interval(0.02, 0.005, 0.035), 16: Interval(0.0, -0.02, 0.02),
         32: Interval(-0.01, -0.03, 0.01)}
 by_hand = 2 ** (3 + 0.005 / (0.005 + 0.02))
-print(f"crossover in (8×, 16×], about {by_hand:.2f}×")
-found = crossover(gaps, 1)
-assert (found.below, found.width) == (8, 16) and abs(found.estimate - by_hand) < 1e-9, found
+print(f"crossover in (8×, 16×], about {by_hand:.2f}×; the package: {crossover(gaps, 1)}")
+display(check("ex-width-crossover", {"below": 8, "width": 16, "estimate": by_hand},
+              gaps=gaps, sign=1).require())
 
 # %% [markdown]
 # ```{solution-end}
@@ -226,10 +234,12 @@ assert (found.below, found.width) == (8, 16) and abs(found.estimate - by_hand) <
 #
 # ```{exercise} What the weights do in the slope test
 # :label: ex-width-slope
-# The slope test weights each width by 1/se² of its gap. Fit an ordinary (unweighted)
-# least-squares line to the point values of the gaps above against log2 width, and
-# compare its slope with `width_trend(gaps, 1).slope`. Then make the 32× interval four
-# times as wide: which slope moves, and why?
+# The slope test weights each width by 1/se² of its gap (se = the interval's width /
+# (2 × 1.96)). Fit an ordinary (unweighted) least-squares line to the point values of the
+# gaps above against log2 width, and compare its slope with `width_trend(gaps, 1).slope`.
+# Then make the 32× interval four times as wide: which slope moves, and why? Check your
+# three slopes with `check("ex-width-slope", {"unweighted": slope, "weighted": slope,
+# "widened": slope}, gaps=gaps, sign=1)`.
 # ```
 #
 # ```{solution-start} ex-width-slope
@@ -244,10 +254,11 @@ assert (found.below, found.width) == (8, 16) and abs(found.estimate - by_hand) <
 x = np.log2(list(gaps))
 plain = np.polyfit(x, [g.value for g in gaps.values()], 1)[0]
 weighted = width_trend(gaps, 1).slope.value
-wider = {**gaps, 32: Interval(-0.01, -0.09, 0.07)}
+widened = width_trend({**gaps, 32: Interval(-0.01, -0.09, 0.07)}, 1).slope.value
 print(f"unweighted {plain:+.4f}, weighted {weighted:+.4f}, "
-      f"weighted with a wide 32× interval {width_trend(wider, 1).slope.value:+.4f}")
-assert abs(plain - weighted) < 0.005 and width_trend(wider, 1).slope.value != weighted
+      f"weighted with a wide 32× interval {widened:+.4f}")
+display(check("ex-width-slope", {"unweighted": plain, "weighted": weighted,
+                                 "widened": widened}, gaps=gaps, sign=1).require())
 
 # %% [markdown]
 # ```{solution-end}

@@ -39,9 +39,11 @@ from sae_med.interpret.synthetic import (
     truth_sae,
 )
 from sae_med.layout import sae_dirs
+from sae_med.measure.bootstrap import Interval
 from sae_med.measure.diagnose import bins_frame
 from sae_med.report.claims import oriented_gaps
 from sae_med.report.notebook import metric_value
+from sae_med.report.width import CROSSOVER, crossover, width_trend
 
 Difficulty = Literal["starter", "core", "stretch"]
 """starter: read a number off a table; core: a few lines of code; stretch: a new run or
@@ -677,4 +679,64 @@ def _home_mix(answer: Any, gaps: Any, medical: str, broad: str, mixed: Sequence[
             for k, v in expected.items()):
         return wrong(label, "the ratio is upside down: the gap over the mixed SAE divided by "
                      "the gap over the broad SAE")
+    return result
+
+
+# ------------------------------------------------------ 10: architectures and widths
+
+@exercise("ex-width-crossover", "10", "starter", 10,
+          "dict: below and width (the crossover lies in (below, width], × d_model) and "
+          "estimate (where the interval's paper-side end reaches 0, on log2 width)")
+def _width_crossover(answer: Any, gaps: Mapping[float, Interval], sign: int) -> CheckResult:
+    label, found = "ex-width-crossover", crossover(dict(gaps), sign)
+    if found.status != CROSSOVER:
+        return wrong(label, f"by the declared rule these gaps have no bracketed crossover "
+                     f"({found.status})")
+    bracket = compare_same(label, "the bracket (below, width)",
+                           (float(answer["below"]), float(answer["width"])),
+                           (float(found.below), float(found.width)),
+                           "walk down from the largest width while the interval holds 0 "
+                           "or lies on the other side of it")
+    estimate = compare_number(label, "the estimate", answer["estimate"], found.estimate,
+                              tol=1e-3, close=0.02, relative=True)
+    if estimate.verdict is Verdict.WRONG:
+        points = crossover({w: Interval(iv.value, iv.value, iv.value)
+                            for w, iv in gaps.items()}, sign)
+        if points.estimate is not None and math.isclose(answer["estimate"], points.estimate,
+                                                        rel_tol=1e-3):
+            return wrong(label, "that is where the point value reaches 0: the rule follows "
+                         "the interval's end nearer 0 (the lower end when a positive gap "
+                         "favours the domain SAE)")
+    return first_wrong(bracket, estimate)
+
+
+@exercise("ex-width-slope", "10", "core", 15,
+          "dict: slopes per doubling of the domain SAE's advantage (sign × gap) on log2 "
+          "width: unweighted (ordinary least squares on the point values), weighted (the "
+          "slope test's, 1/se² weights) and widened (weighted, the largest width's interval "
+          "four times as wide)")
+def _width_slope(answer: Any, gaps: Mapping[float, Interval], sign: int) -> CheckResult:
+    label = "ex-width-slope"
+
+    def slope(g: Mapping[float, Interval]) -> float:
+        return width_trend(dict(g), sign).slope.value
+
+    def stretched(iv: Interval, k: float) -> Interval:
+        return Interval(iv.value, iv.value - k * (iv.value - iv.low),
+                        iv.value + k * (iv.high - iv.value))
+
+    # equal intervals give equal weights: the slope test's line is then the plain one
+    even = {w: Interval(iv.value, iv.value - 0.01, iv.value + 0.01) for w, iv in gaps.items()}
+    largest = max(gaps)
+    expected = {"unweighted": slope(even), "weighted": slope(gaps),
+                "widened": slope({**gaps, largest: stretched(gaps[largest], 4)})}
+    result = compare_numbers(label, "the slope", answer, expected, tol=1e-3, close=0.02,
+                             relative=True)
+    if result.verdict is Verdict.WRONG and set(answer) == set(expected):
+        for key in ("weighted", "widened"):
+            off = not math.isclose(answer[key], expected[key], rel_tol=1e-3)
+            if off and math.isclose(answer[key], expected["unweighted"], rel_tol=1e-3):
+                return wrong(label, f"the {key} slope given is the unweighted one: the slope "
+                             "test weights each width by 1/se², se = the interval's width / "
+                             "(2 × 1.96)")
     return result

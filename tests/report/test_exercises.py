@@ -24,11 +24,12 @@ from sae_med.interpret.synthetic import (
     score_sae,
     truth_sae,
 )
+from sae_med.measure.bootstrap import Interval
 from sae_med.report import exercises
 from sae_med.report.book import PROJECT_ROOT
 from sae_med.report.exercises import EXERCISES, Verdict, check, compare_number
 
-CHECKED_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08", "09")
+CHECKED_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10")
 SMALL = SyntheticSpec(d_model=24, n_features=16, n_hierarchies=2, n_correlated=2,
                       freq_min=0.03, freq_max=0.1)
 
@@ -468,6 +469,46 @@ def case_home_mix(tmp_path) -> Case:
                  "mixed": ["mixed_10"]}, solution, {k: 1 / v for k, v in solution.items()})
 
 
+# ------------------------------------------------------------------------- chapter 10
+
+def _width_gaps() -> dict:
+    """The chapter's gaps: the interval holds 0 from 16×, the point value reaches 0 at 16×,
+    the intervals' widths differ (so the weights matter)."""
+    return {2: Interval(0.10, 0.09, 0.11), 4: Interval(0.06, 0.05, 0.07),
+            8: Interval(0.02, 0.005, 0.035), 16: Interval(0.0, -0.02, 0.02),
+            32: Interval(-0.01, -0.03, 0.01)}
+
+
+def case_width_crossover(tmp_path) -> Case:
+    gaps = _width_gaps()
+    widths = sorted(gaps)  # the notebook's walk down from the largest width
+    first = next(i for i in range(len(widths)) if all(
+        gaps[w].low <= 0 for w in widths[i:]))
+    below, at = widths[first - 1], widths[first]
+    lo0, lo1 = gaps[below].low, gaps[at].low
+    by_hand = 2 ** (np.log2(below) + lo0 / (lo0 - lo1) * (np.log2(at) - np.log2(below)))
+    v0, v1 = gaps[below].value, gaps[at].value  # interpolating the point values instead
+    by_points = 2 ** (np.log2(below) + v0 / (v0 - v1) * (np.log2(at) - np.log2(below)))
+    solution = {"below": below, "width": at, "estimate": float(by_hand)}
+    return Case({"gaps": gaps, "sign": 1}, solution,
+                {**solution, "estimate": float(by_points)})
+
+
+def case_width_slope(tmp_path) -> Case:
+    gaps = _width_gaps()
+
+    def fit(g: dict, weighted: bool) -> float:  # the slope test written out with numpy
+        x, y = np.log2(list(g)), np.array([iv.value for iv in g.values()])
+        se = np.array([(iv.high - iv.low) / (2 * 1.959963984540054) for iv in g.values()])
+        return float(np.polyfit(x, y, 1, w=1 / se if weighted else None)[0])
+
+    wide = {**gaps, 32: Interval(-0.01, -0.09, 0.07)}
+    solution = {"unweighted": fit(gaps, False), "weighted": fit(gaps, True),
+                "widened": fit(wide, True)}
+    return Case({"gaps": gaps, "sign": 1}, solution,
+                {**solution, "weighted": solution["unweighted"]})
+
+
 CASES: dict[str, Callable[..., Case]] = {
     "ex-syn-bar": case_syn_bar, "ex-syn-absorb": case_syn_absorb,
     "ex-syn-superposition": case_syn_superposition, "ex-cache-layer": case_cache_layer,
@@ -482,6 +523,7 @@ CASES: dict[str, Callable[..., Case]] = {
     "ex-damage-recovered": case_damage_recovered, "ex-damage-where": case_damage_where,
     "ex-curve-converged": case_curve_converged, "ex-curve-l0": case_curve_l0,
     "ex-home-did": case_home_did, "ex-home-mix": case_home_mix,
+    "ex-width-crossover": case_width_crossover, "ex-width-slope": case_width_slope,
 }
 
 
@@ -516,6 +558,13 @@ def test_every_exercise_of_the_checked_chapters_is_registered_tested_and_called(
             assert re.search(rf'check\(\s*"{label}",[^)]*\)[\s\S]*?\.require\(\)',
                              path.read_text()), f"{path.name}: {label}'s solution is unchecked"
     assert set(CASES) == set(EXERCISES)
+
+
+@pytest.mark.parametrize(("label", "why"), [("ex-width-crossover", "point value"),
+                                             ("ex-width-slope", "unweighted one")])
+def test_the_width_mistakes_are_named(label, why):
+    case = CASES[label](None)
+    assert why in check(label, case.wrong, **case.data).reason
 
 
 def test_every_exercise_carries_a_difficulty_and_a_time_budget():
