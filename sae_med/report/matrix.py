@@ -1,17 +1,27 @@
 """The architecture matrix (``configs/matrix.yaml``) in tables: per SAE architecture and
 model, the domain SAE's gaps on domain text against the broad and the mixed SAE at every
 target L0, and a verdict per architecture by the rule of :func:`cell_verdict` and
-:func:`architecture_verdict` (stated in book/method.md before any real run)."""
+:func:`architecture_verdict` (stated in book/method.md before any real run, frozen by
+:data:`MATRIX_RULE`'s version)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sae_med.artifacts import stable_hash
 from sae_med.layout import RESULTS_NAME
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.results import load_comparisons
-from sae_med.report.claims import meets_quality_bar, model_label, oriented_gaps, row_intervals
+from sae_med.report.claims import (
+    DCE_BAR_NATS,
+    bar_dce,
+    judging_code,
+    meets_quality_bar,
+    model_label,
+    oriented_gaps,
+    row_intervals,
+)
 from sae_med.report.notebook import interval_cell
 
 if TYPE_CHECKING:
@@ -20,17 +30,37 @@ if TYPE_CHECKING:
 
 MATRIX_CONFIG = "configs/matrix.yaml"
 MATRIX_COMMAND = f"sae-med experiment {MATRIX_CONFIG}"
-MATRIX_METRICS = (("fve_typical", "typical-token FVE", 1), ("delta_ce", "ΔCE", -1),
-                  ("dark_matter.r2_error_mean", "R²(e)", -1))
-"""(metric, name, sign) of each gap the matrix judges; ``sign`` is the paper's side: +1
-where a larger value favours the domain SAE (it explains more variance), -1 where a
-smaller one does (less loss when spliced in, a less linearly predictable error)."""
+METRIC_NAMES = {"fve_typical": "typical-token FVE", "delta_ce": "ΔCE",
+                "dark_matter.r2_error_mean": "R²(e)"}
+"""How the tables name each metric the matrix and the width axis judge."""
 HOLDS, REVERSES, FAILS = "holds", "reverses", "fails"
 NOT_JUDGED = "not judged"
 """The run's domain SAEs fail the quality bar (:func:`~sae_med.report.claims.
 meets_quality_bar`): their gaps say nothing about the domain."""
 NO_RESULTS = "no results"
 """The run has no results file yet."""
+ALL_METRICS = "all metrics"
+"""The key of :func:`architecture_verdicts` judged over every metric together."""
+
+
+class MatrixRule(NamedTuple):
+    """The matrix's rule (:func:`cell_verdict`, :func:`architecture_verdicts`), declared (on
+    the method page too) before any run it judges. A change of a field, of the quality bar
+    or of the judging code needs a new ``version`` (``tests/report/test_frozen_rules_axes.py``
+    records each version's fingerprint, :func:`matrix_rule_fingerprint`)."""
+
+    version: int
+    signs: tuple[tuple[str, int], ...]
+    """(metric, sign) of each gap judged, in table order; ``sign`` is the paper's side: +1
+    where a larger value favours the domain SAE (it explains more variance), -1 where a
+    smaller one does (less loss when spliced in, a less linearly predictable error)."""
+    versus: tuple[str, ...]
+    """The SAEs the domain SAE is set against on domain text."""
+
+
+MATRIX_RULE = MatrixRule(version=1, signs=(("fve_typical", 1), ("delta_ce", -1),
+                                           ("dark_matter.r2_error_mean", -1)),
+                         versus=("broad", "mixed_10"))
 
 
 class MatrixRun(NamedTuple):
@@ -117,9 +147,10 @@ def architecture_verdict(verdicts: Sequence[str]) -> str:
     return REVERSES if all(v == REVERSES for v in verdicts) else FAILS
 
 
-def _run_cells(run: MatrixRun, domain: str, versus: str) -> list[MatrixCell]:
+def _run_cells(run: MatrixRun, domain: str, versus: str, rule: MatrixRule
+               ) -> list[MatrixCell]:
     cells = []
-    for metric, _, sign in MATRIX_METRICS:
+    for metric, sign in rule.signs:
         if run.comparisons is None:
             cells.append(MatrixCell(run.architecture, run.model, versus, metric, {},
                                     NO_RESULTS))
@@ -135,10 +166,31 @@ def _run_cells(run: MatrixRun, domain: str, versus: str) -> list[MatrixCell]:
 
 
 def matrix_cells(runs: Sequence[MatrixRun], domain: str = "medical",
-                 versus: Sequence[str] = ("broad", "mixed_10")) -> list[MatrixCell]:
-    """Every run's cells against each of ``versus`` (the domain SAE minus that SAE on
-    ``domain`` text), in run, comparison and :data:`MATRIX_METRICS` order."""
-    return [c for run in runs for other in versus for c in _run_cells(run, domain, other)]
+                 rule: MatrixRule = MATRIX_RULE) -> list[MatrixCell]:
+    """Every run's cells against each of ``rule.versus`` (the domain SAE minus that SAE on
+    ``domain`` text), in run, comparison and ``rule.signs`` order."""
+    return [c for run in runs for other in rule.versus
+            for c in _run_cells(run, domain, other, rule)]
+
+
+def architecture_verdicts(cells: Sequence[MatrixCell], architecture: str, versus: str,
+                          rule: MatrixRule = MATRIX_RULE) -> dict[str, str]:
+    """:func:`architecture_verdict` of ``architecture`` against ``versus`` over the models:
+    per metric of ``rule.signs``, and over every metric together (:data:`ALL_METRICS`)."""
+    mine = [c for c in cells if (c.architecture, c.versus) == (architecture, versus)]
+    out = {m: architecture_verdict([c.verdict for c in mine if c.metric == m])
+           for m, _ in rule.signs}
+    return {**out, ALL_METRICS: architecture_verdict([c.verdict for c in mine])}
+
+
+def matrix_rule_fingerprint(rule: MatrixRule = MATRIX_RULE) -> str:
+    """A hash of everything that decides the matrix's verdicts: the rule's fields, the
+    quality bar and the code that judges (not the rule's version)."""
+    fields = {k: v for k, v in rule._asdict().items() if k != "version"}
+    code = (cell_verdict, architecture_verdict, architecture_verdicts, _run_cells,
+            matrix_cells, meets_quality_bar, bar_dce, oriented_gaps, row_intervals)
+    return stable_hash({"rule": fields, "bar_nats": DCE_BAR_NATS,
+                        "code": [judging_code(f) for f in code]})
 
 
 def gap_table(cells: Sequence[MatrixCell], domain: str = "medical") -> Any:
@@ -147,30 +199,27 @@ def gap_table(cells: Sequence[MatrixCell], domain: str = "medical") -> Any:
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    names = {m: n for m, n, _ in MATRIX_METRICS}
     targets = sorted({t for c in cells for t in c.gaps})
     return pd.DataFrame([{
         "architecture": c.architecture, "model": c.model,
-        "gap": f"{domain} − {c.versus}", "metric": names[c.metric],
+        "gap": f"{domain} − {c.versus}", "metric": METRIC_NAMES[c.metric],
         **{f"L0 {t:g}": interval_cell(c.gaps[t], 3) if t in c.gaps else "—"
            for t in targets},
         "verdict": c.verdict} for c in cells])
 
 
 def verdict_table(cells: Sequence[MatrixCell], domain: str = "medical") -> Any:
-    """One line per architecture and comparison: :func:`architecture_verdict` of each
+    """One line per architecture and comparison: :func:`architecture_verdicts` of each
     metric over the models, and of all metrics together."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     rows = []
-    keys = dict.fromkeys((c.architecture, c.versus) for c in cells)
-    for arch, versus in keys:
-        mine = [c for c in cells if (c.architecture, c.versus) == (arch, versus)]
-        row = {"architecture": arch, "gap": f"{domain} − {versus}",
-               "models": len({c.model for c in mine})}
-        for metric, name, _ in MATRIX_METRICS:
-            row[name] = architecture_verdict([c.verdict for c in mine if c.metric == metric])
-        row["all three"] = architecture_verdict([c.verdict for c in mine])
-        rows.append(row)
+    for arch, versus in dict.fromkeys((c.architecture, c.versus) for c in cells):
+        verdicts = architecture_verdicts(cells, arch, versus)
+        models = {c.model for c in cells if (c.architecture, c.versus) == (arch, versus)}
+        rows.append({"architecture": arch, "gap": f"{domain} − {versus}",
+                     "models": len(models),
+                     **{METRIC_NAMES[m]: verdicts[m] for m, _ in MATRIX_RULE.signs},
+                     "all three": verdicts[ALL_METRICS]})
     return pd.DataFrame(rows)

@@ -2,7 +2,7 @@
 corpus's SAEs on domain text against SAE width at one target L0, the domain SAE's gaps
 against the broad and the mixed SAE per width, the crossover width (:func:`crossover`) and
 the declared slope test (:func:`width_trend`). The rules are stated in book/method.md
-before any real run."""
+before any real run and frozen by :data:`WIDTH_RULE`'s version."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sae_med.artifacts import stable_hash
 from sae_med.layout import RESULTS_NAME
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.controls import Z95
 from sae_med.measure.results import comparison_tables, read_results
-from sae_med.report.claims import meets_quality_bar, oriented_gaps, row_intervals
-from sae_med.report.matrix import NO_RESULTS, NOT_JUDGED, matrix_configs
+from sae_med.report.claims import (
+    DCE_BAR_NATS,
+    bar_dce,
+    judging_code,
+    meets_quality_bar,
+    oriented_gaps,
+    row_intervals,
+)
+from sae_med.report.matrix import METRIC_NAMES, NO_RESULTS, NOT_JUDGED, matrix_configs
 from sae_med.report.notebook import CORPUS_COLORS, error_bars, interval_cell
 
 if TYPE_CHECKING:
@@ -24,19 +32,43 @@ if TYPE_CHECKING:
 
 WIDTH_CONFIG = "configs/width.yaml"
 WIDTH_COMMAND = f"sae-med experiment {WIDTH_CONFIG}"
-WIDTH_TARGET = 40.0
-"""The one target L0 the width axis is read at (the width-8 runs train 20 and 80 too)."""
-WIDTH_METRICS = (("fve_typical", "typical-token FVE", 1), ("delta_ce", "ΔCE", -1))
-"""(metric, name, sign) of each gap the width axis judges; ``sign`` is the paper's side, as
-in :data:`sae_med.report.matrix.MATRIX_METRICS`."""
-WIDTH_VERSUS = ("broad", "mixed_10")
 SHRINKS, GROWS, NO_TREND = "shrinks", "grows", "no trend"
 TOO_FEW = "too few widths"
-"""Fewer than three widths with an interval: no slope test."""
+"""Fewer widths with an interval than :data:`WIDTH_RULE`'s ``min_widths``: no slope test."""
 CROSSOVER, NO_CROSSOVER, MATCHED = "crossover", "no crossover", "matched at every width"
 UNDETERMINED = "undetermined"
 """A width without a gap interval: the rule cannot say where the gap closes."""
 SUPPORTED, CONTRADICTED, NOT_SHOWN = "supported", "contradicted", "not shown"
+
+
+class WidthRule(NamedTuple):
+    """The width axis's rule (:func:`crossover`, :func:`width_trend`,
+    :func:`capacity_verdict`), declared (on the method page too) before any run it judges.
+    A change of a field, of the quality bar or of the judging code needs a new ``version``
+    (``tests/report/test_frozen_rules_axes.py`` records each version's fingerprint,
+    :func:`width_rule_fingerprint`)."""
+
+    version: int
+    target: float
+    """The one target L0 the axis is read at (the width-8 runs train 20 and 80 too)."""
+    widths: tuple[int, ...]
+    """The declared widths (× d_model), ``configs/width.yaml``'s cells."""
+    signs: tuple[tuple[str, int], ...]
+    """(metric, sign) of each gap judged; ``sign`` is the paper's side, as in
+    :data:`sae_med.report.matrix.MATRIX_RULE`."""
+    versus: tuple[str, ...]
+    """The SAEs the domain SAE is set against on domain text."""
+    mixed: str
+    """The comparison the capacity prediction reads: an SAE that has seen the domain."""
+    min_widths: int
+    """The fewest widths with an interval the slope test needs."""
+
+
+WIDTH_RULE = WidthRule(version=1, target=40.0, widths=(2, 4, 8, 16, 32),
+                       signs=(("fve_typical", 1), ("delta_ce", -1)),
+                       versus=("broad", "mixed_10"), mixed="mixed_10", min_widths=3)
+WIDTH_TARGET = WIDTH_RULE.target
+"""The rule's target L0, for the tables and the configs' tests."""
 
 
 class WidthRun(NamedTuple):
@@ -83,7 +115,7 @@ class WidthSeries(NamedTuple):
     versus: str
     metric: str
     gaps: dict[float, Interval]
-    """Width (× d_model) -> the gap's 95% interval at :data:`WIDTH_TARGET`."""
+    """Width (× d_model) -> the gap's 95% interval at the rule's target L0."""
     crossover: Crossover
     trend: Trend
 
@@ -135,17 +167,19 @@ def crossover(gaps: dict[float, Interval], sign: int) -> Crossover:
     return Crossover(CROSSOVER, at, below, 2 ** x)
 
 
-def width_trend(gaps: dict[float, Interval], sign: int) -> Trend:
+def width_trend(gaps: dict[float, Interval], sign: int, rule: WidthRule = WIDTH_RULE
+                ) -> Trend:
     """The declared slope test: the weighted least-squares slope of the domain SAE's
     advantage, ``sign`` × gap, on log2 width, each width weighted by 1 / se² with se the
     interval's width / (2 × 1.96); its 95% interval is slope ± 1.96 × se(slope), the widths
     treated as independent (the gaps share their eval documents, so they are positively
     correlated and the interval is conservative). The advantage *shrinks* when the slope's
-    interval lies below 0, *grows* when above, and shows *no trend* otherwise."""
+    interval lies below 0, *grows* when above, and shows *no trend* otherwise (``too few
+    widths`` below ``rule.min_widths``)."""
     pts = [(math.log2(w), sign * iv.value, (iv.high - iv.low) / (2 * Z95))
            for w, iv in sorted(gaps.items()) if iv.low is not None and iv.high is not None]
     pts = [p for p in pts if p[2] > 0]
-    if len(pts) < 3:
+    if len(pts) < rule.min_widths:
         return Trend(TOO_FEW)
     w = [1 / se**2 for _, _, se in pts]
     xbar = sum(wi * x for wi, (x, _, _) in zip(w, pts, strict=True)) / sum(w)
@@ -157,53 +191,68 @@ def width_trend(gaps: dict[float, Interval], sign: int) -> Trend:
     return Trend(SHRINKS if iv.high < 0 else GROWS if iv.low > 0 else NO_TREND, iv)
 
 
-def _run_gap(run: WidthRun, domain: str, versus: str, metric: str) -> Interval | None:
+def _run_gap(run: WidthRun, domain: str, versus: str, metric: str, rule: WidthRule
+             ) -> Interval | None:
     g = oriented_gaps(run.comparisons.gaps, domain, versus)
     sel = g[(g.basis == "l0_target") & (g.eval_corpus == domain) & (g.metric == metric)
-            & (g.l0_target == WIDTH_TARGET)]
+            & (g.l0_target == rule.target)]
     return None if sel.empty else row_intervals(sel)[0]
 
 
-def _judged(run: WidthRun, domain: str) -> bool:
-    """The run's domain SAEs pass the quality bar at the width axis's target L0."""
+def _judged(run: WidthRun, domain: str, rule: WidthRule) -> bool:
+    """The run's domain SAEs pass the quality bar at the rule's target L0."""
     f = run.comparisons.families
-    return meets_quality_bar(f[f.l0_target == WIDTH_TARGET] if not f.empty else f, domain)
+    return meets_quality_bar(f[f.l0_target == rule.target] if not f.empty else f, domain)
 
 
-def _series(runs: Sequence[WidthRun], domain: str, versus: str, metric: str, sign: int
-            ) -> WidthSeries:
+def _series(runs: Sequence[WidthRun], domain: str, versus: str, metric: str, sign: int,
+            rule: WidthRule) -> WidthSeries:
     arch = runs[0].architecture
     if any(r.comparisons is None for r in runs):
         return WidthSeries(arch, versus, metric, {}, Crossover(NO_RESULTS), Trend(NO_RESULTS))
     gaps = {r.multiple: iv for r in runs
-            if (iv := _run_gap(r, domain, versus, metric)) is not None}
-    if not all(_judged(r, domain) for r in runs):
+            if (iv := _run_gap(r, domain, versus, metric, rule)) is not None}
+    if not all(_judged(r, domain, rule) for r in runs):
         return WidthSeries(arch, versus, metric, gaps, Crossover(NOT_JUDGED), Trend(NOT_JUDGED))
-    return WidthSeries(arch, versus, metric, gaps, crossover(gaps, sign), width_trend(gaps, sign))
+    return WidthSeries(arch, versus, metric, gaps, crossover(gaps, sign),
+                       width_trend(gaps, sign, rule))
 
 
 def width_series(runs: Sequence[WidthRun], domain: str = "medical",
-                 versus: Sequence[str] = WIDTH_VERSUS) -> list[WidthSeries]:
-    """Per architecture (in run order), comparison and metric: the gaps at every width,
-    the crossover and the slope test; ``no results`` while any of its runs is missing,
-    ``not judged`` when any width's domain SAEs fail the quality bar."""
+                 rule: WidthRule = WIDTH_RULE) -> list[WidthSeries]:
+    """Per architecture (in run order), comparison of ``rule.versus`` and metric: the gaps
+    at every width, the crossover and the slope test; ``no results`` while any of its runs
+    is missing, ``not judged`` when any width's domain SAEs fail the quality bar."""
     archs = list(dict.fromkeys(r.architecture for r in runs))
-    return [_series([r for r in runs if r.architecture == a], domain, other, metric, sign)
-            for a in archs for other in versus for metric, _, sign in WIDTH_METRICS]
+    return [_series([r for r in runs if r.architecture == a], domain, other, metric, sign, rule)
+            for a in archs for other in rule.versus for metric, sign in rule.signs]
 
 
-def capacity_verdict(series: Sequence[WidthSeries], mixed: str = "mixed_10") -> dict[str, str]:
+def capacity_verdict(series: Sequence[WidthSeries], rule: WidthRule = WIDTH_RULE
+                     ) -> dict[str, str]:
     """The capacity thesis's prediction per architecture: the domain SAE's advantage over
-    the ``mixed`` SAE *shrinks* with width. ``supported`` when it shrinks in every metric
-    of :data:`WIDTH_METRICS`, ``contradicted`` when it grows in any, ``not shown``
+    the ``rule.mixed`` SAE *shrinks* with width. ``supported`` when it shrinks in every
+    metric of ``rule.signs``, ``contradicted`` when it grows in any, ``not shown``
     otherwise (``no results`` / ``not judged`` passed on)."""
     out = {}
     for arch in dict.fromkeys(s.architecture for s in series):
-        trends = [s.trend.verdict for s in series if s.architecture == arch and s.versus == mixed]
+        trends = [s.trend.verdict for s in series
+                  if s.architecture == arch and s.versus == rule.mixed]
         out[arch] = next((v for v in (NO_RESULTS, NOT_JUDGED) if v in trends), None) or (
             SUPPORTED if trends and all(t == SHRINKS for t in trends) else
             CONTRADICTED if GROWS in trends else NOT_SHOWN)
     return out
+
+
+def width_rule_fingerprint(rule: WidthRule = WIDTH_RULE) -> str:
+    """A hash of everything that decides the width axis's verdicts: the rule's fields, the
+    quality bar, the normal quantile of the slope test and the code that judges (not the
+    rule's version)."""
+    fields = {k: v for k, v in rule._asdict().items() if k != "version"}
+    code = (_matches, crossover, width_trend, _run_gap, _judged, _series, width_series,
+            capacity_verdict, meets_quality_bar, bar_dce, oriented_gaps, row_intervals)
+    return stable_hash({"rule": fields, "bar_nats": DCE_BAR_NATS, "z95": Z95,
+                        "code": [judging_code(f) for f in code]})
 
 
 def _times(w: float | None) -> str:
@@ -211,7 +260,7 @@ def _times(w: float | None) -> str:
 
 
 def crossover_text(c: Crossover, versus: str, domain: str = "medical",
-                   largest: float | None = 32.0) -> str:
+                   largest: float | None = max(WIDTH_RULE.widths)) -> str:
     """The crossover in words (largest: the largest width, for "no crossover up to")."""
     if c.status == CROSSOVER:
         return (f"the {versus} SAE matches the {domain} one on {domain} text from "
@@ -229,21 +278,20 @@ def crossover_text(c: Crossover, versus: str, domain: str = "medical",
 def crossover_sentence(series: Sequence[WidthSeries], domain: str = "medical") -> str:
     """One line per architecture, comparison and metric: the crossover in words and the
     slope test's verdict."""
-    names = {m: n for m, n, _ in WIDTH_METRICS}
     lines = []
     for s in series:
         largest = max(s.gaps) if s.gaps else None
         slope = "" if s.trend.slope is None else (
             f"; the advantage {s.trend.verdict} with width (slope per doubling "
             f"{interval_cell(s.trend.slope, 3)})")
-        lines.append(f"{s.architecture}, {domain} − {s.versus}, {names[s.metric]}: "
+        lines.append(f"{s.architecture}, {domain} − {s.versus}, {METRIC_NAMES[s.metric]}: "
                      f"{crossover_text(s.crossover, s.versus, domain, largest)}{slope}.")
     return "\n".join(lines)
 
 
 def width_families(runs: Sequence[WidthRun], domain: str = "medical") -> Any:
-    """Every family (across-seed mean, 95% interval) on ``domain`` text at
-    :data:`WIDTH_TARGET`: columns architecture, width (× d_model), train_corpus, metric,
+    """Every family (across-seed mean, 95% interval) on ``domain`` text at the rule's
+    target L0 (:data:`WIDTH_RULE`): columns architecture, width (× d_model), train_corpus, metric,
     value, low, high."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
@@ -253,8 +301,8 @@ def width_families(runs: Sequence[WidthRun], domain: str = "medical") -> Any:
         if r.comparisons is None or r.comparisons.families.empty:
             continue
         f = r.comparisons.families
-        sel = f[(f.basis == "l0_target") & (f.l0_target == WIDTH_TARGET)
-                & (f.eval_corpus == domain) & f.metric.isin([m for m, _, _ in WIDTH_METRICS])]
+        sel = f[(f.basis == "l0_target") & (f.l0_target == WIDTH_RULE.target)
+                & (f.eval_corpus == domain) & f.metric.isin([m for m, _ in WIDTH_RULE.signs])]
         frames.append(sel[["train_corpus", "metric", "value", "low", "high"]].assign(
             architecture=r.architecture, width=r.multiple))
     cols = ["architecture", "width", "train_corpus", "metric", "value", "low", "high"]
@@ -281,11 +329,10 @@ def width_gap_table(series: Sequence[WidthSeries], domain: str = "medical") -> A
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    names = {m: n for m, n, _ in WIDTH_METRICS}
     widths = sorted({w for s in series for w in s.gaps})
     return pd.DataFrame([{
         "architecture": s.architecture, "gap": f"{domain} − {s.versus}",
-        "metric": names[s.metric],
+        "metric": METRIC_NAMES[s.metric],
         **{f"{w:g}×": interval_cell(s.gaps[w], 3) if w in s.gaps else "—" for w in widths},
         "crossover": crossover_text(s.crossover, s.versus, domain,
                                     max(s.gaps) if s.gaps else None),

@@ -31,6 +31,7 @@ from sae_med.report.width import (
     SUPPORTED,
     TOO_FEW,
     UNDETERMINED,
+    WIDTH_RULE,
     WIDTH_TARGET,
     Crossover,
     Trend,
@@ -47,7 +48,8 @@ from sae_med.report.width import (
     width_trend,
 )
 
-WIDTHS = (2, 4, 8, 16, 32)
+WIDTHS = WIDTH_RULE.widths
+"""The declared widths (× d_model): the config's cells and the planted runs'."""
 ARCHS = ("jumprelu", "matryoshka_batchtopk")
 
 
