@@ -18,9 +18,9 @@
 #   ablation), random error of the same size, and ΔCE broken down by position, norm and
 #   token frequency.
 # - **Before it:** chapter 3 (ΔCE and loss recovered); what cross-entropy is.
-# - **Time, default config:** about 1.5 min with the run made (the default's book build,
-#   every stage already run, took 5 min 20 s for its eight notebooks, this one 88 s;
-#   benchmarks/RESULTS.md, 2026-12-03).
+# - **Time, default config:** five spliced passes per SAE over the first 1,024 scored
+#   tokens (`max_tokens`); over all 4,096 of the evaluation's it took more than 19 min on
+#   an AVX2-only CPU (2026-12-06). Not yet timed at 1,024.
 # - **Time, smoke config:** about 2.5 min measured here with the smoke run present (165 s,
 #   2026-12-06, this project's shared 2-core machine under load; the diagnosis is recomputed
 #   on every run).
@@ -61,6 +61,10 @@ from sae_med.report.notebook import setup_notebook
 config = "configs/smoke.yaml"
 overrides = []
 run_name = ""
+# scored tokens of the evaluation's CE documents to diagnose (the first of them; 0: all).
+# Every SAE here costs five spliced passes, so the default's 4,096 would make this the
+# book's slowest chapter; a diagnosis needs fewer tokens than a claim's interval.
+max_tokens = 1024
 
 # %%
 cfg = setup_notebook(config, overrides, run_name)
@@ -69,7 +73,7 @@ cfg = setup_notebook(config, overrides, run_name)
 # ## Compute
 
 # %%
-reports = stage_diagnose(cfg, progress=False)
+reports = stage_diagnose(cfg, max_tokens=max_tokens, progress=False)
 summary = summary_frame(reports)
 
 # %% [markdown]

@@ -469,15 +469,16 @@ def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
 
 
 def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,
-                   progress: bool = True) -> dict:
+                   max_tokens: int = 0, progress: bool = True) -> dict:
     """:func:`~sae_med.measure.diagnose.diagnose_sae` for replicate 0 of each training corpus at
     ``l0_target`` (0: the middle of the sweep) on the CE documents of ``eval_corpus``
-    (empty: the first eval corpus). Returns ``{train_corpus: DamageReport}``."""
+    (empty: the first eval corpus), the first of them holding ``max_tokens`` scored
+    tokens when that is > 0. Returns ``{train_corpus: DamageReport}``."""
 
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
     saes = saes_at(cfg, l0_target, progress=progress)
     model = load_model_for(cfg)
-    batches = ce_batches(model, cfg, eval_corpus)
+    batches = ce_batches(model, cfg, eval_corpus, max_tokens=max_tokens)
     subjects = {}
     for corpus, sae in saes.items():
         cache = cache_for(cfg, corpus, "train", progress)

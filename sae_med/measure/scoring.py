@@ -116,11 +116,13 @@ RECON_BATCH_TOKENS = 2048
 # Spliced loss, clean and zero passes shared across SAEs
 # --------------------------------------------------------------------------------------
 
-def ce_texts(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None
-             ) -> list[str]:
+def ce_texts(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None,
+             max_tokens: int = 0) -> list[str]:
     """The texts of the CE documents of ``corpus``'s eval split: the first ``n_docs``
     (default: enough for ``cfg.eval.ce_tokens`` scored tokens if set, else
-    ``cfg.eval.ce_docs``); text i is the eval document of index i."""
+    ``cfg.eval.ce_docs``), cut short once they hold ``max_tokens`` scored tokens when
+    that is > 0 (a prefix of the same documents); text i is the eval document of index
+    i."""
     use_config(cfg)
     e, ctx = cfg.eval, cfg.cache.ctx_len
     budget = e.ce_tokens if n_docs is None else 0
@@ -128,25 +130,27 @@ def ce_texts(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None 
     texts: list[str] = []
     scored = 0
     for d in iter_documents(corpus, "eval"):
-        if (scored >= budget) if budget else len(texts) >= n_docs:
+        if ((scored >= budget) if budget else len(texts) >= n_docs) or (
+                max_tokens and scored >= max_tokens):
             break
         texts.append(d.text)
-        if budget:  # positions after the first (BOS) and before the last are scored
+        if budget or max_tokens:  # positions after the first (BOS), before the last
             scored += min(int(model.tokenize([d.text], ctx).attention_mask.sum()), ctx) - 2
-    if (scored < budget) if budget else len(texts) < n_docs:
+    short = (scored < budget) if budget else len(texts) < n_docs
+    if short and not (max_tokens and scored >= max_tokens):  # ran out of documents
         log.warning("corpus %s/eval has only %d documents (%s)", corpus, len(texts),
                     f"ce_tokens={budget}" if budget else f"ce_docs={n_docs}")
     return texts
 
 
-def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None
-               ) -> list[TokenBatch]:
+def ce_batches(model: LanguageModel, cfg: Config, corpus: str, n_docs: int | None = None,
+               max_tokens: int = 0) -> list[TokenBatch]:
     """The CE documents of :func:`ce_texts`, tokenized, masked and packed into forwards as
     :func:`~sae_med.cache.activations.build_cache` does. Batch rows are in token-length order;
     every SAE sees the same batches."""
 
-    return [b for _, b in packed_batches(model, ce_texts(model, cfg, corpus, n_docs),
-                                         cfg.cache)]
+    return [b for _, b in packed_batches(
+        model, ce_texts(model, cfg, corpus, n_docs, max_tokens), cfg.cache)]
 
 
 def document_groups(corpus: str, doc_ids: Sequence[str], n_docs: int) -> Tensor:

@@ -35,7 +35,7 @@ from sae_med.measure.results import (
     load_results,
     write_results,
 )
-from sae_med.measure.scoring import ce_batches, evaluate_saes
+from sae_med.measure.scoring import ce_batches, ce_texts, evaluate_saes
 from sae_med.measure.spliced import spliced_losses
 from sae_med.sae.io import to_sae_lens
 from sae_med.sae.jumprelu import JumpReLUSAE
@@ -402,6 +402,12 @@ def test_ce_batches_token_budget(model, cfg):
     assert sum(int((b.keep[:, :-1] & b.attention_mask[:, 1:].bool()).sum())
                for b in fewer) < 60  # the smallest prefix of documents that meets it
     assert sum(b.tokens.shape[0] for b in by_docs) == cfg.eval.ce_docs
+    # max_tokens cuts either budget short at the same prefix of the documents
+    assert ce_texts(model, budget, CORPUS, max_tokens=30) == ce_texts(
+        model, small_cfg(cfg.cache_dir, "eval.ce_tokens=30"), CORPUS)
+    assert ce_texts(model, cfg, CORPUS, max_tokens=30) == ce_texts(
+        model, small_cfg(cfg.cache_dir, "eval.ce_tokens=30"), CORPUS)[:cfg.eval.ce_docs]
+    assert ce_texts(model, budget, CORPUS, max_tokens=10**6) == ce_texts(model, budget, CORPUS)
 
 
 # --------------------------------------------------------------------------------------
