@@ -109,13 +109,10 @@ def cmd_corpora(args: argparse.Namespace) -> int:
     tokenizer = None
     if not args.no_tokens:
         # deferred: only this subcommand needs it (torch and the model stack load slowly)
-        from sae_med.lm.files import EMBEDDED, embedded_model_dir
+        from sae_med.lm.files import EMBEDDED, embedded_model_dir, load_tokenizer
 
         if cfg.model.name == EMBEDDED:
-            # deferred: only this subcommand needs it (torch and the model stack load slowly)
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(cfg.cache_path)[0]))
+            tokenizer = load_tokenizer(embedded_model_dir(cfg.cache_path)[0])
         else:
             # deferred: only this subcommand needs it (torch and the model stack load slowly)
             from sae_med.lm.load import load_model

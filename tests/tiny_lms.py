@@ -33,11 +33,11 @@ def tiny_config(arch: str, vocab: int, layers: int = 3):
 def save_tiny_lm(folder: Path, arch: str, layers: int = 3) -> Path:
     """A random ``arch`` model (d_model 32, ``layers`` blocks, seed 0) and the embedded
     tokenizer, saved to ``folder`` as ``save_pretrained`` does."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from sae_med.lm.files import embedded_model_dir
+    from sae_med.lm.files import embedded_model_dir, load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()[0]))
+    tok = load_tokenizer(embedded_model_dir()[0])
     assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (PAD, EOS, BOS)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_config(arch, len(tok), layers)).save_pretrained(

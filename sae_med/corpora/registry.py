@@ -261,12 +261,9 @@ def char_sizes(docs: Iterable[Document]) -> Iterator[Sized]:
 @functools.cache
 def _mix_tokenizer() -> Any:
     """The embedded Gemma-3 tokenizer (loaded once a process)."""
-    # deferred: transformers is heavy to import; only model loading needs it
-    from transformers import AutoTokenizer
+    from sae_med.lm.files import embedded_model_dir, load_tokenizer  # only token mixes need it
 
-    from sae_med.lm.files import embedded_model_dir  # here: only token mixes need a model
-
-    return AutoTokenizer.from_pretrained(str(embedded_model_dir()[0]))
+    return load_tokenizer(embedded_model_dir()[0])
 
 
 def cached_token_sizes(docs: Iterable[Document], batch_size: int = 512) -> Iterator[Sized]:

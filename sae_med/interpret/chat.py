@@ -43,7 +43,7 @@ from torch import Tensor
 
 from sae_med.artifacts import stable_hash
 from sae_med.config import AutointerpConfig, default_cache_dir
-from sae_med.lm.files import SMOLLM2, smollm2_dir
+from sae_med.lm.files import SMOLLM2, load_tokenizer, smollm2_dir
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class LocalChat:
     def __init__(self, model: str = SMOLLM2, max_new_tokens: int = 48,
                  cache_dir: Path | None = None, device: str = "cpu", threads: int = 1):
         # deferred: transformers is heavy to import; only model loading needs it
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if model == SMOLLM2:
             path, key = smollm2_dir(cache_dir)
@@ -166,7 +166,7 @@ class LocalChat:
             src, self.ident = model, f"local:{model}"
         self.hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device)
         self.hf.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(src)
+        self.tokenizer = load_tokenizer(src)
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.params = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}

@@ -8,6 +8,7 @@ check the recorded hashes. Files only: loading a model is :mod:`sae_med.lm.load`
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -17,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -94,6 +95,24 @@ def _convert_gguf(target: Path, make_gguf: Callable[[Path], Path], source: str,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    """The tokenizer of a model folder (or a hub id), parsed once a process: a 262k-token
+    vocabulary takes seconds to read, and sae-med never modifies a tokenizer. A folder's
+    tokenizer files are part of the key, so one rewritten in place is read again."""
+    path = Path(source)
+    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size)
+                         for f in path.glob("*token*"))) if path.is_dir() else ()
+    return _tokenizer(str(path.resolve()) if path.is_dir() else str(source), stamp)
+
+
+@functools.cache
+def _tokenizer(source: str, stamp: tuple) -> Any:
+    # deferred: transformers is heavy to import; only model loading needs it
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
 
 
 def embedded_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:

@@ -27,7 +27,7 @@ from sae_med.artifacts import (
     file_sha256,
     stable_hash,
 )
-from sae_med.lm.files import EMBEDDED, EMBEDDED_MODELS, ModelUnavailableError
+from sae_med.lm.files import EMBEDDED, EMBEDDED_MODELS, ModelUnavailableError, load_tokenizer
 from sae_med.lm.model import LanguageModel
 from sae_med.lm.weights import RANDOM_INIT_TAG
 from sae_med.runtime import pick_device, resolve_dtype
@@ -39,12 +39,12 @@ def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
     """(HF model, tokenizer, weights hash) for an embedded name, a local folder written by
     ``save_pretrained`` (any HF causal LM) or a hub id."""
     # deferred: transformers is heavy to import; only model loading needs it
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if name in EMBEDDED_MODELS:
         path, key = EMBEDDED_MODELS[name].make_dir(cache_dir)
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        return hf, AutoTokenizer.from_pretrained(str(path)), f"{name}@{key}"
+        return hf, load_tokenizer(path), f"{name}@{key}"
     if name.startswith("embedded:"):
         raise ModelUnavailableError(
             f"unknown embedded model {name!r}; embedded models: {sorted(EMBEDDED_MODELS)}")
@@ -55,10 +55,10 @@ def _load_hf(name: str, cache_dir: Path | None) -> tuple[Any, Any, str]:
                                         "*.bin weights; save it with save_pretrained")
         key = stable_hash({w.name: file_sha256(w) for w in weights})
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-        return hf, AutoTokenizer.from_pretrained(name), f"{Path(name).resolve()}@{key}"
+        return hf, load_tokenizer(name), f"{Path(name).resolve()}@{key}"
     try:
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = load_tokenizer(name)
     except OSError as err:  # offline / gated / misspelt: transformers raises OSError
         raise ModelUnavailableError(
             f"could not load hub model {name!r} (no internet, not in the HF cache, gated "

@@ -177,3 +177,22 @@ def test_random_init_redraws_every_weight_and_is_keyed_apart(tiny_lm_dirs, arch)
     x = rand.resid(batch.tokens, batch.attention_mask, LAYER)
     assert torch.isfinite(x).all()
     assert not torch.allclose(x, trained.resid(batch.tokens, batch.attention_mask, LAYER))
+
+
+def test_a_folders_tokenizer_is_read_once_until_its_files_change(tiny_lm_dirs, tmp_path):
+    """load_tokenizer parses a folder's tokenizer once a process; a copy elsewhere is its own
+    entry, and rewriting a tokenizer file in place makes the next call read it again."""
+    import shutil
+
+    from sae_med.lm.files import load_tokenizer
+
+    folder = shutil.copytree(tiny_lm_dirs["llama"], tmp_path / "llama")
+    first = load_tokenizer(folder)
+    assert load_tokenizer(str(folder)) is first and load_tokenizer(folder / ".") is first
+    assert load_tokenizer(tiny_lm_dirs["llama"]) is not first
+    cfg = folder / "tokenizer_config.json"
+    doc = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**doc, "model_max_length": 77}))
+    again = load_tokenizer(folder)
+    assert again is not first and again.model_max_length == 77
+    assert again("a b").input_ids == first("a b").input_ids
