@@ -53,7 +53,7 @@ def check_rows(rows: list[dict], arch: str, at_k: bool = True) -> None:
 @pytest.mark.parametrize("arch", SAE_ARCHITECTURES)
 def test_experiment_scores_every_architecture(tiny_lm_dirs, tmp_path, arch):
     cfg = load_config("configs/smoke.yaml", [
-        *tiny_overrides(tiny_lm_dirs["gemma2"], tmp_path), "replications={}",
+        *tiny_overrides(tiny_lm_dirs["llama"], tmp_path), "replications={}",
         "train_corpora=[medical]", "eval_corpora=[medical]", f"sae.architecture={arch}"])
     doc = json.loads(run_experiment(cfg, progress=False).read_text())
     assert [r["sae_id"] for r in doc["rows"]] == [f"medical/seed_0/l0_{TARGET}"]

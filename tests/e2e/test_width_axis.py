@@ -30,7 +30,7 @@ def test_width_config_runs_every_cell_and_reads_every_width(tiny_lm_dirs, tmp_pa
     base = load_config("configs/width.yaml")
     widths = {n: c.sae.width * D_MODEL // 640 for n, c in base.replication_configs().items()}
     cfg = load_config("configs/width.yaml", [
-        f"model.name={tiny_lm_dirs['gemma2']}", "model.hook_layer=1",
+        f"model.name={tiny_lm_dirs['llama']}", "model.hook_layer=1",
         f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
         "learning_curve={}", "cache.n_tokens=1024", "cache.shard_tokens=512",
         "train.n_tokens=2048", "train.batch_size=256", "train.workers=1",
