@@ -246,11 +246,16 @@ def _open(browser, url: str, screenshot: Path | None = None) -> dict:
             else seen["remote"].append(r.url))
     page.goto(url, wait_until="load")
     page.wait_for_timeout(300)  # plotly draws synchronously; let late scripts settle
+    # a redirect page (the site's index.html) may still be navigating on a busy machine:
+    # read the page it lands on, and never a document without its body yet
+    page.wait_for_load_state("load")
     state = page.evaluate("""() => {
         const divs = Array.from(document.querySelectorAll('.plotly-graph-div'));
+        const root = document.querySelector('main') || document.body
+                     || document.documentElement;
         return {
             title: document.title,
-            text: (document.querySelector('main') || document.body).innerText.length,
+            text: root.innerText.length,
             plotly: typeof window.Plotly,
             figures: divs.length,
             drawn: divs.filter(d => d._fullLayout && d.querySelector('.main-svg')).length,
