@@ -58,7 +58,6 @@ from myst_nb import glue
 from sae_med.experiment import model_runs, stage_evaluate
 from sae_med.measure.results import load_comparisons, load_results
 from sae_med.report.claims import (
-    claim_verdict,
     dropped_sentence,
     gap_intervals,
     gaps_by_model,
@@ -72,11 +71,17 @@ from sae_med.report.domain_report import (
     family_matrix_table,
     home_advantage_table,
     home_sides,
-    versus_clause,
 )
 from sae_med.report.exercises import check, exercise_table
+from sae_med.report.fidelity import (
+    fidelity_values,
+    home_advantage_sentence,
+    paper_fve_gap,
+    paper_table,
+    targets_text,
+    with_paper,
+)
 from sae_med.report.notebook import (
-    CORPUS_COLORS,
     cross_eval_figure,
     dce_bar_sentence,
     domain_pair,
@@ -158,7 +163,7 @@ display(step_table(steps, ["delta_ce", "fve"]))
 dce_steps = step_intervals(steps, medical, medical, "delta_ce")
 dce_steps_sentence = gap_sentence(
     dce_steps, f"ΔCE steps of the {medical} SAEs", f"on {medical} text, target L0 "
-    + " → ".join(f"{t:g}" for t in targets), none="one target L0, no steps")
+    + targets_text(targets, " → "), none="one target L0, no steps")
 bar_sentence = dce_bar_sentence(families, steps, medical)
 print(dce_steps_sentence, bar_sentence, sep="\n")
 glue("dce_trend_medical", l0_trend(steps, medical, medical, "delta_ce"), display=False)
@@ -218,11 +223,7 @@ display(family_means)
 home_table = home_advantage_table(comparisons.gaps, sides, cfg.train_corpora,
                                   ["fve", "fve_typical", "delta_ce", "loss_recovered"])
 display(home_table)
-home_sentence = "; ".join(
-    versus_clause(comparisons.gaps, side, other, f"the {other} SAE", metric)
-    for metric in ("fve_typical", "delta_ce") for side, other in ((medical, broad),
-                                                                  (broad, medical))
-    if side in sides)
+home_sentence = home_advantage_sentence(comparisons.gaps, sides, medical, broad)
 print(home_sentence)
 glue("family_means_all_corpora", family_means, display=False)
 glue("home_advantage_fidelity", home_table, display=False)
@@ -266,37 +267,16 @@ print(lr_sentence)
 loss_dropped = dropped_sentence(med_gaps, ["l0", "delta_ce", "loss_recovered"], medical)
 print(loss_dropped)
 
-fve_on_broad = [iv.value for iv in gap_intervals(med_gaps, "fve", broad)]
-glue("l0_targets", ", ".join(f"{t:g}" for t in targets), display=False)
+glue("l0_targets", targets_text(targets), display=False)
 glue("medical_corpus", medical, display=False)
 glue("broad_corpus", broad, display=False)
 glue("n_seeds", cfg.sae.seeds, display=False)
-glue("fve_gap_medical_min", min(iv.value for iv in fve_ivs), display=False)
-glue("fve_gap_medical_max", max(iv.value for iv in fve_ivs), display=False)
-glue("fve_gap_broad_min", min(fve_on_broad, default=float("nan")), display=False)
-glue("fve_gap_broad_max", max(fve_on_broad, default=float("nan")), display=False)
 glue("fve_gap_sentence", fve_sentence, display=False)
 glue("loss_gap_sentence", lr_sentence, display=False)
-glue("verdict_fve", claim_verdict(comparisons, "fve", medical, broad), display=False)
-glue("verdict_fve_typical", claim_verdict(comparisons, "fve_typical", medical, broad),
-     display=False)
-typical_ivs = gap_intervals(med_gaps, "fve_typical", medical)
-glue("fve_typical_sentence", gap_sentence(
-    typical_ivs, "Without massive-activation tokens the FVE gap is", f"on {medical} text")
-     + f" ({metric_value(results, 'massive_tokens', medical, medical, targets[0]):.0f}"
-     f" of the {medical} evaluation tokens are above {cfg.eval.massive_norm_ratio:g} × the "
-     "median norm.)", display=False)
-glue("verdict_loss", claim_verdict(comparisons, "loss", medical, broad), display=False)
-dce = {c: [metric_value(results_mean, "delta_ce", c, medical, t) for t in targets]
-       for c in (medical, broad)}
-glue("dce_medical_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[medical]), display=False)
-glue("dce_broad_sae_on_medical", ", ".join(f"{v:.3f}" for v in dce[broad]), display=False)
-for c in (medical, broad):
-    glue(f"lr_mean_{'medical' if c == medical else 'broad'}_sae_on_medical", ", ".join(
-        f"{metric_value(results_mean, 'loss_recovered_mean', c, medical, t):.3f}"
-        for t in targets), display=False)
-glue("fve_gap_table", gap_table(med_gaps, ["fve", "fve_typical", "delta_ce",
-                                           "loss_recovered"]), display=False)
+fidelity = fidelity_values(comparisons, results, med_gaps, targets, medical, broad,
+                           cfg.eval.massive_norm_ratio)
+for name, value in fidelity.items():
+    glue(name, value, display=False)
 glue("loss_matched_dropped", loss_dropped, display=False)
 glue("loss_matched_table", gap_table(med_gaps, ["l0", "delta_ce", "loss_recovered"],
                                      basis="fve", dropped=True), display=False)
@@ -353,33 +333,16 @@ glue("fidelity_replication", fidelity_replication, display=False)
 # given as a range per family.
 
 # %%
-paper = pd.DataFrame({
-    "SAE": ["medical (paper)"] * 4 + ["Gemma Scope, broad (paper)"] * 4,
-    "L0": [18.8, 58.3, 122, 361, 22.6, 76.6, 152, 314],
-    "FVE": [.860, .889, .907, .918, .642, .728, .772, .823],
-    "CE clean": [1.818] * 4 + [1.824] * 4,
-    "CE spliced": [1.994, 1.919, 1.885, 1.868, 2.472, 2.210, 2.115, 2.072],
-    "loss recovered (range)": [".984–.995"] * 4 + [".939–.977"] * 4,
-})
-paper["ΔCE"] = (paper["CE spliced"] - paper["CE clean"]).round(3)
-paper_gap = paper.FVE[:4].to_numpy() - paper.FVE[4:].to_numpy()
-glue("paper_fve_gap_min", float(paper_gap.min()), display=False)
-glue("paper_fve_gap_max", float(paper_gap.max()), display=False)
+paper = paper_table()
+paper_gap_min, paper_gap_max = paper_fve_gap(paper)
+glue("paper_fve_gap_min", paper_gap_min, display=False)
+glue("paper_fve_gap_max", paper_gap_max, display=False)
 display(paper)
 
 # %%
-fig = metric_vs_l0(results_mean, "fve", "FVE (fraction of variance explained)",
-                   "Ours (on medical text) beside the paper's Gemma-2-2B numbers",
-                   eval_corpora=[medical])
-for trace in fig.data:
-    trace.name = f"ours: {trace.name}"
-for name, dash in (("medical (paper)", "dot"), ("Gemma Scope, broad (paper)", "dot")):
-    sub = paper[paper.SAE == name]
-    fig.add_scatter(x=sub.L0, y=sub.FVE, mode="lines+markers", name=name,
-                    marker={"symbol": "diamond-open", "size": 10},
-                    line={"dash": dash, "color": CORPUS_COLORS["medical" if "medical" in name
-                                                          else "broad"]})
-fig.show()
+with_paper(metric_vs_l0(results_mean, "fve", "FVE (fraction of variance explained)",
+                        "Ours (on medical text) beside the paper's Gemma-2-2B numbers",
+                        eval_corpora=[medical]), paper).show()
 
 # %% [markdown]
 # ## Summary
