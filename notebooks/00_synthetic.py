@@ -44,8 +44,6 @@
 #   parent latent misses exactly the rows where the child is on.
 
 # %%
-import pandas as pd
-import plotly.graph_objects as go
 from IPython.display import display
 
 from sae_med.experiment import recipe_config, train_synthetic
@@ -61,6 +59,16 @@ from sae_med.interpret.synthetic import (
 )
 from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import setup_notebook
+from sae_med.report.planted import (
+    absorption_comparison,
+    data_table,
+    frequency_figure,
+    planted_table,
+    recovery_by_role,
+    recovery_figure,
+    recovery_table,
+    score_table,
+)
 
 # %% [markdown]
 # ## Parameters
@@ -89,12 +97,7 @@ spec = SyntheticSpec(d_model=d_model, n_features=n_features, seed=cfg.seed)
 truth = plant(spec)
 train_rows = sample(truth, n_rows, seed=0)
 test = sample(truth, n_rows // 4, seed=1)  # held-out rows for every score below
-display(pd.Series({"d_model": d_model, "planted features": n_features,
-                   "parent/child pairs": len(truth.hierarchy),
-                   "correlated pairs": len(truth.correlated), "training rows": n_rows,
-                   "mean active features per row (true L0)":
-                       round(float((test.codes > 0).sum(1).float().mean()), 2)},
-                  name="synthetic data").to_frame())
+display(data_table(truth, n_rows, test))
 
 # %% [markdown]
 # ### What was planted
@@ -103,18 +106,8 @@ display(pd.Series({"d_model": d_model, "planted features": n_features,
 # features.
 
 # %%
-roles = ["independent"] * n_features
-for p, c in truth.hierarchy:
-    roles[p], roles[c] = "parent", "child"
-for a, b in truth.correlated:
-    roles[a] = roles[b] = "correlated pair"
-planted = pd.DataFrame({"feature": range(n_features), "role": roles,
-                        "frequency": truth.frequency.numpy()})
-fig = go.Figure([go.Bar(x=g.feature, y=g.frequency, name=role)
-                 for role, g in planted.groupby("role")])
-fig.update_layout(xaxis_title="planted feature", yaxis_title="firing probability",
-                  height=350, legend={"orientation": "h", "y": -0.25})
-fig.show()
+planted = planted_table(truth)
+frequency_figure(planted).show()
 
 # %% [markdown]
 # ## Compute
@@ -136,10 +129,9 @@ oracle = truth_sae(truth)  # the SAE that knows the answer: a reference point
 # near the truth's has found the planted dictionary.
 
 # %%
-scores = pd.DataFrame([score_sae(sae, truth, test)._asdict(),
-                       score_sae(oracle, truth, test)._asdict()],
-                      index=[f"trained (width {width}, target L0 {l0_target:g})",
-                             "truth SAE"])
+scores = score_table({f"trained (width {width}, target L0 {l0_target:g})":
+                          score_sae(sae, truth, test),
+                      "truth SAE": score_sae(oracle, truth, test)})
 display(scores.round(3))
 
 # %% [markdown]
@@ -153,21 +145,9 @@ display(scores.round(3))
 
 # %%
 rec = recovery(sae.W_dec, truth)
-planted["best cosine"] = rec.best_cosine.numpy()
-planted["best latent"] = rec.best_latent.numpy()
-planted["latents ≥ 0.9"] = rec.n_at_bar.numpy()
-fig = go.Figure([go.Scatter(x=g.frequency, y=g["best cosine"], mode="markers", name=role,
-                            text=[f"feature {i}" for i in g.feature])
-                 for role, g in planted.groupby("role")])
-fig.add_hline(y=0.9, line_dash="dash", annotation_text="recovered (≥ 0.9)")
-fig.update_layout(xaxis_type="log", xaxis_title="planted firing probability",
-                  yaxis_title="best decoder cosine", height=400,
-                  legend={"orientation": "h", "y": -0.25})
-fig.show()
-display(planted.groupby("role").agg(
-    planted=("feature", "size"), recovered=("best cosine", lambda s: int((s >= 0.9).sum())),
-    median_cosine=("best cosine", "median"),
-    split=("latents ≥ 0.9", lambda n: int((n > 1).sum()))).round(3))
+recovered = recovery_table(planted, rec)
+recovery_figure(recovered, rec.at).show()
+display(recovery_by_role(recovered, rec.at).round(3))
 
 # %% [markdown]
 # ### Absorption of children into parents
@@ -180,12 +160,10 @@ display(planted.groupby("role").agg(
 # truth SAE built to absorb every child shows that ceiling is measured.
 
 # %%
-cols = ["parent", "child", "child_share", "parent_latent", "miss_rate", "absorption_rate"]
 absorbed = truth_sae(truth, absorbed=truth.hierarchy)
-display(pd.concat({"trained": absorption_table(sae, truth, test)[cols],
-                   "truth SAE, children absorbing": absorption_table(absorbed, truth,
-                                                                     test)[cols]})
-        .round(3))
+display(absorption_comparison({
+    "trained": absorption_table(sae, truth, test),
+    "truth SAE, children absorbing": absorption_table(absorbed, truth, test)}).round(3))
 
 # %% [markdown]
 # ## Summary

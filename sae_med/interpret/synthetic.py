@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -122,6 +122,25 @@ def plant(spec: SyntheticSpec) -> SyntheticTruth:
     return SyntheticTruth(spec, directions, frequency, hierarchy, correlated)
 
 
+Role = Literal["parent", "child", "correlated pair", "independent"]
+"""What part a planted feature plays (a correlated pair's leader and follower alike)."""
+
+
+def feature_roles(truth: SyntheticTruth) -> tuple[Role, ...]:
+    """The role of each planted feature, by feature id."""
+    roles: list[Role] = ["independent"] * truth.spec.n_features
+    for parent, child in truth.hierarchy:
+        roles[parent], roles[child] = "parent", "child"
+    for leader, follower in truth.correlated:
+        roles[leader] = roles[follower] = "correlated pair"
+    return tuple(roles)
+
+
+def true_l0(batch: SyntheticBatch) -> float:
+    """Mean number of planted features active per row: the L0 of the truth."""
+    return float((batch.codes > 0).sum(1).float().mean())
+
+
 def sample(truth: SyntheticTruth, n_rows: int, seed: int = 0) -> SyntheticBatch:
     """``n_rows`` activations x = sum_i m_i d_i + noise, with feature i active (m_i > 0)
     independently at its frequency, except that a child fires only with its parent (at
@@ -179,6 +198,8 @@ class Recovery(NamedTuple):
     n_at_bar: Int[Tensor, " n_features"]
     """Latents whose decoder row reaches the bar: more than one is the feature split (or
     duplicated) across latents."""
+    at: float = 0.9
+    """The recovery bar (a cosine)."""
 
     @property
     def share(self) -> float:
@@ -194,7 +215,7 @@ def recovery(W_dec: Float[Tensor, "d_sae d_model"], truth: SyntheticTruth, at: f
     dec = W_dec.detach().float()
     cos = (truth.directions @ dec.T) / dec.norm(dim=1).clamp_min(1e-12)  # (n_features, d_sae)
     best, latent = cos.max(dim=1)
-    return Recovery(best, latent, best >= at, (cos >= at).sum(dim=1))
+    return Recovery(best, latent, best >= at, (cos >= at).sum(dim=1), at)
 
 
 def row_labels(truth: SyntheticTruth, codes: Float[Tensor, "batch n_features"]

@@ -14,13 +14,16 @@ import torch
 from sae_med.config import ConfigError, load_config
 from sae_med.experiment import recipe_config, train_synthetic
 from sae_med.interpret.synthetic import (
+    SyntheticBatch,
     SyntheticSpec,
     absorption_table,
+    feature_roles,
     plant,
     recovery,
     sample,
     score_sae,
     synthetic_config,
+    true_l0,
     truth_sae,
 )
 from sae_med.report.book import PROJECT_ROOT
@@ -100,6 +103,23 @@ def test_a_feature_held_by_two_latents_counts_as_split():
     two = recovery(torch.cat([truth.directions, truth.directions[:5]]), truth)
     assert one.n_at_bar.tolist() == [1] * SMALL.n_features
     assert two.n_at_bar.tolist() == [2] * 5 + [1] * (SMALL.n_features - 5)
+
+
+def test_recovery_carries_its_bar():
+    truth = plant(SMALL)
+    assert recovery(truth.directions, truth).at == 0.9
+    assert recovery(truth.directions, truth, at=0.8).at == 0.8
+
+
+def test_each_planted_feature_has_its_role():
+    roles = feature_roles(plant(SMALL))  # 3 parent/child pairs, then 3 correlated pairs
+    assert roles == (("parent",) * 3 + ("child",) * 3 + ("correlated pair",) * 6
+                     + ("independent",) * (SMALL.n_features - 12))
+
+
+def test_the_true_l0_counts_the_active_features_per_row():
+    codes = torch.tensor([[0.0, 1.2, 0.3], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    assert true_l0(SyntheticBatch(torch.zeros(3, 4), codes)) == pytest.approx(1.0)
 
 
 def test_measured_absorption_tracks_the_planted_child_share():
