@@ -51,15 +51,11 @@
 # SAE absorbs the predictable part of the error.
 
 # %%
-import json
-
-import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
 from sae_med.experiment import model_runs, stage_evaluate
-from sae_med.measure.compare import NOT_JUDGED
-from sae_med.measure.results import load_comparisons, load_results
+from sae_med.measure.results import load_comparisons, load_results, read_results
 from sae_med.report.claims import (
     claim_verdict,
     dropped_sentence,
@@ -69,6 +65,13 @@ from sae_med.report.claims import (
     replication_sentences,
     verdict_table,
 )
+from sae_med.report.dark_matter import (
+    dark_matter_figures,
+    dark_matter_fits,
+    dark_matter_rows,
+    dark_matter_sentence,
+    family_value_texts,
+)
 from sae_med.report.domain_report import family_matrix_table, home_advantage_table, home_sides
 from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import (
@@ -77,7 +80,6 @@ from sae_med.report.notebook import (
     gap_sentence,
     gap_table,
     gap_table_by_model,
-    metric_vs_l0,
     setup_notebook,
     with_interval,
 )
@@ -103,14 +105,9 @@ results_path = stage_evaluate(cfg, progress=False)
 results = load_results(results_path)
 comparisons = load_comparisons(results_path)
 families = comparisons.families
-dm = results[results.metric.str.startswith("dark_matter.")].copy()
-dm["metric"] = dm.metric.str.removeprefix("dark_matter.")
-rows = json.loads(results_path.read_text())["rows"]
-fit_sizes = pd.DataFrame([{"SAE": r["sae_id"], "eval corpus": r["eval_corpus"],
-                           "fit tokens": r["dark_matter"].get("n_train"),
-                           "held-out tokens": r["dark_matter"].get("n_eval")}
-                          for r in rows if "dark_matter" in r])
-d_model = int(rows[0].get("d_model") or 0) if rows else 0
+dm = dark_matter_rows(results)
+fits = dark_matter_fits(read_results(results_path))
+fit_sizes, d_model = fits.table, fits.d_model
 glue("d_model_plus_1", d_model + 1, display=False)
 display(fit_sizes)
 
@@ -120,11 +117,9 @@ display(fit_sizes)
 # overfitting, so the check below says whether this run's numbers can be read as results.
 
 # %%
-ratio = float(fit_sizes["fit tokens"].min()) / (d_model + 1) if len(fit_sizes) else 0.0
-fit_note = ("enough for a stable fit" if ratio >= 10 else
-            "too few: the R² values below are a test of the plumbing, not results")
+ratio = fits.ratio
 glue("dm_fit_ratio", ratio, display=False)
-print(f"fit tokens per regression input: {ratio:.1f} ({fit_note})")
+print(f"fit tokens per regression input: {ratio:.1f} ({fits.note})")
 
 
 # %% [markdown]
@@ -134,16 +129,7 @@ print(f"fit tokens per regression input: {ratio:.1f} ({fit_note})")
 # held-out documents given each fit).
 
 # %%
-dm_mean = families[(families.basis == "l0_target")
-                   & families.metric.str.startswith("dark_matter.")].copy()
-dm_mean["metric"] = dm_mean.metric.str.removeprefix("dark_matter.")
-for metric, label in [("r2_error_mean", "R² of the error vector (mean over dims)"),
-                      ("r2_norm", "R² of ‖e‖²"),
-                      ("fvu_linear", "linearly predictable error (share of Var x)"),
-                      ("fvu_nonlinear", "nonlinear error (share of Var x)")]:
-    fig = metric_vs_l0(pd.concat([dm_mean, families[(families.basis == "l0_target")
-                                                    & (families.metric == "l0")]]),
-                       metric, label, f"{label} vs L0")
+for fig in dark_matter_figures(families):
     fig.show()
 
 # %% [markdown]
@@ -201,41 +187,13 @@ at_fve = gap_table(med_gaps, dm_names, basis="fve", dropped=True)
 display(at_fve)
 dm_dropped = dropped_sentence(med_gaps, dm_names, medical)
 print(dm_dropped)
-r2_l0 = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical)
-r2_fve = gap_intervals(med_gaps, "dark_matter.r2_error_mean", medical, basis="fve")
-lin_fve = gap_intervals(med_gaps, "dark_matter.fvu_linear", medical, basis="fve")
 dm_verdict = claim_verdict(comparisons, "dark_matter", medical, broad)
-words = {"supported": "is less linearly predictable, also beyond what its higher FVE "
-                      "explains",
-         "not separable from FVE": "is less linearly predictable at the same L0, but "
-                                   "that is not shown at matched FVE (a gap interval "
-                                   "there includes 0): it is not separable from its "
-                                   "higher FVE",
-         "supported at the same L0; no common FVE range": (
-             "is less linearly predictable at the same L0; the two families' FVE ranges "
-             "do not overlap, so whether that goes beyond its higher FVE is untested"),
-         "not supported": "is not less linearly predictable at every target L0",
-         NOT_JUDGED: "is not judged: the SAEs are below the quality bar (notebook 3)"}
-dm_sentence = (
-    f"On held-out {medical} text, the {medical} SAE's error {words[dm_verdict]} "
-    f"(R²(e) gap by target L0: "
-    + "; ".join(f"{iv.value:.3f}" for iv in r2_l0) + "; at matched FVE: "
-    + ("; ".join(f"{iv.value:.3f}" for iv in r2_fve) or "no overlap") + "). "
-    + gap_sentence(lin_fve, "The linearly predictable share of Var(x) differs",
-                   "at matched FVE by"))
+dm_sentence = dark_matter_sentence(med_gaps, dm_verdict, medical)
 print(dm_sentence)
 
 # %%
-def family_values(metric: str, corpus: str) -> str:
-    sel = families[(families.basis == "l0_target") & (families.metric == metric)
-                   & (families.train_corpus == corpus) & (families.eval_corpus == medical)]
-    return ", ".join(f"{v:.3f}" for v in sel.sort_values("l0_target").value)
-
-
-glue("r2e_medical_sae", family_values("dark_matter.r2_error_mean", medical), display=False)
-glue("r2e_broad_sae", family_values("dark_matter.r2_error_mean", broad), display=False)
-glue("fvu_nl_medical_sae", family_values("dark_matter.fvu_nonlinear", medical), display=False)
-glue("fvu_nl_broad_sae", family_values("dark_matter.fvu_nonlinear", broad), display=False)
+for name, value in family_value_texts(families, medical, broad).items():
+    glue(name, value, display=False)
 glue("dark_matter_table", at_l0, display=False)
 glue("dark_matter_matched_table", at_fve, display=False)
 glue("dark_matter_matched_dropped", dm_dropped, display=False)
