@@ -40,14 +40,13 @@
 
 # %%
 import pandas as pd
-import plotly.graph_objects as go
 from IPython.display import display
 from myst_nb import glue
-from plotly.subplots import make_subplots
 
 from sae_med.experiment import stage_train
 from sae_med.report.exercises import check, exercise_table
-from sae_med.report.notebook import CORPUS_COLORS, setup_notebook, training_curves
+from sae_med.report.notebook import setup_notebook, training_curves
+from sae_med.report.training import final_metrics_table, training_curve_figure
 
 # %% [markdown]
 # ## Parameters
@@ -82,26 +81,7 @@ curves = training_curves(results)
 # term pushes each SAE's L0 to its target; FVE is measured on the training batch itself.
 
 # %%
-panels = [("loss", "training loss (MSE + sparsity)"), ("l0", "L0 (active latents per token)"),
-          ("fve", "FVE on the batch"), ("dead_frac", "dead latent fraction")]
-fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels],
-                    horizontal_spacing=0.1, vertical_spacing=0.15)
-dashes = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
-for (key, label), (r, c) in zip(panels, [(1, 1), (1, 2), (2, 1), (2, 2)], strict=True):
-    for (corpus, target, rep), g in curves.groupby(["train_corpus", "l0_target", "replicate"],
-                                                   sort=True):
-        i = list(cfg.sae.l0_targets).index(target)
-        fig.add_trace(go.Scatter(
-            x=g.tokens, y=g[key], mode="lines",
-            name=f"{corpus}, target L0 {target:g}, seed {rep}",
-            legendgroup=f"{corpus}{target}", showlegend=(r, c) == (1, 1) and rep == 0,
-            line={"color": CORPUS_COLORS.get(corpus), "dash": dashes[i % len(dashes)]}),
-            row=r, col=c)
-    fig.update_xaxes(title_text="training tokens", row=r, col=c)
-    fig.update_yaxes(title_text=label, row=r, col=c)
-fig.update_yaxes(type="log", row=1, col=1)
-fig.update_layout(height=750, legend={"orientation": "h", "y": -0.12})
-fig.show()
+training_curve_figure(curves, cfg.sae.l0_targets).show()
 
 # %% [markdown]
 # ### Final training metrics
@@ -109,12 +89,7 @@ fig.show()
 # notebook).
 
 # %%
-final = pd.DataFrame([{"train corpus": corpus, "target L0": r.l0_target,
-                       "seed replicate": r.replicate, **r.final}
-                      for corpus, runs in results.items() for r in runs])
-cols = ["train corpus", "target L0", "seed replicate", "tokens", "loss", "mse", "l0", "fve",
-        "dead_frac"]
-final = final[[c for c in cols if c in final.columns]]
+final = final_metrics_table(results)
 glue("train_tokens_per_sae", int(final.tokens.max()), display=False)
 display(final.round(4))
 
