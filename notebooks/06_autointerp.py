@@ -74,13 +74,21 @@
 
 # %%
 import pandas as pd
-import plotly.graph_objects as go
 from IPython.display import Markdown, display
 from myst_nb import glue
 
 from sae_med.experiment import stage_autointerp, stage_evaluate
-from sae_med.interpret.autointerp import compare_scores
 from sae_med.measure.results import load_comparisons
+from sae_med.report.autointerp_scores import (
+    PER_LATENT_COLUMNS,
+    SUMMARY_COLUMNS,
+    budget_label,
+    per_latent_table,
+    run_values,
+    score_figure,
+    score_summary,
+    score_values,
+)
 from sae_med.report.claims import (
     CONCEPT_CLAIM,
     concept_verdict,
@@ -89,7 +97,7 @@ from sae_med.report.claims import (
     verdicts_frame,
 )
 from sae_med.report.exercises import check, exercise_table
-from sae_med.report.notebook import CORPUS_COLORS, domain_pair, setup_notebook
+from sae_med.report.notebook import domain_pair, setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -113,43 +121,16 @@ medical, broad = domain_pair(cfg)
 # %%
 run = stage_autointerp(cfg, l0_target, eval_corpus=medical, progress=False)
 budget = run.budget
-label = (f"**Demo, not a result:** {budget.n_latents} latents per SAE, {budget.n_windows} "
-         f"explainer windows, {budget.n_score} + {budget.n_score} held-out windows, judged "
-         f"by `{budget.model}`. Rerun with `autointerp.demo=false` (and a strong model) for "
-         "the comparison." if budget.demo else
-         f"Full budget: {budget.n_latents} latents per SAE, judged by `{budget.model}`.")
-display(Markdown(label))
+display(Markdown(budget_label(budget)))
 scores = {c: run.scores[c] for c in (medical, broad) if c in run.scores}
-metrics = {"detection_auroc": "detection AUROC", "accuracy": "detection accuracy",
-           "f1": "detection F1"}
-if budget.fuzzing:
-    metrics |= {"fuzz_auroc": "fuzzing AUROC", "fuzz_accuracy": "fuzzing accuracy"}
-tables = {m: compare_scores(scores, m, seed=cfg.seed) for m in metrics}
-summary = pd.concat([t.assign(metric=label) for m, t in tables.items()
-                     for label in [metrics[m]]], ignore_index=True)
-
-diff_row = f"{medical} − {broad}"
-glue("autointerp_l0_target", f"{run.target:g}", display=False)
-glue("autointerp_backend", f"{budget.backend}:{budget.model}", display=False)
-glue("autointerp_budget", f"a demo of {budget.n_latents} latents per SAE, not a result"
-     if budget.demo else f"{budget.n_latents} latents per SAE", display=False)
-for metric, short in (("detection_auroc", "auroc"), ("accuracy", "accuracy")):
-    table = tables[metric].set_index("SAE")
-    for name, key in ((medical, "medical"), (broad, "broad"), (diff_row, "diff")):
-        have = name in table.index
-        for col in ("mean", "ci_low", "ci_high"):
-            glue(f"autointerp_{short}_{key}_{col}",
-                 float(table.loc[name, col]) if have else float("nan"), display=False)
+tables, summary = score_summary(run, scores, cfg.seed)
+for name, value in (run_values(run, scores) | score_values(tables, medical, broad)).items():
+    glue(name, value, display=False)
 # the book's verdict on "latents read as clinical concepts": the detection-AUROC
 # difference (medical - broad) and its interval over latents
 # (not judged when the SAEs fail notebook 3's quality bar: their ΔCE, from the run's results)
 families = load_comparisons(stage_evaluate(cfg, progress=False)).families
 glue("verdict_concepts", concept_verdict(scores, families, medical, broad, cfg.seed),
-     display=False)
-glue("autointerp_n_latents", int(sum(len(f) for f in scores.values())), display=False)
-glue("autointerp_n_failures", int(sum(f["n_failures"].sum() for f in scores.values())),
-     display=False)
-glue("autointerp_n_p_failures", int(sum(f["n_p_failures"].sum() for f in scores.values())),
      display=False)
 
 # %% [markdown]
@@ -165,35 +146,18 @@ glue("autointerp_n_p_failures", int(sum(f["n_p_failures"].sum() for f in scores.
 # broad.
 
 # %%
-summary["L0"] = summary["SAE"].map(run.l0)
-display(summary[["metric", "SAE", "L0", "n_latents", "mean", "ci_low", "ci_high",
-                 "n_unscored", "n_failures", "n_p_failures"]].round(3))
+display(summary[SUMMARY_COLUMNS].round(3))
 
 # %%
-fig = go.Figure()
-for name in scores:
-    t = summary[summary.SAE == name]
-    fig.add_trace(go.Scatter(
-        x=t.metric, y=t["mean"], mode="markers", name=f"{name} SAE",
-        marker={"size": 11, "color": CORPUS_COLORS.get(name)},
-        error_y={"type": "data", "symmetric": False, "array": t.ci_high - t["mean"],
-                 "arrayminus": t["mean"] - t.ci_low}))
-fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance (AUROC, accuracy)")
-fig.update_layout(title=f"Autointerp scores at target L0 {run.target:g} "
-                        f"(on {run.eval_corpus} text; {cfg.autointerp.model})",
-                  yaxis_title="score (mean over latents, 95% CI)", yaxis_range=[0, 1],
-                  scattermode="group", height=420)
-fig.show()
+score_figure(summary, scores, run, cfg.autointerp.model).show()
 
 # %% [markdown]
 # ### Explanations and scores per latent
 
 # %%
-per_latent = pd.concat([f.assign(SAE=name) for name, f in scores.items()], ignore_index=True)
-cols = ["SAE", "latent", "firing_rate", "explanation", "detection_auroc", "accuracy", "f1",
-        "fuzz_auroc", "fuzz_accuracy", "n_calls", "n_failures"]
+per_latent = per_latent_table(scores)
 with pd.option_context("display.max_colwidth", 200):
-    display(per_latent[cols].round(3))
+    display(per_latent[PER_LATENT_COLUMNS].round(3))
 
 # %% [markdown]
 # ### Across model families
