@@ -40,14 +40,20 @@
 
 # %%
 import pandas as pd
-import plotly.graph_objects as go
 from IPython.display import display
 from myst_nb import glue
 
 from sae_med.corpora.registry import corpus_info
 from sae_med.experiment import load_model_for, stage_cache
+from sae_med.report.caches import (
+    activation_norms,
+    cache_table,
+    norm_figure,
+    norm_table,
+    split_tokens,
+)
 from sae_med.report.exercises import check, exercise_table
-from sae_med.report.notebook import CORPUS_COLORS, setup_notebook
+from sae_med.report.notebook import setup_notebook
 
 # %% [markdown]
 # ## Parameters
@@ -91,21 +97,14 @@ display(pd.DataFrame({
 # count is the number of stored activation vectors.
 
 # %%
-rows = []
-for (corpus, split), cache in caches.items():
-    info = corpus_info(corpus)
-    rows.append({"corpus": corpus, "domain": info.domain, "split": split,
-                 "documents": len(cache.doc_ids()), "tokens": cache.n_tokens,
-                 "tokens per document": round(cache.n_tokens / max(1, len(cache.doc_ids())), 1),
-                 "description": info.description, "cache key": cache.key})
-corpora = pd.DataFrame(rows)
-n_train = int(corpora[corpora.split == "train"].tokens.sum())
+corpora = cache_table(caches)
+n_train = split_tokens(corpora, "train")
 streamed = cfg.train.source == "stream"  # the model makes training activations as it trains
 glue("n_train_tokens", n_train, display=False)
 glue("train_activations", "activations streamed from the model during training (no "
      "training cache)" if streamed else f"{n_train:,} cached training activations",
      display=False)
-glue("n_eval_tokens", int(corpora[corpora.split == "eval"].tokens.sum()), display=False)
+glue("n_eval_tokens", split_tokens(corpora, "eval"), display=False)
 display(corpora)
 
 # %% [markdown]
@@ -115,24 +114,10 @@ display(corpora)
 # When training streams there is no training cache, and the held-out split stands in.
 
 # %%
-fig = go.Figure()
-norm_rows = []
 norm_split = "eval" if streamed else "train"
-for (corpus, split), cache in caches.items():
-    if split != norm_split:
-        continue
-    norms = cache.activations().norm(dim=1).numpy()
-    norm_rows.append({"corpus": corpus, "mean ‖x‖": norms.mean(), "median ‖x‖":
-                      float(pd.Series(norms).median()), "max ‖x‖": norms.max()})
-    fig.add_trace(go.Histogram(x=norms, name=corpus, opacity=0.6, nbinsx=80,
-                               histnorm="probability",
-                               marker_color=CORPUS_COLORS.get(corpus)))
-fig.update_layout(barmode="overlay", title=f"‖x‖ at {cfg.model.hook_name} ({norm_split} split)",
-                  xaxis_title="activation norm ‖x‖ (L2, model units)",
-                  yaxis_title="fraction of tokens")
-fig.update_yaxes(type="log")
-fig.show()
-display(pd.DataFrame(norm_rows).round(1))
+norms = activation_norms(caches, norm_split)
+norm_figure(norms, cfg.model.hook_name, norm_split).show()
+display(norm_table(norms).round(1))
 
 # %% [markdown]
 # ## Summary
