@@ -40,7 +40,7 @@ import yaml
 from sae_med import LOG_FORMAT, __version__
 from sae_med.artifacts import storage_error
 from sae_med.config import Config, ConfigError, load_config
-from sae_med.layout import sae_id
+from sae_med.layout import EXTERNAL_RESULTS_NAME, HOMEFIELD_NAME, sae_id
 
 log = logging.getLogger("sae_med")
 
@@ -218,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.sae_id and len(args.sae_id) != len(args.sae):
         raise ConfigError(f"--sae-id: give one id per --sae ({len(args.sae)}), "
                           f"got {len(args.sae_id)}")
-    out = args.out or cfg.run_path / "results_external.json"
+    out = args.out or cfg.run_path / EXTERNAL_RESULTS_NAME
     try:
         path = evaluate_paths(cfg, args.sae, out_path=out, sae_ids=args.sae_id or None)
     except (FileNotFoundError, SAECheckpointError, ValueError) as err:  # e.g. wrong d_model
@@ -275,7 +275,6 @@ def cmd_homefield(args: argparse.Namespace) -> int:
     """The home-field diagnostics of the run's SAEs (:mod:`sae_med.measure.homefield`)."""
     # deferred: only this subcommand needs it (torch and the model stack load slowly)
     from sae_med.experiment import homefield_report
-    from sae_med.measure.homefield import HOMEFIELD_NAME
 
     cfg = _load(args)
     print(homefield_report(cfg).summary())

@@ -42,6 +42,8 @@ from sae_med.layout import (
     CFG_FILENAME,
     CONFIG_NAME,
     CURVE_DIR,
+    HOMEFIELD_NAME,
+    MANIFEST_NAME,
     RESULTS_NAME,
     SAES_DIR,
     results_name,
@@ -49,6 +51,7 @@ from sae_med.layout import (
     sae_id,
     snapshot_dir,
     sweep_dir,
+    tokens_dirname,
 )
 from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
@@ -56,7 +59,6 @@ from sae_med.lm.weights import recorded_weights, warn_if_other_weights, weights_
 from sae_med.measure.compare import Comparison, contrasts
 from sae_med.measure.diagnose import Subject, diagnose_saes
 from sae_med.measure.homefield import (
-    HOMEFIELD_NAME,
     MAX_OVERLAP,
     RATIO_EDGES,
     HomeFieldReport,
@@ -115,7 +117,7 @@ def cache_for(cfg: Config, corpus: str, split: str, progress: bool = True) -> Ac
     per process and reused while its manifest is there."""
     key = (cfg.hash(), corpus, split)
     cache = _OPENED.get(key)
-    if cache is None or not (cache.root / "manifest.json").exists():
+    if cache is None or not (cache.root / MANIFEST_NAME).exists():
         n = ((STREAM_SAMPLE_TOKENS if cfg.train.source == "stream" else cfg.cache.n_tokens)
              if split == "train" else cfg.eval.n_tokens)
         cache = _OPENED[key] = build_cache(load_model_for(cfg), cfg, corpus, split,
@@ -392,7 +394,7 @@ def annealed_run(cfg: Config, budget: int, progress: bool = True) -> Config:
     (``train.snapshots_annealed``), in ``{run}/annealed/tokens_<budget>``; its config."""
     tc = cfg.train
     short = dataclasses.replace(
-        cfg, output_dir=str(cfg.run_path / ANNEALED_DIR), name=f"tokens_{budget}",
+        cfg, output_dir=str(cfg.run_path / ANNEALED_DIR), name=tokens_dirname(budget),
         train=dataclasses.replace(tc, n_tokens=budget, snapshot_tokens=(),
                                   dead_window_tokens=min(tc.dead_window_tokens, budget)))
     log.info("learning curve: a run of its own to %s training tokens", f"{budget:,}")

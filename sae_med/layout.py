@@ -8,10 +8,15 @@ A run folder (``cfg.run_path`` = ``{output_dir}/{name}``)::
         l0_{target}/                 cfg.json + sae.safetensors, metrics.jsonl, config.json
             snapshots/tokens_{n}/    the same, saved mid-run (``train.snapshot_tokens``)
     results.json, results.csv        every SAE scored on every eval corpus
+    results_external.json            ``sae-med evaluate --sae``: SAEs from elsewhere, scored
     learning_curve/tokens_{n}.json   a learning-curve run's SAEs at each budget, scored alike
     annealed/tokens_{n}/             with ``train.snapshots_annealed``: the run to budget n
+    autointerp/{demo_}l0_{target}/   latents.csv, comparison.csv, config.json
+    homefield.json                   what the broad SAE lacks on domain text
+    notebooks/{name}.ipynb           a notebook rerun on this run's config
 
-An SAE's id is its path under ``saes/`` (:func:`sae_id`).
+An SAE's id is its path under ``saes/`` (:func:`sae_id`). An activation cache's folder
+(under ``cfg.cache_path``) is complete when its ``manifest.json`` is there.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ SAES_DIR = "saes"
 """The run folder's subfolder of trained SAEs (``{SAES_DIR}/{sae_id}``)."""
 RESULTS_NAME = "results.json"
 """A run's results file (``results.csv`` beside it), under ``cfg.run_path``."""
+EXTERNAL_RESULTS_NAME = "results_external.json"
+"""The results of SAEs from elsewhere scored on a run's eval corpora, under
+``cfg.run_path``."""
 CURVE_DIR = "learning_curve"
 """The curve run's folder of per-budget results (``tokens_<budget>.json``)."""
 ANNEALED_DIR = "annealed"
@@ -42,10 +50,28 @@ RUN_LOCK_NAME = ".train.lock"
 METRICS_NAME = "metrics.jsonl"
 SNAPSHOTS_DIR = "snapshots"
 
+AUTOINTERP_DIR = "autointerp"
+"""The run folder's subfolder of autointerp scores (:func:`autointerp_dir`)."""
+LATENTS_NAME = "latents.csv"
+"""Autointerp's table of one row per SAE and latent."""
+COMPARISON_NAME = "comparison.csv"
+"""Autointerp's comparison of the SAEs, one row per SAE and metric."""
+HOMEFIELD_NAME = "homefield.json"
+"""The home-field report's file under ``cfg.run_path``."""
+NOTEBOOKS_DIR = "notebooks"
+"""The run folder's subfolder of notebooks rerun on its config."""
+MANIFEST_NAME = "manifest.json"
+"""An activation cache's manifest, written last: the cache is complete when it is there."""
+
+
+def tokens_dirname(tokens: int) -> str:
+    """The name of what belongs to a training budget (a snapshot, an annealed run)."""
+    return f"tokens_{tokens}"
+
 
 def results_name(tokens: int) -> str:
     """A learning-curve budget's results file under :data:`CURVE_DIR`."""
-    return f"tokens_{tokens}.json"
+    return f"{tokens_dirname(tokens)}.json"
 
 
 def sae_dirname(l0_target: float) -> str:
@@ -59,7 +85,7 @@ def replicate_dirname(replicate: int) -> str:
 def snapshot_dir(sae_dir: Path, budget: int) -> Path:
     """Where the SAE saved in ``sae_dir`` keeps its snapshot at ``budget`` training tokens
     (``train.snapshot_tokens``)."""
-    return sae_dir / SNAPSHOTS_DIR / f"tokens_{budget}"
+    return sae_dir / SNAPSHOTS_DIR / tokens_dirname(budget)
 
 
 def sae_id(train_corpus: str, replicate: int, l0_target: float) -> str:
@@ -81,3 +107,9 @@ def sae_dirs(cfg: Config) -> dict[str, Path]:
 
 def results_path(cfg: Config) -> Path:
     return cfg.run_path / RESULTS_NAME
+
+
+def autointerp_dir(run_path: Path, l0_target: float, demo: bool = False) -> Path:
+    """Where a run's autointerp scores of its SAEs at ``l0_target`` live:
+    ``{run}/autointerp/l0_{target}`` (``demo_l0_{target}`` for the demo budget)."""
+    return run_path / AUTOINTERP_DIR / f"{'demo_' if demo else ''}{sae_dirname(l0_target)}"

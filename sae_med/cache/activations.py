@@ -52,6 +52,7 @@ from sae_med.corpora.registry import (
     token_counts,
     use_config,
 )
+from sae_med.layout import MANIFEST_NAME
 from sae_med.lm.model import LanguageModel, TokenBatch
 from sae_med.lm.weights import WeightsRecord, weights_record
 
@@ -283,7 +284,7 @@ def _finish(root: Path, spec: dict[str, Any], shards: list[_Shard], end: PlanEnd
                 "counted_tokens": end.counted_tokens, "cut_tokens": end.cut_tokens,
                 "shards": [s.__dict__ for s in shards]}
     manifest["checksum"] = stable_hash(manifest, 64)
-    write_json_atomic(root / "manifest.json", manifest)
+    write_json_atomic(root / MANIFEST_NAME, manifest)
 
 
 def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "train",
@@ -298,13 +299,13 @@ def build_cache(model: LanguageModel, cfg: Config, corpus: str, split: str = "tr
     use_config(cfg)
     spec = cache_spec(model, cfg, corpus, split, n_tokens)
     root = cfg.cache_path / "activations" / stable_hash(spec)
-    if (root / "manifest.json").exists():
+    if (root / MANIFEST_NAME).exists():
         return ActivationCache(root)
     # one builder per key (under torchrun, rank 0 holds the lock for its job): a second
     # process waits, then reuses what the first built
     lock = artifact_lock(root.with_name(root.name + ".lock"), f"the cache {root}")
     with lock if runtime.rank() == 0 else contextlib.nullcontext():
-        if not runtime.is_distributed() and (root / "manifest.json").exists():
+        if not runtime.is_distributed() and (root / MANIFEST_NAME).exists():
             return ActivationCache(root)
         return _build(model, cfg, corpus, split, spec, root, progress)
 
@@ -476,7 +477,7 @@ class ActivationCache(ChunkedBatches):
 
     def __init__(self, root: str | Path, verify: bool = True, window: int = 4):
         self.root = Path(root)
-        mpath = self.root / "manifest.json"
+        mpath = self.root / MANIFEST_NAME
         if not mpath.exists():
             raise FileNotFoundError(f"{self.root} is not a complete activation cache "
                                     "(no manifest.json); rebuild it with `sae-med cache`")

@@ -63,7 +63,7 @@ from sae_med.interpret.features import (
     top_windows,
     window_at,
 )
-from sae_med.layout import CONFIG_NAME
+from sae_med.layout import COMPARISON_NAME, CONFIG_NAME, LATENTS_NAME, autointerp_dir
 from sae_med.lm.model import LanguageModel
 from sae_med.measure.bootstrap import bootstrap_mean, independent_difference
 from sae_med.measure.metrics import auroc
@@ -494,13 +494,13 @@ def write_run_scores(cfg: Config, run: RunScores) -> Path:
     the demo): ``latents.csv`` (one row per SAE and latent), ``comparison.csv``
     (:func:`compare_scores` for each metric) and the resolved ``config.json``. Returns that
     folder."""
-    out = cfg.run_path / "autointerp" / f"{'demo_' if run.budget.demo else ''}l0_{run.target:g}"
+    out = autointerp_dir(cfg.run_path, run.target, run.budget.demo)
     latents = pd.concat([f.assign(sae=name, l0=run.l0[name]) for name, f in run.scores.items()],
                         ignore_index=True)
     metrics = [*METRICS, *(FUZZ_METRICS if run.budget.fuzzing else ())]
     comparison = pd.concat([compare_scores(run.scores, m, seed=cfg.seed).assign(metric=m)
                             for m in metrics], ignore_index=True)
-    for name, frame in (("latents.csv", latents), ("comparison.csv", comparison)):
+    for name, frame in ((LATENTS_NAME, latents), (COMPARISON_NAME, comparison)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
     write_json_atomic(out / CONFIG_NAME, cfg.to_dict())

@@ -2,8 +2,8 @@
 
 (a) the broad SAE recentred on the domain's mean, (b) the domain SAE's advantage on novel
 eval documents against the rest, (c) the advantage per token-frequency-ratio bin; each
-paired on documents, with seeds × document groups intervals like :mod:`sae_med.measure.compare`
-(issue 30, item 5). :func:`homefield_report` writes ``homefield.json`` in the run folder.
+paired on documents, with seeds × document groups intervals like :mod:`sae_med.measure.compare`.
+:func:`sae_med.experiment.homefield_report` writes ``homefield.json`` in the run folder.
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ from sae_med.sae.factory import load_sae
 
 log = logging.getLogger(__name__)
 
-HOMEFIELD_NAME = "homefield.json"
-"""The report's file under ``cfg.run_path``."""
 SCHEMA_VERSION = 1
 MAX_OVERLAP = 0.5
 """A document is novel when it has no one-word twin and at most this share of its word

@@ -1,4 +1,4 @@
-"""Domain or home field? (issue 30): the tables, heatmap and sentences that report it.
+"""Domain or home field? The tables, heatmap and sentences that report it.
 
 Every SAE wins on its own text; the question is whether the domain SAE wins by more than
 home field explains. This module reads a run's comparison tables
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.config import config_from_dict, load_config
 from sae_med.corpora.registry import UnknownCorpusError, corpus_info
-from sae_med.layout import RESULTS_NAME
+from sae_med.layout import METRICS_NAME, RESULTS_NAME
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.results import comparison_tables, read_results
 from sae_med.report.claims import (
@@ -520,7 +520,8 @@ def matching_domains_run(status: DomainsRunStatus, domain: str, broad: str
 
 
 OWN_TEXT_METRICS = ("delta_ce", "fve", "fve_typical")
-"""Issue 31's equal baselines: each side's quality on its own held-out text."""
+"""The equal baselines: each side's quality on its own held-out text, so that neither side's
+advantage is read off a weaker SAE."""
 
 
 def training_dead_fractions(rows: Any) -> Any:
@@ -538,7 +539,7 @@ def training_dead_fractions(rows: Any) -> Any:
         return pd.DataFrame(out, columns=columns)
     sel = rows.dropna(subset=["l0_target"]).drop_duplicates("sae_id")
     for r in sel.itertuples():
-        log = Path(str(r.sae_dir)) / "metrics.jsonl"
+        log = Path(str(r.sae_dir)) / METRICS_NAME
         if log.exists() and (lines := log.read_text().splitlines()):
             out.append({"train_corpus": r.train_corpus, "l0_target": float(r.l0_target),
                         "replicate": int(r.replicate),

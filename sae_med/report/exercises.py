@@ -38,7 +38,7 @@ from sae_med.interpret.synthetic import (
     score_sae,
     truth_sae,
 )
-from sae_med.layout import sae_dirs
+from sae_med.layout import CFG_FILENAME, sae_dirs
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.diagnose import bins_frame
 from sae_med.report.claims import oriented_gaps
@@ -333,7 +333,7 @@ def _train_target(answer: Any, final: Any, curves: Any) -> CheckResult:
 def _train_third(answer: Any, cfg_third: Any) -> CheckResult:
 
     expected = {sae for sae, path in sae_dirs(cfg_third).items()
-                if not (path / "cfg.json").exists()}
+                if not (path / CFG_FILENAME).exists()}
     return compare_same("ex-train-third", "the set of SAEs to train", set(answer), expected,
                         "a finished SAE is reused when its folder holds it; only the new "
                         "corpus's folders are empty")

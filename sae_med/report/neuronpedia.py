@@ -32,7 +32,7 @@ from sae_med import __version__
 from sae_med.cache.activations import ActivationCache, TokenInfo
 from sae_med.config import Config
 from sae_med.interpret.features import LatentActs, encode_cache
-from sae_med.layout import CFG_FILENAME
+from sae_med.layout import CFG_FILENAME, LATENTS_NAME, autointerp_dir
 from sae_med.report.exported import (
     ARCHITECTURE_NAMES,
     NEURONPEDIA_DIR,
@@ -431,8 +431,8 @@ def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: st
     saes = run_saes_dir(sae_dir)
     if saes is None or p.l0_target is None or (p.replicate or 0) != 0:
         return []
-    for prefix, kind in (("", "sae-med-autointerp"), ("demo_", "sae-med-autointerp-demo")):
-        path = saes.parent / "autointerp" / f"{prefix}l0_{p.l0_target:g}" / "latents.csv"
+    for demo, kind in ((False, "sae-med-autointerp"), (True, "sae-med-autointerp-demo")):
+        path = autointerp_dir(saes.parent, p.l0_target, demo) / LATENTS_NAME
         if path.exists():
             rows = pd.read_csv(path, keep_default_na=False)
             rows = rows[(rows["sae"] == p.train_corpus) & (rows["explanation"] != "")]

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sae_med.layout import NOTEBOOKS_DIR
 from sae_med.report.book import (
     PROJECT_ROOT,
     ensure_kernel,
@@ -99,7 +100,7 @@ def run_notebook(ref: str, config: str, overrides: Sequence[str] = (), out: Path
     params = check_parameters(source, {"config": str(config), "overrides": list(overrides),
                                        "run_name": run_name, **(extra or {})})
     cfg = notebook_config(config, list(overrides), run_name)  # validate before any work
-    out = Path(out or cfg.run_path / "notebooks" / f"{source.stem}.ipynb")
+    out = Path(out or cfg.run_path / NOTEBOOKS_DIR / f"{source.stem}.ipynb")
     execute_notebook(source, out, params, ensure_kernel(), Path.cwd(), progress)
     return out
 

@@ -12,6 +12,7 @@ import torch
 
 from sae_med import experiment
 from sae_med.config import ConfigError, load_config
+from sae_med.layout import HOMEFIELD_NAME
 from sae_med.measure import homefield as hf
 from sae_med.measure.bootstrap import DocResample, Draws, Interval
 from sae_med.measure.homefield import (
@@ -304,7 +305,7 @@ def test_subsets_and_bins_partition_the_documents_and_tokens(run):
 
 def test_the_report_is_reused_and_read_back(run, monkeypatch):
     cfg, _, report = run
-    path = cfg.run_path / hf.HOMEFIELD_NAME
+    path = cfg.run_path / HOMEFIELD_NAME
     assert json.loads(path.read_text())["inputs_key"] == report.inputs_key
 
     def no_compute(*_a, **_k):
@@ -387,7 +388,7 @@ def test_the_command_line_prints_the_summary_and_the_file(run, capsys):
     root = cfg.run_path.parents[1]
     assert cli.main(["homefield", SMOKE, *run_overrides(lm, root)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2:] == [report.summary(), f"homefield={cfg.run_path / hf.HOMEFIELD_NAME}"]
+    assert lines[-2:] == [report.summary(), f"homefield={cfg.run_path / HOMEFIELD_NAME}"]
     bad = [*run_overrides(lm, root), f"output_dir={root / 'nowhere'}"]
     assert cli.main(["homefield", SMOKE, *bad]) == 1
     err = capsys.readouterr().err.strip()
