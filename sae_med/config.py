@@ -477,7 +477,8 @@ class Config:
     learning_curve: dict[str, Any] = field(default_factory=dict)
     """The learning curve of this experiment: sections merged onto this config (larger
     caches, one target, a long run with ``train.snapshot_tokens``) for a run named
-    ``{name}_curve`` that scores each side's SAEs at every budget (issue 12); see
+    ``{name}_curve`` that scores each side's SAEs at every budget, to see whether the
+    domain advantage survives real training; see
     :meth:`learning_curve_config`. Empty: none."""
 
     def __post_init__(self) -> None:

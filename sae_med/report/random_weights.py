@@ -1,4 +1,4 @@
-"""The random-weights control in tables and sentences (issue 32): each side's home
+"""The random-weights control in tables and sentences: each side's home
 advantage on the trained model against the same on a model whose weights were redrawn
 (``configs/random_weights.yaml``), as a ratio with the verdict of
 :func:`sae_med.measure.controls.control_verdict` (loss-based rows gated by
