@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -279,3 +280,12 @@ def test_every_import_of_the_package_in_the_repository_resolves():
                     for a in node.names if not hasattr(module, a.name)
                     and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
     assert not bad, "\n".join(bad)
+
+
+def test_no_two_test_files_share_a_name():
+    """tests/ has no __init__.py, so pytest imports each test file by its base name: two
+    files of one name in different folders stop the whole run at collection."""
+    tests = Path(__file__).resolve().parent
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert not [n for n, k in names.items() if k > 1], sorted(
+        str(p.relative_to(tests)) for p in tests.rglob("test_*.py") if names[p.name] > 1)
