@@ -45,12 +45,12 @@
 #   massive activations.
 
 # %%
-import plotly.express as px
 from IPython.display import display
 from myst_nb import glue
 
 from sae_med.experiment import stage_diagnose
 from sae_med.measure.diagnose import bins_frame, summary_frame
+from sae_med.report.damage import breakdown_figures, damage_text, damage_values
 from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import setup_notebook
 
@@ -82,30 +82,15 @@ summary = summary_frame(reports)
 
 # %%
 display(summary.T.round(3))
-worse = {name: r.ce_spliced - r.ce_clean - r.random.isotropic for name, r in reports.items()}
-for name, r in reports.items():
-    print(f"{name} SAE: ΔCE {r.ce_spliced - r.ce_clean:.3f} nats against "
-          f"{r.random.isotropic:.3f} for random error of the same per-token norm "
-          f"({r.random.in_subspace:.3f} inside its error subspace, "
-          f"{r.random.subspace_dim} dimensions); loss recovered "
-          f"{r.loss_recovered_vs_zero:.3f} against zero ablation, "
-          f"{r.loss_recovered_vs_mean:.3f} against mean ablation.")
-glue("damage_excess", ", ".join(f"{k} {v:+.2f}" for k, v in worse.items()), display=False)
-glue("damage_excess_subspace", ", ".join(
-    f"{k} {r.ce_spliced - r.ce_clean - r.random.in_subspace:+.2f}" for k, r in reports.items()),
-    display=False)
-glue("mean_share", f"{next(iter(reports.values())).mean_share:.2f}", display=False)
+print(damage_text(reports))
+for name, value in damage_values(reports).items():
+    glue(name, value, display=False)
 
 # %% [markdown]
 # ### Breakdowns
 
 # %%
-for field, title in (("by_position", "token position"), ("by_norm_decile", "‖x‖ decile"),
-                     ("by_frequency", "token frequency quintile (rarest first)")):
-    frame = bins_frame(reports, field)
-    fig = px.bar(frame, x="bin", y="delta_ce", color="sae", barmode="group",
-                 title=f"Mean ΔCE by {title}",
-                 labels={"delta_ce": "mean ΔCE (nats)", "bin": title})
+for fig in breakdown_figures(reports):
     fig.show()
 
 # %% [markdown]
