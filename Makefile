@@ -15,9 +15,11 @@ run: setup
 smoke: setup
 	.venv/bin/sae-med run configs/smoke.yaml
 
+# two pytest workers (pytest-xdist), one torch thread each, a test module per worker at a
+# time (its module fixtures built once); targeted runs (.venv/bin/pytest FILE) stay serial
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n 2 --dist loadscope
 
 # Paired notebooks/NN_*.ipynb (jupytext --to ipynb) and the sae-med Jupyter kernel, for
 # running a notebook with plain papermill or Jupyter; rerun after editing a notebook's .py.
