@@ -289,3 +289,14 @@ def test_no_two_test_files_share_a_name():
     names = Counter(p.name for p in tests.rglob("test_*.py"))
     assert not [n for n, k in names.items() if k > 1], sorted(
         str(p.relative_to(tests)) for p in tests.rglob("test_*.py") if names[p.name] > 1)
+
+
+def test_the_readme_layout_table_names_every_module():
+    """Each module of the package has a row in README.md's Layout table (`room/module`, or
+    `name.py` for the floor and the face)."""
+    table = (PACKAGE.parent / "README.md").read_text().split("## Layout", 1)[1]
+    missing = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+               if p.name != "__init__.py" and (
+                   f"`{p.relative_to(PACKAGE).with_suffix('').as_posix()}`" not in table
+                   if p.parent != PACKAGE else f"`{p.name}`" not in table)]
+    assert not missing, f"README.md's Layout table has no row for {missing}"
