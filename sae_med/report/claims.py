@@ -79,7 +79,7 @@ DID_CLAIMS = tuple(
         ("delta_ce", "ΔCE", "delta_ce", -1, True),
         ("loss", "loss recovered", "loss_recovered", 1, True),
         ("dark_matter", "R²(e)", "dark_matter.r2_error_mean", -1, True)))
-"""Issue 30's question, declared before the run that judges it: is the domain SAE's win at
+"""Domain or home field, declared before the run that judges it: is the domain SAE's win at
 home larger than the broad SAE's win at home? Judged from the ``did`` contrasts
 (:class:`~sae_med.measure.compare.Contrast`): (domain − broad SAE on domain text) − (broad − domain
 SAE on broad text), at every target L0 and, for metrics that depend on fidelity, at every
@@ -97,7 +97,7 @@ placebo text). If medicine is special, its home advantage exceeds a placebo's; i
 narrow genre wins at home as much, the advantage is home field."""
 CONCEPT_CLAIM = "Its latents read as clinical concepts (autointerp detection AUROC)"
 DCE_BAR_NATS = 1.0
-"""Issue 12's quality bar: on the default config the domain SAE's ΔCE on held-out domain
+"""The quality bar: on the default config the domain SAE's ΔCE on held-out domain
 text (nats per token, spliced minus clean loss) should be at most this."""
 
 
