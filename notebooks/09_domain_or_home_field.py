@@ -78,16 +78,17 @@ from sae_med.report.domain_report import (
     home_advantage_figure,
     home_advantage_table,
     home_advantages,
-    home_matrix_rows,
+    home_matrix_figures,
     home_sides,
     load_domains_run,
     load_side_run,
     matching_domains_run,
-    matrix_heatmap,
+    matrix_figures,
+    mix_cost_tables,
     mixed_corpora,
+    mixed_gap_tables,
     mixed_verdict_table,
     page_verdicts,
-    pair_table,
     placebo_corpora,
     placebo_verdict_table,
 )
@@ -154,10 +155,9 @@ if domains is None:
     print(domains_status.note)
 else:
     dcfg = domains.cfg
-    for metric, title in MATRIX_METRICS.items():
-        matrix_heatmap(domains.comparisons.families, metric, dcfg.train_corpora,
-                       dcfg.eval_corpora, title=f"{title}: trained on (row) × evaluated "
-                       "on (column)").show()
+    for fig in matrix_figures(domains.comparisons.families, dcfg.train_corpora,
+                              dcfg.eval_corpora):
+        fig.show()
     display(family_matrix_table(domains.comparisons.families, list(MATRIX_METRICS),
                                 dcfg.train_corpora, dcfg.eval_corpora))
 
@@ -168,12 +168,9 @@ else:
 
 # %%
 if domains is not None:
-    home_cells = home_matrix_rows(domains.comparisons.gaps, home_sides(dcfg),
-                                  dcfg.train_corpora)
-    for metric, title in MATRIX_METRICS.items():
-        matrix_heatmap(home_cells, metric, dcfg.train_corpora, dcfg.eval_corpora,
-                       title=f"Home advantage in {title.split(' (')[0]}: the column's own "
-                       "SAE minus the row's, on the column's text").show()
+    for fig in home_matrix_figures(domains.comparisons.gaps, home_sides(dcfg),
+                                   dcfg.train_corpora, dcfg.eval_corpora):
+        fig.show()
 
 # %% [markdown]
 # ### Medical vs an SAE that has seen medicine
@@ -183,21 +180,17 @@ if domains is not None:
 
 # %%
 display(mixed_verdict_table(comparisons, medical, broad, mixed))
-for m in mixed:
-    for basis, metrics in (("l0_target", ["fve", "fve_typical", "delta_ce",
-                                          "loss_recovered"]),
-                           ("fve", ["l0", "delta_ce", "loss_recovered"])):
-        print(f"{medical} minus {m.name} on {medical} text, basis {basis}")
-        display(pair_table(comparisons.gaps, medical, m.name, metrics, basis, medical))
+for t in mixed_gap_tables(comparisons.gaps, medical, mixed):
+    print(t.caption)
+    display(t.table)
 
 # %% [markdown]
 # What the mix gives up on broad text: the mixed SAE minus the broad SAE on held-out
 # broad text (negative FVE, positive ΔCE: it does worse there).
 
 # %%
-for m in mixed:
-    display(pair_table(comparisons.gaps, m.name, broad, ["fve", "fve_typical", "delta_ce"],
-                       eval_corpus=broad))
+for table in mix_cost_tables(comparisons.gaps, broad, mixed):
+    display(table)
 
 # %% [markdown]
 # ### Difference-in-differences

@@ -194,6 +194,57 @@ def home_matrix_rows(gaps: Any, sides: Sequence[str], others: Sequence[str]) -> 
     return home.assign(train_corpus=home.versus)
 
 
+def matrix_figures(families: Any, train_order: Sequence[str], eval_order: Sequence[str]
+                   ) -> list[Any]:
+    """The train × eval matrix of family means, one :func:`matrix_heatmap` per metric of
+    :data:`MATRIX_METRICS`."""
+    return [matrix_heatmap(families, metric, train_order, eval_order,
+                           title=f"{title}: trained on (row) × evaluated on (column)")
+            for metric, title in MATRIX_METRICS.items()]
+
+
+def home_matrix_figures(gaps: Any, sides: Sequence[str], train_order: Sequence[str],
+                        eval_order: Sequence[str]) -> list[Any]:
+    """The train × eval matrix as home advantages (:func:`home_matrix_rows`), one
+    :func:`matrix_heatmap` per metric of :data:`MATRIX_METRICS`."""
+    cells = home_matrix_rows(gaps, sides, train_order)
+    return [matrix_heatmap(cells, metric, train_order, eval_order,
+                           title=f"Home advantage in {title.split(' (')[0]}: the column's "
+                           "own SAE minus the row's, on the column's text")
+            for metric, title in MATRIX_METRICS.items()]
+
+
+class CaptionedTable(NamedTuple):
+    """A table and the line printed above it."""
+
+    caption: str
+    table: Any
+
+
+MIXED_GAP_METRICS = {"l0_target": ("fve", "fve_typical", "delta_ce", "loss_recovered"),
+                     "fve": ("l0", "delta_ce", "loss_recovered")}
+"""The domain SAE minus a mixed SAE on domain text: the metrics shown at each basis (at
+matched FVE, L0 is what differs)."""
+MIX_COST_METRICS = ("fve", "fve_typical", "delta_ce")
+"""The mixed SAE minus the broad SAE on broad text: the metrics shown."""
+
+
+def mixed_gap_tables(gaps: Any, domain: str, mixed: Sequence[MixedCorpus]
+                     ) -> list[CaptionedTable]:
+    """The ``domain`` SAE minus each mixed SAE on ``domain`` text, at the same target L0 and
+    at matched FVE (:data:`MIXED_GAP_METRICS`), one :func:`pair_table` each."""
+    return [CaptionedTable(f"{domain} minus {m.name} on {domain} text, basis {basis}",
+                           pair_table(gaps, domain, m.name, list(metrics), basis, domain))
+            for m in mixed for basis, metrics in MIXED_GAP_METRICS.items()]
+
+
+def mix_cost_tables(gaps: Any, broad: str, mixed: Sequence[MixedCorpus]) -> list[Any]:
+    """What each mix gives up on broad text: the mixed SAE minus the ``broad`` SAE on
+    ``broad`` text (:data:`MIX_COST_METRICS`), one :func:`pair_table` per mix."""
+    return [pair_table(gaps, m.name, broad, list(MIX_COST_METRICS), eval_corpus=broad)
+            for m in mixed]
+
+
 def pair_table(gaps: Any, first: str, second: str, metrics: Sequence[str],
                basis: str = "l0_target", eval_corpus: str | None = None,
                digits: int = 3) -> Any:

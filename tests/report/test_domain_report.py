@@ -20,14 +20,19 @@ from sae_med.report.domain_report import (
     family_matrix_table,
     home_advantage_table,
     home_advantages,
+    home_matrix_figures,
     home_matrix_rows,
     load_domains_run,
     matching_domains_run,
+    matrix_figures,
     matrix_heatmap,
+    mix_cost_tables,
     mixed_corpora,
+    mixed_gap_tables,
     mixed_verdict_table,
     own_text_table,
     page_verdicts,
+    pair_table,
     placebo_corpora,
     placebo_summary,
     training_dead_fractions,
@@ -166,6 +171,41 @@ def test_home_matrix_cells_are_each_column_s_own_sae_minus_the_row_s(domains_run
     assert z[DOMAINS.index("foldoc")][DOMAINS_EVAL.index("foldoc")] is None
     assert z[DOMAINS.index("medical")][DOMAINS_EVAL.index("foldoc")] == pytest.approx(
         0.03, abs=3e-3)
+
+
+def test_matrix_figures_are_one_heatmap_per_matrix_metric(domains_run):
+    figs = matrix_figures(domains_run.families, DOMAINS, DOMAINS_EVAL)
+    assert [f.layout.title.text for f in figs] == [
+        "ΔCE (nats per token, lower is better): trained on (row) × evaluated on (column)",
+        "typical-token FVE (higher is better): trained on (row) × evaluated on (column)"]
+    assert figs[0].data[0].z == matrix_heatmap(domains_run.families, "delta_ce", DOMAINS,
+                                               DOMAINS_EVAL).data[0].z
+    homes = home_matrix_figures(domains_run.gaps, DOMAINS_EVAL, DOMAINS, DOMAINS_EVAL)
+    assert [f.layout.title.text for f in homes] == [
+        "Home advantage in ΔCE: the column's own SAE minus the row's, on the column's text",
+        "Home advantage in typical-token FVE: the column's own SAE minus the row's, on the "
+        "column's text"]
+    cells = home_matrix_rows(domains_run.gaps, DOMAINS_EVAL, DOMAINS)
+    assert homes[1].data[0].z == matrix_heatmap(cells, "fve_typical", DOMAINS,
+                                                DOMAINS_EVAL).data[0].z
+
+
+def test_mixed_gap_and_cost_tables_are_one_pair_table_per_mix_and_basis():
+    run = default_run(0.10, 0.02)
+    tables = mixed_gap_tables(run.gaps, "medical", MIX)
+    assert [t.caption for t in tables] == [
+        "medical minus mixed_10 on medical text, basis l0_target",
+        "medical minus mixed_10 on medical text, basis fve"]
+    assert not tables[0].table.empty
+    assert tables[1].table.equals(pair_table(run.gaps, "medical", "mixed_10",
+                                             ["l0", "delta_ce", "loss_recovered"], "fve",
+                                             "medical"))
+    costs = mix_cost_tables(run.gaps, "broad", MIX)
+    assert len(costs) == 1
+    assert costs[0].equals(pair_table(run.gaps, "mixed_10", "broad",
+                                      ["fve", "fve_typical", "delta_ce"],
+                                      eval_corpus="broad"))
+    assert mixed_gap_tables(run.gaps, "medical", []) == []
 
 
 def test_own_text_table_shows_each_side_on_its_own_text_with_training_dead(tmp_path):
