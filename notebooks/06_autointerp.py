@@ -77,7 +77,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from sae_med.experiment import stage_autointerp, stage_evaluate
+from sae_med.experiment import concept_verdicts_by_model, stage_autointerp, stage_evaluate
 from sae_med.measure.results import load_comparisons
 from sae_med.report.autointerp_scores import (
     PER_LATENT_COLUMNS,
@@ -92,7 +92,6 @@ from sae_med.report.autointerp_scores import (
 from sae_med.report.claims import (
     CONCEPT_CLAIM,
     concept_verdict,
-    model_label,
     replication_sentence,
     verdicts_frame,
 )
@@ -165,12 +164,7 @@ with pd.option_context("display.max_colwidth", 200):
 # SAEs at the same target L0, the same judge), one concept verdict per model.
 
 # %%
-concepts = {model_label(cfg): concept_verdict(scores, families, medical, broad, cfg.seed)}
-for rep in cfg.replication_configs().values():
-    rep_run = stage_autointerp(rep, l0_target, eval_corpus=medical, progress=False)
-    rep_families = load_comparisons(stage_evaluate(rep, progress=False)).families
-    concepts[model_label(rep)] = concept_verdict(rep_run.scores, rep_families, medical, broad,
-                                                 rep.seed)
+concepts = concept_verdicts_by_model(cfg, scores, families, medical, broad, l0_target)
 concept_verdicts = verdicts_frame({CONCEPT_CLAIM: concepts})
 display(concept_verdicts)
 concept_replication = replication_sentence(CONCEPT_CLAIM, concepts)

@@ -56,7 +56,7 @@ from sae_med.layout import (
 from sae_med.lm.load import load_model
 from sae_med.lm.model import LanguageModel
 from sae_med.lm.weights import recorded_weights, warn_if_other_weights, weights_record
-from sae_med.measure.compare import Comparison, contrasts
+from sae_med.measure.compare import Comparison, Verdict, contrasts
 from sae_med.measure.diagnose import Subject, diagnose_saes
 from sae_med.measure.homefield import (
     MAX_OVERLAP,
@@ -78,7 +78,7 @@ from sae_med.measure.results import (
 )
 from sae_med.measure.scoring import ce_batches, compare_families, reconstruction_fn, score_saes
 from sae_med.report.book import PROJECT_ROOT
-from sae_med.report.claims import ModelRun, model_label
+from sae_med.report.claims import ModelRun, concept_verdict, model_label
 from sae_med.report.domain_report import ReportedRun
 from sae_med.report.exported import ExportFormat, ModelLens, RunInputs, export_needs
 from sae_med.report.learning_curve import CurvePoint, curve_budgets
@@ -590,6 +590,22 @@ def model_runs(cfg: Config, comparisons: ComparisonTables, progress: bool = Fals
     return [ModelRun(model_label(cfg), cfg, comparisons),
             *(ModelRun(model_label(c), c, load_comparisons(stage_evaluate(c, progress)))
               for c in cfg.replication_configs().values())]
+
+
+def concept_verdicts_by_model(cfg: Config, scores: Mapping[str, Any], families: Any,
+                              domain: str, broad: str, l0_target: float = 0.0,
+                              progress: bool = False) -> dict[str, Verdict]:
+    """``{model label: verdict on CONCEPT_CLAIM}``: this run's from its autointerp
+    ``scores`` and ``families`` (already computed by the caller), then each replication's
+    from its own autointerp on ``domain`` text at ``l0_target`` and its own evaluation
+    (the stages reuse what is there), in config order."""
+    verdicts = {model_label(cfg): concept_verdict(scores, families, domain, broad, cfg.seed)}
+    for rep in cfg.replication_configs().values():
+        rep_run = stage_autointerp(rep, l0_target, eval_corpus=domain, progress=progress)
+        rep_families = load_comparisons(stage_evaluate(rep, progress=progress)).families
+        verdicts[model_label(rep)] = concept_verdict(rep_run.scores, rep_families, domain,
+                                                     broad, rep.seed)
+    return verdicts
 
 
 def home_inputs(cfg: Config, l0_target: float = 0.0, progress: bool = True) -> HomeInputs:
