@@ -16,10 +16,12 @@ smoke: setup
 	.venv/bin/sae-med run configs/smoke.yaml
 
 # two pytest workers (pytest-xdist), one torch thread each, a test module per worker at a
-# time (its module fixtures built once); targeted runs (.venv/bin/pytest FILE) stay serial
+# time (its module fixtures built once), the longest modules first (tests/conftest.py
+# SLOW_FIRST, kept in that order by --no-loadscope-reorder); targeted runs
+# (.venv/bin/pytest FILE) stay serial
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/pytest -q -n 2 --dist loadscope
+	.venv/bin/pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # Paired notebooks/NN_*.ipynb (jupytext --to ipynb) and the sae-med Jupyter kernel, for
 # running a notebook with plain papermill or Jupyter; rerun after editing a notebook's .py.

@@ -3,6 +3,10 @@ gap (issue 31): group vs single-document resampling, and how many seeds it takes
 seeds vary. Prints a markdown table for RESULTS.md.
 
     .venv/bin/python benchmarks/interval_coverage.py [--runs 1000] [--n-boot 2000]
+        [--only "seed sd 0.2"]
+
+Every row draws its simulations from seed 0 on its own, so a row run alone (``--only``, a
+substring of the row's label) prints what it prints in the whole table.
 """
 
 from __future__ import annotations
@@ -33,12 +37,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--only", default="", help="run the rows whose label contains this")
     a = ap.parse_args()
+    rows = [(label, s) for label, s in setups(a.n_boot) if a.only in label]
+    if not rows:
+        labels = ", ".join(label for label, _ in setups(a.n_boot))
+        raise SystemExit(f"--only {a.only!r} matches no row; the rows: {labels}")
     torch.set_num_threads(1)  # small products: extra threads only spin
     print("| resampled | seeds | groups × docs | ρ | coverage (± se) | mean width |")
     print("|---|---|---|---|---|---|")
     t0 = time.perf_counter()
-    for label, s in tqdm(setups(a.n_boot), desc="setups"):
+    for label, s in tqdm(rows, desc="setups"):
         c = coverage(s, a.runs, seed=0)
         print(f"| {label} | {s.n_seeds} | {s.n_groups} × {s.group_size} | {s.rho:g} | "
               f"{c.rate:.1%} (± {c.standard_error:.1%}) | {c.mean_width:.3f} |")

@@ -300,3 +300,12 @@ def test_the_readme_layout_table_names_every_module():
                    f"`{p.relative_to(PACKAGE).with_suffix('').as_posix()}`" not in table
                    if p.parent != PACKAGE else f"`{p.name}`" not in table)]
     assert not missing, f"README.md's Layout table has no row for {missing}"
+
+
+def test_the_modules_scheduled_first_exist():
+    """tests/conftest.py's SLOW_FIRST names test modules that are there (a renamed module
+    would silently fall back to xdist's order)."""
+    from conftest import SLOW_FIRST
+
+    missing = [p for p in SLOW_FIRST if not (PACKAGE.parent / p).is_file()]
+    assert not missing, f"SLOW_FIRST names modules that are not there: {missing}"
