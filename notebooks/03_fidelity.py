@@ -76,6 +76,7 @@ from sae_med.report.exercises import check, exercise_table
 from sae_med.report.fidelity import (
     fidelity_values,
     home_advantage_sentence,
+    own_text_baselines,
     paper_fve_gap,
     paper_table,
     targets_text,
@@ -185,7 +186,9 @@ cross_eval_figure(results_mean, "delta_ce", "ΔCE (nats per token)", targets).sh
 # ### Every SAE on every corpus
 # One row per seed replicate: value and [95% interval over documents]; `dead_frac` and
 # `dense_frac` are point values (latents that never fire, or fire on more than 10% of
-# tokens, over the evaluation tokens).
+# tokens, over the evaluation tokens). These dead fractions do not compare across sides: a
+# broad SAE's latent that never fires on medical text may be alive on broad text; the
+# own-text table below gives each SAE's dead fraction over its own training window.
 
 # %%
 display(with_interval(results, ["l0", "fve", "fve_typical", "massive_tokens",
@@ -229,6 +232,19 @@ glue("family_means_all_corpora", family_means, display=False)
 glue("home_advantage_fidelity", home_table, display=False)
 glue("home_advantage_sentence", home_sentence[0].upper() + home_sentence[1:] + ".",
      display=False)
+
+# %% [markdown]
+# ### Each side on its own held-out text
+# The equal baselines: a side's advantage at home means little if the other side's SAE is
+# weak on its own text. Each side's SAEs on *their own* held-out text (across-seed mean
+# [95% interval]; ΔCE in nats, lower is better) and the fraction of latents dead over the
+# last `train.dead_window_tokens` of their training (mean over seeds, min–max), which,
+# unlike the held-out dead fraction above, is counted on each SAE's own kind of text.
+
+# %%
+own_text = own_text_baselines(families, results, sides)
+display(own_text)
+glue("own_text_baselines", own_text, display=False)
 
 # %% [markdown]
 # ### Medical minus broad: paired gaps

@@ -11,7 +11,11 @@ import plotly.graph_objects as go
 
 from sae_med.measure.bootstrap import Interval
 from sae_med.report.claims import claim_verdict, gap_intervals
-from sae_med.report.domain_report import versus_clause
+from sae_med.report.domain_report import (
+    own_text_table,
+    training_dead_fractions,
+    versus_clause,
+)
 from sae_med.report.notebook import CORPUS_COLORS, gap_sentence, gap_table, metric_value
 
 PAPER_SAES = ("medical (paper)", "Gemma Scope, broad (paper)")
@@ -52,6 +56,16 @@ def home_advantage_sentence(gaps: pd.DataFrame, sides: Sequence[str], first: str
     return "; ".join(versus_clause(gaps, side, other, f"the {other} SAE", metric)
                      for metric in metrics
                      for side, other in ((first, second), (second, first)) if side in sides)
+
+
+def own_text_baselines(families: pd.DataFrame, results: pd.DataFrame, sides: Sequence[str]
+                       ) -> pd.DataFrame:
+    """Each side's SAEs on their *own* held-out text at every target L0 (ΔCE, FVE,
+    typical-token FVE, across-seed means with intervals) beside the dead fraction each SAE
+    ended its training with: the equal baselines, whose dead fractions, unlike those counted
+    on the evaluation corpora, compare across sides. ``results``:
+    :func:`~sae_med.measure.results.load_results`'s frame (for the SAEs' folders)."""
+    return own_text_table(families, sides, training_dead_fractions(results))
 
 
 def fidelity_values(comparisons: Any, results: pd.DataFrame, med_gaps: pd.DataFrame,

@@ -1,9 +1,10 @@
 """Chapter 3's values and figure on a synthetic run with a planted FVE gap: the gap ranges,
-the families' values by target, the home-advantage sentence, the paper's table and
-overlay."""
+the families' values by target, the home-advantage sentence, the own-text baselines, the
+paper's table and overlay."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -19,6 +20,7 @@ from sae_med.report.fidelity import (
     fidelity_values,
     home_advantage_sentence,
     joined,
+    own_text_baselines,
     paper_fve_gap,
     paper_table,
     targets_text,
@@ -76,6 +78,25 @@ def test_home_sentence_names_each_side_that_has_a_home(run):
     assert both.startswith("the medical SAE")
     one = home_advantage_sentence(run.gaps, ["medical"], "medical", "broad", ["fve"])
     assert one.count(" text (") == 1 and one.startswith("the medical SAE")
+
+
+def test_own_text_baselines_read_each_sides_own_text_and_training_log(run, tmp_path):
+    rows = []
+    for corpus, dead in (("medical", 0.25), ("broad", 0.05)):
+        folder = tmp_path / corpus
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 9, "dead_frac": dead}))
+        for metric in ("fve", "delta_ce"):  # one SAE, several rows: counted once
+            rows.append({"sae_id": corpus, "sae_dir": str(folder), "train_corpus": corpus,
+                         "l0_target": TARGETS[0], "replicate": 0, "metric": metric})
+    table = own_text_baselines(run.families, pd.DataFrame(rows), ["medical", "broad"])
+    assert list(table.index) == [(c, t) for c in ("medical", "broad") for t in TARGETS]
+    own = family_values(run.families, "fve", "broad", "broad")[0]
+    assert table.loc[("broad", TARGETS[0]), "fve"].startswith(f"{own:.3f} [")
+    dead = table["training-window dead fraction"]
+    assert dead[("medical", TARGETS[0])] == "0.250 (0.250–0.250)"
+    assert dead[("broad", TARGETS[0])] == "0.050 (0.050–0.050)"
+    assert pd.isna(dead[("medical", TARGETS[1])])  # no training log for that SAE
 
 
 def test_paper_table_and_overlay():
