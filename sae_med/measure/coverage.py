@@ -13,8 +13,10 @@ of the intervals the results report.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -103,3 +105,59 @@ def coverage(setup: CoverageSetup, runs: int, seed: int = 0) -> Coverage:
 def by_document(setup: CoverageSetup) -> CoverageSetup:
     """``setup`` resampling single documents instead of groups (the old unit)."""
     return replace(setup, grouped=False)
+
+
+def seed_ratio(seed_sds: tuple[float, float], n_seeds: int, low: float, high: float,
+               level: float = LEVEL) -> float:
+    """A real gap's seed effect in units of its documents' standard error: the quantity
+    the coverage table's rows are indexed by (``seed_sd`` against √(ρ/130 + (1 − ρ)/1950)
+    ≈ 0.05), estimated from the two families' seed sds and the gap's interval.
+
+    The interval's half-width over z is the gap's whole standard error; the seeds' part
+    of its variance, (sd₁² + sd₂²) / n, is taken out to leave the documents' part. ``inf``
+    where the seeds account for all of it (the interval is then seed-dominated by any
+    measure). An estimate, for choosing a seed count, not a statistic to judge by."""
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    total = ((high - low) / (2 * z)) ** 2
+    seeds = (seed_sds[0] ** 2 + seed_sds[1] ** 2) / n_seeds
+    per_sae = math.sqrt((seed_sds[0] ** 2 + seed_sds[1] ** 2) / 2)
+    if total <= seeds:
+        return math.inf
+    return per_sae / math.sqrt(total - seeds)
+
+
+SEED_SHARE_METRICS = ("fve", "fve_typical", "delta_ce", "loss_recovered",
+                      "dark_matter.r2_error_mean")
+"""The metrics the claims judge."""
+
+
+class SeedShare(NamedTuple):
+    eval_corpus: str
+    pair: str
+    l0_target: float
+    metric: str
+    n_seeds: int
+    seed_sd: float
+    """Per SAE: the root mean square of the two families' seed sds."""
+    ratio: float
+
+
+def seed_shares(doc: Mapping[str, Any]) -> list[SeedShare]:
+    """One :class:`SeedShare` per gap at a target L0 on :data:`SEED_SHARE_METRICS` whose families
+    have at least two seeds."""
+    fam = {(f["train_corpus"], f["eval_corpus"], f["l0_target"], f["metric"]): f
+           for f in doc["families"] if f["basis"] == "l0_target"}
+    out = []
+    for g in doc["gaps"]:
+        if g["basis"] != "l0_target" or g["metric"] not in SEED_SHARE_METRICS or g["low"] is None:
+            continue
+        a, b = (fam.get((c, g["eval_corpus"], g["l0_target"], g["metric"]))
+                for c in (g["train_corpus"], g["versus"]))
+        if a is None or b is None or min(a["n_seeds"], b["n_seeds"]) < 2:
+            continue
+        sds, n = (a["seed_sd"], b["seed_sd"]), min(a["n_seeds"], b["n_seeds"])
+        out.append(SeedShare(g["eval_corpus"], f"{g['train_corpus']} − {g['versus']}",
+                             g["l0_target"], g["metric"], n,
+                             ((sds[0] ** 2 + sds[1] ** 2) / 2) ** 0.5,
+                             seed_ratio(sds, n, g["low"], g["high"])))
+    return out
