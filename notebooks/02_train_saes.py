@@ -155,8 +155,10 @@ check("ex-train-target", answer, final=final, curves=curves).require()
 #
 # ```{exercise} Train on a third corpus
 # :label: ex-train-third
-# A genre-matched control separates a domain effect from a style effect: `wordnet`
-# glosses are short definitions like the ontology text, but not medical. Add it as a third
+# `wordnet` glosses are short definitions like the ontology text, but not medical; they are
+# part of the `broad` mix, so not a genre-matched placebo (`configs/domains.yaml`'s placebo
+# domains of the same genre are `go`, Gene Ontology definitions, and `foldoc`, a computing
+# dictionary). Add `wordnet` as a third
 # training corpus (`train_corpora=[..., wordnet]`). Which SAEs would the rerun train, and
 # which would it reuse? Check the set it would train with
 # `check("ex-train-third", answer, cfg_third=cfg_third)`.
