@@ -39,7 +39,9 @@ from sae_med.report.domain_report import (
     contrast_table,
     did_verdict_table,
     family_matrix_table,
+    genre_controls,
     home_advantage_table,
+    home_excess_table,
     home_sides,
     mixed_corpora,
     mixed_verdict_table,
@@ -127,11 +129,12 @@ def home_field(cfg: Config, comp: ComparisonTables) -> None:
         show(f"Difference-in-differences (first's home advantage minus second's), basis "
              f"{basis}", contrast_table(comp.contrasts, "did", HOME, basis))
     show("Difference-in-differences verdicts", did_verdict_table(comp, domain, broad))
-    placebos = placebo_corpora(cfg)
-    if placebos:
+    placebos, controls = placebo_corpora(cfg), genre_controls(cfg)
+    if placebos or controls:
         show(f"Home excess: ({domain} minus {broad} on {domain} text) minus (placebo minus "
-             f"{broad} on placebo text)", contrast_table(comp.contrasts, "home_excess",
-                                                         MATRIX))
+             f"{broad} on placebo text); genre controls in the {broad} mix are not judged",
+             home_excess_table(comp.contrasts, placebos, controls, MATRIX))
+    if placebos:
         show("Placebo verdicts", placebo_verdict_table(comp, domain, broad, placebos))
     mixed = mixed_corpora(cfg, domain)
     if mixed:

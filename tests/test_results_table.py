@@ -81,11 +81,20 @@ def test_domains_run_prints_placebo_verdicts(results_table, tmp_path, capsys):
         tmp_path / "results.json", load_config(PROJECT_ROOT / "configs" / "domains.yaml"),
         SHIFT)
     results_table.comparisons(str(path))
-    placebo = section(capsys.readouterr().out, "Placebo verdicts")
+    out = capsys.readouterr().out
+    placebo = section(out, "Placebo verdicts")
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in placebo.splitlines()[2:]}
-    assert rows == {"go (biology)": "not supported", "foldoc (computing)": "supported",
-                    "wordnet (broad)": "supported", "austen (broad)": "supported"}
+    # wordnet and austen are parts of the broad mix: genre controls, never judged
+    assert rows == {"go (biology)": "not supported", "foldoc (computing)": "supported"}
+    excess = section(out, "Home excess: (medical minus broad on medical text) minus (placebo "
+                          "minus broad on placebo text); genre controls in the broad mix "
+                          "are not judged")
+    roles = {line.split("|")[1].split("'")[5]: line.split("|")[1].split("'")[1]
+             for line in excess.splitlines()[2:]}  # index ('role', 'first', 'second', L0)
+    assert roles == {"go": "placebo domain (judged)", "foldoc": "placebo domain (judged)",
+                     "wordnet": "genre control: part of the reference mix (not judged)",
+                     "austen": "genre control: part of the reference mix (not judged)"}
 
 
 def test_several_models_get_did_and_mix_verdicts(results_table, tmp_path, capsys):

@@ -201,6 +201,17 @@ def corpus_info(name: str) -> CorpusInfo:
                                  f"{', '.join(_REGISTRY)}") from None
 
 
+def mix_parts(name: str) -> frozenset[str]:
+    """Every corpus the mix ``name`` is made of, through mixes of mixes (``mixed_10``: broad,
+    medical and their members); empty for a corpus that is not a mix. An SAE trained on the
+    mix has seen each of them."""
+    info = corpus_info(name)
+    if not info.is_mix:
+        return frozenset()
+    return frozenset(info.sources).union(*(mix_parts(s) for s in info.sources
+                                           if s in _REGISTRY))
+
+
 def _check_split(split: str) -> None:
     if split not in ("train", "eval", "all"):
         raise ValueError(f"split must be 'train', 'eval' or 'all', got {split!r}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.config import config_from_dict, load_config
-from sae_med.corpora.registry import UnknownCorpusError, corpus_info
+from sae_med.corpora.registry import UnknownCorpusError, corpus_info, mix_parts
 from sae_med.layout import METRICS_NAME, RESULTS_NAME
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.results import comparison_tables, read_results
@@ -389,18 +389,27 @@ def placebo_clause(domains: ComparisonTables, domain: str, broad: str, placebo: 
     """How much ``placebo``'s SAE wins at home over the ``broad`` SAE, and whether the
     domain's home advantage exceeds it (:func:`~sae_med.report.claims.placebo_verdict`)."""
     c = next(c for c in HOME_EXCESS_CLAIMS if c.metric == metric)
-    ivs = gap_intervals(oriented_gaps(domains.gaps, placebo, broad), metric, placebo)
     verdict = placebo_verdict(domains, c.key, domain, placebo, broad)
-    return (f"{placebo} ({corpus_domain(placebo)}) {_verb(ivs, c.sign)} the {broad} SAE at "
-            f"home by {_cells(ivs)} ({domain}'s excess over it: “{verdict}”)")
+    return (f"{home_win_clause(domains, broad, placebo, metric)} ({domain}'s excess over "
+            f"it: “{verdict}”)")
+
+
+def home_win_clause(domains: ComparisonTables, broad: str, corpus: str, metric: str) -> str:
+    """How much ``corpus``'s SAE wins at home over the ``broad`` SAE (``metric``, each
+    target L0), with no verdict."""
+    ivs = gap_intervals(oriented_gaps(domains.gaps, corpus, broad), metric, corpus)
+    return (f"{corpus} ({corpus_domain(corpus)}) {_verb(ivs, _sign(metric))} the {broad} "
+            f"SAE at home by {_cells(ivs)}")
 
 
 def domain_sentence(run: ComparisonTables, domain: str, broad: str,
                     mixed: Sequence[MixedCorpus], domains: ComparisonTables | None,
-                    placebos: Sequence[str], metric: str = "fve_typical") -> str:
+                    placebos: Sequence[str], metric: str = "fve_typical",
+                    controls: Sequence[str] = ()) -> str:
     """The chapter's verdict in one sentence, every number and verdict computed: the
-    domain SAE against the broad SAE and each mix, the difference-in-differences, and each
-    placebo domain's home advantage (from the domains run ``domains``; None: not run)."""
+    domain SAE against the broad SAE and each mix, the difference-in-differences, each
+    placebo domain's home advantage (from the domains run ``domains``; None: not run) and,
+    unjudged, each genre control's (:func:`genre_controls`)."""
     parts = [versus_clause(run.gaps, domain, broad, f"the {broad} SAE", metric)]
     parts += [versus_clause(run.gaps, domain, m.name, f"an SAE that saw {domain} text at "
                             f"{m.share:.0%} of its tokens ({m.name})", metric) for m in mixed]
@@ -409,6 +418,10 @@ def domain_sentence(run: ComparisonTables, domain: str, broad: str,
     if domains is None:
         return (sentence + f" Whether a placebo domain wins at home as much is not measured "
                 f"yet: the domains run is absent ({DOMAINS_COMMAND} produces it).")
+    if controls:
+        sentence += (f" Genre controls the {broad} SAE has trained on (parts of its mix, so "
+                     "not placebos): " + "; ".join(home_win_clause(domains, broad, c, metric)
+                                                   for c in controls) + ".")
     if not placebos:
         return sentence + " The domains run has no placebo domain."
     return (sentence + " In the domains run, against its own " + broad + " SAE: "
@@ -417,16 +430,19 @@ def domain_sentence(run: ComparisonTables, domain: str, broad: str,
 
 
 def placebo_summary(domains: ComparisonTables | None, domain: str, broad: str,
-                    placebos: Sequence[str], key: str) -> str:
+                    placebos: Sequence[str], key: str, controls: Sequence[str] = ()) -> str:
     """One cell for the results page: the placebo verdict ``key`` per placebo domain
-    (``go: supported; foldoc: not supported``), or how to produce the domains run."""
+    (``go: supported; foldoc: not supported``) and the genre controls left unjudged, or
+    how to produce the domains run."""
     if domains is None:
         return f"not run: the domains run is absent ({DOMAINS_COMMAND} produces it)"
+    unjudged = (f" (not judged, genre controls in the {broad} mix: {', '.join(controls)})"
+                if controls else "")
     if not placebos:
-        return "not run: the domains run has no placebo domain"
+        return "not run: the domains run has no placebo domain" + unjudged
     claim(key)  # an unknown key fails here, naming the valid ones
     return "; ".join(f"{p}: {placebo_verdict(domains, key, domain, p, broad)}"
-                     for p in placebos)
+                     for p in placebos) + unjudged
 
 
 def home_advantage_figure(home: Any, metric: str, y_title: str) -> Any:
@@ -503,8 +519,45 @@ def load_side_run(path: str | Path, label: str, command: str) -> DomainsRunStatu
 def placebo_corpora(cfg: Config) -> list[str]:
     """The corpora whose home advantage is set against the domain's: every training corpus
     with a home text after the domain and the reference (the first two,
-    :func:`sae_med.measure.compare.contrasts`)."""
-    return home_sides(cfg)[2:]
+    :func:`sae_med.measure.compare.contrasts`) but the :func:`genre_controls`."""
+    controls = genre_controls(cfg)
+    return [c for c in home_sides(cfg)[2:] if c not in controls]
+
+
+def genre_controls(cfg: Config) -> list[str]:
+    """The home sides after the domain and the reference that are parts of the reference's
+    mix (:func:`~sae_med.corpora.registry.mix_parts`; ``wordnet`` and ``austen`` of
+    ``broad``). The reference SAE has trained on their text, so their home advantage over
+    it is small by construction: their contrasts are shown, never judged as placebos."""
+    sides = home_sides(cfg)
+    if len(sides) < 3:
+        return []
+    try:
+        seen = mix_parts(sides[1])
+    except UnknownCorpusError:  # a config-declared reference: never a declared mix
+        seen = frozenset()
+    return [c for c in sides[2:] if c in seen]
+
+
+ROLE_PLACEBO = "placebo domain (judged)"
+ROLE_CONTROL = "genre control: part of the reference mix (not judged)"
+
+
+def home_excess_table(contrasts: Any, placebos: Sequence[str], controls: Sequence[str],
+                      metrics: Sequence[str], basis: str = "l0_target", digits: int = 3
+                      ) -> Any:
+    """:func:`contrast_table` of the ``home_excess`` contrasts, each row labelled by the
+    role of its second corpus (:data:`ROLE_PLACEBO` for ``placebos``, :data:`ROLE_CONTROL`
+    for ``controls``) in a first index level; rows of other corpora are left out."""
+    table = contrast_table(contrasts, "home_excess", metrics, basis, digits)
+    if table.empty:
+        return table
+    roles = {**dict.fromkeys(placebos, ROLE_PLACEBO), **dict.fromkeys(controls, ROLE_CONTROL)}
+    second = table.index.get_level_values("second")
+    table = table[second.isin(list(roles))]
+    table = table.set_index(table.index.get_level_values("second").map(roles).rename("role"),
+                            append=True)
+    return table.reorder_levels([-1, *range(table.index.nlevels - 1)])
 
 
 class ReportedRun(NamedTuple):
@@ -519,13 +572,14 @@ NO_MIXED = "not run: no mixed corpus among this run's training corpora"
 
 def page_verdicts(run: ComparisonTables, domain: str, broad: str,
                   mixed: Sequence[MixedCorpus], domains: ComparisonTables | None,
-                  placebos: Sequence[str]) -> dict[str, str]:
+                  placebos: Sequence[str], controls: Sequence[str] = ()) -> dict[str, str]:
     """The results page's rows of the chapter, ``{glue key: text}``: each
     difference-in-differences verdict (``verdict_did_<metric>``), the paper's claims
     against the first mix (``verdict_mixed_<claim>``, its name in ``mixed_label``), the
     placebo verdicts per placebo (``verdict_placebo_<metric>``), what the mix gives up on
     broad text (``mixed_cost_sentence``) and the verdict sentences
-    (``domain_verdict_sentence``: typical-token FVE; ``..._dce``: ΔCE)."""
+    (``domain_verdict_sentence``: typical-token FVE; ``..._dce``: ΔCE). ``controls``: the
+    domains run's :func:`genre_controls`, named but never judged."""
     out = {f"verdict_{c.key}": contrast_verdict(run, c.key, domain, broad)
            for c in DID_CLAIMS}
     first = mixed[0] if mixed else None
@@ -536,11 +590,12 @@ def page_verdicts(run: ComparisonTables, domain: str, broad: str,
                                          if first else NO_MIXED)
     for c in HOME_EXCESS_CLAIMS:
         out[f"verdict_placebo_{c.key.removeprefix('home_excess_')}"] = placebo_summary(
-            domains, domain, broad, placebos, c.key)
+            domains, domain, broad, placebos, c.key, controls)
     out["mixed_cost_sentence"] = mixed_cost_sentence(run, broad, mixed)
     for key, metric in (("domain_verdict_sentence", "fve_typical"),
                         ("domain_verdict_sentence_dce", "delta_ce")):
-        out[key] = domain_sentence(run, domain, broad, mixed, domains, placebos, metric)
+        out[key] = domain_sentence(run, domain, broad, mixed, domains, placebos, metric,
+                                   controls)
     return out
 
 

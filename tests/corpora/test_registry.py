@@ -254,6 +254,16 @@ def test_mixes_interleave_by_character_share(corpora):
     assert all(d.split == "train" for d in broad)
 
 
+def test_mix_parts_are_what_an_sae_trained_on_the_mix_has_seen():
+    assert registry.mix_parts("broad") == {"wordnet", "austen", "gcide", "fortunes"}
+    # through a mix of mixes: mixed_10's SAE has seen broad's members and medical's
+    assert {"broad", "medical", "wordnet", "austen", "hpo", "icd10cm"} <= \
+        registry.mix_parts("mixed_10")
+    assert registry.mix_parts("go") == registry.mix_parts("wordnet") == frozenset()
+    assert "go" not in registry.mix_parts("broad") and "foldoc" not in registry.mix_parts(
+        "broad")  # the placebo domains are new to the broad SAE
+
+
 def test_interleave_balances_uneven_documents():
     long = registry.char_sizes([Document("x" * 100, f"a:{i}", "a") for i in range(50)])
     short = registry.char_sizes([Document("y" * 10, f"b:{i}", "b") for i in range(500)])

@@ -4,6 +4,7 @@ the mix, the heatmap, the sentence, and a domains run that is absent or outdated
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -18,8 +19,10 @@ from sae_med.report.domain_report import (
     did_clause,
     domain_sentence,
     family_matrix_table,
+    genre_controls,
     home_advantage_table,
     home_advantages,
+    home_excess_table,
     home_matrix_figures,
     home_matrix_rows,
     load_domains_run,
@@ -43,6 +46,8 @@ EVAL = ["medical", "broad"]
 DOMAINS = ["medical", "broad", "mixed_10", "go", "foldoc"]
 DOMAINS_EVAL = ["medical", "broad", "go", "foldoc"]
 MIX = [MixedCorpus("mixed_10", 0.1)]
+CONTROLS = ["medical", "broad", "go", "wordnet"]
+CONTROLS_EVAL = CONTROLS
 
 
 def default_run(medical_home: float, broad_home: float):
@@ -106,9 +111,43 @@ def test_the_mix_is_found_and_judged_like_the_broad_sae():
         "difference by target L0: -0.020 [")
 
 
+def test_placebos_are_declared_not_positional():
+    """Corpora the broad SAE trained on (parts of its mix) are genre controls, whatever
+    their place in the config; only the others are placebo domains."""
+    cfg = load_config("configs/domains.yaml")
+    assert placebo_corpora(cfg) == ["go", "foldoc"]
+    assert genre_controls(cfg) == ["wordnet", "austen"]
+    order = ["medical", "broad", "austen", "go", "wordnet"]
+    reordered = dataclasses.replace(cfg, train_corpora=order, eval_corpora=order)
+    assert placebo_corpora(reordered) == ["go"]
+    assert genre_controls(reordered) == ["austen", "wordnet"]
+    assert genre_controls(load_config("configs/smoke.yaml")) == []
+
+
+def test_genre_controls_are_shown_labelled_and_never_judged():
+    """A synthetic domains run where wordnet, a part of the broad mix, wins at home by
+    little: it is named in the sentence and the results cell, never given a verdict."""
+    run = synthetic_run(CONTROLS, CONTROLS_EVAL, {
+        ("medical", "medical"): 0.10, ("broad", "broad"): 0.02, ("go", "go"): 0.10,
+        ("wordnet", "wordnet"): 0.01})
+    rows = page_verdicts(default_run(0.10, 0.02), "medical", "broad", MIX, run, ["go"],
+                         ["wordnet"])
+    assert rows["verdict_placebo_fve_typical"] == (
+        "go: not supported (not judged, genre controls in the broad mix: wordnet)")
+    sentence = rows["domain_verdict_sentence"]
+    assert ("Genre controls the broad SAE has trained on (parts of its mix, so not "
+            "placebos): wordnet (broad) beats the broad SAE at home by 0.010 [") in sentence
+    assert "wordnet's excess" not in sentence and "medical's excess over it" in sentence
+    table = home_excess_table(run.contrasts, ["go"], ["wordnet"], ["fve_typical"])
+    assert table.index.names[:3] == ["role", "first", "second"]
+    assert {(r, s) for r, _, s, _ in table.index} == {
+        ("placebo domain (judged)", "go"),
+        ("genre control: part of the reference mix (not judged)", "wordnet")}
+    assert home_excess_table(run.contrasts, ["go"], [], ["fve_typical"]).index \
+        .get_level_values("second").unique().tolist() == ["go"]
+
+
 def test_placebo_verdicts_follow_the_planted_home_advantages(domains_run):
-    assert placebo_corpora(load_config("configs/domains.yaml")) == [
-        "go", "foldoc", "wordnet", "austen"]
     assert placebo_verdict(domains_run, "home_excess_fve_typical", "medical", "go",
                            "broad") == "not supported"
     summary = placebo_summary(domains_run, "medical", "broad", ["go", "foldoc"],
