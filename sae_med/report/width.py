@@ -89,15 +89,19 @@ class WidthRun(NamedTuple):
 
 
 class Crossover(NamedTuple):
-    """Where the ``versus`` SAE starts to match the domain SAE (:func:`crossover`)."""
+    """Where, on the grid of declared widths, the ``versus`` SAE starts to match the domain
+    SAE (:func:`crossover`): a bracket and a point estimate, neither with an interval."""
 
     status: str
     width: float | None = None
-    """The smallest width from which every gap matches (× d_model)."""
+    """The smallest declared width from which every gap matches (× d_model)."""
     below: float | None = None
-    """The width before it: the crossover lies in (below, width]."""
+    """The declared width before it, whose gap still excludes 0: (below, width] brackets
+    the crossover on the grid of widths run; it is not a confidence interval."""
     estimate: float | None = None
-    """Where the paper-side end of the interval reaches 0, interpolated on log width."""
+    """Where the paper-side end of the gap's interval (the end nearer 0) reaches 0,
+    interpolated linearly on log2 width between ``below`` and ``width``: where the gap
+    stops being resolved, not where the gap itself reaches 0; a point, with no interval."""
 
 
 class Trend(NamedTuple):
@@ -140,10 +144,14 @@ def _matches(iv: Interval, sign: int) -> bool:
 
 
 def crossover(gaps: dict[float, Interval], sign: int) -> Crossover:
-    """The declared rule: the crossover is the smallest width from which the gap's 95%
-    interval holds 0 or lies on the other side of it at that width and every larger one.
-    It lies in (the width before, that width]; ``estimate`` interpolates, on log2 width,
-    where the paper-side end of the interval (the end nearer 0) reaches 0 between the two.
+    """The declared rule: the crossover width is the smallest declared width from which the
+    gap's 95% interval holds 0 or lies on the other side of it, at that width and every
+    larger one. The result is a bracket on the grid of widths run, (below, width], with
+    ``below`` the declared width before, whose interval still excludes 0 on the paper's
+    side: the widths between were not run, and no interval on the crossover width is
+    computed. ``estimate`` is a point inside the bracket: where the paper-side end of the
+    gap's interval (the end nearer 0) reaches 0, interpolated linearly on log2 width between
+    the two ends, i.e. where the gap stops being resolved, not where it reaches 0.
     ``no crossover`` when the largest width's gap still excludes 0 on the paper's side;
     ``matched at every width`` when even the smallest matches; ``undetermined`` when a
     width has no interval."""
@@ -264,8 +272,10 @@ def crossover_text(c: Crossover, versus: str, domain: str = "medical",
     """The crossover in words (largest: the largest width, for "no crossover up to")."""
     if c.status == CROSSOVER:
         return (f"the {versus} SAE matches the {domain} one on {domain} text from "
-                f"{_times(c.width)} d_model (between {_times(c.below)} and {_times(c.width)}; "
-                f"about {c.estimate:.1f}× by log-width interpolation)")
+                f"{_times(c.width)} d_model, not at {_times(c.below)} (the declared widths "
+                f"bracket the crossover in ({_times(c.below)}, {_times(c.width)}]; the gap's "
+                f"interval reaches 0 near {c.estimate:.1f}× by log-width interpolation, a "
+                f"point with no interval)")
     if c.status == NO_CROSSOVER:
         return f"no crossover up to {_times(largest)} d_model"
     if c.status == MATCHED:

@@ -116,7 +116,8 @@ def test_crossover_sentence_says_no_crossover_up_to_32x():
     assert "no crossover up to 32× d_model" in text and "no trend" in text
     closing = WidthSeries("jumprelu", "mixed_10", "fve_typical", CLOSING,
                           crossover(CLOSING, 1), Trend(SHRINKS))
-    assert "from 16× d_model (between 8× and 16×; about 9.2×" in crossover_sentence([closing])
+    assert ("from 16× d_model, not at 8× (the declared widths bracket the crossover in "
+            "(8×, 16×]; the gap's interval reaches 0 near 9.2×") in crossover_sentence([closing])
     missing = WidthSeries("jumprelu", "broad", "delta_ce", {}, Crossover(NO_RESULTS),
                           Trend(NO_RESULTS))
     assert "sae-med experiment configs/width.yaml" in crossover_sentence([missing])
@@ -244,7 +245,8 @@ def test_chapter_reads_both_experiments_runs(width_cfg, tmp_path):
     assert text["width_crossover_sentence"] == crossover_sentence(
         width_series(read_widths(width_cfg)))
     assert "jumprelu, medical − mixed_10, typical-token FVE: the mixed_10 SAE matches the " \
-           "medical one on medical text from 16× d_model (between 8× and 16×" in text[
+           "medical one on medical text from 16× d_model, not at 8× (the declared widths " \
+           "bracket the crossover in (8×, 16×]" in text[
                "width_crossover_sentence"]
     assert text["width_capacity_verdicts"] == "jumprelu: supported; matryoshka_batchtopk: " \
                                               "not shown"
