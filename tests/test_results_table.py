@@ -52,6 +52,11 @@ def test_default_run_tables(results_table, tmp_path, capsys):
     assert "typical-token FVE | supported" in verdicts.replace("  ", "")
     cost = section(out, "What mixed_10 gives up: mixed_10 minus broad on broad text")
     assert "-0.020 [" in cost
+    for title in ("Home advantage (own SAE minus another, on own text), basis fve",
+                  "Difference-in-differences (first's home advantage minus second's), "
+                  "basis fve", "medical minus mixed_10 on medical text, basis fve",
+                  "medical minus mixed_10 on medical text, basis fve_typical"):
+        assert " of 200 (" in section(out, title), title  # the share left out, per row
     assert "Placebo verdicts" not in out  # no placebo domain in the default
     for title in ("Gaps at matched FVE", "Gaps at matched typical FVE (a report beside the "
                                          "claims, not judged)"):

@@ -36,6 +36,7 @@ from sae_med.report.claims import (
 )
 from sae_med.report.notebook import (
     CORPUS_COLORS,
+    DROPPED_COLUMN,
     EVAL_DASH,
     domain_pair,
     error_bars,
@@ -102,14 +103,15 @@ def home_advantages(gaps: Any, sides: Sequence[str], others: Sequence[str]) -> A
 
 def home_advantage_table(gaps: Any, sides: Sequence[str], others: Sequence[str],
                          metrics: Sequence[str] = HOME_METRICS, basis: str = "l0_target",
-                         digits: int = 3) -> Any:
+                         digits: int = 3, dropped: bool = False) -> Any:
     """:func:`home_advantages` as text, "value [low, high]" with ``*`` where the 95%
     interval excludes 0: rows (home SAE on its own text, versus, target L0 or FVE), one
-    column per metric."""
+    column per metric; with ``dropped``, the share of bootstrap replicates each row left
+    out (:func:`~sae_med.report.notebook.gap_table`)."""
     rows = home_advantages(gaps, sides, others)
     if rows.empty:
         return rows
-    table = gap_table(rows, metrics, basis, digits, by=["versus"])
+    table = gap_table(rows, metrics, basis, digits, by=["versus"], dropped=dropped)
     if table.empty:  # e.g. no matched-FVE gaps: the FVE ranges do not overlap
         return table
     table = table.reorder_levels([0, 2, 1]).sort_index(level=[0, 1], sort_remaining=True)
@@ -222,19 +224,23 @@ class CaptionedTable(NamedTuple):
 
 
 MIXED_GAP_METRICS = {"l0_target": ("fve", "fve_typical", "delta_ce", "loss_recovered"),
-                     "fve": ("l0", "delta_ce", "loss_recovered")}
+                     "fve": ("l0", "delta_ce", "loss_recovered"),
+                     "fve_typical": ("fve", "l0", "delta_ce", "loss_recovered")}
 """The domain SAE minus a mixed SAE on domain text: the metrics shown at each basis (at
-matched FVE, L0 is what differs)."""
+matched FVE, L0 is what differs; at matched typical FVE, the pooled FVE left is what
+massive-activation tokens carry). A results file without a basis gets an empty table."""
 MIX_COST_METRICS = ("fve", "fve_typical", "delta_ce")
 """The mixed SAE minus the broad SAE on broad text: the metrics shown."""
 
 
 def mixed_gap_tables(gaps: Any, domain: str, mixed: Sequence[MixedCorpus]
                      ) -> list[CaptionedTable]:
-    """The ``domain`` SAE minus each mixed SAE on ``domain`` text, at the same target L0 and
-    at matched FVE (:data:`MIXED_GAP_METRICS`), one :func:`pair_table` each."""
+    """The ``domain`` SAE minus each mixed SAE on ``domain`` text, at the same target L0, at
+    matched FVE and at matched typical FVE (:data:`MIXED_GAP_METRICS`), one
+    :func:`pair_table` each; the matched ones with the replicates each row left out."""
     return [CaptionedTable(f"{domain} minus {m.name} on {domain} text, basis {basis}",
-                           pair_table(gaps, domain, m.name, list(metrics), basis, domain))
+                           pair_table(gaps, domain, m.name, list(metrics), basis, domain,
+                                      dropped=basis != "l0_target"))
             for m in mixed for basis, metrics in MIXED_GAP_METRICS.items()]
 
 
@@ -247,20 +253,24 @@ def mix_cost_tables(gaps: Any, broad: str, mixed: Sequence[MixedCorpus]) -> list
 
 def pair_table(gaps: Any, first: str, second: str, metrics: Sequence[str],
                basis: str = "l0_target", eval_corpus: str | None = None,
-               digits: int = 3) -> Any:
+               digits: int = 3, dropped: bool = False) -> Any:
     """``first`` minus ``second`` family (paired gaps, :func:`~sae_med.report.notebook.gap_table`
-    text) on every eval corpus, or on ``eval_corpus`` alone."""
+    text, with its ``dropped`` column if asked) on every eval corpus, or on ``eval_corpus``
+    alone."""
     rows = oriented_gaps(gaps, first, second)
     if eval_corpus is not None:
         rows = rows[rows.eval_corpus == eval_corpus]
-    return gap_table(rows, metrics, basis, digits)
+    return gap_table(rows, metrics, basis, digits, dropped=dropped)
 
 
 def contrast_table(contrasts: Any, kind: str, metrics: Sequence[str],
-                   basis: str = "l0_target", digits: int = 3) -> Any:
+                   basis: str = "l0_target", digits: int = 3, dropped: bool = False) -> Any:
     """The ``kind`` contrasts (``did`` or ``home_excess``) as text, "value [low, high]"
     with ``*`` where the 95% interval excludes 0: rows (first, second, target L0 or the
-    two texts' matched FVEs), one column per metric."""
+    two texts' matched FVEs), one column per metric; with ``dropped``, a last column
+    :data:`~sae_med.report.notebook.DROPPED_COLUMN` as the gap tables have it (the most
+    bootstrap replicates any contrast of the row left out: at matched FVE, a replicate
+    whose sweeps leave either text's grid point outside their common range)."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
@@ -278,9 +288,16 @@ def contrast_table(contrasts: Any, kind: str, metrics: Sequence[str],
     else:  # each text has its own FVE grid; rows pair the grid points of equal rank
         at = "FVE (first's text / second's)"
         df[at] = [f"{a:.3f} / {b:.3f}" for a, b in zip(df.fve, df.fve_second, strict=True)]
-    wide = df.pivot_table(index=["first", "second", at], columns="metric", values="text",
-                          aggfunc="first", sort=False)
-    return wide[[m for m in metrics if m in wide.columns]]
+    index = ["first", "second", at]
+    wide = df.pivot_table(index=index, columns="metric", values="text", aggfunc="first",
+                          sort=False)
+    wide = wide[[m for m in metrics if m in wide.columns]]
+    if dropped:
+        worst = df.sort_values("dropped").groupby(index).last()
+        wide = wide.assign(**{DROPPED_COLUMN: [
+            f"{int(r.dropped):,} of {int(r.n_boot):,} ({r.dropped / max(r.n_boot, 1):.1%})"
+            for r in worst.loc[wide.index].itertuples()]})
+    return wide
 
 
 def mixed_verdict_table(comparisons: ComparisonTables, domain: str, broad: str,

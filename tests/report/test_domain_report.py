@@ -16,6 +16,7 @@ from sae_med.report.claims import contrast_verdict, placebo_verdict
 from sae_med.report.domain_report import (
     DOMAINS_COMMAND,
     MixedCorpus,
+    contrast_table,
     did_clause,
     domain_sentence,
     family_matrix_table,
@@ -40,6 +41,7 @@ from sae_med.report.domain_report import (
     placebo_summary,
     training_dead_fractions,
 )
+from sae_med.report.notebook import DROPPED_COLUMN
 
 TRAIN = ["medical", "broad", "mixed_10"]
 EVAL = ["medical", "broad"]
@@ -229,16 +231,39 @@ def test_matrix_figures_are_one_heatmap_per_matrix_metric(domains_run):
                                                 DOMAINS_EVAL).data[0].z
 
 
+def test_matched_tables_show_the_share_of_replicates_left_out():
+    """The most replicates any contrast or gap of a row left out, of n_boot, at matched
+    FVE: planted on one metric of one row, the row shows it; at target L0, no column."""
+    run = default_run(0.10, 0.02)
+    c = run.contrasts
+    first_fve = c[(c.kind == "did") & (c.basis == "fve")].fve.min()
+    hit = (c.kind == "did") & (c.basis == "fve") & (c.fve == first_fve) & (
+        c.metric == "delta_ce")
+    planted = c.assign(dropped=c.dropped.mask(hit, 30))
+    table = contrast_table(planted, "did", ["fve_typical", "delta_ce"], "fve", dropped=True)
+    assert table[DROPPED_COLUMN].tolist() == ["30 of 200 (15.0%)", "0 of 200 (0.0%)"]
+    assert DROPPED_COLUMN not in contrast_table(planted, "did", ["delta_ce"]).columns
+    g = run.gaps
+    home = home_advantage_table(g.assign(dropped=g.dropped.mask(g.basis == "fve", 4)),
+                                EVAL, TRAIN, ["delta_ce"], "fve", dropped=True)
+    assert (home[DROPPED_COLUMN] == "4 of 200 (2.0%)").all()
+
+
 def test_mixed_gap_and_cost_tables_are_one_pair_table_per_mix_and_basis():
     run = default_run(0.10, 0.02)
     tables = mixed_gap_tables(run.gaps, "medical", MIX)
     assert [t.caption for t in tables] == [
         "medical minus mixed_10 on medical text, basis l0_target",
-        "medical minus mixed_10 on medical text, basis fve"]
-    assert not tables[0].table.empty
+        "medical minus mixed_10 on medical text, basis fve",
+        "medical minus mixed_10 on medical text, basis fve_typical"]
+    assert not tables[0].table.empty and DROPPED_COLUMN not in tables[0].table.columns
     assert tables[1].table.equals(pair_table(run.gaps, "medical", "mixed_10",
                                              ["l0", "delta_ce", "loss_recovered"], "fve",
-                                             "medical"))
+                                             "medical", dropped=True))
+    # matched on typical-token FVE too: the pooled FVE left there is a column
+    assert list(tables[2].table.columns) == ["fve", "l0", "delta_ce", "loss_recovered",
+                                             DROPPED_COLUMN]
+    assert (tables[2].table[DROPPED_COLUMN] == "0 of 200 (0.0%)").all()
     costs = mix_cost_tables(run.gaps, "broad", MIX)
     assert len(costs) == 1
     assert costs[0].equals(pair_table(run.gaps, "mixed_10", "broad",
