@@ -317,15 +317,53 @@ def mixed_verdict_table(comparisons: ComparisonTables, domain: str, broad: str,
          for c in (*CLAIMS, *SENSITIVITY_CHECKS)]).set_index("claim")
 
 
+DIRECTION_COLUMN = "direction (reported, not judged)"
+
+
 def did_verdict_table(comparisons: ComparisonTables, domain: str, broad: str) -> Any:
-    """Every difference-in-differences claim (:data:`~sae_med.report.claims.DID_CLAIMS`) and its
-    verdict on this run."""
+    """Every difference-in-differences claim (:data:`~sae_med.report.claims.DID_CLAIMS`), its
+    verdict on this run and, beside it, which way its intervals point
+    (:func:`did_direction`)."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
     return pd.DataFrame([{"claim": c.text,
-                          "verdict": contrast_verdict(comparisons, c.key, domain, broad)}
+                          "verdict": contrast_verdict(comparisons, c.key, domain, broad),
+                          DIRECTION_COLUMN: did_direction(comparisons, domain, broad,
+                                                          c.metric)}
                          for c in DID_CLAIMS]).set_index("claim")
+
+
+def direction(iv: Interval, sign: int) -> str:
+    """Which way one interval points (``sign`` +1: larger favours the domain): ``favours the
+    domain`` or ``reversed`` where it excludes 0 on that side, ``unresolved`` where it
+    holds 0. Reported beside a verdict so that a significant reversal, which a verdict
+    reads only as "not supported", is seen; it judges nothing."""
+    if not iv.excludes_zero:
+        return "unresolved"
+    return "favours the domain" if sign * iv.value > 0 else "reversed"
+
+
+def did_intervals(comparisons: ComparisonTables, domain: str, broad: str, metric: str
+                  ) -> tuple[list[float], list[Interval]]:
+    """The difference-in-differences of ``metric`` at each target L0: the targets and
+    their intervals, in target order."""
+    rows = oriented_contrasts(comparisons.contrasts, "did", domain, broad)
+    rows = rows[(rows.metric == metric) & (rows.basis == "l0_target")].sort_values("l0_target")
+    return [float(t) for t in rows.l0_target], (row_intervals(rows) if len(rows) else [])
+
+
+def did_direction(comparisons: ComparisonTables, domain: str, broad: str, metric: str) -> str:
+    """:func:`direction` of the difference-in-differences of ``metric`` at every target L0
+    (``reversed at every target L0``, or one per target when they differ)."""
+    c = next(c for c in DID_CLAIMS if c.metric == metric)
+    targets, ivs = did_intervals(comparisons, domain, broad, metric)
+    words = [direction(iv, c.sign) for iv in ivs]
+    if not words:
+        return "no contrast"
+    if len(set(words)) == 1:
+        return f"{words[0]} at every target L0"
+    return "; ".join(f"{t:g}: {w}" for t, w in zip(targets, words, strict=True))
 
 
 def placebo_verdict_table(comparisons: ComparisonTables, domain: str, broad: str,
@@ -392,9 +430,7 @@ def versus_clause(gaps: Any, first: str, other: str, who: str, metric: str,
 def did_clause(comparisons: ComparisonTables, domain: str, broad: str, metric: str) -> str:
     """The difference-in-differences of ``metric`` at each target L0 and its verdict."""
     c = next(c for c in DID_CLAIMS if c.metric == metric)
-    rows = oriented_contrasts(comparisons.contrasts, "did", domain, broad)
-    rows = rows[(rows.metric == metric) & (rows.basis == "l0_target")]
-    ivs = row_intervals(rows.sort_values("l0_target")) if len(rows) else []
+    ivs = did_intervals(comparisons, domain, broad, metric)[1]
     verb = _verb(ivs, c.sign)
     more = {"beats": "exceeds", "loses to": "falls short of"}.get(verb, verb)
     return (f"its home advantage {more} the {broad} SAE's (difference-in-differences "
@@ -591,7 +627,8 @@ def page_verdicts(run: ComparisonTables, domain: str, broad: str,
                   mixed: Sequence[MixedCorpus], domains: ComparisonTables | None,
                   placebos: Sequence[str], controls: Sequence[str] = ()) -> dict[str, str]:
     """The results page's rows of the chapter, ``{glue key: text}``: each
-    difference-in-differences verdict (``verdict_did_<metric>``), the paper's claims
+    difference-in-differences verdict (``verdict_did_<metric>``) and its unjudged
+    :func:`did_direction` (``direction_did_<metric>``), the paper's claims
     against the first mix (``verdict_mixed_<claim>``, its name in ``mixed_label``), the
     placebo verdicts per placebo (``verdict_placebo_<metric>``), what the mix gives up on
     broad text (``mixed_cost_sentence``) and the verdict sentences
@@ -599,6 +636,8 @@ def page_verdicts(run: ComparisonTables, domain: str, broad: str,
     domains run's :func:`genre_controls`, named but never judged."""
     out = {f"verdict_{c.key}": contrast_verdict(run, c.key, domain, broad)
            for c in DID_CLAIMS}
+    out |= {f"direction_{c.key}": did_direction(run, domain, broad, c.metric)
+            for c in DID_CLAIMS}
     first = mixed[0] if mixed else None
     out["mixed_label"] = (f"{first.name} ({domain} at {first.share:.0%} of its tokens)"
                           if first else "no mixed corpus")

@@ -18,6 +18,8 @@ from sae_med.report.domain_report import (
     MixedCorpus,
     contrast_table,
     did_clause,
+    did_direction,
+    did_verdict_table,
     domain_sentence,
     family_matrix_table,
     genre_controls,
@@ -94,6 +96,26 @@ def test_equal_home_advantages_leave_the_did_unresolved():
     clause = did_clause(larger, "medical", "broad", "delta_ce")
     assert clause.startswith("its home advantage exceeds the broad SAE's") and "-0.080 [" \
         in clause
+
+
+def test_a_reversal_is_reported_beside_the_verdict_which_it_does_not_change():
+    """The broad side winning at home by more is "not supported" (the rule is unchanged);
+    the direction column says it is reversed, with ΔCE's sign turned round."""
+    reversed_ = default_run(0.02, 0.10)
+    assert contrast_verdict(reversed_, "did_delta_ce", "medical", "broad") == "not supported"
+    for metric in ("fve_typical", "delta_ce"):
+        assert did_direction(reversed_, "medical", "broad", metric) == \
+            "reversed at every target L0"
+        assert did_direction(default_run(0.10, 0.02), "medical", "broad", metric) == \
+            "favours the domain at every target L0"
+        assert did_direction(default_run(0.05, 0.05), "medical", "broad", metric) == \
+            "unresolved at every target L0"
+    table = did_verdict_table(reversed_, "medical", "broad")
+    assert list(table.columns) == ["verdict", "direction (reported, not judged)"]
+    assert set(table.verdict) == {"not supported"}
+    rows = page_verdicts(reversed_, "medical", "broad", MIX, None, [])
+    assert rows["direction_did_delta_ce"] == "reversed at every target L0"
+    assert rows["verdict_did_delta_ce"] == "not supported"
 
 
 def test_the_mix_is_found_and_judged_like_the_broad_sae():
