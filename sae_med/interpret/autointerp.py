@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from sae_med.artifacts import atomic_path, derived_seed, write_json_atomic
 from sae_med.cache.activations import ActivationCache
-from sae_med.config import AutointerpConfig, Config
+from sae_med.config import AutointerpConfig, Config, EvalConfig
 from sae_med.interpret.chat import ChatBackend, Message, concurrency, concurrent_map
 from sae_med.interpret.features import (
     PEAK_MARK,
@@ -418,11 +418,12 @@ FUZZ_METRICS = ("fuzz_auroc", "fuzz_accuracy", "fuzz_f1")
 
 
 def compare_scores(scores: dict[str, pd.DataFrame], metric: str = "accuracy",
-                   n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                   n_boot: int = EvalConfig.bootstrap, seed: int = 0) -> pd.DataFrame:
     """Per SAE: mean ``metric`` (any column of :class:`LatentScore` holding a score, e.g.
     ``detection_auroc``, ``accuracy``, ``fuzz_auroc``) over latents with a bootstrap 95%
-    interval, and for two SAEs the difference (first − second, latents resampled
-    independently on each side).
+    interval from ``n_boot`` replicates (a run's ``eval.bootstrap``; the default is that
+    field's), and for two SAEs the difference (first − second, latents resampled
+    independently on each side: the two SAEs' latents are separate draws, not pairs).
 
     Latents without a score (explanation unparsable, no held-out windows, or fuzzing off)
     are left out of the mean and counted in ``n_unscored``. ``n_failures`` sums unparsable
@@ -498,8 +499,8 @@ def write_run_scores(cfg: Config, run: RunScores) -> Path:
     latents = pd.concat([f.assign(sae=name, l0=run.l0[name]) for name, f in run.scores.items()],
                         ignore_index=True)
     metrics = [*METRICS, *(FUZZ_METRICS if run.budget.fuzzing else ())]
-    comparison = pd.concat([compare_scores(run.scores, m, seed=cfg.seed).assign(metric=m)
-                            for m in metrics], ignore_index=True)
+    comparison = pd.concat([compare_scores(run.scores, m, cfg.eval.bootstrap, cfg.seed)
+                            .assign(metric=m) for m in metrics], ignore_index=True)
     for name, frame in ((LATENTS_NAME, latents), (COMPARISON_NAME, comparison)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)

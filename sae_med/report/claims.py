@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.artifacts import stable_hash
+from sae_med.config import EvalConfig
 from sae_med.interpret.autointerp import compare_scores
-from sae_med.measure.bootstrap import Interval
+from sae_med.measure import compare as comparison
+from sae_med.measure.bootstrap import Interval, independent_difference
 from sae_med.measure.compare import (
     NOT_JUDGED,
     UNTESTED_AT_FVE,
@@ -95,7 +100,11 @@ HOME_EXCESS_CLAIMS = tuple(
 from the ``home_excess`` contrasts: (domain − broad on domain text) − (placebo − broad on
 placebo text). If medicine is special, its home advantage exceeds a placebo's; if any
 narrow genre wins at home as much, the advantage is home field."""
-CONCEPT_CLAIM = "Its latents read as clinical concepts (autointerp detection AUROC)"
+CONCEPT = Claim("concept", "Its latents read as clinical concepts (autointerp detection "
+                "AUROC)", "detection_auroc", 1, False)
+"""The claim judged from autointerp scores rather than the run's gaps
+(:func:`concept_verdict`); not a key of :func:`claim`, which looks up gap claims."""
+CONCEPT_CLAIM = CONCEPT.text
 DCE_BAR_NATS = 1.0
 """The quality bar: on the default config the domain SAE's ΔCE on held-out domain
 text (nats per token, spliced minus clean loss) should be at most this."""
@@ -302,18 +311,18 @@ def placebo_verdict(comparisons: ComparisonTables, key: str, domain: str, placeb
 
 
 def concept_verdict(scores: Mapping[str, Any], families: Any, domain: str, broad: str,
-                    seed: int = 0) -> Verdict:
-    """The verdict on :data:`CONCEPT_CLAIM` from autointerp scores (``{train corpus: table
-    of LatentScore rows}``): the domain SAE's mean detection AUROC minus the broad SAE's,
-    with its bootstrap interval over latents; not judged when the run's SAEs (its
-    ``families`` rows) fail the quality bar."""
-
+                    seed: int = 0, n_boot: int = EvalConfig.bootstrap) -> Verdict:
+    """The verdict on :data:`CONCEPT` from autointerp scores (``{train corpus: table of
+    LatentScore rows}``): the domain SAE's mean detection AUROC minus the broad SAE's, with
+    its bootstrap interval over latents (``n_boot`` replicates: the run's
+    ``eval.bootstrap``); not judged when the run's SAEs (its ``families`` rows) fail the
+    quality bar."""
     pair = {c: scores[c] for c in (domain, broad) if c in scores}
-    table = compare_scores(pair, "detection_auroc", seed=seed).set_index("SAE")
+    table = compare_scores(pair, CONCEPT.metric, n_boot, seed).set_index("SAE")
     row = f"{domain} − {broad}"
     ivs = [] if row not in table.index else [
         Interval(*(float(table.loc[row, c]) for c in ("mean", "ci_low", "ci_high")))]
-    return judged(verdict(ivs), families, domain)
+    return judged(verdict(ivs, sign=CONCEPT.sign), families, domain)
 
 
 class ModelRun(NamedTuple):
@@ -412,9 +421,16 @@ def gaps_by_model(runs: Sequence[ModelRun], domain: str, broad: str) -> Any:
 # Rules frozen by version
 # --------------------------------------------------------------------------------------
 
+FROZEN_RULES = "tests/report/frozen_rules.json"
+"""The record of every frozen rule's fingerprint per version (:func:`record_frozen`)."""
+RECORD_COMMAND = f".venv/bin/python -m sae_med.report.claims {FROZEN_RULES}"
+"""Adds the current version of every frozen rule to the record; it refuses to change a
+recorded fingerprint, so a changed rule needs a new version first."""
+
+
 def all_claims() -> tuple[Claim, ...]:
     """Every claim and sensitivity check with a rule (:func:`rule_fingerprint`)."""
-    return (*CLAIMS, *SENSITIVITY_CHECKS, *DID_CLAIMS, *HOME_EXCESS_CLAIMS)
+    return (*CLAIMS, *SENSITIVITY_CHECKS, *DID_CLAIMS, *HOME_EXCESS_CLAIMS, CONCEPT)
 
 
 def judging_code(fn: Callable[..., Any]) -> str:
@@ -433,6 +449,8 @@ def _judges(c: Claim) -> tuple[Callable[..., Any], ...]:
         return (*shared, contrast_verdict, _contrast_verdict, oriented_contrasts)
     if c in HOME_EXCESS_CLAIMS:
         return (*shared, placebo_verdict, _contrast_verdict, oriented_contrasts)
+    if c == CONCEPT:
+        return (*shared, concept_verdict, compare_scores, independent_difference)
     return (*shared, claim_verdict, oriented_gaps, gap_intervals)
 
 
@@ -443,3 +461,58 @@ def rule_fingerprint(c: Claim) -> str:
     fields = {k: v for k, v in c._asdict().items() if k not in ("text", "version")}
     return stable_hash({"claim": fields, "bar_nats": DCE_BAR_NATS,
                         "code": [judging_code(f) for f in _judges(c)]})
+
+
+class Computation(NamedTuple):
+    """Code that computes the intervals the rules judge, frozen by version like a rule."""
+
+    key: str
+    functions: tuple[str, ...]
+    """Names of the functions that compute them, looked up in :mod:`sae_med.measure.compare`
+    (``percentile_interval`` is the bootstrap module's, imported there)."""
+    version: int = 1
+    """Bumped whenever :func:`computation_fingerprint` changes (the record keeps every
+    version's fingerprint)."""
+
+
+COMPARISON_COMPUTATION = Computation("comparison_computation", (
+    "seed_draws", "seed_mean", "interpolate", "matched", "fve_grid", "compare", "_gaps",
+    "_matched_grid", "contrasts", "_home", "_paired_positions", "_contrast_rows",
+    "percentile_interval"))
+"""How the gaps and contrasts every claim judges are computed from the SAEs' bootstrap
+draws: across-seed means, matched-FVE grids and interpolation, gaps, contrasts across
+texts, percentile intervals. A change there moves verdicts without touching a claim's rule,
+so it has a version of its own, and no claim's version moves with it."""
+
+
+def computation_fingerprint(c: Computation = COMPARISON_COMPUTATION) -> str:
+    """A hash of the code of ``c``'s functions (read from the module now, so a patched one
+    counts), the matched axes and the interval level (not its version)."""
+    return stable_hash({"functions": c.functions, "axes": comparison.MATCHED_AXES,
+                        "level": comparison.LEVEL,
+                        "code": [judging_code(getattr(comparison, f)) for f in c.functions]})
+
+
+def frozen_fingerprints() -> dict[str, tuple[int, str]]:
+    """``{key: (version, fingerprint now)}`` of every frozen rule and of the comparison
+    computation."""
+    c = COMPARISON_COMPUTATION
+    return {**{r.key: (r.version, rule_fingerprint(r)) for r in all_claims()},
+            c.key: (c.version, computation_fingerprint(c))}
+
+
+def record_frozen(path: Path) -> None:
+    """Add the current version's fingerprint of everything frozen to the record at ``path``;
+    a recorded version whose fingerprint changed is an error, never overwritten."""
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    for key, (version, got) in frozen_fingerprints().items():
+        was = recorded.setdefault(key, {}).setdefault(str(version), got)
+        if was != got:
+            raise ValueError(f"{key} version {version} is recorded as {was} but is now "
+                             f"{got}: bump its version in sae_med/report/claims.py, then "
+                             "record again")
+    path.write_text(json.dumps(recorded, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    record_frozen(Path(sys.argv[1] if len(sys.argv) > 1 else FROZEN_RULES))

@@ -17,6 +17,7 @@ import torch
 from sae_med.config import AutointerpConfig, ConfigError, config_from_dict, load_config
 from sae_med.interpret.autointerp import (
     DETECT_REMINDER,
+    METRICS,
     ask,
     compare_scores,
     detection_messages,
@@ -248,6 +249,35 @@ def test_compare_scores_bootstrap_interval():
     diff = table.loc["medical − broad"]
     assert diff["mean"] == pytest.approx(a.mean() - b.mean())
     assert 0 < diff["ci_low"] < diff["mean"] < diff["ci_high"]
+
+
+def test_score_intervals_draw_the_configs_bootstrap_count(tmp_path):
+    """The written comparison (the concept claim's interval among its rows) is drawn from
+    ``eval.bootstrap`` replicates, like every other interval of a run, and the default
+    count is that field's default."""
+    import dataclasses
+
+    import pandas as pd
+
+    from sae_med.config import EvalConfig
+    from sae_med.interpret.autointerp import RunScores, write_run_scores
+
+    rng = np.random.default_rng(1)
+    scores = {name: pd.DataFrame({m: rng.uniform(lo, lo + 0.3, 12) for m in METRICS}
+                                 | {"n_failures": 0, "n_p_failures": 0})
+              for name, lo in (("medical", 0.6), ("broad", 0.4))}
+    budget = dataclasses.replace(AutointerpConfig(), fuzzing=False)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "eval.bootstrap=37"])
+    out = write_run_scores(cfg, RunScores(scores, {"medical": 20.0, "broad": 20.0}, 20.0,
+                                          "medical", budget))
+    written = pd.read_csv(out / "comparison.csv")
+    written = written[written.metric == "detection_auroc"].drop(columns="metric")
+    drawn = {n: compare_scores(scores, "detection_auroc", n, cfg.seed) for n in (37, 2000)}
+    cols = ["mean", "ci_low", "ci_high"]
+    assert np.allclose(written[cols].to_numpy(), drawn[37][cols].to_numpy())
+    assert not np.allclose(written[cols].to_numpy(), drawn[2000][cols].to_numpy())
+    assert compare_scores(scores, "detection_auroc", seed=cfg.seed).equals(
+        compare_scores(scores, "detection_auroc", EvalConfig().bootstrap, cfg.seed))
     mean, lo, hi = bootstrap_mean([0.5] * 10)
     assert mean == lo == hi == 0.5
 

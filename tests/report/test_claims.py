@@ -7,14 +7,18 @@ import pandas as pd
 import pytest
 
 from sae_med.config import load_config
+from sae_med.interpret.autointerp import compare_scores
 from sae_med.measure.compare import NOT_JUDGED
 from sae_med.measure.results import ComparisonTables
 from sae_med.report.claims import (
     CLAIMS,
+    COMPARISON_COMPUTATION,
+    CONCEPT,
     CONCEPT_CLAIM,
     DCE_BAR_NATS,
     DID_CLAIMS,
     HOME_EXCESS_CLAIMS,
+    RECORD_COMMAND,
     SENSITIVITY_CHECKS,
     Claim,
     ModelRun,
@@ -22,11 +26,13 @@ from sae_med.report.claims import (
     bar_dce,
     claim,
     claim_verdict,
+    computation_fingerprint,
     concept_verdict,
     contrast_verdict,
     dropped_sentence,
     l0_trend,
     placebo_verdict,
+    record_frozen,
     replication_sentence,
     rule_fingerprint,
     step_intervals,
@@ -122,6 +128,36 @@ def test_concept_verdict_from_autointerp_scores():
     assert concept_verdict(better, wrecked, "medical", "broad") == NOT_JUDGED
     frame = verdicts_frame({CONCEPT_CLAIM: {"a": "supported", "b": "not supported"}})
     assert frame.loc[CONCEPT_CLAIM].tolist() == ["supported", "not supported", "no"]
+
+
+def test_the_concept_interval_draws_the_runs_bootstrap_count(monkeypatch):
+    """The concept claim's interval is drawn from the replicates it is handed (a run's
+    ``eval.bootstrap``), by default that field's default, never a count of its own."""
+    import sae_med.report.claims as claims
+    from sae_med.config import EvalConfig
+
+    asked = []
+
+    def counting(scores, metric, n_boot, seed):
+        asked.append((metric, n_boot, seed))
+        return compare_scores(scores, metric, n_boot, seed)
+
+    monkeypatch.setattr(claims, "compare_scores", counting)
+    better = {"medical": pd.DataFrame({"detection_auroc": [0.9, 0.8], "n_failures": 0}),
+              "broad": pd.DataFrame({"detection_auroc": [0.5, 0.4], "n_failures": 0})}
+    concept_verdict(better, pd.DataFrame(), "medical", "broad", seed=3, n_boot=37)
+    concept_verdict(better, pd.DataFrame(), "medical", "broad")
+    assert asked == [("detection_auroc", 37, 3), ("detection_auroc", EvalConfig().bootstrap, 0)]
+
+
+def test_the_concept_record_is_what_judges(monkeypatch):
+    import sae_med.report.claims as claims
+
+    better = {"medical": pd.DataFrame({"detection_auroc": [0.9, 0.85, 0.95], "n_failures": 0}),
+              "broad": pd.DataFrame({"detection_auroc": [0.5, 0.55, 0.45], "n_failures": 0})}
+    assert concept_verdict(better, pd.DataFrame(), "medical", "broad") == "supported"
+    monkeypatch.setattr(claims, "CONCEPT", CONCEPT._replace(sign=-1))
+    assert concept_verdict(better, pd.DataFrame(), "medical", "broad") == "not supported"
 
 
 def step(train, frm, to, value, low, high, metric="delta_ce"):
@@ -304,11 +340,13 @@ def test_no_claim_rule_changes_without_a_new_version():
     for c in all_claims():
         got = rule_fingerprint(c)
         assert str(c.version) in recorded.get(c.key, {}), (
-            f"claim {c.key!r} version {c.version} is not recorded: add "
-            f'"{c.version}": "{got}" under "{c.key}" in {FROZEN.name}')
+            f"claim {c.key!r} version {c.version} is not recorded: record it with "
+            f"`{RECORD_COMMAND}`")
         assert recorded[c.key][str(c.version)] == got, (
-            f"claim {c.key!r}'s rule changed but its version did not: bump Claim.version "
-            f"and record the new fingerprint {got} in {FROZEN.name}")
+            f"claim {c.key!r}'s rule changed but its version did not: bump its "
+            f"Claim.version in sae_med/report/claims.py and record the new fingerprint "
+            f"{got} with `{RECORD_COMMAND}`")
+    assert CONCEPT in all_claims()
 
 
 def test_the_fingerprint_sees_a_changed_rule_and_ignores_wording():
@@ -331,3 +369,71 @@ def test_the_fingerprint_sees_changed_judging_code(monkeypatch):
     monkeypatch.setattr(claims, "verdict", lenient)
     assert all(rule_fingerprint(k) != v for k, v in before.items())
     assert isinstance(did, Claim)
+
+
+def test_the_comparison_computation_does_not_change_without_a_new_version():
+    """How gaps, matched-FVE gaps and contrasts are computed (sae_med.measure.compare) is
+    frozen by a version of its own, so a change there cannot move a verdict unnoticed while
+    every claim keeps its version."""
+    c = COMPARISON_COMPUTATION
+    got = computation_fingerprint(c)
+    recorded = json.loads(FROZEN.read_text()).get(c.key, {})
+    assert str(c.version) in recorded, (
+        f"{c.key} version {c.version} is not recorded: record it with `{RECORD_COMMAND}`")
+    assert recorded[str(c.version)] == got, (
+        f"the code that computes gaps and contrasts changed ({', '.join(c.functions)} in "
+        f"sae_med.measure.compare, or its MATCHED_AXES or LEVEL) but its version did not: "
+        f"bump COMPARISON_COMPUTATION.version in sae_med/report/claims.py (now {c.version}; "
+        f"no claim's version changes) and record the new fingerprint {got} with "
+        f"`{RECORD_COMMAND}`")
+
+
+def test_the_computation_fingerprint_sees_each_function_and_ignores_the_version(
+        monkeypatch):
+    import sae_med.measure.compare as compare
+
+    c = COMPARISON_COMPUTATION
+    asked = {"contrasts", "_paired_positions", "_contrast_rows", "matched", "interpolate",
+             "fve_grid"}
+    assert asked <= set(c.functions)
+    base = computation_fingerprint()
+    assert computation_fingerprint(c._replace(version=99)) == base
+
+    def other(*args, **kwargs):  # any other code
+        return None
+
+    for name in c.functions:
+        monkeypatch.setattr(compare, name, other)
+        assert computation_fingerprint() != base, name
+        monkeypatch.undo()
+    monkeypatch.setattr(compare, "LEVEL", 0.9)
+    assert computation_fingerprint() != base
+
+
+def test_the_concept_fingerprint_sees_how_its_interval_is_drawn(monkeypatch):
+    import sae_med.report.claims as claims
+
+    base = rule_fingerprint(CONCEPT)
+
+    def paired(scores, metric, n_boot, seed):  # another interval: latents as pairs
+        return None
+
+    monkeypatch.setattr(claims, "compare_scores", paired)
+    assert rule_fingerprint(CONCEPT) != base
+
+
+def test_recording_adds_new_versions_and_never_rewrites_a_recorded_one(tmp_path):
+    path = tmp_path / FROZEN.name
+    path.write_text(FROZEN.read_text())
+    record_frozen(path)
+    assert path.read_text() == FROZEN.read_text()  # everything current is recorded
+    c = COMPARISON_COMPUTATION
+    recorded = json.loads(FROZEN.read_text())
+    recorded[c.key][str(c.version)] = "0" * 16  # the code changed, its version did not
+    path.write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match="bump its version"):
+        record_frozen(path)
+    del recorded[c.key][str(c.version)], recorded[CONCEPT.key][str(CONCEPT.version)]
+    path.write_text(json.dumps(recorded))
+    record_frozen(path)  # new versions are added
+    assert json.loads(path.read_text()) == json.loads(FROZEN.read_text())
