@@ -122,15 +122,15 @@ run = stage_autointerp(cfg, l0_target, eval_corpus=medical, progress=False)
 budget = run.budget
 display(Markdown(budget_label(budget)))
 scores = {c: run.scores[c] for c in (medical, broad) if c in run.scores}
-tables, summary = score_summary(run, scores, cfg.seed)
+tables, summary = score_summary(run, scores, cfg.seed, cfg.eval.bootstrap)
 for name, value in (run_values(run, scores) | score_values(tables, medical, broad)).items():
     glue(name, value, display=False)
 # the book's verdict on "latents read as clinical concepts": the detection-AUROC
 # difference (medical - broad) and its interval over latents
 # (not judged when the SAEs fail notebook 3's quality bar: their ΔCE, from the run's results)
 families = load_comparisons(stage_evaluate(cfg, progress=False)).families
-glue("verdict_concepts", concept_verdict(scores, families, medical, broad, cfg.seed),
-     display=False)
+glue("verdict_concepts", concept_verdict(scores, families, medical, broad, cfg.seed,
+                                         cfg.eval.bootstrap), display=False)
 
 # %% [markdown]
 # ## Results

@@ -599,12 +599,13 @@ def concept_verdicts_by_model(cfg: Config, scores: Mapping[str, Any], families: 
     ``scores`` and ``families`` (already computed by the caller), then each replication's
     from its own autointerp on ``domain`` text at ``l0_target`` and its own evaluation
     (the stages reuse what is there), in config order."""
-    verdicts = {model_label(cfg): concept_verdict(scores, families, domain, broad, cfg.seed)}
+    verdicts = {model_label(cfg): concept_verdict(scores, families, domain, broad, cfg.seed,
+                                                   cfg.eval.bootstrap)}
     for rep in cfg.replication_configs().values():
         rep_run = stage_autointerp(rep, l0_target, eval_corpus=domain, progress=progress)
         rep_families = load_comparisons(stage_evaluate(rep, progress=progress)).families
         verdicts[model_label(rep)] = concept_verdict(rep_run.scores, rep_families, domain,
-                                                     broad, rep.seed)
+                                                     broad, rep.seed, rep.eval.bootstrap)
     return verdicts
 
 

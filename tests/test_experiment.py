@@ -29,17 +29,18 @@ def test_concept_verdicts_by_model_judge_this_run_then_each_replication_s_own(mo
     monkeypatch.setattr(experiment, "load_comparisons",
                         lambda path: ComparisonTables(f"families in {path}", None, None))
     monkeypatch.setattr(experiment, "concept_verdict",
-                        lambda scores, families, domain, broad, seed:
-                        f"{scores} | {families} | {domain} vs {broad} | seed {seed}")
+                        lambda scores, families, domain, broad, seed, n_boot:
+                        f"{scores} | {families} | {domain} vs {broad} | seed {seed} | {n_boot}")
 
     verdicts = experiment.concept_verdicts_by_model(cfg, "own scores", "own families",
                                                     "medical", "broad", l0_target=10.0)
     assert list(verdicts) == [model_label(cfg), *map(model_label, reps)]
     assert verdicts[model_label(cfg)] == (
-        f"own scores | own families | medical vs broad | seed {cfg.seed}")
+        f"own scores | own families | medical vs broad | seed {cfg.seed} | "
+        f"{cfg.eval.bootstrap}")
     rep = reps[0]
     assert verdicts[model_label(rep)] == (
         f"scores of {rep.model.name} | families in results of {rep.model.name} | "
-        f"medical vs broad | seed {rep.seed}")
+        f"medical vs broad | seed {rep.seed} | {rep.eval.bootstrap}")
     assert calls[:2] == [("autointerp", rep.model.name, 10.0, "medical"),
                          ("evaluate", rep.model.name)]

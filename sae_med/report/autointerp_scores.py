@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import plotly.graph_objects as go
 
-from sae_med.config import AutointerpConfig
+from sae_med.config import AutointerpConfig, EvalConfig
 from sae_med.interpret.autointerp import RunScores, compare_scores
 from sae_med.report.notebook import CORPUS_COLORS
 
@@ -49,11 +49,12 @@ def score_metrics(budget: AutointerpConfig) -> dict[str, str]:
     return METRIC_LABELS | (FUZZ_LABELS if budget.fuzzing else {})
 
 
-def score_summary(run: RunScores, scores: Mapping[str, pd.DataFrame], seed: int
-                  ) -> ScoreSummary:
-    """Every metric of :func:`score_metrics` compared across the SAEs of ``scores``."""
+def score_summary(run: RunScores, scores: Mapping[str, pd.DataFrame], seed: int,
+                  n_boot: int = EvalConfig.bootstrap) -> ScoreSummary:
+    """Every metric of :func:`score_metrics` compared across the SAEs of ``scores``
+    (``n_boot`` replicates: the run's ``eval.bootstrap``)."""
     metrics = score_metrics(run.budget)
-    tables = {m: compare_scores(dict(scores), m, seed=seed) for m in metrics}
+    tables = {m: compare_scores(dict(scores), m, seed=seed, n_boot=n_boot) for m in metrics}
     summary = pd.concat([t.assign(metric=metrics[m]) for m, t in tables.items()],
                         ignore_index=True)
     summary["L0"] = summary["SAE"].map(run.l0)
