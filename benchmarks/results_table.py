@@ -24,20 +24,17 @@ from sae_med.config import Config, config_from_dict
 from sae_med.measure.results import ComparisonTables, load_comparisons, load_results, read_results
 from sae_med.report.claims import (
     CLAIMS,
-    DID_CLAIMS,
     SENSITIVITY_CHECKS,
     ModelRun,
-    claim_verdict,
-    contrast_verdict,
     model_label,
     support_count,
     verdict_table,
     verdicts_by_claim,
-    verdicts_frame,
 )
 from sae_med.report.domain_report import (
     contrast_table,
     did_verdict_table,
+    did_verdicts_by_model,
     family_matrix_table,
     genre_controls,
     home_advantage_table,
@@ -45,6 +42,7 @@ from sae_med.report.domain_report import (
     home_sides,
     mixed_corpora,
     mixed_verdict_table,
+    mixed_verdicts_by_model,
     own_text_table,
     pair_table,
     placebo_corpora,
@@ -162,15 +160,11 @@ def models(paths: list[str]) -> None:
         print(f"\n{r.label}: {support_count(verdicts_by_claim(r, first, second))}")
     show("Sensitivity checks (not claims, not counted)",
          verdict_table(runs, [c.key for c in SENSITIVITY_CHECKS], first, second))
-    show("Difference-in-differences, per model", verdicts_frame(
-        {c.text: {r.label: contrast_verdict(r.comparisons, c.key, first, second)
-                  for r in runs} for c in DID_CLAIMS}))
+    show("Difference-in-differences, per model", did_verdicts_by_model(runs, first, second))
     mixes = [m.name for m in mixed_corpora(runs[0].cfg, first)]
     if mixes:
         show(f"The paper's claims against each mix ({', '.join(mixes)}), per model",
-             verdicts_frame({f"{c.text} (vs {m})": {
-                 r.label: claim_verdict(r.comparisons, c.key, first, m) for r in runs}
-                 for m in mixes for c in (*CLAIMS, *SENSITIVITY_CHECKS)}))
+             mixed_verdicts_by_model(runs, first))
     show("Home advantage (own SAE minus another, on own text), per model, at each target L0",
          pd.concat({r.label: home_advantage_table(r.comparisons.gaps, home_sides(r.cfg),
                                                   r.cfg.train_corpora, MATRIX)

@@ -73,6 +73,7 @@ from sae_med.report.domain_report import (
     MATRIX_METRICS,
     contrast_table,
     did_verdict_table,
+    did_verdicts_by_model,
     domains_results_path,
     family_matrix_table,
     genre_controls,
@@ -90,9 +91,11 @@ from sae_med.report.domain_report import (
     mixed_corpora,
     mixed_gap_tables,
     mixed_verdict_table,
+    mixed_verdicts_by_model,
     page_verdicts,
     placebo_corpora,
     placebo_verdict_table,
+    read_model_runs,
 )
 from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import domain_pair, setup_notebook
@@ -210,6 +213,18 @@ display(contrast_table(comparisons.contrasts, "did", did_metrics, basis="fve", d
 display(did_verdict_table(comparisons, medical, broad))
 
 # %% [markdown]
+# The same verdicts, and the paper's claims against each mix, on every model of the
+# config's `replications` whose run is on disk (read, never run here; chapter 3 evaluates
+# them), each judged from its own run.
+
+# %%
+by_model = read_model_runs(cfg, comparisons)
+did_by_model = did_verdicts_by_model(by_model.runs, medical, broad)
+mixed_by_model = mixed_verdicts_by_model(by_model.runs, medical)
+display(did_by_model, mixed_by_model)
+print(by_model.note or f"Every model of this run: {', '.join(r.label for r in by_model.runs)}.")
+
+# %% [markdown]
 # ### Placebo domains
 # Does medicine's home advantage over the broad SAE exceed that of another narrow corpus
 # over the same broad SAE (`home_excess`, from the domains run)? Only corpora the broad SAE
@@ -288,6 +303,9 @@ glue("home_advantage_table", home_advantage_table(comparisons.gaps, sides,
                                                   cfg.train_corpora), display=False)
 glue("did_table", contrast_table(comparisons.contrasts, "did", did_metrics), display=False)
 glue("domains_run_note", domains_status.note, display=False)
+glue("did_verdicts_by_model", did_by_model, display=False)
+glue("mixed_verdicts_by_model", mixed_by_model, display=False)
+glue("home_field_models_note", by_model.note, display=False)
 
 # %% [markdown]
 # ## Summary

@@ -25,14 +25,17 @@ from sae_med.report.claims import (
     DID_CLAIMS,
     HOME_EXCESS_CLAIMS,
     SENSITIVITY_CHECKS,
+    ModelRun,
     claim,
     claim_verdict,
     contrast_verdict,
     gap_intervals,
+    model_label,
     oriented_contrasts,
     oriented_gaps,
     placebo_verdict,
     row_intervals,
+    verdicts_frame,
 )
 from sae_med.report.notebook import (
     CORPUS_COLORS,
@@ -567,6 +570,52 @@ def load_side_run(path: str | Path, label: str, command: str) -> DomainsRunStatu
                             f"The {label} run read from {path}: SAEs trained on "
                             f"{', '.join(cfg.train_corpora)}, each scored on "
                             f"{', '.join(cfg.eval_corpora)}.")
+
+
+class ModelRunsStatus(NamedTuple):
+    runs: list[ModelRun]
+    """This run's first, then each replication whose results could be read."""
+    note: str
+    """Which replications are left out, and why; empty when none is."""
+
+
+def read_model_runs(cfg: Config, comparisons: ComparisonTables) -> ModelRunsStatus:
+    """This run (its ``comparisons``, already loaded) and each of ``cfg``'s replications
+    whose results file is on disk, read, never run (a chapter that only reports trains
+    nothing; :func:`sae_med.experiment.model_runs` evaluates what is missing)."""
+    runs, notes = [ModelRun(model_label(cfg), cfg, comparisons)], []
+    for rep in cfg.replication_configs().values():
+        status = load_side_run(rep.run_path / RESULTS_NAME, f"{model_label(rep)} replication",
+                               f"sae-med run of this config ({rep.name})")
+        if status.run is None:
+            notes.append(status.note)
+        else:
+            runs.append(ModelRun(model_label(status.run.cfg), status.run.cfg,
+                                 status.run.comparisons))
+    return ModelRunsStatus(runs, " ".join(notes))
+
+
+def did_verdicts_by_model(runs: Sequence[ModelRun], domain: str, broad: str) -> Any:
+    """Every difference-in-differences claim judged on each model's run: rows claims, one
+    column per model, and whether they agree (:func:`~sae_med.report.claims.verdicts_frame`)."""
+    return verdicts_frame({c.text: {r.label: contrast_verdict(r.comparisons, c.key, domain,
+                                                               broad) for r in runs}
+                           for c in DID_CLAIMS})
+
+
+def mixed_verdicts_by_model(runs: Sequence[ModelRun], domain: str) -> Any:
+    """The paper's claims (and sensitivity checks) against each mix of the first run,
+    judged on each model's run: rows "claim (vs mix)", one column per model; a one-cell
+    note when the first run trains no mix."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    mixes = [m.name for m in mixed_corpora(runs[0].cfg, domain)] if runs else []
+    if not mixes:
+        return pd.DataFrame({"note": [NO_MIXED]})
+    return verdicts_frame({f"{c.text} (vs {m})": {
+        r.label: claim_verdict(r.comparisons, c.key, domain, m) for r in runs}
+        for m in mixes for c in (*CLAIMS, *SENSITIVITY_CHECKS)})
 
 
 def placebo_corpora(cfg: Config) -> list[str]:

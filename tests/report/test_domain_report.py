@@ -12,7 +12,7 @@ from synthetic_runs import synthetic_run, write_synthetic_results
 
 from sae_med.config import load_config
 from sae_med.measure.compare import NOT_JUDGED
-from sae_med.report.claims import contrast_verdict, placebo_verdict
+from sae_med.report.claims import claim, contrast_verdict, placebo_verdict
 from sae_med.report.domain_report import (
     DOMAINS_COMMAND,
     MixedCorpus,
@@ -20,6 +20,7 @@ from sae_med.report.domain_report import (
     did_clause,
     did_direction,
     did_verdict_table,
+    did_verdicts_by_model,
     domain_sentence,
     family_matrix_table,
     genre_controls,
@@ -36,11 +37,13 @@ from sae_med.report.domain_report import (
     mixed_corpora,
     mixed_gap_tables,
     mixed_verdict_table,
+    mixed_verdicts_by_model,
     own_text_table,
     page_verdicts,
     pair_table,
     placebo_corpora,
     placebo_summary,
+    read_model_runs,
     training_dead_fractions,
 )
 from sae_med.report.notebook import DROPPED_COLUMN
@@ -116,6 +119,33 @@ def test_a_reversal_is_reported_beside_the_verdict_which_it_does_not_change():
     rows = page_verdicts(reversed_, "medical", "broad", MIX, None, [])
     assert rows["direction_did_delta_ce"] == "reversed at every target L0"
     assert rows["verdict_did_delta_ce"] == "not supported"
+
+
+def test_verdicts_by_model_read_each_replication_on_disk_and_judge_it_apart(tmp_path):
+    """A smoke run whose replication is absent gets one column and a note with the
+    command; written (a reversed home field on it), the replication gets its own column,
+    judged from its own file."""
+    smoke = load_config("configs/smoke.yaml", [f"output_dir={tmp_path}"])
+    run = default_run(0.10, 0.02)
+    absent = read_model_runs(smoke, run)
+    assert len(absent.runs) == 1 and "sae-med run of this config" in absent.note
+    rep = next(iter(smoke.replication_configs().values()))
+    write_synthetic_results(rep.run_path / "results.json", rep, {
+        ("medical", "medical"): 0.02, ("broad", "broad"): 0.10,
+        ("mixed_10", "medical"): 0.01})
+    both = read_model_runs(smoke, run)
+    assert both.note == "" and [r.cfg.name for r in both.runs] == [smoke.name, rep.name]
+    did = did_verdicts_by_model(both.runs, "medical", "broad")
+    labels = [r.label for r in both.runs]
+    first = claim("did_fve_typical").text
+    assert did.loc[first, labels].tolist() == ["supported", "not supported"]
+    assert did.loc[first, "same verdict on every model"] == "no"
+    mixed = mixed_verdicts_by_model(both.runs, "medical")
+    assert mixed.loc["The domain SAE explains more variance (FVE) (vs mixed_10)",
+                     labels].tolist() == ["supported", "supported"]
+    wordnet = load_config("configs/wordnet_control.yaml")  # trains no mix: a note
+    assert mixed_verdicts_by_model([both.runs[0]._replace(cfg=wordnet)],
+                                   "medical").columns.tolist() == ["note"]
 
 
 def test_the_mix_is_found_and_judged_like_the_broad_sae():
