@@ -21,10 +21,11 @@
 # - **Before it:** chapters 3 and 4 (paired gaps, matched FVE, the claims and their
 #   verdicts) and chapter 2 (the training corpora); what a placebo control is.
 # - **Time, default config:** not yet timed with the run made (the homefield diagnostics
-#   score the default's SAEs once, then reuse). It reads two runs of their own when
+#   score the default's SAEs once, then reuse). It reads three runs of their own when
 #   present: the domains run (`sae-med run configs/domains.yaml`: about 52 min from nothing
-#   on 2 cores, benchmarks/RESULTS.md, 2026-12-06) and the random-weights control
-#   (`sae-med run configs/random_weights.yaml`).
+#   on 2 cores, benchmarks/RESULTS.md, 2026-12-06), the random-weights control
+#   (`sae-med run configs/random_weights.yaml`) and the 50% mix
+#   (`sae-med run configs/mixed_50.yaml`); and the replications' runs that chapter 3 made.
 # - **Time, smoke config:** about 25 s measured here with the smoke run present (26 s in
 #   a book build, 25 s alone; 2026-12-06, this project's shared 2-core machine under
 #   load).
@@ -71,6 +72,7 @@ from sae_med.measure.results import load_comparisons
 from sae_med.report.claims import oriented_gaps
 from sae_med.report.domain_report import (
     MATRIX_METRICS,
+    MIXED_50_CONFIG,
     contrast_table,
     did_verdict_table,
     did_verdicts_by_model,
@@ -84,6 +86,7 @@ from sae_med.report.domain_report import (
     home_matrix_figures,
     home_sides,
     load_domains_run,
+    load_mixed_50_run,
     load_side_run,
     matching_domains_run,
     matrix_figures,
@@ -96,6 +99,7 @@ from sae_med.report.domain_report import (
     placebo_corpora,
     placebo_verdict_table,
     read_model_runs,
+    side_mixed_verdict_table,
 )
 from sae_med.report.exercises import check, exercise_table
 from sae_med.report.notebook import domain_pair, setup_notebook
@@ -113,8 +117,9 @@ from sae_med.report.random_weights import (
 # `results_file` reports a results.json made elsewhere instead of this config's run;
 # `domains_results` is the domains run's results.json (default: where
 # `configs/domains.yaml` writes it), `random_results` the random-weights control's (default:
-# where `configs/random_weights.yaml` writes it). Both are read, never run here: each trains
-# SAE families of its own.
+# where `configs/random_weights.yaml` writes it), `mixed_50_results` the 50% mix's run
+# (default: where `configs/mixed_50.yaml` writes it). All are read, never run here: each
+# trains SAE families of its own.
 
 # %% tags=["parameters"]
 config = "configs/smoke.yaml"
@@ -123,6 +128,7 @@ run_name = ""
 results_file = ""
 domains_results = ""
 random_results = ""
+mixed_50_results = ""
 
 # %%
 cfg, results_path = reported_run(setup_notebook(config, overrides, run_name), results_file)
@@ -190,6 +196,22 @@ display(mixed_verdict_table(comparisons, medical, broad, mixed))
 for t in mixed_gap_tables(comparisons.gaps, medical, mixed):
     print(t.caption)
     display(t.table)
+
+# %% [markdown]
+# The other declared share, medical at 50% of the mix's tokens, is a run of its own
+# (`configs/mixed_50.yaml`: the default with `mixed_50` instead of `mixed_10`, read, never
+# run here): the same claims against an SAE that saw far more of the domain, and the gaps.
+
+# %%
+mixed_50_status = load_mixed_50_run(mixed_50_results or domains_results_path(MIXED_50_CONFIG))
+print(mixed_50_status.note)
+mixed_50_verdicts = side_mixed_verdict_table(mixed_50_status, medical, broad)
+display(mixed_50_verdicts)
+if mixed_50_status.run is not None:
+    for t in mixed_gap_tables(mixed_50_status.run.comparisons.gaps, medical,
+                              mixed_corpora(mixed_50_status.run.cfg, medical)):
+        print(t.caption)
+        display(t.table)
 
 # %% [markdown]
 # What the mix gives up on broad text: the mixed SAE minus the broad SAE on held-out
@@ -306,6 +328,8 @@ glue("domains_run_note", domains_status.note, display=False)
 glue("did_verdicts_by_model", did_by_model, display=False)
 glue("mixed_verdicts_by_model", mixed_by_model, display=False)
 glue("home_field_models_note", by_model.note, display=False)
+glue("mixed_50_run_note", mixed_50_status.note, display=False)
+glue("mixed_50_verdict_table", mixed_50_verdicts, display=False)
 
 # %% [markdown]
 # ## Summary

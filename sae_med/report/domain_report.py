@@ -59,6 +59,10 @@ MATRIX_METRICS = {"delta_ce": "ΔCE (nats per token, lower is better)",
 DOMAINS_COMMAND = "sae-med run configs/domains.yaml"
 """What produces the domains run (``sae-med experiment configs/domains.yaml`` skips the
 notebooks and book)."""
+MIXED_50_CONFIG = "configs/mixed_50.yaml"
+"""The default with the other declared mix (medical at 50% of its tokens) instead of
+``mixed_10``: a run of its own, read beside the default's."""
+MIXED_50_COMMAND = f"sae-med run {MIXED_50_CONFIG}"
 
 
 class MixedCorpus(NamedTuple):
@@ -550,6 +554,24 @@ def load_domains_run(path: str | Path) -> DomainsRunStatus:
     corpus (about an hour on 2 cores), so a missing or outdated file is reported with the
     command that produces it instead of failing."""
     return load_side_run(path, "domains", DOMAINS_COMMAND)
+
+
+def load_mixed_50_run(path: str | Path) -> DomainsRunStatus:
+    """The 50% mix's run (:data:`MIXED_50_CONFIG`) at ``path``, read, never run: a missing
+    or outdated file is reported with :data:`MIXED_50_COMMAND`."""
+    return load_side_run(path, "mixed_50", MIXED_50_COMMAND)
+
+
+def side_mixed_verdict_table(status: DomainsRunStatus, domain: str, broad: str) -> Any:
+    """:func:`mixed_verdict_table` of a side run that trains mixes of its own (the 50% mix's),
+    or a one-cell note saying why there is none and how to make it."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    if status.run is None:
+        return pd.DataFrame({"note": [status.note]})
+    return mixed_verdict_table(status.run.comparisons, domain, broad,
+                               mixed_corpora(status.run.cfg, domain))
 
 
 def load_side_run(path: str | Path, label: str, command: str) -> DomainsRunStatus:

@@ -15,6 +15,7 @@ from sae_med.measure.compare import NOT_JUDGED
 from sae_med.report.claims import claim, contrast_verdict, placebo_verdict
 from sae_med.report.domain_report import (
     DOMAINS_COMMAND,
+    MIXED_50_COMMAND,
     MixedCorpus,
     contrast_table,
     did_clause,
@@ -30,6 +31,7 @@ from sae_med.report.domain_report import (
     home_matrix_figures,
     home_matrix_rows,
     load_domains_run,
+    load_mixed_50_run,
     matching_domains_run,
     matrix_figures,
     matrix_heatmap,
@@ -44,6 +46,7 @@ from sae_med.report.domain_report import (
     placebo_corpora,
     placebo_summary,
     read_model_runs,
+    side_mixed_verdict_table,
     training_dead_fractions,
 )
 from sae_med.report.notebook import DROPPED_COLUMN
@@ -146,6 +149,26 @@ def test_verdicts_by_model_read_each_replication_on_disk_and_judge_it_apart(tmp_
     wordnet = load_config("configs/wordnet_control.yaml")  # trains no mix: a note
     assert mixed_verdicts_by_model([both.runs[0]._replace(cfg=wordnet)],
                                    "medical").columns.tolist() == ["note"]
+
+
+def test_the_50_percent_mix_is_read_from_its_own_run_or_its_command_printed(tmp_path):
+    """Absent: a one-cell note with the command. Present (a synthetic mixed_50 run where
+    the mix closes most of the gap), its own mix is found and judged against medicine."""
+    absent = load_mixed_50_run(tmp_path / "results.json")
+    assert absent.run is None and MIXED_50_COMMAND in absent.note
+    note = side_mixed_verdict_table(absent, "medical", "broad")
+    assert note.columns.tolist() == ["note"] and MIXED_50_COMMAND in note.note.iloc[0]
+    path = write_synthetic_results(tmp_path / "results.json",
+                                   load_config("configs/mixed_50.yaml"), {
+                                       ("medical", "medical"): 0.10, ("broad", "broad"): 0.02,
+                                       ("mixed_50", "medical"): 0.09})
+    present = load_mixed_50_run(path)
+    assert present.run is not None and "mixed_50" in present.note
+    table = side_mixed_verdict_table(present, "medical", "broad")
+    assert list(table.columns) == ["vs broad (no medical text)",
+                                   "vs mixed_50 (medical at 50% of tokens)"]
+    assert table.loc["The domain SAE explains more variance (FVE)"].tolist() == [
+        "supported", "supported"]
 
 
 def test_the_mix_is_found_and_judged_like_the_broad_sae():
