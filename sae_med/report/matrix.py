@@ -208,12 +208,17 @@ def gap_table(cells: Sequence[MatrixCell], domain: str = "medical") -> Any:
         "verdict": c.verdict} for c in cells])
 
 
-def verdict_table(cells: Sequence[MatrixCell], domain: str = "medical") -> Any:
+def verdict_table(cells: Sequence[MatrixCell], domain: str = "medical", note: str = ""
+                  ) -> Any:
     """One line per architecture and comparison: :func:`architecture_verdicts` of each
-    metric over the models, and of all metrics together."""
+    metric over the models, and of all metrics together; with no cells (the matrix not
+    run), a one-cell table of ``note`` (what to run), so the results page can always quote
+    it."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
+    if not cells:
+        return pd.DataFrame({"note": [note]})
     rows = []
     for arch, versus in dict.fromkeys((c.architecture, c.versus) for c in cells):
         verdicts = architecture_verdicts(cells, arch, versus)

@@ -120,3 +120,11 @@ def test_the_rule_on_hand_made_intervals():
     assert architecture_verdict([HOLDS, NOT_JUDGED]) == NOT_JUDGED
     assert architecture_verdict([NOT_JUDGED, NO_RESULTS]) == NO_RESULTS
     assert architecture_verdict([]) == NO_RESULTS
+
+
+def test_verdict_table_without_a_run_is_the_note_saying_what_to_run():
+    """The results page always quotes the table: a one-cell note while the matrix is
+    absent."""
+    table = verdict_table([], note="run sae-med experiment configs/matrix.yaml")
+    assert list(table.columns) == ["note"]
+    assert table["note"].tolist() == ["run sae-med experiment configs/matrix.yaml"]

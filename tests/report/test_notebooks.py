@@ -204,7 +204,7 @@ def test_domain_chapter_glues_its_verdict_sentence(tmp_path):
              if v and v[0] in "'\""}  # the strings (tables are glued as HTML too)
     expected = page_verdicts(load_comparisons(run), "medical", "broad",
                              [MixedCorpus("mixed_10", 0.1)], load_domains_run(dom).run.comparisons,
-                             ["go", "foldoc", "wordnet", "austen"])
+                             ["go", "foldoc"], ["wordnet", "austen"])
     assert glued["domain_verdict_sentence"] == expected["domain_verdict_sentence"]
     assert "go (biology) beats the broad SAE at home by 0.100 [" in glued[
         "domain_verdict_sentence"]
