@@ -39,12 +39,12 @@ from sae_med.report.claims import (
 )
 from sae_med.report.notebook import (
     CORPUS_COLORS,
-    DROPPED_COLUMN,
     EVAL_DASH,
     domain_pair,
     error_bars,
     gap_table,
     interval_cell,
+    with_dropped,
 )
 
 if TYPE_CHECKING:
@@ -299,12 +299,7 @@ def contrast_table(contrasts: Any, kind: str, metrics: Sequence[str],
     wide = df.pivot_table(index=index, columns="metric", values="text", aggfunc="first",
                           sort=False)
     wide = wide[[m for m in metrics if m in wide.columns]]
-    if dropped:
-        worst = df.sort_values("dropped").groupby(index).last()
-        wide = wide.assign(**{DROPPED_COLUMN: [
-            f"{int(r.dropped):,} of {int(r.n_boot):,} ({r.dropped / max(r.n_boot, 1):.1%})"
-            for r in worst.loc[wide.index].itertuples()]})
-    return wide
+    return with_dropped(wide, df, index) if dropped else wide
 
 
 def mixed_verdict_table(comparisons: ComparisonTables, domain: str, broad: str,

@@ -104,12 +104,17 @@ def gap_table(gaps: Any, metrics: Sequence[str], basis: str = "l0_target", digit
     index = ["eval_corpus", at, *by]
     wide = df.pivot_table(index=index, columns="metric", values="text", aggfunc="first")
     wide = wide[[m for m in metrics if m in wide.columns]]
-    if dropped:
-        worst = df.sort_values("dropped").groupby(index).last()
-        wide = wide.assign(**{DROPPED_COLUMN: [
-            f"{int(r.dropped):,} of {int(r.n_boot):,} ({r.dropped / max(r.n_boot, 1):.1%})"
-            for r in worst.loc[wide.index].itertuples()]})
-    return wide
+    return with_dropped(wide, df, index) if dropped else wide
+
+
+def with_dropped(wide: Any, rows: Any, index: Sequence[str]) -> Any:
+    """``wide`` (a table pivoted from ``rows`` on ``index``) with :data:`DROPPED_COLUMN`:
+    per row, the most bootstrap replicates any of its gaps left out (``dropped`` of
+    ``n_boot``, and the share)."""
+    worst = rows.sort_values("dropped").groupby(list(index)).last()
+    return wide.assign(**{DROPPED_COLUMN: [
+        f"{int(r.dropped):,} of {int(r.n_boot):,} ({r.dropped / max(r.n_boot, 1):.1%})"
+        for r in worst.loc[wide.index].itertuples()]})
 
 
 def gap_table_by_model(runs: Sequence[Any], first: str, second: str, metrics: Sequence[str],
