@@ -126,7 +126,10 @@ def held_out(v: Variant, x: torch.Tensor) -> str:
 CRITERION = "mean over the sides of ΔCE on each side's own validation text (lower is better)"
 """Declared before any validation run: what ranks the variants. ΔCE, not FVE, because the
 claims are about what the model loses; averaged over the sides, so neither side's SAE is
-tuned on its own text at the other's expense."""
+tuned on its own text at the other's expense. A variant that changes the training budget
+(``train.n_tokens``, like the default ablation's twice-the-tokens row) is ranked and shown
+for scale but is not a recipe to choose: the budget is set by the time the default may
+take, not by the validation text (declared 2026-12-07, before the first full run ended)."""
 
 
 class Carved(NamedTuple):
