@@ -134,7 +134,7 @@ if matrix_present:
 # when a model's medical SAEs fail the 1-nat quality bar.
 
 # %%
-matrix_verdicts = verdict_table(cells, note=matrix_note)
+matrix_verdicts = verdict_table(cells if matrix_present else [], note=matrix_note)
 if matrix_present:
     display(matrix_verdicts)
 glue("matrix_verdict_table", matrix_verdicts, display=False)  # a note when not run

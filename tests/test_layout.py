@@ -305,7 +305,12 @@ def test_the_readme_layout_table_names_every_module():
 def test_the_modules_scheduled_first_exist():
     """tests/conftest.py's SLOW_FIRST names test modules that are there (a renamed module
     would silently fall back to xdist's order)."""
-    from conftest import SLOW_FIRST
+    # by path: under xdist another folder's conftest.py may be the module named conftest
+    spec = importlib.util.spec_from_file_location("tests_conftest",
+                                                  PACKAGE.parent / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    SLOW_FIRST = module.SLOW_FIRST
 
     missing = [p for p in SLOW_FIRST if not (PACKAGE.parent / p).is_file()]
     assert not missing, f"SLOW_FIRST names modules that are not there: {missing}"
