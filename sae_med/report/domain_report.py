@@ -44,6 +44,7 @@ from sae_med.report.notebook import (
     error_bars,
     gap_table,
     interval_cell,
+    note_frame,
     with_dropped,
 )
 
@@ -560,11 +561,8 @@ def load_mixed_50_run(path: str | Path) -> DomainsRunStatus:
 def side_mixed_verdict_table(status: DomainsRunStatus, domain: str, broad: str) -> Any:
     """:func:`mixed_verdict_table` of a side run that trains mixes of its own (the 50% mix's),
     or a one-cell note saying why there is none and how to make it."""
-    # deferred: pandas takes ~0.5 s to import; only the tables need it
-    import pandas as pd
-
     if status.run is None:
-        return pd.DataFrame({"note": [status.note]})
+        return note_frame(status.note)
     return mixed_verdict_table(status.run.comparisons, domain, broad,
                                mixed_corpora(status.run.cfg, domain))
 
@@ -624,12 +622,9 @@ def mixed_verdicts_by_model(runs: Sequence[ModelRun], domain: str) -> Any:
     """The paper's claims (and sensitivity checks) against each mix of the first run,
     judged on each model's run: rows "claim (vs mix)", one column per model; a one-cell
     note when the first run trains no mix."""
-    # deferred: pandas takes ~0.5 s to import; only the tables need it
-    import pandas as pd
-
     mixes = [m.name for m in mixed_corpora(runs[0].cfg, domain)] if runs else []
     if not mixes:
-        return pd.DataFrame({"note": [NO_MIXED]})
+        return note_frame(NO_MIXED)
     return verdicts_frame({f"{c.text} (vs {m})": {
         r.label: claim_verdict(r.comparisons, c.key, domain, m) for r in runs}
         for m in mixes for c in (*CLAIMS, *SENSITIVITY_CHECKS)})

@@ -22,7 +22,7 @@ from sae_med.report.claims import (
     oriented_gaps,
     row_intervals,
 )
-from sae_med.report.notebook import interval_cell
+from sae_med.report.notebook import interval_cell, note_frame
 
 if TYPE_CHECKING:
     from sae_med.config import Config
@@ -218,7 +218,7 @@ def verdict_table(cells: Sequence[MatrixCell], domain: str = "medical", note: st
     import pandas as pd
 
     if not cells:
-        return pd.DataFrame({"note": [note]})
+        return note_frame(note)
     rows = []
     for arch, versus in dict.fromkeys((c.architecture, c.versus) for c in cells):
         verdicts = architecture_verdicts(cells, arch, versus)

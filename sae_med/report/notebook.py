@@ -84,6 +84,15 @@ def interval_cell(iv: Any, digits: int) -> str:
                  digits)
 
 
+def note_frame(note: str) -> Any:
+    """A one-cell table (column ``note``) standing where a table cannot be drawn: a glued
+    table the results page quotes whether or not its run exists."""
+    # deferred: pandas takes ~0.5 s to import; only the tables need it
+    import pandas as pd
+
+    return pd.DataFrame({"note": [note]})
+
+
 DROPPED_COLUMN = "replicates left out"
 """The column :func:`gap_table` adds with ``dropped=True``."""
 
@@ -129,7 +138,7 @@ def gap_table_by_model(runs: Sequence[Any], first: str, second: str, metrics: Se
     tables = {m: t.loc[[first]] for m, t in tables.items()
               if not t.empty and first in t.index.get_level_values(0)}
     if not tables:
-        return pd.DataFrame({"note": ["no comparison in this run (e.g. no common FVE range)"]})
+        return note_frame("no comparison in this run (e.g. no common FVE range)")
     return pd.concat(tables, names=["model"])
 
 
