@@ -11,6 +11,8 @@ tidy ``gaps`` and ``steps`` frames of :func:`sae_med.measure.results.load_compar
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
 import inspect
 import json
 import sys
@@ -473,6 +475,9 @@ class Computation(NamedTuple):
     version: int = 1
     """Bumped whenever :func:`computation_fingerprint` changes (the record keeps every
     version's fingerprint)."""
+    module: str = "sae_med.measure.compare"
+    """Where ``functions`` are looked up; a dotted name (``comparison._steps``) is read
+    attribute by attribute from there."""
 
 
 COMPARISON_COMPUTATION = Computation("comparison_computation", (
@@ -485,20 +490,36 @@ texts, percentile intervals. A change there moves verdicts without touching a cl
 so it has a version of its own, and no claim's version moves with it."""
 
 
+RESAMPLING_COMPUTATION = Computation("resampling", (
+    "group_counts", "doc_resample", "DocResample.columns", "statistic_draws"),
+    module="sae_med.measure.bootstrap")
+"""How every SAE's bootstrap draws are made: document groups drawn with replacement
+(the split's grouping unit), their counts applied to per-document sums. The comparison
+computation starts from these draws, so a change here moves intervals too."""
+
+L0_TREND_COMPUTATION = Computation("l0_trend", (
+    "l0_trend", "step_intervals", "row_intervals", "trend_verdict", "comparison._steps"),
+    module="sae_med.report.claims")
+"""The reported trend of a family's ΔCE with target L0 (``falls with L0`` when every
+paired step excludes 0 below it): a verdict the book glues, so its rule is frozen too."""
+
+COMPUTATIONS = (COMPARISON_COMPUTATION, RESAMPLING_COMPUTATION, L0_TREND_COMPUTATION)
+
+
 def computation_fingerprint(c: Computation = COMPARISON_COMPUTATION) -> str:
-    """A hash of the code of ``c``'s functions (read from the module now, so a patched one
-    counts), the matched axes and the interval level (not its version)."""
+    """A hash of the code of ``c``'s functions (read from their module now, so a patched
+    one counts), the matched axes and the interval level (not its version)."""
+    where = importlib.import_module(c.module)
+    code = [judging_code(functools.reduce(getattr, f.split("."), where)) for f in c.functions]
     return stable_hash({"functions": c.functions, "axes": comparison.MATCHED_AXES,
-                        "level": comparison.LEVEL,
-                        "code": [judging_code(getattr(comparison, f)) for f in c.functions]})
+                        "level": comparison.LEVEL, "code": code})
 
 
 def frozen_fingerprints() -> dict[str, tuple[int, str]]:
-    """``{key: (version, fingerprint now)}`` of every frozen rule and of the comparison
-    computation."""
-    c = COMPARISON_COMPUTATION
+    """``{key: (version, fingerprint now)}`` of every frozen rule and of every frozen
+    computation (:data:`COMPUTATIONS`)."""
     return {**{r.key: (r.version, rule_fingerprint(r)) for r in all_claims()},
-            c.key: (c.version, computation_fingerprint(c))}
+            **{c.key: (c.version, computation_fingerprint(c)) for c in COMPUTATIONS}}
 
 
 def record_frozen(path: Path) -> None:

@@ -1,5 +1,6 @@
 """The paper's claims as verdicts per model, and whether they replicate across models."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -13,12 +14,15 @@ from sae_med.measure.results import ComparisonTables
 from sae_med.report.claims import (
     CLAIMS,
     COMPARISON_COMPUTATION,
+    COMPUTATIONS,
     CONCEPT,
     CONCEPT_CLAIM,
     DCE_BAR_NATS,
     DID_CLAIMS,
     HOME_EXCESS_CLAIMS,
+    L0_TREND_COMPUTATION,
     RECORD_COMMAND,
+    RESAMPLING_COMPUTATION,
     SENSITIVITY_CHECKS,
     Claim,
     ModelRun,
@@ -371,43 +375,52 @@ def test_the_fingerprint_sees_changed_judging_code(monkeypatch):
     assert isinstance(did, Claim)
 
 
-def test_the_comparison_computation_does_not_change_without_a_new_version():
-    """How gaps, matched-FVE gaps and contrasts are computed (sae_med.measure.compare) is
-    frozen by a version of its own, so a change there cannot move a verdict unnoticed while
-    every claim keeps its version."""
-    c = COMPARISON_COMPUTATION
+@pytest.mark.parametrize("c", COMPUTATIONS, ids=lambda c: c.key)
+def test_no_frozen_computation_changes_without_a_new_version(c):
+    """How the draws are made (sae_med.measure.bootstrap), how gaps, matched-FVE gaps and
+    contrasts are computed from them (sae_med.measure.compare) and how the L0 trend is
+    read are each frozen by a version of their own, so a change there cannot move a
+    verdict unnoticed while every claim keeps its version."""
     got = computation_fingerprint(c)
     recorded = json.loads(FROZEN.read_text()).get(c.key, {})
     assert str(c.version) in recorded, (
         f"{c.key} version {c.version} is not recorded: record it with `{RECORD_COMMAND}`")
     assert recorded[str(c.version)] == got, (
-        f"the code that computes gaps and contrasts changed ({', '.join(c.functions)} in "
-        f"sae_med.measure.compare, or its MATCHED_AXES or LEVEL) but its version did not: "
-        f"bump COMPARISON_COMPUTATION.version in sae_med/report/claims.py (now {c.version}; "
-        f"no claim's version changes) and record the new fingerprint {got} with "
-        f"`{RECORD_COMMAND}`")
+        f"the code of {c.key} changed ({', '.join(c.functions)} in {c.module}, or "
+        f"sae_med.measure.compare's MATCHED_AXES or LEVEL) but its version did not: bump "
+        f"its version in sae_med/report/claims.py (now {c.version}; no claim's version "
+        f"changes) and record the new fingerprint {got} with `{RECORD_COMMAND}`")
 
 
-def test_the_computation_fingerprint_sees_each_function_and_ignores_the_version(
-        monkeypatch):
+def test_the_computations_cover_draws_gaps_contrasts_and_the_trend():
+    assert {"contrasts", "_paired_positions", "_contrast_rows", "matched", "interpolate",
+            "fve_grid"} <= set(COMPARISON_COMPUTATION.functions)
+    assert {"group_counts", "doc_resample", "statistic_draws"} <= set(
+        RESAMPLING_COMPUTATION.functions)
+    assert {"trend_verdict", "comparison._steps"} <= set(L0_TREND_COMPUTATION.functions)
+
+
+@pytest.mark.parametrize("c", COMPUTATIONS, ids=lambda c: c.key)
+def test_a_computation_fingerprint_sees_each_function_and_ignores_the_version(
+        c, monkeypatch):
+    import importlib
+
     import sae_med.measure.compare as compare
 
-    c = COMPARISON_COMPUTATION
-    asked = {"contrasts", "_paired_positions", "_contrast_rows", "matched", "interpolate",
-             "fve_grid"}
-    assert asked <= set(c.functions)
-    base = computation_fingerprint()
+    base = computation_fingerprint(c)
     assert computation_fingerprint(c._replace(version=99)) == base
 
     def other(*args, **kwargs):  # any other code
         return None
 
     for name in c.functions:
-        monkeypatch.setattr(compare, name, other)
-        assert computation_fingerprint() != base, name
+        *path, attr = name.split(".")
+        owner = functools.reduce(getattr, path, importlib.import_module(c.module))
+        monkeypatch.setattr(owner, attr, other)
+        assert computation_fingerprint(c) != base, name
         monkeypatch.undo()
     monkeypatch.setattr(compare, "LEVEL", 0.9)
-    assert computation_fingerprint() != base
+    assert computation_fingerprint(c) != base
 
 
 def test_the_concept_fingerprint_sees_how_its_interval_is_drawn(monkeypatch):
