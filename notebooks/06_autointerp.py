@@ -50,8 +50,11 @@
 # endpoint p(yes) comes from the first token's top 20 `logprobs`; an endpoint that returns
 # none falls back to the generated answer (yes = 1, no = 0).
 #
-# We compare the medical and the broad SAE at the same target L0, on medical evaluation
-# text, with a bootstrap 95% interval over latents. Malformed answers are retried and then
+# We compare the medical and the broad SAEs at the same target L0, on medical evaluation
+# text. Each training corpus's `autointerp.n_latents` latents are spread over its seed
+# replicates (`sae.seeds` SAEs trained alike, split as evenly as possible), so seed
+# variance costs no extra model calls, and the bootstrap 95% interval resamples seeds,
+# then latents within each drawn seed. Malformed answers are retried and then
 # counted as failures (scored as wrong), never dropped. Every prompt and response is cached
 # in a JSONL file under the cache directory, so a rerun costs no model calls.
 #
@@ -65,10 +68,11 @@
 #
 # **Demo by default.** Since that judge cannot decide the comparison, the default
 # (`autointerp.demo=true`) is a small demo that shows the pipeline end to end in under a
-# minute: 2 latents per SAE, each explained from 4 windows and scored on 2 + 2 held-out
-# windows, no fuzzing. Its numbers are not a result. **The real comparison is one override
-# away:** `autointerp.demo=false` uses the config's budget (`autointerp.n_latents`,
-# `n_windows`, `n_score`, `fuzzing`); pair it with a strong model, e.g.
+# minute: 2 latents per training corpus (spread over its seeds), each explained from 4
+# windows and scored on 2 + 2 held-out windows, no fuzzing. Its numbers are not a result.
+# **The real comparison is one override away:** `autointerp.demo=false` uses the config's
+# budget (`autointerp.n_latents`, `n_windows`, `n_score`, `fuzzing`); pair it with a
+# strong model, e.g.
 # `sae-med book configs/default.yaml autointerp.demo=false autointerp.backend=openai
 # autointerp.base_url=http://localhost:8000/v1 autointerp.model=NAME`.
 
@@ -126,7 +130,7 @@ tables, summary = score_summary(run, scores, cfg.seed, cfg.eval.bootstrap)
 for name, value in (run_values(run, scores) | score_values(tables, medical, broad)).items():
     glue(name, value, display=False)
 # the book's verdict on "latents read as clinical concepts": the detection-AUROC
-# difference (medical - broad) and its interval over latents
+# difference (medical - broad) and its interval (seeds resampled, then latents)
 # (not judged when the SAEs fail notebook 3's quality bar: their ΔCE, from the run's results)
 families = load_comparisons(stage_evaluate(cfg, progress=False)).families
 glue("verdict_concepts", concept_verdict(scores, families, medical, broad, cfg.seed,
@@ -134,15 +138,15 @@ glue("verdict_concepts", concept_verdict(scores, families, medical, broad, cfg.s
 
 # %% [markdown]
 # ## Results
-# ### Mean score per SAE, with bootstrap 95% intervals over latents
+# ### Mean score per SAE family, with bootstrap 95% intervals over seeds, then latents
 # Detection AUROC first, then the accuracy and F1 of the generated answers (and fuzzing,
-# when on). The SAEs share a target L0; `L0` is each one's measured L0 at the end of
-# training. `n_unscored` counts latents without a score (explanation unparsable, or no
-# held-out windows; left out of the mean); `n_failures` counts questions left without a
-# parsable answer after retries (scored as wrong answers); `n_p_failures` counts p(yes)
-# requests with neither yes nor no among the returned tokens (scored as the wrong extreme;
-# never with the local model). The last row of each metric is the difference, medical −
-# broad.
+# when on). The SAEs share a target L0; `L0` is each family's measured L0 at the end of
+# training, averaged over its seeds. `n_unscored` counts latents without a score
+# (explanation unparsable, or no held-out windows; left out of the mean); `n_failures`
+# counts questions left without a parsable answer after retries (scored as wrong answers);
+# `n_p_failures` counts p(yes) requests with neither yes nor no among the returned tokens
+# (scored as the wrong extreme; never with the local model). The last row of each metric
+# is the difference, medical − broad.
 
 # %%
 display(summary[SUMMARY_COLUMNS].round(3))

@@ -446,28 +446,32 @@ def saes_at(cfg: Config, l0_target: float = 0.0, corpora: Sequence[str] = (),
 
 def stage_autointerp(cfg: Config, l0_target: float = 0.0, eval_corpus: str = "",
                      progress: bool = True) -> RunScores:
-    """Explain and score replicate 0 of every training corpus's SAE at ``l0_target``
-    (:func:`middle_target`) on the ``eval_corpus`` evaluation cache (empty: the first
-    evaluation corpus), with the configured chat backend (cached under the cache dir) and
-    budget (:func:`~sae_med.interpret.autointerp.run_budget`: the demo unless
+    """Explain and score every training corpus's SAEs at ``l0_target``
+    (:func:`middle_target`), its ``autointerp.n_latents`` latents spread over all
+    ``sae.seeds`` replicates (:func:`~sae_med.interpret.autointerp.score_saes`), on the
+    ``eval_corpus`` evaluation cache (empty: the first evaluation corpus), with the
+    configured chat backend (cached under the cache dir) and budget
+    (:func:`~sae_med.interpret.autointerp.run_budget`: the demo unless
     ``autointerp.demo=false``). Caches and SAEs come from the stages above."""
 
     target = middle_target(cfg, l0_target)
     eval_corpus = eval_corpus or cfg.eval_corpora[0]
     model = load_model_for(cfg)
     cache = cache_for(cfg, eval_corpus, "eval", progress)
-    runs = {corpus: next(r for r in results if r.l0_target == target)
+    runs = {corpus: sorted((r for r in results if r.l0_target == target),
+                           key=lambda r: r.replicate)
             for corpus, results in stage_train(cfg, progress=progress).items()}
     budget = run_budget(cfg.autointerp)
     if budget.demo:
         log.warning("autointerp: demo budget (%s); autointerp.demo=false runs the real "
                     "comparison", ", ".join(f"{k}={v}" for k, v in DEMO_BUDGET.items()))
     log.info("autointerp: SAEs at L0 target %g on %s", target, eval_corpus)
-    saes = {c: load_sae(r.path) for c, r in runs.items()}
+    saes = {c: [load_sae(r.path) for r in rs] for c, rs in runs.items()}
     scores = autointerp.score_saes(saes, cache, model, make_chat(budget, cfg.cache_path),
                                    budget, progress)
-    return RunScores(scores, {c: r.metrics.l0 if r.metrics else math.nan
-                              for c, r in runs.items()}, target, eval_corpus, budget)
+    l0 = {c: math.fsum(r.metrics.l0 if r.metrics else math.nan for r in rs) / len(rs)
+          for c, rs in runs.items()}
+    return RunScores(scores, l0, target, eval_corpus, budget)
 
 
 def stage_diagnose(cfg: Config, eval_corpus: str = "", l0_target: float = 0.0,

@@ -23,9 +23,11 @@ repeat itself) and then recorded as a failure: counted in ``n_failures``, kept i
 backend cannot give (an endpoint whose top tokens hold neither yes nor no) is counted in
 ``n_p_failures`` and scored as the wrong extreme (0 for a positive, 1 for a negative).
 
-:func:`compare_scores` then gives each SAE's mean score over latents with a bootstrap 95%
-interval, and the difference between two SAEs (medical vs broad at matched L0). This
-module takes SAEs, cache and model as given; on a whole run
+:func:`score_saes` spreads a training corpus's latents over its seed replicates, and
+:func:`compare_scores` gives each corpus's mean score with a bootstrap 95% interval that
+resamples seeds, then latents within each drawn seed, and the difference between two
+corpora's SAEs (medical vs broad at matched L0). This module takes SAEs, cache and model
+as given; on a whole run
 (:func:`sae_med.experiment.stage_autointerp`) ``autointerp.demo`` (the default) swaps the
 configured budget for the small :data:`DEMO_BUDGET`; ``autointerp.demo=false`` runs the
 real comparison.
@@ -412,18 +414,35 @@ def interpret_sae(sae: LinearSAE, acts: LatentActs, cache: ActivationCache, toke
 
 # ------------------------------------------------------------------------- comparison
 
+REPLICATE = "replicate"
+"""The column of a latent table holding the seed replicate each latent was drawn from."""
 METRICS = ("detection_auroc", "accuracy", "f1")
 """The per-latent scores :func:`compare_scores` is usually asked for, the lead one first."""
 FUZZ_METRICS = ("fuzz_auroc", "fuzz_accuracy", "fuzz_f1")
 
 
+def replicates_of(frame: pd.DataFrame) -> np.ndarray:
+    """The seed replicate each row of a latent table was drawn from (its ``replicate``
+    column); a table without one (written before latents were spread over seeds) is
+    one replicate, 0."""
+    if REPLICATE not in frame:
+        return np.zeros(len(frame), dtype=np.int64)
+    return frame[REPLICATE].to_numpy(dtype=np.int64)
+
+
 def compare_scores(scores: dict[str, pd.DataFrame], metric: str = "accuracy",
                    n_boot: int = EvalConfig.bootstrap, seed: int = 0) -> pd.DataFrame:
-    """Per SAE: mean ``metric`` (any column of :class:`LatentScore` holding a score, e.g.
-    ``detection_auroc``, ``accuracy``, ``fuzz_auroc``) over latents with a bootstrap 95%
-    interval from ``n_boot`` replicates (a run's ``eval.bootstrap``; the default is that
-    field's), and for two SAEs the difference (first − second, latents resampled
-    independently on each side: the two SAEs' latents are separate draws, not pairs).
+    """Per SAE family (a training corpus's seed replicates): mean ``metric`` (any column
+    of :class:`LatentScore` holding a score, e.g. ``detection_auroc``, ``accuracy``,
+    ``fuzz_auroc``) over its latents with a bootstrap 95% interval from ``n_boot``
+    replicates (a run's ``eval.bootstrap``; the default is that field's), and for two
+    families the difference (first − second, each side resampled independently: the two
+    families' latents are separate draws, not pairs).
+
+    Each resample draws seeds, then latents within each drawn seed (the ``replicate``
+    column, :func:`replicates_of`; :func:`~sae_med.measure.bootstrap.nested_mean_draws`),
+    so the interval holds seed variance; a table from one seed (or without the column) is
+    resampled over its latents alone.
 
     Latents without a score (explanation unparsable, no held-out windows, or fuzzing off)
     are left out of the mean and counted in ``n_unscored``. ``n_failures`` sums unparsable
@@ -431,16 +450,18 @@ def compare_scores(scores: dict[str, pd.DataFrame], metric: str = "accuracy",
     """
     rows, samples = [], {}
     for name, frame in scores.items():
-        vals = frame[metric].dropna().to_numpy(dtype=np.float64)
-        mean, lo, hi = bootstrap_mean(vals, n_boot, seed)
+        scored = frame[metric].notna().to_numpy()
+        vals = frame[metric].to_numpy(dtype=np.float64)[scored]
+        groups = replicates_of(frame)[scored]
+        mean, lo, hi = bootstrap_mean(vals, n_boot, seed, groups=groups)
         rows.append({"SAE": name, "n_latents": len(vals), "mean": mean, "ci_low": lo,
                      "ci_high": hi, "n_unscored": int(frame[metric].isna().sum()),
                      "n_failures": int(frame["n_failures"].sum()),
                      "n_p_failures": int(frame.get("n_p_failures", pd.Series([0])).sum())})
-        samples[name] = vals
-    if len(scores) == 2 and all(len(v) for v in samples.values()):
-        (a, va), (b, vb) = samples.items()
-        diff = independent_difference(va, vb, n_boot, seed)
+        samples[name] = (vals, groups)
+    if len(scores) == 2 and all(len(v) for v, _ in samples.values()):
+        (a, (va, ga)), (b, (vb, gb)) = samples.items()
+        diff = independent_difference(va, vb, n_boot, seed, groups_a=ga, groups_b=gb)
         rows.append({"SAE": f"{a} − {b}", "n_latents": len(va) + len(vb),
                      "mean": diff.value, "ci_low": diff.low, "ci_high": diff.high,
                      **{k: rows[0][k] + rows[1][k]
@@ -452,8 +473,9 @@ def compare_scores(scores: dict[str, pd.DataFrame], metric: str = "accuracy",
 
 DEMO_BUDGET: dict[str, Any] = {"n_latents": 2, "n_windows": 4, "n_score": 2,
                                "fuzzing": False, "max_new_tokens": 24}
-"""What ``autointerp.demo`` runs: 2 latents per SAE, each explained from 4 windows and
-scored on 2 + 2 held-out windows (~10 model calls per latent)."""
+"""What ``autointerp.demo`` runs: 2 latents per training corpus (spread over its seeds,
+:func:`score_saes`), each explained from 4 windows and scored on 2 + 2 held-out windows
+(~10 model calls per latent)."""
 
 
 def run_budget(cfg: AutointerpConfig) -> AutointerpConfig:
@@ -463,28 +485,55 @@ def run_budget(cfg: AutointerpConfig) -> AutointerpConfig:
 
 class RunScores(NamedTuple):
     scores: dict[str, pd.DataFrame]
-    """Per training corpus, :func:`interpret_sae`'s table for its SAE at the chosen L0."""
+    """Per training corpus, :func:`score_saes`' table for its seed replicates at the
+    chosen L0."""
     l0: dict[str, float]
-    """Each SAE's L0 at the end of training (the matched-L0 check)."""
+    """Each training corpus's SAEs' mean L0 at the end of training, over its seed
+    replicates (the matched-L0 check)."""
     target: float
     eval_corpus: str
     budget: AutointerpConfig
     """The settings the scores were made with (:func:`run_budget` of the config's)."""
 
 
-def score_saes(saes: Mapping[str, LinearSAE], cache: ActivationCache, model: LanguageModel,
-               chat: ChatBackend, budget: AutointerpConfig, progress: bool = True
-               ) -> dict[str, pd.DataFrame]:
-    """:func:`interpret_sae` for each SAE of ``saes`` over ``cache`` (built from ``model``),
-    keyed like ``saes``. The caller hands over SAEs, cache and model (the experiment layer:
-    :func:`sae_med.experiment.stage_autointerp`); nothing here caches or trains."""
+def split_latents(n: int, n_replicates: int) -> list[int]:
+    """``n`` latents split as evenly as possible over ``n_replicates`` seeds, the first
+    ones taking one more (replicates past ``n`` get none)."""
+    if n_replicates < 1:
+        raise ValueError("no SAE to draw latents from (0 seed replicates)")
+    return [n // n_replicates + (r < n % n_replicates) for r in range(n_replicates)]
+
+
+def score_saes(saes: Mapping[str, Sequence[LinearSAE]], cache: ActivationCache,
+               model: LanguageModel, chat: ChatBackend, budget: AutointerpConfig,
+               progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Per training corpus, ``budget.n_latents`` latents spread over the seed replicates
+    of ``saes[corpus]`` (replicate r at index r; :func:`split_latents`), each replicate's
+    drawn by :func:`pick_latents` on its own activations over ``cache`` (built from
+    ``model``) and scored by :func:`interpret_sae`: one table per corpus, keyed like
+    ``saes``, its :data:`REPLICATE` column saying which replicate each latent came from.
+    The autointerp cost is the same for any number of seeds. The caller hands over SAEs,
+    cache and model (the experiment layer: :func:`sae_med.experiment.stage_autointerp`);
+    nothing here caches or trains."""
     unembed = model.W_U.cpu()  # (d_model, d_vocab)
+    min_docs = budget.n_windows + budget.n_score
     scores = {}
-    for name, sae in saes.items():
-        acts = encode_cache(sae, cache, progress=False)
-        log.info("autointerp: SAE %s", name)
-        scores[name] = interpret_sae(sae, acts, cache, model.tokenizer, unembed, chat, budget,
-                                     progress=progress)
+    for name, replicates in saes.items():
+        frames = []
+        for r, (sae, n) in enumerate(zip(replicates, split_latents(budget.n_latents,
+                                                                   len(replicates)),
+                                         strict=True)):
+            if n == 0:
+                continue
+            acts = encode_cache(sae, cache, progress=False)
+            log.info("autointerp: SAE %s, replicate %d (%d latents)", name, r, n)
+            # one draw seed for every replicate: latent indices of separately trained SAEs
+            # are unrelated, and with one replicate the draw is what it always was
+            latents = pick_latents(acts, cache, n, min_docs, budget.seed)
+            frame = interpret_sae(sae, acts, cache, model.tokenizer, unembed, chat, budget,
+                                  latents, progress=progress)
+            frames.append(frame.assign(**{REPLICATE: r}))
+        scores[name] = pd.concat(frames, ignore_index=True)
     log.info("autointerp: %d model calls, %d answered from %s", chat.misses, chat.hits,
              chat.path)
     return scores
@@ -492,7 +541,9 @@ def score_saes(saes: Mapping[str, LinearSAE], cache: ActivationCache, model: Lan
 
 def write_run_scores(cfg: Config, run: RunScores) -> Path:
     """Write ``run`` under ``{run}/autointerp/l0_{target}/`` (``.../demo_l0_{target}`` for
-    the demo): ``latents.csv`` (one row per SAE and latent), ``comparison.csv``
+    the demo): ``latents.csv`` (one row per SAE and latent: its training corpus ``sae``,
+    seed ``replicate`` and the corpus's mean ``l0``; a file from before the
+    ``replicate`` column is one replicate, see :func:`replicates_of`), ``comparison.csv``
     (:func:`compare_scores` for each metric) and the resolved ``config.json``. Returns that
     folder."""
     out = autointerp_dir(cfg.run_path, run.target, run.budget.demo)

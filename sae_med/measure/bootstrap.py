@@ -6,6 +6,8 @@ indices with replacement from one ``torch.Generator`` seeded ``seed``
 (:func:`resample_indices`). Documents are resampled by *group* (:func:`doc_resample`:
 the split's grouping unit, e.g. one ICD-10-CM category), because related documents are
 not independent; with one document per group it draws what :func:`bootstrap_ci` draws.
+Values that come from independent replicates (latents of SAEs trained with different
+seeds) are resampled at two levels, replicates then values (:func:`nested_mean_draws`).
 """
 
 from __future__ import annotations
@@ -214,20 +216,57 @@ def _mean_draws(x: Tensor, rows: Iterator[Tensor]) -> np.ndarray:
     return x[torch.stack(idx)].mean(1).numpy() if idx else np.zeros(0)
 
 
-def _finite_values(values: Any) -> Tensor:
+def nested_mean_draws(x: Tensor, groups: Tensor, n_boot: int, gen: torch.Generator
+                      ) -> np.ndarray:
+    """(n_boot,) means of two-level resamples of ``x`` (values,) whose ``groups`` (values,)
+    are independent replicates (e.g. the SAE seed each latent comes from).
+
+    Replicate b draws as many groups as there are, with replacement, then within each
+    drawn group as many of its values as it holds, with replacement, and averages every
+    value drawn. With one group it is the one-level resample (:func:`resample_indices`,
+    the same draws from ``gen``)."""
+    groups = torch.unique(torch.as_tensor(groups), return_inverse=True)[1]
+    k = int(groups.max()) + 1 if len(groups) else 0
+    if k < 2 or n_boot <= 0:
+        return _mean_draws(x, resample_indices(len(x), n_boot, gen))
+    sizes = torch.bincount(groups, minlength=k)  # (k,)
+    starts = torch.cumsum(sizes, 0) - sizes
+    vals = x[torch.argsort(groups, stable=True)]  # grouped: group g at starts[g]
+    drawn = torch.randint(k, (n_boot, k), generator=gen)  # (n_boot, k) groups drawn
+    n = sizes[drawn].unsqueeze(-1)  # (n_boot, k, 1) values each drawn group holds
+    u = torch.rand(n_boot, k, int(sizes.max()), generator=gen, dtype=torch.float64)
+    within = torch.minimum((u * n).long(), n - 1)  # (n_boot, k, max size) uniform in range(n)
+    keep = torch.arange(u.shape[-1]) < n  # the first n draws of each drawn group
+    picked = vals[starts[drawn].unsqueeze(-1) + within] * keep
+    return (picked.sum((1, 2)) / keep.sum((1, 2))).numpy()
+
+
+def _finite_values(values: Any, groups: Any = None) -> tuple[Tensor, Tensor]:
+    """The values that are not NaN and their groups (all 0 when ``groups`` is None)."""
     x = torch.tensor(np.asarray(values, dtype=np.float64))  # a copy: values may be read-only
-    return x[~torch.isnan(x)]
+    g = (torch.zeros(len(x), dtype=torch.long) if groups is None
+         else torch.tensor(np.asarray(groups, dtype=np.int64)))
+    if g.shape != x.shape:
+        raise ValueError(f"{len(g)} groups for {len(x)} values")
+    ok = ~torch.isnan(x)
+    return x[ok], g[ok]
 
 
-def bootstrap_mean(values: Any, n_boot: int = 1000, seed: int = 0, level: float = LEVEL
-                   ) -> Interval:
+def bootstrap_mean(values: Any, n_boot: int = 1000, seed: int = 0, level: float = LEVEL,
+                   groups: Any = None) -> Interval:
     """The mean of ``values`` (NaNs dropped) and its percentile interval, resampling the
-    values themselves (e.g. latents or parent concepts); all NaN when none is left."""
-    x = _finite_values(values)
+    values themselves (e.g. latents or parent concepts); all NaN when none is left.
+
+    ``groups`` (one integer per value, e.g. the SAE seed a latent comes from) makes the
+    resample two-level: groups, then values within each drawn group
+    (:func:`nested_mean_draws`); without it, or with one group, values are resampled
+    directly."""
+    x, g = _finite_values(values, groups)
     if len(x) == 0:
         return Interval(math.nan, math.nan, math.nan)
-    reps = _mean_draws(x, resample_indices(len(x), n_boot, seed))
-    return percentile_interval(Draws(float(x.mean()), reps), level)
+    gen = torch.Generator().manual_seed(seed)
+    return percentile_interval(Draws(float(x.mean()), nested_mean_draws(x, g, n_boot, gen)),
+                               level)
 
 
 def paired_difference(a: Any, b: Any, n_boot: int = 1000, seed: int = 0,
@@ -243,14 +282,20 @@ def paired_difference(a: Any, b: Any, n_boot: int = 1000, seed: int = 0,
 
 
 def independent_difference(a: Any, b: Any, n_boot: int = 1000, seed: int = 0,
-                           level: float = LEVEL) -> Interval:
+                           level: float = LEVEL, groups_a: Any = None, groups_b: Any = None
+                           ) -> Interval:
     """mean(a) − mean(b) for two independent samples (NaNs dropped; e.g. the latents of two
     SAEs) and its interval, each side resampled on its own from one generator; all NaN
-    when a side is empty."""
-    xa, xb = _finite_values(a), _finite_values(b)
+    when a side is empty.
+
+    ``groups_a`` / ``groups_b`` (one integer per value, e.g. the SAE seed each latent comes
+    from) make a side's resample two-level, seeds then latents within each drawn seed
+    (:func:`nested_mean_draws`), so the interval holds seed variance; a side without
+    groups, or with one group, resamples its values directly."""
+    (xa, ga), (xb, gb) = _finite_values(a, groups_a), _finite_values(b, groups_b)
     if len(xa) == 0 or len(xb) == 0:
         return Interval(math.nan, math.nan, math.nan)
     gen = torch.Generator().manual_seed(seed)
-    reps_a = _mean_draws(xa, resample_indices(len(xa), n_boot, gen))
-    reps_b = _mean_draws(xb, resample_indices(len(xb), n_boot, gen))
+    reps_a = nested_mean_draws(xa, ga, n_boot, gen)
+    reps_b = nested_mean_draws(xb, gb, n_boot, gen)
     return percentile_interval(Draws(float(xa.mean() - xb.mean()), reps_a - reps_b), level)

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.artifacts import stable_hash
 from sae_med.config import EvalConfig
-from sae_med.interpret.autointerp import compare_scores
+from sae_med.interpret.autointerp import compare_scores, replicates_of
 from sae_med.measure import compare as comparison
-from sae_med.measure.bootstrap import Interval, independent_difference
+from sae_med.measure.bootstrap import Interval, independent_difference, nested_mean_draws
 from sae_med.measure.compare import (
     NOT_JUDGED,
     UNTESTED_AT_FVE,
@@ -103,9 +103,11 @@ from the ``home_excess`` contrasts: (domain − broad on domain text) − (place
 placebo text). If medicine is special, its home advantage exceeds a placebo's; if any
 narrow genre wins at home as much, the advantage is home field."""
 CONCEPT = Claim("concept", "Its latents read as clinical concepts (autointerp detection "
-                "AUROC)", "detection_auroc", 1, False)
+                "AUROC)", "detection_auroc", 1, False, version=2)
 """The claim judged from autointerp scores rather than the run's gaps
-(:func:`concept_verdict`); not a key of :func:`claim`, which looks up gap claims."""
+(:func:`concept_verdict`); not a key of :func:`claim`, which looks up gap claims. Version
+2: the interval resamples seed replicates, then latents within each (version 1 resampled
+the latents of replicate 0 only)."""
 CONCEPT_CLAIM = CONCEPT.text
 DCE_BAR_NATS = 1.0
 """The quality bar: on the default config the domain SAE's ΔCE on held-out domain
@@ -315,10 +317,11 @@ def placebo_verdict(comparisons: ComparisonTables, key: str, domain: str, placeb
 def concept_verdict(scores: Mapping[str, Any], families: Any, domain: str, broad: str,
                     seed: int = 0, n_boot: int = EvalConfig.bootstrap) -> Verdict:
     """The verdict on :data:`CONCEPT` from autointerp scores (``{train corpus: table of
-    LatentScore rows}``): the domain SAE's mean detection AUROC minus the broad SAE's, with
-    its bootstrap interval over latents (``n_boot`` replicates: the run's
-    ``eval.bootstrap``); not judged when the run's SAEs (its ``families`` rows) fail the
-    quality bar."""
+    LatentScore rows with their seed replicate}``): the domain SAEs' mean detection AUROC
+    minus the broad SAEs', with its two-level bootstrap interval, each side resampling
+    seeds, then latents within each drawn seed (``n_boot`` replicates: the run's
+    ``eval.bootstrap``; a table from one seed resamples latents alone); not judged when
+    the run's SAEs (its ``families`` rows) fail the quality bar."""
     pair = {c: scores[c] for c in (domain, broad) if c in scores}
     table = compare_scores(pair, CONCEPT.metric, n_boot, seed).set_index("SAE")
     row = f"{domain} − {broad}"
@@ -452,7 +455,8 @@ def _judges(c: Claim) -> tuple[Callable[..., Any], ...]:
     if c in HOME_EXCESS_CLAIMS:
         return (*shared, placebo_verdict, _contrast_verdict, oriented_contrasts)
     if c == CONCEPT:
-        return (*shared, concept_verdict, compare_scores, independent_difference)
+        return (*shared, concept_verdict, compare_scores, replicates_of,
+                independent_difference, nested_mean_draws)
     return (*shared, claim_verdict, oriented_gaps, gap_intervals)
 
 
