@@ -219,9 +219,9 @@ display(exercise_table("06"))
 # ```{exercise} Read the best explanations
 # :label: ex-ai-best
 # Which latents did the scorer find easiest to detect? List the three with the highest
-# detection AUROC, with their SAE, firing rate and explanation. Would you trust those
-# explanations, given the judge? Check the three with
-# `check("ex-ai-best", [(SAE, latent), ...], per_latent=per_latent)`.
+# detection AUROC, with their SAE, seed replicate, firing rate and explanation. Would you
+# trust those explanations, given the judge? Check the three with
+# `check("ex-ai-best", [(SAE, replicate, latent), ...], per_latent=per_latent)`.
 # ```
 #
 # ```{solution-start} ex-ai-best
@@ -232,10 +232,10 @@ display(exercise_table("06"))
 # %%
 with pd.option_context("display.max_colwidth", 200):
     display(per_latent.dropna(subset=["detection_auroc"])
-            .nlargest(3, "detection_auroc")[["SAE", "latent", "firing_rate", "explanation",
-                                             "detection_auroc"]].round(3))
+            .nlargest(3, "detection_auroc")[["SAE", "replicate", "latent", "firing_rate",
+                                             "explanation", "detection_auroc"]].round(3))
 best = per_latent.dropna(subset=["detection_auroc"]).nlargest(3, "detection_auroc")
-check("ex-ai-best", list(zip(best.SAE, best.latent, strict=True)),
+check("ex-ai-best", list(zip(best.SAE, best.replicate, best.latent, strict=True)),
       per_latent=per_latent).require()
 
 # %% [markdown]
@@ -272,10 +272,10 @@ def n_requests(b) -> int:
 full = run_budget(notebook_config(config, [*overrides, "autointerp.demo=false"],
                                   run_name).autointerp)
 display(pd.DataFrame([
-    {"budget": "this run", "latents per SAE": budget.n_latents,
+    {"budget": "this run", "latents per SAE family": budget.n_latents,
      "requests (counted)": n_requests(budget) * len(scores),
      "requests (measured)": int(per_latent.n_calls.sum())},
-    {"budget": "autointerp.demo=false", "latents per SAE": full.n_latents,
+    {"budget": "autointerp.demo=false", "latents per SAE family": full.n_latents,
      "requests (counted)": n_requests(full) * len(scores), "requests (measured)": None}]))
 print(f"sae-med book {config} {' '.join(overrides)} autointerp.demo=false "
       "autointerp.backend=openai autointerp.base_url=http://localhost:8000/v1 "

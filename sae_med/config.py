@@ -394,7 +394,8 @@ class AutointerpConfig:
     default, because the embedded judge is too weak for a comparison; ``false`` runs the
     real comparison with the budget below (meant for a strong model via ``backend=openai``)."""
     n_latents: int = 8
-    """Latents explained and scored per SAE (sampled among those that fire often enough)."""
+    """Latents explained and scored per training corpus, spread as evenly as possible over
+    its seed replicates at the target (sampled among those that fire often enough)."""
     n_windows: int = 8
     """Top-activating windows the explainer reads per latent."""
     n_score: int = 6

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from sae_med.config import AutointerpConfig, EvalConfig
-from sae_med.interpret.autointerp import RunScores, compare_scores
+from sae_med.interpret.autointerp import RunScores, compare_scores, replicates_of
 from sae_med.report.notebook import CORPUS_COLORS
 
 METRIC_LABELS = {"detection_auroc": "detection AUROC", "accuracy": "detection accuracy",
@@ -18,7 +18,7 @@ METRIC_LABELS = {"detection_auroc": "detection AUROC", "accuracy": "detection ac
 FUZZ_LABELS = {"fuzz_auroc": "fuzzing AUROC", "fuzz_accuracy": "fuzzing accuracy"}
 SUMMARY_COLUMNS = ["metric", "SAE", "L0", "n_latents", "mean", "ci_low", "ci_high",
                    "n_unscored", "n_failures", "n_p_failures"]
-PER_LATENT_COLUMNS = ["SAE", "latent", "firing_rate", "explanation", "detection_auroc",
+PER_LATENT_COLUMNS = ["SAE", "replicate", "latent", "firing_rate", "explanation", "detection_auroc",
                       "accuracy", "f1", "fuzz_auroc", "fuzz_accuracy", "n_calls",
                       "n_failures"]
 QUOTED = {"detection_auroc": "auroc", "accuracy": "accuracy"}
@@ -26,7 +26,7 @@ QUOTED = {"detection_auroc": "auroc", "accuracy": "accuracy"}
 
 
 class ScoreSummary(NamedTuple):
-    """Mean scores per SAE with bootstrap intervals over latents."""
+    """Mean scores per SAE family with bootstrap intervals over seeds, then latents."""
 
     tables: dict[str, pd.DataFrame]
     """Per metric, :func:`~sae_med.interpret.autointerp.compare_scores`' table."""
@@ -37,11 +37,13 @@ class ScoreSummary(NamedTuple):
 def budget_label(budget: AutointerpConfig) -> str:
     """A line (markdown) saying whether the scores are a demo or the full budget."""
     if budget.demo:
-        return (f"**Demo, not a result:** {budget.n_latents} latents per SAE, "
+        return (f"**Demo, not a result:** {budget.n_latents} latents per SAE family "
+                "(spread over its seeds), "
                 f"{budget.n_windows} explainer windows, {budget.n_score} + {budget.n_score} "
                 f"held-out windows, judged by `{budget.model}`. Rerun with "
                 "`autointerp.demo=false` (and a strong model) for the comparison.")
-    return f"Full budget: {budget.n_latents} latents per SAE, judged by `{budget.model}`."
+    return (f"Full budget: {budget.n_latents} latents per SAE family (spread over its "
+            f"seeds), judged by `{budget.model}`.")
 
 
 def score_metrics(budget: AutointerpConfig) -> dict[str, str]:
@@ -82,8 +84,8 @@ def run_values(run: RunScores, scores: Mapping[str, pd.DataFrame]) -> dict[str, 
     return {
         "autointerp_l0_target": f"{run.target:g}",
         "autointerp_backend": f"{budget.backend}:{budget.model}",
-        "autointerp_budget": (f"a demo of {budget.n_latents} latents per SAE, not a result"
-                              if budget.demo else f"{budget.n_latents} latents per SAE"),
+        "autointerp_budget": (f"a demo of {budget.n_latents} latents per SAE family, not a result"
+                              if budget.demo else f"{budget.n_latents} latents per SAE family"),
         "autointerp_n_latents": int(sum(len(f) for f in scores.values())),
         "autointerp_n_failures": int(sum(f["n_failures"].sum() for f in scores.values())),
         "autointerp_n_p_failures": int(sum(f["n_p_failures"].sum()
@@ -111,5 +113,7 @@ def score_figure(summary: pd.DataFrame, names: Iterable[str], run: RunScores, mo
 
 
 def per_latent_table(scores: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Every SAE's latent scores in one table, with an ``SAE`` column."""
-    return pd.concat([f.assign(SAE=name) for name, f in scores.items()], ignore_index=True)
+    """Every SAE family's latent scores in one table, with ``SAE`` (the training corpus)
+    and ``replicate`` (the seed whose SAE the latent is, 0 in tables without one)."""
+    return pd.concat([f.assign(SAE=name, replicate=replicates_of(f))
+                      for name, f in scores.items()], ignore_index=True)

@@ -541,17 +541,20 @@ def _feat_bar(answer: Any, alignment: Mapping[str, Any], bars: Sequence[float]
 # ------------------------------------------------------------------- 06: autointerp
 
 @exercise("ex-ai-best", "06", "starter", 5,
-          "list of (SAE, latent): the three latents with the highest detection AUROC")
+          "list of (SAE, replicate, latent): the three latents with the highest detection "
+          "AUROC")
 def _ai_best(answer: Any, per_latent: Any) -> CheckResult:
     label = "ex-ai-best"
     scored = per_latent.dropna(subset=["detection_auroc"])
     n = min(3, len(scored))
     bar = scored.detection_auroc.nlargest(n).min() if n else float("inf")
-    allowed = {(r.SAE, int(r.latent)) for r in scored[scored.detection_auroc >= bar]
-               .itertuples()}  # ties at the third place: any of them counts
-    given = [(s, int(j)) for s, j in answer]
+    # a latent is its SAE family's, its seed replicate's and its index: two seeds' SAEs
+    # can both score their latent 12
+    allowed = {(r.SAE, int(r.replicate), int(r.latent))
+               for r in scored[scored.detection_auroc >= bar].itertuples()}  # ties count
+    given = [(s, int(k), int(j)) for s, k, j in answer]
     if len(given) != n or len(set(given)) != n:
-        return wrong(label, f"list {n} different (SAE, latent) pairs")
+        return wrong(label, f"list {n} different (SAE, replicate, latent) triples")
     if not set(given) <= allowed:
         return wrong(label, "a latent in the list has a lower detection AUROC than three "
                      "others (latents without a score do not count)")

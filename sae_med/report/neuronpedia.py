@@ -422,20 +422,24 @@ def _neuronpedia_records(e: ExportedSAE, cfg: Config, lens: ModelLens,
 
 def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: str
                   ) -> list[Explanation]:
-    """sae-med autointerp's explanations of this SAE (replicate 0 of its corpus at its
-    target L0), if the run has them."""
+    """sae-med autointerp's explanations of this SAE's latents (the rows of its corpus,
+    target L0 and seed replicate: autointerp spreads a corpus's latents over its seeds),
+    if the run has them."""
 
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
+    from sae_med.interpret.autointerp import replicates_of
+
     saes = run_saes_dir(sae_dir)
-    if saes is None or p.l0_target is None or (p.replicate or 0) != 0:
+    if saes is None or p.l0_target is None:
         return []
     for demo, kind in ((False, "sae-med-autointerp"), (True, "sae-med-autointerp-demo")):
         path = autointerp_dir(saes.parent, p.l0_target, demo) / LATENTS_NAME
         if path.exists():
             rows = pd.read_csv(path, keep_default_na=False)
-            rows = rows[(rows["sae"] == p.train_corpus) & (rows["explanation"] != "")]
+            rows = rows[(rows["sae"] == p.train_corpus) & (rows["explanation"] != "")
+                        & (replicates_of(rows) == (p.replicate or 0))]
             return [Explanation(uuid.uuid4().hex, model_id, sid, str(int(r.latent)),
                                 str(r.explanation), kind, "sae-med autointerp",
                                 f"detection AUROC {float(r.detection_auroc):.3f}", now)

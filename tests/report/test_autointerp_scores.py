@@ -42,10 +42,12 @@ def run():
 
 
 def test_the_label_and_metrics_follow_the_budget(run):
-    assert budget_label(run.budget).startswith("**Demo, not a result:** 3 latents per SAE, "
+    assert budget_label(run.budget).startswith("**Demo, not a result:** 3 latents per SAE "
+                                               "family (spread over its seeds), "
                                                "4 explainer windows, 2 + 2 held-out")
     full = dataclasses.replace(run.budget, demo=False, fuzzing=True)
-    assert budget_label(full) == ("Full budget: 3 latents per SAE, judged by "
+    assert budget_label(full) == ("Full budget: 3 latents per SAE family (spread over its "
+                                  "seeds), judged by "
                                   f"`{full.model}`.")
     assert list(score_metrics(run.budget)) == ["detection_auroc", "accuracy", "f1"]
     assert list(score_metrics(full))[-2:] == ["fuzz_auroc", "fuzz_accuracy"]
@@ -72,7 +74,7 @@ def test_quoted_values_by_glue_name(run):
     assert math.isnan(one["autointerp_auroc_broad_ci_low"])
     assert run_values(run, run.scores) == {
         "autointerp_l0_target": "20", "autointerp_backend": f"local:{run.budget.model}",
-        "autointerp_budget": "a demo of 3 latents per SAE, not a result",
+        "autointerp_budget": "a demo of 3 latents per SAE family, not a result",
         "autointerp_n_latents": 6, "autointerp_n_failures": 1, "autointerp_n_p_failures": 0}
 
 

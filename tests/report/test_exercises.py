@@ -329,13 +329,18 @@ def case_feat_bar(tmp_path) -> Case:
 # ------------------------------------------------------------------------- chapter 06
 
 def case_ai_best(tmp_path) -> Case:
+    # two seeds' SAEs of one family both scored their latent 1: a latent is a triple
     per_latent = pd.DataFrame({"SAE": ["medical"] * 3 + ["broad"] * 3,
-                               "latent": [1, 2, 3, 4, 5, 6],
-                               "detection_auroc": [0.9, None, 0.4, 0.8, 0.95, 0.5]})
-    best = per_latent.dropna(subset=["detection_auroc"]).nlargest(3, "detection_auroc")
-    worst = per_latent.nsmallest(3, "detection_auroc")
-    return Case({"per_latent": per_latent}, list(zip(best.SAE, best.latent, strict=True)),
-                list(zip(worst.SAE, worst.latent, strict=True)))
+                               "replicate": [0, 1, 1, 0, 0, 1],
+                               "latent": [1, 1, 3, 4, 5, 6],
+                               "detection_auroc": [0.9, 0.85, 0.4, 0.8, 0.95, 0.5]})
+
+    def triples(rows):
+        return list(zip(rows.SAE, rows.replicate, rows.latent, strict=True))
+
+    best = per_latent.nlargest(3, "detection_auroc")
+    return Case({"per_latent": per_latent}, triples(best),
+                triples(per_latent.nsmallest(3, "detection_auroc")))
 
 
 def case_ai_budget(tmp_path) -> Case:

@@ -203,9 +203,10 @@ def test_export_neuronpedia_writes_a_source_that_reads_back(tmp_path, cache_root
     (sae_dir / "config.json").write_text(cfg.to_json())
     explained = run / "autointerp" / "l0_4" / "latents.csv"
     explained.parent.mkdir(parents=True)
-    pd.DataFrame({"latent": [3, 5], "explanation": ["anatomy terms", ""],
-                  "detection_auroc": [0.75, float("nan")], "sae": "medical"}).to_csv(
-        explained, index=False)
+    # autointerp spreads a family's latents over its seeds: seed 1's row is not seed 0's
+    pd.DataFrame({"latent": [3, 5, 7], "explanation": ["anatomy terms", "", "seed 1's"],
+                  "detection_auroc": [0.75, float("nan"), 0.8], "sae": "medical",
+                  "replicate": [0, 0, 1]}).to_csv(explained, index=False)
 
     with pytest.raises(ExportError, match="export_inputs"):  # reports build no cache
         export_saes(run, "neuronpedia", tmp_path / "out")
