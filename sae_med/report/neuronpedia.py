@@ -429,7 +429,7 @@ def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: st
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    from sae_med.interpret.autointerp import replicates_of
+    from sae_med.interpret.autointerp import replicates_of  # deferred: it imports pandas
 
     saes = run_saes_dir(sae_dir)
     if saes is None or p.l0_target is None:
