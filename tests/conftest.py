@@ -20,12 +20,13 @@ def pytest_configure(config):
 SLOW_FIRST = (
     "tests/e2e/test_rehearsal.py",
     "tests/e2e/test_book.py",
-    "tests/e2e/test_new_domain.py",
     "tests/test_doc_commands.py",
+    "tests/e2e/test_new_domain.py",
 )
-"""The longest modules, longest first (a two-worker `make test` on the 2-core CI kind:
-rehearsal ~700 s, the book ~600 s, the new-domain page ~300 s, the README's commands
-~480 s; every other module under ~4 min). Collected first so that, with ``make test``'s
+"""The longest modules, longest first (a clean-clone two-worker `make test`, AVX2-only
+2-core EPYC, 2026-12-07, `--durations`: rehearsal 636 s, the book 522 s, the README's
+commands 231 s, the new-domain page 108 s; no other test over 45 s; the whole `bash
+.ci/run`, set-up included, 26 min). Collected first so that, with ``make test``'s
 ``--no-loadscope-reorder``, each worker starts on two of them and the short modules fill
 in after; xdist's own order (most tests first) ran these one-test modules last, on one
 worker, while the other idled."""
