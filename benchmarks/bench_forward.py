@@ -27,7 +27,7 @@ Sides (each changes the blocks for its own rounds only):
   generated C++ loops. Its first round (compilation) is timed apart and left out of the
   medians.
 
-Prints the CPU (``lscpu`` model and flags), the median seconds per batch of each side and
+Prints the CPU (model and flags, from /proc/cpuinfo), the median seconds per batch of each side and
 path, ``speedup_vs_baseline`` (current / side) and the largest absolute and relative
 (to the largest |value|) difference from the current side's output.
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,21 +50,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sae_med.lm.model import decoder_layers
+from sae_med.runtime import cpu_info, onednn_linear
 
 SIDES = ("current", "onednn", "onednn_packed", "fused", "compiled")
 
 
-def lscpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    rows = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = rows.get("Flags", "").split()
-    simd = [f for f in flags if f.startswith(("avx", "fma", "amx", "sse4"))]
-    return (f"cpu: {rows.get('Model name', '?').strip()}, {rows.get('CPU(s)', '?').strip()}"
-            f" CPUs; SIMD flags: {' '.join(simd)}\nflags: {' '.join(flags)}")
+def cpu_line() -> str:
+    """The CPU (model, count) and its SIMD flags, then every flag."""
+    name, flags = cpu_info()
+    simd = [f for f in flags.split() if f.startswith(("avx", "fma", "amx", "sse4"))]
+    return (f"cpu: {name}, {os.cpu_count()} CPUs; SIMD flags: {' '.join(simd)}\n"
+            f"flags: {flags}")
 
 
 def _onednn(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
-    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), W, b, "none", [], "")
+    y = onednn_linear(x.reshape(-1, x.shape[-1]), W, b)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -166,7 +165,7 @@ def main() -> None:
     from sae_med.corpora.registry import iter_documents
     from sae_med.lm.load import load_model
 
-    print(lscpu())
+    print(cpu_line())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"niceness {os.nice(0)}, capability {torch.backends.cpu.get_cpu_capability()}")
     cfg = load_config("configs/default.yaml", ["model.dtype=float32"])

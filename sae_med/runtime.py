@@ -94,7 +94,7 @@ class MachineProfile:
 
 
 # ------------------------------------------------------------------------- capability
-def _cpu_info() -> tuple[str, str]:
+def cpu_info() -> tuple[str, str]:
     """(model name, flags) from /proc/cpuinfo; ("", "") where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -142,8 +142,12 @@ def _race_ms(fns: Sequence[Callable[[], object]], budget_s: float) -> list[float
     return [b * 1e3 for b in best]
 
 
-def _onednn_linear(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, W, None, "none", [], "")
+def onednn_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """x Wᵀ + b through oneDNN's fp32 linear (``x`` 2-D, ``W`` (out, in) like
+    ``F.linear``'s); callers check :func:`onednn_linear_works` or
+    :func:`use_onednn_linear` first."""
+    return torch.ops.mkldnn._linear_pointwise(x, W, b, "none", [], "")
 
 
 @functools.cache
@@ -151,7 +155,7 @@ def onednn_linear_works() -> bool:
     """Whether torch has oneDNN's fp32 linear (``mkldnn._linear_pointwise``) and it
     computes a tiny product right."""
     try:
-        out = _onednn_linear(torch.ones(2, 3), torch.ones(4, 3))
+        out = onednn_linear(torch.ones(2, 3), torch.ones(4, 3))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return bool(torch.backends.mkldnn.is_available()
@@ -178,18 +182,18 @@ def _probe_products() -> MachineProfile:
     a16, b16 = a.bfloat16(), b.bfloat16()
     m, k, n = KERNEL_PROBE_SHAPE
     x, W = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
-    cpu, _ = _cpu_info()
+    cpu, _ = cpu_info()
     fp32_ms, bf16_ms = _race_ms([lambda: a @ b, lambda: a16 @ b16], PROBE_BUDGET_S)
     kernels = [lambda: F.linear(x, W)]
     if onednn_linear_works():
-        kernels.append(lambda: _onednn_linear(x, W))
+        kernels.append(lambda: onednn_linear(x, W))
     matmul_ms, *onednn_ms = _race_ms(kernels, PROBE_BUDGET_S)
     return MachineProfile(key=machine_key(), cpu=cpu, fp32_ms=fp32_ms, bf16_ms=bf16_ms,
                           matmul_ms=matmul_ms, onednn_ms=onednn_ms[0] if onednn_ms else None)
 
 
 def machine_key() -> str:
-    cpu, flags = _cpu_info()
+    cpu, flags = cpu_info()
     return stable_hash({"cpu": cpu, "flags": flags, "arch": platform.machine(),
                         "torch": torch.__version__, "isa": isa_limits(),
                         "version": PROFILE_VERSION})
@@ -291,7 +295,7 @@ def fp32_linear(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     faster of oneDNN's linear and ``F.linear`` on this machine; ``F.linear`` elsewhere."""
     if (x.device.type == "cpu" and x.dtype == W.dtype == torch.float32 and x.dim() == 2
             and W.is_contiguous() and use_onednn_linear()):
-        return _onednn_linear(x.contiguous(), W)
+        return onednn_linear(x.contiguous(), W)
     return F.linear(x, W)
 
 

@@ -516,7 +516,6 @@ def score_saes(saes: Mapping[str, Sequence[LinearSAE]], cache: ActivationCache,
     cache and model (the experiment layer: :func:`sae_med.experiment.stage_autointerp`);
     nothing here caches or trains."""
     unembed = model.W_U.cpu()  # (d_model, d_vocab)
-    min_docs = budget.n_windows + budget.n_score
     scores = {}
     for name, replicates in saes.items():
         frames = []
@@ -527,11 +526,11 @@ def score_saes(saes: Mapping[str, Sequence[LinearSAE]], cache: ActivationCache,
                 continue
             acts = encode_cache(sae, cache, progress=False)
             log.info("autointerp: SAE %s, replicate %d (%d latents)", name, r, n)
-            # one draw seed for every replicate: latent indices of separately trained SAEs
-            # are unrelated, and with one replicate the draw is what it always was
-            latents = pick_latents(acts, cache, n, min_docs, budget.seed)
-            frame = interpret_sae(sae, acts, cache, model.tokenizer, unembed, chat, budget,
-                                  latents, progress=progress)
+            # interpret_sae draws the replicate's n latents (pick_latents) with the budget's
+            # one draw seed: latent indices of separately trained SAEs are unrelated, and
+            # with one replicate the draw is what it always was
+            frame = interpret_sae(sae, acts, cache, model.tokenizer, unembed, chat,
+                                  dataclasses.replace(budget, n_latents=n), progress=progress)
             frames.append(frame.assign(**{REPLICATE: r}))
         scores[name] = pd.concat(frames, ignore_index=True)
     log.info("autointerp: %d model calls, %d answered from %s", chat.misses, chat.hits,

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sae_med.runtime import use_onednn_linear
+from sae_med.runtime import onednn_linear, use_onednn_linear
 
 # --------------------------------------------------------------------------------------
 # Straight-through estimators
@@ -92,7 +92,7 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, W)
         ctx.has_bias = b is not None
-        return torch.ops.mkldnn._linear_pointwise(x, W.t(), b, "none", [], "")
+        return onednn_linear(x, W.t(), b)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
