@@ -13,6 +13,7 @@ import numpy as np
 import openai
 import pytest
 import torch
+from quantile_saes import quantile_sae
 
 from sae_med.config import AutointerpConfig, ConfigError, config_from_dict, load_config
 from sae_med.interpret.autointerp import (
@@ -42,7 +43,6 @@ from sae_med.interpret.chat_server import serve
 from sae_med.interpret.features import encode_cache, top_windows
 from sae_med.measure.bootstrap import bootstrap_mean
 from sae_med.measure.metrics import auroc
-from sae_med.sae.jumprelu import JumpReLUSAE
 
 SMALL = AutointerpConfig(n_latents=2, n_windows=3, n_score=2, max_new_tokens=24,
                          max_retries=1, fuzzing=True)
@@ -70,10 +70,7 @@ def cache(small_medical_cache):
 
 @pytest.fixture(scope="module")
 def sae_acts(cache):
-    s = JumpReLUSAE(cache.d_model, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():  # thresholds at the 90th percentile: every latent fires on 10%
-        z = cache.activations() @ s.W_enc + s.b_enc
-        s.log_threshold.copy_(torch.quantile(z, 0.9, dim=0).clamp_min(1e-3).log())
+    s = quantile_sae(cache, 64, 0.9)  # every latent fires on about 10% of the tokens
     return s, encode_cache(s, cache, progress=False)
 
 

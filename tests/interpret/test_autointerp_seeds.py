@@ -8,7 +8,7 @@ import dataclasses
 
 import pandas as pd
 import pytest
-import torch
+from quantile_saes import quantile_sae
 
 from sae_med.config import AutointerpConfig, load_config
 from sae_med.interpret.autointerp import (
@@ -25,7 +25,6 @@ from sae_med.interpret.autointerp import (
 )
 from sae_med.interpret.chat import CachedChat
 from sae_med.interpret.features import encode_cache
-from sae_med.sae.jumprelu import JumpReLUSAE
 
 BUDGET = AutointerpConfig(n_latents=5, n_windows=3, n_score=2, max_new_tokens=24,
                           max_retries=0, fuzzing=False)
@@ -47,19 +46,12 @@ class Judge:
         return (len(messages[-1]["content"]) % 97) / 97
 
 
-def _sae(cache, seed: int) -> JumpReLUSAE:
-    """A random SAE whose latents each fire on about 10% of the cache's tokens."""
-    s = JumpReLUSAE(cache.d_model, 64, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        z = cache.activations() @ s.W_enc + s.b_enc
-        s.log_threshold.copy_(torch.quantile(z, 0.9, dim=0).clamp_min(1e-3).log())
-    return s
-
-
 @pytest.fixture(scope="module")
 def scored(small_medical_cache, model, tmp_path_factory):
     cache = small_medical_cache
-    saes = {"medical": [_sae(cache, s) for s in (0, 1, 2)], "broad": [_sae(cache, 3)]}
+    # random SAEs whose latents each fire on about 10% of the cache's tokens
+    saes = {"medical": [quantile_sae(cache, 64, 0.9, s) for s in (0, 1, 2)],
+            "broad": [quantile_sae(cache, 64, 0.9, 3)]}
     chat = CachedChat(Judge(), tmp_path_factory.mktemp("chat") / "llm.jsonl")
     return saes, score_saes(saes, cache, model, chat, BUDGET, progress=False)
 

@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from quantile_saes import quantile_sae
 
 from sae_med.interpret.features import (
     best_concept_latents,
@@ -28,13 +29,7 @@ def cache(small_medical_cache):
 
 @pytest.fixture(scope="module")
 def sae(cache):
-    gen = torch.Generator().manual_seed(0)
-    s = JumpReLUSAE(cache.d_model, 256, generator=gen)
-    x = cache.activations()
-    with torch.no_grad():  # thresholds at the 95th percentile of each pre-activation
-        z = x @ s.W_enc + s.b_enc
-        s.log_threshold.copy_(torch.quantile(z, 0.95, dim=0).clamp_min(1e-3).log())
-    return s
+    return quantile_sae(cache, 256, 0.95)  # every latent fires on about 5% of the tokens
 
 
 def test_encode_cache_and_doc_max_match_dense(cache, sae):
