@@ -440,8 +440,11 @@ def _explanations(sae_dir: Path, p: Provenance, model_id: str, sid: str, now: st
             rows = pd.read_csv(path, keep_default_na=False)
             rows = rows[(rows["sae"] == p.train_corpus) & (rows["explanation"] != "")
                         & (replicates_of(rows) == (p.replicate or 0))]
+            # an explained latent without held-out windows has no score (an empty cell)
+            auroc = pd.to_numeric(rows["detection_auroc"], errors="coerce")
             return [Explanation(uuid.uuid4().hex, model_id, sid, str(int(r.latent)),
                                 str(r.explanation), kind, "sae-med autointerp",
-                                f"detection AUROC {float(r.detection_auroc):.3f}", now)
-                    for r in rows.itertuples()]
+                                f"detection AUROC {a:.3f}" if a == a
+                                else "detection AUROC: not scored", now)
+                    for r, a in zip(rows.itertuples(), auroc, strict=True)]
     return []

@@ -203,10 +203,12 @@ def test_export_neuronpedia_writes_a_source_that_reads_back(tmp_path, cache_root
     (sae_dir / "config.json").write_text(cfg.to_json())
     explained = run / "autointerp" / "l0_4" / "latents.csv"
     explained.parent.mkdir(parents=True)
-    # autointerp spreads a family's latents over its seeds: seed 1's row is not seed 0's
-    pd.DataFrame({"latent": [3, 5, 7], "explanation": ["anatomy terms", "", "seed 1's"],
-                  "detection_auroc": [0.75, float("nan"), 0.8], "sae": "medical",
-                  "replicate": [0, 0, 1]}).to_csv(explained, index=False)
+    # autointerp spreads a family's latents over its seeds: seed 1's row is not seed 0's;
+    # latent 9 was explained but had no held-out windows to score on (an empty cell)
+    pd.DataFrame({"latent": [3, 5, 7, 9],
+                  "explanation": ["anatomy terms", "", "seed 1's", "drug names"],
+                  "detection_auroc": [0.75, float("nan"), 0.8, float("nan")],
+                  "sae": "medical", "replicate": [0, 0, 1, 0]}).to_csv(explained, index=False)
 
     with pytest.raises(ExportError, match="export_inputs"):  # reports build no cache
         export_saes(run, "neuronpedia", tmp_path / "out")
@@ -237,4 +239,6 @@ def test_export_neuronpedia_writes_a_source_that_reads_back(tmp_path, cache_root
     assert windows and windows[0]["maxValue"] == pytest.approx(features[0]["maxActApprox"])
     assert all(len(w["tokens"]) == len(w["values"]) for w in windows)
     explanations = read_batches(folder, "explanations")
-    assert [(e["index"], e["description"]) for e in explanations] == [("3", "anatomy terms")]
+    assert [(e["index"], e["description"], e["notes"]) for e in explanations] == [
+        ("3", "anatomy terms", "detection AUROC 0.750"),
+        ("9", "drug names", "detection AUROC: not scored")]
