@@ -95,7 +95,8 @@ class MachineProfile:
 
 # ------------------------------------------------------------------------- capability
 def cpu_info() -> tuple[str, str]:
-    """(model name, flags) from /proc/cpuinfo; ("", "") where there is none."""
+    """(model name, flags) from /proc/cpuinfo; where it has no such fields (no file, or an
+    Arm CPU's "Features"), ``platform.processor()`` and ""."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

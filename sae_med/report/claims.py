@@ -495,11 +495,16 @@ so it has a version of its own, and no claim's version moves with it."""
 
 
 RESAMPLING_COMPUTATION = Computation("resampling", (
-    "group_counts", "doc_resample", "DocResample.columns", "statistic_draws"),
-    module="sae_med.measure.bootstrap")
+    "group_counts", "doc_resample", "DocResample.columns", "statistic_draws",
+    "resample_indices", "_mean_draws", "_finite_values"),
+    version=2, module="sae_med.measure.bootstrap")
 """How every SAE's bootstrap draws are made: document groups drawn with replacement
-(the split's grouping unit), their counts applied to per-document sums. The comparison
-computation starts from these draws, so a change here moves intervals too."""
+(the split's grouping unit), their counts applied to per-document sums; and the
+concept claim's latent draws (the indices, means and NaN filter its nested resample
+calls). The comparison computation starts from these draws, so a change here moves
+intervals too. Version 2 covers the concept claim's helpers as well (the same code and
+draws as version 1's run; before, a change to them would have moved that verdict
+unrecorded)."""
 
 L0_TREND_COMPUTATION = Computation("l0_trend", (
     "l0_trend", "step_intervals", "row_intervals", "trend_verdict", "comparison._steps"),

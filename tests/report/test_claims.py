@@ -395,8 +395,9 @@ def test_no_frozen_computation_changes_without_a_new_version(c):
 def test_the_computations_cover_draws_gaps_contrasts_and_the_trend():
     assert {"contrasts", "_paired_positions", "_contrast_rows", "matched", "interpolate",
             "fve_grid"} <= set(COMPARISON_COMPUTATION.functions)
-    assert {"group_counts", "doc_resample", "statistic_draws"} <= set(
-        RESAMPLING_COMPUTATION.functions)
+    # the concept claim's nested resample calls these (its rule holds nested_mean_draws)
+    assert {"group_counts", "doc_resample", "statistic_draws", "resample_indices",
+            "_mean_draws", "_finite_values"} <= set(RESAMPLING_COMPUTATION.functions)
     assert {"trend_verdict", "comparison._steps"} <= set(L0_TREND_COMPUTATION.functions)
 
 
