@@ -58,7 +58,7 @@ class MatrixRule(NamedTuple):
     """The SAEs the domain SAE is set against on domain text."""
 
 
-MATRIX_RULE = MatrixRule(version=1, signs=(("fve_typical", 1), ("delta_ce", -1),
+MATRIX_RULE = MatrixRule(version=2, signs=(("fve_typical", 1), ("delta_ce", -1),
                                            ("dark_matter.r2_error_mean", -1)),
                          versus=("broad", "mixed_10"))
 
@@ -71,6 +71,13 @@ class MatrixRun(NamedTuple):
     model: str
     run: str
     comparisons: ComparisonTables | None
+    targets: tuple[float, ...] = ()
+    """The run's declared target L0s (``sae.l0_targets``): each is judged, a missing row as
+    a missing interval."""
+
+
+NO_INTERVAL = Interval(float("nan"), None, None)
+"""A declared target's or width's gap that the results do not hold."""
 
 
 class MatrixCell(NamedTuple):
@@ -96,7 +103,8 @@ def read_matrix(cfg: Config) -> list[MatrixRun]:
     for c in matrix_configs(cfg):
         path = c.run_path / RESULTS_NAME
         runs.append(MatrixRun(c.sae.architecture, model_label(c), c.name,
-                              load_comparisons(path) if path.exists() else None))
+                              load_comparisons(path) if path.exists() else None,
+                              tuple(map(float, c.sae.l0_targets))))
     return runs
 
 
@@ -158,7 +166,8 @@ def _run_cells(run: MatrixRun, domain: str, versus: str, rule: MatrixRule
         g = oriented_gaps(run.comparisons.gaps, domain, versus)
         sel = g[(g.basis == "l0_target") & (g.eval_corpus == domain)
                 & (g.metric == metric)].sort_values("l0_target")
-        gaps = dict(zip(map(float, sel.l0_target), row_intervals(sel), strict=True))
+        found = dict(zip(map(float, sel.l0_target), row_intervals(sel), strict=True))
+        gaps = {t: found.get(t, NO_INTERVAL) for t in run.targets or found}
         verdict = (cell_verdict(list(gaps.values()), sign)
                    if meets_quality_bar(run.comparisons.families, domain) else NOT_JUDGED)
         cells.append(MatrixCell(run.architecture, run.model, versus, metric, gaps, verdict))

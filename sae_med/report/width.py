@@ -23,7 +23,13 @@ from sae_med.report.claims import (
     oriented_gaps,
     row_intervals,
 )
-from sae_med.report.matrix import METRIC_NAMES, NO_RESULTS, NOT_JUDGED, matrix_configs
+from sae_med.report.matrix import (
+    METRIC_NAMES,
+    NO_INTERVAL,
+    NO_RESULTS,
+    NOT_JUDGED,
+    matrix_configs,
+)
 from sae_med.report.notebook import CORPUS_COLORS, error_bars, interval_cell
 
 if TYPE_CHECKING:
@@ -64,7 +70,7 @@ class WidthRule(NamedTuple):
     """The fewest widths with an interval the slope test needs."""
 
 
-WIDTH_RULE = WidthRule(version=1, target=40.0, widths=(2, 4, 8, 16, 32),
+WIDTH_RULE = WidthRule(version=2, target=40.0, widths=(2, 4, 8, 16, 32),
                        signs=(("fve_typical", 1), ("delta_ce", -1)),
                        versus=("broad", "mixed_10"), mixed="mixed_10", min_widths=3)
 WIDTH_TARGET = WIDTH_RULE.target
@@ -200,11 +206,15 @@ def width_trend(gaps: dict[float, Interval], sign: int, rule: WidthRule = WIDTH_
 
 
 def _run_gap(run: WidthRun, domain: str, versus: str, metric: str, rule: WidthRule
-             ) -> Interval | None:
+             ) -> Interval:
+    """The run's gap at the rule's target (:data:`NO_INTERVAL` where its results hold none:
+    the width then has no interval, and what needs one is undetermined)."""
+    if run.comparisons.gaps.empty:
+        return NO_INTERVAL
     g = oriented_gaps(run.comparisons.gaps, domain, versus)
     sel = g[(g.basis == "l0_target") & (g.eval_corpus == domain) & (g.metric == metric)
             & (g.l0_target == rule.target)]
-    return None if sel.empty else row_intervals(sel)[0]
+    return NO_INTERVAL if sel.empty else row_intervals(sel)[0]
 
 
 def _judged(run: WidthRun, domain: str, rule: WidthRule) -> bool:
@@ -218,8 +228,7 @@ def _series(runs: Sequence[WidthRun], domain: str, versus: str, metric: str, sig
     arch = runs[0].architecture
     if any(r.comparisons is None for r in runs):
         return WidthSeries(arch, versus, metric, {}, Crossover(NO_RESULTS), Trend(NO_RESULTS))
-    gaps = {r.multiple: iv for r in runs
-            if (iv := _run_gap(r, domain, versus, metric, rule)) is not None}
+    gaps = {r.multiple: _run_gap(r, domain, versus, metric, rule) for r in runs}
     if not all(_judged(r, domain, rule) for r in runs):
         return WidthSeries(arch, versus, metric, gaps, Crossover(NOT_JUDGED), Trend(NOT_JUDGED))
     return WidthSeries(arch, versus, metric, gaps, crossover(gaps, sign),

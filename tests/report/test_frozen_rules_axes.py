@@ -20,10 +20,10 @@ from sae_med.report.matrix import (
 )
 from sae_med.report.width import TOO_FEW, WIDTH_RULE, width_rule_fingerprint, width_trend
 
-RECORDED_WIDTH = {1: "713f046462b738af"}
+RECORDED_WIDTH = {1: "713f046462b738af", 2: "7334d468e073fd1c"}
 """Every version of :data:`~sae_med.report.width.WIDTH_RULE` and its fingerprint; a new
 version is a new line, never an edit of a recorded one."""
-RECORDED_MATRIX = {1: "e0213f4b62f0a023"}
+RECORDED_MATRIX = {1: "e0213f4b62f0a023", 2: "22b2375f27a7bd66"}
 """The same for :data:`~sae_med.report.matrix.MATRIX_RULE`."""
 
 

@@ -3,7 +3,10 @@ results file per cell run of configs/matrix.yaml), and its rule on hand-made int
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import synthetic_runs
 from synthetic_runs import write_synthetic_results
 
 from sae_med.config import load_config
@@ -43,7 +46,9 @@ PLANTED = {
 
 
 @pytest.fixture
-def matrix_cfg(tmp_path):
+def matrix_cfg(tmp_path, monkeypatch):
+    # the synthetic runs score the matrix's own targets: the rule judges each declared one
+    monkeypatch.setattr(synthetic_runs, "TARGETS", (20.0, 40.0, 80.0))
     cfg = load_config("configs/matrix.yaml", [f"output_dir={tmp_path}"])
     for c in matrix_configs(cfg):
         write_synthetic_results(c.run_path / RESULTS_NAME, c,
@@ -83,12 +88,28 @@ def test_planted_gaps_give_each_architecture_its_verdict(matrix_cfg):
            if c.architecture == "matryoshka_batchtopk" and c.versus == "broad"}
     assert {v for (m, _), v in mat.items() if m.startswith("gemma")} == {HOLDS}
     assert {v for (m, _), v in mat.items() if m.startswith("smollm2")} == {REVERSES}
-    # the gaps themselves: +0.05 typical FVE, -0.05 ΔCE and R²(e) at both targets
+    # the gaps themselves: +0.05 typical FVE, -0.05 ΔCE and R²(e) at every target
     relu = {(c.metric, t): iv.value for c in cells if c.architecture == "relu"
             and c.versus == "broad" and c.model.startswith("gemma") for t, iv in c.gaps.items()}
     assert relu == pytest.approx({(m, t): v for m, v in (
         ("fve_typical", 0.05), ("delta_ce", -0.05), ("dark_matter.r2_error_mean", -0.05))
-        for t in (10.0, 80.0)})
+        for t in (20.0, 40.0, 80.0)})
+
+
+def test_a_declared_target_without_a_gap_fails_the_cell(matrix_cfg):
+    # relu holds on both models at every target; drop target 40's gaps from Gemma's run
+    path = matrix_cfg.run_path / RESULTS_NAME
+    doc = json.loads(path.read_text())
+    doc["gaps"] = [g for g in doc["gaps"] if g["l0_target"] != 40.0]
+    path.write_text(json.dumps(doc))
+    cells = [c for c in matrix_cells(read_matrix(matrix_cfg))
+             if c.architecture == "relu" and c.model.startswith("gemma")]
+    assert cells and all(c.verdict == FAILS for c in cells)
+    assert all(sorted(c.gaps) == [20.0, 40.0, 80.0] and c.gaps[40.0].low is None
+               for c in cells)
+    verdicts = verdict_table(matrix_cells(read_matrix(matrix_cfg))).set_index(
+        ["architecture", "gap"])["all three"]
+    assert verdicts[("relu", "medical − broad")] == FAILS
 
 
 def test_gap_table_prints_every_cell_and_a_missing_run(matrix_cfg):
@@ -96,10 +117,10 @@ def test_gap_table_prints_every_cell_and_a_missing_run(matrix_cfg):
     cells = matrix_cells(read_matrix(matrix_cfg))
     table = gap_table(cells)
     assert len(table) == 10 * 2 * 3  # runs x comparisons x metrics
-    assert list(table.columns) == ["architecture", "model", "gap", "metric", "L0 10",
-                                   "L0 80", "verdict"]
+    assert list(table.columns) == ["architecture", "model", "gap", "metric", "L0 20",
+                                   "L0 40", "L0 80", "verdict"]
     row = table[(table.architecture == "relu") & (table.metric == "ΔCE")].iloc[0]
-    assert row["L0 10"].startswith("-0.050 [") and row.verdict == HOLDS
+    assert row["L0 20"].startswith("-0.050 [") and row.verdict == HOLDS
     topk = verdict_table(cells).set_index(["architecture", "gap"])
     assert set(topk.loc["topk"]["all three"]) == {NO_RESULTS}
 

@@ -196,6 +196,18 @@ def test_tables_and_figure_read_every_width(width_cfg):
     assert len(fig.data) == 2 * 3 and list(fig.data[0].x) == list(WIDTHS)
 
 
+def test_a_width_whose_results_lack_the_target_gap_is_undetermined(width_cfg):
+    path = width_cfg.replication_configs()["width_jumprelu_4x"].run_path / RESULTS_NAME
+    doc = json.loads(path.read_text())
+    doc["gaps"] = [g for g in doc["gaps"] if g["l0_target"] != WIDTH_TARGET]
+    path.write_text(json.dumps(doc))
+    series = [s for s in width_series(read_widths(width_cfg)) if s.architecture == "jumprelu"]
+    assert all(sorted(s.gaps) == list(WIDTHS) and s.gaps[4].low is None for s in series)
+    assert {s.crossover.status for s in series} == {UNDETERMINED}
+    # the slope test reads the four widths that have an interval
+    assert {s.trend.verdict for s in series if s.versus == "mixed_10"} == {SHRINKS}
+
+
 def test_a_missing_run_or_a_failed_bar_withholds_the_verdicts(width_cfg):
     reps = width_cfg.replication_configs()
     (reps["width_matryoshka_16x"].run_path / RESULTS_NAME).unlink()
@@ -233,11 +245,13 @@ def run_chapter(tmp_path, output_dir) -> dict[str, str]:
             for k, v in glued(out).items()}
 
 
-def test_chapter_reads_both_experiments_runs(width_cfg, tmp_path):
+def test_chapter_reads_both_experiments_runs(width_cfg, tmp_path, monkeypatch):
     """Every width run, and the matrix's runs but one: the glued crossover sentence is the
     package's; the matrix's verdict table is glued and its note names the missing run and
     the command."""
     matrix = load_config("configs/matrix.yaml", [f"output_dir={width_cfg.output_dir}"])
+    # the matrix's own runs score its three targets (the width runs, only the width's one)
+    monkeypatch.setattr(synthetic_runs, "TARGETS", tuple(map(float, matrix.sae.l0_targets)))
     for c in matrix_configs(matrix):
         if not (c.run_path / RESULTS_NAME).exists() and c.name != "matrix_topk":
             write_synthetic_results(c.run_path / RESULTS_NAME, c, {("medical", "medical"): 0.05})
