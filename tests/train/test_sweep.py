@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_train import synthetic_acts, tiny_config
 
 from sae_med.artifacts import derived_seed
@@ -568,21 +570,34 @@ def test_pre_act_term_known_answer():
     assert float(sae.b_enc.grad[2]) == 0.0 and float(sae.b_enc.grad[0]) < 0
 
 
+def _half_dead_inits(acts: torch.Tensor, live_l0: tuple[float | None, ...] = (None, None)
+                     ) -> list[JumpReLUSAE]:
+    """One raw-space SAE (16 -> 64) per ``live_l0`` whose latents 32.. have thresholds above
+    every pre-activation of ``acts``: dead from the first step unless something revives
+    them. The live latents' thresholds are 0.05, or with an L0 the quantile that gives it."""
+    scale = float(acts.pow(2).sum(-1).mean().sqrt())
+    inits = []
+    for l0 in live_l0:
+        sae = JumpReLUSAE(16, 64, bandwidth=0.01, init_threshold=0.05,
+                          generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            sae.W_enc.copy_(sae.W_dec.T)
+            if l0 is not None:
+                z = acts @ sae.W_enc[:, :32] + sae.b_enc[:32]
+                sae.log_threshold[:32] = torch.quantile(z, 1 - l0 / 32, dim=0).clamp_min(
+                    0.05).log()
+            sae.log_threshold[32:] = math.log(1.5 * scale)  # raw units
+        inits.append(sae)
+    return inits
+
+
 def test_pre_act_loss_revives_dead_latents(tmp_path):
     """Half the latents start with thresholds above every pre-activation: the plain recipe
     leaves them dead, the pre-activation loss brings them back on the same budget."""
     acts = synthetic_acts(n=1024)
-    scale = float(acts.pow(2).sum(-1).mean().sqrt())
     live = {}
     for coeff in (0.0, 1.0):
-        inits = []
-        for _ in range(2):
-            sae = JumpReLUSAE(16, 64, bandwidth=0.01, init_threshold=0.05,
-                              generator=torch.Generator().manual_seed(1))
-            with torch.no_grad():
-                sae.W_enc.copy_(sae.W_dec.T)
-                sae.log_threshold[32:] = math.log(1.5 * scale)  # raw units
-            inits.append(sae)
+        inits = _half_dead_inits(acts)
         cfg = tiny_config(n_tokens=32 * 80, checkpoint_every=0, pre_act_loss=coeff,
                           dead_window_tokens=32 * 5, threshold_lr_mult=20.0)
         results = train_saes(cfg, TensorBatchSource(acts), tmp_path / str(coeff),
@@ -595,6 +610,64 @@ def test_pre_act_loss_revives_dead_latents(tmp_path):
     assert "pre_act_loss" not in Config().to_dict()["train"]
     source = TensorBatchSource(acts)
     assert run_key(tiny_config(pre_act_loss=1.0), source) != run_key(tiny_config(), source)
+
+
+class _KilledAt(TensorBatchSource):
+    """``acts``, failing when training batch ``at`` (of order ``seed``) is asked for: a run
+    killed mid-way (the input-norm batches come in another order)."""
+
+    def __init__(self, acts: torch.Tensor, at: int, seed: int):
+        super().__init__(acts)
+        self.at, self.seed = at, seed
+
+    def iter_batches(self, batch_size, seed, start_batch=0):
+        for i, b in enumerate(super().iter_batches(batch_size, seed, start_batch),
+                              start=start_batch):
+            if i == self.at and seed == self.seed:
+                raise KeyboardInterrupt("killed")
+            yield b
+
+
+@pytest.mark.parametrize("kernel", ["auto", "sparse"])
+def test_killed_twice_with_the_pre_act_loss_resumes_to_the_same_weights(kernel, tmp_path):
+    """The remedy's run, killed before the pre-activation loss switches on (resumed from
+    step 10, on at 12) and again with dead latents past the window (resumed from 30,
+    latents 32.. dead since step 0 and last-fired clocks mid-window): the same SAEs,
+    checkpoint state and metrics to the bit as an unbroken run. ``auto`` picks each
+    step's kernel by the previous step's L0: target 3 is near the bar (5% of the width),
+    so its steps switch kernels."""
+    acts = synthetic_acts(n=1024)
+    cfg = tiny_config(n_tokens=32 * 50, checkpoint_every=10, pre_act_loss=0.1,
+                      dead_window_tokens=32 * 12, threshold_lr_mult=5.0, kernel=kernel)
+    cfg = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, l0_targets=(3.0, 8.0)))
+    inits = functools.partial(_half_dead_inits, acts, live_l0=cfg.sae.l0_targets)
+    whole = train_saes(cfg, TensorBatchSource(acts), tmp_path / "whole", progress=False,
+                       init_saes=inits())
+    cut = tmp_path / "cut"
+    for at, saved in ((15, 10), (35, 30)):
+        with pytest.raises(KeyboardInterrupt):
+            train_saes(cfg, _KilledAt(acts, at, batch_seed(cfg.seed, 0)), cut, resume=True,
+                       progress=False, init_saes=inits())
+        state = torch.load(cut / CHECKPOINT_NAME, weights_only=True)
+        assert state["step"] == saved
+    tokens = 30 * cfg.train.batch_size  # the second resume's first step has dead latents
+    for st in state["members"]:
+        since = tokens - st["last_fired"]
+        assert (since >= cfg.train.dead_window_tokens).sum() > 0
+        assert ((since > 0) & (since < cfg.train.dead_window_tokens)).sum() > 0
+    resumed = train_saes(cfg, TensorBatchSource(acts), cut, resume=True, progress=False,
+                         init_saes=inits())
+    for a, b in zip(whole, resumed, strict=True):
+        wa, wb = load_file(a.path / "sae.safetensors"), load_file(b.path / "sae.safetensors")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), a.path
+        assert (a.path / "metrics.jsonl").read_text() == (b.path / "metrics.jsonl").read_text()
+    ends = [torch.load(d / CHECKPOINT_NAME, weights_only=True) for d in (tmp_path / "whole", cut)]
+    for ma, mb in zip(ends[0]["members"], ends[1]["members"], strict=True):
+        assert torch.equal(ma["last_fired"], mb["last_fired"])
+        assert ma["prev_l0"] == mb["prev_l0"]
+        for sa, sb in zip(ma["opt"]["state"].values(), mb["opt"]["state"].values(),
+                          strict=True):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def _parallel_cfg(cache_root: Path, out: Path, workers: int) -> Config:
