@@ -57,9 +57,19 @@ class LossRule(NamedTuple):
     """Zero-ablating the hooked residual must raise the CE by at least this much."""
 
 
-LOSS_RULE = LossRule(version=2, below_uniform_nats=1.0, zero_ablation_nats=1.0)
+SMALLER = "smaller without training"
+NOT_SMALLER = "not detectably smaller without training"
+LARGER = "larger without training"
+"""The verdicts of :func:`control_verdict` on a ratio's interval (version 2 called
+:data:`NOT_SMALLER` and :data:`LARGER` alike "as large without training")."""
+
+LOSS_RULE = LossRule(version=3, below_uniform_nats=1.0, zero_ablation_nats=1.0)
 """Version 1 was the ungated rule of :func:`control_verdict` that judged the first
-random-weights run (commit 4e28e06), before rules here were fingerprinted.
+random-weights run (commit 4e28e06), before rules here were fingerprinted. Version 3
+(session 22, after version 2's one run and before any run under it) only splits version
+2's "as large without training" into :data:`NOT_SMALLER` (the ratio's interval holds 1)
+and :data:`LARGER` (above 1): the same gate and margins, and version 2's verdicts on the
+same numbers read the same except for that name.
 
 1 nat below uniform is a factor e in the likelihood of the next token: a model that had
 learned no more than token frequencies is several nats below a uniform guess over a
@@ -106,10 +116,11 @@ def control_verdict(ratio: Interval, metric: str = "", loss: LossBaseline | None
     """The random-weights rule (:data:`LOSS_RULE`'s version): a ``metric`` of
     :data:`LOSS_METRICS` is ``not a test`` (with the numbers) unless the random model's
     ``loss`` baseline passes :func:`has_loss_to_lose`, and ``not judged`` without one.
-    Otherwise ``as large without training`` when the ratio's interval reaches 1 (the gap
-    on random weights is not detectably smaller: token statistics suffice), ``smaller
-    without training`` when it lies below 1, ``no interval`` when the trained model's gap
-    interval holds 0."""
+    Otherwise :data:`SMALLER` when the ratio's interval lies below 1, :data:`LARGER` when
+    above, :data:`NOT_SMALLER` when it holds 1 (the gap on random weights is not
+    detectably smaller: token statistics suffice to give it; this is no proof that the two
+    are equal, whose bound is the interval's low end), ``no interval`` when the trained
+    model's gap interval holds 0."""
     if metric in LOSS_METRICS:
         if loss is None:
             return LOSS_UNKNOWN
@@ -117,4 +128,6 @@ def control_verdict(ratio: Interval, metric: str = "", loss: LossBaseline | None
             return f"{NO_LOSS} ({loss.describe()})"
     if ratio.low is None or ratio.high is None:
         return "no interval"
-    return "smaller without training" if ratio.high < 1.0 else "as large without training"
+    if ratio.high < 1.0:
+        return SMALLER
+    return LARGER if ratio.low > 1.0 else NOT_SMALLER

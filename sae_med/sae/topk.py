@@ -12,7 +12,7 @@ reconstruct the live latents' residual, with weight min(n_dead / (d_model/2), 1)
 The target L0 is k. Decoder rows are kept unit norm by the trainer, so sae-lens's
 ``rescale_acts_by_decoder_norm`` is the identity here; its gradient differs from ours only
 along the decoder rows, which :meth:`~sae_med.sae.base.LinearSAE.remove_parallel_grad_`
-removes (tests/test_architectures.py checks both).
+removes (tests/sae/test_architectures.py checks both).
 """
 
 from __future__ import annotations

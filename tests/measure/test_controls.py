@@ -34,8 +34,8 @@ def test_the_control_verdict_reads_the_ratio_interval():
     from sae_med.measure.controls import control_verdict
 
     assert control_verdict(Interval(0.4, 0.3, 0.5)) == "smaller without training"
-    assert control_verdict(Interval(0.9, 0.7, 1.1)) == "as large without training"
-    assert control_verdict(Interval(1.5, 1.2, 1.8)) == "as large without training"
+    assert control_verdict(Interval(0.9, 0.7, 1.1)) == "not detectably smaller without training"
+    assert control_verdict(Interval(1.5, 1.2, 1.8)) == "larger without training"
     assert control_verdict(Interval(5.0, None, None)) == "no interval"
 
 
@@ -65,7 +65,7 @@ def test_a_model_at_the_uniform_guess_has_no_loss_to_lose_and_its_loss_rows_are_
     assert "clean CE 12.61" in control_verdict(small, "delta_ce", random)
     assert control_verdict(small, "delta_ce", trained) == "smaller without training"
     assert control_verdict(Interval(0.9, 0.7, 1.1), "delta_ce", trained) == \
-        "as large without training"
+        "not detectably smaller without training"
     assert control_verdict(Interval(0.9, 0.7, 1.1), "fve_typical", random) == \
-        "as large without training"  # not loss-based: the gate does not apply
+        "not detectably smaller without training"  # not loss-based: the gate does not apply
     assert control_verdict(small, "delta_ce").startswith("not judged")

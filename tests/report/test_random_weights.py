@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from synthetic_runs import TARGETS, synthetic_run
 
+from sae_med.measure.controls import NOT_SMALLER, SMALLER
 from sae_med.report.domain_report import load_side_run
 from sae_med.report.random_weights import (
     RANDOM_WEIGHTS_COMMAND,
@@ -31,9 +32,9 @@ def test_a_gap_that_vanishes_without_training_is_smaller_and_one_that_stays_is_n
     medical = [r for r in rows if r.own == "medical"]
     broad = [r for r in rows if r.own == "broad"]
     for r in medical:  # planted: 0.02 / 0.10
-        assert abs(r.ratio.value - 0.2) < 0.05 and r.verdict == "smaller without training"
+        assert abs(r.ratio.value - 0.2) < 0.05 and r.verdict == SMALLER
     for r in broad:  # planted: 0.10 / 0.10
-        assert r.ratio.low < 1.0 < r.ratio.high and r.verdict == "as large without training"
+        assert r.ratio.low < 1.0 < r.ratio.high and r.verdict == NOT_SMALLER
     table = control_table(rows)
     assert list(table.verdict) == [r.verdict for r in rows]
     assert table["home advantage"][0] == "medical SAE − broad SAE on medical text"
@@ -80,13 +81,13 @@ def test_loss_rows_of_a_model_at_the_uniform_guess_are_no_test_and_a_trained_one
             assert r.verdict.startswith("not a test: the model has no loss to lose")
             assert f"clean CE {uniform:.2f}" in r.verdict and "262,144" in r.verdict
         else:
-            assert not r.verdict.startswith("not")
+            assert r.verdict in (SMALLER, NOT_SMALLER)  # judged: the gate is loss-only
     page = control_verdicts(flat, "medical", "unused")
     assert page["verdict_random_delta_ce"].startswith("not a test")
     predicting = control_rows(with_loss(run(0.02, 0.10), 3.0, 9.0), trained, "medical",
                               "broad", metrics, vocab_size=vocab)
     assert [r.verdict for r in predicting if r.metric == "delta_ce"] == [
-        ("smaller without training" if r.own == "medical" else "as large without training")
+        (SMALLER if r.own == "medical" else NOT_SMALLER)
         for r in predicting if r.metric == "delta_ce"]
     unknown = control_rows(with_loss(run(0.02, 0.10), 3.0, 9.0), trained, "medical",
                            "broad", metrics)

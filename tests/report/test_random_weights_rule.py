@@ -5,7 +5,7 @@ from __future__ import annotations
 from sae_med.measure.controls import LOSS_RULE
 from sae_med.report.random_weights import control_rule_fingerprint
 
-RECORDED = {2: "c99d978c4079a2cb"}
+RECORDED = {2: "c99d978c4079a2cb", 3: "908e29ddeab4abac"}
 """Every version of :data:`~sae_med.measure.controls.LOSS_RULE` and its fingerprint; a new
 version is a new line, never an edit of a recorded one (version 1, the ungated rule,
 predates fingerprints)."""
