@@ -110,6 +110,7 @@ from sae_med.report.random_weights import (
     control_table,
     control_verdicts,
     model_vocab_size,
+    replication_controls,
 )
 
 # %% [markdown]
@@ -268,10 +269,12 @@ else:
 # ### Weights that learned nothing
 # The random-weights control (`configs/random_weights.yaml`, read, never run here): the
 # same model architecture with every weight redrawn by its config's initialiser, the same
-# corpora, recipe, seeds and target. If each side's home advantage is as large there as on
-# the trained model (the domains run, same target and seeds), the gap is about the texts'
-# token statistics, not about what the model learned. The two runs are scored apart, so
-# the ratio's interval treats them as independent (conservative; `sae_med.measure.controls`).
+# corpora, recipe, seeds and target. If each side's home advantage is not detectably
+# smaller there than on the trained model (the domains run, same target and seeds), the
+# texts' token statistics suffice to give it, without what the model learned. The two runs
+# are scored apart, so the ratio's interval treats them as independent (conservative;
+# `sae_med.measure.controls`). Its SmolLM2 replication is set against this run's SmolLM2
+# replication.
 
 # %%
 random_status = load_side_run(random_results or domains_results_path(RANDOM_WEIGHTS_CONFIG),
@@ -284,6 +287,12 @@ if control is None:
     print(control_note)
 else:
     display(control_table(control))
+# the other model families: the config's replications, each against this run's own
+# replication of the same model (read, never run)
+for more in replication_controls(by_model.runs, medical, broad):
+    print(f"{more.label}: {more.note}")
+    if more.rows is not None:
+        display(control_table(more.rows))
 
 # %% [markdown]
 # ### What the broad SAE lacks

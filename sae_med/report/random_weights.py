@@ -7,9 +7,12 @@ zero-ablated CE)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sae_med.artifacts import stable_hash
+from sae_med.config import load_config
+from sae_med.layout import RESULTS_NAME
 from sae_med.lm.files import EMBEDDED_MODELS
 from sae_med.measure.bootstrap import Interval
 from sae_med.measure.controls import (
@@ -21,7 +24,14 @@ from sae_med.measure.controls import (
     gap_ratio,
     has_loss_to_lose,
 )
-from sae_med.report.claims import judging_code, oriented_gaps, row_intervals
+from sae_med.report.claims import (
+    ModelRun,
+    judging_code,
+    model_label,
+    oriented_gaps,
+    row_intervals,
+)
+from sae_med.report.domain_report import load_side_run
 
 if TYPE_CHECKING:
     from sae_med.config import Config
@@ -143,4 +153,36 @@ def control_verdicts(rows: list[ControlRow] | None, domain: str, note: str
         out[f"verdict_random_{m}"] = "; ".join(
             f"{r.verdict} (ratio {_cell(r.ratio, '.2f')} at L0 {r.l0_target:g})"
             for r in mine) or note
+    return out
+
+
+class ModelControl(NamedTuple):
+    """One more model family's random-weights control (a replication of the config)."""
+
+    label: str
+    """The model and layer (:func:`~sae_med.report.claims.model_label`)."""
+    rows: list[ControlRow] | None
+    note: str
+    """Which run was read, or why ``rows`` is None: the run or its trained counterpart is
+    absent."""
+
+
+def replication_controls(trained: Sequence[ModelRun], domain: str, broad: str,
+                         config: str = RANDOM_WEIGHTS_CONFIG) -> list[ModelControl]:
+    """Each replication of the random-weights ``config`` against the trained run of the
+    same model and layer among ``trained`` (a chapter's
+    :func:`~sae_med.report.domain_report.read_model_runs`), both read, never run."""
+    out = []
+    for rep in load_config(config).replication_configs().values():
+        label = model_label(rep)
+        status = load_side_run(rep.run_path / RESULTS_NAME, f"{label} random-weights",
+                               RANDOM_WEIGHTS_COMMAND)
+        match = next((r for r in trained if r.label == label), None)
+        if status.run is None or match is None:
+            out.append(ModelControl(label, None, status.note if status.run is None else
+                                    f"No trained run of {label} to set it against."))
+            continue
+        rows = control_rows(status.run.comparisons, match.comparisons, domain, broad,
+                            vocab_size=model_vocab_size(status.run.cfg))
+        out.append(ModelControl(label, rows, status.note))
     return out

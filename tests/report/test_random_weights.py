@@ -3,15 +3,19 @@ advantages (known answers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from synthetic_runs import TARGETS, synthetic_run
 
 from sae_med.measure.controls import NOT_SMALLER, SMALLER
 from sae_med.report.domain_report import load_side_run
 from sae_med.report.random_weights import (
     RANDOM_WEIGHTS_COMMAND,
+    RANDOM_WEIGHTS_CONFIG,
     control_rows,
     control_table,
     control_verdicts,
+    replication_controls,
 )
 
 CORPORA = ["medical", "broad"]
@@ -92,3 +96,30 @@ def test_loss_rows_of_a_model_at_the_uniform_guess_are_no_test_and_a_trained_one
     unknown = control_rows(with_loss(run(0.02, 0.10), 3.0, 9.0), trained, "medical",
                            "broad", metrics)
     assert all(r.verdict.startswith("not judged") for r in unknown if r.metric == "delta_ce")
+
+
+def test_each_replication_is_set_against_the_trained_run_of_its_own_model(tmp_path):
+    """The random-weights config's SmolLM2 replication: absent, a note with the command;
+    written, its rows against the trained SmolLM2 run (not Gemma's), and absent again when
+    no trained run of that model is given."""
+    from synthetic_runs import write_synthetic_results
+
+    from sae_med.config import load_config
+    from sae_med.report.claims import ModelRun, model_label
+
+    cfg_path = tmp_path / "random_weights.yaml"
+    cfg_path.write_text(f"base: {Path.cwd() / RANDOM_WEIGHTS_CONFIG}\n"
+                        f"output_dir: {tmp_path}\n")
+    rep = next(iter(load_config(cfg_path).replication_configs().values()))
+    gemma = ModelRun("gemma-3-270m (block 13)", None, run(0.10, 0.10))
+    smol = ModelRun(model_label(rep), rep, run(0.10, 0.10))
+    (absent,) = replication_controls([gemma, smol], "medical", "broad", str(cfg_path))
+    assert absent.rows is None and RANDOM_WEIGHTS_COMMAND in absent.note
+    assert absent.label == "smollm2-135m-instruct (block 22)"
+    write_synthetic_results(rep.run_path / "results.json", rep,
+                            {("medical", "medical"): 0.02, ("broad", "broad"): 0.10})
+    (got,) = replication_controls([gemma, smol], "medical", "broad", str(cfg_path))
+    medical = [r for r in got.rows if r.own == "medical" and r.metric == "fve_typical"]
+    assert "read from" in got.note and medical and all(r.verdict == SMALLER for r in medical)
+    (unmatched,) = replication_controls([gemma], "medical", "broad", str(cfg_path))
+    assert unmatched.rows is None and "No trained run of smollm2" in unmatched.note
