@@ -273,6 +273,12 @@ class TrainConfig:
         _check_device(self.device, "train.device")
 
 
+DECLARED_MASSIVE_NORM_RATIO = 3.0
+"""The typical-token mask (``eval.massive_norm_ratio``) every rule that judges
+``fve_typical`` was declared with: a run with another reports its typical FVE under another
+metric name, which no rule judges (:func:`sae_med.measure.results.comparison_tables`)."""
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     n_tokens: int = 50_000
@@ -288,7 +294,7 @@ class EvalConfig:
     """Bootstrap replicates for 95% intervals (each draws seeds, then document groups:
     :func:`sae_med.measure.bootstrap.doc_resample`); 2,000 keep the Monte Carlo error of a 2.5%
     percentile small beside the interval."""
-    massive_norm_ratio: float = 3.0
+    massive_norm_ratio: float = DECLARED_MASSIVE_NORM_RATIO
     """``fve_typical`` leaves out tokens whose ‖x‖ exceeds this multiple of the eval
     cache's median ‖x‖ (massive activations: Gemma-3-270M's bulk stays under 1.5x, a rare
     token reaches 4.7x and can dominate a pooled FVE)."""

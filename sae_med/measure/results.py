@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sae_med.artifacts import atomic_path, write_json_atomic
-from sae_med.config import Config
+from sae_med.config import DECLARED_MASSIVE_NORM_RATIO, Config
 from sae_med.lm.weights import weights_record
 from sae_med.measure.bootstrap import (
     Interval,
@@ -276,5 +276,19 @@ def comparison_tables(doc: Mapping[str, Any]) -> ComparisonTables:
         for c in ("value", "low", "high"):
             if c in df:
                 df[c] = df[c].astype(float)
-        frames.append(df)
+        frames.append(_mask_named(df, doc))
     return ComparisonTables(*frames)
+
+
+def _mask_named(df: Any, doc: Mapping[str, Any]) -> Any:
+    """``df`` with its typical-FVE rows renamed ``fve_typical@<ratio>`` (metric and basis)
+    when the run masked typical tokens at another ratio than the declared one, so that no
+    rule judges them (they are still shown, under their own name)."""
+    ratio = doc.get("config", {}).get("eval", {}).get("massive_norm_ratio",
+                                                      DECLARED_MASSIVE_NORM_RATIO)
+    if ratio == DECLARED_MASSIVE_NORM_RATIO:
+        return df
+    for col in ("metric", "basis"):
+        if col in df:
+            df[col] = df[col].replace(TYPICAL_FVE_METRIC, f"{TYPICAL_FVE_METRIC}@{ratio:g}")
+    return df

@@ -92,6 +92,27 @@ def test_each_side_wins_at_home_by_what_was_planted():
     assert table.loc[("medical", "broad", 10.0), "delta_ce"].startswith("-0.100 [")
 
 
+def test_a_run_masking_typical_tokens_at_an_undeclared_ratio_is_shown_but_not_judged(
+        tmp_path):
+    """The rules judging ``fve_typical`` were declared with eval.massive_norm_ratio 3: a run
+    that overrode it keeps its rows, renamed, and the claim it would pass has no interval."""
+    from sae_med.measure.results import load_comparisons
+
+    smoke = load_config("configs/smoke.yaml")
+    shift = {("medical", "medical"): 0.10, ("broad", "broad"): 0.02}
+    declared = load_comparisons(write_synthetic_results(tmp_path / "a.json", smoke, shift))
+    assert contrast_verdict(declared, "did_fve_typical", "medical", "broad") == "supported"
+    other = dataclasses.replace(smoke, eval=dataclasses.replace(smoke.eval,
+                                                                massive_norm_ratio=2.5))
+    moved = load_comparisons(write_synthetic_results(tmp_path / "b.json", other, shift))
+    for frame in (moved.gaps, moved.contrasts):
+        assert "fve_typical" not in set(frame.metric)
+        assert "fve_typical@2.5" in set(frame.metric)
+    assert contrast_verdict(moved, "did_fve_typical", "medical", "broad") != "supported"
+    assert contrast_verdict(moved, "did_delta_ce", "medical", "broad") == contrast_verdict(
+        declared, "did_delta_ce", "medical", "broad")  # other metrics are judged as before
+
+
 def test_equal_home_advantages_leave_the_did_unresolved():
     same = default_run(0.05, 0.05)
     assert contrast_verdict(same, "did_fve_typical", "medical", "broad") == "not supported"
