@@ -1,7 +1,8 @@
 """Print the width axis (issue 32 item 5): each training corpus's typical-token FVE and ΔCE
 on medical text against SAE width at target L0 40, the medical SAE's gaps against the broad
-and the mixed_10 SAE per width with the crossover and the slope test, and the capacity
-prediction per architecture (:mod:`sae_med.report.width`; the rule is in book/method.md).
+and the mixed_10 SAE per width with the crossover, where the gap reaches 0 (with its 95%
+interval) and the slope test, and the capacity prediction per architecture
+(:mod:`sae_med.report.width`; the rule is in book/method.md).
 Run from the folder holding ``runs/`` after ``sae-med experiment configs/width.yaml``:
 
     .venv/bin/python benchmarks/width_table.py configs/width.yaml [a.b=value ...]

@@ -50,8 +50,8 @@
 #    predicts that the medical − mixed_10 gap shrinks as the SAEs widen: a general SAE
 #    that has seen the domain spends its latents on generic features, and a wider one has
 #    latents to spare. The chapter gives the *crossover*, the smallest width from which
-#    the other SAE matches the medical one, and a declared slope test of the gap on log
-#    width.
+#    the other SAE matches the medical one, where the gap itself reaches 0 with an
+#    interval, and a declared slope test of the gap on log width.
 #
 # Both experiments are read, never run here: each trains many SAE families. Where their
 # runs are absent, each section says so and names the command that makes them. The tables
@@ -122,7 +122,8 @@ width_present = any(r.comparisons is not None for r in width_runs)
 # medical text at each target L0, "value [low, high]" (paired 95% intervals over seeds and
 # document groups), and the cell's verdict. For ΔCE and R²(e) a *negative* gap favours the
 # medical SAE. If the matrix has not been run, the note says how to make it: ten runs,
-# each about 20 to 60 minutes on 2 cores.
+# each the size of the default experiment (its measured time is in
+# `benchmarks/RESULTS.md`).
 
 # %%
 cells = matrix_cells(matrix_runs)
@@ -160,7 +161,10 @@ if width_present:
 # %% [markdown]
 # The medical SAE minus the broad and minus the mixed_10 SAE at every width, the crossover
 # (the smallest width from which the gap's interval holds 0 or reverses, there and at every
-# larger width) and the slope test of the medical SAE's advantage on log2 width.
+# larger width: where the gap stops being resolved), where the gap itself reaches 0 with
+# its 95% interval (a parametric bootstrap over the widths' gaps, drawn independently
+# though they share eval documents; "≤ 2×" or "> 32×" where draws cross outside the widths
+# run) and the slope test of the medical SAE's advantage on log2 width.
 
 # %%
 series = width_series(width_runs)

@@ -1,7 +1,8 @@
 """The width axis (``configs/width.yaml``) in tables, a figure and sentences: each training
 corpus's SAEs on domain text against SAE width at one target L0, the domain SAE's gaps
 against the broad and the mixed SAE per width, the crossover width (:func:`crossover`) and
-the declared slope test (:func:`width_trend`). The rules are stated in book/method.md
+the declared slope test (:func:`width_trend`), and where the gap itself reaches 0, with an
+interval (:func:`crossover_interval`). The rules are stated in book/method.md
 before any real run and frozen by :data:`WIDTH_RULE`'s version."""
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor
 
 from sae_med.artifacts import stable_hash
 from sae_med.layout import RESULTS_NAME
@@ -68,11 +72,17 @@ class WidthRule(NamedTuple):
     """The comparison the capacity prediction reads: an SAE that has seen the domain."""
     min_widths: int
     """The fewest widths with an interval the slope test needs."""
+    draws: int
+    """Replicates of the crossover interval's parametric bootstrap
+    (:func:`crossover_interval`)."""
+    seed: int
+    """The seed of those draws."""
 
 
-WIDTH_RULE = WidthRule(version=2, target=40.0, widths=(2, 4, 8, 16, 32),
+WIDTH_RULE = WidthRule(version=3, target=40.0, widths=(2, 4, 8, 16, 32),
                        signs=(("fve_typical", 1), ("delta_ce", -1)),
-                       versus=("broad", "mixed_10"), mixed="mixed_10", min_widths=3)
+                       versus=("broad", "mixed_10"), mixed="mixed_10", min_widths=3,
+                       draws=2000, seed=0)
 WIDTH_TARGET = WIDTH_RULE.target
 """The rule's target L0, for the tables and the configs' tests."""
 
@@ -94,9 +104,32 @@ class WidthRun(NamedTuple):
         return self.width / self.d_model if self.d_model else float(self.width)
 
 
+class CrossoverInterval(NamedTuple):
+    """Where the domain SAE's advantage itself reaches 0 (:func:`crossover_interval`), × d_model:
+    the point values' crossover and its 95% interval. An end at ``-inf`` reads "at or below
+    the smallest width", ``inf`` "beyond the largest"; None ends: undetermined."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    smallest: float | None = None
+    """The smallest declared width with a gap (× d_model)."""
+    largest: float | None = None
+
+    def text(self) -> str:
+        """"value [low, high]", e.g. "12.1× [9.8×, > 32×]"."""
+        if self.value is None or self.low is None or self.high is None:
+            return "undetermined (a width's gap has no interval)"
+        ends = [f"≤ {self.smallest:g}×" if x == -math.inf else
+                f"> {self.largest:g}×" if x == math.inf else f"{x:.1f}×"
+                for x in (self.value, self.low, self.high)]
+        return f"{ends[0]} [{ends[1]}, {ends[2]}]"
+
+
 class Crossover(NamedTuple):
     """Where, on the grid of declared widths, the ``versus`` SAE starts to match the domain
-    SAE (:func:`crossover`): a bracket and a point estimate, neither with an interval."""
+    SAE (:func:`crossover`): a bracket and a point estimate, which judge the verdict, and
+    beside them where the gap itself reaches 0, with an interval."""
 
     status: str
     width: float | None = None
@@ -108,6 +141,9 @@ class Crossover(NamedTuple):
     """Where the paper-side end of the gap's interval (the end nearer 0) reaches 0,
     interpolated linearly on log2 width between ``below`` and ``width``: where the gap
     stops being resolved, not where the gap itself reaches 0; a point, with no interval."""
+    interval: CrossoverInterval | None = None
+    """Where the gap itself reaches 0, with its 95% interval (:func:`crossover_interval`);
+    None where no crossover is judged (no results, or not judged)."""
 
 
 class Trend(NamedTuple):
@@ -149,18 +185,24 @@ def _matches(iv: Interval, sign: int) -> bool:
     return not (sign * iv.low > 0 and sign * iv.high > 0)
 
 
-def crossover(gaps: dict[float, Interval], sign: int) -> Crossover:
+def crossover(gaps: dict[float, Interval], sign: int, rule: WidthRule = WIDTH_RULE
+              ) -> Crossover:
     """The declared rule: the crossover width is the smallest declared width from which the
     gap's 95% interval holds 0 or lies on the other side of it, at that width and every
     larger one. The result is a bracket on the grid of widths run, (below, width], with
     ``below`` the declared width before, whose interval still excludes 0 on the paper's
-    side: the widths between were not run, and no interval on the crossover width is
-    computed. ``estimate`` is a point inside the bracket: where the paper-side end of the
-    gap's interval (the end nearer 0) reaches 0, interpolated linearly on log2 width between
-    the two ends, i.e. where the gap stops being resolved, not where it reaches 0.
-    ``no crossover`` when the largest width's gap still excludes 0 on the paper's side;
-    ``matched at every width`` when even the smallest matches; ``undetermined`` when a
-    width has no interval."""
+    side: the widths between were not run. ``estimate`` is a point inside the bracket: where
+    the paper-side end of the gap's interval (the end nearer 0) reaches 0, interpolated
+    linearly on log2 width between the two ends, i.e. where the gap stops being resolved,
+    not where it reaches 0. ``no crossover`` when the largest width's gap still excludes 0
+    on the paper's side; ``matched at every width`` when even the smallest matches;
+    ``undetermined`` when a width has no interval. Beside the verdict, ``interval`` is where
+    the gap itself reaches 0, with a 95% interval (:func:`crossover_interval`)."""
+    return _bracket(gaps, sign)._replace(interval=crossover_interval(gaps, sign, rule))
+
+
+def _bracket(gaps: dict[float, Interval], sign: int) -> Crossover:
+    """:func:`crossover`'s status, bracket and estimate."""
     widths = sorted(gaps)
     if not widths or any(gaps[w].low is None or gaps[w].high is None for w in widths):
         return Crossover(UNDETERMINED)
@@ -179,6 +221,55 @@ def crossover(gaps: dict[float, Interval], sign: int) -> Crossover:
     e0, e1 = edge(gaps[below]), edge(gaps[at])
     x = math.log2(below) + e0 / (e0 - e1) * (math.log2(at) - math.log2(below))
     return Crossover(CROSSOVER, at, below, 2 ** x)
+
+
+def crossover_interval(gaps: dict[float, Interval], sign: int, rule: WidthRule = WIDTH_RULE
+                       ) -> CrossoverInterval:
+    """Where the domain SAE's advantage a_w = sign × gap_w itself reaches 0, and a 95%
+    interval on it. The crossover of a curve a over the declared widths is the smallest x
+    from which its linear interpolation on log2 width is ≤ 0 at x and at every larger
+    width: the last change of sign from > 0 to ≤ 0 (:func:`_crossings`); ``-inf`` (at or
+    below the smallest width) when a ≤ 0 already there, ``inf`` (beyond the largest) when
+    a > 0 at the largest. The point is the crossover of the gaps' point values; the interval
+    a parametric bootstrap: ``rule.draws`` draws (seed ``rule.seed``), each width's gap drawn
+    independently from Normal(value, se), se = the interval's width / (2 × 1.96), the
+    crossover of each draw, and the draws' 2.5th and 97.5th percentiles (order statistics,
+    so censored draws count at the ends). The widths share their eval documents, so their
+    gaps are positively correlated and independent draws are noisier than the real curve.
+    It says where the gap reaches 0, where the bracket of
+    :func:`crossover` says where the gap stops being resolved. Undetermined (None ends)
+    when a width has no interval."""
+    widths = sorted(gaps)
+    if not widths or any(gaps[w].low is None or gaps[w].high is None for w in widths):
+        ends = (widths[0], widths[-1]) if widths else (None, None)
+        return CrossoverInterval(None, None, None, *ends)
+    value = torch.tensor([sign * gaps[w].value for w in widths], dtype=torch.float64)
+    se = torch.tensor([(gaps[w].high - gaps[w].low) / (2 * Z95) for w in widths],
+                      dtype=torch.float64)
+    gen = torch.Generator().manual_seed(rule.seed)
+    noise = torch.randn((rule.draws, len(widths)), generator=gen, dtype=torch.float64)
+    log2w = torch.tensor([math.log2(w) for w in widths], dtype=torch.float64)
+    draws = _crossings(value + sign * se * noise, log2w).sort().values
+    low, high = (float(draws[math.ceil(q * rule.draws) - 1]) for q in (0.025, 0.975))
+    point = float(_crossings(value[None], log2w)[0])
+    return CrossoverInterval(*(2 ** x if math.isfinite(x) else x for x in (point, low, high)),
+                             widths[0], widths[-1])
+
+
+def _crossings(a: Tensor, log2w: Tensor) -> Tensor:
+    """Per curve (row of ``a``, shape (draws, widths)), the log2 width from which its
+    linear interpolation on ``log2w`` is ≤ 0 at every larger declared width: between the
+    last width with a > 0 and the next; ``-inf`` when there is none, ``inf`` when it is the
+    largest. Shape (draws,)."""
+    k = a.shape[1]
+    if k < 2:
+        return torch.where(a[:, 0] > 0, math.inf, -math.inf)
+    last = torch.where(a > 0, torch.arange(k), -1).max(dim=1).values  # (draws,)
+    i = last.clamp(0, k - 2)
+    a0, a1 = a.gather(1, i[:, None])[:, 0], a.gather(1, (i + 1)[:, None])[:, 0]
+    x = log2w[i] + a0 / (a0 - a1) * (log2w[i + 1] - log2w[i])
+    x = torch.where(last < 0, -math.inf, x)
+    return torch.where(last == k - 1, math.inf, x)
 
 
 def width_trend(gaps: dict[float, Interval], sign: int, rule: WidthRule = WIDTH_RULE
@@ -231,7 +322,7 @@ def _series(runs: Sequence[WidthRun], domain: str, versus: str, metric: str, sig
     gaps = {r.multiple: _run_gap(r, domain, versus, metric, rule) for r in runs}
     if not all(_judged(r, domain, rule) for r in runs):
         return WidthSeries(arch, versus, metric, gaps, Crossover(NOT_JUDGED), Trend(NOT_JUDGED))
-    return WidthSeries(arch, versus, metric, gaps, crossover(gaps, sign),
+    return WidthSeries(arch, versus, metric, gaps, crossover(gaps, sign, rule),
                        width_trend(gaps, sign, rule))
 
 
@@ -262,12 +353,13 @@ def capacity_verdict(series: Sequence[WidthSeries], rule: WidthRule = WIDTH_RULE
 
 
 def width_rule_fingerprint(rule: WidthRule = WIDTH_RULE) -> str:
-    """A hash of everything that decides the width axis's verdicts: the rule's fields, the
-    quality bar, the normal quantile of the slope test and the code that judges (not the
-    rule's version)."""
+    """A hash of everything that decides the width axis's verdicts and the crossover's
+    interval: the rule's fields, the quality bar, the normal quantile of the slope test and
+    of the interval's draws, and the code that judges (not the rule's version)."""
     fields = {k: v for k, v in rule._asdict().items() if k != "version"}
-    code = (_matches, crossover, width_trend, _run_gap, _judged, _series, width_series,
-            capacity_verdict, meets_quality_bar, bar_dce, oriented_gaps, row_intervals)
+    code = (_matches, crossover, _bracket, crossover_interval, _crossings, width_trend,
+            _run_gap, _judged, _series, width_series, capacity_verdict, meets_quality_bar,
+            bar_dce, oriented_gaps, row_intervals)
     return stable_hash({"rule": fields, "bar_nats": DCE_BAR_NATS, "z95": Z95,
                         "code": [judging_code(f) for f in code]})
 
@@ -278,13 +370,23 @@ def _times(w: float | None) -> str:
 
 def crossover_text(c: Crossover, versus: str, domain: str = "medical",
                    largest: float | None = max(WIDTH_RULE.widths)) -> str:
-    """The crossover in words (largest: the largest width, for "no crossover up to")."""
+    """The crossover in words (largest: the largest width, for "no crossover up to"), and
+    where the gap itself reaches 0 with its interval."""
+    return _bracket_text(c, versus, domain, largest) + _interval_text(c.interval)
+
+
+def _interval_text(iv: CrossoverInterval | None) -> str:
+    if iv is None or iv.value is None:
+        return ""
+    return f"; the gap itself reaches 0 at {iv.text()} (95% parametric bootstrap)"
+
+
+def _bracket_text(c: Crossover, versus: str, domain: str, largest: float | None) -> str:
     if c.status == CROSSOVER:
         return (f"the {versus} SAE matches the {domain} one on {domain} text from "
                 f"{_times(c.width)} d_model, not at {_times(c.below)} (the declared widths "
                 f"bracket the crossover in ({_times(c.below)}, {_times(c.width)}]; the gap's "
-                f"interval reaches 0 near {c.estimate:.1f}× by log-width interpolation, a "
-                f"point with no interval)")
+                f"interval reaches 0 near {c.estimate:.1f}× by log-width interpolation)")
     if c.status == NO_CROSSOVER:
         return f"no crossover up to {_times(largest)} d_model"
     if c.status == MATCHED:
@@ -344,7 +446,8 @@ def family_table(families: Any, digits: int = 3) -> Any:
 
 def width_gap_table(series: Sequence[WidthSeries], domain: str = "medical") -> Any:
     """One line per architecture, comparison and metric: the gap at each width, "value
-    [low, high]", the crossover and the slope test."""
+    [low, high]", the crossover, where the gap reaches 0 (with its 95% interval) and the
+    slope test."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
@@ -353,8 +456,10 @@ def width_gap_table(series: Sequence[WidthSeries], domain: str = "medical") -> A
         "architecture": s.architecture, "gap": f"{domain} − {s.versus}",
         "metric": METRIC_NAMES[s.metric],
         **{f"{w:g}×": interval_cell(s.gaps[w], 3) if w in s.gaps else "—" for w in widths},
-        "crossover": crossover_text(s.crossover, s.versus, domain,
-                                    max(s.gaps) if s.gaps else None),
+        "crossover": _bracket_text(s.crossover, s.versus, domain,
+                                   max(s.gaps) if s.gaps else None),
+        "gap reaches 0 (95%)": "—" if s.crossover.interval is None else
+        s.crossover.interval.text(),
         "slope per doubling": "—" if s.trend.slope is None else interval_cell(s.trend.slope, 3),
         "trend": s.trend.verdict} for s in series])
 

@@ -20,7 +20,7 @@ from sae_med.report.matrix import (
 )
 from sae_med.report.width import TOO_FEW, WIDTH_RULE, width_rule_fingerprint, width_trend
 
-RECORDED_WIDTH = {1: "713f046462b738af", 2: "7334d468e073fd1c"}
+RECORDED_WIDTH = {1: "713f046462b738af", 2: "7334d468e073fd1c", 3: "6ec61e09581029ca"}
 """Every version of :data:`~sae_med.report.width.WIDTH_RULE` and its fingerprint; a new
 version is a new line, never an edit of a recorded one."""
 RECORDED_MATRIX = {1: "e0213f4b62f0a023", 2: "22b2375f27a7bd66"}
@@ -42,7 +42,7 @@ def test_no_axis_rule_changes_without_a_new_version(name, rule, fingerprint, rec
 
 WIDTH_CHANGES = (("target", 20.0), ("widths", (2, 4, 8, 16)),
                  ("signs", (("fve_typical", 1),)), ("versus", ("broad",)),
-                 ("mixed", "broad"), ("min_widths", 4))
+                 ("mixed", "broad"), ("min_widths", 4), ("draws", 1000), ("seed", 1))
 MATRIX_CHANGES = (("signs", (("fve_typical", 1), ("delta_ce", -1))),
                   ("versus", ("mixed_10",)))
 

@@ -10,11 +10,13 @@ import math
 
 import pytest
 import synthetic_runs
+import torch
 from synthetic_runs import synthetic_doc, write_synthetic_results
 
 from sae_med.config import load_config
 from sae_med.layout import RESULTS_NAME
 from sae_med.measure.bootstrap import Interval
+from sae_med.measure.controls import Z95
 from sae_med.measure.results import SCHEMA_VERSION
 from sae_med.report.book import PROJECT_ROOT
 from sae_med.report.matrix import NO_RESULTS, NOT_JUDGED, matrix_configs
@@ -34,10 +36,12 @@ from sae_med.report.width import (
     WIDTH_RULE,
     WIDTH_TARGET,
     Crossover,
+    CrossoverInterval,
     Trend,
     WidthSeries,
     capacity_verdict,
     crossover,
+    crossover_interval,
     crossover_sentence,
     family_table,
     read_widths,
@@ -100,7 +104,7 @@ def test_a_gap_that_closes_at_16x_gives_that_crossover_either_sign():
 def test_no_crossover_matched_throughout_and_a_gap_that_reopens():
     assert crossover({w: around(0.05) for w in WIDTHS}, 1).status == NO_CROSSOVER
     assert crossover({w: around(0.05) for w in WIDTHS}, -1).status == MATCHED  # reversed
-    assert crossover({w: around(0.0) for w in WIDTHS}, 1) == (MATCHED, 2, None, None)
+    assert crossover({w: around(0.0) for w in WIDTHS}, 1)[:4] == (MATCHED, 2, None, None)
     # matched at 4x only: the rule asks for every larger width too
     reopens = {**{w: around(0.05) for w in WIDTHS}, 4: around(0.0)}
     assert crossover(reopens, 1).status == NO_CROSSOVER
@@ -118,9 +122,92 @@ def test_crossover_sentence_says_no_crossover_up_to_32x():
                           crossover(CLOSING, 1), Trend(SHRINKS))
     assert ("from 16× d_model, not at 8× (the declared widths bracket the crossover in "
             "(8×, 16×]; the gap's interval reaches 0 near 9.2×") in crossover_sentence([closing])
+    assert "; the gap itself reaches 0 at 16.0× [" in crossover_sentence([closing])
     missing = WidthSeries("jumprelu", "broad", "delta_ce", {}, Crossover(NO_RESULTS),
                           Trend(NO_RESULTS))
     assert "sae-med experiment configs/width.yaml" in crossover_sentence([missing])
+
+
+# where the gap itself reaches 0: the point values' crossover and its bootstrap interval
+
+CROSSES = {2: 0.3, 4: 0.2, 8: 0.1, 16: -0.1, 32: -0.2}
+"""Point values whose linear interpolation on log2 width reaches 0 halfway from 8x to 16x:
+at 2 ** 3.5."""
+
+
+def naive_crossing(values: dict[float, float]) -> float:
+    """The crossover of a curve by walking down from the largest width (× d_model)."""
+    widths = sorted(values)
+    if values[widths[-1]] > 0:
+        return math.inf
+    i = next((i for i in range(len(widths) - 1, -1, -1) if values[widths[i]] > 0), None)
+    if i is None:
+        return -math.inf
+    (w0, w1), (a0, a1) = widths[i:i + 2], (values[widths[i]], values[widths[i + 1]])
+    return 2 ** (math.log2(w0) + a0 / (a0 - a1) * (math.log2(w1) - math.log2(w0)))
+
+
+def test_the_gap_reaches_0_at_the_interpolated_width_with_a_narrow_interval():
+    for sign in (1, -1):
+        iv = crossover_interval({w: around(sign * v, 1e-4) for w, v in CROSSES.items()}, sign)
+        assert iv.value == pytest.approx(2 ** 3.5)
+        assert iv.low < iv.value < iv.high and iv.high / iv.low < 1.01
+    # a gap that crosses, reopens and crosses again: the last crossing counts
+    again = {2: 0.1, 4: -0.1, 8: 0.1, 16: -0.1, 32: -0.2}
+    assert crossover_interval({w: around(v, 0) for w, v in again.items()}, 1) == (
+        CrossoverInterval(2 ** 3.5, 2 ** 3.5, 2 ** 3.5, 2, 32))
+
+
+def test_the_interval_is_the_draws_2_5_and_97_5_percentiles():
+    """One noisy width (se 0.1) before a fixed one: the crossing, 1 + a / (a + 1) on log2
+    width, rises with the drawn advantage a, so its percentiles are those of a ~ N(0.5, 0.1)
+    (to the Monte Carlo error of 2,000 draws, about 0.006 in a)."""
+    iv = crossover_interval({2: around(0.5, Z95 * 0.1), 4: around(-1.0, 0)}, 1)
+    for end, a in ((iv.low, 0.5 - Z95 * 0.1), (iv.value, 0.5), (iv.high, 0.5 + Z95 * 0.1)):
+        assert end == pytest.approx(2 ** (1 + a / (a + 1)), rel=0.005)
+
+
+def test_the_point_crossing_matches_a_walk_down_the_widths():
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        values = dict(zip(WIDTHS, (torch.randn(5, generator=rng) * 0.1 - 0.03).tolist(),
+                          strict=True))
+        got = crossover_interval({w: around(v, 0) for w, v in values.items()}, 1).value
+        assert got == pytest.approx(naive_crossing(values)), values
+
+
+def test_censored_crossings_read_beyond_or_at_or_below_the_ends():
+    beyond = crossover({w: around(0.05) for w in WIDTHS}, 1)
+    assert beyond.status == NO_CROSSOVER
+    assert beyond.interval == CrossoverInterval(math.inf, math.inf, math.inf, 2, 32)
+    assert beyond.interval.text() == "> 32× [> 32×, > 32×]"
+    below = crossover_interval({w: around(-0.05) for w in WIDTHS}, 1)
+    assert (below.value, below.text()) == (-math.inf, "≤ 2× [≤ 2×, ≤ 2×]")
+    # still positive at 32x, but only just: some draws cross, the upper end stays beyond
+    late = crossover_interval({**{w: around(0.05) for w in WIDTHS}, 32: around(0.005)}, 1)
+    assert late.value == math.inf and 16 < late.low < 32 and late.high == math.inf
+    assert late.text().startswith("> 32× [") and late.text().endswith(", > 32×]")
+
+
+def test_wider_gaps_widen_the_interval_and_the_draws_are_reproducible():
+    narrow, wide = (crossover_interval({w: around(v, h) for w, v in CROSSES.items()}, 1)
+                    for h in (0.02, 0.1))
+    assert narrow.value == wide.value == pytest.approx(2 ** 3.5)
+    assert wide.low < narrow.low < narrow.value < narrow.high < wide.high
+    gaps = {w: around(v, 0.1) for w, v in CROSSES.items()}
+    assert crossover_interval(gaps, 1) == crossover_interval(gaps, 1) == wide
+    other = crossover_interval(gaps, 1, WIDTH_RULE._replace(seed=1))
+    assert other != wide and other.value == wide.value
+    fewer = crossover_interval(gaps, 1, WIDTH_RULE._replace(draws=40))
+    assert fewer[1:3] != wide[1:3]
+
+
+def test_a_width_without_an_interval_leaves_the_interval_undetermined():
+    c = crossover({**CLOSING, 4: Interval(0.06, None, None)}, 1)
+    assert c.status == UNDETERMINED
+    assert c.interval == CrossoverInterval(None, None, None, 2, 32)
+    assert c.interval.text() == "undetermined (a width's gap has no interval)"
+    assert crossover({}, 1).interval.value is None
 
 
 def test_slope_test_on_known_lines():
@@ -176,6 +263,7 @@ def test_planted_runs_give_the_planted_crossovers_and_trends(width_cfg):
         assert {w: round(sign * iv.value, 6) for w, iv in mixed.gaps.items()} == MIXED_GAP
         assert (mixed.crossover.status, mixed.crossover.width, mixed.crossover.below) == (
             CROSSOVER, 16, 8)
+        assert mixed.crossover.interval.value == pytest.approx(16)  # the point reaches 0 there
         assert mixed.trend.verdict == SHRINKS
         broad = series[("jumprelu", "broad", metric)]
         assert broad.crossover.status == NO_CROSSOVER and broad.trend.verdict == NO_TREND
@@ -192,6 +280,7 @@ def test_tables_and_figure_read_every_width(width_cfg):
     assert len(table) == 2 * 2 * 3  # architectures x metrics x training corpora
     gaps = width_gap_table(width_series(runs))
     assert [c for c in gaps.columns if c.endswith("×")] == [f"{w}×" for w in WIDTHS]
+    assert gaps["gap reaches 0 (95%)"].str.contains(r"\[.*\]").all()
     fig = width_figure(families, "fve_typical", "typical-token FVE")
     assert len(fig.data) == 2 * 3 and list(fig.data[0].x) == list(WIDTHS)
 
