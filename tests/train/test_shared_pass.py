@@ -23,8 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 CORPUS, REPLICATE = "medical", 1
 
-BEFORE = {
-    "torch": "2.13.0+cpu", "cpu": "AVX2",
+DIGESTS_586A1C7 = {
     "jumprelu": {
         "checkpoint.json": "4b1ef32a339ab4b3", "checkpoint.prev.pt": "40b37892018403a4",
         "checkpoint.pt": "40b37892018403a4", "config.json": "01a6ac904cf8bfa7",
@@ -52,8 +51,20 @@ BEFORE = {
         "l0_8/snapshots/tokens_640/config.json": "88bcf7daa5d432d4",
         "l0_8/snapshots/tokens_640/sae.safetensors": "880b3c674d1d3ed2"}}
 """sha256 prefixes of every file of :func:`_cfg`'s one-run sweeps, written by the trainer
-before :func:`train_sweeps` existed (commit 586a1c7), one torch thread, seed 0 (a change
-that means to alter training updates them)."""
+before :func:`train_sweeps` existed (commit 586a1c7; 2c3437b added the shared pass on its
+descendant 0002724, which trains alike), one torch thread, seed 0 (a change that means to
+alter training updates them)."""
+
+BEFORE = {
+    "AVX2": {"torch": "2.13.0+cpu", "digests": DIGESTS_586A1C7},
+    "AVX512": {"torch": "2.13.0+cpu", "digests": DIGESTS_586A1C7},
+}
+""":data:`DIGESTS_586A1C7` per ``torch.backends.cpu.get_cpu_capability()``, each made by
+running the 586a1c7 trainer on such a CPU. AVX2: recorded with 2c3437b, on an AVX2-only
+CPU. AVX512: recorded 2026-12-07 on a 2-core AMD EPYC (AVX-512), from a worktree of 586a1c7
+(and again of 0002724) through this module's :func:`_cfg`, :func:`_digests` and
+``train_saes`` call under the worktree's own conftest and tiny_train; every digest came out
+equal to AVX2's, so both records name one table. A capability with no record skips."""
 
 
 def _cfg(arch: str, **sae: object) -> Config:
@@ -104,10 +115,13 @@ def _alone(cfg: Config, out: Path, source: BatchSource | None = None) -> dict[st
 
 @pytest.mark.parametrize("arch", ["jumprelu", "topk"])
 def test_one_run_sweep_writes_what_it_wrote_before(arch, tmp_path):
-    here = {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
-    if here != {k: BEFORE[k] for k in here}:
-        pytest.skip(f"digests recorded with {BEFORE['torch']} on {BEFORE['cpu']}, not {here}")
-    assert _alone(_cfg(arch), tmp_path / "run") == BEFORE[arch]
+    cpu = torch.backends.cpu.get_cpu_capability()
+    record = BEFORE.get(cpu)
+    if record is None or record["torch"] != torch.__version__:
+        records = ", ".join(f"{c} ({r['torch']})" for c, r in BEFORE.items())
+        pytest.skip(f"no digests recorded with torch {torch.__version__} on {cpu}, only "
+                    f"{records}")
+    assert _alone(_cfg(arch), tmp_path / "run") == record["digests"][arch]
 
 
 RUNS = {"jumprelu": {}, "topk": {"width": 32, "l0_targets": (2.0,)}, "relu": {},
