@@ -270,22 +270,22 @@ def comparison_tables(doc: Mapping[str, Any]) -> ComparisonTables:
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
+    ratio = doc.get("config", {}).get("eval", {}).get("massive_norm_ratio",
+                                                      DECLARED_MASSIVE_NORM_RATIO)
     frames = []
     for key in ComparisonTables._fields:
         df = pd.DataFrame.from_records(doc.get(key, []))
         for c in ("value", "low", "high"):
             if c in df:
                 df[c] = df[c].astype(float)
-        frames.append(_mask_named(df, doc))
+        frames.append(_mask_named(df, ratio))
     return ComparisonTables(*frames)
 
 
-def _mask_named(df: Any, doc: Mapping[str, Any]) -> Any:
+def _mask_named(df: Any, ratio: float) -> Any:
     """``df`` with its typical-FVE rows renamed ``fve_typical@<ratio>`` (metric and basis)
-    when the run masked typical tokens at another ratio than the declared one, so that no
-    rule judges them (they are still shown, under their own name)."""
-    ratio = doc.get("config", {}).get("eval", {}).get("massive_norm_ratio",
-                                                      DECLARED_MASSIVE_NORM_RATIO)
+    when the run masked typical tokens at another ``ratio`` than the declared one, so that
+    no rule judges them (they are still shown, under their own name)."""
     if ratio == DECLARED_MASSIVE_NORM_RATIO:
         return df
     for col in ("metric", "basis"):
