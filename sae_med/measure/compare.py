@@ -458,19 +458,22 @@ def verdict(at_l0: Sequence[Interval], at_fve: Sequence[Interval] | None = None,
     ``supported``: every gap interval at the target L0s excludes 0 on the claimed side and,
     when ``at_fve`` is given, so does every gap at matched FVE. ``not separable from FVE``:
     true at every target L0 but not at every matched FVE. ``supported at the same L0; no
-    common FVE range``: true at every target L0, and ``at_fve`` is empty because the two
-    families' FVE sweeps do not overlap (the matched test could not be run).
+    common FVE range``: true at every target L0, and no matched-FVE gap has an interval
+    (the two families' FVE sweeps do not overlap, or every replicate of each grid point
+    fell outside the other family's range): the matched test could not be run. A grid
+    point without an interval is untested, not a failure, so only the others are judged.
     ``not supported``: otherwise (including no intervals at all)."""
     def holds(ivs: Sequence[Interval]) -> bool:
         return bool(ivs) and all(iv.excludes_zero and sign * iv.value > 0 for iv in ivs)
 
     if not holds(at_l0):
         return "not supported"
-    if at_fve is None or holds(at_fve):
+    if at_fve is None:
         return "supported"
-    if not at_fve:
+    tested = [iv for iv in at_fve if iv.low is not None and iv.high is not None]
+    if not tested:
         return UNTESTED_AT_FVE
-    return "not separable from FVE"
+    return "supported" if holds(tested) else "not separable from FVE"
 
 
 def trend_verdict(steps: Sequence[Interval]) -> L0Trend:

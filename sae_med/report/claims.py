@@ -39,6 +39,14 @@ if TYPE_CHECKING:
     from sae_med.measure.results import ComparisonTables
 
 
+RULES_VERSION = 2
+"""The version of every gap and contrast claim's rule (the concept claim's is one more).
+Version 2: a matched-FVE grid point without an interval (every replicate outside the other
+family's range) is untested rather than failed (:func:`~sae_med.measure.compare.verdict`),
+so a claim whose matched points all lack one reads "no common FVE range", not "not
+separable from FVE". It changed no verdict of any recorded run (none has such a point)."""
+
+
 class Claim(NamedTuple):
     key: str
     text: str
@@ -63,23 +71,26 @@ class Claim(NamedTuple):
 
 
 CLAIMS = (
-    Claim("fve", "The domain SAE explains more variance (FVE)", "fve", 1, False),
-    Claim("loss", "It recovers more loss when spliced in", "loss_recovered", 1, True),
+    Claim("fve", "The domain SAE explains more variance (FVE)", "fve", 1, False,
+          version=RULES_VERSION),
+    Claim("loss", "It recovers more loss when spliced in", "loss_recovered", 1, True,
+          version=RULES_VERSION),
     Claim("dark_matter", "Its error (dark matter) is less linearly predictable",
-          "dark_matter.r2_error_mean", -1, True),
+          "dark_matter.r2_error_mean", -1, True, version=RULES_VERSION),
 )
 """The paper's claims judged from reconstruction metrics (the concept claim is judged from
 autointerp scores: :func:`concept_verdict`)."""
 SENSITIVITY_CHECKS = (
     Claim("fve_typical", "Sensitivity check, not a claim: FVE without massive-activation "
-          "tokens", "fve_typical", 1, False, sensitivity_of="fve"),
+          "tokens", "fve_typical", 1, False, sensitivity_of="fve", version=RULES_VERSION),
 )
 """Checks of a claim under another choice (here: which tokens count), added after the
 data were seen, so they can qualify a claim's verdict but never add to the claims
 supported."""
 DID_CLAIMS = tuple(
     Claim(f"did_{key}", f"The domain SAE's home advantage exceeds the broad SAE's "
-          f"(difference-in-differences): {name}", metric, sign, matched)
+          f"(difference-in-differences): {name}", metric, sign, matched,
+          version=RULES_VERSION)
     for key, name, metric, sign, matched in (
         ("fve_typical", "typical-token FVE", "fve_typical", 1, False),
         ("fve", "FVE", "fve", 1, False),
@@ -94,7 +105,7 @@ pair of matched-FVE grid points of equal rank. Pure distribution shift predicts 
 advantages (a difference of 0); the capacity thesis predicts the domain's is larger."""
 HOME_EXCESS_CLAIMS = tuple(
     Claim(f"home_excess_{key}", f"The domain's home advantage over the broad SAE exceeds a "
-          f"placebo domain's: {name}", metric, sign, matched)
+          f"placebo domain's: {name}", metric, sign, matched, version=RULES_VERSION)
     for key, name, metric, sign, matched in (
         ("fve_typical", "typical-token FVE", "fve_typical", 1, False),
         ("delta_ce", "ΔCE", "delta_ce", -1, True)))
@@ -103,11 +114,11 @@ from the ``home_excess`` contrasts: (domain − broad on domain text) − (place
 placebo text). If medicine is special, its home advantage exceeds a placebo's; if any
 narrow genre wins at home as much, the advantage is home field."""
 CONCEPT = Claim("concept", "Its latents read as clinical concepts (autointerp detection "
-                "AUROC)", "detection_auroc", 1, False, version=2)
+                "AUROC)", "detection_auroc", 1, False, version=RULES_VERSION + 1)
 """The claim judged from autointerp scores rather than the run's gaps
 (:func:`concept_verdict`); not a key of :func:`claim`, which looks up gap claims. Version
 2: the interval resamples seed replicates, then latents within each (version 1 resampled
-the latents of replicate 0 only)."""
+the latents of replicate 0 only). Version 3: the shared verdict's change below."""
 CONCEPT_CLAIM = CONCEPT.text
 DCE_BAR_NATS = 1.0
 """The quality bar: on the default config the domain SAE's ΔCE on held-out domain

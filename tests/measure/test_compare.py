@@ -244,6 +244,10 @@ def test_verdicts():
     assert verdict([yes], [yes]) == "supported"
     assert verdict([yes], [no]) == "not separable from FVE"
     assert verdict([yes], []) == "supported at the same L0; no common FVE range"
+    untested = Interval(0.1, None, None)  # every replicate of the grid point dropped
+    assert verdict([yes], [untested]) == "supported at the same L0; no common FVE range"
+    assert verdict([yes], [yes, untested]) == "supported"
+    assert verdict([yes], [no, untested]) == "not separable from FVE"
     assert verdict([Interval(-0.1, -0.2, -0.05)], sign=-1) == "supported"
     assert verdict([Interval(-0.1, -0.2, -0.05)]) == "not supported"
     assert verdict([]) == "not supported"
