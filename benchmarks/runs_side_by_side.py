@@ -2,8 +2,10 @@
 the dead-latent remedy off and on, issue 31): for each run, each side's home advantage
 (own SAE minus the other on its own text, at every target L0, including R²(e)) and each
 side's SAEs on their own held-out text with the dead fraction of their last training
-window, stacked under a ``run`` index level. Intervals are each run's own (95%, seeds then
-document groups); runs with the same config seed draw the same documents and seeds.
+window, stacked under a ``run`` index level; then the paper's claims (and the sensitivity
+check, shown, never counted) and the difference-in-differences claims judged on each run.
+Intervals are each run's own (95%, seeds then document groups); runs with the same config
+seed draw the same documents and seeds.
 
     .venv/bin/python benchmarks/runs_side_by_side.py off=runs/remedy_off/results.json \\
         on=runs/remedy_on/results.json
@@ -17,13 +19,23 @@ import pandas as pd
 
 from sae_med.config import config_from_dict
 from sae_med.measure.results import load_comparisons, load_results, read_results
+from sae_med.report.claims import (
+    CLAIMS,
+    SENSITIVITY_CHECKS,
+    ModelRun,
+    support_count,
+    verdict_table,
+    verdicts_by_claim,
+)
 from sae_med.report.domain_report import (
     HOME_METRICS,
+    did_verdicts_by_model,
     home_advantage_table,
     home_sides,
     own_text_table,
     training_dead_fractions,
 )
+from sae_med.report.notebook import domain_pair
 
 METRICS = (*HOME_METRICS, "dark_matter.r2_error_mean")
 
@@ -37,6 +49,21 @@ def run_tables(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return home, own
 
 
+def verdicts(runs: dict[str, str]) -> None:
+    """The claims judged on each run (columns: the runs' labels), and how many hold."""
+    models = [ModelRun(label, config_from_dict(read_results(path)["config"]),
+                       load_comparisons(path)) for label, path in runs.items()]
+    domain, broad = domain_pair(models[0].cfg)
+    keys = [c.key for c in (*CLAIMS, *SENSITIVITY_CHECKS)]
+    print("\nThe claims on each run\n")
+    print(pd.concat([verdict_table(models, keys, domain, broad),
+                     did_verdicts_by_model(models, domain, broad)])
+          .rename(columns={"same verdict on every model": "same verdict on every run"})
+          .to_markdown())
+    for m in models:  # the sensitivity check and the contrasts are never counted here
+        print(f"\n{m.label}: {support_count(verdicts_by_claim(m, domain, broad))}")
+
+
 def main(specs: list[str]) -> None:
     runs = dict(spec.split("=", 1) for spec in specs)
     tables = {label: run_tables(path) for label, path in runs.items()}
@@ -45,6 +72,7 @@ def main(specs: list[str]) -> None:
         print(f"\n{title}\n")
         print(pd.concat({label: t[i] for label, t in tables.items()}, names=["run"])
               .to_markdown())
+    verdicts(runs)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ RULES_VERSION = 2
 Version 2: a matched-FVE grid point without an interval (every replicate outside the other
 family's range) is untested rather than failed (:func:`~sae_med.measure.compare.verdict`),
 so a claim whose matched points all lack one reads "no common FVE range", not "not
-separable from FVE". It changed no verdict of any recorded run (none has such a point)."""
+separable from FVE"; and :func:`claim_verdict` refuses a contrast claim (it judged the
+domain gap in the contrast's metric instead). It changed no verdict of any recorded run
+(none has such a point, and no report judged a contrast claim that way)."""
 
 
 class Claim(NamedTuple):
@@ -285,8 +287,12 @@ def claim_verdict(comparisons: ComparisonTables, key: str, domain: str, broad: s
                   ) -> Verdict:
     """The verdict on claim ``key`` from the paired gaps of one run (domain minus broad
     SAE on held-out ``domain`` text: at every target L0, and at every matched FVE where
-    the claim asks for it); not judged when its SAEs fail the quality bar."""
+    the claim asks for it); not judged when its SAEs fail the quality bar. A contrast claim
+    (difference-in-differences, home excess) is judged from contrasts, never here."""
     c = claim(key)
+    if c in (*DID_CLAIMS, *HOME_EXCESS_CLAIMS):
+        raise ValueError(f"claim {key!r} is judged from contrasts: use contrast_verdict or "
+                         "placebo_verdict")
     ours = oriented_gaps(comparisons.gaps, domain, broad)
     at_fve = gap_intervals(ours, c.metric, domain, "fve") if c.matched_fve else None
     return judged(verdict(gap_intervals(ours, c.metric, domain), at_fve, sign=c.sign),

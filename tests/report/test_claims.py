@@ -318,6 +318,10 @@ def test_did_verdicts_on_known_contrasts():
         == "not separable from FVE"
     assert contrast_verdict(t, keys["fve"], "medical", "broad") == "not supported"  # no rows
     assert contrast_verdict(tables(GOOD), keys["fve"], "medical", "broad") == "not supported"
+    # a contrast claim is never judged from the domain gaps (it read the gap's metric)
+    for c in (*DID_CLAIMS, *HOME_EXCESS_CLAIMS):
+        with pytest.raises(ValueError, match="judged from contrasts"):
+            claim_verdict(tables(GOOD), c.key, "medical", "broad")
 
 
 def test_placebo_verdicts_need_the_runs_reference():
