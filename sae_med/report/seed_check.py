@@ -16,7 +16,7 @@ from typing import Any
 from sae_med.measure.coverage import seed_shares
 from sae_med.measure.results import read_results
 from sae_med.report.claims import CLAIMS, SENSITIVITY_CHECKS, ModelRun, verdict_table
-from sae_med.report.domain_report import DomainsRunStatus, load_side_run
+from sae_med.report.domain_report import DomainsRun, DomainsRunStatus, load_side_run
 from sae_med.report.notebook import note_frame
 
 SEEDS10_CONFIG = "configs/seeds10.yaml"
@@ -31,15 +31,15 @@ def load_seeds10_run(path: str | Path) -> DomainsRunStatus:
     return load_side_run(path, "ten-seed", SEEDS10_COMMAND)
 
 
-def _counterpart(run: ModelRun, status: DomainsRunStatus) -> str | None:
-    """Why ``status``'s run cannot be set beside ``run`` (None when it can)."""
+def _counterpart(run: ModelRun, status: DomainsRunStatus) -> DomainsRun | str:
+    """The ten-seed run to set beside ``run``, or why there is none."""
     if status.run is None:
         return status.note
     other = status.run.cfg
     if other.model.name != run.cfg.model.name:
         return (f"The ten-seed run ({status.run.path}) is of {other.model.name}, this run of "
                 f"{run.cfg.model.name}: no seed-count check for this model.")
-    return None
+    return status.run
 
 
 def seed_count_verdicts(run: ModelRun, status: DomainsRunStatus, domain: str, broad: str
@@ -47,12 +47,11 @@ def seed_count_verdicts(run: ModelRun, status: DomainsRunStatus, domain: str, br
     """The paper's claims (and the sensitivity check) judged on ``run`` and on the
     ten-seed run, one column per seed count; a one-cell note when that run is absent or of
     another model."""
-    if (why := _counterpart(run, status)) is not None:
-        return note_frame(why)
-    assert status.run is not None
+    ten = _counterpart(run, status)
+    if isinstance(ten, str):
+        return note_frame(ten)
     runs = [run._replace(label=f"{run.cfg.sae.seeds} seeds (this run)"),
-            ModelRun(f"{status.run.cfg.sae.seeds} seeds", status.run.cfg,
-                     status.run.comparisons)]
+            ModelRun(f"{ten.cfg.sae.seeds} seeds", ten.cfg, ten.comparisons)]
     keys = [c.key for c in (*CLAIMS, *SENSITIVITY_CHECKS)]
     return verdict_table(runs, keys, domain, broad).rename(
         columns={SAME: "same verdict with more seeds"})
@@ -86,8 +85,7 @@ def seed_check_tables(run: ModelRun, results_path: str | Path, status: DomainsRu
     """(:func:`seed_count_verdicts`, :func:`seed_share_table` of both runs) for a chapter;
     the second is this run's alone when the ten-seed run cannot be set beside it."""
     docs = {f"{run.cfg.sae.seeds} seeds (this run)": read_results(results_path)}
-    if _counterpart(run, status) is None:
-        assert status.run is not None
-        docs[f"{status.run.cfg.sae.seeds} seeds"] = read_results(status.run.path)
+    if not isinstance(ten := _counterpart(run, status), str):
+        docs[f"{ten.cfg.sae.seeds} seeds"] = read_results(ten.path)
     return (seed_count_verdicts(run, status, domain, broad),
             seed_share_table(docs, domain, broad))
