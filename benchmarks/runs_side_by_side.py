@@ -21,6 +21,7 @@ from sae_med.config import config_from_dict
 from sae_med.measure.results import load_comparisons, load_results, read_results
 from sae_med.report.claims import (
     CLAIMS,
+    SAME_VERDICT,
     SENSITIVITY_CHECKS,
     ModelRun,
     support_count,
@@ -40,33 +41,37 @@ from sae_med.report.notebook import domain_pair
 METRICS = (*HOME_METRICS, "dark_matter.r2_error_mean")
 
 
-def run_tables(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(home advantages, own-text baselines) of one results file."""
-    tables = load_comparisons(path)
-    sides = home_sides(config_from_dict(read_results(path)["config"]))
+def load_run(label: str, path: str) -> ModelRun:
+    """One run's config and comparison tables, labelled."""
+    return ModelRun(label, config_from_dict(read_results(path)["config"]),
+                    load_comparisons(path))
+
+
+def run_tables(run: ModelRun, path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(home advantages, own-text baselines) of one run (its results file at ``path``)."""
+    tables, sides = run.comparisons, home_sides(run.cfg)
     home = home_advantage_table(tables.gaps, sides, sides, METRICS)
     own = own_text_table(tables.families, sides, training_dead_fractions(load_results(path)))
     return home, own
 
 
-def verdicts(runs: dict[str, str]) -> None:
+def verdicts(runs: list[ModelRun]) -> None:
     """The claims judged on each run (columns: the runs' labels), and how many hold."""
-    models = [ModelRun(label, config_from_dict(read_results(path)["config"]),
-                       load_comparisons(path)) for label, path in runs.items()]
-    domain, broad = domain_pair(models[0].cfg)
+    domain, broad = domain_pair(runs[0].cfg)
     keys = [c.key for c in (*CLAIMS, *SENSITIVITY_CHECKS)]
     print("\nThe claims on each run\n")
-    print(pd.concat([verdict_table(models, keys, domain, broad),
-                     did_verdicts_by_model(models, domain, broad)])
-          .rename(columns={"same verdict on every model": "same verdict on every run"})
+    print(pd.concat([verdict_table(runs, keys, domain, broad),
+                     did_verdicts_by_model(runs, domain, broad)])
+          .rename(columns={SAME_VERDICT: "same verdict on every run"})
           .to_markdown())
-    for m in models:  # the sensitivity check and the contrasts are never counted here
-        print(f"\n{m.label}: {support_count(verdicts_by_claim(m, domain, broad))}")
+    for r in runs:  # the sensitivity check and the contrasts are never counted here
+        print(f"\n{r.label}: {support_count(verdicts_by_claim(r, domain, broad))}")
 
 
 def main(specs: list[str]) -> None:
-    runs = dict(spec.split("=", 1) for spec in specs)
-    tables = {label: run_tables(path) for label, path in runs.items()}
+    paths = dict(spec.split("=", 1) for spec in specs)
+    runs = [load_run(label, path) for label, path in paths.items()]
+    tables = {r.label: run_tables(r, paths[r.label]) for r in runs}
     for i, title in enumerate(("Home advantages (own SAE − other SAE on own text)",
                                "Each side on its own held-out text")):
         print(f"\n{title}\n")

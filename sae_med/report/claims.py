@@ -397,13 +397,17 @@ def replication_sentence(text: str, verdicts: dict[str, Verdict]) -> str:
     return f"{text}: {parts}; the verdict does not replicate across model families."
 
 
+SAME_VERDICT = "same verdict on every model"
+""":func:`verdicts_frame`'s agreement column (renamed where its columns are runs)."""
+
+
 def verdicts_frame(verdicts: Mapping[str, Mapping[str, Verdict]]) -> Any:
     """Claims × models from ``{claim text: {model label: verdict}}``, with whether each
     claim gets the same verdict on every model."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    rows = [{"claim": text, **by_model, "same verdict on every model": same_verdict(by_model)}
+    rows = [{"claim": text, **by_model, SAME_VERDICT: same_verdict(by_model)}
             for text, by_model in verdicts.items()]
     return pd.DataFrame(rows).set_index("claim")
 

@@ -15,14 +15,18 @@ from typing import Any
 
 from sae_med.measure.coverage import seed_shares
 from sae_med.measure.results import read_results
-from sae_med.report.claims import CLAIMS, SENSITIVITY_CHECKS, ModelRun, verdict_table
+from sae_med.report.claims import (
+    CLAIMS,
+    SAME_VERDICT,
+    SENSITIVITY_CHECKS,
+    ModelRun,
+    verdict_table,
+)
 from sae_med.report.domain_report import DomainsRun, DomainsRunStatus, load_side_run
 from sae_med.report.notebook import note_frame
 
 SEEDS10_CONFIG = "configs/seeds10.yaml"
 SEEDS10_COMMAND = f"sae-med experiment {SEEDS10_CONFIG}"
-SAME = "same verdict on every model"
-""":func:`~sae_med.report.claims.verdicts_frame`'s agreement column."""
 
 
 def load_seeds10_run(path: str | Path) -> DomainsRunStatus:
@@ -42,19 +46,12 @@ def _counterpart(run: ModelRun, status: DomainsRunStatus) -> DomainsRun | str:
     return status.run
 
 
-def seed_count_verdicts(run: ModelRun, status: DomainsRunStatus, domain: str, broad: str
-                        ) -> Any:
-    """The paper's claims (and the sensitivity check) judged on ``run`` and on the
-    ten-seed run, one column per seed count; a one-cell note when that run is absent or of
-    another model."""
-    ten = _counterpart(run, status)
-    if isinstance(ten, str):
-        return note_frame(ten)
-    runs = [run._replace(label=f"{run.cfg.sae.seeds} seeds (this run)"),
-            ModelRun(f"{ten.cfg.sae.seeds} seeds", ten.cfg, ten.comparisons)]
+def seed_count_verdicts(runs: list[ModelRun], domain: str, broad: str) -> Any:
+    """The paper's claims (and the sensitivity check) judged on each of ``runs`` (this run
+    and the ten-seed run, labelled by seed count), one column per run."""
     keys = [c.key for c in (*CLAIMS, *SENSITIVITY_CHECKS)]
     return verdict_table(runs, keys, domain, broad).rename(
-        columns={SAME: "same verdict with more seeds"})
+        columns={SAME_VERDICT: "same verdict with more seeds"})
 
 
 def seed_share_table(docs: Mapping[str, Mapping[str, Any]], domain: str, broad: str
@@ -82,10 +79,15 @@ def seed_share_table(docs: Mapping[str, Mapping[str, Any]], domain: str, broad: 
 
 def seed_check_tables(run: ModelRun, results_path: str | Path, status: DomainsRunStatus,
                       domain: str, broad: str) -> tuple[Any, Any]:
-    """(:func:`seed_count_verdicts`, :func:`seed_share_table` of both runs) for a chapter;
-    the second is this run's alone when the ten-seed run cannot be set beside it."""
-    docs = {f"{run.cfg.sae.seeds} seeds (this run)": read_results(results_path)}
-    if not isinstance(ten := _counterpart(run, status), str):
-        docs[f"{ten.cfg.sae.seeds} seeds"] = read_results(ten.path)
-    return (seed_count_verdicts(run, status, domain, broad),
+    """(:func:`seed_count_verdicts`, :func:`seed_share_table`) of this run and the ten-seed
+    run for a chapter; when that run is absent or of another model, a one-cell note stands
+    for the verdicts and the shares are this run's alone."""
+    this = run._replace(label=f"{run.cfg.sae.seeds} seeds (this run)")
+    docs = {this.label: read_results(results_path)}
+    ten = _counterpart(run, status)
+    if isinstance(ten, str):
+        return note_frame(ten), seed_share_table(docs, domain, broad)
+    other = ModelRun(f"{ten.cfg.sae.seeds} seeds", ten.cfg, ten.comparisons)
+    docs[other.label] = read_results(ten.path)
+    return (seed_count_verdicts([this, other], domain, broad),
             seed_share_table(docs, domain, broad))
