@@ -1,8 +1,12 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
+from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import ConfigError, config_from_dict, load_config
+from sae_med.train.sweep import run_key
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
 
@@ -172,6 +176,23 @@ def test_long_is_the_default_plus_its_learning_curve():
     assert (curve.name, curve.cache.n_tokens, curve.train.n_tokens, curve.sae.l0_targets) == (
         "default_curve", 1_000_000, 10_000_000, (40.0,))
     assert curve.train.snapshots_annealed  # every budget's ΔCE is read, so each is annealed
+
+
+def test_the_curves_longest_run_is_the_remedy_pairs_off_side():
+    """configs/remedy_long.yaml reads its off side from the learning curve's 10M-token
+    scores: the curve's longest run (its snapshots aside, which change no weight) must be
+    that config with the remedy off, on the same caches, texts and training keys."""
+    curve = load_config(CONFIGS[0].parent / "long.yaml").learning_curve_config()
+    off = load_config(CONFIGS[0].parent / "remedy_long.yaml", ["train.pre_act_loss=0"])
+    longest = dataclasses.replace(curve, train=dataclasses.replace(
+        curve.train, snapshot_tokens=(), snapshots_annealed=False))
+    source = TensorBatchSource(torch.zeros(4, 640))
+    for corpus in off.train_corpora:
+        for replicate in range(off.sae.seeds):
+            assert (run_key(longest, source, corpus, replicate)
+                    == run_key(off, source, corpus, replicate))
+    same = ("model", "cache", "eval", "train_corpora", "eval_corpora", "corpora", "seed")
+    assert {k: curve.to_dict().get(k) for k in same} == {k: off.to_dict().get(k) for k in same}
 
 
 def test_default_and_smoke_replicate_on_smollm2():
