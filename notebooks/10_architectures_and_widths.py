@@ -22,10 +22,10 @@
 #   seen medicine); what TopK and Matryoshka SAEs are.
 # - **Time, default config:** seconds: it only reads two experiments made elsewhere, each of
 #   several runs. The architecture matrix (`sae-med experiment configs/matrix.yaml`) is not
-#   timed yet: ten runs of the default experiment's size, each about an hour on a 2-core
-#   CPU with native bf16 and longer without (the default's Gemma half took 78 minutes on an
-#   AVX2-only one; `benchmarks/RESULTS.md`); the two JumpReLU runs are the default's own,
-#   reused when made. The
+#   timed as a whole: ten runs of the default experiment's size; a TopK-family Gemma run
+#   took about 40 minutes on a 2-core CPU with native bf16 and is longer without (the
+#   default's Gemma half took 78 minutes on an AVX2-only one; `benchmarks/RESULTS.md`); the
+#   two JumpReLU runs are the default's own, reused when made. The
 #   width axis (`sae-med experiment configs/width.yaml`) is not timed yet either: estimated
 #   at 2 to 4 hours on the 2-core machine kind, plus about an hour for each of its width-8
 #   runs (the default's and the matrix's Matryoshka run) not made already.
