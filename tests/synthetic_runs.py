@@ -1,13 +1,16 @@
 """Synthetic runs with home advantages planted by hand, scored by the package's own
 comparison code (:func:`sae_med.measure.compare.compare` and
 :func:`~sae_med.measure.compare.contrasts`), for the report's known-answer tests and for executing
-its chapter without a model."""
+its chapter without a model; and the benchmarks/ scripts that print tables from such runs
+(:func:`benchmark_script`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -15,8 +18,18 @@ from sae_med.config import Config
 from sae_med.measure.bootstrap import Draws
 from sae_med.measure.compare import SaeDraws, compare, contrasts
 from sae_med.measure.results import SCHEMA_VERSION, ComparisonTables, comparison_tables
+from sae_med.report.book import PROJECT_ROOT
 
 TARGETS = (10.0, 80.0)
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` loaded as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, PROJECT_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sae_metrics(base: float, target: float, loss: tuple[float, float] | None = None

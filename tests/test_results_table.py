@@ -4,11 +4,10 @@ advantage, the difference-in-differences and placebo contrasts and the mix's ver
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
-from synthetic_runs import write_synthetic_results
+from synthetic_runs import benchmark_script, write_synthetic_results
 
 from sae_med.config import load_config
 from sae_med.report.book import PROJECT_ROOT
@@ -19,11 +18,7 @@ SHIFT = {("medical", "medical"): 0.10, ("broad", "broad"): 0.02,
 
 @pytest.fixture(scope="module")
 def results_table():
-    spec = importlib.util.spec_from_file_location(
-        "results_table", PROJECT_ROOT / "benchmarks" / "results_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("results_table")
 
 
 def section(out: str, title: str) -> str:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import synthetic_runs
-from synthetic_runs import write_synthetic_results
+from synthetic_runs import benchmark_script, write_synthetic_results
 
 from sae_med.config import load_config
 from sae_med.layout import RESULTS_NAME
@@ -112,7 +112,7 @@ def test_a_declared_target_without_a_gap_fails_the_cell(matrix_cfg):
     assert verdicts[("relu", "medical − broad")] == FAILS
 
 
-def test_gap_table_prints_every_cell_and_a_missing_run(matrix_cfg):
+def test_gap_table_prints_every_cell_and_a_missing_run(matrix_cfg, capsys):
     (matrix_cfg.replication_configs()["matrix_topk_smollm2"].run_path / RESULTS_NAME).unlink()
     cells = matrix_cells(read_matrix(matrix_cfg))
     table = gap_table(cells)
@@ -123,6 +123,18 @@ def test_gap_table_prints_every_cell_and_a_missing_run(matrix_cfg):
     assert row["L0 20"].startswith("-0.050 [") and row.verdict == HOLDS
     topk = verdict_table(cells).set_index(["architecture", "gap"])
     assert set(topk.loc["topk"]["all three"]) == {NO_RESULTS}
+    # benchmarks/matrix_table.py --present (what RESULTS.md quotes while the matrix is
+    # made): the gap table without the missing run's cells, the verdicts all kept
+    script = benchmark_script("matrix_table")
+    overrides = [f"output_dir={matrix_cfg.output_dir}"]
+    script.main("configs/matrix.yaml", *overrides)
+    everything = capsys.readouterr().out
+    script.main("configs/matrix.yaml", "--present", *overrides)
+    present = capsys.readouterr().out
+    gaps = [t.split("\n\n")[-2] for t in (everything, present)]
+    assert [g.count("smollm2-135m-instruct") for g in gaps] == [30, 24]  # 6 rows a run
+    assert "runs without results yet: matrix_topk_smollm2" in present
+    assert present.split("\n\n")[-1] == everything.split("\n\n")[-1]
 
 
 def test_the_rule_on_hand_made_intervals():
