@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import runpy
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from synthetic_runs import benchmark_script
 
 from sae_med.config import load_config
 from sae_med.experiment import stage_learning_curve
@@ -142,12 +141,12 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
     assert "each budget a run of its own" in text and "snapshots of" not in text
 
     # benchmarks/curve_table.py prints the scored run's tables (what RESULTS.md quotes)
-    script = Path(__file__).parents[2] / "benchmarks" / "curve_table.py"
+    script = benchmark_script("curve_table")
     capsys.readouterr()
-    runpy.run_path(str(script))["main"](curve.run_path)
+    script.main(curve.run_path)
     out = capsys.readouterr().out
     assert "('medical', 'medical', 4.0, 1000)" in out and "('medical', 4.0, 4096)" in out
     summary = out.rstrip().splitlines()[-1]  # the book's sentence, with the trends
     assert "each budget a run of its own" in summary and "after 4,096 training" in summary
     with pytest.raises(SystemExit, match="no scored budgets"):
-        runpy.run_path(str(script))["main"](tmp_path / "nothing")
+        script.main(tmp_path / "nothing")
