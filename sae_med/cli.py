@@ -17,6 +17,8 @@ config plus ``section.field=value`` overrides.
         [--out PATH] [-p NAME VALUE]    ... to PATH; -p sets its other parameters
     sae-med run CONFIG [k=v ...]        the main job: experiment, then the book
     sae-med config CONFIG [k=v ...]     print the resolved config (base: and overrides applied)
+    sae-med prune CONFIG [k=v ...]      remove the checkpoints of finished sweeps (the SAEs,
+                                        metrics and results stay; last line run=PATH)
     sae-med export RUN_OR_SAE OUT       sae-lens folders, Gemma Scope params.npz, SAEBench
                                         or Neuronpedia files + a card
         [--format F] [--push-to-hub REPO [--dry-run]]
@@ -343,6 +345,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Remove the checkpoints of the finished sweeps of the run, its replications and its
+    learning curve (:mod:`sae_med.train.prune`)."""
+    # deferred: only this subcommand needs it (torch loads slowly)
+    from sae_med.train.prune import prune_checkpoints
+
+    cfg = _load(args)
+    curve = cfg.learning_curve_config()
+    runs = [cfg, *cfg.replication_configs().values(), *([curve] if curve else [])]
+    print(prune_checkpoints(c.run_path for c in runs).summary())
+    print(f"run={cfg.run_path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's SAEs (or one SAE) with a model card; optionally push them to the hub."""
     # deferred: only this subcommand needs it (torch and the model stack load slowly)
@@ -482,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
         "book": (cmd_book, "execute the notebooks and build the book; last line book=PATH"),
         "run": (cmd_run, "the main job: experiment, then the book"),
         "config": (cmd_config, "print the resolved config (base: and overrides applied)"),
+        "prune": (cmd_prune, "remove the checkpoints of finished sweeps (the SAEs, metrics "
+                  "and results stay); last line run=PATH"),
     }
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text)
