@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 stamp=".venv/.stamp-$(cat requirements.txt requirements-data.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
+  # the pinned .venv is 2.8 GiB (torch's CPU wheel most of it)
+  bash scripts/need_space.sh . 4 "creating .venv"
   echo "setup: creating .venv from requirements.txt (a few minutes the first time)"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
@@ -17,6 +19,9 @@ fi
 
 # apt-get download needs the package lists; refresh them only when a package is missing.
 if ! .venv/bin/python -m sae_med.cli prepare --check >/dev/null 2>&1; then
+  # the two embedded models' fp32 copies (1.6 GiB) and the parsed corpora (0.3 GiB)
+  bash scripts/need_space.sh "$(.venv/bin/python -c \
+    'from sae_med.config import default_cache_dir as d; print(d())')" 3 "the set-up's cache"
   echo "setup: fetching Debian text packages, parsing corpora, caching the model"
   # every package a corpus reads (sae_med.corpora.embedded.DEBIAN_PACKAGES), so lists that
   # predate a newly added corpus are refreshed too

@@ -4,17 +4,36 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from sae_med.config import default_cache_dir
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_SPACE_GIB = 2
+"""Free space the tests need in the temp folder and the artefact cache (their activation
+caches, the smoke runs, the built books)."""
+
 
 def pytest_configure(config):
     """Under pytest-xdist (``make test`` runs two workers) each worker keeps one torch
-    thread: two workers' thread pools of two on two cores only spin against each other."""
+    thread: two workers' thread pools of two on two cores only spin against each other.
+    The controller first stops on a nearly full disk with one line, where the tests would
+    otherwise fail by the hundred with "No space left on device"."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+        return
+    for where in {tempfile.gettempdir(), str(default_cache_dir())}:
+        check = subprocess.run(["bash", str(REPO / "scripts" / "need_space.sh"), where,
+                                str(TEST_SPACE_GIB), "the test suite"],
+                               capture_output=True, text=True)
+        if check.returncode:
+            pytest.exit(check.stderr.strip(), returncode=1)
 
 
 SLOW_FIRST = (

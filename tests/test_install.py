@@ -201,3 +201,17 @@ def test_documented_commands_are_installed():
                                  capture_output=True, text=True).stdout.strip()
         assert builtin in ("builtin", "keyword") or shutil.which(prog) or (
             VENV_BIN / prog).exists(), f"the docs run {prog}, which nothing here installs"
+
+
+def test_set_up_and_tests_stop_with_one_line_on_a_nearly_full_disk(tmp_path):
+    """scripts/need_space.sh (set-up and conftest call it): one line naming the folder, what
+    needs the space and how much, and a non-zero exit; silent where there is room."""
+    script = str(PROJECT_ROOT / "scripts" / "need_space.sh")
+    full = subprocess.run(["bash", script, str(tmp_path / "new"), "100000", "creating .venv"],
+                          capture_output=True, text=True)
+    assert full.returncode == 1 and full.stdout == ""
+    line, = full.stderr.strip().splitlines()
+    assert f"free at {tmp_path / 'new'}; creating .venv needs about 100000 GiB" in line
+    room = subprocess.run(["bash", script, str(tmp_path / "new"), "0", "x"],
+                          capture_output=True, text=True)
+    assert (room.returncode, room.stdout, room.stderr) == (0, "", "")
