@@ -1,7 +1,8 @@
 """Print a learning curve's tables from its run folder (value [95% interval]): each side's
-across-seed means per budget on the domain text, the held-out dead fraction (mean [min,
-max] over seeds), the paired gaps per budget, each claim's trend and the summary the book
-glues. Reads the scored budgets only (``learning_curve/tokens_<n>.json``); nothing is run.
+across-seed means per budget on the domain text, and on its own text where the curve scored
+both, the held-out dead fraction (mean [min, max] over seeds), the paired gaps per budget,
+each claim's trend and the summary the book glues. Reads the scored budgets only
+(``learning_curve/tokens_<n>.json``); nothing is run.
 
     .venv/bin/python benchmarks/curve_table.py runs/default_curve
 """
@@ -46,11 +47,17 @@ def main(run: Path) -> None:
     domain, broad = domain_pair(cfg)
     tables = curve_tables(points)
     fam = tables.families[tables.families.eval_corpus == domain]
+    # each side's quality at home (issue 31's equal baselines): the broad SAE on broad text
+    own = tables.families[(tables.families.eval_corpus == tables.families.train_corpus)
+                          & tables.families.eval_corpus.isin([domain, broad])]
     gaps = oriented_gaps(tables.gaps, domain, broad)
     dead = seed_summary(tables.rows, "dead_frac")
     trends = claim_trends(tables, domain, broad)
     for title, t in (
             (f"Each side on {domain} text, per budget", family_table(fam, FAMILY, by=["tokens"])),
+            ("Each side on its own text, per budget",
+             family_table(own, FAMILY, by=["tokens"]) if own.eval_corpus.nunique() > 1
+             else own.iloc[:0]),
             ("Held-out dead fraction (mean, min, max over seeds)", dead.round(4)),
             (f"{domain} minus {broad} on {domain} text, per budget",
              gap_table(gaps[gaps.eval_corpus == domain], GAPS, by=["tokens"])),

@@ -97,7 +97,7 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
         "cache.shard_tokens=512",
         "sae.width=64", "train.batch_size=256", "eval.n_tokens=512", "eval.ce_docs=4",
         "eval.bootstrap=10",
-        "learning_curve={eval_corpora: [medical], sae: {l0_targets: [4]}, "
+        "learning_curve={eval_corpora: [medical, broad], sae: {l0_targets: [4]}, "
         "train: {n_tokens: 4096, "
         "snapshot_tokens: [1000, 2048]}}"])
     curve = cfg.learning_curve_config()
@@ -105,8 +105,9 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
     assert [p.tokens for p in points] == [1000, 2048, 4096]
     for p in points:
         doc = json.loads(p.results.read_text())
-        assert [(r["sae_id"], r["eval_corpus"]) for r in doc["rows"]] == [
-            ("medical/seed_0/l0_4", "medical"), ("broad/seed_0/l0_4", "medical")]
+        assert sorted((r["sae_id"], r["eval_corpus"]) for r in doc["rows"]) == [
+            ("broad/seed_0/l0_4", "broad"), ("broad/seed_0/l0_4", "medical"),
+            ("medical/seed_0/l0_4", "broad"), ("medical/seed_0/l0_4", "medical")]
         meta = doc["rows"][0]["sae_metadata"]
         # a snapshot is taken after the first step that reaches its budget
         assert meta["tokens"] == -(-p.tokens // 256) * 256
@@ -118,7 +119,7 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
     tables = curve_tables(points)
     assert sorted(tables.gaps.tokens.unique()) == [1000, 2048, 4096]
     dead = seed_summary(tables.rows, "dead_frac")
-    assert len(dead) == 6 and dead["mean"].between(0, 1).all()
+    assert len(dead) == 12 and dead["mean"].between(0, 1).all()  # 3 budgets, 2 sides, 2 texts
     text = curve_summary(curve, points, claim_trends(tables, "medical", "broad"))
     assert "1,000, 2,048, 4,096 training tokens" in text and "after 4,096" in text
     assert "snapshots of the longest run" in text and "run of its own" not in text
@@ -146,6 +147,9 @@ def test_stage_scores_every_snapshot_and_reuses_them(tiny_lm_dirs, tmp_path, cap
     script.main(curve.run_path)
     out = capsys.readouterr().out
     assert "('medical', 'medical', 4.0, 1000)" in out and "('medical', 4.0, 4096)" in out
+    own = out.split("Each side on its own text, per budget")[1].split("Held-out dead")[0]
+    assert "('broad', 'broad', 4.0, 1000)" in own and "('medical', 'medical', 4.0, 4096)" in own
+    assert "('medical', 'broad'" not in own and "('broad', 'medical'" not in own
     summary = out.rstrip().splitlines()[-1]  # the book's sentence, with the trends
     assert "each budget a run of its own" in summary and "after 4,096 training" in summary
     with pytest.raises(SystemExit, match="no scored budgets"):
