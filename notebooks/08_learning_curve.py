@@ -20,10 +20,9 @@
 # - **Before it:** chapters 2 and 3 (training, the scores and their paired intervals); what
 #   a learning-rate schedule is.
 # - **Time, default config:** `configs/default.yaml` asks for no curve, so the notebook says
-#   so in seconds; `configs/long.yaml` adds it: about 2 h 20 min from nothing in its
-#   previous form (fp32 forwards, medical text only: caching 49 min, the 10M-token runs 57
-#   min, the smaller budgets 26 min, scoring 8 min; benchmarks/RESULTS.md, 2026-12-03, 2
-#   cores); bf16 forwards halve the caching where the CPU has them.
+#   so in seconds; `configs/long.yaml` adds it: caching 2M tokens (~1.1k tok/s in bf16),
+#   then 1 h 46 min (the 10M-token runs 63 min, the smaller budgets 28 min, scoring both
+#   texts 15 min; benchmarks/RESULTS.md, 2026-12-08, AMD EPYC `avx512_bf16`, 2 cores).
 # - **Time, smoke config:** about 30 s measured here with the smoke curve present (32 s,
 #   2026-12-06, this project's shared 2-core machine under load); the first run here, which
 #   redid part of the curve's work, took 204 s.
