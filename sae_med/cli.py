@@ -352,9 +352,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from sae_med.train.prune import prune_checkpoints
 
     cfg = _load(args)
-    curve = cfg.learning_curve_config()
-    runs = [cfg, *cfg.replication_configs().values(), *([curve] if curve else [])]
-    print(prune_checkpoints(c.run_path for c in runs).summary())
+    print(prune_checkpoints(c.run_path for c in cfg.run_configs()).summary())
     print(f"run={cfg.run_path}")
     return 0
 

@@ -548,6 +548,12 @@ class Config:
         return {name: self._derived(f"replications.{name}", name, sections)
                 for name, sections in self.replications.items()}
 
+    def run_configs(self) -> list[Config]:
+        """This config and the configs of every run it makes: its replications and its
+        learning curve (when it has one)."""
+        return [self, *self.replication_configs().values(),
+                *filter(None, [self.learning_curve_config()])]
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 

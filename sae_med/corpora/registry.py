@@ -182,8 +182,7 @@ def use_config(cfg: Config) -> None:
     """Declare the corpora ``cfg`` (and its replications and learning curve) defines and
     check every corpus it names: the first step of anything handed a config that reads
     corpora. A name the registry does not know is a :class:`ConfigError` naming the field."""
-    for c in (cfg, *cfg.replication_configs().values(),
-              *filter(None, [cfg.learning_curve_config()])):
+    for c in cfg.run_configs():
         for name, spec in c.corpora.items():
             declare_corpus(name, spec)
         for where in ("train_corpora", "eval_corpora"):
