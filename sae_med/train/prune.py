@@ -27,7 +27,7 @@ from sae_med.layout import (
     sae_dirname,
 )
 from sae_med.train.schedule import total_steps
-from sae_med.train.sweep import saved_metadata
+from sae_med.train.sweep import saved_run
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,8 @@ def sweep_finished_on_disk(sweep_dir: Path) -> bool:
     ckpt = sweep_dir / CHECKPOINT_NAME
     written = ckpt.stat().st_mtime if ckpt.exists() else 0.0
     saved = [sweep_dir / sae_dirname(t) for t in cfg.sae.l0_targets]
-    metas = [saved_metadata(d) for d in saved]
-    return (all(m.get("steps") == steps for m in metas)
-            and len({m.get("run_key") for m in metas}) == 1
+    run = saved_run(saved)
+    return (run is not None and run.steps == steps
             and all((d / CFG_FILENAME).stat().st_mtime >= written for d in saved))
 
 

@@ -56,7 +56,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -469,11 +469,26 @@ def saved_metadata(sae_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()).get("metadata", {}) if path.exists() else {}
 
 
+class SavedRun(NamedTuple):
+    """The run that saved every SAE of a sweep: its run key and step count."""
+
+    run_key: str
+    steps: int
+
+
+def saved_run(sae_dirs: Iterable[Path]) -> SavedRun | None:
+    """The one run (key and steps) every SAE in ``sae_dirs`` was saved by; None when one is
+    unsaved or two were saved by different runs or at different steps."""
+    runs = {(m.get("run_key"), m.get("steps")) for m in map(saved_metadata, sae_dirs)}
+    if len(runs) != 1 or None in (run := runs.pop()):
+        return None
+    return SavedRun(*run)
+
+
 def _saved(sw: _Sweep, steps: int) -> bool:
     """Whether every SAE of the sweep is already saved from this run after ``steps``
     steps (a finished run then rewrites nothing)."""
-    return all((meta.get("run_key"), meta.get("steps")) == (sw.key, steps)
-               for meta in map(saved_metadata, (m.path.parent for m in sw.members)))
+    return saved_run(m.path.parent for m in sw.members) == (sw.key, steps)
 
 
 def finished_results(cfg: Config, source: BatchSource, out_dir: str | Path,
@@ -482,17 +497,13 @@ def finished_results(cfg: Config, source: BatchSource, out_dir: str | Path,
     checkpoint is opened and no file written. None unless every target was saved by this
     run key after the last step."""
     key, steps = run_key(cfg, source, train_corpus, replicate), total_steps(cfg.train)
-    results = []
-    for target in cfg.sae.l0_targets:
-        sae_dir = Path(out_dir) / sae_dirname(target)
-        meta = saved_metadata(sae_dir)
-        if (meta.get("run_key"), meta.get("steps")) != (key, steps):
-            return None
-        results.append(TrainResult(target, sae_dir, steps, steps * cfg.train.batch_size,
-                                   float(meta["input_scale"]),
-                                   last_metrics(sae_dir / METRICS_NAME), train_corpus,
-                                   replicate))
-    return results
+    sae_dirs = {t: Path(out_dir) / sae_dirname(t) for t in cfg.sae.l0_targets}
+    if saved_run(sae_dirs.values()) != (key, steps):
+        return None
+    return [TrainResult(target, d, steps, steps * cfg.train.batch_size,
+                        float(saved_metadata(d)["input_scale"]),
+                        last_metrics(d / METRICS_NAME), train_corpus, replicate)
+            for target, d in sae_dirs.items()]
 
 
 def sweep_finished(cfg: Config, source: BatchSource, out_dir: str | Path,

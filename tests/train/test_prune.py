@@ -12,9 +12,9 @@ from tiny_train import synthetic_acts, tiny_config
 from sae_med.artifacts import artifact_lock, file_sha256
 from sae_med.cache.batches import TensorBatchSource
 from sae_med.cli import main
-from sae_med.layout import CHECKPOINT_NAME, CONFIG_NAME, RUN_LOCK_NAME, sae_dirname
+from sae_med.layout import CFG_FILENAME, CHECKPOINT_NAME, CONFIG_NAME, RUN_LOCK_NAME, sae_dirname
 from sae_med.train.prune import CHECKPOINT_FILES, prune_checkpoints, sweep_finished_on_disk
-from sae_med.train.sweep import finished_results, train_saes
+from sae_med.train.sweep import SavedRun, finished_results, saved_run, train_saes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,3 +70,17 @@ def test_prune_command_prunes_the_configs_runs(trained, tmp_path, capsys):
     assert out[-1] == f"run={run}"
     assert out[-2].startswith("removed the checkpoints of 1 finished sweeps (")
     assert not (sweep / CHECKPOINT_NAME).exists() and _saes(sweep, cfg)
+
+
+def test_saved_run_needs_one_run_for_every_sae(tmp_path):
+    def sae(name, **meta):
+        d = tmp_path / name
+        d.mkdir()
+        (d / CFG_FILENAME).write_text(json.dumps({"metadata": meta}))
+        return d
+
+    a, b = sae("a", run_key="k", steps=40), sae("b", run_key="k", steps=40)
+    assert saved_run([a, b]) == SavedRun("k", 40)
+    assert saved_run([a, sae("other_key", run_key="j", steps=40)]) is None
+    assert saved_run([a, sae("other_steps", run_key="k", steps=20)]) is None
+    assert saved_run([a, tmp_path / "unsaved"]) is None
