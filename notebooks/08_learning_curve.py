@@ -71,14 +71,20 @@ from sae_med.report.notebook import (
     gap_table,
     setup_notebook,
 )
+from sae_med.report.side_by_side import remedy_pair, side_by_side_verdicts
 
 # %% [markdown]
 # ## Parameters
+
+# %% [markdown]
+# `remedy_results` is the dead-latent remedy's run (default: where
+# `configs/remedy_long.yaml` writes it), read, never run here.
 
 # %% tags=["parameters"]
 config = "configs/smoke.yaml"
 overrides = []
 run_name = ""
+remedy_results = ""
 
 # %%
 cfg = setup_notebook(config, overrides, run_name)
@@ -139,6 +145,26 @@ if points:
 # %%
 if points:
     display(trend_frame(trends, points[0].tokens, points[-1].tokens))
+
+# %% [markdown]
+# ### The dead-latent remedy at the longest budget
+# Without a remedy many latents of both sides stop firing in training, and a broad SAE
+# whose latents die may simply be a weaker baseline. `configs/remedy_long.yaml` trains
+# both sides at this curve's longest budget with Anthropic's pre-activation loss on the
+# latents dead over the last training window (`train.pre_act_loss`); its side without
+# the remedy is the curve's own longest run (same caches, seeds and documents). Below,
+# for each run: each side's home advantage (its own SAE minus the other on its own
+# text), each side on its own held-out text with its training-window dead fraction, and
+# the claims judged on each (the sensitivity check shown, never counted). Read, never
+# run here.
+
+# %%
+remedy = remedy_pair(points, remedy_results)
+print(remedy.note)
+if remedy.pair is not None:
+    display(remedy.pair.home)
+    display(remedy.pair.own)
+    display(side_by_side_verdicts(remedy.pair.runs))
 
 # %% [markdown]
 # ## Summary

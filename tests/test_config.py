@@ -6,6 +6,7 @@ import torch
 
 from sae_med.cache.batches import TensorBatchSource
 from sae_med.config import ConfigError, config_from_dict, load_config
+from sae_med.report.side_by_side import same_experiment
 from sae_med.train.sweep import run_key
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
@@ -191,8 +192,7 @@ def test_the_curves_longest_run_is_the_remedy_pairs_off_side():
         for replicate in range(off.sae.seeds):
             assert (run_key(longest, source, corpus, replicate)
                     == run_key(off, source, corpus, replicate))
-    same = ("model", "cache", "eval", "train_corpora", "eval_corpora", "corpora", "seed")
-    assert {k: curve.to_dict().get(k) for k in same} == {k: off.to_dict().get(k) for k in same}
+    assert same_experiment(curve, off)
 
 
 def test_default_and_smoke_replicate_on_smollm2():
