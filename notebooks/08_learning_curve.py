@@ -26,7 +26,9 @@
 # - **Time, smoke config:** about 30 s measured here with the smoke curve present (32 s,
 #   2026-12-06, this project's shared 2-core machine under load); the first run here, which
 #   redid part of the curve's work, took 204 s.
-# - **Needs:** CPU only; no internet.
+# - **Needs:** CPU only; no internet. The dead-latent remedy's section reads
+#   `sae-med experiment configs/remedy_long.yaml`'s run when it is on disk (six 10M-token
+#   runs on the curve's caches: about 70 min on that EPYC) and says how to make it when not.
 # ```
 #
 # ## Overview
