@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sae_med.config import Config, config_from_dict
-from sae_med.measure.results import load_comparisons, load_results, read_results
+from sae_med.measure.results import comparison_tables, read_results, tidy_results
 from sae_med.report.claims import (
     CLAIMS,
     SAME_VERDICT,
@@ -67,24 +67,21 @@ class RemedyPair(NamedTuple):
     """Where each side was read from, or why there is no pair and how to make it."""
 
 
-def read_run(label: str, path: str | Path) -> ModelRun:
-    """One run's config and comparison tables, labelled."""
-    return ModelRun(label, config_from_dict(read_results(path)["config"]),
-                    load_comparisons(path))
-
-
 def side_by_side(paths: Mapping[str, str | Path]) -> SideBySide:
-    """The runs whose results files are ``paths`` (``{label: path}``), side by side."""
+    """The runs whose results files are ``paths`` (``{label: path}``), side by side (each
+    file read once)."""
     # deferred: pandas takes ~0.5 s to import; only the tables need it
     import pandas as pd
 
-    runs = [read_run(label, path) for label, path in paths.items()]
-    home, own = {}, {}
-    for r in runs:
-        sides = home_sides(r.cfg)
-        home[r.label] = home_advantage_table(r.comparisons.gaps, sides, sides, SIDE_METRICS)
-        own[r.label] = own_text_table(r.comparisons.families, sides,
-                                      training_dead_fractions(load_results(paths[r.label])))
+    runs, home, own = [], {}, {}
+    for label, path in paths.items():
+        doc = read_results(path)
+        run = ModelRun(label, config_from_dict(doc["config"]), comparison_tables(doc))
+        sides = home_sides(run.cfg)
+        home[label] = home_advantage_table(run.comparisons.gaps, sides, sides, SIDE_METRICS)
+        own[label] = own_text_table(run.comparisons.families, sides,
+                                    training_dead_fractions(tidy_results(doc["rows"])))
+        runs.append(run)
     return SideBySide(runs, pd.concat(home, names=["run"]), pd.concat(own, names=["run"]))
 
 
@@ -122,10 +119,10 @@ def remedy_pair(points: Sequence[CurvePoint], remedy_results: str | Path = "") -
                                 f"{on.cfg.train.n_tokens:,} training tokens, the remedy run's "
                                 f"(at {on.path}): sae-med learning-curve configs/long.yaml "
                                 "makes the curve it pairs with.")
-    if not same_experiment(config_from_dict(read_results(off.results)["config"]), on.cfg):
+    pair = side_by_side({"off": off.results, "on": on.path})
+    if not same_experiment(*(r.cfg for r in pair.runs)):
         return RemedyPair(None, f"The remedy run at {on.path} is not this curve's experiment "
                                 f"(one of its {', '.join(SAME_EXPERIMENT)} differs): no pair.")
-    return RemedyPair(side_by_side({"off": off.results, "on": on.path}),
-                      f"Without the remedy: the curve's {off.tokens:,}-token run "
+    return RemedyPair(pair, f"Without the remedy: the curve's {off.tokens:,}-token run "
                       f"({off.results}); with it: {on.path} (train.pre_act_loss "
                       f"{on.cfg.train.pre_act_loss:g}).")
